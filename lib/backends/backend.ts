@@ -1,0 +1,90 @@
+/**
+ * The backend interface: what the runtime needs from a device. A backend stores buffers,
+ * moves them to and from the host, lowers a structural graph into a plan once (plans are
+ * cached by the runtime), and runs plans.
+ * @module
+ */
+import type { DType, StorageArray } from "../dtype.ts";
+import type { Attrs, DeviceBuffer } from "../graph/node.ts";
+import type { Shape } from "../shape.ts";
+
+/** A reference to a value inside a {@link PlanGraph}: a leaf (input) or an earlier node. */
+export type ValueRef = { leaf: number } | { node: number };
+
+/** One op in a structural graph. */
+export interface PlanNode {
+  /** Op name. */
+  op: string;
+  /** Op attributes. */
+  attrs: Attrs;
+  /** Output shape. */
+  shape: Shape;
+  /** Output dtype. */
+  dtype: DType;
+  /** Inputs. */
+  inputs: ValueRef[];
+}
+
+/** A leaf of a structural graph: a realized value fed to the plan at run time. */
+export interface PlanLeaf {
+  /** Shape of the value. */
+  shape: Shape;
+  /** Dtype of the value. */
+  dtype: DType;
+  /** The op that produced the value before it was realized ("constant" for data). */
+  producer: string;
+}
+
+/**
+ * A graph with no data: ops in topological order over numbered leaves. Passes rewrite it and
+ * backends lower it; it is the unit of plan caching.
+ */
+export interface PlanGraph {
+  /** Canonical device name. */
+  device: string;
+  /** Inputs of the graph. */
+  leaves: PlanLeaf[];
+  /** Ops in topological order. */
+  nodes: PlanNode[];
+  /** The values the caller wants back. */
+  outputs: ValueRef[];
+}
+
+/** A backend's executable form of a {@link PlanGraph}. */
+export interface Plan {
+  /** Runs the plan on leaf buffers and returns the output buffers. */
+  run(leaves: DeviceBuffer[]): DeviceBuffer[];
+}
+
+/** A device backend. */
+export interface Backend {
+  /** "cpu" or "cuda". */
+  readonly kind: "cpu" | "cuda";
+  /** Why the backend cannot run, or undefined when it can. */
+  unavailableReason(): string | undefined;
+  /** Copies host storage into a new buffer on `device`. */
+  upload(device: string, dtype: DType, storage: StorageArray): DeviceBuffer;
+  /** Copies a buffer back to host storage (blocking). */
+  download(buffer: DeviceBuffer): StorageArray;
+  /** Copies a buffer back to host storage without blocking the event loop. */
+  downloadAsync(buffer: DeviceBuffer): Promise<StorageArray>;
+  /** Lowers a structural graph into a plan. */
+  lower(graph: PlanGraph): Plan;
+}
+
+const backends = new Map<string, Backend>();
+
+/** Registers a backend for a device kind. */
+export function registerBackend(backend: Backend): void {
+  backends.set(backend.kind, backend);
+}
+
+/** The backend for a device kind, if one is registered. */
+export function backendFor(kind: "cpu" | "cuda"): Backend | undefined {
+  return backends.get(kind);
+}
+
+/** Output shape and dtype of one input of a plan node, resolved against the graph. */
+export function refInfo(graph: PlanGraph, ref: ValueRef): { shape: Shape; dtype: DType } {
+  return "leaf" in ref ? graph.leaves[ref.leaf] : graph.nodes[ref.node];
+}

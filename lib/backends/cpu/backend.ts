@@ -1,0 +1,136 @@
+/**
+ * The CPU backend: the reference. Buffers are host storage arrays; kernels are plain
+ * TypeScript over typed arrays, registered by op name in the files beside this one.
+ * @module
+ */
+import { type DType, type StorageArray } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
+import type { Shape } from "../../shape.ts";
+import {
+  type Backend,
+  type Plan,
+  type PlanGraph,
+  refInfo,
+  registerBackend,
+  type ValueRef,
+} from "../backend.ts";
+
+/** A buffer on the CPU: host storage (see lib/dtype.ts for the array type of each dtype). */
+export class CpuBuffer implements DeviceBuffer {
+  /** Always "cpu". */
+  readonly device = "cpu";
+  /** Element type. */
+  readonly dtype: DType;
+  /** Number of elements. */
+  readonly numel: number;
+  /** The storage; released on dispose. */
+  data: StorageArray;
+  /** True after dispose(). */
+  disposed = false;
+
+  /** Wraps storage (not copied). */
+  constructor(dtype: DType, data: StorageArray) {
+    this.dtype = dtype;
+    this.numel = data.length;
+    this.data = data;
+  }
+
+  /** Drops the storage reference. */
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+/** Shape and dtype of a kernel input or output. */
+export interface ValueInfo {
+  /** Shape. */
+  shape: Shape;
+  /** Dtype. */
+  dtype: DType;
+}
+
+/** What a CPU kernel is told about the op it runs. */
+export interface CpuKernelContext {
+  /** Op attributes. */
+  attrs: Attrs;
+  /** Output shape and dtype. */
+  out: ValueInfo;
+  /** Input shapes and dtypes. */
+  inputs: ValueInfo[];
+}
+
+/** A CPU kernel: input storages in, output storage out. Inputs must not be modified. */
+export type CpuKernel = (inputs: StorageArray[], ctx: CpuKernelContext) => StorageArray;
+
+const kernels = new Map<string, CpuKernel>();
+
+/** Registers the CPU kernel of an op. */
+export function registerCpuKernel(op: string, kernel: CpuKernel): void {
+  kernels.set(op, kernel);
+}
+
+/** Looks up the CPU kernel of an op; a missing kernel is a clear error. */
+export function cpuKernel(op: string): CpuKernel {
+  const k = kernels.get(op);
+  if (!k) {
+    throw new TensorqError(`no kernel for op '${op}' on the cpu backend`, {
+      op,
+      kind: "unsupported",
+    });
+  }
+  return k;
+}
+
+interface Step {
+  kernel: CpuKernel;
+  inputs: ValueRef[];
+  ctx: CpuKernelContext;
+}
+
+class CpuPlan implements Plan {
+  constructor(private readonly steps: Step[], private readonly outputs: ValueRef[]) {}
+
+  run(leaves: DeviceBuffer[]): DeviceBuffer[] {
+    const values = new Array<StorageArray>(this.steps.length);
+    const get = (r: ValueRef): StorageArray =>
+      "leaf" in r ? (leaves[r.leaf] as CpuBuffer).data : values[r.node];
+    for (let i = 0; i < this.steps.length; i++) {
+      const s = this.steps[i];
+      values[i] = s.kernel(s.inputs.map(get), s.ctx);
+    }
+    return this.outputs.map((r) => {
+      const dtype = "leaf" in r ? leaves[r.leaf].dtype : this.steps[r.node].ctx.out.dtype;
+      return new CpuBuffer(dtype, get(r));
+    });
+  }
+}
+
+/** The CPU backend instance. */
+export const cpuBackend: Backend = {
+  kind: "cpu",
+  unavailableReason: () => undefined,
+  upload: (_device, dtype, storage) => new CpuBuffer(dtype, storage),
+  download: (buffer) => {
+    const b = buffer as CpuBuffer;
+    if (b.disposed) {
+      throw new TensorqError("the tensor was disposed", { op: "data", kind: "state" });
+    }
+    return b.data;
+  },
+  downloadAsync: (buffer) => Promise.resolve(cpuBackend.download(buffer)),
+  lower(graph: PlanGraph): Plan {
+    const steps = graph.nodes.map((n): Step => ({
+      kernel: cpuKernel(n.op),
+      inputs: n.inputs,
+      ctx: {
+        attrs: n.attrs,
+        out: { shape: n.shape, dtype: n.dtype },
+        inputs: n.inputs.map((r) => refInfo(graph, r)),
+      },
+    }));
+    return new CpuPlan(steps, graph.outputs);
+  },
+};
+
+registerBackend(cpuBackend);

@@ -1,0 +1,135 @@
+/**
+ * CPU kernels of the elementwise ops (rules in lib/ops/elementwise.ts). Math runs in float64
+ * on decoded values and rounds once to the output dtype.
+ * @module
+ */
+import { encode } from "../../dtype.ts";
+import { registerCpuKernel } from "./backend.ts";
+import { broadcastIndex, erf, outArray, read } from "./util.ts";
+
+type BinaryFn = (a: number, b: number) => number;
+type UnaryFn = (x: number) => number;
+
+const INT_DTYPES = new Set(["int8", "int32", "int64", "int4"]);
+
+function nanMax(a: number, b: number): number {
+  return Number.isNaN(a) || Number.isNaN(b) ? NaN : a > b ? a : b;
+}
+function nanMin(a: number, b: number): number {
+  return Number.isNaN(a) || Number.isNaN(b) ? NaN : a < b ? a : b;
+}
+
+const binaryOps: Record<string, { float: BinaryFn; int?: BinaryFn }> = {
+  add: { float: (a, b) => a + b },
+  sub: { float: (a, b) => a - b },
+  mul: { float: (a, b) => a * b, int: (a, b) => Number(BigInt.asIntN(64, BigInt(a) * BigInt(b))) },
+  div: { float: (a, b) => a / b, int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b)) },
+  pow: { float: (a, b) => Math.pow(a, b) },
+  maximum: { float: nanMax },
+  minimum: { float: nanMin },
+  equal: { float: (a, b) => (a === b ? 1 : 0) },
+  notEqual: { float: (a, b) => (a !== b ? 1 : 0) },
+  less: { float: (a, b) => (a < b ? 1 : 0) },
+  lessEqual: { float: (a, b) => (a <= b ? 1 : 0) },
+  greater: { float: (a, b) => (a > b ? 1 : 0) },
+  greaterEqual: { float: (a, b) => (a >= b ? 1 : 0) },
+};
+
+for (const [op, fns] of Object.entries(binaryOps)) {
+  registerCpuKernel(op, ([sa, sb], ctx) => {
+    const [ia, ib] = ctx.inputs;
+    const a = read(ia.dtype, sa);
+    const b = read(ib.dtype, sb);
+    const f = INT_DTYPES.has(ia.dtype) && fns.int ? fns.int : fns.float;
+    const out = outArray(
+      ctx.out.dtype,
+      a.length === 0 && b.length === 0 ? 0 : countOf(ctx.out.shape),
+    );
+    const v = out.values;
+    const n = v.length;
+    const mapA = broadcastIndex(ia.shape, ctx.out.shape);
+    const mapB = broadcastIndex(ib.shape, ctx.out.shape);
+    if (!mapA && !mapB) { for (let i = 0; i < n; i++) v[i] = f(a[i], b[i]); }
+    else if (!mapA) { for (let i = 0; i < n; i++) v[i] = f(a[i], b[mapB![i]]); }
+    else if (!mapB) { for (let i = 0; i < n; i++) v[i] = f(a[mapA[i]], b[i]); }
+    else for (let i = 0; i < n; i++) v[i] = f(a[mapA[i]], b[mapB[i]]);
+    return out.finish();
+  });
+}
+
+function countOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+const unaryOps: Record<string, UnaryFn> = {
+  neg: (x) => -x,
+  abs: (x) => Math.abs(x),
+  relu: (x) => (x > 0 ? x : Number.isNaN(x) ? NaN : 0),
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  rsqrt: (x) => 1 / Math.sqrt(x),
+  tanh: Math.tanh,
+  sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+};
+
+for (const [op, f] of Object.entries(unaryOps)) {
+  registerCpuKernel(op, ([s], ctx) => {
+    const x = read(ctx.inputs[0].dtype, s);
+    const out = outArray(ctx.out.dtype, x.length);
+    const v = out.values;
+    for (let i = 0; i < x.length; i++) v[i] = f(x[i]);
+    return out.finish();
+  });
+}
+
+registerCpuKernel("gelu", ([s], ctx) => {
+  const x = read(ctx.inputs[0].dtype, s);
+  const out = outArray(ctx.out.dtype, x.length);
+  const v = out.values;
+  if (ctx.attrs.approximate === "tanh") {
+    for (let i = 0; i < x.length; i++) {
+      const t = x[i];
+      v[i] = 0.5 * t * (1 + Math.tanh(SQRT_2_OVER_PI * (t + 0.044715 * t * t * t)));
+    }
+  } else {
+    for (let i = 0; i < x.length; i++) v[i] = 0.5 * x[i] * (1 + erf(x[i] / Math.SQRT2));
+  }
+  return out.finish();
+});
+
+registerCpuKernel("where", ([sc, sa, sb], ctx) => {
+  const [ic, ia, ib] = ctx.inputs;
+  const c = read(ic.dtype, sc);
+  const a = read(ia.dtype, sa);
+  const b = read(ib.dtype, sb);
+  const n = countOf(ctx.out.shape);
+  const mc = broadcastIndex(ic.shape, ctx.out.shape);
+  const ma = broadcastIndex(ia.shape, ctx.out.shape);
+  const mb = broadcastIndex(ib.shape, ctx.out.shape);
+  if (ctx.out.dtype === "int64") {
+    const A = sa as BigInt64Array, B = sb as BigInt64Array, r = new BigInt64Array(n);
+    for (let i = 0; i < n; i++) r[i] = c[mc ? mc[i] : i] ? A[ma ? ma[i] : i] : B[mb ? mb[i] : i];
+    return r;
+  }
+  // Select, then re-encode: exact, since every selected value is representable in the dtype.
+  const vals = new Float64Array(n);
+  for (let i = 0; i < n; i++) vals[i] = c[mc ? mc[i] : i] ? a[ma ? ma[i] : i] : b[mb ? mb[i] : i];
+  return encode(ctx.out.dtype, vals);
+});
+
+registerCpuKernel("cast", ([s], ctx) => {
+  const from = ctx.inputs[0].dtype;
+  const to = ctx.out.dtype;
+  if (from === to) return s;
+  if (from === "int64" && to !== "bool") {
+    // Go through BigInt so large int64 values saturate correctly rather than lose bits first.
+    const src = s as BigInt64Array;
+    return encode(to, Float64Array.from(src, (x) => Number(x)));
+  }
+  return encode(to, read(from, s));
+});

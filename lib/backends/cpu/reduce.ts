@@ -1,0 +1,5 @@
+/**
+ * CPU kernels (placeholder until written).
+ * @module
+ */
+export {};

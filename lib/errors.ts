@@ -1,0 +1,140 @@
+/**
+ * Errors raised by tensorq, with the caller's source location.
+ *
+ * Every check runs when the user calls an op, so the first stack frame outside the library
+ * is the line that made the mistake. That frame is named in the message.
+ * @module
+ */
+
+/** Directory URLs whose frames belong to the library (skipped when finding the caller). */
+const LIBRARY_DIRS: string[] = [
+  new URL("../lib/", import.meta.url).href,
+  new URL("../ffi/", import.meta.url).href,
+  new URL("../kernels/", import.meta.url).href,
+  new URL("../mod.ts", import.meta.url).href,
+];
+
+/** A source location: `file:line:column` of the user's call. */
+export interface CallSite {
+  /** File URL or path of the frame. */
+  file: string;
+  /** 1-based line. */
+  line: number;
+  /** 1-based column. */
+  column: number;
+}
+
+const FRAME_RE = /\(?((?:file|https?|jsr|npm|data):[^\s()]+?|\/[^\s()]+?):(\d+):(\d+)\)?$/;
+
+function isLibraryFrame(file: string): boolean {
+  return LIBRARY_DIRS.some((dir) => file.startsWith(dir)) || file.startsWith("ext:") ||
+    file.startsWith("node:");
+}
+
+/** Parses a V8 stack string and returns the first frame outside the library. */
+export function callerFromStack(stack: string | undefined): CallSite | undefined {
+  if (!stack) return undefined;
+  for (const raw of stack.split("\n").slice(1)) {
+    const m = FRAME_RE.exec(raw.trim());
+    if (!m) continue;
+    const file = m[1];
+    if (isLibraryFrame(file)) continue;
+    return { file, line: Number(m[2]), column: Number(m[3]) };
+  }
+  return undefined;
+}
+
+/** Returns the caller of the current library function (first frame outside the library). */
+export function captureCallSite(): CallSite | undefined {
+  const holder: { stack?: string } = {};
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 50;
+  Error.captureStackTrace(holder);
+  Error.stackTraceLimit = limit;
+  return callerFromStack(holder.stack);
+}
+
+/** Formats a call site as `file:line:column`, with `file://` URLs shown as paths. */
+export function formatCallSite(site: CallSite | undefined): string {
+  if (!site) return "<unknown>";
+  const file = site.file.startsWith("file://")
+    ? decodeURIComponent(new URL(site.file).pathname)
+    : site.file;
+  return `${file}:${site.line}:${site.column}`;
+}
+
+/** Which family an error belongs to, for programmatic handling. */
+export type ErrorKind =
+  | "shape"
+  | "dtype"
+  | "axis"
+  | "argument"
+  | "device"
+  | "cuda"
+  | "io"
+  | "state"
+  | "unsupported";
+
+/** Details attached to a {@link TensorqError}. */
+export interface TensorqErrorDetails {
+  /** The op or API that failed (e.g. `matmul`, `loadSafetensors`, `cuMemAlloc`). */
+  op: string;
+  /** The family of the error. */
+  kind: ErrorKind;
+  /** The argument at fault, if any. */
+  argument?: string;
+  /** What was expected, in words. */
+  expected?: string;
+  /** What was received, in words. */
+  actual?: string;
+  /** A call site to report instead of the current stack's caller. */
+  callSite?: CallSite;
+  /** An underlying error. */
+  cause?: unknown;
+}
+
+/**
+ * The one error class of tensorq. The message reads
+ * `op: problem (argument 'x': expected ..., got ...) at file:line:col`.
+ */
+export class TensorqError extends Error {
+  /** The op or API that failed. */
+  readonly op: string;
+  /** The family of the error. */
+  readonly kind: ErrorKind;
+  /** The argument at fault, if any. */
+  readonly argument?: string;
+  /** Expected value or form, in words. */
+  readonly expected?: string;
+  /** Received value or form, in words. */
+  readonly actual?: string;
+  /** The user's call site, when it could be found. */
+  readonly callSite?: CallSite;
+
+  /** Creates an error; the caller's location is captured from the current stack. */
+  constructor(message: string, details: TensorqErrorDetails) {
+    const site = details.callSite ?? captureCallSite();
+    let text = `${details.op}: ${message}`;
+    const detail = [
+      details.expected !== undefined ? `expected ${details.expected}` : "",
+      details.actual !== undefined ? `got ${details.actual}` : "",
+    ].filter(Boolean).join(", ");
+    if (details.argument !== undefined) {
+      text += ` (argument '${details.argument}'${detail ? `: ${detail}` : ""})`;
+    } else if (detail) text += ` (${detail})`;
+    text += ` at ${formatCallSite(site)}`;
+    super(text, details.cause !== undefined ? { cause: details.cause } : undefined);
+    this.name = "TensorqError";
+    this.op = details.op;
+    this.kind = details.kind;
+    this.argument = details.argument;
+    this.expected = details.expected;
+    this.actual = details.actual;
+    this.callSite = site;
+  }
+}
+
+/** Formats a shape as `[2, 3]`. */
+export function fmtShape(shape: readonly number[]): string {
+  return `[${shape.join(", ")}]`;
+}

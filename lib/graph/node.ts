@@ -1,0 +1,98 @@
+/**
+ * Graph nodes: the unit of the lazy graph. A tensor is a handle on a node; a node records the
+ * op that produces it, its inputs, attributes, shape, dtype, device and the user's call site.
+ * Once evaluated, a node keeps its buffer ("realized") and every consumer sees a constant, but
+ * it still remembers which op produced it (the Q/DQ fusion pass reads that).
+ * @module
+ */
+import type { DType } from "../dtype.ts";
+import { callerFromStack, type CallSite } from "../errors.ts";
+import type { Shape } from "../shape.ts";
+
+/** JSON-serializable op attributes (they form part of a plan's structural key). */
+export type Attrs = Readonly<Record<string, unknown>>;
+
+/** A backend-owned buffer holding a realized value. */
+export interface DeviceBuffer {
+  /** Canonical device name of the buffer. */
+  readonly device: string;
+  /** Element type. */
+  readonly dtype: DType;
+  /** Number of elements. */
+  readonly numel: number;
+  /** Frees the memory now (idempotent). */
+  dispose(): void;
+  /** True after dispose(). */
+  readonly disposed: boolean;
+}
+
+let nextId = 1;
+
+/** One node of the lazy graph. */
+export class Node {
+  /** Unique id, increasing in creation order. */
+  readonly id: number = nextId++;
+  /** The op that produces this node ("constant" for leaves created from data). */
+  readonly op: string;
+  /** Inputs; emptied once the node is realized so the upstream graph can be collected. */
+  inputs: readonly Node[];
+  /** Op attributes. */
+  readonly attrs: Attrs;
+  /** Output shape. */
+  readonly shape: Shape;
+  /** Output dtype. */
+  readonly dtype: DType;
+  /** Canonical device name. */
+  readonly device: string;
+  /** The realized value, once evaluated (or from creation for constants). */
+  buffer?: DeviceBuffer;
+  /** Error object holding the stack of the user call that created the node (parsed lazily). */
+  private readonly trace?: { stack?: string };
+  private site?: CallSite | null;
+
+  /** Creates a node; `trace` is an object whose `stack` was captured at the user's call. */
+  constructor(
+    op: string,
+    inputs: readonly Node[],
+    attrs: Attrs,
+    shape: Shape,
+    dtype: DType,
+    device: string,
+    trace?: { stack?: string },
+  ) {
+    this.op = op;
+    this.inputs = inputs;
+    this.attrs = attrs;
+    this.shape = shape;
+    this.dtype = dtype;
+    this.device = device;
+    this.trace = trace;
+  }
+
+  /** The user's call site that created this node, if known. */
+  get callSite(): CallSite | undefined {
+    if (this.site === undefined) this.site = callerFromStack(this.trace?.stack) ?? null;
+    return this.site ?? undefined;
+  }
+
+  /** True once the node holds a buffer. */
+  get realized(): boolean {
+    return this.buffer !== undefined && !this.buffer.disposed;
+  }
+
+  /** Stores the evaluated value and drops the link to the inputs. */
+  realize(buffer: DeviceBuffer): void {
+    this.buffer = buffer;
+    this.inputs = [];
+  }
+}
+
+/** Captures the current stack cheaply (formatted only if a call site is needed later). */
+export function captureTrace(): { stack?: string } {
+  const holder: { stack?: string } = {};
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 30;
+  Error.captureStackTrace(holder);
+  Error.stackTraceLimit = limit;
+  return holder;
+}

@@ -1,0 +1,119 @@
+/**
+ * Shared machinery of op definitions: turning arguments into tensors, checking dtypes and
+ * devices, and creating the graph node that records the user's call site.
+ * @module
+ */
+import type { DType } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import { type Attrs, captureTrace, Node } from "../graph/node.ts";
+import type { Shape } from "../shape.ts";
+import { scalar, Tensor } from "../tensor.ts";
+
+/** A tensor or a JS number (a number takes the other operand's dtype and device). */
+export type TensorLike = Tensor | number;
+
+/** Float dtypes that support arithmetic. */
+export const FLOAT_DTYPES: readonly DType[] = ["float32", "float16", "bfloat16"];
+/** Dtypes that support arithmetic (add, mul, comparisons, reductions). */
+export const NUMERIC_DTYPES: readonly DType[] = [
+  "float32",
+  "float16",
+  "bfloat16",
+  "int8",
+  "int32",
+  "int64",
+];
+
+/** Throws unless `value` is a Tensor. */
+export function checkTensor(op: string, argument: string, value: unknown): Tensor {
+  if (value instanceof Tensor) return value;
+  throw new TensorqError("expected a tensor", {
+    op,
+    kind: "argument",
+    argument,
+    expected: "a Tensor",
+    actual: value === null ? "null" : Array.isArray(value) ? "an array" : typeof value,
+  });
+}
+
+/** Throws a dtype error unless `t.dtype` is one of `allowed`. */
+export function checkDTypeIn(op: string, argument: string, t: Tensor, allowed: readonly DType[]) {
+  if (!allowed.includes(t.dtype)) {
+    throw new TensorqError("unsupported dtype", {
+      op,
+      kind: "dtype",
+      argument,
+      expected: `one of ${allowed.join(", ")}`,
+      actual: t.dtype,
+    });
+  }
+}
+
+/** Throws a dtype error unless all tensors share one dtype (no implicit promotion). */
+export function checkSameDType(op: string, names: string[], ts: Tensor[]): DType {
+  for (let i = 1; i < ts.length; i++) {
+    if (ts[i].dtype !== ts[0].dtype) {
+      throw new TensorqError("dtypes differ; tensorq never promotes implicitly, use cast()", {
+        op,
+        kind: "dtype",
+        argument: names[i],
+        expected: `${ts[0].dtype} (the dtype of '${names[0]}')`,
+        actual: ts[i].dtype,
+      });
+    }
+  }
+  return ts[0].dtype;
+}
+
+/** Throws a device error unless all tensors share one device. */
+export function checkSameDevice(op: string, names: string[], ts: Tensor[]): string {
+  for (let i = 1; i < ts.length; i++) {
+    if (ts[i].device !== ts[0].device) {
+      throw new TensorqError("inputs are on different devices; move one with .to()", {
+        op,
+        kind: "device",
+        argument: names[i],
+        expected: `${ts[0].device} (the device of '${names[0]}')`,
+        actual: ts[i].device,
+      });
+    }
+  }
+  return ts[0].device;
+}
+
+/**
+ * Converts binary operands: tensors stay, a JS number becomes a rank-0 constant with the
+ * other operand's dtype and device. At least one operand must be a tensor.
+ */
+export function operands(op: string, names: string[], values: TensorLike[]): Tensor[] {
+  const ref = values.find((v) => v instanceof Tensor) as Tensor | undefined;
+  if (!ref) {
+    throw new TensorqError("at least one operand must be a tensor", {
+      op,
+      kind: "argument",
+      argument: names[0],
+      expected: "a Tensor",
+      actual: typeof values[0],
+    });
+  }
+  return values.map((v, i) => {
+    if (v instanceof Tensor) return v;
+    if (typeof v === "number" || typeof v === "boolean") {
+      return scalar(Number(v), ref.dtype, ref.device);
+    }
+    return checkTensor(op, names[i], v);
+  });
+}
+
+/** Creates the output tensor of an op (the rule has already checked the inputs). */
+export function makeOp(
+  op: string,
+  inputs: Tensor[],
+  attrs: Attrs,
+  shape: Shape,
+  dtype: DType,
+  device: string = inputs[0].device,
+): Tensor {
+  const node = new Node(op, inputs.map((t) => t.node), attrs, shape, dtype, device, captureTrace());
+  return new Tensor(node);
+}

@@ -1,0 +1,170 @@
+/**
+ * Evaluation: turns the unrealized part of the graph behind some nodes into a structural
+ * {@link PlanGraph}, runs the graph passes, lowers it to a backend plan (cached by structure,
+ * so evaluating the same shape of graph again does not lower again) and realizes the nodes.
+ * @module
+ */
+import { type Backend, backendFor, type PlanGraph, type ValueRef } from "../backends/backend.ts";
+import { parseDevice } from "../device.ts";
+import { TensorqError } from "../errors.ts";
+import type { DeviceBuffer, Node } from "../graph/node.ts";
+import { runPasses } from "../graph/passes/mod.ts";
+import type { Plan } from "../backends/backend.ts";
+
+/** The backend that serves a canonical device name; errors when it cannot run. */
+export function backendOf(device: string, op = "evaluate"): Backend {
+  const spec = parseDevice(op, device);
+  const backend = backendFor(spec.kind);
+  if (!backend) {
+    throw new TensorqError(`no backend for device '${device}' is loaded`, {
+      op,
+      kind: "device",
+    });
+  }
+  const why = backend.unavailableReason();
+  if (why) {
+    throw new TensorqError(`device '${device}' is not available: ${why}`, { op, kind: "device" });
+  }
+  return backend;
+}
+
+/** Statistics of the plan cache, for tests and tuning. */
+export interface PlanCacheStats {
+  /** Plans built. */
+  lowered: number;
+  /** Evaluations served by a cached plan. */
+  hits: number;
+  /** Plans held. */
+  size: number;
+}
+
+const planCache = new Map<string, { graph: PlanGraph; plan: Plan }>();
+const stats = { lowered: 0, hits: 0 };
+
+/** Returns counts of plan lowering and cache hits. */
+export function planCacheStats(): PlanCacheStats {
+  return { ...stats, size: planCache.size };
+}
+
+/** Empties the plan cache. */
+export function clearPlanCache(): void {
+  planCache.clear();
+}
+
+/** A structural graph together with its leaf nodes, built from target nodes. */
+export interface TracedGraph {
+  /** The structure. */
+  graph: PlanGraph;
+  /** Leaf nodes in leaf order (their buffers are the plan's inputs). */
+  leafNodes: Node[];
+  /** The structural key: equal keys mean interchangeable plans. */
+  key: string;
+}
+
+/**
+ * Walks from `targets` back to realized nodes and numbers everything in topological order.
+ * Realized nodes become leaves, in first-use order.
+ */
+export function traceGraph(targets: Node[]): TracedGraph {
+  const device = targets[0].device;
+  const leafIndex = new Map<Node, number>();
+  const nodeIndex = new Map<Node, number>();
+  const leafNodes: Node[] = [];
+  const order: Node[] = [];
+  const keyParts: string[] = [device];
+
+  // Iterative post-order DFS so deep graphs (long generation loops) don't overflow the stack.
+  const visit = (root: Node): void => {
+    const stack: [Node, number][] = [[root, 0]];
+    while (stack.length) {
+      const top = stack[stack.length - 1];
+      const [n, i] = top;
+      if (nodeIndex.has(n) || leafIndex.has(n)) {
+        stack.pop();
+        continue;
+      }
+      if (n.realized) {
+        leafIndex.set(n, leafNodes.length);
+        leafNodes.push(n);
+        keyParts.push(`L${n.dtype}[${n.shape}]${n.op}`);
+        stack.pop();
+        continue;
+      }
+      if (n.device !== device) {
+        throw new TensorqError("inputs are on different devices; move them with .to()", {
+          op: n.op,
+          kind: "device",
+          expected: device,
+          actual: n.device,
+          callSite: n.callSite,
+        });
+      }
+      if (i < n.inputs.length) {
+        top[1] = i + 1;
+        stack.push([n.inputs[i], 0]);
+        continue;
+      }
+      stack.pop();
+      nodeIndex.set(n, order.length);
+      order.push(n);
+    }
+  };
+  for (const t of targets) visit(t);
+
+  const ref = (n: Node): ValueRef =>
+    leafIndex.has(n) ? { leaf: leafIndex.get(n)! } : { node: nodeIndex.get(n)! };
+  const refKey = (r: ValueRef) => ("leaf" in r ? `l${r.leaf}` : `n${r.node}`);
+  const graph: PlanGraph = {
+    device,
+    leaves: leafNodes.map((n) => ({ shape: n.shape, dtype: n.dtype, producer: n.op })),
+    nodes: order.map((n) => {
+      const inputs = n.inputs.map(ref);
+      keyParts.push(
+        `${n.op}${JSON.stringify(n.attrs)}${n.dtype}[${n.shape}](${inputs.map(refKey)})`,
+      );
+      return { op: n.op, attrs: n.attrs, shape: n.shape, dtype: n.dtype, inputs };
+    }),
+    outputs: targets.map(ref),
+  };
+  keyParts.push(`->${graph.outputs.map(refKey)}`);
+  return { graph, leafNodes, key: keyParts.join(";") };
+}
+
+/** Lowers (or fetches from the cache) the plan for a traced graph. */
+export function planFor(traced: TracedGraph, backend: Backend): Plan {
+  const cached = planCache.get(traced.key);
+  if (cached) {
+    stats.hits++;
+    return cached.plan;
+  }
+  const graph = runPasses(traced.graph, traced.leafNodes);
+  const plan = backend.lower(graph);
+  stats.lowered++;
+  planCache.set(traced.key, { graph, plan });
+  return plan;
+}
+
+/**
+ * Realizes every node of `targets` that is not yet realized; all must be on one device.
+ * Afterwards each target holds its buffer.
+ */
+export function realize(targets: Node[]): void {
+  const pending = [...new Set(targets.filter((n) => !n.realized))];
+  if (pending.length === 0) return;
+  for (const n of pending) {
+    if (n.device !== pending[0].device) {
+      throw new TensorqError("cannot evaluate tensors of different devices together", {
+        op: "evaluate",
+        kind: "device",
+        expected: pending[0].device,
+        actual: n.device,
+      });
+    }
+  }
+  const backend = backendOf(pending[0].device);
+  const traced = traceGraph(pending);
+  const plan = planFor(traced, backend);
+  const leaves: DeviceBuffer[] = traced.leafNodes.map((n) => n.buffer!);
+  const outs = plan.run(leaves);
+  pending.forEach((n, i) => n.realize(outs[i]));
+}

@@ -1,0 +1,144 @@
+/**
+ * Shape arithmetic shared by op rules and kernels: element counts, strides, broadcasting,
+ * axis normalization.
+ * @module
+ */
+import { fmtShape, TensorqError } from "./errors.ts";
+
+/** A tensor shape: non-negative integer extents, outermost first. */
+export type Shape = readonly number[];
+
+/** Number of elements of a shape (1 for rank 0). */
+export function numel(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Row-major (C-contiguous) strides in elements. */
+export function stridesOf(shape: Shape): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+/** True when two shapes are equal. */
+export function sameShape(a: Shape, b: Shape): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * NumPy broadcasting of several shapes; throws a shape error naming the op and the
+ * arguments when two extents differ and neither is 1.
+ */
+export function broadcastShapes(op: string, shapes: Shape[], names?: string[]): number[] {
+  const rank = Math.max(0, ...shapes.map((s) => s.length));
+  const out = new Array<number>(rank).fill(1);
+  for (let i = 0; i < rank; i++) {
+    let dim = 1;
+    let from = -1;
+    for (let k = 0; k < shapes.length; k++) {
+      const s = shapes[k];
+      const d = s[s.length - rank + i] ?? 1;
+      if (d === 1) continue;
+      if (dim === 1) {
+        dim = d;
+        from = k;
+      } else if (d !== dim) {
+        const n = (j: number) => names?.[j] ?? `input ${j}`;
+        throw new TensorqError("shapes cannot be broadcast", {
+          op,
+          kind: "shape",
+          argument: n(k),
+          expected: `extent ${dim} or 1 at dimension ${i - rank} (as ${n(from)} ${
+            fmtShape(shapes[from])
+          })`,
+          actual: `shape ${fmtShape(s)}`,
+        });
+      }
+    }
+    out[i] = dim;
+  }
+  return out;
+}
+
+/**
+ * Strides (in elements) that read a contiguous tensor of `shape` as if broadcast to `out`:
+ * broadcast dimensions get stride 0.
+ */
+export function broadcastStrides(shape: Shape, out: Shape): number[] {
+  const strides = stridesOf(shape);
+  const r = new Array<number>(out.length).fill(0);
+  const off = out.length - shape.length;
+  for (let i = 0; i < shape.length; i++) r[off + i] = shape[i] === 1 ? 0 : strides[i];
+  return r;
+}
+
+/** Normalizes a possibly negative axis for a tensor of `rank`; throws an axis error. */
+export function normalizeAxis(op: string, axis: number, rank: number, argument = "axis"): number {
+  if (!Number.isInteger(axis) || axis < -Math.max(rank, 1) || axis >= Math.max(rank, 1)) {
+    throw new TensorqError("axis out of range", {
+      op,
+      kind: "axis",
+      argument,
+      expected: rank === 0
+        ? "an integer in [-1, 0] for a rank-0 tensor"
+        : `an integer in [${-rank}, ${rank - 1}] for a rank-${rank} tensor`,
+      actual: String(axis),
+    });
+  }
+  return axis < 0 ? axis + Math.max(rank, 1) : axis;
+}
+
+/** Normalizes a list of axes (or all axes when undefined); rejects duplicates. */
+export function normalizeAxes(
+  op: string,
+  axes: number | readonly number[] | undefined,
+  rank: number,
+): number[] {
+  if (axes === undefined) return Array.from({ length: rank }, (_, i) => i);
+  const list = typeof axes === "number" ? [axes] : [...axes];
+  const out = list.map((a) => normalizeAxis(op, a, rank));
+  if (new Set(out).size !== out.length) {
+    throw new TensorqError("repeated axis", {
+      op,
+      kind: "axis",
+      argument: "axis",
+      expected: "distinct axes",
+      actual: `[${list.join(", ")}]`,
+    });
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/** Validates a user shape: an array of non-negative integers. */
+export function checkShape(op: string, shape: unknown, argument = "shape"): number[] {
+  if (
+    !Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)
+  ) {
+    throw new TensorqError("invalid shape", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "an array of non-negative integers",
+      actual: describeValue(shape),
+    });
+  }
+  return [...shape];
+}
+
+/** A short description of any value for error messages. */
+export function describeValue(v: unknown): string {
+  if (Array.isArray(v)) {
+    return `[${v.slice(0, 8).map(describeValue).join(", ")}${v.length > 8 ? ", ..." : ""}]`;
+  }
+  if (typeof v === "string") return JSON.stringify(v);
+  if (v === null || v === undefined || typeof v !== "object") return String(v);
+  return (v as { constructor?: { name?: string } }).constructor?.name ?? "object";
+}

@@ -1,0 +1,83 @@
+/**
+ * tensorq: lazy tensors and quantized inference for Deno, on the CPU and on NVIDIA GPUs.
+ *
+ * ```ts
+ * import * as tq from "jsr:@tensorq/tensorq";
+ * const x = tq.randn([2, 3], { seed: 0 });
+ * const y = x.matmul(tq.ones([3, 4])).relu();
+ * console.log(y); // evaluates
+ * ```
+ * @module
+ */
+export {
+  arange,
+  type CreateOptions,
+  formatTensor,
+  full,
+  linspace,
+  type NestedArray,
+  ones,
+  Tensor,
+  tensor,
+  type TensorData,
+  type TensorInput,
+  type TensorOptions,
+  zeros,
+} from "./lib/tensor.ts";
+export { manualSeed, rand, randn, type RandomOptions, RandomStream } from "./lib/random.ts";
+export { type DType, type DTypeInfo, dtypeInfo, DTYPES } from "./lib/dtype.ts";
+export { type CallSite, type ErrorKind, TensorqError } from "./lib/errors.ts";
+export type { Device } from "./lib/device.ts";
+export type { TensorLike } from "./lib/ops/op.ts";
+export {
+  abs,
+  add,
+  cast,
+  div,
+  equal,
+  exp,
+  gelu,
+  type GeluOptions,
+  greater,
+  greaterEqual,
+  less,
+  lessEqual,
+  log,
+  maximum,
+  minimum,
+  mul,
+  neg,
+  notEqual,
+  pow,
+  relu,
+  rsqrt,
+  sigmoid,
+  sqrt,
+  sub,
+  tanh,
+  where,
+} from "./lib/ops/elementwise.ts";
+export {
+  causalMask,
+  type CausalMaskOptions,
+  concat,
+  embedding,
+  expand,
+  flatten,
+  gather,
+  permute,
+  reshape,
+  slice,
+  type SliceRange,
+  split,
+  squeeze,
+  stack,
+  transpose,
+  tril,
+  triu,
+  unsqueeze,
+} from "./lib/ops/shape.ts";
+export { argmax, argmin, max, mean, min, sum, variance as var } from "./lib/ops/reduce.ts";
+export { layerNorm, logSoftmax, softmax } from "./lib/ops/nn.ts";
+export { matmul } from "./lib/ops/matmul.ts";
+export { clearPlanCache, type PlanCacheStats, planCacheStats } from "./lib/runtime/evaluate.ts";

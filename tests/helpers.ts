@@ -1,0 +1,136 @@
+/**
+ * Test helpers: the devices to run on, seeded random data, closeness checks, and error checks
+ * that assert the op, kind, message and reported line.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { TensorqError } from "../lib/errors.ts";
+import { RandomStream } from "../lib/random.ts";
+import { backendFor } from "../lib/backends/backend.ts";
+
+/** True when GPU tests were asked for (`deno task test:gpu`). */
+export const GPU_REQUIRED: boolean = Deno.env.get("TENSORQ_TEST_GPU") === "1";
+
+/** Why CUDA tests are skipped, or undefined when a GPU is usable. */
+export function cudaSkipReason(): string | undefined {
+  const cuda = backendFor("cuda");
+  if (!cuda) return "the cuda backend is not loaded";
+  return cuda.unavailableReason();
+}
+
+/**
+ * Registers `fn` as a test on every device: always on "cpu"; on "cuda" when a GPU is usable,
+ * otherwise as an ignored test with a visible skip message (a failure under test:gpu).
+ */
+export function testOnDevices(name: string, fn: (device: string) => void | Promise<void>): void {
+  Deno.test(`${name} [cpu]`, () => fn("cpu"));
+  testOnGpu(name, () => fn("cuda"));
+}
+
+/** Registers a GPU-only test (ignored with a visible message when no GPU is usable). */
+export function testOnGpu(name: string, fn: () => void | Promise<void>): void {
+  const reason = cudaSkipReason();
+  if (reason && !GPU_REQUIRED) {
+    Deno.test({ name: `${name} [cuda] (skipped: no GPU: ${reason})`, ignore: true, fn });
+    return;
+  }
+  Deno.test(`${name} [cuda]`, async () => {
+    if (reason) throw new Error(`GPU tests required but no GPU is usable: ${reason}`);
+    await fn();
+  });
+}
+
+/** Seeded random float64 values: normal (default) or uniform in [low, high). */
+export function randomValues(
+  n: number,
+  seed: number,
+  options: { low?: number; high?: number; normal?: boolean } = {},
+): Float64Array {
+  const s = new RandomStream(seed);
+  const out = new Float64Array(n);
+  const uniform = options.low !== undefined || options.high !== undefined;
+  for (let i = 0; i < n; i++) {
+    out[i] = uniform && !options.normal
+      ? (options.low ?? 0) + ((options.high ?? 1) - (options.low ?? 0)) * s.uniform()
+      : s.normal();
+  }
+  return out;
+}
+
+/**
+ * Asserts |actual − expected| <= atol + rtol·|expected| elementwise (NaN only matches NaN);
+ * reports the worst element.
+ */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  options: { rtol?: number; atol?: number; message?: string } = {},
+): void {
+  const rtol = options.rtol ?? 1e-6;
+  const atol = options.atol ?? 0;
+  assert.equal(actual.length, expected.length, `${options.message ?? ""} length`);
+  let worst = -1;
+  let worstExcess = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i];
+    const e = expected[i];
+    if (Number.isNaN(e) || Number.isNaN(a)) {
+      if (Number.isNaN(e) !== Number.isNaN(a)) {
+        worst = i;
+        worstExcess = Infinity;
+        break;
+      }
+      continue;
+    }
+    if (a === e) continue;
+    const excess = Math.abs(a - e) - (atol + rtol * Math.abs(e));
+    if (excess > worstExcess || (excess > 0 && worst < 0)) {
+      worst = i;
+      worstExcess = excess;
+    }
+  }
+  if (worst >= 0) {
+    assert.fail(
+      `${options.message ?? "values differ"}: at flat index ${worst} got ${
+        actual[worst]
+      }, expected ${expected[worst]} (rtol ${rtol}, atol ${atol})`,
+    );
+  }
+}
+
+/**
+ * Asserts that `fn` throws a TensorqError of the given op and kind whose message contains
+ * each of `includes` and that reports the line of the caller (pass the line of the call).
+ */
+export function assertTqError(
+  fn: () => unknown,
+  expected: { op: string; kind?: string; includes?: string[]; line?: number },
+): TensorqError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof TensorqError, `expected a TensorqError, got ${caught}`);
+  assert.equal(caught.op, expected.op);
+  if (expected.kind) assert.equal(caught.kind, expected.kind);
+  for (const s of expected.includes ?? []) {
+    assert.ok(
+      caught.message.includes(s),
+      `message ${JSON.stringify(caught.message)} lacks ${JSON.stringify(s)}`,
+    );
+  }
+  if (expected.line !== undefined) {
+    assert.ok(caught.callSite, "no call site reported");
+    assert.equal(caught.callSite.line, expected.line, `reported ${caught.message}`);
+    assert.ok(caught.message.includes(`_test.ts:${expected.line}:`), caught.message);
+  }
+  return caught;
+}
+
+/** The line number of the caller of this function (for error-line assertions). */
+export function thisLine(): number {
+  const stack = new Error().stack!.split("\n")[2];
+  return Number(/:(\d+):\d+\)?$/.exec(stack)![1]);
+}

@@ -1,0 +1,645 @@
+import assert from "node:assert/strict";
+import { TensorqError } from "../lib/errors.ts";
+import {
+  itemSizeOf,
+  parseSafetensorsBytes,
+  SAFETENSORS_MAX_HEADER_BYTES,
+  type SafetensorsDType,
+  SafetensorsFile,
+  writeSafetensors,
+} from "../lib/io/safetensors.ts";
+
+const ALL_DTYPES: [SafetensorsDType, number][] = [
+  ["F64", 8],
+  ["F32", 4],
+  ["F16", 2],
+  ["BF16", 2],
+  ["F8_E4M3", 1],
+  ["I64", 8],
+  ["I32", 4],
+  ["I16", 2],
+  ["I8", 1],
+  ["U8", 1],
+  ["BOOL", 1],
+];
+
+/** Seeded generator (mulberry32) of bytes in 1..255, so a dropped or shifted byte shows. */
+function nonZeroBytes(n: number, seed: number): Uint8Array {
+  let s = seed >>> 0;
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = 1 + (((t ^ (t >>> 14)) >>> 0) % 255);
+  }
+  return out;
+}
+
+function tempPath(): string {
+  return Deno.makeTempFileSync({ prefix: "tensorq_st_", suffix: ".safetensors" });
+}
+
+/** Builds raw file bytes: 8-byte length (or `lengthOverride`), header text, `dataLength` bytes. */
+function rawFile(header: unknown, dataLength: number, lengthOverride?: bigint): Uint8Array {
+  const text = new TextEncoder().encode(
+    typeof header === "string" ? header : JSON.stringify(header),
+  );
+  return rawFromHeaderBytes(text, dataLength, lengthOverride);
+}
+
+function rawFromHeaderBytes(
+  headerBytes: Uint8Array,
+  dataLength: number,
+  lengthOverride?: bigint,
+): Uint8Array {
+  const out = new Uint8Array(8 + headerBytes.length + dataLength);
+  new DataView(out.buffer).setBigUint64(0, lengthOverride ?? BigInt(headerBytes.length), true);
+  out.set(headerBytes, 8);
+  out.set(nonZeroBytes(dataLength, 99), 8 + headerBytes.length);
+  return out;
+}
+
+/** Asserts `fn` throws a TensorqError of the given op and kind whose message matches `pattern`. */
+function assertTensorqError(
+  fn: () => unknown,
+  pattern: RegExp,
+  op = "loadSafetensors",
+  kind = "io",
+): TensorqError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof TensorqError, `expected a TensorqError, got ${caught}`);
+  assert.equal(caught.op, op);
+  assert.equal(caught.kind, kind);
+  assert.match(caught.message, pattern);
+  return caught;
+}
+
+function readU64(bytes: Uint8Array): number {
+  return Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
+}
+
+Deno.test("itemSizeOf gives the size of every dtype and rejects unknown ones", () => {
+  for (const [dtype, size] of ALL_DTYPES) assert.equal(itemSizeOf(dtype), size, dtype);
+  assertTensorqError(
+    () => itemSizeOf("U32" as SafetensorsDType),
+    /unknown safetensors dtype "U32"/,
+    "itemSizeOf",
+    "dtype",
+  );
+});
+
+Deno.test("round trip of every dtype (sync and async open)", async () => {
+  const shapes = [[3, 5], [7], [2, 1, 3], []];
+  const tensors = ALL_DTYPES.map(([dtype, size], i) => {
+    const shape = shapes[i % shapes.length];
+    const count = shape.reduce((a, b) => a * b, 1);
+    return { name: `t${i}_${dtype}`, dtype, shape, bytes: nonZeroBytes(count * size, 1000 + i) };
+  });
+  const path = tempPath();
+  try {
+    writeSafetensors(path, tensors);
+    for (const file of [SafetensorsFile.open(path), await SafetensorsFile.openAsync(path)]) {
+      using f = file;
+      assert.equal(f.path, path);
+      assert.deepEqual(f.keys(), tensors.map((t) => t.name));
+      assert.deepEqual(f.metadata, {});
+      let expectedOffset = 0;
+      for (const t of tensors) {
+        assert.ok(f.has(t.name));
+        const e = f.entry(t.name);
+        assert.deepEqual(e, {
+          name: t.name,
+          dtype: t.dtype,
+          shape: t.shape,
+          byteOffset: expectedOffset,
+          byteLength: t.bytes.length,
+        });
+        expectedOffset += t.bytes.length;
+        const back = f.readBytes(t.name);
+        assert.deepEqual(back, t.bytes, t.name);
+        assert.equal(back.byteOffset, 0);
+      }
+      assert.equal(f.fileSize, f.dataOffset + expectedOffset);
+      assert.ok(!f.has("missing"));
+    }
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("writer pads the header with spaces to a multiple of 8 and packs tensors", () => {
+  const path = tempPath();
+  try {
+    const a = nonZeroBytes(12, 1);
+    const b = nonZeroBytes(3, 2);
+    writeSafetensors(path, {
+      a: { dtype: "F32", shape: [3], bytes: a },
+      b: { dtype: "U8", shape: [3], bytes: b },
+    }, {
+      format: "pt",
+    });
+    const raw = Deno.readFileSync(path);
+    const n = readU64(raw);
+    assert.equal(n % 8, 0);
+    assert.equal(raw.length, 8 + n + 15);
+    const text = new TextDecoder().decode(raw.subarray(8, 8 + n));
+    const trimmed = text.trimEnd();
+    assert.ok(trimmed.length > n - 8, "padding is fewer than 8 bytes");
+    assert.equal(text.slice(trimmed.length), " ".repeat(n - trimmed.length));
+    assert.deepEqual(JSON.parse(text), {
+      __metadata__: { format: "pt" },
+      a: { dtype: "F32", shape: [3], data_offsets: [0, 12] },
+      b: { dtype: "U8", shape: [3], data_offsets: [12, 15] },
+    });
+    assert.deepEqual(raw.subarray(8 + n, 8 + n + 12), a);
+    assert.deepEqual(raw.subarray(8 + n + 12), b);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("metadata round trips, including unicode and empty values", () => {
+  const path = tempPath();
+  const metadata = { format: "pt", note: 'größe ✓ "quoted"', empty: "" };
+  try {
+    writeSafetensors(
+      path,
+      [{ name: "x", dtype: "I8", shape: [2], bytes: nonZeroBytes(2, 5) }],
+      metadata,
+    );
+    using f = SafetensorsFile.open(path);
+    assert.deepEqual(f.metadata, metadata);
+    assert.deepEqual(f.keys(), ["x"]);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("header order is kept, including integer-like names", () => {
+  const path = tempPath();
+  const names = ["b", "10", "a", "2"];
+  try {
+    writeSafetensors(
+      path,
+      names.map((name, i) => ({
+        name,
+        dtype: "U8" as const,
+        shape: [i + 1],
+        bytes: nonZeroBytes(i + 1, i),
+      })),
+    );
+    using f = SafetensorsFile.open(path);
+    assert.deepEqual(f.keys(), names);
+    assert.deepEqual(f.readBytes("2"), nonZeroBytes(4, 3));
+    assert.equal(f.entry("2").byteOffset, 1 + 2 + 3);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("zero-size tensors write and read as empty", () => {
+  const path = tempPath();
+  try {
+    writeSafetensors(path, [
+      { name: "empty", dtype: "F32", shape: [0, 4], bytes: new Uint8Array(0) },
+      { name: "after", dtype: "I16", shape: [2], bytes: nonZeroBytes(4, 8) },
+    ]);
+    using f = SafetensorsFile.open(path);
+    assert.deepEqual(f.entry("empty"), {
+      name: "empty",
+      dtype: "F32",
+      shape: [0, 4],
+      byteOffset: 0,
+      byteLength: 0,
+    });
+    assert.equal(f.readBytes("empty").length, 0);
+    assert.deepEqual(f.readBytes("after"), nonZeroBytes(4, 8));
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("open reads only the header and readBytes only the asked tensor", () => {
+  const path = tempPath();
+  const big = nonZeroBytes(8 << 20, 11); // 8 MiB that must never be read
+  const small = nonZeroBytes(6 * 2, 12);
+  const proto = Deno.FsFile.prototype;
+  const originalReadSync = proto.readSync;
+  let bytesRead = 0;
+  try {
+    writeSafetensors(path, [
+      { name: "big", dtype: "F32", shape: [2 << 20], bytes: big },
+      { name: "small", dtype: "BF16", shape: [2, 3], bytes: small },
+    ]);
+    proto.readSync = function (this: Deno.FsFile, p: Uint8Array): number | null {
+      const n = originalReadSync.call(this, p);
+      bytesRead += n ?? 0;
+      return n;
+    };
+    using f = SafetensorsFile.open(path);
+    assert.equal(bytesRead, f.dataOffset, "open reads the length and header only");
+    assert.equal(f.entry("small").byteOffset, big.length);
+    bytesRead = 0;
+    assert.deepEqual(f.readBytes("small"), small);
+    assert.equal(bytesRead, small.length, "readBytes reads just that tensor");
+  } finally {
+    proto.readSync = originalReadSync;
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("readBytes reads from disk on demand and returns fresh copies", () => {
+  const path = tempPath();
+  try {
+    const a = nonZeroBytes(16, 21);
+    const b = nonZeroBytes(8, 22);
+    writeSafetensors(path, [
+      { name: "a", dtype: "I64", shape: [2], bytes: a },
+      { name: "b", dtype: "F16", shape: [4], bytes: b },
+    ]);
+    using f = SafetensorsFile.open(path);
+    const first = f.readBytes("b");
+    first.fill(0);
+    assert.deepEqual(f.readBytes("b"), b, "a caller's edit does not leak into later reads");
+    // Rewrite b's bytes on disk after open: the next read must see them.
+    const replacement = nonZeroBytes(8, 23);
+    using w = Deno.openSync(path, { write: true });
+    w.seekSync(f.dataOffset + 16, Deno.SeekMode.Start);
+    w.writeSync(replacement);
+    assert.deepEqual(f.readBytes("b"), replacement);
+    assert.deepEqual(f.readBytes("a"), a);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("entry of a missing tensor names it and lists available ones", () => {
+  const path = tempPath();
+  try {
+    writeSafetensors(path, [
+      { name: "alpha", dtype: "U8", shape: [1], bytes: nonZeroBytes(1, 1) },
+      { name: "beta", dtype: "U8", shape: [1], bytes: nonZeroBytes(1, 2) },
+    ]);
+    using f = SafetensorsFile.open(path);
+    const err = assertTensorqError(
+      () => f.entry("gamma"),
+      /no tensor named "gamma"/,
+      "loadSafetensors",
+      "argument",
+    );
+    assert.match(err.message, /"alpha", "beta"/);
+    assertTensorqError(
+      () => f.readBytes("gamma"),
+      /no tensor named "gamma"/,
+      "loadSafetensors",
+      "argument",
+    );
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("readBytes after close throws a state error", () => {
+  const path = tempPath();
+  try {
+    writeSafetensors(path, [{ name: "x", dtype: "U8", shape: [1], bytes: nonZeroBytes(1, 1) }]);
+    const f = SafetensorsFile.open(path);
+    f.close();
+    f.close();
+    assertTensorqError(() => f.readBytes("x"), /file is closed/, "loadSafetensors", "state");
+    assert.deepEqual(f.keys(), ["x"]);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("parseSafetensorsBytes works on a whole buffer and on a header prefix", () => {
+  const header = {
+    __metadata__: { k: "v" },
+    w: { dtype: "F32", shape: [2, 2], data_offsets: [4, 20] },
+    s: { dtype: "I32", shape: [], data_offsets: [0, 4] },
+  };
+  const raw = rawFile(header, 20);
+  const parsed = parseSafetensorsBytes(raw);
+  const n = readU64(raw);
+  assert.equal(parsed.dataOffset, 8 + n);
+  assert.deepEqual(parsed.metadata, { k: "v" });
+  assert.deepEqual(parsed.entries, [
+    { name: "w", dtype: "F32", shape: [2, 2], byteOffset: 4, byteLength: 16 },
+    { name: "s", dtype: "I32", shape: [], byteOffset: 0, byteLength: 4 },
+  ]);
+  const prefix = raw.slice(0, 8 + n);
+  assert.deepEqual(parseSafetensorsBytes(prefix, { fileSize: raw.length }), parsed);
+  assertTensorqError(() => parseSafetensorsBytes(prefix), /beyond the data section \(0 bytes\)/);
+  assertTensorqError(
+    () => parseSafetensorsBytes(raw.slice(0, 12), { fileSize: raw.length }),
+    /buffer holds 12 bytes but the header ends/,
+  );
+});
+
+Deno.test("overlapping tensors are allowed", () => {
+  const header = {
+    a: { dtype: "U8", shape: [8], data_offsets: [0, 8] },
+    b: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+    c: { dtype: "I16", shape: [2], data_offsets: [4, 8] },
+  };
+  const raw = rawFile(header, 8);
+  const path = tempPath();
+  try {
+    Deno.writeFileSync(path, raw);
+    using f = SafetensorsFile.open(path);
+    const data = raw.subarray(f.dataOffset);
+    assert.deepEqual(f.readBytes("a"), data);
+    assert.deepEqual(f.readBytes("b"), data);
+    assert.deepEqual(f.readBytes("c"), data.subarray(4));
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("malformed headers give TensorqErrors naming the problem", () => {
+  const ok = { dtype: "F32", shape: [2], data_offsets: [0, 8] };
+  const cases: [string, Uint8Array, RegExp][] = [
+    ["short file", new Uint8Array(5), /5 bytes, shorter than the 8-byte header length/],
+    ["zero header length", rawFile("", 8), /header length is 0/],
+    [
+      "huge header length",
+      rawFile({ x: ok }, 8, BigInt(SAFETENSORS_MAX_HEADER_BYTES) + 1n),
+      /header length 100000001 exceeds the 100000000-byte limit/,
+    ],
+    [
+      "u64 header length",
+      rawFile({ x: ok }, 8, 0xffffffffffffffffn),
+      /exceeds the 100000000-byte limit/,
+    ],
+    [
+      "header past end",
+      rawFile({ x: ok }, 0, 4096n),
+      /header length 4096 runs past the end of the file/,
+    ],
+    [
+      "invalid UTF-8",
+      rawFromHeaderBytes(new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), 0),
+      /not valid UTF-8/,
+    ],
+    ["invalid JSON", rawFile('{"x": {', 0), /header is not valid JSON/],
+    ["JSON array", rawFile("[1, 2]", 0), /header is not a JSON object/],
+    ["JSON number", rawFile("42", 0), /header is not a JSON object/],
+    ["JSON null", rawFile("null", 0), /header is not a JSON object/],
+    ["entry not object", rawFile({ x: 3 }, 0), /tensor "x": header entry is not an object/],
+    [
+      "no dtype",
+      rawFile({ x: { shape: [2], data_offsets: [0, 8] } }, 8),
+      /tensor "x": header entry has no 'dtype'/,
+    ],
+    [
+      "no shape",
+      rawFile({ x: { dtype: "F32", data_offsets: [0, 8] } }, 8),
+      /tensor "x": header entry has no 'shape'/,
+    ],
+    [
+      "no data_offsets",
+      rawFile({ x: { dtype: "F32", shape: [2] } }, 8),
+      /tensor "x": header entry has no 'data_offsets'/,
+    ],
+    [
+      "unknown dtype",
+      rawFile({ my_weight: { dtype: "F8_E5M2", shape: [2], data_offsets: [0, 2] } }, 2),
+      /tensor "my_weight": unknown dtype "F8_E5M2".*F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, I8, U8, BOOL/,
+    ],
+    [
+      "non-string dtype",
+      rawFile({ x: { dtype: 4, shape: [2], data_offsets: [0, 8] } }, 8),
+      /unknown dtype 4/,
+    ],
+    [
+      "negative dim",
+      rawFile({ x: { dtype: "F32", shape: [-2], data_offsets: [0, 8] } }, 8),
+      /tensor "x": shape is not an array of non-negative integers.*\[-2\]/,
+    ],
+    [
+      "fractional dim",
+      rawFile({ x: { dtype: "F32", shape: [1.5], data_offsets: [0, 6] } }, 8),
+      /shape is not an array of non-negative integers/,
+    ],
+    [
+      "shape not array",
+      rawFile({ x: { dtype: "F32", shape: 2, data_offsets: [0, 8] } }, 8),
+      /shape is not an array of non-negative integers/,
+    ],
+    [
+      "shape of strings",
+      rawFile({ x: { dtype: "F32", shape: ["2"], data_offsets: [0, 8] } }, 8),
+      /shape is not an array of non-negative integers/,
+    ],
+    [
+      "three offsets",
+      rawFile({ x: { dtype: "F32", shape: [2], data_offsets: [0, 8, 9] } }, 8),
+      /tensor "x": data_offsets is not \[begin, end\]/,
+    ],
+    [
+      "negative offset",
+      rawFile({ x: { dtype: "F32", shape: [2], data_offsets: [-8, 0] } }, 8),
+      /data_offsets is not \[begin, end\]/,
+    ],
+    [
+      "offsets not array",
+      rawFile({ x: { dtype: "F32", shape: [2], data_offsets: "0-8" } }, 8),
+      /data_offsets is not \[begin, end\]/,
+    ],
+    [
+      "begin after end",
+      rawFile({ x: { dtype: "F32", shape: [0], data_offsets: [8, 0] } }, 8),
+      /tensor "x": data_offsets begin 8 is after end 0/,
+    ],
+    [
+      "end beyond data",
+      rawFile({ x: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }, 12),
+      /tensor "x": data_offsets end 16 is beyond the data section \(12 bytes\)/,
+    ],
+    [
+      "byte length mismatch",
+      rawFile({ x: { dtype: "F32", shape: [3], data_offsets: [0, 8] } }, 12),
+      /tensor "x": data_offsets span 8 bytes but F32 \[3\] needs 12/,
+    ],
+    [
+      "metadata not object",
+      rawFile({ __metadata__: "pt", x: ok }, 8),
+      /__metadata__ is not an object of strings/,
+    ],
+    [
+      "metadata non-string value",
+      rawFile({ __metadata__: { version: 2 }, x: ok }, 8),
+      /__metadata__ value of "version" is not a string/,
+    ],
+    [
+      "duplicate name",
+      rawFile(`{"x":${JSON.stringify(ok)},"x":${JSON.stringify(ok)}}`, 8),
+      /names "x" more than once/,
+    ],
+  ];
+  for (const [label, raw, pattern] of cases) {
+    const err = assertTensorqError(() => parseSafetensorsBytes(raw, { source: "bad.st" }), pattern);
+    assert.match(err.message, /^loadSafetensors: bad\.st: /, label);
+  }
+  // The same checks run when opening files, and the message names the file.
+  const path = tempPath();
+  try {
+    for (const [label, raw, pattern] of cases) {
+      Deno.writeFileSync(path, raw);
+      const err = assertTensorqError(() => SafetensorsFile.open(path), pattern);
+      assert.ok(err.message.includes(path), `${label}: message names the file`);
+    }
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("openAsync rejects malformed files with the same errors", async () => {
+  const path = tempPath();
+  try {
+    Deno.writeFileSync(path, new Uint8Array(3));
+    await assert.rejects(() => SafetensorsFile.openAsync(path), (e: unknown) => {
+      assert.ok(e instanceof TensorqError);
+      assert.equal(e.op, "loadSafetensors");
+      assert.match(e.message, /3 bytes, shorter than the 8-byte header length/);
+      return true;
+    });
+    Deno.writeFileSync(path, rawFile({ x: { dtype: "I32", shape: [2], data_offsets: [0, 8] } }, 4));
+    await assert.rejects(
+      () => SafetensorsFile.openAsync(path),
+      /end 8 is beyond the data section \(4 bytes\)/,
+    );
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("opening a missing file is an io TensorqError naming it", async () => {
+  const path = "/nonexistent-dir/none.safetensors";
+  assertTensorqError(() => SafetensorsFile.open(path), /none\.safetensors: cannot open file/);
+  await assert.rejects(() => SafetensorsFile.openAsync(path), TensorqError);
+});
+
+Deno.test("writer validates its inputs before touching the file", () => {
+  const path = tempPath();
+  const original = nonZeroBytes(10, 77);
+  Deno.writeFileSync(path, original);
+  const good = {
+    name: "g",
+    dtype: "U8" as SafetensorsDType,
+    shape: [2],
+    bytes: nonZeroBytes(2, 1),
+  };
+  const save = (fn: () => void, pattern: RegExp) =>
+    assertTensorqError(fn, pattern, "saveSafetensors", "io");
+  try {
+    save(
+      () =>
+        writeSafetensors(path, [good, {
+          name: "w",
+          dtype: "F32",
+          shape: [2, 3],
+          bytes: new Uint8Array(20),
+        }]),
+      /tensor "w": F32 \[2, 3\] needs 24 bytes, got 20/,
+    );
+    save(
+      () => writeSafetensors(path, { w: { dtype: "F16", shape: [3], bytes: new Uint8Array(5) } }),
+      /tensor "w": F16 \[3\] needs 6 bytes, got 5/,
+    );
+    save(
+      () => writeSafetensors(path, [{ ...good, dtype: "U32" as SafetensorsDType }]),
+      /tensor "g": unknown dtype "U32"/,
+    );
+    save(
+      () => writeSafetensors(path, [{ ...good, shape: [-2] }]),
+      /shape is not an array of non-negative/,
+    );
+    save(() => writeSafetensors(path, [good, good]), /tensor "g" is given more than once/);
+    save(
+      () => writeSafetensors(path, [{ ...good, name: "__metadata__" }]),
+      /reserved for metadata/,
+    );
+    save(
+      () => writeSafetensors(path, [{ ...good, bytes: [1, 2] as unknown as Uint8Array }]),
+      /bytes is not a Uint8Array/,
+    );
+    save(
+      () => writeSafetensors(path, [good], { version: 2 as unknown as string }),
+      /metadata value of "version" is not a string/,
+    );
+    assert.deepEqual(Deno.readFileSync(path), original, "a rejected write leaves the file alone");
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
+const MODELS = new URL("../../shared/models/", import.meta.url);
+
+function exists(url: URL): boolean {
+  try {
+    Deno.statSync(url);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const conformance = new URL("conformance.safetensors", FIXTURES);
+const hasConformance = exists(conformance);
+if (!hasConformance) console.log(`skipped: ${conformance.pathname} not present (../shared)`);
+Deno.test({
+  name: "conformance fixture: pc_w is F32 [64, 96] and pt_x is F32 [4184]",
+  ignore: !hasConformance,
+  fn: async () => {
+    for (
+      const file of [
+        SafetensorsFile.open(conformance.pathname),
+        await SafetensorsFile.openAsync(conformance.pathname),
+      ]
+    ) {
+      using f = file;
+      const pcW = f.entry("pc_w");
+      assert.equal(pcW.dtype, "F32");
+      assert.deepEqual(pcW.shape, [64, 96]);
+      assert.equal(pcW.byteLength, 64 * 96 * 4);
+      const ptX = f.entry("pt_x");
+      assert.equal(ptX.dtype, "F32");
+      assert.deepEqual(ptX.shape, [4184]);
+      // pt_x holds 4096 normal samples plus extremes including +-1000 (see the fixture README).
+      const x = new Float32Array(f.readBytes("pt_x").buffer);
+      assert.equal(x.length, 4184);
+      assert.ok(x.every(Number.isFinite));
+      assert.ok(x.includes(1000) && x.includes(-1000));
+    }
+  },
+});
+
+const gpt2 = new URL("tiny-shakespeare-gpt2/model.safetensors", MODELS);
+const hasGpt2 = exists(gpt2);
+if (!hasGpt2) console.log(`skipped: ${gpt2.pathname} not present (../shared)`);
+Deno.test({
+  name: "tiny-shakespeare-gpt2: transformer.wte.weight is F32 [256, 256]",
+  ignore: !hasGpt2,
+  fn: () => {
+    using f = SafetensorsFile.open(gpt2.pathname);
+    const wte = f.entry("transformer.wte.weight");
+    assert.equal(wte.dtype, "F32");
+    assert.deepEqual(wte.shape, [256, 256]);
+    assert.equal(f.metadata.format, "pt");
+    assert.ok(!f.has("lm_head.weight"), "lm_head is tied to wte and absent");
+    const w = new Float32Array(f.readBytes("transformer.wte.weight").buffer);
+    assert.equal(w.length, 256 * 256);
+    assert.ok(w.every(Number.isFinite));
+    assert.ok(w.some((v) => v !== 0));
+  },
+});
