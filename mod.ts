@@ -81,3 +81,24 @@ export { argmax, argmin, max, mean, min, sum, variance as var } from "./lib/ops/
 export { layerNorm, logSoftmax, softmax } from "./lib/ops/nn.ts";
 export { matmul } from "./lib/ops/matmul.ts";
 export { clearPlanCache, type PlanCacheStats, planCacheStats } from "./lib/runtime/evaluate.ts";
+export {
+  loadSafetensors,
+  type LoadOptions,
+  saveSafetensors,
+  SafetensorsTensors,
+} from "./lib/io/tensors.ts";
+export {
+  type LoadStateDictOptions,
+  type LoadStateDictResult,
+  Module,
+  type ParameterSpec,
+} from "./lib/nn/module.ts";
+export {
+  Embedding,
+  type EmbeddingOptions,
+  LayerNorm,
+  type LayerNormOptions,
+  Linear,
+  type LinearOptions,
+  Sequential,
+} from "./lib/nn/layers.ts";

@@ -1,0 +1,181 @@
+/**
+ * Tensors to and from safetensors files: {@link loadSafetensors} opens a file lazily (header
+ * only; each tensor's bytes are read when first asked for), {@link saveSafetensors} writes one.
+ *
+ * Dtype mapping: F32, F16, BF16, F8_E4M3, I8, I32, I64 and BOOL map one to one. F64 loads as
+ * float32 (rounded to nearest even), I16 and U8 load as int32 (exact). int4 tensors are stored
+ * packed two per byte as U8 `[ceil(n/2)]`, with the metadata keys `tensorq.int4.<name>` holding
+ * the logical shape, and load back as int4.
+ * @module
+ */
+import { type DType, fromStorageBytes, packInt4, toStorageBytes } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import { numel } from "../shape.ts";
+import { fromStorage, type Tensor } from "../tensor.ts";
+import {
+  type SafetensorsDType,
+  type SafetensorsEntry,
+  SafetensorsFile,
+  writeSafetensors,
+} from "./safetensors.ts";
+
+const INT4_KEY = "tensorq.int4.";
+
+const DIRECT: Partial<Record<SafetensorsDType, DType>> = {
+  F32: "float32",
+  F16: "float16",
+  BF16: "bfloat16",
+  F8_E4M3: "float8e4m3",
+  I8: "int8",
+  I32: "int32",
+  I64: "int64",
+  BOOL: "bool",
+};
+
+const TO_SAFETENSORS: Partial<Record<DType, SafetensorsDType>> = {
+  float32: "F32",
+  float16: "F16",
+  bfloat16: "BF16",
+  float8e4m3: "F8_E4M3",
+  int8: "I8",
+  int32: "I32",
+  int64: "I64",
+  bool: "BOOL",
+};
+
+/** Converts one entry's bytes into a tensor. */
+function entryToTensor(
+  entry: SafetensorsEntry,
+  bytes: Uint8Array,
+  int4Shape: number[] | undefined,
+  device: string | undefined,
+): Tensor {
+  if (int4Shape) {
+    const n = numel(int4Shape);
+    return fromStorage(fromStorageBytes("int4", bytes, n), int4Shape, "int4", device);
+  }
+  const n = numel(entry.shape);
+  const direct = DIRECT[entry.dtype];
+  if (direct) return fromStorage(fromStorageBytes(direct, bytes, n), entry.shape, direct, device);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (entry.dtype) {
+    case "F64": {
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = view.getFloat64(i * 8, true);
+      return fromStorage(out, entry.shape, "float32", device);
+    }
+    case "I16": {
+      const out = new Int32Array(n);
+      for (let i = 0; i < n; i++) out[i] = view.getInt16(i * 2, true);
+      return fromStorage(out, entry.shape, "int32", device);
+    }
+    default: {
+      const out = Int32Array.from(bytes);
+      return fromStorage(out, entry.shape, "int32", device);
+    }
+  }
+}
+
+/** Options of {@link SafetensorsTensors.get}. */
+export interface LoadOptions {
+  /** Device to place the tensor on (default "cpu"). */
+  device?: string;
+}
+
+/** A safetensors file whose tensors are read on demand. */
+export class SafetensorsTensors {
+  /** The underlying file (header already parsed). */
+  readonly file: SafetensorsFile;
+  readonly #int4 = new Map<string, number[]>();
+
+  /** Wraps an opened file. */
+  constructor(file: SafetensorsFile) {
+    this.file = file;
+    for (const [key, value] of Object.entries(file.metadata)) {
+      if (key.startsWith(INT4_KEY)) this.#int4.set(key.slice(INT4_KEY.length), JSON.parse(value));
+    }
+  }
+
+  /** The user metadata (tensorq's own keys removed). */
+  get metadata(): Record<string, string> {
+    return Object.fromEntries(
+      Object.entries(this.file.metadata).filter(([k]) => !k.startsWith(INT4_KEY)),
+    );
+  }
+
+  /** Tensor names in file order. */
+  keys(): string[] {
+    return this.file.keys();
+  }
+
+  /** True when the file holds `name`. */
+  has(name: string): boolean {
+    return this.file.has(name);
+  }
+
+  /** Shape and dtype of a tensor without reading its data. */
+  info(name: string): { shape: number[]; dtype: DType } {
+    const e = this.file.entry(name);
+    const int4 = this.#int4.get(name);
+    if (int4) return { shape: int4, dtype: "int4" };
+    const dtype = DIRECT[e.dtype] ?? (e.dtype === "F64" ? "float32" : "int32");
+    return { shape: [...e.shape], dtype };
+  }
+
+  /** Reads one tensor (its bytes only). */
+  get(name: string, options: LoadOptions = {}): Tensor {
+    const entry = this.file.entry(name);
+    return entryToTensor(entry, this.file.readBytes(name), this.#int4.get(name), options.device);
+  }
+
+  /** Reads every tensor into a record. */
+  toRecord(options: LoadOptions = {}): Record<string, Tensor> {
+    return Object.fromEntries(this.keys().map((k) => [k, this.get(k, options)]));
+  }
+
+  /** Closes the file. */
+  close(): void {
+    this.file.close();
+  }
+
+  /** Closes the file at the end of a `using` block. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Opens a safetensors file lazily: the header now, tensor bytes when each is read. */
+export function loadSafetensors(path: string | URL): SafetensorsTensors {
+  const p = path instanceof URL ? path.pathname : path;
+  return new SafetensorsTensors(SafetensorsFile.open(p));
+}
+
+/** Writes tensors (evaluating them) to a safetensors file, with optional metadata. */
+export function saveSafetensors(
+  path: string | URL,
+  tensors: Record<string, Tensor>,
+  metadata: Record<string, string> = {},
+): void {
+  const p = path instanceof URL ? path.pathname : path;
+  const meta: Record<string, string> = { ...metadata };
+  const list = Object.entries(tensors).map(([name, t]) => {
+    if (!t || typeof t !== "object" || !("node" in t)) {
+      throw new TensorqError("values must be tensors", {
+        op: "saveSafetensors",
+        kind: "argument",
+        argument: name,
+        expected: "a Tensor",
+        actual: typeof t,
+      });
+    }
+    const storage = t.storageSync();
+    if (t.dtype === "int4") {
+      meta[INT4_KEY + name] = JSON.stringify(t.shape);
+      const bytes = packInt4(storage as Int8Array);
+      return { name, dtype: "U8" as const, shape: [bytes.length], bytes };
+    }
+    const dtype = TO_SAFETENSORS[t.dtype]!;
+    return { name, dtype, shape: t.shape, bytes: toStorageBytes(t.dtype, storage) };
+  });
+  writeSafetensors(p, list, Object.keys(meta).length ? meta : undefined);
+}

@@ -1,0 +1,344 @@
+/**
+ * Layers: {@link Linear} (optionally quantized, exactly as Tripy's), {@link LayerNorm},
+ * {@link Embedding} and {@link Sequential}.
+ * @module
+ */
+import { checkDType, type DType } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import { add } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
+import { layerNorm } from "../ops/nn.ts";
+import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
+import { embedding, transpose } from "../ops/shape.ts";
+import { full, type Tensor } from "../tensor.ts";
+import { rand, randn } from "../random.ts";
+import { Module } from "./module.ts";
+
+const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
+const QUANT: readonly DType[] = ["int8", "int4", "float8e4m3"];
+
+function positiveInt(op: string, argument: string, v: unknown): number {
+  if (!Number.isInteger(v) || (v as number) <= 0) {
+    throw new TensorqError("expected a positive integer", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "a positive integer",
+      actual: String(v),
+    });
+  }
+  return v as number;
+}
+
+function floatDType(op: string, v: unknown): DType {
+  const d = checkDType(op, "dtype", v ?? "float32");
+  if (!FLOATS.includes(d)) {
+    throw new TensorqError("module dtype must be a float type", {
+      op,
+      kind: "dtype",
+      argument: "dtype",
+      expected: FLOATS.join(", "),
+      actual: d,
+    });
+  }
+  return d;
+}
+
+/** Options of {@link Linear}. */
+export interface LinearOptions {
+  /** Add a bias (default true). */
+  bias?: boolean;
+  /** Dtype of weight, bias and output (default float32). */
+  dtype?: DType;
+  /** Quantize the weight (and the input when `inputScale` is set) to this dtype. */
+  quantDtype?: QuantDType;
+  /**
+   * Dimension of the weight `[out, in]` along which scales vary: 0 = one scale per output
+   * channel, 1 = per input feature; undefined = one scale for the whole weight. With
+   * `blockSize`, the dimension that is split into blocks.
+   */
+  weightQuantDim?: number;
+  /** Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. */
+  blockSize?: number;
+}
+
+/**
+ * `y = x · Wᵀ + b` with `weight [out, in]`. When `quantDtype` is set the forward is exactly
+ * Tripy's: if `inputScale` is set, `x = dequantize(quantize(x, inputScale))` per tensor; the
+ * weight is quantized and dequantized with `weightScale` (per tensor, per channel along
+ * `weightQuantDim`, or block-wise); then the float matmul. Fusion into low-precision GEMMs is
+ * the graph compiler's job, not this class's.
+ */
+export class Linear extends Module {
+  /** Input features. */
+  readonly inFeatures: number;
+  /** Output features. */
+  readonly outFeatures: number;
+  /** Dtype of weight, bias and output. */
+  readonly dtype: DType;
+  /** Quantization dtype, if quantized. */
+  readonly quantDtype?: QuantDType;
+  /** Weight scale dimension (see {@link LinearOptions.weightQuantDim}). */
+  readonly weightQuantDim?: number;
+  /** Block size of block-wise weight quantization. */
+  readonly blockSize?: number;
+
+  /** Creates the layer; the weight starts uniform in ±1/√in (seeded by the global stream). */
+  constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
+    super();
+    this.inFeatures = positiveInt("Linear", "inFeatures", inFeatures);
+    this.outFeatures = positiveInt("Linear", "outFeatures", outFeatures);
+    this.dtype = floatDType("Linear", options.dtype);
+    const bound = 1 / Math.sqrt(inFeatures);
+    this.declareParameter(
+      "weight",
+      { shape: [outFeatures, inFeatures], dtype: this.dtype },
+      rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype: this.dtype }),
+    );
+    if (options.bias ?? true) {
+      this.declareParameter(
+        "bias",
+        { shape: [outFeatures], dtype: this.dtype },
+        rand([outFeatures], { low: -bound, high: bound, dtype: this.dtype }),
+      );
+    }
+    if (options.quantDtype !== undefined) {
+      const q = checkDType("Linear", "quantDtype", options.quantDtype);
+      if (!QUANT.includes(q)) {
+        throw new TensorqError("unsupported quantization dtype", {
+          op: "Linear",
+          kind: "dtype",
+          argument: "quantDtype",
+          expected: QUANT.join(", "),
+          actual: q,
+        });
+      }
+      this.quantDtype = q as QuantDType;
+      this.weightQuantDim = options.weightQuantDim;
+      this.blockSize = options.blockSize;
+      this.declareParameter("weightScale", {
+        shape: this.weightScaleShape(),
+        dtype: "float32",
+      });
+      this.declareParameter("inputScale", { shape: [], dtype: "float32", optional: true });
+    } else if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
+      throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
+        op: "Linear",
+        kind: "argument",
+        argument: "quantDtype",
+        expected: "int8, int4 or float8e4m3",
+        actual: "undefined",
+      });
+    }
+  }
+
+  private weightScaleShape(): number[] {
+    const [out, inp] = [this.outFeatures, this.inFeatures];
+    const dim = this.weightQuantDim;
+    if (dim !== undefined && dim !== 0 && dim !== 1) {
+      throw new TensorqError("weightQuantDim must be 0 or 1", {
+        op: "Linear",
+        kind: "axis",
+        argument: "weightQuantDim",
+        expected: "0 (output channels) or 1 (input features)",
+        actual: String(dim),
+      });
+    }
+    if (this.blockSize !== undefined) {
+      const b = positiveInt("Linear", "blockSize", this.blockSize);
+      if (dim === undefined) {
+        throw new TensorqError("block-wise quantization needs weightQuantDim", {
+          op: "Linear",
+          kind: "argument",
+          argument: "weightQuantDim",
+          expected: "0 or 1",
+          actual: "undefined",
+        });
+      }
+      const extent = dim === 0 ? out : inp;
+      if (extent % b !== 0) {
+        throw new TensorqError("blockSize must divide the blocked dimension", {
+          op: "Linear",
+          kind: "argument",
+          argument: "blockSize",
+          expected: `a divisor of ${extent}`,
+          actual: String(b),
+        });
+      }
+      return dim === 0 ? [out / b, inp] : [out, inp / b];
+    }
+    if (dim === undefined) return [];
+    return dim === 0 ? [out] : [inp];
+  }
+
+  /** Weight `[out, in]`. */
+  get weight(): Tensor {
+    return this.requireParameter("weight", "Linear.weight");
+  }
+  set weight(t: Tensor) {
+    this.setParameter("weight", t);
+  }
+  /** Bias `[out]`, if the layer has one. */
+  get bias(): Tensor | undefined {
+    return this.getParameter("bias");
+  }
+  set bias(t: Tensor | undefined) {
+    this.setParameter("bias", t);
+  }
+  /** Weight scale (float32; shape per the quantization mode). */
+  get weightScale(): Tensor | undefined {
+    return this.getParameter("weightScale");
+  }
+  set weightScale(t: Tensor | undefined) {
+    this.setParameter("weightScale", t);
+  }
+  /** Per-tensor input scale (float32 rank 0); when unset, inputs stay unquantized. */
+  get inputScale(): Tensor | undefined {
+    return this.getParameter("inputScale");
+  }
+  set inputScale(t: Tensor | undefined) {
+    this.setParameter("inputScale", t);
+  }
+
+  /** `x · Wᵀ + b`, with Q/DQ around the input and weight when quantized. */
+  forward(x: Tensor): Tensor {
+    let w = this.weight;
+    if (this.quantDtype !== undefined) {
+      const q = this.quantDtype;
+      const inputScale = this.inputScale;
+      if (inputScale !== undefined) {
+        x = dequantize(quantize(x, inputScale, q), inputScale, x.dtype as "float32");
+      }
+      const ws = this.requireParameter("weightScale", "Linear.forward");
+      const opts = { dim: this.weightQuantDim, blockSize: this.blockSize };
+      w = dequantize(quantize(w, ws, q, opts), ws, this.dtype as "float32", opts);
+    }
+    const y = matmul(x, transpose(w, 0, 1));
+    const b = this.bias;
+    return b ? add(y, b) : y;
+  }
+}
+
+/** Options of {@link LayerNorm}. */
+export interface LayerNormOptions {
+  /** Added to the variance (default 1e-5). */
+  eps?: number;
+  /** Dtype of weight and bias (default float32). */
+  dtype?: DType;
+}
+
+/** Layer normalization over the trailing `normalizedShape` dims, with weight and bias. */
+export class LayerNorm extends Module {
+  /** The normalized trailing shape. */
+  readonly normalizedShape: number[];
+  /** Added to the variance. */
+  readonly eps: number;
+
+  /** Creates the layer with weight 1 and bias 0. */
+  constructor(normalizedShape: number | readonly number[], options: LayerNormOptions = {}) {
+    super();
+    const shape = typeof normalizedShape === "number" ? [normalizedShape] : [...normalizedShape];
+    shape.forEach((d, i) => positiveInt("LayerNorm", `normalizedShape[${i}]`, d));
+    this.normalizedShape = shape;
+    this.eps = options.eps ?? 1e-5;
+    const dtype = floatDType("LayerNorm", options.dtype);
+    this.declareParameter("weight", { shape, dtype }, full(shape, 1, { dtype }));
+    this.declareParameter("bias", { shape, dtype }, full(shape, 0, { dtype }));
+  }
+
+  /** Scale `normalizedShape`. */
+  get weight(): Tensor {
+    return this.requireParameter("weight", "LayerNorm.weight");
+  }
+  set weight(t: Tensor) {
+    this.setParameter("weight", t);
+  }
+  /** Shift `normalizedShape`. */
+  get bias(): Tensor {
+    return this.requireParameter("bias", "LayerNorm.bias");
+  }
+  set bias(t: Tensor) {
+    this.setParameter("bias", t);
+  }
+
+  /** Normalizes `x` over its trailing dims. */
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, this.weight, this.bias, this.eps);
+  }
+}
+
+/** Options of {@link Embedding}. */
+export interface EmbeddingOptions {
+  /** Dtype of the table (default float32). */
+  dtype?: DType;
+}
+
+/** A lookup table `weight [numEmbeddings, embeddingDim]` indexed by integer ids. */
+export class Embedding extends Module {
+  /** Rows of the table. */
+  readonly numEmbeddings: number;
+  /** Width of each row. */
+  readonly embeddingDim: number;
+
+  /** Creates the table with standard normal entries (seeded by the global stream). */
+  constructor(numEmbeddings: number, embeddingDim: number, options: EmbeddingOptions = {}) {
+    super();
+    this.numEmbeddings = positiveInt("Embedding", "numEmbeddings", numEmbeddings);
+    this.embeddingDim = positiveInt("Embedding", "embeddingDim", embeddingDim);
+    const dtype = floatDType("Embedding", options.dtype);
+    const shape = [numEmbeddings, embeddingDim];
+    this.declareParameter("weight", { shape, dtype }, randn(shape, { dtype }));
+  }
+
+  /** The table. */
+  get weight(): Tensor {
+    return this.requireParameter("weight", "Embedding.weight");
+  }
+  set weight(t: Tensor) {
+    this.setParameter("weight", t);
+  }
+
+  /** Rows for `ids` (int32/int64): shape `ids.shape + [embeddingDim]`. */
+  forward(ids: Tensor): Tensor {
+    return embedding(ids, this.weight);
+  }
+}
+
+/** Modules applied in order; children are named "0", "1", .... */
+export class Sequential extends Module {
+  readonly #layers: Module[];
+
+  /** Chains `layers`. */
+  constructor(...layers: Module[]) {
+    super();
+    this.#layers = layers;
+    layers.forEach((m, i) => {
+      if (!(m instanceof Module)) {
+        throw new TensorqError("Sequential takes modules", {
+          op: "Sequential",
+          kind: "argument",
+          argument: `layers[${i}]`,
+          expected: "a Module",
+          actual: typeof m,
+        });
+      }
+      this.registerModule(String(i), m);
+    });
+  }
+
+  /** Number of layers. */
+  get length(): number {
+    return this.#layers.length;
+  }
+
+  /** The layer at `index`. */
+  at(index: number): Module | undefined {
+    return this.#layers.at(index);
+  }
+
+  /** Applies each layer to the previous one's output. */
+  forward(x: Tensor): Tensor {
+    for (const m of this.#layers) x = m.forward(x);
+    return x;
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * The {@link Module} base class: named parameters, nested modules, state dicts.
+ *
+ * A module declares each parameter once with its expected shape and dtype; assigning a tensor
+ * of another shape or dtype is an error naming the parameter. `stateDict()` and
+ * `loadStateDict()` use dotted names (`h.0.attn.c_attn.weight`).
+ * @module
+ */
+import type { DType } from "../dtype.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
+import { sameShape } from "../shape.ts";
+import { Tensor } from "../tensor.ts";
+
+/** What a parameter must look like. */
+export interface ParameterSpec {
+  /** Expected shape. */
+  shape: readonly number[];
+  /** Expected dtype. */
+  dtype: DType;
+  /** Optional parameters may be unset and may be missing from a state dict. */
+  optional?: boolean;
+}
+
+/** Options of {@link Module.loadStateDict}. */
+export interface LoadStateDictOptions {
+  /** Reject missing and unexpected keys (default true). Shape/dtype mismatches always fail. */
+  strict?: boolean;
+}
+
+/** What {@link Module.loadStateDict} did not use or did not find (non-strict mode). */
+export interface LoadStateDictResult {
+  /** Required parameters absent from the dict. */
+  missing: string[];
+  /** Keys of the dict that name no parameter. */
+  unexpected: string[];
+}
+
+/** Base class of layers and models. */
+export abstract class Module {
+  readonly #specs = new Map<string, ParameterSpec>();
+  readonly #values = new Map<string, Tensor | undefined>();
+  readonly #children = new Map<string, Module>();
+
+  /** Declares a parameter with its spec and initial value (undefined for an unset one). */
+  protected declareParameter(name: string, spec: ParameterSpec, value?: Tensor): void {
+    this.#specs.set(name, spec);
+    this.#values.set(name, undefined);
+    if (value !== undefined) this.setParameter(name, value);
+  }
+
+  /** Removes a parameter declaration (e.g. a scale no longer used after reconfiguration). */
+  protected removeParameter(name: string): void {
+    this.#specs.delete(name);
+    this.#values.delete(name);
+  }
+
+  /** Registers a child module under `name`. */
+  protected registerModule<M extends Module>(name: string, module: M): M {
+    this.#children.set(name, module);
+    return module;
+  }
+
+  /** The value of a declared parameter (undefined when unset). */
+  protected getParameter(name: string): Tensor | undefined {
+    return this.#values.get(name);
+  }
+
+  /** The value of a declared parameter; an error naming the module and parameter when unset. */
+  protected requireParameter(name: string, op: string): Tensor {
+    const v = this.#values.get(name);
+    if (v === undefined) {
+      throw new TensorqError(`parameter '${name}' of ${this.constructor.name} is not set`, {
+        op,
+        kind: "state",
+        argument: name,
+      });
+    }
+    return v;
+  }
+
+  /** Sets a declared parameter after checking its shape and dtype. */
+  setParameter(name: string, value: Tensor | undefined): void {
+    const spec = this.#specs.get(name);
+    if (!spec) {
+      throw new TensorqError(`${this.constructor.name} has no parameter '${name}'`, {
+        op: "setParameter",
+        kind: "argument",
+        argument: name,
+        expected: `one of ${[...this.#specs.keys()].join(", ") || "(none)"}`,
+      });
+    }
+    if (value === undefined) {
+      this.#values.set(name, undefined);
+      return;
+    }
+    if (!(value instanceof Tensor)) {
+      throw new TensorqError("parameter values must be tensors", {
+        op: "setParameter",
+        kind: "argument",
+        argument: name,
+        expected: "a Tensor",
+        actual: typeof value,
+      });
+    }
+    checkAgainstSpec("setParameter", name, spec, value);
+    this.#values.set(name, value);
+  }
+
+  /** Direct child modules by name. */
+  children(): [string, Module][] {
+    return [...this.#children];
+  }
+
+  /** Every parameter of this module and its descendants with dotted names (set ones only). */
+  namedParameters(prefix = ""): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [name, value] of this.#values) if (value) out.push([prefix + name, value]);
+    for (const [name, child] of this.#children) {
+      out.push(...child.namedParameters(`${prefix}${name}.`));
+    }
+    return out;
+  }
+
+  /** Every set parameter of this module and its descendants. */
+  parameters(): Tensor[] {
+    return this.namedParameters().map(([, t]) => t);
+  }
+
+  /** Every declared parameter (set or not) with its spec, by dotted name. */
+  parameterSpecs(prefix = ""): [string, ParameterSpec][] {
+    const out: [string, ParameterSpec][] = [];
+    for (const [name, spec] of this.#specs) out.push([prefix + name, spec]);
+    for (const [name, child] of this.#children) {
+      out.push(...child.parameterSpecs(`${prefix}${name}.`));
+    }
+    return out;
+  }
+
+  /** The parameters as a record of dotted names. */
+  stateDict(): Record<string, Tensor> {
+    return Object.fromEntries(this.namedParameters());
+  }
+
+  /**
+   * Loads parameters by dotted name. Shape or dtype mismatches always fail, naming every
+   * offending parameter; in strict mode (default) so do missing and unexpected keys.
+   */
+  loadStateDict(
+    dict: Record<string, Tensor>,
+    options: LoadStateDictOptions = {},
+  ): LoadStateDictResult {
+    const strict = options.strict ?? true;
+    const targets = new Map<string, { module: Module; name: string; spec: ParameterSpec }>();
+    const walk = (m: Module, prefix: string) => {
+      for (const [name, spec] of m.#specs) targets.set(prefix + name, { module: m, name, spec });
+      for (const [name, child] of m.#children) walk(child, `${prefix}${name}.`);
+    };
+    walk(this, "");
+    const missing = [...targets].filter(([k, t]) => !(k in dict) && !t.spec.optional).map(([k]) =>
+      k
+    );
+    const unexpected = Object.keys(dict).filter((k) => !targets.has(k));
+    const mismatched: string[] = [];
+    for (const [key, value] of Object.entries(dict)) {
+      const t = targets.get(key);
+      if (!t) continue;
+      if (!(value instanceof Tensor)) mismatched.push(`${key}: not a tensor`);
+      else if (!sameShape(value.shape, t.spec.shape) || value.dtype !== t.spec.dtype) {
+        mismatched.push(
+          `${key}: expected ${t.spec.dtype} ${fmtShape(t.spec.shape)}, got ${value.dtype} ${
+            fmtShape(value.shape)
+          }`,
+        );
+      }
+    }
+    const problems: string[] = [];
+    if (mismatched.length) problems.push(`wrong shape or dtype: ${mismatched.join("; ")}`);
+    if (strict && missing.length) problems.push(`missing: ${missing.join(", ")}`);
+    if (strict && unexpected.length) problems.push(`unexpected: ${unexpected.join(", ")}`);
+    if (problems.length) {
+      throw new TensorqError(
+        `state dict does not fit ${this.constructor.name}: ${problems.join(" | ")}`,
+        {
+          op: "loadStateDict",
+          kind: "argument",
+          argument: "dict",
+        },
+      );
+    }
+    for (const [key, value] of Object.entries(dict)) {
+      const t = targets.get(key);
+      if (t) t.module.#values.set(t.name, value);
+    }
+    return { missing, unexpected };
+  }
+
+  /** Moves every parameter to `device` (in place) and returns this module. */
+  to(device: string): this {
+    for (const [name, value] of this.#values) if (value) this.#values.set(name, value.to(device));
+    for (const child of this.#children.values()) child.to(device);
+    return this;
+  }
+
+  /** Computes the module's output. */
+  abstract forward(...inputs: Tensor[]): Tensor;
+}
+
+function checkAgainstSpec(op: string, name: string, spec: ParameterSpec, value: Tensor): void {
+  if (!sameShape(value.shape, spec.shape)) {
+    throw new TensorqError("parameter has the wrong shape", {
+      op,
+      kind: "shape",
+      argument: name,
+      expected: fmtShape(spec.shape),
+      actual: fmtShape(value.shape),
+    });
+  }
+  if (value.dtype !== spec.dtype) {
+    throw new TensorqError("parameter has the wrong dtype", {
+      op,
+      kind: "dtype",
+      argument: name,
+      expected: spec.dtype,
+      actual: value.dtype,
+    });
+  }
+}

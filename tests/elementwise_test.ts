@@ -1,0 +1,228 @@
+import assert from "node:assert/strict";
+import * as tq from "../mod.ts";
+import { erf } from "../lib/backends/cpu/util.ts";
+import { assertClose, assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
+
+// Float64 references: each op on float32 inputs, rounded once to float32 by the comparison.
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+const unaryRefs: Record<string, (x: number) => number> = {
+  neg: (x) => -x,
+  abs: Math.abs,
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  rsqrt: (x) => 1 / Math.sqrt(x),
+  tanh: Math.tanh,
+  sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+  relu: (x) => Math.max(x, 0),
+};
+const binaryRefs: Record<string, (a: number, b: number) => number> = {
+  add: (a, b) => a + b,
+  sub: (a, b) => a - b,
+  mul: (a, b) => a * b,
+  div: (a, b) => a / b,
+  pow: (a, b) => Math.pow(a, b),
+  maximum: Math.max,
+  minimum: Math.min,
+};
+
+function f32(values: Float64Array): Float64Array {
+  return values.map((v) => Math.fround(v));
+}
+
+testOnDevices("unary ops match a float64 reference on random float32 inputs", (device) => {
+  const raw = f32(randomValues(1000, 11));
+  for (const [op, ref] of Object.entries(unaryRefs)) {
+    // log/sqrt/rsqrt need positive inputs.
+    const xs = ["log", "sqrt", "rsqrt"].includes(op)
+      ? f32(raw.map((v) => Math.abs(v) + 0.01))
+      : raw;
+    const x = tq.tensor(Float32Array.from(xs), { device });
+    const y = (tq as unknown as Record<string, (t: tq.Tensor) => tq.Tensor>)[op](x);
+    assertClose(y.dataSync() as Float32Array, xs.map(ref), {
+      rtol: 1e-6,
+      atol: 1e-30,
+      message: op,
+    });
+  }
+});
+
+testOnDevices("gelu exact and tanh match float64 references", (device) => {
+  const xs = f32(randomValues(2000, 12).map((v) => v * 3));
+  const x = tq.tensor(Float32Array.from(xs), { device });
+  assertClose(
+    x.gelu().dataSync() as Float32Array,
+    xs.map((v) => 0.5 * v * (1 + erf(v / Math.SQRT2))),
+    {
+      rtol: 1e-5,
+      atol: 1e-7,
+    },
+  );
+  const tanhRef = xs.map((v) =>
+    0.5 * v * (1 + Math.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v ** 3)))
+  );
+  assertClose(x.gelu({ approximate: "tanh" }).dataSync() as Float32Array, tanhRef, {
+    rtol: 1e-5,
+    atol: 1e-7,
+  });
+});
+
+Deno.test("erf matches known values to 1e-14", () => {
+  const known: [number, number][] = [
+    [0, 0],
+    [0.5, 0.5204998778130465],
+    [1, 0.8427007929497149],
+    [2, 0.9953222650189527],
+    [2.5, 0.999593047982555],
+    [3, 0.9999779095030014],
+    [-1.5, -0.9661051464753108],
+  ];
+  for (const [x, v] of known) assert.ok(Math.abs(erf(x) - v) < 1e-14, `erf(${x}) = ${erf(x)}`);
+});
+
+testOnDevices("binary ops broadcast like NumPy and match float64 references", (device) => {
+  const shapes: [number[], number[], number[]][] = [
+    [[4, 5], [4, 5], [4, 5]],
+    [[4, 5], [5], [4, 5]],
+    [[3, 1, 5], [4, 1], [3, 4, 5]],
+    [[1], [2, 3], [2, 3]],
+    [[], [2, 3], [2, 3]],
+    [[2, 0, 3], [3], [2, 0, 3]],
+  ];
+  for (const [sa, sb, so] of shapes) {
+    const na = sa.reduce((p, d) => p * d, 1);
+    const nb = sb.reduce((p, d) => p * d, 1);
+    const av = f32(randomValues(na, 1).map((v) => v + 3));
+    const bv = f32(randomValues(nb, 2).map((v) => Math.abs(v) + 0.5));
+    const a = tq.tensor(Float32Array.from(av), { shape: sa, device });
+    const b = tq.tensor(Float32Array.from(bv), { shape: sb, device });
+    for (const [op, ref] of Object.entries(binaryRefs)) {
+      const y = (tq as unknown as Record<string, (x: tq.Tensor, y: tq.Tensor) => tq.Tensor>)[op](
+        a,
+        b,
+      );
+      assert.deepEqual(y.shape, so);
+      const expected = new Float64Array(y.size);
+      const ia = broadcastIdx(sa, so), ib = broadcastIdx(sb, so);
+      for (let i = 0; i < y.size; i++) expected[i] = ref(av[ia(i)], bv[ib(i)]);
+      assertClose(y.dataSync() as Float32Array, expected, {
+        rtol: 1e-6,
+        message: `${op} ${sa} ${sb}`,
+      });
+    }
+  }
+});
+
+function broadcastIdx(shape: number[], out: number[]): (i: number) => number {
+  return (i) => {
+    let idx = 0, stride = 1;
+    for (let d = out.length - 1, k = shape.length - 1; d >= 0; d--, k--) {
+      const coord = Math.floor(i / out.slice(d + 1).reduce((p, x) => p * x, 1)) % out[d];
+      if (k >= 0) {
+        if (shape[k] !== 1) idx += coord * stride;
+        stride *= shape[k];
+      }
+    }
+    return idx;
+  };
+}
+
+testOnDevices("comparisons, where and scalars", (device) => {
+  const a = tq.tensor([[1, 2, 3], [4, 5, 6]], { device });
+  const b = tq.tensor([3, 2, 1], { device });
+  assert.deepEqual(a.less(b).toArray(), [[true, false, false], [false, false, false]]);
+  assert.deepEqual(a.lessEqual(b).toArray(), [[true, true, false], [false, false, false]]);
+  assert.deepEqual(a.greater(3).toArray(), [[false, false, false], [true, true, true]]);
+  assert.deepEqual(a.greaterEqual(3).toArray(), [[false, false, true], [true, true, true]]);
+  assert.deepEqual(a.equal(b).toArray(), [[false, true, false], [false, false, false]]);
+  assert.deepEqual(a.notEqual(b).toArray(), [[true, false, true], [true, true, true]]);
+  assert.deepEqual(tq.where(a.greater(3), a, b.neg()).toArray(), [[-3, -2, -1], [4, 5, 6]]);
+  assert.deepEqual(tq.sub(10, a).toArray(), [[9, 8, 7], [6, 5, 4]]);
+  assert.deepEqual(tq.maximum(a, tq.tensor(NaN, { device })).toArray(), [[NaN, NaN, NaN], [
+    NaN,
+    NaN,
+    NaN,
+  ]]);
+});
+
+testOnDevices("integer arithmetic truncates division and wraps", (device) => {
+  const a = tq.tensor([7, -7, 100, 5], { dtype: "int32", device });
+  const b = tq.tensor([2, 2, 0, -3], { dtype: "int32", device });
+  assert.deepEqual(a.div(b).toArray(), [3, -3, 0, -1]);
+  assert.deepEqual(a.mul(b).toArray(), [14, -14, 0, -15]);
+  const i8 = tq.tensor([100, -100], { dtype: "int8", device });
+  assert.deepEqual(i8.add(100).toArray(), [-56, 0]);
+  assert.deepEqual(tq.tensor([2 ** 31 - 1], { dtype: "int32", device }).add(1).toArray(), [
+    -(2 ** 31),
+  ]);
+});
+
+testOnDevices("float16 and bfloat16 arithmetic rounds once from the exact result", (device) => {
+  // 1 + 2^-11 is a float16 tie (rounds to 1); 1 + 3·2^-11 rounds up to 1 + 2^-9.
+  const h = tq.tensor([1, 1], { dtype: "float16", device });
+  const d = tq.tensor([2 ** -11, 3 * 2 ** -11], { dtype: "float16", device });
+  assert.deepEqual(h.add(d).toArray(), [1, 1 + 2 ** -9]);
+  const bf = tq.tensor([1, 1], { dtype: "bfloat16", device });
+  const e = tq.tensor([2 ** -8, 3 * 2 ** -8], { dtype: "bfloat16", device });
+  assert.deepEqual(bf.add(e).toArray(), [1, 1 + 2 ** -6]);
+});
+
+testOnDevices("cast follows the documented rules", (device) => {
+  const x = tq.tensor([1.5, -2.7, 300, -1000, NaN, 0.1], { device });
+  assert.deepEqual(x.cast("int8").toArray(), [1, -2, 127, -128, 0, 0]);
+  assert.deepEqual(x.cast("bool").toArray(), [true, true, true, true, true, true]);
+  assert.deepEqual(x.cast("float8e4m3").cast("float32").toArray(), [
+    1.5,
+    -2.75,
+    288,
+    -448,
+    NaN,
+    0.1015625,
+  ]);
+  assert.deepEqual(tq.tensor([true, false], { device }).cast("float32").toArray(), [1, 0]);
+  assert.deepEqual(tq.tensor([65520], { device }).cast("float16").toArray(), [Infinity]);
+  const i64 = tq.tensor(new BigInt64Array([2n ** 40n, -5n]), { device });
+  assert.deepEqual(i64.cast("int32").toArray(), [2147483647, -5]);
+  assert.deepEqual(i64.cast("float32").toArray(), [2 ** 40, -5]);
+});
+
+testOnDevices("rank-0 and 0-size tensors", (device) => {
+  const s = tq.tensor(2, { device });
+  assert.deepEqual(s.shape, []);
+  assert.equal(s.mul(s).item(), 4);
+  const z = tq.zeros([0, 3], { device });
+  assert.deepEqual(z.add(1).shape, [0, 3]);
+  assert.equal(z.exp().dataSync().length, 0);
+});
+
+Deno.test("elementwise errors name the op, the argument and the caller's line", () => {
+  const a = tq.ones([2, 3]);
+  let line = thisLine() + 1;
+  let call = () => a.add(tq.ones([4]));
+  assertTqError(call, {
+    op: "add",
+    kind: "shape",
+    includes: ["argument 'b'", "[4]", "[2, 3]"],
+    line,
+  });
+  line = thisLine() + 1;
+  call = () => a.mul(tq.ones([3], { dtype: "float16" }));
+  assertTqError(call, {
+    op: "mul",
+    kind: "dtype",
+    includes: ["float32", "float16", "cast()"],
+    line,
+  });
+  line = thisLine() + 1;
+  call = () => tq.exp(tq.ones([2], { dtype: "int32" }));
+  assertTqError(call, { op: "exp", kind: "dtype", includes: ["int32", "float32"], line });
+  line = thisLine() + 1;
+  call = () => tq.where(a, a, a);
+  assertTqError(call, { op: "where", kind: "dtype", includes: ["bool"], line });
+  line = thisLine() + 1;
+  call = () => tq.gelu(a, { approximate: "fast" as "tanh" });
+  assertTqError(call, { op: "gelu", kind: "argument", includes: ["approximate", '"fast"'], line });
+  line = thisLine() + 1;
+  call = () => a.cast("float64" as tq.DType);
+  assertTqError(call, { op: "cast", kind: "dtype", includes: ["float64"], line });
+});
