@@ -82,10 +82,10 @@ export { layerNorm, logSoftmax, softmax } from "./lib/ops/nn.ts";
 export { matmul } from "./lib/ops/matmul.ts";
 export { clearPlanCache, type PlanCacheStats, planCacheStats } from "./lib/runtime/evaluate.ts";
 export {
-  loadSafetensors,
   type LoadOptions,
-  saveSafetensors,
+  loadSafetensors,
   SafetensorsTensors,
+  saveSafetensors,
 } from "./lib/io/tensors.ts";
 export {
   type LoadStateDictOptions,
@@ -102,3 +102,6 @@ export {
   type LinearOptions,
   Sequential,
 } from "./lib/nn/layers.ts";
+export { dequantize, type QuantDType, quantize, type QuantizeOptions } from "./lib/ops/quantize.ts";
+export { maxBound, scaleFromAmax } from "./lib/quant/scale.ts";
+export * as cuda from "./lib/cuda.ts";

@@ -65,7 +65,8 @@ export const CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: number = 9;
 
 // Status results are `CUresult` (a C enum: i32). Handles are pointers. Out-parameters are
 // buffers. Device ordinals (`CUdevice`) are int.
-const SYMBOLS = {
+/** The driver API symbols bound by `Deno.dlopen`, with their C signatures. */
+export const CUDA_DRIVER_SYMBOLS = {
   cuInit: { parameters: ["u32"], result: "i32" },
   cuDriverGetVersion: { parameters: ["buffer"], result: "i32" },
   cuDeviceGet: { parameters: ["buffer", "i32"], result: "i32" },
@@ -84,7 +85,19 @@ const SYMBOLS = {
   cuModuleUnload: { parameters: ["pointer"], result: "i32" },
   // (f, gridX, gridY, gridZ, blockX, blockY, blockZ, sharedMemBytes, stream, params, extra)
   cuLaunchKernel: {
-    parameters: ["pointer", "u32", "u32", "u32", "u32", "u32", "u32", "u32", "pointer", "buffer", "pointer"],
+    parameters: [
+      "pointer",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "u32",
+      "pointer",
+      "buffer",
+      "pointer",
+    ],
     result: "i32",
   },
   cuFuncSetAttribute: { parameters: ["pointer", "i32", "i32"], result: "i32" },
@@ -93,14 +106,18 @@ const SYMBOLS = {
 } as const;
 
 /** The driver API's bound symbols, as returned by {@link cuda}. */
-export type CudaDriverLib = Deno.StaticForeignLibraryInterface<typeof SYMBOLS>;
+export type CudaDriverLib = Deno.StaticForeignLibraryInterface<typeof CUDA_DRIVER_SYMBOLS>;
 
 /** The driver library's file names, tried in order (not `libcuda.so`: in a toolkit directory
  * that name is usually a link-time stub). */
 export const CUDA_DRIVER_NAMES: readonly string[] = ["libcuda.so.1"];
 
 /** Opens `libcuda.so.1` on first use and returns its symbols (cached, failures too). */
-export const cuda: () => CudaDriverLib = lazyLibrary("CUDA driver", CUDA_DRIVER_NAMES, SYMBOLS);
+export const cuda: () => CudaDriverLib = lazyLibrary(
+  "CUDA driver",
+  CUDA_DRIVER_NAMES,
+  CUDA_DRIVER_SYMBOLS,
+);
 
 // Scratch out-parameters for synchronous calls (off-heap, so their addresses are stable).
 const outPointer = new BigUint64Array(new ArrayBuffer(8));
@@ -134,15 +151,15 @@ export function cuStatusName(status: number): [name: string, description: string
 function cuFailure(status: number, call: string, detail?: string): TensorqError {
   const [name, description] = cuStatusName(status);
   const cause: CudaFailure = { api: "driver", status, name };
-  const text = `${call} failed: ${name}${description ? ` (${description})` : ""}` +
+  const text = `failed with ${name}${description ? ` (${description})` : ""}` +
     (detail ? `\n${detail}` : "");
   return new TensorqError(text, { op: call, kind: "cuda", cause });
 }
 
 /**
  * Throws a {@link TensorqError} (op = `call`, kind `cuda`) unless `status` is `CUDA_SUCCESS`.
- * The message names the status, e.g. `cuLaunchKernel failed: CUDA_ERROR_INVALID_VALUE
- * (invalid argument)`; `cause` is a {@link CudaFailure}.
+ * The message names the status: `cuLaunchKernel: failed with CUDA_ERROR_INVALID_VALUE
+ * (invalid argument) at ...`; `cause` is a {@link CudaFailure}.
  */
 export function checkCu(status: number, call: string): void {
   if (status !== CUDA_SUCCESS) throw cuFailure(status, call);
@@ -216,8 +233,7 @@ export class KernelParams {
 
   /** Creates an empty argument list with room for `capacity` arguments before it grows. */
   constructor(capacity: number = INITIAL_SLOTS) {
-    // At least 128 bytes: V8 never keeps an explicitly created ArrayBuffer on its heap, and
-    // a larger one is doubly sure to have a fixed address.
+    // Explicitly created ArrayBuffers live outside the V8 heap: their addresses never move.
     const slots = Math.max(INITIAL_SLOTS, Math.ceil(capacity));
     this.#storage = new ArrayBuffer(slots * 8);
     this.#u32 = new Uint32Array(this.#storage);
@@ -235,6 +251,7 @@ export class KernelParams {
     for (let i = 0; i < this.#pointers.length; i++) this.#pointers[i] = base + BigInt(i * 8);
   }
 
+  // Reserves the next slot. Call it before reading a view field: growing replaces the views.
   #next(): number {
     if (this.#count === this.#pointers.length) {
       const old = new Uint8Array(this.#storage);
@@ -270,43 +287,50 @@ export class KernelParams {
 
   /** Appends a pointer argument (device address; null, a pointer object or a bigint). */
   ptr(p: Deno.PointerValue | bigint): this {
-    this.#u64[this.#next()] = typeof p === "bigint" ? p : addressOf(p);
+    const slot = this.#next();
+    this.#u64[slot] = typeof p === "bigint" ? p : addressOf(p);
     return this;
   }
 
   /** Appends an `int` argument. */
   i32(value: number): this {
-    this.#i32[this.#next() * 2] = value;
+    const slot = this.#next();
+    this.#i32[slot * 2] = value;
     return this;
   }
 
   /** Appends an `unsigned int` argument. */
   u32(value: number): this {
-    this.#u32[this.#next() * 2] = value;
+    const slot = this.#next();
+    this.#u32[slot * 2] = value;
     return this;
   }
 
   /** Appends a `long long` argument. */
   i64(value: number | bigint): this {
-    this.#i64[this.#next()] = BigInt(value);
+    const slot = this.#next();
+    this.#i64[slot] = BigInt(value);
     return this;
   }
 
   /** Appends an `unsigned long long` argument. */
   u64(value: number | bigint): this {
-    this.#u64[this.#next()] = BigInt(value);
+    const slot = this.#next();
+    this.#u64[slot] = BigInt(value);
     return this;
   }
 
   /** Appends a `float` argument. */
   f32(value: number): this {
-    this.#f32[this.#next() * 2] = value;
+    const slot = this.#next();
+    this.#f32[slot * 2] = value;
     return this;
   }
 
   /** Appends a `double` argument. */
   f64(value: number): this {
-    this.#f64[this.#next()] = value;
+    const slot = this.#next();
+    this.#f64[slot] = value;
     return this;
   }
 }

@@ -78,6 +78,14 @@ function messageOf(error: unknown): string {
   return text.replace(/\s+/g, " ").trim();
 }
 
+// Deno's dlopen error repeats itself ("Could not open library: Could not open library: PATH:
+// reason"); keep the loader's reason alone.
+function loaderReason(path: string, error: unknown): string {
+  let text = messageOf(error).replace(/^(Could not open library: )+/, "");
+  if (text.startsWith(`${path}: `)) text = text.slice(path.length + 2);
+  return text;
+}
+
 function isPermissionError(error: unknown): boolean {
   return error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied;
 }
@@ -111,7 +119,7 @@ export function openLibrary<const S extends Deno.ForeignLibraryInterface>(
           cause: error,
         });
       }
-      attempts.push(`${path}: ${messageOf(error)}`);
+      attempts.push(`${path}: ${loaderReason(path, error)}`);
     }
   }
   throw new TensorqError(

@@ -703,3 +703,16 @@ export function formatNumber(dtype: DType, v: number): string {
   const expDigits = String(Math.abs(exp)).padStart(2, "0");
   return `${mantissa}e${exp < 0 ? "-" : "+"}${expDigits}`;
 }
+
+/** Float dtypes that support arithmetic. */
+export const FLOAT_DTYPES: readonly DType[] = ["float32", "float16", "bfloat16"];
+
+/** Dtypes that support arithmetic (add, mul, comparisons, reductions). */
+export const NUMERIC_DTYPES: readonly DType[] = [
+  "float32",
+  "float16",
+  "bfloat16",
+  "int8",
+  "int32",
+  "int64",
+];

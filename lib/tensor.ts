@@ -27,6 +27,7 @@ import * as nn from "./ops/nn.ts";
 import { matmul } from "./ops/matmul.ts";
 import type { SliceRange } from "./ops/shape.ts";
 import "./backends/cpu/mod.ts";
+import "./backends/cuda/mod.ts";
 
 /** Values a tensor's data comes back as: floats decoded to Float32Array, int64 as BigInt64Array. */
 export type TensorData = Float32Array | Int8Array | Int32Array | BigInt64Array | Uint8Array;

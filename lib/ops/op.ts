@@ -12,17 +12,7 @@ import { scalar, Tensor } from "../tensor.ts";
 /** A tensor or a JS number (a number takes the other operand's dtype and device). */
 export type TensorLike = Tensor | number;
 
-/** Float dtypes that support arithmetic. */
-export const FLOAT_DTYPES: readonly DType[] = ["float32", "float16", "bfloat16"];
-/** Dtypes that support arithmetic (add, mul, comparisons, reductions). */
-export const NUMERIC_DTYPES: readonly DType[] = [
-  "float32",
-  "float16",
-  "bfloat16",
-  "int8",
-  "int32",
-  "int64",
-];
+export { FLOAT_DTYPES, NUMERIC_DTYPES } from "../dtype.ts";
 
 /** Throws unless `value` is a Tensor. */
 export function checkTensor(op: string, argument: string, value: unknown): Tensor {

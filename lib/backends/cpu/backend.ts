@@ -3,7 +3,7 @@
  * TypeScript over typed arrays, registered by op name in the files beside this one.
  * @module
  */
-import { type DType, type StorageArray } from "../../dtype.ts";
+import type { DType, StorageArray } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
 import type { Shape } from "../../shape.ts";

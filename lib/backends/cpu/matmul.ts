@@ -1,5 +1,120 @@
 /**
- * CPU kernels (placeholder until written).
+ * CPU kernel of matmul (rule in lib/ops/matmul.ts). Products accumulate in float64 and round
+ * once to the output dtype.
+ *
+ * Layout: B is transposed once into float64 rows so every output element is a dot product of
+ * two contiguous rows. The micro-kernel computes a 2×4 block of outputs at a time (8
+ * accumulators, 6 loads per 8 multiply-adds), and columns are processed in blocks so the rows
+ * of Bᵀ in use stay in cache while all rows of A pass over them.
  * @module
  */
-export {};
+import { matmulBatchShape } from "../../ops/matmul.ts";
+import { numel } from "../../shape.ts";
+import { registerCpuKernel } from "./backend.ts";
+import { broadcastIndex, outArray, read } from "./util.ts";
+
+/** Columns of the output (rows of Bᵀ) per cache block: 64 rows × K float64 fits in L2. */
+const COLUMN_BLOCK = 64;
+
+/**
+ * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + kk] · bt[bOff + j·k + kk]` for an m×k `a` and an
+ * n×k `bt` (B transposed).
+ */
+function gemm(
+  a: Float64Array,
+  aOff: number,
+  bt: Float64Array,
+  bOff: number,
+  out: Float32Array | Float64Array,
+  outOff: number,
+  m: number,
+  n: number,
+  k: number,
+): void {
+  const m2 = m - (m % 2);
+  for (let j0 = 0; j0 < n; j0 += COLUMN_BLOCK) {
+    const j1 = Math.min(n, j0 + COLUMN_BLOCK);
+    const j4 = j0 + ((j1 - j0) - ((j1 - j0) % 4));
+    for (let i = 0; i < m2; i += 2) {
+      const r0 = aOff + i * k, r1 = r0 + k;
+      const o0 = outOff + i * n, o1 = o0 + n;
+      let j = j0;
+      for (; j < j4; j += 4) {
+        const c0 = bOff + j * k, c1 = c0 + k, c2 = c1 + k, c3 = c2 + k;
+        let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+        for (let p = 0; p < k; p++) {
+          const x0 = a[r0 + p], x1 = a[r1 + p];
+          const y0 = bt[c0 + p], y1 = bt[c1 + p], y2 = bt[c2 + p], y3 = bt[c3 + p];
+          s00 += x0 * y0;
+          s01 += x0 * y1;
+          s02 += x0 * y2;
+          s03 += x0 * y3;
+          s10 += x1 * y0;
+          s11 += x1 * y1;
+          s12 += x1 * y2;
+          s13 += x1 * y3;
+        }
+        out[o0 + j] = s00;
+        out[o0 + j + 1] = s01;
+        out[o0 + j + 2] = s02;
+        out[o0 + j + 3] = s03;
+        out[o1 + j] = s10;
+        out[o1 + j + 1] = s11;
+        out[o1 + j + 2] = s12;
+        out[o1 + j + 3] = s13;
+      }
+      for (; j < j1; j++) {
+        const c = bOff + j * k;
+        let s0 = 0, s1 = 0;
+        for (let p = 0; p < k; p++) {
+          const y = bt[c + p];
+          s0 += a[r0 + p] * y;
+          s1 += a[r1 + p] * y;
+        }
+        out[o0 + j] = s0;
+        out[o1 + j] = s1;
+      }
+    }
+    if (m2 < m) {
+      const r = aOff + m2 * k, o = outOff + m2 * n;
+      for (let j = j0; j < j1; j++) {
+        const c = bOff + j * k;
+        let s = 0;
+        for (let p = 0; p < k; p++) s += a[r + p] * bt[c + p];
+        out[o + j] = s;
+      }
+    }
+  }
+}
+
+registerCpuKernel("matmul", ([sa, sb], ctx) => {
+  const [ia, ib] = ctx.inputs;
+  const as = ia.shape, bs = ib.shape;
+  const k = as[as.length - 1];
+  const m = as.length === 1 ? 1 : as[as.length - 2];
+  const n = bs.length === 1 ? 1 : bs[bs.length - 1];
+  const aBatch = as.slice(0, -2), bBatch = bs.slice(0, -2);
+  const batch = matmulBatchShape(aBatch, bBatch)!;
+  const batches = numel(batch);
+  const out = outArray(ctx.out.dtype, batches * m * n);
+  if (out.values.length === 0) return out.finish();
+  const a = Float64Array.from(read(ia.dtype, sa));
+  // Bᵀ of every matrix of b, in float64 (exact: inputs are float32 or narrower).
+  const b = read(ib.dtype, sb);
+  const bt = new Float64Array(b.length);
+  const bMatrices = b.length / (k * n || 1);
+  for (let q = 0; q < bMatrices; q++) {
+    const off = q * k * n;
+    for (let p = 0; p < k; p++) {
+      for (let j = 0; j < n; j++) bt[off + j * k + p] = b[off + p * n + j];
+    }
+  }
+  const aMap = broadcastIndex(aBatch, batch);
+  const bMap = broadcastIndex(bBatch, batch);
+  const values = out.values as Float32Array | Float64Array;
+  for (let q = 0; q < batches; q++) {
+    const qa = aMap ? aMap[q] : q, qb = bMap ? bMap[q] : q;
+    gemm(a, qa * m * k, bt, qb * k * n, values, q * m * n, m, n, k);
+  }
+  return out.finish();
+});

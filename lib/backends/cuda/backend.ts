@@ -1,0 +1,157 @@
+/**
+ * The CUDA backend: buffers in device memory, plans that enqueue PTX kernels and cuBLASLt
+ * calls on one stream per device, host copies that wait without blocking the event loop.
+ * @module
+ */
+import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
+import { deviceCount } from "../../../ffi/cudart.ts";
+import { cuda as driver } from "../../../ffi/cuda.ts";
+import { type DType, fromStorageBytes, type StorageArray, toStorageBytes } from "../../dtype.ts";
+import { parseDevice } from "../../device.ts";
+import type { DeviceBuffer } from "../../graph/node.ts";
+import { numel } from "../../shape.ts";
+import {
+  type Backend,
+  type Plan,
+  type PlanGraph,
+  refInfo,
+  registerBackend,
+  type ValueRef,
+} from "../backend.ts";
+import { CudaDevice } from "./device.ts";
+import { type CudaLowered, cudaLowering } from "./kernels.ts";
+import { CudaBuffer } from "./memory.ts";
+
+let availability: string | undefined | null = null;
+
+/** Why CUDA cannot be used here (undefined when it can); probed once. */
+export function cudaUnavailableReason(): string | undefined {
+  if (availability !== null) return availability;
+  try {
+    driver();
+    const n = deviceCount();
+    availability = n > 0 ? undefined : "no CUDA device is visible";
+  } catch (e) {
+    availability = e instanceof Error ? e.message : String(e);
+  }
+  return availability;
+}
+
+/** Forgets the cached availability probe (after changing library paths in tests). */
+export function resetCudaAvailability(): void {
+  availability = null;
+}
+
+function deviceOf(name: string): CudaDevice {
+  return CudaDevice.get(parseDevice("cuda", name).index);
+}
+
+interface Step {
+  lowered: CudaLowered;
+  inputs: ValueRef[];
+  dtype: DType;
+  numel: number;
+}
+
+class CudaPlan implements Plan {
+  constructor(
+    private readonly device: CudaDevice,
+    private readonly steps: Step[],
+    private readonly outputs: ValueRef[],
+    // For each step, the intermediates whose last use it is.
+    private readonly freeAfter: number[][],
+  ) {}
+
+  run(leaves: DeviceBuffer[]): DeviceBuffer[] {
+    this.device.makeCurrent();
+    const values = new Array<CudaBuffer | undefined>(this.steps.length);
+    const get = (r: ValueRef): CudaBuffer =>
+      "leaf" in r ? (leaves[r.leaf] as CudaBuffer) : values[r.node]!;
+    try {
+      for (let i = 0; i < this.steps.length; i++) {
+        const s = this.steps[i];
+        const inputs = s.inputs.map(get);
+        if (typeof s.lowered === "function") {
+          const out = CudaBuffer.allocate(this.device, s.dtype, s.numel);
+          values[i] = out;
+          s.lowered(out, inputs);
+        } else {
+          values[i] = inputs[s.lowered.alias].view(s.dtype, s.numel);
+        }
+        for (const j of this.freeAfter[i]) {
+          values[j]!.dispose();
+          values[j] = undefined;
+        }
+      }
+      return this.outputs.map((
+        r,
+      ) => ("leaf" in r ? (leaves[r.leaf] as CudaBuffer).view() : values[r.node]!));
+    } catch (e) {
+      for (const v of values) v?.dispose();
+      throw e;
+    }
+  }
+}
+
+/** The CUDA backend instance. */
+export const cudaBackend: Backend = {
+  kind: "cuda",
+  unavailableReason: cudaUnavailableReason,
+
+  upload(device: string, dtype: DType, storage: StorageArray): DeviceBuffer {
+    const d = deviceOf(device);
+    const buf = CudaBuffer.allocate(d, dtype, storage.length);
+    if (buf.bytes > 0) {
+      const bytes = toStorageBytes(dtype, storage) as Uint8Array<ArrayBuffer>;
+      copyToDeviceAsync(buf.pointer, bytes, d.stream, buf.bytes);
+    }
+    return buf;
+  },
+
+  download(buffer: DeviceBuffer): StorageArray {
+    const b = buffer as CudaBuffer;
+    const d = b.cudaDevice;
+    d.makeCurrent();
+    const host = new Uint8Array(b.bytes);
+    if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
+    d.synchronize();
+    return fromStorageBytes(b.dtype, host, b.numel);
+  },
+
+  async downloadAsync(buffer: DeviceBuffer): Promise<StorageArray> {
+    const b = buffer as CudaBuffer;
+    const d = b.cudaDevice;
+    d.makeCurrent();
+    const host = new Uint8Array(b.bytes);
+    if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
+    await d.synchronizeAsync();
+    return fromStorageBytes(b.dtype, host, b.numel);
+  },
+
+  lower(graph: PlanGraph): Plan {
+    const device = deviceOf(graph.device);
+    const steps = graph.nodes.map((n): Step => ({
+      lowered: cudaLowering(n.op)({
+        attrs: n.attrs,
+        out: { shape: n.shape, dtype: n.dtype },
+        inputs: n.inputs.map((r) => refInfo(graph, r)),
+        device,
+      }),
+      inputs: n.inputs,
+      dtype: n.dtype,
+      numel: numel(n.shape),
+    }));
+    const lastUse = steps.map(() => -1);
+    steps.forEach((s, i) => s.inputs.forEach((r) => "node" in r && (lastUse[r.node] = i)));
+    const isOutput = new Set(graph.outputs.flatMap((r) => ("node" in r ? [r.node] : [])));
+    const freeAfter: number[][] = steps.map(() => []);
+    lastUse.forEach((at, j) => {
+      if (isOutput.has(j)) return;
+      // An unused intermediate is freed right after it is made.
+      freeAfter[at < 0 ? j : at].push(j);
+    });
+    return new CudaPlan(device, steps, graph.outputs, freeAfter);
+  },
+};
+
+registerBackend(cudaBackend);

@@ -1,0 +1,5 @@
+/**
+ * CUDA lowerings (placeholder until written).
+ * @module
+ */
+export {};

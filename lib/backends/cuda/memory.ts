@@ -1,0 +1,177 @@
+/**
+ * Device memory: {@link CudaBuffer}s allocated from the device's stream-ordered pool
+ * (cudaMallocAsync / cudaFreeAsync on tensorq's stream, so freed memory is reused in stream
+ * order without driver calls). A buffer is freed by `dispose()`, or by a FinalizationRegistry
+ * once its tensor is garbage-collected. Views (reshape) share their parent's allocation.
+ * @module
+ */
+import {
+  checkCuda,
+  cudaErrorMemoryAllocation,
+  cudaMemPoolAttrReservedMemCurrent,
+  cudart,
+  memInfo,
+  memPoolGetAttribute,
+} from "../../../ffi/cudart.ts";
+import { type DType, storageByteLength } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import type { DeviceBuffer } from "../../graph/node.ts";
+import { CudaDevice } from "./device.ts";
+
+/** One device allocation, shared by a buffer and its views. */
+interface Allocation {
+  device: CudaDevice;
+  address: bigint;
+  bytes: number;
+  refs: number;
+}
+
+const stats = { liveBytes: 0, peakBytes: 0, liveBuffers: 0, allocations: 0, frees: 0 };
+
+function release(a: Allocation): void {
+  if (--a.refs > 0) return;
+  stats.liveBytes -= a.bytes;
+  stats.liveBuffers--;
+  stats.frees++;
+  if (a.address === 0n) return;
+  a.device.makeCurrent();
+  const status = cudart().cudaFreeAsync(Deno.UnsafePointer.create(a.address), a.device.stream);
+  checkCuda(status, "cudaFreeAsync");
+}
+
+// Frees allocations whose buffers were collected without dispose().
+const registry = new FinalizationRegistry<Allocation>((a) => {
+  try {
+    release(a);
+  } catch {
+    // A finalizer must not throw; the process may be shutting the device down.
+  }
+});
+
+/** A tensor's memory on a CUDA device. */
+export class CudaBuffer implements DeviceBuffer {
+  /** Canonical device name (`cuda:N`). */
+  readonly device: string;
+  /** Element type. */
+  readonly dtype: DType;
+  /** Number of elements. */
+  readonly numel: number;
+  /** Device address of the first byte. */
+  readonly address: bigint;
+  /** Bytes of the storage (int4 packed two per byte). */
+  readonly bytes: number;
+  readonly #allocation: Allocation;
+  #disposed = false;
+
+  private constructor(allocation: Allocation, dtype: DType, numel: number, address: bigint) {
+    this.#allocation = allocation;
+    this.device = `cuda:${allocation.device.index}`;
+    this.dtype = dtype;
+    this.numel = numel;
+    this.address = address;
+    this.bytes = storageByteLength(dtype, numel);
+    registry.register(this, allocation, this);
+  }
+
+  /** Allocates a buffer for `numel` elements of `dtype` (contents undefined). */
+  static allocate(device: CudaDevice, dtype: DType, numel: number): CudaBuffer {
+    const bytes = storageByteLength(dtype, numel);
+    const address = bytes === 0 ? 0n : allocateBytes(device, bytes);
+    stats.liveBytes += bytes;
+    stats.peakBytes = Math.max(stats.peakBytes, stats.liveBytes);
+    stats.liveBuffers++;
+    stats.allocations++;
+    return new CudaBuffer({ device, address, bytes, refs: 1 }, dtype, numel, address);
+  }
+
+  /** A buffer sharing this one's memory with another dtype/element count (reshape, bitcast). */
+  view(dtype: DType = this.dtype, numel: number = this.numel): CudaBuffer {
+    this.#allocation.refs++;
+    return new CudaBuffer(this.#allocation, dtype, numel, this.address);
+  }
+
+  /** The device this buffer lives on. */
+  get cudaDevice(): CudaDevice {
+    return this.#allocation.device;
+  }
+
+  /** True after dispose(). */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** The address as a pointer value (for FFI calls). */
+  get pointer(): Deno.PointerValue {
+    return Deno.UnsafePointer.create(this.address);
+  }
+
+  /** Returns the memory to the pool (stream-ordered; idempotent). */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    registry.unregister(this);
+    release(this.#allocation);
+  }
+}
+
+function allocateBytes(device: CudaDevice, bytes: number): bigint {
+  const out = new BigUint64Array(1);
+  let status = cudart().cudaMallocAsync(out, BigInt(bytes), device.stream);
+  if (status === cudaErrorMemoryAllocation) {
+    // Memory freed by collected tensors may still be pending: collect, wait, retry once.
+    device.synchronize();
+    status = cudart().cudaMallocAsync(out, BigInt(bytes), device.stream);
+  }
+  if (status === cudaErrorMemoryAllocation) {
+    cudart().cudaGetLastError(); // allocation failures are not sticky; clear the record
+    const free = safeMemInfo();
+    throw new TensorqError(
+      `out of device memory on cuda:${device.index}: requested ${fmtBytes(bytes)}, ${
+        fmtBytes(stats.liveBytes)
+      } held by live tensors${free}; dispose() tensors you no longer need`,
+      { op: "cudaMallocAsync", kind: "cuda" },
+    );
+  }
+  checkCuda(status, "cudaMallocAsync");
+  return out[0];
+}
+
+function safeMemInfo(): string {
+  try {
+    const { free, total } = memInfo();
+    return `, ${fmtBytes(free)} free of ${fmtBytes(total)}`;
+  } catch {
+    return "";
+  }
+}
+
+function fmtBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${n} B`;
+}
+
+/** Device memory statistics. */
+export interface CudaMemoryStats {
+  /** Bytes held by live tensors and plan intermediates. */
+  liveBytes: number;
+  /** Highest `liveBytes` so far. */
+  peakBytes: number;
+  /** Live buffers (allocations, views not counted). */
+  liveBuffers: number;
+  /** Allocations made from the pool so far. */
+  allocations: number;
+  /** Allocations returned to the pool so far. */
+  frees: number;
+  /** Bytes the pools hold from the driver (reused without driver calls). */
+  poolReservedBytes: number;
+}
+
+/** Memory statistics across the devices in use. */
+export function memoryStats(): CudaMemoryStats {
+  let reserved = 0;
+  for (const d of CudaDevice.initialized()) {
+    reserved += memPoolGetAttribute(d.pool, cudaMemPoolAttrReservedMemCurrent);
+  }
+  return { ...stats, poolReservedBytes: reserved };
+}
