@@ -22,10 +22,18 @@ export {
   type TensorData,
   type TensorInput,
   type TensorOptions,
+  type TypedArrayInput,
   zeros,
 } from "./lib/tensor.ts";
 export { manualSeed, rand, randn, type RandomOptions, RandomStream } from "./lib/random.ts";
-export { type DType, type DTypeInfo, dtypeInfo, DTYPES } from "./lib/dtype.ts";
+export { type DType, type DTypeInfo, dtypeInfo, DTYPES, type StorageArray } from "./lib/dtype.ts";
+export type { Attrs, DeviceBuffer, Node } from "./lib/graph/node.ts";
+export type { Shape } from "./lib/shape.ts";
+export {
+  type SafetensorsDType,
+  type SafetensorsEntry,
+  SafetensorsFile,
+} from "./lib/io/safetensors.ts";
 export { type CallSite, type ErrorKind, TensorqError } from "./lib/errors.ts";
 export type { Device } from "./lib/device.ts";
 export type { TensorLike } from "./lib/ops/op.ts";

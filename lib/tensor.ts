@@ -399,7 +399,8 @@ export function scalar(value: number, dtype: DType, device = "cpu"): Tensor {
   return fromStorage(encode(dtype, [value]), [], dtype, device);
 }
 
-type TypedInput =
+/** Typed arrays accepted by {@link tensor}. */
+export type TypedArrayInput =
   | Float32Array
   | Float64Array
   | Int8Array
@@ -411,7 +412,7 @@ type TypedInput =
   | BigInt64Array;
 
 /** Data accepted by {@link tensor}. */
-export type TensorInput = number | boolean | TypedInput | readonly TensorInput[];
+export type TensorInput = number | boolean | TypedArrayInput | readonly TensorInput[];
 
 /** Options of {@link tensor}. */
 export interface TensorOptions extends CreateOptions {
@@ -444,7 +445,7 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
   let shape: number[];
   let flat: ArrayLike<number>;
   if (ArrayBuffer.isView(data)) {
-    const n = (data as TypedInput).length;
+    const n = (data as TypedArrayInput).length;
     shape = options.shape ? checkShape("tensor", options.shape) : [n];
     if (numel(shape) !== n) {
       throw new TensorqError("shape does not match the data", {

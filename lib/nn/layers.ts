@@ -132,6 +132,7 @@ export class Linear extends Module {
     }
   }
 
+  /** The weight scale's shape for the configured mode (validating the options). */
   private weightScaleShape(): number[] {
     const [out, inp] = [this.outFeatures, this.inFeatures];
     const dim = this.weightQuantDim;
