@@ -76,12 +76,17 @@ export class Linear extends Module {
   readonly outFeatures: number;
   /** Dtype of weight, bias and output. */
   readonly dtype: DType;
-  /** Quantization dtype, if quantized. */
-  readonly quantDtype?: QuantDType;
+  /** Quantization dtype, if quantized (set with {@link Linear.configureQuantization}). */
+  quantDtype?: QuantDType;
   /** Weight scale dimension (see {@link LinearOptions.weightQuantDim}). */
-  readonly weightQuantDim?: number;
+  weightQuantDim?: number;
   /** Block size of block-wise weight quantization. */
-  readonly blockSize?: number;
+  blockSize?: number;
+  /**
+   * Called with the layer's input at the start of every forward (before any quantization):
+   * calibration observers attach here.
+   */
+  inputObserver?: (input: Tensor, layer: Linear) => void;
 
   /** Creates the layer; the weight starts uniform in ±1/√in (seeded by the global stream). */
   constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
@@ -102,34 +107,48 @@ export class Linear extends Module {
         rand([outFeatures], { low: -bound, high: bound, dtype: this.dtype }),
       );
     }
-    if (options.quantDtype !== undefined) {
-      const q = checkDType("Linear", "quantDtype", options.quantDtype);
-      if (!QUANT.includes(q)) {
-        throw new TensorqError("unsupported quantization dtype", {
+    this.configureQuantization(options);
+  }
+
+  /**
+   * Sets (or, with no `quantDtype`, removes) the layer's quantization: declares `weightScale`
+   * with the shape the mode needs and the optional per-tensor `inputScale`. Existing scales
+   * are dropped.
+   */
+  configureQuantization(
+    options: Pick<LinearOptions, "quantDtype" | "weightQuantDim" | "blockSize">,
+  ): void {
+    this.removeParameter("weightScale");
+    this.removeParameter("inputScale");
+    if (options.quantDtype === undefined) {
+      if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
+        throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
           op: "Linear",
-          kind: "dtype",
+          kind: "argument",
           argument: "quantDtype",
-          expected: QUANT.join(", "),
-          actual: q,
+          expected: "int8, int4 or float8e4m3",
+          actual: "undefined",
         });
       }
-      this.quantDtype = q as QuantDType;
-      this.weightQuantDim = options.weightQuantDim;
-      this.blockSize = options.blockSize;
-      this.declareParameter("weightScale", {
-        shape: this.weightScaleShape(),
-        dtype: "float32",
-      });
-      this.declareParameter("inputScale", { shape: [], dtype: "float32", optional: true });
-    } else if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
-      throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
+      this.quantDtype = this.weightQuantDim = this.blockSize = undefined;
+      return;
+    }
+    const q = checkDType("Linear", "quantDtype", options.quantDtype);
+    if (!QUANT.includes(q)) {
+      throw new TensorqError("unsupported quantization dtype", {
         op: "Linear",
-        kind: "argument",
+        kind: "dtype",
         argument: "quantDtype",
-        expected: "int8, int4 or float8e4m3",
-        actual: "undefined",
+        expected: QUANT.join(", "),
+        actual: q,
       });
     }
+    this.weightQuantDim = options.weightQuantDim;
+    this.blockSize = options.blockSize;
+    const shape = this.weightScaleShape();
+    this.quantDtype = q as QuantDType;
+    this.declareParameter("weightScale", { shape, dtype: "float32" });
+    this.declareParameter("inputScale", { shape: [], dtype: "float32", optional: true });
   }
 
   /** The weight scale's shape for the configured mode (validating the options). */
@@ -203,6 +222,7 @@ export class Linear extends Module {
 
   /** `x · Wᵀ + b`, with Q/DQ around the input and weight when quantized. */
   forward(x: Tensor): Tensor {
+    this.inputObserver?.(x, this);
     let w = this.weight;
     if (this.quantDtype !== undefined) {
       const q = this.quantDtype;
