@@ -1,0 +1,179 @@
+import assert from "node:assert/strict";
+import * as tq from "../mod.ts";
+import { assertClose, assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
+
+// Float64 fake quantization with TensorRT semantics: true float32 division, round half to
+// even, saturate; dequantize multiplies in float32.
+function rne(v: number): number {
+  const f = Math.floor(v);
+  const d = v - f;
+  return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+}
+function fakeQuant(x: number, s: number, lo: number, hi: number): number {
+  const q = Math.min(hi, Math.max(lo, rne(Math.fround(Math.fround(x) / Math.fround(s)))));
+  return Math.fround(q * Math.fround(s));
+}
+
+testOnDevices(
+  "Linear with int8 per-channel weights and per-tensor input equals a float64 fake-quant reference",
+  (device) => {
+    const [B, I, O] = [5, 48, 24];
+    const wv = randomValues(O * I, 21).map((v) => Math.fround(v * 0.1));
+    const bv = randomValues(O, 22).map((v) => Math.fround(v * 0.1));
+    const xv = randomValues(B * I, 23).map((v) => Math.fround(v));
+    const layer = new tq.Linear(I, O, { quantDtype: "int8", weightQuantDim: 0 });
+    const weight = tq.tensor(Float32Array.from(wv), { shape: [O, I], device });
+    const bias = tq.tensor(Float32Array.from(bv), { device });
+    const weightScale = tq.scaleFromAmax(weight.abs().max(1), "int8");
+    const inputScale = tq.scaleFromAmax(3.1, "int8");
+    layer.to(device).loadStateDict({
+      weight,
+      bias,
+      weightScale: weightScale.to(device),
+      inputScale: inputScale.to(device),
+    });
+    const y = layer.forward(tq.tensor(Float32Array.from(xv), { shape: [B, I], device }));
+    const ws = weightScale.dataSync() as Float32Array;
+    const is = inputScale.item();
+    const ref = new Float64Array(B * O);
+    for (let b = 0; b < B; b++) {
+      for (let o = 0; o < O; o++) {
+        let acc = 0;
+        for (let i = 0; i < I; i++) {
+          acc += fakeQuant(xv[b * I + i], is, -128, 127) *
+            fakeQuant(wv[o * I + i], ws[o], -128, 127);
+        }
+        ref[b * O + o] = acc + bv[o];
+      }
+    }
+    assertClose(y.dataSync() as Float32Array, ref, { rtol: 1e-5, atol: 1e-6 });
+  },
+);
+
+testOnDevices("Linear with int4 block-wise weights (blocks along input features)", (device) => {
+  const [B, I, O, BS] = [3, 64, 8, 16];
+  const wv = randomValues(O * I, 31).map((v) => Math.fround(v));
+  const xv = randomValues(B * I, 32).map((v) => Math.fround(v));
+  const layer = new tq.Linear(I, O, {
+    bias: false,
+    quantDtype: "int4",
+    weightQuantDim: 1,
+    blockSize: BS,
+  });
+  const weight = tq.tensor(Float32Array.from(wv), { shape: [O, I], device });
+  const amax = weight.abs().reshape([O, I / BS, BS]).max(2);
+  const weightScale = tq.scaleFromAmax(amax, "int4");
+  assert.deepEqual(weightScale.shape, [O, I / BS]);
+  layer.to(device).loadStateDict({ weight, weightScale: weightScale.to(device) });
+  const y = layer.forward(tq.tensor(Float32Array.from(xv), { shape: [B, I], device }));
+  const ws = weightScale.dataSync() as Float32Array;
+  const ref = new Float64Array(B * O);
+  for (let b = 0; b < B; b++) {
+    for (let o = 0; o < O; o++) {
+      let acc = 0;
+      for (let i = 0; i < I; i++) {
+        acc += xv[b * I + i] *
+          fakeQuant(wv[o * I + i], ws[o * (I / BS) + Math.floor(i / BS)], -8, 7);
+      }
+      ref[b * O + o] = acc;
+    }
+  }
+  assertClose(y.dataSync() as Float32Array, ref, { rtol: 1e-5, atol: 1e-6 });
+});
+
+testOnDevices("LayerNorm, Embedding and Sequential", (device) => {
+  const ln = new tq.LayerNorm(4).to(device);
+  const x = tq.tensor([[1, 2, 3, 4], [2, 2, 2, 6]], { device });
+  const y = ln.forward(x).dataSync() as Float32Array;
+  const ref = [[1, 2, 3, 4], [2, 2, 2, 6]].flatMap((row) => {
+    const m = row.reduce((a, b) => a + b) / 4;
+    const v = row.reduce((a, b) => a + (b - m) ** 2, 0) / 4;
+    return row.map((e) => (e - m) / Math.sqrt(v + 1e-5));
+  });
+  assertClose(y, ref, { rtol: 1e-5, atol: 1e-6 });
+  const emb = new tq.Embedding(10, 3).to(device);
+  const rows = emb.forward(tq.tensor([[1, 9]], { dtype: "int32", device }));
+  assert.deepEqual(rows.shape, [1, 2, 3]);
+  const table = emb.weight.toArray() as number[][];
+  assert.deepEqual(rows.toArray(), [[table[1], table[9]]]);
+  const seq = new tq.Sequential(new tq.Linear(4, 8), new tq.LayerNorm(8), new tq.Linear(8, 2)).to(
+    device,
+  );
+  assert.deepEqual(seq.forward(x).shape, [2, 2]);
+  assert.deepEqual(Object.keys(seq.stateDict()), [
+    "0.weight",
+    "0.bias",
+    "1.weight",
+    "1.bias",
+    "2.weight",
+    "2.bias",
+  ]);
+  assert.equal(seq.parameters().length, 6);
+});
+
+Deno.test("stateDict round trip through safetensors, including int4 and fp8 tensors", () => {
+  const dir = Deno.makeTempDirSync();
+  const src = new tq.Sequential(new tq.Linear(6, 4), new tq.LayerNorm(4));
+  const path = `${dir}/m.safetensors`;
+  const extra = {
+    q4: tq.quantize(tq.randn([3, 5], { seed: 9 }), 0.2, "int4"),
+    f8: tq.quantize(tq.randn([7], { seed: 10 }), 0.01, "float8e4m3"),
+    h: tq.randn([2, 2], { seed: 11, dtype: "bfloat16" }),
+  };
+  tq.saveSafetensors(path, { ...src.stateDict(), ...extra }, { note: "test" });
+  using file = tq.loadSafetensors(path);
+  assert.deepEqual(file.metadata, { note: "test" });
+  assert.deepEqual(file.info("q4"), { shape: [3, 5], dtype: "int4" });
+  for (const [k, t] of Object.entries(extra)) {
+    const back = file.get(k);
+    assert.equal(back.dtype, t.dtype);
+    assert.deepEqual(back.storageSync(), t.storageSync(), k);
+  }
+  const dst = new tq.Sequential(new tq.Linear(6, 4), new tq.LayerNorm(4));
+  const dict = Object.fromEntries(
+    file.keys().filter((k) => !(k in extra)).map((k) => [k, file.get(k)]),
+  );
+  dst.loadStateDict(dict);
+  const x = tq.randn([2, 6], { seed: 12 });
+  assert.deepEqual(dst.forward(x).dataSync(), src.forward(x).dataSync());
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("module errors name the parameter and the caller's line", () => {
+  const layer = new tq.Linear(4, 3);
+  let line = thisLine() + 1;
+  let call = (): unknown => (layer.weight = tq.zeros([4, 3]));
+  assertTqError(call, {
+    op: "setParameter",
+    kind: "shape",
+    includes: ["weight", "[3, 4]", "[4, 3]"],
+    line,
+  });
+  const half = tq.zeros([3, 4], { dtype: "float16" });
+  line = thisLine() + 1;
+  call = () => layer.loadStateDict({ weight: half, nope: tq.zeros([1]) });
+  assertTqError(call, {
+    op: "loadStateDict",
+    includes: ["weight: expected float32 [3, 4], got float16", "missing: bias", "unexpected: nope"],
+    line,
+  });
+  const relaxed = layer.loadStateDict({ weight: tq.zeros([3, 4]), nope: tq.zeros([1]) }, {
+    strict: false,
+  });
+  assert.deepEqual(relaxed, { missing: ["bias"], unexpected: ["nope"] });
+  line = thisLine() + 1;
+  call = () => new tq.Linear(4, 3, { quantDtype: "int4", weightQuantDim: 1, blockSize: 3 });
+  assertTqError(call, {
+    op: "Linear",
+    kind: "argument",
+    includes: ["blockSize", "divisor of 4"],
+    line,
+  });
+  const q = new tq.Linear(4, 3, { quantDtype: "int8" });
+  line = thisLine() + 1;
+  call = () => q.forward(tq.ones([1, 4]));
+  assertTqError(call, { op: "Linear.forward", kind: "state", includes: ["weightScale"], line });
+  line = thisLine() + 1;
+  call = () => new tq.Linear(0, 3);
+  assertTqError(call, { op: "Linear", kind: "argument", includes: ["inFeatures"], line });
+});
