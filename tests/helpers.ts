@@ -15,7 +15,8 @@ export const GPU_REQUIRED: boolean = Deno.env.get("TENSORQ_TEST_GPU") === "1";
 export function cudaSkipReason(): string | undefined {
   const cuda = backendFor("cuda");
   if (!cuda) return "the cuda backend is not loaded";
-  return cuda.unavailableReason();
+  // The first line says what failed; the full reason (every path tried) is in the error.
+  return cuda.unavailableReason()?.split("\n")[0].replace(/ Tried:$/, "");
 }
 
 /**
