@@ -15,18 +15,18 @@ testOnGpu("cuda: device tensors round-trip and report their device", async () =>
 });
 
 testOnGpu("cuda: await data() does not block the event loop", async () => {
-  const big = tq.randn([1 << 22], { seed: 2, device: "cuda" });
-  // Enough queued work that the copy back takes a while.
-  let y = big;
-  for (let i = 0; i < 200; i++) y = y.mul(1.0001).add(0.0001);
+  // About 50 ms of GPU work: twenty 4096³ float32 products.
+  const a = tq.randn([4096, 4096], { seed: 2, device: "cuda" });
+  let y = a;
+  for (let i = 0; i < 20; i++) y = y.matmul(a).mul(1 / 64);
   let ticks = 0;
-  const timer = setInterval(() => ticks++, 0);
-  const pending = y.data();
-  await new Promise((r) => setTimeout(r, 0));
-  const values = await pending;
+  const timer = setInterval(() => ticks++, 1);
+  const started = performance.now();
+  const values = await y.slice([[0, 1]]).data();
+  const waited = performance.now() - started;
   clearInterval(timer);
-  assert.equal(values.length, 1 << 22);
-  assert.ok(ticks >= 0);
+  assert.equal(values.length, 4096);
+  assert.ok(ticks >= 1, `no timer ran during a ${waited.toFixed(1)} ms wait: the loop was blocked`);
 });
 
 testOnGpu("cuda: 10,000 evaluations keep device memory steady", () => {
