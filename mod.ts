@@ -113,3 +113,5 @@ export {
 export { dequantize, type QuantDType, quantize, type QuantizeOptions } from "./lib/ops/quantize.ts";
 export { maxBound, scaleFromAmax } from "./lib/quant/scale.ts";
 export * as cuda from "./lib/cuda.ts";
+export { type GraphSummary, inspectGraph } from "./lib/runtime/inspect.ts";
+export { qdqFusionEnabled, setQdqFusion } from "./lib/graph/passes/qdq_fusion.ts";

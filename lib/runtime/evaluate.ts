@@ -9,6 +9,7 @@ import { parseDevice } from "../device.ts";
 import { TensorqError } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
 import { runPasses } from "../graph/passes/mod.ts";
+import "../graph/passes/qdq_fusion.ts";
 import type { Plan } from "../backends/backend.ts";
 
 /** The backend that serves a canonical device name; errors when it cannot run. */
@@ -57,6 +58,8 @@ export interface TracedGraph {
   graph: PlanGraph;
   /** Leaf nodes in leaf order (their buffers are the plan's inputs). */
   leafNodes: Node[];
+  /** Op nodes in graph order. */
+  nodes: Node[];
   /** The structural key: equal keys mean interchangeable plans. */
   key: string;
 }
@@ -127,7 +130,7 @@ export function traceGraph(targets: Node[]): TracedGraph {
     outputs: targets.map(ref),
   };
   keyParts.push(`->${graph.outputs.map(refKey)}`);
-  return { graph, leafNodes, key: keyParts.join(";") };
+  return { graph, leafNodes, nodes: order, key: keyParts.join(";") };
 }
 
 /** Lowers (or fetches from the cache) the plan for a traced graph. */
@@ -137,7 +140,7 @@ export function planFor(traced: TracedGraph, backend: Backend): Plan {
     stats.hits++;
     return cached.plan;
   }
-  const graph = runPasses(traced.graph, traced.leafNodes);
+  const graph = runPasses(traced.graph, traced);
   const plan = backend.lower(graph);
   stats.lowered++;
   planCache.set(traced.key, { graph, plan });
@@ -167,4 +170,11 @@ export function realize(targets: Node[]): void {
   const leaves: DeviceBuffer[] = traced.leafNodes.map((n) => n.buffer!);
   const outs = plan.run(leaves);
   pending.forEach((n, i) => n.realize(outs[i]));
+}
+
+/** The graph that evaluating `targets` would run: after the passes, before lowering. */
+export function plannedGraph(targets: Node[]): PlanGraph {
+  const pending = targets.filter((n) => !n.realized);
+  const traced = traceGraph(pending.length ? pending : targets);
+  return runPasses(traced.graph, traced);
 }

@@ -20,7 +20,7 @@ const COLUMN_BLOCK = 64;
  * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + kk] · bt[bOff + j·k + kk]` for an m×k `a` and an
  * n×k `bt` (B transposed).
  */
-function gemm(
+export function gemm(
   a: Float64Array,
   aOff: number,
   bt: Float64Array,

@@ -6,8 +6,16 @@
 import type { PlanGraph } from "../../backends/backend.ts";
 import type { Node } from "../node.ts";
 
-/** A graph pass: may read the leaf nodes (e.g. which op produced a realized value). */
-export type GraphPass = (graph: PlanGraph, leafNodes: readonly Node[]) => PlanGraph;
+/** What a pass may read besides the structure: the graph nodes behind leaves and ops. */
+export interface PassContext {
+  /** Node of each leaf (realized values; `op` says which op produced it). */
+  leafNodes: readonly Node[];
+  /** Node of each op of the traced graph, before any pass (for call sites in messages). */
+  nodes: readonly Node[];
+}
+
+/** A graph pass: returns an equivalent graph. */
+export type GraphPass = (graph: PlanGraph, context: PassContext) => PlanGraph;
 
 const passes: { name: string; pass: GraphPass }[] = [];
 
@@ -17,8 +25,8 @@ export function registerPass(name: string, pass: GraphPass): void {
 }
 
 /** Runs every registered pass in order. */
-export function runPasses(graph: PlanGraph, leafNodes: readonly Node[]): PlanGraph {
+export function runPasses(graph: PlanGraph, context: PassContext): PlanGraph {
   let g = graph;
-  for (const p of passes) g = p.pass(g, leafNodes);
+  for (const p of passes) g = p.pass(g, context);
   return g;
 }

@@ -1,0 +1,132 @@
+/**
+ * CPU kernels of the fused linear ops made by the Q/DQ fusion pass
+ * (lib/graph/passes/qdq_fusion.ts): `qlinear` (quantized activations and weights, exact
+ * integer / fp8 products, float epilogue) and `wlinear` (weight-only quantization). The
+ * quantized (or fake-quantized) weight is computed once per weight and scale and cached.
+ * @module
+ */
+import { decode, encode, type StorageArray } from "../../dtype.ts";
+import type { Attrs } from "../../graph/node.ts";
+import { numel } from "../../shape.ts";
+import { cpuKernel, type CpuKernelContext, registerCpuKernel } from "./backend.ts";
+import { gemm } from "./matmul.ts";
+import { erf, outArray, read } from "./util.ts";
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+/** The activation a fused op applies after the bias. */
+export function activationFn(name: unknown): (x: number) => number {
+  switch (name) {
+    case "relu":
+      return (x) => (x > 0 ? x : Number.isNaN(x) ? NaN : 0);
+    case "gelu":
+      return (x) => 0.5 * x * (1 + erf(x / Math.SQRT2));
+    case "gelu_tanh":
+      return (x) => 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));
+    default:
+      return (x) => x;
+  }
+}
+
+/** Attrs of the weight's quantize/dequantize, as the quantize kernels read them. */
+function weightQuantAttrs(attrs: Attrs, dtype: string): Attrs {
+  return { dtype, mode: attrs.weightMode, dim: attrs.weightDim, blockSize: attrs.blockSize };
+}
+
+// Cache: weight storage → (scale storage → prepared weight). Storage arrays are immutable.
+const weightCache = new WeakMap<StorageArray, WeakMap<StorageArray, Float64Array>>();
+
+function cachedWeight(w: StorageArray, s: StorageArray, make: () => Float64Array): Float64Array {
+  let inner = weightCache.get(w);
+  if (!inner) weightCache.set(w, inner = new WeakMap());
+  let v = inner.get(s);
+  if (!v) inner.set(s, v = make());
+  return v;
+}
+
+function quantizeValues(
+  x: StorageArray,
+  s: StorageArray,
+  ctx: CpuKernelContext,
+  xi: number,
+  si: number,
+  attrs: Attrs,
+): Float64Array {
+  const info = { ...ctx.inputs[xi] };
+  const q = cpuKernel("quantize")([x, s], {
+    attrs,
+    out: { shape: info.shape, dtype: attrs.dtype as "int8" },
+    inputs: [info, ctx.inputs[si]],
+  });
+  return Float64Array.from(decode(attrs.dtype as "int8", q));
+}
+
+function epilogue(
+  acc: Float64Array,
+  ctx: CpuKernelContext,
+  n: number,
+  colScale: (j: number) => number,
+  bias: StorageArray | undefined,
+  biasIndex: number,
+): StorageArray {
+  const out = outArray(ctx.out.dtype, acc.length);
+  const b = bias ? read(ctx.inputs[biasIndex].dtype, bias) : undefined;
+  const act = activationFn(ctx.attrs.activation);
+  const v = out.values;
+  for (let i = 0; i < acc.length; i++) {
+    const j = i % n;
+    v[i] = act(acc[i] * colScale(j) + (b ? b[j] : 0));
+  }
+  return out.finish();
+}
+
+registerCpuKernel("qlinear", (inputs, ctx) => {
+  const [x, sxq, sxd, w, swq, swd, bias] = inputs;
+  const [n, k] = ctx.inputs[3].shape;
+  const m = numel(ctx.inputs[0].shape) / (k || 1);
+  const qdtype = ctx.attrs.qdtype as string;
+  const qx = quantizeValues(x, sxq, ctx, 0, 1, {
+    dtype: qdtype,
+    mode: "tensor",
+    dim: null,
+    blockSize: null,
+  });
+  const qw = cachedWeight(
+    w,
+    swq,
+    () => quantizeValues(w, swq, ctx, 3, 4, weightQuantAttrs(ctx.attrs, qdtype)),
+  );
+  const acc = new Float64Array(m * n);
+  if (k > 0) gemm(qx, 0, qw, 0, acc, 0, m, n, k);
+  const xs = read(ctx.inputs[2].dtype, sxd)[0];
+  const ws = read(ctx.inputs[5].dtype, swd);
+  const perChannel = ctx.attrs.weightMode === "channel";
+  return epilogue(acc, ctx, n, (j) => xs * ws[perChannel ? j : 0], bias, 6);
+});
+
+registerCpuKernel("wlinear", (inputs, ctx) => {
+  const [x, w, swq, swd, bias] = inputs;
+  const [n, k] = ctx.inputs[1].shape;
+  const m = numel(ctx.inputs[0].shape) / (k || 1);
+  const qdtype = ctx.attrs.qdtype as string;
+  const dqw = cachedWeight(w, swq, () => {
+    const attrs = weightQuantAttrs(ctx.attrs, qdtype);
+    const q = cpuKernel("quantize")([w, swq], {
+      attrs,
+      out: { shape: ctx.inputs[1].shape, dtype: qdtype as "int8" },
+      inputs: [ctx.inputs[1], ctx.inputs[2]],
+    });
+    const dq = cpuKernel("dequantize")([q, swd], {
+      attrs: { ...attrs, dtype: "float32" },
+      out: { shape: ctx.inputs[1].shape, dtype: "float32" },
+      inputs: [{ shape: ctx.inputs[1].shape, dtype: qdtype as "int8" }, ctx.inputs[3]],
+    });
+    // The fake-quant graph dequantizes to the matmul's dtype: round the same way.
+    const dtype = ctx.inputs[0].dtype;
+    const rounded = dtype === "float32" ? dq : encode(dtype, dq as Float32Array);
+    return Float64Array.from(read(dtype, rounded));
+  });
+  const acc = new Float64Array(m * n);
+  if (k > 0) gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k);
+  return epilogue(acc, ctx, n, () => 1, bias, 4);
+});

@@ -1,0 +1,183 @@
+/**
+ * Q/DQ fusion: rotates dequantize past matmul so the product runs in low precision.
+ *
+ * Recognized (the form `tq.Linear` produces, and the same written by hand):
+ *
+ *     y = matmul(dequantize(quantize(x, sxq), sxd), permute(dequantize(quantize(W, swq), swd), [1, 0]))
+ *         [+ bias [N]] [→ relu | gelu]
+ *
+ * - `qlinear` (weights and activations quantized, int8 or fp8): x quantized per tensor, W
+ *   [N, K] per tensor or per output channel (dim 0). Computes `acc = Σ qx·qw` exactly (int32 or
+ *   fp8 products) and `y = acc · sxd · swd[n] (+ b)` in float32 — the same function as the
+ *   float fake-quant graph up to float32 rounding. Inputs `[x, sxq, sxd, W, swq, swd, bias?]`.
+ * - `wlinear` (weight-only: x stays float): W quantized per tensor, per channel or block-wise
+ *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`.
+ *
+ * Both take the float weight W: backends quantize it once and cache the result per weight
+ * buffer (weights are constants). If the output of a dequantize was evaluated before the matmul
+ * that reads it (printing it, say), the pattern is gone: the result stays correct, and the pass
+ * warns once, naming the line.
+ * @module
+ */
+import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
+import { formatCallSite } from "../../errors.ts";
+import type { Node } from "../node.ts";
+import { type PassContext, registerPass } from "./mod.ts";
+import { consumers, producer, removeDeadNodes } from "./rewrite.ts";
+
+let enabled = true;
+
+/** Turns Q/DQ fusion on or off (on by default); off evaluates the float fake-quant graph. */
+export function setQdqFusion(on: boolean): void {
+  enabled = on;
+}
+
+/** True when Q/DQ fusion is on. */
+export function qdqFusionEnabled(): boolean {
+  return enabled;
+}
+
+const ACTIVATIONS: Record<string, (n: PlanNode) => string | undefined> = {
+  relu: () => "relu",
+  gelu: (n) => (n.attrs.approximate === "tanh" ? "gelu_tanh" : "gelu"),
+};
+
+interface WeightMatch {
+  w: ValueRef;
+  swq: ValueRef;
+  swd: ValueRef;
+  qdtype: string;
+  mode: string;
+  dim: number | null;
+  blockSize: number | null;
+}
+
+/** matches `permute(dequantize(quantize(W, swq), swd), [1, 0])` with W 2-D. */
+function matchWeight(g: PlanGraph, ref: ValueRef): WeightMatch | undefined {
+  const t = producer(g, ref);
+  if (!t || t.op !== "permute" || JSON.stringify(t.attrs.axes) !== "[1,0]") return undefined;
+  const dq = producer(g, t.inputs[0]);
+  if (!dq || dq.op !== "dequantize") return undefined;
+  const q = producer(g, dq.inputs[0]);
+  if (!q || q.op !== "quantize" || q.shape.length !== 2) return undefined;
+  if (q.attrs.mode !== dq.attrs.mode || q.attrs.dim !== dq.attrs.dim) return undefined;
+  if (q.attrs.blockSize !== dq.attrs.blockSize) return undefined;
+  return {
+    w: q.inputs[0],
+    swq: q.inputs[1],
+    swd: dq.inputs[1],
+    qdtype: q.dtype,
+    mode: q.attrs.mode as string,
+    dim: q.attrs.dim as number | null,
+    blockSize: q.attrs.blockSize as number | null,
+  };
+}
+
+/** matches `dequantize(quantize(x, sxq), sxd)` per tensor. */
+function matchInput(g: PlanGraph, ref: ValueRef) {
+  const dq = producer(g, ref);
+  if (!dq || dq.op !== "dequantize" || dq.attrs.mode !== "tensor") return undefined;
+  const q = producer(g, dq.inputs[0]);
+  if (!q || q.op !== "quantize" || q.attrs.mode !== "tensor") return undefined;
+  return { x: q.inputs[0], sxq: q.inputs[1], sxd: dq.inputs[1], qdtype: q.dtype };
+}
+
+const warned = new WeakSet<Node>();
+
+function warnLostFusion(ctx: PassContext, g: PlanGraph, matmulIndex: number): void {
+  for (const ref of g.nodes[matmulIndex].inputs) {
+    let r = ref;
+    // Look through a transpose of the weight.
+    const t = producer(g, r);
+    if (t?.op === "permute") r = t.inputs[0];
+    if (!("leaf" in r)) continue;
+    const leaf = ctx.leafNodes[r.leaf];
+    if (leaf.op !== "dequantize" || warned.has(leaf)) continue;
+    warned.add(leaf);
+    const mm = ctx.nodes[matmulIndex];
+    console.warn(
+      `tensorq: Q/DQ fusion lost: the output of dequantize created at ${
+        formatCallSite(leaf.callSite)
+      } was evaluated before the matmul at ${
+        formatCallSite(mm?.callSite)
+      } that reads it, so the product runs in floating point. Avoid evaluating or printing dequantized values that feed a matmul.`,
+    );
+  }
+}
+
+function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
+  if (!graph.nodes.some((n) => n.op === "matmul")) return graph;
+  const g: PlanGraph = { ...graph, nodes: [...graph.nodes] };
+  const users = consumers(g);
+  let changed = false;
+  for (let i = 0; i < g.nodes.length; i++) {
+    const m = g.nodes[i];
+    if (m.op !== "matmul") continue;
+    // Original node order equals graph order until the first rewrite; only warn then.
+    if (!changed && ctx.nodes.length === graph.nodes.length) warnLostFusion(ctx, g, i);
+    if (!enabled) continue;
+    const w = matchWeight(g, m.inputs[1]);
+    if (!w) continue;
+    const a = g.nodes[i].inputs[0];
+    const aInfo = "leaf" in a ? g.leaves[a.leaf] : g.nodes[a.node];
+    if (aInfo.shape.length < 1) continue;
+    const input = matchInput(g, a);
+    const fullQuant = input !== undefined && input.qdtype === w.qdtype &&
+      (w.qdtype === "int8" || w.qdtype === "float8e4m3") &&
+      (w.mode === "tensor" || (w.mode === "channel" && w.dim === 0));
+
+    // Absorb a bias add over the last dim, then an activation, when nothing else reads them.
+    let last = i;
+    let bias: ValueRef | undefined;
+    const n = m.shape[m.shape.length - 1];
+    const only = (k: number) => users[k].length === 1 && users[k][0] >= 0 ? users[k][0] : -1;
+    const addIdx = only(last);
+    if (addIdx >= 0 && g.nodes[addIdx].op === "add") {
+      const add = g.nodes[addIdx];
+      const other =
+        add.inputs[0].hasOwnProperty("node") && (add.inputs[0] as { node: number }).node === last
+          ? add.inputs[1]
+          : add.inputs[0];
+      const info = "leaf" in other ? g.leaves[other.leaf] : g.nodes[other.node];
+      if (info.shape.length === 1 && info.shape[0] === n && info.dtype === m.dtype) {
+        bias = other;
+        last = addIdx;
+      }
+    }
+    let activation = "none";
+    const actIdx = only(last);
+    if (actIdx >= 0 && ACTIVATIONS[g.nodes[actIdx].op]) {
+      activation = ACTIVATIONS[g.nodes[actIdx].op](g.nodes[actIdx])!;
+      last = actIdx;
+    }
+    const common = {
+      hasBias: bias !== undefined,
+      activation,
+      weightMode: w.mode,
+      weightDim: w.dim,
+      blockSize: w.blockSize,
+      qdtype: w.qdtype,
+    };
+    const out = g.nodes[last];
+    const fused: PlanNode = fullQuant
+      ? {
+        op: "qlinear",
+        attrs: common,
+        shape: out.shape,
+        dtype: out.dtype,
+        inputs: [input!.x, input!.sxq, input!.sxd, w.w, w.swq, w.swd, ...(bias ? [bias] : [])],
+      }
+      : {
+        op: "wlinear",
+        attrs: common,
+        shape: out.shape,
+        dtype: out.dtype,
+        inputs: [a, w.w, w.swq, w.swd, ...(bias ? [bias] : [])],
+      };
+    g.nodes[last] = fused;
+    changed = true;
+  }
+  return changed ? removeDeadNodes(g) : g;
+}
+
+registerPass("qdq-fusion", fuse);

@@ -1,0 +1,145 @@
+import assert from "node:assert/strict";
+import * as tq from "../mod.ts";
+import { assertClose, testOnDevices, thisLine } from "./helpers.ts";
+
+/** Evaluates `make()` with fusion on and off and returns both outputs and the fused op list. */
+function fusedAndUnfused(make: () => tq.Tensor) {
+  const fusedT = make();
+  const ops = tq.inspectGraph(fusedT).ops;
+  const fused = fusedT.dataSync() as Float32Array;
+  tq.setQdqFusion(false);
+  try {
+    const plain = make();
+    assert.ok(!tq.inspectGraph(plain).ops.some((o) => o === "qlinear" || o === "wlinear"));
+    return { ops, fused, unfused: plain.dataSync() as Float32Array };
+  } finally {
+    tq.setQdqFusion(true);
+  }
+}
+
+function quantLinear(
+  device: string,
+  [inF, outF]: [number, number],
+  options: tq.LinearOptions,
+  seed: number,
+  input = true,
+): tq.Linear {
+  const layer = new tq.Linear(inF, outF, options);
+  const weight = tq.randn([outF, inF], { seed, std: 0.05 });
+  const bias = tq.randn([outF], { seed: seed + 1, std: 0.1 });
+  let amax: tq.Tensor;
+  if (options.blockSize) {
+    amax = weight.abs().reshape([outF, inF / options.blockSize, options.blockSize]).max(2);
+  } else if (options.weightQuantDim === 0) amax = weight.abs().max(1);
+  else if (options.weightQuantDim === 1) amax = weight.abs().max(0);
+  else amax = weight.abs().max();
+  const dict: Record<string, tq.Tensor> = {
+    weight,
+    bias,
+    weightScale: tq.scaleFromAmax(amax, options.quantDtype!),
+  };
+  if (input) dict.inputScale = tq.scaleFromAmax(3.5, options.quantDtype!);
+  layer.loadStateDict(dict);
+  return layer.to(device);
+}
+
+const SHAPES: [number, number, number][] = [[4, 64, 48], [7, 33, 17], [1, 256, 96], [33, 48, 80]];
+
+testOnDevices("w8a8 Linear fuses into qlinear and equals the fake-quant graph", (device) => {
+  for (const [m, k, n] of SHAPES) {
+    const layer = quantLinear(device, [k, n], { quantDtype: "int8", weightQuantDim: 0 }, m + k);
+    const x = tq.randn([m, k], { seed: n, device });
+    const r = fusedAndUnfused(() => layer.forward(x));
+    assert.deepEqual(r.ops, ["qlinear"], `shape ${[m, k, n]}`);
+    assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6, message: `${[m, k, n]}` });
+  }
+});
+
+testOnDevices("fp8 and per-tensor int8 weights, 3-D inputs, bias and activations", (device) => {
+  const cases: [tq.LinearOptions, (t: tq.Tensor) => tq.Tensor, string][] = [
+    [{ quantDtype: "float8e4m3", weightQuantDim: 0 }, (t) => t, "qlinear"],
+    [{ quantDtype: "int8" }, (t) => t.relu(), "qlinear"],
+    [{ quantDtype: "int8", weightQuantDim: 0 }, (t) => t.gelu({ approximate: "tanh" }), "qlinear"],
+  ];
+  for (const [opts, act, op] of cases) {
+    const layer = quantLinear(device, [40, 24], opts, 5);
+    const x = tq.randn([2, 3, 40], { seed: 6, device });
+    const r = fusedAndUnfused(() => act(layer.forward(x)));
+    assert.deepEqual(r.ops, [op], JSON.stringify(opts));
+    assertClose(r.fused, r.unfused, { rtol: 2e-5, atol: 1e-6, message: JSON.stringify(opts) });
+  }
+});
+
+testOnDevices("weight-only int8 and int4 block-wise fuse into wlinear", (device) => {
+  const cases: tq.LinearOptions[] = [
+    { quantDtype: "int8", weightQuantDim: 0 },
+    { quantDtype: "int4", weightQuantDim: 1, blockSize: 32 },
+    { quantDtype: "int8", weightQuantDim: 1 },
+  ];
+  for (const opts of cases) {
+    const layer = quantLinear(device, [64, 40], opts, 9, false);
+    const x = tq.randn([5, 64], { seed: 10, device });
+    const r = fusedAndUnfused(() => layer.forward(x));
+    assert.deepEqual(r.ops, ["wlinear"], JSON.stringify(opts));
+    assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6, message: JSON.stringify(opts) });
+  }
+});
+
+testOnDevices(
+  "w8a8 with a per-input-feature weight scale cannot use integer GEMMs: wlinear keeps it exact",
+  (device) => {
+    const layer = quantLinear(device, [32, 16], { quantDtype: "int8", weightQuantDim: 1 }, 11);
+    const x = tq.randn([3, 32], { seed: 12, device });
+    const r = fusedAndUnfused(() => layer.forward(x));
+    assert.ok(r.ops.includes("wlinear") && !r.ops.includes("qlinear"), r.ops.join(","));
+    assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6 });
+  },
+);
+
+testOnDevices("manual quantize/dequantize/matmul (the seed's form) fuses too", (device) => {
+  const w = tq.randn([24, 40], { seed: 13, device });
+  const ws = tq.scaleFromAmax(w.abs().max(1), "int8").to(device);
+  const xs = tq.scaleFromAmax(3, "int8").to(device);
+  const x = tq.randn([6, 40], { seed: 14, device });
+  const make = () => {
+    const dqx = tq.dequantize(tq.quantize(x, xs, "int8"), xs, "float32");
+    const dqw = tq.dequantize(tq.quantize(w, ws, "int8", { dim: 0 }), ws, "float32", { dim: 0 });
+    return dqx.matmul(dqw.transpose(0, 1));
+  };
+  const r = fusedAndUnfused(make);
+  assert.deepEqual(r.ops, ["qlinear"]);
+  assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6 });
+});
+
+Deno.test("evaluating a dequantized value before its matmul warns once, naming the line", () => {
+  const w = tq.randn([8, 16], { seed: 15 });
+  const ws = tq.scaleFromAmax(w.abs().max(1), "int8");
+  const x = tq.randn([2, 16], { seed: 16 });
+  const xs = tq.scaleFromAmax(3, "int8");
+  const warnings: string[] = [];
+  const original = console.warn;
+  console.warn = (msg: string) => warnings.push(msg);
+  try {
+    const line = thisLine() + 1;
+    const dqx = tq.dequantize(tq.quantize(x, xs, "int8"), xs, "float32");
+    String(dqx); // printing evaluates: the fusion is lost
+    const dqw = tq.dequantize(tq.quantize(w, ws, "int8", { dim: 0 }), ws, "float32", { dim: 0 });
+    const y = dqx.matmul(dqw.transpose(0, 1));
+    assert.ok(!tq.inspectGraph(y).ops.includes("qlinear"));
+    const values = y.dataSync();
+    y.add(0).dataSync(); // another evaluation: no second warning
+    dqx.matmul(dqw.transpose(0, 1)).dataSync();
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0], /Q\/DQ fusion lost/);
+    assert.ok(warnings[0].includes(`fusion_test.ts:${line}:`), warnings[0]);
+    // The result is still right: the float fake-quant product.
+    tq.setQdqFusion(false);
+    const ref = tq.dequantize(tq.quantize(x, xs, "int8"), xs, "float32").matmul(
+      dqw.transpose(0, 1),
+    );
+    assert.deepEqual(values, ref.dataSync());
+  } finally {
+    console.warn = original;
+    tq.setQdqFusion(true);
+  }
+});
