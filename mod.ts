@@ -115,3 +115,73 @@ export { maxBound, scaleFromAmax } from "./lib/quant/scale.ts";
 export * as cuda from "./lib/cuda.ts";
 export { type GraphSummary, inspectGraph } from "./lib/runtime/inspect.ts";
 export { qdqFusionEnabled, setQdqFusion } from "./lib/graph/passes/qdq_fusion.ts";
+export {
+  type AmaxObserver,
+  type EntropyOptions,
+  type HistogramMethod,
+  HistogramObserver,
+  type HistogramObserverOptions,
+  MaxObserver,
+  type MseOptions,
+  PerChannelMaxObserver,
+} from "./lib/quant/observers.ts";
+export {
+  calibrate,
+  type CalibrateOptions,
+  type Calibration,
+  type CalibrationMethod,
+  findModule,
+  type LayerCalibration,
+  namedLinears,
+  namedModules,
+  weightAmaxPerBlock,
+  weightAmaxPerColumn,
+  weightAmaxPerRow,
+} from "./lib/quant/calibrate.ts";
+export {
+  importAmax,
+  type ImportAmaxOptions,
+  type QuantizationMode,
+  type QuantizedLayerInfo,
+  quantizeModel,
+  type QuantizeModelOptions,
+} from "./lib/quant/quantize_model.ts";
+export {
+  smoothingScales,
+  smoothQuant,
+  type SmoothQuantOptions,
+  type SmoothQuantPair,
+} from "./lib/quant/smoothquant.ts";
+export { HfCheckpoint, loadHfCheckpoint } from "./lib/io/hf.ts";
+export {
+  decodeBytes,
+  encodeBytes,
+  generate,
+  type GenerateOptions,
+  type GPT2Activation,
+  GPT2Attention,
+  type GPT2AttentionOptions,
+  GPT2Block,
+  type GPT2Config,
+  gpt2Config,
+  type GPT2ForwardOptions,
+  GPT2LMHeadModel,
+  type GPT2LoadOptions,
+  GPT2MLP,
+  GPT2Model,
+  type GPT2ModuleOptions,
+  type GPT2RandomOptions,
+  KVCache,
+  type LayerKV,
+  lossFromLogits,
+  type LossOptions,
+  parseGPT2Config,
+} from "./lib/models/gpt2.ts";
+export {
+  compile,
+  type CompileOptions,
+  type DimSpec,
+  type Executable,
+  type InputInfo,
+  inputInfo,
+} from "./lib/runtime/compile.ts";

@@ -67,7 +67,7 @@ export class Tensor {
   }
   /** True once the value has been computed and kept. */
   get isEvaluated(): boolean {
-    return this.node.realized;
+    return this.node.realized && !this.node.placeholder;
   }
 
   /** Evaluates the tensor now (if needed) and returns it. */
@@ -354,6 +354,12 @@ function checkNotDisposed(t: Tensor, op: string): void {
   if (disposedNodes.has(t.node)) {
     throw new TensorqError("the tensor was disposed", { op, kind: "state" });
   }
+  if (t.node.placeholder) {
+    throw new TensorqError(
+      "a compile() input has no value while the function is traced; only shapes and dtypes are known",
+      { op, kind: "state" },
+    );
+  }
 }
 
 /** True when `t` was disposed (library use). */
@@ -608,6 +614,9 @@ const SUMMARIZE_ABOVE = 1000;
 /** Formats a tensor's values (evaluating it) with its dtype, device and shape. */
 export function formatTensor(t: Tensor): string {
   if (disposedNodes.has(t.node)) return `Tensor(<disposed>, dtype=${t.dtype}, shape=[${t.shape}])`;
+  if (t.node.placeholder) {
+    return `Tensor(<compile input>, dtype=${t.dtype}, device=${t.device}, shape=[${t.shape}])`;
+  }
   const values = decode(t.dtype, t.storageSync());
   const summarize = values.length > SUMMARIZE_ABOVE;
   const fmt = (v: number) => formatNumber(t.dtype, v);

@@ -52,8 +52,19 @@ export interface PlanGraph {
 
 /** A backend's executable form of a {@link PlanGraph}. */
 export interface Plan {
-  /** Runs the plan on leaf buffers and returns the output buffers. */
-  run(leaves: DeviceBuffer[]): DeviceBuffer[];
+  /**
+   * Runs the plan on leaf buffers and returns the output buffers. With `outputs`, results are
+   * written into those buffers (one per output, of the right dtype and size) and returned.
+   */
+  run(leaves: DeviceBuffer[], outputs?: DeviceBuffer[]): DeviceBuffer[];
+}
+
+/** A recorded run of a plan that can be replayed cheaply (a CUDA graph). */
+export interface ReplayablePlan {
+  /** Replays the recorded work (same buffers as when recorded). */
+  replay(): void;
+  /** Frees the recording. */
+  dispose(): void;
 }
 
 /** A device backend. */
@@ -70,6 +81,15 @@ export interface Backend {
   downloadAsync(buffer: DeviceBuffer): Promise<StorageArray>;
   /** Lowers a structural graph into a plan. */
   lower(graph: PlanGraph): Plan;
+  /** Allocates an uninitialized buffer. */
+  allocate(device: string, dtype: DType, numel: number): DeviceBuffer;
+  /** Copies `src` into `dst` (same device, dtype and size), ordered with other work. */
+  copy(dst: DeviceBuffer, src: DeviceBuffer): void;
+  /**
+   * Records one run of `plan` on fixed buffers for cheap replay, when the backend can (CUDA
+   * graphs); undefined otherwise.
+   */
+  record?(plan: Plan, leaves: DeviceBuffer[], outputs: DeviceBuffer[]): ReplayablePlan;
 }
 
 const backends = new Map<string, Backend>();

@@ -46,6 +46,8 @@ export class Node {
   readonly device: string;
   /** The realized value, once evaluated (or from creation for constants). */
   buffer?: DeviceBuffer;
+  /** True for the inputs of a function traced by `compile()`: they have no value. */
+  placeholder = false;
   /** Error object holding the stack of the user call that created the node (parsed lazily). */
   private readonly trace?: { stack?: string };
   private site?: CallSite | null;

@@ -3,7 +3,7 @@
  * TypeScript over typed arrays, registered by op name in the files beside this one.
  * @module
  */
-import type { DType, StorageArray } from "../../dtype.ts";
+import { allocStorage, type DType, type StorageArray } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
 import type { Shape } from "../../shape.ts";
@@ -91,7 +91,7 @@ interface Step {
 class CpuPlan implements Plan {
   constructor(private readonly steps: Step[], private readonly outputs: ValueRef[]) {}
 
-  run(leaves: DeviceBuffer[]): DeviceBuffer[] {
+  run(leaves: DeviceBuffer[], outputs?: DeviceBuffer[]): DeviceBuffer[] {
     const values = new Array<StorageArray>(this.steps.length);
     const get = (r: ValueRef): StorageArray =>
       "leaf" in r ? (leaves[r.leaf] as CpuBuffer).data : values[r.node];
@@ -99,9 +99,11 @@ class CpuPlan implements Plan {
       const s = this.steps[i];
       values[i] = s.kernel(s.inputs.map(get), s.ctx);
     }
-    return this.outputs.map((r) => {
+    return this.outputs.map((r, i) => {
       const dtype = "leaf" in r ? leaves[r.leaf].dtype : this.steps[r.node].ctx.out.dtype;
-      return new CpuBuffer(dtype, get(r));
+      if (!outputs) return new CpuBuffer(dtype, get(r));
+      (outputs[i] as CpuBuffer).data.set(get(r) as never);
+      return outputs[i];
     });
   }
 }
@@ -119,6 +121,8 @@ export const cpuBackend: Backend = {
     return b.data;
   },
   downloadAsync: (buffer) => Promise.resolve(cpuBackend.download(buffer)),
+  allocate: (_device, dtype, numel) => new CpuBuffer(dtype, allocStorage(dtype, numel)),
+  copy: (dst, src) => (dst as CpuBuffer).data.set((src as CpuBuffer).data as never),
   lower(graph: PlanGraph): Plan {
     const steps = graph.nodes.map((n): Step => ({
       kernel: cpuKernel(n.op),

@@ -3,8 +3,14 @@
  * calls on one stream per device, host copies that wait without blocking the event loop.
  * @module
  */
-import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
-import { deviceCount } from "../../../ffi/cudart.ts";
+import {
+  checkCuda,
+  copyToDeviceAsync,
+  copyToHostAsync,
+  cudaMemcpyDeviceToDevice,
+  cudart,
+  deviceCount,
+} from "../../../ffi/cudart.ts";
 import { cuda as driver } from "../../../ffi/cuda.ts";
 import { type DType, fromStorageBytes, type StorageArray, toStorageBytes } from "../../dtype.ts";
 import { parseDevice } from "../../device.ts";
@@ -16,11 +22,13 @@ import {
   type PlanGraph,
   refInfo,
   registerBackend,
+  type ReplayablePlan,
   type ValueRef,
 } from "../backend.ts";
 import { CudaDevice } from "./device.ts";
 import { type CudaLowered, cudaLowering } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import { captureGraph } from "./graph.ts";
 
 let availability: string | undefined | null = null;
 
@@ -62,21 +70,34 @@ class CudaPlan implements Plan {
     private readonly freeAfter: number[][],
   ) {}
 
-  run(leaves: DeviceBuffer[]): DeviceBuffer[] {
+  run(leaves: DeviceBuffer[], outputs?: DeviceBuffer[]): DeviceBuffer[] {
     this.device.makeCurrent();
     const values = new Array<CudaBuffer | undefined>(this.steps.length);
     const get = (r: ValueRef): CudaBuffer =>
       "leaf" in r ? (leaves[r.leaf] as CudaBuffer) : values[r.node]!;
+    // Steps whose result goes straight into a caller-given output buffer.
+    const target = new Map<number, CudaBuffer>();
+    this.outputs.forEach((r, i) => {
+      if (outputs && "node" in r && !target.has(r.node)) {
+        target.set(r.node, outputs[i] as CudaBuffer);
+      }
+    });
     try {
       for (let i = 0; i < this.steps.length; i++) {
         const s = this.steps[i];
         const inputs = s.inputs.map(get);
+        const given = target.get(i);
         if (typeof s.lowered === "function") {
-          const out = CudaBuffer.allocate(this.device, s.dtype, s.numel);
+          const out = given ? given.view() : CudaBuffer.allocate(this.device, s.dtype, s.numel);
           values[i] = out;
           s.lowered(out, inputs);
         } else {
           values[i] = inputs[s.lowered.alias].view(s.dtype, s.numel);
+          if (given) {
+            copyBuffer(given, values[i]!);
+            values[i]!.dispose();
+            values[i] = given.view();
+          }
         }
         for (const j of this.freeAfter[i]) {
           values[j]!.dispose();
@@ -91,6 +112,22 @@ class CudaPlan implements Plan {
       throw e;
     }
   }
+}
+
+/** Copies `src` into `dst` on the device's stream (same device; sizes must match). */
+export function copyBuffer(dst: CudaBuffer, src: CudaBuffer): void {
+  if (dst.bytes === 0) return;
+  const d = dst.cudaDevice;
+  checkCuda(
+    cudart().cudaMemcpyAsync(
+      dst.pointer,
+      src.pointer,
+      BigInt(dst.bytes),
+      cudaMemcpyDeviceToDevice,
+      d.stream,
+    ),
+    "cudaMemcpyAsync",
+  );
 }
 
 /** The CUDA backend instance. */
@@ -126,6 +163,19 @@ export const cudaBackend: Backend = {
     if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
     await d.synchronizeAsync();
     return fromStorageBytes(b.dtype, host, b.numel);
+  },
+
+  allocate(device: string, dtype: DType, n: number): DeviceBuffer {
+    return CudaBuffer.allocate(deviceOf(device), dtype, n);
+  },
+
+  copy(dst: DeviceBuffer, src: DeviceBuffer): void {
+    copyBuffer(dst as CudaBuffer, src as CudaBuffer);
+  },
+
+  record(plan: Plan, leaves: DeviceBuffer[], outputs: DeviceBuffer[]): ReplayablePlan {
+    const device = (outputs[0] ?? leaves[0]) as CudaBuffer;
+    return captureGraph(device.cudaDevice, () => plan.run(leaves, outputs));
   },
 
   lower(graph: PlanGraph): Plan {

@@ -1,0 +1,54 @@
+/**
+ * CUDA graphs: record the work a function enqueues on a device's stream once, then replay it
+ * with one launch (about 2 µs of host time for the whole graph instead of ~3 µs per kernel).
+ * Stream-ordered allocations made and freed during the recording become memory nodes of the
+ * graph; everything else the work touches must stay alive while the graph exists.
+ * @module
+ */
+import {
+  checkCuda,
+  cudart,
+  cudaStreamCaptureModeThreadLocal,
+  endCapture,
+  instantiateGraph,
+} from "../../../ffi/cudart.ts";
+import type { ReplayablePlan } from "../backend.ts";
+import type { CudaDevice } from "./device.ts";
+
+/** Records the work `enqueue` puts on `device`'s stream into an instantiated CUDA graph. */
+export function captureGraph(device: CudaDevice, enqueue: () => void): ReplayablePlan {
+  device.makeCurrent();
+  checkCuda(
+    cudart().cudaStreamBeginCapture(device.stream, cudaStreamCaptureModeThreadLocal),
+    "cudaStreamBeginCapture",
+  );
+  let graph: Deno.PointerValue;
+  try {
+    enqueue();
+  } catch (e) {
+    // End the capture so the stream is usable again, then report the original error.
+    try {
+      const g = endCapture(device.stream);
+      if (g) cudart().cudaGraphDestroy(g);
+    } catch {
+      // the capture was already invalidated
+    }
+    throw e;
+  }
+  graph = endCapture(device.stream);
+  const exec = instantiateGraph(graph);
+  checkCuda(cudart().cudaGraphDestroy(graph), "cudaGraphDestroy");
+  graph = null;
+  let disposed = false;
+  return {
+    replay() {
+      device.makeCurrent();
+      checkCuda(cudart().cudaGraphLaunch(exec, device.stream), "cudaGraphLaunch");
+    },
+    dispose() {
+      if (disposed) return;
+      disposed = true;
+      checkCuda(cudart().cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+    },
+  };
+}

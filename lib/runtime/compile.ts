@@ -1,0 +1,319 @@
+/**
+ * `compile()`: trace a function of tensors into an {@link Executable} that runs without
+ * re-tracing. Each input is described by {@link inputInfo}; a dimension may be a range
+ * `[min, opt, max]`. The function is traced once per concrete input shape (at compile time for
+ * the `opt` shapes, later on first use of another shape in range) and lowered to a plan; on
+ * CUDA each shape's run is recorded as a CUDA graph and replayed on every call.
+ * @module
+ */
+import { checkDType, type DType } from "../dtype.ts";
+import { parseDevice } from "../device.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
+import { type DeviceBuffer, Node } from "../graph/node.ts";
+import type { Plan, ReplayablePlan } from "../backends/backend.ts";
+import { numel } from "../shape.ts";
+import { Tensor } from "../tensor.ts";
+import { backendOf, planFor, traceGraph } from "./evaluate.ts";
+
+/** One dimension: a fixed extent or a `[min, opt, max]` range. */
+export type DimSpec = number | readonly [min: number, opt: number, max: number];
+
+/** What an executable's input looks like. */
+export interface InputInfo {
+  /** Extents or ranges per dimension. */
+  readonly shape: readonly DimSpec[];
+  /** Element type. */
+  readonly dtype: DType;
+}
+
+/** Describes a compiled function's input: `inputInfo([[1, 8, 32], 768], "float32")`. */
+export function inputInfo(shape: readonly DimSpec[], dtype: DType = "float32"): InputInfo {
+  const d = checkDType("inputInfo", "dtype", dtype);
+  if (!Array.isArray(shape)) {
+    throw new TensorqError("shape must be an array", {
+      op: "inputInfo",
+      kind: "argument",
+      argument: "shape",
+      actual: typeof shape,
+    });
+  }
+  shape.forEach((dim, i) => {
+    const ok = typeof dim === "number"
+      ? Number.isInteger(dim) && dim >= 0
+      : Array.isArray(dim) && dim.length === 3 && dim.every((v) => Number.isInteger(v) && v >= 0) &&
+        dim[0] <= dim[1] && dim[1] <= dim[2];
+    if (!ok) {
+      throw new TensorqError("invalid dimension", {
+        op: "inputInfo",
+        kind: "argument",
+        argument: `shape[${i}]`,
+        expected: "a non-negative integer or [min, opt, max] with min <= opt <= max",
+        actual: JSON.stringify(dim),
+      });
+    }
+  });
+  return { shape: [...shape], dtype: d };
+}
+
+/** Options of {@link compile}. */
+export interface CompileOptions {
+  /** One {@link InputInfo} per argument of the function. */
+  args: readonly InputInfo[];
+  /** Device the executable runs on (default "cpu"). */
+  device?: string;
+  /** Record CUDA graphs on CUDA devices (default true). */
+  cudaGraphs?: boolean;
+}
+
+/** A placeholder's (absent) value: traced graphs read it as a leaf. */
+class PlaceholderBuffer implements DeviceBuffer {
+  readonly disposed = false;
+  constructor(readonly device: string, readonly dtype: DType, readonly numel: number) {}
+  dispose(): void {}
+}
+
+interface ShapeEntry {
+  plan: Plan;
+  /** Leaf buffers, with placeholders at `argLeaf` positions to be replaced per call. */
+  leaves: DeviceBuffer[];
+  /** For each argument, its leaf index (or -1 when the function ignores it). */
+  argLeaf: number[];
+  outShapes: number[][];
+  outDTypes: DType[];
+  /** CUDA graph path: fixed input/output buffers and the recording. */
+  staticInputs?: DeviceBuffer[];
+  staticOutputs?: DeviceBuffer[];
+  replay?: ReplayablePlan;
+  single: boolean;
+}
+
+/** A compiled function: call it with tensors of the declared dtypes and shapes in range. */
+export interface Executable {
+  /** Runs the compiled function. */
+  (...args: Tensor[]): Tensor | Tensor[];
+  /** The declared inputs. */
+  readonly inputInfos: readonly InputInfo[];
+  /** The device it runs on. */
+  readonly device: string;
+  /** Number of concrete shapes traced so far. */
+  readonly tracedShapes: number;
+  /** Frees plans, CUDA graphs and fixed buffers. */
+  dispose(): void;
+}
+
+function concreteOpt(info: InputInfo): number[] {
+  return info.shape.map((d) => (typeof d === "number" ? d : d[1]));
+}
+
+/**
+ * Traces `fn` into an executable. Calls are checked against `args`: dtype, rank, and each
+ * extent within its range; a mismatch is a clear error naming the argument and dimension.
+ */
+export function compile(
+  fn: (...args: Tensor[]) => Tensor | Tensor[],
+  options: CompileOptions,
+): Executable {
+  if (typeof fn !== "function") {
+    throw new TensorqError("expected a function", {
+      op: "compile",
+      kind: "argument",
+      argument: "fn",
+      actual: typeof fn,
+    });
+  }
+  const infos = options.args.map((a, i) => {
+    if (!a || !Array.isArray(a.shape)) {
+      throw new TensorqError("each argument needs an inputInfo()", {
+        op: "compile",
+        kind: "argument",
+        argument: `args[${i}]`,
+      });
+    }
+    return a;
+  });
+  const device = parseDevice("compile", options.device ?? "cpu").name;
+  const backend = backendOf(device, "compile");
+  const useGraphs = (options.cudaGraphs ?? true) && backend.record !== undefined;
+  const entries = new Map<string, ShapeEntry>();
+
+  const trace = (shapes: number[][]): ShapeEntry => {
+    const placeholders = shapes.map((shape, i) => {
+      const node = new Node("input", [], { index: i }, shape, infos[i].dtype, device);
+      node.placeholder = true;
+      node.realize(new PlaceholderBuffer(device, infos[i].dtype, numel(shape)));
+      return new Tensor(node);
+    });
+    const result = fn(...placeholders);
+    const single = !Array.isArray(result);
+    const outs = single ? [result as Tensor] : (result as Tensor[]);
+    outs.forEach((t, i) => {
+      if (!(t instanceof Tensor)) {
+        throw new TensorqError("the compiled function must return tensors", {
+          op: "compile",
+          kind: "argument",
+          argument: `output ${i}`,
+          actual: typeof t,
+        });
+      }
+      if (t.device !== device) {
+        throw new TensorqError("an output is on another device than the executable", {
+          op: "compile",
+          kind: "device",
+          argument: `output ${i}`,
+          expected: device,
+          actual: t.device,
+        });
+      }
+    });
+    // Outputs that are inputs or constants still go through a plan: wrap them in a copy-free
+    // reshape so every output is an op of the graph.
+    const targets = outs.map((t) => (t.node.realized ? t.reshape(t.shape) : t).node);
+    const traced = traceGraph(targets);
+    const plan = planFor(traced, backend);
+    const argLeaf = placeholders.map((p) => traced.leafNodes.indexOf(p.node));
+    const entry: ShapeEntry = {
+      plan,
+      leaves: traced.leafNodes.map((n) => n.buffer!),
+      argLeaf,
+      outShapes: outs.map((t) => t.shape),
+      outDTypes: outs.map((t) => t.dtype),
+      single,
+    };
+    return entry;
+  };
+
+  const check = (args: Tensor[]): number[][] => {
+    if (args.length !== infos.length) {
+      throw new TensorqError("wrong number of arguments", {
+        op: "Executable",
+        kind: "argument",
+        expected: String(infos.length),
+        actual: String(args.length),
+      });
+    }
+    return args.map((t, i) => {
+      const info = infos[i];
+      if (!(t instanceof Tensor)) {
+        throw new TensorqError("arguments must be tensors", {
+          op: "Executable",
+          kind: "argument",
+          argument: `args[${i}]`,
+          actual: typeof t,
+        });
+      }
+      if (t.dtype !== info.dtype) {
+        throw new TensorqError("argument has the wrong dtype", {
+          op: "Executable",
+          kind: "dtype",
+          argument: `args[${i}]`,
+          expected: info.dtype,
+          actual: t.dtype,
+        });
+      }
+      if (t.device !== device) {
+        throw new TensorqError("argument is on another device", {
+          op: "Executable",
+          kind: "device",
+          argument: `args[${i}]`,
+          expected: device,
+          actual: t.device,
+        });
+      }
+      const shape = t.shape;
+      const ok = shape.length === info.shape.length &&
+        shape.every((d, k) => {
+          const spec = info.shape[k];
+          return typeof spec === "number" ? d === spec : d >= spec[0] && d <= spec[2];
+        });
+      if (!ok) {
+        throw new TensorqError("argument shape is outside the compiled range", {
+          op: "Executable",
+          kind: "shape",
+          argument: `args[${i}]`,
+          expected: `[${
+            info.shape.map((d) => (typeof d === "number" ? String(d) : `${d[0]}..${d[2]}`)).join(
+              ", ",
+            )
+          }]`,
+          actual: fmtShape(shape),
+        });
+      }
+      return shape;
+    });
+  };
+
+  const prepareGraph = (entry: ShapeEntry, shapes: number[][]) => {
+    entry.staticInputs = shapes.map((s, i) => backend.allocate(device, infos[i].dtype, numel(s)));
+    entry.staticOutputs = entry.outShapes.map((s, i) =>
+      backend.allocate(device, entry.outDTypes[i], numel(s))
+    );
+    const leaves = bindLeaves(entry, entry.staticInputs);
+    // One plain run first: weight caches and algorithm choices happen outside the recording.
+    entry.plan.run(leaves, entry.staticOutputs);
+    entry.replay = backend.record!(entry.plan, leaves, entry.staticOutputs);
+  };
+
+  const entryFor = (shapes: number[][]): ShapeEntry => {
+    const key = JSON.stringify(shapes);
+    let entry = entries.get(key);
+    if (!entry) {
+      entry = trace(shapes);
+      if (useGraphs) prepareGraph(entry, shapes);
+      entries.set(key, entry);
+    }
+    return entry;
+  };
+
+  // Trace the opt shapes now so errors in fn surface at compile time.
+  entryFor(infos.map(concreteOpt));
+
+  const exe = ((...args: Tensor[]) => {
+    const shapes = check(args);
+    const entry = entryFor(shapes);
+    for (const a of args) a.evaluate();
+    const buffers = args.map((a) => a.node.buffer!);
+    let outs: DeviceBuffer[];
+    if (entry.replay) {
+      buffers.forEach((b, i) => backend.copy(entry.staticInputs![i], b));
+      entry.replay.replay();
+      outs = entry.staticOutputs!.map((s, i) => {
+        const o = backend.allocate(device, entry.outDTypes[i], s.numel);
+        backend.copy(o, s);
+        return o;
+      });
+    } else {
+      outs = entry.plan.run(bindLeaves(entry, buffers));
+    }
+    const tensors = outs.map((b, i) => {
+      const node = new Node("constant", [], {}, entry.outShapes[i], entry.outDTypes[i], device);
+      node.realize(b);
+      return new Tensor(node);
+    });
+    return entry.single ? tensors[0] : tensors;
+  }) as Executable;
+  Object.defineProperties(exe, {
+    inputInfos: { value: infos },
+    device: { value: device },
+    tracedShapes: { get: () => entries.size },
+    dispose: {
+      value: () => {
+        for (const e of entries.values()) {
+          e.replay?.dispose();
+          e.staticInputs?.forEach((b) => b.dispose());
+          e.staticOutputs?.forEach((b) => b.dispose());
+        }
+        entries.clear();
+      },
+    },
+  });
+  return exe;
+}
+
+function bindLeaves(entry: ShapeEntry, inputs: DeviceBuffer[]): DeviceBuffer[] {
+  const leaves = [...entry.leaves];
+  entry.argLeaf.forEach((leaf, i) => {
+    if (leaf >= 0) leaves[leaf] = inputs[i];
+  });
+  return leaves;
+}
+

@@ -1,0 +1,74 @@
+import assert from "node:assert/strict";
+import * as tq from "../mod.ts";
+import { assertClose, assertTqError, testOnDevices, thisLine } from "./helpers.ts";
+
+function mlp(device: string, layers: number, width: number): tq.Sequential {
+  tq.manualSeed(7);
+  const mods: tq.Module[] = [];
+  for (let i = 0; i < layers; i++) mods.push(new tq.Linear(width, width));
+  return new tq.Sequential(...mods).to(device);
+}
+
+testOnDevices("compile traces once and matches eager evaluation", (device) => {
+  const model = mlp(device, 15, 32);
+  const exe = tq.compile((x) => model.forward(x).relu(), {
+    args: [tq.inputInfo([[1, 2, 8], 32])],
+    device,
+  });
+  assert.equal(exe.tracedShapes, 1);
+  for (let i = 0; i < 5; i++) {
+    const x = tq.randn([2, 32], { seed: i, device });
+    const y = exe(x) as tq.Tensor;
+    assert.deepEqual(y.shape, [2, 32]);
+    assertClose(y.dataSync() as Float32Array, model.forward(x).relu().dataSync() as Float32Array, {
+      rtol: 1e-6,
+      atol: 1e-7,
+    });
+  }
+  assert.equal(exe.tracedShapes, 1, "the opt shape was traced at compile time and reused");
+  const y5 = exe(tq.randn([5, 32], { seed: 9, device })) as tq.Tensor;
+  assert.deepEqual(y5.shape, [5, 32]);
+  assert.equal(exe.tracedShapes, 2);
+  exe.dispose();
+});
+
+testOnDevices("compile: several inputs and outputs, constants inside the function", (device) => {
+  const exe = tq.compile((a, b) => [a.add(b).mul(2), a.sub(1)], {
+    args: [tq.inputInfo([3]), tq.inputInfo([3])],
+    device,
+  });
+  const [s, d] = exe(
+    tq.tensor([1, 2, 3], { device }),
+    tq.tensor([10, 20, 30], { device }),
+  ) as tq.Tensor[];
+  assert.deepEqual(s.toArray(), [22, 44, 66]);
+  assert.deepEqual(d.toArray(), [0, 1, 2]);
+  // Outputs of one call are not overwritten by the next.
+  exe(tq.tensor([0, 0, 1], { device }), tq.tensor([0, 0, 1], { device }));
+  assert.deepEqual(s.toArray(), [22, 44, 66]);
+});
+
+Deno.test("compile rejects calls outside the declared inputs, naming the argument and line", () => {
+  const exe = tq.compile((x) => x.mul(2), { args: [tq.inputInfo([[1, 4, 8], 16])] });
+  let line = thisLine() + 1;
+  let call = (): unknown => exe(tq.ones([9, 16]));
+  assertTqError(call, {
+    op: "Executable",
+    kind: "shape",
+    includes: ["args[0]", "[1..8, 16]", "[9, 16]"],
+    line,
+  });
+  line = thisLine() + 1;
+  call = () => exe(tq.ones([2, 16], { dtype: "float16" }));
+  assertTqError(call, { op: "Executable", kind: "dtype", includes: ["float32", "float16"], line });
+  line = thisLine() + 1;
+  call = () => exe(tq.ones([2, 16]), tq.ones([2, 16]));
+  assertTqError(call, { op: "Executable", kind: "argument", includes: ["expected 1"], line });
+  line = thisLine() + 1;
+  call = () => tq.inputInfo([[4, 2, 8]]);
+  assertTqError(call, { op: "inputInfo", kind: "argument", includes: ["min <= opt <= max"], line });
+  const reads = (x: tq.Tensor) => tq.tensor(x.dataSync() as Float32Array);
+  line = thisLine() - 1;
+  call = () => tq.compile(reads, { args: [tq.inputInfo([2])] });
+  assertTqError(call, { op: "dataSync", kind: "state", includes: ["compile() input"], line });
+});
