@@ -109,6 +109,7 @@ export {
   Linear,
   type LinearOptions,
   Sequential,
+  withoutInitialization,
 } from "./lib/nn/layers.ts";
 export { dequantize, type QuantDType, quantize, type QuantizeOptions } from "./lib/ops/quantize.ts";
 export { maxBound, scaleFromAmax } from "./lib/quant/scale.ts";

@@ -15,6 +15,26 @@ import { rand, randn } from "../random.ts";
 import { Module } from "./module.ts";
 
 const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
+
+let skipInit = 0;
+
+/**
+ * Runs `build` with parameter initialization off: layers created inside declare their
+ * parameters but leave them unset (no random numbers drawn, no memory used) until a state
+ * dict or an assignment sets them. For loading checkpoints.
+ */
+export function withoutInitialization<T>(build: () => T): T {
+  skipInit++;
+  try {
+    return build();
+  } finally {
+    skipInit--;
+  }
+}
+
+function initial(make: () => Tensor): Tensor | undefined {
+  return skipInit > 0 ? undefined : make();
+}
 const QUANT: readonly DType[] = ["int8", "int4", "float8e4m3"];
 
 function positiveInt(op: string, argument: string, v: unknown): number {
@@ -98,13 +118,15 @@ export class Linear extends Module {
     this.declareParameter(
       "weight",
       { shape: [outFeatures, inFeatures], dtype: this.dtype },
-      rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype: this.dtype }),
+      initial(() =>
+        rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype: this.dtype })
+      ),
     );
     if (options.bias ?? true) {
       this.declareParameter(
         "bias",
         { shape: [outFeatures], dtype: this.dtype },
-        rand([outFeatures], { low: -bound, high: bound, dtype: this.dtype }),
+        initial(() => rand([outFeatures], { low: -bound, high: bound, dtype: this.dtype })),
       );
     }
     this.configureQuantization(options);
@@ -263,8 +285,8 @@ export class LayerNorm extends Module {
     this.normalizedShape = shape;
     this.eps = options.eps ?? 1e-5;
     const dtype = floatDType("LayerNorm", options.dtype);
-    this.declareParameter("weight", { shape, dtype }, full(shape, 1, { dtype }));
-    this.declareParameter("bias", { shape, dtype }, full(shape, 0, { dtype }));
+    this.declareParameter("weight", { shape, dtype }, initial(() => full(shape, 1, { dtype })));
+    this.declareParameter("bias", { shape, dtype }, initial(() => full(shape, 0, { dtype })));
   }
 
   /** Scale `normalizedShape`. */
@@ -308,7 +330,7 @@ export class Embedding extends Module {
     this.embeddingDim = positiveInt("Embedding", "embeddingDim", embeddingDim);
     const dtype = floatDType("Embedding", options.dtype);
     const shape = [numEmbeddings, embeddingDim];
-    this.declareParameter("weight", { shape, dtype }, randn(shape, { dtype }));
+    this.declareParameter("weight", { shape, dtype }, initial(() => randn(shape, { dtype })));
   }
 
   /** The table. */

@@ -173,14 +173,18 @@ function lowerMatmul(ctx: CudaKernelContext): CudaLaunch {
   const rows = fold ? split.group * m : m;
   const count = fold ? 1 : split.group;
   const strideBytes = (stride: number) => (count > 1 ? [stride * es] : []);
-  // In cuBLASLt's terms A is our b, B is our a, D is our output.
+  // In cuBLASLt's terms A is our b, B is our a, C and D are our output. Bases are 256-byte
+  // aligned (pool allocations); offsets and batch strides can only lower that.
+  const outAlignment = alignmentOf([
+    ...split.offsetsOut.map((o) => o * es),
+    ...strideBytes(m * n),
+  ]);
   const alignment = {
     a: alignmentOf([...split.offsetsB.map((o) => o * es), ...strideBytes(split.strideB)]),
     b: alignmentOf([...split.offsetsA.map((o) => o * es), ...strideBytes(split.strideA)]),
-    c: alignmentOf([...split.offsetsOut.map((o) => o * es), ...strideBytes(m * n)]),
-    d: 256,
+    c: outAlignment,
+    d: outAlignment,
   };
-  alignment.d = alignment.c;
 
   const makePlan = (tf32: boolean): LtMatmulPlan =>
     ltMatmulPlan(device, {

@@ -1,0 +1,886 @@
+/**
+ * cuBLASLt for the CUDA backend: one handle and one 32 MiB workspace per device, and
+ * {@link ltMatmulPlan}, a general matrix product whose descriptors are created once and whose
+ * algorithm is chosen once per problem: the heuristic's candidates are each timed on the
+ * device with CUDA events and the fastest is kept. Plans are cached by problem (device, shapes,
+ * types, strides, epilogue, alignment) and shared, so a problem is tuned once per process and
+ * its descriptors are never rebuilt.
+ *
+ * All of cuBLASLt's conventions apply: matrices are column-major, `op(A)` is `m × k`, `op(B)`
+ * `k × n`, and `D = alpha · op(A) · op(B) + beta · C` is `m × n`. Work is enqueued on the
+ * device's stream.
+ * @module
+ */
+import {
+  allocHeuristicResults,
+  checkCublas,
+  CUBLAS_OP_N,
+  CUBLAS_OP_T,
+  CUBLAS_STATUS_SUCCESS,
+  cublasLt,
+  CUBLASLT_EPILOGUE_BIAS,
+  CUBLASLT_EPILOGUE_DEFAULT,
+  CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+  CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+  CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+  CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+  CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+  CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+  CUBLASLT_MATMUL_DESC_D_SCALE_POINTER,
+  CUBLASLT_MATMUL_DESC_EPILOGUE,
+  CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+  CUBLASLT_MATMUL_DESC_POINTER_MODE,
+  CUBLASLT_MATMUL_DESC_TRANSA,
+  CUBLASLT_MATMUL_DESC_TRANSB,
+  CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+  CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+  CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+  CUBLASLT_POINTER_MODE_HOST,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+  CUDA_R_32I,
+  CUDA_R_64F,
+  CUDA_R_8F_E4M3,
+  CUDA_R_8F_E5M2,
+  CUDA_R_8I,
+  CUDA_R_8U,
+  HEURISTIC_RESULT_LAYOUT,
+  heuristicAlgo,
+  heuristicState,
+  heuristicWorkspaceSize,
+  ltAlgoGetHeuristic,
+  ltCreate,
+  ltMatmulDescCreate,
+  ltMatmulPreferenceCreate,
+  ltMatrixLayoutCreate,
+  ltSetMatmulDescAttribute,
+  ltSetMatmulPreferenceAttribute,
+  ltSetMatrixLayoutAttribute,
+} from "../../../ffi/cublaslt.ts";
+import {
+  checkCuda,
+  createEvent,
+  cudaEventDefault,
+  cudart,
+  cudaStreamCaptureStatusNone,
+  eventElapsedMs,
+  streamCaptureStatus,
+} from "../../../ffi/cudart.ts";
+import { addressOf } from "../../../ffi/library.ts";
+import { float32ToFloat16Bits } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import type { CudaDevice } from "./device.ts";
+import { CudaBuffer } from "./memory.ts";
+
+/** Bytes of the per-device cuBLASLt workspace (the heuristic may use all of it). */
+export const LT_WORKSPACE_BYTES: number = 32 * 2 ** 20;
+
+/** How many heuristic candidates are asked for and timed per problem. */
+export const LT_HEURISTIC_CANDIDATES: number = 8;
+
+/** `CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK` (uint32_t; not in the binding's table). */
+const PREF_REDUCTION_SCHEME_MASK = 3;
+/** `CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE`: split-K partial sums kept in the compute type. */
+export const LT_REDUCTION_SCHEME_COMPUTE_TYPE: number = 2;
+/** `CUBLASLT_REDUCTION_SCHEME_MASK`: every split-K scheme allowed. */
+export const LT_REDUCTION_SCHEME_ALL: number = 7;
+/** Output types as wide as the compute type: split-K partial sums in them lose nothing. */
+const WIDE_OUTPUT_TYPES = new Set([CUDA_R_32F, CUDA_R_32I, CUDA_R_64F]);
+
+/** The highest alignment worth reporting (the pool's allocation granularity). */
+const MAX_ALIGNMENT = 256;
+
+/** Bytes per element of the `CUDA_R_*` types cuBLASLt matmuls take. */
+const TYPE_BYTES: Readonly<Record<number, number>> = {
+  [CUDA_R_32F]: 4,
+  [CUDA_R_64F]: 8,
+  [CUDA_R_16F]: 2,
+  [CUDA_R_16BF]: 2,
+  [CUDA_R_8I]: 1,
+  [CUDA_R_8U]: 1,
+  [CUDA_R_32I]: 4,
+  [CUDA_R_8F_E4M3]: 1,
+  [CUDA_R_8F_E5M2]: 1,
+};
+
+/** cuBLASLt state of one device. */
+interface LtDeviceState {
+  handle: Deno.PointerValue;
+  workspace: CudaBuffer;
+  workspacePointer: Deno.PointerValue;
+  /** Timing events, two per candidate (created on first tuning). */
+  events: Deno.PointerValue[];
+}
+
+const deviceStates = new Map<number, LtDeviceState>();
+
+function deviceState(device: CudaDevice): LtDeviceState {
+  let state = deviceStates.get(device.index);
+  if (!state) {
+    device.makeCurrent();
+    const handle = ltCreate();
+    // Allocated once and kept for the life of the process (the map holds it).
+    const workspace = CudaBuffer.allocate(device, "int8", LT_WORKSPACE_BYTES);
+    state = { handle, workspace, workspacePointer: workspace.pointer, events: [] };
+    deviceStates.set(device.index, state);
+  }
+  return state;
+}
+
+/** The cuBLASLt handle and workspace of a device (created on first use, never freed). */
+export function ltResources(
+  device: CudaDevice,
+): { handle: Deno.PointerValue; workspace: CudaBuffer; workspaceBytes: number } {
+  const s = deviceState(device);
+  return { handle: s.handle, workspace: s.workspace, workspaceBytes: LT_WORKSPACE_BYTES };
+}
+
+/** A device address: a pointer value or a bigint. */
+export type LtPointer = Deno.PointerValue | bigint;
+
+/** Strided batching: `count` products, operand `X` of product `i` at `X + i · strideX`. */
+export interface LtMatmulBatch {
+  /** Number of products (≥ 1). */
+  count: number;
+  /** Elements between consecutive A matrices (0: the same A for all). */
+  strideA: number;
+  /** Elements between consecutive B matrices (0: the same B for all). */
+  strideB: number;
+  /** Elements between consecutive C matrices. */
+  strideC: number;
+  /** Elements between consecutive D matrices (default `strideC`). */
+  strideD?: number;
+}
+
+/** Byte alignment of the pointers that will be passed to {@link LtMatmulPlan.run}. */
+export interface LtAlignment {
+  /** Alignment of A (power of two, default 256). */
+  a?: number;
+  /** Alignment of B (default 256). */
+  b?: number;
+  /** Alignment of C (default 256). */
+  c?: number;
+  /** Alignment of D (default 256). */
+  d?: number;
+}
+
+/** Device pointers held by the matmul descriptor rather than passed as arguments. */
+export interface LtMatmulPointers {
+  /** Bias vector for bias epilogues (one value per row of D). */
+  bias?: LtPointer;
+  /** Scale of A (`CUBLASLT_MATMUL_DESC_A_SCALE_POINTER`). */
+  aScale?: LtPointer;
+  /** Scale of B. */
+  bScale?: LtPointer;
+  /** Scale of D (fp8 outputs). */
+  dScale?: LtPointer;
+}
+
+/**
+ * A cuBLASLt matrix product: `D = alpha · op(A) · op(B) + beta · C`, column-major, `op(A)`
+ * `m × k`, `op(B)` `k × n`, C and D `m × n`.
+ */
+export interface LtMatmulSpec {
+  /** Whether A is stored transposed (`CUBLAS_OP_T`: A is `k × m` in memory). */
+  transA: boolean;
+  /** Whether B is stored transposed (B is `n × k` in memory). */
+  transB: boolean;
+  /** Rows of op(A), C and D. */
+  m: number;
+  /** Columns of op(B), C and D. */
+  n: number;
+  /** The reduction dimension (≥ 1). */
+  k: number;
+  /** Leading dimension of A as stored. */
+  lda: number;
+  /** Leading dimension of B as stored. */
+  ldb: number;
+  /** Leading dimension of C. */
+  ldc: number;
+  /** Leading dimension of D (default `ldc`). */
+  ldd?: number;
+  /** `CUDA_R_*` type of A. */
+  aType: number;
+  /** `CUDA_R_*` type of B. */
+  bType: number;
+  /** `CUDA_R_*` type of C. */
+  cType: number;
+  /** `CUDA_R_*` type of D. */
+  dType: number;
+  /** `CUBLAS_COMPUTE_*` type. */
+  computeType: number;
+  /** `CUDA_R_*` type of alpha and beta (`CUDA_R_32F`, `CUDA_R_64F`, `CUDA_R_32I`, `CUDA_R_16F`). */
+  scaleType: number;
+  /** Strided batching (default: one product). */
+  batch?: LtMatmulBatch;
+  /** `CUBLASLT_EPILOGUE_*` (default `CUBLASLT_EPILOGUE_DEFAULT`). */
+  epilogue?: number;
+  /** Bias vector for bias epilogues; can also be given per run. */
+  biasPointer?: LtPointer;
+  /** `CUDA_R_*` type of the bias (default: cuBLASLt's, the type of D). */
+  biasType?: number;
+  /** Scale of A; can also be given per run. Setting it (or a mode) tunes with a scale. */
+  aScalePointer?: LtPointer;
+  /** Scale of B; can also be given per run. */
+  bScalePointer?: LtPointer;
+  /** Scale of D (fp8 outputs); can also be given per run. */
+  dScalePointer?: LtPointer;
+  /** `CUBLASLT_MATMUL_MATRIX_SCALE_*` of A's scale (default scalar). */
+  aScaleMode?: number;
+  /** `CUBLASLT_MATMUL_MATRIX_SCALE_*` of B's scale (default scalar). */
+  bScaleMode?: number;
+  /** fp8 fast accumulation (`CUBLASLT_MATMUL_DESC_FAST_ACCUM`). */
+  fastAccum?: boolean;
+  /** Alignment of the pointers that will be passed (default 256 bytes each). */
+  alignment?: LtAlignment;
+  /** Allowed split-K reduction schemes (`CUBLASLT_REDUCTION_SCHEME_*` bits; algorithms
+   * without split-K are always allowed). Default: all for 32-bit and wider outputs; for
+   * narrower outputs only compute-type partial sums, so accumulation never rounds to the output
+   * type before the end. */
+  reductionSchemeMask?: number;
+  /** Time the heuristic's candidates and keep the fastest (default true); false takes the
+   * heuristic's first pick. */
+  autotune?: boolean;
+}
+
+/** Which algorithm a plan uses and how it was chosen. */
+export interface LtAlgorithmChoice {
+  /** Index of the chosen candidate in the heuristic's list (0: its first pick). */
+  index: number;
+  /** Candidates the heuristic returned. */
+  candidates: number;
+  /** Candidates that ran (the others failed in `cublasLtMatmul` and were skipped). */
+  ran: number;
+  /** Measured milliseconds of the chosen candidate (undefined when not timed). */
+  ms?: number;
+  /** Workspace bytes the chosen algorithm needs. */
+  workspaceBytes: number;
+}
+
+/** A prepared cuBLASLt product (see {@link ltMatmulPlan}). */
+export interface LtMatmulPlan {
+  /** The cache key of the problem. */
+  readonly key: string;
+  /** The chosen algorithm. */
+  readonly algorithm: LtAlgorithmChoice;
+  /**
+   * Enqueues `D = alpha · op(A) · op(B) + beta · C` on the device's stream. `c` may equal `d`
+   * when C and D have the same type and layout. `pointers` override the spec's bias and scale
+   * pointers for this and later runs of this plan.
+   */
+  run(
+    a: LtPointer,
+    b: LtPointer,
+    c: LtPointer,
+    d: LtPointer,
+    alpha?: number,
+    beta?: number,
+    pointers?: LtMatmulPointers,
+  ): void;
+}
+
+function toPointer(p: LtPointer): Deno.PointerValue {
+  return typeof p === "bigint" ? Deno.UnsafePointer.create(p) : p;
+}
+
+function encodeScalar(view: DataView, offset: number, scaleType: number, value: number): void {
+  switch (scaleType) {
+    case CUDA_R_32F:
+      view.setFloat32(offset, value, true);
+      return;
+    case CUDA_R_64F:
+      view.setFloat64(offset, value, true);
+      return;
+    case CUDA_R_32I:
+      view.setInt32(offset, value, true);
+      return;
+    case CUDA_R_16F:
+      view.setUint16(offset, float32ToFloat16Bits(value), true);
+      return;
+  }
+  throw new TensorqError("unsupported scale type", {
+    op: "ltMatmulPlan",
+    kind: "unsupported",
+    argument: "scaleType",
+    expected: "CUDA_R_32F, CUDA_R_64F, CUDA_R_32I or CUDA_R_16F",
+    actual: String(scaleType),
+  });
+}
+
+function checkSpec(spec: LtMatmulSpec): void {
+  const positive = (name: string, v: number): void => {
+    if (!Number.isSafeInteger(v) || v < 1) {
+      throw new TensorqError("expected a positive integer", {
+        op: "ltMatmulPlan",
+        kind: "argument",
+        argument: name,
+        expected: "an integer ≥ 1",
+        actual: String(v),
+      });
+    }
+  };
+  positive("m", spec.m);
+  positive("n", spec.n);
+  positive("k", spec.k);
+  const lds: [string, number | undefined, number][] = [
+    ["lda", spec.lda, spec.transA ? spec.k : spec.m],
+    ["ldb", spec.ldb, spec.transB ? spec.n : spec.k],
+    ["ldc", spec.ldc, spec.m],
+    ["ldd", spec.ldd ?? spec.ldc, spec.m],
+  ];
+  for (const [name, ld, rows] of lds) {
+    if (!Number.isSafeInteger(ld) || ld! < rows) {
+      throw new TensorqError("leading dimension smaller than the stored rows", {
+        op: "ltMatmulPlan",
+        kind: "argument",
+        argument: name,
+        expected: `an integer ≥ ${rows}`,
+        actual: String(ld),
+      });
+    }
+  }
+  for (const name of ["aType", "bType", "cType", "dType"] as const) {
+    if (TYPE_BYTES[spec[name]] === undefined) {
+      throw new TensorqError("unsupported matrix type", {
+        op: "ltMatmulPlan",
+        kind: "unsupported",
+        argument: name,
+        expected: "a CUDA_R_* real type",
+        actual: String(spec[name]),
+      });
+    }
+  }
+  if (spec.batch) {
+    positive("batch.count", spec.batch.count);
+    if (spec.batch.count > 0x7fff_ffff) {
+      throw new TensorqError("too many batched products", {
+        op: "ltMatmulPlan",
+        kind: "argument",
+        argument: "batch.count",
+        expected: "at most 2^31 − 1",
+        actual: String(spec.batch.count),
+      });
+    }
+  }
+  for (const [name, v] of Object.entries(spec.alignment ?? {})) {
+    if (v !== undefined && (!Number.isInteger(v) || v < 1 || (v & (v - 1)) !== 0)) {
+      throw new TensorqError("alignment must be a power of two", {
+        op: "ltMatmulPlan",
+        kind: "argument",
+        argument: `alignment.${name}`,
+        expected: "1, 2, 4, … 256",
+        actual: String(v),
+      });
+    }
+  }
+}
+
+/** The normalized problem: everything that determines descriptors and the algorithm. */
+interface Problem {
+  device: number;
+  transA: boolean;
+  transB: boolean;
+  m: number;
+  n: number;
+  k: number;
+  lda: number;
+  ldb: number;
+  ldc: number;
+  ldd: number;
+  aType: number;
+  bType: number;
+  cType: number;
+  dType: number;
+  computeType: number;
+  scaleType: number;
+  count: number;
+  strideA: number;
+  strideB: number;
+  strideC: number;
+  strideD: number;
+  epilogue: number;
+  biasType: number | null;
+  usesBias: boolean;
+  usesAScale: boolean;
+  usesBScale: boolean;
+  usesDScale: boolean;
+  aScaleMode: number | null;
+  bScaleMode: number | null;
+  fastAccum: boolean | null;
+  alignA: number;
+  alignB: number;
+  alignC: number;
+  alignD: number;
+  reductionSchemeMask: number;
+  autotune: boolean;
+}
+
+function normalize(device: CudaDevice, spec: LtMatmulSpec): Problem {
+  const batch = spec.batch && spec.batch.count > 1 ? spec.batch : undefined;
+  const epilogue = spec.epilogue ?? CUBLASLT_EPILOGUE_DEFAULT;
+  const align = (v: number | undefined): number => Math.min(v ?? MAX_ALIGNMENT, MAX_ALIGNMENT);
+  return {
+    device: device.index,
+    transA: spec.transA,
+    transB: spec.transB,
+    m: spec.m,
+    n: spec.n,
+    k: spec.k,
+    lda: spec.lda,
+    ldb: spec.ldb,
+    ldc: spec.ldc,
+    ldd: spec.ldd ?? spec.ldc,
+    aType: spec.aType,
+    bType: spec.bType,
+    cType: spec.cType,
+    dType: spec.dType,
+    computeType: spec.computeType,
+    scaleType: spec.scaleType,
+    count: batch?.count ?? 1,
+    strideA: batch?.strideA ?? 0,
+    strideB: batch?.strideB ?? 0,
+    strideC: batch?.strideC ?? 0,
+    strideD: batch ? batch.strideD ?? batch.strideC : 0,
+    epilogue,
+    biasType: spec.biasType ?? null,
+    // The forward bias epilogues (BIAS, RELU_BIAS, GELU_BIAS) all have the BIAS bit.
+    usesBias: (epilogue & CUBLASLT_EPILOGUE_BIAS) !== 0,
+    usesAScale: spec.aScalePointer !== undefined || spec.aScaleMode !== undefined,
+    usesBScale: spec.bScalePointer !== undefined || spec.bScaleMode !== undefined,
+    usesDScale: spec.dScalePointer !== undefined,
+    aScaleMode: spec.aScaleMode ?? null,
+    bScaleMode: spec.bScaleMode ?? null,
+    fastAccum: spec.fastAccum ?? null,
+    alignA: align(spec.alignment?.a),
+    alignB: align(spec.alignment?.b),
+    alignC: align(spec.alignment?.c),
+    alignD: align(spec.alignment?.d),
+    reductionSchemeMask: spec.reductionSchemeMask ??
+      (WIDE_OUTPUT_TYPES.has(spec.dType)
+        ? LT_REDUCTION_SCHEME_ALL
+        : LT_REDUCTION_SCHEME_COMPUTE_TYPE),
+    autotune: spec.autotune ?? true,
+  };
+}
+
+/** Elements spanned by a (possibly batched) column-major matrix. */
+function spanElements(rows: number, cols: number, ld: number, count: number, stride: number) {
+  return (count - 1) * stride + ld * (cols - 1) + rows;
+}
+
+/** Descriptors, layouts and the chosen algorithm of one problem (shared through the cache). */
+class LtMatmulCore {
+  readonly key: string;
+  readonly problem: Problem;
+  readonly device: CudaDevice;
+  readonly algorithm: LtAlgorithmChoice;
+  readonly #state: LtDeviceState;
+  readonly #desc: Deno.PointerValue;
+  readonly #aLayout: Deno.PointerValue;
+  readonly #bLayout: Deno.PointerValue;
+  readonly #cLayout: Deno.PointerValue;
+  readonly #dLayout: Deno.PointerValue;
+  // alpha at byte 0, beta at byte 16 (room for any scale type); host pointer mode reads them
+  // during each cublasLtMatmul call.
+  readonly #scalars = new DataView(new ArrayBuffer(32));
+  readonly #alphaPointer: Deno.PointerValue;
+  readonly #betaPointer: Deno.PointerValue;
+  #alpha = NaN;
+  #beta = NaN;
+  readonly #algo = new Uint8Array(new ArrayBuffer(HEURISTIC_RESULT_LAYOUT.algoBytes));
+  readonly #algoPointer: Deno.PointerValue;
+  /** Last value set for each pointer attribute of the descriptor. */
+  readonly #pointerAttributes = new Map<number, bigint>();
+
+  constructor(device: CudaDevice, key: string, p: Problem) {
+    this.key = key;
+    this.problem = p;
+    this.device = device;
+    this.#state = deviceState(device);
+    device.makeCurrent();
+    const scalarsBase = Deno.UnsafePointer.of(this.#scalars.buffer);
+    this.#alphaPointer = scalarsBase;
+    this.#betaPointer = Deno.UnsafePointer.offset(scalarsBase!, 16);
+    this.#algoPointer = Deno.UnsafePointer.of(this.#algo);
+    encodeScalar(this.#scalars, 0, p.scaleType, 1); // rejects unknown scale types early
+
+    this.#desc = ltMatmulDescCreate(p.computeType, p.scaleType);
+    const desc = this.#desc;
+    ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, CUBLASLT_POINTER_MODE_HOST);
+    ltSetMatmulDescAttribute(
+      desc,
+      CUBLASLT_MATMUL_DESC_TRANSA,
+      p.transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+    );
+    ltSetMatmulDescAttribute(
+      desc,
+      CUBLASLT_MATMUL_DESC_TRANSB,
+      p.transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+    );
+    if (p.epilogue !== CUBLASLT_EPILOGUE_DEFAULT) {
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, p.epilogue);
+    }
+    if (p.biasType !== null) {
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, p.biasType);
+    }
+    if (p.aScaleMode !== null) {
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, p.aScaleMode);
+    }
+    if (p.bScaleMode !== null) {
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, p.bScaleMode);
+    }
+    if (p.fastAccum !== null) {
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, p.fastAccum ? 1 : 0);
+    }
+
+    const layout = (type: number, rows: number, cols: number, ld: number, stride: number) => {
+      const l = ltMatrixLayoutCreate(type, rows, cols, ld);
+      if (p.count > 1) {
+        ltSetMatrixLayoutAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, p.count);
+        ltSetMatrixLayoutAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, BigInt(stride));
+      }
+      return l;
+    };
+    const [aRows, aCols] = p.transA ? [p.k, p.m] : [p.m, p.k];
+    const [bRows, bCols] = p.transB ? [p.n, p.k] : [p.k, p.n];
+    this.#aLayout = layout(p.aType, aRows, aCols, p.lda, p.strideA);
+    this.#bLayout = layout(p.bType, bRows, bCols, p.ldb, p.strideB);
+    this.#cLayout = layout(p.cType, p.m, p.n, p.ldc, p.strideC);
+    // One layout for C and D when they match: C may then alias D.
+    this.#dLayout = this.#cAliasesD() ? this.#cLayout : layout(p.dType, p.m, p.n, p.ldd, p.strideD);
+
+    this.algorithm = this.#chooseAlgorithm();
+  }
+
+  #cAliasesD(): boolean {
+    const p = this.problem;
+    return p.cType === p.dType && p.ldc === p.ldd && p.strideC === p.strideD;
+  }
+
+  /** Sets the scalars and enqueues one product with algorithm `algo`; returns the status. */
+  #call(
+    algo: Deno.PointerValue,
+    a: Deno.PointerValue,
+    b: Deno.PointerValue,
+    c: Deno.PointerValue,
+    d: Deno.PointerValue,
+    alpha: number,
+    beta: number,
+  ): number {
+    if (alpha !== this.#alpha) {
+      encodeScalar(this.#scalars, 0, this.problem.scaleType, alpha);
+      this.#alpha = alpha;
+    }
+    if (beta !== this.#beta) {
+      encodeScalar(this.#scalars, 16, this.problem.scaleType, beta);
+      this.#beta = beta;
+    }
+    const s = this.#state;
+    return cublasLt().cublasLtMatmul(
+      s.handle,
+      this.#desc,
+      this.#alphaPointer,
+      a,
+      this.#aLayout,
+      b,
+      this.#bLayout,
+      this.#betaPointer,
+      c,
+      this.#cLayout,
+      d,
+      this.#dLayout,
+      algo,
+      s.workspacePointer,
+      BigInt(LT_WORKSPACE_BYTES),
+      this.device.stream,
+    );
+  }
+
+  /** Points a descriptor pointer attribute at `value` unless it already does. */
+  setPointerAttribute(attribute: number, value: LtPointer | undefined): void {
+    if (value === undefined) return;
+    const address = addressOf(value);
+    if (this.#pointerAttributes.get(attribute) === address) return;
+    ltSetMatmulDescAttribute(this.#desc, attribute, address);
+    this.#pointerAttributes.set(attribute, address);
+  }
+
+  run(
+    a: LtPointer,
+    b: LtPointer,
+    c: LtPointer,
+    d: LtPointer,
+    alpha: number,
+    beta: number,
+    pointers: LtMatmulPointers,
+  ): void {
+    this.device.makeCurrent();
+    this.setPointerAttribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, pointers.bias);
+    this.setPointerAttribute(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, pointers.aScale);
+    this.setPointerAttribute(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, pointers.bScale);
+    this.setPointerAttribute(CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, pointers.dScale);
+    const status = this.#call(
+      this.#algoPointer,
+      toPointer(a),
+      toPointer(b),
+      toPointer(c),
+      toPointer(d),
+      alpha,
+      beta,
+    );
+    checkCublas(status, "cublasLtMatmul");
+  }
+
+  #describe(): string {
+    const p = this.problem;
+    return `${p.transA ? "T" : "N"}${p.transB ? "T" : "N"} m=${p.m} n=${p.n} k=${p.k} ` +
+      `types A=${p.aType} B=${p.bType} C=${p.cType} D=${p.dType} compute=${p.computeType}` +
+      (p.count > 1 ? ` batch=${p.count}` : "") +
+      (p.epilogue !== CUBLASLT_EPILOGUE_DEFAULT ? ` epilogue=${p.epilogue}` : "");
+  }
+
+  #chooseAlgorithm(): LtAlgorithmChoice {
+    const p = this.problem;
+    const lt = cublasLt();
+    const preference = ltMatmulPreferenceCreate();
+    const results = allocHeuristicResults(LT_HEURISTIC_CANDIDATES);
+    let found: number;
+    try {
+      ltSetMatmulPreferenceAttribute(
+        preference,
+        CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+        LT_WORKSPACE_BYTES,
+      );
+      // The heuristic then excludes kernels that need more alignment than the pointers have.
+      ltSetMatmulPreferenceAttribute(
+        preference,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+        p.alignA,
+      );
+      ltSetMatmulPreferenceAttribute(
+        preference,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        p.alignB,
+      );
+      ltSetMatmulPreferenceAttribute(
+        preference,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+        p.alignC,
+      );
+      ltSetMatmulPreferenceAttribute(
+        preference,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+        p.alignD,
+      );
+      const mask = new Uint32Array(new ArrayBuffer(4));
+      mask[0] = p.reductionSchemeMask;
+      checkCublas(
+        lt.cublasLtMatmulPreferenceSetAttribute(preference, PREF_REDUCTION_SCHEME_MASK, mask, 4n),
+        "cublasLtMatmulPreferenceSetAttribute",
+      );
+      try {
+        found = ltAlgoGetHeuristic(
+          this.#state.handle,
+          this.#desc,
+          this.#aLayout,
+          this.#bLayout,
+          this.#cLayout,
+          this.#dLayout,
+          preference,
+          results,
+        );
+      } catch (e) {
+        throw new TensorqError(`cuBLASLt has no algorithm for ${this.#describe()}`, {
+          op: "cublasLtMatmulAlgoGetHeuristic",
+          kind: "unsupported",
+          cause: e,
+        });
+      }
+    } finally {
+      checkCublas(
+        lt.cublasLtMatmulPreferenceDestroy(preference),
+        "cublasLtMatmulPreferenceDestroy",
+      );
+    }
+    const candidates: number[] = [];
+    for (let i = 0; i < found; i++) {
+      if (
+        heuristicState(results, i) === CUBLAS_STATUS_SUCCESS &&
+        heuristicWorkspaceSize(results, i) <= LT_WORKSPACE_BYTES
+      ) candidates.push(i);
+    }
+    if (candidates.length === 0) {
+      throw new TensorqError(`cuBLASLt has no algorithm for ${this.#describe()}`, {
+        op: "cublasLtMatmulAlgoGetHeuristic",
+        kind: "unsupported",
+      });
+    }
+    const keep = (index: number, ran: number, ms?: number): LtAlgorithmChoice => {
+      const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
+      this.#algo.set(results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes));
+      return {
+        index,
+        candidates: found,
+        ran,
+        ms,
+        workspaceBytes: heuristicWorkspaceSize(results, index),
+      };
+    };
+    // Timing synchronizes the stream, which a graph capture forbids: take the first pick.
+    const capturing = streamCaptureStatus(this.device.stream) !== cudaStreamCaptureStatusNone;
+    if (!p.autotune || capturing) return keep(candidates[0], 0);
+    return this.#time(results, candidates, keep);
+  }
+
+  /** Runs each candidate on scratch operands, times it, and keeps the fastest. */
+  #time(
+    results: Uint8Array<ArrayBuffer>,
+    candidates: number[],
+    keep: (index: number, ran: number, ms?: number) => LtAlgorithmChoice,
+  ): LtAlgorithmChoice {
+    const p = this.problem;
+    const device = this.device;
+    const state = this.#state;
+    while (state.events.length < 2 * LT_HEURISTIC_CANDIDATES) {
+      state.events.push(createEvent(cudaEventDefault));
+    }
+    const scratch: CudaBuffer[] = [];
+    const fill = (bytes: number): Deno.PointerValue => {
+      const buf = CudaBuffer.allocate(device, "int8", Math.max(bytes, 16));
+      scratch.push(buf);
+      // 0x3c bytes are small finite non-zero values in every type (fp32 ≈ 0.0115, fp16 ≈ 1.06,
+      // bf16 ≈ 0.0115, e4m3 1.5, int8 60): realistic work, no NaN or denormal slow paths.
+      checkCuda(
+        cudart().cudaMemsetAsync(buf.pointer, 0x3c, BigInt(buf.bytes), device.stream),
+        "cudaMemsetAsync",
+      );
+      return buf.pointer;
+    };
+    try {
+      const [aRows, aCols] = p.transA ? [p.k, p.m] : [p.m, p.k];
+      const [bRows, bCols] = p.transB ? [p.n, p.k] : [p.k, p.n];
+      const a = fill(spanElements(aRows, aCols, p.lda, p.count, p.strideA) * TYPE_BYTES[p.aType]);
+      const b = fill(spanElements(bRows, bCols, p.ldb, p.count, p.strideB) * TYPE_BYTES[p.bType]);
+      const d = fill(spanElements(p.m, p.n, p.ldd, p.count, p.strideD) * TYPE_BYTES[p.dType]);
+      const c = this.#cAliasesD()
+        ? d
+        : fill(spanElements(p.m, p.n, p.ldc, p.count, p.strideC) * TYPE_BYTES[p.cType]);
+      // Bias and scale vectors: sized for the largest scale mode (block scales of 16 along k).
+      const vectorBytes = Math.ceil(Math.max(p.m, p.n) / 128) * 128 * (Math.ceil(p.k / 16) + 4) *
+        4;
+      if (p.usesBias) {
+        this.setPointerAttribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, fill(vectorBytes));
+      }
+      if (p.usesAScale) {
+        this.setPointerAttribute(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, fill(vectorBytes));
+      }
+      if (p.usesBScale) {
+        this.setPointerAttribute(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, fill(vectorBytes));
+      }
+      if (p.usesDScale) this.setPointerAttribute(CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, fill(16));
+
+      const timed: { index: number; slot: number }[] = [];
+      let lastStatus = CUBLAS_STATUS_SUCCESS;
+      for (const index of candidates) {
+        const algo = heuristicAlgo(results, index);
+        // The first call probes support (an unsupported combination fails only here) and
+        // warms up (lazy kernel loading); the second is timed.
+        let status = this.#call(algo, a, b, c, d, 1, 0);
+        if (status === CUBLAS_STATUS_SUCCESS) {
+          const slot = timed.length;
+          const [start, end] = [state.events[2 * slot], state.events[2 * slot + 1]];
+          checkCuda(cudart().cudaEventRecord(start, device.stream), "cudaEventRecord");
+          status = this.#call(algo, a, b, c, d, 1, 0);
+          checkCuda(cudart().cudaEventRecord(end, device.stream), "cudaEventRecord");
+          if (status === CUBLAS_STATUS_SUCCESS) timed.push({ index, slot });
+        }
+        if (status !== CUBLAS_STATUS_SUCCESS) lastStatus = status;
+      }
+      device.synchronize();
+      if (timed.length === 0) {
+        let cause: unknown;
+        try {
+          checkCublas(lastStatus, "cublasLtMatmul");
+        } catch (e) {
+          cause = e;
+        }
+        throw new TensorqError(`every cuBLASLt candidate failed for ${this.#describe()}`, {
+          op: "cublasLtMatmul",
+          kind: "unsupported",
+          cause,
+        });
+      }
+      let best = timed[0];
+      let bestMs = Infinity;
+      for (const t of timed) {
+        const ms = eventElapsedMs(state.events[2 * t.slot], state.events[2 * t.slot + 1]);
+        if (ms < bestMs) {
+          bestMs = ms;
+          best = t;
+        }
+      }
+      return keep(best.index, timed.length, bestMs);
+    } finally {
+      // Scratch bias/scale pointers must not outlive their buffers.
+      for (
+        const attribute of [
+          CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+          CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+          CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+          CUBLASLT_MATMUL_DESC_D_SCALE_POINTER,
+        ]
+      ) {
+        if (this.#pointerAttributes.has(attribute)) this.setPointerAttribute(attribute, 0n);
+      }
+      for (const buf of scratch) buf.dispose();
+    }
+  }
+}
+
+const cores = new Map<string, LtMatmulCore>();
+
+/** Number of distinct cuBLASLt problems prepared (and tuned) so far in this process. */
+export function ltMatmulCacheSize(): number {
+  return cores.size;
+}
+
+/**
+ * Prepares a cuBLASLt product on `device`. The first request for a problem creates its
+ * descriptors and layouts, asks the heuristic for up to {@link LT_HEURISTIC_CANDIDATES}
+ * algorithms (excluding those that need more alignment than `spec.alignment` promises), runs
+ * each once on scratch operands, times a second run with CUDA events and keeps the fastest
+ * (candidates that fail in `cublasLtMatmul` are skipped). Later requests for the same problem
+ * reuse all of it. Bias and scale pointers are not part of the problem: they are set on the
+ * descriptor at each run, from `run`'s `pointers` or else the spec's.
+ */
+export function ltMatmulPlan(device: CudaDevice, spec: LtMatmulSpec): LtMatmulPlan {
+  checkSpec(spec);
+  const problem = normalize(device, spec);
+  const key = JSON.stringify(problem);
+  let core = cores.get(key);
+  if (!core) {
+    core = new LtMatmulCore(device, key, problem);
+    cores.set(key, core);
+  }
+  const shared = core;
+  const defaults: LtMatmulPointers = {
+    bias: spec.biasPointer,
+    aScale: spec.aScalePointer,
+    bScale: spec.bScalePointer,
+    dScale: spec.dScalePointer,
+  };
+  let current = defaults;
+  return {
+    key,
+    algorithm: shared.algorithm,
+    run(a, b, c, d, alpha = 1, beta = 0, pointers?: LtMatmulPointers): void {
+      if (pointers) current = { ...current, ...pointers };
+      shared.run(a, b, c, d, alpha, beta, current);
+    },
+  };
+}

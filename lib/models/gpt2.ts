@@ -1,0 +1,973 @@
+/**
+ * GPT-2, built from tensorq's modules and ops: {@link GPT2LMHeadModel} with Hugging Face
+ * parameter names (`transformer.h.0.attn.c_attn.weight`, ...), a {@link KVCache} for
+ * decoding, {@link generate} (greedy or seeded sampling), {@link lossFromLogits}, and byte
+ * tokenizer helpers for byte-level models.
+ *
+ * @example
+ * ```ts
+ * import { decodeBytes, encodeBytes, generate, GPT2LMHeadModel } from "./gpt2.ts";
+ * const model = GPT2LMHeadModel.fromPretrained("models/tiny-shakespeare-gpt2");
+ * const ids = generate(model, encodeBytes("ROMEO:"), { maxNewTokens: 40 });
+ * console.log(decodeBytes(ids));
+ * ```
+ * @module
+ */
+import { checkDType, type DType, dtypeInfo } from "../dtype.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
+import { loadHfCheckpoint } from "../io/hf.ts";
+import { add, cast, div, gelu, where } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
+import { logSoftmax, softmax } from "../ops/nn.ts";
+import { mean } from "../ops/reduce.ts";
+import {
+  causalMask,
+  concat,
+  gather,
+  permute,
+  reshape,
+  slice,
+  split,
+  transpose,
+} from "../ops/shape.ts";
+import { randn, RandomStream } from "../random.ts";
+import { realize } from "../runtime/evaluate.ts";
+import { full, Tensor, tensor } from "../tensor.ts";
+import { Module } from "../nn/module.ts";
+import { Embedding, LayerNorm, Linear, Sequential, withoutInitialization } from "../nn/layers.ts";
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+/** Activations GPT-2 checkpoints use: `gelu_new` / `gelu_pytorch_tanh` (tanh form), `gelu`. */
+export type GPT2Activation = "gelu_new" | "gelu_pytorch_tanh" | "gelu";
+
+const ACTIVATIONS: readonly GPT2Activation[] = ["gelu_new", "gelu_pytorch_tanh", "gelu"];
+
+/** The shape of a GPT-2 model (Hugging Face `GPT2Config`, in camelCase). */
+export interface GPT2Config {
+  /** Vocabulary size (`vocab_size`, default 50257). */
+  vocabSize: number;
+  /** Longest sequence (`n_positions`, default 1024). */
+  nPositions: number;
+  /** Hidden width (`n_embd`, default 768). */
+  nEmbd: number;
+  /** Blocks (`n_layer`, default 12). */
+  nLayer: number;
+  /** Attention heads (`n_head`, default 12); must divide `nEmbd`. */
+  nHead: number;
+  /** MLP width (`n_inner`, default `4 · nEmbd`). */
+  nInner: number;
+  /** Layer norm epsilon (`layer_norm_epsilon`, default 1e-5). */
+  layerNormEpsilon: number;
+  /** MLP activation (`activation_function`, default `gelu_new`). */
+  activation: GPT2Activation;
+  /** Divide attention scores by √(head dim) (`scale_attn_weights`, default true). */
+  scaleAttnWeights: boolean;
+  /** Also divide scores by layer index + 1 (`scale_attn_by_inverse_layer_idx`, default false). */
+  scaleAttnByInverseLayerIdx: boolean;
+  /** `lm_head` shares `transformer.wte`'s weight (`tie_word_embeddings`, default true). */
+  tieWordEmbeddings: boolean;
+}
+
+const CONFIG_OP = "GPT2Config";
+
+function configError(argument: string, expected: string, actual: unknown): TensorqError {
+  return new TensorqError("invalid GPT-2 configuration", {
+    op: CONFIG_OP,
+    kind: "argument",
+    argument,
+    expected,
+    actual: JSON.stringify(actual) ?? String(actual),
+  });
+}
+
+function positiveIntField(name: string, v: unknown): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
+    throw configError(name, "a positive integer", v);
+  }
+  return v;
+}
+
+function booleanField(name: string, v: unknown): boolean {
+  if (typeof v !== "boolean") throw configError(name, "a boolean", v);
+  return v;
+}
+
+/**
+ * A complete, validated config: missing fields take GPT-2 small's values (`nInner` defaults
+ * to `4 · nEmbd`). Errors name the offending field.
+ */
+export function gpt2Config(fields: Partial<GPT2Config> = {}): GPT2Config {
+  const nEmbd = positiveIntField("nEmbd", fields.nEmbd ?? 768);
+  const nHead = positiveIntField("nHead", fields.nHead ?? 12);
+  if (nEmbd % nHead !== 0) {
+    throw configError("nHead", `a divisor of nEmbd (${nEmbd})`, nHead);
+  }
+  const eps = fields.layerNormEpsilon ?? 1e-5;
+  if (typeof eps !== "number" || !(eps >= 0) || !Number.isFinite(eps)) {
+    throw configError("layerNormEpsilon", "a finite number >= 0", eps);
+  }
+  const activation = fields.activation ?? "gelu_new";
+  if (!ACTIVATIONS.includes(activation)) {
+    throw configError("activation", ACTIVATIONS.join(", "), activation);
+  }
+  return {
+    vocabSize: positiveIntField("vocabSize", fields.vocabSize ?? 50257),
+    nPositions: positiveIntField("nPositions", fields.nPositions ?? 1024),
+    nEmbd,
+    nLayer: positiveIntField("nLayer", fields.nLayer ?? 12),
+    nHead,
+    nInner: positiveIntField("nInner", fields.nInner ?? 4 * nEmbd),
+    layerNormEpsilon: eps,
+    activation,
+    scaleAttnWeights: booleanField("scaleAttnWeights", fields.scaleAttnWeights ?? true),
+    scaleAttnByInverseLayerIdx: booleanField(
+      "scaleAttnByInverseLayerIdx",
+      fields.scaleAttnByInverseLayerIdx ?? false,
+    ),
+    tieWordEmbeddings: booleanField("tieWordEmbeddings", fields.tieWordEmbeddings ?? true),
+  };
+}
+
+/**
+ * Reads a Hugging Face `config.json` object (snake_case keys; absent or null keys take
+ * defaults). Rejects non-GPT-2 models and features this implementation lacks
+ * (cross-attention).
+ */
+export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
+  if (typeof hf !== "object" || hf === null || Array.isArray(hf)) {
+    throw configError("config", "a config.json object", hf);
+  }
+  if (hf.model_type !== undefined && hf.model_type !== "gpt2") {
+    throw configError("model_type", '"gpt2"', hf.model_type);
+  }
+  if (hf.add_cross_attention === true) {
+    throw new TensorqError("cross-attention is not supported", {
+      op: CONFIG_OP,
+      kind: "unsupported",
+      argument: "add_cross_attention",
+    });
+  }
+  // null means "use the default" in HF configs (e.g. n_inner).
+  const get = <T>(key: string): T | undefined => (hf[key] ?? undefined) as T | undefined;
+  return gpt2Config({
+    vocabSize: get("vocab_size"),
+    nPositions: get("n_positions"),
+    nEmbd: get("n_embd"),
+    nLayer: get("n_layer"),
+    nHead: get("n_head"),
+    nInner: get("n_inner"),
+    layerNormEpsilon: get("layer_norm_epsilon"),
+    activation: get("activation_function"),
+    scaleAttnWeights: get("scale_attn_weights"),
+    scaleAttnByInverseLayerIdx: get("scale_attn_by_inverse_layer_idx"),
+    tieWordEmbeddings: get("tie_word_embeddings"),
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// KV cache
+
+/** Past keys and values of one layer, each `[B, nHead, length, headDim]`. */
+export interface LayerKV {
+  /** Past keys (undefined before the first step). */
+  key?: Tensor;
+  /** Past values (undefined before the first step). */
+  value?: Tensor;
+}
+
+/**
+ * Keys and values of past positions, per layer, for incremental decoding. Pass the same
+ * cache to successive {@link GPT2LMHeadModel.forward} calls: each call attends to the cached
+ * positions, continues the positions from {@link KVCache.length}, and appends its own keys
+ * and values (so `length` grows by the number of new tokens).
+ */
+export class KVCache {
+  /** One entry per layer. */
+  readonly layers: LayerKV[];
+
+  /** An empty cache for `nLayer` layers. */
+  constructor(nLayer: number) {
+    if (!Number.isSafeInteger(nLayer) || nLayer <= 0) {
+      throw new TensorqError("a cache needs a positive layer count", {
+        op: "KVCache",
+        kind: "argument",
+        argument: "nLayer",
+        expected: "a positive integer",
+        actual: String(nLayer),
+      });
+    }
+    this.layers = Array.from({ length: nLayer }, () => ({}));
+  }
+
+  /** Cached positions (0 when empty). */
+  get length(): number {
+    return this.layers[0].key?.shape[2] ?? 0;
+  }
+
+  /** Batch size of the cached sequences (undefined when empty). */
+  get batchSize(): number | undefined {
+    return this.layers[0].key?.shape[0];
+  }
+
+  /** Empties the cache (freeing nothing explicitly: the tensors are dropped). */
+  reset(): void {
+    for (const layer of this.layers) layer.key = layer.value = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Modules
+
+/** Options of the GPT-2 modules. */
+export interface GPT2ModuleOptions {
+  /** Parameter and activation dtype (default float32). */
+  dtype?: DType;
+}
+
+/** Options of {@link GPT2Attention}. */
+export interface GPT2AttentionOptions extends GPT2ModuleOptions {
+  /** Index of the block (only matters with `scaleAttnByInverseLayerIdx`). */
+  layerIdx?: number;
+}
+
+/**
+ * Causal multi-head self-attention: `c_attn` (`Linear(d, 3d)`) gives q, k, v; per head
+ * `softmax(q·kᵀ/√(d/h) masked causally)·v`; heads are merged and projected by `c_proj`.
+ */
+export class GPT2Attention extends Module {
+  /** Heads. */
+  readonly nHead: number;
+  /** Width of one head. */
+  readonly headDim: number;
+  /** The divisor applied to the scores (√headDim, times layer index + 1 if configured). */
+  readonly scoreDivisor: number;
+  /** The q, k, v projection `[3d, d]`. */
+  readonly c_attn: Linear;
+  /** The output projection `[d, d]`. */
+  readonly c_proj: Linear;
+
+  /** Creates the layer with random weights. */
+  constructor(config: GPT2Config, options: GPT2AttentionOptions = {}) {
+    super();
+    const d = config.nEmbd;
+    this.nHead = config.nHead;
+    this.headDim = d / config.nHead;
+    let divisor = config.scaleAttnWeights ? Math.sqrt(this.headDim) : 1;
+    if (config.scaleAttnByInverseLayerIdx) divisor *= (options.layerIdx ?? 0) + 1;
+    this.scoreDivisor = divisor;
+    this.c_attn = this.registerModule("c_attn", new Linear(d, 3 * d, { dtype: options.dtype }));
+    this.c_proj = this.registerModule("c_proj", new Linear(d, d, { dtype: options.dtype }));
+  }
+
+  /**
+   * Attends `x [B, T, d]` to itself and, when `past` holds keys and values, to those past
+   * positions first. `past` (if given) is updated to hold the keys and values of all
+   * positions (past and new).
+   */
+  forward(x: Tensor): Tensor;
+  /** Attends `x` to the positions in `past` and its own, then extends `past`. */
+  forward(x: Tensor, past: LayerKV | undefined): Tensor;
+  forward(x: Tensor, past?: LayerKV): Tensor {
+    const [b, t, d] = x.shape;
+    const heads = (z: Tensor) =>
+      permute(reshape(z, [b, t, this.nHead, this.headDim]), [0, 2, 1, 3]);
+    const [q, kNew, vNew] = split(this.c_attn.forward(x), 3, 2).map(heads);
+    let k = kNew, v = vNew;
+    if (past?.key && past.value) {
+      k = concat([past.key, kNew], 2);
+      v = concat([past.value, vNew], 2);
+    }
+    if (past) {
+      past.key = k;
+      past.value = v;
+    }
+    const keys = k.shape[2];
+    let scores = matmul(q, transpose(k, -2, -1)); // [B, H, T, keys]
+    if (this.scoreDivisor !== 1) scores = div(scores, this.scoreDivisor);
+    if (t > 1) {
+      // The dtype's lowest finite value keeps softmax finite (no -inf - -inf).
+      const mask = causalMask(t, keys, { device: x.device });
+      scores = where(mask, scores, dtypeInfo(scores.dtype).min);
+    }
+    const context = matmul(softmax(scores, -1), v); // [B, H, T, headDim]
+    return this.c_proj.forward(reshape(permute(context, [0, 2, 1, 3]), [b, t, d]));
+  }
+}
+
+/** The feed-forward block: `c_fc` (`Linear(d, 4d)`), GELU (tanh form), `c_proj`. */
+export class GPT2MLP extends Module {
+  /** The activation. */
+  readonly activation: GPT2Activation;
+  /** The expansion `[nInner, d]`. */
+  readonly c_fc: Linear;
+  /** The projection back `[d, nInner]`. */
+  readonly c_proj: Linear;
+
+  /** Creates the block with random weights. */
+  constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
+    super();
+    this.activation = config.activation;
+    const dtype = options.dtype;
+    this.c_fc = this.registerModule("c_fc", new Linear(config.nEmbd, config.nInner, { dtype }));
+    this.c_proj = this.registerModule("c_proj", new Linear(config.nInner, config.nEmbd, { dtype }));
+  }
+
+  /** `c_proj(gelu(c_fc(x)))`. */
+  forward(x: Tensor): Tensor {
+    const approximate = this.activation === "gelu" ? "none" : "tanh";
+    return this.c_proj.forward(gelu(this.c_fc.forward(x), { approximate }));
+  }
+}
+
+/** A transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`. */
+export class GPT2Block extends Module {
+  /** Norm before attention. */
+  readonly ln_1: LayerNorm;
+  /** Self-attention. */
+  readonly attn: GPT2Attention;
+  /** Norm before the MLP. */
+  readonly ln_2: LayerNorm;
+  /** Feed-forward. */
+  readonly mlp: GPT2MLP;
+
+  /** Creates the block with random weights. */
+  constructor(config: GPT2Config, options: GPT2AttentionOptions = {}) {
+    super();
+    const ln = { eps: config.layerNormEpsilon, dtype: options.dtype };
+    this.ln_1 = this.registerModule("ln_1", new LayerNorm(config.nEmbd, ln));
+    this.attn = this.registerModule("attn", new GPT2Attention(config, options));
+    this.ln_2 = this.registerModule("ln_2", new LayerNorm(config.nEmbd, ln));
+    this.mlp = this.registerModule("mlp", new GPT2MLP(config, options));
+  }
+
+  /** Applies the block to `x [B, T, d]`. */
+  forward(x: Tensor): Tensor;
+  /** Applies the block to `x [B, T, d]`, attending also to (and updating) `past`. */
+  forward(x: Tensor, past: LayerKV | undefined): Tensor;
+  forward(x: Tensor, past?: LayerKV): Tensor {
+    const h = add(x, this.attn.forward(this.ln_1.forward(x), past));
+    return add(h, this.mlp.forward(this.ln_2.forward(h)));
+  }
+}
+
+/** The trunk (`transformer.*`): embeddings, blocks `h.N`, final norm `ln_f`. */
+export class GPT2Model extends Module {
+  /** The config. */
+  readonly config: GPT2Config;
+  /** Token embeddings `[vocab, d]`. */
+  readonly wte: Embedding;
+  /** Position embeddings `[nPositions, d]`. */
+  readonly wpe: Embedding;
+  /** The blocks, named `0` ... `nLayer - 1`. */
+  readonly h: Sequential;
+  /** Final layer norm. */
+  readonly ln_f: LayerNorm;
+
+  /** Creates the trunk with random weights. */
+  constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
+    super();
+    this.config = config;
+    const dtype = options.dtype;
+    this.wte = this.registerModule("wte", new Embedding(config.vocabSize, config.nEmbd, { dtype }));
+    this.wpe = this.registerModule(
+      "wpe",
+      new Embedding(config.nPositions, config.nEmbd, { dtype }),
+    );
+    const blocks = Array.from(
+      { length: config.nLayer },
+      (_, layerIdx) => new GPT2Block(config, { dtype, layerIdx }),
+    );
+    this.h = this.registerModule("h", new Sequential(...blocks));
+    this.ln_f = this.registerModule(
+      "ln_f",
+      new LayerNorm(config.nEmbd, { eps: config.layerNormEpsilon, dtype }),
+    );
+  }
+
+  /** The block at `index`. */
+  block(index: number): GPT2Block {
+    return this.h.at(index) as GPT2Block;
+  }
+
+  /**
+   * Hidden states `[B, T, d]` for `ids [B, T]`. Positions start at `cache.length` when a
+   * cache is given (whose layers are updated).
+   */
+  forward(ids: Tensor): Tensor;
+  /** Hidden states for `ids` following the cached positions; the cache is extended. */
+  forward(ids: Tensor, cache: KVCache | undefined): Tensor;
+  forward(ids: Tensor, cache?: KVCache): Tensor {
+    const t = ids.shape[1];
+    const start = cache?.length ?? 0;
+    const positions = tensor(Int32Array.from({ length: t }, (_, i) => start + i), {
+      device: ids.device,
+    });
+    let x = add(this.wte.forward(ids), this.wpe.forward(positions));
+    for (let i = 0; i < this.config.nLayer; i++) {
+      x = this.block(i).forward(x, cache?.layers[i]);
+    }
+    return this.ln_f.forward(x);
+  }
+}
+
+/** Options of {@link GPT2LMHeadModel.forward}. */
+export interface GPT2ForwardOptions {
+  /**
+   * Past keys and values: the new tokens follow the cached ones, and the cache is extended
+   * with them. With a cache the step is evaluated at once (logits, keys and values
+   * together) so the cache holds values rather than ever-growing graphs.
+   */
+  cache?: KVCache;
+}
+
+/** Options of {@link GPT2LMHeadModel.fromPretrained}. */
+export interface GPT2LoadOptions {
+  /** Device of the parameters (default "cpu"). */
+  device?: string;
+  /** Parameter dtype (default float32; checkpoint floats are converted). */
+  dtype?: DType;
+}
+
+/** Options of {@link GPT2LMHeadModel.random}. */
+export interface GPT2RandomOptions extends GPT2LoadOptions {
+  /** Seed of the weights (default 0): the same seed gives the same model. */
+  seed?: number;
+}
+
+const LOAD_OP = "GPT2LMHeadModel.fromPretrained";
+/** HF `Conv1D` layers: weights stored `[in, out]`. */
+const CONV1D_WEIGHT = /\.(c_attn|c_proj|c_fc)\.weight$/;
+/** Causal-mask buffers saved by older HF versions: not parameters. */
+const ATTN_BUFFER = /(^|\.)attn\.(masked_)?bias$/;
+const FLOAT_DTYPES: readonly DType[] = ["float32", "float16", "bfloat16"];
+
+function checkModelDType(op: string, dtype: unknown): DType {
+  const d = checkDType(op, "dtype", dtype ?? "float32");
+  if (!FLOAT_DTYPES.includes(d)) {
+    throw new TensorqError("model dtype must be a float type", {
+      op,
+      kind: "dtype",
+      argument: "dtype",
+      expected: FLOAT_DTYPES.join(", "),
+      actual: d,
+    });
+  }
+  return d;
+}
+
+/**
+ * GPT-2 with a language-model head: `transformer` ({@link GPT2Model}) and `lm_head`
+ * (`Linear(d, vocab)`, no bias), whose weight is `transformer.wte`'s own tensor when the
+ * config ties them. Parameter names are Hugging Face's.
+ */
+export class GPT2LMHeadModel extends Module {
+  /** The config. */
+  readonly config: GPT2Config;
+  /** The trunk. */
+  readonly transformer: GPT2Model;
+  /** The output projection `[vocab, d]`. */
+  readonly lm_head: Linear;
+
+  /** Creates the model with random weights (see {@link GPT2LMHeadModel.random}). */
+  constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
+    super();
+    this.config = gpt2Config(config);
+    const dtype = checkModelDType("GPT2LMHeadModel", options.dtype);
+    this.transformer = this.registerModule("transformer", new GPT2Model(this.config, { dtype }));
+    this.lm_head = this.registerModule(
+      "lm_head",
+      new Linear(this.config.nEmbd, this.config.vocabSize, { bias: false, dtype }),
+    );
+    this.tieWeights();
+  }
+
+  /** Parameter dtype. */
+  get dtype(): DType {
+    return this.lm_head.dtype;
+  }
+
+  /** Device of the parameters. */
+  get device(): string {
+    return this.transformer.wte.weight.device;
+  }
+
+  /** Makes `lm_head.weight` the very tensor of `transformer.wte.weight` (if tied). */
+  tieWeights(): void {
+    const table = this.transformer.wte.stateDict().weight; // unset while loading a checkpoint
+    if (this.config.tieWordEmbeddings && table) this.lm_head.weight = table;
+  }
+
+  /** An empty cache sized for this model. */
+  createCache(): KVCache {
+    return new KVCache(this.config.nLayer);
+  }
+
+  /**
+   * Logits `[B, T, vocab]` for token ids `[B, T]` (int32 or int64; moved to the model's
+   * device if needed).
+   */
+  forward(ids: Tensor): Tensor;
+  /** Logits for `ids`; with `options.cache` the ids continue the cached sequence. */
+  forward(ids: Tensor, options: GPT2ForwardOptions): Tensor;
+  forward(ids: Tensor, options: GPT2ForwardOptions = {}): Tensor {
+    const op = "GPT2LMHeadModel.forward";
+    if (!(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[1] === 0) {
+      throw new TensorqError("ids must be a [batch, tokens] tensor with at least one token", {
+        op,
+        kind: "shape",
+        argument: "ids",
+        expected: "shape [B, T] with T >= 1",
+        actual: ids instanceof Tensor ? `shape ${fmtShape(ids.shape)}` : typeof ids,
+      });
+    }
+    if (ids.dtype !== "int32" && ids.dtype !== "int64") {
+      throw new TensorqError("ids must be integers", {
+        op,
+        kind: "dtype",
+        argument: "ids",
+        expected: "int32 or int64",
+        actual: ids.dtype,
+      });
+    }
+    const cache = options.cache;
+    const [b, t] = ids.shape;
+    const past = cache?.length ?? 0;
+    if (cache) {
+      if (!(cache instanceof KVCache) || cache.layers.length !== this.config.nLayer) {
+        throw new TensorqError("the cache does not fit this model", {
+          op,
+          kind: "argument",
+          argument: "cache",
+          expected: `a KVCache of ${this.config.nLayer} layers`,
+          actual: cache instanceof KVCache ? `${cache.layers.length} layers` : typeof cache,
+        });
+      }
+      if (cache.batchSize !== undefined && cache.batchSize !== b) {
+        throw new TensorqError("batch size differs from the cached sequences'", {
+          op,
+          kind: "shape",
+          argument: "ids",
+          expected: `batch ${cache.batchSize}`,
+          actual: `shape ${fmtShape(ids.shape)}`,
+        });
+      }
+    }
+    if (past + t > this.config.nPositions) {
+      throw new TensorqError("sequence longer than the model's positions", {
+        op,
+        kind: "shape",
+        argument: "ids",
+        expected: `at most ${this.config.nPositions} positions in all`,
+        actual: `${past} cached + ${t} new`,
+      });
+    }
+    const device = this.device;
+    const input = ids.device === device ? ids : ids.to(device);
+    const logits = this.lm_head.forward(this.transformer.forward(input, cache));
+    if (cache) {
+      const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
+      realize([logits.node, ...kv]);
+    }
+    return logits;
+  }
+
+  /**
+   * Loads a Hugging Face GPT-2 checkpoint directory (`config.json` plus `model.safetensors`
+   * or a sharded index). Conv1D weights (`[in, out]`) are transposed once to Linear's
+   * `[out, in]`; causal-mask buffers are skipped; `lm_head` is tied to `wte` when the config
+   * ties them. Missing, unexpected or mis-shaped tensors raise one error naming each.
+   * Checkpoints saved without the `transformer.` prefix (the original `gpt2` files) load too.
+   */
+  static fromPretrained(dir: string | URL, options: GPT2LoadOptions = {}): GPT2LMHeadModel {
+    const dtype = checkModelDType(LOAD_OP, options.dtype);
+    using ckpt = loadHfCheckpoint(dir);
+    const config = parseGPT2Config(ckpt.config);
+    // Parameters stay unset until the checkpoint's tensors arrive: no random init to discard.
+    const model = withoutInitialization(() => new GPT2LMHeadModel(config, { dtype }));
+    const tied = config.tieWordEmbeddings;
+
+    // Expected tensors in HF layout, by model name.
+    const expected = new Map<string, number[]>();
+    for (const [name, spec] of model.parameterSpecs()) {
+      if (tied && name === "lm_head.weight") continue;
+      const shape = [...spec.shape];
+      expected.set(name, CONV1D_WEIGHT.test(name) ? [shape[1], shape[0]] : shape);
+    }
+    // Checkpoint name → model name.
+    const prefixed = !ckpt.has("transformer.wte.weight") && ckpt.has("wte.weight");
+    const fileName = new Map<string, string>();
+    const unexpected: string[] = [];
+    for (const name of ckpt.names) {
+      if (ATTN_BUFFER.test(name)) continue;
+      const key = prefixed && !name.startsWith("lm_head.") ? `transformer.${name}` : name;
+      if (tied && key === "lm_head.weight") continue; // HF ties it regardless
+      if (expected.has(key)) fileName.set(key, name);
+      else unexpected.push(name);
+    }
+    const missing = [...expected.keys()].filter((k) => !fileName.has(k));
+    const wrong: string[] = [];
+    for (const [key, name] of fileName) {
+      const info = ckpt.info(name);
+      const want = expected.get(key)!;
+      if (info.shape.join(",") !== want.join(",")) {
+        wrong.push(`'${name}': expected ${fmtShape(want)}, got ${fmtShape(info.shape)}`);
+      } else if (!FLOAT_DTYPES.includes(info.dtype) && info.dtype !== "float8e4m3") {
+        wrong.push(`'${name}': expected a float dtype, got ${info.dtype}`);
+      }
+    }
+    if (missing.length || unexpected.length || wrong.length) {
+      const parts: string[] = [];
+      if (missing.length) parts.push(`missing tensors: ${missing.map((n) => `'${n}'`).join(", ")}`);
+      if (wrong.length) parts.push(`wrong shape or dtype (HF layout): ${wrong.join("; ")}`);
+      if (unexpected.length) {
+        parts.push(`unexpected tensors: ${unexpected.map((n) => `'${n}'`).join(", ")}`);
+      }
+      throw new TensorqError(`checkpoint ${ckpt.dir} does not fit GPT-2: ${parts.join(" | ")}`, {
+        op: LOAD_OP,
+        kind: wrong.length && !missing.length && !unexpected.length ? "shape" : "io",
+        argument: "dir",
+      });
+    }
+
+    const device = options.device ?? "cpu";
+    const dict: Record<string, Tensor> = {};
+    for (const [key, name] of fileName) {
+      let t = ckpt.tensor(name);
+      let changed = false;
+      if (CONV1D_WEIGHT.test(key)) {
+        t = transpose(t, 0, 1);
+        changed = true;
+      }
+      if (t.dtype !== dtype) {
+        t = cast(t, dtype);
+        changed = true;
+      }
+      // Materialize once here so the forward never repeats the layout change.
+      if (changed) t.evaluate();
+      dict[key] = device === t.device ? t : t.to(device);
+    }
+    if (tied) dict["lm_head.weight"] = dict["transformer.wte.weight"];
+    model.loadStateDict(dict, { strict: true });
+    return model;
+  }
+
+  /**
+   * A model with seeded random weights in GPT-2's initialization (normal, std 0.02 for
+   * weights; zero biases; unit norm scales), for benchmarks and tests. `config` may be
+   * partial (see {@link gpt2Config}).
+   */
+  static random(
+    config: Partial<GPT2Config>,
+    options: GPT2RandomOptions = {},
+  ): GPT2LMHeadModel {
+    const dtype = checkModelDType("GPT2LMHeadModel.random", options.dtype);
+    const model = withoutInitialization(() => new GPT2LMHeadModel(gpt2Config(config), { dtype }));
+    const seeds = new RandomStream(options.seed ?? 0);
+    const device = options.device ?? "cpu";
+    const dict: Record<string, Tensor> = {};
+    for (const [name, spec] of model.parameterSpecs()) {
+      if (model.config.tieWordEmbeddings && name === "lm_head.weight") continue;
+      const shape = [...spec.shape];
+      const isNorm = /(^|\.)ln_(1|2|f)\./.test(name);
+      dict[name] = name.endsWith(".bias")
+        ? full(shape, 0, { dtype, device })
+        : isNorm
+        ? full(shape, 1, { dtype, device })
+        : randn(shape, { std: 0.02, dtype, device, seed: seeds.nextUint32() });
+    }
+    if (model.config.tieWordEmbeddings) dict["lm_head.weight"] = dict["transformer.wte.weight"];
+    model.loadStateDict(dict, { strict: true });
+    return model;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Generation, loss, byte tokenizer
+
+/** Options of {@link generate}. */
+export interface GenerateOptions {
+  /** Tokens to generate (at most; fewer when a stop token comes). */
+  maxNewTokens: number;
+  /** `"greedy"` (argmax, default) or `"sample"` (from the softmax of logits / temperature). */
+  strategy?: "greedy" | "sample";
+  /** Sample only among the `topK` most likely tokens (default: all). */
+  topK?: number;
+  /** Divides the logits before sampling (default 1; must be > 0). */
+  temperature?: number;
+  /** Seed of the sampling stream (default 0): the same seed gives the same tokens. */
+  seed?: number;
+  /** Decode with a {@link KVCache} (default true) rather than re-running the whole sequence. */
+  cache?: boolean;
+  /** Stop after emitting any of these tokens (it is included in the result). */
+  stopTokens?: readonly number[];
+  /** Called with each new token as soon as it is chosen. */
+  onToken?: (id: number) => void;
+}
+
+const GEN_OP = "generate";
+
+function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor): number[] {
+  let ids: number[];
+  if (prompt instanceof Tensor) {
+    const ok = (prompt.dtype === "int32" || prompt.dtype === "int64") &&
+      (prompt.rank === 1 || (prompt.rank === 2 && prompt.shape[0] === 1));
+    if (!ok) {
+      throw new TensorqError("prompt tensor must hold one sequence of integer ids", {
+        op: GEN_OP,
+        kind: "shape",
+        argument: "promptIds",
+        expected: "int32/int64 of shape [T] or [1, T]",
+        actual: `${prompt.dtype} ${fmtShape(prompt.shape)}`,
+      });
+    }
+    ids = Array.from(prompt.dataSync() as Int32Array | BigInt64Array, Number);
+  } else if (Array.isArray(prompt)) {
+    ids = [...prompt];
+  } else {
+    throw new TensorqError("prompt must be an array of ids or a tensor", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "promptIds",
+      expected: "number[] or Tensor",
+      actual: typeof prompt,
+    });
+  }
+  const vocab = model.config.vocabSize;
+  if (ids.length === 0) {
+    throw new TensorqError("prompt is empty", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "promptIds",
+      expected: "at least one token",
+    });
+  }
+  const bad = ids.findIndex((v) => !Number.isInteger(v) || v < 0 || v >= vocab);
+  if (bad >= 0) {
+    throw new TensorqError("prompt holds an id outside the vocabulary", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: `promptIds[${bad}]`,
+      expected: `an integer in [0, ${vocab})`,
+      actual: String(ids[bad]),
+    });
+  }
+  return ids;
+}
+
+/** Index of the largest value (the first one on ties). */
+function argmaxOf(row: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+/** Draws from softmax(row / temperature) restricted to the topK largest. */
+function sampleFrom(
+  row: ArrayLike<number>,
+  temperature: number,
+  topK: number,
+  stream: RandomStream,
+): number {
+  const n = row.length;
+  let threshold = -Infinity;
+  if (topK < n) threshold = Float64Array.from(row).sort()[n - topK];
+  let mx = -Infinity;
+  for (let i = 0; i < n; i++) if (row[i] >= threshold && row[i] > mx) mx = row[i];
+  const weights = new Float64Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    if (row[i] >= threshold) total += weights[i] = Math.exp((row[i] - mx) / temperature);
+  }
+  let u = stream.uniform() * total;
+  let last = 0;
+  for (let i = 0; i < n; i++) {
+    if (weights[i] === 0) continue;
+    last = i;
+    u -= weights[i];
+    if (u < 0) return i;
+  }
+  return last; // rounding left u just above 0
+}
+
+/**
+ * Generates up to `maxNewTokens` tokens after `promptIds` (one sequence) and returns the new
+ * tokens only. Greedy takes the argmax (first on ties); sampling draws from
+ * softmax(logits / temperature), optionally restricted to the `topK` largest, with a
+ * {@link RandomStream} seeded by `seed`, so it is reproducible. The prompt plus the new
+ * tokens must fit in `nPositions`.
+ */
+export function generate(
+  model: GPT2LMHeadModel,
+  promptIds: readonly number[] | Tensor,
+  options: GenerateOptions,
+): number[] {
+  const prompt = promptToIds(model, promptIds);
+  const maxNew = options?.maxNewTokens;
+  if (!Number.isSafeInteger(maxNew) || maxNew < 0) {
+    throw new TensorqError("maxNewTokens must be a non-negative integer", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "maxNewTokens",
+      expected: "an integer >= 0",
+      actual: String(maxNew),
+    });
+  }
+  const strategy = options.strategy ?? "greedy";
+  if (strategy !== "greedy" && strategy !== "sample") {
+    throw new TensorqError("unknown strategy", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "strategy",
+      expected: '"greedy" or "sample"',
+      actual: JSON.stringify(strategy),
+    });
+  }
+  const temperature = options.temperature ?? 1;
+  if (!(temperature > 0) || !Number.isFinite(temperature)) {
+    throw new TensorqError("temperature must be a positive number", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "temperature",
+      expected: "a finite number > 0",
+      actual: String(temperature),
+    });
+  }
+  const vocab = model.config.vocabSize;
+  const topK = options.topK ?? vocab;
+  if (!Number.isSafeInteger(topK) || topK <= 0) {
+    throw new TensorqError("topK must be a positive integer", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "topK",
+      expected: "an integer >= 1",
+      actual: String(topK),
+    });
+  }
+  if (prompt.length + maxNew > model.config.nPositions) {
+    throw new TensorqError("prompt plus new tokens exceed the model's positions", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "maxNewTokens",
+      expected: `prompt (${prompt.length}) + maxNewTokens <= ${model.config.nPositions}`,
+      actual: String(maxNew),
+    });
+  }
+  const stream = new RandomStream(options.seed ?? 0);
+  const stops = new Set(options.stopTokens ?? []);
+  const cache = (options.cache ?? true) ? model.createCache() : undefined;
+  const device = model.device;
+  const sequence = [...prompt];
+  const out: number[] = [];
+  let feed = prompt;
+  while (out.length < maxNew) {
+    const ids = tensor(Int32Array.from(feed), { shape: [1, feed.length], device });
+    const logits = model.forward(ids, { cache });
+    const row = slice(logits, [0, -1]).dataSync() as Float32Array;
+    const next = strategy === "greedy"
+      ? argmaxOf(row)
+      : sampleFrom(row, temperature, Math.min(topK, vocab), stream);
+    out.push(next);
+    sequence.push(next);
+    options.onToken?.(next);
+    if (stops.has(next)) break;
+    feed = cache ? [next] : sequence;
+  }
+  return out;
+}
+
+/** Options of {@link lossFromLogits}. */
+export interface LossOptions {
+  /**
+   * True (default): `ids` are the inputs that produced the logits and position t is scored
+   * against `ids[t + 1]` (Hugging Face's `labels` convention). False: `ids` are the targets
+   * of each position already.
+   */
+  shift?: boolean;
+}
+
+/**
+ * Mean next-token cross entropy (nats) of `logits [B, T, vocab]` against `ids [B, T]`
+ * (int32/int64), computed with log-softmax and gather.
+ */
+export function lossFromLogits(logits: Tensor, ids: Tensor, options: LossOptions = {}): number {
+  const op = "lossFromLogits";
+  if (!(logits instanceof Tensor) || logits.rank !== 3) {
+    throw new TensorqError("logits must be [batch, tokens, vocab]", {
+      op,
+      kind: "shape",
+      argument: "logits",
+      expected: "rank 3",
+      actual: logits instanceof Tensor ? `shape ${fmtShape(logits.shape)}` : typeof logits,
+    });
+  }
+  const [b, t, vocab] = logits.shape;
+  const shift = options.shift ?? true;
+  if (
+    !(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[0] !== b || ids.shape[1] !== t ||
+    (ids.dtype !== "int32" && ids.dtype !== "int64")
+  ) {
+    throw new TensorqError("ids must be int32/int64 [batch, tokens] matching the logits", {
+      op,
+      kind: "shape",
+      argument: "ids",
+      expected: `int32/int64 ${fmtShape([b, t])}`,
+      actual: ids instanceof Tensor ? `${ids.dtype} ${fmtShape(ids.shape)}` : typeof ids,
+    });
+  }
+  const steps = shift ? t - 1 : t;
+  if (steps <= 0 || b === 0) {
+    throw new TensorqError("no position to score", {
+      op,
+      kind: "shape",
+      argument: "logits",
+      expected: shift ? "at least 2 tokens" : "at least 1 token",
+      actual: `shape ${fmtShape(logits.shape)}`,
+    });
+  }
+  const targets = Array.from(ids.dataSync() as Int32Array | BigInt64Array, Number);
+  const flatIndex = new Int32Array(b * steps);
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < steps; j++) {
+      const target = targets[i * t + j + (shift ? 1 : 0)];
+      if (!Number.isInteger(target) || target < 0 || target >= vocab) {
+        throw new TensorqError("target id outside the vocabulary", {
+          op,
+          kind: "argument",
+          argument: `ids[${i}, ${j + (shift ? 1 : 0)}]`,
+          expected: `an integer in [0, ${vocab})`,
+          actual: String(target),
+        });
+      }
+      flatIndex[i * steps + j] = (i * steps + j) * vocab + target;
+    }
+  }
+  const scored = shift ? slice(logits, [null, [0, steps]]) : logits;
+  const logp = reshape(logSoftmax(scored, -1), [b * steps * vocab]);
+  const picked = gather(logp, tensor(flatIndex, { device: logits.device }), 0);
+  return -mean(cast(picked, "float32")).item();
+}
+
+/** UTF-8 bytes of `text`: the token ids of a byte-level model. */
+export function encodeBytes(text: string): number[] {
+  return Array.from(new TextEncoder().encode(text));
+}
+
+/**
+ * Text of byte ids (each in [0, 255]); invalid UTF-8 (e.g. a cut multi-byte character)
+ * decodes to U+FFFD.
+ */
+export function decodeBytes(ids: readonly number[]): string {
+  const bad = ids.findIndex((v) => !Number.isInteger(v) || v < 0 || v > 255);
+  if (bad >= 0) {
+    throw new TensorqError("byte ids must be integers in [0, 255]", {
+      op: "decodeBytes",
+      kind: "argument",
+      argument: `ids[${bad}]`,
+      expected: "an integer in [0, 255]",
+      actual: String(ids[bad]),
+    });
+  }
+  return new TextDecoder().decode(Uint8Array.from(ids));
+}

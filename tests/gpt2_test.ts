@@ -1,0 +1,542 @@
+/**
+ * GPT-2 against PyTorch: the tiny byte-level Shakespeare model's float32 logits and loss
+ * (fixtures in ../shared), KV-cache decoding, generation, sharded checkpoints and load errors.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { HfCheckpoint, loadHfCheckpoint } from "../lib/io/hf.ts";
+import { loadSafetensors, saveSafetensors } from "../lib/io/tensors.ts";
+import {
+  decodeBytes,
+  encodeBytes,
+  generate,
+  gpt2Config,
+  GPT2LMHeadModel,
+  KVCache,
+  lossFromLogits,
+  parseGPT2Config,
+} from "../lib/models/gpt2.ts";
+import { concat, slice } from "../lib/ops/shape.ts";
+import { type Tensor, tensor } from "../lib/tensor.ts";
+import { assertTqError, thisLine } from "./helpers.ts";
+
+const SHARED = new URL("../../shared/", import.meta.url);
+const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED).pathname;
+const FIXTURES = new URL("fixtures/", SHARED).pathname;
+const LOAD_OP = "GPT2LMHeadModel.fromPretrained";
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const haveShared = exists(`${MODEL_DIR}model.safetensors`) &&
+  exists(`${FIXTURES}reference.safetensors`) && exists(`${FIXTURES}report.json`);
+if (!haveShared) console.log(`gpt2 tests skipped: ${SHARED.pathname} (fixtures) not present`);
+
+/** A test that needs the shared model and fixtures; ignored (visibly) without them. */
+function sharedTest(name: string, fn: () => void | Promise<void>): void {
+  Deno.test({
+    name: haveShared ? name : `${name} (skipped: no ../shared)`,
+    ignore: !haveShared,
+    fn,
+  });
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= m)) m = d; // NaN propagates as a failure
+  }
+  return m;
+}
+
+function floats(t: Tensor): Float32Array {
+  return t.dataSync() as Float32Array;
+}
+
+// The model and the one full [8, 256] forward, shared by every test that needs them.
+let model: GPT2LMHeadModel | undefined;
+function tinyModel(): GPT2LMHeadModel {
+  model ??= GPT2LMHeadModel.fromPretrained(MODEL_DIR);
+  return model;
+}
+
+interface Reference {
+  inputIds: Tensor;
+  torchLogits: Float32Array;
+  logits: Tensor;
+  seconds: number;
+}
+let reference: Reference | undefined;
+function fullForward(): Reference {
+  if (reference) return reference;
+  using ref = loadSafetensors(`${FIXTURES}reference.safetensors`);
+  const inputIds = ref.get("input_ids");
+  const torchLogits = floats(ref.get("logits"));
+  const m = tinyModel();
+  const start = performance.now();
+  const logits = m.forward(inputIds).evaluate();
+  const seconds = (performance.now() - start) / 1000;
+  console.log(`full forward [8, 256] on cpu: ${seconds.toFixed(2)} s`);
+  reference = { inputIds, torchLogits, logits, seconds };
+  return reference;
+}
+
+/** Token ids of row `row`, first `n` positions, of the reference inputs. */
+function promptOf(row: number, n: number): number[] {
+  const ids = fullForward().inputIds.dataSync() as Int32Array;
+  return Array.from(ids.subarray(row * 256, row * 256 + n));
+}
+
+// ---------------------------------------------------------------------------------------
+// Config
+
+Deno.test("gpt2Config: defaults are GPT-2 small; invalid fields are named", () => {
+  const c = gpt2Config();
+  assert.deepEqual(
+    [c.vocabSize, c.nPositions, c.nEmbd, c.nLayer, c.nHead, c.nInner],
+    [50257, 1024, 768, 12, 12, 3072],
+  );
+  assert.equal(c.activation, "gelu_new");
+  assert.equal(c.tieWordEmbeddings, true);
+  assertTqError(() => gpt2Config({ nEmbd: 100, nHead: 3 }), {
+    op: "GPT2Config",
+    kind: "argument",
+    includes: ["nHead", "divisor of nEmbd (100)"],
+    line: thisLine() - 4,
+  });
+  assertTqError(() => gpt2Config({ nLayer: 0 }), { op: "GPT2Config", includes: ["nLayer"] });
+  assertTqError(() => parseGPT2Config({ model_type: "bert" }), {
+    op: "GPT2Config",
+    includes: ["model_type", '"bert"'],
+  });
+  assertTqError(() => parseGPT2Config({ activation_function: "relu" }), {
+    op: "GPT2Config",
+    includes: ["activation", '"relu"'],
+  });
+  // gpt2-medium's shapes; n_inner null means 4·n_embd.
+  const medium = parseGPT2Config({ n_embd: 1024, n_layer: 24, n_head: 16, n_inner: null });
+  assert.deepEqual([medium.nEmbd, medium.nLayer, medium.nHead, medium.nInner], [
+    1024,
+    24,
+    16,
+    4096,
+  ]);
+});
+
+sharedTest("parseGPT2Config reads the tiny model's config.json", () => {
+  const c = parseGPT2Config(JSON.parse(Deno.readTextFileSync(`${MODEL_DIR}config.json`)));
+  assert.deepEqual(c, {
+    vocabSize: 256,
+    nPositions: 256,
+    nEmbd: 256,
+    nLayer: 4,
+    nHead: 4,
+    nInner: 1024,
+    layerNormEpsilon: 1e-5,
+    activation: "gelu_new",
+    scaleAttnWeights: true,
+    scaleAttnByInverseLayerIdx: false,
+    tieWordEmbeddings: true,
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+sharedTest("fromPretrained: HF names, Conv1D weights transposed, lm_head tied to wte", () => {
+  const m = tinyModel();
+  const sd = m.stateDict();
+  assert.deepEqual(sd["transformer.h.0.attn.c_attn.weight"].shape, [768, 256]);
+  assert.deepEqual(sd["transformer.h.3.mlp.c_proj.weight"].shape, [256, 1024]);
+  assert.deepEqual(sd["transformer.wpe.weight"].shape, [256, 256]);
+  assert.ok(sd["lm_head.weight"] === sd["transformer.wte.weight"], "the same tensor");
+  assert.equal(Object.keys(sd).length, 2 + 4 * 12 + 2 + 1);
+  // Linear's [out, in] is the transpose of the file's [in, out].
+  using ckpt = loadHfCheckpoint(MODEL_DIR);
+  const file = floats(ckpt.tensor("transformer.h.2.mlp.c_fc.weight")); // [256, 1024]
+  const mine = floats(sd["transformer.h.2.mlp.c_fc.weight"]); // [1024, 256]
+  for (const [i, o] of [[0, 0], [3, 700], [255, 1023], [100, 1]]) {
+    assert.equal(mine[o * 256 + i], file[i * 1024 + o], `element in=${i} out=${o}`);
+  }
+  assert.ok(sd["transformer.h.2.mlp.c_fc.weight"].isEvaluated, "materialized at load");
+});
+
+sharedTest("logits of input_ids match PyTorch float32 (max |diff| <= 1e-3)", () => {
+  const { logits, torchLogits, seconds } = fullForward();
+  assert.deepEqual(logits.shape, [8, 256, 256]);
+  const diff = maxAbsDiff(floats(logits), torchLogits);
+  console.log(`max |logit diff| vs PyTorch: ${diff.toExponential(3)} (${seconds.toFixed(2)} s)`);
+  assert.ok(diff <= 1e-3, `max diff ${diff}`);
+});
+
+sharedTest("lossFromLogits matches report.json fp32_loss (within 1e-4)", () => {
+  const { logits, inputIds, torchLogits } = fullForward();
+  const report = JSON.parse(Deno.readTextFileSync(`${FIXTURES}report.json`));
+  const loss = lossFromLogits(logits, inputIds);
+  console.log(`loss ${loss} vs report ${report.fp32_loss}`);
+  assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss}`);
+  // The PyTorch logits give the same number: the loss function is right on its own.
+  const torchLoss = lossFromLogits(tensor(torchLogits, { shape: [8, 256, 256] }), inputIds);
+  assert.ok(Math.abs(torchLoss - report.fp32_loss) <= 1e-5, `torch loss ${torchLoss}`);
+});
+
+Deno.test("lossFromLogits: hand-computed cross entropy, shifted and unshifted", () => {
+  // One sequence, 3 positions, vocab 2. log-softmax of [0, ln 3] is [ln(1/4), ln(3/4)].
+  const l3 = Math.log(3);
+  const logits = tensor([[[0, l3], [l3, 0], [0, 0]]]);
+  const ids = tensor(Int32Array.from([0, 1, 1]), { shape: [1, 3] });
+  // Shifted: position 0 → id 1 (3/4), position 1 → id 1 (1/4).
+  const shifted = -(Math.log(3 / 4) + Math.log(1 / 4)) / 2;
+  assert.ok(Math.abs(lossFromLogits(logits, ids) - shifted) < 1e-6);
+  // Unshifted: 0 → 0 (1/4), 1 → 1 (1/4), 2 → 1 (1/2).
+  const plain = -(Math.log(1 / 4) + Math.log(1 / 4) + Math.log(1 / 2)) / 3;
+  assert.ok(Math.abs(lossFromLogits(logits, ids, { shift: false }) - plain) < 1e-6);
+  assertTqError(
+    () => lossFromLogits(logits, tensor(Int32Array.from([0, 2, 1]), { shape: [1, 3] })),
+    {
+      op: "lossFromLogits",
+      includes: ["ids[0, 1]", "[0, 2)"],
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------------------
+// KV cache
+
+sharedTest("KV-cache decoding equals the full forward (max |diff| <= 1e-4)", () => {
+  const m = tinyModel();
+  const prompt = promptOf(0, 24);
+  const ids = (xs: number[]) => tensor(Int32Array.from(xs), { shape: [1, xs.length] });
+  const full = floats(m.forward(ids(prompt)));
+  const cache = m.createCache();
+  const parts: Tensor[] = [];
+  // A 16-token prefill, a 3-token chunk, then one token at a time.
+  parts.push(m.forward(ids(prompt.slice(0, 16)), { cache }));
+  assert.equal(cache.length, 16);
+  parts.push(m.forward(ids(prompt.slice(16, 19)), { cache }));
+  for (let i = 19; i < 24; i++) parts.push(m.forward(ids([prompt[i]]), { cache }));
+  assert.equal(cache.length, 24);
+  assert.deepEqual(cache.layers[3].key!.shape, [1, 4, 24, 64]);
+  const stepped = floats(concat(parts, 1));
+  const diff = maxAbsDiff(stepped, full);
+  console.log(`max |cached - full| logits: ${diff.toExponential(3)}`);
+  assert.ok(diff <= 1e-4, `max diff ${diff}`);
+  // And both agree with PyTorch on those positions (causal: the rest of the row is unseen).
+  const torchRow = fullForward().torchLogits.subarray(0, 24 * 256);
+  assert.ok(maxAbsDiff(full, torchRow) <= 1e-3);
+  cache.reset();
+  assert.equal(cache.length, 0);
+});
+
+sharedTest("forward with a cache rejects overflow and batch mismatches", () => {
+  const m = tinyModel();
+  const cache = m.createCache();
+  m.forward(tensor(Int32Array.from([1, 2, 3, 4]), { shape: [2, 2] }), { cache });
+  assertTqError(() => m.forward(tensor(Int32Array.from([5]), { shape: [1, 1] }), { cache }), {
+    op: "GPT2LMHeadModel.forward",
+    kind: "shape",
+    includes: ["batch 2"],
+    line: thisLine() - 4,
+  });
+  assertTqError(
+    () => m.forward(tensor(new Int32Array(2 * 255), { shape: [2, 255] }), { cache }),
+    { op: "GPT2LMHeadModel.forward", includes: ["at most 256 positions", "2 cached + 255 new"] },
+  );
+  assertTqError(() => m.forward(tensor([[1, 2]])), {
+    op: "GPT2LMHeadModel.forward",
+    kind: "dtype",
+  });
+  assertTqError(() => m.forward(tensor(Int32Array.from([1]))), {
+    op: "GPT2LMHeadModel.forward",
+    kind: "shape",
+  });
+  assert.throws(() => new KVCache(0));
+});
+
+// ---------------------------------------------------------------------------------------
+// Generation
+
+sharedTest("greedy generate: deterministic, same with and without cache, matches argmax", () => {
+  const m = tinyModel();
+  const prompt = promptOf(1, 24);
+  const a = generate(m, prompt, { maxNewTokens: 12 });
+  const b = generate(m, prompt, { maxNewTokens: 12, strategy: "greedy" });
+  const noCache = generate(m, prompt, { maxNewTokens: 12, cache: false });
+  assert.equal(a.length, 12);
+  assert.deepEqual(a, b);
+  assert.deepEqual(noCache, a);
+  // The first token is the argmax of PyTorch's logits at the prompt's last position.
+  const row = fullForward().torchLogits.subarray((256 + 23) * 256, (256 + 24) * 256);
+  assert.equal(a[0], row.indexOf(Math.max(...row)));
+  // A tensor prompt gives the same tokens; onToken sees each as it comes.
+  const seen: number[] = [];
+  const c = generate(m, tensor(Int32Array.from(prompt)), {
+    maxNewTokens: 12,
+    onToken: (t) => seen.push(t),
+  });
+  assert.deepEqual(c, a);
+  assert.deepEqual(seen, a);
+  // Stop tokens end generation after being emitted.
+  assert.deepEqual(generate(m, prompt, { maxNewTokens: 12, stopTokens: [a[3]] }), a.slice(0, 4));
+  console.log(`greedy: ${JSON.stringify(decodeBytes(prompt) + "|" + decodeBytes(a))}`);
+});
+
+sharedTest("sampling is reproducible by seed; topK 1 is greedy", () => {
+  const m = tinyModel();
+  const prompt = encodeBytes("ROMEO:\n");
+  const opts = { maxNewTokens: 24, strategy: "sample" as const, temperature: 1.0 };
+  const s1 = generate(m, prompt, { ...opts, seed: 7 });
+  const s2 = generate(m, prompt, { ...opts, seed: 7 });
+  const s3 = generate(m, prompt, { ...opts, seed: 8 });
+  assert.deepEqual(s1, s2);
+  assert.notDeepEqual(s1, s3);
+  assert.ok(s1.every((t) => Number.isInteger(t) && t >= 0 && t < 256));
+  const greedy = generate(m, prompt, { maxNewTokens: 10 });
+  assert.deepEqual(
+    generate(m, prompt, { maxNewTokens: 10, strategy: "sample", topK: 1, seed: 3 }),
+    greedy,
+  );
+  // A very low temperature concentrates all mass on the argmax.
+  assert.deepEqual(
+    generate(m, prompt, { maxNewTokens: 10, strategy: "sample", temperature: 1e-4, seed: 5 }),
+    greedy,
+  );
+  console.log(`sample(seed 7): ${JSON.stringify(decodeBytes(s1))}`);
+});
+
+sharedTest("generate rejects bad arguments", () => {
+  const m = tinyModel();
+  assertTqError(() => generate(m, [1, 256], { maxNewTokens: 1 }), {
+    op: "generate",
+    includes: ["promptIds[1]", "[0, 256)"],
+    line: thisLine() - 3,
+  });
+  assertTqError(() => generate(m, new Array(250).fill(65), { maxNewTokens: 7 }), {
+    op: "generate",
+    includes: ["maxNewTokens", "<= 256"],
+  });
+  assertTqError(() => generate(m, [65], { maxNewTokens: 1, temperature: 0 }), {
+    op: "generate",
+    includes: ["temperature"],
+  });
+  assertTqError(() => generate(m, [65], { maxNewTokens: 1, topK: 0 }), {
+    op: "generate",
+    includes: ["topK"],
+  });
+  assertTqError(() => generate(m, [], { maxNewTokens: 1 }), { op: "generate" });
+  assert.deepEqual(generate(m, [65], { maxNewTokens: 0 }), []);
+});
+
+Deno.test("encodeBytes / decodeBytes: UTF-8 bytes round trip", () => {
+  assert.deepEqual(encodeBytes("Hé!"), [72, 0xc3, 0xa9, 33]);
+  assert.equal(decodeBytes([72, 0xc3, 0xa9, 33]), "Hé!");
+  assert.equal(decodeBytes([0xc3]), "\ufffd");
+  assertTqError(() => decodeBytes([65, 256]), { op: "decodeBytes", includes: ["ids[1]"] });
+});
+
+// ---------------------------------------------------------------------------------------
+// Random models
+
+Deno.test("GPT2LMHeadModel.random: seeded, tied, any size", () => {
+  const config = { vocabSize: 64, nPositions: 16, nEmbd: 32, nLayer: 2, nHead: 4 };
+  const a = GPT2LMHeadModel.random(config, { seed: 1 });
+  const b = GPT2LMHeadModel.random(config, { seed: 1 });
+  const c = GPT2LMHeadModel.random(config, { seed: 2 });
+  const ids = tensor(Int32Array.from([1, 5, 9, 63, 0, 2]), { shape: [2, 3] });
+  const la = floats(a.forward(ids));
+  assert.equal(la.length, 2 * 3 * 64);
+  assert.ok(la.every(Number.isFinite));
+  assert.equal(maxAbsDiff(la, floats(b.forward(ids))), 0);
+  assert.ok(maxAbsDiff(la, floats(c.forward(ids))) > 1e-4);
+  assert.ok(a.lm_head.weight === a.transformer.wte.weight);
+  const w = floats(a.transformer.h.at(0)!.stateDict()["attn.c_attn.weight"]);
+  const std = Math.sqrt(w.reduce((s, v) => s + v * v, 0) / w.length);
+  assert.ok(Math.abs(std - 0.02) < 0.002, `init std ${std}`);
+  // Cached decoding on a random model with an odd head count also matches the full pass.
+  const odd = GPT2LMHeadModel.random({ ...config, nEmbd: 24, nHead: 3, tieWordEmbeddings: false });
+  assert.ok(odd.lm_head.weight !== odd.transformer.wte.weight);
+  const full = floats(odd.forward(ids));
+  const cache = odd.createCache();
+  const first = odd.forward(slice(ids, [null, [0, 2]]), { cache });
+  const last = odd.forward(slice(ids, [null, [2, 3]]), { cache });
+  assert.ok(maxAbsDiff(floats(concat([first, last], 1)), full) <= 1e-5);
+});
+
+// ---------------------------------------------------------------------------------------
+// Checkpoint directories: sharded, broken
+
+/** Writes a checkpoint directory with the tiny model's config and the given tensors. */
+function writeCheckpoint(
+  tensors: Record<string, Tensor>,
+  shards?: Record<string, string[]>,
+): string {
+  const dir = Deno.makeTempDirSync({ prefix: "tensorq-gpt2-" });
+  Deno.copyFileSync(`${MODEL_DIR}config.json`, `${dir}/config.json`);
+  if (!shards) {
+    saveSafetensors(`${dir}/model.safetensors`, tensors, { format: "pt" });
+    return dir;
+  }
+  const weightMap: Record<string, string> = {};
+  for (const [file, names] of Object.entries(shards)) {
+    const part = Object.fromEntries(names.filter((n) => n in tensors).map((n) => [n, tensors[n]]));
+    saveSafetensors(`${dir}/${file}`, part, { format: "pt" });
+    for (const n of names) weightMap[n] = file;
+  }
+  Deno.writeTextFileSync(
+    `${dir}/model.safetensors.index.json`,
+    JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }),
+  );
+  return dir;
+}
+
+function tinyTensors(): Record<string, Tensor> {
+  using f = loadSafetensors(`${MODEL_DIR}model.safetensors`);
+  return f.toRecord();
+}
+
+function twoShards(names: string[]): Record<string, string[]> {
+  const half = Math.ceil(names.length / 2);
+  return {
+    "model-00001-of-00002.safetensors": names.slice(0, half),
+    "model-00002-of-00002.safetensors": names.slice(half),
+  };
+}
+
+sharedTest("a sharded checkpoint loads and gives identical logits", () => {
+  const tensors = tinyTensors();
+  const dir = writeCheckpoint(tensors, twoShards(Object.keys(tensors)));
+  try {
+    using ckpt = loadHfCheckpoint(dir);
+    assert.ok(ckpt instanceof HfCheckpoint && ckpt.sharded);
+    assert.equal(ckpt.shards.length, 2);
+    assert.deepEqual([...ckpt.names].sort(), Object.keys(tensors).sort());
+    assert.equal(ckpt.shardOf("transformer.ln_f.weight"), "model-00002-of-00002.safetensors");
+    assert.deepEqual(ckpt.info("transformer.wte.weight"), { shape: [256, 256], dtype: "float32" });
+    assertTqError(() => ckpt.tensor("transformer.h.9.ln_1.weight"), {
+      op: "loadHfCheckpoint",
+      kind: "io",
+      includes: ["'transformer.h.9.ln_1.weight'", "weight_map"],
+    });
+
+    const sharded = GPT2LMHeadModel.fromPretrained(dir);
+    const ids = slice(fullForward().inputIds, [[0, 2], [0, 64]]);
+    const want = floats(tinyModel().forward(ids));
+    assert.equal(maxAbsDiff(floats(sharded.forward(ids)), want), 0);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+sharedTest("broken checkpoints give errors naming the tensor or file", () => {
+  const tensors = tinyTensors();
+  const dirs: string[] = [];
+  try {
+    // A missing tensor.
+    const { ["transformer.h.1.mlp.c_fc.weight"]: _, ...withoutOne } = tensors;
+    dirs.push(writeCheckpoint(withoutOne));
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dirs.at(-1)!), {
+      op: LOAD_OP,
+      kind: "io",
+      includes: ["missing tensors: 'transformer.h.1.mlp.c_fc.weight'"],
+      line: thisLine() - 4,
+    });
+    // A tensor of the wrong shape.
+    dirs.push(
+      writeCheckpoint({ ...tensors, "transformer.ln_f.weight": tensor(new Float32Array(128)) }),
+    );
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dirs.at(-1)!), {
+      op: LOAD_OP,
+      kind: "shape",
+      includes: ["'transformer.ln_f.weight': expected [256], got [128]"],
+    });
+    // A Conv1D weight stored as [out, in] instead of HF's [in, out].
+    const c = tensors["transformer.h.0.attn.c_attn.weight"];
+    dirs.push(writeCheckpoint({
+      ...tensors,
+      "transformer.h.0.attn.c_attn.weight": c.transpose(0, 1).evaluate(),
+    }));
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dirs.at(-1)!), {
+      op: LOAD_OP,
+      includes: ["'transformer.h.0.attn.c_attn.weight': expected [256, 768], got [768, 256]"],
+    });
+    // An unexpected tensor; old-style causal-mask buffers are skipped silently.
+    dirs.push(writeCheckpoint({
+      ...tensors,
+      "transformer.h.0.attn.bias": tensor(new Float32Array(4), { shape: [1, 1, 2, 2] }),
+      "transformer.h.0.extra.weight": tensor(new Float32Array(3)),
+    }));
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dirs.at(-1)!), {
+      op: LOAD_OP,
+      includes: ["unexpected tensors: 'transformer.h.0.extra.weight'"],
+    });
+    // A sharded index naming a tensor its shard lacks.
+    const names = Object.keys(tensors);
+    const shards = twoShards(names);
+    shards["model-00002-of-00002.safetensors"].push("transformer.h.0.ln_1.weight");
+    dirs.push(writeCheckpoint(
+      Object.fromEntries(
+        names.filter((n) => n !== "transformer.h.0.ln_1.weight").map((n) => [
+          n,
+          tensors[n],
+        ]),
+      ),
+      {
+        "model-00001-of-00002.safetensors": shards["model-00001-of-00002.safetensors"].filter(
+          (n) => n !== "transformer.h.0.ln_1.weight",
+        ),
+        "model-00002-of-00002.safetensors": shards["model-00002-of-00002.safetensors"],
+      },
+    ));
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dirs.at(-1)!), {
+      op: "loadHfCheckpoint",
+      kind: "io",
+      includes: ["'transformer.h.0.ln_1.weight'", "model-00002-of-00002.safetensors"],
+    });
+    // A shard file that does not exist.
+    const dir = writeCheckpoint(tensors, twoShards(names));
+    dirs.push(dir);
+    Deno.removeSync(`${dir}/model-00001-of-00002.safetensors`);
+    assertTqError(() => loadHfCheckpoint(dir), {
+      op: "loadHfCheckpoint",
+      kind: "io",
+      includes: ["missing shard", "model-00001-of-00002.safetensors", `'${names[0]}'`],
+    });
+    // No weights, no config.
+    Deno.removeSync(`${dir}/model.safetensors.index.json`);
+    assertTqError(() => loadHfCheckpoint(dir), {
+      op: "loadHfCheckpoint",
+      includes: ["model.safetensors or model.safetensors.index.json"],
+    });
+    Deno.removeSync(`${dir}/config.json`);
+    assertTqError(() => GPT2LMHeadModel.fromPretrained(dir), {
+      op: "loadHfCheckpoint",
+      kind: "io",
+      includes: ["missing config.json"],
+    });
+  } finally {
+    for (const d of dirs) Deno.removeSync(d, { recursive: true });
+  }
+});
+
+sharedTest("checkpoints without the transformer. prefix (original gpt2 files) load", () => {
+  const tensors = tinyTensors();
+  const renamed = Object.fromEntries(
+    Object.entries(tensors).map(([k, v]) => [k.replace(/^transformer\./, ""), v]),
+  );
+  const dir = writeCheckpoint(renamed);
+  try {
+    const m = GPT2LMHeadModel.fromPretrained(dir);
+    const ids = slice(fullForward().inputIds, [[0, 1], [0, 32]]);
+    assert.equal(maxAbsDiff(floats(m.forward(ids)), floats(tinyModel().forward(ids))), 0);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
