@@ -1,0 +1,432 @@
+/**
+ * Calibration: run a model over sample batches with an observer on the input of every
+ * {@link Linear}, and collect the ranges (amax) that quantization scales are made from.
+ *
+ * ```ts
+ * const calib = calibrate(model, batches, (m, x) => m.forward(x), { method: "max" });
+ * quantizeModel(model, { mode: "w8a8", calibration: calib });
+ * ```
+ * @module
+ */
+import { decode } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import { Linear } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import type { Tensor } from "../tensor.ts";
+import {
+  type AmaxObserver,
+  HistogramObserver,
+  MaxObserver,
+  PerChannelMaxObserver,
+} from "./observers.ts";
+
+/** How the per-tensor input amax is chosen from the observed values. */
+export type CalibrationMethod = "max" | "percentile" | "entropy" | "mse";
+
+/** What calibration (or an imported amax file) knows about one Linear layer. */
+export interface LayerCalibration {
+  /** Per-tensor amax of the layer's input (absent when the layer never ran or was not given). */
+  inputAmax?: number;
+  /** max |x| of each input feature (last dimension), with `perChannel: true`. */
+  inputChannelAmax?: Float32Array;
+  /**
+   * max |W| of each output row `[out]`. Imported values keep their file's length (one value
+   * stands for every row; `out · in / blockSize` values are block amax).
+   */
+  weightAmax?: Float32Array;
+  /** max |W| of each block of `weightBlockSize` input features: `[out, in / weightBlockSize]`. */
+  weightBlockAmax?: Float32Array;
+  /** The block size of {@link LayerCalibration.weightBlockAmax}. */
+  weightBlockSize?: number;
+}
+
+/** Calibration results by dotted layer name. */
+export type Calibration = Map<string, LayerCalibration>;
+
+/** Options of {@link calibrate}. */
+export interface CalibrateOptions {
+  /** Input amax method (default "max"); the histogram methods use 2048 bins. */
+  method?: CalibrationMethod;
+  /** The percentile for method "percentile" (default 99.99). */
+  percentile?: number;
+  /** Also collect max |x| per input feature (`inputChannelAmax`, needed by SmoothQuant). */
+  perChannel?: boolean;
+  /** Also compute `weightBlockAmax` for blocks of this many input features (e.g. 128). */
+  weightBlockSize?: number;
+  /**
+   * Called after each batch with the batches done and the total (undefined for an iterable
+   * without a length). When given, nothing is printed; otherwise a progress line is
+   * printed when stdout is a terminal.
+   */
+  onProgress?: (done: number, total: number | undefined) => void;
+}
+
+const METHODS: readonly CalibrationMethod[] = ["max", "percentile", "entropy", "mse"];
+
+function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (value === null) return "null";
+  if (value instanceof Module) return value.constructor.name;
+  return Array.isArray(value) ? "an array" : typeof value;
+}
+
+/**
+ * Every module under `module` (itself first, named `prefix`, "" by default) with dotted
+ * names, depth first in registration order. A module registered twice is listed once, under
+ * its first name.
+ */
+export function namedModules(module: Module, prefix: string = ""): [string, Module][] {
+  if (!(module instanceof Module)) {
+    throw new TensorqError("expected a Module", {
+      op: "namedModules",
+      kind: "argument",
+      argument: "module",
+      expected: "a Module",
+      actual: describe(module),
+    });
+  }
+  const out: [string, Module][] = [];
+  const seen = new Set<Module>();
+  const walk = (m: Module, name: string) => {
+    if (seen.has(m)) return;
+    seen.add(m);
+    out.push([name, m]);
+    for (const [child, sub] of m.children()) walk(sub, name ? `${name}.${child}` : child);
+  };
+  walk(module, prefix);
+  return out;
+}
+
+/** The {@link Linear} layers under `module` with their dotted names. */
+export function namedLinears(module: Module): [string, Linear][] {
+  return namedModules(module).filter((e): e is [string, Linear] => e[1] instanceof Linear);
+}
+
+/** The module at a dotted name under `root` ("" is `root`), or undefined. */
+export function findModule(root: Module, name: string): Module | undefined {
+  if (name === "") return root;
+  let m: Module | undefined = root;
+  for (const part of name.split(".")) {
+    m = m.children().find(([n]) => n === part)?.[1];
+    if (!m) return undefined;
+  }
+  return m;
+}
+
+/** The values of a float tensor as float32 on the host (evaluating it). */
+function hostFloats(t: Tensor): Float32Array {
+  return decode(t.dtype, t.storageSync()) as Float32Array;
+}
+
+/**
+ * max |W| of each row of a 2-D weight `[out, in]` (one value per output channel).
+ *
+ * @param weight A float tensor of rank 2.
+ * @returns `[out]` absolute maxima.
+ */
+export function weightAmaxPerRow(weight: Tensor): Float32Array {
+  const [rows, cols] = weight2d("weightAmaxPerRow", weight);
+  const w = hostFloats(weight);
+  const out = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let m = 0;
+    for (let c = r * cols, end = c + cols; c < end; c++) {
+      const a = Math.abs(w[c]);
+      if (a > m) m = a;
+    }
+    out[r] = m;
+  }
+  return out;
+}
+
+/**
+ * max |W| of each block of `blockSize` consecutive input features of a weight `[out, in]`.
+ *
+ * @param weight A float tensor of rank 2.
+ * @param blockSize Divides `in`.
+ * @returns `[out, in / blockSize]` absolute maxima, row-major.
+ */
+export function weightAmaxPerBlock(weight: Tensor, blockSize: number): Float32Array {
+  const op = "weightAmaxPerBlock";
+  const [rows, cols] = weight2d(op, weight);
+  if (!Number.isInteger(blockSize) || blockSize <= 0 || cols % blockSize !== 0) {
+    throw new TensorqError("blockSize must be a positive divisor of the input features", {
+      op,
+      kind: "argument",
+      argument: "blockSize",
+      expected: `a positive divisor of ${cols}`,
+      actual: describe(blockSize),
+    });
+  }
+  const w = hostFloats(weight);
+  const perRow = cols / blockSize;
+  const out = new Float32Array(rows * perRow);
+  for (let b = 0; b < out.length; b++) {
+    let m = 0;
+    for (let c = b * blockSize, end = c + blockSize; c < end; c++) {
+      const a = Math.abs(w[c]);
+      if (a > m) m = a;
+    }
+    out[b] = m;
+  }
+  return out;
+}
+
+/** max |W| of each column of a weight `[out, in]` (one value per input feature). */
+export function weightAmaxPerColumn(weight: Tensor): Float32Array {
+  const [rows, cols] = weight2d("weightAmaxPerColumn", weight);
+  const w = hostFloats(weight);
+  const out = new Float32Array(cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const a = Math.abs(w[r * cols + c]);
+      if (a > out[c]) out[c] = a;
+    }
+  }
+  return out;
+}
+
+function weight2d(op: string, weight: Tensor): [number, number] {
+  if (!weight || typeof weight !== "object" || !("node" in weight) || weight.rank !== 2) {
+    throw new TensorqError("expected a 2-D weight [out, in]", {
+      op,
+      kind: "shape",
+      argument: "weight",
+      expected: "a rank-2 tensor",
+      actual: weight && typeof weight === "object" && "shape" in weight
+        ? `shape [${(weight as Tensor).shape.join(", ")}]`
+        : describe(weight),
+    });
+  }
+  return [weight.shape[0], weight.shape[1]];
+}
+
+interface Watch {
+  name: string;
+  layer: Linear;
+  input: AmaxObserver;
+  channels?: PerChannelMaxObserver;
+}
+
+function checkOptions(options: CalibrateOptions): void {
+  const op = "calibrate";
+  if (typeof options !== "object" || options === null) {
+    throw new TensorqError("options must be an object", {
+      op,
+      kind: "argument",
+      argument: "options",
+      expected: "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
+      actual: describe(options),
+    });
+  }
+  const method = options.method ?? "max";
+  if (!METHODS.includes(method)) {
+    throw new TensorqError("unknown calibration method", {
+      op,
+      kind: "argument",
+      argument: "method",
+      expected: `one of ${METHODS.join(", ")}`,
+      actual: describe(method),
+    });
+  }
+  const p = options.percentile;
+  if (p !== undefined && !(typeof p === "number" && p > 0 && p <= 100)) {
+    throw new TensorqError("percentile must be in (0, 100]", {
+      op,
+      kind: "argument",
+      argument: "percentile",
+      expected: "a number in (0, 100], e.g. 99.99",
+      actual: describe(p),
+    });
+  }
+  const b = options.weightBlockSize;
+  if (b !== undefined && !(Number.isInteger(b) && b > 0)) {
+    throw new TensorqError("weightBlockSize must be a positive integer", {
+      op,
+      kind: "argument",
+      argument: "weightBlockSize",
+      expected: "a positive integer, e.g. 128",
+      actual: describe(b),
+    });
+  }
+  if (options.onProgress !== undefined && typeof options.onProgress !== "function") {
+    throw new TensorqError("onProgress must be a function", {
+      op,
+      kind: "argument",
+      argument: "onProgress",
+      expected: "(done, total) => void",
+      actual: describe(options.onProgress),
+    });
+  }
+}
+
+function makeInputObserver(options: CalibrateOptions): AmaxObserver {
+  const method = options.method ?? "max";
+  if (method === "max") return new MaxObserver();
+  return new HistogramObserver({ method, percentile: options.percentile ?? 99.99 });
+}
+
+function isTerminal(): boolean {
+  try {
+    return Deno.stdout.isTerminal();
+  } catch {
+    return false;
+  }
+}
+
+function printProgress(text: string): void {
+  try {
+    Deno.stdout.writeSync(new TextEncoder().encode(text));
+  } catch {
+    // A closed or unwritable stdout must not break calibration.
+  }
+}
+
+/**
+ * Runs `run(model, batch)` for every batch with an observer on the input of every
+ * {@link Linear} under `model` (through `Linear.inputObserver`, restored afterwards, even on
+ * error), and returns per layer the input amax by `method`, the weight amax per output row,
+ * and on request per input channel (`perChannel`) and per weight block (`weightBlockSize`).
+ *
+ * The observers read each input on the host (`storageSync`, decoded to float32), which
+ * evaluates the graph up to that layer.
+ *
+ * @param model The model (any {@link Module}; it needs at least one Linear).
+ * @param batches The calibration batches (an array or any iterable; at least one): tensors,
+ *   or anything `run` understands (token id arrays, records of inputs).
+ * @param run Runs the model on one batch (synchronously); its result (e.g. the logits) is
+ *   ignored and not evaluated.
+ * @param options Method, percentile, per-channel and block options, progress callback.
+ * @returns Results by dotted layer name; layers that never ran have no `inputAmax`.
+ * @throws {TensorqError} for bad arguments, a model without Linear layers, no batches, a
+ *   `weightBlockSize` that does not divide a layer's input features, or an async `run`.
+ */
+export function calibrate<M extends Module, B = Tensor>(
+  model: M,
+  batches: Iterable<B> | B[],
+  run: (model: M, batch: B) => unknown,
+  options: CalibrateOptions = {},
+): Calibration {
+  const op = "calibrate";
+  if (!(model instanceof Module)) {
+    throw new TensorqError("expected a Module", {
+      op,
+      kind: "argument",
+      argument: "model",
+      expected: "a Module",
+      actual: describe(model),
+    });
+  }
+  if (batches === null || typeof (batches as Iterable<B>)?.[Symbol.iterator] !== "function") {
+    throw new TensorqError("batches must be iterable", {
+      op,
+      kind: "argument",
+      argument: "batches",
+      expected: "an array or iterable of batches",
+      actual: describe(batches),
+    });
+  }
+  if (typeof run !== "function") {
+    throw new TensorqError("run must be a function", {
+      op,
+      kind: "argument",
+      argument: "run",
+      expected: "(model, batch) => void",
+      actual: describe(run),
+    });
+  }
+  checkOptions(options);
+  const linears = namedLinears(model);
+  if (linears.length === 0) {
+    throw new TensorqError("the model has no Linear layers to calibrate", {
+      op,
+      kind: "argument",
+      argument: "model",
+      expected: "a module containing Linear layers",
+      actual: model.constructor.name,
+    });
+  }
+  const blockSize = options.weightBlockSize;
+  if (blockSize !== undefined) {
+    const bad = linears.filter(([, l]) => l.inFeatures % blockSize !== 0);
+    if (bad.length) {
+      throw new TensorqError("weightBlockSize must divide every layer's input features", {
+        op,
+        kind: "argument",
+        argument: "weightBlockSize",
+        expected: `a divisor of the input features of ${bad.map(([n]) => n).join(", ")}`,
+        actual: `${blockSize} (input features ${bad.map(([, l]) => l.inFeatures).join(", ")})`,
+      });
+    }
+  }
+
+  const watches: Watch[] = linears.map(([name, layer]) => ({
+    name,
+    layer,
+    input: makeInputObserver(options),
+    channels: options.perChannel ? new PerChannelMaxObserver(layer.inFeatures) : undefined,
+  }));
+  const previous = watches.map((w) => w.layer.inputObserver);
+  watches.forEach((w, i) => {
+    const before = previous[i];
+    w.layer.inputObserver = (x: Tensor, layer: Linear) => {
+      before?.(x, layer);
+      const values = hostFloats(x);
+      w.input.observe(values);
+      w.channels?.observe(values);
+    };
+  });
+
+  const total = Array.isArray(batches) ? batches.length : undefined;
+  const print = options.onProgress === undefined && isTerminal();
+  let done = 0;
+  try {
+    for (const batch of batches) {
+      const result: unknown = run(model, batch);
+      if (result && typeof (result as Promise<unknown>).then === "function") {
+        throw new TensorqError("run must be synchronous", {
+          op,
+          kind: "argument",
+          argument: "run",
+          expected: "a function that runs the model before returning",
+          actual: "a Promise",
+        });
+      }
+      done++;
+      if (options.onProgress) options.onProgress(done, total);
+      else if (print) {
+        printProgress(
+          `\r calibrating ${done}${total !== undefined ? `/${total}` : ""} batches ...`,
+        );
+      }
+    }
+  } finally {
+    watches.forEach((w, i) => (w.layer.inputObserver = previous[i]));
+    if (print && done > 0) printProgress("\n");
+  }
+  if (done === 0) {
+    throw new TensorqError("no calibration batches", {
+      op,
+      kind: "argument",
+      argument: "batches",
+      expected: "at least one batch",
+      actual: "an empty sequence",
+    });
+  }
+
+  const result: Calibration = new Map();
+  for (const w of watches) {
+    const entry: LayerCalibration = {
+      inputAmax: w.input.count > 0 ? w.input.amax() : undefined,
+      weightAmax: weightAmaxPerRow(w.layer.weight),
+    };
+    if (w.channels && w.channels.count > 0) entry.inputChannelAmax = w.channels.channelAmax();
+    if (blockSize !== undefined) {
+      entry.weightBlockAmax = weightAmaxPerBlock(w.layer.weight, blockSize);
+      entry.weightBlockSize = blockSize;
+    }
+    result.set(w.name, entry);
+  }
+  return result;
+}

@@ -1,0 +1,561 @@
+/**
+ * Range observers for calibration: each sees batches of values and proposes an absolute
+ * maximum (amax) from which a quantization scale is derived (`scale = amax / maxBound`).
+ *
+ * - {@link MaxObserver}: the running max of |x| (ModelOpt's default "max" calibration).
+ * - {@link PerChannelMaxObserver}: max |x| per channel of the last dimension (SmoothQuant).
+ * - {@link HistogramObserver}: a histogram of |x| over `[0, running max]` (2048 bins), from
+ *   which {@link HistogramObserver.percentile}, {@link HistogramObserver.entropy} (TensorRT's
+ *   KL-divergence calibration) and {@link HistogramObserver.mse} choose an amax, following
+ *   ModelOpt's `_compute_amax_*` functions (differences are noted on each method).
+ *
+ * Non-finite values (NaN, ±Infinity) are ignored by every observer.
+ * @module
+ */
+import { float32ToFloat8e4m3Bits, float8e4m3BitsToNumber, roundHalfToEven } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import type { QuantDType } from "../ops/quantize.ts";
+
+/** Something that watches values and proposes an absolute maximum for them. */
+export interface AmaxObserver {
+  /** Adds a batch of values. */
+  observe(x: Float32Array): void;
+  /** The proposed amax (0 before any finite value was seen). */
+  amax(): number;
+  /** The number of finite values seen so far. */
+  readonly count: number;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number") return String(value);
+  if (value === null) return "null";
+  return Array.isArray(value) ? "an array" : typeof value;
+}
+
+function checkValues(op: string, x: unknown): Float32Array {
+  if (x instanceof Float32Array) return x;
+  throw new TensorqError("observers take a Float32Array", {
+    op,
+    kind: "argument",
+    argument: "x",
+    expected: "a Float32Array",
+    actual: describe(x),
+  });
+}
+
+function positiveInt(op: string, argument: string, v: unknown, min = 1): number {
+  if (Number.isInteger(v) && (v as number) >= min) return v as number;
+  throw new TensorqError(`${argument} must be an integer >= ${min}`, {
+    op,
+    kind: "argument",
+    argument,
+    expected: `an integer >= ${min}`,
+    actual: describe(v),
+  });
+}
+
+/** The running maximum of |x| over everything observed. */
+export class MaxObserver implements AmaxObserver {
+  #amax = 0;
+  #count = 0;
+
+  /** Adds a batch of values. */
+  observe(x: Float32Array): void {
+    checkValues("MaxObserver.observe", x);
+    let m = this.#amax;
+    let n = 0;
+    for (let i = 0; i < x.length; i++) {
+      const a = Math.abs(x[i]);
+      if (a < Infinity) {
+        n++;
+        if (a > m) m = a;
+      }
+    }
+    this.#amax = m;
+    this.#count += n;
+  }
+
+  /** The largest |x| seen (0 before any value). */
+  amax(): number {
+    return this.#amax;
+  }
+
+  /** The number of finite values seen. */
+  get count(): number {
+    return this.#count;
+  }
+}
+
+/**
+ * The running maximum of |x| per channel of the last dimension: a batch of `k · channels`
+ * values is read as `[k, channels]` rows. {@link amax} is the largest over all channels.
+ */
+export class PerChannelMaxObserver implements AmaxObserver {
+  /** The number of channels (the extent of the last dimension). */
+  readonly channels: number;
+  readonly #amax: Float64Array;
+  #count = 0;
+
+  /** Creates an observer for `channels` channels. */
+  constructor(channels: number) {
+    this.channels = positiveInt("PerChannelMaxObserver", "channels", channels);
+    this.#amax = new Float64Array(this.channels);
+  }
+
+  /** Adds a batch whose length is a multiple of {@link channels}. */
+  observe(x: Float32Array): void {
+    const op = "PerChannelMaxObserver.observe";
+    checkValues(op, x);
+    const c = this.channels;
+    if (x.length % c !== 0) {
+      throw new TensorqError("the batch is not a whole number of channel rows", {
+        op,
+        kind: "shape",
+        argument: "x",
+        expected: `a multiple of ${c} values (last dimension ${c})`,
+        actual: `${x.length} values`,
+      });
+    }
+    const m = this.#amax;
+    let n = 0;
+    for (let row = 0; row < x.length; row += c) {
+      for (let j = 0; j < c; j++) {
+        const a = Math.abs(x[row + j]);
+        if (a < Infinity) {
+          n++;
+          if (a > m[j]) m[j] = a;
+        }
+      }
+    }
+    this.#count += n;
+  }
+
+  /** max |x| of each channel (0 for channels without finite values). */
+  channelAmax(): Float32Array {
+    return Float32Array.from(this.#amax);
+  }
+
+  /** The largest |x| over all channels. */
+  amax(): number {
+    let m = 0;
+    for (const v of this.#amax) if (v > m) m = v;
+    return m;
+  }
+
+  /** The number of finite values seen. */
+  get count(): number {
+    return this.#count;
+  }
+}
+
+/** How a {@link HistogramObserver} turns its histogram into an amax. */
+export type HistogramMethod = "percentile" | "entropy" | "mse";
+
+/** Options of {@link HistogramObserver}. */
+export interface HistogramObserverOptions {
+  /** Number of bins over `[0, running max]` (default 2048). */
+  bins?: number;
+  /** The method {@link HistogramObserver.amax} uses (default "entropy"). */
+  method?: HistogramMethod;
+  /** The percentile for method "percentile" (default 99.99). */
+  percentile?: number;
+  /** Options for method "entropy". */
+  entropy?: EntropyOptions;
+  /** Options for method "mse". */
+  mse?: MseOptions;
+}
+
+/** Options of {@link HistogramObserver.entropy}. */
+export interface EntropyOptions {
+  /** The first candidate threshold, in bins (default 128). */
+  startBin?: number;
+  /** Step between candidate thresholds, in bins (default 1). */
+  stride?: number;
+  /** Target dtype: int8 quantizes to 128 levels (default), int4 to 8. */
+  dtype?: "int8" | "int4";
+}
+
+/** Options of {@link HistogramObserver.mse}. */
+export interface MseOptions {
+  /** The first candidate bin (default 128). */
+  startBin?: number;
+  /** Step between candidate bins (default 1). */
+  stride?: number;
+  /** Target dtype whose rounding is simulated (default int8). */
+  dtype?: QuantDType;
+}
+
+const METHODS: readonly HistogramMethod[] = ["percentile", "entropy", "mse"];
+
+/**
+ * A histogram of |x| with a fixed number of bins (default 2048) spanning `[0, max]`, where
+ * `max` is the largest finite |x| seen so far. Bin `k` covers `[k·w, (k+1)·w)` with
+ * `w = max / bins`; the last bin also holds `max` itself.
+ *
+ * When a batch raises the max, the existing counts are re-binned into the wider range: each
+ * old bin's count is spread over the new bins it overlaps in proportion to the overlap
+ * (density assumed uniform within a bin), so counts may become fractional. (ModelOpt instead
+ * appends bins of the old width, so its bin count grows; keeping 2048 bins keeps the
+ * candidate search of {@link entropy} over bins 128..2048 as in TensorRT.)
+ */
+export class HistogramObserver implements AmaxObserver {
+  /** Number of bins. */
+  readonly bins: number;
+  /** The method {@link amax} uses. */
+  readonly method: HistogramMethod;
+  readonly #percentile: number;
+  readonly #entropy: EntropyOptions;
+  readonly #mse: MseOptions;
+  #counts: Float64Array;
+  #range = 0;
+  #count = 0;
+
+  /** Creates an empty histogram. */
+  constructor(options: HistogramObserverOptions = {}) {
+    const op = "HistogramObserver";
+    if (typeof options !== "object" || options === null) {
+      throw new TensorqError("options must be an object", {
+        op,
+        kind: "argument",
+        argument: "options",
+        expected: "{ bins?, method?, percentile?, entropy?, mse? }",
+        actual: describe(options),
+      });
+    }
+    this.bins = positiveInt(op, "bins", options.bins ?? 2048, 2);
+    const method = options.method ?? "entropy";
+    if (!METHODS.includes(method)) {
+      throw new TensorqError("unknown histogram method", {
+        op,
+        kind: "argument",
+        argument: "method",
+        expected: `one of ${METHODS.join(", ")}`,
+        actual: describe(method),
+      });
+    }
+    this.method = method;
+    this.#percentile = checkPercentile(op, options.percentile ?? 99.99);
+    this.#entropy = { ...options.entropy };
+    this.#mse = { ...options.mse };
+    this.#counts = new Float64Array(this.bins);
+  }
+
+  /**
+   * A histogram from given counts over `[0, range]` (for tests, or to reuse a histogram
+   * collected elsewhere). `counts.length` is the number of bins.
+   */
+  static fromCounts(
+    counts: ArrayLike<number>,
+    range: number,
+    options: Omit<HistogramObserverOptions, "bins"> = {},
+  ): HistogramObserver {
+    const op = "HistogramObserver.fromCounts";
+    if (!(range >= 0 && range < Infinity)) {
+      throw new TensorqError("range must be finite and non-negative", {
+        op,
+        kind: "argument",
+        argument: "range",
+        expected: "a finite number >= 0",
+        actual: describe(range),
+      });
+    }
+    const h = new HistogramObserver({ ...options, bins: counts.length });
+    let total = 0;
+    for (let i = 0; i < counts.length; i++) {
+      const c = counts[i];
+      if (!(c >= 0 && c < Infinity)) {
+        throw new TensorqError("counts must be finite and non-negative", {
+          op,
+          kind: "argument",
+          argument: "counts",
+          expected: "finite numbers >= 0",
+          actual: `${c} at index ${i}`,
+        });
+      }
+      h.#counts[i] = c;
+      total += c;
+    }
+    h.#range = range;
+    h.#count = total;
+    return h;
+  }
+
+  /** The histogram's upper end: the largest finite |x| seen (0 before any). */
+  get range(): number {
+    return this.#range;
+  }
+
+  /** Width of one bin (`range / bins`). */
+  get binWidth(): number {
+    return this.#range / this.bins;
+  }
+
+  /** A copy of the bin counts. */
+  get counts(): Float64Array {
+    return this.#counts.slice();
+  }
+
+  /** The number of finite values seen (the sum of the counts). */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Adds |x| of a batch to the histogram, widening (and re-binning) it first if needed. */
+  observe(x: Float32Array): void {
+    checkValues("HistogramObserver.observe", x);
+    let m = 0;
+    for (let i = 0; i < x.length; i++) {
+      const a = Math.abs(x[i]);
+      if (a < Infinity && a > m) m = a;
+    }
+    if (m > this.#range) this.#rebin(m);
+    const counts = this.#counts;
+    const last = this.bins - 1;
+    const range = this.#range;
+    const perUnit = range > 0 ? this.bins / range : 0;
+    let n = 0;
+    for (let i = 0; i < x.length; i++) {
+      const a = Math.abs(x[i]);
+      if (!(a < Infinity)) continue;
+      n++;
+      const k = Math.floor(a * perUnit);
+      counts[k > last ? last : k]++;
+    }
+    this.#count += n;
+  }
+
+  /** Spreads the counts over `[0, newRange]`, proportionally to the overlap of old/new bins. */
+  #rebin(newRange: number): void {
+    const old = this.#counts;
+    const oldWidth = this.#range / this.bins;
+    const newWidth = newRange / this.bins;
+    const next = new Float64Array(this.bins);
+    const last = this.bins - 1;
+    for (let k = 0; k < old.length; k++) {
+      const c = old[k];
+      if (c === 0) continue;
+      if (oldWidth === 0) {
+        next[0] += c; // everything seen so far was 0
+        continue;
+      }
+      const lo = k * oldWidth;
+      const hi = lo + oldWidth;
+      const j = Math.min(Math.floor(lo / newWidth), last);
+      const edge = (j + 1) * newWidth;
+      // The new bins are wider, so an old bin overlaps at most two of them.
+      if (hi <= edge || j === last) next[j] += c;
+      else {
+        const inFirst = c * ((edge - lo) / oldWidth);
+        next[j] += inFirst;
+        next[j + 1] += c - inFirst;
+      }
+    }
+    this.#counts = next;
+    this.#range = newRange;
+  }
+
+  /** The amax by the method chosen at construction. */
+  amax(): number {
+    switch (this.method) {
+      case "percentile":
+        return this.percentile(this.#percentile);
+      case "entropy":
+        return this.entropy(this.#entropy);
+      default:
+        return this.mse(this.#mse);
+    }
+  }
+
+  /**
+   * The amax that keeps `p` percent of the values: the upper edge `(k + 1)·w` of the first
+   * bin `k` at which the cumulative count reaches `p`% of the total. `percentile(100)` is the
+   * max. (ModelOpt's `_compute_amax_percentile` returns that bin's lower edge `k·w`.)
+   *
+   * @param p The percentile, in (0, 100] (default 99.99).
+   * @returns The amax; 0 for an empty histogram.
+   */
+  percentile(p: number = 99.99): number {
+    checkPercentile("HistogramObserver.percentile", p);
+    const counts = this.#counts;
+    let total = 0;
+    for (const c of counts) total += c;
+    if (total === 0 || this.#range === 0) return 0;
+    const target = (p / 100) * total;
+    let cum = 0;
+    for (let k = 0; k < counts.length; k++) {
+      cum += counts[k];
+      if (cum >= target) return k === counts.length - 1 ? this.#range : (k + 1) * this.binWidth;
+    }
+    return this.#range; // rounding left cum a hair short of total
+  }
+
+  /**
+   * TensorRT's entropy (KL-divergence) calibration, as ModelOpt's `_compute_amax_entropy`:
+   * bin 0 is first replaced by bin 1 (discounting a spike of zeros); for each candidate
+   * threshold `i` (in bins) from `startBin` to `bins`, the reference distribution P is
+   * `bins[0:i]` with all counts beyond it added into its last bin, and the candidate Q
+   * merges `bins[0:i]` into 128 levels (8 for int4; bin `j` goes to level
+   * `floor(j·levels/i)`) and spreads each level's count evenly over its non-empty bins.
+   * The threshold minimizing KL(P‖Q) wins (the largest on ties).
+   *
+   * Convention: the amax is the winning threshold's upper bin edge `i·w` (ModelOpt's
+   * `calib_bin_edges[i]`), not the bin center `(i − 0.5)·w`.
+   *
+   * @param options `startBin` (128), `stride` (1), `dtype` (int8).
+   * @returns The amax; 0 for an empty or all-zero histogram.
+   */
+  entropy(options: EntropyOptions = {}): number {
+    const op = "HistogramObserver.entropy";
+    const n = this.bins;
+    const levels = levelsFor(op, options.dtype ?? "int8");
+    const start = positiveInt(op, "startBin", options.startBin ?? Math.min(128, n), 1);
+    const stride = positiveInt(op, "stride", options.stride ?? 1);
+    if (start > n) {
+      throw new TensorqError("startBin exceeds the number of bins", {
+        op,
+        kind: "argument",
+        argument: "startBin",
+        expected: `at most ${n}`,
+        actual: String(start),
+      });
+    }
+    if (this.#count === 0 || this.#range === 0) return 0;
+    const bins = this.#counts.slice();
+    bins[0] = bins[1];
+    let total = 0;
+    for (const c of bins) total += c;
+    // suffix[i] = sum of bins[i:], the outliers of threshold i.
+    const suffix = new Float64Array(n + 1);
+    for (let k = n - 1; k >= 0; k--) suffix[k] = suffix[k + 1] + bins[k];
+    const levelSum = new Float64Array(levels);
+    const levelNonZero = new Float64Array(levels);
+    let best = -1;
+    let bestKl = Infinity;
+    for (let i = start; i <= n; i += stride) {
+      levelSum.fill(0);
+      levelNonZero.fill(0);
+      for (let j = 0; j < i; j++) {
+        const c = bins[j];
+        if (c === 0) continue;
+        const l = Math.floor((j * levels) / i);
+        levelSum[l] += c;
+        levelNonZero[l]++;
+      }
+      const sumP = total;
+      const sumQ = total - suffix[i];
+      let kl = 0;
+      if (sumQ <= 0) kl = Infinity;
+      for (let j = 0; j < i && kl < Infinity; j++) {
+        const p = (j === i - 1 ? bins[j] + suffix[i] : bins[j]) / sumP;
+        if (p === 0) continue;
+        const c = bins[j];
+        if (c === 0) {
+          kl = Infinity; // P has mass where Q has none
+          break;
+        }
+        const l = Math.floor((j * levels) / i);
+        const q = levelSum[l] / levelNonZero[l] / sumQ;
+        kl += p * Math.log(p / q);
+      }
+      if (kl <= bestKl) {
+        bestKl = kl;
+        best = i;
+      }
+    }
+    if (best < 0) return this.#range; // every candidate had infinite divergence
+    return best === n ? this.#range : best * this.binWidth;
+  }
+
+  /**
+   * The amax minimizing the expected squared quantization error, as ModelOpt's
+   * `_compute_amax_mse`: candidates are the bin centers `(k + 0.5)·w` for `k` from
+   * `startBin` to the last bin; for each, every bin center `c` is fake-quantized
+   * (`s = amax / maxBound`, `q = clamp(roundHalfToEven(c / s))·s`, in float64; float8e4m3
+   * rounds to its grid and saturates at 448) and the error `Σ count·(q − c)²` is summed.
+   * The first minimum wins.
+   *
+   * @param options `startBin` (128), `stride` (1), `dtype` (int8).
+   * @returns The amax (a bin center); 0 for an empty or all-zero histogram.
+   */
+  mse(options: MseOptions = {}): number {
+    const op = "HistogramObserver.mse";
+    const n = this.bins;
+    const dtype = options.dtype ?? "int8";
+    const bound = boundFor(op, dtype);
+    const start = positiveInt(op, "startBin", options.startBin ?? Math.min(128, n - 1), 0);
+    const stride = positiveInt(op, "stride", options.stride ?? 1);
+    if (start >= n) {
+      throw new TensorqError("startBin must be below the number of bins", {
+        op,
+        kind: "argument",
+        argument: "startBin",
+        expected: `at most ${n - 1}`,
+        actual: String(start),
+      });
+    }
+    if (this.#count === 0 || this.#range === 0) return 0;
+    const w = this.binWidth;
+    const counts = this.#counts;
+    const centers = new Float64Array(n);
+    for (let k = 0; k < n; k++) centers[k] = (k + 0.5) * w;
+    let best = start;
+    let bestErr = Infinity;
+    for (let i = start; i < n; i += stride) {
+      const amax = centers[i];
+      const s = amax / bound;
+      let err = 0;
+      for (let k = 0; k < n; k++) {
+        const c = counts[k];
+        if (c === 0) continue;
+        const x = centers[k];
+        let q: number;
+        if (dtype === "float8e4m3") q = float8e4m3BitsToNumber(float32ToFloat8e4m3Bits(x / s));
+        else q = Math.min(roundHalfToEven(x / s), bound);
+        const d = q * s - x;
+        err += c * d * d;
+      }
+      if (err < bestErr) {
+        bestErr = err;
+        best = i;
+      }
+    }
+    return centers[best];
+  }
+}
+
+function checkPercentile(op: string, p: unknown): number {
+  if (typeof p === "number" && p > 0 && p <= 100) return p;
+  throw new TensorqError("percentile must be in (0, 100]", {
+    op,
+    kind: "argument",
+    argument: "percentile",
+    expected: "a number in (0, 100], e.g. 99.99",
+    actual: describe(p),
+  });
+}
+
+function levelsFor(op: string, dtype: unknown): number {
+  if (dtype === "int8") return 128;
+  if (dtype === "int4") return 8;
+  throw new TensorqError("entropy calibration supports int8 and int4", {
+    op,
+    kind: "dtype",
+    argument: "dtype",
+    expected: "int8 or int4",
+    actual: describe(dtype),
+  });
+}
+
+function boundFor(op: string, dtype: unknown): number {
+  if (dtype === "int8") return 127;
+  if (dtype === "int4") return 7;
+  if (dtype === "float8e4m3") return 448;
+  throw new TensorqError("unsupported quantized dtype", {
+    op,
+    kind: "dtype",
+    argument: "dtype",
+    expected: "int8, int4 or float8e4m3",
+    actual: describe(dtype),
+  });
+}

@@ -1,0 +1,479 @@
+/**
+ * Quantizing a whole model: {@link quantizeModel} configures every {@link Linear} (except
+ * excluded ones) for one mode and sets its scales from calibration ranges;
+ * {@link importAmax} reads ranges exported by NVIDIA ModelOpt (or the same data under
+ * `NAME.input_amax` / `NAME.weight_amax`).
+ *
+ * | mode | weights | inputs |
+ * | --- | --- | --- |
+ * | `w8a8` | int8 per output channel, `amax / 127` | int8 per tensor, `amax / 127` |
+ * | `w8` | int8 per output channel | float |
+ * | `w4` | int4 blocks of `blockSize` (128) input features, `amax / 7` | float |
+ * | `fp8` | float8e4m3 per output channel, `amax / 448` | float8e4m3 per tensor, `amax / 448` |
+ *
+ * Scales follow {@link scaleFromAmax}: an amax of 0 (or NaN) gives scale 1.
+ * @module
+ */
+import { decode } from "../dtype.ts";
+import { TensorqError } from "../errors.ts";
+import { SafetensorsTensors } from "../io/tensors.ts";
+import type { Linear } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import { FLOAT_DTYPES } from "../ops/op.ts";
+import type { QuantDType } from "../ops/quantize.ts";
+import { fromStorage, Tensor } from "../tensor.ts";
+import {
+  type Calibration,
+  type LayerCalibration,
+  namedLinears,
+  weightAmaxPerBlock,
+  weightAmaxPerRow,
+} from "./calibrate.ts";
+import { scaleFromAmax } from "./scale.ts";
+
+/** A whole-model quantization mode (see the module table). */
+export type QuantizationMode = "w8a8" | "w8" | "w4" | "fp8";
+
+/** Options of {@link quantizeModel}. */
+export interface QuantizeModelOptions {
+  /** The mode. */
+  mode: QuantizationMode;
+  /**
+   * Layers to leave in float: a string matches a dotted layer name and every layer under it
+   * (`"lm_head"`, `"h.0.mlp"`); a RegExp is tested against the full name.
+   */
+  exclude?: (string | RegExp)[];
+  /** Ranges from {@link calibrate} (or {@link importAmax}). */
+  calibration?: Calibration;
+  /** More ranges by layer name; their fields take precedence over `calibration`'s. */
+  amax?: Calibration | Record<string, LayerCalibration>;
+  /** Block size along input features for `w4` (default 128). */
+  blockSize?: number;
+}
+
+/** What {@link quantizeModel} did to one layer. */
+export interface QuantizedLayerInfo {
+  /** Dotted layer name. */
+  name: string;
+  /** The mode applied. */
+  mode: QuantizationMode;
+  /** The quantized dtype. */
+  quantDtype: QuantDType;
+  /** The weight scale's shape (`[out]` per channel, `[out, in / blockSize]` for `w4`). */
+  weightScaleShape: number[];
+  /** The per-tensor input scale, for modes that quantize inputs. */
+  inputScale?: number;
+}
+
+interface ModeSpec {
+  dtype: QuantDType;
+  inputs: boolean;
+  blocks: boolean;
+}
+
+const MODES: Readonly<Record<QuantizationMode, ModeSpec>> = Object.freeze({
+  w8a8: { dtype: "int8", inputs: true, blocks: false },
+  w8: { dtype: "int8", inputs: false, blocks: false },
+  w4: { dtype: "int4", inputs: false, blocks: true },
+  fp8: { dtype: "float8e4m3", inputs: true, blocks: false },
+});
+
+function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (value === null) return "null";
+  if (value instanceof RegExp) return String(value);
+  return Array.isArray(value) ? "an array" : typeof value;
+}
+
+function listNames(names: string[], limit = 8): string {
+  const shown = names.slice(0, limit).join(", ");
+  return names.length > limit ? `${shown} and ${names.length - limit} more` : shown;
+}
+
+/** True when `name` is excluded by one of the patterns. */
+function isExcluded(name: string, patterns: (string | RegExp)[]): boolean {
+  return patterns.some((p) =>
+    typeof p === "string" ? name === p || name.startsWith(`${p}.`) : p.test(name)
+  );
+}
+
+function checkExclude(op: string, exclude: unknown): (string | RegExp)[] {
+  if (exclude === undefined) return [];
+  if (!Array.isArray(exclude)) {
+    throw new TensorqError("exclude must be an array of names, prefixes or RegExps", {
+      op,
+      kind: "argument",
+      argument: "exclude",
+      expected: 'an array of strings or RegExps, e.g. ["lm_head"]',
+      actual: describe(exclude),
+    });
+  }
+  exclude.forEach((p, i) => {
+    if (typeof p === "string" || p instanceof RegExp) return;
+    throw new TensorqError("exclude patterns must be strings or RegExps", {
+      op,
+      kind: "argument",
+      argument: `exclude[${i}]`,
+      expected: "a layer name or prefix (string) or a RegExp",
+      actual: describe(p),
+    });
+  });
+  // A global or sticky RegExp would make test() stateful across layers.
+  return exclude.map((
+    p,
+  ) => (p instanceof RegExp ? new RegExp(p.source, p.flags.replace(/[gy]/g, "")) : p));
+}
+
+function toLookup(
+  op: string,
+  argument: string,
+  value: unknown,
+): Map<string, LayerCalibration> {
+  if (value === undefined) return new Map();
+  if (value instanceof Map) return value as Map<string, LayerCalibration>;
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    return new Map(Object.entries(value as Record<string, LayerCalibration>));
+  }
+  throw new TensorqError(`${argument} must be a Map or a record of layer ranges`, {
+    op,
+    kind: "argument",
+    argument,
+    expected: "a Map<string, { inputAmax?, weightAmax? }> (from calibrate or importAmax)",
+    actual: describe(value),
+  });
+}
+
+/** A finite-or-NaN, non-negative amax (NaN and 0 become scale 1 later). */
+function checkAmaxValues(op: string, what: string, values: ArrayLike<number>): void {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v < 0 || v === Infinity) {
+      throw new TensorqError("amax values must be finite and non-negative", {
+        op,
+        kind: "argument",
+        argument: what,
+        expected: "absolute maxima >= 0",
+        actual: `${v} at index ${i}`,
+      });
+    }
+  }
+}
+
+interface Plan {
+  name: string;
+  layer: Linear;
+  weightAmax: Float32Array;
+  weightScaleShape: number[];
+  inputAmax?: number;
+}
+
+/**
+ * Quantizes every {@link Linear} under `model` that `exclude` does not match, in place:
+ * configures the layer for `mode` (see the module table) and sets `weightScale` and, for
+ * `w8a8` and `fp8`, `inputScale` from the amax.
+ *
+ * Input amax must come from `calibration` or `amax` for `w8a8` and `fp8`. Weight amax is
+ * taken from them when present with a fitting length (`[out]`, or `[out · in / blockSize]`
+ * block amax for `w4`; a single value stands for every row) and computed from the weights
+ * otherwise. Everything is checked before any layer changes.
+ *
+ * @param model The model.
+ * @param options Mode, exclusions, ranges, block size.
+ * @returns One entry per quantized layer, in module order.
+ * @throws {TensorqError} for an unknown mode, a bad `exclude` pattern, layers missing input
+ *   amax (all named), amax of the wrong length, or a block size that does not divide a
+ *   layer's input features.
+ */
+export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
+  const op = "quantizeModel";
+  if (!(model instanceof Module)) {
+    throw new TensorqError("expected a Module", {
+      op,
+      kind: "argument",
+      argument: "model",
+      expected: "a Module",
+      actual: describe(model),
+    });
+  }
+  if (typeof options !== "object" || options === null) {
+    throw new TensorqError("options must be an object", {
+      op,
+      kind: "argument",
+      argument: "options",
+      expected: "{ mode, exclude?, calibration?, amax?, blockSize? }",
+      actual: describe(options),
+    });
+  }
+  const mode = options.mode;
+  if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
+    throw new TensorqError("unknown quantization mode", {
+      op,
+      kind: "argument",
+      argument: "mode",
+      expected: `one of ${Object.keys(MODES).join(", ")}`,
+      actual: describe(mode),
+    });
+  }
+  const spec = MODES[mode];
+  const exclude = checkExclude(op, options.exclude);
+  const blockSize = options.blockSize ?? 128;
+  if (!Number.isInteger(blockSize) || blockSize <= 0) {
+    throw new TensorqError("blockSize must be a positive integer", {
+      op,
+      kind: "argument",
+      argument: "blockSize",
+      expected: "a positive integer, e.g. 128",
+      actual: describe(blockSize),
+    });
+  }
+  const calibration = toLookup(op, "calibration", options.calibration);
+  const overrides = toLookup(op, "amax", options.amax);
+  const rangesOf = (name: string): LayerCalibration => ({
+    ...calibration.get(name),
+    ...overrides.get(name),
+  });
+
+  const layers = namedLinears(model).filter(([name]) => !isExcluded(name, exclude));
+  const plans: Plan[] = [];
+  const missing: string[] = [];
+  const badBlocks: string[] = [];
+  for (const [name, layer] of layers) {
+    const ranges = rangesOf(name);
+    const [out, inp] = [layer.outFeatures, layer.inFeatures];
+    if (spec.blocks && inp % blockSize !== 0) {
+      badBlocks.push(`${name} (${inp} input features)`);
+      continue;
+    }
+    let inputAmax: number | undefined;
+    if (spec.inputs) {
+      inputAmax = ranges.inputAmax;
+      if (typeof inputAmax !== "number") {
+        missing.push(name);
+        continue;
+      }
+      checkAmaxValues(op, `input amax of ${name}`, [inputAmax]);
+    }
+    let weightAmax: Float32Array | undefined;
+    let weightScaleShape: number[];
+    if (spec.blocks) {
+      const blocks = out * (inp / blockSize);
+      weightScaleShape = [out, inp / blockSize];
+      if (ranges.weightBlockAmax && ranges.weightBlockSize === blockSize) {
+        weightAmax = ranges.weightBlockAmax;
+      } else if (ranges.weightAmax && ranges.weightAmax.length === blocks) {
+        weightAmax = ranges.weightAmax;
+      } else weightAmax = weightAmaxPerBlock(layer.weight, blockSize);
+      if (weightAmax.length !== blocks) {
+        throw new TensorqError(`block amax of layer ${name} has the wrong length`, {
+          op,
+          kind: "shape",
+          argument: "weightBlockAmax",
+          expected: `${blocks} values ([${out}, ${inp / blockSize}])`,
+          actual: `${weightAmax.length} values`,
+        });
+      }
+    } else {
+      weightScaleShape = [out];
+      const given = ranges.weightAmax;
+      if (given === undefined) weightAmax = weightAmaxPerRow(layer.weight);
+      else if (given.length === out) weightAmax = given;
+      else if (given.length === 1) weightAmax = new Float32Array(out).fill(given[0]);
+      else {
+        throw new TensorqError(`weight amax of layer ${name} has the wrong length`, {
+          op,
+          kind: "shape",
+          argument: "weightAmax",
+          expected: `${out} values (one per output channel) or 1`,
+          actual: `${given.length} values`,
+        });
+      }
+    }
+    checkAmaxValues(op, `weight amax of ${name}`, weightAmax);
+    plans.push({ name, layer, weightAmax, weightScaleShape, inputAmax });
+  }
+  if (badBlocks.length) {
+    throw new TensorqError(
+      `blockSize ${blockSize} does not divide the input features of some layers`,
+      {
+        op,
+        kind: "argument",
+        argument: "blockSize",
+        expected: `a divisor of the input features of ${listNames(badBlocks)}`,
+        actual: String(blockSize),
+      },
+    );
+  }
+  if (missing.length) {
+    const known = new Set(layers.map(([n]) => n));
+    const unknown = [...calibration.keys(), ...overrides.keys()].filter((n) => !known.has(n));
+    const hint = unknown.length
+      ? `; the ranges name layers not in the model (${listNames(unknown, 3)}): ` +
+        "map names with importAmax's nameMap"
+      : calibration.size + overrides.size === 0
+      ? "; pass calibration (from calibrate or importAmax) or amax"
+      : "";
+    throw new TensorqError(
+      `mode ${mode} quantizes inputs, but ${missing.length} layer(s) have no input amax: ` +
+        `${listNames(missing)}${hint}`,
+      {
+        op,
+        kind: "argument",
+        argument: "calibration",
+        expected: "an inputAmax for every quantized layer",
+        actual: `none for ${listNames(missing)}`,
+      },
+    );
+  }
+
+  const summary: QuantizedLayerInfo[] = [];
+  for (const p of plans) {
+    const device = p.layer.weight.device;
+    p.layer.configureQuantization({
+      quantDtype: spec.dtype,
+      weightQuantDim: spec.blocks ? 1 : 0,
+      blockSize: spec.blocks ? blockSize : undefined,
+    });
+    const amax = fromStorage(p.weightAmax.slice(), p.weightScaleShape, "float32");
+    p.layer.weightScale = scaleFromAmax(amax, spec.dtype).to(device);
+    let inputScale: number | undefined;
+    if (p.inputAmax !== undefined) {
+      const s = scaleFromAmax(p.inputAmax, spec.dtype);
+      inputScale = s.item();
+      p.layer.inputScale = s.to(device);
+    }
+    summary.push({
+      name: p.name,
+      mode,
+      quantDtype: spec.dtype,
+      weightScaleShape: p.weightScaleShape,
+      inputScale,
+    });
+  }
+  return summary;
+}
+
+/** Options of {@link importAmax}. */
+export interface ImportAmaxOptions {
+  /**
+   * Renames layers: a record (names it lacks stay as they are) or a function (returning
+   * undefined drops the layer).
+   */
+  nameMap?: Record<string, string> | ((name: string) => string | undefined);
+}
+
+const AMAX_KEY = /^(.+)\.(input|weight)(?:_quantizer\._amax|_amax)$/;
+
+/**
+ * Reads calibration ranges exported by ModelOpt (`NAME.input_quantizer._amax`,
+ * `NAME.weight_quantizer._amax`) or stored as `NAME.input_amax` / `NAME.weight_amax`; other
+ * tensors are ignored. An input amax of one value becomes `inputAmax`; several values
+ * become `inputChannelAmax` (and their max `inputAmax`). A weight amax is kept flat as
+ * `weightAmax` (`[out]` or `[out, 1]` per channel; see {@link quantizeModel}).
+ *
+ * @param tensors A record of tensors or an opened safetensors file.
+ * @param options `nameMap` to rename layers (e.g. Hugging Face names to the model's).
+ * @returns Ranges by (mapped) layer name, in file order.
+ * @throws {TensorqError} when no amax tensor is found, an amax tensor is not float, holds
+ *   negative or infinite values, or two names map to the same layer.
+ */
+export function importAmax(
+  tensors: Record<string, Tensor> | SafetensorsTensors,
+  options: ImportAmaxOptions = {},
+): Calibration {
+  const op = "importAmax";
+  let keys: string[];
+  let get: (k: string) => Tensor;
+  if (tensors instanceof SafetensorsTensors) {
+    keys = tensors.keys();
+    get = (k) => tensors.get(k);
+  } else if (typeof tensors === "object" && tensors !== null && !Array.isArray(tensors)) {
+    keys = Object.keys(tensors);
+    get = (k) => (tensors as Record<string, Tensor>)[k];
+  } else {
+    throw new TensorqError("expected tensors", {
+      op,
+      kind: "argument",
+      argument: "tensors",
+      expected: "a record of tensors or a SafetensorsTensors (loadSafetensors)",
+      actual: describe(tensors),
+    });
+  }
+  const nameMap = options.nameMap;
+  if (nameMap !== undefined && typeof nameMap !== "function" && typeof nameMap !== "object") {
+    throw new TensorqError("nameMap must be a record or a function", {
+      op,
+      kind: "argument",
+      argument: "nameMap",
+      expected: "a Record<string, string> or (name) => string | undefined",
+      actual: describe(nameMap),
+    });
+  }
+  const rename = (name: string): string | undefined => {
+    if (nameMap === undefined || nameMap === null) return name;
+    if (typeof nameMap === "function") return nameMap(name);
+    return Object.hasOwn(nameMap, name) ? nameMap[name] : name;
+  };
+  const result: Calibration = new Map();
+  const origin = new Map<string, string>();
+  let found = 0;
+  for (const key of keys) {
+    const m = AMAX_KEY.exec(key);
+    if (!m) continue;
+    found++;
+    const name = rename(m[1]);
+    if (name === undefined) continue;
+    if (typeof name !== "string") {
+      throw new TensorqError("nameMap must return a string or undefined", {
+        op,
+        kind: "argument",
+        argument: "nameMap",
+        expected: "a string or undefined",
+        actual: `${describe(name)} for ${m[1]}`,
+      });
+    }
+    const previous = origin.get(name);
+    if (previous !== undefined && previous !== m[1]) {
+      throw new TensorqError(`layers ${previous} and ${m[1]} both map to ${name}`, {
+        op,
+        kind: "argument",
+        argument: "nameMap",
+        expected: "distinct target names",
+        actual: `${previous}, ${m[1]} -> ${name}`,
+      });
+    }
+    origin.set(name, m[1]);
+    const t = get(key);
+    if (!(t instanceof Tensor) || !FLOAT_DTYPES.includes(t.dtype)) {
+      throw new TensorqError("amax tensors must be float tensors", {
+        op,
+        kind: "dtype",
+        argument: key,
+        expected: FLOAT_DTYPES.join(", "),
+        actual: t instanceof Tensor ? t.dtype : describe(t),
+      });
+    }
+    const values = Float32Array.from(decode(t.dtype, t.storageSync()));
+    checkAmaxValues(op, key, values);
+    const entry = result.get(name) ?? {};
+    if (m[2] === "input") {
+      if (values.length === 1) entry.inputAmax = values[0];
+      else {
+        entry.inputChannelAmax = values;
+        entry.inputAmax = values.reduce((a, b) => (b > a ? b : a), 0);
+      }
+    } else entry.weightAmax = values;
+    result.set(name, entry);
+  }
+  if (found === 0) {
+    throw new TensorqError("no amax tensors found", {
+      op,
+      kind: "argument",
+      argument: "tensors",
+      expected: "names ending in .input_quantizer._amax, .weight_quantizer._amax, " +
+        ".input_amax or .weight_amax",
+      actual: keys.length ? `${keys.length} tensors such as ${listNames(keys, 3)}` : "no tensors",
+    });
+  }
+  return result;
+}

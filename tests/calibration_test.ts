@@ -1,0 +1,814 @@
+/**
+ * Calibration: observers (max, per-channel, histogram with percentile / entropy / mse against
+ * hand-computed values and float64 transcriptions of ModelOpt's algorithms), calibrate,
+ * quantizeModel against a float64 fake-quant reference, importAmax on the reference fixture,
+ * SmoothQuant, and the errors.
+ * @module
+ */
+import assert from "node:assert/strict";
+import {
+  calibrate,
+  findModule,
+  HistogramObserver,
+  importAmax,
+  LayerNorm,
+  Linear,
+  loadSafetensors,
+  manualSeed,
+  MaxObserver,
+  Module,
+  namedModules,
+  PerChannelMaxObserver,
+  quantizeModel,
+  randn,
+  Sequential,
+  smoothingScales,
+  smoothQuant,
+  type Tensor,
+  tensor,
+} from "../mod.ts";
+import { assertClose, assertTqError, randomValues, thisLine } from "./helpers.ts";
+
+const f32 = Math.fround;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/** ReLU as a module, for small test models. */
+class Relu extends Module {
+  forward(x: Tensor): Tensor {
+    return x.relu();
+  }
+}
+
+/** Named children applied in order (to get dotted names like "a.b"). */
+class Chain extends Module {
+  readonly #order: Module[] = [];
+  constructor(children: Record<string, Module>) {
+    super();
+    for (const [name, m] of Object.entries(children)) {
+      this.#order.push(this.registerModule(name, m));
+    }
+  }
+  forward(x: Tensor): Tensor {
+    for (const m of this.#order) x = m.forward(x);
+    return x;
+  }
+}
+
+function floats(t: Tensor): Float32Array {
+  return t.dataSync() as Float32Array;
+}
+
+function f32Values(n: number, seed: number, scale = 1): Float32Array {
+  return Float32Array.from(randomValues(n, seed), (v) => v * scale);
+}
+
+/** Round half to even, written independently of the library. */
+function rne(v: number): number {
+  const f = Math.floor(v);
+  const d = v - f;
+  return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+}
+
+/** TensorRT fake quantization: float32 division, RNE, saturation; float32 dequantize. */
+function fakeQuant(x: number, s: number, lo: number, hi: number): number {
+  const q = Math.min(hi, Math.max(lo, rne(f32(f32(x) / s))));
+  return f32(q * s);
+}
+
+function absMax(values: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < values.length; i++) m = Math.max(m, Math.abs(values[i]));
+  return m;
+}
+
+/** Float64 Linear on flat rows: x [rows, in], w [out, in]. */
+function linearRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | undefined,
+  inp: number,
+  out: number,
+): Float64Array {
+  const rows = x.length / inp;
+  const y = new Float64Array(rows * out);
+  for (let r = 0; r < rows; r++) {
+    for (let o = 0; o < out; o++) {
+      let acc = b ? b[o] : 0;
+      for (let i = 0; i < inp; i++) acc += x[r * inp + i] * w[o * inp + i];
+      y[r * out + o] = acc;
+    }
+  }
+  return y;
+}
+
+/** A seeded Sequential(Linear(16, 32), Relu, Linear(32, 8)) and three batches [2, 3, 16]. */
+function smallModel(): { model: Sequential; batches: Tensor[] } {
+  manualSeed(1234);
+  const model = new Sequential(new Linear(16, 32), new Relu(), new Linear(32, 8));
+  const batches = [0, 1, 2].map((i) => randn([2, 3, 16], { seed: 100 + i }));
+  return { model, batches };
+}
+
+const forward = (m: Module, x: Tensor) => m.forward(x);
+
+// ---------------------------------------------------------------------------------------
+// Transcriptions of ModelOpt's `_compute_amax_entropy` / `_compute_amax_mse` (float64).
+
+/** numpy.digitize(x, space) - 1 for increasing `space`: the last index with space[k] <= x. */
+function digitizeMinus1(x: number, space: number[]): number {
+  let lo = 0;
+  let hi = space.length; // count of elements <= x
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (space[mid] <= x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo - 1;
+}
+
+function refEntropy(hist: ArrayLike<number>, edges: number[], startBin: number): number {
+  const bins = Array.from(hist);
+  bins[0] = bins[1];
+  const totalData = bins.reduce((a, b) => a + b, 0);
+  const nbins = 128;
+  const divergences: number[] = [];
+  const args: number[] = [];
+  for (let i = startBin; i <= bins.length; i++) {
+    const space = Array.from({ length: nbins + 1 }, (_, m) => (m === nbins ? i : m * (i / nbins)));
+    const digitized = Array.from({ length: i }, (_, j) => digitizeMinus1(j, space));
+    for (let j = 0; j < i; j++) if (bins[j] === 0) digitized[j] = -1;
+    const newCounts = new Array(nbins).fill(0);
+    const counter = new Map<number, number>();
+    digitized.forEach((d, j) => {
+      if (d === -1) return;
+      newCounts[d] += bins[j];
+      counter.set(d, (counter.get(d) ?? 0) + 1);
+    });
+    for (const [k, v] of counter) newCounts[k] /= v;
+    const newDensity = digitized.map((d) => (d === -1 ? 0 : newCounts[d]));
+    const reference = bins.slice(0, i);
+    const outliers = bins.slice(i).reduce((a, b) => a + b, 0);
+    reference[i - 1] += outliers;
+    assert.equal(Math.round(reference.reduce((a, b) => a + b, 0)), Math.round(totalData));
+    // scipy.stats.entropy(p, q): normalize both, sum p·log(p/q).
+    const sp = reference.reduce((a, b) => a + b, 0);
+    const sq = newDensity.reduce((a, b) => a + b, 0);
+    let kl = 0;
+    for (let j = 0; j < i; j++) {
+      const p = reference[j] / sp;
+      const q = newDensity[j] / sq;
+      if (p === 0) continue;
+      kl += q === 0 ? Infinity : p * Math.log(p / q);
+    }
+    divergences.push(kl);
+    args.push(i);
+  }
+  let last = 0;
+  for (let k = 0; k < divergences.length; k++) if (divergences[k] <= divergences[last]) last = k;
+  return edges[args[last]];
+}
+
+function refMse(hist: ArrayLike<number>, edges: number[], startBin: number): number {
+  const centers = edges.slice(1).map((e, k) => (e + edges[k]) / 2);
+  let best = -1;
+  let bestMse = Infinity;
+  for (let i = startBin; i < centers.length; i++) {
+    const amax = centers[i];
+    const scale = 127 / amax;
+    let mse = 0;
+    for (let k = 0; k < centers.length; k++) {
+      const q = Math.min(127, Math.max(-127, rne(centers[k] * scale))) / scale;
+      mse += (q - centers[k]) ** 2 * hist[k];
+    }
+    if (mse < bestMse) {
+      bestMse = mse;
+      best = i;
+    }
+  }
+  return centers[best];
+}
+
+function linspaceEdges(range: number, n: number): number[] {
+  return Array.from({ length: n + 1 }, (_, k) => (k === n ? range : k * (range / n)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Observers
+
+Deno.test("MaxObserver: running max of |x|, non-finite values ignored", () => {
+  const o = new MaxObserver();
+  assert.equal(o.amax(), 0);
+  o.observe(new Float32Array([-3, 1, 2]));
+  o.observe(new Float32Array([0.5, NaN, -Infinity, -2.5]));
+  assert.equal(o.amax(), 3);
+  assert.equal(o.count, 5);
+  o.observe(new Float32Array([-7.25]));
+  assert.equal(o.amax(), 7.25);
+});
+
+Deno.test("PerChannelMaxObserver: max |x| per last-dim channel", () => {
+  const o = new PerChannelMaxObserver(3);
+  o.observe(new Float32Array([1, -5, 2, -4, 3, 0]));
+  o.observe(new Float32Array([0.5, 0.5, -6]));
+  assert.deepEqual(Array.from(o.channelAmax()), [4, 5, 6]);
+  assert.equal(o.amax(), 6);
+  const line = thisLine() + 1;
+  const bad = () => o.observe(new Float32Array(4));
+  assertTqError(bad, {
+    op: "PerChannelMaxObserver.observe",
+    kind: "shape",
+    includes: ["multiple of 3", "got 4 values"],
+    line,
+  });
+});
+
+Deno.test("HistogramObserver: binning over [0, max] and hand-computed re-binning", () => {
+  const h = new HistogramObserver({ bins: 4 });
+  h.observe(new Float32Array([0.1, -0.3, 0.6, 1.0]));
+  assert.equal(h.range, 1);
+  assert.deepEqual(Array.from(h.counts), [1, 1, 1, 1]);
+  // Doubling: old bins pair up exactly.
+  const d = HistogramObserver.fromCounts([1, 1, 1, 1], 1);
+  d.observe(new Float32Array([2]));
+  assert.deepEqual(Array.from(d.counts), [2, 2, 0, 1]);
+  // 1 → 1.5: new width 0.375; old bin [0.25, 0.5) is split half/half into new bins 0 and 1.
+  h.observe(new Float32Array([-1.5]));
+  assert.equal(h.range, 1.5);
+  assert.deepEqual(Array.from(h.counts), [1.5, 1.5, 1, 1]);
+  assert.equal(h.count, 5);
+  // A first batch of zeros keeps range 0; the zeros land in bin 0 once the range grows.
+  const z = new HistogramObserver({ bins: 4 });
+  z.observe(new Float32Array([0, -0, NaN]));
+  assert.equal(z.range, 0);
+  assert.equal(z.percentile(50), 0);
+  assert.equal(z.entropy(), 0);
+  z.observe(new Float32Array([4, 3]));
+  assert.deepEqual(Array.from(z.counts), [2, 0, 0, 2]);
+});
+
+Deno.test("HistogramObserver.percentile: known answers on evenly spread data", () => {
+  // 0.5, 1.5, ..., 2047.5: one value per bin of width 2047.5 / 2048.
+  const x = Float32Array.from({ length: 2048 }, (_, i) => (i % 2 ? -1 : 1) * (i + 0.5));
+  const h = new HistogramObserver();
+  h.observe(x);
+  assert.deepEqual(new Set(h.counts), new Set([1]));
+  const w = 2047.5 / 2048;
+  assert.equal(h.percentile(50), 1024 * w); // upper edge of bin 1023
+  assert.equal(h.percentile(100), 2047.5);
+  assert.equal(h.percentile(0.01), 1 * w);
+  assert.ok(Math.abs(h.percentile(50) - 1024) < 2 * w);
+  // Uniform random data: the 99.99th percentile of |U(-1, 1)| is 0.9999.
+  const u = Float32Array.from(randomValues(400000, 7, { low: -1, high: 1 }));
+  const hu = new HistogramObserver();
+  hu.observe(u.subarray(0, 200000));
+  hu.observe(u.subarray(200000));
+  assert.ok(Math.abs(hu.percentile(99.99) - 0.9999) < 0.0015, `${hu.percentile(99.99)}`);
+  assert.ok(Math.abs(hu.percentile(50) - 0.5) < 0.005, `${hu.percentile(50)}`);
+});
+
+Deno.test("HistogramObserver.entropy: flat data keeps the full range; Gaussian clips", () => {
+  // A flat histogram: Q equals P only without clipping, so the max (upper edge) wins.
+  const flat = HistogramObserver.fromCounts(new Array(2048).fill(10), 3);
+  assert.equal(flat.entropy(), 3);
+  const g = new HistogramObserver();
+  const x = f32Values(200000, 11);
+  g.observe(x);
+  const amax = g.entropy();
+  const max = absMax(x);
+  assert.ok(amax > 3 && amax < max, `entropy amax ${amax}, max ${max}`);
+  // The amax is an upper bin edge: an integer number of bin widths.
+  const k = amax / g.binWidth;
+  assert.ok(Math.abs(k - Math.round(k)) < 1e-9, `${k}`);
+  assert.equal(new HistogramObserver({ method: "entropy" }).amax(), 0);
+});
+
+Deno.test("HistogramObserver.entropy equals a transcription of ModelOpt's algorithm", () => {
+  for (const [seed, n, start, range] of [[3, 300, 128, 5], [4, 2048, 128, 2.5], [5, 700, 200, 1]]) {
+    const r = randomValues(n, seed, { low: 0, high: 1 });
+    // Decaying counts with some empty bins and a sparse tail.
+    const counts = Array.from(
+      r,
+      (v, k) => (v < 0.15 ? 0 : Math.floor(1000 * Math.exp(-k / 90) * v)),
+    );
+    const h = HistogramObserver.fromCounts(counts, range);
+    const expected = refEntropy(counts, linspaceEdges(range, n), start);
+    const actual = h.entropy({ startBin: start });
+    assertClose([actual], [expected], { rtol: 1e-12, message: `seed ${seed}` });
+  }
+});
+
+Deno.test("HistogramObserver.mse: transcription of ModelOpt; below max for heavy tails", () => {
+  for (const [seed, n, range] of [[6, 2048, 4], [8, 512, 1]]) {
+    const r = randomValues(n, seed, { low: 0, high: 1 });
+    const counts = Array.from(r, (v, k) => Math.floor(5000 * Math.exp(-k / 60) * v));
+    const h = HistogramObserver.fromCounts(counts, range);
+    const expected = refMse(counts, linspaceEdges(range, n), 128);
+    assertClose([h.mse()], [expected], { rtol: 1e-12, message: `seed ${seed}` });
+  }
+  // Laplace(b = 1) data: the tail is cheaper to clip than to round coarsely. The optimum
+  // clipping for 8 bits is about 9.89·b (Banner et al., ACIQ), below the sample max (~12).
+  const u1 = randomValues(200000, 9, { low: 0, high: 1 });
+  const u2 = randomValues(200000, 10, { low: 0, high: 1 });
+  const x = Float32Array.from(u1, (v, i) => (u2[i] < 0.5 ? -1 : 1) * -Math.log(1 - v));
+  const heavy = new HistogramObserver();
+  heavy.observe(x);
+  const amax = heavy.mse();
+  assert.ok(amax < 0.9 * heavy.range && Math.abs(amax - 9.89) < 0.4, `${amax}, ${heavy.range}`);
+  // Uniform data: little to gain by clipping.
+  const u = new HistogramObserver();
+  u.observe(Float32Array.from(randomValues(100000, 10, { low: -1, high: 1 })));
+  assert.ok(u.mse() > 0.95 * u.range, `${u.mse()} vs ${u.range}`);
+});
+
+Deno.test("observer errors: bad percentile, method, values", () => {
+  const h = new HistogramObserver();
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => h.percentile(0);
+  assertTqError(bad, { op: "HistogramObserver.percentile", kind: "argument", line });
+  line = thisLine() + 1;
+  bad = () => h.percentile(100.5);
+  assertTqError(bad, { op: "HistogramObserver.percentile", includes: ["(0, 100]"], line });
+  line = thisLine() + 1;
+  bad = () => new HistogramObserver({ method: "kl" as "entropy" });
+  assertTqError(bad, { op: "HistogramObserver", includes: ["unknown histogram method"], line });
+  line = thisLine() + 1;
+  bad = () => new MaxObserver().observe([1, 2] as unknown as Float32Array);
+  assertTqError(bad, { op: "MaxObserver.observe", includes: ["Float32Array"], line });
+  line = thisLine() + 1;
+  bad = () => h.entropy({ dtype: "float8e4m3" as "int8" });
+  assertTqError(bad, { op: "HistogramObserver.entropy", kind: "dtype", line });
+});
+
+// ---------------------------------------------------------------------------------------
+// calibrate
+
+Deno.test("namedModules and findModule walk children with dotted names", () => {
+  const inner = new Sequential(new Linear(2, 2), new Linear(2, 2));
+  const model = new Chain({ a: inner, b: new Linear(2, 3) });
+  assert.deepEqual(namedModules(model).map(([n]) => n), ["", "a", "a.0", "a.1", "b"]);
+  assert.equal(findModule(model, "a.1"), inner.at(1));
+  assert.equal(findModule(model, "a.2"), undefined);
+});
+
+Deno.test("calibrate (max): input amax of every Linear, weight amax per row and block", () => {
+  const { model, batches } = smallModel();
+  const calls: string[] = [];
+  const l0 = model.at(0) as Linear;
+  const l2 = model.at(2) as Linear;
+  const existing = () => calls.push("existing");
+  l0.inputObserver = existing;
+  const progress: [number, number | undefined][] = [];
+  const calib = calibrate(model, batches, forward, {
+    perChannel: true,
+    weightBlockSize: 16,
+    onProgress: (done, total) => progress.push([done, total]),
+  });
+  assert.deepEqual(progress, [[1, 3], [2, 3], [3, 3]]);
+  assert.equal(calls.length, 3, "an existing observer keeps being called");
+  assert.equal(l0.inputObserver, existing, "the previous observer is restored");
+  assert.equal(l2.inputObserver, undefined);
+  assert.deepEqual([...calib.keys()], ["0", "2"]);
+
+  // Layer 0 sees the batches: exact max. Layer 2 sees relu(x W1ᵀ + b1): float64 reference.
+  const xs = batches.map(floats);
+  const x0 = Float32Array.from(xs.flatMap((x) => Array.from(x)));
+  assert.equal(calib.get("0")!.inputAmax, absMax(x0));
+  const w1 = floats(l0.weight);
+  const h = linearRef(x0, w1, floats(l0.bias!), 16, 32).map((v) => Math.max(v, 0));
+  assertClose([calib.get("2")!.inputAmax!], [absMax(h)], { rtol: 1e-6 });
+
+  const rowMax = Array.from({ length: 32 }, (_, r) => absMax(w1.subarray(r * 16, r * 16 + 16)));
+  assert.deepEqual(Array.from(calib.get("0")!.weightAmax!), rowMax);
+  const w2 = floats(l2.weight);
+  const blocks = Array.from({ length: 16 }, (_, b) => absMax(w2.subarray(b * 16, b * 16 + 16)));
+  assert.deepEqual(Array.from(calib.get("2")!.weightBlockAmax!), blocks);
+  assert.equal(calib.get("2")!.weightBlockSize, 16);
+
+  const ch = Array.from({ length: 16 }, (_, j) => {
+    let m = 0;
+    for (let i = j; i < x0.length; i += 16) m = Math.max(m, Math.abs(x0[i]));
+    return m;
+  });
+  assert.deepEqual(Array.from(calib.get("0")!.inputChannelAmax!), ch);
+});
+
+Deno.test("calibrate: histogram methods clip below the max; iterables without a length", () => {
+  const { model, batches } = smallModel();
+  const max = calibrate(model, batches, forward).get("0")!.inputAmax!;
+  for (const method of ["percentile", "entropy", "mse"] as const) {
+    const progress: (number | undefined)[] = [];
+    const c = calibrate(model, batches.values(), forward, {
+      method,
+      percentile: 99,
+      onProgress: (_d, total) => progress.push(total),
+    });
+    const a = c.get("0")!.inputAmax!;
+    assert.ok(a > 0 && a <= max * (1 + 1e-6), `${method}: ${a} vs max ${max}`);
+    assert.deepEqual(progress, [undefined, undefined, undefined]);
+  }
+  // Percentile 100 of the histogram is the max.
+  const p100 = calibrate(model, batches, forward, { method: "percentile", percentile: 100 });
+  assert.equal(p100.get("0")!.inputAmax, f32(max));
+});
+
+Deno.test("calibrate: a layer that never runs has no input amax", () => {
+  manualSeed(5);
+  const unused = new Linear(4, 4);
+  const model = new Chain({ used: new Linear(4, 4), unused });
+  const c = calibrate(model, [randn([2, 4], { seed: 1 })], (m, x) => m.children()[0][1].forward(x));
+  assert.equal(c.get("unused")!.inputAmax, undefined);
+  assert.ok(c.get("unused")!.weightAmax!.length === 4);
+  const line = thisLine() + 1;
+  const bad = () => quantizeModel(model, { mode: "w8a8", calibration: c });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["1 layer(s) have no input amax: unused"],
+    line,
+  });
+});
+
+Deno.test("calibrate errors", () => {
+  const { model, batches } = smallModel();
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => calibrate(model, batches, forward, { method: "minmax" as "max" });
+  assertTqError(bad, { op: "calibrate", includes: ["unknown calibration method", "minmax"], line });
+  line = thisLine() + 1;
+  bad = () => calibrate(model, [], forward);
+  assertTqError(bad, { op: "calibrate", includes: ["no calibration batches"], line });
+  line = thisLine() + 1;
+  bad = () => calibrate(model, batches, forward, { weightBlockSize: 5 });
+  assertTqError(bad, {
+    op: "calibrate",
+    includes: ["divisor of the input features of 0, 2"],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => calibrate(new Relu(), batches, forward);
+  assertTqError(bad, { op: "calibrate", includes: ["no Linear layers"], line });
+  line = thisLine() + 1;
+  bad = () => calibrate(model, batches, (async () => {}) as unknown as typeof forward);
+  assertTqError(bad, { op: "calibrate", includes: ["run must be synchronous"], line });
+  assert.equal((model.at(0) as Linear).inputObserver, undefined, "detached after an error");
+});
+
+// ---------------------------------------------------------------------------------------
+// quantizeModel
+
+Deno.test("quantizeModel w8a8 equals a float64 fake-quant reference", () => {
+  const { model, batches } = smallModel();
+  const l0 = model.at(0) as Linear;
+  const l2 = model.at(2) as Linear;
+  const floatW = [floats(l0.weight), floats(l2.weight)];
+  const bias = [floats(l0.bias!), floats(l2.bias!)];
+  const calib = calibrate(model, batches, forward);
+  const summary = quantizeModel(model, { mode: "w8a8", calibration: calib });
+  const inAmax = [calib.get("0")!.inputAmax!, calib.get("2")!.inputAmax!];
+  const inScale = inAmax.map((a) => f32(a / 127));
+  assert.deepEqual(summary, [
+    { name: "0", mode: "w8a8", quantDtype: "int8", weightScaleShape: [32], inputScale: inScale[0] },
+    { name: "2", mode: "w8a8", quantDtype: "int8", weightScaleShape: [8], inputScale: inScale[1] },
+  ]);
+  const dims: [number, number][] = [[16, 32], [32, 8]];
+  // Reference weights: per-row scale = rowAmax / 127 (float32), fake-quantized.
+  const wq = floatW.map((w, li) => {
+    const [inp, out] = dims[li];
+    const q = new Float64Array(w.length);
+    for (let o = 0; o < out; o++) {
+      const s = f32(absMax(w.subarray(o * inp, (o + 1) * inp)) / 127);
+      for (let i = 0; i < inp; i++) q[o * inp + i] = fakeQuant(w[o * inp + i], s, -128, 127);
+    }
+    return q;
+  });
+  assert.equal(l0.quantDtype, "int8");
+  assert.equal(l0.weightQuantDim, 0);
+  const rowScales = Array.from(
+    { length: 32 },
+    (_, o) => f32(absMax(floatW[0].subarray(o * 16, o * 16 + 16)) / 127),
+  );
+  assert.deepEqual(Array.from(floats(l0.weightScale!)), rowScales);
+
+  // Layer by layer on the inputs the model actually sees, then end to end.
+  const seen: Float32Array[] = [];
+  l2.inputObserver = (x) => seen.push(floats(x));
+  for (const batch of batches) {
+    const x = floats(batch);
+    const y = floats(model.forward(batch));
+    const q0 = Array.from(x, (v) => fakeQuant(v, inScale[0], -128, 127));
+    const h = linearRef(q0, wq[0], bias[0], 16, 32).map((v) => Math.max(v, 0));
+    const h32 = seen.at(-1)!;
+    assertClose(h32, h, { rtol: 1e-5, atol: 1e-5, message: "layer 0 output" });
+    const q1 = Array.from(h32, (v) => fakeQuant(v, inScale[1], -128, 127));
+    assertClose(y, linearRef(q1, wq[1], bias[1], 32, 8), { rtol: 1e-5, atol: 1e-5 });
+    const q1ref = Array.from(h, (v) => fakeQuant(v, inScale[1], -128, 127));
+    assertClose(y, linearRef(q1ref, wq[1], bias[1], 32, 8), { rtol: 1e-5, atol: 1e-5 });
+  }
+  l2.inputObserver = undefined;
+});
+
+Deno.test("quantizeModel modes set dtypes, scale shapes and scale values", () => {
+  const { model, batches } = smallModel();
+  const l0 = model.at(0) as Linear;
+  const l2 = model.at(2) as Linear;
+  const w2 = floats(l2.weight);
+  const calib = calibrate(model, batches, forward);
+
+  let s = quantizeModel(model, { mode: "w8" });
+  assert.deepEqual(s.map((e) => [e.name, e.quantDtype, e.weightScaleShape, e.inputScale]), [
+    ["0", "int8", [32], undefined],
+    ["2", "int8", [8], undefined],
+  ]);
+  assert.equal(l2.inputScale, undefined);
+  assert.deepEqual(l2.weightScale!.shape, [8]);
+
+  s = quantizeModel(model, { mode: "w4", blockSize: 16 });
+  assert.deepEqual(s.map((e) => [e.quantDtype, e.weightScaleShape]), [
+    ["int4", [32, 1]],
+    ["int4", [8, 2]],
+  ]);
+  assert.equal(l2.weightQuantDim, 1);
+  assert.equal(l2.blockSize, 16);
+  const blockScales = Array.from(
+    { length: 16 },
+    (_, b) => f32(absMax(w2.subarray(b * 16, b * 16 + 16)) / 7),
+  );
+  assert.deepEqual(Array.from(floats(l2.weightScale!)), blockScales);
+  assert.equal(l2.inputScale, undefined);
+
+  s = quantizeModel(model, { mode: "fp8", calibration: calib });
+  assert.equal(l0.quantDtype, "float8e4m3");
+  assert.equal(l0.weightQuantDim, 0);
+  assert.equal(l0.blockSize, undefined);
+  assert.equal(l0.inputScale!.item(), f32(calib.get("0")!.inputAmax! / 448));
+  assert.equal(s[1].inputScale, f32(calib.get("2")!.inputAmax! / 448));
+  const rows = Array.from(
+    { length: 8 },
+    (_, o) => f32(absMax(w2.subarray(o * 32, o * 32 + 32)) / 448),
+  );
+  assert.deepEqual(Array.from(floats(l2.weightScale!)), rows);
+  const y = floats(model.forward(batches[0]));
+  assert.ok(y.every(Number.isFinite));
+
+  // w4 with the default block size 128.
+  manualSeed(3);
+  const wide = new Sequential(new Linear(256, 8));
+  assert.deepEqual(quantizeModel(wide, { mode: "w4" })[0].weightScaleShape, [8, 2]);
+});
+
+Deno.test("quantizeModel: exclude by name, prefix and RegExp; amax overrides; zero amax", () => {
+  manualSeed(8);
+  const layers = Array.from({ length: 11 }, () => new Linear(4, 4));
+  const model = new Chain({ blocks: new Sequential(...layers), lm_head: new Linear(4, 2) });
+  const names = (ex: (string | RegExp)[]) =>
+    quantizeModel(model, { mode: "w8", exclude: ex }).map((e) => e.name);
+  const all = names([]);
+  assert.equal(all.length, 12);
+  assert.deepEqual(names(["lm_head"]), all.slice(0, 11));
+  assert.deepEqual(names(["blocks"]), ["lm_head"]);
+  // "blocks.1" is a name, not a string prefix: blocks.10 stays quantized.
+  assert.ok(!names(["blocks.1"]).includes("blocks.1"));
+  assert.ok(names(["blocks.1"]).includes("blocks.10"));
+  assert.deepEqual(names([/^blocks\.\d$/g]), ["blocks.10", "lm_head"]);
+  // Excluded layers keep their previous configuration (here w8 from the calls above).
+  manualSeed(8);
+  const fresh = new Chain({ a: new Linear(4, 4), b: new Linear(4, 4) });
+  quantizeModel(fresh, { mode: "w8a8", exclude: ["b"], amax: { a: { inputAmax: 0 } } });
+  const a = findModule(fresh, "a") as Linear;
+  assert.equal(a.inputScale!.item(), 1, "zero amax gives scale 1");
+  assert.equal((findModule(fresh, "b") as Linear).quantDtype, undefined);
+  // amax fields override calibration's.
+  const calib = new Map([["a", { inputAmax: 10, weightAmax: new Float32Array(4).fill(2) }]]);
+  quantizeModel(fresh, {
+    mode: "w8a8",
+    exclude: ["b"],
+    calibration: calib,
+    amax: { a: { inputAmax: 2.54 } },
+  });
+  assert.equal(a.inputScale!.item(), f32(2.54 / 127));
+  assert.deepEqual(Array.from(floats(a.weightScale!)), new Array(4).fill(f32(2 / 127)));
+});
+
+Deno.test("quantizeModel errors name the problem and the caller's line", () => {
+  const { model } = smallModel();
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => quantizeModel(model, { mode: "w8a8" });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: [
+      "mode w8a8 quantizes inputs",
+      "2 layer(s) have no input amax: 0, 2",
+      "pass calibration",
+    ],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "int8" as "w8" });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["unknown quantization mode", "w8a8, w8, w4, fp8", '"int8"'],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", exclude: ["0", 2 as unknown as string] });
+  assertTqError(bad, { op: "quantizeModel", includes: ["argument 'exclude[1]'", "got 2"], line });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", exclude: "0" as unknown as string[] });
+  assertTqError(bad, { op: "quantizeModel", includes: ["exclude must be an array"], line });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w4", blockSize: 64 });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["does not divide", "0 (16 input features)"],
+    line,
+  });
+  const shortAmax = { "0": { weightAmax: new Float32Array(3) } };
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", amax: shortAmax });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "shape",
+    includes: ["layer 0", "32 values"],
+    line,
+  });
+  const hf = new Map([["transformer.h.0.attn.c_attn", { inputAmax: 1 }]]);
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "fp8", calibration: hf });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["transformer.h.0.attn.c_attn", "nameMap"],
+    line,
+  });
+  assert.equal((model.at(0) as Linear).quantDtype, undefined, "nothing changed on error");
+});
+
+// ---------------------------------------------------------------------------------------
+// importAmax
+
+const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
+const AMAX_FILE = new URL("calibration_amax.safetensors", FIXTURES);
+const haveFixture = (() => {
+  try {
+    return Deno.statSync(AMAX_FILE).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: `importAmax reads the reference calibration file${
+    haveFixture ? "" : " (skipped: fixtures/calibration_amax.safetensors not found)"
+  }`,
+  ignore: !haveFixture,
+  fn: () => {
+    using file = loadSafetensors(AMAX_FILE);
+    const amax = importAmax(file);
+    assert.equal(amax.size, 16);
+    const expected = [0, 1, 2, 3].flatMap((b) =>
+      ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"].map((l) => `transformer.h.${b}.${l}`)
+    );
+    assert.deepEqual([...amax.keys()].sort(), expected.sort());
+    const widths: Record<string, number> = {
+      "attn.c_attn": 768,
+      "attn.c_proj": 256,
+      "mlp.c_fc": 1024,
+      "mlp.c_proj": 256,
+    };
+    for (const [name, entry] of amax) {
+      assert.ok(entry.inputAmax! > 0, name);
+      const kind = name.split(".").slice(-2).join(".");
+      assert.equal(entry.weightAmax!.length, widths[kind], name);
+      assert.ok(entry.weightAmax!.every((v) => v > 0), name);
+      assert.equal(entry.inputAmax, file.get(`${name}.input_amax`).item());
+    }
+    const renamed = importAmax(file, {
+      nameMap: (
+        n,
+      ) => (n.startsWith("transformer.h.0.") ? n.slice("transformer.".length) : undefined),
+    });
+    assert.deepEqual([...renamed.keys()], [
+      "h.0.attn.c_attn",
+      "h.0.attn.c_proj",
+      "h.0.mlp.c_fc",
+      "h.0.mlp.c_proj",
+    ]);
+  },
+});
+
+Deno.test("importAmax: ModelOpt quantizer names drive quantizeModel", () => {
+  manualSeed(21);
+  const model = new Chain({ a: new Chain({ b: new Linear(4, 2) }) });
+  const amax = importAmax({
+    "a.b.input_quantizer._amax": tensor([3.5]),
+    "a.b.weight_quantizer._amax": tensor([[0.25], [0.5]]),
+    "a.b.weight": tensor([1]),
+  });
+  assert.deepEqual([...amax.keys()], ["a.b"]);
+  assert.equal(amax.get("a.b")!.inputAmax, 3.5);
+  assert.deepEqual(Array.from(amax.get("a.b")!.weightAmax!), [0.25, 0.5]);
+  const [info] = quantizeModel(model, { mode: "w8a8", amax });
+  assert.equal(info.inputScale, f32(3.5 / 127));
+  const layer = findModule(model, "a.b") as Linear;
+  assert.deepEqual(Array.from(floats(layer.weightScale!)), [f32(0.25 / 127), f32(0.5 / 127)]);
+  // Record nameMap; per-channel input amax.
+  const mapped = importAmax({ "x.input_amax": tensor([1, 4, 2]) }, { nameMap: { x: "a.b" } });
+  assert.equal(mapped.get("a.b")!.inputAmax, 4);
+  assert.deepEqual(Array.from(mapped.get("a.b")!.inputChannelAmax!), [1, 4, 2]);
+
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => importAmax({ "a.weight": tensor([1]) });
+  assertTqError(bad, { op: "importAmax", includes: ["no amax tensors found", "a.weight"], line });
+  line = thisLine() + 1;
+  bad = () => importAmax({ "a.input_amax": tensor([-1]) });
+  assertTqError(bad, { op: "importAmax", includes: ["non-negative", "-1 at index 0"], line });
+  line = thisLine() + 1;
+  bad = () => importAmax({ "a.input_amax": tensor([1], { dtype: "int32" }) });
+  assertTqError(bad, { op: "importAmax", kind: "dtype", line });
+});
+
+// ---------------------------------------------------------------------------------------
+// SmoothQuant
+
+Deno.test("smoothingScales: hand-computed factors", () => {
+  const s = smoothingScales([4, 9, 0, 1], [1, 4, 2, 0], 0.5);
+  assert.deepEqual(Array.from(s), [2, 1.5, 1, 1]);
+  assert.deepEqual(Array.from(smoothingScales([8], [2], 1)), [8]);
+  assert.deepEqual(Array.from(smoothingScales([8], [2], 0)), [0.5]);
+});
+
+Deno.test("smoothQuant keeps the float output and flattens the activation ranges", () => {
+  manualSeed(77);
+  const C = 32;
+  const norm = new LayerNorm(C);
+  // Outlier channels, as in trained transformers: a few large norm weights.
+  const gamma = f32Values(C, 41, 0.3).map((v, j) => (j % 11 === 3 ? 25 + v : 1 + v));
+  norm.weight = tensor(gamma);
+  norm.bias = tensor(f32Values(C, 42, 0.1));
+  const q = new Linear(C, 16);
+  const k = new Linear(C, 24);
+  const model = new Chain({ ln: norm, q });
+  const run = (m: Chain, x: Tensor) => {
+    const h = (findModule(m, "ln") as LayerNorm).forward(x);
+    return [q.forward(h), k.forward(h)];
+  };
+  const container = new Chain({ block: model, k });
+  const batches = [0, 1].map((i) => randn([3, 5, C], { seed: 300 + i, std: 2 }));
+  const before = batches.map((x) => run(model, x).map(floats));
+  const calib = calibrate(container, batches, (_m, x) => void run(model, x), { perChannel: true });
+  const spread = (c: Float32Array) => {
+    const sorted = Array.from(c).sort((a, b) => a - b);
+    return sorted.at(-1)! / sorted[sorted.length >> 1];
+  };
+  const spreadBefore = spread(calib.get("block.q")!.inputChannelAmax!);
+  const updated = smoothQuant(container, calib, {
+    alpha: 0.5,
+    pairs: [{ norm: "block.ln", linears: ["block.q", "k"] }],
+  });
+  batches.forEach((x, i) => {
+    const after = run(model, x).map(floats);
+    assertClose(after[0], before[i][0], { rtol: 1e-5, atol: 1e-5, message: "q output" });
+    assertClose(after[1], before[i][1], { rtol: 1e-5, atol: 1e-5, message: "k output" });
+  });
+  const recal = calibrate(container, batches, (_m, x) => void run(model, x), { perChannel: true });
+  const spreadAfter = spread(recal.get("block.q")!.inputChannelAmax!);
+  assert.ok(spreadAfter < spreadBefore / 2, `spread ${spreadBefore} -> ${spreadAfter}`);
+  // The returned calibration predicts the new ranges and weights.
+  assertClose(updated.get("k")!.inputChannelAmax!, recal.get("k")!.inputChannelAmax!, {
+    rtol: 1e-5,
+  });
+  assertClose([updated.get("block.q")!.inputAmax!], [recal.get("block.q")!.inputAmax!], {
+    rtol: 1e-5,
+  });
+  assert.deepEqual(updated.get("k")!.weightAmax, recal.get("k")!.weightAmax);
+  assert.notDeepEqual(calib.get("k")!.weightAmax, recal.get("k")!.weightAmax, "input not modified");
+});
+
+Deno.test("smoothQuant errors", () => {
+  manualSeed(78);
+  const model = new Chain({ ln: new LayerNorm(8), fc: new Linear(8, 4), out: new Linear(4, 4) });
+  const plain = calibrate(model, [randn([2, 8], { seed: 1 })], forward);
+  const pairs = [{ norm: "ln", linears: ["fc"] }];
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => smoothQuant(model, plain, { pairs });
+  assertTqError(bad, { op: "smoothQuant", includes: ["perChannel: true"], line });
+  const calib = calibrate(model, [randn([2, 8], { seed: 1 })], forward, { perChannel: true });
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln", linears: ["out"] }] });
+  assertTqError(bad, {
+    op: "smoothQuant",
+    kind: "shape",
+    includes: ["out does not read ln"],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln2", linears: ["fc"] }] });
+  assertTqError(bad, { op: "smoothQuant", includes: ["no module named ln2"], line });
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { alpha: 1.5, pairs: [] });
+  assertTqError(bad, { op: "smoothQuant", includes: ["alpha must be in [0, 1]"], line });
+  quantizeModel(model, { mode: "w8" });
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln", linears: ["fc"] }] });
+  assertTqError(bad, { op: "smoothQuant", kind: "state", includes: ["already quantized"], line });
+});
