@@ -29,6 +29,7 @@ import { CudaDevice } from "./device.ts";
 import { type CudaLowered, cudaLowering } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import { captureGraph } from "./graph.ts";
+import { checkGatherFlags } from "./shape.ts";
 
 let availability: string | undefined | null = null;
 
@@ -152,6 +153,7 @@ export const cudaBackend: Backend = {
     const host = new Uint8Array(b.bytes);
     if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
     d.synchronize();
+    checkGatherFlags();
     return fromStorageBytes(b.dtype, host, b.numel);
   },
 
@@ -162,6 +164,7 @@ export const cudaBackend: Backend = {
     const host = new Uint8Array(b.bytes);
     if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
     await d.synchronizeAsync();
+    checkGatherFlags();
     return fromStorageBytes(b.dtype, host, b.numel);
   },
 

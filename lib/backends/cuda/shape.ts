@@ -23,10 +23,11 @@ import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   BLOCK,
+  type CudaLaunch,
   type Dim3,
   grid1d,
-  KernelParams,
   kernelFunction,
+  KernelParams,
   launch,
   type PtxModule,
   registerCudaKernel,
@@ -39,6 +40,8 @@ const PTX: PtxModule = shapePtx;
 type Copy = (dst: bigint, src: bigint) => void;
 
 const NOTHING: Copy = () => {};
+// Lowering of an op whose output is empty: nothing to launch.
+const NO_LAUNCH: CudaLaunch = () => {};
 const BLOCK_1D: Dim3 = [BLOCK, 1, 1];
 // Element counts and offsets below this use the kernels with 32-bit indexing.
 const INT32_LIMIT = 2 ** 31;
@@ -200,7 +203,9 @@ function planUnits(device: CudaDevice, unit: number, s: Strided): Copy {
   const [sizes, steps] = collapse(s.sizes, s.steps);
   const read: Strided = { sizes, steps, base: s.base };
   const n = numel(sizes);
-  if (sizes.length === 1 && steps[0] === 1) return planContiguous(device, n * unit, s.base * unit, 0);
+  if (sizes.length === 1 && steps[0] === 1) {
+    return planContiguous(device, n * unit, s.base * unit, 0);
+  }
   const from = BigInt(s.base * unit);
   const grid = grid1d(device, n, 4);
   if (sizes.length <= MAX_PARAM_RANK && fitsInt32({ ...read, base: 0 }, n)) {
@@ -414,24 +419,139 @@ export function checkGatherFlags(): void {
   if (pendingFlags.size === 0) return;
   const records = [...pendingFlags];
   pendingFlags.clear();
-  const hosts = records.map((r) => {
+  const found = records.map((r) => {
     r.device.makeCurrent();
-    const host = new BigInt64Array(2); // [first bad position, its value]
-    copyToHostAsync(host, r.buffer.pointer, r.device.stream, 16);
+    const host = new BigInt64Array(2); // [first bad position, its raw value]
+    copyToHostAsync(host, Deno.UnsafePointer.create(r.buffer.address + 8n), r.device.stream, 16);
     return host;
   });
-  // The copies above were queued from offset 0: adjust to read [first, value] below.
   for (const device of new Set(records.map((r) => r.device))) device.synchronize();
   let error: TensorqError | undefined;
   records.forEach((r, i) => {
-    void hosts[i];
-    if (hosts[i][1] === NO_INDEX) return;
-    void r;
+    const [position, value] = found[i];
+    if (position === NO_INDEX) return;
+    r.device.makeCurrent();
+    memset(r.device, r.buffer.address + 8n, 0xff, 8);
+    error ??= new TensorqError("index out of range", {
+      op: r.op,
+      kind: "argument",
+      argument: r.op === "embedding" ? "ids" : "indices",
+      expected: `indices in [${-r.extent}, ${r.extent - 1}] (an axis of extent ${r.extent})`,
+      actual: `${value} at flat index ${position}`,
+    });
   });
-  void error;
+  if (error) throw error;
 }
 
-function lowerGather(op: "gather" | "embedding") {
-  return (ctx: Parameters<Parameters<typeof registerCudaKernel>[1]>[0]) => ctx;
+/** Enqueues one gather: output, source and index addresses. */
+type GatherLaunch = (out: bigint, x: bigint, indices: bigint) => void;
+
+function planGather(
+  device: CudaDevice,
+  dtype: DType,
+  indexBits: number,
+  outer: number,
+  extent: number,
+  count: number,
+  inner: number,
+  flag: bigint,
+): GatherLaunch {
+  const total = outer * count * inner;
+  if (total === 0) {
+    // Nothing to copy, but the indices must still be valid.
+    const kernel = fn(device, `check_indices_idx${indexBits}`);
+    const grid = grid1d(device, count);
+    const params = new KernelParams(4);
+    return (_out, _x, indices) => {
+      params.reset().ptr(indices).i64(count).i64(extent).ptr(flag);
+      launch(device, kernel, grid, BLOCK_1D, params);
+    };
+  }
+  const esize = elementBytes(dtype);
+  const unit = UNITS.find((u) => u >= esize && inner % (u / esize) === 0);
+  const params = new KernelParams(8);
+  if (unit === undefined) {
+    // int4 rows of an odd number of elements.
+    const kernel = fn(device, `gather_i4_idx${indexBits}`);
+    const grid = grid1d(device, Math.ceil(total / 2));
+    return (out, x, indices) => {
+      params.reset().ptr(out).ptr(x).ptr(indices).i64(outer).i64(extent).i64(count).i64(inner)
+        .ptr(flag);
+      launch(device, kernel, grid, BLOCK_1D, params);
+    };
+  }
+  const f = unit / esize;
+  const innerUnits = inner / f;
+  const small = total / f < INT32_LIMIT && outer * extent * innerUnits < INT32_LIMIT;
+  const kernel = fn(device, `gather_b${unit}_idx${indexBits}_n${small ? 32 : 64}`);
+  const grid = grid1d(device, total / f);
+  return (out, x, indices) => {
+    params.reset().ptr(out).ptr(x).ptr(indices).i64(outer).i64(extent).i64(count).i64(
+      innerUnits,
+    ).ptr(flag);
+    launch(device, kernel, grid, BLOCK_1D, params);
+  };
 }
-void lowerGather;
+
+for (const op of ["gather", "embedding"] as const) {
+  registerCudaKernel(op, (ctx) => {
+    const axis = ctx.attrs.axis as number;
+    const [source, indices] = ctx.inputs;
+    const count = numel(indices.shape);
+    if (count === 0) return NO_LAUNCH; // the output is empty and there is no index to check
+    const extent = source.shape[axis];
+    const record = newGatherFlag(ctx.device, op, extent);
+    const enqueue = planGather(
+      ctx.device,
+      ctx.out.dtype,
+      indices.dtype === "int64" ? 64 : 32,
+      numel(source.shape.slice(0, axis)),
+      extent,
+      count,
+      numel(source.shape.slice(axis + 1)),
+      record.buffer.address,
+    );
+    return (out, [x, ids]) => {
+      enqueue(out.address, x.address, ids.address);
+      pendingFlags.add(record);
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// triu / tril / causalMask
+
+for (const op of ["triu", "tril"] as const) {
+  registerCudaKernel(op, (ctx) => {
+    const shape = ctx.out.shape;
+    const n = numel(shape);
+    if (n === 0) return NO_LAUNCH;
+    const rows = shape[shape.length - 2];
+    const cols = shape[shape.length - 1];
+    const k = ctx.attrs.k as number;
+    const esize = elementBytes(ctx.out.dtype);
+    const name = esize < 1 ? "triangle_i4" : `triangle_b${esize}_n${n < INT32_LIMIT ? 32 : 64}`;
+    const kernel = fn(ctx.device, name);
+    const grid = grid1d(ctx.device, esize < 1 ? Math.ceil(n / 2) : n);
+    const params = new KernelParams(7);
+    const upper = op === "triu" ? 1 : 0;
+    return (out, [x]) => {
+      params.reset().ptr(out.address).ptr(x.address).i64(n).i64(rows).i64(cols).i64(k).i32(upper);
+      launch(ctx.device, kernel, grid, BLOCK_1D, params);
+    };
+  });
+}
+
+registerCudaKernel("causalMask", (ctx) => {
+  const [queries, keys] = ctx.out.shape;
+  const n = queries * keys;
+  if (n === 0) return NO_LAUNCH;
+  const offset = ctx.attrs.offset as number;
+  const kernel = fn(ctx.device, `causal_mask_n${n < INT32_LIMIT ? 32 : 64}`);
+  const grid = grid1d(ctx.device, n);
+  const params = new KernelParams(4);
+  return (out) => {
+    params.reset().ptr(out.address).i64(n).i64(keys).i64(offset);
+    launch(ctx.device, kernel, grid, BLOCK_1D, params);
+  };
+});
