@@ -457,12 +457,31 @@ export function encode(
       break;
     case "float16": {
       const dst = target as Uint16Array;
-      for (let i = 0; i < n; i++) dst[i] = float32ToFloat16Bits(values[i]);
+      if (HAS_FLOAT16_ARRAY) {
+        // The engine's conversion rounds each float64 once, to nearest even (ECMA-262
+        // ToFloat16); NaNs are made canonical (0x7e00) afterwards.
+        const half = new Float16Array(dst.buffer, dst.byteOffset, n);
+        half.set(values);
+        for (let i = 0; i < n; i++) if ((dst[i] & 0x7fff) > 0x7c00) dst[i] = 0x7e00;
+      } else {
+        for (let i = 0; i < n; i++) dst[i] = float32ToFloat16Bits(values[i]);
+      }
       break;
     }
     case "bfloat16": {
       const dst = target as Uint16Array;
-      for (let i = 0; i < n; i++) dst[i] = float32ToBfloat16Bits(values[i]);
+      const f32 = new Float32Array(1);
+      const u32 = new Uint32Array(f32.buffer);
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        f32[0] = v;
+        // Fast path: a float32 value rounds to bfloat16 exactly by integer RNE on its bits.
+        // Anything else (float64 inputs) takes the single-rounding general path.
+        if (f32[0] === v && (u32[0] & 0x7f800000) !== 0x7f800000) {
+          const bits = u32[0];
+          dst[i] = (bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16;
+        } else dst[i] = float32ToBfloat16Bits(v);
+      }
       break;
     }
     case "float8e4m3": {
@@ -703,6 +722,9 @@ export function formatNumber(dtype: DType, v: number): string {
   const expDigits = String(Math.abs(exp)).padStart(2, "0");
   return `${mantissa}e${exp < 0 ? "-" : "+"}${expDigits}`;
 }
+
+const HAS_FLOAT16_ARRAY = typeof (globalThis as { Float16Array?: unknown }).Float16Array ===
+  "function";
 
 /** Float dtypes that support arithmetic. */
 export const FLOAT_DTYPES: readonly DType[] = ["float32", "float16", "bfloat16"];

@@ -30,6 +30,7 @@
  */
 import { decode, type DType } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
+import type { Node } from "../graph/node.ts";
 import { scalar, type Tensor } from "../tensor.ts";
 import { checkSameDevice, checkTensor, FLOAT_DTYPES, makeOp } from "./op.ts";
 
@@ -100,7 +101,8 @@ function scaleTensor(op: string, scale: Tensor | number, device: string): Tensor
 
 /** Checks the values of an already evaluated scale tensor. */
 function checkScaleValues(op: string, scale: Tensor): void {
-  if (!scale.isEvaluated) return;
+  // A value never changes: check each scale once (reading a GPU scale costs a round trip).
+  if (!scale.isEvaluated || checkedScales.has(scale.node)) return;
   const values = decode(scale.dtype, scale.storageSync());
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
@@ -114,7 +116,10 @@ function checkScaleValues(op: string, scale: Tensor): void {
       });
     }
   }
+  checkedScales.add(scale.node);
 }
+
+const checkedScales = new WeakSet<Node>();
 
 interface ModeInfo {
   mode: QuantMode;

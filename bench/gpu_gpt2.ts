@@ -1,0 +1,441 @@
+/**
+ * GPT-2-small on the GPU: prefill and decode in float16 and in the quantized modes, side by
+ * side with transformers' GPT2LMHeadModel (fp16, eager PyTorch) run in the same job.
+ *
+ *     deno run -A bench/gpu_gpt2.ts [--out DIR] [--quick] [--modes float16,w8a8,fp8,w4]
+ *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024]
+ *     deno run -A bench/gpu_gpt2.ts --smoke --device cpu --no-peer   # tiny model, no GPU
+ *
+ * Model: 12 layers, 768 wide, 12 heads, 50257 vocab, 1024 positions, random weights (seed 0).
+ * Quantized modes use quantizeModel with amax from a max calibration on one random batch,
+ * lm_head left in float16.
+ *
+ * Figures (wall clock, synchronized):
+ * - prefill 8×512: per forward, eager (`model.forward(ids).evaluate()`) and compiled
+ *   (`tq.compile`, one CUDA graph replay per call);
+ * - decode at 512 context: per token over 32 greedy steps fed on the device; the static
+ *   decoder (bench/gpt2_static_decode.ts: fixed shapes, one graph replay per step) and the
+ *   model's own KVCache forward (eager, growing shapes).
+ * The static decoder's logits are checked against the cached forward on a few steps, and the
+ * compiled prefill's against the eager one.
+ *
+ * Writes gpt2.md (the table) and gpt2.json (everything) to `--out`; prints the table last.
+ * @module
+ */
+import * as tq from "../mod.ts";
+import {
+  buildStaticDecoder,
+  checkStaticDecoder,
+  type DecodeState,
+  disposeState,
+  type StaticDecoder,
+} from "./gpt2_static_decode.ts";
+import {
+  argFlag,
+  argValue,
+  type BenchFloat,
+  deviceTensor,
+  errorMessage,
+  fmt,
+  markdownTable,
+  randnHost,
+  relError,
+  runPeer,
+  timeWall,
+  type WallTiming,
+  writeOut,
+} from "./timing.ts";
+
+const args = Deno.args;
+const outDir = argValue(args, "out");
+const quick = argFlag(args, "quick");
+const smoke = argFlag(args, "smoke");
+const device = argValue(args, "device") ?? "cuda";
+const noPeer = argFlag(args, "no-peer");
+const modes = (argValue(args, "modes") ?? "float16,w8a8,fp8,w4").split(",").map((m) => m.trim())
+  .filter((m) => m.length > 0);
+const steps = Number(argValue(args, "steps") ?? (smoke ? 4 : 32));
+const context = Number(argValue(args, "context") ?? (smoke ? 8 : 512));
+const prefillBatch = Number(argValue(args, "batch") ?? (smoke ? 2 : 8));
+const prefillSeq = Number(argValue(args, "seq") ?? (smoke ? 16 : 512));
+const checkSteps = quick || smoke ? 2 : 4;
+const PEER = new URL("./peers/gpt2_torch.py", import.meta.url).pathname;
+
+/** PyTorch eager figures measured on the H200 (FACTS.md), used when the peer cannot run. */
+const FACTS_MS = { prefill: 10.6, decode: 8.3 };
+
+const config: Partial<tq.GPT2Config> = smoke
+  ? { nLayer: 2, nEmbd: 128, nHead: 4, vocabSize: 512, nPositions: 64 }
+  : { nLayer: 12, nEmbd: 768, nHead: 12, vocabSize: 50257, nPositions: 1024 };
+const maxLength = Number(argValue(args, "max-length") ?? config.nPositions);
+
+type Mode = "float16" | tq.QuantizationMode;
+
+interface Measurement {
+  mode: Mode;
+  figure: "prefill eager" | "prefill compiled" | "decode static (graph)" | "decode eager";
+  timing?: WallTiming;
+  /** Milliseconds per forward (prefill) or per token (decode). */
+  ms?: number;
+  error?: string;
+  check?: string;
+  checkOk?: boolean;
+}
+
+const results: Measurement[] = [];
+const details: Record<string, unknown> = {
+  args,
+  config,
+  device,
+  quick,
+  smoke,
+  steps,
+  context,
+  prefill: [prefillBatch, prefillSeq],
+  maxLength,
+};
+
+function log(msg: string): void {
+  console.log(msg);
+}
+
+function randomIds(shape: number[], seed: number, vocab: number): tq.Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const values = new Int32Array(n);
+  const stream = new tq.RandomStream(seed);
+  for (let i = 0; i < n; i++) values[i] = stream.nextUint32() % vocab;
+  return tq.tensor(values, { shape, device });
+}
+
+/** GPT-2 with seeded random weights (normal, std 0.02; norms scale 1, small random shifts). */
+function randomModel(dtype: BenchFloat): tq.GPT2LMHeadModel {
+  const cfg = tq.gpt2Config(config);
+  const model = tq.withoutInitialization(() => new tq.GPT2LMHeadModel(cfg, { dtype }));
+  const dict: Record<string, tq.Tensor> = {};
+  let seed = 1;
+  for (const [name, spec] of model.parameterSpecs()) {
+    if (cfg.tieWordEmbeddings && name === "lm_head.weight") continue;
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    const isNormScale = /(^|\.)ln_(1|2|f)\.weight$/.test(name);
+    const values = isNormScale ? new Float32Array(n).fill(1) : randnHost(n, seed++, 0.02);
+    dict[name] = deviceTensor(values, spec.shape, dtype, device);
+  }
+  if (cfg.tieWordEmbeddings) dict["lm_head.weight"] = dict["transformer.wte.weight"];
+  model.loadStateDict(dict, { strict: true });
+  return model;
+}
+
+function countOps(ops: string[]): string {
+  const counts = new Map<string, number>();
+  for (const op of ops) {
+    if (op === "qlinear" || op === "wlinear" || op === "matmul") {
+      counts.set(op, (counts.get(op) ?? 0) + 1);
+    }
+  }
+  return [...counts].map(([k, v]) => `${k} ×${v}`).join(", ");
+}
+
+function record(m: Measurement): void {
+  results.push(m);
+  const what = m.error
+    ? `ERROR ${m.error.split("\n")[0]}`
+    : `${fmt(m.ms, 3)} ms${m.figure.startsWith("decode") ? "/token" : ""}` +
+      (m.timing
+        ? ` (p10 ${fmt(m.timing.p10Us / 1e3, 3)}, p90 ${fmt(m.timing.p90Us / 1e3, 3)})`
+        : "");
+  log(`[${m.mode}] ${m.figure}: ${what}${m.check ? `; check: ${m.check}` : ""}`);
+  save();
+}
+
+function attempt(mode: Mode, figure: Measurement["figure"], fn: () => Partial<Measurement>): void {
+  try {
+    record({ mode, figure, ...fn() });
+  } catch (e) {
+    record({ mode, figure, error: errorMessage(e) });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+function prefillEager(model: tq.GPT2LMHeadModel, ids: tq.Tensor): Partial<Measurement> {
+  const timing = timeWall(() => {
+    const logits = model.forward(ids).evaluate();
+    logits.dispose();
+  }, { warmup: quick || smoke ? 1 : 2, reps: quick || smoke ? 3 : 8 });
+  return { timing, ms: timing.medianUs / 1e3 };
+}
+
+function prefillCompiled(model: tq.GPT2LMHeadModel, ids: tq.Tensor): Partial<Measurement> {
+  const exe = tq.compile((x: tq.Tensor) => model.forward(x), {
+    args: [tq.inputInfo(ids.shape, "int32")],
+    device,
+  });
+  try {
+    // Correctness: the last position of the first sequence, compiled vs eager.
+    const compiled = exe(ids) as tq.Tensor;
+    const eager = model.forward(ids);
+    const t = ids.shape[1];
+    const got = tq.slice(compiled, [0, t - 1]).dataSync() as Float32Array;
+    const want = tq.slice(eager, [0, t - 1]).dataSync() as Float32Array;
+    compiled.dispose();
+    const e = relError(got, want);
+    const ok = !e.nonFinite && e.normRel <= 1e-2;
+    const check = `vs eager: norm rel ${e.normRel.toExponential(2)}${
+      e.nonFinite ? ", NON-FINITE" : ""
+    } (${ok ? "ok" : "FAIL"})`;
+    const timing = timeWall(() => {
+      const logits = exe(ids) as tq.Tensor;
+      logits.dispose();
+    }, { warmup: quick || smoke ? 1 : 2, reps: quick || smoke ? 3 : 10 });
+    return { timing, ms: timing.medianUs / 1e3, check, checkOk: ok };
+  } finally {
+    exe.dispose();
+  }
+}
+
+function decodeStatic(
+  model: tq.GPT2LMHeadModel,
+  prompt: tq.Tensor,
+): Partial<Measurement> {
+  let decoder: StaticDecoder | undefined;
+  try {
+    decoder = buildStaticDecoder(model, { batch: prompt.shape[0], maxLength });
+    const checks = checkStaticDecoder(model, decoder, prompt, checkSteps);
+    const worst = Math.max(...checks.map((c) => c.normRel));
+    // Near-ties among 50257 random-model logits may flip the argmax under fp16 rounding, so
+    // the verdict rests on the logits; the argmax agreement is reported alongside.
+    const ok = checks.every((c) => !c.nonFinite) && worst <= 2e-2;
+    const check = `${checks.length} steps vs the cached forward: worst norm rel ${
+      worst.toExponential(2)
+    }, argmax ${checks.every((c) => c.argmaxMatch) ? "same" : "differs"}${
+      checks.some((c) => c.nonFinite) ? ", NON-FINITE" : ""
+    } (${ok ? "ok" : "FAIL"})`;
+
+    const { state: initial } = decoder.prefill(prompt);
+    let state: DecodeState = initial;
+    const dec = decoder;
+    const timing = timeWall(() => {
+      const { state: next, logits } = dec.step(state);
+      logits.dispose();
+      if (state !== initial) disposeState(state);
+      state = next;
+    }, {
+      batch: steps,
+      warmup: steps,
+      reps: (quick || smoke ? 2 : 5) * steps,
+      beforeBatch: () => {
+        if (state !== initial) disposeState(state);
+        state = initial;
+      },
+    });
+    if (state !== initial) disposeState(state);
+    disposeState(initial);
+    return { timing, ms: timing.medianUs / 1e3, check, checkOk: ok };
+  } finally {
+    decoder?.dispose();
+  }
+}
+
+function decodeEager(model: tq.GPT2LMHeadModel, prompt: tq.Tensor): Partial<Measurement> {
+  const kv = model.createCache();
+  const promptLogits = model.forward(prompt, { cache: kv });
+  const t = prompt.shape[1];
+  const firstIds = tq.argmax(tq.slice(promptLogits, [null, [t - 1, t]]), -1).evaluate();
+  promptLogits.dispose();
+  const snapshot = kv.layers.map((l) => ({ key: l.key, value: l.value }));
+  let ids = firstIds;
+  const timing = timeWall(() => {
+    const logits = model.forward(ids, { cache: kv });
+    ids = tq.argmax(logits, -1); // [B, 1], evaluated by the next forward
+  }, {
+    batch: steps,
+    warmup: steps,
+    reps: (quick || smoke ? 1 : 3) * steps,
+    beforeBatch: () => {
+      kv.layers.forEach((l, i) => {
+        l.key = snapshot[i].key;
+        l.value = snapshot[i].value;
+      });
+      ids = firstIds;
+    },
+  });
+  return { timing, ms: timing.medianUs / 1e3 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+interface PeerFigures {
+  prefillMs?: number;
+  decodeMs?: number;
+  source: string;
+}
+
+let peer: PeerFigures = { source: "not run" };
+
+function ourMs(mode: Mode, figure: Measurement["figure"]): number | undefined {
+  const m = results.find((r) => r.mode === mode && r.figure === figure);
+  return m?.error ? undefined : m?.ms;
+}
+
+function table(): string {
+  const header = [
+    "mode",
+    "figure",
+    "ours (ms)",
+    `PyTorch fp16 eager (ms) [${peer.source}]`,
+    "speedup vs PyTorch",
+    "target",
+    "met?",
+    "vs our float16",
+    "check",
+  ];
+  const rows = results.map((m) => {
+    const isDecode = m.figure.startsWith("decode");
+    const ref = isDecode ? peer.decodeMs : peer.prefillMs;
+    const speedup = m.ms !== undefined && ref !== undefined ? ref / m.ms : undefined;
+    let target = "—";
+    let met = "—";
+    if (m.figure === "decode static (graph)") {
+      target = "≥ 10× (≤ 1/10 per token)";
+      met = speedup === undefined ? "?" : speedup >= 10 ? "yes" : "no";
+    } else if (m.figure.startsWith("prefill")) {
+      target = "≥ 2×";
+      met = speedup === undefined ? "?" : speedup >= 2 ? "yes" : "no";
+    }
+    let vsFloat = "—";
+    if (m.mode !== "float16" && m.ms !== undefined) {
+      const base = ourMs("float16", m.figure);
+      if (base !== undefined) {
+        const r = base / m.ms;
+        vsFloat = `${r.toFixed(2)}× ${r > 1 ? "(faster)" : "(NOT faster)"}`;
+      }
+    }
+    if (m.error) met = "error";
+    return [
+      m.mode,
+      m.figure + (isDecode ? " /token" : ""),
+      m.error ? "error" : fmt(m.ms, 3),
+      fmt(ref, 2),
+      speedup === undefined ? "—" : `${speedup.toFixed(2)}×`,
+      target,
+      met,
+      vsFloat,
+      m.check ?? (m.error ? m.error.split("\n")[0].slice(0, 80) : ""),
+    ];
+  });
+  return `### GPT-2 small (${
+    smoke ? "SMOKE: tiny config" : "12×768, vocab 50257"
+  }) on ${device}: prefill ${prefillBatch}×${prefillSeq}, decode at ${context} context ` +
+    `(${steps} steps, static cache ${maxLength} slots)\n\n` + markdownTable(header, rows);
+}
+
+function save(): void {
+  writeOut(outDir, "gpt2.md", table() + "\n");
+  writeOut(
+    outDir,
+    "gpt2.json",
+    JSON.stringify(
+      { ...details, peer, results },
+      (_k, v) => typeof v === "number" && !Number.isFinite(v) ? null : v,
+      2,
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+async function runPeerFigures(): Promise<void> {
+  if (noPeer) {
+    peer = { prefillMs: FACTS_MS.prefill, decodeMs: FACTS_MS.decode, source: "FACTS.md" };
+    return;
+  }
+  log("running the PyTorch peer (transformers GPT2LMHeadModel, fp16, eager) ...");
+  const peerArgs = [
+    "--json",
+    "--batch",
+    String(prefillBatch),
+    "--seq",
+    String(prefillSeq),
+    "--context",
+    String(context),
+    "--steps",
+    String(steps),
+  ];
+  if (quick) peerArgs.push("--quick");
+  const r = await runPeer(PEER, peerArgs, 240);
+  details.peerRaw = r.json ?? { error: r.error };
+  const prefill = (r.json?.prefill as Record<string, number> | undefined)?.median_ms;
+  const decode = (r.json?.decode as Record<string, number> | undefined)?.median_ms;
+  if (typeof prefill === "number" && typeof decode === "number") {
+    const attn = r.json?.attn_implementation;
+    peer = { prefillMs: prefill, decodeMs: decode, source: `measured, attention ${attn ?? "?"}` };
+  } else {
+    log(`peer failed (${r.error ?? "missing figures"}): using the FACTS.md figures`);
+    peer = {
+      prefillMs: typeof prefill === "number" ? prefill : FACTS_MS.prefill,
+      decodeMs: typeof decode === "number" ? decode : FACTS_MS.decode,
+      source: "FACTS.md (peer failed)",
+    };
+  }
+  log(`PyTorch: prefill ${fmt(peer.prefillMs, 2)} ms, decode ${fmt(peer.decodeMs, 2)} ms/token`);
+}
+
+async function main(): Promise<void> {
+  if (device.startsWith("cuda") && !tq.cuda.isAvailable()) {
+    log(`no GPU: ${tq.cuda.unavailableReason()}; nothing to measure (try --smoke --device cpu)`);
+    writeOut(outDir, "gpt2.md", `GPT-2 bench skipped: no GPU (${tq.cuda.unavailableReason()})\n`);
+    Deno.exitCode = 1;
+    return;
+  }
+  const t0 = performance.now();
+  await runPeerFigures();
+  save();
+
+  const dtype: BenchFloat = "float16";
+  log(`building the model (${dtype}, random weights) ...`);
+  const model = randomModel(dtype);
+  const vocab = model.config.vocabSize;
+  const prefillIds = randomIds([prefillBatch, prefillSeq], 11, vocab);
+  const prompt = randomIds([1, context], 12, vocab);
+  const calibIds = randomIds([1, smoke ? 8 : 128], 13, vocab);
+  log(`model ready in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
+
+  let calibration: tq.Calibration | undefined;
+  for (const name of modes) {
+    const mode = name as Mode;
+    const tm = performance.now();
+    try {
+      if (mode !== "float16") {
+        calibration ??= tq.calibrate(model, [calibIds], (m, ids) => m.forward(ids), {
+          method: "max",
+          onProgress: () => {},
+        });
+        tq.quantizeModel(model, { mode, calibration, exclude: ["lm_head"] });
+      }
+      const ops = countOps(tq.inspectGraph(model.forward(randomIds([1, 4], 14, vocab))).ops);
+      log(`[${mode}] graph: ${ops}`);
+      details[`ops_${mode}`] = ops;
+      attempt(mode, "prefill eager", () => prefillEager(model, prefillIds));
+      attempt(mode, "prefill compiled", () => prefillCompiled(model, prefillIds));
+      attempt(mode, "decode static (graph)", () => decodeStatic(model, prompt));
+      attempt(mode, "decode eager", () => decodeEager(model, prompt));
+    } catch (e) {
+      record({ mode, figure: "prefill eager", error: errorMessage(e) });
+    } finally {
+      // Back to float for the next mode.
+      for (const [, layer] of tq.namedLinears(model)) {
+        if (layer.quantDtype !== undefined) layer.configureQuantization({});
+      }
+    }
+    log(`[${mode}] done in ${((performance.now() - tm) / 1e3).toFixed(1)} s`);
+  }
+  details.seconds = (performance.now() - t0) / 1e3;
+  save();
+  log("");
+  log(table());
+}
+
+if (import.meta.main) await main();
