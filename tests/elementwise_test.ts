@@ -226,3 +226,23 @@ Deno.test("elementwise errors name the op, the argument and the caller's line", 
   call = () => a.cast("float64" as tq.DType);
   assertTqError(call, { op: "cast", kind: "dtype", includes: ["float64"], line });
 });
+
+testOnDevices("int64 arithmetic is exact beyond 2^53 and wraps", (device) => {
+  const a = tq.tensor(new BigInt64Array([2n ** 62n, 2n ** 53n + 1n, -(2n ** 63n)]), { device });
+  const b = tq.tensor(new BigInt64Array([2n ** 62n, 2n, 1n]), { device });
+  assert.deepEqual(
+    a.add(b).storageSync(),
+    new BigInt64Array([-(2n ** 63n), 2n ** 53n + 3n, -(2n ** 63n) + 1n]),
+  );
+  assert.deepEqual(a.mul(b).storageSync(), new BigInt64Array([0n, 2n ** 54n + 2n, -(2n ** 63n)]));
+  assert.deepEqual(
+    a.neg().storageSync(),
+    new BigInt64Array([-(2n ** 62n), -(2n ** 53n) - 1n, -(2n ** 63n)]),
+  );
+  assert.deepEqual(a.greater(b).toArray(), [false, true, false]);
+  const i32 = tq.tensor([65537, -3], { dtype: "int32", device });
+  assert.deepEqual(i32.mul(tq.tensor([65537, 5], { dtype: "int32", device })).toArray(), [
+    131073,
+    -15,
+  ]);
+});

@@ -4,7 +4,7 @@
  * @module
  */
 import { encode } from "../../dtype.ts";
-import { registerCpuKernel } from "./backend.ts";
+import { type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { broadcastIndex, erf, outArray, read } from "./util.ts";
 
 type BinaryFn = (a: number, b: number) => number;
@@ -22,7 +22,7 @@ function nanMin(a: number, b: number): number {
 const binaryOps: Record<string, { float: BinaryFn; int?: BinaryFn }> = {
   add: { float: (a, b) => a + b },
   sub: { float: (a, b) => a - b },
-  mul: { float: (a, b) => a * b, int: (a, b) => Number(BigInt.asIntN(64, BigInt(a) * BigInt(b))) },
+  mul: { float: (a, b) => a * b, int: (a, b) => Math.imul(a, b) },
   div: { float: (a, b) => a / b, int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b)) },
   pow: { float: (a, b) => Math.pow(a, b) },
   maximum: { float: nanMax },
@@ -35,9 +35,43 @@ const binaryOps: Record<string, { float: BinaryFn; int?: BinaryFn }> = {
   greaterEqual: { float: (a, b) => (a >= b ? 1 : 0) },
 };
 
+// int64 arithmetic in BigInt: exact and wrapping (BigInt64Array stores modulo 2^64).
+const int64Ops: Record<string, (a: bigint, b: bigint) => bigint | boolean> = {
+  add: (a, b) => a + b,
+  sub: (a, b) => a - b,
+  mul: (a, b) => a * b,
+  div: (a, b) => (b === 0n ? 0n : a / b),
+  maximum: (a, b) => (a > b ? a : b),
+  minimum: (a, b) => (a < b ? a : b),
+  equal: (a, b) => a === b,
+  notEqual: (a, b) => a !== b,
+  less: (a, b) => a < b,
+  lessEqual: (a, b) => a <= b,
+  greater: (a, b) => a > b,
+  greaterEqual: (a, b) => a >= b,
+};
+
+function int64Binary(op: string, sa: BigInt64Array, sb: BigInt64Array, ctx: CpuKernelContext) {
+  const f = int64Ops[op];
+  const n = countOf(ctx.out.shape);
+  const mapA = broadcastIndex(ctx.inputs[0].shape, ctx.out.shape);
+  const mapB = broadcastIndex(ctx.inputs[1].shape, ctx.out.shape);
+  const boolOut = ctx.out.dtype === "bool";
+  const out = boolOut ? new Uint8Array(n) : new BigInt64Array(n);
+  for (let i = 0; i < n; i++) {
+    const r = f(sa[mapA ? mapA[i] : i], sb[mapB ? mapB[i] : i]);
+    if (boolOut) (out as Uint8Array)[i] = r ? 1 : 0;
+    else (out as BigInt64Array)[i] = r as bigint;
+  }
+  return out;
+}
+
 for (const [op, fns] of Object.entries(binaryOps)) {
   registerCpuKernel(op, ([sa, sb], ctx) => {
     const [ia, ib] = ctx.inputs;
+    if (ia.dtype === "int64" && int64Ops[op]) {
+      return int64Binary(op, sa as BigInt64Array, sb as BigInt64Array, ctx);
+    }
     const a = read(ia.dtype, sa);
     const b = read(ib.dtype, sb);
     const f = INT_DTYPES.has(ia.dtype) && fns.int ? fns.int : fns.float;
@@ -77,8 +111,18 @@ const unaryOps: Record<string, UnaryFn> = {
   sigmoid: (x) => 1 / (1 + Math.exp(-x)),
 };
 
+const int64Unary: Record<string, (x: bigint) => bigint> = {
+  neg: (x) => -x,
+  abs: (x) => (x < 0n ? -x : x),
+  relu: (x) => (x > 0n ? x : 0n),
+};
+
 for (const [op, f] of Object.entries(unaryOps)) {
   registerCpuKernel(op, ([s], ctx) => {
+    if (ctx.inputs[0].dtype === "int64") {
+      // BigInt64Array stores modulo 2^64: -(-2^63) wraps to -2^63, as in C.
+      return BigInt64Array.from(s as BigInt64Array, int64Unary[op]);
+    }
     const x = read(ctx.inputs[0].dtype, s);
     const out = outArray(ctx.out.dtype, x.length);
     const v = out.values;
