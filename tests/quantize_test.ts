@@ -237,7 +237,11 @@ testOnDevices("quantize and dequantize record graph ops with their attrs", (devi
   });
   // A number scale is a rank-0 float32 constant on x's device.
   const scaleNode = pt.node.inputs[1];
-  assert.deepEqual([scaleNode.shape, scaleNode.dtype, scaleNode.device], [[], "float32", device]);
+  assert.deepEqual([scaleNode.shape, scaleNode.dtype, scaleNode.device], [
+    [],
+    "float32",
+    device === "cuda" ? "cuda:0" : device,
+  ]);
   assert.deepEqual(qValues(q), [2, 4, 12, 16]);
   assert.deepEqual(floats(dq), [1, 2, 3, 4]);
 });
@@ -366,7 +370,7 @@ Deno.test("scaleFromAmax: a float32 division, with 1 for zero, NaN and infinite 
 testOnDevices("scaleFromAmax: per-channel scales map each row's amax to ±127", (device) => {
   const w = tensor([[0.5, -2, 1], [0, 0, 0], [3, 1e-3, -3]], { device });
   const scale = scaleFromAmax(tensor([2, 0, 3], { device }), "int8");
-  assert.equal(scale.device, device);
+  assert.equal(scale.device, device === "cuda" ? "cuda:0" : device);
   const q = quantize(w, scale, "int8", { dim: 0 });
   assert.deepEqual(qValues(q), [32, -127, 64, 0, 0, 0, 127, 0, -127]);
 });
