@@ -24,6 +24,11 @@ export interface DeviceBuffer {
   dispose(): void;
   /** True after dispose(). */
   readonly disposed: boolean;
+  /**
+   * True for buffers whose contents change between runs (the fixed input buffers of a
+   * compiled function): kernels must not cache anything derived from them.
+   */
+  mutable?: boolean;
 }
 
 let nextId = 1;

@@ -243,7 +243,11 @@ export function compile(
   };
 
   const prepareGraph = (entry: ShapeEntry, shapes: number[][]) => {
-    entry.staticInputs = shapes.map((s, i) => backend.allocate(device, infos[i].dtype, numel(s)));
+    entry.staticInputs = shapes.map((s, i) => {
+      const b = backend.allocate(device, infos[i].dtype, numel(s));
+      b.mutable = true; // refilled on every call: kernels must not cache what they derive
+      return b;
+    });
     entry.staticOutputs = entry.outShapes.map((s, i) =>
       backend.allocate(device, entry.outDTypes[i], numel(s))
     );
@@ -316,4 +320,3 @@ function bindLeaves(entry: ShapeEntry, inputs: DeviceBuffer[]): DeviceBuffer[] {
   });
   return leaves;
 }
-

@@ -8,7 +8,7 @@ import { type Backend, backendFor, type PlanGraph, type ValueRef } from "../back
 import { parseDevice } from "../device.ts";
 import { TensorqError } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
-import { runPasses } from "../graph/passes/mod.ts";
+import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
 import type { Plan } from "../backends/backend.ts";
 
@@ -135,7 +135,8 @@ export function traceGraph(targets: Node[]): TracedGraph {
 
 /** Lowers (or fetches from the cache) the plan for a traced graph. */
 export function planFor(traced: TracedGraph, backend: Backend): Plan {
-  const cached = planCache.get(traced.key);
+  const key = `${passConfigKey()}|${traced.key}`;
+  const cached = planCache.get(key);
   if (cached) {
     stats.hits++;
     return cached.plan;
@@ -143,7 +144,7 @@ export function planFor(traced: TracedGraph, backend: Backend): Plan {
   const graph = runPasses(traced.graph, traced);
   const plan = backend.lower(graph);
   stats.lowered++;
-  planCache.set(traced.key, { graph, plan });
+  planCache.set(key, { graph, plan });
   return plan;
 }
 

@@ -28,6 +28,8 @@ export class CpuBuffer implements DeviceBuffer {
   data: StorageArray;
   /** True after dispose(). */
   disposed = false;
+  /** Contents change between runs (see DeviceBuffer.mutable). */
+  mutable = false;
 
   /** Wraps storage (not copied). */
   constructor(dtype: DType, data: StorageArray) {

@@ -60,6 +60,8 @@ export class CudaBuffer implements DeviceBuffer {
   readonly address: bigint;
   /** Bytes of the storage (int4 packed two per byte). */
   readonly bytes: number;
+  /** Contents change between runs (see DeviceBuffer.mutable). */
+  mutable = false;
   readonly #allocation: Allocation;
   #disposed = false;
 

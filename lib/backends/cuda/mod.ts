@@ -10,3 +10,4 @@ import "./reduce.ts";
 import "./nn.ts";
 import "./matmul.ts";
 import "./quantize.ts";
+import "./linear.ts";

@@ -1,5 +1,156 @@
 /**
- * CUDA lowerings (placeholder until written).
+ * CUDA lowerings of `quantize` and `dequantize` (kernels in kernels/quantize.cu; rules and
+ * attrs in lib/ops/quantize.ts). They compute the CPU kernels' function bit for bit: a true
+ * float32 division (or product), round half to even, saturation; int4 is packed two per byte.
+ *
+ * One kernel per (op, mode, input dtype, output dtype); the scale's dtype (float32 or the
+ * float side's dtype) is a launch argument. The kernels are grid-stride loops in which each
+ * thread handles 16 elements a step as coalesced 16-byte vectors, launched as one resident
+ * wave: blocks of 256 threads, as many per SM as the kernel's `__launch_bounds__` guarantee.
  * @module
  */
-export {};
+import { deviceAttribute } from "../../../ffi/cudart.ts";
+import * as quantizePtx from "../../../kernels/ptx/quantize.ts";
+import type { DType } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import { numel } from "../../shape.ts";
+import type { CudaDevice } from "./device.ts";
+import {
+  type CudaKernelContext,
+  type CudaLowered,
+  type Dim3,
+  kernelFunction,
+  KernelParams,
+  launch,
+  registerCudaKernel,
+} from "./kernels.ts";
+
+/** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
+const THREADS = 256;
+/** Elements a thread handles per grid-stride step. */
+const CHUNK = 16;
+/** `cudaDevAttrMaxThreadsPerMultiProcessor`. */
+const MAX_THREADS_PER_SM_ATTRIBUTE = 39;
+
+const SHORT_NAMES: Partial<Record<DType, string>> = {
+  float32: "f32",
+  float16: "f16",
+  bfloat16: "bf16",
+  int8: "i8",
+  int4: "i4",
+  float8e4m3: "fp8",
+};
+
+const SCALE_KINDS: Partial<Record<DType, number>> = { float32: 0, float16: 1, bfloat16: 2 };
+
+/** A quantization mode as recorded in the op's attrs. */
+export type QuantizeMode = "tensor" | "channel" | "block";
+
+/**
+ * The kernel of kernels/quantize.cu that computes one op, e.g. `quantize_tensor_f32_i8` or
+ * `dequantize_block_i4_bf16`.
+ *
+ * @param op `"quantize"` or `"dequantize"`.
+ * @param mode The scale mode.
+ * @param input The dtype of the op's first input.
+ * @param output The op's output dtype.
+ * @returns The kernel name.
+ * @throws {TensorqError} kind `unsupported` for a combination no kernel computes.
+ */
+export function quantizeKernelName(
+  op: "quantize" | "dequantize",
+  mode: QuantizeMode,
+  input: DType,
+  output: DType,
+): string {
+  const floatSide = op === "quantize" ? input : output;
+  const quantSide = op === "quantize" ? output : input;
+  const supported = SCALE_KINDS[floatSide] !== undefined &&
+    ["int8", "int4", "float8e4m3"].includes(quantSide) &&
+    ["tensor", "channel", "block"].includes(mode) &&
+    !(mode === "block" && quantSide === "float8e4m3");
+  if (!supported) {
+    throw new TensorqError("no CUDA kernel for this combination", {
+      op,
+      kind: "unsupported",
+      expected: "float32/float16/bfloat16 ↔ int8/int4/float8e4m3, per-tensor, per-channel or " +
+        "block-wise (block-wise for int8/int4 only)",
+      actual: `${input} → ${output}, mode ${JSON.stringify(mode)}`,
+    });
+  }
+  return `${op}_${mode}_${SHORT_NAMES[input]}_${SHORT_NAMES[output]}`;
+}
+
+const threadsPerSm = new Map<number, number>();
+
+/**
+ * Blocks per SM to launch: what the kernel's `__launch_bounds__` minimum guarantees (see the
+ * entry points of kernels/quantize.cu), capped by what the device's thread limit allows.
+ */
+function blocksPerSm(
+  device: CudaDevice,
+  op: string,
+  mode: QuantizeMode,
+  quantized: DType,
+): number {
+  const wanted = mode !== "tensor" ? 3 : op === "quantize" ? 5 : quantized === "float8e4m3" ? 6 : 8;
+  let limit = threadsPerSm.get(device.index);
+  if (limit === undefined) {
+    limit = deviceAttribute(MAX_THREADS_PER_SM_ATTRIBUTE, device.index);
+    threadsPerSm.set(device.index, limit);
+  }
+  return Math.max(1, Math.min(wanted, Math.floor(limit / THREADS)));
+}
+
+function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): CudaLowered {
+  const [x, scale] = ctx.inputs;
+  const mode = ctx.attrs.mode as QuantizeMode;
+  const name = quantizeKernelName(op, mode, x.dtype, ctx.out.dtype);
+  const scaleKind = SCALE_KINDS[scale.dtype];
+  if (scaleKind === undefined) {
+    throw new TensorqError("unsupported scale dtype", {
+      op,
+      kind: "dtype",
+      argument: "scale",
+      expected: "float32, float16 or bfloat16",
+      actual: scale.dtype,
+    });
+  }
+  const n = numel(x.shape);
+  if (n === 0) return () => {};
+  // Per-channel: index (i / inner) % extent; block-wise: ((i / inner) / block) * inner +
+  // i % inner (see kernels/quantize.cu).
+  let inner = 1;
+  let extent = 1;
+  let block = 1;
+  if (mode !== "tensor") {
+    const dim = ctx.attrs.dim as number;
+    extent = x.shape[dim];
+    for (let i = dim + 1; i < x.shape.length; i++) inner *= x.shape[i];
+    if (mode === "block") block = ctx.attrs.blockSize as number;
+  }
+  const device = ctx.device;
+  const fn = kernelFunction(device, quantizePtx, name);
+  const needed = Math.ceil(Math.ceil(n / CHUNK) / THREADS);
+  const quantized = op === "quantize" ? ctx.out.dtype : x.dtype;
+  const perSm = blocksPerSm(device, op, mode, quantized);
+  const blocks = Math.max(1, Math.min(needed, device.smCount * perSm));
+  const grid: Dim3 = [blocks, 1, 1];
+  const threads: Dim3 = [THREADS, 1, 1];
+  const params = new KernelParams(8);
+  return (out, inputs) => {
+    params.reset()
+      .ptr(out.address)
+      .ptr(inputs[0].address)
+      .ptr(inputs[1].address)
+      .i32(scaleKind)
+      .i64(n)
+      .i64(inner)
+      .i64(extent)
+      .i64(block);
+    launch(device, fn, grid, threads, params);
+  };
+}
+
+registerCudaKernel("quantize", (ctx) => lowerQuantize("quantize", ctx));
+registerCudaKernel("dequantize", (ctx) => lowerQuantize("dequantize", ctx));

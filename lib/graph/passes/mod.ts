@@ -17,11 +17,20 @@ export interface PassContext {
 /** A graph pass: returns an equivalent graph. */
 export type GraphPass = (graph: PlanGraph, context: PassContext) => PlanGraph;
 
-const passes: { name: string; pass: GraphPass }[] = [];
+const passes: { name: string; pass: GraphPass; config?: () => string }[] = [];
 
-/** Registers a pass; passes run in registration order. */
-export function registerPass(name: string, pass: GraphPass): void {
-  passes.push({ name, pass });
+/**
+ * Registers a pass; passes run in registration order. `config` describes the pass's current
+ * settings: plans are cached per configuration, so changing a setting never reuses a plan
+ * made under another.
+ */
+export function registerPass(name: string, pass: GraphPass, config?: () => string): void {
+  passes.push({ name, pass, config });
+}
+
+/** The current configuration of all passes, as part of a plan cache key. */
+export function passConfigKey(): string {
+  return passes.map((p) => `${p.name}=${p.config?.() ?? ""}`).join(",");
 }
 
 /** Runs every registered pass in order. */

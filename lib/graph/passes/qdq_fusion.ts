@@ -180,4 +180,4 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
   return changed ? removeDeadNodes(g) : g;
 }
 
-registerPass("qdq-fusion", fuse);
+registerPass("qdq-fusion", fuse, () => (enabled ? "on" : "off"));

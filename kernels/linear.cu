@@ -1,0 +1,827 @@
+// Fused linear layers made by the Q/DQ fusion pass (lib/graph/passes/qdq_fusion.ts; CPU
+// reference in lib/backends/cpu/linear.ts; lowering in lib/backends/cuda/linear.ts).
+//
+//   qlinear: y = act(Σ_k qx[m,k]·qw[n,k] · sxd · swd[n] + b[n])   (int8 or float8e4m3 products)
+//   wlinear: y = act(Σ_k x[m,k] · dq(W)[n,k] + b[n])              (weight-only quantization)
+//
+// Weights are [N, K] row-major (output channels × input features), x is [M, K], y is [M, N].
+//
+// Kernels:
+// - linear_quantize_weight_<q>: W → int8 / packed int4 / e4m3 with the quantize op's exact
+//   semantics (true division, round half even, saturation). Runs once per weight.
+// - linear_fakequant_weight_<q>_<x>: W → dequantize(quantize(W)) in x's dtype (also with no
+//   dequant scale: the e4m3 codes' values as float32). Runs once per weight.
+// - qlinear_quantize_<x>_<q>: per-tensor quantize of the activations (i8, e4m3, or e4m3 codes
+//   written as float32 for the fallback product).
+// - qlinear_gemm_i8: an exact int8 GEMM (int32 accumulation with __dp4a) for shapes cuBLASLt's
+//   int8 kernels do not take.
+// - qlinear_epilogue_<acc>_<out>: y = act(acc · sxd · swd[n] + b[n]) from int32 or float32
+//   products, computed in double and rounded once (the CPU reference's function exactly for
+//   none/relu), activations in float32.
+// - wlinear_gemv_<q>_<x>_m<MT>: weight-only products for M ≤ MT ≤ 16 rows: streams the
+//   quantized weight with 16-byte loads, dequantizes in registers exactly as dequantize does,
+//   accumulates in float32 and applies bias and activation.
+//
+// Scale kinds (any scale may be float32 or the dtype of the tensor it scales): 0 float32,
+// 1 float16, 2 bfloat16. Activation codes: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh).
+//
+// Scale of weight element (n, k) for every quantization mode: index (n / nb)·sN + (k / kb)·sK
+//   tensor: sN = sK = 0;  channel dim 0: sN = 1, sK = 0;  channel dim 1: sN = 0, kb = 1, sK = 1;
+//   block dim 1 ([N, K/B]): sN = K/B, kb = B, sK = 1;  block dim 0 ([N/B, K]): nb = B, sN = K,
+//   kb = 1, sK = 1.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <string.h>
+
+typedef long long i64;
+
+// ---------------------------------------------------------------------------------------------
+// Conversions and scales
+
+__device__ __forceinline__ float f16BitsToFloat(unsigned short b) {
+  return __half2float(__ushort_as_half(b));
+}
+
+__device__ __forceinline__ float bf16BitsToFloat(unsigned short b) {
+  return __uint_as_float(((unsigned)b) << 16);
+}
+
+__device__ __forceinline__ float loadScale(const void* __restrict__ scale, int kind, i64 i) {
+  if (kind == 0) return __ldg(static_cast<const float*>(scale) + i);
+  const unsigned short b = __ldg(static_cast<const unsigned short*>(scale) + i);
+  return kind == 1 ? f16BitsToFloat(b) : bf16BitsToFloat(b);
+}
+
+// float -> e4m3fn bits: RNE, saturating to +-448 (Inf included), NaN -> 0x7f, the sign of
+// zero kept. Used where the hardware conversion is missing (before sm_89).
+__host__ __device__ __forceinline__ unsigned floatToE4m3Soft(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  const unsigned sign = (u >> 24) & 0x80u;
+  const unsigned a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7fu;          // NaN
+  if (a >= 0x43e00000u) return sign | 0x7eu;  // >= 448 (and Inf): saturate
+  if (a < 0x3c800000u) {
+    // Below 2^-6: fp8 subnormals step by 2^-9; scaling by 2^9 is exact, rintf rounds half even.
+    float mag;
+    memcpy(&mag, &a, 4);
+    return sign | (unsigned)rintf(mag * 512.0f);
+  }
+  // Normal: round the 23-bit mantissa to 3 bits (half to even at bit 20), rebias 127 -> 7.
+  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+  return sign | (r - (120u << 3));
+}
+
+// Two floats -> two e4m3fn bytes (a in the low byte), NaN as 0x7f.
+__device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
+#if __CUDA_ARCH__ >= 890
+  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN (0xff becomes 0x7f).
+  const unsigned w =
+      (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const unsigned nanMask = __vcmpeq4(w, 0xffffffffu);
+  return w & ~(nanMask & 0x8080u);
+#else
+  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
+#endif
+}
+
+// Two e4m3fn bytes (low byte first) -> two exact floats.
+__device__ __forceinline__ float2 e4m3x2ToFloats(unsigned w) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+  return make_float2(f16BitsToFloat(h.x), f16BitsToFloat(h.y));
+}
+
+// Round half to even, saturate to [Lo, Hi]; NaN -> 0 (cvt.rni.s32.f32 maps NaN to 0).
+template <int Lo, int Hi>
+__device__ __forceinline__ int roundSat(float q) {
+  return min(max(__float2int_rn(q), Lo), Hi);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float element types: load as float, store with one RNE rounding (from float or double).
+
+struct F32 {
+  __device__ static float load(const void* p, i64 i) {
+    return __ldg(static_cast<const float*>(p) + i);
+  }
+  // Four values at i (i a multiple of 4).
+  __device__ static float4 load4(const void* p, i64 i) {
+    return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(p) + i));
+  }
+  // Eight values at 8c.
+  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
+    const float4* q = reinterpret_cast<const float4*>(p) + 2 * c;
+    const float4 a = __ldg(q), b = __ldg(q + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+  __device__ static void store(void* p, i64 i, float v) { static_cast<float*>(p)[i] = v; }
+  __device__ static void storeDouble(void* p, i64 i, double v) {
+    static_cast<float*>(p)[i] = __double2float_rn(v);
+  }
+  __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
+    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
+    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) =
+        make_float4(__double2float_rn(v[0]), __double2float_rn(v[1]), __double2float_rn(v[2]),
+                    __double2float_rn(v[3]));
+  }
+  // The value as this dtype holds it (the fake-quant graph dequantizes to the matmul's dtype).
+  __device__ static void round4(float (&v)[4]) {}
+};
+
+template <bool Bf16>
+struct Half16 {
+  __device__ static float one(unsigned short b) {
+    return Bf16 ? bf16BitsToFloat(b) : f16BitsToFloat(b);
+  }
+  __device__ static unsigned short fromFloat(float v) {
+    return Bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                : __half_as_ushort(__float2half_rn(v));
+  }
+  __device__ static unsigned short fromDouble(double v) {
+    return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
+  }
+  __device__ static unsigned pack(float a, float b) {
+    if (Bf16) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&h);
+    }
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const unsigned*>(&h);
+  }
+  __device__ static float2 unpack(unsigned w) {
+    return make_float2(one((unsigned short)(w & 0xffffu)), one((unsigned short)(w >> 16)));
+  }
+  __device__ static float load(const void* p, i64 i) {
+    return one(__ldg(static_cast<const unsigned short*>(p) + i));
+  }
+  __device__ static float4 load4(const void* p, i64 i) {
+    const uint2 w =
+        __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(p) + i));
+    const float2 a = unpack(w.x), b = unpack(w.y);
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
+    const uint4 w = __ldg(reinterpret_cast<const uint4*>(p) + c);
+    const float2 a = unpack(w.x), b = unpack(w.y), d = unpack(w.z), e = unpack(w.w);
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y, v[4] = d.x, v[5] = d.y, v[6] = e.x, v[7] = e.y;
+  }
+  __device__ static void store(void* p, i64 i, float v) {
+    static_cast<unsigned short*>(p)[i] = fromFloat(v);
+  }
+  __device__ static void storeDouble(void* p, i64 i, double v) {
+    static_cast<unsigned short*>(p)[i] = fromDouble(v);
+  }
+  __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
+    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
+        make_uint2(pack(v[0], v[1]), pack(v[2], v[3]));
+  }
+  __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
+    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
+        make_uint2(fromDouble(v[0]) | ((unsigned)fromDouble(v[1]) << 16),
+                   fromDouble(v[2]) | ((unsigned)fromDouble(v[3]) << 16));
+  }
+  __device__ static void round4(float (&v)[4]) {
+    const float2 a = unpack(pack(v[0], v[1])), b = unpack(pack(v[2], v[3]));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+};
+typedef Half16<false> F16;
+typedef Half16<true> BF16;
+
+// ---------------------------------------------------------------------------------------------
+// Activations (the formulas of kernels/elementwise.cu)
+
+// 0.5 x (1 + erf(x / sqrt 2)), written with erfc so the negative tail keeps its precision.
+__device__ __forceinline__ float gelu_erf(float x) {
+  return 0.5f * x * erfcf(-x * 0.70710678118654752f);
+}
+
+// 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) with u = sqrt(2/pi) (x + 0.044715 x^3).
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+  return x / (1.0f + expf(-2.0f * u));
+}
+
+__device__ __forceinline__ float activate(float x, int act) {
+  switch (act) {
+    case 1:
+      return x > 0.0f ? x : (x != x ? x : 0.0f);
+    case 2:
+      return gelu_erf(x);
+    case 3:
+      return gelu_tanh(x);
+    default:
+      return x;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight preparation (once per weight: simple grid-stride loops, one element or byte each)
+
+struct WeightIndex {
+  i64 K, nb, sN, kb, sK;
+  __device__ i64 scale(i64 e) const {
+    const i64 n = e / K, k = e - n * K;
+    return (n / nb) * sN + (k / kb) * sK;
+  }
+};
+
+// Quantized types: the quotient x / s -> stored code, and the code's exact value.
+struct WI8 {
+  static constexpr bool kPacked = false;
+  __device__ static void put(void* out, i64 e, float q) {
+    static_cast<signed char*>(out)[e] = (signed char)roundSat<-128, 127>(q);
+  }
+  __device__ static float value(float q) { return (float)roundSat<-128, 127>(q); }
+};
+
+struct WI4 {
+  static constexpr bool kPacked = true;  // two per byte, element 2i in the low nibble
+  __device__ static unsigned nibble(float q) { return (unsigned)roundSat<-8, 7>(q) & 0xfu; }
+  __device__ static float value(float q) { return (float)roundSat<-8, 7>(q); }
+};
+
+struct WE4M3 {
+  static constexpr bool kPacked = false;
+  __device__ static void put(void* out, i64 e, float q) {
+    static_cast<unsigned char*>(out)[e] = (unsigned char)(floatsToE4m3x2(q, 0.0f) & 0xffu);
+  }
+  __device__ static float value(float q) { return e4m3x2ToFloats(floatsToE4m3x2(q, 0.0f)).x; }
+};
+
+// W is float32, float16 or bfloat16 (wKind, as a scale kind): preparation runs once per weight,
+// so the dtype is a runtime switch rather than more kernels.
+template <class Q>
+__device__ __forceinline__ void quantizeWeight(void* __restrict__ out, const void* __restrict__ w,
+                                               int wKind, const void* __restrict__ swq,
+                                               int swqKind, i64 total, WeightIndex ix) {
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  if constexpr (Q::kPacked) {
+    const i64 bytes = (total + 1) / 2;
+    for (i64 u = first; u < bytes; u += threads) {
+      const i64 e = 2 * u;
+      const float q0 = __fdiv_rn(loadScale(w, wKind, e), loadScale(swq, swqKind, ix.scale(e)));
+      unsigned hi = 0;
+      if (e + 1 < total) {
+        const float q1 =
+            __fdiv_rn(loadScale(w, wKind, e + 1), loadScale(swq, swqKind, ix.scale(e + 1)));
+        hi = Q::nibble(q1);
+      }
+      static_cast<unsigned char*>(out)[u] = (unsigned char)(Q::nibble(q0) | (hi << 4));
+    }
+  } else {
+    for (i64 e = first; e < total; e += threads) {
+      Q::put(out, e, __fdiv_rn(loadScale(w, wKind, e), loadScale(swq, swqKind, ix.scale(e))));
+    }
+  }
+}
+
+// dequantize(quantize(W, swq), swd) in X: q · s in float32, then one rounding to X. With
+// swdKind < 0 there is no dequant scale: the codes' values themselves (exact).
+template <class Q, class X>
+__device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const void* __restrict__ w,
+                                                int wKind, const void* __restrict__ swq,
+                                                int swqKind, const void* __restrict__ swd,
+                                                int swdKind, i64 total, WeightIndex ix) {
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  for (i64 e = first; e < total; e += threads) {
+    const i64 si = ix.scale(e);
+    const float q = Q::value(__fdiv_rn(loadScale(w, wKind, e), loadScale(swq, swqKind, si)));
+    X::store(out, e, swdKind < 0 ? q : __fmul_rn(q, loadScale(swd, swdKind, si)));
+  }
+}
+
+#define WEIGHT_INDEX_PARAMS i64 N, i64 K, i64 nb, i64 sN, i64 kb, i64 sK
+
+#define QUANTIZE_WEIGHT_KERNEL(Q_NAME, Q)                                                     \
+  extern "C" __global__ void __launch_bounds__(256) linear_quantize_weight_##Q_NAME(          \
+      void* __restrict__ out, const void* __restrict__ w, int wKind,                          \
+      const void* __restrict__ swq, int swqKind, WEIGHT_INDEX_PARAMS) {                       \
+    quantizeWeight<Q>(out, w, wKind, swq, swqKind, N * K, WeightIndex{K, nb, sN, kb, sK});    \
+  }
+
+#define FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, X_NAME, X)                                         \
+  extern "C" __global__ void __launch_bounds__(256) linear_fakequant_weight_##Q_NAME##_##X_NAME( \
+      void* __restrict__ out, const void* __restrict__ w, int wKind,                           \
+      const void* __restrict__ swq, int swqKind, const void* __restrict__ swd, int swdKind,    \
+      WEIGHT_INDEX_PARAMS) {                                                                   \
+    fakequantWeight<Q, X>(out, w, wKind, swq, swqKind, swd, swdKind, N * K,                    \
+                          WeightIndex{K, nb, sN, kb, sK});                                     \
+  }
+
+#define WEIGHT_KERNELS(Q_NAME, Q)                \
+  QUANTIZE_WEIGHT_KERNEL(Q_NAME, Q)              \
+  FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, f32, F32)   \
+  FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, f16, F16)   \
+  FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, bf16, BF16)
+
+WEIGHT_KERNELS(i8, WI8)
+WEIGHT_KERNELS(i4, WI4)
+WEIGHT_KERNELS(e4m3, WE4M3)
+
+// ---------------------------------------------------------------------------------------------
+// Per-tensor activation quantize: 8 elements per step (16- or 32-byte loads), a scalar tail.
+
+struct XI8 {
+  __device__ static unsigned pack4(const float* q) {
+    return ((unsigned)roundSat<-128, 127>(q[0]) & 0xffu) |
+           (((unsigned)roundSat<-128, 127>(q[1]) & 0xffu) << 8) |
+           (((unsigned)roundSat<-128, 127>(q[2]) & 0xffu) << 16) |
+           ((unsigned)roundSat<-128, 127>(q[3]) << 24);
+  }
+  __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
+    reinterpret_cast<uint2*>(out)[c] = make_uint2(pack4(q), pack4(q + 4));
+  }
+  __device__ static void store1(void* out, i64 i, float q) {
+    static_cast<signed char*>(out)[i] = (signed char)roundSat<-128, 127>(q);
+  }
+};
+
+struct XE4M3 {
+  __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
+    reinterpret_cast<uint2*>(out)[c] =
+        make_uint2(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16),
+                   floatsToE4m3x2(q[4], q[5]) | (floatsToE4m3x2(q[6], q[7]) << 16));
+  }
+  __device__ static void store1(void* out, i64 i, float q) {
+    static_cast<unsigned char*>(out)[i] = (unsigned char)(floatsToE4m3x2(q, 0.0f) & 0xffu);
+  }
+};
+
+// The e4m3 codes' values as float32 (for the float32 fallback product).
+struct XE4M3F32 {
+  __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
+    float4* p = reinterpret_cast<float4*>(out) + 2 * c;
+    const float2 a = e4m3x2ToFloats(floatsToE4m3x2(q[0], q[1]));
+    const float2 b = e4m3x2ToFloats(floatsToE4m3x2(q[2], q[3]));
+    const float2 d = e4m3x2ToFloats(floatsToE4m3x2(q[4], q[5]));
+    const float2 e = e4m3x2ToFloats(floatsToE4m3x2(q[6], q[7]));
+    p[0] = make_float4(a.x, a.y, b.x, b.y);
+    p[1] = make_float4(d.x, d.y, e.x, e.y);
+  }
+  __device__ static void store1(void* out, i64 i, float q) {
+    static_cast<float*>(out)[i] = e4m3x2ToFloats(floatsToE4m3x2(q, 0.0f)).x;
+  }
+};
+
+template <class In, class Out>
+__device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
+                                                    const void* __restrict__ in,
+                                                    const void* __restrict__ scale, int scaleKind,
+                                                    i64 n) {
+  const float s = loadScale(scale, scaleKind, 0);
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  const i64 full = n / 8;
+  float v[8];
+  for (i64 c = first; c < full; c += threads) {
+    In::load8(in, c, v);
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = __fdiv_rn(v[j], s);
+    Out::store8(out, c, v);
+  }
+  for (i64 i = full * 8 + first; i < n; i += threads) {
+    Out::store1(out, i, __fdiv_rn(In::load(in, i), s));
+  }
+}
+
+#define QUANTIZE_X_KERNEL(IN_NAME, IN, OUT_NAME, OUT)                                       \
+  extern "C" __global__ void __launch_bounds__(256) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
+      void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale,   \
+      int scaleKind, i64 n) {                                                                \
+    quantizeActivations<IN, OUT>(out, in, scale, scaleKind, n);                              \
+  }
+
+#define QUANTIZE_X_KERNELS(IN_NAME, IN)            \
+  QUANTIZE_X_KERNEL(IN_NAME, IN, i8, XI8)          \
+  QUANTIZE_X_KERNEL(IN_NAME, IN, e4m3, XE4M3)      \
+  QUANTIZE_X_KERNEL(IN_NAME, IN, e4m3f32, XE4M3F32)
+
+QUANTIZE_X_KERNELS(f32, F32)
+QUANTIZE_X_KERNELS(f16, F16)
+QUANTIZE_X_KERNELS(bf16, BF16)
+
+// ---------------------------------------------------------------------------------------------
+// Exact int8 GEMM for shapes cuBLASLt's int8 kernels do not take:
+// C[m, n] = Σ_k A[m, k] · B[n, k], A [M, K] and B [N, K] int8 row-major, C [M, N] int32.
+// 64 × 64 output tiles, 256 threads of 4 × 4 outputs, K in steps of 32 bytes (8 words).
+
+#define GEMM_TILE 64
+#define GEMM_KW 8
+
+// Bytes k..k+3 of row `row` (zero past the edges) as one little-endian word.
+__device__ __forceinline__ int gemmWord(const signed char* __restrict__ p, i64 row, i64 rows,
+                                        i64 k, i64 K) {
+  if (row >= rows || k >= K) return 0;
+  const i64 at = row * K + k;
+  if (k + 3 < K && (at & 3) == 0) return __ldg(reinterpret_cast<const int*>(p + at));
+  unsigned w = 0;
+#pragma unroll
+  for (int b = 0; b < 4; b++) {
+    if (k + b < K) w |= ((unsigned)(unsigned char)p[at + b]) << (8 * b);
+  }
+  return (int)w;
+}
+
+extern "C" __global__ void __launch_bounds__(256) qlinear_gemm_i8(
+    int* __restrict__ c, const signed char* __restrict__ a, const signed char* __restrict__ b,
+    int M, int N, int K) {
+  __shared__ int as[GEMM_TILE][GEMM_KW + 1];
+  __shared__ int bs[GEMM_TILE][GEMM_KW + 1];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const i64 m0 = (i64)blockIdx.y * GEMM_TILE, n0 = (i64)blockIdx.x * GEMM_TILE;
+  int acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[i][j] = 0;
+  }
+  for (int k0 = 0; k0 < K; k0 += 4 * GEMM_KW) {
+    for (int w = threadIdx.x; w < GEMM_TILE * GEMM_KW; w += blockDim.x) {
+      const int row = w / GEMM_KW, kw = w % GEMM_KW;
+      as[row][kw] = gemmWord(a, m0 + row, M, k0 + 4 * kw, K);
+      bs[row][kw] = gemmWord(b, n0 + row, N, k0 + 4 * kw, K);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kw = 0; kw < GEMM_KW; kw++) {
+      int av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) av[i] = as[ty * 4 + i][kw];
+#pragma unroll
+      for (int j = 0; j < 4; j++) bv[j] = bs[tx * 4 + j][kw];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = __dp4a(av[i], bv[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const i64 m = m0 + ty * 4 + i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const i64 n = n0 + tx * 4 + j;
+      if (n < N) c[m * N + n] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue: y[m, n] = act(acc[m, n] · sxd · swd[n or 0] + b[n]) rounded once to Out.
+// The scaled sum is formed in double (acc, the float32 scales and their product are exact
+// there), as the CPU reference does; activations other than relu run in float32. sxd null:
+// the products are already scaled (scale 1). Grid: x over columns (4 per thread when N % 4 ==
+// 0), y over rows. `acc` may alias `out` (float32 products scaled in place): no __restrict__.
+
+struct AccI32 {
+  __device__ static double load(const void* p, i64 i) {
+    return (double)static_cast<const int*>(p)[i];
+  }
+  __device__ static void load4(const void* p, i64 i, double (&v)[4]) {
+    const int4 a = *reinterpret_cast<const int4*>(static_cast<const int*>(p) + i);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  }
+};
+
+struct AccF32 {
+  __device__ static double load(const void* p, i64 i) {
+    return (double)static_cast<const float*>(p)[i];
+  }
+  __device__ static void load4(const void* p, i64 i, double (&v)[4]) {
+    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  }
+};
+
+template <class Acc, class Out>
+__device__ __forceinline__ void epilogue(void* out, const void* acc, int M, int N,
+                                         const void* __restrict__ sxd, int sxdKind,
+                                         const void* __restrict__ swd, int swdKind,
+                                         int swdPerChannel, const void* __restrict__ bias,
+                                         int act) {
+  const bool vec = (N & 3) == 0;
+  const int per = vec ? 4 : 1;
+  const int n0 = (blockIdx.x * blockDim.x + threadIdx.x) * per;
+  if (n0 >= N) return;
+  const double sx = sxd ? (double)loadScale(sxd, sxdKind, 0) : 1.0;
+  double scale[4], b[4];
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int n = j < per ? n0 + j : n0;
+    const double sw = swd ? (double)loadScale(swd, swdKind, swdPerChannel ? n : 0) : 1.0;
+    scale[j] = sx * sw;
+    b[j] = bias ? (double)Out::load(bias, n) : 0.0;
+  }
+  for (int m = blockIdx.y; m < M; m += gridDim.y) {
+    const i64 at = (i64)m * N + n0;
+    if (vec) {
+      double t[4];
+      Acc::load4(acc, at, t);
+#pragma unroll
+      for (int j = 0; j < 4; j++) t[j] = __dadd_rn(__dmul_rn(t[j], scale[j]), b[j]);
+      if (act >= 2) {
+        float r[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) r[j] = activate(__double2float_rn(t[j]), act);
+        Out::store4(out, at, r);
+      } else {
+        // none / relu: one rounding from the double value, like the CPU reference.
+#pragma unroll
+        for (int j = 0; j < 4; j++) t[j] = act == 1 && t[j] <= 0.0 ? 0.0 : t[j];
+        Out::store4d(out, at, t);
+      }
+    } else {
+      const double t = __dadd_rn(__dmul_rn(Acc::load(acc, at), scale[0]), b[0]);
+      if (act >= 2) {
+        Out::store(out, at, activate(__double2float_rn(t), act));
+      } else {
+        Out::storeDouble(out, at, act == 1 && t <= 0.0 ? 0.0 : t);
+      }
+    }
+  }
+}
+
+#define EPILOGUE_KERNEL(ACC_NAME, ACC, OUT_NAME, OUT)                                          \
+  extern "C" __global__ void __launch_bounds__(256) qlinear_epilogue_##ACC_NAME##_##OUT_NAME(   \
+      void* out, const void* acc, int M, int N, const void* __restrict__ sxd, int sxdKind,      \
+      const void* __restrict__ swd, int swdKind, int swdPerChannel,                            \
+      const void* __restrict__ bias, int act) {                                                \
+    epilogue<ACC, OUT>(out, acc, M, N, sxd, sxdKind, swd, swdKind, swdPerChannel, bias, act); \
+  }
+
+EPILOGUE_KERNEL(i32, AccI32, f32, F32)
+EPILOGUE_KERNEL(i32, AccI32, f16, F16)
+EPILOGUE_KERNEL(i32, AccI32, bf16, BF16)
+EPILOGUE_KERNEL(f32, AccF32, f32, F32)
+EPILOGUE_KERNEL(f32, AccF32, f16, F16)
+EPILOGUE_KERNEL(f32, AccF32, bf16, BF16)
+
+// ---------------------------------------------------------------------------------------------
+// Weight-only GEMV for M ≤ MT ≤ 16 rows.
+//
+// A block of GEMV_WARPS warps covers GEMV_WARPS / splitK groups of GEMV_ROWS output channels;
+// the splitK warps of a group split K and add their sums through shared memory at the end.
+// Each lane streams 16-byte chunks of its group's weight rows (E codes per chunk), two chunks
+// in flight per row, and dequantizes them in registers exactly as dequantize does: the code's
+// value (exact) times the float32 scale, rounded once to x's dtype. x is staged in shared memory
+// as float32, KT columns at a time, permuted so that the float4 a lane reads for quad j of its
+// chunk sits at slot (step · 8E + j · 32 + lane): a warp's reads are conflict-free.
+//
+// Requires K % E == 0 (rows start on 16-byte boundaries) and a scale that is constant over each
+// chunk: index n · sN + (k / kb) · sK with kb % E == 0 or sK == 0.
+
+#define GEMV_WARPS 4
+#define GEMV_ROWS 4
+
+__device__ __forceinline__ unsigned wordOf(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+// int8 codes: 16 per chunk, quad j is word j. Bytes become exact floats through the float
+// 2^23 + (b + 128) built with one byte permute (no int -> float conversion instruction).
+struct GI8 {
+  static constexpr int kElems = 16;
+  static constexpr int kQuads = 4;
+  __device__ static i64 rowBytes(int K) { return K; }
+  __device__ static i64 byteOf(int k) { return k; }
+  __device__ static void quad(const uint4& v, int j, float (&q)[4]) {
+    const unsigned u = wordOf(v, j) ^ 0x80808080u;
+    q[0] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7650)) - 8388736.0f;
+    q[1] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7651)) - 8388736.0f;
+    q[2] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7652)) - 8388736.0f;
+    q[3] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7653)) - 8388736.0f;
+  }
+};
+
+// Packed int4 codes: 32 per chunk, quad j is nibbles 4(j%2)..4(j%2)+3 of word j/2 (nibble t is
+// element t). Biased nibbles (q + 8) are spread one per byte — even nibbles in `lo`, odd ones in
+// `hi` — and each byte becomes the float 2^23 + q + 8 with one byte permute.
+struct GI4 {
+  static constexpr int kElems = 32;
+  static constexpr int kQuads = 8;
+  __device__ static i64 rowBytes(int K) { return K / 2; }
+  __device__ static i64 byteOf(int k) { return k / 2; }
+  __device__ static void quad(const uint4& v, int j, float (&q)[4]) {
+    const unsigned u = wordOf(v, j >> 1) ^ 0x88888888u;
+    const unsigned lo = u & 0x0f0f0f0fu, hi = (u >> 4) & 0x0f0f0f0fu;
+    const unsigned b = (j & 1) * 2;  // first byte of this quad's nibble pairs
+    q[0] = __int_as_float(__byte_perm(lo, 0x4b000000u, 0x7650 | b)) - 8388616.0f;
+    q[1] = __int_as_float(__byte_perm(hi, 0x4b000000u, 0x7650 | b)) - 8388616.0f;
+    q[2] = __int_as_float(__byte_perm(lo, 0x4b000000u, 0x7650 | (b + 1))) - 8388616.0f;
+    q[3] = __int_as_float(__byte_perm(hi, 0x4b000000u, 0x7650 | (b + 1))) - 8388616.0f;
+  }
+};
+
+// e4m3 codes: 16 per chunk, quad j is word j.
+struct GE4M3 {
+  static constexpr int kElems = 16;
+  static constexpr int kQuads = 4;
+  __device__ static i64 rowBytes(int K) { return K; }
+  __device__ static i64 byteOf(int k) { return k; }
+  __device__ static void quad(const uint4& v, int j, float (&q)[4]) {
+    const unsigned w = wordOf(v, j);
+    const float2 a = e4m3x2ToFloats(w), b = e4m3x2ToFloats(w >> 16);
+    q[0] = a.x, q[1] = a.y, q[2] = b.x, q[3] = b.y;
+  }
+};
+
+template <class Q>
+__device__ __forceinline__ void gemvLoad(uint4 (&v)[GEMV_ROWS],
+                                         const unsigned char* __restrict__ wq, i64 rowBytes,
+                                         int n0, int N, int k) {
+#pragma unroll
+  for (int r = 0; r < GEMV_ROWS; r++) {
+    v[r] = n0 + r < N ? __ldg(reinterpret_cast<const uint4*>(wq + (i64)(n0 + r) * rowBytes +
+                                                              Q::byteOf(k)))
+                      : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+template <class Q, class X, int MT>
+__device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* __restrict__ x,
+                                            const unsigned char* __restrict__ wq,
+                                            const void* __restrict__ swd, int swdKind,
+                                            const void* __restrict__ bias, int act, int M, int N,
+                                            int K, i64 sN, int kb, int sK, int KT, int splitK) {
+  constexpr int R = GEMV_ROWS;
+  constexpr int E = Q::kElems;
+  constexpr int STEP = 32 * E;     // elements one warp covers per step
+  constexpr int STEP4 = STEP / 4;  // float4 slots per step and row
+  // With many rows a quad's work is long enough to hide the loop; unrolling less keeps the
+  // code (and the driver's JIT time) small.
+  constexpr int QUAD_UNROLL = MT <= 2 ? Q::kQuads : 2;
+  extern __shared__ float4 xs[];   // [MT][KT / 4], permuted within each step
+  __shared__ float partial[GEMV_WARPS][R][MT];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kPart = warp % splitK;
+  const int n0 = (blockIdx.x * (GEMV_WARPS / splitK) + warp / splitK) * R;
+  const int KT4 = KT / 4;
+  const i64 rowBytes = Q::rowBytes(K);
+  const bool perRow = sK == 0;
+
+  float acc[R][MT];
+  float rowScale[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
+    rowScale[r] = perRow && n0 + r < N ? loadScale(swd, swdKind, (i64)(n0 + r) * sN) : 0.0f;
+  }
+
+  for (int t0 = 0; t0 < K; t0 += KT) {
+    const int tk = min(KT, K - t0);
+    const int steps = (tk + STEP - 1) / STEP;
+    // This lane's first chunks, requested before staging x so the loads overlap it.
+    int s = kPart;
+    bool have = n0 < N && s < steps && s * STEP + lane * E < tk;
+    uint4 cur[R];
+    if (have) gemvLoad<Q>(cur, wq, rowBytes, n0, N, t0 + s * STEP + lane * E);
+    __syncthreads();  // the previous tile's x is no longer read
+    for (int m = 0; m < MT; m++) {
+      for (int g = threadIdx.x; g < steps * STEP4; g += blockDim.x) {
+        const int st = g / STEP4, rem = g % STEP4;
+        const int e0 = st * STEP + (rem % 32) * E + (rem / 32) * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (m < M && e0 < tk) v = X::load4(x, (i64)m * K + t0 + e0);
+        xs[m * KT4 + g] = v;
+      }
+    }
+    __syncthreads();
+    if (n0 >= N) continue;
+    while (s < steps) {
+      const int sn = s + splitK;
+      const bool haveNext = sn < steps && sn * STEP + lane * E < tk;
+      uint4 nxt[R];
+      if (haveNext) gemvLoad<Q>(nxt, wq, rowBytes, n0, N, t0 + sn * STEP + lane * E);
+      if (have) {
+        float sc[R];
+        if (perRow) {
+#pragma unroll
+          for (int r = 0; r < R; r++) sc[r] = rowScale[r];
+        } else {
+          const i64 kIndex = (i64)((t0 + s * STEP + lane * E) / kb) * sK;
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            sc[r] = n0 + r < N ? loadScale(swd, swdKind, (i64)(n0 + r) * sN + kIndex) : 0.0f;
+          }
+        }
+        const float4* xv = xs + s * STEP4 + lane;
+#pragma unroll QUAD_UNROLL
+        for (int j = 0; j < Q::kQuads; j++) {
+          float w[R][4];
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            Q::quad(cur[r], j, w[r]);
+#pragma unroll
+            for (int t = 0; t < 4; t++) w[r][t] = __fmul_rn(w[r][t], sc[r]);
+            X::round4(w[r]);
+          }
+#pragma unroll
+          for (int m = 0; m < MT; m++) {
+            const float4 xq = xv[m * KT4 + j * 32];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+              acc[r][m] = fmaf(w[r][0], xq.x, acc[r][m]);
+              acc[r][m] = fmaf(w[r][1], xq.y, acc[r][m]);
+              acc[r][m] = fmaf(w[r][2], xq.z, acc[r][m]);
+              acc[r][m] = fmaf(w[r][3], xq.w, acc[r][m]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; r++) cur[r] = nxt[r];
+      have = haveNext;
+      s = sn;
+    }
+  }
+
+  // Sum over the lanes (every lane ends with the totals), then over the K parts.
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      float v = acc[r][m];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      acc[r][m] = v;
+    }
+  }
+  if (splitK > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int m = 0; m < MT; m++) partial[warp][r][m] = acc[r][m];
+      }
+    }
+    __syncthreads();
+    if (kPart != 0) return;
+    for (int p = 1; p < splitK; p++) {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[r][m] += partial[warp + p][r][m];
+      }
+    }
+  }
+  if (n0 >= N) return;
+  // Lane l writes outputs l, l + 32, ... of the group (index r · MT + m); the value is picked
+  // with compile-time indices so acc stays in registers.
+#pragma unroll
+  for (int pass = 0; pass < (R * MT + 31) / 32; pass++) {
+    const int idx = pass * 32 + lane;
+    float v = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int m = 0; m < MT; m++) v = idx == r * MT + m ? acc[r][m] : v;
+    }
+    const int r = idx / MT, m = idx % MT, n = n0 + r;
+    if (idx < R * MT && m < M && n < N) {
+      const float b = bias ? X::load(bias, n) : 0.0f;
+      X::store(out, (i64)m * N + n, activate(v + b, act));
+    }
+  }
+}
+
+// Register budget: up to 128 per thread for a few rows (several blocks per SM), 255 for 8+.
+#define GEMV_MIN_BLOCKS(MT) ((MT) <= 4 ? 4 : 2)
+
+#define GEMV_KERNEL(Q_NAME, Q, X_NAME, X, MT)                                                 \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(MT))         \
+      wlinear_gemv_##Q_NAME##_##X_NAME##_m##MT(                                              \
+          void* __restrict__ out, const void* __restrict__ x,                               \
+          const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,  \
+          const void* __restrict__ bias, int act, int M, int N, int K, i64 sN, int kb,      \
+          int sK, int KT, int splitK) {                                                     \
+    wlinearGemv<Q, X, MT>(out, x, wq, swd, swdKind, bias, act, M, N, K, sN, kb, sK, KT,     \
+                          splitK);                                                          \
+  }
+
+#define GEMV_KERNELS_QX(Q_NAME, Q, X_NAME, X)                                            \
+  GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 1)                                                   \
+  GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 2)                                                   \
+  GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 4)                                                   \
+  GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 8)                                                   \
+  GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 16)
+
+#define GEMV_KERNELS_Q(Q_NAME, Q)         \
+  GEMV_KERNELS_QX(Q_NAME, Q, f32, F32)    \
+  GEMV_KERNELS_QX(Q_NAME, Q, f16, F16)    \
+  GEMV_KERNELS_QX(Q_NAME, Q, bf16, BF16)
+
+GEMV_KERNELS_Q(i8, GI8)
+GEMV_KERNELS_Q(i4, GI4)
+GEMV_KERNELS_Q(e4m3, GE4M3)

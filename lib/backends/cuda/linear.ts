@@ -1,0 +1,865 @@
+/**
+ * CUDA lowerings of the fused linear ops made by the Q/DQ fusion pass
+ * (lib/graph/passes/qdq_fusion.ts; CPU reference in lib/backends/cpu/linear.ts; kernels in
+ * kernels/linear.cu). x is `[..., K]`, the float weight W `[N, K]`, the output `[..., N]`,
+ * `M = numel(x) / K`.
+ *
+ * Weights are constants: the quantized (or fake-quantized) form of a weight is made by a
+ * kernel on first use and cached per W buffer and quantize-scale buffer (and, for
+ * dequantized forms, per dequant-scale buffer and dtype). The cache entry lives as long as the
+ * W buffer: it is freed when W is disposed or collected. During a CUDA graph capture a missing
+ * form is made for that run only (the capture records its making).
+ *
+ * - `qlinear` int8: x is quantized per tensor into an int8 buffer, cuBLASLt multiplies in the
+ *   "TN" form (A = W codes `K × N`, op T; B = x codes `K × M`; D = int32 `N × M`, which is
+ *   `acc[M, N]` row-major) and an epilogue kernel applies `acc · sxd · swd[n] + b[n]` and the
+ *   activation, rounding once. M is padded to a multiple of 16 (zero rows) when N and K are
+ *   multiples of 16; other shapes, or problems cuBLASLt rejects, use an exact int8 GEMM kernel.
+ *   int32 accumulation is exact either way, so both give identical results.
+ * - `qlinear` float8e4m3: e4m3 codes into cuBLASLt (fp32 accumulation): per-tensor weight
+ *   scales as scalar scale pointers, per-channel ones (when M > 64) as an outer-vector A scale,
+ *   with the bias and relu in cuBLASLt's epilogue when the combination runs; otherwise scale-1
+ *   products in float32 and the epilogue kernel. Shapes that are not multiples of 16 multiply
+ *   the codes' exact float32 values with a float32 GEMM.
+ * - `wlinear` (weight-only): for M ≤ 16 a GEMV kernel streams the quantized weight and
+ *   dequantizes it in registers (int8 / int4 / e4m3 codes whose scale is constant over 16-byte
+ *   chunks: per tensor, per output channel, block-wise along K with blocks of 16 or 32
+ *   elements); otherwise cuBLASLt multiplies x by the cached dequantized weight in x's dtype.
+ * @module
+ */
+import {
+  CUBLAS_COMPUTE_32F,
+  CUBLAS_COMPUTE_32I,
+  CUBLASLT_EPILOGUE_BIAS,
+  CUBLASLT_EPILOGUE_DEFAULT,
+  CUBLASLT_EPILOGUE_RELU,
+  CUBLASLT_EPILOGUE_RELU_BIAS,
+  CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
+  CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+  CUDA_R_32I,
+  CUDA_R_8F_E4M3,
+  CUDA_R_8I,
+} from "../../../ffi/cublaslt.ts";
+import { checkCu, cuda } from "../../../ffi/cuda.ts";
+import { addressOf } from "../../../ffi/library.ts";
+import {
+  checkCuda,
+  cudart,
+  cudaStreamCaptureStatusNone,
+  streamCaptureStatus,
+} from "../../../ffi/cudart.ts";
+import * as linearPtx from "../../../kernels/ptx/linear.ts";
+import type { DType } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import type { Attrs } from "../../graph/node.ts";
+import { numel } from "../../shape.ts";
+import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
+import type { CudaDevice } from "./device.ts";
+import {
+  BLOCK,
+  type CudaKernelContext,
+  type CudaLaunch,
+  type Dim3,
+  grid1d,
+  kernelFunction,
+  KernelParams,
+  launch,
+  type PtxModule,
+  registerCudaKernel,
+} from "./kernels.ts";
+import { CudaBuffer } from "./memory.ts";
+
+const PTX: PtxModule = linearPtx;
+
+type FloatDType = "float32" | "float16" | "bfloat16";
+
+/** Kernel name suffixes of the float dtypes. */
+const FLOAT_NAME: Record<FloatDType, string> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
+/** Scale kinds the kernels take for float inputs (scales, weights). */
+const FLOAT_KIND: Record<FloatDType, number> = { float32: 0, float16: 1, bfloat16: 2 };
+/** cuBLASLt types of the float dtypes. */
+const LT_TYPE: Record<FloatDType, number> = {
+  float32: CUDA_R_32F,
+  float16: CUDA_R_16F,
+  bfloat16: CUDA_R_16BF,
+};
+/** Kernel name parts of the quantized dtypes. */
+const QUANT_NAME: Record<string, string> = { int8: "i8", int4: "i4", float8e4m3: "e4m3" };
+/** Activation codes of the kernels. */
+const ACTIVATION: Record<string, number> = { none: 0, relu: 1, gelu: 2, gelu_tanh: 3 };
+const ACT_NONE = 0;
+const ACT_RELU = 1;
+
+/** Rows up to which wlinear runs the GEMV kernel. */
+const GEMV_MAX_ROWS = 16;
+/** Warps per GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the kernel). */
+const GEMV_WARPS = 4;
+const GEMV_ROWS = 4;
+/** Dynamic shared memory the GEMV stages x in (opted in above the default 48 KiB). */
+const GEMV_SHARED_BYTES = 64 * 1024;
+/** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
+const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+/** fp8 products with per-channel weight scales use cuBLASLt's outer-vector scales above this
+ * many rows; at fewer rows that mode offers only a slow kernel. */
+const OUTER_VECTOR_MIN_ROWS = 64;
+/** Epilogue threads per block. */
+const EPILOGUE_BLOCK = 256;
+const INT32_MAX = 2 ** 31 - 1;
+
+const NO_LAUNCH: CudaLaunch = () => {};
+
+function floatDType(op: string, argument: string, dtype: DType): FloatDType {
+  if (dtype === "float32" || dtype === "float16" || dtype === "bfloat16") return dtype;
+  throw new TensorqError("expected a float dtype", {
+    op,
+    kind: "dtype",
+    argument,
+    expected: "float32, float16 or bfloat16",
+    actual: dtype,
+  });
+}
+
+function fn(device: CudaDevice, name: string): Deno.PointerValue {
+  return kernelFunction(device, PTX, name);
+}
+
+function memsetZero(device: CudaDevice, address: bigint, bytes: number): void {
+  if (bytes === 0) return;
+  checkCuda(
+    cudart().cudaMemsetAsync(Deno.UnsafePointer.create(address), 0, BigInt(bytes), device.stream),
+    "cudaMemsetAsync",
+  );
+}
+
+function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+function checkInt32(op: string, what: string, v: number): void {
+  if (v > INT32_MAX) {
+    throw new TensorqError(`${what} too large for the ${op} kernels`, {
+      op,
+      kind: "unsupported",
+      expected: `at most ${INT32_MAX}`,
+      actual: String(v),
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight scales
+
+/** Where the scale of weight element (n, k) is: `floor(n / nb)·sN + floor(k / kb)·sK`. */
+export interface WeightScaleIndex {
+  /** Rows sharing a scale row (block-wise along dim 0). */
+  nb: number;
+  /** Scale stride per row group. */
+  sN: number;
+  /** Columns sharing a scale (block-wise along dim 1). */
+  kb: number;
+  /** Scale stride per column group. */
+  sK: number;
+}
+
+/**
+ * The scale index of a `[N, K]` weight quantized with the fused op's attrs (`weightMode`,
+ * `weightDim`, `blockSize`), as the kernels compute it.
+ */
+export function weightScaleIndex(
+  attrs: Readonly<Record<string, unknown>>,
+  k: number,
+): WeightScaleIndex {
+  const dim = attrs.weightDim as number | null;
+  const block = attrs.blockSize as number | null;
+  switch (attrs.weightMode) {
+    case "tensor":
+      return { nb: 1, sN: 0, kb: 1, sK: 0 };
+    case "channel":
+      return dim === 0 ? { nb: 1, sN: 1, kb: 1, sK: 0 } : { nb: 1, sN: 0, kb: 1, sK: 1 };
+    case "block":
+      return dim === 1
+        ? { nb: 1, sN: k / block!, kb: block!, sK: 1 }
+        : { nb: block!, sN: k, kb: 1, sK: 1 };
+  }
+  throw new TensorqError("unknown weight quantization mode", {
+    op: "linear",
+    kind: "unsupported",
+    argument: "weightMode",
+    expected: "tensor, channel or block",
+    actual: String(attrs.weightMode),
+  });
+}
+
+/** The quantization a prepared weight depends on besides its buffers. */
+function quantKey(attrs: Attrs): string {
+  return `${attrs.qdtype}:${attrs.weightMode}:${attrs.weightDim}:${attrs.blockSize}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// The prepared-weight cache
+
+/** The prepared forms of one W buffer. */
+interface WeightSlot {
+  weight: WeakRef<CudaBuffer>;
+  /** quantize scale → dequant scale (or NO_SCALE) → form name → buffer. */
+  forms: WeakMap<CudaBuffer, WeakMap<object, Map<string, CudaBuffer>>>;
+  /** Every buffer the slot holds (freed together). */
+  buffers: CudaBuffer[];
+}
+
+const NO_SCALE = {};
+const slots = new WeakMap<CudaBuffer, WeightSlot>();
+const liveSlots = new Set<WeightSlot>();
+const slotFinalizer = new FinalizationRegistry<WeightSlot>((slot) => {
+  try {
+    releaseSlot(slot);
+  } catch {
+    // A finalizer must not throw; the process may be shutting the device down.
+  }
+});
+let preparedCount = 0;
+
+function releaseSlot(slot: WeightSlot): void {
+  liveSlots.delete(slot);
+  slotFinalizer.unregister(slot);
+  const w = slot.weight.deref();
+  if (w) slots.delete(w);
+  for (const b of slot.buffers) b.dispose();
+  slot.buffers.length = 0;
+}
+
+/** Frees the forms of weights that were disposed (their buffers can never be passed again). */
+function sweepDisposedWeights(): void {
+  for (const slot of liveSlots) {
+    const w = slot.weight.deref();
+    if (!w || w.disposed) releaseSlot(slot);
+  }
+}
+
+/**
+ * Number of prepared weight forms made so far (quantized codes, dequantized weights), whether
+ * cached or made for one captured run. A forward that reuses cached forms leaves it unchanged.
+ */
+export function preparedWeightCount(): number {
+  return preparedCount;
+}
+
+/** A prepared weight form for one run: `temporary` ones are disposed by the caller. */
+interface Prepared {
+  buffer: CudaBuffer;
+  temporary: boolean;
+}
+
+/**
+ * The form `form` of weight `w` (quantized with `swq`, dequantized with `swd` when given),
+ * made by `fill` into a new buffer of `numel` elements of `dtype` on first use.
+ */
+function preparedWeight(
+  device: CudaDevice,
+  w: CudaBuffer,
+  swq: CudaBuffer,
+  swd: CudaBuffer | undefined,
+  form: string,
+  dtype: DType,
+  count: number,
+  fill: (dst: CudaBuffer) => void,
+): Prepared {
+  let slot = slots.get(w);
+  if (!slot) {
+    slot = { weight: new WeakRef(w), forms: new WeakMap(), buffers: [] };
+    slots.set(w, slot);
+    liveSlots.add(slot);
+    slotFinalizer.register(w, slot, slot);
+  }
+  let byDequant = slot.forms.get(swq);
+  if (!byDequant) slot.forms.set(swq, byDequant = new WeakMap());
+  let named = byDequant.get(swd ?? NO_SCALE);
+  if (!named) byDequant.set(swd ?? NO_SCALE, named = new Map());
+  const cached = named.get(form);
+  if (cached) return { buffer: cached, temporary: false };
+
+  const buffer = CudaBuffer.allocate(device, dtype, count);
+  fill(buffer);
+  preparedCount++;
+  // Memory allocated inside a capture belongs to the graph, and buffers whose contents change
+  // between runs (compiled-function inputs) cannot be cached: use it for this run only.
+  if (
+    w.mutable || swq.mutable || swd?.mutable ||
+    streamCaptureStatus(device.stream) !== cudaStreamCaptureStatusNone
+  ) {
+    return { buffer, temporary: true };
+  }
+  sweepDisposedWeights();
+  named.set(form, buffer);
+  slot.buffers.push(buffer);
+  return { buffer, temporary: false };
+}
+
+/** Launches of the weight-preparation kernels of one lowering. */
+class WeightPrep {
+  readonly #device: CudaDevice;
+  readonly #params = new KernelParams();
+  readonly #n: number;
+  readonly #k: number;
+  readonly #index: WeightScaleIndex;
+  readonly #wKind: number;
+  readonly #swqKind: number;
+  readonly #key: string;
+
+  constructor(ctx: CudaKernelContext, wAt: number, n: number, k: number) {
+    this.#device = ctx.device;
+    this.#n = n;
+    this.#k = k;
+    this.#index = weightScaleIndex(ctx.attrs, k);
+    this.#wKind = FLOAT_KIND[floatDType("linear", "W", ctx.inputs[wAt].dtype)];
+    this.#swqKind = FLOAT_KIND[floatDType("linear", "weight scale", ctx.inputs[wAt + 1].dtype)];
+    this.#key = quantKey(ctx.attrs);
+  }
+
+  #indexParams(p: KernelParams): void {
+    const ix = this.#index;
+    p.i64(this.#n).i64(this.#k).i64(ix.nb).i64(ix.sN).i64(ix.kb).i64(ix.sK);
+  }
+
+  /** The weight's codes (int8 / e4m3 bytes, packed int4), `[N, K]`. */
+  codes(w: CudaBuffer, swq: CudaBuffer, qdtype: DType): Prepared {
+    const device = this.#device;
+    const kernel = fn(device, `linear_quantize_weight_${QUANT_NAME[qdtype]}`);
+    const count = this.#n * this.#k;
+    return preparedWeight(device, w, swq, undefined, `${this.#key}/codes`, qdtype, count, (d) => {
+      const p = this.#params.reset().ptr(d.address).ptr(w.address).i32(this.#wKind)
+        .ptr(swq.address).i32(this.#swqKind);
+      this.#indexParams(p);
+      const units = qdtype === "int4" ? Math.ceil(count / 2) : count;
+      launch(device, kernel, grid1d(device, units), [BLOCK, 1, 1], p);
+    });
+  }
+
+  /**
+   * `dequantize(quantize(W, swq), swd)` in `dtype`; without `swd` (and `swdKind` < 0) the
+   * codes' exact values.
+   */
+  dequantized(
+    w: CudaBuffer,
+    swq: CudaBuffer,
+    swd: CudaBuffer | undefined,
+    swdKind: number,
+    qdtype: DType,
+    dtype: FloatDType,
+  ): Prepared {
+    const device = this.#device;
+    const kernel = fn(
+      device,
+      `linear_fakequant_weight_${QUANT_NAME[qdtype]}_${FLOAT_NAME[dtype]}`,
+    );
+    const count = this.#n * this.#k;
+    const form = `${this.#key}/${swd ? "dequantized" : "values"}:${dtype}`;
+    return preparedWeight(device, w, swq, swd, form, dtype, count, (d) => {
+      const p = this.#params.reset().ptr(d.address).ptr(w.address).i32(this.#wKind)
+        .ptr(swq.address).i32(this.#swqKind).ptr(swd?.address ?? 0n).i32(swd ? swdKind : -1);
+      this.#indexParams(p);
+      launch(device, kernel, grid1d(device, count), [BLOCK, 1, 1], p);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// cuBLASLt problems that may be unsupported
+
+const rejectedLtProblems = new Set<string>();
+
+/**
+ * Prepares a cuBLASLt product, or returns undefined when cuBLASLt has no algorithm for it or
+ * every candidate fails when run (both remembered, so a problem is probed once).
+ */
+function tryLtPlan(device: CudaDevice, spec: LtMatmulSpec): LtMatmulPlan | undefined {
+  const key = `${device.index}:${JSON.stringify(spec)}`;
+  if (rejectedLtProblems.has(key)) return undefined;
+  try {
+    return ltMatmulPlan(device, spec);
+  } catch (e) {
+    // Unsupported problems fail in descriptor setup, the heuristic or the probing calls;
+    // anything else (a device fault, out of memory) is a real error.
+    if (e instanceof TensorqError && (e.kind === "unsupported" || e.op.startsWith("cublasLt"))) {
+      rejectedLtProblems.add(key);
+      return undefined;
+    }
+    throw e;
+  }
+}
+
+/** The "TN" product of row-major `[rows, k]` activations with row-major `[n, k]` weights. */
+function tnSpec(
+  n: number,
+  rows: number,
+  k: number,
+  types: { a: number; d: number; compute: number; scale: number },
+): LtMatmulSpec {
+  return {
+    transA: true,
+    transB: false,
+    m: n,
+    n: rows,
+    k,
+    lda: k,
+    ldb: k,
+    ldc: n,
+    aType: types.a,
+    bType: types.a,
+    cType: types.d,
+    dType: types.d,
+    computeType: types.compute,
+    scaleType: types.scale,
+  };
+}
+
+/** cuBLASLt's fused epilogue for a bias and relu (or none). */
+function ltEpilogue(hasBias: boolean, act: number): number {
+  if (act === ACT_RELU) return hasBias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+  return hasBias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared launches
+
+/** Launches of the activation quantize and epilogue kernels of one lowering. */
+class LinearLaunches {
+  readonly device: CudaDevice;
+  readonly params: KernelParams = new KernelParams();
+  readonly m: number;
+  readonly n: number;
+  readonly act: number;
+  readonly outDType: FloatDType;
+  readonly #epilogueGrid: Dim3;
+
+  constructor(ctx: CudaKernelContext, m: number, n: number) {
+    this.device = ctx.device;
+    this.m = m;
+    this.n = n;
+    this.outDType = floatDType("linear", "output", ctx.out.dtype);
+    const act = ACTIVATION[String(ctx.attrs.activation ?? "none")];
+    if (act === undefined) {
+      throw new TensorqError("unknown activation", {
+        op: "linear",
+        kind: "unsupported",
+        argument: "activation",
+        expected: "none, relu, gelu or gelu_tanh",
+        actual: String(ctx.attrs.activation),
+      });
+    }
+    this.act = act;
+    checkInt32("linear", "M", m);
+    checkInt32("linear", "N", n);
+    const perThread = n % 4 === 0 ? 4 : 1;
+    this.#epilogueGrid = [
+      Math.ceil(Math.ceil(n / perThread) / EPILOGUE_BLOCK),
+      Math.min(m, 65535),
+      1,
+    ];
+  }
+
+  /** Per-tensor quantize of `count` activations into `dst` (`target`: i8, e4m3, e4m3f32). */
+  quantizeX(
+    kernel: Deno.PointerValue,
+    dst: bigint,
+    x: CudaBuffer,
+    sxq: CudaBuffer,
+    sxqKind: number,
+    count: number,
+  ): void {
+    if (count === 0) return;
+    const p = this.params.reset().ptr(dst).ptr(x.address).ptr(sxq.address).i32(sxqKind).i64(count);
+    launch(this.device, kernel, grid1d(this.device, count, 8), [BLOCK, 1, 1], p);
+  }
+
+  /**
+   * `out = act(acc · sxd · swd + bias)` over the first M rows of `acc` ([rows, N], int32 or
+   * float32 as `kernel` expects). `scales` undefined: the products are already scaled.
+   */
+  epilogue(
+    kernel: Deno.PointerValue,
+    out: CudaBuffer,
+    acc: bigint,
+    scales: { sxd: CudaBuffer; sxdKind: number; swd: CudaBuffer; swdKind: number } | undefined,
+    perChannel: boolean,
+    bias: CudaBuffer | undefined,
+  ): void {
+    const p = this.params.reset().ptr(out.address).ptr(acc).i32(this.m).i32(this.n)
+      .ptr(scales?.sxd.address ?? 0n).i32(scales?.sxdKind ?? 0)
+      .ptr(scales?.swd.address ?? 0n).i32(scales?.swdKind ?? 0).i32(perChannel ? 1 : 0)
+      .ptr(bias?.address ?? 0n).i32(this.act);
+    launch(this.device, kernel, this.#epilogueGrid, [EPILOGUE_BLOCK, 1, 1], p);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// qlinear
+
+/** How an fp8 product is done by cuBLASLt. */
+interface Fp8Choice {
+  plan: LtMatmulPlan;
+  /** Weight and input scales given to cuBLASLt: none (scale 1), scalars, or an outer vector. */
+  scales: "none" | "scalar" | "outer";
+  /** D is the output (bias and relu in cuBLASLt's epilogue); otherwise float32 + epilogue. */
+  fused: boolean;
+}
+
+function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device, attrs } = ctx;
+  const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
+  const [n, k] = wInfo.shape;
+  const total = numel(ctx.out.shape);
+  if (total === 0) return NO_LAUNCH;
+  const m = total / n;
+  const qdtype = attrs.qdtype as DType;
+  if (qdtype !== "int8" && qdtype !== "float8e4m3") {
+    throw new TensorqError("qlinear needs int8 or float8e4m3 codes", {
+      op: "qlinear",
+      kind: "unsupported",
+      argument: "qdtype",
+      actual: String(qdtype),
+    });
+  }
+  const ops = new LinearLaunches(ctx, m, n);
+  checkInt32("qlinear", "K", k);
+  const out = FLOAT_NAME[ops.outDType];
+  const xName = FLOAT_NAME[floatDType("qlinear", "x", xInfo.dtype)];
+  const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxqInfo.dtype)];
+  const sxdKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxdInfo.dtype)];
+  const swdKind = FLOAT_KIND[floatDType("qlinear", "weight scale", swdInfo.dtype)];
+  const perChannel = attrs.weightMode === "channel";
+  const hasBias = biasInfo !== undefined;
+  const prep = new WeightPrep(ctx, 3, n, k);
+  const scalesOf = (sxd: CudaBuffer, swd: CudaBuffer) => ({ sxd, sxdKind, swd, swdKind });
+
+  if (k === 0) {
+    // Empty sums: y = act(b).
+    const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
+    return (y, inputs) => {
+      const acc = CudaBuffer.allocate(device, "int32", m * n);
+      memsetZero(device, acc.address, acc.bytes);
+      ops.epilogue(epilogue, y, acc.address, scalesOf(inputs[2], inputs[5]), perChannel, inputs[6]);
+      acc.dispose();
+    };
+  }
+
+  const mPad = roundUp(m, 16);
+  const tensorCoreShape = n % 16 === 0 && k % 16 === 0;
+
+  if (qdtype === "int8") {
+    const plan = tensorCoreShape
+      ? tryLtPlan(
+        device,
+        tnSpec(n, mPad, k, {
+          a: CUDA_R_8I,
+          d: CUDA_R_32I,
+          compute: CUBLAS_COMPUTE_32I,
+          scale: CUDA_R_32I,
+        }),
+      )
+      : undefined;
+    const rows = plan ? mPad : m;
+    const quantizeX = fn(device, `qlinear_quantize_${xName}_i8`);
+    const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
+    const gemm = plan ? undefined : fn(device, "qlinear_gemm_i8");
+    const gemmGrid: Dim3 = [Math.ceil(n / 64), Math.ceil(m / 64), 1];
+    if (!plan && gemmGrid[1] > 65535) {
+      throw new TensorqError("too many rows for the int8 GEMM kernel", {
+        op: "qlinear",
+        kind: "unsupported",
+        expected: `at most ${65535 * 64} rows`,
+        actual: String(m),
+      });
+    }
+    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, "int8");
+      const xq = CudaBuffer.allocate(device, "int8", rows * k);
+      ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
+      memsetZero(device, xq.address + BigInt(m * k), (rows - m) * k);
+      const acc = CudaBuffer.allocate(device, "int32", rows * n);
+      if (plan) {
+        plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0);
+      } else {
+        const p = ops.params.reset().ptr(acc.address).ptr(xq.address).ptr(wq.buffer.address)
+          .i32(m).i32(n).i32(k);
+        launch(device, gemm!, gemmGrid, [256, 1, 1], p);
+      }
+      ops.epilogue(epilogue, y, acc.address, scalesOf(sxd, swd), perChannel, bias);
+      xq.dispose();
+      acc.dispose();
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
+
+  // float8e4m3
+  const choice = tensorCoreShape
+    ? chooseFp8Plan(device, {
+      n,
+      m,
+      mPad,
+      k,
+      outDType: ops.outDType,
+      perChannel,
+      f32Scales: sxdInfo.dtype === "float32" && swdInfo.dtype === "float32",
+      hasBias,
+      act: ops.act,
+    })
+    : undefined;
+  if (choice) {
+    const quantizeX = fn(device, `qlinear_quantize_${xName}_e4m3`);
+    const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
+    const { plan, scales, fused } = choice;
+    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, "float8e4m3");
+      const xq = CudaBuffer.allocate(device, "float8e4m3", mPad * k);
+      ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
+      memsetZero(device, xq.address + BigInt(m * k), (mPad - m) * k);
+      const pointers = scales === "none"
+        ? { bias: bias?.address }
+        : { aScale: swd.address, bScale: sxd.address, bias: bias?.address };
+      if (fused) {
+        plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
+      } else {
+        const acc = CudaBuffer.allocate(device, "float32", mPad * n);
+        plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0, pointers);
+        const unscaled = scales === "none" ? scalesOf(sxd, swd) : undefined;
+        ops.epilogue(epilogue, y, acc.address, unscaled, perChannel, bias);
+        acc.dispose();
+      }
+      xq.dispose();
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
+
+  // The codes' exact values in a float32 product (fp32 accumulation, like cuBLASLt's fp8).
+  const plan = ltMatmulPlan(
+    device,
+    tnSpec(n, m, k, {
+      a: CUDA_R_32F,
+      d: CUDA_R_32F,
+      compute: CUBLAS_COMPUTE_32F,
+      scale: CUDA_R_32F,
+    }),
+  );
+  const quantizeX = fn(device, `qlinear_quantize_${xName}_e4m3f32`);
+  const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
+  return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+    const wv = prep.dequantized(w, swq, undefined, -1, "float8e4m3", "float32");
+    const xv = CudaBuffer.allocate(device, "float32", m * k);
+    ops.quantizeX(quantizeX, xv.address, x, sxq, sxqKind, m * k);
+    const acc = CudaBuffer.allocate(device, "float32", m * n);
+    plan.run(wv.buffer.address, xv.address, acc.address, acc.address);
+    ops.epilogue(epilogue, y, acc.address, scalesOf(sxd, swd), perChannel, bias);
+    xv.dispose();
+    acc.dispose();
+    if (wv.temporary) wv.buffer.dispose();
+  };
+}
+
+/** The first fp8 cuBLASLt configuration that runs, most fused first. */
+function chooseFp8Plan(
+  device: CudaDevice,
+  p: {
+    n: number;
+    m: number;
+    mPad: number;
+    k: number;
+    outDType: FloatDType;
+    perChannel: boolean;
+    f32Scales: boolean;
+    hasBias: boolean;
+    act: number;
+  },
+): Fp8Choice | undefined {
+  const candidates: { scales: Fp8Choice["scales"]; fused: boolean }[] = [];
+  // cuBLASLt scale pointers must be float32; per-channel scales only pay off above 64 rows.
+  const scaleModes: Fp8Choice["scales"][] = !p.f32Scales
+    ? []
+    : p.perChannel
+    ? (p.m > OUTER_VECTOR_MIN_ROWS ? ["outer"] : [])
+    : ["scalar"];
+  // Writing the output directly needs exactly M rows and an activation cuBLASLt computes
+  // exactly (none or relu).
+  const fusable = p.mPad === p.m && (p.act === ACT_NONE || p.act === ACT_RELU);
+  for (const scales of scaleModes) {
+    if (fusable) candidates.push({ scales, fused: true });
+    candidates.push({ scales, fused: false });
+  }
+  candidates.push({ scales: "none", fused: false });
+  for (const c of candidates) {
+    const d = c.fused ? LT_TYPE[p.outDType] : CUDA_R_32F;
+    const spec: LtMatmulSpec = {
+      ...tnSpec(p.n, p.mPad, p.k, {
+        a: CUDA_R_8F_E4M3,
+        d,
+        compute: CUBLAS_COMPUTE_32F,
+        scale: CUDA_R_32F,
+      }),
+      fastAccum: false,
+      epilogue: c.fused ? ltEpilogue(p.hasBias, p.act) : CUBLASLT_EPILOGUE_DEFAULT,
+    };
+    if (c.scales !== "none") {
+      spec.aScaleMode = c.scales === "outer"
+        ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
+        : CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+      spec.bScaleMode = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+    }
+    const plan = tryLtPlan(device, spec);
+    if (plan) return { plan, ...c };
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------
+// wlinear
+
+/** Dynamic shared memory limits already raised, per kernel function. */
+const sharedOptIn = new Map<bigint, number>();
+
+function allowSharedBytes(kernel: Deno.PointerValue, bytes: number): void {
+  const key = addressOf(kernel);
+  if ((sharedOptIn.get(key) ?? 48 * 1024) >= bytes) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes),
+    "cuFuncSetAttribute",
+  );
+  sharedOptIn.set(key, bytes);
+}
+
+/** Launch shape of the GEMV kernel for one problem. */
+export interface GemvShape {
+  /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
+  rowsCompiled: number;
+  /** Columns of x staged in shared memory at a time. */
+  tileK: number;
+  /** Warps of a block that split K for one group of output channels. */
+  splitK: number;
+  /** Blocks. */
+  blocks: number;
+  /** Dynamic shared memory bytes. */
+  sharedBytes: number;
+}
+
+/** The GEMV launch shape for `m` rows, `n` outputs, `k` inputs, `elems` codes per 16 bytes. */
+export function gemvShape(m: number, n: number, k: number, elems: number, sms: number): GemvShape {
+  const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
+  const step = 32 * elems;
+  const maxTile = Math.max(
+    step,
+    Math.floor(GEMV_SHARED_BYTES / (4 * rowsCompiled) / step) * step,
+  );
+  const tileK = Math.min(maxTile, roundUp(k, step));
+  const groups = Math.ceil(n / GEMV_ROWS);
+  const steps = Math.ceil(k / step);
+  // Split K over the warps of a block when there are too few channel groups to fill the GPU.
+  let splitK = 1;
+  while (
+    splitK < GEMV_WARPS && Math.ceil(groups / (GEMV_WARPS / splitK)) < 2 * sms &&
+    steps >= 2 * splitK
+  ) splitK *= 2;
+  return {
+    rowsCompiled,
+    tileK,
+    splitK,
+    blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
+    sharedBytes: rowsCompiled * tileK * 4,
+  };
+}
+
+function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device, attrs } = ctx;
+  const [xInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
+  const [n, k] = wInfo.shape;
+  const total = numel(ctx.out.shape);
+  if (total === 0) return NO_LAUNCH;
+  const m = total / n;
+  const qdtype = attrs.qdtype as DType;
+  if (!(qdtype in QUANT_NAME)) {
+    throw new TensorqError("wlinear needs int8, int4 or float8e4m3 codes", {
+      op: "wlinear",
+      kind: "unsupported",
+      argument: "qdtype",
+      actual: String(qdtype),
+    });
+  }
+  const ops = new LinearLaunches(ctx, m, n);
+  checkInt32("wlinear", "K", k);
+  const xDType = floatDType("wlinear", "x", xInfo.dtype);
+  const x = FLOAT_NAME[xDType];
+  const swdKind = FLOAT_KIND[floatDType("wlinear", "weight scale", swdInfo.dtype)];
+  const prep = new WeightPrep(ctx, 1, n, k);
+  const hasBias = biasInfo !== undefined;
+
+  if (k === 0) {
+    // Empty sums: y = act(b).
+    const epilogue = fn(device, `qlinear_epilogue_f32_${FLOAT_NAME[ops.outDType]}`);
+    return (y, inputs) => {
+      const acc = CudaBuffer.allocate(device, "float32", m * n);
+      memsetZero(device, acc.address, acc.bytes);
+      ops.epilogue(epilogue, y, acc.address, undefined, false, inputs[4]);
+      acc.dispose();
+    };
+  }
+
+  // The GEMV needs rows on 16-byte boundaries and one scale per 16-byte chunk of a row.
+  const elems = qdtype === "int4" ? 32 : 16;
+  const index = weightScaleIndex(attrs, k);
+  const chunkUniform = index.nb === 1 && (index.sK === 0 || index.kb % elems === 0);
+  if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform) {
+    const shape = gemvShape(m, n, k, elems, device.smCount);
+    const kernel = fn(device, `wlinear_gemv_${QUANT_NAME[qdtype]}_${x}_m${shape.rowsCompiled}`);
+    allowSharedBytes(kernel, shape.sharedBytes);
+    const grid: Dim3 = [shape.blocks, 1, 1];
+    return (y, [xb, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, qdtype);
+      const p = ops.params.reset().ptr(y.address).ptr(xb.address).ptr(wq.buffer.address)
+        .ptr(swd.address).i32(swdKind).ptr(bias?.address ?? 0n).i32(ops.act)
+        .i32(m).i32(n).i32(k).i64(index.sN).i32(index.kb).i32(index.sK)
+        .i32(shape.tileK).i32(shape.splitK);
+      launch(device, kernel, grid, [GEMV_WARPS * 32, 1, 1], p, shape.sharedBytes);
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
+
+  // cuBLASLt on the cached dequantized weight (float32 without TF32, or x's 16-bit type).
+  const xType = LT_TYPE[xDType];
+  let plan: LtMatmulPlan | undefined;
+  let fused = false;
+  if (ops.act === ACT_NONE || ops.act === ACT_RELU) {
+    plan = tryLtPlan(device, {
+      ...tnSpec(n, m, k, { a: xType, d: xType, compute: CUBLAS_COMPUTE_32F, scale: CUDA_R_32F }),
+      epilogue: ltEpilogue(hasBias, ops.act),
+    });
+    fused = plan !== undefined;
+  }
+  plan ??= ltMatmulPlan(
+    device,
+    tnSpec(n, m, k, { a: xType, d: CUDA_R_32F, compute: CUBLAS_COMPUTE_32F, scale: CUDA_R_32F }),
+  );
+  const product = plan;
+  const epilogue = fn(device, `qlinear_epilogue_f32_${FLOAT_NAME[ops.outDType]}`);
+  return (y, [xb, w, swq, swd, bias]) => {
+    const dq = prep.dequantized(w, swq, swd, swdKind, qdtype, xDType);
+    if (fused) {
+      product.run(dq.buffer.address, xb.address, y.address, y.address, 1, 0, {
+        bias: bias?.address,
+      });
+    } else {
+      // float32 products, scaled in place when the output is float32.
+      const acc = ops.outDType === "float32"
+        ? undefined
+        : CudaBuffer.allocate(device, "float32", m * n);
+      const d = acc?.address ?? y.address;
+      product.run(dq.buffer.address, xb.address, d, d);
+      ops.epilogue(epilogue, y, d, undefined, false, bias);
+      acc?.dispose();
+    }
+    if (dq.temporary) dq.buffer.dispose();
+  };
+}
+
+registerCudaKernel("qlinear", lowerQlinear);
+registerCudaKernel("wlinear", lowerWlinear);
