@@ -1,0 +1,563 @@
+// quantize / dequantize (rules in lib/ops/quantize.ts, CPU reference in
+// lib/backends/cpu/quantize.ts).
+//
+//   quantize:   q = saturate(rint(x / s)), x / s a true IEEE float32 division (never x * (1/s)),
+//               rint = round half to even; int8 [-128, 127], int4 [-8, 7], NaN -> 0;
+//               float8e4m3 = RNE of the float32 quotient, saturating to +-448, NaN -> 0x7f.
+//   dequantize: x = q * s in float32 (one rounding), then RNE to the output dtype.
+//
+// The kernels are memory-bound. They move 16-byte vectors of the float side: a "unit" of 4
+// float32 or 8 float16/bfloat16 elements (the quantized side of a unit is 2 to 8 bytes). In a
+// grid-stride loop each thread handles 16 elements a step, as 4 (float32) or 2 (16-bit) units
+// one grid stride apart, loaded together before any is computed; so every vector access of a
+// warp covers 32 consecutive units (fully coalesced) and each thread keeps four (float32)
+// 16-byte loads in flight. int4 is packed two per byte (element 2i in the low nibble); units
+// start at even elements, so no two threads write the same byte. The last n % U elements, and
+// units whose elements use different scales, go element pair by element pair.
+//
+// Scales: per-tensor (one value, read once per thread), per-channel (1-D, index
+// (i / inner) % extent) or block-wise (index ((i / inner) / block) * inner + i % inner, which
+// is the documented index because block divides the extent). A scale is float32, float16 or
+// bfloat16 (scaleKind 0/1/2), decoded exactly to float32. Scale indices are stepped
+// incrementally: the loops do no integer division.
+//
+// Kernel names: <op>_<mode>_<in>_<out>, e.g. quantize_tensor_f32_i8, dequantize_block_i4_f32.
+// Every kernel takes
+//   (void* out, const void* in, const void* scale, int scaleKind,
+//    long long n, long long inner, long long extent, long long block)
+// and runs with 256 threads a block.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <string.h>
+
+typedef long long i64;
+
+// Elements a thread handles per grid-stride step.
+#define CHUNK 16
+
+// ---------------------------------------------------------------------------------------------
+// Scalar conversions
+
+__device__ __forceinline__ float f16BitsToFloat(unsigned short b) {
+  return __half2float(__ushort_as_half(b));
+}
+
+__device__ __forceinline__ float bf16BitsToFloat(unsigned short b) {
+  return __uint_as_float(((unsigned)b) << 16);
+}
+
+// float -> e4m3fn bits: RNE, saturating to +-448 (Inf included), NaN -> 0x7f, the sign of
+// zero kept. Used where the hardware conversion is missing (before sm_89).
+__host__ __device__ __forceinline__ unsigned floatToE4m3Soft(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  const unsigned sign = (u >> 24) & 0x80u;
+  const unsigned a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7fu;          // NaN
+  if (a >= 0x43e00000u) return sign | 0x7eu;  // >= 448 (and Inf): saturate
+  if (a < 0x3c800000u) {
+    // Below 2^-6: fp8 subnormals step by 2^-9. Scaling by 2^9 is exact and rintf rounds half
+    // to even; 8 is the smallest normal (0x08).
+    float mag;
+    memcpy(&mag, &a, 4);
+    return sign | (unsigned)rintf(mag * 512.0f);
+  }
+  // Normal: round the 23-bit mantissa to 3 bits (half to even at bit 20); a carry moves into
+  // the exponent. Rebias 127 -> 7. Below 448 the result is at most 448 (0x7e).
+  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+  return sign | (r - (120u << 3));
+}
+
+// Two floats -> two e4m3fn bytes (a in the low byte); NaN may come out as 0xff (see
+// e4m3Canonical).
+__device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
+#if __CUDA_ARCH__ >= 890
+  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN.
+  return (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+#else
+  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
+#endif
+}
+
+// Clears the sign bit of every NaN byte (low seven bits all ones) of four packed e4m3fn
+// values, so that NaN is always 0x7f: adding 1 to the low seven bits carries into bit 7
+// exactly for those bytes.
+__device__ __forceinline__ unsigned e4m3Canonical(unsigned w) {
+  const unsigned nan = ((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+  return w & ~nan;
+}
+
+// Two e4m3fn bytes (low byte first) -> two exact floats.
+__device__ __forceinline__ float2 e4m3x2ToFloats(unsigned w) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+  return make_float2(f16BitsToFloat(h.x), f16BitsToFloat(h.y));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scales
+
+__device__ __forceinline__ float loadScale(const void* __restrict__ scale, int kind, i64 i) {
+  if (kind == 0) return __ldg(static_cast<const float*>(scale) + i);
+  const unsigned short b = __ldg(static_cast<const unsigned short*>(scale) + i);
+  return kind == 1 ? f16BitsToFloat(b) : bf16BitsToFloat(b);
+}
+
+// Scale-index walkers. pos(i) is the position of flat element i; next(p) steps one element;
+// add(p, d) steps p by the offset whose position (from 0) is d; run(p) is a lower bound (at
+// least 1) on how many elements from p on share p's scale.
+
+struct TensorMode {
+  static constexpr bool perTensor = true;
+  struct Pos {};
+  __device__ TensorMode(i64, i64, i64) {}
+  __device__ Pos pos(i64) const { return Pos{}; }
+  __device__ void next(Pos&) const {}
+  __device__ void add(Pos&, const Pos&) const {}
+  __device__ i64 index(const Pos&) const { return 0; }
+};
+
+// Per-channel: index = (i / inner) % extent.
+struct ChannelMode {
+  static constexpr bool perTensor = false;
+  struct Pos {
+    i64 in;  // i % inner
+    i64 c;   // (i / inner) % extent
+  };
+  i64 inner, extent;
+  __device__ ChannelMode(i64 inner_, i64 extent_, i64) : inner(inner_), extent(extent_) {}
+  __device__ Pos pos(i64 i) const {
+    const i64 t = i / inner;
+    return Pos{i - t * inner, t % extent};
+  }
+  __device__ void next(Pos& p) const {
+    if (++p.in == inner) {
+      p.in = 0;
+      if (++p.c == extent) p.c = 0;
+    }
+  }
+  __device__ void add(Pos& p, const Pos& d) const {
+    p.in += d.in;
+    i64 carry = 0;
+    if (p.in >= inner) {
+      p.in -= inner;
+      carry = 1;
+    }
+    p.c += d.c + carry;  // < 2 * extent
+    if (p.c >= extent) p.c -= extent;
+  }
+  __device__ i64 index(const Pos& p) const { return p.c; }
+  __device__ i64 run(const Pos& p) const { return inner - p.in; }
+};
+
+// Block-wise along dim: with t = i / inner (the row over outer x extent), index =
+// (t / block) * inner + i % inner.
+struct BlockMode {
+  static constexpr bool perTensor = false;
+  struct Pos {
+    i64 in;  // i % inner
+    i64 r;   // t % block
+    i64 b;   // t / block
+  };
+  i64 inner, block;
+  __device__ BlockMode(i64 inner_, i64, i64 block_) : inner(inner_), block(block_) {}
+  __device__ Pos pos(i64 i) const {
+    const i64 t = i / inner;
+    const i64 b = t / block;
+    return Pos{i - t * inner, t - b * block, b};
+  }
+  __device__ void next(Pos& p) const {
+    if (++p.in == inner) {
+      p.in = 0;
+      if (++p.r == block) {
+        p.r = 0;
+        ++p.b;
+      }
+    }
+  }
+  __device__ void add(Pos& p, const Pos& d) const {
+    p.in += d.in;
+    i64 carry = 0;
+    if (p.in >= inner) {
+      p.in -= inner;
+      carry = 1;
+    }
+    p.r += d.r + carry;  // < 2 * block
+    if (p.r >= block) {
+      p.r -= block;
+      ++p.b;
+    }
+    p.b += d.b;
+  }
+  __device__ i64 index(const Pos& p) const { return p.b * inner + p.in; }
+  // With inner > 1 the index moves with every element.
+  __device__ i64 run(const Pos& p) const { return inner == 1 ? block - p.r : 1; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Element types. Memory is accessed in "units" of U consecutive elements, U chosen so that a
+// unit of the float side is one 16-byte vector: U = 4 for float32, 8 for float16/bfloat16.
+// load<U>(base, u, v) reads unit u as U exact floats; store<U>(base, u, v) writes unit u from U
+// floats (float types: one RNE rounding each; quantized types: encoding the quotients).
+// loadPair/storePair handle elements i and i + 1 (i even; `two` false when i + 1 is past the
+// end).
+
+struct F32 {
+  static constexpr int U = 4;
+  template <int N>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    static_assert(N == U, "float32 units are 4 elements");
+    const float4 a = __ldg(static_cast<const float4*>(base) + u);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  }
+  template <int N>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* v) {
+    static_assert(N == U, "float32 units are 4 elements");
+    static_cast<float4*>(base)[u] = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
+    const float* p = static_cast<const float*>(base) + i;
+    return make_float2(p[0], two ? p[1] : 0.0f);
+  }
+  __device__ static void storePair(void* __restrict__ base, i64 i, float2 v, bool two) {
+    float* p = static_cast<float*>(base) + i;
+    p[0] = v.x;
+    if (two) p[1] = v.y;
+  }
+};
+
+// float16 and bfloat16: a unit is one uint4 of 8 packed halves.
+template <bool Bf16>
+struct Half16 {
+  static constexpr int U = 8;
+  __device__ static float one(unsigned short b) {
+    return Bf16 ? bf16BitsToFloat(b) : f16BitsToFloat(b);
+  }
+  __device__ static unsigned pack(float a, float b) {
+    if (Bf16) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&h);
+    }
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const unsigned*>(&h);
+  }
+  template <int N>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    static_assert(N == U, "16-bit float units are 8 elements");
+    const uint4 a = __ldg(static_cast<const uint4*>(base) + u);
+    const unsigned w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      v[2 * k] = one((unsigned short)(w[k] & 0xffffu));
+      v[2 * k + 1] = one((unsigned short)(w[k] >> 16));
+    }
+  }
+  template <int N>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* v) {
+    static_assert(N == U, "16-bit float units are 8 elements");
+    static_cast<uint4*>(base)[u] =
+        make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7]));
+  }
+  __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
+    const unsigned short* p = static_cast<const unsigned short*>(base) + i;
+    return make_float2(one(p[0]), two ? one(p[1]) : 0.0f);
+  }
+  __device__ static void storePair(void* __restrict__ base, i64 i, float2 v, bool two) {
+    unsigned short* p = static_cast<unsigned short*>(base) + i;
+    const unsigned w = pack(v.x, v.y);
+    p[0] = (unsigned short)(w & 0xffffu);
+    if (two) p[1] = (unsigned short)(w >> 16);
+  }
+};
+typedef Half16<false> F16;
+typedef Half16<true> BF16;
+
+// Round half to even, saturate to [lo, hi]; NaN -> 0 (cvt.rni.s32.f32 maps NaN to 0 and
+// saturates +-Inf to the int32 range).
+template <int Lo, int Hi>
+__device__ __forceinline__ unsigned roundSat(float q) {
+  return (unsigned)min(max(__float2int_rn(q), Lo), Hi);
+}
+
+// int8: a unit is U bytes (a 32-bit word for U = 4, two for U = 8).
+struct I8 {
+  __device__ static unsigned pack4(const float* q) {
+    return (roundSat<-128, 127>(q[0]) & 0xffu) | ((roundSat<-128, 127>(q[1]) & 0xffu) << 8) |
+           ((roundSat<-128, 127>(q[2]) & 0xffu) << 16) | (roundSat<-128, 127>(q[3]) << 24);
+  }
+  __device__ static float one(unsigned w, int k) { return (float)((int)(w << (24 - 8 * k)) >> 24); }
+  __device__ static void unpack4(unsigned w, float* v) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = one(w, k);
+  }
+  template <int U>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
+    if constexpr (U == 4) {
+      static_cast<unsigned*>(base)[u] = pack4(q);
+    } else {
+      static_cast<uint2*>(base)[u] = make_uint2(pack4(q), pack4(q + 4));
+    }
+  }
+  template <int U>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    if constexpr (U == 4) {
+      unpack4(__ldg(static_cast<const unsigned*>(base) + u), v);
+    } else {
+      const uint2 w = __ldg(static_cast<const uint2*>(base) + u);
+      unpack4(w.x, v);
+      unpack4(w.y, v + 4);
+    }
+  }
+  __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
+    const signed char* p = static_cast<const signed char*>(base) + i;
+    return make_float2((float)p[0], two ? (float)p[1] : 0.0f);
+  }
+  __device__ static void storePair(void* __restrict__ base, i64 i, float2 q, bool two) {
+    signed char* p = static_cast<signed char*>(base) + i;
+    p[0] = (signed char)roundSat<-128, 127>(q.x);
+    if (two) p[1] = (signed char)roundSat<-128, 127>(q.y);
+  }
+};
+
+// Packed int4: element k of a unit is nibble k of its U / 2 bytes (little endian), so element
+// 2i is the low nibble of byte i. Units start at even elements: no byte is shared.
+struct I4 {
+  template <int U>
+  __device__ static unsigned pack(const float* q) {
+    unsigned w = 0;
+#pragma unroll
+    for (int k = 0; k < U; k++) w |= (roundSat<-8, 7>(q[k]) & 0xfu) << (4 * k);
+    return w;
+  }
+  __device__ static float one(unsigned w, int k) { return (float)((int)(w << (28 - 4 * k)) >> 28); }
+  template <int U>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
+    if constexpr (U == 4) {
+      static_cast<unsigned short*>(base)[u] = (unsigned short)pack<4>(q);
+    } else {
+      static_cast<unsigned*>(base)[u] = pack<8>(q);
+    }
+  }
+  template <int U>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    unsigned w;
+    if constexpr (U == 4) {
+      w = __ldg(static_cast<const unsigned short*>(base) + u);
+    } else {
+      w = __ldg(static_cast<const unsigned*>(base) + u);
+    }
+#pragma unroll
+    for (int k = 0; k < U; k++) v[k] = one(w, k);
+  }
+  __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
+    const unsigned byte = static_cast<const unsigned char*>(base)[i / 2];
+    return make_float2(one(byte, 0), two ? one(byte, 1) : 0.0f);
+  }
+  // An odd count pads the last byte's high nibble with 0.
+  __device__ static void storePair(void* __restrict__ base, i64 i, float2 q, bool two) {
+    const unsigned lo = roundSat<-8, 7>(q.x) & 0xfu;
+    const unsigned hi = two ? roundSat<-8, 7>(q.y) & 0xfu : 0u;
+    static_cast<unsigned char*>(base)[i / 2] = (unsigned char)(lo | (hi << 4));
+  }
+};
+
+// float8e4m3: a unit is U bytes, like int8.
+struct FP8 {
+  __device__ static unsigned pack4(const float* q) {
+    return e4m3Canonical(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16));
+  }
+  __device__ static void unpack4(unsigned w, float* v) {
+    const float2 a = e4m3x2ToFloats(w), b = e4m3x2ToFloats(w >> 16);
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+  template <int U>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
+    if constexpr (U == 4) {
+      static_cast<unsigned*>(base)[u] = pack4(q);
+    } else {
+      static_cast<uint2*>(base)[u] = make_uint2(pack4(q), pack4(q + 4));
+    }
+  }
+  template <int U>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    if constexpr (U == 4) {
+      unpack4(__ldg(static_cast<const unsigned*>(base) + u), v);
+    } else {
+      const uint2 w = __ldg(static_cast<const uint2*>(base) + u);
+      unpack4(w.x, v);
+      unpack4(w.y, v + 4);
+    }
+  }
+  __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
+    const unsigned char* p = static_cast<const unsigned char*>(base) + i;
+    const float2 f = e4m3x2ToFloats(p[0] | (two ? (unsigned)p[1] << 8 : 0u));
+    return make_float2(f.x, two ? f.y : 0.0f);
+  }
+  __device__ static void storePair(void* __restrict__ base, i64 i, float2 q, bool two) {
+    unsigned char* p = static_cast<unsigned char*>(base) + i;
+    const unsigned w = e4m3Canonical(floatsToE4m3x2(q.x, q.y));
+    p[0] = (unsigned char)(w & 0xffu);
+    if (two) p[1] = (unsigned char)(w >> 8);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The kernel body, shared by quantize (In: a float type, Out: a quantized type, division) and
+// dequantize (In: a quantized type, Out: a float type, multiplication).
+
+// The float-side type of an op: In for quantize, Out for dequantize.
+template <bool Quantize, class In, class Out>
+struct FloatSide {
+  typedef In type;
+};
+template <class In, class Out>
+struct FloatSide<false, In, Out> {
+  typedef Out type;
+};
+
+template <bool Quantize>
+__device__ __forceinline__ float apply(float v, float s) {
+  return Quantize ? __fdiv_rn(v, s) : __fmul_rn(v, s);
+}
+
+// Elements [start, start + count) pair by pair, p at start: the tail, and units whose elements
+// use several scales.
+template <bool Quantize, class Mode, class In, class Out>
+__device__ __noinline__ void runPairs(void* __restrict__ out, const void* __restrict__ in,
+                                      const void* __restrict__ scale, int scaleKind, Mode mode,
+                                      typename Mode::Pos p, i64 start, int count) {
+#pragma unroll 1
+  for (int j = 0; j < count; j += 2) {
+    const bool two = j + 1 < count;
+    float2 v = In::loadPair(in, start + j, two);
+    v.x = apply<Quantize>(v.x, loadScale(scale, scaleKind, mode.index(p)));
+    mode.next(p);
+    // Past the end the scale index may be out of range: not read, and the value stays 0.
+    if (two) v.y = apply<Quantize>(v.y, loadScale(scale, scaleKind, mode.index(p)));
+    mode.next(p);
+    Out::storePair(out, start + j, v, two);
+  }
+}
+
+template <bool Quantize, class Mode, class In, class Out>
+__device__ __forceinline__ void run(void* __restrict__ out, const void* __restrict__ in,
+                                    const void* __restrict__ scale, int scaleKind, i64 n,
+                                    i64 inner, i64 extent, i64 block) {
+  // A unit is one 16-byte vector of the float side; a thread takes K units a step, one grid
+  // stride apart, so each vector access of a warp covers 32 consecutive units.
+  constexpr int U = FloatSide<Quantize, In, Out>::type::U;
+  constexpr int K = CHUNK / U;
+  const Mode mode(inner, extent, block);
+  const i64 units = n / U;
+  const int rest = (int)(n - units * U);
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  float v[CHUNK];
+  if constexpr (Mode::perTensor) {
+    const float s = loadScale(scale, scaleKind, 0);
+    for (i64 u = first; u < units; u += K * threads) {
+      // All K loads first, so that they are in flight together.
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        if (u + k * threads < units) {
+          In::template load<U>(in, u + k * threads, v + k * U);
+        } else {
+#pragma unroll
+          for (int j = 0; j < U; j++) v[k * U + j] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < CHUNK; j++) v[j] = apply<Quantize>(v[j], s);
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        if (u + k * threads < units) Out::template store<U>(out, u + k * threads, v + k * U);
+      }
+    }
+  } else {
+    // Scale positions of this thread's first unit, and the steps of one and of K grid strides.
+    typename Mode::Pos pos = mode.pos(first * U);
+    const typename Mode::Pos step = mode.pos(threads * U);
+    const typename Mode::Pos stepK = mode.pos(K * threads * U);
+    for (i64 u = first; u < units; u += K * threads) {
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        if (u + k * threads < units) {
+          In::template load<U>(in, u + k * threads, v + k * U);
+        } else {
+#pragma unroll
+          for (int j = 0; j < U; j++) v[k * U + j] = 0.0f;
+        }
+      }
+      typename Mode::Pos p = pos;
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        const i64 uk = u + k * threads;
+        if (uk < units) {
+          if (mode.run(p) >= U) {
+            // One scale for the whole unit (per-channel with a long inner extent, block-wise
+            // along the last dim): the vector path.
+            const float s = loadScale(scale, scaleKind, mode.index(p));
+#pragma unroll
+            for (int j = 0; j < U; j++) v[k * U + j] = apply<Quantize>(v[k * U + j], s);
+            Out::template store<U>(out, uk, v + k * U);
+          } else {
+            runPairs<Quantize, Mode, In, Out>(out, in, scale, scaleKind, mode, p, uk * U, U);
+          }
+        }
+        if (k + 1 < K) mode.add(p, step);
+      }
+      mode.add(pos, stepK);
+    }
+  }
+  if (rest > 0 && first == threads - 1) {
+    runPairs<Quantize, Mode, In, Out>(out, in, scale, scaleKind, mode, mode.pos(units * U),
+                                      units * U, rest);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. __launch_bounds__ caps the registers so that MIN_BLOCKS blocks of 256 threads
+// fit on an SM; the host launches one resident wave of that many blocks per SM
+// (lib/backends/cuda/quantize.ts keeps the same numbers): per-tensor quantize 5 (the division's
+// slow path needs registers), per-tensor dequantize 8 (6 from fp8, whose portable software
+// decoding needs more), per-channel and block-wise 3 (their scale walkers). No kernel spills,
+// and even 3 blocks keep 48 KB of loads in flight per SM.
+
+#define QUANT_PARAMS                                                                      \
+  (void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale, \
+   int scaleKind, i64 n, i64 inner, i64 extent, i64 block)
+
+#define QUANT_KERNEL(NAME, Q, MODE, IN, OUT, MIN_BLOCKS)                                \
+  extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) NAME QUANT_PARAMS {     \
+    run<Q, MODE, IN, OUT>(out, in, scale, scaleKind, n, inner, extent, block);          \
+  }
+
+#define Q_TENSOR(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(quantize_tensor_##IN_NAME##_##OUT_NAME, true, TensorMode, IN, OUT, 5)
+#define Q_CHANNEL(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(quantize_channel_##IN_NAME##_##OUT_NAME, true, ChannelMode, IN, OUT, 3)
+#define Q_BLOCK(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(quantize_block_##IN_NAME##_##OUT_NAME, true, BlockMode, IN, OUT, 3)
+#define DQ_TENSOR(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(dequantize_tensor_##IN_NAME##_##OUT_NAME, false, TensorMode, IN, OUT, 8)
+#define DQ_TENSOR_FP8(OUT_NAME, OUT) \
+  QUANT_KERNEL(dequantize_tensor_fp8_##OUT_NAME, false, TensorMode, FP8, OUT, 6)
+#define DQ_CHANNEL(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(dequantize_channel_##IN_NAME##_##OUT_NAME, false, ChannelMode, IN, OUT, 3)
+#define DQ_BLOCK(IN_NAME, IN, OUT_NAME, OUT) \
+  QUANT_KERNEL(dequantize_block_##IN_NAME##_##OUT_NAME, false, BlockMode, IN, OUT, 3)
+
+// Block-wise float8e4m3 is rejected by the op, so fp8 has tensor and channel kernels only.
+#define QUANT_FLOAT(F_NAME, F)                                           \
+  Q_TENSOR(F_NAME, F, i8, I8) Q_CHANNEL(F_NAME, F, i8, I8) Q_BLOCK(F_NAME, F, i8, I8)       \
+  Q_TENSOR(F_NAME, F, i4, I4) Q_CHANNEL(F_NAME, F, i4, I4) Q_BLOCK(F_NAME, F, i4, I4)       \
+  Q_TENSOR(F_NAME, F, fp8, FP8) Q_CHANNEL(F_NAME, F, fp8, FP8)                              \
+  DQ_TENSOR(i8, I8, F_NAME, F) DQ_CHANNEL(i8, I8, F_NAME, F) DQ_BLOCK(i8, I8, F_NAME, F)    \
+  DQ_TENSOR(i4, I4, F_NAME, F) DQ_CHANNEL(i4, I4, F_NAME, F) DQ_BLOCK(i4, I4, F_NAME, F)    \
+  DQ_TENSOR_FP8(F_NAME, F) DQ_CHANNEL(fp8, FP8, F_NAME, F)
+
+QUANT_FLOAT(f32, F32)
+QUANT_FLOAT(f16, F16)
+QUANT_FLOAT(bf16, BF16)
