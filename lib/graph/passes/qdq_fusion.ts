@@ -134,10 +134,9 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
     const addIdx = only(last);
     if (addIdx >= 0 && g.nodes[addIdx].op === "add") {
       const add = g.nodes[addIdx];
-      const other =
-        add.inputs[0].hasOwnProperty("node") && (add.inputs[0] as { node: number }).node === last
-          ? add.inputs[1]
-          : add.inputs[0];
+      const other = "node" in add.inputs[0] && add.inputs[0].node === last
+        ? add.inputs[1]
+        : add.inputs[0];
       const info = "leaf" in other ? g.leaves[other.leaf] : g.nodes[other.node];
       if (info.shape.length === 1 && info.shape[0] === n && info.dtype === m.dtype) {
         bias = other;
