@@ -52,9 +52,10 @@ testOnGpu("cuda: 10,000 evaluations keep device memory steady", () => {
 
 testOnGpu("cuda: out of memory is a clear error and the process keeps working", () => {
   const one = tq.ones([1], { device: "cuda" });
+  const two = tq.full([], 2, { device: "cuda" });
   const attempt = () => {
     // 2^36 float32 elements (256 GiB): more than any GPU has.
-    const huge = one.expand([1 << 18, 1 << 18]).mul(2);
+    const huge = one.expand([1 << 18, 1 << 18]).mul(two);
     let error: unknown;
     try {
       huge.evaluate();

@@ -242,17 +242,20 @@ export function compile(
     });
   };
 
-  const prepareGraph = (entry: ShapeEntry, shapes: number[][]) => {
-    entry.staticInputs = shapes.map((s, i) => {
-      const b = backend.allocate(device, infos[i].dtype, numel(s));
-      b.mutable = true; // refilled on every call: kernels must not cache what they derive
-      return b;
+  /** Records the CUDA graph of a shape on its first call, from that call's real inputs. */
+  const prepareGraph = (entry: ShapeEntry, inputs: DeviceBuffer[]) => {
+    entry.staticInputs = inputs.map((b, i) => {
+      const s = backend.allocate(device, infos[i].dtype, b.numel);
+      s.mutable = true; // refilled on every call: kernels must not cache what they derive
+      backend.copy(s, b);
+      return s;
     });
     entry.staticOutputs = entry.outShapes.map((s, i) =>
       backend.allocate(device, entry.outDTypes[i], numel(s))
     );
     const leaves = bindLeaves(entry, entry.staticInputs);
-    // One plain run first: weight caches and algorithm choices happen outside the recording.
+    // One plain run first, on the real inputs: weight caches and algorithm choices happen
+    // outside the recording, and input-dependent errors surface here.
     entry.plan.run(leaves, entry.staticOutputs);
     entry.replay = backend.record!(entry.plan, leaves, entry.staticOutputs);
   };
@@ -262,7 +265,6 @@ export function compile(
     let entry = entries.get(key);
     if (!entry) {
       entry = trace(shapes);
-      if (useGraphs) prepareGraph(entry, shapes);
       entries.set(key, entry);
     }
     return entry;
@@ -277,6 +279,7 @@ export function compile(
     for (const a of args) a.evaluate();
     const buffers = args.map((a) => a.node.buffer!);
     let outs: DeviceBuffer[];
+    if (useGraphs && !entry.replay) prepareGraph(entry, buffers);
     if (entry.replay) {
       buffers.forEach((b, i) => backend.copy(entry.staticInputs![i], b));
       entry.replay.replay();

@@ -708,9 +708,41 @@ function chooseFp8Plan(
       spec.bScaleMode = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
     }
     const plan = tryLtPlan(device, spec);
-    if (plan) return { plan, ...c };
+    if (plan && trialRun(device, plan, p, c.scales, c.fused)) return { plan, ...c };
   }
   return undefined;
+}
+
+/**
+ * Runs a candidate fp8 plan once on scratch buffers with bias and scale pointers set as the
+ * real runs will set them: some combinations are refused only by the call itself.
+ */
+function trialRun(
+  device: CudaDevice,
+  plan: LtMatmulPlan,
+  p: { n: number; mPad: number; k: number; outDType: FloatDType; hasBias: boolean },
+  scales: Fp8Choice["scales"],
+  fused: boolean,
+): boolean {
+  const a = CudaBuffer.allocate(device, "float8e4m3", p.n * p.k);
+  const b = CudaBuffer.allocate(device, "float8e4m3", p.mPad * p.k);
+  const d = CudaBuffer.allocate(device, fused ? p.outDType : "float32", p.mPad * p.n);
+  const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, 1));
+  try {
+    memsetZero(device, a.address, a.bytes);
+    memsetZero(device, b.address, b.bytes);
+    memsetZero(device, aux.address, aux.bytes);
+    const pointers = scales === "none"
+      ? { bias: p.hasBias ? aux.address : undefined }
+      : { aScale: aux.address, bScale: aux.address, bias: p.hasBias ? aux.address : undefined };
+    plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
+    return true;
+  } catch (e) {
+    if (e instanceof TensorqError && e.op.startsWith("cublasLt")) return false;
+    throw e;
+  } finally {
+    for (const t of [a, b, d, aux]) t.dispose();
+  }
 }
 
 // ---------------------------------------------------------------------------------------
