@@ -115,7 +115,12 @@ export { dequantize, type QuantDType, quantize, type QuantizeOptions } from "./l
 export { maxBound, scaleFromAmax } from "./lib/quant/scale.ts";
 export * as cuda from "./lib/cuda.ts";
 export { type GraphSummary, inspectGraph } from "./lib/runtime/inspect.ts";
-export { qdqFusionEnabled, setQdqFusion } from "./lib/graph/passes/qdq_fusion.ts";
+export {
+  linearFusionEnabled,
+  qdqFusionEnabled,
+  setLinearFusion,
+  setQdqFusion,
+} from "./lib/graph/passes/qdq_fusion.ts";
 export {
   type AmaxObserver,
   type EntropyOptions,

@@ -1,8 +1,9 @@
 /**
  * CPU kernels of the fused linear ops made by the Q/DQ fusion pass
  * (lib/graph/passes/qdq_fusion.ts): `qlinear` (quantized activations and weights, exact
- * integer / fp8 products, float epilogue) and `wlinear` (weight-only quantization). The
- * quantized (or fake-quantized) weight is computed once per weight and scale and cached.
+ * integer / fp8 products, float epilogue), `wlinear` (weight-only quantization) and `linear`
+ * (float weights). The quantized (or fake-quantized) weight is computed once per weight and
+ * scale and cached; a float weight's float64 copy is cached per weight.
  * @module
  */
 import { decode, encode, type StorageArray } from "../../dtype.ts";
@@ -129,4 +130,21 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
   const acc = new Float64Array(m * n);
   if (k > 0) gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k);
   return epilogue(acc, ctx, n, () => 1, bias, 4);
+});
+
+// Float weights as float64 `[N, K]` rows (already the Bᵀ layout gemm takes), per storage.
+const floatWeights = new WeakMap<StorageArray, Float64Array>();
+
+registerCpuKernel("linear", (inputs, ctx) => {
+  const [x, w, bias] = inputs;
+  const [n, k] = ctx.inputs[1].shape;
+  // From the output: with K = 0 the input is empty but the output is act(bias).
+  const m = n > 0 ? numel(ctx.out.shape) / n : 0;
+  const acc = new Float64Array(m * n);
+  if (k > 0 && acc.length > 0) {
+    let wt = floatWeights.get(w);
+    if (!wt) floatWeights.set(w, wt = Float64Array.from(read(ctx.inputs[1].dtype, w)));
+    gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, wt, 0, acc, 0, m, n, k);
+  }
+  return epilogue(acc, ctx, n, () => 1, bias, 2);
 });

@@ -11,3 +11,4 @@ import "./nn.ts";
 import "./matmul.ts";
 import "./quantize.ts";
 import "./linear.ts";
+import "./flinear.ts";

@@ -17,6 +17,16 @@
  * buffer (weights are constants). If the output of a dequantize was evaluated before the matmul
  * that reads it (printing it, say), the pattern is gone: the result stays correct, and the pass
  * warns once, naming the line.
+ *
+ * Float Linear layers are fused too, under their own switch ({@link setLinearFusion}):
+ *
+ *     y = matmul(x, permute(W, [1, 0])) [+ bias [N]] [→ relu | gelu]
+ *
+ * with W a 2-D float `[N, K]` weight that is not the output of a dequantize (those are the Q/DQ
+ * patterns above, or fake-quant graphs left unfused on purpose) becomes `linear` with inputs
+ * `[x, W, bias?]` and attrs `{hasBias, activation}`: the product, bias and activation rounded
+ * once to the output dtype (the unfused graph rounds after each op, so results differ by float
+ * rounding only). Bias and activation are absorbed by the same rules as for `qlinear`.
  * @module
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
@@ -35,6 +45,38 @@ export function setQdqFusion(on: boolean): void {
 /** True when Q/DQ fusion is on. */
 export function qdqFusionEnabled(): boolean {
   return enabled;
+}
+
+let linearEnabled = true;
+
+/**
+ * Turns float Linear fusion (`matmul(x, Wᵀ) [+ b] [→ act]` into one `linear` op) on or off
+ * (on by default). Independent of {@link setQdqFusion}; plans are cached per setting.
+ */
+export function setLinearFusion(on: boolean): void {
+  linearEnabled = on;
+}
+
+/** True when float Linear fusion is on. */
+export function linearFusionEnabled(): boolean {
+  return linearEnabled;
+}
+
+const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
+
+/**
+ * Matches `permute(W, [1, 0])` with W a 2-D float weight that no dequantize produced in this
+ * graph, and `[N, K]` with K the last extent of the matmul's first input.
+ */
+function matchFloatWeight(g: PlanGraph, ref: ValueRef, k: number): ValueRef | undefined {
+  const t = producer(g, ref);
+  if (!t || t.op !== "permute" || JSON.stringify(t.attrs.axes) !== "[1,0]") return undefined;
+  const w = t.inputs[0];
+  const info = "leaf" in w ? g.leaves[w.leaf] : g.nodes[w.node];
+  if (info.shape.length !== 2 || info.shape[1] !== k) return undefined;
+  if (!FLOAT_WEIGHT_DTYPES.has(info.dtype)) return undefined;
+  if (producer(g, w)?.op === "dequantize") return undefined;
+  return w;
 }
 
 const ACTIVATIONS: Record<string, (n: PlanNode) => string | undefined> = {
@@ -115,14 +157,16 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
     if (m.op !== "matmul") continue;
     // Original node order equals graph order until the first rewrite; only warn then.
     if (!changed && ctx.nodes.length === graph.nodes.length) warnLostFusion(ctx, g, i);
-    if (!enabled) continue;
-    const w = matchWeight(g, m.inputs[1]);
-    if (!w) continue;
     const a = g.nodes[i].inputs[0];
     const aInfo = "leaf" in a ? g.leaves[a.leaf] : g.nodes[a.node];
     if (aInfo.shape.length < 1) continue;
-    const input = matchInput(g, a);
-    const fullQuant = input !== undefined && input.qdtype === w.qdtype &&
+    const w = enabled ? matchWeight(g, m.inputs[1]) : undefined;
+    const floatW = !w && linearEnabled
+      ? matchFloatWeight(g, m.inputs[1], aInfo.shape[aInfo.shape.length - 1])
+      : undefined;
+    if (!w && !floatW) continue;
+    const input = w ? matchInput(g, a) : undefined;
+    const fullQuant = w !== undefined && input !== undefined && input.qdtype === w.qdtype &&
       (w.qdtype === "int8" || w.qdtype === "float8e4m3") &&
       (w.mode === "tensor" || (w.mode === "channel" && w.dim === 0));
 
@@ -149,6 +193,18 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
       activation = ACTIVATIONS[g.nodes[actIdx].op](g.nodes[actIdx])!;
       last = actIdx;
     }
+    const out = g.nodes[last];
+    if (!w) {
+      g.nodes[last] = {
+        op: "linear",
+        attrs: { hasBias: bias !== undefined, activation },
+        shape: out.shape,
+        dtype: out.dtype,
+        inputs: [a, floatW!, ...(bias ? [bias] : [])],
+      };
+      changed = true;
+      continue;
+    }
     const common = {
       hasBias: bias !== undefined,
       activation,
@@ -157,7 +213,6 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
       blockSize: w.blockSize,
       qdtype: w.qdtype,
     };
-    const out = g.nodes[last];
     const fused: PlanNode = fullQuant
       ? {
         op: "qlinear",
@@ -179,4 +234,8 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
   return changed ? removeDeadNodes(g) : g;
 }
 
-registerPass("qdq-fusion", fuse, () => (enabled ? "on" : "off"));
+registerPass(
+  "qdq-fusion",
+  fuse,
+  () => `${enabled ? "on" : "off"}/linear-${linearEnabled ? "on" : "off"}`,
+);

@@ -1,0 +1,402 @@
+/**
+ * CUDA lowering of `linear`, the float Linear layer the fusion pass makes
+ * (lib/graph/passes/qdq_fusion.ts; CPU reference in lib/backends/cpu/linear.ts; kernels in
+ * kernels/flinear.cu): `y = act(x · Wᵀ + b)` with x `[..., K]`, W `[N, K]`, y `[..., N]` of one
+ * float dtype, `M = numel(y) / N`. Products accumulate in float32 (no TF32) and the result is
+ * rounded once to the dtype, except where said below.
+ *
+ * - M ≤ 16 (decode-sized): one GEMV kernel streams W with 16-byte loads (any N, K; rows that
+ *   are not on 16-byte boundaries are gathered element by element) and applies bias and
+ *   activation: one launch, no scratch memory, small grids for small layers.
+ * - M > 16: cuBLASLt in the "TN" form (A = W as `K × N`, op T; B = x as `K × M`; D = y as
+ *   `N × M`, which is y row-major), with bias and activation in cuBLASLt's epilogue where it
+ *   computes them as the reference does: none and relu always, the tanh GELU (cuBLASLt's GELU)
+ *   for float16 / bfloat16 outputs only, as its approximation error is below their rounding.
+ *   Each fused configuration is tried once with a real call on scratch buffers, bias pointer
+ *   included; when refused, or for exact (erf) GELU, the plain product is followed by an
+ *   epilogue kernel: float32 outputs get the product in y and the epilogue in place (the bias
+ *   add and activation then round separately, as the unfused graph does), 16-bit outputs get
+ *   float32 products in a scratch buffer and one rounding.
+ *
+ * Everything is enqueued on the device's stream with no host synchronization, so runs can be
+ * recorded into CUDA graphs; the only per-run allocation (16-bit fallback scratch) is freed
+ * within the run.
+ * @module
+ */
+import {
+  CUBLAS_COMPUTE_32F,
+  CUBLASLT_EPILOGUE_BIAS,
+  CUBLASLT_EPILOGUE_DEFAULT,
+  CUBLASLT_EPILOGUE_GELU,
+  CUBLASLT_EPILOGUE_GELU_BIAS,
+  CUBLASLT_EPILOGUE_RELU,
+  CUBLASLT_EPILOGUE_RELU_BIAS,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+} from "../../../ffi/cublaslt.ts";
+import { checkCu, cuda } from "../../../ffi/cuda.ts";
+import { addressOf } from "../../../ffi/library.ts";
+import { checkCuda, cudart } from "../../../ffi/cudart.ts";
+import * as flinearPtx from "../../../kernels/ptx/flinear.ts";
+import type { DType } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import { numel } from "../../shape.ts";
+import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
+import type { CudaDevice } from "./device.ts";
+import {
+  BLOCK,
+  type CudaKernelContext,
+  type CudaLaunch,
+  type Dim3,
+  grid1d,
+  kernelFunction,
+  KernelParams,
+  launch,
+  type PtxModule,
+  registerCudaKernel,
+} from "./kernels.ts";
+import { CudaBuffer } from "./memory.ts";
+
+const PTX: PtxModule = flinearPtx;
+
+type FloatDType = "float32" | "float16" | "bfloat16";
+
+/** Kernel name suffixes of the float dtypes. */
+const FLOAT_NAME: Record<FloatDType, string> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
+/** cuBLASLt types of the float dtypes. */
+const LT_TYPE: Record<FloatDType, number> = {
+  float32: CUDA_R_32F,
+  float16: CUDA_R_16F,
+  bfloat16: CUDA_R_16BF,
+};
+/** Activation codes of the kernels. */
+const ACTIVATION: Record<string, number> = { none: 0, relu: 1, gelu: 2, gelu_tanh: 3 };
+const ACT_NONE = 0;
+const ACT_RELU = 1;
+const ACT_GELU_TANH = 3;
+
+/** Rows up to which the GEMV kernel runs. */
+export const FLINEAR_GEMV_MAX_ROWS = 16;
+/** Warps per GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the kernel). */
+const GEMV_WARPS = 4;
+const GEMV_ROWS = 4;
+/** Most dynamic shared memory the GEMV stages x in (opted in above the default 48 KiB). */
+const GEMV_SHARED_BYTES = 64 * 1024;
+/** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
+const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+const INT32_MAX = 2 ** 31 - 1;
+
+const NO_LAUNCH: CudaLaunch = () => {};
+
+function floatDType(argument: string, dtype: DType): FloatDType {
+  if (dtype === "float32" || dtype === "float16" || dtype === "bfloat16") return dtype;
+  throw new TensorqError("expected a float dtype", {
+    op: "linear",
+    kind: "dtype",
+    argument,
+    expected: "float32, float16 or bfloat16",
+    actual: dtype,
+  });
+}
+
+function checkInt32(what: string, v: number): void {
+  if (v > INT32_MAX) {
+    throw new TensorqError(`${what} too large for the linear kernels`, {
+      op: "linear",
+      kind: "unsupported",
+      expected: `at most ${INT32_MAX}`,
+      actual: String(v),
+    });
+  }
+}
+
+function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMV launch shape
+
+/** Launch shape of the GEMV kernel for one problem. */
+export interface FlinearGemvShape {
+  /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
+  rowsCompiled: number;
+  /** Columns of x staged in shared memory at a time (a multiple of 32 · elements per chunk). */
+  tileK: number;
+  /** Warps of a block that split K for one group of output channels (1, 2 or 4). */
+  splitK: number;
+  /** Blocks. */
+  blocks: number;
+  /** Dynamic shared memory bytes. */
+  sharedBytes: number;
+}
+
+/**
+ * The GEMV launch shape for `m` ≤ 16 rows, `n` outputs, `k` inputs and `elems` elements per
+ * 16-byte chunk (4 for float32, 8 for 16-bit types) on a GPU of `sms` multiprocessors.
+ */
+export function flinearGemvShape(
+  m: number,
+  n: number,
+  k: number,
+  elems: number,
+  sms: number,
+): FlinearGemvShape {
+  const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
+  const step = 32 * elems;
+  const maxTile = Math.max(
+    step,
+    Math.floor(GEMV_SHARED_BYTES / (4 * rowsCompiled) / step) * step,
+  );
+  const tileK = Math.min(maxTile, roundUp(Math.max(k, 1), step));
+  const groups = Math.ceil(n / GEMV_ROWS);
+  const steps = Math.ceil(Math.min(k, tileK) / step);
+  // Split K over the warps of a block while there are too few blocks to fill the GPU twice
+  // and every warp keeps at least one step: small layers get more, shorter blocks.
+  let splitK = 1;
+  while (
+    splitK < GEMV_WARPS && Math.ceil(groups / (GEMV_WARPS / splitK)) < 2 * sms &&
+    steps >= 2 * splitK
+  ) splitK *= 2;
+  return {
+    rowsCompiled,
+    tileK,
+    splitK,
+    blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
+    sharedBytes: rowsCompiled * tileK * 4,
+  };
+}
+
+/** Dynamic shared memory limits already raised, per kernel function. */
+const sharedOptIn = new Map<bigint, number>();
+/** Dynamic shared memory that needs no opt-in: the 48 KiB default counts static shared memory
+ * (the kernel's split-K partial sums) too, so stay well below it. */
+const SHARED_NO_OPT_IN = 32 * 1024;
+
+function allowSharedBytes(kernel: Deno.PointerValue, bytes: number): void {
+  const key = addressOf(kernel);
+  if ((sharedOptIn.get(key) ?? SHARED_NO_OPT_IN) >= bytes) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes),
+    "cuFuncSetAttribute",
+  );
+  sharedOptIn.set(key, bytes);
+}
+
+// ---------------------------------------------------------------------------------------
+// cuBLASLt
+
+/** The "TN" product of row-major `[rows, k]` activations with row-major `[n, k]` weights. */
+function tnSpec(n: number, rows: number, k: number, ab: number, d: number): LtMatmulSpec {
+  return {
+    transA: true,
+    transB: false,
+    m: n,
+    n: rows,
+    k,
+    lda: k,
+    ldb: k,
+    ldc: n,
+    aType: ab,
+    bType: ab,
+    cType: d,
+    dType: d,
+    computeType: CUBLAS_COMPUTE_32F,
+    scaleType: CUDA_R_32F,
+  };
+}
+
+/**
+ * cuBLASLt's epilogue that computes bias and activation as the reference does for `dtype`, or
+ * undefined. Its GELU is the tanh form, with an approximation error that only 16-bit outputs
+ * hide.
+ */
+export function flinearLtEpilogue(
+  hasBias: boolean,
+  activation: string,
+  dtype: string,
+): number | undefined {
+  switch (ACTIVATION[activation]) {
+    case ACT_NONE:
+      return hasBias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    case ACT_RELU:
+      return hasBias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+    case ACT_GELU_TANH:
+      if (dtype === "float32") return undefined;
+      return hasBias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+    default:
+      return undefined;
+  }
+}
+
+/** Outcomes of fused-configuration trials, by plan key. */
+const trials = new Map<string, boolean>();
+
+/**
+ * Prepares a fused cuBLASLt product and runs it once on scratch buffers with a bias pointer
+ * when the epilogue reads one (some combinations are refused only by the call itself).
+ * Returns undefined when cuBLASLt has no algorithm for it or the call fails; both outcomes
+ * are remembered.
+ */
+function tryFusedPlan(
+  device: CudaDevice,
+  spec: LtMatmulSpec,
+  dtype: FloatDType,
+  hasBias: boolean,
+): LtMatmulPlan | undefined {
+  const specKey = `${device.index}:${JSON.stringify(spec)}`;
+  if (trials.get(specKey) === false) return undefined;
+  let plan: LtMatmulPlan;
+  try {
+    plan = ltMatmulPlan(device, spec);
+  } catch (e) {
+    // Unsupported problems fail in descriptor setup, the heuristic or the probing calls;
+    // anything else (a device fault, out of memory) is a real error.
+    if (e instanceof TensorqError && (e.kind === "unsupported" || e.op.startsWith("cublasLt"))) {
+      trials.set(specKey, false);
+      return undefined;
+    }
+    throw e;
+  }
+  // Autotuning already ran the plain product; epilogues are what a call may still refuse.
+  if (spec.epilogue === undefined || spec.epilogue === CUBLASLT_EPILOGUE_DEFAULT) return plan;
+  if (!trials.has(specKey)) trials.set(specKey, trialRun(device, plan, spec, dtype, hasBias));
+  return trials.get(specKey) ? plan : undefined;
+}
+
+function memsetZero(device: CudaDevice, b: CudaBuffer): void {
+  if (b.bytes === 0) return;
+  checkCuda(
+    cudart().cudaMemsetAsync(b.pointer, 0, BigInt(b.bytes), device.stream),
+    "cudaMemsetAsync",
+  );
+}
+
+function trialRun(
+  device: CudaDevice,
+  plan: LtMatmulPlan,
+  spec: LtMatmulSpec,
+  dtype: FloatDType,
+  hasBias: boolean,
+): boolean {
+  const a = CudaBuffer.allocate(device, dtype, spec.m * spec.k);
+  const b = CudaBuffer.allocate(device, dtype, spec.n * spec.k);
+  const d = CudaBuffer.allocate(device, dtype, spec.m * spec.n);
+  const bias = CudaBuffer.allocate(device, dtype, Math.max(spec.m, 1));
+  try {
+    for (const t of [a, b, bias]) memsetZero(device, t);
+    plan.run(a.address, b.address, d.address, d.address, 1, 0, {
+      bias: hasBias ? bias.address : undefined,
+    });
+    return true;
+  } catch (e) {
+    if (e instanceof TensorqError && e.op.startsWith("cublasLt")) return false;
+    throw e;
+  } finally {
+    for (const t of [a, b, d, bias]) t.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The lowering
+
+function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device, attrs } = ctx;
+  const [xInfo, wInfo, biasInfo] = ctx.inputs;
+  const dtype = floatDType("output", ctx.out.dtype);
+  floatDType("x", xInfo.dtype);
+  floatDType("W", wInfo.dtype);
+  if (xInfo.dtype !== dtype || wInfo.dtype !== dtype || (biasInfo && biasInfo.dtype !== dtype)) {
+    throw new TensorqError("x, W, bias and the output must share a dtype", {
+      op: "linear",
+      kind: "dtype",
+      expected: dtype,
+      actual: [xInfo, wInfo, biasInfo].filter((i) => i).map((i) => i!.dtype).join(", "),
+    });
+  }
+  const activation = String(attrs.activation ?? "none");
+  const act = ACTIVATION[activation];
+  if (act === undefined) {
+    throw new TensorqError("unknown activation", {
+      op: "linear",
+      kind: "unsupported",
+      argument: "activation",
+      expected: "none, relu, gelu or gelu_tanh",
+      actual: activation,
+    });
+  }
+  const hasBias = biasInfo !== undefined;
+  const [n, k] = wInfo.shape;
+  const total = numel(ctx.out.shape);
+  if (total === 0) return NO_LAUNCH;
+  const m = total / n;
+  checkInt32("M", m);
+  checkInt32("N", n);
+  checkInt32("K", k);
+  const name = FLOAT_NAME[dtype];
+  const params = new KernelParams();
+
+  const epilogueKernel = kernelFunction(device, PTX, `flinear_epilogue_${name}`);
+  const epilogueGrid: Dim3 = grid1d(device, total, n % 4 === 0 ? 4 : 1);
+  /** `y = act(acc + b)`; acc 0n: zero products. */
+  const epilogue = (y: CudaBuffer, acc: bigint, bias: CudaBuffer | undefined): void => {
+    const p = params.reset().ptr(y.address).ptr(acc).i64(m).i64(n).ptr(bias?.address ?? 0n)
+      .i32(act);
+    launch(device, epilogueKernel, epilogueGrid, [BLOCK, 1, 1], p);
+  };
+
+  if (k === 0) return (y, inputs) => epilogue(y, 0n, inputs[2]);
+
+  if (m <= FLINEAR_GEMV_MAX_ROWS) {
+    const elems = dtype === "float32" ? 4 : 8;
+    const shape = flinearGemvShape(m, n, k, elems, device.smCount);
+    const kernel = kernelFunction(device, PTX, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
+    allowSharedBytes(kernel, shape.sharedBytes);
+    const grid: Dim3 = [shape.blocks, 1, 1];
+    const block: Dim3 = [GEMV_WARPS * 32, 1, 1];
+    return (y, [x, w, bias]) => {
+      const p = params.reset().ptr(y.address).ptr(x.address).ptr(w.address)
+        .ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i32(shape.tileK)
+        .i32(shape.splitK);
+      launch(device, kernel, grid, block, p, shape.sharedBytes);
+    };
+  }
+
+  const type = LT_TYPE[dtype];
+  const ltEpilogue = flinearLtEpilogue(hasBias, activation, dtype);
+  if (ltEpilogue !== undefined) {
+    const fused = tryFusedPlan(
+      device,
+      { ...tnSpec(n, m, k, type, type), epilogue: ltEpilogue },
+      dtype,
+      hasBias,
+    );
+    if (fused) {
+      return (y, [x, w, bias]) => {
+        fused.run(w.address, x.address, y.address, y.address, 1, 0, {
+          bias: hasBias ? bias.address : undefined,
+        });
+      };
+    }
+  }
+
+  if (dtype === "float32") {
+    // The product into y, then bias and activation in place.
+    const plan = ltMatmulPlan(device, tnSpec(n, m, k, type, CUDA_R_32F));
+    return (y, [x, w, bias]) => {
+      plan.run(w.address, x.address, y.address, y.address);
+      epilogue(y, y.address, bias);
+    };
+  }
+  // 16-bit: float32 products in scratch memory, then one rounding.
+  const plan = ltMatmulPlan(device, tnSpec(n, m, k, type, CUDA_R_32F));
+  return (y, [x, w, bias]) => {
+    const acc = CudaBuffer.allocate(device, "float32", m * n);
+    plan.run(w.address, x.address, acc.address, acc.address);
+    epilogue(y, acc.address, bias);
+    acc.dispose();
+  };
+}
+
+registerCudaKernel("linear", lowerLinear);
