@@ -4,7 +4,7 @@
  * figure (quantize.json) to `--out`.
  *
  *     deno run -A bench/gpu_quantize.ts [--out DIR] [--size-log2 28] [--iters N] [--quick]
- *                                       [--no-peer]
+ *                                       [--no-peer] [--variants]
  *     deno run -A bench/gpu_quantize.ts --device cpu --size-log2 16 --no-peer   # no GPU
  *
  * Figures, 2^N elements (default 2^28), scale 4/127, seeded normal data (standard deviation
@@ -25,10 +25,27 @@
  * backend's and PyTorch's IEEE formula `clamp(round(x / s))` bit for bit (s a CUDA tensor, so
  * PyTorch divides); the mismatches of `torch.compile` and `quantize_per_tensor` (which
  * multiply by 1 / s) against ours are reported, not required to be zero.
+ *
+ * `--variants` (GPU only) also times the per-tensor quantize kernels side by side, launched
+ * directly on the same buffers: `default` (what the op runs), `v0` (the plain grid-stride
+ * kernel it replaced) and `v1` (the next step held in registers instead of a shared-memory
+ * ring), each at its own launch shape (lib/backends/cuda/quantize.ts `quantizeTensorLaunch`),
+ * after checking that every variant writes the same bytes as the op on the check values.
  * @module
  */
 import * as tq from "../mod.ts";
 import { fromStorage } from "../lib/tensor.ts";
+import * as quantizePtx from "../kernels/ptx/quantize.ts";
+import { cudaBackend } from "../lib/backends/cuda/backend.ts";
+import { CudaDevice } from "../lib/backends/cuda/device.ts";
+import { kernelFunction, KernelParams, launch } from "../lib/backends/cuda/kernels.ts";
+import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
+import {
+  maxThreadsPerSm,
+  preferSharedMemory,
+  quantizeTensorLaunch,
+  type QuantizeTensorVariant,
+} from "../lib/backends/cuda/quantize.ts";
 import {
   argFlag,
   argValue,
@@ -50,6 +67,7 @@ const args = Deno.args;
 const outDir = argValue(args, "out");
 const quick = argFlag(args, "quick");
 const noPeer = argFlag(args, "no-peer");
+const variants = argFlag(args, "variants");
 const device = argValue(args, "device") ?? "cuda";
 const sizeLog2 = Number(argValue(args, "size-log2") ?? 28);
 const reps = Math.max(30, Number(argValue(args, "iters") ?? (quick ? 30 : 50)));
@@ -239,6 +257,149 @@ function torchResult(dir: string, path: string): Uint8Array | undefined {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel variants (--variants)
+
+const VARIANTS: QuantizeTensorVariant[] = ["v0", "v1", "default"];
+
+interface VariantResult {
+  kernel: string;
+  blocks: number;
+  sharedBytes: number;
+  timing?: GpuTiming;
+  tbPerS?: number;
+  /** Bytes differing from the op's result on the check values (must be 0). */
+  mismatches?: number;
+  error?: string;
+}
+
+/** The device buffer behind a realized tensor. */
+function bufferOf(t: tq.Tensor): CudaBuffer {
+  const b = t.node.buffer;
+  if (!(b instanceof CudaBuffer)) throw new Error("expected a realized CUDA tensor");
+  return b;
+}
+
+/** Enqueues one variant's kernel: `count` elements of `input` into `out`. */
+function launchVariant(
+  variant: QuantizeTensorVariant,
+  f: Figure,
+  count: number,
+  out: CudaBuffer,
+  input: CudaBuffer,
+  scale: CudaBuffer,
+  params: KernelParams,
+): { kernel: string; blocks: number; sharedBytes: number; run: () => void } {
+  const dev = CudaDevice.get(0);
+  const shape = quantizeTensorLaunch(
+    f.input,
+    f.target,
+    count,
+    dev.smCount,
+    maxThreadsPerSm(dev),
+    variant,
+  );
+  const fn = kernelFunction(dev, quantizePtx, shape.name);
+  if (shape.sharedBytes > 0) preferSharedMemory(fn);
+  const run = () => {
+    params.reset().ptr(out.address).ptr(input.address).ptr(scale.address).i32(0).i64(count)
+      .i64(1).i64(1).i64(1);
+    launch(dev, fn, [shape.blocks, 1, 1], [shape.threads, 1, 1], params, shape.sharedBytes);
+  };
+  return { kernel: shape.name, blocks: shape.blocks, sharedBytes: shape.sharedBytes, run };
+}
+
+/** Checks every variant against the op's bytes on the check values, then times them. */
+function timeVariants(
+  xs: tq.Tensor[],
+  checkValues: Float32Array,
+  opBytes: Uint8Array,
+  f: Figure,
+): Record<string, VariantResult> {
+  const dev = CudaDevice.get(0);
+  const params = new KernelParams(8);
+  const scale = fromStorage(new Float32Array([SCALE]), [], "float32", device);
+  const checkIn = fromStorage(
+    encodeFast(f.input, checkValues),
+    [checkValues.length],
+    f.input,
+    device,
+  );
+  const results: Record<string, VariantResult> = {};
+  for (const variant of VARIANTS) {
+    const checkOut = CudaBuffer.allocate(dev, f.target, checkValues.length);
+    const out = CudaBuffer.allocate(dev, f.target, n);
+    let r: VariantResult = { kernel: "?", blocks: 0, sharedBytes: 0 };
+    try {
+      const check = launchVariant(
+        variant,
+        f,
+        checkValues.length,
+        checkOut,
+        bufferOf(checkIn),
+        bufferOf(scale),
+        params,
+      );
+      check.run();
+      const got = cudaBackend.download(checkOut);
+      const bytes = new Uint8Array(got.buffer, got.byteOffset, got.byteLength);
+      const mismatches = countMismatches(bytes, opBytes);
+      const inputs = xs.map(bufferOf);
+      const timed = inputs.map((x) =>
+        launchVariant(variant, f, n, out, x, bufferOf(scale), params).run
+      );
+      const timing = timeGpu((i) => timed[i % timed.length](), { warmup: WARMUP, reps, device });
+      const tbPerS = (f.bytesPerElement * n) / (timing.medianUs * 1e-6) / 1e12;
+      r = {
+        kernel: check.kernel,
+        blocks: check.blocks,
+        sharedBytes: check.sharedBytes,
+        timing,
+        tbPerS,
+        mismatches,
+      };
+      log(
+        `variant ${variant} ${f.op} (${check.kernel}, ${check.blocks} blocks, ${check.sharedBytes} B ` +
+          `shared): median ${fmt(timing.medianUs)} µs (p10 ${fmt(timing.p10Us)}, p90 ${
+            fmt(timing.p90Us)
+          }), ${fmt(tbPerS, 2)} TB/s; ${mismatches} bytes differ from the op`,
+      );
+    } catch (e) {
+      r.error = errorMessage(e);
+      log(`variant ${variant} ${f.op} failed: ${r.error}`);
+    } finally {
+      checkOut.dispose();
+      out.dispose();
+    }
+    results[variant] = r;
+  }
+  checkIn.dispose();
+  scale.dispose();
+  return results;
+}
+
+function variantsReport(): string {
+  const all = raw.variants as Record<string, Record<string, VariantResult>> | undefined;
+  if (!all) return "";
+  const header = ["op", "variant", "kernel", "blocks", "µs", "TB/s", "bytes ≠ op"];
+  const body: string[][] = [];
+  for (const f of FIGURES) {
+    for (const [variant, r] of Object.entries(all[f.key] ?? {})) {
+      body.push([
+        f.op,
+        variant,
+        r.kernel,
+        String(r.blocks),
+        r.error ? `FAILED: ${r.error}` : fmt(r.timing?.medianUs),
+        fmt(r.tbPerS, 2),
+        r.mismatches === undefined ? "—" : String(r.mismatches),
+      ]);
+    }
+  }
+  return `\n### Per-tensor quantize kernel variants, 2^${sizeLog2} elements\n\n` +
+    markdownTable(header, body) + "\n";
+}
+
+// ---------------------------------------------------------------------------------------------
 // Run
 
 const raw: Record<string, unknown> = { args, device, n, sizeLog2, reps, scale: SCALE };
@@ -293,7 +454,7 @@ function report(): string {
   if (peer?.error) lines.push(`- PyTorch peer: ${peer.error}`);
   const device0 = peer?.json?.device ? ` on ${peer.json.device}` : "";
   return `### Per-tensor quantize, 2^${sizeLog2} elements${device0}\n\n${lines.join("\n")}\n\n` +
-    markdownTable(header, body) + "\n";
+    markdownTable(header, body) + "\n" + variantsReport();
 }
 
 function save(): void {
@@ -342,6 +503,14 @@ async function main(): Promise<void> {
   for (const f of FIGURES) {
     ours[f.key] = timeOurs(inputs[f.input], scale, f);
     save();
+  }
+  if (variants && device.startsWith("cuda")) {
+    const byFigure: Record<string, Record<string, VariantResult>> = {};
+    raw.variants = byFigure;
+    for (const f of FIGURES) {
+      byFigure[f.key] = timeVariants(inputs[f.input], checkValues, ourChecks[f.key], f);
+      save();
+    }
   }
   for (const t of [...inputs.float32, ...inputs.bfloat16, scale]) t.dispose();
 

@@ -18,9 +18,11 @@
 // - qlinear_epilogue_<acc>_<out>: y = act(acc · sxd · swd[n] + b[n]) from int32 or float32
 //   products, computed in double and rounded once (the CPU reference's function exactly for
 //   none/relu), activations in float32.
-// - wlinear_gemv_<q>_<x>_m<MT>: weight-only products for M ≤ MT ≤ 16 rows: streams the
-//   quantized weight with 16-byte loads, dequantizes in registers exactly as dequantize does,
-//   accumulates in float32 and applies bias and activation.
+// - wlinear_gemv_<q>_f32_m<MT>: weight-only products for float32 x and M ≤ MT ≤ 16 rows:
+//   streams the quantized weight with 16-byte loads, dequantizes in registers exactly as
+//   dequantize does, accumulates in float32 and applies bias and activation.
+// - wlinear_gemv_mma_<q>_<x>_m<8|16>: the same for float16 / bfloat16 x, with the dequantized
+//   weights multiplied on the tensor cores (mma.m16n8k16, float32 accumulators).
 //
 // Scale kinds (any scale may be float32 or the dtype of the tensor it scales): 0 float32,
 // 1 float16, 2 bfloat16. Activation codes: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh).
@@ -568,7 +570,7 @@ EPILOGUE_KERNEL(f32, AccF32, f16, F16)
 EPILOGUE_KERNEL(f32, AccF32, bf16, BF16)
 
 // ---------------------------------------------------------------------------------------------
-// Weight-only GEMV for M ≤ MT ≤ 16 rows.
+// Weight-only GEMV for float32 x and M ≤ MT ≤ 16 rows (16-bit x: the tensor-core GEMV below).
 //
 // A block of GEMV_WARPS warps covers GEMV_WARPS / splitK groups of GEMV_ROWS output channels;
 // the splitK warps of a group split K and add their sums through shared memory at the end.
@@ -817,11 +819,299 @@ __device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* 
   GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 8)                                                   \
   GEMV_KERNEL(Q_NAME, Q, X_NAME, X, 16)
 
-#define GEMV_KERNELS_Q(Q_NAME, Q)         \
-  GEMV_KERNELS_QX(Q_NAME, Q, f32, F32)    \
-  GEMV_KERNELS_QX(Q_NAME, Q, f16, F16)    \
-  GEMV_KERNELS_QX(Q_NAME, Q, bf16, BF16)
+GEMV_KERNELS_QX(i8, GI8, f32, F32)
+GEMV_KERNELS_QX(i4, GI4, f32, F32)
+GEMV_KERNELS_QX(e4m3, GE4M3, f32, F32)
 
-GEMV_KERNELS_Q(i8, GI8)
-GEMV_KERNELS_Q(i4, GI4)
-GEMV_KERNELS_Q(e4m3, GE4M3)
+// ---------------------------------------------------------------------------------------------
+// Tensor-core weight-only GEMV for float16 / bfloat16 x and M ≤ 16 rows:
+// wlinear_gemv_mma_<q>_<x>_m<8|16>.
+//
+// Why: at M ≤ 16 the product is a stream of the quantized weight, and dequantizing it in
+// registers costs more instructions than the memory system leaves time for if every weight
+// also needs M float32 FMAs. Here the dequantized weights become the A operand of
+// mma.m16n8k16 (x's dtype in, float32 accumulators), so the multiply-adds of 16 output
+// channels × 16 features × 8 rows of x are one instruction, and a weight costs only its
+// dequantization: code → exact float (byte permute or LOP3 into a magic float, one FADD),
+// × scale in float32 (one FMUL, the same rounding as dequantize), → x's dtype (one cvt per two).
+// Products of two 16-bit values are exact in float32 and the tensor cores accumulate in
+// float32, so the sums are float32 sums of exactly the values the fake-quant graph multiplies.
+//
+// Layout. A block of W warps (W = blockDim.x / 32, 1 to 16) computes 16 output channels
+// (rows n0..n0+15 of W, the MMA's 16 rows); its warps split K. Lane l (g = l / 4, t = l % 4)
+// streams 16-byte chunks of rows n0 + g and n0 + g + 8: in iteration i it reads chunk
+// c = (i·W + warp)·4 + t of both rows, so the 4 lanes of a quad read 64 contiguous bytes of a
+// row and the W warps of the block 64·W. The m16n8k16 fragments give lane (g, t) the k-slots
+// {2t, 2t+1, 2t+8, 2t+9} of rows g, g+8 in A and of column g in B; any assignment of real
+// features to slots works as long as A and B agree, so MMA j of a chunk maps its slots
+// {2t, 2t+1, 2t+8, 2t+9} to features 4j..4j+3 of lane t's chunk: word j of an int8 / e4m3
+// chunk, nibbles 4(j%2)..4(j%2)+3 of word j/2 of an int4 chunk, and x's words 2j, 2j+1 of
+// the same features (read with 16-byte loads from L1, where x stays: the weights bypass it).
+// Column g of B is x row g (row g + 8 in the second n8 tile of the m16 kernels); rows past M
+// are zeros. Each lane keeps D chunk pairs in flight in a register ring (loads of iteration
+// i + D - 1 are issued before iteration i is converted). The warps' float32 partial sums
+// meet in shared memory; one thread per output adds them, the bias and the activation, and
+// rounds once to x's dtype.
+//
+// Requires K % E == 0 (E codes per 16-byte chunk: rows start on 16-byte boundaries, and x's
+// rows on 32-byte ones) and one scale per chunk: index n · sN + (k / kb) · sK with sK == 0 or
+// kb % E == 0.
+
+#define MMA_MAX_WARPS 16
+
+// 16 bytes of weight codes: read once, so they bypass L1 (x stays there); the L2 fetches
+// 256-byte blocks, which the block's other quads and warps read next. volatile keeps the load
+// where it is written: the compiler must not sink it to its use, D - 1 iterations later.
+__device__ __forceinline__ uint4 ldWeightChunk(const unsigned char* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Brings the 128-byte line at p into L1 ahead of its use.
+__device__ __forceinline__ void prefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
+// D (16 x 8, float32) += A (16 x 16) · B (16 x 8), both in x's 16-bit dtype.
+template <bool Bf16>
+__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+  if constexpr (Bf16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Codes → dequantized float32 values. values(v, j, s, w): the four values q · s (float32
+// product, one rounding, as dequantize computes it) of features 4j..4j+3 of chunk v.
+
+// int8: byte b of word j is feature 4j + b. (b ^ 0x80) in the low byte of the float
+// 2^23 + (q + 128) (one byte permute), minus 2^23 + 128, is q exactly.
+struct MI8 {
+  static constexpr int kElems = 16;
+  __device__ static void values(const uint4& v, int j, float s, float (&w)[4]) {
+    const unsigned u = wordOf(v, j) ^ 0x80808080u;
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      const float f = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7650 + b));
+      w[b] = __fmul_rn(__fadd_rn(f, -8388736.0f), s);
+    }
+  }
+};
+
+// int4: nibble p of the 32-bit word j/2, shifted right by 16 for odd j, is feature 4j + p.
+// The nibble stays at bit 4p and the exponent field is set to 150 - 4p, so one LOP3 makes the
+// float 2^(23-4p) + (q + 8) (the XOR flips the nibble's sign bit: q + 8 = nibble ^ 8) and one
+// FADD of -(2^(23-4p) + 8) gives q exactly (both operands are integers below 2^24).
+struct MI4 {
+  static constexpr int kElems = 32;
+  __device__ static void values(const uint4& v, int j, float s, float (&w)[4]) {
+    const unsigned word = wordOf(v, j >> 1);
+    const unsigned src = (j & 1) ? word >> 16 : word;
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+      const unsigned magicBits = ((150u - 4u * p) << 23) | (8u << (4 * p));
+      const unsigned bits = (src & (0xfu << (4 * p))) ^ magicBits;
+      const float magic = (float)((1 << (23 - 4 * p)) + 8);
+      w[p] = __fmul_rn(__fadd_rn(__uint_as_float(bits), -magic), s);
+    }
+  }
+};
+
+// e4m3: byte b of word j is feature 4j + b; its value is exact in half and in float.
+struct ME4M3 {
+  static constexpr int kElems = 16;
+  __device__ static void values(const uint4& v, int j, float s, float (&w)[4]) {
+    const unsigned u = wordOf(v, j);
+    const float2 a = e4m3x2ToFloats(u), b = e4m3x2ToFloats(u >> 16);
+    w[0] = __fmul_rn(a.x, s), w[1] = __fmul_rn(a.y, s);
+    w[2] = __fmul_rn(b.x, s), w[3] = __fmul_rn(b.y, s);
+  }
+};
+
+// Chunk index c → index of its scale block along K (chunks per block a power of two: a shift).
+struct ScaleBlocks {
+  int chunks;  // chunks per scale block (block-wise modes only)
+  int shift;   // log2(chunks), or -1
+  __device__ int of(int c) const { return shift >= 0 ? c >> shift : c / chunks; }
+};
+
+template <class X>
+struct IsBf16 {
+  static constexpr bool value = false;
+};
+template <>
+struct IsBf16<BF16> {
+  static constexpr bool value = true;
+};
+
+template <class Q, class X, int NT, int D>
+__device__ __forceinline__ void wlinearGemvMma(void* __restrict__ out, const void* __restrict__ x,
+                                               const unsigned char* __restrict__ wq,
+                                               const void* __restrict__ swd, int swdKind,
+                                               const void* __restrict__ bias, int act, int M,
+                                               int N, int K, i64 sN, int kb, int sK) {
+  constexpr bool kBf16 = IsBf16<X>::value;
+  constexpr int E = Q::kElems;
+  constexpr int XV = E / 8;  // 16-byte x vectors per chunk and row of x
+  constexpr int MT = 8 * NT;
+  extern __shared__ float partial[];  // [warps][MT][16]
+  const int warps = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int rowA = n0 + g, rowB = n0 + g + 8;
+  const bool okA = rowA < N, okB = rowB < N;
+  const int chunks = K / E;  // per row
+  const int quads = (chunks + 3) >> 2;
+  const int iters = warp < quads ? (quads - 1 - warp) / warps + 1 : 0;
+  const int firstChunk = warp * 4 + t, chunkStep = 4 * warps;
+  const unsigned char* wA = wq + (i64)(okA ? rowA : 0) * chunks * 16;
+  const unsigned char* wB = wq + (i64)(okB ? rowB : 0) * chunks * 16;
+  const bool perRow = sK == 0;
+  const float rowScaleA = perRow && okA ? loadScale(swd, swdKind, (i64)rowA * sN) : 0.0f;
+  const float rowScaleB = perRow && okB ? loadScale(swd, swdKind, (i64)rowB * sN) : 0.0f;
+  const i64 scaleA = (i64)rowA * sN, scaleB = (i64)rowB * sN;
+  ScaleBlocks blocks{1, 0};
+  if (!perRow) {
+    blocks.chunks = kb / E;
+    blocks.shift = (blocks.chunks & (blocks.chunks - 1)) == 0 ? __ffs(blocks.chunks) - 1 : -1;
+  }
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+
+  // This lane's rows of x (one per n8 tile; row 0 stands in for rows past M, never read), and
+  // x's elements of chunk c in them: E of them, 32 or 64 bytes within one line. Offsets within
+  // a row are below K < 2^31.
+  const unsigned short* xRow[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    const int m = g + 8 * nt;
+    xRow[nt] = static_cast<const unsigned short*>(x) + (m < M ? (i64)m * K : 0);
+  }
+  auto xChunk = [&](int nt, int c) { return xRow[nt] + (unsigned)c * (unsigned)E; };
+
+  // The chunk pair (and, block-wise, the scales) of iteration i, zeros past the end, and x's
+  // line for it into L1.
+  auto load = [&](int i, uint4& a, uint4& b, float& sa, float& sb) {
+    const int c = firstChunk + i * chunkStep;
+    const bool ok = i < iters && c < chunks;
+    a = ok && okA ? ldWeightChunk(wA + (unsigned)c * 16u) : zero;
+    b = ok && okB ? ldWeightChunk(wB + (unsigned)c * 16u) : zero;
+    if (!perRow) {
+      const i64 at = (i64)blocks.of(c) * sK;
+      sa = ok && okA ? loadScale(swd, swdKind, scaleA + at) : 0.0f;
+      sb = ok && okB ? loadScale(swd, swdKind, scaleB + at) : 0.0f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      if (ok && g + 8 * nt < M) prefetchL1(xChunk(nt, c));
+    }
+  };
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) acc[nt][r] = 0.0f;
+  }
+
+  // Multiplies iteration i's chunk pair into the accumulators. Invalid chunks and rows have
+  // zero codes and scale 0 (so their values are 0 even with an infinite row scale) and zero x.
+  auto compute = [&](int i, const uint4& a, const uint4& b, float sa, float sb) {
+    const int c = firstChunk + i * chunkStep;
+    const bool ok = c < chunks;
+    const float sA = perRow ? (ok ? rowScaleA : 0.0f) : sa;
+    const float sB = perRow ? (ok ? rowScaleB : 0.0f) : sb;
+    uint4 xv[NT][XV];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      const int m = g + 8 * nt;
+      const uint4* xp = reinterpret_cast<const uint4*>(xChunk(nt, c));
+#pragma unroll
+      for (int q = 0; q < XV; q++) xv[nt][q] = ok && m < M ? __ldg(xp + q) : zero;
+    }
+#pragma unroll
+    for (int j = 0; j < E / 4; j++) {
+      float wa[4], wb[4];
+      Q::values(a, j, sA, wa);
+      Q::values(b, j, sB, wb);
+      const unsigned a0 = X::pack(wa[0], wa[1]), a1 = X::pack(wb[0], wb[1]);
+      const unsigned a2 = X::pack(wa[2], wa[3]), a3 = X::pack(wb[2], wb[3]);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        const uint4& xq = xv[nt][j >> 1];
+        mma16816<kBf16>(acc[nt], a0, a1, a2, a3, wordOf(xq, 2 * (j & 1)),
+                        wordOf(xq, 2 * (j & 1) + 1));
+      }
+    }
+  };
+
+  // Register ring: slot i % D holds iteration i; D - 1 iterations are in flight while one is
+  // converted.
+  uint4 ra[D], rb[D];
+  float sa[D], sb[D];
+#pragma unroll
+  for (int j = 0; j < D; j++) sa[j] = sb[j] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < D - 1; j++) load(j, ra[j], rb[j], sa[j], sb[j]);
+  for (int i0 = 0; i0 < iters; i0 += D) {
+#pragma unroll
+    for (int j = 0; j < D; j++) {
+      const int jn = (j + D - 1) % D;  // iteration i0 + j - 1's slot, already multiplied
+      load(i0 + j + D - 1, ra[jn], rb[jn], sa[jn], sb[jn]);
+      if (i0 + j < iters) compute(i0 + j, ra[j], rb[j], sa[j], sb[j]);
+    }
+  }
+
+  // D's element r of tile nt: row g + 8 (r / 2), column (x row) 8 nt + 2t + r % 2.
+  float* mine = partial + warp * MT * 16;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const int m = 8 * nt + 2 * t + (r & 1);
+      if (m < M) mine[m * 16 + g + 8 * (r >> 1)] = acc[nt][r];
+    }
+  }
+  __syncthreads();
+  for (int o = threadIdx.x; o < M * 16; o += blockDim.x) {
+    const int m = o >> 4, r = o & 15, n = n0 + r;
+    if (n >= N) continue;
+    float v = partial[m * 16 + r];
+    for (int w = 1; w < warps; w++) v += partial[(w * MT + m) * 16 + r];
+    const float b = bias ? X::load(bias, n) : 0.0f;
+    X::store(out, (i64)m * N + n, activate(v + b, act));
+  }
+}
+
+// Up to 16 warps a block at no more than 128 registers a thread (16 warps an SM at least).
+#define GEMV_MMA_KERNEL(Q_NAME, Q, X_NAME, X, MT, D)                                          \
+  extern "C" __global__ void __launch_bounds__(MMA_MAX_WARPS * 32, 1)                        \
+      wlinear_gemv_mma_##Q_NAME##_##X_NAME##_m##MT(                                          \
+          void* __restrict__ out, const void* __restrict__ x,                               \
+          const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,  \
+          const void* __restrict__ bias, int act, int M, int N, int K, i64 sN, int kb,      \
+          int sK) {                                                                         \
+    wlinearGemvMma<Q, X, MT / 8, D>(out, x, wq, swd, swdKind, bias, act, M, N, K, sN, kb,   \
+                                    sK);                                                    \
+  }
+
+#define GEMV_MMA_KERNELS_Q(Q_NAME, Q)                \
+  GEMV_MMA_KERNEL(Q_NAME, Q, f16, F16, 8, 5)         \
+  GEMV_MMA_KERNEL(Q_NAME, Q, f16, F16, 16, 4)        \
+  GEMV_MMA_KERNEL(Q_NAME, Q, bf16, BF16, 8, 5)       \
+  GEMV_MMA_KERNEL(Q_NAME, Q, bf16, BF16, 16, 4)
+
+GEMV_MMA_KERNELS_Q(i8, MI8)
+GEMV_MMA_KERNELS_Q(i4, MI4)
+GEMV_MMA_KERNELS_Q(e4m3, ME4M3)

@@ -15,6 +15,28 @@
 // start at even elements, so no two threads write the same byte. The last n % U elements, and
 // units whose elements use different scales, go element pair by element pair.
 //
+// Per-tensor quantize has its own fast path (quantize_tensor_*), because it is the one that
+// runs on activations at full tensor size and must stream at the memory's rate:
+// - Layout: a warp works on steps of 32 x FAST_VECTORS (4) consecutive 16-byte input vectors;
+//   lane l takes vectors l, l + 32, l + 64, l + 96 of the step. Every load instruction of the
+//   warp then covers 512 contiguous bytes (four full 128-byte lines), and every store 32
+//   consecutive units' outputs (128 bytes from float32 to int8 / e4m3, 256 from 16-bit). The
+//   alternative, 4 contiguous vectors per lane and one 16-byte store, makes each load
+//   instruction touch every 128-byte line only a quarter, and the output traffic is a fifth of
+//   the input's: the loads are what must be perfect.
+// - Bytes in flight: HBM needs ~40+ KB of reads in flight per SM. The steps are a grid-stride
+//   loop over a resident grid (4 blocks of 256 threads per SM); each thread keeps a ring of
+//   ASYNC_STAGES (3) steps in shared memory, filled with cp.async, so while one step is divided
+//   the next two (128 bytes a thread, 128 KB an SM) are in flight without costing registers.
+//   A thread reads back only what it copied itself: no barriers.
+// - Streaming hints: cp.async.cg bypasses L1; stores are st.global.cs (evict-first in L2).
+// - The division stays __fdiv_rn: x * (1/s) plus one FMA correction is not proven correctly
+//   rounded for every input, and a guard would cost what it saves. Its ~10 instructions an
+//   element fit the issue budget at full bandwidth; what the old kernel lacked was loads in
+//   flight while it divided, which the ring provides.
+// Variants of the benchmarked conversions stay available for side-by-side timing (suffix _v0:
+// the plain grid-stride kernel below; _v1: the next step loaded into registers instead).
+//
 // Scales: per-tensor (one value, read once per thread), per-channel (1-D, index
 // (i / inner) % extent) or block-wise (index ((i / inner) / block) * inner + i % inner, which
 // is the documented index because block divides the extent). A scale is float32, float16 or
@@ -25,7 +47,8 @@
 // Every kernel takes
 //   (void* out, const void* in, const void* scale, int scaleKind,
 //    long long n, long long inner, long long extent, long long block)
-// and runs with 256 threads a block.
+// and runs with 256 threads a block; quantize_tensor_* (not _v0 / _v1) also takes
+// ASYNC_STAGES x FAST_VECTORS x 16 bytes of dynamic shared memory a thread (48 KB a block).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -518,12 +541,214 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
 }
 
 // ---------------------------------------------------------------------------------------------
+// Per-tensor quantize: the fast path (layout in the note at the top of this file).
+
+// Streaming accesses: the input is read once (no L1 allocation; volatile keeps the next
+// step's loads ahead of this step's divisions), the output written once (evict-first in L2, so
+// it does not push out lines still to be read; nothing in the kernel reads it back).
+__device__ __forceinline__ uint4 ldStream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ void stStream(unsigned short* p, unsigned v) {
+  asm volatile("st.global.cs.u16 [%0], %1;" ::"l"(p), "h"((unsigned short)v));
+}
+__device__ __forceinline__ void stStream(unsigned* p, unsigned v) {
+  asm volatile("st.global.cs.u32 [%0], %1;" ::"l"(p), "r"(v));
+}
+__device__ __forceinline__ void stStream(uint2* p, uint2 v) {
+  asm volatile("st.global.cs.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(v.x), "r"(v.y));
+}
+
+// The U elements of a 16-byte input vector as floats (exact).
+__device__ __forceinline__ void unpackVector(const F32&, const uint4& w, float* v) {
+  v[0] = __uint_as_float(w.x), v[1] = __uint_as_float(w.y);
+  v[2] = __uint_as_float(w.z), v[3] = __uint_as_float(w.w);
+}
+template <bool Bf16>
+__device__ __forceinline__ void unpackVector(const Half16<Bf16>&, const uint4& w, float* v) {
+  const unsigned u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    v[2 * k] = Half16<Bf16>::one((unsigned short)(u[k] & 0xffffu));
+    v[2 * k + 1] = Half16<Bf16>::one((unsigned short)(u[k] >> 16));
+  }
+}
+
+// Unit u's U quotients, encoded, with one streaming store (U / 2 to U bytes).
+template <int U>
+__device__ __forceinline__ void storeStream(const I8&, void* out, i64 u, const float* q) {
+  if constexpr (U == 4) {
+    stStream(static_cast<unsigned*>(out) + u, I8::pack4(q));
+  } else {
+    stStream(static_cast<uint2*>(out) + u, make_uint2(I8::pack4(q), I8::pack4(q + 4)));
+  }
+}
+template <int U>
+__device__ __forceinline__ void storeStream(const FP8&, void* out, i64 u, const float* q) {
+  if constexpr (U == 4) {
+    stStream(static_cast<unsigned*>(out) + u, FP8::pack4(q));
+  } else {
+    stStream(static_cast<uint2*>(out) + u, make_uint2(FP8::pack4(q), FP8::pack4(q + 4)));
+  }
+}
+template <int U>
+__device__ __forceinline__ void storeStream(const I4&, void* out, i64 u, const float* q) {
+  if constexpr (U == 4) {
+    stStream(static_cast<unsigned short*>(out) + u, I4::pack<4>(q));
+  } else {
+    stStream(static_cast<unsigned*>(out) + u, I4::pack<8>(q));
+  }
+}
+
+// 16-byte asynchronous copy global -> shared (L2 only), and its group bookkeeping.
+__device__ __forceinline__ void cpAsync16(void* smem, const void* gmem) {
+  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cpAsyncCommit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// The last n % U elements (fewer than one vector), by the grid's last thread.
+template <class In, class Out>
+__device__ __forceinline__ void quantizeTensorTail(void* __restrict__ out,
+                                                   const void* __restrict__ in,
+                                                   const void* __restrict__ scale,
+                                                   int scaleKind, i64 n, i64 done) {
+  const int rest = (int)(n - done);
+  if (rest > 0 && blockIdx.x == gridDim.x - 1 && threadIdx.x == blockDim.x - 1) {
+    const TensorMode mode(1, 1, 1);
+    runPairs<true, TensorMode, In, Out>(out, in, scale, scaleKind, mode, mode.pos(done), done,
+                                        rest);
+  }
+}
+
+// Vectors a lane loads per step.
+#define FAST_VECTORS 4
+// Steps a thread's shared-memory ring holds (the default kernel): ASYNC_STAGES - 1 in flight.
+#define ASYNC_STAGES 3
+
+// Variant v1: the next step's vectors are loaded into registers while this step's are divided.
+template <class In, class Out>
+__device__ __forceinline__ void quantizeTensorPipelined(void* __restrict__ out,
+                                                        const void* __restrict__ in,
+                                                        const void* __restrict__ scale,
+                                                        int scaleKind, i64 n) {
+  constexpr int U = In::U;
+  constexpr int V = FAST_VECTORS;
+  const float s = loadScale(scale, scaleKind, 0);
+  const i64 units = n / U;
+  const int lane = threadIdx.x & 31;
+  const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const i64 stride = (((i64)gridDim.x * blockDim.x) >> 5) * (32 * V);  // vectors per grid step
+  const uint4* src = static_cast<const uint4*>(in);
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  // Vector v of this lane's step at `first` is first + 32 v: each load instruction of the warp
+  // reads 512 contiguous bytes.
+  i64 first = warp * (32 * V) + lane;
+  uint4 cur[V];
+#pragma unroll
+  for (int v = 0; v < V; v++) {
+    cur[v] = first + 32 * v < units ? ldStream(src + first + 32 * v) : zero;
+  }
+  for (; first < units; first += stride) {
+    // The next step's loads go out before this step's divisions.
+    uint4 next[V];
+    const i64 after = first + stride;
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      next[v] = after + 32 * v < units ? ldStream(src + after + 32 * v) : zero;
+    }
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      const i64 u = first + 32 * v;
+      if (u < units) {
+        float q[U];
+        unpackVector(In{}, cur[v], q);
+#pragma unroll
+        for (int j = 0; j < U; j++) q[j] = __fdiv_rn(q[j], s);
+        storeStream<U>(Out{}, out, u, q);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < V; v++) cur[v] = next[v];
+  }
+  quantizeTensorTail<In, Out>(out, in, scale, scaleKind, n, units * U);
+}
+
+// The default: a ring of ASYNC_STAGES steps in shared memory filled by cp.async, so that the
+// steps in flight cost no registers. Each thread reads back only the vectors it copied itself
+// (cp.async.wait_group makes them visible to it), so no barrier is needed.
+template <class In, class Out>
+__device__ __forceinline__ void quantizeTensorAsync(void* __restrict__ out,
+                                                    const void* __restrict__ in,
+                                                    const void* __restrict__ scale,
+                                                    int scaleKind, i64 n) {
+  constexpr int U = In::U;
+  constexpr int V = FAST_VECTORS;
+  constexpr int S = ASYNC_STAGES;
+  extern __shared__ uint4 ring[];  // [S][V][blockDim.x]
+  const float s = loadScale(scale, scaleKind, 0);
+  const i64 units = n / U;
+  const int lane = threadIdx.x & 31;
+  const int threads = blockDim.x, tid = threadIdx.x;
+  const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const i64 stride = (((i64)gridDim.x * blockDim.x) >> 5) * (32 * V);
+  const uint4* src = static_cast<const uint4*>(in);
+  // One commit group per step (empty past the end, which keeps the group count uniform).
+  auto issue = [&](i64 at, int slot) {
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      if (at + 32 * v < units) cpAsync16(&ring[(slot * V + v) * threads + tid], src + at + 32 * v);
+    }
+    cpAsyncCommit();
+  };
+  i64 first = warp * (32 * V) + lane;
+#pragma unroll
+  for (int k = 0; k < S - 1; k++) issue(first + k * stride, k);
+  int slot = 0;
+  for (; first < units; first += stride) {
+    // Refill the slot read in the previous step (its values are already in registers and
+    // used), then wait for this step's group: S - 1 newer groups may stay in flight.
+    issue(first + (S - 1) * stride, slot == 0 ? S - 1 : slot - 1);
+    cpAsyncWait<S - 1>();
+    uint4 w[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) w[v] = ring[(slot * V + v) * threads + tid];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+      const i64 u = first + 32 * v;
+      if (u < units) {
+        float q[U];
+        unpackVector(In{}, w[v], q);
+#pragma unroll
+        for (int j = 0; j < U; j++) q[j] = __fdiv_rn(q[j], s);
+        storeStream<U>(Out{}, out, u, q);
+      }
+    }
+    slot = slot + 1 == S ? 0 : slot + 1;
+  }
+  cpAsyncWait<0>();
+  quantizeTensorTail<In, Out>(out, in, scale, scaleKind, n, units * U);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points. __launch_bounds__ caps the registers so that MIN_BLOCKS blocks of 256 threads
 // fit on an SM; the host launches one resident wave of that many blocks per SM
-// (lib/backends/cuda/quantize.ts keeps the same numbers): per-tensor quantize 5 (the division's
-// slow path needs registers), per-tensor dequantize 8 (6 from fp8, whose portable software
-// decoding needs more), per-channel and block-wise 3 (their scale walkers). No kernel spills,
-// and even 3 blocks keep 48 KB of loads in flight per SM.
+// (lib/backends/cuda/quantize.ts keeps the same numbers): per-tensor quantize 4 (their 48 KB
+// shared-memory rings: 192 KB an SM; the _v1 variants by registers; the _v0 ones 5, as the
+// division's slow path needs registers), per-tensor dequantize 8 (6 from fp8, whose portable
+// software decoding needs more), per-channel and block-wise 3 (their scale walkers). No
+// kernel spills, and even 3 blocks keep 48 KB of loads in flight per SM.
 
 #define QUANT_PARAMS                                                                      \
   (void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale, \
@@ -534,8 +759,20 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
     run<Q, MODE, IN, OUT>(out, in, scale, scaleKind, n, inner, extent, block);          \
   }
 
-#define Q_TENSOR(IN_NAME, IN, OUT_NAME, OUT) \
-  QUANT_KERNEL(quantize_tensor_##IN_NAME##_##OUT_NAME, true, TensorMode, IN, OUT, 5)
+#define Q_TENSOR(IN_NAME, IN, OUT_NAME, OUT)                                       \
+  extern "C" __global__ void __launch_bounds__(256, 4)                               \
+      quantize_tensor_##IN_NAME##_##OUT_NAME QUANT_PARAMS {                          \
+    quantizeTensorAsync<IN, OUT>(out, in, scale, scaleKind, n);                      \
+  }
+// Other per-tensor quantize kernels of the benchmarked conversions, for side-by-side timing
+// (bench/gpu_quantize.ts --variants): v0 the grid-stride kernel the fast path replaced, v1 the
+// register-pipelined fast path.
+#define Q_TENSOR_VARIANTS(IN_NAME, IN, OUT_NAME, OUT)                                   \
+  QUANT_KERNEL(quantize_tensor_##IN_NAME##_##OUT_NAME##_v0, true, TensorMode, IN, OUT, 5) \
+  extern "C" __global__ void __launch_bounds__(256, 4)                                  \
+      quantize_tensor_##IN_NAME##_##OUT_NAME##_v1 QUANT_PARAMS {                        \
+    quantizeTensorPipelined<IN, OUT>(out, in, scale, scaleKind, n);                     \
+  }
 #define Q_CHANNEL(IN_NAME, IN, OUT_NAME, OUT) \
   QUANT_KERNEL(quantize_channel_##IN_NAME##_##OUT_NAME, true, ChannelMode, IN, OUT, 3)
 #define Q_BLOCK(IN_NAME, IN, OUT_NAME, OUT) \
@@ -561,3 +798,6 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
 QUANT_FLOAT(f32, F32)
 QUANT_FLOAT(f16, F16)
 QUANT_FLOAT(bf16, BF16)
+Q_TENSOR_VARIANTS(f32, F32, i8, I8)
+Q_TENSOR_VARIANTS(f32, F32, fp8, FP8)
+Q_TENSOR_VARIANTS(bf16, BF16, fp8, FP8)

@@ -278,9 +278,11 @@ testOnGpu("wlinear: float16 and bfloat16 activations (GEMV and cuBLASLt)", () =>
   let seed = 170;
   for (const dtype of ["float16", "bfloat16"] as const) {
     for (const options of [INT8_CHANNEL, INT4_BLOCK128]) {
-      for (const m of [1, 5, 40]) {
+      // M = 1 and 5 use the 8-row tensor-core GEMV, 9 and 16 the 16-row one, 40 cuBLASLt.
+      for (const m of [1, 5, 9, 16, 40]) {
         checkCase({ x: [m, 512], n: 256, options, input: false, dtype, seed: seed++ });
       }
+      checkCase({ x: [12, 1024], n: 72, options, input: false, dtype, seed: seed++ });
       checkCase({ x: [2, 256], n: 64, options, input: false, dtype, act: "gelu", seed: seed++ });
     }
   }

@@ -23,8 +23,10 @@
  *   the codes' exact float32 values with a float32 GEMM.
  * - `wlinear` (weight-only): for M ≤ 16 a GEMV kernel streams the quantized weight and
  *   dequantizes it in registers (int8 / int4 / e4m3 codes whose scale is constant over 16-byte
- *   chunks: per tensor, per output channel, block-wise along K with blocks of 16 or 32
- *   elements); otherwise cuBLASLt multiplies x by the cached dequantized weight in x's dtype.
+ *   chunks: per tensor, per output channel, block-wise along K with blocks of a multiple of 16
+ *   or 32 elements): for float16 / bfloat16 x the dequantized weights feed tensor-core MMAs
+ *   (float32 accumulators), for float32 x float32 FMAs; otherwise cuBLASLt multiplies x by the
+ *   cached dequantized weight in x's dtype.
  * @module
  */
 import {
@@ -95,9 +97,19 @@ const ACT_RELU = 1;
 
 /** Rows up to which wlinear runs the GEMV kernel. */
 const GEMV_MAX_ROWS = 16;
-/** Warps per GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the kernel). */
+/**
+ * Warps per float32-x GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the
+ * kernel).
+ */
 const GEMV_WARPS = 4;
 const GEMV_ROWS = 4;
+/** Most warps in a tensor-core GEMV block (MMA_MAX_WARPS in the kernel). */
+const GEMV_MMA_MAX_WARPS = 16;
+/**
+ * Warps an SM holds of the tensor-core GEMV at least: its `__launch_bounds__` caps it at 128
+ * registers a thread.
+ */
+const GEMV_MMA_WARPS_PER_SM = 16;
 /** Dynamic shared memory the GEMV stages x in (opted in above the default 48 KiB). */
 const GEMV_SHARED_BYTES = 64 * 1024;
 /** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
@@ -761,7 +773,7 @@ function allowSharedBytes(kernel: Deno.PointerValue, bytes: number): void {
   sharedOptIn.set(key, bytes);
 }
 
-/** Launch shape of the GEMV kernel for one problem. */
+/** Launch shape of the float32-x GEMV kernel for one problem. */
 export interface GemvShape {
   /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
   rowsCompiled: number;
@@ -775,7 +787,10 @@ export interface GemvShape {
   sharedBytes: number;
 }
 
-/** The GEMV launch shape for `m` rows, `n` outputs, `k` inputs, `elems` codes per 16 bytes. */
+/**
+ * The float32-x GEMV launch shape for `m` rows, `n` outputs, `k` inputs, `elems` codes per 16
+ * bytes.
+ */
 export function gemvShape(m: number, n: number, k: number, elems: number, sms: number): GemvShape {
   const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
   const step = 32 * elems;
@@ -799,6 +814,42 @@ export function gemvShape(m: number, n: number, k: number, elems: number, sms: n
     blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
     sharedBytes: rowsCompiled * tileK * 4,
   };
+}
+
+/** Launch shape of the tensor-core GEMV (float16 / bfloat16 x) for one problem. */
+export interface GemvMmaShape {
+  /** Rows of x the kernel is compiled for: 8 (M ≤ 8) or 16. */
+  rowsCompiled: number;
+  /** Warps of a block; they split K for the block's 16 output channels. */
+  warps: number;
+  /** Blocks: one per 16 output channels. */
+  blocks: number;
+  /** Dynamic shared memory bytes (the warps' partial sums). */
+  sharedBytes: number;
+}
+
+/**
+ * The tensor-core GEMV launch shape for `m` rows, `n` outputs, `k` inputs, `elems` codes per
+ * 16-byte chunk, on `sms` multiprocessors: one block per 16 output channels, with as many
+ * warps splitting K as keep every block resident at once (a single wave, so no SM idles at the
+ * end) while each warp still reads at least two 64-byte pieces of each of its rows.
+ */
+export function gemvMmaShape(
+  m: number,
+  n: number,
+  k: number,
+  elems: number,
+  sms: number,
+): GemvMmaShape {
+  const rowsCompiled = m <= 8 ? 8 : 16;
+  const blocks = Math.ceil(n / 16);
+  const quads = Math.ceil(k / elems / 4);
+  const resident = sms * GEMV_MMA_WARPS_PER_SM;
+  let warps = 1;
+  while (
+    warps < GEMV_MMA_MAX_WARPS && blocks * warps * 2 <= resident && quads >= warps * 4
+  ) warps *= 2;
+  return { rowsCompiled, warps, blocks, sharedBytes: warps * rowsCompiled * 16 * 4 };
 }
 
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
@@ -836,10 +887,27 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
     };
   }
 
-  // The GEMV needs rows on 16-byte boundaries and one scale per 16-byte chunk of a row.
+  // The GEMVs need rows on 16-byte boundaries and one scale per 16-byte chunk of a row.
   const elems = qdtype === "int4" ? 32 : 16;
   const index = weightScaleIndex(attrs, k);
   const chunkUniform = index.nb === 1 && (index.sK === 0 || index.kb % elems === 0);
+  if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform && xDType !== "float32") {
+    const shape = gemvMmaShape(m, n, k, elems, device.smCount);
+    const kernel = fn(
+      device,
+      `wlinear_gemv_mma_${QUANT_NAME[qdtype]}_${x}_m${shape.rowsCompiled}`,
+    );
+    const grid: Dim3 = [shape.blocks, 1, 1];
+    const block: Dim3 = [32 * shape.warps, 1, 1];
+    return (y, [xb, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, qdtype);
+      const p = ops.params.reset().ptr(y.address).ptr(xb.address).ptr(wq.buffer.address)
+        .ptr(swd.address).i32(swdKind).ptr(bias?.address ?? 0n).i32(ops.act)
+        .i32(m).i32(n).i32(k).i64(index.sN).i32(index.kb).i32(index.sK);
+      launch(device, kernel, grid, block, p, shape.sharedBytes);
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
   if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform) {
     const shape = gemvShape(m, n, k, elems, device.smCount);
     const kernel = fn(device, `wlinear_gemv_${QUANT_NAME[qdtype]}_${x}_m${shape.rowsCompiled}`);

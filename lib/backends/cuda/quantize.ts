@@ -7,9 +7,13 @@
  * float side's dtype) is a launch argument. The kernels are grid-stride loops in which each
  * thread handles 16 elements a step as coalesced 16-byte vectors, launched as one resident
  * wave: blocks of 256 threads, as many per SM as the kernel's `__launch_bounds__` guarantee.
+ * Per-tensor quantize streams through a shared-memory ring of asynchronous copies (48 KB a
+ * block, see kernels/quantize.cu).
  * @module
  */
+import { checkCu, cuda } from "../../../ffi/cuda.ts";
 import { deviceAttribute } from "../../../ffi/cudart.ts";
+import { addressOf } from "../../../ffi/library.ts";
 import * as quantizePtx from "../../../kernels/ptx/quantize.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -31,6 +35,16 @@ const THREADS = 256;
 const CHUNK = 16;
 /** `cudaDevAttrMaxThreadsPerMultiProcessor`. */
 const MAX_THREADS_PER_SM_ATTRIBUTE = 39;
+/** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`. */
+const PREFERRED_CARVEOUT_ATTRIBUTE = 9;
+/** 16-byte vectors a thread loads per step of the per-tensor quantize kernels (FAST_VECTORS). */
+const FAST_VECTORS = 4;
+/** Steps in a thread's shared-memory ring (ASYNC_STAGES in kernels/quantize.cu). */
+const ASYNC_STAGES = 3;
+/** Blocks per SM of the per-tensor quantize kernels (their `__launch_bounds__`). */
+const FAST_BLOCKS_PER_SM = 4;
+/** Blocks per SM of the plain grid-stride per-tensor quantize kernels (`_v0`). */
+const V0_BLOCKS_PER_SM = 5;
 
 const SHORT_NAMES: Partial<Record<DType, string>> = {
   float32: "f32",
@@ -81,7 +95,84 @@ export function quantizeKernelName(
   return `${op}_${mode}_${SHORT_NAMES[input]}_${SHORT_NAMES[output]}`;
 }
 
+/**
+ * Per-tensor quantize kernels of kernels/quantize.cu: `"default"` (the one the op runs), and,
+ * for float32 → int8, float32 → float8e4m3 and bfloat16 → float8e4m3 only, `"v0"` (the plain
+ * grid-stride kernel it replaced) and `"v1"` (registers instead of the shared-memory ring).
+ */
+export type QuantizeTensorVariant = "default" | "v0" | "v1";
+
+/** How a per-tensor quantize kernel is launched. */
+export interface QuantizeTensorLaunch {
+  /** Kernel name, e.g. `quantize_tensor_f32_i8` or `quantize_tensor_f32_i8_v0`. */
+  name: string;
+  /** Blocks (one resident wave at most). */
+  blocks: number;
+  /** Threads per block. */
+  threads: number;
+  /** Dynamic shared memory bytes per block. */
+  sharedBytes: number;
+}
+
+/**
+ * The launch of per-tensor quantize of `n` elements from `input` to `output` on a device with
+ * `smCount` multiprocessors of `threadsPerSm` threads each.
+ *
+ * @param variant Which kernel (see {@link QuantizeTensorVariant}).
+ * @returns The kernel name and launch shape.
+ * @throws {TensorqError} kind `unsupported` for a combination no kernel computes.
+ */
+export function quantizeTensorLaunch(
+  input: DType,
+  output: DType,
+  n: number,
+  smCount: number,
+  threadsPerSm: number,
+  variant: QuantizeTensorVariant = "default",
+): QuantizeTensorLaunch {
+  const base = quantizeKernelName("quantize", "tensor", input, output);
+  const perSmLimit = Math.max(1, Math.floor(threadsPerSm / THREADS));
+  if (variant === "v0") {
+    const needed = Math.ceil(Math.ceil(n / CHUNK) / THREADS);
+    const blocks = Math.min(needed, smCount * Math.min(V0_BLOCKS_PER_SM, perSmLimit));
+    return { name: `${base}_v0`, blocks: Math.max(1, blocks), threads: THREADS, sharedBytes: 0 };
+  }
+  // Elements per 16-byte vector, and vectors per block step (8 warps of 32 lanes).
+  const perVector = input === "float32" ? 4 : 8;
+  const needed = Math.ceil(n / (perVector * FAST_VECTORS * THREADS));
+  const blocks = Math.max(1, Math.min(needed, smCount * Math.min(FAST_BLOCKS_PER_SM, perSmLimit)));
+  const sharedBytes = variant === "v1" ? 0 : ASYNC_STAGES * FAST_VECTORS * 16 * THREADS;
+  return { name: variant === "v1" ? `${base}_v1` : base, blocks, threads: THREADS, sharedBytes };
+}
+
+/** Kernels whose preferred shared-memory carveout was set to the maximum. */
+const carveoutSet = new Set<bigint>();
+
+/**
+ * Asks for the largest shared-memory carveout for `kernel` (once per function), so that the
+ * per-tensor quantize kernels' 48 KB rings fit FAST_BLOCKS_PER_SM blocks on every SM.
+ */
+export function preferSharedMemory(kernel: Deno.PointerValue): void {
+  const key = addressOf(kernel);
+  if (carveoutSet.has(key)) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, PREFERRED_CARVEOUT_ATTRIBUTE, 100),
+    "cuFuncSetAttribute",
+  );
+  carveoutSet.add(key);
+}
+
 const threadsPerSm = new Map<number, number>();
+
+/** The device's thread limit per SM (cached). */
+export function maxThreadsPerSm(device: CudaDevice): number {
+  let limit = threadsPerSm.get(device.index);
+  if (limit === undefined) {
+    limit = deviceAttribute(MAX_THREADS_PER_SM_ATTRIBUTE, device.index);
+    threadsPerSm.set(device.index, limit);
+  }
+  return limit;
+}
 
 /**
  * Blocks per SM to launch: what the kernel's `__launch_bounds__` minimum guarantees (see the
@@ -93,13 +184,9 @@ function blocksPerSm(
   mode: QuantizeMode,
   quantized: DType,
 ): number {
+  // Per-tensor quantize has its own launch (quantizeTensorLaunch).
   const wanted = mode !== "tensor" ? 3 : op === "quantize" ? 5 : quantized === "float8e4m3" ? 6 : 8;
-  let limit = threadsPerSm.get(device.index);
-  if (limit === undefined) {
-    limit = deviceAttribute(MAX_THREADS_PER_SM_ATTRIBUTE, device.index);
-    threadsPerSm.set(device.index, limit);
-  }
-  return Math.max(1, Math.min(wanted, Math.floor(limit / THREADS)));
+  return Math.max(1, Math.min(wanted, Math.floor(maxThreadsPerSm(device) / THREADS)));
 }
 
 function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): CudaLowered {
@@ -130,6 +217,25 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
     if (mode === "block") block = ctx.attrs.blockSize as number;
   }
   const device = ctx.device;
+  const params = new KernelParams(8);
+  if (op === "quantize" && mode === "tensor") {
+    const shape = quantizeTensorLaunch(
+      x.dtype,
+      ctx.out.dtype,
+      n,
+      device.smCount,
+      maxThreadsPerSm(device),
+    );
+    const fast = kernelFunction(device, quantizePtx, shape.name);
+    preferSharedMemory(fast);
+    const fastGrid: Dim3 = [shape.blocks, 1, 1];
+    const fastThreads: Dim3 = [shape.threads, 1, 1];
+    return (out, inputs) => {
+      params.reset().ptr(out.address).ptr(inputs[0].address).ptr(inputs[1].address)
+        .i32(scaleKind).i64(n).i64(1).i64(1).i64(1);
+      launch(device, fast, fastGrid, fastThreads, params, shape.sharedBytes);
+    };
+  }
   const fn = kernelFunction(device, quantizePtx, name);
   const needed = Math.ceil(Math.ceil(n / CHUNK) / THREADS);
   const quantized = op === "quantize" ? ctx.out.dtype : x.dtype;
@@ -137,7 +243,6 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
   const blocks = Math.max(1, Math.min(needed, device.smCount * perSm));
   const grid: Dim3 = [blocks, 1, 1];
   const threads: Dim3 = [THREADS, 1, 1];
-  const params = new KernelParams(8);
   return (out, inputs) => {
     params.reset()
       .ptr(out.address)
