@@ -145,8 +145,12 @@ export function quantizeTensorLaunch(
   return { name: variant === "v1" ? `${base}_v1` : base, blocks, threads: THREADS, sharedBytes };
 }
 
-/** Per-tensor conversions that also have the grid-stride (v0) kernel. */
-const V0_CONVERSIONS = new Set(["float32>int8", "float32>float8e4m3", "bfloat16>float8e4m3"]);
+/** The fastest measured per-tensor kernel of the conversions benchmarked side by side. */
+const FASTEST_VARIANT = new Map<string, QuantizeTensorVariant>([
+  ["float32>int8", "v1"],
+  ["float32>float8e4m3", "v1"],
+  ["bfloat16>float8e4m3", "v0"],
+]);
 
 /** Kernels whose preferred shared-memory carveout was set to the maximum. */
 const carveoutSet = new Set<bigint>();
@@ -222,10 +226,10 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
   const device = ctx.device;
   const params = new KernelParams(8);
   if (op === "quantize" && mode === "tensor") {
-    // Measured on an H200 at 2^28 elements (bench/RESULTS.md): the grid-stride kernel (v0)
-    // beat the cp.async ring (328.6 vs 344.0 µs for float32 → int8); it exists for the
-    // conversions benchmarked side by side, the others use the ring kernel.
-    const variant = V0_CONVERSIONS.has(`${x.dtype}>${ctx.out.dtype}`) ? "v0" : "default";
+    // Measured side by side on an H200 at 2^28 elements (bench/RESULTS.md): for float32
+    // inputs the register-pipelined kernel (v1) was fastest (320.7 µs vs 338.1 for the
+    // cp.async ring and 344.4 for grid-stride v0, float32 → int8); for bfloat16 → fp8 v0 was.
+    const variant = FASTEST_VARIANT.get(`${x.dtype}>${ctx.out.dtype}`) ?? "default";
     const shape = quantizeTensorLaunch(
       x.dtype,
       ctx.out.dtype,
