@@ -31,12 +31,13 @@ import {
   type StaticDecoder,
 } from "./gpt2_static_decode.ts";
 import {
-  argFlag,
   argValue,
+  benchArgs,
   type BenchFloat,
   deviceTensor,
   errorMessage,
   fmt,
+  log,
   markdownTable,
   randnHost,
   relError,
@@ -47,11 +48,7 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
-const outDir = argValue(args, "out");
-const quick = argFlag(args, "quick");
-const smoke = argFlag(args, "smoke");
-const device = argValue(args, "device") ?? "cuda";
-const noPeer = argFlag(args, "no-peer");
+const { outDir, quick, smoke, device, noPeer } = benchArgs(args);
 const modes = (argValue(args, "modes") ?? "float16,w8a8,fp8,w4").split(",").map((m) => m.trim())
   .filter((m) => m.length > 0);
 const steps = Number(argValue(args, "steps") ?? (smoke ? 4 : 32));
@@ -94,10 +91,6 @@ const details: Record<string, unknown> = {
   prefill: [prefillBatch, prefillSeq],
   maxLength,
 };
-
-function log(msg: string): void {
-  console.log(msg);
-}
 
 function randomIds(shape: number[], seed: number, vocab: number): tq.Tensor {
   const n = shape.reduce((a, b) => a * b, 1);

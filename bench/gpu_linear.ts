@@ -29,8 +29,8 @@
 import * as tq from "../mod.ts";
 import { float32ToFloat8e4m3Bits, float8e4m3BitsToNumber, roundHalfToEven } from "../lib/dtype.ts";
 import {
-  argFlag,
   argValue,
+  benchArgs,
   type BenchFloat,
   describeError,
   deviceTensor,
@@ -39,6 +39,7 @@ import {
   type ErrorReport,
   fmt,
   type GpuTiming,
+  log,
   markdownTable,
   type PeerResult,
   randnHost,
@@ -54,11 +55,7 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
-const outDir = argValue(args, "out");
-const quick = argFlag(args, "quick");
-const smoke = argFlag(args, "smoke");
-const noPeer = argFlag(args, "no-peer");
-const device = argValue(args, "device") ?? "cuda";
+const { outDir, quick, smoke, noPeer, device } = benchArgs(args);
 const only = new Set((argValue(args, "only") ?? "a,b,c,d,e").split(",").map((s) => s.trim()));
 const PEER = new URL("./peers/linear_torch.py", import.meta.url).pathname;
 
@@ -95,10 +92,6 @@ interface Row {
 
 const rows: Row[] = [];
 const raw: Record<string, unknown> = { args, device, quick, smoke };
-
-function log(msg: string): void {
-  console.log(msg);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Host data, rounding and references

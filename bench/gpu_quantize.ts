@@ -49,12 +49,14 @@ import {
 import {
   argFlag,
   argValue,
+  benchArgs,
   type BenchFloat,
   deviceTensor,
   encodeFast,
   errorMessage,
   fmt,
   type GpuTiming,
+  log,
   markdownTable,
   type PeerResult,
   randnHost,
@@ -64,11 +66,8 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
-const outDir = argValue(args, "out");
-const quick = argFlag(args, "quick");
-const noPeer = argFlag(args, "no-peer");
+const { outDir, quick, noPeer, device } = benchArgs(args);
 const variants = argFlag(args, "variants");
-const device = argValue(args, "device") ?? "cuda";
 const sizeLog2 = Number(argValue(args, "size-log2") ?? 28);
 const reps = Math.max(30, Number(argValue(args, "iters") ?? (quick ? 30 : 50)));
 const WARMUP = 5;
@@ -106,10 +105,6 @@ const FIGURES: Figure[] = [
     bytesPerElement: 3,
   },
 ];
-
-function log(msg: string): void {
-  console.log(msg);
-}
 
 if (!Number.isInteger(sizeLog2) || sizeLog2 < 8 || sizeLog2 > 30) {
   throw new Error(`--size-log2 must be an integer in [8, 30], got ${argValue(args, "size-log2")}`);

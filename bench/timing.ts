@@ -2,7 +2,8 @@
  * Timing helpers shared by the GPU benchmarks: CUDA-event timing on tensorq's device stream
  * ({@link timeGpu}), synchronized wall-clock timing per call ({@link timeWall}), input rotation
  * past the L2 cache ({@link rotationCount}), fast seeded normal data on the host
- * ({@link randnHost}), error measures ({@link relError}) and small report helpers.
+ * ({@link randnHost}), error measures ({@link relError}), the common command-line options
+ * ({@link benchArgs}) and small report helpers.
  * @module
  */
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
@@ -375,6 +376,36 @@ export function argValue(args: readonly string[], name: string): string | undefi
 /** True when `--name` is present in `args`. */
 export function argFlag(args: readonly string[], name: string): boolean {
   return args.includes(`--${name}`);
+}
+
+/** The command-line options every GPU benchmark reads. */
+export interface BenchArgs {
+  /** `--out DIR`: where the report files go (none: not written). */
+  outDir: string | undefined;
+  /** `--quick`: fewer repetitions. */
+  quick: boolean;
+  /** `--smoke`: tiny shapes (runs without a GPU with `--device cpu`). */
+  smoke: boolean;
+  /** `--no-peer`: skip the PyTorch peer. */
+  noPeer: boolean;
+  /** `--device NAME`, `cuda` by default. */
+  device: string;
+}
+
+/** The common options of a GPU benchmark's `args`. */
+export function benchArgs(args: readonly string[]): BenchArgs {
+  return {
+    outDir: argValue(args, "out"),
+    quick: argFlag(args, "quick"),
+    smoke: argFlag(args, "smoke"),
+    noPeer: argFlag(args, "no-peer"),
+    device: argValue(args, "device") ?? "cuda",
+  };
+}
+
+/** Prints one line of a benchmark's progress log. */
+export function log(msg: string): void {
+  console.log(msg);
 }
 
 /** Result of {@link runPeer}. */

@@ -18,11 +18,7 @@
 // Strided forms take the collapsed output shape innermost first, with per-input element
 // strides (0 on broadcast dims); unused dims are 1 with stride 0.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-typedef long long i64;
-typedef unsigned long long u64;
+#include "common.cuh"
 
 template <class A, class B>
 struct is_same {
@@ -259,18 +255,7 @@ __device__ __forceinline__ float sigmoidf(float x) {
   return 1.0f / (1.0f + expf(-x));
 }
 
-// 0.5 x (1 + erf(x / sqrt 2)), written with erfc so the negative tail keeps its precision.
-__device__ __forceinline__ float gelu_erf(float x) {
-  return 0.5f * x * erfcf(-x * 0.70710678118654752f);
-}
-
-// 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) with u = sqrt(2/pi) (x + 0.044715 x^3): no
-// cancellation for negative x.
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
-  return x / (1.0f + expf(-2.0f * u));
-}
-
+// gelu_erf, gelu_tanh: common.cuh.
 UNARY_OP(OpNeg, false, -x, (U)0 - (U)v)
 UNARY_OP(OpAbs, false, fabsf(x), v < 0 ? (U)0 - (U)v : (U)v)
 UNARY_OP(OpRelu, false, x > 0.0f ? x : x != x ? x : 0.0f, v > 0 ? v : 0)
@@ -594,79 +579,28 @@ __device__ __forceinline__ void cast_from_int4(typename To::S* __restrict__ out,
     cast_from_int4<TO>(out, x, n);                                                          \
   }
 
-// Every ordered pair of distinct dtypes (same-dtype casts are aliases in the lowering).
-CAST_TO_INT4(cast_f32_i4, F32)
-CAST_FROM_INT4(cast_i4_f32, F32)
-CAST_KERNEL(cast_f32_f16, F32, F16)
-CAST_KERNEL(cast_f32_bf16, F32, BF16)
-CAST_KERNEL(cast_f32_f8e4m3, F32, F8)
-CAST_KERNEL(cast_f32_i8, F32, I8)
-CAST_KERNEL(cast_f32_i32, F32, I32)
-CAST_KERNEL(cast_f32_i64, F32, I64)
-CAST_KERNEL(cast_f32_bool, F32, Bool)
-CAST_TO_INT4(cast_f16_i4, F16)
-CAST_FROM_INT4(cast_i4_f16, F16)
-CAST_KERNEL(cast_f16_f32, F16, F32)
-CAST_KERNEL(cast_f16_bf16, F16, BF16)
-CAST_KERNEL(cast_f16_f8e4m3, F16, F8)
-CAST_KERNEL(cast_f16_i8, F16, I8)
-CAST_KERNEL(cast_f16_i32, F16, I32)
-CAST_KERNEL(cast_f16_i64, F16, I64)
-CAST_KERNEL(cast_f16_bool, F16, Bool)
-CAST_TO_INT4(cast_bf16_i4, BF16)
-CAST_FROM_INT4(cast_i4_bf16, BF16)
-CAST_KERNEL(cast_bf16_f32, BF16, F32)
-CAST_KERNEL(cast_bf16_f16, BF16, F16)
-CAST_KERNEL(cast_bf16_f8e4m3, BF16, F8)
-CAST_KERNEL(cast_bf16_i8, BF16, I8)
-CAST_KERNEL(cast_bf16_i32, BF16, I32)
-CAST_KERNEL(cast_bf16_i64, BF16, I64)
-CAST_KERNEL(cast_bf16_bool, BF16, Bool)
-CAST_TO_INT4(cast_f8e4m3_i4, F8)
-CAST_FROM_INT4(cast_i4_f8e4m3, F8)
-CAST_KERNEL(cast_f8e4m3_f32, F8, F32)
-CAST_KERNEL(cast_f8e4m3_f16, F8, F16)
-CAST_KERNEL(cast_f8e4m3_bf16, F8, BF16)
-CAST_KERNEL(cast_f8e4m3_i8, F8, I8)
-CAST_KERNEL(cast_f8e4m3_i32, F8, I32)
-CAST_KERNEL(cast_f8e4m3_i64, F8, I64)
-CAST_KERNEL(cast_f8e4m3_bool, F8, Bool)
-CAST_TO_INT4(cast_i8_i4, I8)
-CAST_FROM_INT4(cast_i4_i8, I8)
-CAST_KERNEL(cast_i8_f32, I8, F32)
-CAST_KERNEL(cast_i8_f16, I8, F16)
-CAST_KERNEL(cast_i8_bf16, I8, BF16)
-CAST_KERNEL(cast_i8_f8e4m3, I8, F8)
-CAST_KERNEL(cast_i8_i32, I8, I32)
-CAST_KERNEL(cast_i8_i64, I8, I64)
-CAST_KERNEL(cast_i8_bool, I8, Bool)
-CAST_TO_INT4(cast_i32_i4, I32)
-CAST_FROM_INT4(cast_i4_i32, I32)
-CAST_KERNEL(cast_i32_f32, I32, F32)
-CAST_KERNEL(cast_i32_f16, I32, F16)
-CAST_KERNEL(cast_i32_bf16, I32, BF16)
-CAST_KERNEL(cast_i32_f8e4m3, I32, F8)
-CAST_KERNEL(cast_i32_i8, I32, I8)
-CAST_KERNEL(cast_i32_i64, I32, I64)
-CAST_KERNEL(cast_i32_bool, I32, Bool)
-CAST_TO_INT4(cast_i64_i4, I64)
-CAST_FROM_INT4(cast_i4_i64, I64)
-CAST_KERNEL(cast_i64_f32, I64, F32)
-CAST_KERNEL(cast_i64_f16, I64, F16)
-CAST_KERNEL(cast_i64_bf16, I64, BF16)
-CAST_KERNEL(cast_i64_f8e4m3, I64, F8)
-CAST_KERNEL(cast_i64_i8, I64, I8)
-CAST_KERNEL(cast_i64_i32, I64, I32)
-CAST_KERNEL(cast_i64_bool, I64, Bool)
-CAST_TO_INT4(cast_bool_i4, Bool)
-CAST_FROM_INT4(cast_i4_bool, Bool)
-CAST_KERNEL(cast_bool_f32, Bool, F32)
-CAST_KERNEL(cast_bool_f16, Bool, F16)
-CAST_KERNEL(cast_bool_bf16, Bool, BF16)
-CAST_KERNEL(cast_bool_f8e4m3, Bool, F8)
-CAST_KERNEL(cast_bool_i8, Bool, I8)
-CAST_KERNEL(cast_bool_i32, Bool, I32)
-CAST_KERNEL(cast_bool_i64, Bool, I64)
+// Every ordered pair of distinct dtypes (same-dtype casts are aliases in the lowering):
+// CASTS_FROM(from, the seven other non-int4 dtypes in order) makes the casts from `from` to
+// int4 and back, then those to each of the seven.
+#define CASTS_FROM(F, FROM, A, TA, B, TB, C, TC, D, TD, E, TE, G, TG, H, TH) \
+  CAST_TO_INT4(cast_##F##_i4, FROM)                                        \
+  CAST_FROM_INT4(cast_i4_##F, FROM)                                        \
+  CAST_KERNEL(cast_##F##_##A, FROM, TA)                                    \
+  CAST_KERNEL(cast_##F##_##B, FROM, TB)                                    \
+  CAST_KERNEL(cast_##F##_##C, FROM, TC)                                    \
+  CAST_KERNEL(cast_##F##_##D, FROM, TD)                                    \
+  CAST_KERNEL(cast_##F##_##E, FROM, TE)                                    \
+  CAST_KERNEL(cast_##F##_##G, FROM, TG)                                    \
+  CAST_KERNEL(cast_##F##_##H, FROM, TH)
+
+CASTS_FROM(f32, F32, f16, F16, bf16, BF16, f8e4m3, F8, i8, I8, i32, I32, i64, I64, bool, Bool)
+CASTS_FROM(f16, F16, f32, F32, bf16, BF16, f8e4m3, F8, i8, I8, i32, I32, i64, I64, bool, Bool)
+CASTS_FROM(bf16, BF16, f32, F32, f16, F16, f8e4m3, F8, i8, I8, i32, I32, i64, I64, bool, Bool)
+CASTS_FROM(f8e4m3, F8, f32, F32, f16, F16, bf16, BF16, i8, I8, i32, I32, i64, I64, bool, Bool)
+CASTS_FROM(i8, I8, f32, F32, f16, F16, bf16, BF16, f8e4m3, F8, i32, I32, i64, I64, bool, Bool)
+CASTS_FROM(i32, I32, f32, F32, f16, F16, bf16, BF16, f8e4m3, F8, i8, I8, i64, I64, bool, Bool)
+CASTS_FROM(i64, I64, f32, F32, f16, F16, bf16, BF16, f8e4m3, F8, i8, I8, i32, I32, bool, Bool)
+CASTS_FROM(bool, Bool, f32, F32, f16, F16, bf16, BF16, f8e4m3, F8, i8, I8, i32, I32, i64, I64)
 
 // ---------------------------------------------------------------------------------------------
 // where(cond, a, b): a bit copy, so one kernel per element width serves every dtype.

@@ -15,43 +15,17 @@
 //
 // Activation codes: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-typedef long long i64;
+#include "common.cuh"
+#include "gemv.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Element types: 16-byte chunks of E elements, values as float, one RNE rounding on store.
 
-__device__ __forceinline__ float f16BitsToFloat(unsigned short b) {
-  return __half2float(__ushort_as_half(b));
-}
+// load, load4, store, store4 (and for 16-bit types one, fromFloat, unpack): common.cuh.
 
-__device__ __forceinline__ float bf16BitsToFloat(unsigned short b) {
-  return __uint_as_float(((unsigned)b) << 16);
-}
-
-__device__ __forceinline__ unsigned wordOf(const uint4& v, int j) {
-  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-}
-
-__device__ __forceinline__ void setWord(uint4& v, int j, unsigned w) {
-  if (j == 0) v.x = w;
-  else if (j == 1) v.y = w;
-  else if (j == 2) v.z = w;
-  else v.w = w;
-}
-
-struct F32 {
+struct F32 : F32Base {
   static constexpr int kElems = 4;  // per 16-byte chunk
   static constexpr int kQuads = 1;  // float4 quads per chunk
-  __device__ static float load(const void* p, i64 i) {
-    return __ldg(static_cast<const float*>(p) + i);
-  }
-  // Four values at i (i a multiple of 4).
-  __device__ static float4 load4(const void* p, i64 i) {
-    return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(p) + i));
-  }
   // Element i's raw bits (as the chunk word that holds it).
   __device__ static unsigned bits(const void* p, i64 i) {
     return __ldg(static_cast<const unsigned*>(p) + i);
@@ -72,35 +46,13 @@ struct F32 {
     q[0] = __uint_as_float(v.x), q[1] = __uint_as_float(v.y);
     q[2] = __uint_as_float(v.z), q[3] = __uint_as_float(v.w);
   }
-  __device__ static void store(void* p, i64 i, float v) { static_cast<float*>(p)[i] = v; }
-  __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(v[0], v[1], v[2], v[3]);
-  }
 };
 
 template <bool Bf16>
-struct Half16 {
+struct Half16 : Half16Base<Bf16> {
+  using Base = Half16Base<Bf16>;
   static constexpr int kElems = 8;
   static constexpr int kQuads = 2;
-  __device__ static float one(unsigned short b) {
-    return Bf16 ? bf16BitsToFloat(b) : f16BitsToFloat(b);
-  }
-  __device__ static unsigned short fromFloat(float v) {
-    return Bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-                : __half_as_ushort(__float2half_rn(v));
-  }
-  __device__ static float2 unpack(unsigned w) {
-    return make_float2(one((unsigned short)(w & 0xffffu)), one((unsigned short)(w >> 16)));
-  }
-  __device__ static float load(const void* p, i64 i) {
-    return one(__ldg(static_cast<const unsigned short*>(p) + i));
-  }
-  __device__ static float4 load4(const void* p, i64 i) {
-    const uint2 w =
-        __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(p) + i));
-    const float2 a = unpack(w.x), b = unpack(w.y);
-    return make_float4(a.x, a.y, b.x, b.y);
-  }
   __device__ static uint4 chunk(const void* p, i64 i) {
     return __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i));
   }
@@ -117,47 +69,19 @@ struct Half16 {
   }
   // Quad j: elements 4j..4j+3, words 2j and 2j + 1.
   __device__ static void quad(const uint4& v, int j, float (&q)[4]) {
-    const float2 a = unpack(wordOf(v, 2 * j)), b = unpack(wordOf(v, 2 * j + 1));
+    const float2 a = Base::unpack(wordOf(v, 2 * j)), b = Base::unpack(wordOf(v, 2 * j + 1));
     q[0] = a.x, q[1] = a.y, q[2] = b.x, q[3] = b.y;
-  }
-  __device__ static void store(void* p, i64 i, float v) {
-    static_cast<unsigned short*>(p)[i] = fromFloat(v);
   }
   __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
     *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
-        make_uint2(fromFloat(v[0]) | ((unsigned)fromFloat(v[1]) << 16),
-                   fromFloat(v[2]) | ((unsigned)fromFloat(v[3]) << 16));
+        make_uint2(Base::fromFloat(v[0]) | ((unsigned)Base::fromFloat(v[1]) << 16),
+                   Base::fromFloat(v[2]) | ((unsigned)Base::fromFloat(v[3]) << 16));
   }
 };
 typedef Half16<false> F16;
 typedef Half16<true> BF16;
 
-// ---------------------------------------------------------------------------------------------
-// Activations (the formulas of kernels/elementwise.cu)
-
-// 0.5 x (1 + erf(x / sqrt 2)), written with erfc so the negative tail keeps its precision.
-__device__ __forceinline__ float gelu_erf(float x) {
-  return 0.5f * x * erfcf(-x * 0.70710678118654752f);
-}
-
-// 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) with u = sqrt(2/pi) (x + 0.044715 x^3).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
-  return x / (1.0f + expf(-2.0f * u));
-}
-
-__device__ __forceinline__ float activate(float x, int act) {
-  switch (act) {
-    case 1:
-      return x > 0.0f ? x : (x != x ? x : 0.0f);
-    case 2:
-      return gelu_erf(x);
-    case 3:
-      return gelu_tanh(x);
-    default:
-      return x;
-  }
-}
+// Activations: activate() in common.cuh (the gelu formulas of the elementwise kernels).
 
 // ---------------------------------------------------------------------------------------------
 // GEMV for M ≤ MT ≤ 16 rows.
@@ -172,10 +96,7 @@ __device__ __forceinline__ float activate(float x, int act) {
 //
 // `vec` (K % E == 0): rows start on 16-byte boundaries and are read with 16-byte loads;
 // otherwise chunks are gathered element by element (zeros past K). x rows use float4 / 8-byte
-// loads when K % 4 == 0.
-
-#define GEMV_WARPS 4
-#define GEMV_ROWS 4
+// loads when K % 4 == 0. Staging, products and the final sums: gemv.cuh.
 
 template <class X>
 __device__ __forceinline__ void gemvLoad(uint4 (&v)[GEMV_ROWS], const void* __restrict__ w,
@@ -227,26 +148,7 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
     uint4 cur[R];
     if (have) gemvLoad<X>(cur, w, n0, N, K, t0 + s * STEP + lane * E, vec);
     __syncthreads();  // the previous tile's x is no longer read
-    for (int m = 0; m < MT; m++) {
-      for (int g = threadIdx.x; g < steps * STEP4; g += blockDim.x) {
-        const int st = g / STEP4, rem = g % STEP4;
-        const int e0 = st * STEP + (rem % 32) * E + (rem / 32) * 4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (m < M && e0 < tk) {
-          const i64 at = (i64)m * K + t0 + e0;
-          if (xVec) {
-            v = X::load4(x, at);  // tk % 4 == 0: all four are inside
-          } else {
-            const int valid = tk - e0;
-            v.x = X::load(x, at);
-            if (valid > 1) v.y = X::load(x, at + 1);
-            if (valid > 2) v.z = X::load(x, at + 2);
-            if (valid > 3) v.w = X::load(x, at + 3);
-          }
-        }
-        xs[m * KT4 + g] = v;
-      }
-    }
+    gemvStageX<X, MT, E>(xs, x, M, K, t0, tk, steps, KT4, xVec);
     __syncthreads();
     if (n0 >= N) continue;
     while (s < steps) {
@@ -261,17 +163,7 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
           float wq[R][4];
 #pragma unroll
           for (int r = 0; r < R; r++) X::quad(cur[r], j, wq[r]);
-#pragma unroll
-          for (int m = 0; m < MT; m++) {
-            const float4 xq = xv[m * KT4 + j * 32];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-              acc[r][m] = fmaf(wq[r][0], xq.x, acc[r][m]);
-              acc[r][m] = fmaf(wq[r][1], xq.y, acc[r][m]);
-              acc[r][m] = fmaf(wq[r][2], xq.z, acc[r][m]);
-              acc[r][m] = fmaf(wq[r][3], xq.w, acc[r][m]);
-            }
-          }
+          gemvFma<MT>(acc, wq, xv, KT4, j);
         }
       }
 #pragma unroll
@@ -281,57 +173,8 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
     }
   }
 
-  // Sum over the lanes (every lane ends with the totals), then over the K parts.
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-#pragma unroll
-    for (int m = 0; m < MT; m++) {
-      float v = acc[r][m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      acc[r][m] = v;
-    }
-  }
-  if (splitK > 1) {
-    if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < MT; m++) partial[warp][r][m] = acc[r][m];
-      }
-    }
-    __syncthreads();
-    if (kPart != 0) return;
-    for (int p = 1; p < splitK; p++) {
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < MT; m++) acc[r][m] += partial[warp + p][r][m];
-      }
-    }
-  }
-  if (n0 >= N) return;
-  // Lane l writes outputs l, l + 32, ... of the group (index r · MT + m); the value is picked
-  // with compile-time indices so acc stays in registers.
-#pragma unroll
-  for (int pass = 0; pass < (R * MT + 31) / 32; pass++) {
-    const int idx = pass * 32 + lane;
-    float v = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int m = 0; m < MT; m++) v = idx == r * MT + m ? acc[r][m] : v;
-    }
-    const int r = idx / MT, m = idx % MT, n = n0 + r;
-    if (idx < R * MT && m < M && n < N) {
-      const float b = bias ? X::load(bias, n) : 0.0f;
-      X::store(out, (i64)m * N + n, activate(v + b, act));
-    }
-  }
+  gemvFinish<X, MT>(acc, partial, out, bias, act, M, N, n0, warp, lane, kPart, splitK);
 }
-
-// Register budget: up to 128 per thread for a few rows (several blocks per SM), 255 for 8+.
-#define GEMV_MIN_BLOCKS(MT) ((MT) <= 4 ? 4 : 2)
 
 #define GEMV_KERNEL(X_NAME, X, MT)                                                            \
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(MT))         \

@@ -32,49 +32,13 @@
 //   block dim 1 ([N, K/B]): sN = K/B, kb = B, sK = 1;  block dim 0 ([N/B, K]): nb = B, sN = K,
 //   kb = 1, sK = 1.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-#include <string.h>
-
-typedef long long i64;
+#include "common.cuh"
+#include "fp8.cuh"
+#include "gemv.cuh"
 
 // ---------------------------------------------------------------------------------------------
-// Conversions and scales
-
-__device__ __forceinline__ float f16BitsToFloat(unsigned short b) {
-  return __half2float(__ushort_as_half(b));
-}
-
-__device__ __forceinline__ float bf16BitsToFloat(unsigned short b) {
-  return __uint_as_float(((unsigned)b) << 16);
-}
-
-__device__ __forceinline__ float loadScale(const void* __restrict__ scale, int kind, i64 i) {
-  if (kind == 0) return __ldg(static_cast<const float*>(scale) + i);
-  const unsigned short b = __ldg(static_cast<const unsigned short*>(scale) + i);
-  return kind == 1 ? f16BitsToFloat(b) : bf16BitsToFloat(b);
-}
-
-// float -> e4m3fn bits: RNE, saturating to +-448 (Inf included), NaN -> 0x7f, the sign of
-// zero kept. Used where the hardware conversion is missing (before sm_89).
-__host__ __device__ __forceinline__ unsigned floatToE4m3Soft(float f) {
-  unsigned u;
-  memcpy(&u, &f, 4);
-  const unsigned sign = (u >> 24) & 0x80u;
-  const unsigned a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7fu;          // NaN
-  if (a >= 0x43e00000u) return sign | 0x7eu;  // >= 448 (and Inf): saturate
-  if (a < 0x3c800000u) {
-    // Below 2^-6: fp8 subnormals step by 2^-9; scaling by 2^9 is exact, rintf rounds half even.
-    float mag;
-    memcpy(&mag, &a, 4);
-    return sign | (unsigned)rintf(mag * 512.0f);
-  }
-  // Normal: round the 23-bit mantissa to 3 bits (half to even at bit 20), rebias 127 -> 7.
-  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
-  return sign | (r - (120u << 3));
-}
+// Conversions and scales (f16BitsToFloat, bf16BitsToFloat, loadScale: common.cuh;
+// floatToE4m3Soft, e4m3x2ToFloats: fp8.cuh)
 
 // Two floats -> two e4m3fn bytes (a in the low byte), NaN as 0x7f.
 __device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
@@ -89,13 +53,6 @@ __device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
 #endif
 }
 
-// Two e4m3fn bytes (low byte first) -> two exact floats.
-__device__ __forceinline__ float2 e4m3x2ToFloats(unsigned w) {
-  const __half2_raw h =
-      __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
-  return make_float2(f16BitsToFloat(h.x), f16BitsToFloat(h.y));
-}
-
 // Round half to even, saturate to [Lo, Hi]; NaN -> 0 (cvt.rni.s32.f32 maps NaN to 0).
 template <int Lo, int Hi>
 __device__ __forceinline__ int roundSat(float q) {
@@ -104,27 +61,17 @@ __device__ __forceinline__ int roundSat(float q) {
 
 // ---------------------------------------------------------------------------------------------
 // Float element types: load as float, store with one RNE rounding (from float or double).
+// load, load4, store, store4 (and for 16-bit types one, fromFloat, pack, unpack): common.cuh.
 
-struct F32 {
-  __device__ static float load(const void* p, i64 i) {
-    return __ldg(static_cast<const float*>(p) + i);
-  }
-  // Four values at i (i a multiple of 4).
-  __device__ static float4 load4(const void* p, i64 i) {
-    return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(p) + i));
-  }
+struct F32 : F32Base {
   // Eight values at 8c.
   __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
     const float4* q = reinterpret_cast<const float4*>(p) + 2 * c;
     const float4 a = __ldg(q), b = __ldg(q + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
   }
-  __device__ static void store(void* p, i64 i, float v) { static_cast<float*>(p)[i] = v; }
   __device__ static void storeDouble(void* p, i64 i, double v) {
     static_cast<float*>(p)[i] = __double2float_rn(v);
-  }
-  __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(v[0], v[1], v[2], v[3]);
   }
   __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
     *reinterpret_cast<float4*>(static_cast<float*>(p) + i) =
@@ -136,51 +83,23 @@ struct F32 {
 };
 
 template <bool Bf16>
-struct Half16 {
-  __device__ static float one(unsigned short b) {
-    return Bf16 ? bf16BitsToFloat(b) : f16BitsToFloat(b);
-  }
-  __device__ static unsigned short fromFloat(float v) {
-    return Bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-                : __half_as_ushort(__float2half_rn(v));
-  }
+struct Half16 : Half16Base<Bf16> {
+  using Base = Half16Base<Bf16>;
   __device__ static unsigned short fromDouble(double v) {
     return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
   }
-  __device__ static unsigned pack(float a, float b) {
-    if (Bf16) {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-      return *reinterpret_cast<const unsigned*>(&h);
-    }
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const unsigned*>(&h);
-  }
-  __device__ static float2 unpack(unsigned w) {
-    return make_float2(one((unsigned short)(w & 0xffffu)), one((unsigned short)(w >> 16)));
-  }
-  __device__ static float load(const void* p, i64 i) {
-    return one(__ldg(static_cast<const unsigned short*>(p) + i));
-  }
-  __device__ static float4 load4(const void* p, i64 i) {
-    const uint2 w =
-        __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(p) + i));
-    const float2 a = unpack(w.x), b = unpack(w.y);
-    return make_float4(a.x, a.y, b.x, b.y);
-  }
   __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
     const uint4 w = __ldg(reinterpret_cast<const uint4*>(p) + c);
-    const float2 a = unpack(w.x), b = unpack(w.y), d = unpack(w.z), e = unpack(w.w);
+    const float2 a = Base::unpack(w.x), b = Base::unpack(w.y);
+    const float2 d = Base::unpack(w.z), e = Base::unpack(w.w);
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y, v[4] = d.x, v[5] = d.y, v[6] = e.x, v[7] = e.y;
-  }
-  __device__ static void store(void* p, i64 i, float v) {
-    static_cast<unsigned short*>(p)[i] = fromFloat(v);
   }
   __device__ static void storeDouble(void* p, i64 i, double v) {
     static_cast<unsigned short*>(p)[i] = fromDouble(v);
   }
   __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
     *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
-        make_uint2(pack(v[0], v[1]), pack(v[2], v[3]));
+        make_uint2(Base::pack(v[0], v[1]), Base::pack(v[2], v[3]));
   }
   __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
     *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
@@ -188,39 +107,15 @@ struct Half16 {
                    fromDouble(v[2]) | ((unsigned)fromDouble(v[3]) << 16));
   }
   __device__ static void round4(float (&v)[4]) {
-    const float2 a = unpack(pack(v[0], v[1])), b = unpack(pack(v[2], v[3]));
+    const float2 a = Base::unpack(Base::pack(v[0], v[1]));
+    const float2 b = Base::unpack(Base::pack(v[2], v[3]));
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
   }
 };
 typedef Half16<false> F16;
 typedef Half16<true> BF16;
 
-// ---------------------------------------------------------------------------------------------
-// Activations (the formulas of kernels/elementwise.cu)
-
-// 0.5 x (1 + erf(x / sqrt 2)), written with erfc so the negative tail keeps its precision.
-__device__ __forceinline__ float gelu_erf(float x) {
-  return 0.5f * x * erfcf(-x * 0.70710678118654752f);
-}
-
-// 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) with u = sqrt(2/pi) (x + 0.044715 x^3).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
-  return x / (1.0f + expf(-2.0f * u));
-}
-
-__device__ __forceinline__ float activate(float x, int act) {
-  switch (act) {
-    case 1:
-      return x > 0.0f ? x : (x != x ? x : 0.0f);
-    case 2:
-      return gelu_erf(x);
-    case 3:
-      return gelu_tanh(x);
-    default:
-      return x;
-  }
-}
+// Activations: activate() in common.cuh (the gelu formulas of the elementwise kernels).
 
 // ---------------------------------------------------------------------------------------------
 // Weight preparation (once per weight: simple grid-stride loops, one element or byte each)
@@ -486,25 +381,19 @@ extern "C" __global__ void __launch_bounds__(256) qlinear_gemm_i8(
 // the products are already scaled (scale 1). Grid: x over columns (4 per thread when N % 4 ==
 // 0), y over rows. `acc` may alias `out` (float32 products scaled in place): no __restrict__.
 
-struct AccI32 {
+// Products of type T (int32 or float32; T4 its 4-vector) as doubles (exact).
+template <class T, class T4>
+struct Acc {
   __device__ static double load(const void* p, i64 i) {
-    return (double)static_cast<const int*>(p)[i];
+    return (double)static_cast<const T*>(p)[i];
   }
   __device__ static void load4(const void* p, i64 i, double (&v)[4]) {
-    const int4 a = *reinterpret_cast<const int4*>(static_cast<const int*>(p) + i);
+    const T4 a = *reinterpret_cast<const T4*>(static_cast<const T*>(p) + i);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
   }
 };
-
-struct AccF32 {
-  __device__ static double load(const void* p, i64 i) {
-    return (double)static_cast<const float*>(p)[i];
-  }
-  __device__ static void load4(const void* p, i64 i, double (&v)[4]) {
-    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-  }
-};
+typedef Acc<int, int4> AccI32;
+typedef Acc<float, float4> AccF32;
 
 template <class Acc, class Out>
 __device__ __forceinline__ void epilogue(void* out, const void* acc, int M, int N,
@@ -581,14 +470,8 @@ EPILOGUE_KERNEL(f32, AccF32, bf16, BF16)
 // chunk sits at slot (step · 8E + j · 32 + lane): a warp's reads are conflict-free.
 //
 // Requires K % E == 0 (rows start on 16-byte boundaries) and a scale that is constant over each
-// chunk: index n · sN + (k / kb) · sK with kb % E == 0 or sK == 0.
-
-#define GEMV_WARPS 4
-#define GEMV_ROWS 4
-
-__device__ __forceinline__ unsigned wordOf(const uint4& v, int j) {
-  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-}
+// chunk: index n · sN + (k / kb) · sK with kb % E == 0 or sK == 0. Staging, products and the
+// final sums: gemv.cuh (shared with kernels/flinear.cu).
 
 // int8 codes: 16 per chunk, quad j is word j. Bytes become exact floats through the float
 // 2^23 + (b + 128) built with one byte permute (no int -> float conversion instruction).
@@ -690,15 +573,7 @@ __device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* 
     uint4 cur[R];
     if (have) gemvLoad<Q>(cur, wq, rowBytes, n0, N, t0 + s * STEP + lane * E);
     __syncthreads();  // the previous tile's x is no longer read
-    for (int m = 0; m < MT; m++) {
-      for (int g = threadIdx.x; g < steps * STEP4; g += blockDim.x) {
-        const int st = g / STEP4, rem = g % STEP4;
-        const int e0 = st * STEP + (rem % 32) * E + (rem / 32) * 4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (m < M && e0 < tk) v = X::load4(x, (i64)m * K + t0 + e0);
-        xs[m * KT4 + g] = v;
-      }
-    }
+    gemvStageX<X, MT, E>(xs, x, M, K, t0, tk, steps, KT4, true);
     __syncthreads();
     if (n0 >= N) continue;
     while (s < steps) {
@@ -729,17 +604,7 @@ __device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* 
             for (int t = 0; t < 4; t++) w[r][t] = __fmul_rn(w[r][t], sc[r]);
             X::round4(w[r]);
           }
-#pragma unroll
-          for (int m = 0; m < MT; m++) {
-            const float4 xq = xv[m * KT4 + j * 32];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-              acc[r][m] = fmaf(w[r][0], xq.x, acc[r][m]);
-              acc[r][m] = fmaf(w[r][1], xq.y, acc[r][m]);
-              acc[r][m] = fmaf(w[r][2], xq.z, acc[r][m]);
-              acc[r][m] = fmaf(w[r][3], xq.w, acc[r][m]);
-            }
-          }
+          gemvFma<MT>(acc, w, xv, KT4, j);
         }
       }
 #pragma unroll
@@ -749,57 +614,8 @@ __device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* 
     }
   }
 
-  // Sum over the lanes (every lane ends with the totals), then over the K parts.
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-#pragma unroll
-    for (int m = 0; m < MT; m++) {
-      float v = acc[r][m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      acc[r][m] = v;
-    }
-  }
-  if (splitK > 1) {
-    if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < MT; m++) partial[warp][r][m] = acc[r][m];
-      }
-    }
-    __syncthreads();
-    if (kPart != 0) return;
-    for (int p = 1; p < splitK; p++) {
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-#pragma unroll
-        for (int m = 0; m < MT; m++) acc[r][m] += partial[warp + p][r][m];
-      }
-    }
-  }
-  if (n0 >= N) return;
-  // Lane l writes outputs l, l + 32, ... of the group (index r · MT + m); the value is picked
-  // with compile-time indices so acc stays in registers.
-#pragma unroll
-  for (int pass = 0; pass < (R * MT + 31) / 32; pass++) {
-    const int idx = pass * 32 + lane;
-    float v = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-#pragma unroll
-      for (int m = 0; m < MT; m++) v = idx == r * MT + m ? acc[r][m] : v;
-    }
-    const int r = idx / MT, m = idx % MT, n = n0 + r;
-    if (idx < R * MT && m < M && n < N) {
-      const float b = bias ? X::load(bias, n) : 0.0f;
-      X::store(out, (i64)m * N + n, activate(v + b, act));
-    }
-  }
+  gemvFinish<X, MT>(acc, partial, out, bias, act, M, N, n0, warp, lane, kPart, splitK);
 }
-
-// Register budget: up to 128 per thread for a few rows (several blocks per SM), 255 for 8+.
-#define GEMV_MIN_BLOCKS(MT) ((MT) <= 4 ? 4 : 2)
 
 #define GEMV_KERNEL(Q_NAME, Q, X_NAME, X, MT)                                                 \
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(MT))         \

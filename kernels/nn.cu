@@ -12,25 +12,12 @@
 // Softmax is exp(x − max) / Σ exp(x − max) with the max taken first (NaN propagates: any NaN
 // in a row makes the whole row NaN, as on the CPU); log-softmax is (x − max) − log Σ.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
-typedef long long i64;
+#include "common.cuh"
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // max that lets a NaN win from either side.
 __device__ __forceinline__ float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
@@ -113,6 +100,18 @@ template <int VEC> __device__ __forceinline__ void cache_load(const float* p, fl
       t[4 * q + 2] = f.z;
       t[4 * q + 3] = f.w;
     }
+  }
+}
+
+// Chunk c (VEC elements) of row xr in a later pass of a block kernel: from the shared-memory
+// cache when the row is cached there, otherwise from global memory again.
+template <typename T, int VEC>
+__device__ __forceinline__ void reload_chunk(const T* __restrict__ xr, const float* cache, i64 c,
+                                             bool cached, float (&t)[VEC]) {
+  if (cached) {
+    cache_load<VEC>(cache + c * VEC, t);
+  } else {
+    load_vec<T, VEC>(xr + c * VEC, t);
   }
 }
 
@@ -205,11 +204,7 @@ __device__ __forceinline__ void softmax_block(const T* __restrict__ x, T* __rest
     float sum = 0.0f;
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
-      if (cached) {
-        cache_load<VEC>(cache + c * VEC, t);
-      } else {
-        load_vec<T, VEC>(xr + c * VEC, t);
-      }
+      reload_chunk<T, VEC>(xr, cache, c, cached, t);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float e = expf(t[j] - mx);
@@ -222,11 +217,7 @@ __device__ __forceinline__ void softmax_block(const T* __restrict__ x, T* __rest
     const float logSum = log ? logf(sum) : 0.0f;
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
-      if (cached) {
-        cache_load<VEC>(cache + c * VEC, t);  // x (log-softmax) or exp(x − max) (softmax)
-      } else {
-        load_vec<T, VEC>(xr + c * VEC, t);
-      }
+      reload_chunk<T, VEC>(xr, cache, c, cached, t);  // cached: x (log-softmax) or exp(x − max)
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         if (log) {
@@ -346,11 +337,7 @@ __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const 
     float sq = 0.0f;
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
-      if (cached) {
-        cache_load<VEC>(cache + c * VEC, t);
-      } else {
-        load_vec<T, VEC>(xr + c * VEC, t);
-      }
+      reload_chunk<T, VEC>(xr, cache, c, cached, t);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float d = t[j] - mean;
@@ -360,11 +347,7 @@ __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const 
     const float inv = 1.0f / sqrtf(block_all<false>(sq, scratch) / (float)D + eps);
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
-      if (cached) {
-        cache_load<VEC>(cache + c * VEC, t);
-      } else {
-        load_vec<T, VEC>(xr + c * VEC, t);
-      }
+      reload_chunk<T, VEC>(xr, cache, c, cached, t);
       layer_norm_store<T, VEC>(yr, w, b, c * VEC, t, mean, inv);
     }
   }

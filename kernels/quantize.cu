@@ -50,48 +50,15 @@
 // and runs with 256 threads a block; quantize_tensor_* (not _v0 / _v1) also takes
 // ASYNC_STAGES x FAST_VECTORS x 16 bytes of dynamic shared memory a thread (48 KB a block).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-#include <string.h>
-
-typedef long long i64;
+#include "common.cuh"
+#include "fp8.cuh"
 
 // Elements a thread handles per grid-stride step.
 #define CHUNK 16
 
 // ---------------------------------------------------------------------------------------------
-// Scalar conversions
-
-__device__ __forceinline__ float f16BitsToFloat(unsigned short b) {
-  return __half2float(__ushort_as_half(b));
-}
-
-__device__ __forceinline__ float bf16BitsToFloat(unsigned short b) {
-  return __uint_as_float(((unsigned)b) << 16);
-}
-
-// float -> e4m3fn bits: RNE, saturating to +-448 (Inf included), NaN -> 0x7f, the sign of
-// zero kept. Used where the hardware conversion is missing (before sm_89).
-__host__ __device__ __forceinline__ unsigned floatToE4m3Soft(float f) {
-  unsigned u;
-  memcpy(&u, &f, 4);
-  const unsigned sign = (u >> 24) & 0x80u;
-  const unsigned a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7fu;          // NaN
-  if (a >= 0x43e00000u) return sign | 0x7eu;  // >= 448 (and Inf): saturate
-  if (a < 0x3c800000u) {
-    // Below 2^-6: fp8 subnormals step by 2^-9. Scaling by 2^9 is exact and rintf rounds half
-    // to even; 8 is the smallest normal (0x08).
-    float mag;
-    memcpy(&mag, &a, 4);
-    return sign | (unsigned)rintf(mag * 512.0f);
-  }
-  // Normal: round the 23-bit mantissa to 3 bits (half to even at bit 20); a carry moves into
-  // the exponent. Rebias 127 -> 7. Below 448 the result is at most 448 (0x7e).
-  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
-  return sign | (r - (120u << 3));
-}
+// Scalar conversions (f16BitsToFloat, bf16BitsToFloat: common.cuh; floatToE4m3Soft,
+// e4m3x2ToFloats: fp8.cuh)
 
 // Two floats -> two e4m3fn bytes (a in the low byte); NaN may come out as 0xff (see
 // e4m3Canonical).
@@ -112,21 +79,8 @@ __device__ __forceinline__ unsigned e4m3Canonical(unsigned w) {
   return w & ~nan;
 }
 
-// Two e4m3fn bytes (low byte first) -> two exact floats.
-__device__ __forceinline__ float2 e4m3x2ToFloats(unsigned w) {
-  const __half2_raw h =
-      __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
-  return make_float2(f16BitsToFloat(h.x), f16BitsToFloat(h.y));
-}
-
 // ---------------------------------------------------------------------------------------------
-// Scales
-
-__device__ __forceinline__ float loadScale(const void* __restrict__ scale, int kind, i64 i) {
-  if (kind == 0) return __ldg(static_cast<const float*>(scale) + i);
-  const unsigned short b = __ldg(static_cast<const unsigned short*>(scale) + i);
-  return kind == 1 ? f16BitsToFloat(b) : bf16BitsToFloat(b);
-}
+// Scales (loadScale: common.cuh)
 
 // Scale-index walkers. pos(i) is the position of flat element i; next(p) steps one element;
 // add(p, d) steps p by the offset whose position (from 0) is d; run(p) is a lower bound (at
@@ -251,21 +205,12 @@ struct F32 {
   }
 };
 
-// float16 and bfloat16: a unit is one uint4 of 8 packed halves.
+// float16 and bfloat16: a unit is one uint4 of 8 packed halves. one() and pack() come from
+// Half16Base (common.cuh); load and store here move whole units.
 template <bool Bf16>
-struct Half16 {
+struct Half16 : Half16Base<Bf16> {
+  using Base = Half16Base<Bf16>;
   static constexpr int U = 8;
-  __device__ static float one(unsigned short b) {
-    return Bf16 ? bf16BitsToFloat(b) : f16BitsToFloat(b);
-  }
-  __device__ static unsigned pack(float a, float b) {
-    if (Bf16) {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-      return *reinterpret_cast<const unsigned*>(&h);
-    }
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const unsigned*>(&h);
-  }
   template <int N>
   __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
     static_assert(N == U, "16-bit float units are 8 elements");
@@ -273,23 +218,23 @@ struct Half16 {
     const unsigned w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-      v[2 * k] = one((unsigned short)(w[k] & 0xffffu));
-      v[2 * k + 1] = one((unsigned short)(w[k] >> 16));
+      v[2 * k] = Base::one((unsigned short)(w[k] & 0xffffu));
+      v[2 * k + 1] = Base::one((unsigned short)(w[k] >> 16));
     }
   }
   template <int N>
   __device__ static void store(void* __restrict__ base, i64 u, const float* v) {
     static_assert(N == U, "16-bit float units are 8 elements");
-    static_cast<uint4*>(base)[u] =
-        make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7]));
+    static_cast<uint4*>(base)[u] = make_uint4(Base::pack(v[0], v[1]), Base::pack(v[2], v[3]),
+                                              Base::pack(v[4], v[5]), Base::pack(v[6], v[7]));
   }
   __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
     const unsigned short* p = static_cast<const unsigned short*>(base) + i;
-    return make_float2(one(p[0]), two ? one(p[1]) : 0.0f);
+    return make_float2(Base::one(p[0]), two ? Base::one(p[1]) : 0.0f);
   }
   __device__ static void storePair(void* __restrict__ base, i64 i, float2 v, bool two) {
     unsigned short* p = static_cast<unsigned short*>(base) + i;
-    const unsigned w = pack(v.x, v.y);
+    const unsigned w = Base::pack(v.x, v.y);
     p[0] = (unsigned short)(w & 0xffffu);
     if (two) p[1] = (unsigned short)(w >> 16);
   }
@@ -304,8 +249,32 @@ __device__ __forceinline__ unsigned roundSat(float q) {
   return (unsigned)min(max(__float2int_rn(q), Lo), Hi);
 }
 
-// int8: a unit is U bytes (a 32-bit word for U = 4, two for U = 8).
-struct I8 {
+// One-byte codes (int8, float8e4m3): a unit is U bytes (a 32-bit word for U = 4, two for
+// U = 8), encoded and decoded four at a time by C::pack4 and C::unpack4.
+template <class C>
+struct ByteUnits {
+  template <int U>
+  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
+    if constexpr (U == 4) {
+      static_cast<unsigned*>(base)[u] = C::pack4(q);
+    } else {
+      static_cast<uint2*>(base)[u] = make_uint2(C::pack4(q), C::pack4(q + 4));
+    }
+  }
+  template <int U>
+  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
+    if constexpr (U == 4) {
+      C::unpack4(__ldg(static_cast<const unsigned*>(base) + u), v);
+    } else {
+      const uint2 w = __ldg(static_cast<const uint2*>(base) + u);
+      C::unpack4(w.x, v);
+      C::unpack4(w.y, v + 4);
+    }
+  }
+};
+
+// int8.
+struct I8 : ByteUnits<I8> {
   __device__ static unsigned pack4(const float* q) {
     return (roundSat<-128, 127>(q[0]) & 0xffu) | ((roundSat<-128, 127>(q[1]) & 0xffu) << 8) |
            ((roundSat<-128, 127>(q[2]) & 0xffu) << 16) | (roundSat<-128, 127>(q[3]) << 24);
@@ -314,24 +283,6 @@ struct I8 {
   __device__ static void unpack4(unsigned w, float* v) {
 #pragma unroll
     for (int k = 0; k < 4; k++) v[k] = one(w, k);
-  }
-  template <int U>
-  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
-    if constexpr (U == 4) {
-      static_cast<unsigned*>(base)[u] = pack4(q);
-    } else {
-      static_cast<uint2*>(base)[u] = make_uint2(pack4(q), pack4(q + 4));
-    }
-  }
-  template <int U>
-  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
-    if constexpr (U == 4) {
-      unpack4(__ldg(static_cast<const unsigned*>(base) + u), v);
-    } else {
-      const uint2 w = __ldg(static_cast<const uint2*>(base) + u);
-      unpack4(w.x, v);
-      unpack4(w.y, v + 4);
-    }
   }
   __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
     const signed char* p = static_cast<const signed char*>(base) + i;
@@ -386,32 +337,14 @@ struct I4 {
   }
 };
 
-// float8e4m3: a unit is U bytes, like int8.
-struct FP8 {
+// float8e4m3.
+struct FP8 : ByteUnits<FP8> {
   __device__ static unsigned pack4(const float* q) {
     return e4m3Canonical(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16));
   }
   __device__ static void unpack4(unsigned w, float* v) {
     const float2 a = e4m3x2ToFloats(w), b = e4m3x2ToFloats(w >> 16);
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  }
-  template <int U>
-  __device__ static void store(void* __restrict__ base, i64 u, const float* q) {
-    if constexpr (U == 4) {
-      static_cast<unsigned*>(base)[u] = pack4(q);
-    } else {
-      static_cast<uint2*>(base)[u] = make_uint2(pack4(q), pack4(q + 4));
-    }
-  }
-  template <int U>
-  __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
-    if constexpr (U == 4) {
-      unpack4(__ldg(static_cast<const unsigned*>(base) + u), v);
-    } else {
-      const uint2 w = __ldg(static_cast<const uint2*>(base) + u);
-      unpack4(w.x, v);
-      unpack4(w.y, v + 4);
-    }
   }
   __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
     const unsigned char* p = static_cast<const unsigned char*>(base) + i;
@@ -464,6 +397,22 @@ __device__ __noinline__ void runPairs(void* __restrict__ out, const void* __rest
   }
 }
 
+// Units u, u + threads, ..., u + (K - 1) threads into v (U values each; zeros for units past
+// the end), all K loads issued first so that they are in flight together.
+template <class In, int U, int K>
+__device__ __forceinline__ void loadUnits(const void* __restrict__ in, i64 u, i64 threads,
+                                          i64 units, float* v) {
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    if (u + k * threads < units) {
+      In::template load<U>(in, u + k * threads, v + k * U);
+    } else {
+#pragma unroll
+      for (int j = 0; j < U; j++) v[k * U + j] = 0.0f;
+    }
+  }
+}
+
 template <bool Quantize, class Mode, class In, class Out>
 __device__ __forceinline__ void run(void* __restrict__ out, const void* __restrict__ in,
                                     const void* __restrict__ scale, int scaleKind, i64 n,
@@ -481,16 +430,7 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
   if constexpr (Mode::perTensor) {
     const float s = loadScale(scale, scaleKind, 0);
     for (i64 u = first; u < units; u += K * threads) {
-      // All K loads first, so that they are in flight together.
-#pragma unroll
-      for (int k = 0; k < K; k++) {
-        if (u + k * threads < units) {
-          In::template load<U>(in, u + k * threads, v + k * U);
-        } else {
-#pragma unroll
-          for (int j = 0; j < U; j++) v[k * U + j] = 0.0f;
-        }
-      }
+      loadUnits<In, U, K>(in, u, threads, units, v);
 #pragma unroll
       for (int j = 0; j < CHUNK; j++) v[j] = apply<Quantize>(v[j], s);
 #pragma unroll
@@ -504,15 +444,7 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
     const typename Mode::Pos step = mode.pos(threads * U);
     const typename Mode::Pos stepK = mode.pos(K * threads * U);
     for (i64 u = first; u < units; u += K * threads) {
-#pragma unroll
-      for (int k = 0; k < K; k++) {
-        if (u + k * threads < units) {
-          In::template load<U>(in, u + k * threads, v + k * U);
-        } else {
-#pragma unroll
-          for (int j = 0; j < U; j++) v[k * U + j] = 0.0f;
-        }
-      }
+      loadUnits<In, U, K>(in, u, threads, units, v);
       typename Mode::Pos p = pos;
 #pragma unroll
       for (int k = 0; k < K; k++) {
@@ -580,20 +512,13 @@ __device__ __forceinline__ void unpackVector(const Half16<Bf16>&, const uint4& w
 }
 
 // Unit u's U quotients, encoded, with one streaming store (U / 2 to U bytes).
-template <int U>
-__device__ __forceinline__ void storeStream(const I8&, void* out, i64 u, const float* q) {
+template <int U, class C>
+__device__ __forceinline__ void storeStream(const ByteUnits<C>&, void* out, i64 u,
+                                            const float* q) {
   if constexpr (U == 4) {
-    stStream(static_cast<unsigned*>(out) + u, I8::pack4(q));
+    stStream(static_cast<unsigned*>(out) + u, C::pack4(q));
   } else {
-    stStream(static_cast<uint2*>(out) + u, make_uint2(I8::pack4(q), I8::pack4(q + 4)));
-  }
-}
-template <int U>
-__device__ __forceinline__ void storeStream(const FP8&, void* out, i64 u, const float* q) {
-  if constexpr (U == 4) {
-    stStream(static_cast<unsigned*>(out) + u, FP8::pack4(q));
-  } else {
-    stStream(static_cast<uint2*>(out) + u, make_uint2(FP8::pack4(q), FP8::pack4(q + 4)));
+    stStream(static_cast<uint2*>(out) + u, make_uint2(C::pack4(q), C::pack4(q + 4)));
   }
 }
 template <int U>

@@ -16,29 +16,15 @@
 // elements in increasing index order), combine (associative and commutative, so any tree order
 // gives the same answer up to float rounding) and finalize. Floats accumulate in float32.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
 
-typedef long long i64;
-typedef unsigned long long u64;
+#include "common.cuh"
 
 #define FULL_MASK 0xffffffffu
 #define MAX_DIMS 8
 
 // ---------------------------------------------------------------------------------------------
-// Value conversions
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+// Value conversions (to_f / from_f in common.cuh)
 
 // The type values are compared in: float for float dtypes, the integer itself otherwise.
 template <typename T> struct Cmp {

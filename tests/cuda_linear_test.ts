@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { decode, type DType, roundHalfToEven } from "../lib/dtype.ts";
 import { gemvShape, preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
-import { randomValues, testOnGpu } from "./helpers.ts";
+import { type Activation, applyActivation, randomValues, testOnGpu } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ atol·max|ref| + rtol·|ref| against the CPU backend's fused
 // kernels (float64 sums of the same quantized values) and the unfused fake-quant graph.
@@ -25,8 +25,6 @@ const HALF_TOL: Record<string, Tolerance> = {
   bfloat16: { rtol: 8e-3, atol: 8e-3 },
 };
 
-type Activation = "none" | "relu" | "gelu" | "gelu_tanh";
-
 interface LinearCase {
   /** x's shape; its last extent is K. */
   x: number[];
@@ -39,19 +37,6 @@ interface LinearCase {
   act?: Activation;
   dtype?: DType;
   seed: number;
-}
-
-function applyActivation(t: tq.Tensor, act: Activation | undefined): tq.Tensor {
-  switch (act) {
-    case "relu":
-      return t.relu();
-    case "gelu":
-      return t.gelu();
-    case "gelu_tanh":
-      return t.gelu({ approximate: "tanh" });
-    default:
-      return t;
-  }
 }
 
 /** Two layers with the same quantized state, one on the cpu and one on cuda. */

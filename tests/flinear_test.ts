@@ -4,7 +4,7 @@ import { decode, type DType } from "../lib/dtype.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
 import { flinearGemvShape, flinearLtEpilogue } from "../lib/backends/cuda/flinear.ts";
 import { linearFusionEnabled, setLinearFusion } from "../lib/graph/passes/qdq_fusion.ts";
-import { testOnDevices } from "./helpers.ts";
+import { type Activation, applyActivation, testOnDevices } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ tol·(|ref| + max|ref|):
 // - float32: the fused op rounds once where the unfused graph rounds after the product, the
@@ -14,21 +14,7 @@ import { testOnDevices } from "./helpers.ts";
 const TOL: Record<string, number> = { float32: 1e-5, float16: 1e-2, bfloat16: 1e-2 };
 const DTYPES: DType[] = ["float32", "float16", "bfloat16"];
 
-type Activation = "none" | "relu" | "gelu" | "gelu_tanh";
 const ACTIVATIONS: Activation[] = ["none", "relu", "gelu", "gelu_tanh"];
-
-function activate(t: tq.Tensor, act: Activation): tq.Tensor {
-  switch (act) {
-    case "relu":
-      return t.relu();
-    case "gelu":
-      return t.gelu();
-    case "gelu_tanh":
-      return t.gelu({ approximate: "tanh" });
-    default:
-      return t;
-  }
-}
 
 function values(t: tq.Tensor): Float64Array {
   return Float64Array.from(decode(t.dtype, t.storageSync()));
@@ -112,7 +98,7 @@ testOnDevices(
             // One case per dtype with a 3-D input: M = 3 · m rows.
             const xShape = act === "gelu" && bias && m === 5 ? [3, m, shape[0]] : [m, shape[0]];
             const x = tq.randn(xShape, { seed: 200 + c, dtype, device });
-            const make = () => activate(l.forward(x), act);
+            const make = () => applyActivation(l.forward(x), act);
             const y = make();
             assert.deepEqual(tq.inspectGraph(y).ops, ["linear"], what);
             assert.deepEqual(y.shape, [...xShape.slice(0, -1), shape[1]], what);

@@ -1,12 +1,14 @@
 /**
- * Test helpers: the devices to run on, seeded random data, closeness checks, and error checks
- * that assert the op, kind, message and reported line.
+ * Test helpers: the devices to run on, seeded random data, closeness checks, error checks
+ * that assert the op, kind, message and reported line, and the unfused form of the fused
+ * Linear ops' activations.
  * @module
  */
 import assert from "node:assert/strict";
 import { TensorqError } from "../lib/errors.ts";
 import { RandomStream } from "../lib/random.ts";
 import { backendFor } from "../lib/backends/backend.ts";
+import type { Tensor } from "../lib/tensor.ts";
 
 /** True when GPU tests were asked for (`deno task test:gpu`). */
 export const GPU_REQUIRED: boolean = Deno.env.get("TENSORQ_TEST_GPU") === "1";
@@ -128,6 +130,23 @@ export function assertTqError(
     assert.ok(caught.message.includes(`_test.ts:${expected.line}:`), caught.message);
   }
   return caught;
+}
+
+/** The activations of the fused Linear ops. */
+export type Activation = "none" | "relu" | "gelu" | "gelu_tanh";
+
+/** `t` through activation `act` as its own op (none or undefined: `t` itself). */
+export function applyActivation(t: Tensor, act: Activation | undefined): Tensor {
+  switch (act) {
+    case "relu":
+      return t.relu();
+    case "gelu":
+      return t.gelu();
+    case "gelu_tanh":
+      return t.gelu({ approximate: "tanh" });
+    default:
+      return t;
+  }
 }
 
 /** The line number of the caller of this function (for error-line assertions). */

@@ -16,37 +16,12 @@ Logs go to stderr; with --json the last stdout line is one JSON object. Needs to
 transformers only.
 """
 
-import argparse
-import json
-import math
 import sys
 import time
 
 import torch
 
-
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(math.floor(pos))
-    hi = min(len(sorted_values) - 1, lo + 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def summarize_ms(samples_ms):
-    s = sorted(samples_ms)
-    return {
-        "median_ms": percentile(s, 0.5),
-        "p10_ms": percentile(s, 0.1),
-        "p90_ms": percentile(s, 0.9),
-        "min_ms": s[0] if s else float("nan"),
-        "samples": len(s),
-    }
+from common import cuda_missing, log, make_parser, print_result, summarize
 
 
 def build_model(attn):
@@ -81,7 +56,7 @@ def time_prefill(model, batch, seq, warmup, reps):
         if r >= warmup:
             samples.append((time.perf_counter() - t0) * 1e3)
         del out
-    res = summarize_ms(samples)
+    res = summarize(samples, "ms")
     res["shape"] = [batch, seq]
     return res
 
@@ -107,25 +82,14 @@ def time_decode(model, context, steps, warmup, reps):
         if r >= warmup:
             samples.append((time.perf_counter() - t0) * 1e3 / steps)
         del out, past
-    res = summarize_ms(samples)
+    res = summarize(samples, "ms")
     res["context"] = context
     res["steps"] = steps
     return res
 
 
-def clean(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=8)
@@ -135,8 +99,7 @@ def main():
     parser.add_argument("--attn", default=None,
                         help="attention implementation (default: transformers' choice)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print(json.dumps({"error": "CUDA is not available to torch"}))
+    if cuda_missing():
         return 1
     import transformers
 
@@ -169,7 +132,7 @@ def main():
             log(f"decode failed: {type(e).__name__}: {e}")
             result["decode"] = {"error": f"{type(e).__name__}: {e}"}
     result["seconds"] = time.perf_counter() - t0
-    print(json.dumps(clean(result)) if args.json else json.dumps(clean(result), indent=2))
+    print_result(result, args.json)
     return 0
 
 

@@ -21,8 +21,6 @@ Logs go to stderr; with --json the last stdout line is one JSON object
 Needs only torch.
 """
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -30,55 +28,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-L2_BYTES = 60e6
-
-
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(math.floor(pos))
-    hi = min(len(sorted_values) - 1, lo + 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def summarize(samples):
-    s = sorted(samples)
-    return {
-        "median_us": percentile(s, 0.5),
-        "p10_us": percentile(s, 0.1),
-        "p90_us": percentile(s, 0.9),
-        "min_us": s[0] if s else float("nan"),
-        "samples": len(s),
-    }
-
-
-def rotation_count(bytes_per_set, factor=3, max_sets=16):
-    n = math.ceil(L2_BYTES * factor / max(1, bytes_per_set))
-    return max(1, min(max_sets, n))
-
-
-def time_gpu(fn, warmup, reps):
-    """CUDA events around each call of fn(i); i counts warm-up calls too."""
-    for i in range(warmup):
-        fn(i)
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    t0 = time.perf_counter()
-    for r in range(reps):
-        starts[r].record()
-        fn(warmup + r)
-        ends[r].record()
-    host_us = (time.perf_counter() - t0) * 1e6 / reps
-    torch.cuda.synchronize()
-    out = summarize([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)])
-    out["host_us"] = host_us
-    return out
+from common import (cuda_missing, log, make_parser, print_result, rotation_count, summarize,
+                    time_gpu)
 
 
 def time_wall(fn, warmup, reps, batch):
@@ -366,20 +317,8 @@ CASES = {
 }
 
 
-def clean(value):
-    """JSON-safe: NaN and infinities become None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--case", required=True, help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -390,8 +329,7 @@ def main():
     unknown = [c for c in names if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {list(CASES)}")
-    if not torch.cuda.is_available():
-        print(json.dumps({"error": "CUDA is not available to torch"}))
+    if cuda_missing():
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     results = {}
@@ -410,10 +348,7 @@ def main():
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0),
     }
-    if args.json:
-        print(json.dumps(clean(summary)))
-    else:
-        print(json.dumps(clean(summary), indent=2))
+    print_result(summary, args.json)
     return 0
 
 

@@ -30,65 +30,25 @@ Logs go to stderr; with --json the last stdout line is one JSON object
 Needs only torch.
 """
 
-import argparse
-import json
-import math
 import os
 import sys
 import time
 
 import torch
 
-L2_BYTES = 60e6
+import common
+from common import cuda_missing, log, make_parser, print_result
 
 
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(math.floor(pos))
-    hi = min(len(sorted_values) - 1, lo + 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def summarize(samples):
-    s = sorted(samples)
-    return {
-        "median_us": percentile(s, 0.5),
-        "p10_us": percentile(s, 0.1),
-        "p90_us": percentile(s, 0.9),
-        "min_us": s[0] if s else float("nan"),
-        "samples": len(s),
-    }
-
-
-def rotation_count(bytes_per_set, factor=3, max_sets=16):
-    """At least two sets, spanning `factor` times the L2 cache."""
-    n = math.ceil(L2_BYTES * factor / max(1, bytes_per_set))
-    return max(2, min(max_sets, n))
+def rotation_count(bytes_per_set):
+    """At least two sets, spanning three times the L2 cache."""
+    return common.rotation_count(bytes_per_set, min_sets=2)
 
 
 def time_gpu(fn, warmup, reps):
-    """CUDA events around each call of fn(i), enqueued back to back; i counts warm-up too."""
-    for i in range(warmup):
-        fn(i)
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    t0 = time.perf_counter()
-    for r in range(reps):
-        starts[r].record()
-        fn(warmup + r)
-        ends[r].record()
-    host_us = (time.perf_counter() - t0) * 1e6 / reps
-    torch.cuda.synchronize()
-    out = summarize([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)])
-    out["host_us"] = host_us
-    out["host_bound"] = host_us >= 0.9 * out["median_us"]
+    """common.time_gpu, and whether the host's enqueueing set the pace."""
+    out = common.time_gpu(fn, warmup, reps)
+    out["host_bound"] = out["host_us"] >= 0.9 * out["median_us"]
     return out
 
 
@@ -99,8 +59,7 @@ def with_rate(stats, bytes_per_call):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--size-log2", type=int, default=28)
     parser.add_argument("--iters", type=int, default=0, help="timed calls (default 50, quick 30)")
     parser.add_argument("--quick", action="store_true")
@@ -108,8 +67,7 @@ def main():
     parser.add_argument("--scale", type=float, default=4.0 / 127.0)
     parser.add_argument("--check-dir", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print(json.dumps({"error": "CUDA is not available to torch"}))
+    if cuda_missing():
         return 1
 
     n = 1 << args.size_log2
@@ -188,7 +146,7 @@ def main():
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0),
     }
-    print(json.dumps(clean(summary)) if args.json else json.dumps(clean(summary), indent=2))
+    print_result(summary, args.json)
     return 0
 
 
@@ -235,17 +193,6 @@ def write_checks(directory, compiled, scale, scale_t, x_full, x_full_bf16):
     for name, t in results.items():
         write_raw(os.path.join(directory, name + ".bin"), t)
     return sorted(results)
-
-
-def clean(value):
-    """JSON-safe: NaN and infinities become None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@
 import { decode } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
+import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor.ts";
+import { checkModule, checkOptionsObject, describe } from "./args.ts";
 import {
   type AmaxObserver,
   HistogramObserver,
@@ -63,29 +64,13 @@ export interface CalibrateOptions {
 
 const METHODS: readonly CalibrationMethod[] = ["max", "percentile", "entropy", "mse"];
 
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null) return "null";
-  if (value instanceof Module) return value.constructor.name;
-  return Array.isArray(value) ? "an array" : typeof value;
-}
-
 /**
  * Every module under `module` (itself first, named `prefix`, "" by default) with dotted
  * names, depth first in registration order. A module registered twice is listed once, under
  * its first name.
  */
 export function namedModules(module: Module, prefix: string = ""): [string, Module][] {
-  if (!(module instanceof Module)) {
-    throw new TensorqError("expected a Module", {
-      op: "namedModules",
-      kind: "argument",
-      argument: "module",
-      expected: "a Module",
-      actual: describe(module),
-    });
-  }
+  checkModule("namedModules", "module", module);
   const out: [string, Module][] = [];
   const seen = new Set<Module>();
   const walk = (m: Module, name: string) => {
@@ -211,15 +196,11 @@ interface Watch {
 
 function checkOptions(options: CalibrateOptions): void {
   const op = "calibrate";
-  if (typeof options !== "object" || options === null) {
-    throw new TensorqError("options must be an object", {
-      op,
-      kind: "argument",
-      argument: "options",
-      expected: "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
-      actual: describe(options),
-    });
-  }
+  checkOptionsObject(
+    op,
+    options,
+    "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
+  );
   const method = options.method ?? "max";
   if (!METHODS.includes(method)) {
     throw new TensorqError("unknown calibration method", {
@@ -309,15 +290,7 @@ export function calibrate<M extends Module, B = Tensor>(
   options: CalibrateOptions = {},
 ): Calibration {
   const op = "calibrate";
-  if (!(model instanceof Module)) {
-    throw new TensorqError("expected a Module", {
-      op,
-      kind: "argument",
-      argument: "model",
-      expected: "a Module",
-      actual: describe(model),
-    });
-  }
+  checkModule(op, "model", model);
   if (batches === null || typeof (batches as Iterable<B>)?.[Symbol.iterator] !== "function") {
     throw new TensorqError("batches must be iterable", {
       op,

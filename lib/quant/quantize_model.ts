@@ -18,10 +18,11 @@ import { decode } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { SafetensorsTensors } from "../io/tensors.ts";
 import type { Linear } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
+import type { Module } from "../nn/module.ts";
 import { FLOAT_DTYPES } from "../ops/op.ts";
 import type { QuantDType } from "../ops/quantize.ts";
 import { fromStorage, Tensor } from "../tensor.ts";
+import { checkModule, checkOptionsObject } from "./args.ts";
 import {
   type Calibration,
   type LayerCalibration,
@@ -187,24 +188,8 @@ interface Plan {
  */
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
-  if (!(model instanceof Module)) {
-    throw new TensorqError("expected a Module", {
-      op,
-      kind: "argument",
-      argument: "model",
-      expected: "a Module",
-      actual: describe(model),
-    });
-  }
-  if (typeof options !== "object" || options === null) {
-    throw new TensorqError("options must be an object", {
-      op,
-      kind: "argument",
-      argument: "options",
-      expected: "{ mode, exclude?, calibration?, amax?, blockSize? }",
-      actual: describe(options),
-    });
-  }
+  checkModule(op, "model", model, describe);
+  checkOptionsObject(op, options, "{ mode, exclude?, calibration?, amax?, blockSize? }", describe);
   const mode = options.mode;
   if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
     throw new TensorqError("unknown quantization mode", {

@@ -12,8 +12,9 @@
 import { decode } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
+import type { Module } from "../nn/module.ts";
 import { type Tensor, tensor } from "../tensor.ts";
+import { checkModule, describe } from "./args.ts";
 import {
   type Calibration,
   findModule,
@@ -37,14 +38,6 @@ export interface SmoothQuantOptions {
   alpha?: number;
   /** The norm → Linear pairs to smooth. */
   pairs: SmoothQuantPair[];
-}
-
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null) return "null";
-  if (value instanceof Module) return value.constructor.name;
-  return Array.isArray(value) ? "an array" : typeof value;
 }
 
 /**
@@ -133,15 +126,7 @@ export function smoothQuant(
   options: SmoothQuantOptions,
 ): Calibration {
   const op = "smoothQuant";
-  if (!(model instanceof Module)) {
-    throw new TensorqError("expected a Module", {
-      op,
-      kind: "argument",
-      argument: "model",
-      expected: "a Module",
-      actual: describe(model),
-    });
-  }
+  checkModule(op, "model", model);
   if (!(calibration instanceof Map)) {
     throw new TensorqError("calibration must be a Map (from calibrate or importAmax)", {
       op,

@@ -31,15 +31,9 @@ import {
   CUBLASLT_EPILOGUE_GELU_BIAS,
   CUBLASLT_EPILOGUE_RELU,
   CUBLASLT_EPILOGUE_RELU_BIAS,
-  CUDA_R_16BF,
-  CUDA_R_16F,
   CUDA_R_32F,
 } from "../../../ffi/cublaslt.ts";
-import { checkCu, cuda } from "../../../ffi/cuda.ts";
-import { addressOf } from "../../../ffi/library.ts";
-import { checkCuda, cudart } from "../../../ffi/cudart.ts";
 import * as flinearPtx from "../../../kernels/ptx/flinear.ts";
-import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
@@ -50,70 +44,39 @@ import {
   type CudaLaunch,
   type Dim3,
   grid1d,
-  kernelFunction,
   KernelParams,
   launch,
-  type PtxModule,
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import {
+  ACT_GELU_TANH,
+  ACT_NONE,
+  ACT_RELU,
+  ACTIVATION,
+  activationCode,
+  allowSharedBytes,
+  checkInt32,
+  FLOAT_NAME,
+  type FloatDType,
+  floatDType,
+  GEMV_ROWS,
+  GEMV_SHARED_BYTES,
+  GEMV_WARPS,
+  LT_TYPE,
+  ltPlanProber,
+  ltTrialRuns,
+  memsetZero,
+  moduleKernels,
+  NO_LAUNCH,
+  roundUp,
+  tnSpec,
+} from "./util.ts";
 
-const PTX: PtxModule = flinearPtx;
-
-type FloatDType = "float32" | "float16" | "bfloat16";
-
-/** Kernel name suffixes of the float dtypes. */
-const FLOAT_NAME: Record<FloatDType, string> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
-/** cuBLASLt types of the float dtypes. */
-const LT_TYPE: Record<FloatDType, number> = {
-  float32: CUDA_R_32F,
-  float16: CUDA_R_16F,
-  bfloat16: CUDA_R_16BF,
-};
-/** Activation codes of the kernels. */
-const ACTIVATION: Record<string, number> = { none: 0, relu: 1, gelu: 2, gelu_tanh: 3 };
-const ACT_NONE = 0;
-const ACT_RELU = 1;
-const ACT_GELU_TANH = 3;
+const fn = moduleKernels(flinearPtx);
 
 /** Rows up to which the GEMV kernel runs. */
 export const FLINEAR_GEMV_MAX_ROWS = 16;
-/** Warps per GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the kernel). */
-const GEMV_WARPS = 4;
-const GEMV_ROWS = 4;
-/** Most dynamic shared memory the GEMV stages x in (opted in above the default 48 KiB). */
-const GEMV_SHARED_BYTES = 64 * 1024;
-/** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
-const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
-const INT32_MAX = 2 ** 31 - 1;
-
-const NO_LAUNCH: CudaLaunch = () => {};
-
-function floatDType(argument: string, dtype: DType): FloatDType {
-  if (dtype === "float32" || dtype === "float16" || dtype === "bfloat16") return dtype;
-  throw new TensorqError("expected a float dtype", {
-    op: "linear",
-    kind: "dtype",
-    argument,
-    expected: "float32, float16 or bfloat16",
-    actual: dtype,
-  });
-}
-
-function checkInt32(what: string, v: number): void {
-  if (v > INT32_MAX) {
-    throw new TensorqError(`${what} too large for the linear kernels`, {
-      op: "linear",
-      kind: "unsupported",
-      expected: `at most ${INT32_MAX}`,
-      actual: String(v),
-    });
-  }
-}
-
-function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
 
 // ---------------------------------------------------------------------------------------
 // GEMV launch shape
@@ -168,43 +131,16 @@ export function flinearGemvShape(
   };
 }
 
-/** Dynamic shared memory limits already raised, per kernel function. */
-const sharedOptIn = new Map<bigint, number>();
 /** Dynamic shared memory that needs no opt-in: the 48 KiB default counts static shared memory
  * (the kernel's split-K partial sums) too, so stay well below it. */
 const SHARED_NO_OPT_IN = 32 * 1024;
 
-function allowSharedBytes(kernel: Deno.PointerValue, bytes: number): void {
-  const key = addressOf(kernel);
-  if ((sharedOptIn.get(key) ?? SHARED_NO_OPT_IN) >= bytes) return;
-  checkCu(
-    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes),
-    "cuFuncSetAttribute",
-  );
-  sharedOptIn.set(key, bytes);
-}
-
 // ---------------------------------------------------------------------------------------
 // cuBLASLt
 
-/** The "TN" product of row-major `[rows, k]` activations with row-major `[n, k]` weights. */
-function tnSpec(n: number, rows: number, k: number, ab: number, d: number): LtMatmulSpec {
-  return {
-    transA: true,
-    transB: false,
-    m: n,
-    n: rows,
-    k,
-    lda: k,
-    ldb: k,
-    ldc: n,
-    aType: ab,
-    bType: ab,
-    cType: d,
-    dType: d,
-    computeType: CUBLAS_COMPUTE_32F,
-    scaleType: CUDA_R_32F,
-  };
+/** The "TN" product (float32 accumulation) of `[rows, k]` x with `[n, k]` W of type `ab`. */
+function floatTnSpec(n: number, rows: number, k: number, ab: number, d: number): LtMatmulSpec {
+  return tnSpec(n, rows, k, { a: ab, d, compute: CUBLAS_COMPUTE_32F, scale: CUDA_R_32F });
 }
 
 /**
@@ -232,6 +168,7 @@ export function flinearLtEpilogue(
 
 /** Outcomes of fused-configuration trials, by plan key. */
 const trials = new Map<string, boolean>();
+const tryLtPlan = ltPlanProber();
 
 /**
  * Prepares a fused cuBLASLt product and runs it once on scratch buffers with a bias pointer
@@ -247,30 +184,12 @@ function tryFusedPlan(
 ): LtMatmulPlan | undefined {
   const specKey = `${device.index}:${JSON.stringify(spec)}`;
   if (trials.get(specKey) === false) return undefined;
-  let plan: LtMatmulPlan;
-  try {
-    plan = ltMatmulPlan(device, spec);
-  } catch (e) {
-    // Unsupported problems fail in descriptor setup, the heuristic or the probing calls;
-    // anything else (a device fault, out of memory) is a real error.
-    if (e instanceof TensorqError && (e.kind === "unsupported" || e.op.startsWith("cublasLt"))) {
-      trials.set(specKey, false);
-      return undefined;
-    }
-    throw e;
-  }
+  const plan = tryLtPlan(device, spec);
+  if (!plan) return undefined;
   // Autotuning already ran the plain product; epilogues are what a call may still refuse.
   if (spec.epilogue === undefined || spec.epilogue === CUBLASLT_EPILOGUE_DEFAULT) return plan;
   if (!trials.has(specKey)) trials.set(specKey, trialRun(device, plan, spec, dtype, hasBias));
   return trials.get(specKey) ? plan : undefined;
-}
-
-function memsetZero(device: CudaDevice, b: CudaBuffer): void {
-  if (b.bytes === 0) return;
-  checkCuda(
-    cudart().cudaMemsetAsync(b.pointer, 0, BigInt(b.bytes), device.stream),
-    "cudaMemsetAsync",
-  );
 }
 
 function trialRun(
@@ -284,18 +203,12 @@ function trialRun(
   const b = CudaBuffer.allocate(device, dtype, spec.n * spec.k);
   const d = CudaBuffer.allocate(device, dtype, spec.m * spec.n);
   const bias = CudaBuffer.allocate(device, dtype, Math.max(spec.m, 1));
-  try {
-    for (const t of [a, b, bias]) memsetZero(device, t);
+  return ltTrialRuns([a, b, d, bias], () => {
+    for (const t of [a, b, bias]) memsetZero(device, t.address, t.bytes);
     plan.run(a.address, b.address, d.address, d.address, 1, 0, {
       bias: hasBias ? bias.address : undefined,
     });
-    return true;
-  } catch (e) {
-    if (e instanceof TensorqError && e.op.startsWith("cublasLt")) return false;
-    throw e;
-  } finally {
-    for (const t of [a, b, d, bias]) t.dispose();
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,9 +217,9 @@ function trialRun(
 function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
   const [xInfo, wInfo, biasInfo] = ctx.inputs;
-  const dtype = floatDType("output", ctx.out.dtype);
-  floatDType("x", xInfo.dtype);
-  floatDType("W", wInfo.dtype);
+  const dtype = floatDType("linear", "output", ctx.out.dtype);
+  floatDType("linear", "x", xInfo.dtype);
+  floatDType("linear", "W", wInfo.dtype);
   if (xInfo.dtype !== dtype || wInfo.dtype !== dtype || (biasInfo && biasInfo.dtype !== dtype)) {
     throw new TensorqError("x, W, bias and the output must share a dtype", {
       op: "linear",
@@ -316,28 +229,19 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
     });
   }
   const activation = String(attrs.activation ?? "none");
-  const act = ACTIVATION[activation];
-  if (act === undefined) {
-    throw new TensorqError("unknown activation", {
-      op: "linear",
-      kind: "unsupported",
-      argument: "activation",
-      expected: "none, relu, gelu or gelu_tanh",
-      actual: activation,
-    });
-  }
+  const act = activationCode("linear", activation);
   const hasBias = biasInfo !== undefined;
   const [n, k] = wInfo.shape;
   const total = numel(ctx.out.shape);
   if (total === 0) return NO_LAUNCH;
   const m = total / n;
-  checkInt32("M", m);
-  checkInt32("N", n);
-  checkInt32("K", k);
+  checkInt32("linear", "M", m);
+  checkInt32("linear", "N", n);
+  checkInt32("linear", "K", k);
   const name = FLOAT_NAME[dtype];
   const params = new KernelParams();
 
-  const epilogueKernel = kernelFunction(device, PTX, `flinear_epilogue_${name}`);
+  const epilogueKernel = fn(device, `flinear_epilogue_${name}`);
   const epilogueGrid: Dim3 = grid1d(device, total, n % 4 === 0 ? 4 : 1);
   /** `y = act(acc + b)`; acc 0n: zero products. */
   const epilogue = (y: CudaBuffer, acc: bigint, bias: CudaBuffer | undefined): void => {
@@ -351,8 +255,8 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   if (m <= FLINEAR_GEMV_MAX_ROWS) {
     const elems = dtype === "float32" ? 4 : 8;
     const shape = flinearGemvShape(m, n, k, elems, device.smCount);
-    const kernel = kernelFunction(device, PTX, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
-    allowSharedBytes(kernel, shape.sharedBytes);
+    const kernel = fn(device, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
+    allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
     const grid: Dim3 = [shape.blocks, 1, 1];
     const block: Dim3 = [GEMV_WARPS * 32, 1, 1];
     return (y, [x, w, bias]) => {
@@ -368,7 +272,7 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   if (ltEpilogue !== undefined) {
     const fused = tryFusedPlan(
       device,
-      { ...tnSpec(n, m, k, type, type), epilogue: ltEpilogue },
+      { ...floatTnSpec(n, m, k, type, type), epilogue: ltEpilogue },
       dtype,
       hasBias,
     );
@@ -383,14 +287,14 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   if (dtype === "float32") {
     // The product into y, then bias and activation in place.
-    const plan = ltMatmulPlan(device, tnSpec(n, m, k, type, CUDA_R_32F));
+    const plan = ltMatmulPlan(device, floatTnSpec(n, m, k, type, CUDA_R_32F));
     return (y, [x, w, bias]) => {
       plan.run(w.address, x.address, y.address, y.address);
       epilogue(y, y.address, bias);
     };
   }
   // 16-bit: float32 products in scratch memory, then one rounding.
-  const plan = ltMatmulPlan(device, tnSpec(n, m, k, type, CUDA_R_32F));
+  const plan = ltMatmulPlan(device, floatTnSpec(n, m, k, type, CUDA_R_32F));
   return (y, [x, w, bias]) => {
     const acc = CudaBuffer.allocate(device, "float32", m * n);
     plan.run(w.address, x.address, acc.address, acc.address);

@@ -39,21 +39,12 @@ import {
   CUBLASLT_EPILOGUE_RELU_BIAS,
   CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
   CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F,
-  CUDA_R_16BF,
-  CUDA_R_16F,
   CUDA_R_32F,
   CUDA_R_32I,
   CUDA_R_8F_E4M3,
   CUDA_R_8I,
 } from "../../../ffi/cublaslt.ts";
-import { checkCu, cuda } from "../../../ffi/cuda.ts";
-import { addressOf } from "../../../ffi/library.ts";
-import {
-  checkCuda,
-  cudart,
-  cudaStreamCaptureStatusNone,
-  streamCaptureStatus,
-} from "../../../ffi/cudart.ts";
+import { cudaStreamCaptureStatusNone, streamCaptureStatus } from "../../../ffi/cudart.ts";
 import * as linearPtx from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -67,43 +58,41 @@ import {
   type CudaLaunch,
   type Dim3,
   grid1d,
-  kernelFunction,
   KernelParams,
   launch,
-  type PtxModule,
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import {
+  ACT_NONE,
+  ACT_RELU,
+  activationCode,
+  allowSharedBytes,
+  checkInt32,
+  FLOAT_KIND,
+  FLOAT_NAME,
+  type FloatDType,
+  floatDType,
+  GEMV_ROWS,
+  GEMV_SHARED_BYTES,
+  GEMV_WARPS,
+  LT_TYPE,
+  ltPlanProber,
+  ltTrialRuns,
+  memsetZero,
+  moduleKernels,
+  NO_LAUNCH,
+  roundUp,
+  tnSpec,
+} from "./util.ts";
 
-const PTX: PtxModule = linearPtx;
+const fn = moduleKernels(linearPtx);
 
-type FloatDType = "float32" | "float16" | "bfloat16";
-
-/** Kernel name suffixes of the float dtypes. */
-const FLOAT_NAME: Record<FloatDType, string> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
-/** Scale kinds the kernels take for float inputs (scales, weights). */
-const FLOAT_KIND: Record<FloatDType, number> = { float32: 0, float16: 1, bfloat16: 2 };
-/** cuBLASLt types of the float dtypes. */
-const LT_TYPE: Record<FloatDType, number> = {
-  float32: CUDA_R_32F,
-  float16: CUDA_R_16F,
-  bfloat16: CUDA_R_16BF,
-};
 /** Kernel name parts of the quantized dtypes. */
 const QUANT_NAME: Record<string, string> = { int8: "i8", int4: "i4", float8e4m3: "e4m3" };
-/** Activation codes of the kernels. */
-const ACTIVATION: Record<string, number> = { none: 0, relu: 1, gelu: 2, gelu_tanh: 3 };
-const ACT_NONE = 0;
-const ACT_RELU = 1;
 
 /** Rows up to which wlinear runs the GEMV kernel. */
 const GEMV_MAX_ROWS = 16;
-/**
- * Warps per float32-x GEMV block and output channels per warp (GEMV_WARPS, GEMV_ROWS in the
- * kernel).
- */
-const GEMV_WARPS = 4;
-const GEMV_ROWS = 4;
 /** Most warps in a tensor-core GEMV block (MMA_MAX_WARPS in the kernel). */
 const GEMV_MMA_MAX_WARPS = 16;
 /**
@@ -111,59 +100,14 @@ const GEMV_MMA_MAX_WARPS = 16;
  * registers a thread.
  */
 const GEMV_MMA_WARPS_PER_SM = 16;
-/** Dynamic shared memory the GEMV stages x in (opted in above the default 48 KiB). */
-const GEMV_SHARED_BYTES = 64 * 1024;
-/** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
-const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 /** fp8 products with per-channel weight scales use cuBLASLt's outer-vector scales above this
  * many rows; at fewer rows that mode offers only a slow kernel. */
 const OUTER_VECTOR_MIN_ROWS = 64;
 /** Epilogue threads per block. */
 const EPILOGUE_BLOCK = 256;
-const INT32_MAX = 2 ** 31 - 1;
-
-const NO_LAUNCH: CudaLaunch = () => {};
-
-function floatDType(op: string, argument: string, dtype: DType): FloatDType {
-  if (dtype === "float32" || dtype === "float16" || dtype === "bfloat16") return dtype;
-  throw new TensorqError("expected a float dtype", {
-    op,
-    kind: "dtype",
-    argument,
-    expected: "float32, float16 or bfloat16",
-    actual: dtype,
-  });
-}
-
-function fn(device: CudaDevice, name: string): Deno.PointerValue {
-  return kernelFunction(device, PTX, name);
-}
 
 /** Use cuBLASLt's e4m3 tensor-core GEMMs for fp8 qlinear (off: see the fp8 lowering). */
 const FP8_TENSOR_CORES = false;
-
-function memsetZero(device: CudaDevice, address: bigint, bytes: number): void {
-  if (bytes === 0) return;
-  checkCuda(
-    cudart().cudaMemsetAsync(Deno.UnsafePointer.create(address), 0, BigInt(bytes), device.stream),
-    "cudaMemsetAsync",
-  );
-}
-
-function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
-
-function checkInt32(op: string, what: string, v: number): void {
-  if (v > INT32_MAX) {
-    throw new TensorqError(`${what} too large for the ${op} kernels`, {
-      op,
-      kind: "unsupported",
-      expected: `at most ${INT32_MAX}`,
-      actual: String(v),
-    });
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // Weight scales
@@ -385,52 +329,11 @@ class WeightPrep {
 // ---------------------------------------------------------------------------------------
 // cuBLASLt problems that may be unsupported
 
-const rejectedLtProblems = new Set<string>();
-
 /**
  * Prepares a cuBLASLt product, or returns undefined when cuBLASLt has no algorithm for it or
  * every candidate fails when run (both remembered, so a problem is probed once).
  */
-function tryLtPlan(device: CudaDevice, spec: LtMatmulSpec): LtMatmulPlan | undefined {
-  const key = `${device.index}:${JSON.stringify(spec)}`;
-  if (rejectedLtProblems.has(key)) return undefined;
-  try {
-    return ltMatmulPlan(device, spec);
-  } catch (e) {
-    // Unsupported problems fail in descriptor setup, the heuristic or the probing calls;
-    // anything else (a device fault, out of memory) is a real error.
-    if (e instanceof TensorqError && (e.kind === "unsupported" || e.op.startsWith("cublasLt"))) {
-      rejectedLtProblems.add(key);
-      return undefined;
-    }
-    throw e;
-  }
-}
-
-/** The "TN" product of row-major `[rows, k]` activations with row-major `[n, k]` weights. */
-function tnSpec(
-  n: number,
-  rows: number,
-  k: number,
-  types: { a: number; d: number; compute: number; scale: number },
-): LtMatmulSpec {
-  return {
-    transA: true,
-    transB: false,
-    m: n,
-    n: rows,
-    k,
-    lda: k,
-    ldb: k,
-    ldc: n,
-    aType: types.a,
-    bType: types.a,
-    cType: types.d,
-    dType: types.d,
-    computeType: types.compute,
-    scaleType: types.scale,
-  };
-}
+const tryLtPlan = ltPlanProber();
 
 /** cuBLASLt's fused epilogue for a bias and relu (or none). */
 function ltEpilogue(hasBias: boolean, act: number): number {
@@ -456,17 +359,7 @@ class LinearLaunches {
     this.m = m;
     this.n = n;
     this.outDType = floatDType("linear", "output", ctx.out.dtype);
-    const act = ACTIVATION[String(ctx.attrs.activation ?? "none")];
-    if (act === undefined) {
-      throw new TensorqError("unknown activation", {
-        op: "linear",
-        kind: "unsupported",
-        argument: "activation",
-        expected: "none, relu, gelu or gelu_tanh",
-        actual: String(ctx.attrs.activation),
-      });
-    }
-    this.act = act;
+    this.act = activationCode("linear", String(ctx.attrs.activation ?? "none"));
     checkInt32("linear", "M", m);
     checkInt32("linear", "N", n);
     const perThread = n % 4 === 0 ? 4 : 1;
@@ -748,7 +641,7 @@ function trialRun(
   const b = CudaBuffer.allocate(device, "float8e4m3", p.mPad * p.k);
   const d = CudaBuffer.allocate(device, fused ? p.outDType : "float32", p.mPad * p.n);
   const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, 1));
-  try {
+  return ltTrialRuns([a, b, d, aux], () => {
     memsetZero(device, a.address, a.bytes);
     memsetZero(device, b.address, b.bytes);
     memsetZero(device, aux.address, aux.bytes);
@@ -756,30 +649,14 @@ function trialRun(
       ? { bias: p.hasBias ? aux.address : undefined }
       : { aScale: aux.address, bScale: aux.address, bias: p.hasBias ? aux.address : undefined };
     plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
-    return true;
-  } catch (e) {
-    if (e instanceof TensorqError && e.op.startsWith("cublasLt")) return false;
-    throw e;
-  } finally {
-    for (const t of [a, b, d, aux]) t.dispose();
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
 // wlinear
 
-/** Dynamic shared memory limits already raised, per kernel function. */
-const sharedOptIn = new Map<bigint, number>();
-
-function allowSharedBytes(kernel: Deno.PointerValue, bytes: number): void {
-  const key = addressOf(kernel);
-  if ((sharedOptIn.get(key) ?? 48 * 1024) >= bytes) return;
-  checkCu(
-    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes),
-    "cuFuncSetAttribute",
-  );
-  sharedOptIn.set(key, bytes);
-}
+/** Dynamic shared memory a kernel may use without opting in. */
+const SHARED_NO_OPT_IN = 48 * 1024;
 
 /** Launch shape of the float32-x GEMV kernel for one problem. */
 export interface GemvShape {
@@ -919,7 +796,7 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform) {
     const shape = gemvShape(m, n, k, elems, device.smCount);
     const kernel = fn(device, `wlinear_gemv_${QUANT_NAME[qdtype]}_${x}_m${shape.rowsCompiled}`);
-    allowSharedBytes(kernel, shape.sharedBytes);
+    allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
     const grid: Dim3 = [shape.blocks, 1, 1];
     return (y, [xb, w, swq, swd, bias]) => {
       const wq = prep.codes(w, swq, qdtype);

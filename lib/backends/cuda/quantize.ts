@@ -28,6 +28,7 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
+import { FLOAT_KIND } from "./util.ts";
 
 /** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
 const THREADS = 256;
@@ -55,7 +56,8 @@ const SHORT_NAMES: Partial<Record<DType, string>> = {
   float8e4m3: "fp8",
 };
 
-const SCALE_KINDS: Partial<Record<DType, number>> = { float32: 0, float16: 1, bfloat16: 2 };
+/** Scale kinds of the scale dtypes (absent: no kernel takes that dtype). */
+const SCALE_KINDS: Partial<Record<DType, number>> = FLOAT_KIND;
 
 /** A quantization mode as recorded in the op's attrs. */
 export type QuantizeMode = "tensor" | "channel" | "block";

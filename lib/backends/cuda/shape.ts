@@ -15,33 +15,22 @@
  * which the backend calls when it next reads results back to the host.
  * @module
  */
-import { checkCuda, copyToDeviceAsync, copyToHostAsync, cudart } from "../../../ffi/cudart.ts";
+import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
 import * as shapePtx from "../../../kernels/ptx/shape.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
-import {
-  BLOCK,
-  type CudaLaunch,
-  type Dim3,
-  grid1d,
-  kernelFunction,
-  KernelParams,
-  launch,
-  type PtxModule,
-  registerCudaKernel,
-} from "./kernels.ts";
+import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 
-const PTX: PtxModule = shapePtx;
+const fn = moduleKernels(shapePtx);
 
 /** Enqueues one copy from device address `src` to device address `dst`. */
 type Copy = (dst: bigint, src: bigint) => void;
 
 const NOTHING: Copy = () => {};
-// Lowering of an op whose output is empty: nothing to launch.
-const NO_LAUNCH: CudaLaunch = () => {};
 const BLOCK_1D: Dim3 = [BLOCK, 1, 1];
 // Element counts and offsets below this use the kernels with 32-bit indexing.
 const INT32_LIMIT = 2 ** 31;
@@ -50,23 +39,9 @@ const MAX_PARAM_RANK = 8;
 // Copy units in bytes, widest first.
 const UNITS = [16, 8, 4, 2, 1] as const;
 
-function fn(device: CudaDevice, name: string): Deno.PointerValue {
-  return kernelFunction(device, PTX, name);
-}
-
 /** Bytes per element (int4: 0.5). */
 function elementBytes(dtype: DType): number {
   return dtypeInfo(dtype).itemSize;
-}
-
-function memset(device: CudaDevice, address: bigint, value: number, bytes: number): void {
-  const status = cudart().cudaMemsetAsync(
-    Deno.UnsafePointer.create(address),
-    value,
-    BigInt(bytes),
-    device.stream,
-  );
-  checkCuda(status, "cudaMemsetAsync");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -399,8 +374,8 @@ const NO_INDEX = -1n; // all ones, read as int64
 
 function newGatherFlag(device: CudaDevice, op: string, extent: number): GatherFlagRecord {
   const buffer = CudaBuffer.allocate(device, "int64", 4);
-  memset(device, buffer.address, 0xff, 16);
-  memset(device, buffer.address + 16n, 0, 16);
+  memsetAsync(device, buffer.address, 0xff, 16);
+  memsetAsync(device, buffer.address + 16n, 0, 16);
   return { device, buffer, op, extent };
 }
 
@@ -431,7 +406,7 @@ export function checkGatherFlags(): void {
     const [position, value] = found[i];
     if (position === NO_INDEX) return;
     r.device.makeCurrent();
-    memset(r.device, r.buffer.address + 8n, 0xff, 8);
+    memsetAsync(r.device, r.buffer.address + 8n, 0xff, 8);
     error ??= new TensorqError("index out of range", {
       op: r.op,
       kind: "argument",

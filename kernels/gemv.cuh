@@ -1,0 +1,126 @@
+// Pieces shared by the GEMV kernels of kernels/flinear.cu (float weights) and kernels/linear.cu
+// (weight-only quantized, float32 x): y[m, n] = act(Σ_k x[m, k] · W[n, k] + b[n]) for
+// M ≤ MT ≤ 16 rows of x.
+//
+// A block of GEMV_WARPS warps covers GEMV_WARPS / splitK groups of GEMV_ROWS output channels;
+// the splitK warps of a group split K and add their sums through shared memory at the end.
+// Lanes accumulate acc[r][m] (group row r, x row m) over their slice of K.
+
+#pragma once
+
+#include "common.cuh"
+
+#define GEMV_WARPS 4
+#define GEMV_ROWS 4
+
+// Register budget: up to 128 per thread for a few rows (several blocks per SM), 255 for 8+.
+#define GEMV_MIN_BLOCKS(MT) ((MT) <= 4 ? 4 : 2)
+
+// Stages columns t0..t0 + tk of x's rows (zeros past M and tk) in shared memory as float32:
+// the float4 a lane reads for quad j of its chunk of step st (E elements per lane and chunk)
+// sits at slot (st · 8E + j · 32 + lane), so a warp's reads are conflict-free. xVec (K % 4 ==
+// 0): x is read four elements at a time.
+template <class X, int MT, int E>
+__device__ __forceinline__ void gemvStageX(float4* xs, const void* __restrict__ x, int M, int K,
+                                           int t0, int tk, int steps, int KT4, bool xVec) {
+  constexpr int STEP = 32 * E;     // elements one warp covers per step
+  constexpr int STEP4 = STEP / 4;  // float4 slots per step and row
+  for (int m = 0; m < MT; m++) {
+    for (int g = threadIdx.x; g < steps * STEP4; g += blockDim.x) {
+      const int st = g / STEP4, rem = g % STEP4;
+      const int e0 = st * STEP + (rem % 32) * E + (rem / 32) * 4;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (m < M && e0 < tk) {
+        const i64 at = (i64)m * K + t0 + e0;
+        if (xVec) {
+          v = X::load4(x, at);  // tk % 4 == 0: all four are inside
+        } else {
+          const int valid = tk - e0;
+          v.x = X::load(x, at);
+          if (valid > 1) v.y = X::load(x, at + 1);
+          if (valid > 2) v.z = X::load(x, at + 2);
+          if (valid > 3) v.w = X::load(x, at + 3);
+        }
+      }
+      xs[m * KT4 + g] = v;
+    }
+  }
+}
+
+// acc[r][m] += w[r] · x quad, for the four weights w[r] of quad j of row r's chunk and x row
+// m's float4 of that quad at xv[m · KT4 + 32 j] (x staged in shared memory).
+template <int MT>
+__device__ __forceinline__ void gemvFma(float (&acc)[GEMV_ROWS][MT],
+                                        const float (&w)[GEMV_ROWS][4], const float4* xv,
+                                        int KT4, int j) {
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    const float4 xq = xv[m * KT4 + j * 32];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+      acc[r][m] = fmaf(w[r][0], xq.x, acc[r][m]);
+      acc[r][m] = fmaf(w[r][1], xq.y, acc[r][m]);
+      acc[r][m] = fmaf(w[r][2], xq.z, acc[r][m]);
+      acc[r][m] = fmaf(w[r][3], xq.w, acc[r][m]);
+    }
+  }
+}
+
+// The end of a GEMV: sums acc over the lanes (every lane ends with the totals), then over the
+// splitK warps of the group (through `partial`, in shared memory), and writes the group's
+// outputs y[m, n0 + r] = act(acc[r][m] + b[n0 + r]) rounded once to X. Every thread of the
+// block calls it (it has a barrier when splitK > 1).
+template <class X, int MT>
+__device__ __forceinline__ void gemvFinish(float (&acc)[GEMV_ROWS][MT],
+                                           float (&partial)[GEMV_WARPS][GEMV_ROWS][MT],
+                                           void* __restrict__ out,
+                                           const void* __restrict__ bias, int act, int M, int N,
+                                           int n0, int warp, int lane, int kPart, int splitK) {
+  constexpr int R = GEMV_ROWS;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      float v = acc[r][m];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      acc[r][m] = v;
+    }
+  }
+  if (splitK > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int m = 0; m < MT; m++) partial[warp][r][m] = acc[r][m];
+      }
+    }
+    __syncthreads();
+    if (kPart != 0) return;
+    for (int p = 1; p < splitK; p++) {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[r][m] += partial[warp + p][r][m];
+      }
+    }
+  }
+  if (n0 >= N) return;
+  // Lane l writes outputs l, l + 32, ... of the group (index r · MT + m); the value is picked
+  // with compile-time indices so acc stays in registers.
+#pragma unroll
+  for (int pass = 0; pass < (R * MT + 31) / 32; pass++) {
+    const int idx = pass * 32 + lane;
+    float v = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int m = 0; m < MT; m++) v = idx == r * MT + m ? acc[r][m] : v;
+    }
+    const int r = idx / MT, m = idx % MT, n = n0 + r;
+    if (idx < R * MT && m < M && n < N) {
+      const float b = bias ? X::load(bias, n) : 0.0f;
+      X::store(out, (i64)m * N + n, activate(v + b, act));
+    }
+  }
+}

@@ -1,0 +1,253 @@
+/**
+ * Helpers shared by the CUDA lowerings: float dtype names and scale kinds, activation codes,
+ * argument checks, memsets, kernel lookups, dynamic shared memory opt-in, the GEMV kernels'
+ * block layout and cuBLASLt problem setup.
+ * @module
+ */
+import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F } from "../../../ffi/cublaslt.ts";
+import { checkCu, cuda } from "../../../ffi/cuda.ts";
+import { addressOf } from "../../../ffi/library.ts";
+import { checkCuda, cudart } from "../../../ffi/cudart.ts";
+import type { DType } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
+import type { CudaDevice } from "./device.ts";
+import { type CudaLaunch, kernelFunction, type PtxModule } from "./kernels.ts";
+import type { CudaBuffer } from "./memory.ts";
+
+// ---------------------------------------------------------------------------------------
+// Dtypes and codes
+
+/** The float dtypes the float kernels take. */
+export type FloatDType = "float32" | "float16" | "bfloat16";
+
+/** Kernel name suffixes of the float dtypes. */
+export const FLOAT_NAME: Readonly<Record<FloatDType, string>> = {
+  float32: "f32",
+  float16: "f16",
+  bfloat16: "bf16",
+};
+/** Scale kinds the kernels take for float inputs (scales, weights). */
+export const FLOAT_KIND: Readonly<Record<FloatDType, number>> = {
+  float32: 0,
+  float16: 1,
+  bfloat16: 2,
+};
+/** cuBLASLt types of the float dtypes. */
+export const LT_TYPE: Readonly<Record<FloatDType, number>> = {
+  float32: CUDA_R_32F,
+  float16: CUDA_R_16F,
+  bfloat16: CUDA_R_16BF,
+};
+
+/** Activation codes of the fused linear kernels. */
+export const ACTIVATION: Readonly<Record<string, number>> = {
+  none: 0,
+  relu: 1,
+  gelu: 2,
+  gelu_tanh: 3,
+};
+/** Activation code: none. */
+export const ACT_NONE = 0;
+/** Activation code: relu. */
+export const ACT_RELU = 1;
+/** Activation code: the tanh form of GELU. */
+export const ACT_GELU_TANH = 3;
+
+/** Largest int32 value: sizes the kernels index with `int`. */
+export const INT32_MAX: number = 2 ** 31 - 1;
+
+/** The lowering of an op whose output is empty: nothing to launch. */
+export const NO_LAUNCH: CudaLaunch = () => {};
+
+/** `dtype` as a float dtype, or a dtype error of `op` naming `argument`. */
+export function floatDType(op: string, argument: string, dtype: DType): FloatDType {
+  if (dtype === "float32" || dtype === "float16" || dtype === "bfloat16") return dtype;
+  throw new TensorqError("expected a float dtype", {
+    op,
+    kind: "dtype",
+    argument,
+    expected: "float32, float16 or bfloat16",
+    actual: dtype,
+  });
+}
+
+/** The kernels' code of activation `activation`, or an error of `op`. */
+export function activationCode(op: string, activation: string): number {
+  const act = ACTIVATION[activation];
+  if (act === undefined) {
+    throw new TensorqError("unknown activation", {
+      op,
+      kind: "unsupported",
+      argument: "activation",
+      expected: "none, relu, gelu or gelu_tanh",
+      actual: activation,
+    });
+  }
+  return act;
+}
+
+/** Throws when size `what` (named in the message) exceeds what `op`'s kernels index. */
+export function checkInt32(op: string, what: string, v: number): void {
+  if (v > INT32_MAX) {
+    throw new TensorqError(`${what} too large for the ${op} kernels`, {
+      op,
+      kind: "unsupported",
+      expected: `at most ${INT32_MAX}`,
+      actual: String(v),
+    });
+  }
+}
+
+/** `n` rounded up to a multiple of `to`. */
+export function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory and kernels
+
+/** Sets `bytes` bytes at device address `address` to `value`, on the device's stream. */
+export function memsetAsync(
+  device: CudaDevice,
+  address: bigint,
+  value: number,
+  bytes: number,
+): void {
+  const status = cudart().cudaMemsetAsync(
+    Deno.UnsafePointer.create(address),
+    value,
+    BigInt(bytes),
+    device.stream,
+  );
+  checkCuda(status, "cudaMemsetAsync");
+}
+
+/** Zeroes `bytes` bytes at device address `address` (nothing for 0), on the device's stream. */
+export function memsetZero(device: CudaDevice, address: bigint, bytes: number): void {
+  if (bytes === 0) return;
+  memsetAsync(device, address, 0, bytes);
+}
+
+/** Looks up kernels of one PTX module by name (see {@link kernelFunction}). */
+export function moduleKernels(
+  module: PtxModule,
+): (device: CudaDevice, name: string) => Deno.PointerValue {
+  return (device, name) => kernelFunction(device, module, name);
+}
+
+/** `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. */
+const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+/** Dynamic shared memory limits already raised, per kernel function. */
+const sharedOptIn = new Map<bigint, number>();
+
+/**
+ * Raises `kernel`'s dynamic shared memory limit to `bytes` unless it allows them already: it
+ * starts at `withoutOptIn` bytes (what the caller's kernel may use without opting in).
+ */
+export function allowSharedBytes(
+  kernel: Deno.PointerValue,
+  bytes: number,
+  withoutOptIn: number,
+): void {
+  const key = addressOf(kernel);
+  if ((sharedOptIn.get(key) ?? withoutOptIn) >= bytes) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes),
+    "cuFuncSetAttribute",
+  );
+  sharedOptIn.set(key, bytes);
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMV kernels (kernels/gemv.cuh)
+
+/** Warps per GEMV block (GEMV_WARPS in kernels/gemv.cuh). */
+export const GEMV_WARPS = 4;
+/** Output channels per GEMV warp (GEMV_ROWS in kernels/gemv.cuh). */
+export const GEMV_ROWS = 4;
+/** Most dynamic shared memory a GEMV stages x in (opted in above the default 48 KiB). */
+export const GEMV_SHARED_BYTES: number = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// cuBLASLt
+
+/** Operand types of a cuBLASLt product. */
+export interface LtTypes {
+  /** Type of A and B. */
+  a: number;
+  /** Type of C and D. */
+  d: number;
+  /** Compute type. */
+  compute: number;
+  /** Scale type. */
+  scale: number;
+}
+
+/** The "TN" product of row-major `[rows, k]` activations with row-major `[n, k]` weights. */
+export function tnSpec(n: number, rows: number, k: number, types: LtTypes): LtMatmulSpec {
+  return {
+    transA: true,
+    transB: false,
+    m: n,
+    n: rows,
+    k,
+    lda: k,
+    ldb: k,
+    ldc: n,
+    aType: types.a,
+    bType: types.a,
+    cType: types.d,
+    dType: types.d,
+    computeType: types.compute,
+    scaleType: types.scale,
+  };
+}
+
+/** True when `e` is cuBLASLt refusing a problem rather than a real failure. */
+function isLtRefusal(e: unknown): boolean {
+  return e instanceof TensorqError && e.op.startsWith("cublasLt");
+}
+
+/**
+ * A prober of cuBLASLt problems that may be unsupported: it prepares a product, or returns
+ * undefined when cuBLASLt has no algorithm for it or every candidate fails when run (both
+ * remembered by this prober, so a problem is probed once).
+ */
+export function ltPlanProber(): (
+  device: CudaDevice,
+  spec: LtMatmulSpec,
+) => LtMatmulPlan | undefined {
+  const rejected = new Set<string>();
+  return (device, spec) => {
+    const key = `${device.index}:${JSON.stringify(spec)}`;
+    if (rejected.has(key)) return undefined;
+    try {
+      return ltMatmulPlan(device, spec);
+    } catch (e) {
+      // Unsupported problems fail in descriptor setup, the heuristic or the probing calls;
+      // anything else (a device fault, out of memory) is a real error.
+      if (e instanceof TensorqError && (e.kind === "unsupported" || isLtRefusal(e))) {
+        rejected.add(key);
+        return undefined;
+      }
+      throw e;
+    }
+  };
+}
+
+/**
+ * Runs `run`, a trial cuBLASLt call on the `scratch` buffers, then disposes them: false when
+ * cuBLASLt refused the call (some configurations are refused only by the call itself).
+ */
+export function ltTrialRuns(scratch: readonly CudaBuffer[], run: () => void): boolean {
+  try {
+    run();
+    return true;
+  } catch (e) {
+    if (isLtRefusal(e)) return false;
+    throw e;
+  } finally {
+    for (const t of scratch) t.dispose();
+  }
+}

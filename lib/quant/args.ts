@@ -1,0 +1,61 @@
+/**
+ * Argument checks shared by the quantization workflow (calibrate, smoothQuant,
+ * quantizeModel): the model must be a Module and the options an object.
+ * @module
+ */
+import { TensorqError } from "../errors.ts";
+import { Module } from "../nn/module.ts";
+
+/**
+ * A value as an error message shows it: strings quoted, numbers and booleans as written,
+ * Modules by class name, anything else by its kind.
+ */
+export function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (value === null) return "null";
+  if (value instanceof Module) return value.constructor.name;
+  return Array.isArray(value) ? "an array" : typeof value;
+}
+
+/**
+ * Throws an argument error of `op` unless `value`, passed as `argument`, is a Module.
+ * `describeValue` shows the value in the message.
+ */
+export function checkModule(
+  op: string,
+  argument: string,
+  value: unknown,
+  describeValue: (value: unknown) => string = describe,
+): asserts value is Module {
+  if (!(value instanceof Module)) {
+    throw new TensorqError("expected a Module", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "a Module",
+      actual: describeValue(value),
+    });
+  }
+}
+
+/**
+ * Throws an argument error of `op` unless `options` is an object; `expected` lists the
+ * options in the message and `describeValue` shows the value.
+ */
+export function checkOptionsObject(
+  op: string,
+  options: unknown,
+  expected: string,
+  describeValue: (value: unknown) => string = describe,
+): void {
+  if (typeof options !== "object" || options === null) {
+    throw new TensorqError("options must be an object", {
+      op,
+      kind: "argument",
+      argument: "options",
+      expected,
+      actual: describeValue(options),
+    });
+  }
+}
