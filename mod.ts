@@ -177,6 +177,7 @@ export {
   GPT2Model,
   type GPT2ModuleOptions,
   type GPT2RandomOptions,
+  gpt2SmoothQuantPairs,
   KVCache,
   type LayerKV,
   lossFromLogits,

@@ -116,6 +116,35 @@ Deno.test("demo: bundled model, small settings: 5 modes, float32 loss, report wi
   }
 });
 
+Deno.test("demo: --smoothquant adds smoothed w8a8 and fp8 rows with losses near the others", async () => {
+  const run = await runDemo([
+    "--eval-windows",
+    "1",
+    "--calib-batches",
+    "1",
+    "--window",
+    "64",
+    "--tokens",
+    "0",
+    "--smoothquant",
+    "0.5",
+    "--report",
+    await Deno.makeTempFile({ suffix: ".html" }),
+  ]);
+  assert.equal(run.code, 0, `exit ${run.code}\n${run.stdout}\n${run.stderr}`);
+  const rows = new Map<string, number>();
+  for (const m of run.stdout.matchAll(/^(\S+)\s+(\d+\.\d+)\s+\d/gm)) rows.set(m[1], Number(m[2]));
+  for (const mode of ["w8a8", "fp8"]) {
+    const plain = rows.get(mode)!, smoothed = rows.get(`${mode}+sq0.5`)!;
+    assert.ok(Number.isFinite(smoothed), `${mode}+sq0.5 row missing:\n${run.stdout}`);
+    // Smoothing is exact in float; after quantization the loss stays close to the plain mode's.
+    assert.ok(Math.abs(smoothed - plain) < 0.05, `${mode}: ${plain} vs smoothed ${smoothed}`);
+  }
+  const bad = await runDemo(["--smoothquant", "2"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr + bad.stdout, /--smoothquant must be an alpha in \[0, 1\]/);
+});
+
 // ---------------------------------------------------------------------------------------
 // A non-byte-level model: a random GPT-2 with a small BPE vocabulary.
 

@@ -19,6 +19,7 @@ import {
 import { concat, slice } from "../lib/ops/shape.ts";
 import { type Tensor, tensor } from "../lib/tensor.ts";
 import { assertTqError, thisLine } from "./helpers.ts";
+import * as tq from "../mod.ts";
 
 const SHARED = new URL("../../shared/", import.meta.url);
 const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED).pathname;
@@ -539,4 +540,30 @@ sharedTest("checkpoints without the transformer. prefix (original gpt2 files) lo
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("SmoothQuant on GPT-2's norm → Linear pairs keeps the float forward", () => {
+  const model = tq.GPT2LMHeadModel.random({
+    nLayer: 2,
+    nHead: 2,
+    nEmbd: 32,
+    vocabSize: 40,
+    nPositions: 16,
+  }, { seed: 3 });
+  const ids = tq.tensor([[1, 5, 9, 2, 7, 3]], { dtype: "int32" });
+  const before = model.forward(ids).dataSync() as Float32Array;
+  const calib = tq.calibrate(model, [ids], (m, b) => void m.forward(b).evaluate(), {
+    perChannel: true,
+  });
+  const pairs = tq.gpt2SmoothQuantPairs(model.config);
+  assert.deepEqual(pairs[1], {
+    norm: "transformer.h.0.ln_2",
+    linears: ["transformer.h.0.mlp.c_fc"],
+  });
+  assert.equal(pairs.length, 4);
+  tq.smoothQuant(model, calib, { alpha: 0.5, pairs });
+  const after = model.forward(ids).dataSync() as Float32Array;
+  let worst = 0;
+  for (let i = 0; i < before.length; i++) worst = Math.max(worst, Math.abs(after[i] - before[i]));
+  assert.ok(worst < 1e-4, `smoothing changed the float logits by ${worst}`);
 });

@@ -40,6 +40,7 @@ const USAGE = `usage: deno task demo [options]
   --tokens N           tokens to generate (default 200; 0 skips generation)
   --seed N             seed of top-${GENERATE_TOP_K} sampling (default 0)
   --greedy             generate greedily instead of sampling
+  --smoothquant ALPHA  also evaluate w8a8 and fp8 after SmoothQuant with this alpha (e.g. 0.5)
   --help               this text`;
 
 /** The parsed command line. */
@@ -66,6 +67,8 @@ export interface DemoOptions {
   seed: number;
   /** Greedy decoding instead of sampling. */
   greedy: boolean;
+  /** SmoothQuant migration strength for the activation-quantized modes (undefined: off). */
+  smoothquant?: number;
 }
 
 /** A mistake on the command line: reported with the usage text and exit code 2. */
@@ -98,6 +101,7 @@ export function parseDemoArgs(args: string[]): DemoOptions | "help" {
         tokens: { type: "string" },
         seed: { type: "string" },
         greedy: { type: "boolean" },
+        smoothquant: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -115,7 +119,15 @@ export function parseDemoArgs(args: string[]): DemoOptions | "help" {
   if (!METHODS.includes(method)) {
     throw new UsageError(`--method must be one of ${METHODS.join(", ")}, got ${values.method}`);
   }
+  let smoothquant: number | undefined;
+  if (values.smoothquant !== undefined) {
+    smoothquant = Number(values.smoothquant);
+    if (!(smoothquant >= 0 && smoothquant <= 1)) {
+      throw new UsageError(`--smoothquant must be an alpha in [0, 1], got ${values.smoothquant}`);
+    }
+  }
   return {
+    smoothquant,
     model: values.model ?? DEFAULT_MODEL,
     device,
     method,
@@ -405,6 +417,7 @@ export function runDemo(options: DemoOptions): number {
   try {
     calibration = tq.calibrate(model, batches, forwardByBlock, {
       method: options.method,
+      perChannel: options.smoothquant !== undefined,
       onProgress: (done, total) =>
         progress(`calibrating (${options.method}): batch ${done}/${total} ...`),
     });
@@ -451,13 +464,27 @@ export function runDemo(options: DemoOptions): number {
   let floatLogits: tq.Tensor | undefined;
   const results: ModeResult[] = [];
   let best: { result: ModeResult; model: tq.GPT2LMHeadModel } | undefined;
-  for (const mode of ["float32", ...QUANT_MODES] as const) {
+  // Each mode, plus the activation-quantized ones after SmoothQuant when asked for.
+  const runs: { label: string; mode: tq.QuantizationMode | "float32"; smooth?: number }[] = [
+    { label: "float32", mode: "float32" },
+    ...QUANT_MODES.map((mode) => ({ label: mode, mode })),
+  ];
+  if (options.smoothquant !== undefined) {
+    for (const mode of ["w8a8", "fp8"] as const) {
+      runs.push({ label: `${mode}+sq${options.smoothquant}`, mode, smooth: options.smoothquant });
+    }
+  }
+  for (const { label: mode, mode: quantMode, smooth } of runs) {
     progress(`evaluating ${mode} on ${plural(options.evalWindows, "held-out window")} ...`);
     let m = model;
     try {
-      if (mode !== "float32") {
+      if (quantMode !== "float32") {
         m = load(); // a fresh float copy to quantize
-        tq.quantizeModel(m, { mode, exclude: ["lm_head"], calibration });
+        const calib = smooth === undefined ? calibration : tq.smoothQuant(m, calibration, {
+          alpha: smooth,
+          pairs: tq.gpt2SmoothQuantPairs(m.config),
+        });
+        tq.quantizeModel(m, { mode: quantMode, exclude: ["lm_head"], calibration: calib });
       }
       if (device.startsWith("cuda")) {
         m.forward(evalIds).evaluate(); // warm-up: plan lowering and GEMM autotuning

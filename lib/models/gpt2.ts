@@ -683,6 +683,20 @@ export class GPT2LMHeadModel extends Module {
   }
 }
 
+/**
+ * The (layer norm → Linear) pairs of a GPT-2 that SmoothQuant can smooth: `ln_1` feeds
+ * `attn.c_attn` and `ln_2` feeds `mlp.c_fc` in every block (the other Linears follow
+ * attention or the activation, not a norm).
+ */
+export function gpt2SmoothQuantPairs(config: GPT2Config): { norm: string; linears: string[] }[] {
+  const pairs: { norm: string; linears: string[] }[] = [];
+  for (let i = 0; i < config.nLayer; i++) {
+    pairs.push({ norm: `transformer.h.${i}.ln_1`, linears: [`transformer.h.${i}.attn.c_attn`] });
+    pairs.push({ norm: `transformer.h.${i}.ln_2`, linears: [`transformer.h.${i}.mlp.c_fc`] });
+  }
+  return pairs;
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation, loss, byte tokenizer
 
