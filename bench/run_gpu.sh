@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Runs the GPU benchmarks and prints their tables last.
 #
-# Usage, from the project root on the GPU machine:
-#   bash bench/run_gpu.sh OUT_DIR [--quick]
-# for example through the device tool:
-#   bash bench/run_gpu.sh "$OUT"            # full run, about 5 minutes
-#   bash bench/run_gpu.sh "$OUT" --quick    # fewer repetitions, no torch.compile default mode
+# Usage, from the project root on a machine with an NVIDIA GPU, Deno and PyTorch:
+#   bash bench/run_gpu.sh OUT_DIR            # full run, about 5 minutes
+#   bash bench/run_gpu.sh OUT_DIR --quick    # fewer repetitions, no torch.compile default mode
 #
 # Runs, in order, each with `--out OUT_DIR` (and --quick when given) under a time limit in
 # seconds that the variables override:
-#   bench/gpu_quantize.ts (only if present)   QUANTIZE_LIMIT  default 75
+#   bench/gpu_quantize.ts (only if present)   QUANTIZE_LIMIT  default 150
 #   bench/gpu_linear.ts                       LINEAR_LIMIT    default 240
 #   bench/gpu_gpt2.ts                         GPT2_LIMIT      default 170
 # Each bench runs its PyTorch peer (bench/peers/*.py, python3 with torch + transformers) in the
@@ -74,7 +72,7 @@ run_bench() { # name script limit
 } | tee -a "$log"
 
 if [[ -f bench/gpu_quantize.ts ]]; then
-  run_bench quantize bench/gpu_quantize.ts "${QUANTIZE_LIMIT:-75}"
+  run_bench quantize bench/gpu_quantize.ts "${QUANTIZE_LIMIT:-150}"
 fi
 run_bench linear bench/gpu_linear.ts "${LINEAR_LIMIT:-240}"
 run_bench gpt2 bench/gpu_gpt2.ts "${GPT2_LIMIT:-170}"
