@@ -362,6 +362,8 @@ function setBytes(m: number, k: number, n: number, dtype: FloatDType, q: QDType)
 interface OursResult {
   timing: GpuTiming;
   fresh: GpuTiming;
+  /** The same forward compiled to one CUDA graph (input and output copies included). */
+  graph?: GpuTiming;
   check: CheckResult;
   ops: string[];
 }
@@ -402,8 +404,22 @@ function measureLinear(
   const fresh = timeGpu((i) => {
     layers[i % count].forward(xs[i % count]).evaluate().dispose();
   }, { warmup: 2, reps: Math.max(5, Math.floor(reps.reps / 2)), device });
+  let graph: GpuTiming | undefined;
+  if (device.startsWith("cuda")) {
+    const exes = layers.map((l) =>
+      tq.compile((z: tq.Tensor) => l.forward(z), { args: [tq.inputInfo([m, k], dtype)], device })
+    );
+    const yc = exes[0](xs[0]) as tq.Tensor;
+    const checkGraph = checkOutput(yc, first, k, spec, toleranceFor(dtype));
+    yc.dispose();
+    if (!checkGraph.ok) throw new Error(`compiled forward differs: ${shortCheck(checkGraph)}`);
+    graph = timeGpu((i) => {
+      (exes[i % count](xs[i % count]) as tq.Tensor).dispose();
+    }, { ...reps, device });
+    for (const e of exes) e.dispose();
+  }
   for (const x of xs) x.dispose();
-  return { timing, fresh, check, ops };
+  return { timing, fresh, graph, check, ops };
 }
 
 function describeTiming(t: GpuTiming): string {
@@ -584,6 +600,22 @@ async function figureB(): Promise<void> {
       const torchW8a8 = peerUs(names[i], ["w8a8_torch", "median_us"]).us;
       raw[`b_${names[i]}`] = { ours: r.timing, fresh: r.fresh, ops: r.ops, check: r.check };
       const ratio = peer.us !== undefined ? peer.us / r.timing.medianUs : undefined;
+      if (r.graph) {
+        const g = r.graph;
+        const gRatio = peer.us !== undefined ? peer.us / g.medianUs : undefined;
+        addRow({
+          figure: `${figure} (CUDA graph)`,
+          oursUs: g.medianUs,
+          rate: `${fmt(2 * S.m * k * n / (g.medianUs * 1e-6) / 1e12, 0)} TOP/s`,
+          peerName: "fp16 F.linear",
+          peerUs: peer.us,
+          peerSource: peer.source,
+          target,
+          met: gRatio !== undefined && gRatio >= 1.3 && r.check.ok,
+          check: shortCheck(r.check),
+          note: `tq.compile replay, input and output copies included; ${describeTiming(g)}`,
+        });
+      }
       addRow({
         figure,
         oursUs: r.timing.medianUs,
