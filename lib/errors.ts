@@ -44,14 +44,19 @@ export function callerFromStack(stack: string | undefined): CallSite | undefined
   return undefined;
 }
 
-/** Returns the caller of the current library function (first frame outside the library). */
-export function captureCallSite(): CallSite | undefined {
+/** Captures the current stack cheaply (V8 formats it only if `stack` is read). */
+export function captureTrace(): { stack?: string } {
   const holder: { stack?: string } = {};
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 50;
   Error.captureStackTrace(holder);
   Error.stackTraceLimit = limit;
-  return callerFromStack(holder.stack);
+  return holder;
+}
+
+/** Returns the caller of the current library function (first frame outside the library). */
+export function captureCallSite(): CallSite | undefined {
+  return callerFromStack(captureTrace().stack);
 }
 
 /** Formats a call site as `file:line:column`, with `file://` URLs shown as paths. */

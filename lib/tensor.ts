@@ -16,8 +16,8 @@ import {
   type StorageArray,
 } from "./dtype.ts";
 import { parseDevice } from "./device.ts";
-import { TensorqError } from "./errors.ts";
-import { captureTrace, Node } from "./graph/node.ts";
+import { captureTrace, TensorqError } from "./errors.ts";
+import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
 import { checkShape, describeValue, numel, type Shape } from "./shape.ts";
 import * as ew from "./ops/elementwise.ts";

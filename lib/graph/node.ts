@@ -93,13 +93,3 @@ export class Node {
     this.inputs = [];
   }
 }
-
-/** Captures the current stack cheaply (formatted only if a call site is needed later). */
-export function captureTrace(): { stack?: string } {
-  const holder: { stack?: string } = {};
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 30;
-  Error.captureStackTrace(holder);
-  Error.stackTraceLimit = limit;
-  return holder;
-}

@@ -5,7 +5,8 @@
  */
 import type { DType } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
-import { type Attrs, captureTrace, Node } from "../graph/node.ts";
+import { captureTrace } from "../errors.ts";
+import { type Attrs, Node } from "../graph/node.ts";
 import type { Shape } from "../shape.ts";
 import { scalar, Tensor } from "../tensor.ts";
 

@@ -22,9 +22,6 @@
  * Every op works on every dtype and moves storage elements bit-exactly.
  * @module
  */
-// Loads the tensor module first, so that importing this file directly resolves the
-// tensor <-> op module cycle in the order that works.
-import "../tensor.ts";
 import type { DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
 import { fmtShape, TensorqError } from "../errors.ts";

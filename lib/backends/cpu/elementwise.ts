@@ -4,6 +4,7 @@
  * @module
  */
 import { encode } from "../../dtype.ts";
+import { numel } from "../../shape.ts";
 import { type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { broadcastIndex, erf, outArray, read } from "./util.ts";
 
@@ -53,7 +54,7 @@ const int64Ops: Record<string, (a: bigint, b: bigint) => bigint | boolean> = {
 
 function int64Binary(op: string, sa: BigInt64Array, sb: BigInt64Array, ctx: CpuKernelContext) {
   const f = int64Ops[op];
-  const n = countOf(ctx.out.shape);
+  const n = numel(ctx.out.shape);
   const mapA = broadcastIndex(ctx.inputs[0].shape, ctx.out.shape);
   const mapB = broadcastIndex(ctx.inputs[1].shape, ctx.out.shape);
   const boolOut = ctx.out.dtype === "bool";
@@ -77,7 +78,7 @@ for (const [op, fns] of Object.entries(binaryOps)) {
     const f = INT_DTYPES.has(ia.dtype) && fns.int ? fns.int : fns.float;
     const out = outArray(
       ctx.out.dtype,
-      a.length === 0 && b.length === 0 ? 0 : countOf(ctx.out.shape),
+      numel(ctx.out.shape),
     );
     const v = out.values;
     const n = v.length;
@@ -89,12 +90,6 @@ for (const [op, fns] of Object.entries(binaryOps)) {
     else for (let i = 0; i < n; i++) v[i] = f(a[mapA[i]], b[mapB[i]]);
     return out.finish();
   });
-}
-
-function countOf(shape: readonly number[]): number {
-  let n = 1;
-  for (const d of shape) n *= d;
-  return n;
 }
 
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
@@ -151,7 +146,7 @@ registerCpuKernel("where", ([sc, sa, sb], ctx) => {
   const c = read(ic.dtype, sc);
   const a = read(ia.dtype, sa);
   const b = read(ib.dtype, sb);
-  const n = countOf(ctx.out.shape);
+  const n = numel(ctx.out.shape);
   const mc = broadcastIndex(ic.shape, ctx.out.shape);
   const ma = broadcastIndex(ia.shape, ctx.out.shape);
   const mb = broadcastIndex(ib.shape, ctx.out.shape);
