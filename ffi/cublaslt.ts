@@ -500,6 +500,26 @@ function encodeAttribute(
   }
 }
 
+type LtSetAttribute = (
+  handle: Deno.PointerValue,
+  attribute: number,
+  bytes: Uint8Array<ArrayBuffer>,
+  size: bigint,
+) => number;
+
+/** Encodes `value` with the attribute's C type and calls one of the three setters. */
+function setAttribute(
+  call: string,
+  setter: LtSetAttribute,
+  table: Readonly<Record<number, LtAttributeType>>,
+  handle: Deno.PointerValue,
+  attribute: number,
+  value: LtAttributeValue,
+): void {
+  const bytes = encodeAttribute(call, table, attribute, value);
+  checkCublas(setter(handle, attribute, bytes, BigInt(bytes.length)), call);
+}
+
 /** Sets a `CUBLASLT_MATMUL_DESC_*` attribute, encoded with the attribute's C type. */
 export function ltSetMatmulDescAttribute(
   desc: Deno.PointerValue,
@@ -507,10 +527,13 @@ export function ltSetMatmulDescAttribute(
   value: LtAttributeValue,
 ): void {
   const call = "cublasLtMatmulDescSetAttribute";
-  const bytes = encodeAttribute(call, MATMUL_DESC_ATTRIBUTE_TYPES, attribute, value);
-  checkCublas(
-    cublasLt().cublasLtMatmulDescSetAttribute(desc, attribute, bytes, BigInt(bytes.length)),
+  setAttribute(
     call,
+    (h, a, b, n) => cublasLt().cublasLtMatmulDescSetAttribute(h, a, b, n),
+    MATMUL_DESC_ATTRIBUTE_TYPES,
+    desc,
+    attribute,
+    value,
   );
 }
 
@@ -521,10 +544,13 @@ export function ltSetMatrixLayoutAttribute(
   value: LtAttributeValue,
 ): void {
   const call = "cublasLtMatrixLayoutSetAttribute";
-  const bytes = encodeAttribute(call, MATRIX_LAYOUT_ATTRIBUTE_TYPES, attribute, value);
-  checkCublas(
-    cublasLt().cublasLtMatrixLayoutSetAttribute(layout, attribute, bytes, BigInt(bytes.length)),
+  setAttribute(
     call,
+    (h, a, b, n) => cublasLt().cublasLtMatrixLayoutSetAttribute(h, a, b, n),
+    MATRIX_LAYOUT_ATTRIBUTE_TYPES,
+    layout,
+    attribute,
+    value,
   );
 }
 
@@ -535,15 +561,14 @@ export function ltSetMatmulPreferenceAttribute(
   value: LtAttributeValue,
 ): void {
   const call = "cublasLtMatmulPreferenceSetAttribute";
-  const bytes = encodeAttribute(call, MATMUL_PREFERENCE_ATTRIBUTE_TYPES, attribute, value);
-  checkCublas(
-    cublasLt().cublasLtMatmulPreferenceSetAttribute(
-      preference,
-      attribute,
-      bytes,
-      BigInt(bytes.length),
-    ),
+  const table = MATMUL_PREFERENCE_ATTRIBUTE_TYPES;
+  setAttribute(
     call,
+    (h, a, b, n) => cublasLt().cublasLtMatmulPreferenceSetAttribute(h, a, b, n),
+    table,
+    preference,
+    attribute,
+    value,
   );
 }
 
