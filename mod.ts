@@ -77,6 +77,7 @@ export {
   reshape,
   slice,
   type SliceRange,
+  sliceScatter,
   split,
   squeeze,
   stack,
@@ -87,6 +88,7 @@ export {
 } from "./lib/ops/shape.ts";
 export { argmax, argmin, max, mean, min, sum, variance as var } from "./lib/ops/reduce.ts";
 export { layerNorm, logSoftmax, softmax } from "./lib/ops/nn.ts";
+export { attention, type AttentionOptions } from "./lib/ops/attention.ts";
 export { matmul } from "./lib/ops/matmul.ts";
 export { clearPlanCache, type PlanCacheStats, planCacheStats } from "./lib/runtime/evaluate.ts";
 export {

@@ -1,5 +1,5 @@
 // Shape kernels: strided copies (permute, expand, slice), contiguous copies, 2-D block copies
-// (concat), gathers (gather, embedding), triu/tril and the causal mask.
+// (concat), gathers (gather, embedding), triu/tril, the causal mask and sliceScatter.
 //
 // Every kernel moves raw bits. Byte-aligned data is copied in "units" of 1, 2, 4, 8 or 16
 // bytes: the host widens the unit whenever the innermost run and every offset allow it, so a
@@ -643,4 +643,104 @@ extern "C" __global__ void causal_mask_n32(uint8_t* out, long long n, long long 
 extern "C" __global__ void causal_mask_n64(uint8_t* out, long long n, long long keys,
                                            long long offset) {
   causalMask<unsigned long long>(out, (unsigned long long)n, (unsigned long long)keys, offset);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sliceScatter: out = x, except out[row][start + r][k] = src[row][r][k] for r < m, with x and
+// out viewed as [outer, n, inner] and src as [outer, m, inner]. The start is the launch
+// parameter startValue (startKind 0) or is read from device memory as int32 (1) or int64 (2),
+// once per thread, so a recorded CUDA graph writes at the current value on each replay. It is
+// clamped into [0, n - m], as on the CPU.
+
+__device__ __forceinline__ long long scatterStart(const void* startPtr, int startKind,
+                                                  long long startValue, long long last) {
+  long long s = startValue;
+  if (startKind == 1) s = (long long)*static_cast<const int*>(startPtr);
+  else if (startKind == 2) s = *static_cast<const long long*>(startPtr);
+  return s < 0 ? 0 : (s > last ? last : s);
+}
+
+// The unit output unit i copies (i, n, m, inner and start in units of the unit's width).
+template <typename T, typename U>
+__device__ __forceinline__ const T* scatterSource(const T* x, const T* src, U i, U n, U m,
+                                                  U inner, U start) {
+  const U t = i / inner;
+  const U k = i - t * inner;
+  const U row = t / n;
+  const U r = (t - row * n) - start;  // wraps to >= m for indices before the window
+  return r < m ? src + ((row * m + r) * inner + k) : x + i;
+}
+
+// W-byte units; four independent loads in flight per thread.
+template <int W, typename U>
+__device__ __forceinline__ void sliceScatterUnits(void* out, const void* x, const void* src,
+                                                  const void* startPtr, int startKind,
+                                                  long long startValue, U total, U n, U m,
+                                                  U inner) {
+  typedef typename Unit<W>::T T;
+  T* o = (T*)out;
+  const T* a = (const T*)x;
+  const T* b = (const T*)src;
+  const U start = (U)scatterStart(startPtr, startKind, startValue, (long long)n - (long long)m);
+  const U step = gridStride<U>();
+  U i = firstThread<U>();
+  for (; i + 3 * step < total; i += 4 * step) {
+    const T v0 = *scatterSource<T, U>(a, b, i, n, m, inner, start);
+    const T v1 = *scatterSource<T, U>(a, b, i + step, n, m, inner, start);
+    const T v2 = *scatterSource<T, U>(a, b, i + 2 * step, n, m, inner, start);
+    const T v3 = *scatterSource<T, U>(a, b, i + 3 * step, n, m, inner, start);
+    o[i] = v0;
+    o[i + step] = v1;
+    o[i + 2 * step] = v2;
+    o[i + 3 * step] = v3;
+  }
+  for (; i < total; i += step) o[i] = *scatterSource<T, U>(a, b, i, n, m, inner, start);
+}
+
+#define SLICE_SCATTER(W)                                                                        \
+  extern "C" __global__ void slice_scatter_b##W##_n32(                                          \
+      void* out, const void* x, const void* src, const void* startPtr, int startKind,           \
+      long long startValue, long long total, long long n, long long m, long long inner) {       \
+    sliceScatterUnits<W, unsigned>(out, x, src, startPtr, startKind, startValue,                \
+                                   (unsigned)total, (unsigned)n, (unsigned)m, (unsigned)inner); \
+  }                                                                                             \
+  extern "C" __global__ void slice_scatter_b##W##_n64(                                          \
+      void* out, const void* x, const void* src, const void* startPtr, int startKind,           \
+      long long startValue, long long total, long long n, long long m, long long inner) {       \
+    sliceScatterUnits<W, unsigned long long>(                                                   \
+        out, x, src, startPtr, startKind, startValue, (unsigned long long)total,                \
+        (unsigned long long)n, (unsigned long long)m, (unsigned long long)inner);               \
+  }
+
+SLICE_SCATTER(1)
+SLICE_SCATTER(2)
+SLICE_SCATTER(4)
+SLICE_SCATTER(8)
+SLICE_SCATTER(16)
+
+// int4 with an odd inner extent (window rows start mid-byte): one thread per output byte
+// assembles elements 2b and 2b+1 from x or src; the padding nibble past the end is 0.
+extern "C" __global__ void slice_scatter_i4(uint8_t* out, const uint8_t* x, const uint8_t* src,
+                                            const void* startPtr, int startKind,
+                                            long long startValue, long long total, long long n,
+                                            long long m, long long inner) {
+  const long long start = scatterStart(startPtr, startKind, startValue, n - m);
+  const long long bytes = (total + 1) / 2;
+  const long long step = gridStride<long long>();
+  for (long long b = firstThread<long long>(); b < bytes; b += step) {
+    unsigned v = 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const long long e = 2 * b + h;
+      if (e >= total) break;
+      const long long t = e / inner;
+      const long long k = e - t * inner;
+      const long long row = t / n;
+      const long long r = (t - row * n) - start;
+      const unsigned nibble =
+          r >= 0 && r < m ? nibbleAt(src, (row * m + r) * inner + k) : nibbleAt(x, e);
+      v |= nibble << (4 * h);
+    }
+    out[b] = (uint8_t)v;
+  }
 }

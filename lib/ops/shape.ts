@@ -1,7 +1,7 @@
 /**
- * Shape ops: reshape, permute/transpose, squeeze/unsqueeze, expand, flatten, slice, concat,
- * stack, split, gather and embedding lookup, triu/tril and the causal mask. Rules here; CPU
- * kernels in lib/backends/cpu/shape.ts.
+ * Shape ops: reshape, permute/transpose, squeeze/unsqueeze, expand, flatten, slice,
+ * sliceScatter, concat, stack, split, gather and embedding lookup, triu/tril and the causal
+ * mask. Rules here; CPU kernels in lib/backends/cpu/shape.ts.
  *
  * Primitive ops and their attrs (the output shape and dtype come from the node):
  * - `reshape` `{}`: same elements in the same row-major order (a view; also used by flatten,
@@ -11,6 +11,11 @@
  * - `slice` `{starts, steps, counts}`: per input dim, output index o reads input index
  *   `starts[d] + o * steps[d]` for o < `counts[d]`; same rank as the input (an integer index
  *   is a count-1 slice followed by a `reshape`).
+ * - `sliceScatter` `{axis, start, hasStartTensor}`: inputs `[x, src]` or `[x, src, start]`;
+ *   a copy of x with `x[..., s : s + src.shape[axis], ...] = src` along `axis`, where s is
+ *   the attr `start` (a number, already in range) or, when `hasStartTensor` (attr `start`
+ *   null), the value of the int32/int64 one-element tensor `start` read at evaluation and
+ *   clamped into `[0, x.shape[axis] - src.shape[axis]]`.
  * - `concat` `{axis}`: inputs joined along `axis`.
  * - `gather` `{axis}` and `embedding` `{axis: 0}`: inputs `[x, indices]`; output
  *   `x.shape[:axis] + indices.shape + x.shape[axis+1:]`. Indices in [-n, n) (negative ones
@@ -26,7 +31,7 @@ import type { DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import { describeValue, numel, sameShape } from "../shape.ts";
-import type { Tensor } from "../tensor.ts";
+import { Tensor } from "../tensor.ts";
 import { checkDTypeIn, checkSameDevice, checkSameDType, checkTensor, makeOp } from "./op.ts";
 
 /**
@@ -472,6 +477,112 @@ export function slice(x: Tensor, ranges: readonly SliceRange[]): Tensor {
     x.dtype,
   );
   return kept.length === counts.length ? cut : view(cut, kept);
+}
+
+/**
+ * Writes `src` into a copy of `x` along `axis`: returns x with
+ * `x[..., start : start + src.shape[axis], ...] = src` (like `torch.slice_scatter` with step
+ * 1). `x` is not modified. `x` and `src` share rank, dtype and device, and every extent but
+ * the one of `axis` (which may be negative); `src.shape[axis] <= x.shape[axis]`.
+ *
+ * `start` is a JS integer in `[0, x.shape[axis] - src.shape[axis]]` (anything else is an
+ * argument error), or an int32/int64 tensor of shape `[1]` or `[]` on the same device whose
+ * value is read when the result is evaluated, so a compiled function (a recorded CUDA graph)
+ * can write at a new position on every call. A tensor start outside that range is clamped
+ * into it (a negative start writes at 0, a too-large one at the end).
+ *
+ * @param x The tensor to write into (for a static KV cache: `[B, H, maxLen, D]`).
+ * @param src The values to write (for a KV cache: `[B, H, 1, D]`).
+ * @param start First index along `axis` that receives `src`.
+ * @param axis The axis to write along (default 0).
+ * @returns A new tensor of x's shape, dtype and device.
+ */
+export function sliceScatter(
+  x: Tensor,
+  src: Tensor,
+  start: number | Tensor,
+  axis = 0,
+): Tensor {
+  const op = "sliceScatter";
+  checkTensor(op, "x", x);
+  checkTensor(op, "src", src);
+  const startTensor = start instanceof Tensor ? start : undefined;
+  const inputs = startTensor ? [x, src, startTensor] : [x, src];
+  checkSameDType(op, ["x", "src"], [x, src]);
+  checkSameDevice(op, ["x", "src", "start"], inputs);
+  const shape = x.node.shape;
+  const srcShape = src.node.shape;
+  if (src.rank !== x.rank) {
+    throw new TensorqError("x and src must have the same rank", {
+      op,
+      kind: "shape",
+      argument: "src",
+      expected: `rank ${x.rank} (as x ${fmtShape(shape)})`,
+      actual: `shape ${fmtShape(srcShape)} (rank ${src.rank})`,
+    });
+  }
+  const a = axisOf(op, axis, x.rank);
+  for (let d = 0; d < shape.length; d++) {
+    if (d !== a && srcShape[d] !== shape[d]) {
+      throw new TensorqError("extents differ outside the scatter axis", {
+        op,
+        kind: "shape",
+        argument: "src",
+        expected: `extent ${shape[d]} at dimension ${d} (as x ${fmtShape(shape)})`,
+        actual: `shape ${fmtShape(srcShape)}`,
+      });
+    }
+  }
+  const n = shape[a];
+  const m = srcShape[a];
+  if (m > n) {
+    throw new TensorqError("src is longer than x along the axis", {
+      op,
+      kind: "shape",
+      argument: "src",
+      expected: `extent <= ${n} at dimension ${a} (x ${fmtShape(shape)})`,
+      actual: `shape ${fmtShape(srcShape)}`,
+    });
+  }
+  if (startTensor) {
+    checkDTypeIn(op, "start", startTensor, INDEX_DTYPES);
+    const s = startTensor.node.shape;
+    if (s.length > 1 || (s.length === 1 && s[0] !== 1)) {
+      throw new TensorqError("start must hold one value", {
+        op,
+        kind: "shape",
+        argument: "start",
+        expected: "shape [1] or []",
+        actual: `shape ${fmtShape(s)}`,
+      });
+    }
+  } else if (typeof start !== "number" || !Number.isSafeInteger(start)) {
+    throw new TensorqError("start must be an integer or an index tensor", {
+      op,
+      kind: "argument",
+      argument: "start",
+      expected: "an integer, or an int32/int64 tensor of shape [1] or []",
+      actual: describeValue(start),
+    });
+  } else if (start < 0 || start > n - m) {
+    throw new TensorqError("start out of range", {
+      op,
+      kind: "argument",
+      argument: "start",
+      expected: `an integer in [0, ${n - m}] (extent ${n} of x minus extent ${m} of src ` +
+        `at dimension ${a})`,
+      actual: String(start),
+    });
+  }
+  // Nothing to write, or src replaces everything (a tensor start clamps to 0): no copy.
+  if (m === 0) return view(x, shape);
+  if (m === n) return view(src, shape);
+  const attrs = {
+    axis: a,
+    start: startTensor ? null : start as number,
+    hasStartTensor: !!startTensor,
+  };
+  return makeOp(op, inputs, attrs, [...shape], x.dtype);
 }
 
 function checkTensorList(op: string, tensors: unknown): Tensor[] {

@@ -7,6 +7,7 @@ import "./elementwise.ts";
 import "./shape.ts";
 import "./reduce.ts";
 import "./nn.ts";
+import "./attention.ts";
 import "./matmul.ts";
 import "./quantize.ts";
 import "./linear.ts";

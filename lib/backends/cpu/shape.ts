@@ -131,6 +131,27 @@ registerCpuKernel("slice", ([x], ctx) => {
   return copyElements(x, ctx.out.dtype, base, ctx.out.shape, steps.map((s, d) => s * inStrides[d]));
 });
 
+// A copy of x with src written at rows [s, s + m) of the axis (x viewed as [outer, n, inner]).
+registerCpuKernel("sliceScatter", ([x, src, startValue], ctx) => {
+  const axis = ctx.attrs.axis as number;
+  const shape = ctx.inputs[0].shape;
+  const n = shape[axis];
+  const m = ctx.inputs[1].shape[axis];
+  // A start tensor is clamped into range (the rule checked a number start already).
+  const start = ctx.attrs.hasStartTensor
+    ? Math.min(Math.max(Number(startValue[0]), 0), n - m)
+    : (ctx.attrs.start as number);
+  const out = output(ctx.out.dtype, numel(shape));
+  const from = wordsOf(x).words;
+  copyRun(out.words, 0, from, 0, from.length);
+  const rows = wordsOf(src).words;
+  const outer = numel(shape.slice(0, axis));
+  const inner = numel(shape.slice(axis + 1)) * out.per;
+  const run = m * inner;
+  for (let o = 0; o < outer; o++) copyRun(out.words, (o * n + start) * inner, rows, o * run, run);
+  return out.storage;
+});
+
 registerCpuKernel("concat", (parts, ctx) => {
   const axis = ctx.attrs.axis as number;
   const out = output(ctx.out.dtype, numel(ctx.out.shape));

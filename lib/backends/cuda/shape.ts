@@ -10,6 +10,9 @@
  * as whole bytes when the offsets are even; otherwise one thread per output byte assembles
  * both nibbles.
  *
+ * sliceScatter is one launch that copies x and src in the widest unit a row allows, reading a
+ * start tensor on the device (so a recorded CUDA graph follows its value).
+ *
  * gather and embedding with an out-of-range index write zeros for the rows it selects and
  * record the index in a small device flag; the error is raised by {@link checkGatherFlags},
  * which the backend calls when it next reads results back to the host.
@@ -28,7 +31,8 @@ import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 const fn = moduleKernels(shapePtx);
 
 /** Enqueues one copy from device address `src` to device address `dst`. */
-type Copy = (dst: bigint, src: bigint) => void;
+/** Enqueues one planned copy from device address `src` to `dst`. */
+export type Copy = (dst: bigint, src: bigint) => void;
 
 const NOTHING: Copy = () => {};
 const BLOCK_1D: Dim3 = [BLOCK, 1, 1];
@@ -229,7 +233,7 @@ function planNibbles(device: CudaDevice, s: Strided): Copy {
  * Plans the copy whose output (contiguous, `shape`) element o reads input element
  * `base + Σ o[d]·strides[d]` (strides in elements; negative and zero strides allowed).
  */
-function planStridedCopy(
+export function planStridedCopy(
   device: CudaDevice,
   dtype: DType,
   shape: readonly number[],
@@ -528,5 +532,83 @@ registerCudaKernel("causalMask", (ctx) => {
   return (out) => {
     params.reset().ptr(out.address).i64(n).i64(keys).i64(offset);
     launch(ctx.device, kernel, grid, BLOCK_1D, params);
+  };
+});
+
+// ---------------------------------------------------------------------------------------
+// sliceScatter: one launch over the output; each unit comes from src inside the window and
+// from x elsewhere. The start is a launch parameter (a number attr) or read on the device
+// (a start tensor, clamped there), so a recorded CUDA graph follows the tensor's value.
+
+/** One sliceScatter kernel choice: its copy unit and geometry counted in units. */
+interface ScatterKernel {
+  kernel: Deno.PointerValue;
+  grid: Dim3;
+  /** Address bits that must be zero for this unit (width − 1). */
+  alignMask: bigint;
+  total: number;
+  inner: number;
+}
+
+function scatterKernel(
+  device: CudaDevice,
+  unit: number,
+  esize: number,
+  total: number,
+  inner: number,
+): ScatterKernel {
+  if (unit === 0) {
+    // int4 with an odd inner extent: nibbles, one thread per output byte.
+    return {
+      kernel: fn(device, "slice_scatter_i4"),
+      grid: grid1d(device, Math.ceil(total / 2)),
+      alignMask: 0n,
+      total,
+      inner,
+    };
+  }
+  const f = unit / esize;
+  const units = total / f;
+  const width = units < INT32_LIMIT ? 32 : 64;
+  return {
+    kernel: fn(device, `slice_scatter_b${unit}_n${width}`),
+    grid: grid1d(device, units, 4),
+    alignMask: BigInt(unit - 1),
+    total: units,
+    inner: inner / f,
+  };
+}
+
+registerCudaKernel("sliceScatter", (ctx) => {
+  const axis = ctx.attrs.axis as number;
+  const shape = ctx.out.shape;
+  const total = numel(shape);
+  if (total === 0) return NO_LAUNCH;
+  const n = shape[axis];
+  const m = ctx.inputs[1].shape[axis];
+  const inner = numel(shape.slice(axis + 1));
+  const startInfo = ctx.inputs[2];
+  const startKind = startInfo === undefined ? 0 : startInfo.dtype === "int64" ? 2 : 1;
+  const startValue = (ctx.attrs.start as number | null) ?? 0;
+  const esize = elementBytes(ctx.out.dtype);
+  // Every window boundary is a multiple of `inner` elements from the buffer start, so the
+  // widest unit dividing a row of `inner` elements fits every offset; int4 rows of an odd
+  // length start mid-byte and go nibble by nibble.
+  const rowBytes = inner * esize;
+  const narrowUnit = esize < 1 ? (inner % 2 === 0 ? 1 : 0) : esize;
+  const wideUnit = narrowUnit === 0 ? 0 : UNITS.find((u) => u >= esize && rowBytes % u === 0)!;
+  const narrow = scatterKernel(ctx.device, narrowUnit, esize, total, inner);
+  const wide = wideUnit === narrowUnit
+    ? narrow
+    : scatterKernel(ctx.device, wideUnit, esize, total, inner);
+  const params = new KernelParams(10);
+  return (out, [x, src, start]) => {
+    // Pool buffers are 256-byte aligned; anything else takes the element-wide kernel.
+    const aligned = ((out.address | x.address | src.address) & wide.alignMask) === 0n;
+    const k = aligned ? wide : narrow;
+    params.reset().ptr(out.address).ptr(x.address).ptr(src.address)
+      .ptr(start === undefined ? 0n : start.address).i32(startKind).i64(startValue).i64(k.total)
+      .i64(n).i64(m).i64(k.inner);
+    launch(ctx.device, k.kernel, k.grid, BLOCK_1D, params);
   };
 });

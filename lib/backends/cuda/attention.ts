@@ -1,0 +1,276 @@
+/**
+ * CUDA lowering of `attention` (kernels in kernels/attention.cu, rule in lib/ops/attention.ts).
+ *
+ * Which kernel runs (D: q's feature size, Dv: v's, T queries, S keys, BH batch·heads):
+ * - D == Dv in {64, 128}, T <= 8: flash-decoding (`attention_decode_*`), the keys of each
+ *   batch·head split over enough CTAs to fill the GPU; the CTAs of a batch·head merge their
+ *   partial results through a per-device scratch buffer (see {@link planAttention}).
+ * - float16 / bfloat16, D == Dv in {64, 128}, T > 8: flash-attention-2 on the tensor cores
+ *   (`attention_flash_*`), one CTA per (batch·head, 64 queries).
+ * - anything else with Dv <= 256 and D <= 3072: a warp per query on the CUDA cores
+ *   (`attention_generic_*`).
+ * `kvLength`, when given, is passed as a device pointer and read by the kernels when they run.
+ * @module
+ */
+import { checkCu, cuda } from "../../../ffi/cuda.ts";
+import { addressOf } from "../../../ffi/library.ts";
+import * as attentionPtx from "../../../kernels/ptx/attention.ts";
+import type { DType } from "../../dtype.ts";
+import { TensorqError } from "../../errors.ts";
+import { numel } from "../../shape.ts";
+import type { CudaDevice } from "./device.ts";
+import {
+  type CudaLaunch,
+  type Dim3,
+  kernelFunction,
+  KernelParams,
+  launch,
+  registerCudaKernel,
+} from "./kernels.ts";
+import { CudaBuffer } from "./memory.ts";
+import {
+  allowSharedBytes,
+  checkInt32,
+  FLOAT_NAME,
+  floatDType,
+  INT32_MAX,
+  memsetZero,
+  NO_LAUNCH,
+  roundUp,
+} from "./util.ts";
+
+/** The sizes of one attention call, as the kernels see them. */
+export interface AttentionProblem {
+  /** Element type of q, k, v and the output. */
+  dtype: DType;
+  /** Batch·heads: the product of the leading dims. */
+  heads: number;
+  /** Queries per head (T). */
+  queries: number;
+  /** Keys per head (S). */
+  keys: number;
+  /** Feature size of q and k (D). */
+  dim: number;
+  /** Feature size of v and the output (Dv). */
+  valueDim: number;
+}
+
+/** How one attention call is launched. */
+export interface AttentionLaunch {
+  /** Which kernel family. */
+  kind: "flash" | "decode" | "generic";
+  /** Kernel name in kernels/attention.cu. */
+  name: string;
+  /** Grid. */
+  grid: Dim3;
+  /** Block. */
+  block: Dim3;
+  /** Dynamic shared memory in bytes. */
+  sharedBytes: number;
+  /** Flash: 64-query tiles per head; decode: CTAs per head (key splits); generic: 1. */
+  perHead: number;
+  /** Decode: 32-bit words of the splits' partial results (the counters live apart); else 0. */
+  scratchWords: number;
+}
+
+/** Threads per block of every attention kernel (4 warps). */
+const THREADS = 128;
+/** Queries per flash CTA. */
+const FLASH_QUERIES = 64;
+/** Most queries the decode kernels take (their largest TQ). */
+const DECODE_MAX_QUERIES = 8;
+/** Most CTAs the keys of one head are split over (MAX_SPLITS in kernels/attention.cu). */
+const MAX_SPLITS = 64;
+/** Dynamic shared memory a kernel gets without opting in. */
+const DEFAULT_SHARED = 48 * 1024;
+
+function unsupported(expected: string, actual: string): TensorqError {
+  return new TensorqError("no CUDA kernel for these attention sizes", {
+    op: "attention",
+    kind: "unsupported",
+    expected,
+    actual,
+  });
+}
+
+/**
+ * Chooses the kernel, launch shape and scratch of an attention call on a device with
+ * `smCount` multiprocessors. The output must be non-empty.
+ *
+ * @throws {TensorqError} kind `unsupported` for a non-float dtype, Dv > 256, D > 3072, or sizes
+ *   past 32-bit indexing.
+ */
+export function planAttention(p: AttentionProblem, smCount: number): AttentionLaunch {
+  const suffix = FLOAT_NAME[floatDType("attention", "q", p.dtype)];
+  const { heads, queries: t, keys: s, dim: d, valueDim: dv } = p;
+  checkInt32("attention", "batch·heads", heads);
+  checkInt32("attention", "the query count", t);
+  checkInt32("attention", "the key count", s);
+  const block: Dim3 = [THREADS, 1, 1];
+  const fast = d === dv && (d === 64 || d === 128);
+  if (fast && t <= DECODE_MAX_QUERIES) {
+    const tq = t <= 1 ? 1 : t <= 4 ? 4 : 8;
+    // Mirrors kernels/attention.cu: lanes per key, key groups per CTA, keys per group per step.
+    const lanesPerKey = d / (p.dtype === "float32" ? 4 : 8);
+    const groups = 4 * (32 / lanesPerKey);
+    const keysPerStep = groups * (tq >= 8 ? 2 : 4);
+    const wanted = Math.ceil((2 * smCount) / heads);
+    const splits = Math.max(1, Math.min(Math.ceil(s / keysPerStep), wanted, MAX_SPLITS));
+    if (heads * splits > INT32_MAX) throw unsupported("fewer batch·heads", `${heads}`);
+    const scratchWords = splits > 1 ? heads * splits * t * (d + 2) : 0;
+    return {
+      kind: "decode",
+      name: `attention_decode_${suffix}_d${d}_t${tq}`,
+      grid: [heads * splits, 1, 1],
+      block,
+      sharedBytes: 0,
+      perHead: splits,
+      scratchWords,
+    };
+  }
+  if (fast && p.dtype !== "float32") {
+    const tiles = Math.ceil(t / FLASH_QUERIES);
+    if (heads * tiles > INT32_MAX) throw unsupported("fewer batch·heads × query tiles", `${t}`);
+    return {
+      kind: "flash",
+      name: `attention_flash_${suffix}_d${d}`,
+      grid: [heads * tiles, 1, 1],
+      block,
+      // The query tile and two buffers each of the key and value tiles, 16-bit elements.
+      sharedBytes: 5 * FLASH_QUERIES * d * 2,
+      perHead: tiles,
+      scratchWords: 0,
+    };
+  }
+  if (dv > 256) throw unsupported("a value size Dv of at most 256", `Dv = ${dv}`);
+  const sharedBytes = 4 * d * 4;
+  if (sharedBytes > DEFAULT_SHARED) throw unsupported("a feature size D of at most 3072", `${d}`);
+  const rows = heads * t;
+  const accumulators = dv <= 64 ? 64 : dv <= 128 ? 128 : 256;
+  return {
+    kind: "generic",
+    name: `attention_generic_${suffix}_v${accumulators}`,
+    grid: [Math.max(1, Math.min(Math.ceil(rows / 4), smCount * 16)), 1, 1],
+    block,
+    sharedBytes,
+    perHead: 1,
+    scratchWords: 0,
+  };
+}
+
+/** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`. */
+const PREFERRED_CARVEOUT_ATTRIBUTE = 9;
+/** Kernels whose preferred shared-memory carveout was raised. */
+const carveoutSet = new Set<bigint>();
+
+/**
+ * Asks for the largest shared-memory carveout for a flash kernel (once per function), so that
+ * as many CTAs as its registers allow (4 for D = 64, 2 for D = 128) also fit in shared memory.
+ */
+function preferSharedMemory(kernel: Deno.PointerValue): void {
+  const key = addressOf(kernel);
+  if (carveoutSet.has(key)) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, PREFERRED_CARVEOUT_ATTRIBUTE, 100),
+    "cuFuncSetAttribute",
+  );
+  carveoutSet.add(key);
+}
+
+/** A device's decode scratch: split counters first, then the splits' partial results. */
+interface DecodeScratch {
+  buffer: CudaBuffer;
+  /** 32-bit words reserved for counters at the start (the partials follow). */
+  counterWords: number;
+}
+
+/** Each device's decode scratch, and the outgrown ones (recorded graphs may still use them). */
+const scratchOf = new Map<number, DecodeScratch>();
+const outgrown: CudaBuffer[] = [];
+
+/**
+ * Counter and partial-result addresses for a decode launch with `counters` batch·heads and
+ * `partialWords` 32-bit words of partials. One buffer serves every decode launch of the device:
+ * launches run in stream order and each leaves its counters at zero. The counters sit in a
+ * region of their own that no launch's partials overlap (a launch with few heads must not
+ * write over the counters of one with many). The buffer is never freed, as recorded CUDA
+ * graphs keep its address; a larger request moves later plans to a new, zeroed buffer.
+ */
+function decodeScratch(
+  device: CudaDevice,
+  counters: number,
+  partialWords: number,
+): { counters: bigint; partial: bigint } {
+  let scratch = scratchOf.get(device.index);
+  if (
+    scratch === undefined || scratch.counterWords < counters ||
+    scratch.buffer.numel - scratch.counterWords < partialWords
+  ) {
+    if (scratch !== undefined) outgrown.push(scratch.buffer);
+    const counterWords = roundUp(Math.max(counters, 2 * (scratch?.counterWords ?? 0), 64), 64);
+    const partial = Math.max(
+      partialWords,
+      2 * ((scratch?.buffer.numel ?? 0) - (scratch?.counterWords ?? 0)),
+    );
+    const buffer = CudaBuffer.allocate(device, "int32", counterWords + partial);
+    memsetZero(device, buffer.address, buffer.bytes);
+    scratch = { buffer, counterWords };
+    scratchOf.set(device.index, scratch);
+  }
+  const base = scratch.buffer.address;
+  return { counters: base, partial: base + BigInt(scratch.counterWords * 4) };
+}
+
+registerCudaKernel("attention", (ctx): CudaLaunch => {
+  const [qInfo, kInfo, vInfo] = ctx.inputs;
+  const rank = qInfo.shape.length;
+  const problem: AttentionProblem = {
+    dtype: qInfo.dtype,
+    heads: numel(qInfo.shape.slice(0, rank - 2)),
+    queries: qInfo.shape[rank - 2],
+    keys: kInfo.shape[rank - 2],
+    dim: qInfo.shape[rank - 1],
+    valueDim: vInfo.shape[rank - 1],
+  };
+  if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
+  const device = ctx.device;
+  const plan = planAttention(problem, device.smCount);
+  const fn = kernelFunction(device, attentionPtx, plan.name);
+  const { heads, queries, keys, dim, valueDim } = problem;
+  const scaleLog2 = (ctx.attrs.scale as number) * Math.LOG2E;
+  const causal = ctx.attrs.causal ? 1 : 0;
+  const hasKvLength = ctx.attrs.hasKvLength as boolean;
+  const params = new KernelParams(14);
+  const { grid, block, sharedBytes } = plan;
+
+  if (plan.kind === "flash") {
+    allowSharedBytes(fn, sharedBytes, DEFAULT_SHARED);
+    preferSharedMemory(fn);
+    return (out, inputs) => {
+      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
+        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
+        .i32(heads).i32(queries).i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
+      launch(device, fn, grid, block, params, sharedBytes);
+    };
+  }
+  if (plan.kind === "decode") {
+    const scratch = plan.scratchWords > 0
+      ? decodeScratch(device, heads, plan.scratchWords)
+      : undefined;
+    const counters = scratch?.counters ?? 0n;
+    const partial = scratch?.partial ?? 0n;
+    return (out, inputs) => {
+      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
+        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n).ptr(partial).ptr(counters)
+        .i32(heads).i32(queries).i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
+      launch(device, fn, grid, block, params);
+    };
+  }
+  const rows = BigInt(heads * queries);
+  return (out, inputs) => {
+    params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
+      .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
+      .i64(rows).i32(queries).i32(keys).i32(dim).i32(valueDim).f32(scaleLog2).i32(causal);
+    launch(device, fn, grid, block, params, sharedBytes);
+  };
+});

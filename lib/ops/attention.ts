@@ -1,0 +1,192 @@
+/**
+ * Fused scaled-dot-product attention: `softmax(q·kᵀ·scale + mask)·v` as one op. Rule here;
+ * CPU kernel in lib/backends/cpu/attention.ts, CUDA kernels in kernels/attention.cu.
+ *
+ * Inputs are `[q, k, v]`, plus `kvLength` when given (then `[q, k, v, kvLength]`). Attrs:
+ * `{scale, causal, hasKvLength}` (`scale` already defaulted, so the attrs fully determine the
+ * kernel).
+ * @module
+ */
+import { describeValue } from "../shape.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
+import type { Tensor } from "../tensor.ts";
+import {
+  checkDTypeIn,
+  checkSameDevice,
+  checkSameDType,
+  checkTensor,
+  FLOAT_DTYPES,
+  makeOp,
+} from "./op.ts";
+
+/** Options of {@link attention}. */
+export interface AttentionOptions {
+  /** Factor applied to the scores `q·k` (default `1/√D`, or 1 when `D` is 0). */
+  scale?: number;
+  /**
+   * Causal masking, bottom-right aligned: query `i` sees key `j` only when
+   * `j <= i + (L − T)` (default false).
+   */
+  causal?: boolean;
+  /**
+   * The number of valid keys `L` as an int32 tensor of shape `[1]` on the inputs' device. Its
+   * value is read when the op runs (a compiled function can be called again with a new value);
+   * values outside `[0, S]` are clamped to that range. Default: all `S` keys.
+   */
+  kvLength?: Tensor;
+}
+
+function shapeError(
+  message: string,
+  argument: string,
+  expected: string,
+  actual: readonly number[],
+): TensorqError {
+  return new TensorqError(message, {
+    op: "attention",
+    kind: "shape",
+    argument,
+    expected,
+    actual: `shape ${fmtShape(actual)}`,
+  });
+}
+
+/**
+ * Scaled-dot-product attention of queries `q [..., H, T, D]` over keys `k [..., H, S, D]`
+ * and values `v [..., H, S, Dv]`, giving `[..., H, T, Dv]` in q's dtype.
+ *
+ * The scores `s[i, j] = (q_i · k_j) · scale` and their softmax over `j` are computed in at
+ * least float32 (float64 on the CPU), and the output `Σ_j p[i, j] · v_j` is rounded once to
+ * the dtype. With `L` the clamped `kvLength` (or `S`), key `j` is visible to query `i` when
+ * `j < L` and, if `causal`, `j <= i + (L − T)`: with `T == S` that is the usual lower
+ * triangle, and a single query over `L` cached keys sees all of them. A query with no visible
+ * key (for instance `L == 0`, or the first `T − L` queries of a causal call with `T > L`)
+ * outputs zeros.
+ *
+ * All three tensors must have rank 3 or more, equal leading dims, one dtype among float32,
+ * float16 and bfloat16, and one device.
+ */
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  options: AttentionOptions = {},
+): Tensor {
+  const op = "attention";
+  checkTensor(op, "q", q);
+  checkTensor(op, "k", k);
+  checkTensor(op, "v", v);
+  if (options === null || typeof options !== "object") {
+    throw new TensorqError("options must be an object", {
+      op,
+      kind: "argument",
+      argument: "options",
+      expected: "an object",
+      actual: describeValue(options),
+    });
+  }
+  const { kvLength } = options;
+  if (kvLength !== undefined) checkTensor(op, "kvLength", kvLength);
+  for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
+    if (t.rank < 3) {
+      throw shapeError(
+        "attention inputs need rank 3 or more ([..., heads, positions, features])",
+        name,
+        "a tensor of rank 3 or more",
+        t.node.shape,
+      );
+    }
+  }
+  const qs = q.node.shape;
+  const ks = k.node.shape;
+  const vs = v.node.shape;
+  const rank = qs.length;
+  const lead = qs.slice(0, rank - 2);
+  const t = qs[rank - 2];
+  const d = qs[rank - 1];
+  const leadText = lead.join(", ");
+  const sameLead = (s: readonly number[]) => s.length === rank && lead.every((e, i) => e === s[i]);
+  if (!sameLead(ks)) {
+    throw shapeError(
+      "k must have q's leading (batch and head) dims",
+      "k",
+      `shape [${leadText}, S, ${d}] (the leading dims of q ${fmtShape(qs)})`,
+      ks,
+    );
+  }
+  const s = ks[rank - 2];
+  if (ks[rank - 1] !== d) {
+    throw shapeError(
+      "k must have q's feature size D",
+      "k",
+      `shape [${leadText}, ${s}, ${d}] (D = ${d} as in q ${fmtShape(qs)})`,
+      ks,
+    );
+  }
+  if (!sameLead(vs)) {
+    throw shapeError(
+      "v must have q's leading (batch and head) dims",
+      "v",
+      `shape [${leadText}, ${s}, Dv] (the leading dims of q ${fmtShape(qs)})`,
+      vs,
+    );
+  }
+  if (vs[rank - 2] !== s) {
+    throw shapeError(
+      "v must have one row per key",
+      "v",
+      `shape [${leadText}, ${s}, ${vs[rank - 1]}] (S = ${s} keys as in k ${fmtShape(ks)})`,
+      vs,
+    );
+  }
+  checkDTypeIn(op, "q", q, FLOAT_DTYPES);
+  checkSameDType(op, ["q", "k", "v"], [q, k, v]);
+  const inputs = [q, k, v];
+  const names = ["q", "k", "v"];
+  if (kvLength !== undefined) {
+    if (kvLength.dtype !== "int32") {
+      throw new TensorqError("kvLength must be an int32 tensor", {
+        op,
+        kind: "dtype",
+        argument: "kvLength",
+        expected: "int32",
+        actual: kvLength.dtype,
+      });
+    }
+    const ls = kvLength.node.shape;
+    if (ls.length !== 1 || ls[0] !== 1) {
+      throw shapeError("kvLength must hold one value", "kvLength", "shape [1]", ls);
+    }
+    inputs.push(kvLength);
+    names.push("kvLength");
+  }
+  checkSameDevice(op, names, inputs);
+  let scale = options.scale;
+  if (scale === undefined) scale = d > 0 ? 1 / Math.sqrt(d) : 1;
+  else if (typeof scale !== "number" || !Number.isFinite(scale)) {
+    throw new TensorqError("scale must be a finite number", {
+      op,
+      kind: "argument",
+      argument: "scale",
+      expected: "a finite number",
+      actual: describeValue(scale),
+    });
+  }
+  const causal = options.causal ?? false;
+  if (typeof causal !== "boolean") {
+    throw new TensorqError("causal must be a boolean", {
+      op,
+      kind: "argument",
+      argument: "causal",
+      expected: "true or false",
+      actual: describeValue(causal),
+    });
+  }
+  return makeOp(
+    op,
+    inputs,
+    { scale, causal, hasKvLength: kvLength !== undefined },
+    [...lead, t, vs[rank - 1]],
+    q.dtype,
+  );
+}
