@@ -268,14 +268,22 @@ struct XE4M3F32 {
   }
 };
 
+// Also writes `rows` copies of the dequant scale `rowScale` to `rowScales` (when not null): the
+// per-row scale vector cuBLASLt's outer-vector fp8 mode reads for B.
 template <class In, class Out>
 __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
                                                     const void* __restrict__ in,
                                                     const void* __restrict__ scale, int scaleKind,
-                                                    i64 n) {
+                                                    i64 n, float* __restrict__ rowScales,
+                                                    const void* __restrict__ rowScale,
+                                                    int rowScaleKind, int rows) {
   const float s = loadScale(scale, scaleKind, 0);
   const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const i64 threads = (i64)gridDim.x * blockDim.x;
+  if (rowScales) {
+    const float r = loadScale(rowScale, rowScaleKind, 0);
+    for (i64 i = first; i < rows; i += threads) rowScales[i] = r;
+  }
   const i64 full = n / 8;
   float v[8];
   for (i64 c = first; c < full; c += threads) {
@@ -292,8 +300,10 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
 #define QUANTIZE_X_KERNEL(IN_NAME, IN, OUT_NAME, OUT)                                       \
   extern "C" __global__ void __launch_bounds__(256) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
       void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale,   \
-      int scaleKind, i64 n) {                                                                \
-    quantizeActivations<IN, OUT>(out, in, scale, scaleKind, n);                              \
+      int scaleKind, i64 n, float* __restrict__ rowScales, const void* __restrict__ rowScale, \
+      int rowScaleKind, int rows) {                                                          \
+    quantizeActivations<IN, OUT>(out, in, scale, scaleKind, n, rowScales, rowScale,          \
+                                 rowScaleKind, rows);                                        \
   }
 
 #define QUANTIZE_X_KERNELS(IN_NAME, IN)            \

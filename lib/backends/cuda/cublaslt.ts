@@ -367,6 +367,21 @@ function checkSpec(spec: LtMatmulSpec): void {
       });
     }
   }
+  // cuBLASLt takes a float32 bias with fp8 inputs and float32 output, then reads it as bf16
+  // (seen on an H200 with cuBLASLt 13.1: wrong values, no error). Its fp8 table allows only a
+  // bf16 bias there, so anything else is refused here.
+  const fp8 = spec.aType === CUDA_R_8F_E4M3 || spec.aType === CUDA_R_8F_E5M2;
+  const biasEpilogue =
+    ((spec.epilogue ?? CUBLASLT_EPILOGUE_DEFAULT) & CUBLASLT_EPILOGUE_BIAS) !== 0;
+  if (fp8 && spec.dType === CUDA_R_32F && biasEpilogue && spec.biasType !== CUDA_R_16BF) {
+    throw new TensorqError("an fp8 product with float32 output takes only a bfloat16 bias", {
+      op: "ltMatmulPlan",
+      kind: "unsupported",
+      argument: "biasType",
+      expected: `CUDA_R_16BF (${CUDA_R_16BF})`,
+      actual: String(spec.biasType ?? "the default (the type of D)"),
+    });
+  }
   for (const [name, v] of Object.entries(spec.alignment ?? {})) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1 || (v & (v - 1)) !== 0)) {
       throw new TensorqError("alignment must be a power of two", {
@@ -650,6 +665,7 @@ class LtMatmulCore {
     const preference = ltMatmulPreferenceCreate();
     const results = allocHeuristicResults(LT_HEURISTIC_CANDIDATES);
     let found: number;
+    let heuristicScratch: CudaBuffer | undefined;
     try {
       ltSetMatmulPreferenceAttribute(
         preference,
@@ -683,6 +699,15 @@ class LtMatmulCore {
         lt.cublasLtMatmulPreferenceSetAttribute(preference, PREF_REDUCTION_SCHEME_MASK, mask, 4n),
         "cublasLtMatmulPreferenceSetAttribute",
       );
+      // Vector scale modes are offered only for a descriptor whose scale pointers are set:
+      // point them (and the bias) at scratch memory while asking.
+      if (p.usesAScale || p.usesBScale || p.usesBias) {
+        heuristicScratch = CudaBuffer.allocate(this.device, "int8", vectorBytesOf(p));
+        const at = heuristicScratch.address;
+        if (p.usesBias) this.setPointerAttribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, at);
+        if (p.usesAScale) this.setPointerAttribute(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, at);
+        if (p.usesBScale) this.setPointerAttribute(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, at);
+      }
       try {
         found = ltAlgoGetHeuristic(
           this.#state.handle,
@@ -702,6 +727,10 @@ class LtMatmulCore {
         });
       }
     } finally {
+      if (heuristicScratch) {
+        this.#clearPointerAttributes();
+        heuristicScratch.dispose();
+      }
       checkCublas(
         lt.cublasLtMatmulPreferenceDestroy(preference),
         "cublasLtMatmulPreferenceDestroy",
@@ -770,9 +799,7 @@ class LtMatmulCore {
       const c = this.#cAliasesD()
         ? d
         : fill(spanElements(p.m, p.n, p.ldc, p.count, p.strideC) * TYPE_BYTES[p.cType]);
-      // Bias and scale vectors: sized for the largest scale mode (block scales of 16 along k).
-      const vectorBytes = Math.ceil(Math.max(p.m, p.n) / 128) * 128 * (Math.ceil(p.k / 16) + 4) *
-        4;
+      const vectorBytes = vectorBytesOf(p);
       if (p.usesBias) {
         this.setPointerAttribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, fill(vectorBytes));
       }
@@ -826,20 +853,30 @@ class LtMatmulCore {
       }
       return keep(best.index, timed.length, bestMs);
     } finally {
-      // Scratch bias/scale pointers must not outlive their buffers.
-      for (
-        const attribute of [
-          CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-          CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-          CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-          CUBLASLT_MATMUL_DESC_D_SCALE_POINTER,
-        ]
-      ) {
-        if (this.#pointerAttributes.has(attribute)) this.setPointerAttribute(attribute, 0n);
-      }
+      this.#clearPointerAttributes();
       for (const buf of scratch) buf.dispose();
     }
   }
+
+  /** Points the bias and scale attributes back at nothing (scratch must not outlive them). */
+  #clearPointerAttributes(): void {
+    for (
+      const attribute of [
+        CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+        CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+        CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+        CUBLASLT_MATMUL_DESC_D_SCALE_POINTER,
+      ]
+    ) {
+      if (this.#pointerAttributes.has(attribute)) this.setPointerAttribute(attribute, 0n);
+    }
+  }
+}
+
+/** Bytes of a scratch bias or scale vector: enough for the largest scale mode (block scales
+ * of 16 along k). */
+function vectorBytesOf(p: Problem): number {
+  return Math.ceil(Math.max(p.m, p.n) / 128) * 128 * (Math.ceil(p.k / 16) + 4) * 4;
 }
 
 const cores = new Map<string, LtMatmulCore>();

@@ -106,8 +106,8 @@ const OUTER_VECTOR_MIN_ROWS = 64;
 /** Epilogue threads per block. */
 const EPILOGUE_BLOCK = 256;
 
-/** Use cuBLASLt's e4m3 tensor-core GEMMs for fp8 qlinear (off: see the fp8 lowering). */
-const FP8_TENSOR_CORES = false;
+/** Use cuBLASLt's e4m3 tensor-core GEMMs for fp8 qlinear (the exact float32 path otherwise). */
+const FP8_TENSOR_CORES = true;
 
 // ---------------------------------------------------------------------------------------
 // Weight scales
@@ -370,7 +370,10 @@ class LinearLaunches {
     ];
   }
 
-  /** Per-tensor quantize of `count` activations into `dst` (`target`: i8, e4m3, e4m3f32). */
+  /**
+   * Per-tensor quantize of `count` activations into `dst` (`target`: i8, e4m3, e4m3f32); with
+   * `rowScales`, also writes `rows` copies of the float32 value of `scale` to `address`.
+   */
   quantizeX(
     kernel: Deno.PointerValue,
     dst: bigint,
@@ -378,10 +381,14 @@ class LinearLaunches {
     sxq: CudaBuffer,
     sxqKind: number,
     count: number,
+    rowScales?: { address: bigint; scale: CudaBuffer; kind: number; rows: number },
   ): void {
-    if (count === 0) return;
-    const p = this.params.reset().ptr(dst).ptr(x.address).ptr(sxq.address).i32(sxqKind).i64(count);
-    launch(this.device, kernel, grid1d(this.device, count, 8), [BLOCK, 1, 1], p);
+    if (count === 0 && !rowScales) return;
+    const p = this.params.reset().ptr(dst).ptr(x.address).ptr(sxq.address).i32(sxqKind).i64(count)
+      .ptr(rowScales?.address ?? 0n).ptr(rowScales?.scale.address ?? 0n)
+      .i32(rowScales?.kind ?? 0).i32(rowScales?.rows ?? 0);
+    const grid = grid1d(this.device, Math.max(count, 8 * (rowScales?.rows ?? 0)), 8);
+    launch(this.device, kernel, grid, [BLOCK, 1, 1], p);
   }
 
   /**
@@ -410,7 +417,10 @@ class LinearLaunches {
 /** How an fp8 product is done by cuBLASLt. */
 interface Fp8Choice {
   plan: LtMatmulPlan;
-  /** Weight and input scales given to cuBLASLt: none (scale 1), scalars, or an outer vector. */
+  /**
+   * Weight and input scales given to cuBLASLt: none (scale 1), scalars, or outer vectors (the
+   * weight's per-channel scales and a per-row copy of the input scale).
+   */
   scales: "none" | "scalar" | "outer";
   /** D is the output (bias and relu in cuBLASLt's epilogue); otherwise float32 + epilogue. */
   fused: boolean;
@@ -440,7 +450,6 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
   const sxdKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxdInfo.dtype)];
   const swdKind = FLOAT_KIND[floatDType("qlinear", "weight scale", swdInfo.dtype)];
   const perChannel = attrs.weightMode === "channel";
-  const hasBias = biasInfo !== undefined;
   const prep = new WeightPrep(ctx, 3, n, k);
   const scalesOf = (sxd: CudaBuffer, swd: CudaBuffer) => ({ sxd, sxdKind, swd, swdKind });
 
@@ -503,9 +512,8 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     };
   }
 
-  // float8e4m3. The cuBLASLt e4m3 configurations are not used: on the H200 one of them returned
-  // wrong values at M=32 (bench/RESULTS.md, 2026-11-29) and the rest were refused, so every
-  // fp8 product takes the exact path below until they are verified. FP8_TENSOR_CORES gates it.
+  // float8e4m3 on cuBLASLt's e4m3 tensor-core GEMMs (FP8_TENSOR_CORES), else the exact path
+  // below.
   const choice = FP8_TENSOR_CORES && tensorCoreShape
     ? chooseFp8Plan(device, {
       n,
@@ -515,7 +523,7 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
       outDType: ops.outDType,
       perChannel,
       f32Scales: sxdInfo.dtype === "float32" && swdInfo.dtype === "float32",
-      hasBias,
+      biasDType: biasInfo?.dtype,
       act: ops.act,
     })
     : undefined;
@@ -526,11 +534,25 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
       const wq = prep.codes(w, swq, "float8e4m3");
       const xq = CudaBuffer.allocate(device, "float8e4m3", mPad * k);
-      ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
+      // Outer-vector scales: B's is the input scale repeated per row, written by the quantize.
+      const rowScales = scales === "outer"
+        ? CudaBuffer.allocate(device, "float32", mPad)
+        : undefined;
+      ops.quantizeX(
+        quantizeX,
+        xq.address,
+        x,
+        sxq,
+        sxqKind,
+        m * k,
+        rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
+      );
       memsetZero(device, xq.address + BigInt(m * k), (mPad - m) * k);
-      const pointers = scales === "none"
-        ? { bias: bias?.address }
-        : { aScale: swd.address, bScale: sxd.address, bias: bias?.address };
+      const pointers = scales === "none" ? { bias: bias?.address } : {
+        aScale: swd.address,
+        bScale: rowScales?.address ?? sxd.address,
+        bias: bias?.address,
+      };
       if (fused) {
         plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
       } else {
@@ -540,6 +562,7 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
         ops.epilogue(epilogue, y, acc.address, unscaled, perChannel, bias);
         acc.dispose();
       }
+      rowScales?.dispose();
       xq.dispose();
       if (wq.temporary) wq.buffer.dispose();
     };
@@ -572,7 +595,12 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
   };
 }
 
-/** The first fp8 cuBLASLt configuration that runs, most fused first. */
+/**
+ * The first fp8 cuBLASLt configuration that runs, most fused first: scales (outer vectors for
+ * per-channel weights above {@link OUTER_VECTOR_MIN_ROWS} rows, scalars for per-tensor ones)
+ * applied by cuBLASLt, with the bias and relu in its epilogue when D can be the output; else
+ * float32 products finished by the epilogue kernel.
+ */
 function chooseFp8Plan(
   device: CudaDevice,
   p: {
@@ -583,7 +611,7 @@ function chooseFp8Plan(
     outDType: FloatDType;
     perChannel: boolean;
     f32Scales: boolean;
-    hasBias: boolean;
+    biasDType: DType | undefined;
     act: number;
   },
 ): Fp8Choice | undefined {
@@ -594,9 +622,11 @@ function chooseFp8Plan(
     : p.perChannel
     ? (p.m > OUTER_VECTOR_MIN_ROWS ? ["outer"] : [])
     : ["scalar"];
-  // Writing the output directly needs exactly M rows and an activation cuBLASLt computes
-  // exactly (none or relu).
-  const fusable = p.mPad === p.m && (p.act === ACT_NONE || p.act === ACT_RELU);
+  // Writing the output directly needs exactly M rows, an activation cuBLASLt computes exactly
+  // (none or relu), and a bias of D's type (cuBLASLt's fp8 table: bf16 or fp16 with D of that
+  // type; a float32 D takes only a bf16 bias).
+  const fusable = p.mPad === p.m && (p.act === ACT_NONE || p.act === ACT_RELU) &&
+    (p.biasDType === undefined || (p.outDType !== "float32" && p.biasDType === p.outDType));
   for (const scales of scaleModes) {
     if (fusable) candidates.push({ scales, fused: true });
     candidates.push({ scales, fused: false });
@@ -612,13 +642,13 @@ function chooseFp8Plan(
         scale: CUDA_R_32F,
       }),
       fastAccum: false,
-      epilogue: c.fused ? ltEpilogue(p.hasBias, p.act) : CUBLASLT_EPILOGUE_DEFAULT,
+      epilogue: c.fused ? ltEpilogue(p.biasDType !== undefined, p.act) : CUBLASLT_EPILOGUE_DEFAULT,
     };
     if (c.scales !== "none") {
-      spec.aScaleMode = c.scales === "outer"
+      const mode = c.scales === "outer"
         ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
         : CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
-      spec.bScaleMode = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+      spec.aScaleMode = spec.bScaleMode = mode;
     }
     const plan = tryLtPlan(device, spec);
     if (plan && trialRun(device, plan, p, c.scales, c.fused)) return { plan, ...c };
@@ -633,21 +663,22 @@ function chooseFp8Plan(
 function trialRun(
   device: CudaDevice,
   plan: LtMatmulPlan,
-  p: { n: number; mPad: number; k: number; outDType: FloatDType; hasBias: boolean },
+  p: { n: number; mPad: number; k: number; outDType: FloatDType; biasDType: DType | undefined },
   scales: Fp8Choice["scales"],
   fused: boolean,
 ): boolean {
   const a = CudaBuffer.allocate(device, "float8e4m3", p.n * p.k);
   const b = CudaBuffer.allocate(device, "float8e4m3", p.mPad * p.k);
   const d = CudaBuffer.allocate(device, fused ? p.outDType : "float32", p.mPad * p.n);
-  const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, 1));
+  const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, p.mPad, 1));
   return ltTrialRuns([a, b, d, aux], () => {
     memsetZero(device, a.address, a.bytes);
     memsetZero(device, b.address, b.bytes);
     memsetZero(device, aux.address, aux.bytes);
+    const bias = p.biasDType !== undefined ? aux.address : undefined;
     const pointers = scales === "none"
-      ? { bias: p.hasBias ? aux.address : undefined }
-      : { aScale: aux.address, bScale: aux.address, bias: p.hasBias ? aux.address : undefined };
+      ? { bias }
+      : { aScale: aux.address, bScale: aux.address, bias };
     plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
   });
 }
