@@ -49,6 +49,7 @@ import {
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import { type Copy, planStridedCopy } from "./shape.ts";
 import {
   ACT_GELU_TANH,
   ACT_NONE,
@@ -201,7 +202,7 @@ function trialRun(
 ): boolean {
   const a = CudaBuffer.allocate(device, dtype, spec.m * spec.k);
   const b = CudaBuffer.allocate(device, dtype, spec.n * spec.k);
-  const d = CudaBuffer.allocate(device, dtype, spec.m * spec.n);
+  const d = CudaBuffer.allocate(device, dtype, (spec.ldd ?? spec.ldc) * spec.n);
   const bias = CudaBuffer.allocate(device, dtype, Math.max(spec.m, 1));
   return ltTrialRuns([a, b, d, bias], () => {
     for (const t of [a, b, bias]) memsetZero(device, t.address, t.bytes);
@@ -268,39 +269,75 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   }
 
   const type = LT_TYPE[dtype];
+  // Rows of D that do not start on 16-byte boundaries (N odd, say a 50257-word vocabulary)
+  // leave cuBLASLt only its slow alignment-1 kernels (4× slower for GPT-2's logits): such
+  // products go to a scratch D with padded rows, compacted into y by one strided copy.
+  const rowsAligned = (dt: FloatDType) => (n * dtypeBytes(dt)) % 16 === 0;
+  const ldOf = (dt: FloatDType) => rowsAligned(dt) ? n : roundUp(n, 16 / dtypeBytes(dt));
+  const compaction = (dt: FloatDType) =>
+    rowsAligned(dt) ? undefined : planStridedCopy(device, dt, [m, n], [ldOf(dt), 1], 0);
+  /** The product `spec` into `[m, n]` `dst` (through padded scratch rows when needed). */
+  const runInto = (
+    plan: LtMatmulPlan,
+    dt: FloatDType,
+    compact: Copy | undefined,
+    dst: bigint,
+    x: CudaBuffer,
+    w: CudaBuffer,
+    bias?: CudaBuffer,
+  ): void => {
+    const pointers = { bias: bias?.address };
+    if (!compact) {
+      plan.run(w.address, x.address, dst, dst, 1, 0, pointers);
+      return;
+    }
+    const padded = CudaBuffer.allocate(device, dt, m * ldOf(dt));
+    plan.run(w.address, x.address, padded.address, padded.address, 1, 0, pointers);
+    compact(dst, padded.address);
+    padded.dispose();
+  };
+  const paddedSpec = (dt: FloatDType): LtMatmulSpec => {
+    const spec = floatTnSpec(n, m, k, type, LT_TYPE[dt]);
+    return { ...spec, ldc: ldOf(dt), ldd: ldOf(dt) };
+  };
+
   const ltEpilogue = flinearLtEpilogue(hasBias, activation, dtype);
   if (ltEpilogue !== undefined) {
     const fused = tryFusedPlan(
       device,
-      { ...floatTnSpec(n, m, k, type, type), epilogue: ltEpilogue },
+      { ...paddedSpec(dtype), epilogue: ltEpilogue },
       dtype,
       hasBias,
     );
     if (fused) {
+      const compact = compaction(dtype);
       return (y, [x, w, bias]) => {
-        fused.run(w.address, x.address, y.address, y.address, 1, 0, {
-          bias: hasBias ? bias.address : undefined,
-        });
+        runInto(fused, dtype, compact, y.address, x, w, hasBias ? bias : undefined);
       };
     }
   }
 
+  const plan = ltMatmulPlan(device, paddedSpec("float32"));
+  const compact = compaction("float32");
   if (dtype === "float32") {
     // The product into y, then bias and activation in place.
-    const plan = ltMatmulPlan(device, floatTnSpec(n, m, k, type, CUDA_R_32F));
     return (y, [x, w, bias]) => {
-      plan.run(w.address, x.address, y.address, y.address);
+      runInto(plan, "float32", compact, y.address, x, w);
       epilogue(y, y.address, bias);
     };
   }
   // 16-bit: float32 products in scratch memory, then one rounding.
-  const plan = ltMatmulPlan(device, floatTnSpec(n, m, k, type, CUDA_R_32F));
   return (y, [x, w, bias]) => {
     const acc = CudaBuffer.allocate(device, "float32", m * n);
-    plan.run(w.address, x.address, acc.address, acc.address);
+    runInto(plan, "float32", compact, acc.address, x, w);
     epilogue(y, acc.address, bias);
     acc.dispose();
   };
+}
+
+/** Bytes of one element of a float dtype. */
+function dtypeBytes(dtype: FloatDType): number {
+  return dtype === "float32" ? 4 : 2;
 }
 
 registerCudaKernel("linear", lowerLinear);
