@@ -5,9 +5,9 @@
  * The KV cache is static: per layer a key and a value tensor `[B, nHead, maxLength, headDim]`.
  * A step takes the new token ids `[B, 1]` (int32), the position `[1]` (int32) and the cache,
  * and returns the greedy next ids, the logits, the next position and the updated cache. The
- * cache is updated functionally: `where(slot == position, new, old)` writes the step's key and
- * value into their slot; attention runs over every slot with those after the position masked
- * out. Nothing in the step depends on the position's value, so every step has the same shapes
+ * cache is updated functionally: `sliceScatter(cache, new, position)` writes the step's key
+ * and value into their slot, and fused attention reads the slots up to the position
+ * (`kvLength = position + 1`, read on the device). Nothing in the step depends on the position's value, so every step has the same shapes
  * and replays the same recording.
  *
  * ```ts
@@ -88,18 +88,14 @@ export function disposeState(state: DecodeState): void {
  */
 export function decodeStepFunction(
   model: tq.GPT2LMHeadModel,
-  maxLength: number,
 ): (...args: tq.Tensor[]) => tq.Tensor[] {
   const config = model.config;
   const trunk = model.transformer;
   return (ids: tq.Tensor, pos: tq.Tensor, ...cache: tq.Tensor[]): tq.Tensor[] => {
     const [b] = ids.shape;
-    const device = ids.device;
     const d = config.nEmbd;
-    const slots = tq.arange(0, maxLength, 1, { dtype: "int32", device });
-    // [1, 1, L, 1]: the slot this step writes; [1, 1, 1, L]: the slots it may attend to.
-    const writeMask = tq.reshape(tq.equal(slots, pos), [1, 1, maxLength, 1]);
-    const visible = tq.reshape(tq.lessEqual(slots, pos), [1, 1, 1, maxLength]);
+    // Slots 0..pos hold keys and values: this step writes slot pos and attends to them all.
+    const kvLength = tq.add(pos, 1);
     const positionRow = tq.reshape(trunk.wpe.forward(pos), [1, 1, d]);
     let x = tq.add(trunk.wte.forward(ids), positionRow); // [B, 1, d]
     const updated: tq.Tensor[] = [];
@@ -111,13 +107,10 @@ export function decodeStepFunction(
       const [q, kNew, vNew] = tq.split(attn.c_attn.forward(block.ln_1.forward(x)), 3, 2).map(
         heads,
       );
-      const k = tq.where(writeMask, kNew, cache[2 * i]); // [B, H, L, headDim]
-      const v = tq.where(writeMask, vNew, cache[2 * i + 1]);
+      const k = tq.sliceScatter(cache[2 * i], kNew, pos, 2); // [B, H, L, headDim]
+      const v = tq.sliceScatter(cache[2 * i + 1], vNew, pos, 2);
       updated.push(k, v);
-      let scores = tq.matmul(q, tq.transpose(k, -2, -1)); // [B, H, 1, L]
-      if (attn.scoreDivisor !== 1) scores = tq.div(scores, attn.scoreDivisor);
-      scores = tq.where(visible, scores, tq.dtypeInfo(scores.dtype).min);
-      const context = tq.matmul(tq.softmax(scores, -1), v); // [B, H, 1, headDim]
+      const context = tq.attention(q, k, v, { scale: 1 / attn.scoreDivisor, kvLength }); // [B, H, 1, headDim]
       const merged = tq.reshape(tq.permute(context, [0, 2, 1, 3]), [b, 1, d]);
       x = tq.add(x, attn.c_proj.forward(merged));
       x = tq.add(x, block.mlp.forward(block.ln_2.forward(x)));
@@ -149,7 +142,7 @@ export function buildStaticDecoder(
   const cacheShape = [batch, config.nHead, maxLength, headDim];
   const dtype = model.dtype;
   const device = model.device;
-  const executable = tq.compile(decodeStepFunction(model, maxLength), {
+  const executable = tq.compile(decodeStepFunction(model), {
     args: [
       tq.inputInfo([batch, 1], "int32"),
       tq.inputInfo([1], "int32"),

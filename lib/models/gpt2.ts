@@ -13,23 +13,14 @@
  * ```
  * @module
  */
-import { checkDType, type DType, dtypeInfo } from "../dtype.ts";
+import { checkDType, type DType } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import { loadHfCheckpoint } from "../io/hf.ts";
-import { add, cast, div, gelu, where } from "../ops/elementwise.ts";
-import { matmul } from "../ops/matmul.ts";
-import { logSoftmax, softmax } from "../ops/nn.ts";
+import { add, cast, gelu } from "../ops/elementwise.ts";
+import { attention } from "../ops/attention.ts";
+import { logSoftmax } from "../ops/nn.ts";
 import { mean } from "../ops/reduce.ts";
-import {
-  causalMask,
-  concat,
-  gather,
-  permute,
-  reshape,
-  slice,
-  split,
-  transpose,
-} from "../ops/shape.ts";
+import { concat, gather, permute, reshape, slice, split, transpose } from "../ops/shape.ts";
 import { randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
@@ -283,15 +274,9 @@ export class GPT2Attention extends Module {
       past.key = k;
       past.value = v;
     }
-    const keys = k.shape[2];
-    let scores = matmul(q, transpose(k, -2, -1)); // [B, H, T, keys]
-    if (this.scoreDivisor !== 1) scores = div(scores, this.scoreDivisor);
-    if (t > 1) {
-      // The dtype's lowest finite value keeps softmax finite (no -inf - -inf).
-      const mask = causalMask(t, keys, { device: x.device });
-      scores = where(mask, scores, dtypeInfo(scores.dtype).min);
-    }
-    const context = matmul(softmax(scores, -1), v); // [B, H, T, headDim]
+    // One fused op: the new queries are the last t positions of the keys (causal,
+    // bottom-right aligned), scores divided by scoreDivisor.
+    const context = attention(q, k, v, { scale: 1 / this.scoreDivisor, causal: true });
     return this.c_proj.forward(reshape(permute(context, [0, 2, 1, 3]), [b, t, d]));
   }
 }
