@@ -35,7 +35,7 @@
  */
 import * as tq from "../mod.ts";
 import { fromStorage } from "../lib/tensor.ts";
-import * as quantizePtx from "../kernels/ptx/quantize.ts";
+import { ptx as quantizePtx } from "../kernels/ptx/quantize.ts";
 import { cudaBackend } from "../lib/backends/cuda/backend.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { kernelFunction, KernelParams, launch } from "../lib/backends/cuda/kernels.ts";

@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { type DType, dtypeInfo } from "../lib/dtype.ts";
-import * as attentionPtx from "../kernels/ptx/attention.ts";
+import { ptx as attentionPtx } from "../kernels/ptx/attention.ts";
 import { type AttentionProblem, planAttention } from "../lib/backends/cuda/attention.ts";
 import { assertTqError, randomValues, testOnDevices, testOnGpu, thisLine } from "./helpers.ts";
 

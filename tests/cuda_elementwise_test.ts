@@ -40,7 +40,7 @@ import {
   MAX_STRIDED_RANK,
   planElementwise,
 } from "../lib/backends/cuda/elementwise.ts";
-import * as ptx from "../kernels/ptx/elementwise.ts";
+import { ptx } from "../kernels/ptx/elementwise.ts";
 import { assertClose, testOnGpu } from "./helpers.ts";
 
 // ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ import {
   ltSetMatmulPreferenceAttribute,
   ltVersion,
 } from "../ffi/cublaslt.ts";
-import { ptxCompute80, ptxSm90a } from "../kernels/ptx/smoke.ts";
+import { ptx as smoke } from "../kernels/ptx/smoke.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -341,9 +341,9 @@ Deno.test("status checks name the status, with or without the library", () => {
 });
 
 Deno.test("kernels/ptx/smoke.ts holds sm_90a and compute_80 PTX of smoke_axpy_f32", () => {
-  assert.match(ptxSm90a, /^\.target sm_90a$/m);
-  assert.match(ptxCompute80, /^\.target sm_80$/m);
-  for (const ptx of [ptxSm90a, ptxCompute80]) {
+  assert.match(smoke.ptxSm90a, /^\.target sm_90a$/m);
+  assert.match(smoke.ptxCompute80, /^\.target sm_80$/m);
+  for (const ptx of [smoke.ptxSm90a, smoke.ptxCompute80]) {
     assert.match(ptx, /\.entry smoke_axpy_f32\(/);
     // Exact IEEE arithmetic: no flush-to-zero or approximate forms.
     assert.doesNotMatch(ptx, /\.ftz|\.approx/);
@@ -389,7 +389,7 @@ function useDevice0(): void {
 function smokePtx(): string {
   const major = deviceAttribute(cudaDevAttrComputeCapabilityMajor, 0);
   const minor = deviceAttribute(cudaDevAttrComputeCapabilityMinor, 0);
-  return major === 9 && minor === 0 ? ptxSm90a : ptxCompute80;
+  return major === 9 && minor === 0 ? smoke.ptxSm90a : smoke.ptxCompute80;
 }
 
 Deno.test({
@@ -413,7 +413,7 @@ Deno.test({
     const block = 256;
 
     // The sm_90a text where the device is 9.0, and the portable text everywhere.
-    const variants = [smokePtx(), ptxCompute80].filter((p, i, all) => all.indexOf(p) === i);
+    const variants = [smokePtx(), smoke.ptxCompute80].filter((p, i, all) => all.indexOf(p) === i);
     for (const ptx of variants) {
       const target = /^\.target (\S+)/m.exec(ptx)?.[1];
       copyToDevice(dy, y);

@@ -33,7 +33,7 @@ import {
 } from "../lib/ops/quantize.ts";
 import { RandomStream } from "../lib/random.ts";
 import { fromStorage, type Tensor } from "../lib/tensor.ts";
-import * as ptx from "../kernels/ptx/quantize.ts";
+import { ptx } from "../kernels/ptx/quantize.ts";
 import { testOnGpu } from "./helpers.ts";
 
 type FloatDType = "float32" | "float16" | "bfloat16";

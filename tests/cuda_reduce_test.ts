@@ -18,8 +18,8 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { DType } from "../lib/dtype.ts";
-import * as reducePtx from "../kernels/ptx/reduce.ts";
-import * as nnPtx from "../kernels/ptx/nn.ts";
+import { ptx as reducePtx } from "../kernels/ptx/reduce.ts";
+import { ptx as nnPtx } from "../kernels/ptx/nn.ts";
 import { type DimList, planReduction, type ReducePlan } from "../lib/backends/cuda/reduce.ts";
 import { rowKernel } from "../lib/backends/cuda/nn.ts";
 import { assertClose, randomValues, testOnGpu } from "./helpers.ts";

@@ -14,7 +14,7 @@
  */
 import { checkCu, cuda } from "../../../ffi/cuda.ts";
 import { addressOf } from "../../../ffi/library.ts";
-import * as attentionPtx from "../../../kernels/ptx/attention.ts";
+import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";

@@ -10,7 +10,7 @@
  * merged (at most 8 left), and each input's element strides (0 on broadcast dims).
  * @module
  */
-import { ptxCompute80, ptxSm90a } from "../../../kernels/ptx/elementwise.ts";
+import { ptx as PTX } from "../../../kernels/ptx/elementwise.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { broadcastStrides, numel, type Shape } from "../../shape.ts";
@@ -26,11 +26,8 @@ import {
   kernelFunction,
   KernelParams,
   launch,
-  type PtxModule,
   registerCudaKernel,
 } from "./kernels.ts";
-
-const PTX: PtxModule = { ptxSm90a, ptxCompute80 };
 
 /** The most dims the strided kernels take (after merging). */
 export const MAX_STRIDED_RANK = 8;

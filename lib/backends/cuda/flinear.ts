@@ -33,7 +33,7 @@ import {
   CUBLASLT_EPILOGUE_RELU_BIAS,
   CUDA_R_32F,
 } from "../../../ffi/cublaslt.ts";
-import * as flinearPtx from "../../../kernels/ptx/flinear.ts";
+import { ptx as flinearPtx } from "../../../kernels/ptx/flinear.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";

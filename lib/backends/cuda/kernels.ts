@@ -14,6 +14,7 @@ import {
   type Dim3,
   KernelParams,
 } from "../../../ffi/cuda.ts";
+import type { PtxModule } from "../../../kernels/ptx_codec.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";
 import type { ValueInfo } from "../cpu/backend.ts";
@@ -21,12 +22,7 @@ import type { CudaDevice } from "./device.ts";
 import type { CudaBuffer } from "./memory.ts";
 
 /** A generated PTX module (kernels/ptx/*.ts). */
-export interface PtxModule {
-  /** PTX for sm_90a (Hopper, with wgmma). */
-  ptxSm90a: string;
-  /** Portable PTX for compute capability 8.0 and newer. */
-  ptxCompute80: string;
-}
+export type { PtxModule };
 
 /** What a lowering is told about the op. */
 export interface CudaKernelContext {
@@ -72,6 +68,15 @@ export function cudaLowering(op: string): CudaLowering {
 }
 
 const modules = new Map<string, Deno.PointerValue>();
+const moduleIds = new WeakMap<PtxModule, number>();
+let nextModuleId = 0;
+
+/** A number per PTX module object (reading its text would inflate it). */
+function moduleId(module: PtxModule): number {
+  let id = moduleIds.get(module);
+  if (id === undefined) moduleIds.set(module, id = nextModuleId++);
+  return id;
+}
 const functions = new Map<string, Deno.PointerValue>();
 
 /**
@@ -85,9 +90,7 @@ export function kernelFunction(
 ): Deno.PointerValue {
   const [major, minor] = device.computeCapability;
   const sm90a = major === 9 && minor === 0;
-  const moduleKey = `${device.index}:${sm90a ? "90a" : "80"}:${module.ptxCompute80.length}:${
-    module.ptxCompute80.slice(-64)
-  }`;
+  const moduleKey = `${device.index}:${sm90a ? "90a" : "80"}:${moduleId(module)}`;
   const fnKey = `${moduleKey}:${name}`;
   const cached = functions.get(fnKey);
   if (cached) return cached;

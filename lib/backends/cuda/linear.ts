@@ -45,7 +45,7 @@ import {
   CUDA_R_8I,
 } from "../../../ffi/cublaslt.ts";
 import { cudaStreamCaptureStatusNone, streamCaptureStatus } from "../../../ffi/cudart.ts";
-import * as linearPtx from "../../../kernels/ptx/linear.ts";
+import { ptx as linearPtx } from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";

@@ -9,7 +9,7 @@
  * thread per column.
  * @module
  */
-import * as nnPtx from "../../../kernels/ptx/nn.ts";
+import { ptx as nnPtx } from "../../../kernels/ptx/nn.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";

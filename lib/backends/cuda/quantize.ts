@@ -14,7 +14,7 @@
 import { checkCu, cuda } from "../../../ffi/cuda.ts";
 import { deviceAttribute } from "../../../ffi/cudart.ts";
 import { addressOf } from "../../../ffi/library.ts";
-import * as quantizePtx from "../../../kernels/ptx/quantize.ts";
+import { ptx as quantizePtx } from "../../../kernels/ptx/quantize.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";

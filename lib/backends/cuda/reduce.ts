@@ -10,7 +10,7 @@
  * launch from the stream-ordered pool) and `reduce_finish` combines them.
  * @module
  */
-import * as reducePtx from "../../../kernels/ptx/reduce.ts";
+import { ptx as reducePtx } from "../../../kernels/ptx/reduce.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";

@@ -19,7 +19,7 @@
  * @module
  */
 import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
-import * as shapePtx from "../../../kernels/ptx/shape.ts";
+import { ptx as shapePtx } from "../../../kernels/ptx/shape.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel, stridesOf } from "../../shape.ts";
