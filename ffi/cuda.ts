@@ -63,6 +63,25 @@ export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: number = 8;
 /** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT` (percent). */
 export const CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: number = 9;
 
+/** `CU_TENSOR_MAP_DATA_TYPE_UINT8`. */
+export const CU_TENSOR_MAP_DATA_TYPE_UINT8: number = 0;
+/** `CU_TENSOR_MAP_INTERLEAVE_NONE`. */
+export const CU_TENSOR_MAP_INTERLEAVE_NONE: number = 0;
+/** `CU_TENSOR_MAP_SWIZZLE_NONE`. */
+export const CU_TENSOR_MAP_SWIZZLE_NONE: number = 0;
+/** `CU_TENSOR_MAP_SWIZZLE_128B`. */
+export const CU_TENSOR_MAP_SWIZZLE_128B: number = 3;
+/** `CU_TENSOR_MAP_L2_PROMOTION_NONE`. */
+export const CU_TENSOR_MAP_L2_PROMOTION_NONE: number = 0;
+/** `CU_TENSOR_MAP_L2_PROMOTION_L2_256B`. */
+export const CU_TENSOR_MAP_L2_PROMOTION_L2_256B: number = 3;
+/** `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` (out-of-bounds elements read as zero). */
+export const CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: number = 0;
+/** Bytes of a `CUtensorMap`. */
+export const CU_TENSOR_MAP_BYTES = 128;
+/** Alignment of a `CUtensorMap` (`alignas(128)` in CUDA 13.0's cuda.h; the encoder needs 64). */
+export const CU_TENSOR_MAP_ALIGNMENT = 128;
+
 // Status results are `CUresult` (a C enum: i32). Handles are pointers. Out-parameters are
 // buffers. Device ordinals (`CUdevice`) are int.
 /** The driver API symbols bound by `Deno.dlopen`, with their C signatures. */
@@ -103,6 +122,26 @@ export const CUDA_DRIVER_SYMBOLS = {
   cuFuncSetAttribute: { parameters: ["pointer", "i32", "i32"], result: "i32" },
   cuGetErrorName: { parameters: ["i32", "buffer"], result: "i32" },
   cuGetErrorString: { parameters: ["i32", "buffer"], result: "i32" },
+  // (tensorMap, dataType, rank, globalAddress, globalDim, globalStrides, boxDim,
+  // elementStrides, interleave, swizzle, l2Promotion, oobFill); CUDA 12.0+ drivers only.
+  cuTensorMapEncodeTiled: {
+    parameters: [
+      "buffer",
+      "i32",
+      "u32",
+      "pointer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+    optional: true,
+  },
 } as const;
 
 /** The driver API's bound symbols, as returned by {@link cuda}. */
@@ -212,7 +251,116 @@ export function cuGetFunction(module: Deno.PointerValue, name: string): Deno.Poi
   return Deno.UnsafePointer.create(outPointer[0]);
 }
 
+/** A tiled tensor map's layout, as `cuTensorMapEncodeTiled` takes it. */
+export interface TensorMapTiled {
+  /** A `CU_TENSOR_MAP_DATA_TYPE_*`. */
+  dataType: number;
+  /** Device address of the tensor's first element (16-byte aligned). */
+  globalAddress: bigint;
+  /** Elements per dimension, innermost first (the rank is this length, 1 to 5). */
+  globalDims: readonly number[];
+  /** Bytes between consecutive indices of dimensions 1 and up (rank - 1 entries, multiples
+   * of 16). */
+  globalStrides: readonly number[];
+  /** Elements of the box (the tile one copy moves) per dimension, each at most 256. */
+  boxDims: readonly number[];
+  /** Traversal strides per dimension (default all 1). */
+  elementStrides?: readonly number[];
+  /** A `CU_TENSOR_MAP_INTERLEAVE_*` (default none). */
+  interleave?: number;
+  /** A `CU_TENSOR_MAP_SWIZZLE_*` (default none). */
+  swizzle?: number;
+  /** A `CU_TENSOR_MAP_L2_PROMOTION_*` (default none). */
+  l2Promotion?: number;
+  /** A `CU_TENSOR_MAP_FLOAT_OOB_FILL_*` (default none: out-of-bounds elements read as 0). */
+  oobFill?: number;
+}
+
+/** Returns a zeroed {@link CU_TENSOR_MAP_BYTES}-byte off-heap buffer at an address aligned to
+ * {@link CU_TENSOR_MAP_ALIGNMENT}, to encode a tensor map into. */
+export function tensorMapBuffer(): Uint8Array<ArrayBuffer> {
+  const buffer = new ArrayBuffer(CU_TENSOR_MAP_BYTES + CU_TENSOR_MAP_ALIGNMENT);
+  const base = addressOf(Deno.UnsafePointer.of(buffer));
+  const align = BigInt(CU_TENSOR_MAP_ALIGNMENT);
+  const offset = Number((align - (base % align)) % align);
+  return new Uint8Array(buffer, offset, CU_TENSOR_MAP_BYTES);
+}
+
+/** True when the driver exports `cuTensorMapEncodeTiled` (CUDA 12.0 and newer). */
+export function hasTensorMaps(): boolean {
+  try {
+    return cuda().cuTensorMapEncodeTiled !== null;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Encodes a tiled tensor map (`cuTensorMapEncodeTiled`) into `target` (default: a new
+ * {@link tensorMapBuffer}) and returns it: the 128 bytes a kernel takes as a
+ * `const __grid_constant__ CUtensorMap` parameter (append them with
+ * {@link KernelParams.bytes}). `target` must be 64-byte aligned off-heap memory. Throws a
+ * {@link TensorqError} (op `cuTensorMapEncodeTiled`) when the driver lacks the call or rejects
+ * the layout.
+ */
+export function cuTensorMapEncodeTiled(
+  layout: TensorMapTiled,
+  target: Uint8Array<ArrayBuffer> = tensorMapBuffer(),
+): Uint8Array<ArrayBuffer> {
+  const encode = cuda().cuTensorMapEncodeTiled;
+  if (encode === null) {
+    throw new TensorqError("the CUDA driver has no cuTensorMapEncodeTiled", {
+      op: "cuTensorMapEncodeTiled",
+      kind: "unsupported",
+      expected: "a CUDA 12.0 or newer driver",
+    });
+  }
+  const rank = layout.globalDims.length;
+  const misaligned = addressOf(Deno.UnsafePointer.of(target)) % 64n !== 0n;
+  if (target.length < CU_TENSOR_MAP_BYTES || misaligned) {
+    throw new TensorqError("tensor map target must be 128 bytes at a 64-byte aligned address", {
+      op: "cuTensorMapEncodeTiled",
+      kind: "argument",
+      argument: "target",
+    });
+  }
+  const dims = new BigUint64Array(new ArrayBuffer(8 * rank));
+  const strides = new BigUint64Array(new ArrayBuffer(8 * Math.max(1, rank - 1)));
+  const box = new Uint32Array(new ArrayBuffer(4 * rank));
+  const elementStrides = new Uint32Array(new ArrayBuffer(4 * rank));
+  for (let i = 0; i < rank; i++) {
+    dims[i] = BigInt(layout.globalDims[i]);
+    if (i > 0) strides[i - 1] = BigInt(layout.globalStrides[i - 1]);
+    box[i] = layout.boxDims[i];
+    elementStrides[i] = layout.elementStrides?.[i] ?? 1;
+  }
+  const status = encode(
+    target,
+    layout.dataType,
+    rank,
+    Deno.UnsafePointer.create(layout.globalAddress),
+    dims,
+    strides,
+    box,
+    elementStrides,
+    layout.interleave ?? CU_TENSOR_MAP_INTERLEAVE_NONE,
+    layout.swizzle ?? CU_TENSOR_MAP_SWIZZLE_NONE,
+    layout.l2Promotion ?? CU_TENSOR_MAP_L2_PROMOTION_NONE,
+    layout.oobFill ?? CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+  );
+  if (status !== CUDA_SUCCESS) {
+    throw cuFailure(
+      status,
+      "cuTensorMapEncodeTiled",
+      `dims [${layout.globalDims}], strides [${layout.globalStrides}], box [${layout.boxDims}]`,
+    );
+  }
+  return target;
+}
+
 const INITIAL_SLOTS = 16;
+/** Bytes of the first by-value blob chunk of a {@link KernelParams}. */
+const BLOB_CHUNK_BYTES = 1024;
 
 /**
  * The `void** kernelParams` array of a launch: one 8-byte slot of storage per argument and an
@@ -229,7 +377,15 @@ export class KernelParams {
   #i64: BigInt64Array;
   #u64: BigUint64Array;
   #pointers: BigUint64Array<ArrayBuffer>;
+  #storageBase = 0n;
   #count = 0;
+  // By-value blobs (bytes()): off-heap chunks kept for reuse, the slots whose pointer entries
+  // point into them, and the bump position in the chunks.
+  #blobChunks: { bytes: Uint8Array<ArrayBuffer>; base: bigint }[] = [];
+  #blobSlots: number[] = [];
+  #blobAddresses: bigint[] = [];
+  #blobChunk = 0;
+  #blobOffset = 0;
 
   /** Creates an empty argument list with room for `capacity` arguments before it grows. */
   constructor(capacity: number = INITIAL_SLOTS) {
@@ -248,7 +404,10 @@ export class KernelParams {
 
   #fillPointers(): void {
     const base = addressOf(Deno.UnsafePointer.of(this.#storage));
+    this.#storageBase = base;
     for (let i = 0; i < this.#pointers.length; i++) this.#pointers[i] = base + BigInt(i * 8);
+    // Blob arguments appended since the last reset keep pointing at their blobs.
+    this.#blobSlots.forEach((slot, i) => this.#pointers[slot] = this.#blobAddresses[i]);
   }
 
   // Reserves the next slot. Call it before reading a view field: growing replaces the views.
@@ -272,6 +431,16 @@ export class KernelParams {
   /** Empties the list, keeping its buffers. */
   reset(): this {
     this.#count = 0;
+    if (this.#blobSlots.length > 0) {
+      // Those slots hold plain arguments again unless bytes() is called for them.
+      for (const slot of this.#blobSlots) {
+        this.#pointers[slot] = this.#storageBase + BigInt(slot * 8);
+      }
+      this.#blobSlots.length = 0;
+      this.#blobAddresses.length = 0;
+    }
+    this.#blobChunk = 0;
+    this.#blobOffset = 0;
     return this;
   }
 
@@ -332,6 +501,54 @@ export class KernelParams {
     const slot = this.#next();
     this.#f64[slot] = value;
     return this;
+  }
+
+  /**
+   * Appends a by-value argument of `data.length` bytes (a struct such as a
+   * `const __grid_constant__ CUtensorMap`): the bytes are copied into storage of this object at
+   * an address aligned to `alignment` (a power of two), which the argument's pointer entry
+   * points at.
+   */
+  bytes(data: Uint8Array, alignment: number = 64): this {
+    if (!(Number.isInteger(alignment) && alignment > 0 && (alignment & (alignment - 1)) === 0)) {
+      throw new TensorqError("alignment must be a power of two", {
+        op: "KernelParams.bytes",
+        kind: "argument",
+        argument: "alignment",
+        actual: String(alignment),
+      });
+    }
+    const slot = this.#next();
+    const [view, address] = this.#blobSpace(data.length, alignment);
+    view.set(data);
+    this.#pointers[slot] = address;
+    this.#blobSlots.push(slot);
+    this.#blobAddresses.push(address);
+    return this;
+  }
+
+  // Next `size` bytes of blob storage at an `alignment`-aligned address (chunks are never
+  // moved or freed, so earlier blobs stay valid).
+  #blobSpace(size: number, alignment: number): [Uint8Array, bigint] {
+    const align = BigInt(alignment);
+    for (;;) {
+      const chunk = this.#blobChunks[this.#blobChunk];
+      if (!chunk) break;
+      const start = chunk.base + BigInt(this.#blobOffset);
+      const offset = Number((start + align - 1n) / align * align - chunk.base);
+      if (offset + size <= chunk.bytes.length) {
+        this.#blobOffset = offset + size;
+        return [chunk.bytes.subarray(offset, offset + size), chunk.base + BigInt(offset)];
+      }
+      this.#blobChunk++;
+      this.#blobOffset = 0;
+    }
+    const buffer = new ArrayBuffer(Math.max(BLOB_CHUNK_BYTES, size + alignment));
+    const bytes = new Uint8Array(buffer);
+    this.#blobChunks.push({ bytes, base: addressOf(Deno.UnsafePointer.of(buffer)) });
+    this.#blobChunk = this.#blobChunks.length - 1;
+    this.#blobOffset = 0;
+    return this.#blobSpace(size, alignment);
   }
 }
 

@@ -1,0 +1,448 @@
+import assert from "node:assert/strict";
+import { CU_TENSOR_MAP_BYTES, KernelParams, tensorMapBuffer } from "../ffi/cuda.ts";
+import { encode, type StorageArray } from "../lib/dtype.ts";
+import { CudaDevice } from "../lib/backends/cuda/device.ts";
+import type { CudaBuffer } from "../lib/backends/cuda/memory.ts";
+import { FLOAT_KIND, type FloatDType, memsetAsync } from "../lib/backends/cuda/util.ts";
+import {
+  defaultWgmmaVariant,
+  fastestWgmmaInt8Gemm,
+  timeLaunchMs,
+  WGMMA_TILES,
+  wgmmaInt8Gemm,
+  type WgmmaInt8Problem,
+  wgmmaSharedBytes,
+} from "../lib/backends/cuda/wgmma.ts";
+import { fromStorage, type Tensor } from "../lib/tensor.ts";
+import { testOnGpu } from "./helpers.ts";
+
+// The fused kernels must be bit-identical to the reference below: int64 sums of the int8
+// codes, t = acc · (sxd · swd) + b in float64 (the scale product is exact; one rounding for the
+// multiply and one for the add, as qlinear_epilogue_i32_<out> and the CPU qlinear do), relu
+// as t <= 0 → +0, one rounding to the output dtype. Outputs are poisoned with 0xff bytes (NaN)
+// before each run, so an unwritten element is caught.
+
+const VARIANTS = Object.keys(WGMMA_TILES);
+
+// ---------------------------------------------------------------------------------------
+// KernelParams.bytes (host only: no GPU needed)
+
+function readU64(address: bigint): bigint {
+  return new Deno.UnsafePointerView(Deno.UnsafePointer.create(address)!).getBigUint64();
+}
+
+function readBytes(address: bigint, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  new Deno.UnsafePointerView(Deno.UnsafePointer.create(address)!).copyInto(out);
+  return out;
+}
+
+Deno.test("KernelParams.bytes: aligned by-value blobs among scalar arguments", () => {
+  const params = new KernelParams(4);
+  const blobs = [0, 1, 2].map((b) => Uint8Array.from({ length: 128 }, (_, i) => (i * 7 + b) & 255));
+  // 40 arguments force the slot storage to grow twice while blobs are in the list.
+  params.reset();
+  const expected: (bigint | Uint8Array)[] = [];
+  for (let i = 0; i < 40; i++) {
+    if (i % 13 === 1) {
+      const blob = blobs[(i - 1) / 13];
+      params.bytes(blob, 128);
+      expected.push(blob);
+    } else {
+      params.u64(BigInt(i) * 1000003n);
+      expected.push(BigInt(i) * 1000003n);
+    }
+  }
+  assert.equal(params.length, 40);
+  const check = () => {
+    expected.forEach((e, i) => {
+      const at = params.pointerArray[i];
+      if (typeof e === "bigint") {
+        assert.equal(readU64(at), e, `scalar argument ${i}`);
+      } else {
+        assert.equal(at % 128n, 0n, `blob argument ${i} is 128-byte aligned`);
+        assert.deepEqual(readBytes(at, 128), e, `blob argument ${i}`);
+      }
+    });
+  };
+  check();
+  // After a reset the former blob slots hold plain arguments again.
+  params.reset();
+  for (let i = 0; i < 40; i++) params.i64(-i);
+  for (let i = 0; i < 40; i++) {
+    assert.equal(BigInt.asIntN(64, readU64(params.pointerArray[i])), BigInt(-i), `slot ${i}`);
+  }
+  // Reused blob storage: the same layout again gives the same values.
+  params.reset();
+  for (let i = 0; i < 40; i++) {
+    const e = expected[i];
+    if (typeof e === "bigint") params.u64(e);
+    else params.bytes(e, 128);
+  }
+  check();
+  assert.equal(tensorMapBuffer().length, CU_TENSOR_MAP_BYTES);
+  assert.throws(() => params.bytes(blobs[0], 48), /power of two/);
+});
+
+Deno.test("wgmma tiles: shared memory within the 227 KiB opt-in limit", () => {
+  for (const [name, tile] of Object.entries(WGMMA_TILES)) {
+    assert.ok(wgmmaSharedBytes(tile) <= 232448, `${name}: ${wgmmaSharedBytes(tile)} bytes`);
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+// GPU cases
+
+/** A fast seeded generator (xorshift32) for the large operands. */
+function xorshift(seed: number): () => number {
+  let s = (seed * 2654435761) >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
+}
+
+function randomCodes(n: number, seed: number): Int8Array {
+  const next = xorshift(seed);
+  const out = new Int8Array(n);
+  for (let i = 0; i < n; i++) out[i] = (next() % 255) - 127;
+  return out;
+}
+
+const KIND_DTYPE: readonly FloatDType[] = ["float32", "float16", "bfloat16"];
+
+/** `n` values uniform in [lo, hi), each exactly representable in `dtype`. */
+function randomFloats(n: number, seed: number, lo: number, hi: number, dtype: FloatDType) {
+  const next = xorshift(seed);
+  const values = Float64Array.from({ length: n }, () => lo + (hi - lo) * (next() / 2 ** 32));
+  const storage = encode(dtype, values);
+  const exact = Float64Array.from(
+    new Float64Array(values.length).map((_, i) => decodeOne(dtype, storage, i)),
+  );
+  return { storage, exact };
+}
+
+function decodeOne(dtype: FloatDType, storage: StorageArray, i: number): number {
+  if (dtype === "float32") return (storage as Float32Array)[i];
+  const bits = (storage as Uint16Array)[i];
+  if (dtype === "bfloat16") return new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
+  const sign = bits & 0x8000 ? -1 : 1;
+  const e = (bits >> 10) & 31, f = bits & 1023;
+  if (e === 0) return sign * f * 2 ** -24;
+  if (e === 31) return f ? NaN : sign * Infinity;
+  return sign * (1 + f / 1024) * 2 ** (e - 15);
+}
+
+/** Raw output bits, one element per entry. */
+function bitsOf(dtype: FloatDType, storage: StorageArray): Uint32Array | Uint16Array {
+  if (dtype === "float32") {
+    const f = storage as Float32Array;
+    return new Uint32Array(f.buffer, f.byteOffset, f.length);
+  }
+  return storage as Uint16Array;
+}
+
+interface GemmCase {
+  m: number;
+  n: number;
+  k: number;
+  out: FloatDType;
+  perChannel: boolean;
+  /** Bias dtype (default none). */
+  bias?: FloatDType;
+  relu?: boolean;
+  sxdKind?: number;
+  swdKind?: number;
+  /** Check every output (default when M·N·K ≤ 2^30), else a sample plus the edges. */
+  full?: boolean;
+  /** Tile configurations to run (default all). */
+  variants?: readonly string[];
+  seed: number;
+}
+
+function bufferOf(t: Tensor): CudaBuffer {
+  return t.evaluate().node.buffer as CudaBuffer;
+}
+
+function upload(storage: StorageArray, dtype: "int8" | FloatDType): Tensor {
+  return fromStorage(storage, [storage.length], dtype, "cuda");
+}
+
+/** Operands of a case on the GPU and on the host. */
+function operands(c: GemmCase) {
+  const sxdKind = c.sxdKind ?? 0, swdKind = c.swdKind ?? 0;
+  const x = randomCodes(c.m * c.k, c.seed);
+  const w = randomCodes(c.n * c.k, c.seed + 1);
+  const sx = randomFloats(1, c.seed + 2, 0.001, 0.01, KIND_DTYPE[sxdKind]);
+  const sw = randomFloats(c.perChannel ? c.n : 1, c.seed + 3, 0.001, 0.01, KIND_DTYPE[swdKind]);
+  const b = c.bias ? randomFloats(c.n, c.seed + 4, -1, 1, c.bias) : undefined;
+  const gpu = {
+    x: upload(x, "int8"),
+    w: upload(w, "int8"),
+    sx: upload(sx.storage, KIND_DTYPE[sxdKind]),
+    sw: upload(sw.storage, KIND_DTYPE[swdKind]),
+    b: b && upload(b.storage, c.bias!),
+    y: fromStorage(encode(c.out, new Float64Array(c.m * c.n)), [c.m, c.n], c.out, "cuda"),
+  };
+  return { x, w, sx: sx.exact[0], sw: sw.exact, b: b?.exact, gpu, sxdKind, swdKind };
+}
+
+type Operands = ReturnType<typeof operands>;
+
+/** Output positions checked: all, or a seeded sample plus the first / last rows and columns. */
+function positions(c: GemmCase): Int32Array {
+  const full = c.full ?? c.m * c.n * c.k <= 2 ** 30;
+  if (full) return Int32Array.from({ length: c.m * c.n }, (_, i) => i);
+  const next = xorshift(c.seed + 99);
+  const out: number[] = [];
+  for (let i = 0; i < 8192; i++) out.push((next() % c.m) * c.n + (next() % c.n));
+  for (let i = 0; i < 256; i++) {
+    const r = next() % c.m, col = next() % c.n;
+    out.push(r * c.n, r * c.n + c.n - 1, col, (c.m - 1) * c.n + col);
+  }
+  out.push(c.m * c.n - 1);
+  return Int32Array.from(out);
+}
+
+/** Expected output bits at `at` (the reference function above). */
+function expectedBits(c: GemmCase, o: Operands, at: Int32Array): number[] {
+  const t = new Float64Array(at.length);
+  for (let i = 0; i < at.length; i++) {
+    const row = Math.floor(at[i] / c.n), col = at[i] % c.n;
+    let acc = 0;
+    const xo = row * c.k, wo = col * c.k;
+    for (let p = 0; p < c.k; p++) acc += o.x[xo + p] * o.w[wo + p];
+    const scale = o.sx * o.sw[c.perChannel ? col : 0];
+    let v = acc * scale + (o.b ? o.b[col] : 0);
+    if (c.relu && v <= 0) v = 0;
+    t[i] = v;
+  }
+  return Array.from(bitsOf(c.out, encode(c.out, t)));
+}
+
+function problemOf(c: GemmCase): WgmmaInt8Problem {
+  return {
+    m: c.m,
+    n: c.n,
+    k: c.k,
+    outDType: c.out,
+    perChannel: c.perChannel,
+    sxdKind: c.sxdKind ?? 0,
+    swdKind: c.swdKind ?? 0,
+    biasDType: c.bias,
+    act: c.relu ? 1 : 0,
+  };
+}
+
+/** Runs `kernel` into the poisoned output and checks it. */
+function runAndCheck(
+  label: string,
+  c: GemmCase,
+  o: Operands,
+  run: (y: bigint, x: bigint, w: bigint, sx: bigint, sw: bigint, b: bigint) => void,
+  at: Int32Array,
+  want: number[],
+): void {
+  const device = CudaDevice.get(0);
+  const y = bufferOf(o.gpu.y);
+  memsetAsync(device, y.address, 0xff, y.bytes);
+  run(
+    y.address,
+    bufferOf(o.gpu.x).address,
+    bufferOf(o.gpu.w).address,
+    bufferOf(o.gpu.sx).address,
+    bufferOf(o.gpu.sw).address,
+    o.gpu.b ? bufferOf(o.gpu.b).address : 0n,
+  );
+  const got = bitsOf(c.out, o.gpu.y.storageSync());
+  const poison = c.out === "float32" ? 0xffffffff : 0xffff;
+  let unwritten = 0;
+  for (let i = 0; i < c.m * c.n; i++) if (got[i] === poison) unwritten++;
+  assert.equal(unwritten, 0, `${label}: ${unwritten} outputs not written`);
+  let bad = 0;
+  let first = "";
+  for (let i = 0; i < at.length; i++) {
+    const g = got[at[i]];
+    if (g !== want[i]) {
+      if (bad++ === 0) {
+        first = `first at row ${Math.floor(at[i] / c.n)} column ${at[i] % c.n}: got ${
+          g.toString(16)
+        }, want ${want[i].toString(16)}`;
+      }
+    }
+  }
+  assert.equal(bad, 0, `${label}: ${bad} of ${at.length} outputs differ (${first})`);
+}
+
+function checkCase(c: GemmCase): void {
+  const device = CudaDevice.get(0);
+  const o = operands(c);
+  const p = problemOf(c);
+  const at = positions(c);
+  const want = expectedBits(c, o, at);
+  const name = `${c.m}x${c.n}x${c.k} ${c.out} ${c.perChannel ? "channel" : "tensor"} bias ${
+    c.bias ?? "none"
+  }${c.relu ? " relu" : ""}`;
+  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) {
+    assert.equal(wgmmaInt8Gemm(device, p), undefined, "only sm_90 runs the wgmma kernels");
+    return;
+  }
+  for (const variant of c.variants ?? VARIANTS) {
+    const kernel = wgmmaInt8Gemm(device, p, variant);
+    assert.ok(kernel, `${name}: ${variant} prepared`);
+    assert.equal(kernel.variant, variant);
+    runAndCheck(`${name} ${variant}`, c, o, (...a) => kernel.run(...a), at, want);
+  }
+  for (const t of Object.values(o.gpu)) t?.dispose();
+}
+
+testOnGpu("wgmmaInt8Gemm: tiny and ragged shapes, every tile, every output dtype", () => {
+  const outs: FloatDType[] = ["float32", "float16", "bfloat16"];
+  let seed = 10;
+  for (const out of outs) {
+    // 77x200x64: K below one 128-byte stage, M and N below one tile.
+    checkCase({ m: 77, n: 200, k: 64, out, perChannel: false, seed: seed++ });
+    checkCase({ m: 77, n: 200, k: 64, out, perChannel: true, bias: out, relu: true, seed: seed++ });
+    // Odd N (the scalar store path) and K not a multiple of 128.
+    checkCase({ m: 130, n: 77, k: 96, out, perChannel: true, bias: out, seed: seed++ });
+    checkCase({ m: 257, n: 333, k: 208, out, perChannel: true, relu: true, seed: seed++ });
+    // M = 1.
+    checkCase({ m: 1, n: 768, k: 3072, out, perChannel: true, bias: out, seed: seed++ });
+  }
+});
+
+testOnGpu("wgmmaInt8Gemm: scale and bias kinds other than the output dtype", () => {
+  checkCase({
+    m: 200,
+    n: 264,
+    k: 160,
+    out: "float16",
+    perChannel: true,
+    bias: "float32",
+    sxdKind: 1,
+    swdKind: 2,
+    relu: true,
+    seed: 40,
+  });
+  checkCase({
+    m: 129,
+    n: 136,
+    k: 272,
+    out: "float32",
+    perChannel: false,
+    bias: "bfloat16",
+    sxdKind: 2,
+    swdKind: 1,
+    seed: 41,
+  });
+});
+
+testOnGpu("wgmmaInt8Gemm: 1000x1000x528 (every output) and GPT-2 shapes (sampled)", () => {
+  checkCase({
+    m: 1000,
+    n: 1000,
+    k: 528,
+    out: "float16",
+    perChannel: true,
+    bias: "float16",
+    seed: 50,
+  });
+  checkCase({
+    m: 4096,
+    n: 2304,
+    k: 768,
+    out: "bfloat16",
+    perChannel: true,
+    bias: "bfloat16",
+    relu: true,
+    seed: 51,
+  });
+  checkCase({
+    m: 4096,
+    n: 768,
+    k: 3072,
+    out: "float32",
+    perChannel: false,
+    bias: "float32",
+    seed: 52,
+  });
+});
+
+testOnGpu("wgmmaInt8Gemm: 8192x8192x8192 (sampled)", () => {
+  checkCase({
+    m: 8192,
+    n: 8192,
+    k: 8192,
+    out: "float16",
+    perChannel: true,
+    bias: "float16",
+    variants: ["128x256", "256x128"],
+    seed: 60,
+  });
+});
+
+testOnGpu("wgmmaInt8Gemm: new x and W addresses re-encode the tensor maps", () => {
+  const device = CudaDevice.get(0);
+  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) return;
+  const c: GemmCase = { m: 300, n: 256, k: 384, out: "float32", perChannel: true, seed: 70 };
+  const kernel = wgmmaInt8Gemm(device, problemOf(c));
+  assert.ok(kernel);
+  for (const seed of [70, 71, 72]) {
+    const cs = { ...c, seed };
+    const o = operands(cs);
+    const at = positions(cs);
+    runAndCheck(`seed ${seed}`, cs, o, (...a) => kernel.run(...a), at, expectedBits(cs, o, at));
+    for (const t of Object.values(o.gpu)) t?.dispose();
+  }
+});
+
+testOnGpu("fastestWgmmaInt8Gemm: times every tile and keeps a correct fastest", () => {
+  const device = CudaDevice.get(0);
+  const c: GemmCase = {
+    m: 4096,
+    n: 3072,
+    k: 768,
+    out: "float16",
+    perChannel: true,
+    bias: "float16",
+    seed: 80,
+  };
+  const o = operands(c);
+  const p = problemOf(c);
+  const timed = fastestWgmmaInt8Gemm(device, p);
+  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) {
+    assert.equal(timed, undefined);
+    return;
+  }
+  assert.ok(timed && Number.isFinite(timed.ms) && timed.ms > 0, "timed");
+  assert.ok(VARIANTS.includes(timed.kernel.variant));
+  assert.ok(VARIANTS.includes(defaultWgmmaVariant(device, p)));
+  const at = positions(c);
+  runAndCheck("fastest", c, o, (...a) => timed.kernel.run(...a), at, expectedBits(c, o, at));
+  const ms = timeLaunchMs(device, () => {});
+  assert.ok(ms >= 0 && ms < 1, `an empty launch sequence takes ${ms} ms`);
+  for (const t of Object.values(o.gpu)) t?.dispose();
+});
+
+testOnGpu("wgmmaInt8Gemm: unsupported problems", () => {
+  const device = CudaDevice.get(0);
+  const p: WgmmaInt8Problem = {
+    m: 64,
+    n: 64,
+    k: 64,
+    outDType: "float32",
+    perChannel: false,
+    sxdKind: FLOAT_KIND.float32,
+    swdKind: FLOAT_KIND.float32,
+    act: 0,
+  };
+  assert.equal(wgmmaInt8Gemm(device, { ...p, k: 24 }), undefined, "K not a multiple of 16");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, act: 2 }), undefined, "gelu");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, biasDType: "int32" }), undefined, "int bias");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, m: 0 }), undefined, "empty");
+  assert.equal(wgmmaInt8Gemm(device, p, "64x64"), undefined, "unknown tile");
+});
