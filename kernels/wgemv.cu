@@ -1,0 +1,488 @@
+// Streaming weight-only GEMV for a few rows of x (lowering: lib/backends/cuda/wgemv.ts; the op
+// `wlinear` is defined in lib/graph/passes/qdq_fusion.ts, its CPU reference is in
+// lib/backends/cpu/linear.ts):
+//
+//   y[m, n] = act(Σ_k x[m, k] · q[n, k] · s(n, k) + b[n])
+//
+// with q the int8 / int4 (packed two per byte, element 2i in the low nibble) / float8e4m3
+// weight codes, [N, K] row-major, and s(n, k) one float32, float16 or bfloat16 (swdKind 0, 1,
+// 2) dequantize scale per 16-byte chunk of a row: swd[n · sN] per tensor or per output channel
+// (sK = 0), or swd[n · sN + (o >> scaleShift) · sK] for the code at byte offset o of a row, for
+// blocks of a power-of-two number of bytes along K.
+//
+// At a few rows the product is a stream of the weight, so the kernels are built around memory
+// parallelism: every lane keeps several 16-byte weight loads in flight (a register ring of D
+// iterations, loads bypassing L1 and fetching 256-byte L2 blocks), and decoding and multiplying
+// cost few instructions per code:
+//
+// - wgemv_mma_<q>_<x> (float16 / bfloat16 x, M ≤ 8): the codes are turned into exact 16-bit
+//   values in x's type (magic-number tricks: a byte permute or LOP3 and one packed subtract per
+//   two codes; e4m3: one cvt per two) and multiplied on the tensor cores (mma.m16n8k16, float32
+//   accumulators). The scale multiplies float32 partial sums, once per quad of chunks: each
+//   MMA's 16 inputs lie in one quad (64 bytes of a row), so scale blocks must span 64 bytes or
+//   more (int4 blocks of 128, int8 of 64).
+// - wgemv_fma_<q>_<x>_m<M> (M = 1..4 rows; float32 x, and 16-bit x with int8 / int4 blocks of
+//   16 or 32 bytes): codes to exact float32 values, float32 FMAs into per-chunk sums, scaled
+//   once per chunk.
+//
+// Both differ from the fake-quant reference (which rounds q · s to x's dtype before the
+// product) only by that rounding of the weights, and sum in float32.
+//
+// Layout (both kernels). A block computes 16 output channels n0..n0+15 with W = blockDim.x / 32
+// warps splitting K. Lane l (g = l / 4, t = l % 4) streams rows n0 + g and n0 + g + 8. A row is
+// K / E 16-byte chunks (E codes each), grouped in quads of 4 chunks; iteration i of warp w takes
+// quad i · W + w, and lane t its chunk 4 · quad + t: the 4 lanes of a quad read 64 contiguous
+// bytes of a row, and the W warps of the block neighbouring 64-byte pieces. The lanes that read
+// the same inputs (same t) read the same x, which L1 broadcasts; x lines are prefetched into L1
+// with the weights. The warps' float32 sums meet in shared memory; one thread per output adds
+// the bias and the activation and rounds once to x's dtype.
+//
+// MMA fragments (m16n8k16, row.col): lane (g, t) holds A rows g, g + 8 at k-slots {2t, 2t + 1,
+// 2t + 8, 2t + 9} and B column g at the same slots. MMA j of a chunk maps lane t's slots to
+// features 4j..4j+3 of its chunk (word j of an int8 / e4m3 chunk; bytes 2(j%2), 2(j%2) + 1 of
+// word j/2 of an int4 chunk) and B column g is x row g (zeros for g ≥ M), read as the x words
+// 2j, 2j + 1 of the chunk's inputs. D element r is channel g + 8(r / 2), x row 2t + r % 2.
+//
+// Rows past N read row N - 1 instead (their sums are never written), so the weight loads need
+// no row predicate. Requires K % E == 0 (rows start on 16-byte boundaries, x rows on 32-byte
+// ones).
+
+#include "common.cuh"
+#include "fp8.cuh"
+
+#define WGEMV_MAX_WARPS 16
+#define WGEMV_TILE 16      // output channels per block
+#define WGEMV_MMA_ROWS 8   // rows of x the tensor-core kernels take (the MMA's n8)
+// Iterations in the register ring (D - 1 chunk pairs a lane has in flight). The kernels run at
+// 16 warps an SM (up to 128 registers a thread), so the ring takes what the other values leave:
+// 6 for the tensor-core kernels and the one-row FMA kernels (112-128 registers), fewer for the
+// FMA kernels of more rows, whose per-row sums and x values take more.
+#define WGEMV_MMA_DEPTH 6
+#define WGEMV_FMA_DEPTH(MT) ((MT) == 1 ? 6 : (MT) == 2 ? 4 : 3)
+
+// ---------------------------------------------------------------------------------------------
+// Memory access
+
+// 16 bytes of weight codes: read once, so they bypass L1 (x stays there); the L2 fetches
+// 256-byte blocks, which the other quads and warps of the block read next. volatile keeps the
+// load where it is written: the compiler must not sink it to its use, D - 1 iterations later.
+__device__ __forceinline__ uint4 ldStream(const unsigned char* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// v, computed once: the compiler may not recompute it at each use (it would, to save a
+// register, in the main loop).
+template <class T>
+__device__ __forceinline__ T pinned(T v) {
+  static_assert(sizeof(T) == 8, "64-bit values only");
+  asm("" : "+l"(v));
+  return v;
+}
+
+// Brings the 128-byte line at p into L1 ahead of its use.
+__device__ __forceinline__ void prefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// x types: exact float loads, one RNE rounding on store (common.cuh), and 8 values at i (i a
+// multiple of 8) as floats.
+
+struct XF32 : F32Base {
+  static constexpr int kBytes = 4;
+  static constexpr bool kBf16 = false;
+  __device__ static void load8(const void* p, i64 i, float (&v)[8]) {
+    const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+    const float4 a = __ldg(q), b = __ldg(q + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+};
+
+template <bool Bf16>
+struct XHalf : Half16Base<Bf16> {
+  static constexpr int kBytes = 2;
+  static constexpr bool kBf16 = Bf16;
+  __device__ static void load8(const void* p, i64 i, float (&v)[8]) {
+    const uint4 w =
+        __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i));
+    const float2 a = Half16Base<Bf16>::unpack(w.x), b = Half16Base<Bf16>::unpack(w.y);
+    const float2 c = Half16Base<Bf16>::unpack(w.z), d = Half16Base<Bf16>::unpack(w.w);
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y, v[4] = c.x, v[5] = c.y, v[6] = d.x, v[7] = d.y;
+  }
+};
+typedef XHalf<false> XF16;
+typedef XHalf<true> XBF16;
+
+// ---------------------------------------------------------------------------------------------
+// Packed 16-bit arithmetic (exact here: the operands and results are small integers)
+
+__device__ __forceinline__ unsigned subF16x2(unsigned a, unsigned b) {
+  unsigned d;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+__device__ __forceinline__ unsigned subBf16x2(unsigned a, unsigned b) {
+  unsigned d;
+#if __CUDA_ARCH__ >= 900
+  asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#else
+  // a · 1 - b
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3f803f80u), "r"(b ^ 0x80008000u));
+#endif
+  return d;
+}
+
+template <bool Bf16>
+__device__ __forceinline__ unsigned sub16x2(unsigned a, unsigned b) {
+  return Bf16 ? subBf16x2(a, b) : subF16x2(a, b);
+}
+
+// The high halves of two floats (a's in the low half): their bfloat16 values, exact when the
+// floats have at most 8 significant bits.
+__device__ __forceinline__ unsigned highHalves(float a, float b) {
+  return __byte_perm(__float_as_uint(a), __float_as_uint(b), 0x7632);
+}
+
+// Two e4m3 bytes (low byte first) -> their exact float16 values, packed.
+__device__ __forceinline__ unsigned e4m3x2ToHalf2Bits(unsigned w) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+  return (unsigned)h.x | ((unsigned)h.y << 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codes. pairs<Bf16>(v, j, lo, hi): features 4j, 4j + 1 (lo) and 4j + 2, 4j + 3 (hi) of chunk
+// v as exact 16-bit values of x's type, packed (the first in the low half). floats8(v, h, f):
+// features 8h..8h+7 as exact floats.
+
+// int8: byte b of word j is feature 4j + b; u = byte ^ 0x80 = q + 128.
+struct QI8 {
+  static constexpr int kElems = 16;
+  template <bool Bf16>
+  __device__ static void pairs(const uint4& v, int j, unsigned& lo, unsigned& hi) {
+    const unsigned u = wordOf(v, j) ^ 0x80808080u;
+    if constexpr (!Bf16) {
+      // float16 0x64uu = 1024 + u; minus 1152 (0x6480) is q.
+      lo = subF16x2(__byte_perm(u, 0x64646464u, 0x4140), 0x64806480u);
+      hi = subF16x2(__byte_perm(u, 0x64646464u, 0x4342), 0x64806480u);
+    } else {
+      // bfloat16 holds 8 significant bits, too few for 1024 + u: go through the float
+      // 2^23 + u (one byte permute), minus 2^23 + 128, and keep its high half.
+      float f[4];
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        f[b] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7650 | b)) - 8388736.0f;
+      }
+      lo = highHalves(f[0], f[1]);
+      hi = highHalves(f[2], f[3]);
+    }
+  }
+  __device__ static void floats8(const uint4& v, int h, float (&f)[8]) {
+#pragma unroll
+    for (int w = 0; w < 2; w++) {
+      const unsigned u = wordOf(v, 2 * h + w) ^ 0x80808080u;
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        f[4 * w + b] = __int_as_float(__byte_perm(u, 0x4b000000u, 0x7650 | b)) - 8388736.0f;
+      }
+    }
+  }
+};
+
+// int4: nibble p of word j / 2 is feature 8(j / 2) + p. A nibble n holds q + 8 as n ^ 8.
+struct QI4 {
+  static constexpr int kElems = 32;
+  template <bool Bf16>
+  __device__ static void pairs(const uint4& v, int j, unsigned& lo, unsigned& hi) {
+    // Byte b of w holds features (2b, 2b + 1) in its low and high nibble; byte b of w >> 4
+    // holds feature 2b + 1 in its low nibble. One permute puts byte b of w in the low half
+    // and byte b of w >> 4 in the high half; one LOP3 keeps the low nibbles, flips their sign
+    // bit and sets the exponent of 1024 (float16) or 128 (bfloat16), whose units step by 1:
+    // the halves are 1024 + q + 8 (128 + q + 8), and one packed subtract gives (q, q').
+    constexpr unsigned kMagic = Bf16 ? 0x43084308u : 0x64086408u;
+    const unsigned w = wordOf(v, j >> 1), w4 = w >> 4;
+    const unsigned b = (j & 1) * 2;
+    const unsigned sel = b | (b << 4) | ((b + 4) << 8) | ((b + 4) << 12);
+    lo = sub16x2<Bf16>((__byte_perm(w, w4, sel) & 0x000f000fu) ^ kMagic, kMagic);
+    hi = sub16x2<Bf16>((__byte_perm(w, w4, sel + 0x1111u) & 0x000f000fu) ^ kMagic, kMagic);
+  }
+  __device__ static void floats8(const uint4& v, int h, float (&f)[8]) {
+    // Nibble p of a 16-bit half stays at bit 4p under the exponent of 2^(23 - 4p): one LOP3
+    // makes the float 2^(23-4p) + q + 8, one FADD gives q (both integers below 2^24).
+    const unsigned w = wordOf(v, h);
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const unsigned src = half ? w >> 16 : w;
+#pragma unroll
+      for (int p = 0; p < 4; p++) {
+        const unsigned magicBits = ((150u - 4u * p) << 23) | (8u << (4 * p));
+        const float magic = (float)((1 << (23 - 4 * p)) + 8);
+        f[4 * half + p] = __uint_as_float((src & (0xfu << (4 * p))) ^ magicBits) - magic;
+      }
+    }
+  }
+};
+
+// e4m3: byte b of word j is feature 4j + b; every value is exact in float16 and bfloat16.
+struct QE4M3 {
+  static constexpr int kElems = 16;
+  template <bool Bf16>
+  __device__ static void pairs(const uint4& v, int j, unsigned& lo, unsigned& hi) {
+    const unsigned u = wordOf(v, j);
+    lo = e4m3x2ToHalf2Bits(u);
+    hi = e4m3x2ToHalf2Bits(u >> 16);
+    if constexpr (Bf16) {
+      // float16 -> float (exact) -> its high half (at most 4 significant bits: exact).
+      lo = highHalves(f16BitsToFloat(lo & 0xffffu), f16BitsToFloat(lo >> 16));
+      hi = highHalves(f16BitsToFloat(hi & 0xffffu), f16BitsToFloat(hi >> 16));
+    }
+  }
+  __device__ static void floats8(const uint4& v, int h, float (&f)[8]) {
+#pragma unroll
+    for (int w = 0; w < 2; w++) {
+      const unsigned u = wordOf(v, 2 * h + w);
+      const float2 a = e4m3x2ToFloats(u), b = e4m3x2ToFloats(u >> 16);
+      f[4 * w] = a.x, f[4 * w + 1] = a.y, f[4 * w + 2] = b.x, f[4 * w + 3] = b.y;
+    }
+  }
+};
+
+// D (16 x 8, float32) += A (16 x 16) · B (16 x 8), both float16 or bfloat16.
+template <bool Bf16>
+__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+  if constexpr (Bf16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel body. kMma: tensor-core products (16-bit x, M ≤ 8); otherwise float32 FMAs
+// (M == MT). sK == 0: one scale per row, swd[row · sN]; otherwise the scale of the code at byte
+// offset o of a row is swd[row · sN + (o >> scaleShift) · sK] (a scale block spans
+// 2^scaleShift bytes of a row: at least a quad of chunks for the MMA, a chunk for the FMA).
+
+template <class Q, class X, bool kMma, int MT, int D>
+__device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __restrict__ x,
+                                      const unsigned char* __restrict__ wq,
+                                      const void* __restrict__ swd, int swdKind,
+                                      const void* __restrict__ bias, int act, int M, int N,
+                                      int K, i64 sN, int sK, int scaleShift) {
+  constexpr int E = Q::kElems;
+  constexpr int XB = X::kBytes;
+  constexpr unsigned X_PER_BYTE = E * XB / 16;  // bytes of an x row per byte of a code row
+  __shared__ float partial[WGEMV_MAX_WARPS][MT][WGEMV_TILE];
+  const int warps = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * WGEMV_TILE;
+  const unsigned rowBytes = (unsigned)(K / E) * 16u;
+  const int quads = (int)((rowBytes + 63u) >> 6);
+  const int iters = warp < quads ? (quads - 1 - warp) / warps + 1 : 0;
+  // Rows past N read row N - 1 instead (never written): no predicate on the loads.
+  const int rowA = min(n0 + g, N - 1), rowB = min(n0 + g + 8, N - 1);
+  const unsigned char* wA = pinned(wq + (i64)rowA * rowBytes);
+  const unsigned char* wB = pinned(wq + (i64)rowB * rowBytes);
+  // Byte offset of this lane's chunk in iteration i: first + i · step.
+  const unsigned first = (unsigned)(warp * 4 + t) * 16u, step = (unsigned)warps * 64u;
+  const bool perRow = sK == 0;
+  const i64 scaleRowA = pinned((i64)rowA * sN), scaleRowB = pinned((i64)rowB * sN);
+  const float rowScaleA = perRow ? loadScale(swd, swdKind, scaleRowA) : 0.0f;
+  const float rowScaleB = perRow ? loadScale(swd, swdKind, scaleRowB) : 0.0f;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  // Row g of x (row 0 stands in for g >= M, never read): the row this lane prefetches and,
+  // for the MMA, multiplies. Offsets within a row are below 2^31.
+  const bool xRow = g < M;
+  const char* xLane = pinned(static_cast<const char*>(x) + (xRow ? (i64)g * K * XB : 0));
+
+  // Byte offsets in a row of the next chunk to load and of the next to multiply: the chunk
+  // of iteration i is at first + i · step.
+  unsigned loadOff = first, computeOff = first;
+
+  // The next iteration's chunk pair (zeros past the row's end) and, block-wise, its scales
+  // (the quad's for the MMA: every lane of a quad needs them); x's line for it into L1.
+  auto load = [&](uint4& a, uint4& b, float& sa, float& sb) {
+    const unsigned off = loadOff;
+    loadOff += step;
+    const bool ok = off < rowBytes;
+    a = ok ? ldStream(wA + off) : zero;
+    b = ok ? ldStream(wB + off) : zero;
+    if (!perRow) {
+      const bool sOk = kMma ? (off & ~63u) < rowBytes : ok;
+      const i64 at = (i64)(off >> scaleShift) * sK;
+      sa = sOk ? loadScale(swd, swdKind, scaleRowA + at) : 0.0f;
+      sb = sOk ? loadScale(swd, swdKind, scaleRowB + at) : 0.0f;
+    }
+    if (ok && xRow) prefetchL1(xLane + off * X_PER_BYTE);
+  };
+
+  // MMA: acc[r] is channel g + 8(r / 2), x row 2t + r % 2. FMA: acc[r][m] is channel g + 8r,
+  // x row m, summed over this lane's chunks only.
+  float acc[kMma ? 4 : 2][kMma ? 1 : MT];
+#pragma unroll
+  for (int r = 0; r < (kMma ? 4 : 2); r++) {
+#pragma unroll
+    for (int m = 0; m < (kMma ? 1 : MT); m++) acc[r][m] = 0.0f;
+  }
+
+  auto compute = [&](const uint4& a, const uint4& b, float sa, float sb) {
+    const unsigned off = computeOff;
+    computeOff += step;
+    const bool ok = off < rowBytes;
+    const float sA = perRow ? rowScaleA : sa;
+    const float sB = perRow ? rowScaleB : sb;
+    if constexpr (kMma) {
+      // Every lane runs the MMAs (warp-synchronous); lanes past the row's end contribute zero
+      // codes and zero x, lanes past M zero x.
+      constexpr int XV = E / 8;  // 16-byte vectors of x per chunk
+      uint4 xv[XV];
+      const bool xOk = ok && xRow;
+      const uint4* xp = reinterpret_cast<const uint4*>(xLane + off * X_PER_BYTE);
+#pragma unroll
+      for (int v = 0; v < XV; v++) xv[v] = xOk ? __ldg(xp + v) : zero;
+      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < E / 4; j++) {
+        unsigned a0, a1, a2, a3;
+        Q::template pairs<X::kBf16>(a, j, a0, a2);
+        Q::template pairs<X::kBf16>(b, j, a1, a3);
+        const uint4& xq = xv[j >> 1];
+        mma16816<X::kBf16>(d, a0, a1, a2, a3, wordOf(xq, 2 * (j & 1)),
+                           wordOf(xq, 2 * (j & 1) + 1));
+      }
+      acc[0][0] = fmaf(d[0], sA, acc[0][0]);
+      acc[1][0] = fmaf(d[1], sA, acc[1][0]);
+      acc[2][0] = fmaf(d[2], sB, acc[2][0]);
+      acc[3][0] = fmaf(d[3], sB, acc[3][0]);
+    } else {
+      if (!ok) return;
+      const i64 xAt = (i64)(off / 16u) * E;  // x column of the chunk's first code
+      float pa[MT], pb[MT];
+#pragma unroll
+      for (int m = 0; m < MT; m++) pa[m] = pb[m] = 0.0f;
+      // At 3-4 rows, one group of 8 codes at a time (else the compiler hoists every x load).
+      constexpr int GROUP_UNROLL = MT <= 2 ? E / 8 : 1;
+#pragma unroll GROUP_UNROLL
+      for (int h = 0; h < E / 8; h++) {
+        float wa[8], wb[8];
+        Q::floats8(a, h, wa);
+        Q::floats8(b, h, wb);
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          float xv[8];
+          X::load8(x, (i64)m * K + xAt + h * 8, xv);
+#pragma unroll
+          for (int e = 0; e < 8; e++) {
+            pa[m] = fmaf(wa[e], xv[e], pa[m]);
+            pb[m] = fmaf(wb[e], xv[e], pb[m]);
+          }
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        acc[0][m] = fmaf(pa[m], sA, acc[0][m]);
+        acc[1][m] = fmaf(pb[m], sB, acc[1][m]);
+      }
+    }
+  };
+
+  // Register ring: slot i % D holds iteration i; D - 1 iterations are in flight while one is
+  // multiplied.
+  uint4 ra[D], rb[D];
+  float sa[D], sb[D];
+#pragma unroll
+  for (int j = 0; j < D; j++) sa[j] = sb[j] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < D - 1; j++) load(ra[j], rb[j], sa[j], sb[j]);
+  for (int i0 = 0; i0 < iters; i0 += D) {
+#pragma unroll
+    for (int j = 0; j < D; j++) {
+      const int jn = (j + D - 1) % D;  // iteration i0 + j - 1's slot, already multiplied
+      load(ra[jn], rb[jn], sa[jn], sb[jn]);
+      if (i0 + j < iters) compute(ra[j], rb[j], sa[j], sb[j]);
+    }
+  }
+
+  // The warp's sums per (x row, channel) into shared memory.
+  if constexpr (kMma) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const int m = 2 * t + (r & 1);
+      if (m < M) partial[warp][m][g + 8 * (r >> 1)] = acc[r][0];
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        float v = acc[r][m];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t == 0) partial[warp][m][g + 8 * r] = v;
+      }
+    }
+  }
+  __syncthreads();
+  for (int o = threadIdx.x; o < M * WGEMV_TILE; o += blockDim.x) {
+    const int m = o / WGEMV_TILE, r = o % WGEMV_TILE, n = n0 + r;
+    if (n >= N) continue;
+    float v = partial[0][m][r];
+    for (int w = 1; w < warps; w++) v += partial[w][m][r];
+    const float b = bias ? X::load(bias, n) : 0.0f;
+    X::store(out, (i64)m * N + n, activate(v + b, act));
+  }
+}
+
+// At most 512 threads a block, so at most 128 registers a thread: 16 warps of any block size fit
+// on an SM, which the lowering's choice of warps per block relies on (every block resident at
+// once).
+#define WGEMV_PARAMS                                                                         \
+  void *__restrict__ out, const void *__restrict__ x, const unsigned char *__restrict__ wq, \
+      const void *__restrict__ swd, int swdKind, const void *__restrict__ bias, int act,    \
+      int M, int N, int K, i64 sN, int sK, int scaleShift
+#define WGEMV_ARGS out, x, wq, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift
+
+#define WGEMV_MMA_KERNEL(Q_NAME, Q, X_NAME, X)                                                 \
+  extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
+      wgemv_mma_##Q_NAME##_##X_NAME(WGEMV_PARAMS) {                                           \
+    wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH>(WGEMV_ARGS);                           \
+  }
+
+#define WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, MT)                                             \
+  extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
+      wgemv_fma_##Q_NAME##_##X_NAME##_m##MT(WGEMV_PARAMS) {                                   \
+    wgemv<Q, X, false, MT, WGEMV_FMA_DEPTH(MT)>(WGEMV_ARGS);                                  \
+  }
+
+#define WGEMV_FMA_KERNELS(Q_NAME, Q, X_NAME, X) \
+  WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 1)     \
+  WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 2)     \
+  WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 3)     \
+  WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 4)
+
+#define WGEMV_KERNELS(Q_NAME, Q)                \
+  WGEMV_MMA_KERNEL(Q_NAME, Q, f16, XF16)        \
+  WGEMV_MMA_KERNEL(Q_NAME, Q, bf16, XBF16)      \
+  WGEMV_FMA_KERNELS(Q_NAME, Q, f32, XF32)       \
+  WGEMV_FMA_KERNELS(Q_NAME, Q, f16, XF16)       \
+  WGEMV_FMA_KERNELS(Q_NAME, Q, bf16, XBF16)
+
+WGEMV_KERNELS(i8, QI8)
+WGEMV_KERNELS(i4, QI4)
+// float8e4m3 weights are never block-wise: 16-bit x always takes the MMA kernels.
+WGEMV_MMA_KERNEL(e4m3, QE4M3, f16, XF16)
+WGEMV_MMA_KERNEL(e4m3, QE4M3, bf16, XBF16)
+WGEMV_FMA_KERNELS(e4m3, QE4M3, f32, XF32)

@@ -1,0 +1,176 @@
+/**
+ * The streaming weight-only GEMV of `wlinear` for a few rows of x (kernels in
+ * kernels/wgemv.cu): `y[m, n] = act(Σ_k x[m, k] · q[n, k] · s(n, k) + b[n])` straight from the
+ * weight's codes (int8, packed int4 or float8e4m3, `[N, K]`), for M ≤ 4 rows (float16 /
+ * bfloat16 x: M ≤ 8) when the weight scale is constant over each 16-byte chunk of a row.
+ *
+ * A block computes 16 output channels with 1 to 16 warps splitting K; every lane keeps several
+ * 16-byte weight loads in flight. For float16 / bfloat16 x the codes become exact 16-bit values
+ * multiplied on the tensor cores, for float32 x (and block scales smaller than a quad of chunks)
+ * exact float32 values multiplied with FMAs; sums are float32 and the scale multiplies partial
+ * sums (per quad of chunks or per chunk), so the result differs from the fake-quant reference,
+ * which rounds each dequantized weight to x's dtype first, by that rounding only.
+ *
+ * The caller quantizes the weight (the codes) and calls the returned function per run.
+ * @module
+ */
+import { ptx as wgemvPtx } from "../../../kernels/ptx/wgemv.ts";
+import type { DType } from "../../dtype.ts";
+import type { CudaKernelContext, Dim3 } from "./kernels.ts";
+import { KernelParams, launch } from "./kernels.ts";
+import type { WeightScaleIndex } from "./linear.ts";
+import type { CudaBuffer } from "./memory.ts";
+import {
+  activationCode,
+  FLOAT_KIND,
+  FLOAT_NAME,
+  type FloatDType,
+  INT32_MAX,
+  moduleKernels,
+} from "./util.ts";
+
+const fn = moduleKernels(wgemvPtx);
+
+/** Most rows of x the tensor-core kernels take (float16 / bfloat16 x). */
+export const WGEMV_MMA_MAX_ROWS = 8;
+/** Most rows of x the FMA kernels take (float32 x, small scale blocks). */
+export const WGEMV_FMA_MAX_ROWS = 4;
+/** Output channels per block (WGEMV_TILE in the kernel). */
+const TILE = 16;
+/** Most warps in a block (WGEMV_MAX_WARPS in the kernel). */
+const MAX_WARPS = 16;
+/**
+ * Warps an SM holds at least: the kernels' `__launch_bounds__(512, 1)` caps them at 128
+ * registers a thread.
+ */
+const RESIDENT_WARPS_PER_SM = 16;
+
+/** Kernel name parts of the code dtypes, and their bits. */
+const CODES: Readonly<Record<string, { name: string; bits: number }>> = {
+  int8: { name: "i8", bits: 8 },
+  int4: { name: "i4", bits: 4 },
+  float8e4m3: { name: "e4m3", bits: 8 },
+};
+
+/** How one problem is launched. */
+export interface WgemvShape {
+  /** Kernel function name. */
+  kernel: string;
+  /** True for the tensor-core kernel, false for the FMA kernel. */
+  mma: boolean;
+  /** Warps per block (they split K for the block's 16 output channels). */
+  warps: number;
+  /** Blocks: one per 16 output channels. */
+  blocks: number;
+  /** log2 of the bytes of a row one scale covers (block-wise scales), 0 with one per row. */
+  scaleShift: number;
+}
+
+/** log2(v) when v is a power of two, else -1. */
+function log2Exact(v: number): number {
+  if (!Number.isInteger(v) || v < 1) return -1;
+  const l = Math.round(Math.log2(v));
+  return 2 ** l === v ? l : -1;
+}
+
+/**
+ * The launch of the streaming GEMV for `m` rows of x (`xDType`), an `[n, k]` weight of
+ * `qdtype` codes whose scales are laid out as `index` says, on a GPU of `smCount`
+ * multiprocessors; undefined when the kernels do not cover the problem (too many rows, rows
+ * not on 16-byte boundaries, scales not constant over 16-byte chunks, or block scales that do
+ * not span a power-of-two number of bytes).
+ *
+ * Warps per block: as many as keep every block resident at once (one wave: no SM idles at the
+ * end while others finish a second) while each warp still gets two quads of 64 bytes of each
+ * of its rows.
+ */
+export function wgemvShape(
+  m: number,
+  n: number,
+  k: number,
+  qdtype: DType,
+  xDType: FloatDType,
+  index: WeightScaleIndex,
+  smCount: number,
+): WgemvShape | undefined {
+  const codes = CODES[qdtype];
+  if (!codes || m < 1 || n < 1 || k < 1 || k > INT32_MAX || n > INT32_MAX) return undefined;
+  const perChunk = 128 / codes.bits; // codes per 16-byte chunk
+  if (k % perChunk !== 0 || index.nb !== 1) return undefined;
+  const rowBytes = (k * codes.bits) / 8;
+  const perRow = index.sK === 0;
+  let scaleShift = 0;
+  if (!perRow) {
+    if (index.kb % perChunk !== 0 || k % index.kb !== 0) return undefined;
+    scaleShift = log2Exact((index.kb * codes.bits) / 8);
+    if (scaleShift < 0) return undefined;
+  }
+  const half = xDType !== "float32";
+  // The tensor-core kernel scales sums over quads of chunks (64 bytes of a row).
+  const mma = half && m <= WGEMV_MMA_MAX_ROWS && (perRow || scaleShift >= 6);
+  // float8e4m3 weights are never block-wise, so there are no FMA kernels for them with
+  // 16-bit x.
+  if (!mma && (m > WGEMV_FMA_MAX_ROWS || (half && qdtype === "float8e4m3"))) return undefined;
+  const blocks = Math.ceil(n / TILE);
+  const quads = Math.ceil(rowBytes / 64);
+  const perSm = Math.ceil(blocks / Math.max(1, smCount));
+  let warps = 1;
+  while (
+    warps < MAX_WARPS && perSm * warps * 2 <= RESIDENT_WARPS_PER_SM && quads >= 4 * warps
+  ) warps *= 2;
+  const x = FLOAT_NAME[xDType];
+  const kernel = mma ? `wgemv_mma_${codes.name}_${x}` : `wgemv_fma_${codes.name}_${x}_m${m}`;
+  return { kernel, mma, warps, blocks, scaleShift };
+}
+
+/**
+ * One run of the streaming GEMV: `y` (`[M, N]`, x's dtype) from `x` (`[M, K]`), the weight's
+ * `codes` (`[N, K]`), the dequantize scales `swd` and the optional `bias` (x's dtype).
+ */
+export type StreamingGemv = (
+  y: CudaBuffer,
+  x: CudaBuffer,
+  codes: CudaBuffer,
+  swd: CudaBuffer,
+  bias: CudaBuffer | undefined,
+) => void;
+
+/**
+ * The streaming GEMV of a `wlinear` op (`ctx`: inputs `[x, W, swq, swd, bias?]`) with `m` rows
+ * of x, `n` outputs and `k` inputs, `qdtype` codes and the scale layout `index`; undefined
+ * when the kernels do not cover the problem (see {@link wgemvShape}; also when the output or
+ * bias dtype differs from x's). Lowering runs once per plan; the returned function enqueues one
+ * kernel per run.
+ */
+export function streamingGemv(
+  ctx: CudaKernelContext,
+  m: number,
+  n: number,
+  k: number,
+  qdtype: DType,
+  index: WeightScaleIndex,
+): StreamingGemv | undefined {
+  const [xInfo, , , swdInfo, biasInfo] = ctx.inputs;
+  const xDType = xInfo.dtype;
+  if (xDType !== "float32" && xDType !== "float16" && xDType !== "bfloat16") return undefined;
+  if (ctx.out.dtype !== xDType || (biasInfo && biasInfo.dtype !== xDType)) return undefined;
+  const swdDType = swdInfo.dtype;
+  if (swdDType !== "float32" && swdDType !== "float16" && swdDType !== "bfloat16") {
+    return undefined;
+  }
+  const { device } = ctx;
+  const shape = wgemvShape(m, n, k, qdtype, xDType, index, device.smCount);
+  if (!shape) return undefined;
+  const kernel = fn(device, shape.kernel);
+  const swdKind = FLOAT_KIND[swdDType];
+  const act = activationCode("wlinear", String(ctx.attrs.activation ?? "none"));
+  const grid: Dim3 = [shape.blocks, 1, 1];
+  const block: Dim3 = [32 * shape.warps, 1, 1];
+  const params = new KernelParams();
+  return (y, x, codes, swd, bias) => {
+    params.reset().ptr(y.address).ptr(x.address).ptr(codes.address).ptr(swd.address)
+      .i32(swdKind).ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i64(index.sN)
+      .i32(index.sK).i32(shape.scaleShift);
+    launch(device, kernel, grid, block, params);
+  };
+}
