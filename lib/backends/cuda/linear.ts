@@ -52,6 +52,15 @@ import type { Attrs } from "../../graph/node.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import type { CudaDevice } from "./device.ts";
+import { streamingGemv } from "./wgemv.ts";
+import {
+  fastestWgmmaInt8Gemm,
+  type Int8GemmKernel,
+  timeLaunchMs,
+  wgmmaInt8Gemm,
+  type WgmmaInt8Problem,
+  wgmmaInt8Unsupported,
+} from "./wgmma.ts";
 import {
   BLOCK,
   type CudaKernelContext,
@@ -79,6 +88,7 @@ import {
   LT_TYPE,
   ltPlanProber,
   ltTrialRuns,
+  memsetAsync,
   memsetZero,
   moduleKernels,
   NO_LAUNCH,
@@ -482,6 +492,35 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     const rows = plan ? mPad : m;
     const quantizeX = fn(device, `qlinear_quantize_${xName}_i8`);
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
+    // Our own sm_90a kernel (wgmma, epilogue fused) where it beats cuBLASLt + the epilogue.
+    const fused = chooseWgmmaInt8(device, {
+      m,
+      n,
+      k,
+      outDType: ops.outDType,
+      perChannel,
+      sxdKind,
+      swdKind,
+      biasDType: biasInfo?.dtype,
+      act: ops.act,
+    }, plan && (() => timeLtInt8(device, plan, ops, epilogue, mPad, n, k, perChannel)));
+    if (fused) {
+      return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+        const wq = prep.codes(w, swq, "int8");
+        const xq = CudaBuffer.allocate(device, "int8", m * k);
+        ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
+        fused.run(
+          y.address,
+          xq.address,
+          wq.buffer.address,
+          sxd.address,
+          swd.address,
+          bias?.address ?? 0n,
+        );
+        xq.dispose();
+        if (wq.temporary) wq.buffer.dispose();
+      };
+    }
     const gemm = plan ? undefined : fn(device, "qlinear_gemm_i8");
     const gemmGrid: Dim3 = [Math.ceil(n / 64), Math.ceil(m / 64), 1];
     if (!plan && gemmGrid[1] > 65535) {
@@ -593,6 +632,62 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     acc.dispose();
     if (wv.temporary) wv.buffer.dispose();
   };
+}
+
+/** The int8 product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
+const int8Choices = new Map<string, string>();
+
+/**
+ * Our fused wgmma int8 GEMM for `p` when it is faster than the cuBLASLt path (`timeLt`, which
+ * times cuBLASLt's product + the epilogue; undefined when cuBLASLt has no plan): both are timed
+ * once per problem on scratch operands and the choice is kept. Undefined when the kernel does
+ * not apply (not sm_90, K not a multiple of 16, an activation it does not fuse) or is slower.
+ * Nothing is timed during a graph capture: a problem first seen there takes cuBLASLt.
+ */
+function chooseWgmmaInt8(
+  device: CudaDevice,
+  p: WgmmaInt8Problem,
+  timeLt: (() => number) | undefined,
+): Int8GemmKernel | undefined {
+  if (wgmmaInt8Unsupported(device, p) !== undefined) return undefined;
+  const key = `${device.index}:${JSON.stringify(p)}`;
+  const known = int8Choices.get(key);
+  if (known !== undefined) return known === "lt" ? undefined : wgmmaInt8Gemm(device, p, known);
+  if (streamCaptureStatus(device.stream) !== cudaStreamCaptureStatusNone) {
+    return timeLt ? undefined : wgmmaInt8Gemm(device, p);
+  }
+  const best = fastestWgmmaInt8Gemm(device, p);
+  const useWgmma = best !== undefined && (!timeLt || best.ms < timeLt());
+  int8Choices.set(key, useWgmma ? best!.kernel.variant : "lt");
+  return useWgmma ? best!.kernel : undefined;
+}
+
+/** Milliseconds of cuBLASLt's int8 product + the epilogue kernel on scratch operands. */
+function timeLtInt8(
+  device: CudaDevice,
+  plan: LtMatmulPlan,
+  ops: LinearLaunches,
+  epilogue: Deno.PointerValue,
+  rows: number,
+  n: number,
+  k: number,
+  perChannel: boolean,
+): number {
+  const a = CudaBuffer.allocate(device, "int8", n * k);
+  const b = CudaBuffer.allocate(device, "int8", rows * k);
+  const acc = CudaBuffer.allocate(device, "int32", rows * n);
+  const y = CudaBuffer.allocate(device, ops.outDType, rows * n);
+  const s = CudaBuffer.allocate(device, "float32", Math.max(n, 4));
+  try {
+    for (const buf of [a, b, s]) memsetAsync(device, buf.address, 0x3c, buf.bytes);
+    const scales = { sxd: s, sxdKind: 0, swd: s, swdKind: 0 };
+    return timeLaunchMs(device, () => {
+      plan.run(a.address, b.address, acc.address, acc.address, 1, 0);
+      ops.epilogue(epilogue, y, acc.address, scales, perChannel, s);
+    });
+  } finally {
+    for (const buf of [a, b, acc, y, s]) buf.dispose();
+  }
 }
 
 /**
@@ -806,6 +901,15 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   // The GEMVs need rows on 16-byte boundaries and one scale per 16-byte chunk of a row.
   const elems = qdtype === "int4" ? 32 : 16;
   const index = weightScaleIndex(attrs, k);
+  // A few rows: the streaming GEMV (kernels/wgemv.cu) reads the codes at memory speed.
+  const streaming = streamingGemv(ctx, m, n, k, qdtype, index);
+  if (streaming) {
+    return (y, [xb, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, qdtype);
+      streaming(y, xb, wq.buffer, swd, bias);
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
   const chunkUniform = index.nb === 1 && (index.sK === 0 || index.kb % elems === 0);
   if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform && xDType !== "float32") {
     const shape = gemvMmaShape(m, n, k, elems, device.smCount);
