@@ -40,9 +40,9 @@ import { cudaBackend } from "../lib/backends/cuda/backend.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { kernelFunction, KernelParams, launch } from "../lib/backends/cuda/kernels.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
+import { preferSharedMemory } from "../lib/backends/cuda/util.ts";
 import {
   maxThreadsPerSm,
-  preferSharedMemory,
   quantizeTensorLaunch,
   type QuantizeTensorVariant,
 } from "../lib/backends/cuda/quantize.ts";

@@ -140,21 +140,12 @@ __device__ __forceinline__ void ldmatrixX4Trans(unsigned address, unsigned (&r)[
                : "r"(address));
 }
 
-// D (16 x 8, float32) += A (16 x 16, row) · B (16 x 8, col) in the 16-bit input type.
+// D (16 x 8, float32) += A (16 x 16, row) · B (16 x 8, col) in the 16-bit input type, A as an
+// array (common.cuh has the instruction).
 template <bool Bf16>
 __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
                                          unsigned b1) {
-  if constexpr (Bf16) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
+  ::mma16816<Bf16>(d, a[0], a[1], a[2], a[3], b0, b1);
 }
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][D] 16-bit tile. The chunk index

@@ -1,22 +1,10 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { allocStorage, type DType, encode, type StorageArray } from "../lib/dtype.ts";
+import { allocStorage, type DType, DTYPES, encode, type StorageArray } from "../lib/dtype.ts";
 import { RandomStream } from "../lib/random.ts";
 import { numel } from "../lib/shape.ts";
 import { fromStorage, type Tensor } from "../lib/tensor.ts";
 import { assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
-
-const ALL_DTYPES: readonly DType[] = [
-  "float32",
-  "float16",
-  "bfloat16",
-  "float8e4m3",
-  "int4",
-  "int8",
-  "int32",
-  "int64",
-  "bool",
-];
 
 /** Seeded random non-zero storage of any dtype (bool: random 0/1, the only non-trivial choice). */
 function randomStorage(dtype: DType, n: number, seed: number): StorageArray {
@@ -122,7 +110,7 @@ testOnDevices("sliceScatter: every dtype, axes 0, 1, last and negative, JS start
     [[2, 5, 7], -3, 1],
   ];
   let seed = 1;
-  for (const dtype of ALL_DTYPES) {
+  for (const dtype of DTYPES) {
     for (const [srcShape, axis, start] of shapes) {
       check(device, { dtype, shape: [3, 5, 7], srcShape, axis, start, at: start }, seed++);
     }

@@ -12,8 +12,6 @@
  * `kvLength`, when given, is passed as a device pointer and read by the kernels when they run.
  * @module
  */
-import { checkCu, cuda } from "../../../ffi/cuda.ts";
-import { addressOf } from "../../../ffi/library.ts";
 import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -36,6 +34,7 @@ import {
   INT32_MAX,
   memsetZero,
   NO_LAUNCH,
+  preferSharedMemory,
   roundUp,
 } from "./util.ts";
 
@@ -156,25 +155,6 @@ export function planAttention(p: AttentionProblem, smCount: number): AttentionLa
     perHead: 1,
     scratchWords: 0,
   };
-}
-
-/** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`. */
-const PREFERRED_CARVEOUT_ATTRIBUTE = 9;
-/** Kernels whose preferred shared-memory carveout was raised. */
-const carveoutSet = new Set<bigint>();
-
-/**
- * Asks for the largest shared-memory carveout for a flash kernel (once per function), so that
- * as many CTAs as its registers allow (4 for D = 64, 2 for D = 128) also fit in shared memory.
- */
-function preferSharedMemory(kernel: Deno.PointerValue): void {
-  const key = addressOf(kernel);
-  if (carveoutSet.has(key)) return;
-  checkCu(
-    cuda().cuFuncSetAttribute(kernel, PREFERRED_CARVEOUT_ATTRIBUTE, 100),
-    "cuFuncSetAttribute",
-  );
-  carveoutSet.add(key);
 }
 
 /** A device's decode scratch: split counters first, then the splits' partial results. */

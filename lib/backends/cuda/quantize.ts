@@ -11,9 +11,7 @@
  * block, see kernels/quantize.cu).
  * @module
  */
-import { checkCu, cuda } from "../../../ffi/cuda.ts";
 import { deviceAttribute } from "../../../ffi/cudart.ts";
-import { addressOf } from "../../../ffi/library.ts";
 import { ptx as quantizePtx } from "../../../kernels/ptx/quantize.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -28,7 +26,7 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { FLOAT_KIND } from "./util.ts";
+import { FLOAT_KIND, preferSharedMemory } from "./util.ts";
 
 /** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
 const THREADS = 256;
@@ -36,8 +34,6 @@ const THREADS = 256;
 const CHUNK = 16;
 /** `cudaDevAttrMaxThreadsPerMultiProcessor`. */
 const MAX_THREADS_PER_SM_ATTRIBUTE = 39;
-/** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`. */
-const PREFERRED_CARVEOUT_ATTRIBUTE = 9;
 /** 16-byte vectors a thread loads per step of the per-tensor quantize kernels (FAST_VECTORS). */
 const FAST_VECTORS = 4;
 /** Steps in a thread's shared-memory ring (ASYNC_STAGES in kernels/quantize.cu). */
@@ -153,23 +149,6 @@ const FASTEST_VARIANT = new Map<string, QuantizeTensorVariant>([
   ["float32>float8e4m3", "v1"],
   ["bfloat16>float8e4m3", "v0"],
 ]);
-
-/** Kernels whose preferred shared-memory carveout was set to the maximum. */
-const carveoutSet = new Set<bigint>();
-
-/**
- * Asks for the largest shared-memory carveout for `kernel` (once per function), so that the
- * per-tensor quantize kernels' 48 KB rings fit FAST_BLOCKS_PER_SM blocks on every SM.
- */
-export function preferSharedMemory(kernel: Deno.PointerValue): void {
-  const key = addressOf(kernel);
-  if (carveoutSet.has(key)) return;
-  checkCu(
-    cuda().cuFuncSetAttribute(kernel, PREFERRED_CARVEOUT_ATTRIBUTE, 100),
-    "cuFuncSetAttribute",
-  );
-  carveoutSet.add(key);
-}
 
 const threadsPerSm = new Map<number, number>();
 

@@ -159,6 +159,25 @@ export function allowSharedBytes(
   sharedOptIn.set(key, bytes);
 }
 
+/** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`. */
+const CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9;
+/** Kernels whose preferred shared-memory carveout was raised to the maximum. */
+const carveoutSet = new Set<bigint>();
+
+/**
+ * Asks for the largest shared-memory carveout for `kernel` (once per function), for kernels
+ * whose blocks per SM are limited by shared memory rather than registers.
+ */
+export function preferSharedMemory(kernel: Deno.PointerValue): void {
+  const key = addressOf(kernel);
+  if (carveoutSet.has(key)) return;
+  checkCu(
+    cuda().cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100),
+    "cuFuncSetAttribute",
+  );
+  carveoutSet.add(key);
+}
+
 // ---------------------------------------------------------------------------------------
 // GEMV kernels (kernels/gemv.cuh)
 
