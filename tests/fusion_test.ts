@@ -85,6 +85,28 @@ testOnDevices("weight-only int8 and int4 block-wise fuse into wlinear", (device)
   }
 });
 
+testOnDevices("layers with one output or one input feature fuse too (their transpose is a view)", (
+  device,
+) => {
+  for (const [k, n] of [[48, 1], [1, 24]] as [number, number][]) {
+    for (const input of [true, false]) {
+      const layer = quantLinear(
+        device,
+        [k, n],
+        { quantDtype: "int8", weightQuantDim: 0 },
+        k,
+        input,
+      );
+      const x = tq.randn([3, k], { seed: n, device });
+      const r = fusedAndUnfused(() => layer.forward(x));
+      assert.deepEqual(r.ops, [input ? "qlinear" : "wlinear"], `[${k}, ${n}] ${input}`);
+      assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6, message: `[${k}, ${n}]` });
+    }
+    const float = new tq.Linear(k, n).to(device);
+    assert.deepEqual(tq.inspectGraph(float.forward(tq.randn([3, k], { device }))).ops, ["linear"]);
+  }
+});
+
 testOnDevices(
   "w8a8 with a per-input-feature weight scale cannot use integer GEMMs: wlinear keeps it exact",
   (device) => {

@@ -207,6 +207,21 @@ testOnDevices("permute and transpose: hand values", (device) => {
   assertExact(x.permute([0, 1, 2]), [2, 3, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
 });
 
+testOnDevices("permute that only moves extents of 1 is a view, not a copy", (device) => {
+  const v = Array.from({ length: 2 * 3 * 4 }, (_, i) => i + 1);
+  const x = tensor(v, { shape: [2, 1, 3, 4], device });
+  // [B, 1, H, D] → [B, H, 1, D] (a decode step's heads): same element order.
+  const heads = x.permute([0, 2, 1, 3]);
+  assert.equal(heads.node.op, "reshape");
+  assertExact(heads, [2, 3, 1, 4], v);
+  assertExact(x.permute([1, 0, 2, 3]), [1, 2, 3, 4], v);
+  // Reordering extents > 1 still copies.
+  const moved = x.permute([0, 3, 1, 2]);
+  assert.equal(moved.node.op, "permute");
+  const ref = permuteMap([2, 1, 3, 4], [0, 3, 1, 2]);
+  assertExact(moved, ref.shape, ref.map.map((j) => v[j]));
+});
+
 testOnDevices("expand: hand values, -1 keeps, new leading dims", (device) => {
   const col = tensor([[1], [2]], { device });
   assertExact(col.expand([2, 3]), [2, 3], [1, 1, 1, 2, 2, 2]);

@@ -295,7 +295,10 @@ export function permute(x: Tensor, axes: readonly number[]): Tensor {
 
 function permuteNormalized(x: Tensor, axes: number[]): Tensor {
   const shape = axes.map((a) => x.node.shape[a]);
-  if (axes.every((a, i) => a === i)) return view(x, shape);
+  // Moving only extents of 1 (or keeping the order of the others) leaves the elements where
+  // they are: a view, no copy (decoding's [B, 1, H, D] → [B, H, 1, D], say).
+  const moved = axes.filter((a) => x.node.shape[a] !== 1);
+  if (moved.every((a, i) => i === 0 || moved[i - 1] < a)) return view(x, shape);
   return makeOp("permute", [x], { axes }, shape, x.dtype);
 }
 

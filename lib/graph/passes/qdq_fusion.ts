@@ -65,12 +65,26 @@ export function linearFusionEnabled(): boolean {
 const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
 
 /**
+ * True when `t` transposes a 2-D value: `permute(W, [1, 0])`, or the view that stands for it
+ * when an extent is 1 (permute makes no copy then: `[1, K] → [K, 1]`).
+ */
+function isTranspose2d(g: PlanGraph, t: PlanNode | undefined): t is PlanNode {
+  if (!t) return false;
+  if (t.op === "permute") return JSON.stringify(t.attrs.axes) === "[1,0]";
+  if (t.op !== "reshape" || t.shape.length !== 2) return false;
+  const w = t.inputs[0];
+  const shape = ("leaf" in w ? g.leaves[w.leaf] : g.nodes[w.node]).shape;
+  return shape.length === 2 && (shape[0] === 1 || shape[1] === 1) &&
+    t.shape[0] === shape[1] && t.shape[1] === shape[0];
+}
+
+/**
  * Matches `permute(W, [1, 0])` with W a 2-D float weight that no dequantize produced in this
  * graph, and `[N, K]` with K the last extent of the matmul's first input.
  */
 function matchFloatWeight(g: PlanGraph, ref: ValueRef, k: number): ValueRef | undefined {
   const t = producer(g, ref);
-  if (!t || t.op !== "permute" || JSON.stringify(t.attrs.axes) !== "[1,0]") return undefined;
+  if (!isTranspose2d(g, t)) return undefined;
   const w = t.inputs[0];
   const info = "leaf" in w ? g.leaves[w.leaf] : g.nodes[w.node];
   if (info.shape.length !== 2 || info.shape[1] !== k) return undefined;
@@ -97,7 +111,7 @@ interface WeightMatch {
 /** matches `permute(dequantize(quantize(W, swq), swd), [1, 0])` with W 2-D. */
 function matchWeight(g: PlanGraph, ref: ValueRef): WeightMatch | undefined {
   const t = producer(g, ref);
-  if (!t || t.op !== "permute" || JSON.stringify(t.attrs.axes) !== "[1,0]") return undefined;
+  if (!isTranspose2d(g, t)) return undefined;
   const dq = producer(g, t.inputs[0]);
   if (!dq || dq.op !== "dequantize") return undefined;
   const q = producer(g, dq.inputs[0]);
@@ -131,7 +145,7 @@ function warnLostFusion(ctx: PassContext, g: PlanGraph, matmulIndex: number): vo
     let r = ref;
     // Look through a transpose of the weight.
     const t = producer(g, r);
-    if (t?.op === "permute") r = t.inputs[0];
+    if (t?.op === "permute" || isTranspose2d(g, t)) r = t!.inputs[0];
     if (!("leaf" in r)) continue;
     const leaf = ctx.leafNodes[r.leaf];
     if (leaf.op !== "dequantize" || warned.has(leaf)) continue;
