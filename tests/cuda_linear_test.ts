@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { decode, type DType, roundHalfToEven } from "../lib/dtype.ts";
-import { gemvShape, preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
+import { preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
+import { gemvShape } from "../lib/backends/cuda/util.ts";
 import { type Activation, applyActivation, randomValues, testOnGpu } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ atol·max|ref| + rtol·|ref| against the CPU backend's fused

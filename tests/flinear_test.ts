@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { decode, type DType } from "../lib/dtype.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
-import { flinearGemvShape, flinearLtEpilogue } from "../lib/backends/cuda/flinear.ts";
+import { flinearLtEpilogue } from "../lib/backends/cuda/flinear.ts";
+import { gemvShape } from "../lib/backends/cuda/util.ts";
 import { linearFusionEnabled, setLinearFusion } from "../lib/graph/passes/qdq_fusion.ts";
 import { type Activation, applyActivation, testOnDevices } from "./helpers.ts";
 
@@ -235,7 +236,7 @@ Deno.test("GEMV launch shapes cover every output channel and K element exactly o
     [9, 50, 5000, 4],
   ];
   for (const [m, n, k, elems] of cases) {
-    const s = flinearGemvShape(m, n, k, elems, sms);
+    const s = gemvShape(m, n, k, elems, sms);
     const what = JSON.stringify({ m, n, k, elems, s });
     const step = 32 * elems;
     assert.ok(s.rowsCompiled >= m && s.rowsCompiled <= 16, what);
@@ -280,7 +281,7 @@ Deno.test("GEMV launch shapes cover every output channel and K element exactly o
     assert.ok(seen.every((v) => v === 1), what);
   }
   // The 15 × Linear(256, 256) decode layer: 32 blocks of 1 KiB shared memory.
-  const small = flinearGemvShape(1, 256, 256, 4, sms);
+  const small = gemvShape(1, 256, 256, 4, sms);
   assert.deepEqual(small, {
     rowsCompiled: 1,
     tileK: 256,

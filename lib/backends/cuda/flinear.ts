@@ -61,9 +61,8 @@ import {
   FLOAT_NAME,
   type FloatDType,
   floatDType,
-  GEMV_ROWS,
-  GEMV_SHARED_BYTES,
   GEMV_WARPS,
+  gemvShape,
   LT_TYPE,
   ltPlanProber,
   ltTrialRuns,
@@ -78,59 +77,6 @@ const fn = moduleKernels(flinearPtx);
 
 /** Rows up to which the GEMV kernel runs. */
 export const FLINEAR_GEMV_MAX_ROWS = 16;
-
-// ---------------------------------------------------------------------------------------
-// GEMV launch shape
-
-/** Launch shape of the GEMV kernel for one problem. */
-export interface FlinearGemvShape {
-  /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
-  rowsCompiled: number;
-  /** Columns of x staged in shared memory at a time (a multiple of 32 · elements per chunk). */
-  tileK: number;
-  /** Warps of a block that split K for one group of output channels (1, 2 or 4). */
-  splitK: number;
-  /** Blocks. */
-  blocks: number;
-  /** Dynamic shared memory bytes. */
-  sharedBytes: number;
-}
-
-/**
- * The GEMV launch shape for `m` ≤ 16 rows, `n` outputs, `k` inputs and `elems` elements per
- * 16-byte chunk (4 for float32, 8 for 16-bit types) on a GPU of `sms` multiprocessors.
- */
-export function flinearGemvShape(
-  m: number,
-  n: number,
-  k: number,
-  elems: number,
-  sms: number,
-): FlinearGemvShape {
-  const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
-  const step = 32 * elems;
-  const maxTile = Math.max(
-    step,
-    Math.floor(GEMV_SHARED_BYTES / (4 * rowsCompiled) / step) * step,
-  );
-  const tileK = Math.min(maxTile, roundUp(Math.max(k, 1), step));
-  const groups = Math.ceil(n / GEMV_ROWS);
-  const steps = Math.ceil(Math.min(k, tileK) / step);
-  // Split K over the warps of a block while there are too few blocks to fill the GPU twice
-  // and every warp keeps at least one step: small layers get more, shorter blocks.
-  let splitK = 1;
-  while (
-    splitK < GEMV_WARPS && Math.ceil(groups / (GEMV_WARPS / splitK)) < 2 * sms &&
-    steps >= 2 * splitK
-  ) splitK *= 2;
-  return {
-    rowsCompiled,
-    tileK,
-    splitK,
-    blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
-    sharedBytes: rowsCompiled * tileK * 4,
-  };
-}
 
 /** Dynamic shared memory that needs no opt-in: the 48 KiB default counts static shared memory
  * (the kernel's split-K partial sums) too, so stay well below it. */
@@ -255,7 +201,7 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   if (m <= FLINEAR_GEMV_MAX_ROWS) {
     const elems = dtype === "float32" ? 4 : 8;
-    const shape = flinearGemvShape(m, n, k, elems, device.smCount);
+    const shape = gemvShape(m, n, k, elems, device.smCount);
     const kernel = fn(device, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
     allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
     const grid: Dim3 = [shape.blocks, 1, 1];

@@ -82,9 +82,8 @@ import {
   FLOAT_NAME,
   type FloatDType,
   floatDType,
-  GEMV_ROWS,
-  GEMV_SHARED_BYTES,
   GEMV_WARPS,
+  gemvShape,
   LT_TYPE,
   ltPlanProber,
   ltTrialRuns,
@@ -783,49 +782,6 @@ function trialRun(
 
 /** Dynamic shared memory a kernel may use without opting in. */
 const SHARED_NO_OPT_IN = 48 * 1024;
-
-/** Launch shape of the float32-x GEMV kernel for one problem. */
-export interface GemvShape {
-  /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
-  rowsCompiled: number;
-  /** Columns of x staged in shared memory at a time. */
-  tileK: number;
-  /** Warps of a block that split K for one group of output channels. */
-  splitK: number;
-  /** Blocks. */
-  blocks: number;
-  /** Dynamic shared memory bytes. */
-  sharedBytes: number;
-}
-
-/**
- * The float32-x GEMV launch shape for `m` rows, `n` outputs, `k` inputs, `elems` codes per 16
- * bytes.
- */
-export function gemvShape(m: number, n: number, k: number, elems: number, sms: number): GemvShape {
-  const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
-  const step = 32 * elems;
-  const maxTile = Math.max(
-    step,
-    Math.floor(GEMV_SHARED_BYTES / (4 * rowsCompiled) / step) * step,
-  );
-  const tileK = Math.min(maxTile, roundUp(k, step));
-  const groups = Math.ceil(n / GEMV_ROWS);
-  const steps = Math.ceil(k / step);
-  // Split K over the warps of a block when there are too few channel groups to fill the GPU.
-  let splitK = 1;
-  while (
-    splitK < GEMV_WARPS && Math.ceil(groups / (GEMV_WARPS / splitK)) < 2 * sms &&
-    steps >= 2 * splitK
-  ) splitK *= 2;
-  return {
-    rowsCompiled,
-    tileK,
-    splitK,
-    blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
-    sharedBytes: rowsCompiled * tileK * 4,
-  };
-}
 
 /** Launch shape of the tensor-core GEMV (float16 / bfloat16 x) for one problem. */
 export interface GemvMmaShape {

@@ -188,6 +188,52 @@ export const GEMV_ROWS = 4;
 /** Most dynamic shared memory a GEMV stages x in (opted in above the default 48 KiB). */
 export const GEMV_SHARED_BYTES: number = 64 * 1024;
 
+/** Launch shape of the GEMV kernels of kernels/gemv.cuh for one problem. */
+export interface GemvShape {
+  /** Rows the kernel is compiled for (M rounded up to 1, 2, 4, 8 or 16). */
+  rowsCompiled: number;
+  /** Columns of x staged in shared memory at a time (a multiple of 32 · elements per chunk). */
+  tileK: number;
+  /** Warps of a block that split K for one group of output channels (1, 2 or 4). */
+  splitK: number;
+  /** Blocks. */
+  blocks: number;
+  /** Dynamic shared memory bytes. */
+  sharedBytes: number;
+}
+
+/**
+ * The launch shape of the gemv.cuh kernels (float Linear and float32-x weight-only) for
+ * `m` ≤ 16 rows, `n` outputs, `k` inputs and `elems` elements (or codes) per 16-byte chunk on
+ * a GPU of `sms` multiprocessors.
+ */
+export function gemvShape(m: number, n: number, k: number, elems: number, sms: number): GemvShape {
+  const rowsCompiled = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 16;
+  const step = 32 * elems;
+  const maxTile = Math.max(
+    step,
+    Math.floor(GEMV_SHARED_BYTES / (4 * rowsCompiled) / step) * step,
+  );
+  const tileK = Math.min(maxTile, roundUp(Math.max(k, 1), step));
+  const groups = Math.ceil(n / GEMV_ROWS);
+  // Warp steps of one tile: the warps of a group split each tile's steps.
+  const steps = Math.ceil(Math.min(k, tileK) / step);
+  // Split K over the warps of a block while there are too few blocks to fill the GPU twice
+  // and every warp keeps at least one step: small layers get more, shorter blocks.
+  let splitK = 1;
+  while (
+    splitK < GEMV_WARPS && Math.ceil(groups / (GEMV_WARPS / splitK)) < 2 * sms &&
+    steps >= 2 * splitK
+  ) splitK *= 2;
+  return {
+    rowsCompiled,
+    tileK,
+    splitK,
+    blocks: Math.ceil(groups / (GEMV_WARPS / splitK)),
+    sharedBytes: rowsCompiled * tileK * 4,
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // cuBLASLt
 
