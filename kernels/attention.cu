@@ -53,11 +53,6 @@ __device__ __forceinline__ float warpMax(float v) {
   return v;
 }
 
-__device__ __forceinline__ float warpSum(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(FULL_MASK, v, m);
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Element types: scalar loads / stores (common.cuh) and 16-byte chunks as floats.

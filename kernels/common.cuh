@@ -157,3 +157,26 @@ __device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
 }
+
+// Sum over the 32 lanes of a warp (every lane gets it).
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// 16 bytes of weight codes: read once, so they bypass L1 (x stays there); the L2 fetches
+// 256-byte blocks, which the block's other warps read next. volatile keeps the load where it
+// is written: the compiler must not sink it to its use several iterations later.
+__device__ __forceinline__ uint4 ldWeightChunk(const unsigned char* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Brings the 128-byte line at p into L1 ahead of its use.
+__device__ __forceinline__ void prefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}

@@ -685,21 +685,6 @@ GEMV_KERNELS_QX(e4m3, GE4M3, f32, F32)
 
 #define MMA_MAX_WARPS 16
 
-// 16 bytes of weight codes: read once, so they bypass L1 (x stays there); the L2 fetches
-// 256-byte blocks, which the block's other quads and warps read next. volatile keeps the load
-// where it is written: the compiler must not sink it to its use, D - 1 iterations later.
-__device__ __forceinline__ uint4 ldWeightChunk(const unsigned char* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-// Brings the 128-byte line at p into L1 ahead of its use.
-__device__ __forceinline__ void prefetchL1(const void* p) {
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-}
 
 
 // Codes → dequantized float32 values. values(v, j, s, w): the four values q · s (float32

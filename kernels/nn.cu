@@ -28,17 +28,12 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(FULL_MASK, v, m);
-  return v;
-}
 
 // The block-wide max (MAX) or sum, returned to every thread. `scratch` holds 32 floats.
 template <bool MAX> __device__ __forceinline__ float block_all(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warps = (blockDim.x + 31) >> 5;
-  v = MAX ? warp_max(v) : warp_sum(v);
+  v = MAX ? warp_max(v) : warpSum(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   float r = MAX ? NEG_INF : 0.0f;
@@ -162,7 +157,7 @@ __device__ __forceinline__ void softmax_warp(const T* __restrict__ x, T* __restr
         }
       }
     }
-    sum = warp_sum(sum);
+    sum = warpSum(sum);
     const float logSum = log ? logf(sum) : 0.0f;
     T* out = y + row * L;
 #pragma unroll
@@ -287,7 +282,7 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
     float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < VPT; ++i) sum += v[i];
-    const float mean = warp_sum(sum) / (float)D;
+    const float mean = warpSum(sum) / (float)D;
     float sq = 0.0f;
 #pragma unroll
     for (int c = 0; c < VPT / VEC; ++c) {
@@ -299,7 +294,7 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
         }
       }
     }
-    const float inv = 1.0f / sqrtf(warp_sum(sq) / (float)D + eps);
+    const float inv = 1.0f / sqrtf(warpSum(sq) / (float)D + eps);
     T* out = y + row * D;
 #pragma unroll
     for (int c = 0; c < VPT / VEC; ++c) {

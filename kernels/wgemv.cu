@@ -63,16 +63,6 @@
 // ---------------------------------------------------------------------------------------------
 // Memory access
 
-// 16 bytes of weight codes: read once, so they bypass L1 (x stays there); the L2 fetches
-// 256-byte blocks, which the other quads and warps of the block read next. volatile keeps the
-// load where it is written: the compiler must not sink it to its use, D - 1 iterations later.
-__device__ __forceinline__ uint4 ldStream(const unsigned char* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // v, computed once: the compiler may not recompute it at each use (it would, to save a
 // register, in the main loop).
@@ -83,10 +73,6 @@ __device__ __forceinline__ T pinned(T v) {
   return v;
 }
 
-// Brings the 128-byte line at p into L1 ahead of its use.
-__device__ __forceinline__ void prefetchL1(const void* p) {
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-}
 
 // ---------------------------------------------------------------------------------------------
 // x types: exact float loads, one RNE rounding on store (common.cuh), and 8 values at i (i a
@@ -302,8 +288,8 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
     const unsigned off = loadOff;
     loadOff += step;
     const bool ok = off < rowBytes;
-    a = ok ? ldStream(wA + off) : zero;
-    b = ok ? ldStream(wB + off) : zero;
+    a = ok ? ldWeightChunk(wA + off) : zero;
+    b = ok ? ldWeightChunk(wB + off) : zero;
     if (!perRow) {
       const bool sOk = kMma ? (off & ~63u) < rowBytes : ok;
       const i64 at = (i64)(off >> scaleShift) * sK;
