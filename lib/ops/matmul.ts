@@ -30,6 +30,35 @@ export function matmulBatchShape(aBatch: Shape, bBatch: Shape): number[] | undef
   return out;
 }
 
+/** The product a kernel computes for operand shapes a matmul accepted. */
+export interface MatmulGeometry {
+  /** Rows of each product (1 for a 1-D `a`, a row vector). */
+  m: number;
+  /** Columns of each product (1 for a 1-D `b`, a column vector). */
+  n: number;
+  /** The reduction length. */
+  k: number;
+  /** a's batch dims (empty for a 1-D or 2-D a). */
+  aBatch: number[];
+  /** b's batch dims (empty for a 1-D or 2-D b). */
+  bBatch: number[];
+  /** The batch dims they broadcast to. */
+  batch: number[];
+}
+
+/** M, N, K and the batch dims of `a @ b` for shapes {@link matmul} checked already. */
+export function matmulGeometry(as: Shape, bs: Shape): MatmulGeometry {
+  const aBatch = as.slice(0, -2), bBatch = bs.slice(0, -2);
+  return {
+    m: as.length === 1 ? 1 : as[as.length - 2],
+    n: bs.length === 1 ? 1 : bs[bs.length - 1],
+    k: as[as.length - 1],
+    aBatch,
+    bBatch,
+    batch: matmulBatchShape(aBatch, bBatch)!,
+  };
+}
+
 /**
  * `a @ b`: 2-D × 2-D is the matrix product; N-D operands are stacks of matrices in the last
  * two dims with broadcast batch dims; a 1-D `a` is a row vector and a 1-D `b` a column vector

@@ -8,7 +8,7 @@
  * of Bᵀ in use stay in cache while all rows of A pass over them.
  * @module
  */
-import { matmulBatchShape } from "../../ops/matmul.ts";
+import { matmulGeometry } from "../../ops/matmul.ts";
 import { numel } from "../../shape.ts";
 import { registerCpuKernel } from "./backend.ts";
 import { broadcastIndex, outArray, read } from "./util.ts";
@@ -89,12 +89,7 @@ export function gemm(
 
 registerCpuKernel("matmul", ([sa, sb], ctx) => {
   const [ia, ib] = ctx.inputs;
-  const as = ia.shape, bs = ib.shape;
-  const k = as[as.length - 1];
-  const m = as.length === 1 ? 1 : as[as.length - 2];
-  const n = bs.length === 1 ? 1 : bs[bs.length - 1];
-  const aBatch = as.slice(0, -2), bBatch = bs.slice(0, -2);
-  const batch = matmulBatchShape(aBatch, bBatch)!;
+  const { m, n, k, aBatch, bBatch, batch } = matmulGeometry(ia.shape, ib.shape);
   const batches = numel(batch);
   const out = outArray(ctx.out.dtype, batches * m * n);
   if (out.values.length === 0) return out.finish();

@@ -29,7 +29,7 @@ import {
 import { checkCuda, cudart } from "../../../ffi/cudart.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
-import { matmulBatchShape } from "../../ops/matmul.ts";
+import { matmulGeometry } from "../../ops/matmul.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan } from "./cublaslt.ts";
 import type { CudaDevice } from "./device.ts";
@@ -148,13 +148,8 @@ function lowerMatmul(ctx: CudaKernelContext): CudaLaunch {
       actual: `${ia.dtype} @ ${ib.dtype} → ${dtype}`,
     });
   }
-  const as = ia.shape, bs = ib.shape;
   // A 1-D a is a [1, K] row and a 1-D b a [K, 1] column: same memory, no copy.
-  const k = as[as.length - 1];
-  const m = as.length === 1 ? 1 : as[as.length - 2];
-  const n = bs.length === 1 ? 1 : bs[bs.length - 1];
-  const aBatch = as.slice(0, -2), bBatch = bs.slice(0, -2);
-  const batch = matmulBatchShape(aBatch, bBatch)!;
+  const { m, n, k, aBatch, bBatch, batch } = matmulGeometry(ia.shape, ib.shape);
   if (numel(ctx.out.shape) === 0) return () => {};
   if (k === 0) {
     // Empty sums: the output is zeros.
