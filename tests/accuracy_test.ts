@@ -34,33 +34,17 @@ import {
   type SafetensorsTensors,
   type Tensor,
 } from "../mod.ts";
-import { testOnGpu } from "./helpers.ts";
+import { filesExist, SHARED_DIR, sharedTest } from "./helpers.ts";
 
-const SHARED = new URL("../../shared/", import.meta.url);
-const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED).pathname;
-const FIXTURES = new URL("fixtures/", SHARED).pathname;
+const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR).pathname;
+const FIXTURES = new URL("fixtures/", SHARED_DIR).pathname;
 const REFERENCE = `${FIXTURES}reference.safetensors`;
 const AMAX = `${FIXTURES}calibration_amax.safetensors`;
 const REPORT = `${FIXTURES}report.json`;
 
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
-const haveShared = [`${MODEL_DIR}model.safetensors`, REFERENCE, AMAX, REPORT].every(exists);
-if (!haveShared) console.log(`accuracy tests skipped: ${SHARED.pathname} (fixtures) not present`);
-
-/** A test that needs the shared model and fixtures; ignored (visibly) without them. */
-function sharedTest(name: string, fn: () => void | Promise<void>): void {
-  Deno.test({
-    name: haveShared ? name : `${name} (skipped: no ../shared)`,
-    ignore: !haveShared,
-    fn,
-  });
+const haveShared = filesExist(`${MODEL_DIR}model.safetensors`, REFERENCE, AMAX, REPORT);
+if (!haveShared) {
+  console.log(`accuracy tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
 }
 
 const WINDOWS = 8;
@@ -153,33 +137,26 @@ const MODES: ModeCase[] = [
   { mode: "fp8", fixture: "fp8", quantizesInputs: true },
 ];
 
-/**
- * A test of the shared fixtures on the GPU: ignored (visibly) without them or without a GPU,
- * a failure under test:gpu when the GPU is missing.
- */
-function sharedGpuTest(name: string, fn: () => void | Promise<void>): void {
-  if (!haveShared) {
-    Deno.test({ name: `${name} [cuda] (skipped: no ../shared)`, ignore: true, fn });
-    return;
-  }
-  testOnGpu(name, fn);
-}
-
-sharedGpuTest("float32 logits on the GPU match PyTorch (max |diff| <= 1e-3), loss 1e-4", () => {
-  const { report, inputIds, fp32Logits } = loadFixtures();
-  const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR).to("cuda");
-  const logits = model.forward(inputIds.to("cuda")).evaluate();
-  const ours = logits.dataSync() as Float32Array;
-  let max = 0;
-  for (let i = 0; i < ours.length; i++) {
-    const d = Math.abs(ours[i] - fp32Logits[i]);
-    if (!(d <= max)) max = d;
-  }
-  const loss = lossFromLogits(logits, inputIds.to("cuda"));
-  console.log(`cuda float32: max |logit diff| ${max.toExponential(3)}, loss ${loss.toFixed(6)}`);
-  assert.ok(max <= 1e-3, `max diff ${max}`);
-  assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss} vs ${report.fp32_loss}`);
-});
+sharedTest(
+  haveShared,
+  "float32 logits on the GPU match PyTorch (max |diff| <= 1e-3), loss 1e-4",
+  () => {
+    const { report, inputIds, fp32Logits } = loadFixtures();
+    const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR).to("cuda");
+    const logits = model.forward(inputIds.to("cuda")).evaluate();
+    const ours = logits.dataSync() as Float32Array;
+    let max = 0;
+    for (let i = 0; i < ours.length; i++) {
+      const d = Math.abs(ours[i] - fp32Logits[i]);
+      if (!(d <= max)) max = d;
+    }
+    const loss = lossFromLogits(logits, inputIds.to("cuda"));
+    console.log(`cuda float32: max |logit diff| ${max.toExponential(3)}, loss ${loss.toFixed(6)}`);
+    assert.ok(max <= 1e-3, `max diff ${max}`);
+    assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss} vs ${report.fp32_loss}`);
+  },
+  { gpu: true },
+);
 
 /**
  * Position-0 bound of the modes that quantize activations. fp8 products on the GPU's tensor
@@ -198,8 +175,7 @@ for (const c of MODES) {
         "quantization error"
       : "mean |Δ| <= 1e-3";
     const name = `${c.mode}: logits match logits_${c.fixture} (${bound}), loss within 0.002`;
-    if (device === "cpu") sharedTest(name, () => checkMode(c, "cpu"));
-    else sharedGpuTest(name, () => checkMode(c, "cuda"));
+    sharedTest(haveShared, name, () => checkMode(c, device), { gpu: device === "cuda" });
   }
 }
 
@@ -262,44 +238,48 @@ function relativeDiff(a: number, b: number): number {
   return Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
 }
 
-sharedTest("max calibration on calib_ids reproduces calibration_amax (1e-4 relative)", () => {
-  const { reference } = loadFixtures();
-  const calibIds = reference.get("calib_ids");
-  assert.deepEqual(calibIds.shape, [WINDOWS, POSITIONS]);
-  const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
-  const start = performance.now();
-  const calib = calibrate(model, [calibIds], (m, ids) => m.forward(ids), {
-    method: "max",
-    onProgress: () => {},
-  });
-  forwardSeconds += (performance.now() - start) / 1000;
-  using amaxFile = loadSafetensors(AMAX);
-  const expected = importAmax(amaxFile);
-  assert.equal(expected.size, 16);
-  let worstInput = 0, worstWeight = 0;
-  for (const [name, want] of expected) {
-    const got = calib.get(name);
-    assert.ok(got, `no calibration for ${name}`);
-    const d = relativeDiff(got.inputAmax!, want.inputAmax!);
-    assert.ok(d <= 1e-4, `${name}: input amax ${got.inputAmax} vs ${want.inputAmax}`);
-    worstInput = Math.max(worstInput, d);
-    const gw = got.weightAmax!, ww = want.weightAmax!;
-    assert.equal(gw.length, ww.length, `${name}: weight amax length`);
-    for (let i = 0; i < ww.length; i++) {
-      const e = relativeDiff(gw[i], ww[i]);
-      assert.ok(e <= 1e-4, `${name}: weight amax[${i}] ${gw[i]} vs ${ww[i]}`);
-      worstWeight = Math.max(worstWeight, e);
+sharedTest(
+  haveShared,
+  "max calibration on calib_ids reproduces calibration_amax (1e-4 relative)",
+  () => {
+    const { reference } = loadFixtures();
+    const calibIds = reference.get("calib_ids");
+    assert.deepEqual(calibIds.shape, [WINDOWS, POSITIONS]);
+    const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
+    const start = performance.now();
+    const calib = calibrate(model, [calibIds], (m, ids) => m.forward(ids), {
+      method: "max",
+      onProgress: () => {},
+    });
+    forwardSeconds += (performance.now() - start) / 1000;
+    using amaxFile = loadSafetensors(AMAX);
+    const expected = importAmax(amaxFile);
+    assert.equal(expected.size, 16);
+    let worstInput = 0, worstWeight = 0;
+    for (const [name, want] of expected) {
+      const got = calib.get(name);
+      assert.ok(got, `no calibration for ${name}`);
+      const d = relativeDiff(got.inputAmax!, want.inputAmax!);
+      assert.ok(d <= 1e-4, `${name}: input amax ${got.inputAmax} vs ${want.inputAmax}`);
+      worstInput = Math.max(worstInput, d);
+      const gw = got.weightAmax!, ww = want.weightAmax!;
+      assert.equal(gw.length, ww.length, `${name}: weight amax length`);
+      for (let i = 0; i < ww.length; i++) {
+        const e = relativeDiff(gw[i], ww[i]);
+        assert.ok(e <= 1e-4, `${name}: weight amax[${i}] ${gw[i]} vs ${ww[i]}`);
+        worstWeight = Math.max(worstWeight, e);
+      }
     }
-  }
-  // lm_head is calibrated too (it is a Linear) but the reference leaves it out.
-  assert.ok(calib.has("lm_head"));
-  console.log(
-    `calibration: worst relative diff input amax ${worstInput.toExponential(2)}, ` +
-      `weight amax ${worstWeight.toExponential(2)} (16 layers)`,
-  );
-});
+    // lm_head is calibrated too (it is a Linear) but the reference leaves it out.
+    assert.ok(calib.has("lm_head"));
+    console.log(
+      `calibration: worst relative diff input amax ${worstInput.toExponential(2)}, ` +
+        `weight amax ${worstWeight.toExponential(2)} (16 layers)`,
+    );
+  },
+);
 
-sharedTest("accuracy: total forward time", () => {
+sharedTest(haveShared, "accuracy: total forward time", () => {
   console.log(`accuracy: quantized forwards and calibration took ${forwardSeconds.toFixed(1)} s`);
   fixtures?.reference.close();
   fixtures = undefined;

@@ -27,7 +27,14 @@ import {
   type Tensor,
   tensor,
 } from "../mod.ts";
-import { assertClose, assertTqError, randomValues, thisLine } from "./helpers.ts";
+import {
+  assertClose,
+  assertTqError,
+  filesExist,
+  randomValues,
+  SHARED_DIR,
+  thisLine,
+} from "./helpers.ts";
 
 const f32 = Math.fround;
 
@@ -646,15 +653,8 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
 // ---------------------------------------------------------------------------------------
 // importAmax
 
-const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
-const AMAX_FILE = new URL("calibration_amax.safetensors", FIXTURES);
-const haveFixture = (() => {
-  try {
-    return Deno.statSync(AMAX_FILE).isFile;
-  } catch {
-    return false;
-  }
-})();
+const AMAX_FILE = new URL("fixtures/calibration_amax.safetensors", SHARED_DIR);
+const haveFixture = filesExist(AMAX_FILE);
 
 Deno.test({
   name: `importAmax reads the reference calibration file${

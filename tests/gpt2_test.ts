@@ -18,35 +18,19 @@ import {
 } from "../lib/models/gpt2.ts";
 import { concat, slice } from "../lib/ops/shape.ts";
 import { type Tensor, tensor } from "../lib/tensor.ts";
-import { assertTqError, thisLine } from "./helpers.ts";
+import { assertTqError, filesExist, SHARED_DIR, sharedTest, thisLine } from "./helpers.ts";
 import * as tq from "../mod.ts";
 
-const SHARED = new URL("../../shared/", import.meta.url);
-const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED).pathname;
-const FIXTURES = new URL("fixtures/", SHARED).pathname;
+const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR).pathname;
+const FIXTURES = new URL("fixtures/", SHARED_DIR).pathname;
 const LOAD_OP = "GPT2LMHeadModel.fromPretrained";
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const haveShared = exists(`${MODEL_DIR}model.safetensors`) &&
-  exists(`${FIXTURES}reference.safetensors`) && exists(`${FIXTURES}report.json`);
-if (!haveShared) console.log(`gpt2 tests skipped: ${SHARED.pathname} (fixtures) not present`);
-
-/** A test that needs the shared model and fixtures; ignored (visibly) without them. */
-function sharedTest(name: string, fn: () => void | Promise<void>): void {
-  Deno.test({
-    name: haveShared ? name : `${name} (skipped: no ../shared)`,
-    ignore: !haveShared,
-    fn,
-  });
-}
+const haveShared = filesExist(
+  `${MODEL_DIR}model.safetensors`,
+  `${FIXTURES}reference.safetensors`,
+  `${FIXTURES}report.json`,
+);
+if (!haveShared) console.log(`gpt2 tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length);
@@ -132,7 +116,7 @@ Deno.test("gpt2Config: defaults are GPT-2 small; invalid fields are named", () =
   ]);
 });
 
-sharedTest("parseGPT2Config reads the tiny model's config.json", () => {
+sharedTest(haveShared, "parseGPT2Config reads the tiny model's config.json", () => {
   const c = parseGPT2Config(JSON.parse(Deno.readTextFileSync(`${MODEL_DIR}config.json`)));
   assert.deepEqual(c, {
     vocabSize: 256,
@@ -152,25 +136,29 @@ sharedTest("parseGPT2Config reads the tiny model's config.json", () => {
 // ---------------------------------------------------------------------------------------
 // Loading
 
-sharedTest("fromPretrained: HF names, Conv1D weights transposed, lm_head tied to wte", () => {
-  const m = tinyModel();
-  const sd = m.stateDict();
-  assert.deepEqual(sd["transformer.h.0.attn.c_attn.weight"].shape, [768, 256]);
-  assert.deepEqual(sd["transformer.h.3.mlp.c_proj.weight"].shape, [256, 1024]);
-  assert.deepEqual(sd["transformer.wpe.weight"].shape, [256, 256]);
-  assert.ok(sd["lm_head.weight"] === sd["transformer.wte.weight"], "the same tensor");
-  assert.equal(Object.keys(sd).length, 2 + 4 * 12 + 2 + 1);
-  // Linear's [out, in] is the transpose of the file's [in, out].
-  using ckpt = loadHfCheckpoint(MODEL_DIR);
-  const file = floats(ckpt.tensor("transformer.h.2.mlp.c_fc.weight")); // [256, 1024]
-  const mine = floats(sd["transformer.h.2.mlp.c_fc.weight"]); // [1024, 256]
-  for (const [i, o] of [[0, 0], [3, 700], [255, 1023], [100, 1]]) {
-    assert.equal(mine[o * 256 + i], file[i * 1024 + o], `element in=${i} out=${o}`);
-  }
-  assert.ok(sd["transformer.h.2.mlp.c_fc.weight"].isEvaluated, "materialized at load");
-});
+sharedTest(
+  haveShared,
+  "fromPretrained: HF names, Conv1D weights transposed, lm_head tied to wte",
+  () => {
+    const m = tinyModel();
+    const sd = m.stateDict();
+    assert.deepEqual(sd["transformer.h.0.attn.c_attn.weight"].shape, [768, 256]);
+    assert.deepEqual(sd["transformer.h.3.mlp.c_proj.weight"].shape, [256, 1024]);
+    assert.deepEqual(sd["transformer.wpe.weight"].shape, [256, 256]);
+    assert.ok(sd["lm_head.weight"] === sd["transformer.wte.weight"], "the same tensor");
+    assert.equal(Object.keys(sd).length, 2 + 4 * 12 + 2 + 1);
+    // Linear's [out, in] is the transpose of the file's [in, out].
+    using ckpt = loadHfCheckpoint(MODEL_DIR);
+    const file = floats(ckpt.tensor("transformer.h.2.mlp.c_fc.weight")); // [256, 1024]
+    const mine = floats(sd["transformer.h.2.mlp.c_fc.weight"]); // [1024, 256]
+    for (const [i, o] of [[0, 0], [3, 700], [255, 1023], [100, 1]]) {
+      assert.equal(mine[o * 256 + i], file[i * 1024 + o], `element in=${i} out=${o}`);
+    }
+    assert.ok(sd["transformer.h.2.mlp.c_fc.weight"].isEvaluated, "materialized at load");
+  },
+);
 
-sharedTest("logits of input_ids match PyTorch float32 (max |diff| <= 1e-3)", () => {
+sharedTest(haveShared, "logits of input_ids match PyTorch float32 (max |diff| <= 1e-3)", () => {
   const { logits, torchLogits, seconds } = fullForward();
   assert.deepEqual(logits.shape, [8, 256, 256]);
   const diff = maxAbsDiff(floats(logits), torchLogits);
@@ -178,7 +166,7 @@ sharedTest("logits of input_ids match PyTorch float32 (max |diff| <= 1e-3)", () 
   assert.ok(diff <= 1e-3, `max diff ${diff}`);
 });
 
-sharedTest("lossFromLogits matches report.json fp32_loss (within 1e-4)", () => {
+sharedTest(haveShared, "lossFromLogits matches report.json fp32_loss (within 1e-4)", () => {
   const { logits, inputIds, torchLogits } = fullForward();
   const report = JSON.parse(Deno.readTextFileSync(`${FIXTURES}report.json`));
   const loss = lossFromLogits(logits, inputIds);
@@ -212,7 +200,7 @@ Deno.test("lossFromLogits: hand-computed cross entropy, shifted and unshifted", 
 // ---------------------------------------------------------------------------------------
 // KV cache
 
-sharedTest("KV-cache decoding equals the full forward (max |diff| <= 1e-4)", () => {
+sharedTest(haveShared, "KV-cache decoding equals the full forward (max |diff| <= 1e-4)", () => {
   const m = tinyModel();
   const prompt = promptOf(0, 24);
   const ids = (xs: number[]) => tensor(Int32Array.from(xs), { shape: [1, xs.length] });
@@ -237,7 +225,7 @@ sharedTest("KV-cache decoding equals the full forward (max |diff| <= 1e-4)", () 
   assert.equal(cache.length, 0);
 });
 
-sharedTest("forward with a cache rejects overflow and batch mismatches", () => {
+sharedTest(haveShared, "forward with a cache rejects overflow and batch mismatches", () => {
   const m = tinyModel();
   const cache = m.createCache();
   m.forward(tensor(Int32Array.from([1, 2, 3, 4]), { shape: [2, 2] }), { cache });
@@ -265,32 +253,36 @@ sharedTest("forward with a cache rejects overflow and batch mismatches", () => {
 // ---------------------------------------------------------------------------------------
 // Generation
 
-sharedTest("greedy generate: deterministic, same with and without cache, matches argmax", () => {
-  const m = tinyModel();
-  const prompt = promptOf(1, 24);
-  const a = generate(m, prompt, { maxNewTokens: 12 });
-  const b = generate(m, prompt, { maxNewTokens: 12, strategy: "greedy" });
-  const noCache = generate(m, prompt, { maxNewTokens: 12, cache: false });
-  assert.equal(a.length, 12);
-  assert.deepEqual(a, b);
-  assert.deepEqual(noCache, a);
-  // The first token is the argmax of PyTorch's logits at the prompt's last position.
-  const row = fullForward().torchLogits.subarray((256 + 23) * 256, (256 + 24) * 256);
-  assert.equal(a[0], row.indexOf(Math.max(...row)));
-  // A tensor prompt gives the same tokens; onToken sees each as it comes.
-  const seen: number[] = [];
-  const c = generate(m, tensor(Int32Array.from(prompt)), {
-    maxNewTokens: 12,
-    onToken: (t) => seen.push(t),
-  });
-  assert.deepEqual(c, a);
-  assert.deepEqual(seen, a);
-  // Stop tokens end generation after being emitted.
-  assert.deepEqual(generate(m, prompt, { maxNewTokens: 12, stopTokens: [a[3]] }), a.slice(0, 4));
-  console.log(`greedy: ${JSON.stringify(decodeBytes(prompt) + "|" + decodeBytes(a))}`);
-});
+sharedTest(
+  haveShared,
+  "greedy generate: deterministic, same with and without cache, matches argmax",
+  () => {
+    const m = tinyModel();
+    const prompt = promptOf(1, 24);
+    const a = generate(m, prompt, { maxNewTokens: 12 });
+    const b = generate(m, prompt, { maxNewTokens: 12, strategy: "greedy" });
+    const noCache = generate(m, prompt, { maxNewTokens: 12, cache: false });
+    assert.equal(a.length, 12);
+    assert.deepEqual(a, b);
+    assert.deepEqual(noCache, a);
+    // The first token is the argmax of PyTorch's logits at the prompt's last position.
+    const row = fullForward().torchLogits.subarray((256 + 23) * 256, (256 + 24) * 256);
+    assert.equal(a[0], row.indexOf(Math.max(...row)));
+    // A tensor prompt gives the same tokens; onToken sees each as it comes.
+    const seen: number[] = [];
+    const c = generate(m, tensor(Int32Array.from(prompt)), {
+      maxNewTokens: 12,
+      onToken: (t) => seen.push(t),
+    });
+    assert.deepEqual(c, a);
+    assert.deepEqual(seen, a);
+    // Stop tokens end generation after being emitted.
+    assert.deepEqual(generate(m, prompt, { maxNewTokens: 12, stopTokens: [a[3]] }), a.slice(0, 4));
+    console.log(`greedy: ${JSON.stringify(decodeBytes(prompt) + "|" + decodeBytes(a))}`);
+  },
+);
 
-sharedTest("sampling is reproducible by seed; topK 1 is greedy", () => {
+sharedTest(haveShared, "sampling is reproducible by seed; topK 1 is greedy", () => {
   const m = tinyModel();
   const prompt = encodeBytes("ROMEO:\n");
   const opts = { maxNewTokens: 24, strategy: "sample" as const, temperature: 1.0 };
@@ -313,7 +305,7 @@ sharedTest("sampling is reproducible by seed; topK 1 is greedy", () => {
   console.log(`sample(seed 7): ${JSON.stringify(decodeBytes(s1))}`);
 });
 
-sharedTest("generate rejects bad arguments", () => {
+sharedTest(haveShared, "generate rejects bad arguments", () => {
   const m = tinyModel();
   assertTqError(() => generate(m, [1, 256], { maxNewTokens: 1 }), {
     op: "generate",
@@ -411,7 +403,7 @@ function twoShards(names: string[]): Record<string, string[]> {
   };
 }
 
-sharedTest("a sharded checkpoint loads and gives identical logits", () => {
+sharedTest(haveShared, "a sharded checkpoint loads and gives identical logits", () => {
   const tensors = tinyTensors();
   const dir = writeCheckpoint(tensors, twoShards(Object.keys(tensors)));
   try {
@@ -436,7 +428,7 @@ sharedTest("a sharded checkpoint loads and gives identical logits", () => {
   }
 });
 
-sharedTest("broken checkpoints give errors naming the tensor or file", () => {
+sharedTest(haveShared, "broken checkpoints give errors naming the tensor or file", () => {
   const tensors = tinyTensors();
   const dirs: string[] = [];
   try {
@@ -527,20 +519,24 @@ sharedTest("broken checkpoints give errors naming the tensor or file", () => {
   }
 });
 
-sharedTest("checkpoints without the transformer. prefix (original gpt2 files) load", () => {
-  const tensors = tinyTensors();
-  const renamed = Object.fromEntries(
-    Object.entries(tensors).map(([k, v]) => [k.replace(/^transformer\./, ""), v]),
-  );
-  const dir = writeCheckpoint(renamed);
-  try {
-    const m = GPT2LMHeadModel.fromPretrained(dir);
-    const ids = slice(fullForward().inputIds, [[0, 1], [0, 32]]);
-    assert.equal(maxAbsDiff(floats(m.forward(ids)), floats(tinyModel().forward(ids))), 0);
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+sharedTest(
+  haveShared,
+  "checkpoints without the transformer. prefix (original gpt2 files) load",
+  () => {
+    const tensors = tinyTensors();
+    const renamed = Object.fromEntries(
+      Object.entries(tensors).map(([k, v]) => [k.replace(/^transformer\./, ""), v]),
+    );
+    const dir = writeCheckpoint(renamed);
+    try {
+      const m = GPT2LMHeadModel.fromPretrained(dir);
+      const ids = slice(fullForward().inputIds, [[0, 1], [0, 32]]);
+      assert.equal(maxAbsDiff(floats(m.forward(ids)), floats(tinyModel().forward(ids))), 0);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
 
 Deno.test("SmoothQuant on GPT-2's norm → Linear pairs keeps the float forward", () => {
   const model = tq.GPT2LMHeadModel.random({

@@ -1,7 +1,7 @@
 /**
- * Test helpers: the devices to run on, seeded random data, closeness checks, error checks
- * that assert the op, kind, message and reported line, and the unfused form of the fused
- * Linear ops' activations.
+ * Test helpers: the devices to run on, the shared fixtures beside the checkout, seeded random
+ * data, closeness checks, error checks that assert the op, kind, message and reported line,
+ * and the unfused form of the fused Linear ops' activations.
  * @module
  */
 import assert from "node:assert/strict";
@@ -41,6 +41,38 @@ export function testOnGpu(name: string, fn: () => void | Promise<void>): void {
     if (reason) throw new Error(`GPU tests required but no GPU is usable: ${reason}`);
     await fn();
   });
+}
+
+/** The shared models, fixtures and data beside the checkout (`../shared`), when present. */
+export const SHARED_DIR: URL = new URL("../../shared/", import.meta.url);
+
+/** True when every path is an existing file. */
+export function filesExist(...paths: (string | URL)[]): boolean {
+  return paths.every((p) => {
+    try {
+      return Deno.statSync(p).isFile;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Registers a test that needs files of `../shared` (`present`: whether they exist); without
+ * them it is ignored with a visible "(skipped: no ../shared)". `gpu`: a GPU test
+ * ({@link testOnGpu}) when the files are present.
+ */
+export function sharedTest(
+  present: boolean,
+  name: string,
+  fn: () => void | Promise<void>,
+  options: { gpu?: boolean } = {},
+): void {
+  if (!present) {
+    const suffix = options.gpu ? " [cuda]" : "";
+    Deno.test({ name: `${name}${suffix} (skipped: no ../shared)`, ignore: true, fn });
+  } else if (options.gpu) testOnGpu(name, fn);
+  else Deno.test(name, fn);
 }
 
 /** Seeded random float64 values: normal (default) or uniform in [low, high). */

@@ -8,6 +8,7 @@ import {
   SafetensorsFile,
   writeSafetensors,
 } from "../lib/io/safetensors.ts";
+import { filesExist, SHARED_DIR } from "./helpers.ts";
 
 const ALL_DTYPES: [SafetensorsDType, number][] = [
   ["F64", 8],
@@ -582,20 +583,11 @@ Deno.test("writer validates its inputs before touching the file", () => {
   }
 });
 
-const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
-const MODELS = new URL("../../shared/models/", import.meta.url);
-
-function exists(url: URL): boolean {
-  try {
-    Deno.statSync(url);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const FIXTURES = new URL("fixtures/", SHARED_DIR);
+const MODELS = new URL("models/", SHARED_DIR);
 
 const conformance = new URL("conformance.safetensors", FIXTURES);
-const hasConformance = exists(conformance);
+const hasConformance = filesExist(conformance);
 if (!hasConformance) console.log(`skipped: ${conformance.pathname} not present (../shared)`);
 Deno.test({
   name: "conformance fixture: pc_w is F32 [64, 96] and pt_x is F32 [4184]",
@@ -625,7 +617,7 @@ Deno.test({
 });
 
 const gpt2 = new URL("tiny-shakespeare-gpt2/model.safetensors", MODELS);
-const hasGpt2 = exists(gpt2);
+const hasGpt2 = filesExist(gpt2);
 if (!hasGpt2) console.log(`skipped: ${gpt2.pathname} not present (../shared)`);
 Deno.test({
   name: "tiny-shakespeare-gpt2: transformer.wte.weight is F32 [256, 256]",
