@@ -80,8 +80,9 @@ function reference(x: tq.Tensor, l: tq.Linear, act: Activation): Float64Array {
   return out;
 }
 
-// [K, N]: multiples of 16, and odd sizes (rows not on 16-byte boundaries for any dtype).
-const SHAPES: [number, number][] = [[64, 48], [33, 17], [256, 96], [40, 7]];
+// [K, N]: multiples of 16, and odd sizes (rows not on 16-byte boundaries for any dtype; N = 17
+// and 203 split into an aligned product and a thin one beside it).
+const SHAPES: [number, number][] = [[64, 48], [33, 17], [256, 96], [40, 7], [96, 203]];
 const ROWS = [1, 5, 16, 17, 300];
 
 testOnDevices(

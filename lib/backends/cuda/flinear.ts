@@ -25,12 +25,7 @@
  */
 import {
   CUBLAS_COMPUTE_32F,
-  CUBLASLT_EPILOGUE_BIAS,
   CUBLASLT_EPILOGUE_DEFAULT,
-  CUBLASLT_EPILOGUE_GELU,
-  CUBLASLT_EPILOGUE_GELU_BIAS,
-  CUBLASLT_EPILOGUE_RELU,
-  CUBLASLT_EPILOGUE_RELU_BIAS,
   CUDA_R_32F,
 } from "../../../ffi/cublaslt.ts";
 import { ptx as flinearPtx } from "../../../kernels/ptx/flinear.ts";
@@ -51,9 +46,6 @@ import {
 import { CudaBuffer } from "./memory.ts";
 import { type Copy, planStridedCopy } from "./shape.ts";
 import {
-  ACT_GELU_TANH,
-  ACT_NONE,
-  ACT_RELU,
   ACTIVATION,
   activationCode,
   allowSharedBytes,
@@ -64,6 +56,7 @@ import {
   GEMV_WARPS,
   gemvShape,
   LT_TYPE,
+  ltEpilogueFor,
   ltPlanProber,
   ltTrialRuns,
   memsetZero,
@@ -90,27 +83,14 @@ function floatTnSpec(n: number, rows: number, k: number, ab: number, d: number):
   return tnSpec(n, rows, k, { a: ab, d, compute: CUBLAS_COMPUTE_32F, scale: CUDA_R_32F });
 }
 
-/**
- * cuBLASLt's epilogue that computes bias and activation as the reference does for `dtype`, or
- * undefined. Its GELU is the tanh form, with an approximation error that only 16-bit outputs
- * hide.
- */
+/** cuBLASLt's epilogue for a bias and `activation` on `dtype` outputs (see ltEpilogueFor). */
 export function flinearLtEpilogue(
   hasBias: boolean,
   activation: string,
   dtype: string,
 ): number | undefined {
-  switch (ACTIVATION[activation]) {
-    case ACT_NONE:
-      return hasBias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    case ACT_RELU:
-      return hasBias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
-    case ACT_GELU_TANH:
-      if (dtype === "float32") return undefined;
-      return hasBias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
-    default:
-      return undefined;
-  }
+  const act = ACTIVATION[activation];
+  return act === undefined ? undefined : ltEpilogueFor(hasBias, act, dtype);
 }
 
 /** Outcomes of fused-configuration trials, by plan key. */
@@ -216,15 +196,44 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   const type = LT_TYPE[dtype];
   // Rows of D that do not start on 16-byte boundaries (N odd, say a 50257-word vocabulary)
-  // leave cuBLASLt only its slow alignment-1 kernels (4× slower for GPT-2's logits): such
-  // products go to a scratch D with padded rows, compacted into y by one strided copy.
+  // leave cuBLASLt only its slow alignment-1 kernels: such products go to a scratch D with
+  // padded rows, compacted into y by one strided copy. A row length (cuBLASLt's m) that is not
+  // a multiple of 8 does the same, so the product is split in two: the first N - N % 8
+  // outputs (vectorized kernels) and the last N % 8 (a thin product beside them).
   const rowsAligned = (dt: FloatDType) => (n * dtypeBytes(dt)) % 16 === 0;
   const ldOf = (dt: FloatDType) => rowsAligned(dt) ? n : roundUp(n, 16 / dtypeBytes(dt));
   const compaction = (dt: FloatDType) =>
     rowsAligned(dt) ? undefined : planStridedCopy(device, dt, [m, n], [ldOf(dt), 1], 0);
-  /** The product `spec` into `[m, n]` `dst` (through padded scratch rows when needed). */
+  /** Output columns [first, first + count) of the product, as cuBLASLt specs. */
+  const parts = (dt: FloatDType): { first: number; count: number }[] => {
+    const split = rowsAligned(dt) ? n : n - (n % ALIGNED_ROWS);
+    if (split === 0 || split === n) return [{ first: 0, count: n }];
+    return [{ first: 0, count: split }, { first: split, count: n - split }];
+  };
+  /** Plans of each part of the product into `dt`, or undefined when one is refused. */
+  const partPlans = (dt: FloatDType, epilogue?: number): SplitPlan | undefined => {
+    const plans: SplitPlan = [];
+    for (const { first, count } of parts(dt)) {
+      // A part's W and D start `first` rows / columns in: the kernels must not assume more
+      // alignment than that leaves.
+      const dAlign = byteAlignment(first * dtypeBytes(dt));
+      const spec: LtMatmulSpec = {
+        ...floatTnSpec(count, m, k, type, LT_TYPE[dt]),
+        ldc: ldOf(dt),
+        ldd: ldOf(dt),
+        alignment: { a: byteAlignment(first * k * dtypeBytes(dtype)), c: dAlign, d: dAlign },
+      };
+      const plan = epilogue === undefined
+        ? ltMatmulPlan(device, spec)
+        : tryFusedPlan(device, { ...spec, epilogue }, dtype, hasBias);
+      if (!plan) return undefined;
+      plans.push({ plan, first });
+    }
+    return plans;
+  };
+  /** The product into `[m, n]` `dst` (through padded scratch rows when needed). */
   const runInto = (
-    plan: LtMatmulPlan,
+    plans: SplitPlan,
     dt: FloatDType,
     compact: Copy | undefined,
     dst: bigint,
@@ -232,29 +241,24 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
     w: CudaBuffer,
     bias?: CudaBuffer,
   ): void => {
-    const pointers = { bias: bias?.address };
-    if (!compact) {
-      plan.run(w.address, x.address, dst, dst, 1, 0, pointers);
-      return;
+    const padded = compact ? CudaBuffer.allocate(device, dt, m * ldOf(dt)) : undefined;
+    const d = padded?.address ?? dst;
+    for (const { plan, first } of plans) {
+      const at = BigInt(first);
+      const wAt = w.address + at * BigInt(k * dtypeBytes(dtype));
+      const dAt = d + at * BigInt(dtypeBytes(dt));
+      const b = bias && bias.address + at * BigInt(dtypeBytes(dtype));
+      plan.run(wAt, x.address, dAt, dAt, 1, 0, { bias: b });
     }
-    const padded = CudaBuffer.allocate(device, dt, m * ldOf(dt));
-    plan.run(w.address, x.address, padded.address, padded.address, 1, 0, pointers);
-    compact(dst, padded.address);
-    padded.dispose();
-  };
-  const paddedSpec = (dt: FloatDType): LtMatmulSpec => {
-    const spec = floatTnSpec(n, m, k, type, LT_TYPE[dt]);
-    return { ...spec, ldc: ldOf(dt), ldd: ldOf(dt) };
+    if (padded) {
+      compact!(dst, padded.address);
+      padded.dispose();
+    }
   };
 
   const ltEpilogue = flinearLtEpilogue(hasBias, activation, dtype);
   if (ltEpilogue !== undefined) {
-    const fused = tryFusedPlan(
-      device,
-      { ...paddedSpec(dtype), epilogue: ltEpilogue },
-      dtype,
-      hasBias,
-    );
+    const fused = partPlans(dtype, ltEpilogue);
     if (fused) {
       const compact = compaction(dtype);
       return (y, [x, w, bias]) => {
@@ -263,7 +267,7 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
     }
   }
 
-  const plan = ltMatmulPlan(device, paddedSpec("float32"));
+  const plan = partPlans("float32")!;
   const compact = compaction("float32");
   if (dtype === "float32") {
     // The product into y, then bias and activation in place.
@@ -280,6 +284,22 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
     acc.dispose();
   };
 }
+
+/**
+ * Output features cuBLASLt's vectorized kernels need N (its m, D's contiguous extent) to be a
+ * multiple of: 16 bytes of float16.
+ */
+const ALIGNED_ROWS = 8;
+
+/** The largest power of two (at most 256) dividing an offset of `bytes` from a pool buffer. */
+function byteAlignment(bytes: number): number {
+  let a = 1;
+  while (a < 256 && bytes % (2 * a) === 0) a *= 2;
+  return a;
+}
+
+/** A product split by output columns: each part's plan and its first column. */
+type SplitPlan = { plan: LtMatmulPlan; first: number }[];
 
 /** Bytes of one element of a float dtype. */
 function dtypeBytes(dtype: FloatDType): number {

@@ -4,7 +4,17 @@
  * block layout and cuBLASLt problem setup.
  * @module
  */
-import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F } from "../../../ffi/cublaslt.ts";
+import {
+  CUBLASLT_EPILOGUE_BIAS,
+  CUBLASLT_EPILOGUE_DEFAULT,
+  CUBLASLT_EPILOGUE_GELU,
+  CUBLASLT_EPILOGUE_GELU_BIAS,
+  CUBLASLT_EPILOGUE_RELU,
+  CUBLASLT_EPILOGUE_RELU_BIAS,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+} from "../../../ffi/cublaslt.ts";
 import { checkCu, cuda } from "../../../ffi/cuda.ts";
 import { addressOf } from "../../../ffi/library.ts";
 import { checkCuda, cudart } from "../../../ffi/cudart.ts";
@@ -53,6 +63,25 @@ export const ACT_NONE = 0;
 export const ACT_RELU = 1;
 /** Activation code: the tanh form of GELU. */
 export const ACT_GELU_TANH = 3;
+
+/**
+ * cuBLASLt's epilogue computing a bias (when `hasBias`) and the activation `act` as the
+ * reference does for `dtype` outputs, or undefined. Its GELU is the tanh form, with an
+ * approximation error that only 16-bit outputs hide.
+ */
+export function ltEpilogueFor(hasBias: boolean, act: number, dtype: string): number | undefined {
+  switch (act) {
+    case ACT_NONE:
+      return hasBias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    case ACT_RELU:
+      return hasBias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+    case ACT_GELU_TANH:
+      if (dtype !== "float16" && dtype !== "bfloat16") return undefined;
+      return hasBias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+    default:
+      return undefined;
+  }
+}
 
 /** Largest int32 value: sizes the kernels index with `int`. */
 export const INT32_MAX: number = 2 ** 31 - 1;
