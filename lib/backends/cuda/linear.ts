@@ -33,10 +33,7 @@ import {
   CUBLAS_COMPUTE_32F,
   CUBLAS_COMPUTE_32F_FAST_TF32,
   CUBLAS_COMPUTE_32I,
-  CUBLASLT_EPILOGUE_BIAS,
   CUBLASLT_EPILOGUE_DEFAULT,
-  CUBLASLT_EPILOGUE_RELU,
-  CUBLASLT_EPILOGUE_RELU_BIAS,
   CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
   CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F,
   CUDA_R_32F,
@@ -73,8 +70,6 @@ import {
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
-  ACT_NONE,
-  ACT_RELU,
   activationCode,
   allowSharedBytes,
   checkInt32,
@@ -85,6 +80,7 @@ import {
   GEMV_WARPS,
   gemvShape,
   LT_TYPE,
+  ltEpilogueFor,
   ltPlanProber,
   ltTrialRuns,
   memsetAsync,
@@ -343,12 +339,6 @@ class WeightPrep {
  * every candidate fails when run (both remembered, so a problem is probed once).
  */
 const tryLtPlan = ltPlanProber();
-
-/** cuBLASLt's fused epilogue for a bias and relu (or none). */
-function ltEpilogue(hasBias: boolean, act: number): number {
-  if (act === ACT_RELU) return hasBias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
-  return hasBias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-}
 
 // ---------------------------------------------------------------------------------------
 // Shared launches
@@ -716,10 +706,12 @@ function chooseFp8Plan(
     : p.perChannel
     ? (p.m > OUTER_VECTOR_MIN_ROWS ? ["outer"] : [])
     : ["scalar"];
-  // Writing the output directly needs exactly M rows, an activation cuBLASLt computes exactly
-  // (none or relu), and a bias of D's type (cuBLASLt's fp8 table: bf16 or fp16 with D of that
-  // type; a float32 D takes only a bf16 bias).
-  const fusable = p.mPad === p.m && (p.act === ACT_NONE || p.act === ACT_RELU) &&
+  // Writing the output directly needs exactly M rows, an activation cuBLASLt computes as the
+  // reference does (none, relu, and the tanh GELU for 16-bit outputs), and a bias of D's type
+  // (cuBLASLt's fp8 table: bf16 or fp16 with D of that type; a float32 D takes only a bf16
+  // bias).
+  const epilogue = ltEpilogueFor(p.biasDType !== undefined, p.act, p.outDType);
+  const fusable = p.mPad === p.m && epilogue !== undefined &&
     (p.biasDType === undefined || (p.outDType !== "float32" && p.biasDType === p.outDType));
   for (const scales of scaleModes) {
     if (fusable) candidates.push({ scales, fused: true });
@@ -736,7 +728,7 @@ function chooseFp8Plan(
         scale: CUDA_R_32F,
       }),
       fastAccum: false,
-      epilogue: c.fused ? ltEpilogue(p.biasDType !== undefined, p.act) : CUBLASLT_EPILOGUE_DEFAULT,
+      epilogue: c.fused ? epilogue : CUBLASLT_EPILOGUE_DEFAULT,
     };
     if (c.scales !== "none") {
       const mode = c.scales === "outer"
@@ -904,10 +896,12 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   const xType = LT_TYPE[xDType];
   let plan: LtMatmulPlan | undefined;
   let fused = false;
-  if (ops.act === ACT_NONE || ops.act === ACT_RELU) {
+  // Bias and activation in cuBLASLt's epilogue where it computes them as the reference does.
+  const ltEpilogue = ops.outDType === xDType ? ltEpilogueFor(hasBias, ops.act, xDType) : undefined;
+  if (ltEpilogue !== undefined) {
     plan = tryLtPlan(device, {
       ...tnSpec(n, m, k, { a: xType, d: xType, compute: CUBLAS_COMPUTE_32F, scale: CUDA_R_32F }),
-      epilogue: ltEpilogue(hasBias, ops.act),
+      epilogue: ltEpilogue,
     });
     fused = plan !== undefined;
   }
