@@ -7,8 +7,7 @@
 // bfloat16. The scaled sum is formed in double and rounded once, exactly like
 // qlinear_epilogue_i32_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and their
 // product are exact in double, then one __dmul_rn, one __dadd_rn and one rounding to the output
-// dtype; relu (code 1) maps t <= 0 to +0 before the rounding; GELU (2 erf, 3 tanh) runs in
-// float32 on the float32-rounded t, as in qlinear_epilogue. Scales and the bias are float32
+// dtype; relu (code 1) maps t <= 0 to +0 before the rounding. Scales and the bias are float32
 // (kind 0), float16 (1) or bfloat16 (2), read with loadScale (common.cuh).
 //
 // Structure: persistent CTAs (grid = min(tiles, SMs)) of 384 threads: one producer warpgroup
@@ -24,8 +23,8 @@
 // Kernels: wgmma_i8_<BM>x<BN>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64 and out
 // f32, f16, bf16. Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind,
 // swdPerChannel, bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM}
-// over xq as a 2-D uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}; act as in
-// common.cuh's activate(). K must be a multiple of 16 (TMA row strides). Only the sm_90a build has bodies: the
+// over xq as a 2-D uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}; act 0 (none) or 1
+// (relu). K must be a multiple of 16 (TMA row strides). Only the sm_90a build has bodies: the
 // compute_80 build compiles empty stubs that are never launched.
 
 #include <cuda.h>
@@ -69,16 +68,12 @@ struct Cfg {
 struct OutF32 {
   typedef float T;
   __device__ static T fromD(double v) { return __double2float_rn(v); }
-  __device__ static T fromF(float v) { return v; }
 };
 template <bool Bf16>
 struct OutH16 {
   typedef unsigned short T;
   __device__ static T fromD(double v) {
     return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
-  }
-  __device__ static T fromF(float v) {
-    return Bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
   }
 };
 typedef OutH16<false> OutF16;
@@ -429,15 +424,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
                   t1 = t1 <= 0.0 ? 0.0 : t1;
                 }
                 T* p = static_cast<T*>(y) + ((i64)row * N + col);
-                T v0, v1;
-                if (act >= 2) {
-                  // GELU in float32 from the float32-rounded sum, as qlinear_epilogue does.
-                  v0 = O::fromF(activate(__double2float_rn(t0), act));
-                  v1 = O::fromF(activate(__double2float_rn(t1), act));
-                } else {
-                  v0 = O::fromD(t0);
-                  v1 = O::fromD(t1);
-                }
+                const T v0 = O::fromD(t0), v1 = O::fromD(t1);
                 if (nEven) {
                   storePair(p, v0, v1);
                 } else {

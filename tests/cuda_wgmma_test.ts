@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { CU_TENSOR_MAP_BYTES, KernelParams, tensorMapBuffer } from "../ffi/cuda.ts";
-import { decode, encode, type StorageArray } from "../lib/dtype.ts";
-import { activationFn } from "../lib/backends/cpu/linear.ts";
+import { encode, type StorageArray } from "../lib/dtype.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import type { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { FLOAT_KIND, type FloatDType, memsetAsync } from "../lib/backends/cuda/util.ts";
@@ -316,60 +315,6 @@ testOnGpu("wgmmaInt8Gemm: tiny and ragged shapes, every tile, every output dtype
   }
 });
 
-testOnGpu("wgmmaInt8Gemm: GELU epilogues (erf, tanh) against a float64 reference", () => {
-  // GELU runs in float32 on the float32-rounded sum (erff / tanhf within a few float32 ulps),
-  // then one rounding to the output dtype: 1e-5 relative (float32), one ulp (16-bit).
-  const device = CudaDevice.get(0);
-  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) return;
-  const cases: [FloatDType, number][] = [["float32", 1e-5], ["float16", 2 ** -10], [
-    "bfloat16",
-    2 ** -7,
-  ]];
-  let seed = 40;
-  for (const [out, rtol] of cases) {
-    for (const [act, name] of [[2, "gelu"], [3, "gelu_tanh"]] as const) {
-      const c: GemmCase = { m: 130, n: 200, k: 96, out, perChannel: true, bias: out, seed: seed++ };
-      const o = operands(c);
-      const f = activationFn(name);
-      const want = new Float64Array(c.m * c.n);
-      let max = 0;
-      for (let r = 0; r < c.m; r++) {
-        for (let col = 0; col < c.n; col++) {
-          let acc = 0;
-          for (let p = 0; p < c.k; p++) acc += o.x[r * c.k + p] * o.w[col * c.k + p];
-          const t = Math.fround(acc * (o.sx * o.sw[col]) + o.b![col]);
-          want[r * c.n + col] = f(t);
-          max = Math.max(max, Math.abs(f(t)));
-        }
-      }
-      for (const variant of ["128x64", "256x128"]) {
-        const kernel = wgmmaInt8Gemm(device, { ...problemOf(c), act }, variant);
-        assert.ok(kernel, `${name} ${out} ${variant} prepared`);
-        const y = bufferOf(o.gpu.y);
-        memsetAsync(device, y.address, 0xff, y.bytes);
-        kernel.run(
-          y.address,
-          bufferOf(o.gpu.x).address,
-          bufferOf(o.gpu.w).address,
-          bufferOf(o.gpu.sx).address,
-          bufferOf(o.gpu.sw).address,
-          bufferOf(o.gpu.b!).address,
-        );
-        const got = decode(out, o.gpu.y.storageSync());
-        let bad = 0, first = "";
-        for (let i = 0; i < want.length; i++) {
-          const err = Math.abs(got[i] - want[i]);
-          if (!(err <= rtol * Math.abs(want[i]) + 1e-6 * max)) {
-            if (bad++ === 0) first = `at ${i}: got ${got[i]}, want ${want[i]}`;
-          }
-        }
-        assert.equal(bad, 0, `${name} ${out} ${variant}: ${bad} outputs differ (${first})`);
-      }
-      for (const t of Object.values(o.gpu)) t?.dispose();
-    }
-  }
-});
-
 testOnGpu("wgmmaInt8Gemm: scale and bias kinds other than the output dtype", () => {
   checkCase({
     m: 200,
@@ -496,7 +441,7 @@ testOnGpu("wgmmaInt8Gemm: unsupported problems", () => {
     act: 0,
   };
   assert.equal(wgmmaInt8Gemm(device, { ...p, k: 24 }), undefined, "K not a multiple of 16");
-  assert.equal(wgmmaInt8Gemm(device, { ...p, act: 7 }), undefined, "unknown activation");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, act: 2 }), undefined, "gelu");
   assert.equal(wgmmaInt8Gemm(device, { ...p, biasDType: "int32" }), undefined, "int bias");
   assert.equal(wgmmaInt8Gemm(device, { ...p, m: 0 }), undefined, "empty");
   assert.equal(wgmmaInt8Gemm(device, p, "64x64"), undefined, "unknown tile");

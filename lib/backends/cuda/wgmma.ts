@@ -35,7 +35,8 @@ import type { CudaDevice } from "./device.ts";
 import { kernelFunction, KernelParams, launch } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
-  ACTIVATION,
+  ACT_NONE,
+  ACT_RELU,
   allowSharedBytes,
   FLOAT_KIND,
   FLOAT_NAME,
@@ -91,7 +92,7 @@ export interface WgmmaInt8Problem {
   swdKind: number;
   /** The bias's dtype (float32, float16 or bfloat16); undefined: no bias. */
   biasDType?: DType;
-  /** Activation code (0 none, 1 relu, 2 GELU erf, 3 GELU tanh). */
+  /** Activation code (0 none, 1 relu; gelu is not fused: undefined is returned). */
   act: number;
 }
 
@@ -122,7 +123,7 @@ export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): s
   if (p.m < 1 || p.n < 1 || p.k < 16) return "empty problem";
   if (p.k % 16 !== 0) return "K is not a multiple of 16";
   if (p.m > INT32_MAX || p.n > INT32_MAX || p.k > INT32_MAX) return "too large";
-  if (!Object.values(ACTIVATION).includes(p.act)) return "unknown activation";
+  if (p.act !== ACT_NONE && p.act !== ACT_RELU) return "activation other than none / relu";
   if (p.biasDType !== undefined && scaleKindOf(p.biasDType) === undefined) return "bias dtype";
   if (![p.sxdKind, p.swdKind].every((kind) => kind === 0 || kind === 1 || kind === 2)) {
     return "scale kind";
@@ -230,7 +231,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
  * Prepares the fused int8 GEMM for `p` with tile configuration `variant` (default: the
  * estimate's pick, {@link defaultWgmmaVariant}); undefined when the device is not sm_90, the
  * driver has no tensor maps, or the problem does not qualify (K not a multiple of 16, an
- * unknown activation code, a non-float bias).
+ * activation other than none / relu, a non-float bias).
  */
 export function wgmmaInt8Gemm(
   device: CudaDevice,
