@@ -35,85 +35,10 @@
 #include "common.cuh"
 #include "fp8.cuh"
 #include "gemv.cuh"
+#include "qlinear.cuh"
 
 // ---------------------------------------------------------------------------------------------
-// Conversions and scales (f16BitsToFloat, bf16BitsToFloat, loadScale: common.cuh;
-// floatToE4m3Soft, e4m3x2ToFloats: fp8.cuh)
-
-// Two floats -> two e4m3fn bytes (a in the low byte), NaN as 0x7f.
-__device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
-#if __CUDA_ARCH__ >= 890
-  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN (0xff becomes 0x7f).
-  const unsigned w =
-      (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  const unsigned nanMask = __vcmpeq4(w, 0xffffffffu);
-  return w & ~(nanMask & 0x8080u);
-#else
-  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
-#endif
-}
-
-// Round half to even, saturate to [Lo, Hi]; NaN -> 0 (cvt.rni.s32.f32 maps NaN to 0).
-template <int Lo, int Hi>
-__device__ __forceinline__ int roundSat(float q) {
-  return min(max(__float2int_rn(q), Lo), Hi);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Float element types: load as float, store with one RNE rounding (from float or double).
-// load, load4, store, store4 (and for 16-bit types one, fromFloat, pack, unpack): common.cuh.
-
-struct F32 : F32Base {
-  // Eight values at 8c.
-  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
-    const float4* q = reinterpret_cast<const float4*>(p) + 2 * c;
-    const float4 a = __ldg(q), b = __ldg(q + 1);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  }
-  __device__ static void storeDouble(void* p, i64 i, double v) {
-    static_cast<float*>(p)[i] = __double2float_rn(v);
-  }
-  __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
-    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) =
-        make_float4(__double2float_rn(v[0]), __double2float_rn(v[1]), __double2float_rn(v[2]),
-                    __double2float_rn(v[3]));
-  }
-  // The value as this dtype holds it (the fake-quant graph dequantizes to the matmul's dtype).
-  __device__ static void round4(float (&v)[4]) {}
-};
-
-template <bool Bf16>
-struct Half16 : Half16Base<Bf16> {
-  using Base = Half16Base<Bf16>;
-  __device__ static unsigned short fromDouble(double v) {
-    return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
-  }
-  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
-    const uint4 w = __ldg(reinterpret_cast<const uint4*>(p) + c);
-    const float2 a = Base::unpack(w.x), b = Base::unpack(w.y);
-    const float2 d = Base::unpack(w.z), e = Base::unpack(w.w);
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y, v[4] = d.x, v[5] = d.y, v[6] = e.x, v[7] = e.y;
-  }
-  __device__ static void storeDouble(void* p, i64 i, double v) {
-    static_cast<unsigned short*>(p)[i] = fromDouble(v);
-  }
-  __device__ static void store4(void* p, i64 i, const float (&v)[4]) {
-    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
-        make_uint2(Base::pack(v[0], v[1]), Base::pack(v[2], v[3]));
-  }
-  __device__ static void store4d(void* p, i64 i, const double (&v)[4]) {
-    *reinterpret_cast<uint2*>(static_cast<unsigned short*>(p) + i) =
-        make_uint2(fromDouble(v[0]) | ((unsigned)fromDouble(v[1]) << 16),
-                   fromDouble(v[2]) | ((unsigned)fromDouble(v[3]) << 16));
-  }
-  __device__ static void round4(float (&v)[4]) {
-    const float2 a = Base::unpack(Base::pack(v[0], v[1]));
-    const float2 b = Base::unpack(Base::pack(v[2], v[3]));
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  }
-};
-typedef Half16<false> F16;
-typedef Half16<true> BF16;
+// Conversions (floatsToE4m3x2, roundSat) and the float element types F32, F16, BF16: qlinear.cuh.
 
 // Activations: activate() in common.cuh (the gelu formulas of the elementwise kernels).
 
@@ -226,31 +151,7 @@ WEIGHT_KERNELS(e4m3, WE4M3)
 // ---------------------------------------------------------------------------------------------
 // Per-tensor activation quantize: 8 elements per step (16- or 32-byte loads), a scalar tail.
 
-struct XI8 {
-  __device__ static unsigned pack4(const float* q) {
-    return ((unsigned)roundSat<-128, 127>(q[0]) & 0xffu) |
-           (((unsigned)roundSat<-128, 127>(q[1]) & 0xffu) << 8) |
-           (((unsigned)roundSat<-128, 127>(q[2]) & 0xffu) << 16) |
-           ((unsigned)roundSat<-128, 127>(q[3]) << 24);
-  }
-  __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
-    reinterpret_cast<uint2*>(out)[c] = make_uint2(pack4(q), pack4(q + 4));
-  }
-  __device__ static void store1(void* out, i64 i, float q) {
-    static_cast<signed char*>(out)[i] = (signed char)roundSat<-128, 127>(q);
-  }
-};
-
-struct XE4M3 {
-  __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
-    reinterpret_cast<uint2*>(out)[c] =
-        make_uint2(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16),
-                   floatsToE4m3x2(q[4], q[5]) | (floatsToE4m3x2(q[6], q[7]) << 16));
-  }
-  __device__ static void store1(void* out, i64 i, float q) {
-    static_cast<unsigned char*>(out)[i] = (unsigned char)(floatsToE4m3x2(q, 0.0f) & 0xffu);
-  }
-};
+// XI8, XE4M3 (int8 / e4m3 codes of eight quotients): qlinear.cuh.
 
 // The e4m3 codes' values as float32 (for the float32 fallback product).
 struct XE4M3F32 {

@@ -21,6 +21,8 @@
  *   with the bias and relu in cuBLASLt's epilogue when the combination runs; otherwise scale-1
  *   products in float32 and the epilogue kernel. Shapes that are not multiples of 16 multiply
  *   the codes' exact float32 values with a float32 GEMM.
+ * - `qlinear` with M ≤ 8 (int8 or float8e4m3, K a multiple of 16, M·K ≤ 48 KiB): one kernel
+ *   (lib/backends/cuda/qgemv.ts) quantizes x, streams the weight codes and applies the epilogue.
  * - `wlinear` (weight-only): for M ≤ 16 a GEMV kernel streams the quantized weight and
  *   dequantizes it in registers (int8 / int4 / e4m3 codes whose scale is constant over 16-byte
  *   chunks: per tensor, per output channel, block-wise along K with blocks of a multiple of 16
@@ -49,6 +51,7 @@ import type { Attrs } from "../../graph/node.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import type { CudaDevice } from "./device.ts";
+import { fusedQuantizedGemv, QGEMV_MAX_ROWS } from "./qgemv.ts";
 import { streamingGemv } from "./wgemv.ts";
 import {
   fastestWgmmaInt8Gemm,
@@ -460,6 +463,18 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
       memsetZero(device, acc.address, acc.bytes);
       ops.epilogue(epilogue, y, acc.address, scalesOf(inputs[2], inputs[5]), perChannel, inputs[6]);
       acc.dispose();
+    };
+  }
+
+  // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts).
+  const gemv = m <= QGEMV_MAX_ROWS
+    ? fusedQuantizedGemv(ctx, m, n, k, qdtype, perChannel, ops.act, ops.outDType)
+    : undefined;
+  if (gemv) {
+    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+      const wq = prep.codes(w, swq, qdtype);
+      gemv(y, x, sxq, sxd, wq.buffer, swd, bias);
+      if (wq.temporary) wq.buffer.dispose();
     };
   }
 

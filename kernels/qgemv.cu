@@ -1,0 +1,295 @@
+// Fused quantized GEMV of `qlinear` for a few rows of x (lowering: lib/backends/cuda/qgemv.ts;
+// the op is made by lib/graph/passes/qdq_fusion.ts, its CPU reference is in
+// lib/backends/cpu/linear.ts):
+//
+//   y[m, n] = act(Σ_k qx[m, k] · qw[n, k] · sxd · swd[n or 0] + b[n]),   M ≤ 8,
+//   qx[m, k] = the int8 / e4m3 code of x[m, k] / sxq (per-tensor input quantize),
+//
+// in ONE launch: the unfused path quantizes x, multiplies on the tensor cores and runs an
+// epilogue kernel (three launches and two round trips through memory). At decode sizes the
+// product is a stream of the weight codes, so the kernel is built to keep many 16-byte weight
+// loads in flight from its first instructions.
+//
+// Kernels: qgemv_i8 and qgemv_e4m3 (the code type). x's dtype (xKind) and the output's
+// (outKind: y and the bias) are runtime arguments, numbered as loadScale numbers float kinds
+// (0 float32, 1 float16, 2 bfloat16); so are the scales' kinds and the activation (0 none,
+// 1 relu, 2 gelu erf, 3 gelu tanh).
+//
+// Layout. W: [N, K] codes row-major (int8 or e4m3 bytes, rows on 16-byte boundaries: K % 16
+// == 0); x: [M, K]; y: [M, N]; bias: [N]. A group of L lanes (L = 2^logL, 4 to 32) computes
+// one output channel n; a warp holds 32 / L channels, a block blockDim.x / L (up to 1024
+// threads, at most 64 registers each). Lane i of a group streams chunks i, i + L, i + 2L, ...
+// of its row (chunk c is bytes 16c..16c+15) through a ring of 8 registers:
+//
+//   1. the lane issues its first 8 chunk loads (L1-bypassing, ldWeightChunk), then the block
+//      prefetches x's lines and each channel's scale and bias into L1;
+//   2. the block quantizes all of x into shared memory (M·K code bytes, row m at byte m·K;
+//      e4m3 rows as four word planes, see QE4M3) with the rule of the unfused path (x / sxq
+//      with IEEE division, then round half to even and saturate for int8, RNE satfinite for
+//      e4m3: XI8 and floatsToE4m3x2 of qlinear.cuh) while the weight loads fly;
+//   3. after a barrier each lane multiplies its chunks by x's codes of the same features for
+//      every row m < M; once slot j is multiplied, the chunk 8L further along the row is
+//      loaded into it (rows of more than 8L chunks);
+//   4. the L lanes' sums meet by xor-shuffles; lane i then finishes rows m ≡ i (mod L) with the
+//      epilogue of kernels/linear.cu: t = acc · ((double)sxd · (double)swd) + b in double,
+//      none / relu rounded once from t to the output dtype (equal to the CPU reference),
+//      gelu applied in float32 to t rounded to float.
+//
+// int8 products: __dp4a into one int32 sum per row of x (exact). e4m3: the codes' values are
+// exact in float32 and so are their products; sums are float32 (FMAs in feature order per
+// lane, then the shuffle tree).
+//
+// Every block quantizes all of x (M·K divisions): the lowering makes blocks as large as still
+// spreads the weight over the SMs, so that this is done as few times as possible.
+//
+// Rows past N read row N - 1 (never stored), so the weight loads need no row predicate. The
+// lowering checks M ≤ 8, K % 16 == 0 and M·K ≤ 48 KiB (shared memory without opt-in).
+
+#include "common.cuh"
+#include "fp8.cuh"
+#include "qlinear.cuh"
+
+#define QGEMV_MAX_ROWS 8     // rows of x (the accumulators are unrolled over this many)
+#define QGEMV_RING 8         // 16-byte weight chunks a lane keeps in flight
+#define QGEMV_MAX_THREADS 1024
+
+// ---------------------------------------------------------------------------------------------
+// Codes. Each type has its layout of x's codes in shared memory (row m in bytes m·K..m·K+K-1):
+// - store8(xs, c, q, rowSteps, K): the codes of the eight quotients q of x elements 8c..8c+7
+//   (row m = c / rowSteps, rowSteps = K / 8);
+// - chunkAt(c): where chunk c of row 0 starts, in the layout's terms (passed to dot);
+// - dot(w, xc, K, M, acc): acc[m] += Σ over the 16 features of weight chunk w times x's codes
+//   of the same features in row m, for m < M (xc = xs + chunkAt(c)).
+// The layouts make a warp's shared-memory reads conflict-free: the lanes of a group read
+// consecutive chunks (groups of one warp read the same ones).
+
+// int8: x's codes in order; a lane reads a row's 16 codes as one 16-byte word (8 lanes of a
+// quarter warp read 128 consecutive bytes) and multiplies them with __dp4a.
+struct QI8 {
+  typedef int Acc;
+  __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
+                                int K) {
+    XI8::store8(xs, c, q);
+  }
+  __device__ static int chunkAt(int c) { return 16 * c; }
+  __device__ static void dot(const uint4& w, const unsigned char* xc, int K, int M,
+                             int (&acc)[QGEMV_MAX_ROWS]) {
+#pragma unroll
+    for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
+      if (m < M) {
+        const uint4 v = *reinterpret_cast<const uint4*>(xc + m * K);
+        int a = acc[m];
+        a = __dp4a((int)w.x, (int)v.x, a);
+        a = __dp4a((int)w.y, (int)v.y, a);
+        a = __dp4a((int)w.z, (int)v.z, a);
+        a = __dp4a((int)w.w, (int)v.w, a);
+        acc[m] = a;
+      }
+    }
+  }
+};
+
+// Two e4m3fn bytes (low byte first) -> two exact floats. Before sm_89 (no conversion
+// instruction) a short bit trick instead of cuda_fp8's emulation, which needs more registers
+// than the ring leaves: (b & 0x7f) << 7 read as float16 bits is the magnitude / 256, for
+// normal and subnormal codes alike (float16's exponent bias is 8 above e4m3's).
+__device__ __forceinline__ float2 e4m3x2Values(unsigned w) {
+#if __CUDA_ARCH__ >= 890
+  return e4m3x2ToFloats(w);
+#else
+  float v[2];
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    const unsigned b = (w >> (8 * i)) & 0xffu, mag = b & 0x7fu;
+    const float f = __half2float(__ushort_as_half((unsigned short)(mag << 7))) * 256.0f;
+    v[i] = mag == 0x7fu ? __int_as_float(0x7fffffff) : (b & 0x80u) ? -f : f;
+  }
+  return make_float2(v[0], v[1]);
+#endif
+}
+
+// e4m3: the weight word j of a chunk is decoded once and multiplied with every row, so x is
+// read a 4-byte word at a time; each row is stored as 4 planes of K / 4 bytes, word j of chunk
+// c at byte j·(K / 4) + 4c, so that the lanes' reads of word j are consecutive words.
+struct QE4M3 {
+  typedef float Acc;
+  __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
+                                int K) {
+    const int m = c / rowSteps, step = c - m * rowSteps;  // elements 8·step.. of row m
+    const int chunk = step >> 1, word = 2 * (step & 1);
+    unsigned* plane = reinterpret_cast<unsigned*>(xs + m * K + word * (K >> 2)) + chunk;
+    plane[0] = floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
+    plane[K >> 4] = floatsToE4m3x2(q[4], q[5]) | (floatsToE4m3x2(q[6], q[7]) << 16);
+  }
+  __device__ static int chunkAt(int c) { return 4 * c; }
+  __device__ static void dot(const uint4& w, const unsigned char* xc, int K, int M,
+                             float (&acc)[QGEMV_MAX_ROWS]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const unsigned ww = wordOf(w, j);
+      const float2 a = e4m3x2Values(ww), b = e4m3x2Values(ww >> 16);
+#pragma unroll
+      for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
+        if (m < M) {
+          const unsigned xw = *reinterpret_cast<const unsigned*>(xc + m * K + j * (K >> 2));
+          const float2 c = e4m3x2Values(xw), d = e4m3x2Values(xw >> 16);
+          float s = acc[m];
+          s = fmaf(a.x, c.x, s);
+          s = fmaf(a.y, c.y, s);
+          s = fmaf(b.x, d.x, s);
+          s = fmaf(b.y, d.y, s);
+          acc[m] = s;
+        }
+      }
+    }
+  }
+};
+
+// The sum as the epilogue's double (exact for int32 and float32).
+__device__ __forceinline__ double accToDouble(int v) { return (double)v; }
+__device__ __forceinline__ double accToDouble(float v) { return (double)v; }
+
+// Float kinds of x and the output, as loadScale numbers them: 0 float32, 1 float16,
+// 2 bfloat16. They are runtime arguments (uniform branches around the x quantize loop and the
+// stores) so that the module holds two kernels rather than eighteen.
+
+// Codes of x (element type X) into shared memory in Q's layout, eight elements per step: x / s
+// with IEEE division, then Q's rounding.
+template <class X, class Q>
+__device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restrict__ x,
+                                          float s, int steps, int rowSteps, int K) {
+#pragma unroll 1
+  for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+    float v[8];
+    X::load8(x, c, v);
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = __fdiv_rn(v[e], s);
+    Q::store8(xs, c, v, rowSteps, K);
+  }
+}
+
+// y[at] from the epilogue's double t: none / relu rounded once from t (as the CPU reference
+// does), gelu in float32 from t rounded to float.
+template <class Out>
+__device__ __forceinline__ void storeOutput(void* out, i64 at, double t, int act) {
+  if (act >= 2) {
+    Out::store(out, at, activate(__double2float_rn(t), act));
+  } else {
+    Out::storeDouble(out, at, act == 1 && t <= 0.0 ? 0.0 : t);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel body (Q: QI8 or QE4M3).
+
+template <class Q>
+__device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __restrict__ x,
+                                      int xKind, const void* __restrict__ sxq, int sxqKind,
+                                      const void* __restrict__ sxd, int sxdKind,
+                                      const unsigned char* __restrict__ wq,
+                                      const void* __restrict__ swd, int swdKind,
+                                      int swdPerChannel, const void* __restrict__ bias,
+                                      int outKind, int act, int M, int N, int K, int logL) {
+  typedef typename Q::Acc Acc;
+  extern __shared__ uint4 xsChunks[];  // [M][K / 16] chunks of x's codes
+  unsigned char* xs = reinterpret_cast<unsigned char*>(xsChunks);
+  const int L = 1 << logL;
+  const int lig = threadIdx.x & (L - 1);  // lane in the group
+  const i64 n = (i64)blockIdx.x * (blockDim.x >> logL) + (threadIdx.x >> logL);
+  const i64 row = n < N ? n : N - 1;
+  const int chunks = K >> 4;  // per row
+  const unsigned char* wRow = wq + row * K;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+
+  // 1. The first ring of weight chunks.
+  uint4 w[QGEMV_RING];
+#pragma unroll
+  for (int j = 0; j < QGEMV_RING; j++) {
+    const int c = lig + j * L;
+    w[j] = c < chunks ? ldWeightChunk(wRow + c * 16) : zero;
+  }
+  // x's lines into L1 (the quantize loop then waits on L1, not on a round trip to L2 per
+  // step), and the epilogue's scale and bias: they are loaded after the products, when the
+  // ring no longer takes the registers.
+  const int xBytes = xKind == 0 ? 4 : 2;
+  const int xLines = (M * K * xBytes + 127) >> 7;
+  for (int l = threadIdx.x; l < xLines; l += blockDim.x) {
+    prefetchL1(static_cast<const char*>(x) + l * 128);
+  }
+  const i64 swdAt = swdPerChannel ? row : 0;
+  prefetchL1(sxd);
+  prefetchL1(static_cast<const char*>(swd) + swdAt * (swdKind == 0 ? 4 : 2));
+  if (bias) prefetchL1(static_cast<const char*>(bias) + row * (outKind == 0 ? 4 : 2));
+
+  // 2. x's codes into shared memory (M·K is a multiple of 16).
+  const float s = loadScale(sxq, sxqKind, 0);
+  const int steps = (M * K) >> 3, rowSteps = K >> 3;
+  if (xKind == 0) {
+    quantizeX<F32, Q>(xs, x, s, steps, rowSteps, K);
+  } else if (xKind == 1) {
+    quantizeX<F16, Q>(xs, x, s, steps, rowSteps, K);
+  } else {
+    quantizeX<BF16, Q>(xs, x, s, steps, rowSteps, K);
+  }
+  __syncthreads();
+
+  // 3. Products; slot j holds chunk lig + (8r + j)·L in round r, and once multiplied, the
+  // chunk of round r + 1.
+  Acc acc[QGEMV_MAX_ROWS];
+#pragma unroll
+  for (int m = 0; m < QGEMV_MAX_ROWS; m++) acc[m] = 0;
+  const int rounds = (chunks + QGEMV_RING * L - 1) / (QGEMV_RING * L);
+  for (int r = 0; r < rounds; r++) {
+#pragma unroll
+    for (int j = 0; j < QGEMV_RING; j++) {
+      const int c = lig + (r * QGEMV_RING + j) * L;
+      if (c < chunks) {
+        Q::dot(w[j], xs + Q::chunkAt(c), K, M, acc);
+        const int next = c + QGEMV_RING * L;
+        if (next < chunks) w[j] = ldWeightChunk(wRow + next * 16);
+      }
+    }
+  }
+
+  // 4. Group sums (every lane of the warp takes part: M is uniform), then the epilogue of
+  // kernels/linear.cu: lane lig finishes rows m ≡ lig (mod L).
+#pragma unroll
+  for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
+    if (m < M) {
+      for (int o = L >> 1; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+    }
+  }
+  if (n >= N) return;
+  // sxd · swd is exact in double; the bias is in the output dtype (kind outKind).
+  const double scale =
+      (double)loadScale(sxd, sxdKind, 0) * (double)loadScale(swd, swdKind, swdAt);
+  const double b = bias ? (double)loadScale(bias, outKind, row) : 0.0;
+#pragma unroll
+  for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
+    if (m < M && (m & (L - 1)) == lig) {
+      const double t = __dadd_rn(__dmul_rn(accToDouble(acc[m]), scale), b);
+      const i64 at = (i64)m * N + n;
+      if (outKind == 0) {
+        storeOutput<F32>(out, at, t, act);
+      } else if (outKind == 1) {
+        storeOutput<F16>(out, at, t, act);
+      } else {
+        storeOutput<BF16>(out, at, t, act);
+      }
+    }
+  }
+}
+
+#define QGEMV_KERNEL(Q_NAME, Q)                                                                \
+  extern "C" __global__ void __launch_bounds__(QGEMV_MAX_THREADS, 1) qgemv_##Q_NAME(           \
+      void* __restrict__ out, const void* __restrict__ x, int xKind,                           \
+      const void* __restrict__ sxq, int sxqKind, const void* __restrict__ sxd, int sxdKind,    \
+      const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
+      int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
+      int K, int logL) {                                                                       \
+    qgemv<Q>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, bias, \
+             outKind, act, M, N, K, logL);                                                     \
+  }
+
+QGEMV_KERNEL(i8, QI8)
+QGEMV_KERNEL(e4m3, QE4M3)
