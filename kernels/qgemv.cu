@@ -23,10 +23,11 @@
 //
 //   1. the lane issues its first 8 chunk loads (L1-bypassing, ldWeightChunk), then the block
 //      prefetches x's lines and each channel's scale and bias into L1;
-//   2. the block quantizes all of x into shared memory (M·K code bytes, row m at byte m·K;
-//      e4m3 rows as four word planes, see QE4M3) with the rule of the unfused path (x / sxq
-//      with IEEE division, then round half to even and saturate for int8, RNE satfinite for
-//      e4m3: XI8 and floatsToE4m3x2 of qlinear.cuh) while the weight loads fly;
+//   2. the block quantizes all of x into shared memory (int8: M·K code bytes, row m at byte
+//      m·K; e4m3: the codes' float32 values in four planes a row, see QE4M3) with the rule of
+//      the unfused path (x / sxq with IEEE division, then round half to even and saturate for
+//      int8, RNE satfinite for e4m3: XI8 and floatsToE4m3x2 of qlinear.cuh) while the weight
+//      loads fly;
 //   3. after a barrier each lane multiplies its chunks by x's codes of the same features for
 //      every row m < M; once slot j is multiplied, the chunk 8L further along the row is
 //      loaded into it (rows of more than 8L chunks);
@@ -43,7 +44,8 @@
 // spreads the weight over the SMs, so that this is done as few times as possible.
 //
 // Rows past N read row N - 1 (never stored), so the weight loads need no row predicate. The
-// lowering checks M ≤ 8, K % 16 == 0 and M·K ≤ 48 KiB (shared memory without opt-in).
+// lowering checks M ≤ 8, K % 16 == 0 and the shared memory (int8 M·K ≤ 48 KiB, no opt-in;
+// e4m3 4·M·K ≤ 192 KiB).
 
 #include "common.cuh"
 #include "fp8.cuh"
@@ -108,36 +110,57 @@ __device__ __forceinline__ float2 e4m3x2Values(unsigned w) {
 #endif
 }
 
-// e4m3: the weight word j of a chunk is decoded once and multiplied with every row, so x is
-// read a 4-byte word at a time; each row is stored as 4 planes of K / 4 bytes, word j of chunk
-// c at byte j·(K / 4) + 4c, so that the lanes' reads of word j are consecutive words.
+// e4m3 weight code b -> its exact float32 value with integer and float32 arithmetic (the
+// conversion instructions run at a fraction of the FMA rate, and the inner loop decodes every
+// weight code): the 7 magnitude bits placed at float bit 20 are the value / 2^120 (for
+// subnormal codes a float32 subnormal), so one exact multiply by 2^120 scales it back; the
+// sign bit is moved to bit 31. 0x7f / 0xff (NaN) give NaN.
+__device__ __forceinline__ float e4m3Value(unsigned b) {
+  const unsigned mag = b & 0x7fu;
+  const float v = __uint_as_float(mag << 20) * __uint_as_float(0x7b800000u);  // · 2^120
+  const float sv = __uint_as_float(__float_as_uint(v) | ((b & 0x80u) << 24));
+  return mag == 0x7fu ? __uint_as_float(0x7fffffffu) : sv;
+}
+
+// e4m3: x is stored as the float32 values of its codes (4 bytes an element, decoded once per
+// block instead of once per output channel), each row as 4 planes of K / 4 floats: floats
+// 4j..4j+3 of chunk c at plane j, float 4c (so that the lanes' 16-byte reads of plane j are
+// consecutive). Products of two e4m3 values are exact in float32.
 struct QE4M3 {
   typedef float Acc;
   __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
                                 int K) {
     const int m = c / rowSteps, step = c - m * rowSteps;  // elements 8·step.. of row m
     const int chunk = step >> 1, word = 2 * (step & 1);
-    unsigned* plane = reinterpret_cast<unsigned*>(xs + m * K + word * (K >> 2)) + chunk;
-    plane[0] = floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
-    plane[K >> 4] = floatsToE4m3x2(q[4], q[5]) | (floatsToE4m3x2(q[6], q[7]) << 16);
+    float* plane = reinterpret_cast<float*>(xs) + (i64)m * K + word * (K >> 2) + 4 * chunk;
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i += 2) {
+      const float2 f = e4m3x2Values(floatsToE4m3x2(q[i], q[i + 1]));
+      v[i] = f.x;
+      v[i + 1] = f.y;
+    }
+    *reinterpret_cast<float4*>(plane) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(plane + (K >> 2)) = make_float4(v[4], v[5], v[6], v[7]);
   }
-  __device__ static int chunkAt(int c) { return 4 * c; }
+  __device__ static int chunkAt(int c) { return 16 * c; }  // bytes: float 4c of a plane
   __device__ static void dot(const uint4& w, const unsigned char* xc, int K, int M,
                              float (&acc)[QGEMV_MAX_ROWS]) {
+    const float* xf = reinterpret_cast<const float*>(xc);
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const unsigned ww = wordOf(w, j);
-      const float2 a = e4m3x2Values(ww), b = e4m3x2Values(ww >> 16);
+      const float w0 = e4m3Value(ww & 0xffu), w1 = e4m3Value((ww >> 8) & 0xffu);
+      const float w2 = e4m3Value((ww >> 16) & 0xffu), w3 = e4m3Value(ww >> 24);
 #pragma unroll
       for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
         if (m < M) {
-          const unsigned xw = *reinterpret_cast<const unsigned*>(xc + m * K + j * (K >> 2));
-          const float2 c = e4m3x2Values(xw), d = e4m3x2Values(xw >> 16);
+          const float4 xv = *reinterpret_cast<const float4*>(xf + (i64)m * K + j * (K >> 2));
           float s = acc[m];
-          s = fmaf(a.x, c.x, s);
-          s = fmaf(a.y, c.y, s);
-          s = fmaf(b.x, d.x, s);
-          s = fmaf(b.y, d.y, s);
+          s = fmaf(w0, xv.x, s);
+          s = fmaf(w1, xv.y, s);
+          s = fmaf(w2, xv.z, s);
+          s = fmaf(w3, xv.w, s);
           acc[m] = s;
         }
       }

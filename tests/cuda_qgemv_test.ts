@@ -10,6 +10,7 @@ import {
   fusedQuantizedGemv,
   QGEMV_MAX_ROWS,
   QGEMV_MAX_SHARED_BYTES,
+  QGEMV_MAX_SHARED_BYTES_E4M3,
   qgemvLaunchCount,
   qgemvShape,
 } from "../lib/backends/cuda/qgemv.ts";
@@ -130,7 +131,14 @@ Deno.test("qgemvShape: lanes per channel, block size and the problems it refuses
   for (const m of [1, 2, 3, 5, 8]) {
     const k = QGEMV_MAX_SHARED_BYTES / m - ((QGEMV_MAX_SHARED_BYTES / m) % 16);
     assert.equal(qgemvShape(m, 64, k, SMS)?.sharedBytes, m * k, `M ${m}, the largest K`);
+    // e4m3 keeps x's float32 values: 4 bytes an element, up to 192 KiB (opted into).
+    const k8 = QGEMV_MAX_SHARED_BYTES_E4M3 / (4 * m);
+    const k8Max = k8 - (k8 % 16);
+    const e4m3 = qgemvShape(m, 64, k8Max, SMS, "float8e4m3");
+    assert.equal(e4m3?.sharedBytes, 4 * m * k8Max, `e4m3 M ${m}, the largest K`);
+    assert.equal(qgemvShape(m, 64, k8Max + 16, SMS, "float8e4m3"), undefined, `e4m3 M ${m}`);
   }
+  assert.equal(qgemvShape(1, 64, 49152, SMS, "float8e4m3")?.sharedBytes, 196608);
   assert.equal(QGEMV_MAX_ROWS, 8);
 
   // Warps: as many as keep at least 3/4 as many blocks as SMs (4 to 32).
@@ -535,7 +543,7 @@ testOnGpu("qlinear M ≤ 8 against the cpu: float8e4m3 per channel and per tenso
 // claim to.
 Deno.test("every qgemv test case takes the fused GEMV, and the cases cover the grid", () => {
   for (const c of [...INT8_KERNEL_CASES, ...FP8_KERNEL_CASES, ...OP_CASES]) {
-    assert.ok(qgemvShape(c.m, c.n, c.k, SMS), JSON.stringify(c));
+    assert.ok(qgemvShape(c.m, c.n, c.k, SMS, c.q), JSON.stringify(c));
   }
   const seen = <T>(f: (c: OpCase) => T): Set<T> => new Set(OP_CASES.map(f));
   assert.deepEqual([...seen((c) => c.m)].sort((a, b) => a - b), MS);

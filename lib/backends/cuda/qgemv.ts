@@ -19,14 +19,19 @@ import type { DType } from "../../dtype.ts";
 import type { CudaKernelContext, Dim3 } from "./kernels.ts";
 import { KernelParams, launch } from "./kernels.ts";
 import type { CudaBuffer } from "./memory.ts";
-import { FLOAT_KIND, type FloatDType, INT32_MAX, moduleKernels } from "./util.ts";
+import { allowSharedBytes, FLOAT_KIND, type FloatDType, INT32_MAX, moduleKernels } from "./util.ts";
 
 const fn = moduleKernels(qgemvPtx);
 
 /** Most rows of x the fused GEMV takes. */
 export const QGEMV_MAX_ROWS = 8;
-/** Most shared memory (x's codes, M·K bytes) the fused GEMV uses: no opt-in needed. */
+/** Most shared memory of int8 x codes (M·K bytes): no opt-in needed. */
 export const QGEMV_MAX_SHARED_BYTES: number = 48 * 1024;
+/**
+ * Most shared memory of float8e4m3 x (the codes' float32 values, 4·M·K bytes), opted into
+ * above 48 KiB.
+ */
+export const QGEMV_MAX_SHARED_BYTES_E4M3: number = 192 * 1024;
 /** 16-byte weight chunks each lane keeps in flight (QGEMV_RING in the kernel). */
 export const QGEMV_RING = 8;
 /** Fewest and most lanes computing one output channel. */
@@ -54,14 +59,16 @@ export interface QgemvShape {
   channelsPerBlock: number;
   /** Blocks: `ceil(N / channelsPerBlock)`. */
   blocks: number;
-  /** Dynamic shared memory bytes: x's codes, `M·K`. */
+  /** Dynamic shared memory bytes: x's codes (int8: `M·K`) or their values (e4m3: `4·M·K`). */
   sharedBytes: number;
 }
 
 /**
  * The launch of the fused GEMV for `m` rows of x, `n` outputs and `k` inputs on a GPU of
- * `smCount` multiprocessors; undefined when it does not apply (M outside 1..8, K not a
- * positive multiple of 16, M·K above {@link QGEMV_MAX_SHARED_BYTES}, N outside 1..2^31 − 1).
+ * `smCount` multiprocessors with `qdtype` codes; undefined when it does not apply (M outside
+ * 1..8, K not a positive multiple of 16, x's shared memory above
+ * {@link QGEMV_MAX_SHARED_BYTES} (int8) or {@link QGEMV_MAX_SHARED_BYTES_E4M3}, N outside
+ * 1..2^31 − 1).
  *
  * Lanes: the fewest (a power of two, 4 to 32) that hold a row in one ring of 8 chunks each,
  * so that a whole row is in flight at once up to K = 4096. Warps: every block quantizes all of
@@ -74,11 +81,15 @@ export function qgemvShape(
   n: number,
   k: number,
   smCount: number,
+  qdtype: "int8" | "float8e4m3" = "int8",
 ): QgemvShape | undefined {
   if (!Number.isInteger(m) || m < 1 || m > QGEMV_MAX_ROWS) return undefined;
   if (!Number.isInteger(n) || n < 1 || n > INT32_MAX) return undefined;
   if (!Number.isInteger(k) || k < 16 || k % 16 !== 0) return undefined;
-  if (m * k > QGEMV_MAX_SHARED_BYTES) return undefined;
+  const sharedBytes = qdtype === "int8" ? m * k : 4 * m * k;
+  if (sharedBytes > (qdtype === "int8" ? QGEMV_MAX_SHARED_BYTES : QGEMV_MAX_SHARED_BYTES_E4M3)) {
+    return undefined;
+  }
   const chunks = k / 16;
   let lanes = MIN_LANES;
   while (lanes < MAX_LANES && lanes * QGEMV_RING < chunks) lanes *= 2;
@@ -91,7 +102,7 @@ export function qgemvShape(
     warps,
     channelsPerBlock: (warps * 32) / lanes,
     blocks: blocksOf(warps),
-    sharedBytes: m * k,
+    sharedBytes,
   };
 }
 
@@ -152,9 +163,10 @@ export function fusedQuantizedGemv(
   if (xKind === undefined || sxqKind === undefined || sxdKind === undefined) return undefined;
   if (swdKind === undefined || (biasInfo && biasInfo.dtype !== outDType)) return undefined;
   const { device } = ctx;
-  const shape = qgemvShape(m, n, k, device.smCount);
+  const shape = qgemvShape(m, n, k, device.smCount, qdtype as "int8" | "float8e4m3");
   if (!shape) return undefined;
   const kernel = fn(device, name);
+  allowSharedBytes(kernel, shape.sharedBytes, QGEMV_MAX_SHARED_BYTES);
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
   const params = new KernelParams();
