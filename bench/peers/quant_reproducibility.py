@@ -1,0 +1,77 @@
+"""How reproducible are fake-quantized GPT-2 logits at all? PyTorch against itself.
+
+Runs the reference fixtures' w8a8 and fp8 models (every Conv1D: weight per output channel,
+input per tensor with the calibration amax; lm_head and embeddings in float) three ways on the
+same inputs: PyTorch float32 on the GPU (TF32 off), PyTorch float32 on the CPU, and PyTorch
+float64 on the CPU. The three compute the same function and differ only in float32 rounding
+(summation order, tanh, exp); each activation value that rounding moves across a quantization
+boundary changes by a whole step, and attention carries that to every later position. Prints
+mean and max |logit difference| between the runs and against the fixtures' logits.
+
+    python3 bench/peers/quant_reproducibility.py MODEL_DIR FIXTURES_DIR
+
+MODEL_DIR: the Hugging Face GPT-2 directory the fixtures were made from; FIXTURES_DIR: holds
+reference.safetensors and calibration_amax.safetensors.
+"""
+import sys
+
+import torch
+from safetensors.torch import load_file
+from transformers import GPT2LMHeadModel
+
+
+def fake_quant_int8(x, scale):
+    # torch.round rounds half to even, as the fixtures' quantize does.
+    return torch.clamp(torch.round(x / scale), -128, 127) * scale
+
+
+def fake_quant_fp8(x, scale):
+    return torch.clamp(x / scale, -448, 448).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def logits(model_dir, ids, amax, device, dtype, mode):
+    model = GPT2LMHeadModel.from_pretrained(model_dir).to(device=device, dtype=dtype).eval()
+    qmax, fake_quant = (127.0, fake_quant_int8) if mode == "w8a8" else (448.0, fake_quant_fp8)
+    for name, module in model.named_modules():
+        if type(module).__name__ != "Conv1D":
+            continue
+        sx = amax[f"{name}.input_amax"].to(device, dtype) / qmax
+        sw = amax[f"{name}.weight_amax"].to(device, dtype) / qmax  # per output channel
+        with torch.no_grad():
+            # Conv1D stores its weight [in, out]: output channels are columns.
+            module.weight.copy_(fake_quant(module.weight, sw[None, :]))
+
+        def forward(x, module=module, sx=sx):
+            xq = fake_quant(x, sx).reshape(-1, x.shape[-1])
+            return torch.addmm(module.bias, xq, module.weight).reshape(*x.shape[:-1], -1)
+
+        module.forward = forward
+    with torch.no_grad():
+        return model(ids.to(device)).logits.double().cpu()
+
+
+def main():
+    model_dir, fixtures = sys.argv[1], sys.argv[2]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    reference = load_file(f"{fixtures}/reference.safetensors")
+    amax = load_file(f"{fixtures}/calibration_amax.safetensors")
+    ids = reference["input_ids"].long()
+
+    def diff(a, b):
+        d = (a - b).abs()
+        return f"mean {float(d.mean()):.2e}, max {float(d.max()):.2e}"
+
+    for mode in ["w8a8", "fp8"]:
+        gpu = logits(model_dir, ids, amax, "cuda", torch.float32, mode)
+        cpu = logits(model_dir, ids, amax, "cpu", torch.float32, mode)
+        f64 = logits(model_dir, ids, amax, "cpu", torch.float64, mode)
+        fixture = reference[f"logits_{mode}"].double()
+        print(f"{mode}: PyTorch GPU float32 vs the fixture: {diff(gpu, fixture)}")
+        print(f"{mode}: PyTorch CPU float32 vs the fixture: {diff(cpu, fixture)}")
+        print(f"{mode}: PyTorch CPU float32 vs PyTorch GPU float32: {diff(cpu, gpu)}")
+        print(f"{mode}: PyTorch CPU float64 vs PyTorch GPU float32: {diff(f64, gpu)}")
+
+
+if __name__ == "__main__":
+    main()
