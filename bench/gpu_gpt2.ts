@@ -23,6 +23,7 @@
  * @module
  */
 import * as tq from "../mod.ts";
+import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
 import {
   buildStaticDecoder,
   checkStaticDecoder,
@@ -34,12 +35,10 @@ import {
   argValue,
   benchArgs,
   type BenchFloat,
-  deviceTensor,
   errorMessage,
   fmt,
   log,
   markdownTable,
-  randnHost,
   relError,
   runPeer,
   timeWall,
@@ -63,7 +62,7 @@ const FACTS_MS = { prefill: 10.6, decode: 8.3 };
 
 const config: Partial<tq.GPT2Config> = smoke
   ? { nLayer: 2, nEmbd: 128, nHead: 4, vocabSize: 512, nPositions: 64 }
-  : { nLayer: 12, nEmbd: 768, nHead: 12, vocabSize: 50257, nPositions: 1024 };
+  : GPT2_SMALL;
 const maxLength = Number(argValue(args, "max-length") ?? config.nPositions);
 
 type Mode = "float16" | tq.QuantizationMode;
@@ -92,30 +91,14 @@ const details: Record<string, unknown> = {
   maxLength,
 };
 
-function randomIds(shape: number[], seed: number, vocab: number): tq.Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const values = new Int32Array(n);
-  const stream = new tq.RandomStream(seed);
-  for (let i = 0; i < n; i++) values[i] = stream.nextUint32() % vocab;
-  return tq.tensor(values, { shape, device });
+/** Random token ids on the bench's device. */
+function randomIdsOn(shape: number[], seed: number, vocab: number): tq.Tensor {
+  return randomIds(shape, seed, vocab, device);
 }
 
-/** GPT-2 with seeded random weights (normal, std 0.02; norms scale 1, small random shifts). */
+/** GPT-2 with seeded random weights (see bench/gpt2_model.ts). */
 function randomModel(dtype: BenchFloat): tq.GPT2LMHeadModel {
-  const cfg = tq.gpt2Config(config);
-  const model = tq.withoutInitialization(() => new tq.GPT2LMHeadModel(cfg, { dtype }));
-  const dict: Record<string, tq.Tensor> = {};
-  let seed = 1;
-  for (const [name, spec] of model.parameterSpecs()) {
-    if (cfg.tieWordEmbeddings && name === "lm_head.weight") continue;
-    const n = spec.shape.reduce((a, b) => a * b, 1);
-    const isNormScale = /(^|\.)ln_(1|2|f)\.weight$/.test(name);
-    const values = isNormScale ? new Float32Array(n).fill(1) : randnHost(n, seed++, 0.02);
-    dict[name] = deviceTensor(values, spec.shape, dtype, device);
-  }
-  if (cfg.tieWordEmbeddings) dict["lm_head.weight"] = dict["transformer.wte.weight"];
-  model.loadStateDict(dict, { strict: true });
-  return model;
+  return randomGpt2(config, dtype, device);
 }
 
 function countOps(ops: string[]): string {
@@ -391,9 +374,9 @@ async function main(): Promise<void> {
   log(`building the model (${dtype}, random weights) ...`);
   const model = randomModel(dtype);
   const vocab = model.config.vocabSize;
-  const prefillIds = randomIds([prefillBatch, prefillSeq], 11, vocab);
-  const prompt = randomIds([1, context], 12, vocab);
-  const calibIds = randomIds([1, smoke ? 8 : 128], 13, vocab);
+  const prefillIds = randomIdsOn([prefillBatch, prefillSeq], 11, vocab);
+  const prompt = randomIdsOn([1, context], 12, vocab);
+  const calibIds = randomIdsOn([1, smoke ? 8 : 128], 13, vocab);
   log(`model ready in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
 
   let calibration: tq.Calibration | undefined;
@@ -408,7 +391,7 @@ async function main(): Promise<void> {
         });
         tq.quantizeModel(model, { mode, calibration, exclude: ["lm_head"] });
       }
-      const ops = countOps(tq.inspectGraph(model.forward(randomIds([1, 4], 14, vocab))).ops);
+      const ops = countOps(tq.inspectGraph(model.forward(randomIdsOn([1, 4], 14, vocab))).ops);
       log(`[${mode}] graph: ${ops}`);
       details[`ops_${mode}`] = ops;
       attempt(mode, "prefill eager", () => prefillEager(model, prefillIds));

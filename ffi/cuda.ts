@@ -120,6 +120,10 @@ export const CUDA_DRIVER_SYMBOLS = {
     result: "i32",
   },
   cuFuncSetAttribute: { parameters: ["pointer", "i32", "i32"], result: "i32" },
+  // Marks the region a profiler started with profiling off (`ncu --profile-from-start off`)
+  // collects.
+  cuProfilerStart: { parameters: [], result: "i32" },
+  cuProfilerStop: { parameters: [], result: "i32" },
   cuGetErrorName: { parameters: ["i32", "buffer"], result: "i32" },
   cuGetErrorString: { parameters: ["i32", "buffer"], result: "i32" },
   // (tensorMap, dataType, rank, globalAddress, globalDim, globalStrides, boxDim,

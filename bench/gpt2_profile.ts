@@ -1,0 +1,77 @@
+/**
+ * One compiled GPT-2-small prefill (8 × 512) and one static decode step per mode, each between
+ * cuProfilerStart / cuProfilerStop and followed by a marker kernel (int64 abs, which GPT-2 never
+ * runs), for a kernel profiler started with profiling off. Warm-up, calibration and autotuning
+ * run outside the profiled regions.
+ *
+ *     ncu --profile-from-start off --clock-control none --cache-control none \
+ *         --metrics gpu__time_duration.sum --csv --page raw --log-file OUT/ncu.csv \
+ *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4]
+ *     python3 bench/ncu_kernels.py OUT/ncu.csv float16,w8a8,fp8,w4
+ *
+ * The second command sums kernel durations by name for each region (prefill, decode per mode).
+ * @module
+ */
+import * as tq from "../mod.ts";
+import { checkCu, cuda } from "../ffi/cuda.ts";
+import { buildStaticDecoder } from "./gpt2_static_decode.ts";
+import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
+import { argValue } from "./timing.ts";
+
+const device = "cuda";
+const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
+const model = randomGpt2(GPT2_SMALL, "float16", device);
+const vocab = model.config.vocabSize;
+const prefillIds = randomIds([8, 512], 3, vocab, device);
+const markerInput = tq.tensor(new BigInt64Array([1n, -2n, 3n]), { device });
+
+/** Runs `fn` as a profiled region, then the marker kernel that ends it in the profile. */
+async function profiled(fn: () => Promise<void>): Promise<void> {
+  checkCu(cuda().cuProfilerStart(), "cuProfilerStart");
+  await fn();
+  const marker = tq.abs(markerInput).evaluate();
+  await marker.data();
+  marker.dispose();
+  checkCu(cuda().cuProfilerStop(), "cuProfilerStop");
+}
+
+let calibration: tq.Calibration | undefined;
+for (const mode of modes) {
+  if (mode !== "float16") {
+    calibration ??= tq.calibrate(
+      model,
+      [randomIds([1, 128], 7, vocab, device)],
+      (m, t) => m.forward(t),
+      { method: "max", onProgress: () => {} },
+    );
+    tq.quantizeModel(model, {
+      mode: mode as tq.QuantizationMode,
+      calibration,
+      exclude: ["lm_head"],
+    });
+  }
+  const prefill = tq.compile((t: tq.Tensor) => model.forward(t), {
+    args: [tq.inputInfo(prefillIds.shape, "int32")],
+    device,
+  });
+  const runPrefill = async () => {
+    const y = prefill(prefillIds) as tq.Tensor;
+    await y.data();
+    y.dispose();
+  };
+  for (let i = 0; i < 2; i++) await runPrefill();
+  const decoder = buildStaticDecoder(model, { batch: 1, maxLength: 1024 });
+  let { state } = decoder.prefill(randomIds([1, 512], 5, vocab, device));
+  for (let i = 0; i < 3; i++) ({ state } = decoder.step(state));
+  await state.ids.data();
+  console.log(`${mode}: profiling`);
+  await profiled(runPrefill);
+  await profiled(async () => {
+    ({ state } = decoder.step(state));
+    await state.ids.data();
+  });
+  prefill.dispose();
+  for (const [, layer] of tq.namedLinears(model)) {
+    if (layer.quantDtype !== undefined) layer.configureQuantization({});
+  }
+}
