@@ -119,8 +119,10 @@ export * as cuda from "./lib/cuda.ts";
 export { type GraphSummary, inspectGraph } from "./lib/runtime/inspect.ts";
 export {
   linearFusionEnabled,
+  normFoldingEnabled,
   qdqFusionEnabled,
   setLinearFusion,
+  setNormFolding,
   setQdqFusion,
 } from "./lib/graph/passes/qdq_fusion.ts";
 export {

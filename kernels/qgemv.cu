@@ -10,7 +10,13 @@
 // product is a stream of the weight codes, so the kernel is built to keep many 16-byte weight
 // loads in flight from its first instructions.
 //
-// Kernels: qgemv_i8 and qgemv_e4m3 (the code type). x's dtype (xKind) and the output's
+// Kernels: qgemv_i8 and qgemv_e4m3 (the code type), and qgemv_i8_norm / qgemv_e4m3_norm for a
+// qlinear whose input is a layer norm's output (folded in by lib/graph/passes/qdq_fusion.ts):
+// x is then the layer norm's input, and each block normalizes it (row mean and population
+// variance in float32, two passes, (x − mean) / sqrt(var + eps) · lnWeight + lnBias rounded to
+// x's dtype, as the layer-norm kernel computes it) before quantizing; lnWeight / lnBias (x's
+// dtype) may be null, and eps is the layer norm's. The float activation never goes to memory,
+// and the layer norm's launch is gone. x's dtype (xKind) and the output's
 // (outKind: y and the bias) are runtime arguments, numbered as loadScale numbers float kinds
 // (0 float32, 1 float16, 2 bfloat16); so are the scales' kinds and the activation (0 none,
 // 1 relu, 2 gelu erf, 3 gelu tanh).
@@ -176,18 +182,104 @@ __device__ __forceinline__ double accToDouble(float v) { return (double)v; }
 // 2 bfloat16. They are runtime arguments (uniform branches around the x quantize loop and the
 // stores) so that the module holds two kernels rather than eighteen.
 
+// The layer norm whose output this qlinear reads, folded in (lib/graph/passes/qdq_fusion.ts):
+// per row of x its mean and 1 / sqrt(var + eps), and the optional weight and bias (x's dtype).
+struct Norm {
+  const float* mean;  // shared memory, M values
+  const float* inv;
+  const void* weight;
+  const void* bias;
+};
+
 // Codes of x (element type X) into shared memory in Q's layout, eight elements per step: x / s
-// with IEEE division, then Q's rounding.
-template <class X, class Q>
+// with IEEE division, then Q's rounding. With a norm, x is first normalized as the layer-norm
+// kernel does ((x − mean) · inv · weight + bias in float32) and rounded to X, the layer norm's
+// output dtype.
+template <class X, class Q, bool kNorm>
 __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restrict__ x,
-                                          float s, int steps, int rowSteps, int K) {
+                                          float s, int steps, int rowSteps, int K,
+                                          const Norm& norm) {
 #pragma unroll 1
   for (int c = threadIdx.x; c < steps; c += blockDim.x) {
     float v[8];
     X::load8(x, c, v);
+    if constexpr (kNorm) {
+      const int m = c / rowSteps;
+      const i64 k0 = (i64)(c - m * rowSteps) * 8;  // feature of v[0]
+      const float mean = norm.mean[m], inv = norm.inv[m];
+      // Weight and bias one value at a time (L1 hits after the first block's): few registers
+      // while the weight ring holds its 32.
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        float r = (v[e] - mean) * inv;
+        if (norm.weight) r *= X::load(norm.weight, k0 + e);
+        if (norm.bias) r += X::load(norm.bias, k0 + e);
+        v[e] = r;
+      }
+      float lo[4] = {v[0], v[1], v[2], v[3]}, hi[4] = {v[4], v[5], v[6], v[7]};
+      X::round4(lo);
+      X::round4(hi);
+#pragma unroll
+      for (int e = 0; e < 4; e++) v[e] = lo[e], v[4 + e] = hi[e];
+    }
 #pragma unroll
     for (int e = 0; e < 8; e++) v[e] = __fdiv_rn(v[e], s);
     Q::store8(xs, c, v, rowSteps, K);
+  }
+}
+
+// The block's sum of v (every thread calls it; red holds 32 floats of shared memory).
+__device__ __forceinline__ float blockSum(float v, float* red) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  v = warpSum(v);
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = lane < (blockDim.x >> 5) ? red[lane] : 0.0f;
+  return warpSum(t);
+}
+
+// Per row of x (element type X): the mean and 1 / sqrt(var + eps) of the layer norm kernel
+// (two passes, population variance, float32 sums) into mean[m], inv[m].
+template <class X>
+__device__ __forceinline__ void rowStats(const void* __restrict__ x, int M, int rowSteps, int K,
+                                         float eps, float* mean, float* inv, float* red) {
+  for (int m = 0; m < M; m++) {
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < rowSteps; c += blockDim.x) {
+      float v[8];
+      X::load8(x, (i64)m * rowSteps + c, v);
+#pragma unroll
+      for (int e = 0; e < 8; e++) sum += v[e];
+    }
+    const float mu = blockSum(sum, red) / (float)K;
+    float sq = 0.0f;
+    for (int c = threadIdx.x; c < rowSteps; c += blockDim.x) {
+      float v[8];
+      X::load8(x, (i64)m * rowSteps + c, v);
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const float d = v[e] - mu;
+        sq += d * d;
+      }
+    }
+    const float r = 1.0f / sqrtf(blockSum(sq, red) / (float)K + eps);
+    if (threadIdx.x == 0) mean[m] = mu, inv[m] = r;
+  }
+  __syncthreads();
+}
+
+template <class X, class Q, bool kNorm>
+__device__ __forceinline__ void quantizeRows(unsigned char* xs, const void* __restrict__ x,
+                                             float s, int M, int K, const void* lnWeight,
+                                             const void* lnBias, float eps) {
+  const int steps = (M * K) >> 3, rowSteps = K >> 3;
+  if constexpr (kNorm) {
+    __shared__ float mean[QGEMV_MAX_ROWS], inv[QGEMV_MAX_ROWS], red[32];
+    rowStats<X>(x, M, rowSteps, K, eps, mean, inv, red);
+    quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, K, Norm{mean, inv, lnWeight, lnBias});
+  } else {
+    quantizeX<X, Q, false>(xs, x, s, steps, rowSteps, K, Norm{});
   }
 }
 
@@ -203,16 +295,19 @@ __device__ __forceinline__ void storeOutput(void* out, i64 at, double t, int act
 }
 
 // ---------------------------------------------------------------------------------------------
-// The kernel body (Q: QI8 or QE4M3).
+// The kernel body (Q: QI8 or QE4M3; kNorm: a layer norm folded in, its own kernels so that the
+// plain ones keep every register for the weight ring).
 
-template <class Q>
+template <class Q, bool kNorm>
 __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __restrict__ x,
                                       int xKind, const void* __restrict__ sxq, int sxqKind,
                                       const void* __restrict__ sxd, int sxdKind,
                                       const unsigned char* __restrict__ wq,
                                       const void* __restrict__ swd, int swdKind,
                                       int swdPerChannel, const void* __restrict__ bias,
-                                      int outKind, int act, int M, int N, int K, int logL) {
+                                      int outKind, int act, int M, int N, int K, int logL,
+                                      const void* __restrict__ lnWeight,
+                                      const void* __restrict__ lnBias, float eps) {
   typedef typename Q::Acc Acc;
   extern __shared__ uint4 xsChunks[];  // [M][K / 16] chunks of x's codes
   unsigned char* xs = reinterpret_cast<unsigned char*>(xsChunks);
@@ -244,15 +339,15 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
   prefetchL1(static_cast<const char*>(swd) + swdAt * (swdKind == 0 ? 4 : 2));
   if (bias) prefetchL1(static_cast<const char*>(bias) + row * (outKind == 0 ? 4 : 2));
 
-  // 2. x's codes into shared memory (M·K is a multiple of 16).
+  // 2. x's codes into shared memory (M·K is a multiple of 16), x normalized first when a
+  // layer norm is folded in.
   const float s = loadScale(sxq, sxqKind, 0);
-  const int steps = (M * K) >> 3, rowSteps = K >> 3;
   if (xKind == 0) {
-    quantizeX<F32, Q>(xs, x, s, steps, rowSteps, K);
+    quantizeRows<F32, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
   } else if (xKind == 1) {
-    quantizeX<F16, Q>(xs, x, s, steps, rowSteps, K);
+    quantizeRows<F16, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
   } else {
-    quantizeX<BF16, Q>(xs, x, s, steps, rowSteps, K);
+    quantizeRows<BF16, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
   }
   __syncthreads();
 
@@ -303,16 +398,19 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
   }
 }
 
-#define QGEMV_KERNEL(Q_NAME, Q)                                                                \
-  extern "C" __global__ void __launch_bounds__(QGEMV_MAX_THREADS, 1) qgemv_##Q_NAME(           \
+#define QGEMV_KERNEL(NAME, Q, NORM)                                                            \
+  extern "C" __global__ void __launch_bounds__(QGEMV_MAX_THREADS, 1) NAME(                     \
       void* __restrict__ out, const void* __restrict__ x, int xKind,                           \
       const void* __restrict__ sxq, int sxqKind, const void* __restrict__ sxd, int sxdKind,    \
       const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
-      int K, int logL) {                                                                       \
-    qgemv<Q>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, bias, \
-             outKind, act, M, N, K, logL);                                                     \
+      int K, int logL, const void* __restrict__ lnWeight, const void* __restrict__ lnBias,     \
+      float eps) {                                                                             \
+    qgemv<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, \
+                   bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps);                  \
   }
 
-QGEMV_KERNEL(i8, QI8)
-QGEMV_KERNEL(e4m3, QE4M3)
+QGEMV_KERNEL(qgemv_i8, QI8, false)
+QGEMV_KERNEL(qgemv_e4m3, QE4M3, false)
+QGEMV_KERNEL(qgemv_i8_norm, QI8, true)
+QGEMV_KERNEL(qgemv_e4m3_norm, QE4M3, true)

@@ -180,24 +180,25 @@ Deno.test("qgemvShape: lanes per channel, block size and the problems it refuses
   assert.equal(qgemvShape(1, 11008, 4096, SMS)!.warps, 32);
 });
 
-Deno.test("the two qgemv kernels are in both PTX builds with the launch's parameters", () => {
+Deno.test("the qgemv kernels are in both PTX builds with the launch's parameters", () => {
   // out, x, xKind, sxq, sxqKind, sxd, sxdKind, codes, swd, swdKind, swdPerChannel, bias,
-  // outKind, act, M, N, K, logL
+  // outKind, act, M, N, K, logL, lnWeight, lnBias, eps
   const params = ["u64", "u64", "u32", "u64", "u32", "u64", "u32", "u64", "u64", "u32", "u32"]
-    .concat(["u64", "u32", "u32", "u32", "u32", "u32", "u32"]);
+    .concat(["u64", "u32", "u32", "u32", "u32", "u32", "u32", "u64", "u64", "f32"]);
   const flavours: [string, string][] = [
     ["sm_90a", qgemvPtx.ptxSm90a],
     ["compute_80", qgemvPtx.ptxCompute80],
   ];
+  const names = ["qgemv_e4m3", "qgemv_e4m3_norm", "qgemv_i8", "qgemv_i8_norm"];
   for (const [flavour, ptx] of flavours) {
     const entries = [...ptx.matchAll(/\.entry (\w+)\(([^)]*)\)/g)];
-    assert.deepEqual(entries.map((e) => e[1]).sort(), ["qgemv_e4m3", "qgemv_i8"], flavour);
+    assert.deepEqual(entries.map((e) => e[1]).sort(), names, flavour);
     for (const [, name, list] of entries) {
       const types = [...list.matchAll(/\.param \.(\w+)/g)].map((p) => p[1]);
       assert.deepEqual(types, params, `${flavour} ${name}`);
     }
     // Each block uses at most 1024 threads, so at most 64 registers a thread.
-    assert.equal([...ptx.matchAll(/\.maxntid 1024, 1, 1/g)].length, 2, flavour);
+    assert.equal([...ptx.matchAll(/\.maxntid 1024, 1, 1/g)].length, names.length, flavour);
   }
 });
 

@@ -81,8 +81,27 @@ function epilogue(
   return out.finish();
 }
 
+/**
+ * A qlinear whose x is the input of a layer norm folded in by the fusion pass (attrs `norm`:
+ * `{eps, hasWeight, hasBias}`, the norm's weight and bias after the qlinear's own inputs):
+ * the layer norm kernel, then the plain qlinear on its output.
+ */
+function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext): StorageArray {
+  const norm = ctx.attrs.norm as { eps: number; hasWeight: boolean; hasBias: boolean };
+  const own = ctx.attrs.hasBias ? 7 : 6;
+  return cpuKernel("layerNorm")([inputs[0], ...inputs.slice(own)], {
+    attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+    out: ctx.inputs[0],
+    inputs: [ctx.inputs[0], ...ctx.inputs.slice(own)],
+  });
+}
+
 registerCpuKernel("qlinear", (inputs, ctx) => {
-  const [x, sxq, sxd, w, swq, swd, bias] = inputs;
+  const [sxq, sxd, w, swq, swd] = inputs.slice(1);
+  const folded = ctx.attrs.norm !== undefined;
+  const x = folded ? normalizedInput(inputs, ctx) : inputs[0];
+  // With a folded norm, the inputs after the qlinear's own are the norm's.
+  const bias = !folded || ctx.attrs.hasBias ? inputs[6] : undefined;
   const [n, k] = ctx.inputs[3].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;

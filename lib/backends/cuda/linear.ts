@@ -65,6 +65,7 @@ import {
   BLOCK,
   type CudaKernelContext,
   type CudaLaunch,
+  cudaLowering,
   type Dim3,
   grid1d,
   KernelParams,
@@ -428,7 +429,71 @@ interface Fp8Choice {
   fused: boolean;
 }
 
+/** A layer norm folded into a qlinear by the fusion pass (lib/graph/passes/qdq_fusion.ts). */
+interface FoldedNorm {
+  eps: number;
+  hasWeight: boolean;
+  hasBias: boolean;
+}
+
+/**
+ * A qlinear whose x is the input of a folded layer norm over its last dim (inputs `[x, sxq,
+ * sxd, W, swq, swd, bias?, lnWeight?, lnBias?]`): the fused GEMV normalizes x itself where it
+ * takes the problem; otherwise the layer-norm kernel writes the normalized x to scratch memory
+ * for the plain qlinear.
+ */
+function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device, attrs } = ctx;
+  const norm = attrs.norm as unknown as FoldedNorm;
+  const own = attrs.hasBias ? 7 : 6;
+  const inner: CudaKernelContext = {
+    ...ctx,
+    attrs: { ...attrs, norm: undefined },
+    inputs: ctx.inputs.slice(0, own),
+  };
+  const xInfo = ctx.inputs[0];
+  const normInputs = ctx.inputs.slice(own);
+  const [n, k] = ctx.inputs[3].shape;
+  const total = numel(ctx.out.shape);
+  if (total === 0) return NO_LAUNCH;
+  const m = total / n;
+  const qdtype = attrs.qdtype as DType;
+  const outDType = floatDType("qlinear", "output", ctx.out.dtype);
+  const act = activationCode("qlinear", String(attrs.activation ?? "none"));
+  const gemv = m <= QGEMV_MAX_ROWS && k > 0 && normInputs.every((i) => i.dtype === xInfo.dtype)
+    ? fusedQuantizedGemv(inner, m, n, k, qdtype, attrs.weightMode === "channel", act, outDType, {
+      eps: norm.eps,
+    })
+    : undefined;
+  if (gemv) {
+    const prep = new WeightPrep(inner, 3, n, k);
+    return (y, inputs) => {
+      const [x, sxq, sxd, w, swq, swd] = inputs;
+      const wq = prep.codes(w, swq, qdtype);
+      const lnWeight = norm.hasWeight ? inputs[own] : undefined;
+      const lnBias = norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
+      gemv(y, x, sxq, sxd, wq.buffer, swd, attrs.hasBias ? inputs[6] : undefined, lnWeight, lnBias);
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
+  const layerNorm = cudaLowering("layerNorm")({
+    ...ctx,
+    attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+    out: { shape: xInfo.shape, dtype: xInfo.dtype },
+    inputs: [xInfo, ...normInputs],
+  });
+  if (typeof layerNorm !== "function") throw new Error("layerNorm lowered to a view");
+  const product = lowerQlinear(inner);
+  return (y, inputs) => {
+    const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
+    layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
+    product(y, [normalized, ...inputs.slice(1, own)]);
+    normalized.dispose();
+  };
+}
+
 function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
+  if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
   const { device, attrs } = ctx;
   const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
   const [n, k] = wInfo.shape;

@@ -119,7 +119,15 @@ export type FusedQuantizedGemv = (
   codes: CudaBuffer,
   swd: CudaBuffer,
   bias: CudaBuffer | undefined,
+  lnWeight?: CudaBuffer,
+  lnBias?: CudaBuffer,
 ) => void;
+
+/** A layer norm over x's last dim folded into the GEMV (its weight and bias come per run). */
+export interface QgemvNorm {
+  /** The layer norm's epsilon. */
+  eps: number;
+}
 
 let launches = 0;
 
@@ -139,8 +147,10 @@ function floatKind(dtype: DType | undefined): number | undefined {
  * `m` rows of x, `n` outputs, `k` inputs and `qdtype` codes (`perChannel`: one weight scale per
  * output channel, else one per tensor), activation code `act` and output dtype `outDType`;
  * undefined when it does not apply (see {@link qgemvShape}; also for other code dtypes, or
- * float kinds the kernels do not take). Lowering runs once per plan; the returned function
- * enqueues one kernel per run.
+ * float kinds the kernels do not take). With `norm`, x is the input of a layer norm over its
+ * last dim (weight and bias of x's dtype, when it has them, passed per run) whose output the
+ * product reads: the kernel normalizes x itself. Lowering runs once per plan; the returned
+ * function enqueues one kernel per run.
  */
 export function fusedQuantizedGemv(
   ctx: CudaKernelContext,
@@ -151,9 +161,11 @@ export function fusedQuantizedGemv(
   perChannel: boolean,
   act: number,
   outDType: FloatDType,
+  norm?: QgemvNorm,
 ): FusedQuantizedGemv | undefined {
-  const name = KERNEL[qdtype];
-  if (name === undefined) return undefined;
+  const base = KERNEL[qdtype];
+  if (base === undefined) return undefined;
+  const name = norm ? `${base}_norm` : base;
   const [xInfo, sxqInfo, sxdInfo, , , swdInfo, biasInfo] = ctx.inputs;
   const xKind = floatKind(xInfo.dtype);
   const sxqKind = floatKind(sxqInfo.dtype);
@@ -170,11 +182,12 @@ export function fusedQuantizedGemv(
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
   const params = new KernelParams();
-  return (y, x, sxq, sxd, codes, swd, bias) => {
+  return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias) => {
     params.reset().ptr(y.address).ptr(x.address).i32(xKind).ptr(sxq.address).i32(sxqKind)
       .ptr(sxd.address).i32(sxdKind).ptr(codes.address).ptr(swd.address).i32(swdKind)
       .i32(perChannel ? 1 : 0).ptr(bias?.address ?? 0n).i32(outKind).i32(act).i32(m).i32(n)
-      .i32(k).i32(shape.logLanes);
+      .i32(k).i32(shape.logLanes).ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n)
+      .f32(norm?.eps ?? 0);
     launch(device, kernel, grid, block, params, shape.sharedBytes);
     launches++;
   };

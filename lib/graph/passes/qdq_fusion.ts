@@ -13,6 +13,11 @@
  * - `wlinear` (weight-only: x stays float): W quantized per tensor, per channel or block-wise
  *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`.
  *
+ * A layer norm over the last dim whose only reader is a `qlinear` of at most
+ * {@link NORM_FOLD_MAX_ROWS} rows (decoding) is folded into it ({@link setNormFolding}): x
+ * becomes the norm's input, attrs gain `norm: {eps, hasWeight, hasBias}` and the norm's weight
+ * and bias follow the qlinear's inputs.
+ *
  * Both take the float weight W: backends quantize it once and cache the result per weight
  * buffer (weights are constants). If the output of a dequantize was evaluated before the matmul
  * that reads it (printing it, say), the pattern is gone: the result stays correct, and the pass
@@ -61,6 +66,29 @@ export function setLinearFusion(on: boolean): void {
 export function linearFusionEnabled(): boolean {
   return linearEnabled;
 }
+
+let normFolding = true;
+
+/**
+ * Turns the folding of a layer norm into the decode-sized `qlinear` that reads it on or off (on
+ * by default; see {@link NORM_FOLD_MAX_ROWS}). Plans are cached per setting.
+ */
+export function setNormFolding(on: boolean): void {
+  normFolding = on;
+}
+
+/** True when layer norms are folded into the decode-sized `qlinear`s that read them. */
+export function normFoldingEnabled(): boolean {
+  return normFolding;
+}
+
+/**
+ * Most rows of x for which a layer norm is folded into the `qlinear` reading it: decode-sized
+ * products, where the quantize step already runs inside the product's one launch (the CUDA
+ * fused GEMV) and normalizing there too saves the layer norm's launch and its output's round
+ * trip through memory. Larger products keep the layer norm.
+ */
+export const NORM_FOLD_MAX_ROWS = 8;
 
 const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
 
@@ -242,14 +270,52 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
         dtype: out.dtype,
         inputs: [a, w.w, w.swq, w.swd, ...(bias ? [bias] : [])],
       };
+    if (fullQuant && normFolding) foldNorm(g, users, fused, a, i);
     g.nodes[last] = fused;
     changed = true;
   }
   return changed ? removeDeadNodes(g) : g;
 }
 
+/**
+ * Folds `layerNorm(x)` (over the last dim) into `fused`, the qlinear that reads it through
+ * `dequantize(quantize(·))` at `dqRef` for the matmul at `matmulIndex`, when nothing else reads
+ * the norm, the quantize or the dequantize and x has at most {@link NORM_FOLD_MAX_ROWS} rows:
+ * x becomes the norm's input, attrs `norm: {eps, hasWeight, hasBias}`, and the norm's weight and
+ * bias follow the qlinear's own inputs.
+ */
+function foldNorm(
+  g: PlanGraph,
+  users: number[][],
+  fused: PlanNode,
+  dqRef: ValueRef,
+  matmulIndex: number,
+): void {
+  if (!("node" in dqRef)) return;
+  const qRef = g.nodes[dqRef.node].inputs[0];
+  if (!("node" in qRef)) return;
+  const lnRef = g.nodes[qRef.node].inputs[0];
+  if (!("node" in lnRef)) return;
+  const ln = g.nodes[lnRef.node];
+  if (ln.op !== "layerNorm" || ln.attrs.dims !== 1 || ln.shape.length < 1) return;
+  const onlyReader = (k: number, reader: number) => users[k].length === 1 && users[k][0] === reader;
+  if (!onlyReader(lnRef.node, qRef.node) || !onlyReader(qRef.node, dqRef.node)) return;
+  if (!onlyReader(dqRef.node, matmulIndex)) return;
+  const k = ln.shape[ln.shape.length - 1];
+  const rows = k === 0 ? 0 : ln.shape.reduce((a, b) => a * b, 1) / k;
+  if (rows < 1 || rows > NORM_FOLD_MAX_ROWS) return;
+  fused.attrs = {
+    ...fused.attrs,
+    norm: { eps: ln.attrs.eps, hasWeight: ln.attrs.hasWeight, hasBias: ln.attrs.hasBias },
+  };
+  fused.inputs = [ln.inputs[0], ...fused.inputs.slice(1), ...ln.inputs.slice(1)];
+}
+
 registerPass(
   "qdq-fusion",
   fuse,
-  () => `${enabled ? "on" : "off"}/linear-${linearEnabled ? "on" : "off"}`,
+  () =>
+    `${enabled ? "on" : "off"}/linear-${linearEnabled ? "on" : "off"}/norm-${
+      normFolding ? "on" : "off"
+    }`,
 );
