@@ -482,7 +482,12 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
     out: { shape: xInfo.shape, dtype: xInfo.dtype },
     inputs: [xInfo, ...normInputs],
   });
-  if (typeof layerNorm !== "function") throw new Error("layerNorm lowered to a view");
+  if (typeof layerNorm !== "function") {
+    throw new TensorqError("the folded layer norm has no kernel of its own", {
+      op: "qlinear",
+      kind: "state",
+    });
+  }
   const product = lowerQlinear(inner);
   return (y, inputs) => {
     const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
