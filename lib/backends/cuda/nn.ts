@@ -23,8 +23,8 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
+import { FLOAT_NAME } from "./util.ts";
 
-const SUFFIX: Partial<Record<DType, string>> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
 /** Longest row a warp handles (32 lanes × 32 values). */
 const WARP_MAX = 1024;
 /** Longest row the scalar warp kernels handle (32 lanes × 8 values). */
@@ -97,7 +97,7 @@ export function rowKernel(
 }
 
 function suffixOf(op: string, dtype: DType): string {
-  const suffix = SUFFIX[dtype];
+  const suffix = (FLOAT_NAME as Partial<Record<DType, string>>)[dtype];
   if (suffix === undefined) {
     throw new TensorqError(`no cuda kernel for ${op} on ${dtype}`, {
       op,

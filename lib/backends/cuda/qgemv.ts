@@ -19,7 +19,14 @@ import type { DType } from "../../dtype.ts";
 import type { CudaKernelContext, Dim3 } from "./kernels.ts";
 import { KernelParams, launch } from "./kernels.ts";
 import type { CudaBuffer } from "./memory.ts";
-import { allowSharedBytes, FLOAT_KIND, type FloatDType, INT32_MAX, moduleKernels } from "./util.ts";
+import {
+  allowSharedBytes,
+  FLOAT_KIND,
+  type FloatDType,
+  floatKindOf,
+  INT32_MAX,
+  moduleKernels,
+} from "./util.ts";
 
 const fn = moduleKernels(qgemvPtx);
 
@@ -136,12 +143,6 @@ export function qgemvLaunchCount(): number {
   return launches;
 }
 
-function floatKind(dtype: DType | undefined): number | undefined {
-  return dtype === "float32" || dtype === "float16" || dtype === "bfloat16"
-    ? FLOAT_KIND[dtype]
-    : undefined;
-}
-
 /**
  * The fused GEMV of a `qlinear` op (`ctx`: inputs `[x, sxq, sxd, w, swq, swd, bias?]`) with
  * `m` rows of x, `n` outputs, `k` inputs and `qdtype` codes (`perChannel`: one weight scale per
@@ -167,10 +168,10 @@ export function fusedQuantizedGemv(
   if (base === undefined) return undefined;
   const name = norm ? `${base}_norm` : base;
   const [xInfo, sxqInfo, sxdInfo, , , swdInfo, biasInfo] = ctx.inputs;
-  const xKind = floatKind(xInfo.dtype);
-  const sxqKind = floatKind(sxqInfo.dtype);
-  const sxdKind = floatKind(sxdInfo.dtype);
-  const swdKind = floatKind(swdInfo.dtype);
+  const xKind = floatKindOf(xInfo.dtype);
+  const sxqKind = floatKindOf(sxqInfo.dtype);
+  const sxdKind = floatKindOf(sxdInfo.dtype);
+  const swdKind = floatKindOf(swdInfo.dtype);
   const outKind = FLOAT_KIND[outDType];
   if (xKind === undefined || sxqKind === undefined || sxdKind === undefined) return undefined;
   if (swdKind === undefined || (biasInfo && biasInfo.dtype !== outDType)) return undefined;

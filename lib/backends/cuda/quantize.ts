@@ -26,7 +26,7 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { FLOAT_KIND, preferSharedMemory } from "./util.ts";
+import { floatKindOf, preferSharedMemory } from "./util.ts";
 
 /** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
 const THREADS = 256;
@@ -52,9 +52,6 @@ const SHORT_NAMES: Partial<Record<DType, string>> = {
   float8e4m3: "fp8",
 };
 
-/** Scale kinds of the scale dtypes (absent: no kernel takes that dtype). */
-const SCALE_KINDS: Partial<Record<DType, number>> = FLOAT_KIND;
-
 /** A quantization mode as recorded in the op's attrs. */
 export type QuantizeMode = "tensor" | "channel" | "block";
 
@@ -77,7 +74,7 @@ export function quantizeKernelName(
 ): string {
   const floatSide = op === "quantize" ? input : output;
   const quantSide = op === "quantize" ? output : input;
-  const supported = SCALE_KINDS[floatSide] !== undefined &&
+  const supported = floatKindOf(floatSide) !== undefined &&
     ["int8", "int4", "float8e4m3"].includes(quantSide) &&
     ["tensor", "channel", "block"].includes(mode) &&
     !(mode === "block" && quantSide === "float8e4m3");
@@ -181,7 +178,7 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
   const [x, scale] = ctx.inputs;
   const mode = ctx.attrs.mode as QuantizeMode;
   const name = quantizeKernelName(op, mode, x.dtype, ctx.out.dtype);
-  const scaleKind = SCALE_KINDS[scale.dtype];
+  const scaleKind = floatKindOf(scale.dtype);
   if (scaleKind === undefined) {
     throw new TensorqError("unsupported scale dtype", {
       op,

@@ -37,6 +37,13 @@ export const FLOAT_NAME: Readonly<Record<FloatDType, string>> = {
   float16: "f16",
   bfloat16: "bf16",
 };
+/** The scale kind (FLOAT_KIND) of `dtype`, or undefined when it is not a float dtype. */
+export function floatKindOf(dtype: DType | undefined): number | undefined {
+  return dtype === "float32" || dtype === "float16" || dtype === "bfloat16"
+    ? FLOAT_KIND[dtype]
+    : undefined;
+}
+
 /** Scale kinds the kernels take for float inputs (scales, weights). */
 export const FLOAT_KIND: Readonly<Record<FloatDType, number>> = {
   float32: 0,

@@ -38,9 +38,9 @@ import {
   ACT_NONE,
   ACT_RELU,
   allowSharedBytes,
-  FLOAT_KIND,
   FLOAT_NAME,
   type FloatDType,
+  floatKindOf,
   INT32_MAX,
   memsetAsync,
 } from "./util.ts";
@@ -109,12 +109,6 @@ export interface Int8GemmKernel {
   run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint): void;
 }
 
-function scaleKindOf(dtype: DType): number | undefined {
-  return dtype === "float32" || dtype === "float16" || dtype === "bfloat16"
-    ? FLOAT_KIND[dtype]
-    : undefined;
-}
-
 /** Why `p` cannot run on the fused kernels of `device`, or undefined when it can. */
 export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): string | undefined {
   const [major, minor] = device.computeCapability;
@@ -124,7 +118,7 @@ export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): s
   if (p.k % 16 !== 0) return "K is not a multiple of 16";
   if (p.m > INT32_MAX || p.n > INT32_MAX || p.k > INT32_MAX) return "too large";
   if (p.act !== ACT_NONE && p.act !== ACT_RELU) return "activation other than none / relu";
-  if (p.biasDType !== undefined && scaleKindOf(p.biasDType) === undefined) return "bias dtype";
+  if (p.biasDType !== undefined && floatKindOf(p.biasDType) === undefined) return "bias dtype";
   if (![p.sxdKind, p.swdKind].every((kind) => kind === 0 || kind === 1 || kind === 2)) {
     return "scale kind";
   }
@@ -188,7 +182,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
     this.#tilesM = Math.ceil(p.m / this.#tile.bm);
     this.#tilesN = Math.ceil(p.n / this.#tile.bn);
     this.#grid = [Math.min(this.#tilesM * this.#tilesN, device.smCount), 1, 1];
-    this.#biasKind = p.biasDType === undefined ? 0 : scaleKindOf(p.biasDType) ?? 0;
+    this.#biasKind = p.biasDType === undefined ? 0 : floatKindOf(p.biasDType) ?? 0;
   }
 
   #encode(target: Uint8Array<ArrayBuffer>, address: bigint, rows: number, boxRows: number): void {

@@ -36,6 +36,7 @@
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
 import { formatCallSite } from "../../errors.ts";
+import { numel } from "../../shape.ts";
 import type { Node } from "../node.ts";
 import { type PassContext, registerPass } from "./mod.ts";
 import { consumers, producer, removeDeadNodes } from "./rewrite.ts";
@@ -302,7 +303,7 @@ function foldNorm(
   if (!onlyReader(lnRef.node, qRef.node) || !onlyReader(qRef.node, dqRef.node)) return;
   if (!onlyReader(dqRef.node, matmulIndex)) return;
   const k = ln.shape[ln.shape.length - 1];
-  const rows = k === 0 ? 0 : ln.shape.reduce((a, b) => a * b, 1) / k;
+  const rows = k === 0 ? 0 : numel(ln.shape) / k;
   if (rows < 1 || rows > NORM_FOLD_MAX_ROWS) return;
   fused.attrs = {
     ...fused.attrs,
