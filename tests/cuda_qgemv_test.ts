@@ -22,8 +22,13 @@ import {
   float8e4m3BitsToNumber,
   roundHalfToEven,
 } from "../lib/dtype.ts";
-import { RandomStream } from "../lib/random.ts";
-import { type Activation, applyActivation, randomValues, testOnGpu } from "./helpers.ts";
+import {
+  type Activation,
+  applyActivation,
+  randomCodes,
+  randomValues,
+  testOnGpu,
+} from "./helpers.ts";
 
 // What the fused GEMV must compute, and how closely:
 // - int8 with no activation or relu: exactly the unfused path's and the CPU reference's
@@ -222,31 +227,6 @@ interface KernelCase {
   /** x on a grid of sxq / 2 (int8: many quotients exactly halfway between two codes). */
   ties?: boolean;
   seed: number;
-}
-
-/** Random codes of `q` (no NaN codes) and their values. */
-function randomCodes(q: Codes, count: number, seed: number): {
-  storage: Int8Array | Uint8Array;
-  values: Float64Array;
-} {
-  const r = new RandomStream(seed);
-  const values = new Float64Array(count);
-  if (q === "float8e4m3") {
-    const storage = new Uint8Array(count);
-    for (let i = 0; i < count; i++) {
-      let b = r.nextUint32() & 0xff;
-      if ((b & 0x7f) === 0x7f) b ^= 1;
-      storage[i] = b;
-      values[i] = float8e4m3BitsToNumber(b);
-    }
-    return { storage, values };
-  }
-  const storage = new Int8Array(count);
-  for (let i = 0; i < count; i++) {
-    storage[i] = -128 + (r.nextUint32() % 256);
-    values[i] = storage[i];
-  }
-  return { storage, values };
 }
 
 /** The per-tensor input quantize of the unfused path: codes' values of x / s (float32). */

@@ -14,9 +14,14 @@ import {
   WGEMV_MMA_MAX_ROWS,
   wgemvShape,
 } from "../lib/backends/cuda/wgemv.ts";
-import { decode, encode, float8e4m3BitsToNumber } from "../lib/dtype.ts";
-import { RandomStream } from "../lib/random.ts";
-import { type Activation, applyActivation, randomValues, testOnGpu } from "./helpers.ts";
+import { decode, encode } from "../lib/dtype.ts";
+import {
+  type Activation,
+  applyActivation,
+  randomCodes,
+  randomValues,
+  testOnGpu,
+} from "./helpers.ts";
 
 // Tolerances, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise.
 // - Kernel against a float64 sum of the same values (x · q · s + b): float32 sums (1e-5), and
@@ -188,32 +193,6 @@ interface KernelCase {
   bias: boolean;
   act: Activation;
   seed: number;
-}
-
-/** Random codes of `q` (as the GPU stores them before packing) and their values. */
-function randomCodes(q: Codes, count: number, seed: number): {
-  storage: Int8Array | Uint8Array;
-  values: Float64Array;
-} {
-  const r = new RandomStream(seed);
-  const values = new Float64Array(count);
-  if (q === "float8e4m3") {
-    const storage = new Uint8Array(count);
-    for (let i = 0; i < count; i++) {
-      let b = r.nextUint32() & 0xff;
-      if ((b & 0x7f) === 0x7f) b ^= 1; // no NaN codes
-      storage[i] = b;
-      values[i] = float8e4m3BitsToNumber(b);
-    }
-    return { storage, values };
-  }
-  const [lo, span] = q === "int8" ? [-128, 256] : [-8, 16];
-  const storage = new Int8Array(count);
-  for (let i = 0; i < count; i++) {
-    storage[i] = lo + (r.nextUint32() % span);
-    values[i] = storage[i];
-  }
-  return { storage, values };
 }
 
 /** Runs the streaming GEMV directly on a case's codes and checks it. */

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { TensorqError } from "../lib/errors.ts";
 import { RandomStream } from "../lib/random.ts";
+import { float8e4m3BitsToNumber } from "../lib/dtype.ts";
 import { backendFor } from "../lib/backends/backend.ts";
 import type { Tensor } from "../lib/tensor.ts";
 
@@ -90,6 +91,35 @@ export function randomValues(
       : s.normal();
   }
   return out;
+}
+
+/**
+ * `count` seeded random codes of `q` as the kernels store them before any packing (int8 bytes,
+ * int4 values in an Int8Array, e4m3 bit patterns without the NaN codes), and their values.
+ */
+export function randomCodes(q: "int8" | "int4" | "float8e4m3", count: number, seed: number): {
+  storage: Int8Array | Uint8Array;
+  values: Float64Array;
+} {
+  const r = new RandomStream(seed);
+  const values = new Float64Array(count);
+  if (q === "float8e4m3") {
+    const storage = new Uint8Array(count);
+    for (let i = 0; i < count; i++) {
+      let b = r.nextUint32() & 0xff;
+      if ((b & 0x7f) === 0x7f) b ^= 1; // no NaN codes
+      storage[i] = b;
+      values[i] = float8e4m3BitsToNumber(b);
+    }
+    return { storage, values };
+  }
+  const [lo, span] = q === "int8" ? [-128, 256] : [-8, 16];
+  const storage = new Int8Array(count);
+  for (let i = 0; i < count; i++) {
+    storage[i] = lo + (r.nextUint32() % span);
+    values[i] = storage[i];
+  }
+  return { storage, values };
 }
 
 /**
