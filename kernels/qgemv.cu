@@ -97,25 +97,6 @@ struct QI8 {
   }
 };
 
-// Two e4m3fn bytes (low byte first) -> two exact floats. Before sm_89 (no conversion
-// instruction) a short bit trick instead of cuda_fp8's emulation, which needs more registers
-// than the ring leaves: (b & 0x7f) << 7 read as float16 bits is the magnitude / 256, for
-// normal and subnormal codes alike (float16's exponent bias is 8 above e4m3's).
-__device__ __forceinline__ float2 e4m3x2Values(unsigned w) {
-#if __CUDA_ARCH__ >= 890
-  return e4m3x2ToFloats(w);
-#else
-  float v[2];
-#pragma unroll
-  for (int i = 0; i < 2; i++) {
-    const unsigned b = (w >> (8 * i)) & 0xffu, mag = b & 0x7fu;
-    const float f = __half2float(__ushort_as_half((unsigned short)(mag << 7))) * 256.0f;
-    v[i] = mag == 0x7fu ? __int_as_float(0x7fffffff) : (b & 0x80u) ? -f : f;
-  }
-  return make_float2(v[0], v[1]);
-#endif
-}
-
 // e4m3 weight code b -> its exact float32 value with integer and float32 arithmetic (the
 // conversion instructions run at a fraction of the FMA rate, and the inner loop decodes every
 // weight code): the 7 magnitude bits placed at float bit 20 are the value / 2^120 (for
@@ -126,6 +107,16 @@ __device__ __forceinline__ float e4m3Value(unsigned b) {
   const float v = __uint_as_float(mag << 20) * __uint_as_float(0x7b800000u);  // · 2^120
   const float sv = __uint_as_float(__float_as_uint(v) | ((b & 0x80u) << 24));
   return mag == 0x7fu ? __uint_as_float(0x7fffffffu) : sv;
+}
+
+// Two e4m3fn bytes (low byte first) -> two exact floats: the conversion instruction from sm_89
+// on, e4m3Value before it (cuda_fp8's emulation needs more registers than the ring leaves).
+__device__ __forceinline__ float2 e4m3x2Values(unsigned w) {
+#if __CUDA_ARCH__ >= 890
+  return e4m3x2ToFloats(w);
+#else
+  return make_float2(e4m3Value(w & 0xffu), e4m3Value((w >> 8) & 0xffu));
+#endif
 }
 
 // e4m3: x is stored as the float32 values of its codes (4 bytes an element, decoded once per
