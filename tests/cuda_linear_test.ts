@@ -211,6 +211,17 @@ testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
     dtype: "bfloat16",
     seed: seed++,
   }, { rtol: 8e-3, atol: 8e-3 });
+  // float16 with the tanh GELU: cuBLASLt's GELU + bias epilogue with outer-vector scales. The
+  // unfused graph rounds the product, the bias add and the GELU separately: two float16 ulps.
+  checkCase({
+    x: [96, 256],
+    n: 512,
+    options: FP8_CHANNEL,
+    input: true,
+    dtype: "float16",
+    act: "gelu_tanh",
+    seed: seed++,
+  }, { rtol: 2e-3, atol: 3e-3 });
 });
 
 testOnGpu("wlinear int8 per channel and int4 block 128 at M = 1, 5, 16, 40", () => {
@@ -220,6 +231,16 @@ testOnGpu("wlinear int8 per channel and int4 block 128 at M = 1, 5, 16, 40", () 
       checkCase({ x: [m, 512], n: 384, options, input: false, seed: seed++ });
     }
     checkCase({ x: [2, 3, 256], n: 96, options, input: false, act: "gelu_tanh", seed: seed++ });
+    // 40 rows of float16: cuBLASLt on the dequantized weight with its GELU + bias epilogue.
+    checkCase({
+      x: [40, 256],
+      n: 96,
+      options,
+      input: false,
+      dtype: "float16",
+      act: "gelu_tanh",
+      seed: options === INT8_CHANNEL ? 150 : 151,
+    });
     checkCase({
       x: [4, 256],
       n: 33,
