@@ -4,11 +4,21 @@
 //   y[m, n] = act(acc[m, n] · sxd · swd[n or 0] + b[n])     acc = Σ_k xq[m, k] · wq[n, k] (int32)
 //
 // xq int8 [M, K] row-major, wq int8 [N, K] row-major, y [M, N] row-major float32 / float16 /
-// bfloat16. The scaled sum is formed in double and rounded once, exactly like
-// qlinear_epilogue_i32_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and their
-// product are exact in double, then one __dmul_rn, one __dadd_rn and one rounding to the output
-// dtype; relu (code 1) maps t <= 0 to +0 before the rounding. Scales and the bias are float32
-// (kind 0), float16 (1) or bfloat16 (2), read with loadScale (common.cuh).
+// bfloat16. Scales and the bias are float32 (kind 0), float16 (1) or bfloat16 (2), read with
+// loadScale (common.cuh). Activations: none / relu (runtime act 0 / 1) and, for 16-bit
+// outputs, gelu in its tanh form (the _gelu_tanh kernels).
+//
+// Epilogue arithmetic, by output dtype:
+// - float32: the scaled sum is formed in double and rounded once, exactly like
+//   qlinear_epilogue_i32_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and
+//   their product are exact in double, then one __dmul_rn, one __dadd_rn and one rounding;
+//   relu maps t <= 0 to +0 before it.
+// - float16 / bfloat16: float32: two FMAs with the scale as a float pair, relu or gelu in
+//   float32 (gelu with the fast exponential, geluTanhFast), one rounding. The result is within
+//   one output ulp of the double epilogue's (equal except where t lies within float32 rounding
+//   error of a rounding boundary). The double epilogue's arithmetic and conversions, unrolled
+//   over the tile, made the kernel's code too large for the instruction cache and its
+//   epilogue as long as the main loop at K = 768.
 //
 // Structure: persistent CTAs (grid = min(tiles, SMs)) of 384 threads: one producer warpgroup
 // (one thread issues the TMA tile loads of both operands: 128-byte K slices, 128B swizzle, out of
@@ -16,16 +26,16 @@
 // columns of the tile and issuing wgmma.m64nBNk32.s32.s8.s8 from shared-memory descriptors.
 // Per-stage full / empty mbarriers. Each consumer warpgroup loads its tile's column scales and
 // biases into registers before the tile's main loop (the load latency hides behind it) and
-// stages them as doubles in its own shared-memory slice after it, so the epilogue reads
+// stages them (doubles, or float pairs) in its own shared-memory slice after it, so the epilogue reads
 // shared memory only. The epilogue goes from the accumulator fragments to global memory while
 // the producer already prefetches the next tile.
 //
 // Kernels: wgmma_i8_<BM>x<BN>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64 and out
-// f32, f16, bf16. Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind,
-// swdPerChannel, bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM}
-// over xq as a 2-D uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}; act 0 (none) or 1
-// (relu). K must be a multiple of 16 (TMA row strides). Only the sm_90a build has bodies: the
-// compute_80 build compiles empty stubs that are never launched.
+// f32, f16, bf16 (act 0 none or 1 relu), and wgmma_i8_<BM>x<BN>_<f16|bf16>_gelu_tanh.
+// Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel,
+// bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over xq as a 2-D
+// uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
+// strides) and N even (outputs are stored in pairs). Only the sm_90a build has bodies: the compute_80 build compiles empty stubs that are never launched.
 
 #include <cuda.h>
 
@@ -64,16 +74,26 @@ struct Cfg {
   static_assert((BM / 128) * (BN / 2) <= 128, "accumulator registers");
 };
 
-// Output element types: conversions from double (the none / relu path) and from float.
+// Output element types: float32 from double (the exact epilogue), 16-bit pairs from floats
+// (the float32 epilogue, see gemm()).
 struct OutF32 {
   typedef float T;
+  static constexpr bool kFloatEpilogue = false;
   __device__ static T fromD(double v) { return __double2float_rn(v); }
 };
 template <bool Bf16>
 struct OutH16 {
   typedef unsigned short T;
-  __device__ static T fromD(double v) {
-    return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
+  static constexpr bool kFloatEpilogue = true;
+  // Two floats rounded and packed (low half first) by one conversion instruction.
+  __device__ static unsigned pack(float a, float b) {
+    if constexpr (Bf16) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&v);
+    } else {
+      const __half2 v = __floats2half2_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&v);
+    }
   }
 };
 typedef OutH16<false> OutF16;
@@ -82,11 +102,17 @@ typedef OutH16<true> OutBF16;
 __device__ __forceinline__ void storePair(float* p, float a, float b) {
   *reinterpret_cast<float2*>(p) = make_float2(a, b);
 }
-__device__ __forceinline__ void storePair(unsigned short* p, unsigned short a, unsigned short b) {
-  *reinterpret_cast<unsigned*>(p) = (unsigned)a | ((unsigned)b << 16);
-}
 
 #if WGMMA_I8_SM90
+
+// gelu (tanh form) as x / (1 + e^(-2u)) (common.cuh gelu_tanh) with the fast exponential and
+// reciprocal: two special-function ops instead of expf's and an IEEE division's longer
+// sequences, which made a GELU layer's epilogue outlast its main loop. The relative error (a
+// few 1e-6 where e^(-2u) is large) is far below a 16-bit output's half ulp; x → -inf gives -0.
+__device__ __forceinline__ float geluTanhFast(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+  return __fdividef(x, 1.0f + __expf(-2.0f * u));
+}
 
 // int32 -> double without a 64-bit conversion instruction (those run at a quarter of the
 // double add rate): 2^52 + 2^31 + a is exact in double, and so is the difference.
@@ -260,7 +286,7 @@ __device__ __forceinline__ void tileCoords(int t, int tilesM, int tilesN, int gr
 
 #endif  // WGMMA_I8_SM90
 
-template <int BM, int BN, int STAGES, class O>
+template <int BM, int BN, int STAGES, class O, bool GELU>
 __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* tmW, void* y,
                                      const void* sxd, int sxdKind, const void* swd, int swdKind,
                                      int swdPerChannel, const void* bias, int biasKind, int act,
@@ -325,9 +351,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
     const int warp = wtid >> 5;
     const int lane = tid & 31;
     const double sx = (double)loadScale(sxd, sxdKind, 0);
-    const bool nEven = (N & 1) == 0;
+    // This warpgroup's slice of the epilogue staging (2·BN doubles, or 3·BN floats).
     double* sScale = reinterpret_cast<double*>(smem + C::EPI_OFFSET) + cw * 2 * BN;
     double* sBias = sScale + BN;
+    float* fScaleHi = reinterpret_cast<float*>(sScale);
+    float* fScaleLo = fScaleHi + BN;
+    float* fBias = fScaleLo + BN;
 
     int acc[MB][NACC];
 #pragma unroll
@@ -386,50 +415,76 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 #pragma unroll
       for (int m = 0; m < MB; ++m) fenceOperands(acc[m]);
 
-      // Stage the scales (sxd · swd, exact in double) and biases: the first barrier waits for
-      // the previous tile's epilogue reads, the second publishes the writes.
+      // Stage the scales and biases: the first barrier waits for the previous tile's epilogue
+      // reads, the second publishes the writes. sxd · swd is exact in double; the float32
+      // epilogue takes it as the float pair hi + lo (hi = the product rounded, lo = the rest
+      // rounded), which carries it to ~2^-48 relative.
       warpgroupBarrier(1 + cw);
 #pragma unroll
       for (int r = 0; r < NPT; ++r) {
         const int i = wtid + 128 * r;
         if (i < BN) {
-          sScale[i] = sx * (double)swv[r];
-          sBias[i] = (double)bv[r];
+          const double sc = sx * (double)swv[r];
+          if constexpr (O::kFloatEpilogue) {
+            const float hi = __double2float_rn(sc);
+            fScaleHi[i] = hi;
+            fScaleLo[i] = __double2float_rn(sc - (double)hi);
+            fBias[i] = bv[r];
+          } else {
+            sScale[i] = sc;
+            sBias[i] = (double)bv[r];
+          }
         }
       }
       warpgroupBarrier(1 + cw);
 
-      // Epilogue: t = acc · scale + b in double (one __dmul_rn, one __dadd_rn), relu, one
-      // rounding to the output dtype.
       const int row0 = tm * BM + cw * (BM / 2) + warp * 16 + (lane >> 2);
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
         const int cl = 8 * j + 2 * (lane & 3);
         const int col = tn * BN + cl;
         if (col < N) {
-          const bool two = col + 1 < N;
-          const double2 s = *reinterpret_cast<const double2*>(sScale + cl);
-          const double2 b = *reinterpret_cast<const double2*>(sBias + cl);
 #pragma unroll
           for (int m = 0; m < MB; ++m) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int row = row0 + m * 64 + 8 * h;
               if (row < M) {
-                double t0 = __dadd_rn(__dmul_rn(intToDouble(acc[m][4 * j + 2 * h]), s.x), b.x);
-                double t1 =
-                    __dadd_rn(__dmul_rn(intToDouble(acc[m][4 * j + 2 * h + 1]), s.y), b.y);
-                if (act == 1) {
-                  t0 = t0 <= 0.0 ? 0.0 : t0;
-                  t1 = t1 <= 0.0 ? 0.0 : t1;
-                }
+                const int a0 = acc[m][4 * j + 2 * h], a1 = acc[m][4 * j + 2 * h + 1];
                 T* p = static_cast<T*>(y) + ((i64)row * N + col);
-                const T v0 = O::fromD(t0), v1 = O::fromD(t1);
-                if (nEven) {
-                  storePair(p, v0, v1);
+                if constexpr (O::kFloatEpilogue) {
+                  // 16-bit outputs: t = acc · (hi + lo) + b in float32 (two FMAs; acc is exact
+                  // up to 2^24), relu or gelu in float32, one rounding to the output dtype.
+                  // Against the double epilogue the result is at most one output ulp away,
+                  // and only where t lies within float32 rounding error of a rounding
+                  // boundary. Few instructions an element: the loop is unrolled over the
+                  // whole tile, and its code must stay in the instruction cache.
+                  const float2 hi = *reinterpret_cast<const float2*>(fScaleHi + cl);
+                  const float2 lo = *reinterpret_cast<const float2*>(fScaleLo + cl);
+                  const float2 b = *reinterpret_cast<const float2*>(fBias + cl);
+                  const float f0 = __int2float_rn(a0), f1 = __int2float_rn(a1);
+                  float t0 = fmaf(f0, hi.x, fmaf(f0, lo.x, b.x));
+                  float t1 = fmaf(f1, hi.y, fmaf(f1, lo.y, b.y));
+                  if constexpr (GELU) {
+                    t0 = geluTanhFast(t0);
+                    t1 = geluTanhFast(t1);
+                  } else if (act == 1) {
+                    t0 = t0 <= 0.0f ? 0.0f : t0;
+                    t1 = t1 <= 0.0f ? 0.0f : t1;
+                  }
+                  *reinterpret_cast<unsigned*>(p) = O::pack(t0, t1);
                 } else {
-                  p[0] = v0;
-                  if (two) p[1] = v1;
+                  // float32 outputs: t = acc · scale + b in double (one __dmul_rn, one
+                  // __dadd_rn), relu, one rounding.
+                  const double2 s = *reinterpret_cast<const double2*>(sScale + cl);
+                  const double2 b = *reinterpret_cast<const double2*>(sBias + cl);
+                  double t0 = __dadd_rn(__dmul_rn(intToDouble(a0), s.x), b.x);
+                  double t1 = __dadd_rn(__dmul_rn(intToDouble(a1), s.y), b.y);
+                  if (act == 1) {
+                    t0 = t0 <= 0.0 ? 0.0 : t0;
+                    t1 = t1 <= 0.0 ? 0.0 : t1;
+                  }
+                  storePair(p, O::fromD(t0), O::fromD(t1));
                 }
               }
             }
@@ -443,22 +498,24 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 
 }  // namespace wgi8
 
-#define WGMMA_I8_KERNEL(BM, BN, STAGES, OUT_NAME, OUT)                                          \
-  extern "C" __global__ void __launch_bounds__(wgi8::kThreads, 1)                                \
-      wgmma_i8_##BM##x##BN##_##OUT_NAME(                                                         \
-          const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW,      \
-          void* y, const void* sxd, int sxdKind, const void* swd, int swdKind,                   \
-          int swdPerChannel, const void* bias, int biasKind, int act, int M, int N, int K,       \
-          int tilesM, int tilesN, int groupM) {                                                  \
-    wgi8::gemm<BM, BN, STAGES, wgi8::OUT>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,             \
-                                          swdPerChannel, bias, biasKind, act, M, N, K, tilesM,   \
-                                          tilesN, groupM);                                       \
+#define WGMMA_I8_KERNEL(BM, BN, STAGES, NAME, OUT, GELU)                                       \
+  extern "C" __global__ void __launch_bounds__(wgi8::kThreads, 1) wgmma_i8_##BM##x##BN##_##NAME( \
+      const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW, void* y, \
+      const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
+      const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
+      int groupM) {                                                                              \
+    wgi8::gemm<BM, BN, STAGES, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,        \
+                                                swdPerChannel, bias, biasKind, act, M, N, K,     \
+                                                tilesM, tilesN, groupM);                         \
   }
 
-#define WGMMA_I8_TILE(BM, BN, STAGES)           \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, f32, OutF32)  \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, f16, OutF16)  \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, bf16, OutBF16)
+// Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones.
+#define WGMMA_I8_TILE(BM, BN, STAGES)                        \
+  WGMMA_I8_KERNEL(BM, BN, STAGES, f32, OutF32, false)        \
+  WGMMA_I8_KERNEL(BM, BN, STAGES, f16, OutF16, false)        \
+  WGMMA_I8_KERNEL(BM, BN, STAGES, bf16, OutBF16, false)      \
+  WGMMA_I8_KERNEL(BM, BN, STAGES, f16_gelu_tanh, OutF16, true) \
+  WGMMA_I8_KERNEL(BM, BN, STAGES, bf16_gelu_tanh, OutBF16, true)
 
 // Tiles and pipeline depths (stages × (BM + BN) × 128 bytes of shared memory, at most ~200 KB).
 WGMMA_I8_TILE(128, 256, 4)

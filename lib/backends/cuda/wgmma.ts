@@ -1,7 +1,9 @@
 /**
  * The int8 GEMM of `qlinear` on Hopper tensor cores (kernels/wgmma_i8.cu) with the qlinear
- * epilogue fused: `y = act(Σ_k xq[m,k]·wq[n,k] · sxd · swd[n or 0] + b[n])`, formed in double and
- * rounded once, bit-identical to cuBLASLt int32 products + `qlinear_epilogue_i32_<out>`.
+ * epilogue fused: `y = act(Σ_k xq[m,k]·wq[n,k] · sxd · swd[n or 0] + b[n])`. float32 outputs
+ * are formed in double and rounded once, bit-identical to cuBLASLt int32 products +
+ * `qlinear_epilogue_i32_<out>`; float16 / bfloat16 outputs are formed in float32 and are within
+ * one output ulp of that (see the kernel file).
  *
  * {@link wgmmaInt8Gemm} prepares one tile configuration for a problem (undefined when the device
  * or the problem does not qualify); {@link fastestWgmmaInt8Gemm} times every configuration once
@@ -35,6 +37,7 @@ import type { CudaDevice } from "./device.ts";
 import { kernelFunction, KernelParams, launch } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
+  ACT_GELU_TANH,
   ACT_NONE,
   ACT_RELU,
   allowSharedBytes,
@@ -78,7 +81,7 @@ export function wgmmaSharedBytes(tile: WgmmaTile): number {
 export interface WgmmaInt8Problem {
   /** Rows of x and y. */
   m: number;
-  /** Output channels (rows of W, columns of y). */
+  /** Output channels (rows of W, columns of y; even). */
   n: number;
   /** Input features (a multiple of 16). */
   k: number;
@@ -92,7 +95,7 @@ export interface WgmmaInt8Problem {
   swdKind: number;
   /** The bias's dtype (float32, float16 or bfloat16); undefined: no bias. */
   biasDType?: DType;
-  /** Activation code (0 none, 1 relu; gelu is not fused: undefined is returned). */
+  /** Activation code: 0 none, 1 relu, 3 gelu (tanh form; 16-bit outputs only). */
   act: number;
 }
 
@@ -117,7 +120,12 @@ export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): s
   if (p.m < 1 || p.n < 1 || p.k < 16) return "empty problem";
   if (p.k % 16 !== 0) return "K is not a multiple of 16";
   if (p.m > INT32_MAX || p.n > INT32_MAX || p.k > INT32_MAX) return "too large";
-  if (p.act !== ACT_NONE && p.act !== ACT_RELU) return "activation other than none / relu";
+  if (p.n % 2 !== 0) return "N is odd";
+  if (p.act === ACT_GELU_TANH) {
+    if (p.outDType === "float32") return "gelu with a float32 output";
+  } else if (p.act !== ACT_NONE && p.act !== ACT_RELU) {
+    return "activation other than none, relu or gelu (tanh)";
+  }
   if (p.biasDType !== undefined && floatKindOf(p.biasDType) === undefined) return "bias dtype";
   if (![p.sxdKind, p.swdKind].every((kind) => kind === 0 || kind === 1 || kind === 2)) {
     return "scale kind";
@@ -175,7 +183,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
     this.#fn = kernelFunction(
       device,
       wgmmaPtx,
-      `wgmma_i8_${variant}_${FLOAT_NAME[p.outDType]}`,
+      `wgmma_i8_${variant}_${FLOAT_NAME[p.outDType]}${p.act === ACT_GELU_TANH ? "_gelu_tanh" : ""}`,
     );
     this.#shared = wgmmaSharedBytes(this.#tile);
     allowSharedBytes(this.#fn, this.#shared, DEFAULT_SHARED);
@@ -224,8 +232,8 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
 /**
  * Prepares the fused int8 GEMM for `p` with tile configuration `variant` (default: the
  * estimate's pick, {@link defaultWgmmaVariant}); undefined when the device is not sm_90, the
- * driver has no tensor maps, or the problem does not qualify (K not a multiple of 16, an
- * activation other than none / relu, a non-float bias).
+ * driver has no tensor maps, or the problem does not qualify (K not a multiple of 16, N odd,
+ * an activation other than none, relu or gelu (tanh; 16-bit outputs), a non-float bias).
  */
 export function wgmmaInt8Gemm(
   device: CudaDevice,
