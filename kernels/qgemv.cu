@@ -10,6 +10,11 @@
 // product is a stream of the weight codes, so the kernel is built to keep many 16-byte weight
 // loads in flight from its first instructions.
 //
+// Two kernel families compute it. The mma kernels (qgemv_mma_*, the lowering's default where
+// they run: int8 everywhere, e4m3 with the sm_90a PTX) multiply on warp-level tensor-core MMAs;
+// they are described in their own section below. The ring kernels described here stay for
+// e4m3 elsewhere and as the comparison.
+//
 // Kernels: qgemv_i8 and qgemv_e4m3 (the code type), and qgemv_i8_norm / qgemv_e4m3_norm for a
 // qlinear whose input is a layer norm's output (folded in by lib/graph/passes/qdq_fusion.ts):
 // x is then the layer norm's input, and each block normalizes it (row mean and population
@@ -50,8 +55,8 @@
 // spreads the weight over the SMs, so that this is done as few times as possible.
 //
 // Rows past N read row N - 1 (never stored), so the weight loads need no row predicate. The
-// lowering checks M ≤ 8, K % 16 == 0 and the shared memory (int8 M·K ≤ 48 KiB, no opt-in;
-// e4m3 4·M·K ≤ 192 KiB).
+// lowering checks M ≤ 8, K % 16 == 0 and the shared memory (int8 M·K ≤ 48 KiB; e4m3 4·M·K ≤
+// 192 KiB, opted into).
 
 #include "common.cuh"
 #include "fp8.cuh"
@@ -185,10 +190,11 @@ struct Norm {
 // Codes of x (element type X) into shared memory in Q's layout, eight elements per step: x / s
 // with IEEE division, then Q's rounding. With a norm, x is first normalized as the layer-norm
 // kernel does ((x − mean) · inv · weight + bias in float32) and rounded to X, the layer norm's
-// output dtype.
+// output dtype. pitch is passed on to Q::store8 (the ring kernels' layouts take K, the mma
+// kernels' their padded row pitch).
 template <class X, class Q, bool kNorm>
 __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restrict__ x,
-                                          float s, int steps, int rowSteps, int K,
+                                          float s, int steps, int rowSteps, int pitch,
                                           const Norm& norm) {
 #pragma unroll 1
   for (int c = threadIdx.x; c < steps; c += blockDim.x) {
@@ -215,7 +221,7 @@ __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restr
     }
 #pragma unroll
     for (int e = 0; e < 8; e++) v[e] = __fdiv_rn(v[e], s);
-    Q::store8(xs, c, v, rowSteps, K);
+    Q::store8(xs, c, v, rowSteps, pitch);
   }
 }
 
@@ -260,17 +266,20 @@ __device__ __forceinline__ void rowStats(const void* __restrict__ x, int M, int 
   __syncthreads();
 }
 
+// All M rows of x (K features each) quantized into xs (see quantizeX; pitch: Q's layout
+// argument), normalized first when kNorm.
 template <class X, class Q, bool kNorm>
 __device__ __forceinline__ void quantizeRows(unsigned char* xs, const void* __restrict__ x,
-                                             float s, int M, int K, const void* lnWeight,
-                                             const void* lnBias, float eps) {
+                                             float s, int M, int K, int pitch,
+                                             const void* lnWeight, const void* lnBias,
+                                             float eps) {
   const int steps = (M * K) >> 3, rowSteps = K >> 3;
   if constexpr (kNorm) {
     __shared__ float mean[QGEMV_MAX_ROWS], inv[QGEMV_MAX_ROWS], red[32];
     rowStats<X>(x, M, rowSteps, K, eps, mean, inv, red);
-    quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, K, Norm{mean, inv, lnWeight, lnBias});
+    quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, pitch, Norm{mean, inv, lnWeight, lnBias});
   } else {
-    quantizeX<X, Q, false>(xs, x, s, steps, rowSteps, K, Norm{});
+    quantizeX<X, Q, false>(xs, x, s, steps, rowSteps, pitch, Norm{});
   }
 }
 
@@ -334,11 +343,11 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
   // layer norm is folded in.
   const float s = loadScale(sxq, sxqKind, 0);
   if (xKind == 0) {
-    quantizeRows<F32, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
+    quantizeRows<F32, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
   } else if (xKind == 1) {
-    quantizeRows<F16, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
+    quantizeRows<F16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
   } else {
-    quantizeRows<BF16, Q, kNorm>(xs, x, s, M, K, lnWeight, lnBias, eps);
+    quantizeRows<BF16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
   }
   __syncthreads();
 
@@ -405,3 +414,239 @@ QGEMV_KERNEL(qgemv_i8, QI8, false)
 QGEMV_KERNEL(qgemv_e4m3, QE4M3, false)
 QGEMV_KERNEL(qgemv_i8_norm, QI8, true)
 QGEMV_KERNEL(qgemv_e4m3_norm, QE4M3, true)
+
+// =============================================================================================
+// The tensor-core kernels: qgemv_mma_i8, qgemv_mma_e4m3 (+ _norm), the same function as the
+// ring kernels above (same x quantize rule, norm folding and epilogue) with the products on
+// warp-level MMA: mma.sync.m16n8k32 with int8 operands and exact int32 sums (sm_80 on), or
+// e4m3 operands and float32 sums (sm_89 on; the compute_80 PTX holds a trapping stub).
+//
+// Fragments of m16n8k32 with 8-bit A (row) and B (col) (PTX ISA, "Matrix fragments for
+// mma.m16n8k32"); lane = 4g + t:
+//   a0: A[g][4t..4t+3]      a1: A[g+8][4t..4t+3]   a2: A[g][16+4t..+3]   a3: A[g+8][16+4t..+3]
+//   b0: B[4t..4t+3][g]      b1: B[16+4t..+3][g]
+//   c0: C[g][2t]  c1: C[g][2t+1]  c2: C[g+8][2t]  c3: C[g+8][2t+1]
+// A is x (rows 0..7 = x's rows; rows 8..15 are zero registers), B is 8 output channels' weight
+// codes (column j = channel n0 + j). The k order of a sum does not matter, so each lane feeds
+// one 16-byte chunk of its own: lane (g, t) loads chunk c of channel n0 + g's row (features
+// 16c..16c+15) and x row g's codes of the same chunk, and
+//   mma 1: b0 = w bytes 0-3, b1 = w bytes 4-7,    a0 = x bytes 0-3, a2 = x bytes 4-7
+//   mma 2: b0 = w bytes 8-11, b1 = w bytes 12-15, a0 = x bytes 8-11, a2 = x bytes 12-15.
+// In mma 1, k-slot 4t + i holds feature 16c_t + i and k-slot 16 + 4t + i feature 16c_t + 4 + i
+// (c_t: the chunk of the lanes with that t) on BOTH sides: B column g's slots come from lane
+// (g, t) and A row g's slots from the same lane, so every product pairs x[row][f] with
+// w[n][f], and the 32 slots cover the 4 lanes' 8-byte halves once (mma 2: the other halves).
+// One step of a warp is 4 consecutive chunks (64 bytes) of 8 rows: the lanes t = 0..3 take
+// chunks 4s + t. c0 / c1 of a lane are x row g's sums of channels n0 + 2t, n0 + 2t + 1.
+//
+// Geometry (lowering: qgemvMmaShape in lib/backends/cuda/qgemv.ts). A block has
+// groupsPerBlock · splits warps; group q of the block is channels n0 = 8 (blockIdx.x ·
+// groupsPerBlock + q) .. n0 + 7, and its `splits` warps share its rows' steps: warp split s
+// takes steps s, s + splits, s + 2 splits, ... (together a contiguous 64 · splits bytes of
+// each row per round, which the L2's 256-byte fetches serve). Each lane keeps a ring of 6
+// chunk loads (L1-bypassing) in flight (6, not 8: the norm kernels then need no spills):
+//   1. the ring's first loads go out, then x's lines and the epilogue's scales are prefetched;
+//   2. the block quantizes x into shared memory as raw codes, row m at byte m · pitch (pitch:
+//      K rounded up to 64 bytes, plus 64 when that is a multiple of 128, so that the two rows a
+//      quarter warp reads fall in different banks), as the ring kernels do (quantizeRows);
+//   3. per step two MMAs into two accumulator pairs (shorter dependency chains), and the
+//      chunk 6 steps further is loaded into the freed slot;
+//   4. each warp writes its 8 × 8 sums to shared memory; after a barrier one thread per
+//      (group, row < M, channel < N) adds the group's splits in order (deterministic) and
+//      finishes with the ring kernels' epilogue.
+// Rows g ≥ M of x read row M − 1 and channels past N read row N − 1 (never stored); chunks
+// past the row end (K not a multiple of 64) feed zeros on both sides (never x's padding: a
+// stale e4m3 NaN code times a zero weight would still be NaN).
+//
+// Shared memory: M · pitch bytes of codes, then warps · 64 partial sums (4 bytes each).
+
+#define QGEMV_MMA_RING 6           // 16-byte weight chunks a lane keeps in flight
+#define QGEMV_MMA_MAX_THREADS 512  // 16 warps; two blocks an SM at 64 registers a thread
+
+// x's codes row-major with row pitch `pitch` (bytes): the eight codes of elements 8c..8c+7 of
+// x (row m = c / rowSteps) at byte m · pitch + 8 (c − m · rowSteps). Codes: XI8 or XE4M3.
+template <class Codes>
+struct QRows {
+  __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
+                                int pitch) {
+    const int m = c / rowSteps;
+    Codes::store8(xs + (i64)m * pitch, c - m * rowSteps, q);
+  }
+};
+
+// D[g][2t], D[g][2t + 1] += Σ over 32 k-slots of x (a0, a2) times weights (b0, b1); A's rows
+// 8..15 and C's are zeros, D's are dropped.
+struct MmaI8 {
+  typedef int Acc;
+  typedef QRows<XI8> Store;
+  __device__ static void mma(int (&d)[2], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    [[maybe_unused]] int unused2, unused3;
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %5}, "
+        "{%7, %8}, {%0, %1, %5, %5};"
+        : "+r"(d[0]), "+r"(d[1]), "=r"(unused2), "=r"(unused3)
+        : "r"(a0), "r"(0), "r"(a2), "r"(b0), "r"(b1));
+  }
+};
+
+struct MmaE4M3 {
+  typedef float Acc;
+  typedef QRows<XE4M3> Store;
+  __device__ static void mma(float (&d)[2], unsigned a0, unsigned a2, unsigned b0,
+                             unsigned b1) {
+#if __CUDA_ARCH__ >= 890
+    [[maybe_unused]] float unused2, unused3;
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %5}, {%7, %8}, {%0, %1, %9, %9};"
+        : "+f"(d[0]), "+f"(d[1]), "=f"(unused2), "=f"(unused3)
+        : "r"(a0), "r"(0), "r"(a2), "r"(b0), "r"(b1), "f"(0.0f));
+#else
+    __trap();
+#endif
+  }
+};
+
+template <class Q, bool kNorm>
+__device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __restrict__ x,
+                                         int xKind, const void* __restrict__ sxq, int sxqKind,
+                                         const void* __restrict__ sxd, int sxdKind,
+                                         const unsigned char* __restrict__ wq,
+                                         const void* __restrict__ swd, int swdKind,
+                                         int swdPerChannel, const void* __restrict__ bias,
+                                         int outKind, int act, int M, int N, int K, int splits,
+                                         int pitch, const void* __restrict__ lnWeight,
+                                         const void* __restrict__ lnBias, float eps) {
+  typedef typename Q::Acc Acc;
+  extern __shared__ uint4 mmaShared[];
+  unsigned char* xs = reinterpret_cast<unsigned char*>(mmaShared);
+  Acc* part = reinterpret_cast<Acc*>(xs + (i64)M * pitch);  // [warp][row g][channel j]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int groupsPerBlock = (blockDim.x >> 5) / splits;
+  const int q = warp / splits, split = warp - q * splits;
+  const i64 n0 = ((i64)blockIdx.x * groupsPerBlock + q) * 8;
+  const i64 row = n0 + g < N ? n0 + g : N - 1;
+  const unsigned char* wRow = wq + row * K;
+  const int chunks = K >> 4, steps = (chunks + 3) >> 2;
+  // This warp's steps (warp-uniform; none for a group wholly past N).
+  const int mine = n0 < N && split < steps ? (steps - split + splits - 1) / splits : 0;
+  // The lane's chunk of its j-th step: first + j · stride.
+  const int first = 4 * split + t, stride = 4 * splits;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+
+  // 1. The first ring of weight chunks.
+  uint4 w[QGEMV_MMA_RING];
+#pragma unroll
+  for (int j = 0; j < QGEMV_MMA_RING; j++) {
+    const int c = first + j * stride;
+    w[j] = j < mine && c < chunks ? ldWeightChunk(wRow + 16 * c) : zero;
+  }
+  // x's lines into L1 for the quantize loop; the epilogue's scales and biases for later.
+  const int xBytes = xKind == 0 ? 4 : 2;
+  const int xLines = (M * K * xBytes + 127) >> 7;
+  for (int l = threadIdx.x; l < xLines; l += blockDim.x) {
+    prefetchL1(static_cast<const char*>(x) + l * 128);
+  }
+  if (split == 0 && t == 0) {
+    prefetchL1(static_cast<const char*>(swd) + (swdPerChannel ? row : 0) * (swdKind == 0 ? 4 : 2));
+    if (bias) prefetchL1(static_cast<const char*>(bias) + row * (outKind == 0 ? 4 : 2));
+  }
+  if (threadIdx.x == 0) prefetchL1(sxd);
+
+  // 2. x's codes into shared memory, x normalized first when a layer norm is folded in.
+  const float s = loadScale(sxq, sxqKind, 0);
+  if (xKind == 0) {
+    quantizeRows<F32, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+  } else if (xKind == 1) {
+    quantizeRows<F16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+  } else {
+    quantizeRows<BF16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+  }
+  __syncthreads();
+
+  // 3. Products: slot j holds the chunk of step 6r + j in round r, then that of round r + 1.
+  const unsigned char* xRow = xs + (i64)(g < M ? g : M - 1) * pitch;
+  Acc lo[2] = {0, 0}, hi[2] = {0, 0};
+  for (int r = 0; r * QGEMV_MMA_RING < mine; r++) {
+#pragma unroll
+    for (int j = 0; j < QGEMV_MMA_RING; j++) {
+      const int step = r * QGEMV_MMA_RING + j;
+      if (step < mine) {  // warp-uniform: every lane takes part in the MMAs
+        const int c = first + step * stride;
+        const uint4 xv = c < chunks ? *reinterpret_cast<const uint4*>(xRow + 16 * c) : zero;
+        Q::mma(lo, xv.x, xv.y, w[j].x, w[j].y);
+        Q::mma(hi, xv.z, xv.w, w[j].z, w[j].w);
+        if (step + QGEMV_MMA_RING < mine) {
+          const int next = c + QGEMV_MMA_RING * stride;
+          w[j] = next < chunks ? ldWeightChunk(wRow + 16 * next) : zero;
+        }
+      }
+    }
+  }
+
+  // 4. The warps' sums to shared memory; then per (group, row, channel) the splits in order
+  // and the epilogue of the ring kernels.
+  Acc* mySums = part + warp * 64 + g * 8 + 2 * t;
+  mySums[0] = lo[0] + hi[0];
+  mySums[1] = lo[1] + hi[1];
+  __syncthreads();
+  const double sx = (double)loadScale(sxd, sxdKind, 0);
+  for (int i = threadIdx.x; i < groupsPerBlock * 64; i += blockDim.x) {
+    const int gi = i >> 6, m = (i >> 3) & 7, j = i & 7;
+    const i64 n = ((i64)blockIdx.x * groupsPerBlock + gi) * 8 + j;
+    if (m >= M || n >= N) continue;
+    const Acc* sums = part + gi * splits * 64 + m * 8 + j;
+    Acc acc = sums[0];
+    for (int p = 1; p < splits; p++) acc += sums[p * 64];
+    // sxd · swd is exact in double; the bias is in the output dtype (kind outKind).
+    const double scale = sx * (double)loadScale(swd, swdKind, swdPerChannel ? n : 0);
+    const double b = bias ? (double)loadScale(bias, outKind, n) : 0.0;
+    const double tv = __dadd_rn(__dmul_rn(accToDouble(acc), scale), b);
+    const i64 at = (i64)m * N + n;
+    if (outKind == 0) {
+      storeOutput<F32>(out, at, tv, act);
+    } else if (outKind == 1) {
+      storeOutput<F16>(out, at, tv, act);
+    } else {
+      storeOutput<BF16>(out, at, tv, act);
+    }
+  }
+}
+
+#define QGEMV_MMA_ARGS                                                                         \
+  void* __restrict__ out, const void* __restrict__ x, int xKind, const void* __restrict__ sxq, \
+      int sxqKind, const void* __restrict__ sxd, int sxdKind,                                  \
+      const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
+      int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
+      int K, int splits, int pitch, const void* __restrict__ lnWeight,                         \
+      const void* __restrict__ lnBias, float eps
+#define QGEMV_MMA_CALL(Q, NORM)                                                               \
+  qgemvMma<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind,              \
+                    swdPerChannel, bias, outKind, act, M, N, K, splits, pitch, lnWeight, lnBias, \
+                    eps)
+
+extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
+    qgemv_mma_i8(QGEMV_MMA_ARGS) {
+  QGEMV_MMA_CALL(MmaI8, false);
+}
+extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
+    qgemv_mma_i8_norm(QGEMV_MMA_ARGS) {
+  QGEMV_MMA_CALL(MmaI8, true);
+}
+// The e4m3 MMA exists from sm_89 on: the compute_80 PTX holds stubs that trap (the lowering
+// only picks these kernels where the sm_90a PTX is loaded).
+extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
+    qgemv_mma_e4m3(QGEMV_MMA_ARGS) {
+#if __CUDA_ARCH__ >= 890
+  QGEMV_MMA_CALL(MmaE4M3, false);
+#else
+  __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
+    qgemv_mma_e4m3_norm(QGEMV_MMA_ARGS) {
+#if __CUDA_ARCH__ >= 890
+  QGEMV_MMA_CALL(MmaE4M3, true);
+#else
+  __trap();
+#endif
+}

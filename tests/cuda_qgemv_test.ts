@@ -4,17 +4,36 @@ import { ptx as qgemvPtx } from "../kernels/ptx/qgemv.ts";
 import { backendFor } from "../lib/backends/backend.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
-import type { CudaKernelContext } from "../lib/backends/cuda/kernels.ts";
+import {
+  type CudaKernelContext,
+  kernelFunction,
+  KernelParams,
+  launch,
+} from "../lib/backends/cuda/kernels.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import {
   fusedQuantizedGemv,
   QGEMV_MAX_ROWS,
   QGEMV_MAX_SHARED_BYTES,
   QGEMV_MAX_SHARED_BYTES_E4M3,
+  QGEMV_MMA_MAX_SHARED_BYTES,
+  QGEMV_MMA_MAX_WARPS,
+  type QgemvKernels,
+  qgemvKernels,
   qgemvLaunchCount,
+  qgemvMmaLaunchCount,
+  qgemvMmaShape,
+  qgemvMmaSupported,
   qgemvShape,
+  setQgemvKernels,
 } from "../lib/backends/cuda/qgemv.ts";
-import { ACTIVATION, type FloatDType, memsetAsync } from "../lib/backends/cuda/util.ts";
+import {
+  ACTIVATION,
+  allowSharedBytes,
+  FLOAT_KIND,
+  type FloatDType,
+  memsetAsync,
+} from "../lib/backends/cuda/util.ts";
 import {
   decode,
   encode,
@@ -25,28 +44,42 @@ import {
 import {
   type Activation,
   applyActivation,
+  assertTqError,
   randomCodes,
   randomValues,
   testOnGpu,
 } from "./helpers.ts";
 
-// What the fused GEMV must compute, and how closely:
+// What the fused GEMV must compute, and how closely (every case runs on both kernel families,
+// "ring" and "mma"):
 // - int8 with no activation or relu: exactly the unfused path's and the CPU reference's
 //   function (int32 sums are exact, the epilogue is the same double arithmetic rounded once):
 //   the outputs must be EQUAL, bit for bit.
-// - float8e4m3 (float32 sums of exact products, in another order than the reference's float64
-//   sums) and gelu (float32 activation of t rounded to float):
+// - ring float8e4m3 (float32 sums of exact products, in another order than the reference's
+//   float64 sums) and gelu (float32 activation of t rounded to float):
 //   |got − ref| ≤ rtol·|ref| + depth·2^-24·mag, with mag the output's summed terms
 //   Σ_k |qx·qw|·sxd·swd + |b| and depth = 16·ceil(K / 16 / L) + log2 L + 1 the number of
 //   float32 roundings a sum goes through (a lane's products in order, the shuffle tree, the
 //   float of t): the classic bound on a recursive float32 sum. rtol is one unit in the last
 //   place of the output dtype (both sides round once, possibly to neighbours; float32: a few
-//   ulps of the float32 gelu).
+//   ulps of the float32 gelu). int8 gelu on the mma kernels: the same with depth 2 (the sum is
+//   exact; only the float of t rounds).
+// - mma float8e4m3: Hopper's fp8 tensor cores do not add in exact IEEE float32 (products are
+//   aligned to the largest term with a limited number of bits), so
+//   |got − exact| ≤ 2^-10·Σ_k |qx·qw|·|sxd·swd| + 1 ulp of the output dtype at the value
+//   (gelu: the sum error times gelu's largest slope, 1.13, plus the float32 gelu's error). The
+//   bound is checked not to be vacuous: summed over the outputs it stays below a fifth of Σ|t|
+//   (t: the value before the activation; a wrong product pairing errs by about |t| itself).
 const RTOL: Record<FloatDType, number> = { float32: 1e-6, float16: 1e-3, bfloat16: 8e-3 };
 const SMS = 132; // H200
+/** Hopper fp8 MMA sums: error bound relative to Σ|products| (see above). */
+const FP8_MMA_SUM_TOL = 2 ** -10;
+/** Largest slope of either GELU (≈ 1.129 at x ≈ 2.4 for the erf form). */
+const GELU_SLOPE = 1.13;
 
 type Codes = "int8" | "float8e4m3";
 const FLOATS: FloatDType[] = ["float32", "float16", "bfloat16"];
+const FAMILIES: QgemvKernels[] = ["ring", "mma"];
 
 /** Exact equality (Object.is: -0 and +0 differ, NaN only equals NaN). */
 function assertEqualValues(got: ArrayLike<number>, ref: ArrayLike<number>, what: string): void {
@@ -58,35 +91,133 @@ function assertEqualValues(got: ArrayLike<number>, ref: ArrayLike<number>, what:
   }
 }
 
-/** The float32 roundings a fused GEMV sum of a K-input row goes through (see above). */
+/** The float32 roundings a ring-kernel sum of a K-input row goes through (see above). */
 function sumDepth(m: number, n: number, k: number): number {
   const lanes = qgemvShape(m, n, k, SMS)!.lanes;
   return 16 * Math.ceil(k / 16 / lanes) + Math.log2(lanes) + 1;
 }
 
-/** |got − ref| ≤ rtol·|ref| + depth·2^-24·mag[i] everywhere (NaN fails). */
-function assertNear(
+/** The spacing of `dtype`'s values in the binade of |v| (subnormal spacing below it). */
+function ulp(dtype: FloatDType, v: number): number {
+  const [bits, minExp] = dtype === "float32"
+    ? [23, -126]
+    : dtype === "float16"
+    ? [10, -14]
+    : [7, -126];
+  const a = Math.abs(v);
+  const e = a > 0 ? Math.max(Math.floor(Math.log2(a)), minExp) : minExp;
+  return 2 ** (e - bits);
+}
+
+/** What one output of a case is compared with. */
+interface Expected {
+  /** act(Σ qx·qw · scale + b) in float64, before the output rounding. */
+  exact: number;
+  /** The value before the activation. */
+  t: number;
+  /** Σ|qx·qw|·|scale| (the product terms' sizes). */
+  sumAbs: number;
+  /** |b|. */
+  biasAbs: number;
+}
+
+/** How closely output values must match, per case and kernel. */
+interface Tolerance {
+  q: Codes;
+  ran: QgemvKernels;
+  act: Activation;
+  out: FloatDType;
+  /** Float32 roundings of a ring-kernel sum. */
+  depth: number;
+}
+
+/** The bound on |got − exact| of one output (0: must be equal). */
+function toleranceOf(tol: Tolerance, e: Expected, got: number): number {
+  const gelu = tol.act === "gelu" || tol.act === "gelu_tanh";
+  if (tol.q === "int8" && !gelu) return 0;
+  if (tol.q === "int8" || tol.ran === "ring") {
+    const depth = tol.q === "int8" && tol.ran === "mma" ? 2 : tol.depth;
+    return RTOL[tol.out] * Math.abs(e.exact) + depth * 2 ** -24 * (e.sumAbs + e.biasAbs);
+  }
+  const unit = ulp(tol.out, Math.max(Math.abs(e.exact), Math.abs(got)));
+  const sumErr = FP8_MMA_SUM_TOL * e.sumAbs;
+  if (!gelu) return sumErr + unit;
+  return GELU_SLOPE * (sumErr + 2 ** -24 * Math.abs(e.t)) + 2 ** -20 * Math.abs(e.exact) + unit;
+}
+
+/**
+ * Checks every output of a case: equal where the tolerance is 0, else within it; for the mma
+ * float8e4m3 bound also that it is not vacuous. NaN fails.
+ */
+function assertOutputs(
   got: ArrayLike<number>,
   ref: ArrayLike<number>,
-  mag: ArrayLike<number>,
-  depth: number,
-  rtol: number,
+  expected: Expected[],
+  tol: Tolerance,
   what: string,
 ): void {
   assert.equal(got.length, ref.length, `${what}: length`);
-  let largest = 0;
+  let largest = 0, tolSum = 0, tSum = 0, exactSum = 0, worst = 0;
   for (let i = 0; i < ref.length; i++) {
-    largest = Math.max(largest, mag[i]);
-    const tol = rtol * Math.abs(ref[i]) + depth * 2 ** -24 * mag[i];
-    if (!(Math.abs(got[i] - ref[i]) <= tol)) {
-      assert.fail(`${what}: at ${i} got ${got[i]}, expected ${ref[i]} (tolerance ${tol})`);
+    const e = expected[i];
+    largest = Math.max(largest, e.sumAbs);
+    const bound = toleranceOf(tol, e, got[i]);
+    if (bound === 0) {
+      if (!Object.is(got[i], ref[i])) {
+        assert.fail(`${what}: at ${i} got ${got[i]}, expected exactly ${ref[i]}`);
+      }
+      continue;
     }
+    const err = Math.abs(got[i] - e.exact);
+    if (!(err <= bound)) {
+      assert.fail(`${what}: at ${i} got ${got[i]}, expected ${e.exact} (tolerance ${bound})`);
+    }
+    worst = Math.max(worst, err / bound);
+    tolSum += bound;
+    tSum += Math.abs(e.t);
+    exactSum += Math.abs(e.exact);
   }
   assert.ok(largest > 0, `${what}: the summed terms are all zero`);
+  if (tol.q === "float8e4m3" && tol.ran === "mma") {
+    assert.ok(exactSum > 0, `${what}: the reference is all zero`);
+    assert.ok(
+      tolSum < 0.2 * tSum,
+      `${what}: the tolerance is vacuous (Σ tol ${tolSum} vs Σ|t| ${tSum})`,
+    );
+    assert.ok(worst <= 1, `${what}: worst error ${worst} of the tolerance`);
+  }
+}
+
+/** Runs `fn` with fused GEMVs lowered to `kind`'s kernels (plans lowered afresh). */
+function withKernels<T>(kind: QgemvKernels, fn: () => T): T {
+  const before = qgemvKernels();
+  setQgemvKernels(kind);
+  tq.clearPlanCache();
+  try {
+    return fn();
+  } finally {
+    setQgemvKernels(before);
+    tq.clearPlanCache();
+  }
+}
+
+/** The family a fused GEMV of this problem runs on `device` when `family` is asked for. */
+function familyRun(
+  family: QgemvKernels,
+  device: CudaDevice,
+  q: Codes,
+  m: number,
+  n: number,
+  k: number,
+): QgemvKernels {
+  return family === "mma" && qgemvMmaSupported(device, q) &&
+      qgemvMmaShape(m, n, k, device.smCount) !== undefined
+    ? "mma"
+    : "ring";
 }
 
 // ---------------------------------------------------------------------------------------
-// Launch shapes (no GPU needed)
+// Launch shapes and kernel families (no GPU needed)
 
 Deno.test("qgemvShape: lanes per channel, block size and the problems it refuses", () => {
   // Lanes: the smallest power of two holding a row in 8 chunks a lane, 4 to 32.
@@ -185,25 +316,182 @@ Deno.test("qgemvShape: lanes per channel, block size and the problems it refuses
   assert.equal(qgemvShape(1, 11008, 4096, SMS)!.warps, 32);
 });
 
+Deno.test("qgemvMmaShape: splits, groups per block, pitch and the problems it refuses", () => {
+  const isPow2 = (v: number) => Number.isInteger(Math.log2(v));
+  const refused: [number, number, number][] = [
+    [0, 64, 64],
+    [9, 64, 64],
+    [1.5, 64, 64],
+    [1, 64, 0],
+    [1, 64, 8],
+    [1, 64, 24],
+    [1, 64, 100],
+    [1, 0, 64],
+    [1, 2 ** 31, 64],
+    [1, 64, 98304], // 96 KiB of codes and more
+    [8, 64, 12288],
+  ];
+  for (const [m, n, k] of refused) {
+    assert.equal(qgemvMmaShape(m, n, k, SMS), undefined, `M ${m} N ${n} K ${k}`);
+  }
+  const ks = [16, 32, 48, 64, 112, 128, 768, 784, 3072, 4096, 8192, 11776, 49152, 90112];
+  const ns = [1, 7, 8, 9, 40, 100, 768, 2304, 3072, 8192, 50257, 2 ** 31 - 1];
+  for (const sms of [132, 108, 1]) {
+    for (const m of [1, 2, 3, 5, 8]) {
+      for (const k of ks) {
+        for (const n of ns) {
+          const what = `M ${m} N ${n} K ${k} on ${sms} SMs`;
+          const s = qgemvMmaShape(m, n, k, sms);
+          // The mma kernels take every problem the ring kernels take.
+          for (const q of ["int8", "float8e4m3"] as Codes[]) {
+            if (qgemvShape(m, n, k, sms, q)) assert.ok(s, `${what}: ring ${q} takes it`);
+          }
+          // Refused only when the codes (pitch < K + 128) and the partial sums of a full
+          // block might not fit.
+          const fits = m * (k + 128) + QGEMV_MMA_MAX_WARPS * 256 <= QGEMV_MMA_MAX_SHARED_BYTES;
+          if (fits) assert.ok(s, `${what}: refused`);
+          if (!s) {
+            assert.ok(m * k > QGEMV_MMA_MAX_SHARED_BYTES - QGEMV_MMA_MAX_WARPS * 256 - 8 * 128);
+            continue;
+          }
+          const steps = Math.ceil(k / 64), groups = Math.ceil(n / 8);
+          assert.ok(isPow2(s.splits) && isPow2(s.groupsPerBlock), what);
+          assert.equal(s.warps, s.splits * s.groupsPerBlock, what);
+          assert.ok(s.warps >= 1 && s.warps <= QGEMV_MMA_MAX_WARPS, what);
+          assert.ok(s.groupsPerBlock < 2 * groups, `${what}: a block of empty groups`);
+          assert.equal(s.blocks, Math.ceil(groups / s.groupsPerBlock), what);
+          assert.ok(s.blocks * s.groupsPerBlock * 8 >= n, what);
+          // Rows on 64-byte boundaries, two rows of a quarter warp in different banks.
+          assert.ok(s.pitch >= k && s.pitch - k < 128 && s.pitch % 128 === 64, what);
+          assert.equal(s.sharedBytes, m * s.pitch + s.warps * 256, what);
+          assert.ok(s.sharedBytes <= QGEMV_MMA_MAX_SHARED_BYTES, what);
+          assert.ok(k * 128 * 128 < 2 ** 31, `${what}: int8 sums could overflow`);
+          // At most 2 steps a warp unless the block is full or splits traded for groups.
+          assert.ok(
+            Math.ceil(steps / s.splits) <= 2 || s.splits === QGEMV_MMA_MAX_WARPS ||
+              s.warps === QGEMV_MMA_MAX_WARPS,
+            `${what}: warps stream ${Math.ceil(steps / s.splits)} steps`,
+          );
+          // Splits never exceed what 2 steps a warp need.
+          assert.ok(s.splits === 1 || Math.ceil(steps / (s.splits / 2)) > 2, `${what}: splits`);
+          if (m > 2) {
+            // Full blocks (x is quantized once a block), at most one a SM where it can be.
+            assert.ok(s.warps === QGEMV_MMA_MAX_WARPS || 2 * s.groupsPerBlock >= groups, what);
+            assert.ok(
+              s.blocks <= sms || s.splits === 1 || 2 * s.groupsPerBlock >= groups,
+              `${what}: ${s.blocks} blocks`,
+            );
+          } else {
+            // Every block resident at once (32 warps an SM) where it can be.
+            const resident = sms * Math.floor(32 / s.warps);
+            assert.ok(
+              s.blocks <= resident || (s.splits === 1 && s.warps === QGEMV_MMA_MAX_WARPS),
+              `${what}: ${s.blocks} blocks, ${resident} resident`,
+            );
+            if (s.groupsPerBlock > 1) {
+              const fewer = Math.ceil(groups / (s.groupsPerBlock / 2));
+              assert.ok(fewer > sms * Math.floor(32 / (s.warps / 2)) || s.splits < 16, what);
+            }
+          }
+        }
+      }
+    }
+  }
+  // Decode shapes on an H200 (GPT-2 small: QKV, attention output, MLP up and down).
+  const decode: [number, number, number, [number, number, number]][] = [
+    // M, N, K, [splits, groupsPerBlock, blocks]
+    [1, 2304, 768, [8, 1, 288]],
+    [1, 768, 768, [8, 1, 96]],
+    [1, 3072, 768, [8, 1, 384]],
+    [1, 768, 3072, [16, 1, 96]],
+    [1, 8192, 8192, [4, 4, 256]],
+    [8, 2304, 768, [4, 4, 72]],
+    [8, 768, 768, [8, 2, 48]],
+    [8, 768, 3072, [16, 1, 96]],
+  ];
+  for (const [m, n, k, [splits, groupsPerBlock, blocks]] of decode) {
+    const s = qgemvMmaShape(m, n, k, SMS)!;
+    assert.deepEqual(
+      [s.splits, s.groupsPerBlock, s.blocks],
+      [splits, groupsPerBlock, blocks],
+      `M ${m} N ${n} K ${k}`,
+    );
+  }
+  assert.deepEqual(qgemvMmaShape(1, 768, 768, SMS), {
+    splits: 8,
+    groupsPerBlock: 1,
+    warps: 8,
+    blocks: 96,
+    pitch: 832,
+    sharedBytes: 832 + 8 * 256,
+  });
+  assert.equal(qgemvMmaShape(1, 1, 16, SMS)?.pitch, 64);
+  assert.equal(qgemvMmaShape(3, 1, 784, SMS)?.pitch, 832);
+});
+
+Deno.test("setQgemvKernels picks the family; mma is the default", () => {
+  assert.equal(qgemvKernels(), "mma");
+  try {
+    setQgemvKernels("ring");
+    assert.equal(qgemvKernels(), "ring");
+    setQgemvKernels("mma");
+    assert.equal(qgemvKernels(), "mma");
+    assertTqError(() => setQgemvKernels("dp4a" as QgemvKernels), {
+      op: "setQgemvKernels",
+      kind: "argument",
+      includes: ["mma or ring", "dp4a"],
+    });
+    assert.equal(qgemvKernels(), "mma");
+  } finally {
+    setQgemvKernels("mma");
+  }
+});
+
 Deno.test("the qgemv kernels are in both PTX builds with the launch's parameters", () => {
   // out, x, xKind, sxq, sxqKind, sxd, sxdKind, codes, swd, swdKind, swdPerChannel, bias,
-  // outKind, act, M, N, K, logL, lnWeight, lnBias, eps
-  const params = ["u64", "u64", "u32", "u64", "u32", "u64", "u32", "u64", "u64", "u32", "u32"]
-    .concat(["u64", "u32", "u32", "u32", "u32", "u32", "u32", "u64", "u64", "f32"]);
+  // outKind, act, M, N, K, then logL (ring) or splits, pitch (mma), then lnWeight, lnBias, eps
+  const head = ["u64", "u64", "u32", "u64", "u32", "u64", "u32", "u64", "u64", "u32", "u32"]
+    .concat(["u64", "u32", "u32", "u32", "u32", "u32"]);
+  const tail = ["u64", "u64", "f32"];
+  const ringParams = [...head, "u32", ...tail];
+  const mmaParams = [...head, "u32", "u32", ...tail];
   const flavours: [string, string][] = [
     ["sm_90a", qgemvPtx.ptxSm90a],
     ["compute_80", qgemvPtx.ptxCompute80],
   ];
-  const names = ["qgemv_e4m3", "qgemv_e4m3_norm", "qgemv_i8", "qgemv_i8_norm"];
+  const ring = ["qgemv_e4m3", "qgemv_e4m3_norm", "qgemv_i8", "qgemv_i8_norm"];
+  const mma = ["qgemv_mma_e4m3", "qgemv_mma_e4m3_norm", "qgemv_mma_i8", "qgemv_mma_i8_norm"];
+  const i8Mma = "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32";
+  const fp8Mma = "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32";
   for (const [flavour, ptx] of flavours) {
     const entries = [...ptx.matchAll(/\.entry (\w+)\(([^)]*)\)/g)];
-    assert.deepEqual(entries.map((e) => e[1]).sort(), names, flavour);
+    assert.deepEqual(entries.map((e) => e[1]).sort(), [...ring, ...mma].sort(), flavour);
     for (const [, name, list] of entries) {
       const types = [...list.matchAll(/\.param \.(\w+)/g)].map((p) => p[1]);
-      assert.deepEqual(types, params, `${flavour} ${name}`);
+      assert.deepEqual(types, name.includes("mma") ? mmaParams : ringParams, `${flavour} ${name}`);
     }
-    // Each block uses at most 1024 threads, so at most 64 registers a thread.
-    assert.equal([...ptx.matchAll(/\.maxntid 1024, 1, 1/g)].length, names.length, flavour);
+    // Ring blocks use at most 1024 threads, mma blocks 512 (two a SM): 64 registers a thread.
+    assert.equal([...ptx.matchAll(/\.maxntid 1024, 1, 1/g)].length, ring.length, flavour);
+    assert.equal([...ptx.matchAll(/\.maxntid 512, 1, 1/g)].length, mma.length, flavour);
+    // The bodies: the int8 MMA in both builds; the e4m3 MMA only in the sm_90a one (the
+    // portable build's e4m3 mma kernels trap).
+    const body = (name: string) => {
+      const start = ptx.indexOf(`.entry ${name}(`);
+      const next = ptx.indexOf(".entry ", start + 1);
+      return ptx.slice(start, next < 0 ? undefined : next);
+    };
+    for (const name of ["qgemv_mma_i8", "qgemv_mma_i8_norm"]) {
+      assert.ok(body(name).includes(i8Mma), `${flavour} ${name}`);
+    }
+    for (const name of ["qgemv_mma_e4m3", "qgemv_mma_e4m3_norm"]) {
+      if (flavour === "sm_90a") {
+        assert.ok(body(name).includes(fp8Mma), `${flavour} ${name}`);
+        assert.ok(!body(name).includes("trap;"), `${flavour} ${name}`);
+      } else {
+        assert.ok(body(name).includes("trap;"), `${flavour} ${name}`);
+      }
+    }
+    if (flavour === "compute_80") assert.ok(!ptx.includes("e4m3.e4m3"), flavour);
   }
 });
 
@@ -241,10 +529,84 @@ function quantizeX(q: Codes, x: ArrayLike<number>, s: number): Float64Array {
   return out;
 }
 
-function checkKernel(c: KernelCase): void {
-  const what = `${c.q} x ${c.x} → ${c.out} M=${c.m} N=${c.n} K=${c.k} ` +
+/** The float64 outputs of codes `qx` ([m, k]) times `qw` ([n, k]) with the epilogue. */
+function expectedOutputs(
+  c: { m: number; n: number; k: number; perChannel: boolean; act: Activation },
+  qx: ArrayLike<number>,
+  qw: ArrayLike<number>,
+  sx: number,
+  sw: ArrayLike<number>,
+  b: ArrayLike<number> | undefined,
+): Expected[] {
+  const act = activationFn(c.act);
+  const { m, n, k } = c;
+  const out: Expected[] = [];
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let acc = 0, abs = 0;
+      for (let kk = 0; kk < k; kk++) {
+        const p = qx[i * k + kk] * qw[j * k + kk];
+        acc += p;
+        abs += Math.abs(p);
+      }
+      const scale = sx * sw[c.perChannel ? j : 0];
+      const bias = b ? b[j] : 0;
+      const t = acc * scale + bias;
+      out.push({ exact: act(t), t, sumAbs: abs * Math.abs(scale), biasAbs: Math.abs(bias) });
+    }
+  }
+  return out;
+}
+
+function describeKernel(c: KernelCase): string {
+  return `${c.q} x ${c.x} → ${c.out} M=${c.m} N=${c.n} K=${c.k} ` +
     `${c.perChannel ? "per channel" : "per tensor"} scales ${c.sxDType}/${c.swDType} ` +
     `bias ${c.bias} ${c.act}${c.ties ? " ties" : ""}`;
+}
+
+/** Device buffers of a case's inputs and output (disposed by `dispose`). */
+interface CaseBuffers {
+  x: CudaBuffer;
+  sx: CudaBuffer;
+  w: CudaBuffer;
+  sw: CudaBuffer;
+  b?: CudaBuffer;
+  y: CudaBuffer;
+  lnWeight?: CudaBuffer;
+  lnBias?: CudaBuffer;
+}
+
+function dispose(buffers: CaseBuffers): void {
+  for (const b of Object.values(buffers)) (b as CudaBuffer | undefined)?.dispose();
+}
+
+/** A fresh y of `dtype` set to NaN (an unwritten output fails). */
+function nanOutput(device: CudaDevice, dtype: FloatDType, count: number): CudaBuffer {
+  const y = CudaBuffer.allocate(device, dtype, count);
+  memsetAsync(device, y.address, 0xff, y.bytes);
+  return y;
+}
+
+function kernelContext(c: KernelCase, device: CudaDevice): CudaKernelContext {
+  const swCount = c.perChannel ? c.n : 1;
+  return {
+    attrs: { activation: c.act },
+    out: { shape: [c.m, c.n], dtype: c.out },
+    inputs: [
+      { shape: [c.m, c.k], dtype: c.x },
+      { shape: [], dtype: c.sxDType },
+      { shape: [], dtype: c.sxDType },
+      { shape: [c.n, c.k], dtype: c.x },
+      { shape: [swCount], dtype: c.swDType },
+      { shape: [swCount], dtype: c.swDType },
+      ...(c.bias ? [{ shape: [c.n], dtype: c.out }] : []),
+    ],
+    device,
+  };
+}
+
+function checkKernel(c: KernelCase, family: QgemvKernels): void {
+  const what = `${family}: ${describeKernel(c)}`;
   const cuda = backendFor("cuda")!;
   const device = CudaDevice.get(0);
   const { m, n, k } = c;
@@ -275,60 +637,43 @@ function checkKernel(c: KernelCase): void {
     for (let i = 0; i < x.length; i++) if (Math.abs(x[i] / sx) % 1 === 0.5) halves++;
     assert.ok(halves > x.length / 4, `${what}: too few quotients halfway between codes`);
   }
-  const act = activationFn(c.act);
-  const exact = new Float64Array(m * n); // act(t) before the output rounding
-  const mag = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let acc = 0, abs = 0;
-      for (let kk = 0; kk < k; kk++) {
-        const p = qx[i * k + kk] * codes.values[j * k + kk];
-        acc += p;
-        abs += Math.abs(p);
-      }
-      const scale = sx * sw[c.perChannel ? j : 0];
-      const bias = b ? b[j] : 0;
-      exact[i * n + j] = act(acc * scale + bias);
-      mag[i * n + j] = abs * scale + Math.abs(bias);
-    }
-  }
-  const ref = decode(c.out, encode(c.out, exact));
+  const expected = expectedOutputs(c, qx, codes.values, sx, sw, b);
+  const ref = decode(c.out, encode(c.out, Float64Array.from(expected, (e) => e.exact)));
 
-  const ctx: CudaKernelContext = {
-    attrs: { activation: c.act },
-    out: { shape: [m, n], dtype: c.out },
-    inputs: [
-      { shape: [m, k], dtype: c.x },
-      { shape: [], dtype: c.sxDType },
-      { shape: [], dtype: c.sxDType },
-      { shape: [n, k], dtype: c.x },
-      { shape: [swCount], dtype: c.swDType },
-      { shape: [swCount], dtype: c.swDType },
-      ...(c.bias ? [{ shape: [n], dtype: c.out }] : []),
-    ],
-    device,
-  };
-  const gemv = fusedQuantizedGemv(ctx, m, n, k, c.q, c.perChannel, ACTIVATION[c.act], c.out);
+  const gemv = withKernels(
+    family,
+    () =>
+      fusedQuantizedGemv(
+        kernelContext(c, device),
+        m,
+        n,
+        k,
+        c.q,
+        c.perChannel,
+        ACTIVATION[c.act],
+        c.out,
+      ),
+  );
   assert.ok(gemv, `${what}: not covered`);
-  const xb = cuda.upload("cuda:0", c.x, xStorage) as CudaBuffer;
-  const sxb = cuda.upload("cuda:0", c.sxDType, sxStorage) as CudaBuffer;
-  const wb = cuda.upload("cuda:0", c.q, codes.storage) as CudaBuffer;
-  const swb = cuda.upload("cuda:0", c.swDType, swStorage) as CudaBuffer;
-  const bb = bStorage ? cuda.upload("cuda:0", c.out, bStorage) as CudaBuffer : undefined;
-  const y = CudaBuffer.allocate(device, c.out, m * n);
+  const ran = familyRun(family, device, c.q, m, n, k);
+  const buffers: CaseBuffers = {
+    x: cuda.upload("cuda:0", c.x, xStorage) as CudaBuffer,
+    sx: cuda.upload("cuda:0", c.sxDType, sxStorage) as CudaBuffer,
+    w: cuda.upload("cuda:0", c.q, codes.storage) as CudaBuffer,
+    sw: cuda.upload("cuda:0", c.swDType, swStorage) as CudaBuffer,
+    b: bStorage ? cuda.upload("cuda:0", c.out, bStorage) as CudaBuffer : undefined,
+    y: nanOutput(device, c.out, m * n),
+  };
   try {
-    memsetAsync(device, y.address, 0xff, y.bytes); // NaN: an unwritten output fails
-    const before = qgemvLaunchCount();
-    gemv(y, xb, sxb, sxb, wb, swb, bb);
+    const before = qgemvLaunchCount(), mmaBefore = qgemvMmaLaunchCount();
+    gemv(buffers.y, buffers.x, buffers.sx, buffers.sx, buffers.w, buffers.sw, buffers.b);
     assert.equal(qgemvLaunchCount(), before + 1, what);
-    const got = decode(c.out, cuda.download(y));
-    if (c.q === "int8" && (c.act === "none" || c.act === "relu")) {
-      assertEqualValues(got, ref, what);
-    } else {
-      assertNear(got, exact, mag, sumDepth(m, n, k), RTOL[c.out], what);
-    }
+    assert.equal(qgemvMmaLaunchCount(), mmaBefore + (ran === "mma" ? 1 : 0), `${what}: ${ran}`);
+    const got = decode(c.out, cuda.download(buffers.y));
+    const tol: Tolerance = { q: c.q, ran, act: c.act, out: c.out, depth: sumDepth(m, n, k) };
+    assertOutputs(got, ref, expected, tol, `${what} (ran ${ran})`);
   } finally {
-    for (const buffer of [xb, sxb, wb, swb, bb, y]) buffer?.dispose();
+    dispose(buffers);
   }
 }
 
@@ -392,16 +737,315 @@ function kernelCases(q: Codes, seed: number): KernelCase[] {
 const INT8_KERNEL_CASES = kernelCases("int8", 7000);
 const FP8_KERNEL_CASES = kernelCases("float8e4m3", 8000);
 
-testOnGpu("qgemv kernel int8: dtype mixes, scale kinds, shapes and ties (exact)", () => {
-  for (const c of INT8_KERNEL_CASES) checkKernel(c);
+for (const family of FAMILIES) {
+  testOnGpu(`qgemv kernel int8 (${family}): dtype mixes, scale kinds, shapes and ties`, () => {
+    for (const c of INT8_KERNEL_CASES) checkKernel(c, family);
+  });
+
+  testOnGpu(`qgemv kernel float8e4m3 (${family}): dtype mixes, scale kinds, shapes, ties`, () => {
+    for (const c of FP8_KERNEL_CASES) checkKernel(c, family);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// The mma kernels' own grid (GPU): every M tile fill, K that ends mid-step (16, 32, 48, 784)
+// or spans several splits (3072), N around the 8-channel groups and a decode-sized one.
+
+const MMA_MS = [1, 3, 8];
+const MMA_KS = [16, 32, 48, 784, 3072];
+const MMA_NS = [1, 7, 8, 9, 40, 2304];
+const MMA_ACTS: Activation[] = ["none", "relu", "gelu_tanh"];
+const MMA_OUTS: FloatDType[] = ["float32", "float16"];
+
+/** The mma grid's cases of one code dtype: every (M, K, N), the other choices rotated. */
+function mmaCases(q: Codes, seed: number): KernelCase[] {
+  const cases: KernelCase[] = [];
+  let i = 0;
+  for (const m of MMA_MS) {
+    for (const k of MMA_KS) {
+      for (const n of MMA_NS) {
+        cases.push({
+          q,
+          x: FLOATS[(i + Math.floor(i / 7)) % 3],
+          out: MMA_OUTS[Math.floor(i / 3) % 2],
+          m,
+          n,
+          k,
+          perChannel: Math.floor(i / 2) % 2 === 0,
+          sxDType: FLOATS[Math.floor(i / 5) % 3],
+          swDType: FLOATS[Math.floor(i / 4) % 3],
+          bias: i % 2 === 0,
+          act: MMA_ACTS[i % 3],
+          seed: seed + 10 * i,
+        });
+        i++;
+      }
+    }
+  }
+  return cases;
+}
+
+const INT8_MMA_CASES = mmaCases("int8", 11000);
+const FP8_MMA_CASES = mmaCases("float8e4m3", 12000);
+
+testOnGpu("qgemv mma kernel int8: M, K and N around the tiles (exact for none / relu)", () => {
+  for (const c of INT8_MMA_CASES) checkKernel(c, "mma");
 });
 
-testOnGpu("qgemv kernel float8e4m3: dtype mixes, scale kinds, shapes and ties", () => {
-  for (const c of FP8_KERNEL_CASES) checkKernel(c);
+testOnGpu("qgemv mma kernel float8e4m3: M, K and N around the tiles", () => {
+  const device = CudaDevice.get(0);
+  if (!qgemvMmaSupported(device, "float8e4m3")) {
+    console.log(
+      `float8e4m3 mma kernels not used on compute capability ${device.computeCapability}: ` +
+        "these cases run the ring kernels",
+    );
+  }
+  for (const c of FP8_MMA_CASES) checkKernel(c, "mma");
 });
 
 // ---------------------------------------------------------------------------------------
-// qlinear on cuda (the fused GEMV) against the cpu backend (GPU)
+// The folded layer norm on the mma kernels (GPU). Both families normalize with the same code
+// (rowStats, quantizeX), whose float32 sums depend on the block size only: the ring kernel
+// launched with the mma launch's block size quantizes x to the same codes, so int8 outputs
+// must be EQUAL to its outputs (every activation: same exact sums, same epilogue) and e4m3 ones
+// within the mma sum bound plus the ring's float32 sum bound. Against a float64 layer norm the
+// outputs may differ by codes that flip at quantization boundaries (as in
+// tests/norm_folding_test.ts; the row mean's float32 error shifts a whole row, about half a flip
+// a row at K = 3072): at most four flips an output, and 90% within 1e-3 of the largest.
+
+interface NormCase extends KernelCase {
+  affine: "weight and bias" | "weight" | "none";
+}
+
+const NORM_EPS = 1e-5;
+/** Input scale of the norm cases: normalized values reach about 4. */
+const NORM_AMAX = 4;
+
+function describeNorm(c: NormCase): string {
+  return `${describeKernel(c)} norm ${c.affine}`;
+}
+
+/** The ring kernel `qgemv_<q>_norm` with `threads` threads a block (any block size works). */
+function launchRingNorm(
+  device: CudaDevice,
+  c: NormCase,
+  threads: number,
+  bufs: CaseBuffers,
+  y: CudaBuffer,
+): void {
+  const shape = qgemvShape(c.m, c.n, c.k, device.smCount, c.q)!;
+  const kernel = kernelFunction(
+    device,
+    qgemvPtx,
+    c.q === "int8" ? "qgemv_i8_norm" : "qgemv_e4m3_norm",
+  );
+  allowSharedBytes(kernel, shape.sharedBytes, 0);
+  const channelsPerBlock = threads / shape.lanes;
+  const params = new KernelParams().ptr(y.address).ptr(bufs.x.address).i32(FLOAT_KIND[c.x])
+    .ptr(bufs.sx.address).i32(FLOAT_KIND[c.sxDType]).ptr(bufs.sx.address)
+    .i32(FLOAT_KIND[c.sxDType]).ptr(bufs.w.address).ptr(bufs.sw.address)
+    .i32(FLOAT_KIND[c.swDType]).i32(c.perChannel ? 1 : 0).ptr(bufs.b?.address ?? 0n)
+    .i32(FLOAT_KIND[c.out]).i32(ACTIVATION[c.act]).i32(c.m).i32(c.n).i32(c.k)
+    .i32(shape.logLanes).ptr(bufs.lnWeight?.address ?? 0n).ptr(bufs.lnBias?.address ?? 0n)
+    .f32(NORM_EPS);
+  launch(
+    device,
+    kernel,
+    [Math.ceil(c.n / channelsPerBlock), 1, 1],
+    [threads, 1, 1],
+    params,
+    shape.sharedBytes,
+  );
+}
+
+/** The spacing of e4m3 values around |v| (the code step a flip moves by). */
+function e4m3Step(v: number): number {
+  const a = Math.abs(v);
+  return a < 2 ** -6 ? 2 ** -9 : 2 ** (Math.floor(Math.log2(a)) - 3);
+}
+
+function checkNormKernel(c: NormCase): void {
+  const what = `mma: ${describeNorm(c)}`;
+  const cuda = backendFor("cuda")!;
+  const device = CudaDevice.get(0);
+  const { m, n, k } = c;
+  const qmax = c.q === "int8" ? 127 : 448;
+  const sxStorage = encode(c.sxDType, Float64Array.of(NORM_AMAX / qmax));
+  const sx = decode(c.sxDType, sxStorage)[0];
+  // Rows with their own offset and spread, so the mean and variance matter.
+  const xRaw = randomValues(m * k, c.seed + 1);
+  for (let r = 0; r < m; r++) {
+    for (let i = 0; i < k; i++) xRaw[r * k + i] = 2 * r - 3 + (1 + r) * xRaw[r * k + i];
+  }
+  const xStorage = encode(c.x, xRaw);
+  const x = decode(c.x, xStorage);
+  // Layer-norm weights 1/2, 1 or 2: r·w is exact, so the result cannot depend on whether the
+  // assembler fuses r·w + b into one FMA in one kernel and not in the other (PTX allows it).
+  const lnWStorage = c.affine !== "none"
+    ? encode(c.x, randomValues(k, c.seed + 4).map((v) => 2 ** Math.sign(Math.round(v))))
+    : undefined;
+  const lnBStorage = c.affine === "weight and bias"
+    ? encode(c.x, randomValues(k, c.seed + 5, { low: -0.3, high: 0.3 }))
+    : undefined;
+  const lnW = lnWStorage ? decode(c.x, lnWStorage) : undefined;
+  const lnB = lnBStorage ? decode(c.x, lnBStorage) : undefined;
+  const codes = randomCodes(c.q, n * k, c.seed);
+  const swCount = c.perChannel ? n : 1;
+  const swStorage = encode(
+    c.swDType,
+    randomValues(swCount, c.seed + 2, { low: 0.002, high: 0.02 }),
+  );
+  const sw = decode(c.swDType, swStorage);
+  const bStorage = c.bias ? encode(c.out, randomValues(n, c.seed + 3)) : undefined;
+  const b = bStorage ? decode(c.out, bStorage) : undefined;
+
+  // float64 layer norm (population variance), rounded to x's dtype, then the quantize.
+  const normed = new Float64Array(m * k);
+  for (let r = 0; r < m; r++) {
+    let mean = 0, sq = 0;
+    for (let i = 0; i < k; i++) mean += x[r * k + i];
+    mean /= k;
+    for (let i = 0; i < k; i++) sq += (x[r * k + i] - mean) ** 2;
+    const inv = 1 / Math.sqrt(sq / k + NORM_EPS);
+    for (let i = 0; i < k; i++) {
+      normed[r * k + i] = (x[r * k + i] - mean) * inv * (lnW ? lnW[i] : 1) + (lnB ? lnB[i] : 0);
+    }
+  }
+  const qx = quantizeX(c.q, decode(c.x, encode(c.x, normed)), sx);
+  const expected = expectedOutputs(c, qx, codes.values, sx, sw, b);
+
+  const shape = qgemvMmaShape(m, n, k, device.smCount)!;
+  const gemv = withKernels(
+    "mma",
+    () =>
+      fusedQuantizedGemv(
+        kernelContext(c, device),
+        m,
+        n,
+        k,
+        c.q,
+        c.perChannel,
+        ACTIVATION[c.act],
+        c.out,
+        { eps: NORM_EPS },
+      ),
+  );
+  assert.ok(gemv, `${what}: not covered`);
+  const bufs: CaseBuffers = {
+    x: cuda.upload("cuda:0", c.x, xStorage) as CudaBuffer,
+    sx: cuda.upload("cuda:0", c.sxDType, sxStorage) as CudaBuffer,
+    w: cuda.upload("cuda:0", c.q, codes.storage) as CudaBuffer,
+    sw: cuda.upload("cuda:0", c.swDType, swStorage) as CudaBuffer,
+    b: bStorage ? cuda.upload("cuda:0", c.out, bStorage) as CudaBuffer : undefined,
+    lnWeight: lnWStorage ? cuda.upload("cuda:0", c.x, lnWStorage) as CudaBuffer : undefined,
+    lnBias: lnBStorage ? cuda.upload("cuda:0", c.x, lnBStorage) as CudaBuffer : undefined,
+    y: nanOutput(device, c.out, m * n),
+  };
+  const yRing = nanOutput(device, c.out, m * n);
+  try {
+    const mmaBefore = qgemvMmaLaunchCount();
+    gemv(bufs.y, bufs.x, bufs.sx, bufs.sx, bufs.w, bufs.sw, bufs.b, bufs.lnWeight, bufs.lnBias);
+    assert.equal(qgemvMmaLaunchCount(), mmaBefore + 1, `${what}: the mma kernel did not run`);
+    launchRingNorm(device, c, 32 * shape.warps, bufs, yRing);
+    const got = decode(c.out, cuda.download(bufs.y));
+    const ring = decode(c.out, cuda.download(yRing));
+    if (c.q === "int8") {
+      assertEqualValues(got, ring, `${what}: against the ring kernel`);
+    } else {
+      const depth = sumDepth(m, n, k);
+      for (let i = 0; i < got.length; i++) {
+        const e = expected[i];
+        // Σ|qx·qw| from the float64 codes: a flipped code moves it by far less than 5%.
+        const sumAbs = 1.05 * e.sumAbs;
+        const slope = c.act === "none" || c.act === "relu" ? 1 : GELU_SLOPE;
+        const bound = slope * (FP8_MMA_SUM_TOL + depth * 2 ** -24) * sumAbs +
+          2 ** -20 * Math.abs(ring[i]) +
+          2 * ulp(c.out, Math.max(Math.abs(got[i]), Math.abs(ring[i])));
+        if (!(Math.abs(got[i] - ring[i]) <= bound)) {
+          assert.fail(
+            `${what}: at ${i} got ${got[i]}, the ring kernel ${ring[i]} (bound ${bound})`,
+          );
+        }
+      }
+    }
+    // Sanity against the float64 layer norm: code flips at quantization boundaries only.
+    let largest = 0;
+    for (const e of expected) largest = Math.max(largest, Math.abs(e.exact));
+    assert.ok(largest > 0, `${what}: all outputs are zero`);
+    let close = 0;
+    for (let j = 0; j < n; j++) {
+      let wMax = 0, step = 1;
+      for (let kk = 0; kk < k; kk++) wMax = Math.max(wMax, Math.abs(codes.values[j * k + kk]));
+      if (c.q === "float8e4m3") step = e4m3Step(448);
+      const flip = step * wMax * sx * sw[c.perChannel ? j : 0] *
+        (c.act === "gelu_tanh" ? GELU_SLOPE : 1);
+      for (let r = 0; r < m; r++) {
+        const i = r * n + j;
+        const e = expected[i];
+        const sumErr = c.q === "float8e4m3" ? FP8_MMA_SUM_TOL * 1.05 * e.sumAbs * GELU_SLOPE : 0;
+        const err = Math.abs(got[i] - e.exact);
+        const bound = 4 * flip + sumErr + 1e-3 * largest;
+        assert.ok(err <= bound, `${what}: at ${i} got ${got[i]}, float64 ${e.exact} (${bound})`);
+        if (err <= 1e-3 * largest + sumErr) close++;
+      }
+    }
+    assert.ok(close >= 0.9 * m * n, `${what}: only ${close} of ${m * n} outputs agree`);
+  } finally {
+    dispose(bufs);
+    yRing.dispose();
+  }
+}
+
+const NORM_AFFINES: NormCase["affine"][] = ["weight and bias", "weight", "none"];
+
+/** Norm cases of one code dtype: every M and K of the mma grid, N and the rest rotated. */
+function normCases(q: Codes, seed: number): NormCase[] {
+  const cases: NormCase[] = [];
+  let i = 0;
+  for (const m of MMA_MS) {
+    for (const k of MMA_KS) {
+      cases.push({
+        q,
+        x: FLOATS[i % 3],
+        out: MMA_OUTS[Math.floor(i / 2) % 2],
+        m,
+        n: [9, 40, 2304, 7, 8][i % 5],
+        k,
+        perChannel: i % 2 === 0,
+        sxDType: "float32",
+        swDType: FLOATS[Math.floor(i / 3) % 3],
+        bias: Math.floor(i / 2) % 2 === 0,
+        act: MMA_ACTS[i % 3],
+        affine: NORM_AFFINES[Math.floor(i / 3) % 3],
+        seed: seed + 10 * i,
+      });
+      i++;
+    }
+  }
+  return cases;
+}
+
+const INT8_NORM_CASES = normCases("int8", 13000);
+const FP8_NORM_CASES = normCases("float8e4m3", 14000);
+
+testOnGpu("qgemv mma kernel int8 with a folded layer norm: equal to the ring kernel", () => {
+  for (const c of INT8_NORM_CASES) checkNormKernel(c);
+});
+
+testOnGpu("qgemv mma kernel float8e4m3 with a folded layer norm", () => {
+  const device = CudaDevice.get(0);
+  if (!qgemvMmaSupported(device, "float8e4m3")) {
+    console.log(
+      `float8e4m3 mma kernels not used on compute capability ${device.computeCapability}: ` +
+        "nothing to compare",
+    );
+    return;
+  }
+  for (const c of FP8_NORM_CASES) checkNormKernel(c);
+});
+
+// ---------------------------------------------------------------------------------------
+// qlinear on cuda (the fused GEMV) against the cpu backend (GPU), on both kernel families
 
 interface OpCase {
   q: Codes;
@@ -425,8 +1069,8 @@ function describe(c: OpCase): string {
 }
 
 /** A quantized Linear (weights and inputs) on cuda and on the cpu, from the same state. */
-function checkOp(c: OpCase): void {
-  const what = describe(c);
+function checkOp(c: OpCase, family: QgemvKernels): void {
+  const what = `${family}: ${describe(c)}`;
   const options: tq.LinearOptions = {
     quantDtype: c.q,
     ...(c.perChannel ? { weightQuantDim: 0 } : {}),
@@ -450,11 +1094,15 @@ function checkOp(c: OpCase): void {
     shape: [c.m, c.k],
     dtype: c.dtype,
   });
-  const before = qgemvLaunchCount();
-  const y = applyActivation(gpu.forward(x.to("cuda")), c.act);
-  assert.deepEqual(tq.inspectGraph(y).ops, ["qlinear"], what);
-  const got = values(y);
+  const ran = familyRun(family, CudaDevice.get(0), c.q, c.m, c.n, c.k);
+  const before = qgemvLaunchCount(), mmaBefore = qgemvMmaLaunchCount();
+  const got = withKernels(family, () => {
+    const y = applyActivation(gpu.forward(x.to("cuda")), c.act);
+    assert.deepEqual(tq.inspectGraph(y).ops, ["qlinear"], what);
+    return values(y);
+  });
   assert.equal(qgemvLaunchCount(), before + 1, `${what}: the fused GEMV did not run`);
+  assert.equal(qgemvMmaLaunchCount(), mmaBefore + (ran === "mma" ? 1 : 0), `${what}: ${ran}`);
   const ref = values(applyActivation(cpu.forward(x), c.act));
   if (c.q === "int8" && (c.act === "none" || c.act === "relu")) {
     assertEqualValues(got, ref, what);
@@ -464,15 +1112,30 @@ function checkOp(c: OpCase): void {
   // 1/16 of itself (e4m3; int8 less), and saturation only shrinks x.
   const xs = values(x), ws = values(weight);
   const bs = dict.bias ? values(dict.bias) : undefined;
-  const mag = new Float64Array(c.m * c.n);
+  const expected: Expected[] = [];
   for (let i = 0; i < c.m; i++) {
     for (let j = 0; j < c.n; j++) {
       let abs = 0;
       for (let kk = 0; kk < c.k; kk++) abs += Math.abs(xs[i * c.k + kk] * ws[j * c.k + kk]);
-      mag[i * c.n + j] = 1.2 * abs + (bs ? Math.abs(bs[j]) : 0);
+      // t is only bounded here: |t| ≤ Σ|terms| + |b|.
+      const biasAbs = bs ? Math.abs(bs[j]) : 0;
+      expected.push({
+        exact: ref[i * c.n + j],
+        t: 1.2 * abs + biasAbs,
+        sumAbs: 1.2 * abs,
+        biasAbs,
+      });
     }
   }
-  assertNear(got, ref, mag, sumDepth(c.m, c.n, c.k), RTOL[c.dtype], what);
+  // ref is rounded to the dtype too: one more unit in the last place.
+  const tol: Tolerance = { q: c.q, ran, act: c.act, out: c.dtype, depth: sumDepth(c.m, c.n, c.k) };
+  for (let i = 0; i < got.length; i++) {
+    const bound = toleranceOf(tol, expected[i], got[i]) +
+      RTOL[c.dtype] * Math.abs(ref[i]);
+    if (!(Math.abs(got[i] - ref[i]) <= bound)) {
+      assert.fail(`${what}: at ${i} got ${got[i]}, expected ${ref[i]} (tolerance ${bound})`);
+    }
+  }
 }
 
 const MS = [1, 2, 3, 5, 8];
@@ -512,18 +1175,29 @@ function opCases(): OpCase[] {
 
 const OP_CASES = opCases();
 
-testOnGpu("qlinear M ≤ 8 against the cpu: int8 per channel and per tensor", () => {
-  for (const c of OP_CASES) if (c.q === "int8") checkOp(c);
-});
+for (const family of FAMILIES) {
+  testOnGpu(`qlinear M ≤ 8 against the cpu (${family}): int8 per channel and per tensor`, () => {
+    for (const c of OP_CASES) if (c.q === "int8") checkOp(c, family);
+  });
 
-testOnGpu("qlinear M ≤ 8 against the cpu: float8e4m3 per channel and per tensor", () => {
-  for (const c of OP_CASES) if (c.q === "float8e4m3") checkOp(c);
-});
+  testOnGpu(`qlinear M ≤ 8 against the cpu (${family}): float8e4m3 per channel, per tensor`, () => {
+    for (const c of OP_CASES) if (c.q === "float8e4m3") checkOp(c, family);
+  });
+}
 
 // Runs everywhere: the GPU cases are problems the fused GEMV takes, and they cover what they
 // claim to.
 Deno.test("every qgemv test case takes the fused GEMV, and the cases cover the grid", () => {
   for (const c of [...INT8_KERNEL_CASES, ...FP8_KERNEL_CASES, ...OP_CASES]) {
+    assert.ok(qgemvShape(c.m, c.n, c.k, SMS, c.q), JSON.stringify(c));
+    assert.ok(qgemvMmaShape(c.m, c.n, c.k, SMS), JSON.stringify(c));
+  }
+  const mmaCases = [...INT8_MMA_CASES, ...FP8_MMA_CASES, ...INT8_NORM_CASES, ...FP8_NORM_CASES];
+  for (const c of mmaCases) {
+    assert.ok(qgemvMmaShape(c.m, c.n, c.k, SMS), JSON.stringify(c));
+  }
+  // The norm cases' ring comparison takes the problem too.
+  for (const c of [...INT8_NORM_CASES, ...FP8_NORM_CASES]) {
     assert.ok(qgemvShape(c.m, c.n, c.k, SMS, c.q), JSON.stringify(c));
   }
   const seen = <T>(f: (c: OpCase) => T): Set<T> => new Set(OP_CASES.map(f));
@@ -548,4 +1222,90 @@ Deno.test("every qgemv test case takes the fused GEMV, and the cases cover the g
   assert.deepEqual([...lanes].sort((a, b) => a - b), [4, 8, 16, 32]);
   assert.ok(INT8_KERNEL_CASES.some((c) => c.x !== c.out));
   assert.ok(INT8_KERNEL_CASES.some((c) => c.k > 8 * 32 * 16), "no multi-round row");
+
+  // The mma grid: every (M, K, N) once per code dtype, and every other choice with each M and
+  // each K; int8 exact checks (none / relu) at every M and K.
+  for (const cases of [INT8_MMA_CASES, FP8_MMA_CASES]) {
+    assert.equal(cases.length, MMA_MS.length * MMA_KS.length * MMA_NS.length);
+    const key = (c: KernelCase) => `${c.m} ${c.k} ${c.n}`;
+    assert.equal(new Set(cases.map(key)).size, cases.length);
+    for (
+      const [name, axis] of [["M", (c: KernelCase) => c.m], ["K", (c: KernelCase) => c.k]] as [
+        string,
+        (c: KernelCase) => number,
+      ][]
+    ) {
+      for (const v of new Set(cases.map(axis))) {
+        const some = cases.filter((c) => axis(c) === v);
+        const has = <T>(f: (c: KernelCase) => T, all: T[]) =>
+          assert.deepEqual(
+            [...new Set(some.map(f))].sort(),
+            [...all].sort(),
+            `${name} ${v}: ${f}`,
+          );
+        has((c) => c.act, MMA_ACTS);
+        has((c) => c.out, MMA_OUTS);
+        has((c) => c.perChannel, [false, true]);
+        has((c) => c.bias, [false, true]);
+        has((c) => c.x, FLOATS);
+      }
+    }
+  }
+  // The norm grid: every M and K, every affine form, activation and output dtype.
+  for (const cases of [INT8_NORM_CASES, FP8_NORM_CASES]) {
+    const pairs = new Set(cases.map((c) => `${c.m} ${c.k}`));
+    assert.equal(pairs.size, MMA_MS.length * MMA_KS.length);
+    assert.deepEqual([...new Set(cases.map((c) => c.affine))].sort(), [...NORM_AFFINES].sort());
+    assert.deepEqual([...new Set(cases.map((c) => c.act))].sort(), [...MMA_ACTS].sort());
+    assert.deepEqual([...new Set(cases.map((c) => c.out))].sort(), [...MMA_OUTS].sort());
+    assert.deepEqual([...new Set(cases.map((c) => c.perChannel))].sort(), [false, true]);
+    assert.deepEqual([...new Set(cases.map((c) => c.bias))].sort(), [false, true]);
+  }
+  // The mma kernel cases reach several splits and groups per block, and a multi-round warp.
+  const mmaShapes = [...INT8_KERNEL_CASES, ...INT8_MMA_CASES].map((c) =>
+    qgemvMmaShape(c.m, c.n, c.k, SMS)!
+  );
+  assert.deepEqual([...new Set(mmaShapes.map((s) => s.splits))].sort((a, b) => a - b), [
+    1,
+    2,
+    4,
+    8,
+    16,
+  ]);
+  assert.ok(mmaShapes.some((s) => s.groupsPerBlock > 1), "no block of several groups");
+  assert.ok(
+    [...INT8_KERNEL_CASES, ...INT8_MMA_CASES].some((c) =>
+      Math.ceil(c.k / 64) > 6 * qgemvMmaShape(c.m, c.n, c.k, SMS)!.splits
+    ),
+    "no warp with more than one ring of steps",
+  );
+});
+
+Deno.test("the tolerance of the mma float8e4m3 sums is checked, and ulp spacing", () => {
+  assert.equal(ulp("float32", 1), 2 ** -23);
+  assert.equal(ulp("float32", 1.5), 2 ** -23);
+  assert.equal(ulp("float16", 1000), 0.5);
+  assert.equal(ulp("float16", 1e-6), 2 ** -24);
+  assert.equal(ulp("bfloat16", -3), 2 ** -6);
+  assert.equal(ulp("float32", 0), 2 ** -149);
+  assert.equal(e4m3Step(448), 32);
+  assert.equal(e4m3Step(1), 0.125);
+  assert.equal(e4m3Step(2 ** -8), 2 ** -9);
+  const tol: Tolerance = { q: "float8e4m3", ran: "mma", act: "none", out: "float32", depth: 0 };
+  const e: Expected = { exact: 10, t: 10, sumAbs: 1024, biasAbs: 0 };
+  assert.equal(toleranceOf(tol, e, 10), 1 + ulp("float32", 10));
+  // A sum off by more than the bound fails; a vacuous bound fails.
+  assert.throws(() => assertOutputs([12], [10], [e], tol, "off"), /tolerance/);
+  assert.throws(
+    () => assertOutputs([10], [10], [{ ...e, sumAbs: 2e4 }], tol, "vacuous"),
+    /vacuous/,
+  );
+  // Measured against |t|: an activation that zeroes the output keeps the bound meaningful.
+  const zeroed: Expected = { exact: 0, t: -10, sumAbs: 1024, biasAbs: 0 };
+  assertOutputs([10, 0.5], [10, 0], [e, zeroed], { ...tol, act: "relu" }, "relu");
+  assertOutputs([10.5], [10], [e], tol, "within");
+  // int8 none / relu: equality only.
+  const exactTol: Tolerance = { ...tol, q: "int8" };
+  assert.equal(toleranceOf(exactTol, e, 10), 0);
+  assert.throws(() => assertOutputs([10.5], [10], [e], exactTol, "int8"), /exactly/);
 });
