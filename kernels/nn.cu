@@ -11,10 +11,16 @@
 //
 // Softmax is exp(x − max) / Σ exp(x − max) with the max taken first (NaN propagates: any NaN
 // in a row makes the whole row NaN, as on the CPU); log-softmax is (x − max) − log Σ.
+//
+// layer_norm_quantize_<x>_<i8|e4m3>_<variant>: the layer norm of a qlinear's input folded into
+// it (lib/backends/cuda/linear.ts), storing codes instead of x's dtype: each normalized value,
+// computed exactly as the layer_norm kernel of the same variant computes it, is rounded to x's
+// dtype and quantized as qlinear_quantize_<x>_<q> (kernels/linear.cu) quantizes it.
 
 #include <stdint.h>
 
 #include "common.cuh"
+#include "qlinear.cuh"
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -252,28 +258,78 @@ __device__ __forceinline__ void softmax_cols(const T* __restrict__ x, T* __restr
 // ---------------------------------------------------------------------------------------------
 // Layer norm over rows of D elements: two passes (mean, then squared deviations), population
 // variance, y = (x − mean) / sqrt(var + eps) · weight + bias. weight / bias may be null.
+//
+// The arithmetic is spelled out with _rn intrinsics: nothing may be contracted into an FMA
+// differently from one kernel (or one unrolled copy) to another, so every variant that shares
+// the row reduction computes bit-identical values. `Out` receives them (put<VEC>(at, t): VEC
+// values at element `at` of the output).
 
-template <typename T, int VEC>
-__device__ __forceinline__ void layer_norm_store(T* __restrict__ out, const T* __restrict__ w,
-                                                 const T* __restrict__ b, i64 k, float (&t)[VEC],
-                                                 float mean, float inv) {
+// Stores in x's dtype: the layer norm op.
+template <typename T> struct NormValues {
+  T* y;
+  template <int VEC> __device__ __forceinline__ void put(i64 at, const float (&t)[VEC]) const {
+    store_vec<T, VEC>(y + at, t);
+  }
+};
+
+// int8 codes (Q = XI8) or e4m3 codes (XE4M3) of quotients, VEC bytes per store.
+template <class Q> struct CodeBytes;
+template <> struct CodeBytes<XI8> {
+  __device__ static unsigned pack4(const float* q) { return XI8::pack4(q); }
+};
+template <> struct CodeBytes<XE4M3> {
+  __device__ static unsigned pack4(const float* q) {
+    return floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
+  }
+};
+
+// Stores the codes of the values rounded to T and divided by the per-tensor scale, as
+// quantizeActivations<T, Q> (kernels/linear.cu) computes them from values stored as T.
+template <typename T, class Q> struct NormCodes {
+  unsigned char* codes;
+  float scale;
+  template <int VEC> __device__ __forceinline__ void put(i64 at, const float (&t)[VEC]) const {
+    float q[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) q[j] = __fdiv_rn(to_f(from_f<T>(t[j])), scale);
+    if constexpr (VEC == 1) {
+      Q::store1(codes, at, q[0]);
+    } else if constexpr (VEC == 4) {
+      *reinterpret_cast<unsigned*>(codes + at) = CodeBytes<Q>::pack4(q);
+    } else {
+      static_assert(VEC == 8, "1, 4 or 8 codes a store");
+      *reinterpret_cast<uint2*>(codes + at) =
+          make_uint2(CodeBytes<Q>::pack4(q), CodeBytes<Q>::pack4(q + 4));
+    }
+  }
+};
+
+template <typename T, int VEC, class Out>
+__device__ __forceinline__ void layer_norm_store(const Out& out, const T* __restrict__ w,
+                                                 const T* __restrict__ b, i64 at, i64 k,
+                                                 float (&t)[VEC], float mean, float inv) {
   float wt[VEC], bt[VEC];
   if (w) load_vec<T, VEC>(w + k, wt);
   if (b) load_vec<T, VEC>(b + k, bt);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    float r = (t[j] - mean) * inv;
-    if (w) r *= wt[j];
-    if (b) r += bt[j];
+    float r = __fmul_rn(__fsub_rn(t[j], mean), inv);
+    if (w && b) {
+      r = __fmaf_rn(r, wt[j], bt[j]);
+    } else if (w) {
+      r = __fmul_rn(r, wt[j]);
+    } else if (b) {
+      r = __fadd_rn(r, bt[j]);
+    }
     t[j] = r;
   }
-  store_vec<T, VEC>(out + k, t);
+  out.template put<VEC>(at, t);
 }
 
-template <typename T, int VPT, int VEC>
+template <typename T, int VPT, int VEC, class Out>
 __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T* __restrict__ w,
-                                                const T* __restrict__ b, T* __restrict__ y,
-                                                i64 rows, int D, float eps) {
+                                                const T* __restrict__ b, const Out& y, i64 rows,
+                                                int D, float eps) {
   const int lane = threadIdx.x & 31;
   const i64 warps = ((i64)gridDim.x * blockDim.x) >> 5;
   for (i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
@@ -281,21 +337,20 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
     warp_load_row<T, VPT, VEC>(x + row * D, D, lane, v, 0.0f);
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) sum += v[i];
-    const float mean = warpSum(sum) / (float)D;
+    for (int i = 0; i < VPT; ++i) sum = __fadd_rn(sum, v[i]);
+    const float mean = __fdiv_rn(warpSum(sum), (float)D);
     float sq = 0.0f;
 #pragma unroll
     for (int c = 0; c < VPT / VEC; ++c) {
       if ((c * 32 + lane) * VEC < D) {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const float d = v[c * VEC + j] - mean;
-          sq += d * d;
+          const float d = __fsub_rn(v[c * VEC + j], mean);
+          sq = __fmaf_rn(d, d, sq);
         }
       }
     }
-    const float inv = 1.0f / sqrtf(warpSum(sq) / (float)D + eps);
-    T* out = y + row * D;
+    const float inv = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(warpSum(sq), (float)D), eps)));
 #pragma unroll
     for (int c = 0; c < VPT / VEC; ++c) {
       const int k = (c * 32 + lane) * VEC;
@@ -303,48 +358,64 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
         float t[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) t[j] = v[c * VEC + j];
-        layer_norm_store<T, VEC>(out, w, b, k, t, mean, inv);
+        layer_norm_store<T, VEC>(y, w, b, row * D + k, k, t, mean, inv);
       }
     }
   }
 }
 
-template <typename T, int VEC>
+template <typename T, int VEC, class Out>
 __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const T* __restrict__ w,
-                                                 const T* __restrict__ b, T* __restrict__ y,
-                                                 i64 rows, i64 D, float eps, bool cached) {
+                                                 const T* __restrict__ b, const Out& y, i64 rows,
+                                                 i64 D, float eps, bool cached) {
   extern __shared__ float4 dynamic_smem[];
   float* cache = reinterpret_cast<float*>(dynamic_smem);
   __shared__ float scratch[32];
   const i64 chunks = D / VEC;
   for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * D;
-    T* yr = y + row * D;
     float sum = 0.0f;
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
       load_vec<T, VEC>(xr + c * VEC, t);
       if (cached) cache_store<VEC>(cache + c * VEC, t);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) sum += t[j];
+      for (int j = 0; j < VEC; ++j) sum = __fadd_rn(sum, t[j]);
     }
-    const float mean = block_all<false>(sum, scratch) / (float)D;
+    const float mean = __fdiv_rn(block_all<false>(sum, scratch), (float)D);
     float sq = 0.0f;
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
       reload_chunk<T, VEC>(xr, cache, c, cached, t);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const float d = t[j] - mean;
-        sq += d * d;
+        const float d = __fsub_rn(t[j], mean);
+        sq = __fmaf_rn(d, d, sq);
       }
     }
-    const float inv = 1.0f / sqrtf(block_all<false>(sq, scratch) / (float)D + eps);
+    const float inv =
+        __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(block_all<false>(sq, scratch), (float)D), eps)));
     for (i64 c = threadIdx.x; c < chunks; c += blockDim.x) {
       float t[VEC];
       reload_chunk<T, VEC>(xr, cache, c, cached, t);
-      layer_norm_store<T, VEC>(yr, w, b, c * VEC, t, mean, inv);
+      layer_norm_store<T, VEC>(y, w, b, row * D + c * VEC, c * VEC, t, mean, inv);
     }
+  }
+}
+
+// The quantizing kernels' other duties, spread over the grid: zero codes from `from` to `to`
+// (the padding rows a GEMM reads), and `count` float32 copies of the scale at `rowScale` in
+// `rowScales` (when not null: cuBLASLt's outer-vector fp8 scale of x).
+__device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i64 from, i64 to,
+                                                        float* rowScales,
+                                                        const void* __restrict__ rowScale,
+                                                        int rowScaleKind, int count) {
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  for (i64 i = from + first; i < to; i += threads) codes[i] = 0;
+  if (rowScales) {
+    const float r = loadScale(rowScale, rowScaleKind, 0);
+    for (i64 i = first; i < count; i += threads) rowScales[i] = r;
   }
 }
 
@@ -362,8 +433,31 @@ __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const 
   extern "C" __global__ void __launch_bounds__(128)                                           \
       NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
            T* __restrict__ y, i64 rows, int D, float eps) {                                   \
-    layer_norm_warp<T, VPT, VEC>(x, w, b, y, rows, D, eps);                                   \
+    layer_norm_warp<T, VPT, VEC>(x, w, b, NormValues<T>{y}, rows, D, eps);                    \
   }
+
+// The arguments after the layer norm's own of the quantizing kernels.
+#define CODES_PARAMS                                                                          \
+  const void *__restrict__ scale, int scaleKind, i64 padEnd, float *__restrict__ rowScales,   \
+      const void *__restrict__ rowScale, int rowScaleKind, int rowScaleCount
+
+#define CODES_OUT(T, Q)                                                                       \
+  layer_norm_codes_extras(static_cast<unsigned char*>(codes), rows * D, padEnd, rowScales,   \
+                          rowScale, rowScaleKind, rowScaleCount);                             \
+  const NormCodes<T, Q> out{static_cast<unsigned char*>(codes), loadScale(scale, scaleKind, 0)};
+
+#define LAYER_NORM_QUANTIZE_WARP(NAME, T, Q, VPT, VEC)                                        \
+  extern "C" __global__ void __launch_bounds__(128)                                           \
+      NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
+           void* __restrict__ codes, i64 rows, int D, float eps, CODES_PARAMS) {              \
+    CODES_OUT(T, Q)                                                                           \
+    layer_norm_warp<T, VPT, VEC>(x, w, b, out, rows, D, eps);                                 \
+  }
+
+#define LAYER_NORM_QUANTIZE_WARP_I8(NAME, T, VPT, VEC) \
+  LAYER_NORM_QUANTIZE_WARP(NAME, T, XI8, VPT, VEC)
+#define LAYER_NORM_QUANTIZE_WARP_E4M3(NAME, T, VPT, VEC) \
+  LAYER_NORM_QUANTIZE_WARP(NAME, T, XE4M3, VPT, VEC)
 
 #define WARP_SCALAR(MACRO, PREFIX, T) \
   MACRO(PREFIX##_s1, T, 1, 1)         \
@@ -400,13 +494,36 @@ __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const 
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_s(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       T* __restrict__ y, i64 rows, i64 D, float eps, int cached) {                            \
-    layer_norm_block<T, 1>(x, w, b, y, rows, D, eps, cached != 0);                            \
+    layer_norm_block<T, 1>(x, w, b, NormValues<T>{y}, rows, D, eps, cached != 0);             \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_v(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       T* __restrict__ y, i64 rows, i64 D, float eps, int cached) {                            \
-    layer_norm_block<T, VEC>(x, w, b, y, rows, D, eps, cached != 0);                          \
+    layer_norm_block<T, VEC>(x, w, b, NormValues<T>{y}, rows, D, eps, cached != 0);           \
   }
+
+#define LAYER_NORM_QUANTIZE_BLOCK(NAME, T, Q, VEC)                                            \
+  extern "C" __global__ void __launch_bounds__(512) NAME##_block_s(                           \
+      const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
+      void* __restrict__ codes, i64 rows, i64 D, float eps, int cached, CODES_PARAMS) {       \
+    CODES_OUT(T, Q)                                                                           \
+    layer_norm_block<T, 1>(x, w, b, out, rows, D, eps, cached != 0);                          \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(512) NAME##_block_v(                           \
+      const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
+      void* __restrict__ codes, i64 rows, i64 D, float eps, int cached, CODES_PARAMS) {       \
+    CODES_OUT(T, Q)                                                                           \
+    layer_norm_block<T, VEC>(x, w, b, out, rows, D, eps, cached != 0);                        \
+  }
+
+// The quantizing layer norms of one x dtype: the same variants as the layer norm's.
+#define LAYER_NORM_QUANTIZE_KERNELS(SUFFIX, T, VECS)                                            \
+  WARP_SCALAR(LAYER_NORM_QUANTIZE_WARP_I8, layer_norm_quantize_##SUFFIX##_i8_warp, T)           \
+  VECS(LAYER_NORM_QUANTIZE_WARP_I8, layer_norm_quantize_##SUFFIX##_i8_warp, T)                  \
+  WARP_SCALAR(LAYER_NORM_QUANTIZE_WARP_E4M3, layer_norm_quantize_##SUFFIX##_e4m3_warp, T)       \
+  VECS(LAYER_NORM_QUANTIZE_WARP_E4M3, layer_norm_quantize_##SUFFIX##_e4m3_warp, T)              \
+  LAYER_NORM_QUANTIZE_BLOCK(layer_norm_quantize_##SUFFIX##_i8, T, XI8, 16 / sizeof(T))          \
+  LAYER_NORM_QUANTIZE_BLOCK(layer_norm_quantize_##SUFFIX##_e4m3, T, XE4M3, 16 / sizeof(T))
 
 #define NN_KERNELS(SUFFIX, T, VECS)                             \
   WARP_SCALAR(SOFTMAX_WARP, softmax_##SUFFIX##_warp, T)         \
@@ -414,7 +531,8 @@ __device__ __forceinline__ void layer_norm_block(const T* __restrict__ x, const 
   WARP_SCALAR(LAYER_NORM_WARP, layer_norm_##SUFFIX##_warp, T)   \
   VECS(LAYER_NORM_WARP, layer_norm_##SUFFIX##_warp, T)          \
   SOFTMAX_OTHER(softmax_##SUFFIX, T, 16 / sizeof(T))            \
-  LAYER_NORM_BLOCK(layer_norm_##SUFFIX, T, 16 / sizeof(T))
+  LAYER_NORM_BLOCK(layer_norm_##SUFFIX, T, 16 / sizeof(T))      \
+  LAYER_NORM_QUANTIZE_KERNELS(SUFFIX, T, VECS)
 
 NN_KERNELS(f32, float, WARP_VEC4)
 NN_KERNELS(f16, __half, WARP_VEC8)

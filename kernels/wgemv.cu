@@ -28,6 +28,16 @@
 // Both differ from the fake-quant reference (which rounds q · s to x's dtype before the
 // product) only by that rounding of the weights, and sum in float32.
 //
+// wgemv_mma_<q>_<x>_norm and wgemv_fma_<q>_f32_m<M>_norm: the same products for a wlinear whose
+// x is the input of a layer norm folded into it (lib/graph/passes/qdq_fusion.ts). Every block
+// computes the norm's row statistics and stages x, normalized and rounded to x's dtype, in
+// shared memory (stageNormalized), then multiplies it as the plain kernels multiply x. The
+// statistics are summed in the order of the layer-norm kernel the unfused graph runs
+// (layer_norm_<x>_warp_v* or _block_v, kernels/nn.cu; lnThreads says which), with its float32
+// operations: the staged values are bit-identical to that kernel's output, so the folded and the
+// unfolded graph give identical results. They are separate instantiations: the plain kernels
+// keep their registers.
+//
 // Layout (both kernels). A block computes 16 output channels n0..n0+15 with W = blockDim.x / 32
 // warps splitting K. Lane l (g = l / 4, t = l % 4) streams rows n0 + g and n0 + g + 8. A row is
 // K / E 16-byte chunks (E codes each), grouped in quads of 4 chunks; iteration i of warp w takes
@@ -81,6 +91,16 @@ __device__ __forceinline__ T pinned(T v) {
 struct XF32 : F32Base {
   static constexpr int kBytes = 4;
   static constexpr bool kBf16 = false;
+  // A 16-byte vector (kVec values) as floats, and floats back into one (one RNE rounding).
+  static constexpr int kVec = 4;
+  __device__ static void unpackVec(const uint4& w, float (&v)[kVec]) {
+    v[0] = __uint_as_float(w.x), v[1] = __uint_as_float(w.y);
+    v[2] = __uint_as_float(w.z), v[3] = __uint_as_float(w.w);
+  }
+  __device__ static uint4 packVec(const float (&v)[kVec]) {
+    return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                      __float_as_uint(v[3]));
+  }
   __device__ static void load8(const void* p, i64 i, float (&v)[8]) {
     const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
     const float4 a = __ldg(q), b = __ldg(q + 1);
@@ -92,6 +112,24 @@ template <bool Bf16>
 struct XHalf : Half16Base<Bf16> {
   static constexpr int kBytes = 2;
   static constexpr bool kBf16 = Bf16;
+  static constexpr int kVec = 8;
+  __device__ static void unpackVec(const uint4& w, float (&v)[kVec]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const float2 f = Half16Base<Bf16>::unpack(wordOf(w, j));
+      v[2 * j] = f.x, v[2 * j + 1] = f.y;
+    }
+  }
+  // Rounded as the layer-norm kernel stores (from_f: __float2half_rn / __float2bfloat16_rn).
+  __device__ static uint4 packVec(const float (&v)[kVec]) {
+    unsigned w[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      w[j] = (unsigned)Half16Base<Bf16>::fromFloat(v[2 * j]) |
+             ((unsigned)Half16Base<Bf16>::fromFloat(v[2 * j + 1]) << 16);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
   __device__ static void load8(const void* p, i64 i, float (&v)[8]) {
     const uint4 w =
         __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i));
@@ -240,21 +278,173 @@ struct QE4M3 {
 
 
 // ---------------------------------------------------------------------------------------------
+// Norm kernels: x normalized into shared memory
+
+// Where x's values sit in shared memory: row m at byte m · pitch, and the row's 16-byte vectors
+// (X::kVec values each) in the order the lanes read them, a quad of chunks at a time: vector v of
+// the inputs of chunk c (XV vectors a chunk) at byte 64 · XV · floor(c / 4) + 64 v + 16 (c % 4).
+// The 4 lanes of a quad (t = c % 4) that read vector v read 64 consecutive bytes, and with
+// pitch ≡ 64 (mod 128) rows g and g + 1, read in the same phase of a 16-byte load, use the other
+// half of the banks: the MMA's reads are conflict-free (the FMA's lanes all read one row).
+template <class Q, class X>
+struct Staged {
+  static constexpr unsigned XV = Q::kElems * X::kBytes / 16;  // x vectors a chunk: 2, 4 or 8
+  // Byte of x vector u of a row.
+  __device__ static unsigned at(unsigned u) {
+    const unsigned c = u / XV, v = u % XV;
+    return (c & ~3u) * (16u * XV) + v * 64u + (c & 3u) * 16u;
+  }
+  // Byte of the first x vector of the chunk at code byte offset off of a row.
+  __device__ static unsigned chunkAt(unsigned off) { return (off & ~63u) * XV + (off & 48u); }
+  // x values 8h..8h+7 of the chunk whose first vector is at p (16-byte x vectors 64 bytes apart).
+  __device__ static void load8(const unsigned char* p, int h, float (&v)[8]) {
+    constexpr int per = 8 / X::kVec;  // vectors per 8 values: 1 (16-bit x) or 2 (float32)
+#pragma unroll
+    for (int s = 0; s < per; s++) {
+      float f[X::kVec];
+      X::unpackVec(*reinterpret_cast<const uint4*>(p + (h * per + s) * 64), f);
+#pragma unroll
+      for (int j = 0; j < X::kVec; j++) v[s * X::kVec + j] = f[j];
+    }
+  }
+};
+
+// The layer norm of x's M rows (K values each; lnWeight / lnBias of x's dtype or null) into
+// shared memory at xs (Staged layout, row pitch `pitch`), as the layer-norm kernel computes it
+// (kernels/nn.cu: two passes, population variance, (x − mean) · inv · w + b, rounded once to x's
+// dtype). lnThreads is the number of threads that kernel gives a row: 32 for layer_norm_*_warp_v*
+// (a warp per row), its block size for layer_norm_*_block_v. Its thread i sums the row's
+// vectors i, i + lnThreads, ... value by value, each warp adds its threads' sums by warpSum, and
+// the lnThreads / 32 warp sums are added in order from 0 (block_all; a warp kernel's one sum is
+// unchanged by that): here the warps of the block play those threads in turn (warp w the
+// virtual warps w, w + warps, ...), with the same operations in the same order. red holds
+// WGEMV_MMA_ROWS · 16 floats, stats 2 · WGEMV_MMA_ROWS. Ends with the staged values written by
+// every thread (the caller synchronizes).
+template <class Q, class X>
+__device__ __forceinline__ void stageNormalized(unsigned char* xs, int pitch,
+                                                const void* __restrict__ x, int M, int K,
+                                                int lnThreads, const void* __restrict__ lnWeight,
+                                                const void* __restrict__ lnBias, float eps,
+                                                float* red, float* stats) {
+  typedef Staged<Q, X> S;
+  constexpr int VEC = X::kVec;
+  const int vecs = K / VEC;  // 16-byte vectors a row
+  const int perRow = lnThreads >> 5;
+  const int virtualWarps = M * perRow;
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* mean = stats;
+  float* inv = stats + WGEMV_MMA_ROWS;
+
+  // 1. x into shared memory, and the row sums.
+#pragma unroll 1
+  for (int vw = warp; vw < virtualWarps; vw += warps) {
+    const int m = vw / perRow, first = (vw - m * perRow) * 32 + lane;
+    const uint4* xr = reinterpret_cast<const uint4*>(static_cast<const char*>(x) +
+                                                     (i64)m * K * X::kBytes);
+    unsigned char* row = xs + m * pitch;
+    float sum = 0.0f;
+#pragma unroll 1
+    for (int u = first; u < vecs; u += lnThreads) {
+      const uint4 raw = __ldg(xr + u);
+      *reinterpret_cast<uint4*>(row + S::at(u)) = raw;
+      float v[VEC];
+      X::unpackVec(raw, v);
+#pragma unroll
+      for (int j = 0; j < VEC; j++) sum = __fadd_rn(sum, v[j]);
+    }
+    sum = warpSum(sum);
+    if (lane == 0) red[vw] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float total = 0.0f;
+    for (int i = 0; i < perRow; i++) total = __fadd_rn(total, red[threadIdx.x * perRow + i]);
+    mean[threadIdx.x] = __fdiv_rn(total, (float)K);
+  }
+  __syncthreads();
+
+  // 2. The squared deviations.
+#pragma unroll 1
+  for (int vw = warp; vw < virtualWarps; vw += warps) {
+    const int m = vw / perRow, first = (vw - m * perRow) * 32 + lane;
+    const unsigned char* row = xs + m * pitch;
+    const float mu = mean[m];
+    float sq = 0.0f;
+#pragma unroll 1
+    for (int u = first; u < vecs; u += lnThreads) {
+      float v[VEC];
+      X::unpackVec(*reinterpret_cast<const uint4*>(row + S::at(u)), v);
+#pragma unroll
+      for (int j = 0; j < VEC; j++) {
+        const float d = __fsub_rn(v[j], mu);
+        sq = __fmaf_rn(d, d, sq);
+      }
+    }
+    sq = warpSum(sq);
+    if (lane == 0) red[vw] = sq;
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float total = 0.0f;
+    for (int i = 0; i < perRow; i++) total = __fadd_rn(total, red[threadIdx.x * perRow + i]);
+    inv[threadIdx.x] = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, (float)K), eps)));
+  }
+  __syncthreads();
+
+  // 3. Normalized in place (layer_norm_store), rounded to x's dtype.
+#pragma unroll 1
+  for (int m = 0; m < M; m++) {
+    unsigned char* row = xs + m * pitch;
+    const float mu = mean[m], r = inv[m];
+#pragma unroll 1
+    for (int u = threadIdx.x; u < vecs; u += blockDim.x) {
+      uint4* p = reinterpret_cast<uint4*>(row + S::at(u));
+      float v[VEC], w[VEC], b[VEC];
+      X::unpackVec(*p, v);
+      if (lnWeight) X::unpackVec(__ldg(static_cast<const uint4*>(lnWeight) + u), w);
+      if (lnBias) X::unpackVec(__ldg(static_cast<const uint4*>(lnBias) + u), b);
+#pragma unroll
+      for (int j = 0; j < VEC; j++) {
+        float t = __fmul_rn(__fsub_rn(v[j], mu), r);
+        if (lnWeight && lnBias) {
+          t = __fmaf_rn(t, w[j], b[j]);
+        } else if (lnWeight) {
+          t = __fmul_rn(t, w[j]);
+        } else if (lnBias) {
+          t = __fadd_rn(t, b[j]);
+        }
+        v[j] = t;
+      }
+      *p = X::packVec(v);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The kernel body. kMma: tensor-core products (16-bit x, M ≤ 8); otherwise float32 FMAs
 // (M == MT). sK == 0: one scale per row, swd[row · sN]; otherwise the scale of the code at byte
 // offset o of a row is swd[row · sN + (o >> scaleShift) · sK] (a scale block spans
 // 2^scaleShift bytes of a row: at least a quad of chunks for the MMA, a chunk for the FMA).
+// kNorm: x is a folded layer norm's input (lnWeight, lnBias, eps, lnThreads: see
+// stageNormalized), normalized into shared memory (Staged layout, row pitch `pitch` bytes, M rows
+// of dynamic shared memory) before the products, which read it there.
 
-template <class Q, class X, bool kMma, int MT, int D>
+template <class Q, class X, bool kMma, int MT, int D, bool kNorm>
 __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __restrict__ x,
                                       const unsigned char* __restrict__ wq,
                                       const void* __restrict__ swd, int swdKind,
                                       const void* __restrict__ bias, int act, int M, int N,
-                                      int K, i64 sN, int sK, int scaleShift) {
+                                      int K, i64 sN, int sK, int scaleShift,
+                                      const void* __restrict__ lnWeight,
+                                      const void* __restrict__ lnBias, float eps, int lnThreads,
+                                      int pitch) {
   constexpr int E = Q::kElems;
   constexpr int XB = X::kBytes;
   constexpr unsigned X_PER_BYTE = E * XB / 16;  // bytes of an x row per byte of a code row
+  typedef Staged<Q, X> S;
   __shared__ float partial[WGEMV_MAX_WARPS][MT][WGEMV_TILE];
+  extern __shared__ uint4 wgemvStaged[];  // kNorm: x normalized, M rows of `pitch` bytes
+  unsigned char* const xs = reinterpret_cast<unsigned char*>(wgemvStaged);
   const int warps = blockDim.x >> 5;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -277,6 +467,8 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
   // for the MMA, multiplies. Offsets within a row are below 2^31.
   const bool xRow = g < M;
   const char* xLane = pinned(static_cast<const char*>(x) + (xRow ? (i64)g * K * XB : 0));
+  // kNorm: the lane's row of the staged x, at its chunk's place t in a quad.
+  const unsigned char* xsLane = xs + (xRow ? g * pitch : 0) + t * 16;
 
   // Byte offsets in a row of the next chunk to load and of the next to multiply: the chunk
   // of iteration i is at first + i · step.
@@ -296,7 +488,9 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
       sa = sOk ? loadScale(swd, swdKind, scaleRowA + at) : 0.0f;
       sb = sOk ? loadScale(swd, swdKind, scaleRowB + at) : 0.0f;
     }
-    if (ok && xRow) prefetchL1(xLane + off * X_PER_BYTE);
+    if constexpr (!kNorm) {
+      if (ok && xRow) prefetchL1(xLane + off * X_PER_BYTE);
+    }
   };
 
   // MMA: acc[r] is channel g + 8(r / 2), x row 2t + r % 2. FMA: acc[r][m] is channel g + 8r,
@@ -320,9 +514,17 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
       constexpr int XV = E / 8;  // 16-byte vectors of x per chunk
       uint4 xv[XV];
       const bool xOk = ok && xRow;
-      const uint4* xp = reinterpret_cast<const uint4*>(xLane + off * X_PER_BYTE);
+      if constexpr (kNorm) {
+        const unsigned char* sp = xsLane + (off & ~63u) * S::XV;
 #pragma unroll
-      for (int v = 0; v < XV; v++) xv[v] = xOk ? __ldg(xp + v) : zero;
+        for (int v = 0; v < XV; v++) {
+          xv[v] = xOk ? *reinterpret_cast<const uint4*>(sp + v * 64) : zero;
+        }
+      } else {
+        const uint4* xp = reinterpret_cast<const uint4*>(xLane + off * X_PER_BYTE);
+#pragma unroll
+        for (int v = 0; v < XV; v++) xv[v] = xOk ? __ldg(xp + v) : zero;
+      }
       float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int j = 0; j < E / 4; j++) {
@@ -353,7 +555,11 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
 #pragma unroll
         for (int m = 0; m < MT; m++) {
           float xv[8];
-          X::load8(x, (i64)m * K + xAt + h * 8, xv);
+          if constexpr (kNorm) {
+            S::load8(xs + m * pitch + S::chunkAt(off), h, xv);
+          } else {
+            X::load8(x, (i64)m * K + xAt + h * 8, xv);
+          }
 #pragma unroll
           for (int e = 0; e < 8; e++) {
             pa[m] = fmaf(wa[e], xv[e], pa[m]);
@@ -377,6 +583,14 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
   for (int j = 0; j < D; j++) sa[j] = sb[j] = 0.0f;
 #pragma unroll
   for (int j = 0; j < D - 1; j++) load(ra[j], rb[j], sa[j], sb[j]);
+  if constexpr (kNorm) {
+    // While the first loads fly: x normalized into shared memory.
+    __shared__ float normRed[WGEMV_MMA_ROWS * 16];  // warp sums: M rows × lnThreads / 32
+    __shared__ float normStats[2 * WGEMV_MMA_ROWS];
+    stageNormalized<Q, X>(xs, pitch, x, M, K, lnThreads, lnWeight, lnBias, eps, normRed,
+                          normStats);
+    __syncthreads();
+  }
   for (int i0 = 0; i0 < iters; i0 += D) {
 #pragma unroll
     for (int j = 0; j < D; j++) {
@@ -424,17 +638,35 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
       const void *__restrict__ swd, int swdKind, const void *__restrict__ bias, int act,    \
       int M, int N, int K, i64 sN, int sK, int scaleShift
 #define WGEMV_ARGS out, x, wq, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift
+#define WGEMV_PLAIN_ARGS WGEMV_ARGS, nullptr, nullptr, 0.0f, 0, 0
+// The norm kernels' parameters after the plain ones'.
+#define WGEMV_NORM_PARAMS                                                                     \
+  WGEMV_PARAMS, const void *__restrict__ lnWeight, const void *__restrict__ lnBias, float eps, \
+      int lnThreads, int pitch
+#define WGEMV_NORM_ARGS WGEMV_ARGS, lnWeight, lnBias, eps, lnThreads, pitch
 
 #define WGEMV_MMA_KERNEL(Q_NAME, Q, X_NAME, X)                                                 \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_mma_##Q_NAME##_##X_NAME(WGEMV_PARAMS) {                                           \
-    wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH>(WGEMV_ARGS);                           \
+    wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH, false>(WGEMV_PLAIN_ARGS);              \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
+      wgemv_mma_##Q_NAME##_##X_NAME##_norm(WGEMV_NORM_PARAMS) {                               \
+    wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH, true>(WGEMV_NORM_ARGS);                \
   }
 
 #define WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, MT)                                             \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_fma_##Q_NAME##_##X_NAME##_m##MT(WGEMV_PARAMS) {                                   \
-    wgemv<Q, X, false, MT, WGEMV_FMA_DEPTH(MT)>(WGEMV_ARGS);                                  \
+    wgemv<Q, X, false, MT, WGEMV_FMA_DEPTH(MT), false>(WGEMV_PLAIN_ARGS);                     \
+  }
+
+// Norm FMA kernels exist for float32 x only (16-bit x takes the MMA kernels but for small
+// int8 / int4 scale blocks, where a folded norm runs the layer-norm kernel first).
+#define WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, MT)                                                   \
+  extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
+      wgemv_fma_##Q_NAME##_f32_m##MT##_norm(WGEMV_NORM_PARAMS) {                              \
+    wgemv<Q, XF32, false, MT, WGEMV_FMA_DEPTH(MT), true>(WGEMV_NORM_ARGS);                    \
   }
 
 #define WGEMV_FMA_KERNELS(Q_NAME, Q, X_NAME, X) \
@@ -443,12 +675,19 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
   WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 3)     \
   WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, 4)
 
+#define WGEMV_FMA_NORM_KERNELS(Q_NAME, Q) \
+  WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, 1)     \
+  WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, 2)     \
+  WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, 3)     \
+  WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, 4)
+
 #define WGEMV_KERNELS(Q_NAME, Q)                \
   WGEMV_MMA_KERNEL(Q_NAME, Q, f16, XF16)        \
   WGEMV_MMA_KERNEL(Q_NAME, Q, bf16, XBF16)      \
   WGEMV_FMA_KERNELS(Q_NAME, Q, f32, XF32)       \
   WGEMV_FMA_KERNELS(Q_NAME, Q, f16, XF16)       \
-  WGEMV_FMA_KERNELS(Q_NAME, Q, bf16, XBF16)
+  WGEMV_FMA_KERNELS(Q_NAME, Q, bf16, XBF16)     \
+  WGEMV_FMA_NORM_KERNELS(Q_NAME, Q)
 
 WGEMV_KERNELS(i8, QI8)
 WGEMV_KERNELS(i4, QI4)
@@ -456,3 +695,4 @@ WGEMV_KERNELS(i4, QI4)
 WGEMV_MMA_KERNEL(e4m3, QE4M3, f16, XF16)
 WGEMV_MMA_KERNEL(e4m3, QE4M3, bf16, XBF16)
 WGEMV_FMA_KERNELS(e4m3, QE4M3, f32, XF32)
+WGEMV_FMA_NORM_KERNELS(e4m3, QE4M3)

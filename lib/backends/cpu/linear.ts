@@ -82,13 +82,12 @@ function epilogue(
 }
 
 /**
- * A qlinear whose x is the input of a layer norm folded in by the fusion pass (attrs `norm`:
- * `{eps, hasWeight, hasBias}`, the norm's weight and bias after the qlinear's own inputs):
- * the layer norm kernel, then the plain qlinear on its output.
+ * A qlinear or wlinear whose x is the input of a layer norm folded in by the fusion pass (attrs
+ * `norm`: `{eps, hasWeight, hasBias}`, the norm's weight and bias after the op's `own` inputs):
+ * the layer norm kernel, then the plain op on its output.
  */
-function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext): StorageArray {
+function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext, own: number): StorageArray {
   const norm = ctx.attrs.norm as { eps: number; hasWeight: boolean; hasBias: boolean };
-  const own = ctx.attrs.hasBias ? 7 : 6;
   return cpuKernel("layerNorm")([inputs[0], ...inputs.slice(own)], {
     attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
     out: ctx.inputs[0],
@@ -99,7 +98,7 @@ function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext): Storage
 registerCpuKernel("qlinear", (inputs, ctx) => {
   const [sxq, sxd, w, swq, swd] = inputs.slice(1);
   const folded = ctx.attrs.norm !== undefined;
-  const x = folded ? normalizedInput(inputs, ctx) : inputs[0];
+  const x = folded ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 7 : 6) : inputs[0];
   // With a folded norm, the inputs after the qlinear's own are the norm's.
   const bias = !folded || ctx.attrs.hasBias ? inputs[6] : undefined;
   const [n, k] = ctx.inputs[3].shape;
@@ -125,7 +124,11 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
 });
 
 registerCpuKernel("wlinear", (inputs, ctx) => {
-  const [x, w, swq, swd, bias] = inputs;
+  const [, w, swq, swd] = inputs;
+  const folded = ctx.attrs.norm !== undefined;
+  const x = folded ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 5 : 4) : inputs[0];
+  // With a folded norm, the inputs after the wlinear's own are the norm's.
+  const bias = !folded || ctx.attrs.hasBias ? inputs[4] : undefined;
   const [n, k] = ctx.inputs[1].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;

@@ -23,12 +23,19 @@
  *   the codes' exact float32 values with a float32 GEMM.
  * - `qlinear` with M ≤ 8 (int8 or float8e4m3, K a multiple of 16, M·K ≤ 48 KiB): one kernel
  *   (lib/backends/cuda/qgemv.ts) quantizes x, streams the weight codes and applies the epilogue.
+ * - `qlinear` with a folded layer norm (attrs `norm`): the fused GEMV normalizes x itself where
+ *   it takes the problem; otherwise the quantizing layer norm (lib/backends/cuda/nn.ts) writes
+ *   x's codes in place of the quantize kernel, bit-identical to the layer norm op followed by
+ *   the quantize (the exact float32 fp8 product keeps the two apart).
  * - `wlinear` (weight-only): for M ≤ 16 a GEMV kernel streams the quantized weight and
  *   dequantizes it in registers (int8 / int4 / e4m3 codes whose scale is constant over 16-byte
  *   chunks: per tensor, per output channel, block-wise along K with blocks of a multiple of 16
  *   or 32 elements): for float16 / bfloat16 x the dequantized weights feed tensor-core MMAs
  *   (float32 accumulators), for float32 x float32 FMAs; otherwise cuBLASLt multiplies x by the
  *   cached dequantized weight in x's dtype.
+ * - `wlinear` with a folded layer norm (attrs `norm`): the streaming GEMV's `_norm` kernels
+ *   (lib/backends/cuda/wgemv.ts) normalize x while staging it, bit-identical to the layer norm
+ *   op; otherwise the layer norm kernel writes x to scratch memory for the plain wlinear.
  * @module
  */
 import {
@@ -51,6 +58,7 @@ import type { Attrs } from "../../graph/node.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import type { CudaDevice } from "./device.ts";
+import { layerNormCodes, type RowScaleCopies } from "./nn.ts";
 import { fusedQuantizedGemv, QGEMV_MAX_ROWS } from "./qgemv.ts";
 import { streamingGemv } from "./wgemv.ts";
 import {
@@ -384,7 +392,7 @@ class LinearLaunches {
     sxq: CudaBuffer,
     sxqKind: number,
     count: number,
-    rowScales?: { address: bigint; scale: CudaBuffer; kind: number; rows: number },
+    rowScales?: RowScaleCopies,
   ): void {
     if (count === 0 && !rowScales) return;
     const p = this.params.reset().ptr(dst).ptr(x.address).ptr(sxq.address).i32(sxqKind).i64(count)
@@ -417,6 +425,45 @@ class LinearLaunches {
 // ---------------------------------------------------------------------------------------
 // qlinear
 
+/**
+ * What a product reads as x: int8 or e4m3 codes (one byte each), or the e4m3 codes' exact
+ * values as float32 (the exact fallback product).
+ */
+type CodeTarget = "i8" | "e4m3" | "e4m3f32";
+
+/**
+ * Writes the codes of x (`M·K`, row-major, from the launch's inputs) to `dst` and zero codes
+ * after them up to `rows·K`; with `rowScales`, also the per-row copies of the input dequant
+ * scale.
+ */
+type CodesStep = (
+  dst: bigint,
+  inputs: readonly CudaBuffer[],
+  rows: number,
+  rowScales?: RowScaleCopies,
+) => void;
+
+/** Makes (once per lowering) the x → codes step of the target a product reads. */
+type CodesSource = (target: CodeTarget) => CodesStep;
+
+/** The per-tensor quantize kernel of x (input 0) with the input quantize scale (input 1). */
+function quantizeCodes(
+  ops: LinearLaunches,
+  xName: string,
+  sxqKind: number,
+  m: number,
+  k: number,
+): CodesSource {
+  return (target) => {
+    const kernel = fn(ops.device, `qlinear_quantize_${xName}_${target}`);
+    const bytes = target === "e4m3f32" ? 4 : 1;
+    return (dst, inputs, rows, rowScales) => {
+      ops.quantizeX(kernel, dst, inputs[0], inputs[1], sxqKind, m * k, rowScales);
+      memsetZero(ops.device, dst + BigInt(m * k * bytes), (rows - m) * k * bytes);
+    };
+  };
+}
+
 /** How an fp8 product is done by cuBLASLt. */
 interface Fp8Choice {
   plan: LtMatmulPlan;
@@ -439,8 +486,9 @@ interface FoldedNorm {
 /**
  * A qlinear whose x is the input of a folded layer norm over its last dim (inputs `[x, sxq,
  * sxd, W, swq, swd, bias?, lnWeight?, lnBias?]`): the fused GEMV normalizes x itself where it
- * takes the problem; otherwise the layer-norm kernel writes the normalized x to scratch memory
- * for the plain qlinear.
+ * takes the problem; otherwise the plain qlinear's product reads codes written by the
+ * quantizing layer norm (one launch in place of the layer norm and the quantize), or, for the
+ * exact float32 fp8 product, the quantize of the layer-norm kernel's output.
  */
 function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
@@ -465,39 +513,83 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
       eps: norm.eps,
     })
     : undefined;
+  const lnWeightOf = (inputs: readonly CudaBuffer[]) => norm.hasWeight ? inputs[own] : undefined;
+  const lnBiasOf = (inputs: readonly CudaBuffer[]) =>
+    norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
   if (gemv) {
     const prep = new WeightPrep(inner, 3, n, k);
     return (y, inputs) => {
       const [x, sxq, sxd, w, swq, swd] = inputs;
       const wq = prep.codes(w, swq, qdtype);
-      const lnWeight = norm.hasWeight ? inputs[own] : undefined;
-      const lnBias = norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
-      gemv(y, x, sxq, sxd, wq.buffer, swd, attrs.hasBias ? inputs[6] : undefined, lnWeight, lnBias);
+      gemv(
+        y,
+        x,
+        sxq,
+        sxd,
+        wq.buffer,
+        swd,
+        attrs.hasBias ? inputs[6] : undefined,
+        lnWeightOf(inputs),
+        lnBiasOf(inputs),
+      );
       if (wq.temporary) wq.buffer.dispose();
     };
   }
-  const layerNorm = cudaLowering("layerNorm")({
-    ...ctx,
-    attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
-    out: { shape: xInfo.shape, dtype: xInfo.dtype },
-    inputs: [xInfo, ...normInputs],
-  });
-  if (typeof layerNorm !== "function") {
-    throw new TensorqError("the folded layer norm has no kernel of its own", {
-      op: "qlinear",
-      kind: "state",
+  const xDType = floatDType("qlinear", "x", xInfo.dtype);
+  const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", ctx.inputs[1].dtype)];
+  const quantize = quantizeCodes(
+    new LinearLaunches(inner, m, n),
+    FLOAT_NAME[xDType],
+    sxqKind,
+    m,
+    k,
+  );
+  const codes: CodesSource = (target) => {
+    if (target !== "e4m3f32") {
+      const write = layerNormCodes(device, xDType, m, k, norm.eps, target);
+      return (dst, inputs, rows, rowScales) => {
+        write(
+          dst,
+          inputs[0],
+          lnWeightOf(inputs),
+          lnBiasOf(inputs),
+          inputs[1],
+          sxqKind,
+          rows * k,
+          rowScales,
+        );
+      };
+    }
+    // The exact product reads the codes' values as float32: normalize, then quantize.
+    const layerNorm = cudaLowering("layerNorm")({
+      ...ctx,
+      attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+      out: { shape: xInfo.shape, dtype: xInfo.dtype },
+      inputs: [xInfo, ...normInputs],
     });
-  }
-  const product = lowerQlinear(inner);
-  return (y, inputs) => {
-    const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
-    layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
-    product(y, [normalized, ...inputs.slice(1, own)]);
-    normalized.dispose();
+    if (typeof layerNorm !== "function") {
+      throw new TensorqError("the folded layer norm has no kernel of its own", {
+        op: "qlinear",
+        kind: "state",
+      });
+    }
+    const values = quantize(target);
+    return (dst, inputs, rows, rowScales) => {
+      const normalized = CudaBuffer.allocate(device, xInfo.dtype, m * k);
+      layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
+      values(dst, [normalized, ...inputs.slice(1)], rows, rowScales);
+      normalized.dispose();
+    };
   };
+  return lowerQlinear(inner, codes);
 }
 
-function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
+/**
+ * Lowers a qlinear. `codesOf`, when given, makes the steps that write x's codes (the launch's
+ * input 0 is then whatever those steps read, and inputs may follow the qlinear's own); by
+ * default x is quantized by the quantize kernel.
+ */
+function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch {
   if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
   const { device, attrs } = ctx;
   const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
@@ -524,6 +616,9 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
   const perChannel = attrs.weightMode === "channel";
   const prep = new WeightPrep(ctx, 3, n, k);
   const scalesOf = (sxd: CudaBuffer, swd: CudaBuffer) => ({ sxd, sxdKind, swd, swdKind });
+  // Inputs the codes step reads may follow the bias.
+  const biasOf = (inputs: readonly CudaBuffer[]) => attrs.hasBias ? inputs[6] : undefined;
+  const codes = codesOf ?? quantizeCodes(ops, xName, sxqKind, m, k);
 
   if (k === 0) {
     // Empty sums: y = act(b).
@@ -531,13 +626,14 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     return (y, inputs) => {
       const acc = CudaBuffer.allocate(device, "int32", m * n);
       memsetZero(device, acc.address, acc.bytes);
-      ops.epilogue(epilogue, y, acc.address, scalesOf(inputs[2], inputs[5]), perChannel, inputs[6]);
+      const scales = scalesOf(inputs[2], inputs[5]);
+      ops.epilogue(epilogue, y, acc.address, scales, perChannel, biasOf(inputs));
       acc.dispose();
     };
   }
 
   // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts).
-  const gemv = m <= QGEMV_MAX_ROWS
+  const gemv = m <= QGEMV_MAX_ROWS && !codesOf
     ? fusedQuantizedGemv(ctx, m, n, k, qdtype, perChannel, ops.act, ops.outDType)
     : undefined;
   if (gemv) {
@@ -564,7 +660,7 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
       )
       : undefined;
     const rows = plan ? mPad : m;
-    const quantizeX = fn(device, `qlinear_quantize_${xName}_i8`);
+    const writeCodes = codes("i8");
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
     // Our own sm_90a kernel (wgmma, epilogue fused) where it beats cuBLASLt + the epilogue.
     const fused = chooseWgmmaInt8(device, {
@@ -579,17 +675,18 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
       act: ops.act,
     }, plan && (() => timeLtInt8(device, plan, ops, epilogue, mPad, n, k, perChannel)));
     if (fused) {
-      return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+      return (y, inputs) => {
+        const [, , sxd, w, swq, swd] = inputs;
         const wq = prep.codes(w, swq, "int8");
         const xq = CudaBuffer.allocate(device, "int8", m * k);
-        ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
+        writeCodes(xq.address, inputs, m);
         fused.run(
           y.address,
           xq.address,
           wq.buffer.address,
           sxd.address,
           swd.address,
-          bias?.address ?? 0n,
+          biasOf(inputs)?.address ?? 0n,
         );
         xq.dispose();
         if (wq.temporary) wq.buffer.dispose();
@@ -605,11 +702,12 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
         actual: String(m),
       });
     }
-    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+    return (y, inputs) => {
+      const [, , sxd, w, swq, swd] = inputs;
+      const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "int8");
       const xq = CudaBuffer.allocate(device, "int8", rows * k);
-      ops.quantizeX(quantizeX, xq.address, x, sxq, sxqKind, m * k);
-      memsetZero(device, xq.address + BigInt(m * k), (rows - m) * k);
+      writeCodes(xq.address, inputs, rows);
       const acc = CudaBuffer.allocate(device, "int32", rows * n);
       if (plan) {
         plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0);
@@ -641,26 +739,24 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
     })
     : undefined;
   if (choice) {
-    const quantizeX = fn(device, `qlinear_quantize_${xName}_e4m3`);
+    const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
     const { plan, scales, fused } = choice;
-    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+    return (y, inputs) => {
+      const [, , sxd, w, swq, swd] = inputs;
+      const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
       const xq = CudaBuffer.allocate(device, "float8e4m3", mPad * k);
-      // Outer-vector scales: B's is the input scale repeated per row, written by the quantize.
+      // Outer-vector scales: B's is the input scale repeated per row, written with the codes.
       const rowScales = scales === "outer"
         ? CudaBuffer.allocate(device, "float32", mPad)
         : undefined;
-      ops.quantizeX(
-        quantizeX,
+      writeCodes(
         xq.address,
-        x,
-        sxq,
-        sxqKind,
-        m * k,
+        inputs,
+        mPad,
         rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
       );
-      memsetZero(device, xq.address + BigInt(m * k), (mPad - m) * k);
       const pointers = scales === "none" ? { bias: bias?.address } : {
         aScale: swd.address,
         bScale: rowScales?.address ?? sxd.address,
@@ -693,15 +789,16 @@ function lowerQlinear(ctx: CudaKernelContext): CudaLaunch {
       scale: CUDA_R_32F,
     }),
   );
-  const quantizeX = fn(device, `qlinear_quantize_${xName}_e4m3f32`);
+  const writeCodes = codes("e4m3f32");
   const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
-  return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
+  return (y, inputs) => {
+    const [, , sxd, w, swq, swd] = inputs;
     const wv = prep.dequantized(w, swq, undefined, -1, "float8e4m3", "float32");
     const xv = CudaBuffer.allocate(device, "float32", m * k);
-    ops.quantizeX(quantizeX, xv.address, x, sxq, sxqKind, m * k);
+    writeCodes(xv.address, inputs, m);
     const acc = CudaBuffer.allocate(device, "float32", m * n);
     plan.run(wv.buffer.address, xv.address, acc.address, acc.address);
-    ops.epilogue(epilogue, y, acc.address, scalesOf(sxd, swd), perChannel, bias);
+    ops.epilogue(epilogue, y, acc.address, scalesOf(sxd, swd), perChannel, biasOf(inputs));
     xv.dispose();
     acc.dispose();
     if (wv.temporary) wv.buffer.dispose();
@@ -896,7 +993,66 @@ export function gemvMmaShape(
   return { rowsCompiled, warps, blocks, sharedBytes: warps * rowsCompiled * 16 * 4 };
 }
 
+/**
+ * A wlinear whose x is the input of a folded layer norm over its last dim (inputs `[x, W, swq,
+ * swd, bias?, lnWeight?, lnBias?]`): the streaming GEMV's `_norm` kernel normalizes x itself
+ * where it takes the problem (with the layer-norm kernel's arithmetic: the same result as the
+ * unfolded graph); otherwise the layer-norm kernel writes the normalized x to scratch memory for
+ * the plain wlinear.
+ */
+function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device, attrs } = ctx;
+  const norm = attrs.norm as unknown as FoldedNorm;
+  const own = attrs.hasBias ? 5 : 4;
+  const inner: CudaKernelContext = {
+    ...ctx,
+    attrs: { ...attrs, norm: undefined },
+    inputs: ctx.inputs.slice(0, own),
+  };
+  const xInfo = ctx.inputs[0];
+  const normInputs = ctx.inputs.slice(own);
+  const [n, k] = ctx.inputs[1].shape;
+  const total = numel(ctx.out.shape);
+  if (total === 0) return NO_LAUNCH;
+  const m = total / n;
+  const qdtype = attrs.qdtype as DType;
+  const gemv = k > 0 && qdtype in QUANT_NAME && normInputs.every((i) => i.dtype === xInfo.dtype)
+    ? streamingGemv(inner, m, n, k, qdtype, weightScaleIndex(attrs, k), { eps: norm.eps })
+    : undefined;
+  if (gemv) {
+    const prep = new WeightPrep(inner, 1, n, k);
+    return (y, inputs) => {
+      const [x, w, swq, swd] = inputs;
+      const wq = prep.codes(w, swq, qdtype);
+      const lnWeight = norm.hasWeight ? inputs[own] : undefined;
+      const lnBias = norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
+      gemv(y, x, wq.buffer, swd, attrs.hasBias ? inputs[4] : undefined, lnWeight, lnBias);
+      if (wq.temporary) wq.buffer.dispose();
+    };
+  }
+  const layerNorm = cudaLowering("layerNorm")({
+    ...ctx,
+    attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+    out: { shape: xInfo.shape, dtype: xInfo.dtype },
+    inputs: [xInfo, ...normInputs],
+  });
+  if (typeof layerNorm !== "function") {
+    throw new TensorqError("the folded layer norm has no kernel of its own", {
+      op: "wlinear",
+      kind: "state",
+    });
+  }
+  const product = lowerWlinear(inner);
+  return (y, inputs) => {
+    const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
+    layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
+    product(y, [normalized, ...inputs.slice(1, own)]);
+    normalized.dispose();
+  };
+}
+
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
+  if (ctx.attrs.norm !== undefined) return lowerNormWlinear(ctx);
   const { device, attrs } = ctx;
   const [xInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
   const [n, k] = wInfo.shape;
@@ -1016,5 +1172,5 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   };
 }
 
-registerCudaKernel("qlinear", lowerQlinear);
+registerCudaKernel("qlinear", (ctx) => lowerQlinear(ctx));
 registerCudaKernel("wlinear", lowerWlinear);

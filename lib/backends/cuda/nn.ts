@@ -7,6 +7,10 @@
  * 256 elements whose length is not a multiple of the 16-byte vector) run a block per row,
  * caching the row in shared memory when it fits in 47 KiB. Softmax along another axis runs a
  * thread per column.
+ *
+ * {@link layerNormCodes} launches the layer norm of a `qlinear`'s input folded into it
+ * (lib/backends/cuda/linear.ts): the same kernel variant as the layer norm op's for the same
+ * rows, storing int8 or e4m3 codes of the normalized values instead of the values.
  * @module
  */
 import { ptx as nnPtx } from "../../../kernels/ptx/nn.ts";
@@ -23,6 +27,8 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
+import type { CudaDevice } from "./device.ts";
+import type { CudaBuffer } from "./memory.ts";
 import { FLOAT_NAME } from "./util.ts";
 
 /** Longest row a warp handles (32 lanes × 32 values). */
@@ -155,6 +161,46 @@ for (const op of ["softmax", "logSoftmax"]) {
   registerCudaKernel(op, (ctx) => lowerSoftmax(op, ctx));
 }
 
+/** A layer-norm kernel for `rows` rows of `d` elements, and how to launch it. */
+interface LayerNormKernel {
+  fn: Deno.PointerValue;
+  k: RowKernel;
+}
+
+/**
+ * The layer-norm kernel `<prefix>_<suffix>_<variant>` for `rows` rows of `d` elements of
+ * `dtype`: the layer norm op and the quantizing layer norm choose the variant alike, so a row
+ * is reduced in the same order by both.
+ */
+function layerNormKernel(
+  device: CudaDevice,
+  prefix: string,
+  dtype: DType,
+  rows: number,
+  d: number,
+): LayerNormKernel {
+  const k = rowKernel(rows, d, elementBytes(dtype), device.smCount);
+  return { fn: kernelFunction(device, nnPtx, `${prefix}_${k.variant}`), k };
+}
+
+/** Appends the shape arguments of a layer-norm kernel and launches it. */
+function launchLayerNorm(
+  device: CudaDevice,
+  { fn, k }: LayerNormKernel,
+  params: KernelParams,
+  d: number,
+  eps: number,
+  extra: (p: KernelParams) => void,
+): void {
+  if (k.kind === "warp") {
+    params.i32(d).f32(eps);
+  } else {
+    params.i64(d).f32(eps).i32(k.cached ? 1 : 0);
+  }
+  extra(params);
+  launch(device, fn, k.grid, k.block, params, k.sharedBytes);
+}
+
 registerCudaKernel("layerNorm", (ctx): CudaLaunch => {
   const op = "layerNorm";
   const { shape, dtype } = ctx.inputs[0];
@@ -168,8 +214,7 @@ registerCudaKernel("layerNorm", (ctx): CudaLaunch => {
   const biasIndex = hasWeight ? 2 : 1;
   const eps = ctx.attrs.eps as number;
   const device = ctx.device;
-  const k = rowKernel(rows, d, elementBytes(dtype), device.smCount);
-  const fn = kernelFunction(device, nnPtx, `layer_norm_${suffix}_${k.variant}`);
+  const kernel = layerNormKernel(device, `layer_norm_${suffix}`, dtype, rows, d);
   const params = new KernelParams(10);
   return (out, inputs) => {
     params.reset().ptr(inputs[0].address)
@@ -177,12 +222,62 @@ registerCudaKernel("layerNorm", (ctx): CudaLaunch => {
       .ptr(hasBias ? inputs[biasIndex].address : 0n)
       .ptr(out.address)
       .i64(rows);
-    if (k.kind === "warp") {
-      params.i32(d).f32(eps);
-      launch(device, fn, k.grid, k.block, params);
-    } else {
-      params.i64(d).f32(eps).i32(k.cached ? 1 : 0);
-      launch(device, fn, k.grid, k.block, params, k.sharedBytes);
-    }
+    launchLayerNorm(device, kernel, params, d, eps, () => {});
   };
 });
+
+/** float32 copies of a scale, one per row: cuBLASLt's outer-vector scale of x. */
+export interface RowScaleCopies {
+  /** Where the `rows` float32 copies go. */
+  address: bigint;
+  /** The scale (one element). */
+  scale: CudaBuffer;
+  /** The scale's dtype: 0 float32, 1 float16, 2 bfloat16. */
+  kind: number;
+  /** Copies to write. */
+  rows: number;
+}
+
+/**
+ * Writes the codes of a layer norm's output over the last dim to `codes`: element i is the
+ * normalized value rounded to x's dtype (bit-identical to what the layer norm op writes for the
+ * same rows), divided by the one-element `scale` (IEEE division) and rounded to the code (int8:
+ * half to even, saturated; e4m3: RNE, saturated to ±448, NaN 0x7f). Codes from `rows·d` up to
+ * `end` are set to zero; `rowScales`, when given, is filled in the same launch.
+ */
+export type LayerNormCodesLaunch = (
+  codes: bigint,
+  x: CudaBuffer,
+  weight: CudaBuffer | undefined,
+  bias: CudaBuffer | undefined,
+  scale: CudaBuffer,
+  scaleKind: number,
+  end: number,
+  rowScales?: RowScaleCopies,
+) => void;
+
+/**
+ * The quantizing layer norm (`layer_norm_quantize_<x>_<code>_<variant>`) for `rows` rows of
+ * `d > 0` elements of `dtype` with epsilon `eps`, storing `code` codes ("i8" or "e4m3").
+ */
+export function layerNormCodes(
+  device: CudaDevice,
+  dtype: DType,
+  rows: number,
+  d: number,
+  eps: number,
+  code: "i8" | "e4m3",
+): LayerNormCodesLaunch {
+  const op = "layerNorm";
+  const prefix = `layer_norm_quantize_${suffixOf(op, dtype)}_${code}`;
+  const kernel = layerNormKernel(device, prefix, dtype, rows, d);
+  const params = new KernelParams(16);
+  return (codes, x, weight, bias, scale, scaleKind, end, rowScales) => {
+    params.reset().ptr(x.address).ptr(weight?.address ?? 0n).ptr(bias?.address ?? 0n)
+      .ptr(codes).i64(rows);
+    launchLayerNorm(device, kernel, params, d, eps, (p) => {
+      p.ptr(scale.address).i32(scaleKind).i64(end).ptr(rowScales?.address ?? 0n)
+        .ptr(rowScales?.scale.address ?? 0n).i32(rowScales?.kind ?? 0).i32(rowScales?.rows ?? 0);
+    });
+  };
+}

@@ -11,6 +11,12 @@
  * sums (per quad of chunks or per chunk), so the result differs from the fake-quant reference,
  * which rounds each dequantized weight to x's dtype first, by that rounding only.
  *
+ * With a layer norm folded into the wlinear (lib/graph/passes/qdq_fusion.ts), x is the norm's
+ * input and the `_norm` kernels (16-bit x on the tensor cores, float32 x with FMAs) normalize it
+ * in every block while staging it in shared memory, with the layer-norm kernel's float32
+ * operations in its order (the variant {@link rowKernel} picks for the rows): the staged values
+ * equal the layer norm's output bit for bit, so the result equals the unfolded graph's.
+ *
  * The caller quantizes the weight (the codes) and calls the returned function per run.
  * @module
  */
@@ -20,13 +26,16 @@ import type { CudaKernelContext, Dim3 } from "./kernels.ts";
 import { KernelParams, launch } from "./kernels.ts";
 import type { WeightScaleIndex } from "./linear.ts";
 import type { CudaBuffer } from "./memory.ts";
+import { rowKernel } from "./nn.ts";
 import {
   activationCode,
+  allowSharedBytes,
   FLOAT_KIND,
   FLOAT_NAME,
   type FloatDType,
   INT32_MAX,
   moduleKernels,
+  preferSharedMemory,
 } from "./util.ts";
 
 const fn = moduleKernels(wgemvPtx);
@@ -44,6 +53,16 @@ const MAX_WARPS = 16;
  * registers a thread.
  */
 const RESIDENT_WARPS_PER_SM = 16;
+/** Dynamic shared memory a kernel may use without opting in (less its static shared memory). */
+const SHARED_NO_OPT_IN = 48 * 1024;
+/** Most shared memory a norm kernel's block takes: what every sm_80+ GPU grants one block. */
+const NORM_SHARED_PER_BLOCK = 99 * 1024;
+/**
+ * Shared memory of an SM (Hopper) that the blocks of a norm kernel resident at once may take,
+ * 1 KiB of it reserved per block: a problem whose staged x would leave blocks waiting for a
+ * second wave runs the layer norm kernel first instead.
+ */
+const NORM_SHARED_PER_SM = 228 * 1024;
 
 /** Kernel name parts of the code dtypes, and their bits. */
 const CODES: Readonly<Record<string, { name: string; bits: number }>> = {
@@ -64,6 +83,23 @@ export interface WgemvShape {
   blocks: number;
   /** log2 of the bytes of a row one scale covers (block-wise scales), 0 with one per row. */
   scaleShift: number;
+  /** For a folded layer norm (the `_norm` kernels): how x is normalized and staged. */
+  norm?: WgemvNormShape;
+}
+
+/** How a `_norm` kernel normalizes x (kernels/wgemv.cu, stageNormalized). */
+export interface WgemvNormShape {
+  /**
+   * Threads the layer-norm kernel of the unfolded graph gives a row (32: a warp per row;
+   * otherwise its block size): the order of its sums, which the kernel repeats.
+   */
+  lnThreads: number;
+  /** Bytes of a staged row of x in shared memory (≡ 64 mod 128: conflict-free reads). */
+  pitch: number;
+  /** Dynamic shared memory bytes: M staged rows. */
+  sharedBytes: number;
+  /** Static shared memory bytes of the kernel (its warps' sums and the row statistics). */
+  staticBytes: number;
 }
 
 /** log2(v) when v is a power of two, else -1. */
@@ -83,6 +119,10 @@ function log2Exact(v: number): number {
  * Warps per block: as many as keep every block resident at once (one wave: no SM idles at the
  * end while others finish a second) while each warp still gets two quads of 64 bytes of each
  * of its rows.
+ *
+ * `norm`: the `_norm` kernel of a folded layer norm, with the same launch; also undefined when
+ * there is none for the problem (16-bit x on the FMA kernels) or its staged x does not fit
+ * (see {@link WgemvNormShape}).
  */
 export function wgemvShape(
   m: number,
@@ -92,6 +132,7 @@ export function wgemvShape(
   xDType: FloatDType,
   index: WeightScaleIndex,
   smCount: number,
+  norm = false,
 ): WgemvShape | undefined {
   const codes = CODES[qdtype];
   if (!codes || m < 1 || n < 1 || k < 1 || k > INT32_MAX || n > INT32_MAX) return undefined;
@@ -120,12 +161,48 @@ export function wgemvShape(
   ) warps *= 2;
   const x = FLOAT_NAME[xDType];
   const kernel = mma ? `wgemv_mma_${codes.name}_${x}` : `wgemv_fma_${codes.name}_${x}_m${m}`;
-  return { kernel, mma, warps, blocks, scaleShift };
+  if (!norm) return { kernel, mma, warps, blocks, scaleShift };
+  if (!mma && half) return undefined;
+  const xBytes = half ? 2 : 4;
+  // The layer-norm kernel of these rows; K is a multiple of 16, so it is a vector variant.
+  const ln = rowKernel(m, k, xBytes, smCount);
+  if (!ln.variant.startsWith(`${ln.kind}_v`)) return undefined;
+  const lnThreads = ln.kind === "warp" ? 32 : ln.block[0];
+  // A quad of chunks (64 code bytes) covers 4 · perChunk values of x.
+  const pitch = quads * 4 * perChunk * xBytes + 64;
+  const sharedBytes = m * pitch;
+  // The warps' sums (16 channels × rows compiled) and the statistics (normRed, normStats).
+  const staticBytes = 16 * (mma ? WGEMV_MMA_MAX_ROWS : m) * 16 * 4 + (8 * 16 + 16) * 4;
+  const perBlock = sharedBytes + staticBytes;
+  const resident = Math.min(perSm, Math.floor(RESIDENT_WARPS_PER_SM / warps));
+  if (perBlock > NORM_SHARED_PER_BLOCK || resident * (perBlock + 1024) > NORM_SHARED_PER_SM) {
+    return undefined;
+  }
+  return {
+    kernel: `${kernel}_norm`,
+    mma,
+    warps,
+    blocks,
+    scaleShift,
+    norm: { lnThreads, pitch, sharedBytes, staticBytes },
+  };
+}
+
+let normLaunches = 0;
+
+/**
+ * Number of `_norm` kernel launches enqueued so far (to tell whether a wlinear with a folded
+ * layer norm normalized x in the GEMV or ran the layer norm kernel first).
+ */
+export function wgemvNormLaunchCount(): number {
+  return normLaunches;
 }
 
 /**
  * One run of the streaming GEMV: `y` (`[M, N]`, x's dtype) from `x` (`[M, K]`), the weight's
- * `codes` (`[N, K]`), the dequantize scales `swd` and the optional `bias` (x's dtype).
+ * `codes` (`[N, K]`), the dequantize scales `swd` and the optional `bias` (x's dtype); with a
+ * folded layer norm, x is the norm's input and `lnWeight` / `lnBias` (`[K]`, x's dtype) its
+ * optional affine parameters.
  */
 export type StreamingGemv = (
   y: CudaBuffer,
@@ -133,6 +210,8 @@ export type StreamingGemv = (
   codes: CudaBuffer,
   swd: CudaBuffer,
   bias: CudaBuffer | undefined,
+  lnWeight?: CudaBuffer,
+  lnBias?: CudaBuffer,
 ) => void;
 
 /**
@@ -140,7 +219,8 @@ export type StreamingGemv = (
  * of x, `n` outputs and `k` inputs, `qdtype` codes and the scale layout `index`; undefined
  * when the kernels do not cover the problem (see {@link wgemvShape}; also when the output or
  * bias dtype differs from x's). Lowering runs once per plan; the returned function enqueues one
- * kernel per run.
+ * kernel per run. `norm`: x is the input of a folded layer norm with this `eps` (its weight and
+ * bias, of x's dtype, are passed per run).
  */
 export function streamingGemv(
   ctx: CudaKernelContext,
@@ -149,6 +229,7 @@ export function streamingGemv(
   k: number,
   qdtype: DType,
   index: WeightScaleIndex,
+  norm?: { eps: number },
 ): StreamingGemv | undefined {
   const [xInfo, , , swdInfo, biasInfo] = ctx.inputs;
   const xDType = xInfo.dtype;
@@ -159,18 +240,28 @@ export function streamingGemv(
     return undefined;
   }
   const { device } = ctx;
-  const shape = wgemvShape(m, n, k, qdtype, xDType, index, device.smCount);
+  const shape = wgemvShape(m, n, k, qdtype, xDType, index, device.smCount, norm !== undefined);
   if (!shape) return undefined;
   const kernel = fn(device, shape.kernel);
+  const staged = shape.norm;
+  if (staged) {
+    allowSharedBytes(kernel, staged.sharedBytes, SHARED_NO_OPT_IN - staged.staticBytes);
+    preferSharedMemory(kernel);
+  }
   const swdKind = FLOAT_KIND[swdDType];
   const act = activationCode("wlinear", String(ctx.attrs.activation ?? "none"));
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
   const params = new KernelParams();
-  return (y, x, codes, swd, bias) => {
+  return (y, x, codes, swd, bias, lnWeight, lnBias) => {
     params.reset().ptr(y.address).ptr(x.address).ptr(codes.address).ptr(swd.address)
       .i32(swdKind).ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i64(index.sN)
       .i32(index.sK).i32(shape.scaleShift);
-    launch(device, kernel, grid, block, params);
+    if (staged) {
+      params.ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n).f32(norm!.eps)
+        .i32(staged.lnThreads).i32(staged.pitch);
+    }
+    launch(device, kernel, grid, block, params, staged?.sharedBytes ?? 0);
+    if (staged) normLaunches++;
   };
 }

@@ -13,10 +13,15 @@
  * - `wlinear` (weight-only: x stays float): W quantized per tensor, per channel or block-wise
  *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`.
  *
- * A layer norm over the last dim whose only reader is a `qlinear` of at most
- * {@link NORM_FOLD_MAX_ROWS} rows (decoding) is folded into it ({@link setNormFolding}): x
- * becomes the norm's input, attrs gain `norm: {eps, hasWeight, hasBias}` and the norm's weight
- * and bias follow the qlinear's inputs.
+ * A layer norm over the last dim whose only reader is a `qlinear` (through its quantize) is
+ * folded into it, whatever the number of rows ({@link setNormFolding}): x becomes the norm's
+ * input, attrs gain `norm: {eps, hasWeight, hasBias}` and the norm's weight and bias follow the
+ * qlinear's inputs. The folded op computes the layer norm followed by the qlinear; backends save
+ * the normalized values' round trip through memory (on CUDA the fused GEMV normalizes x itself
+ * at up to 8 rows, and larger products read x's codes that the layer norm writes directly in
+ * place of the quantize kernel). The same holds for a `wlinear` that reads the norm directly,
+ * with x of at most {@link WLINEAR_NORM_FOLD_MAX_ROWS} rows (its own limit): inputs
+ * `[x, W, swq, swd, bias?, lnWeight?, lnBias?]`.
  *
  * Both take the float weight W: backends quantize it once and cache the result per weight
  * buffer (weights are constants). If the output of a dequantize was evaluated before the matmul
@@ -71,25 +76,26 @@ export function linearFusionEnabled(): boolean {
 let normFolding = true;
 
 /**
- * Turns the folding of a layer norm into the decode-sized `qlinear` that reads it on or off (on
- * by default; see {@link NORM_FOLD_MAX_ROWS}). Plans are cached per setting.
+ * Turns the folding of a layer norm into the `qlinear` that reads it (any number of rows) and
+ * into the decode-sized `wlinear` that reads it (see {@link WLINEAR_NORM_FOLD_MAX_ROWS}) on or
+ * off (on by default; off keeps `layerNorm` apart). Plans are cached per setting.
  */
 export function setNormFolding(on: boolean): void {
   normFolding = on;
 }
 
-/** True when layer norms are folded into the decode-sized `qlinear`s that read them. */
+/** True when layer norms are folded into the `qlinear`s (and `wlinear`s) that read them. */
 export function normFoldingEnabled(): boolean {
   return normFolding;
 }
 
 /**
- * Most rows of x for which a layer norm is folded into the `qlinear` reading it: decode-sized
- * products, where the quantize step already runs inside the product's one launch (the CUDA
- * fused GEMV) and normalizing there too saves the layer norm's launch and its output's round
- * trip through memory. Larger products keep the layer norm.
+ * Most rows of x for which a layer norm is folded into the `wlinear` reading it: the rows the
+ * CUDA streaming GEMV takes (`WGEMV_MMA_MAX_ROWS`), which then normalizes x while staging it.
+ * The `qlinear` fold has no such limit: a larger weight-only product would only run the
+ * layer norm kernel into scratch memory first.
  */
-export const NORM_FOLD_MAX_ROWS = 8;
+export const WLINEAR_NORM_FOLD_MAX_ROWS = 8;
 
 const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
 
@@ -271,7 +277,7 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
         dtype: out.dtype,
         inputs: [a, w.w, w.swq, w.swd, ...(bias ? [bias] : [])],
       };
-    if (fullQuant && normFolding) foldNorm(g, users, fused, a, i);
+    if (normFolding) foldNorm(g, users, fused, a, i);
     g.nodes[last] = fused;
     changed = true;
   }
@@ -279,32 +285,38 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
 }
 
 /**
- * Folds `layerNorm(x)` (over the last dim) into `fused`, the qlinear that reads it through
- * `dequantize(quantize(·))` at `dqRef` for the matmul at `matmulIndex`, when nothing else reads
- * the norm, the quantize or the dequantize and x has at most {@link NORM_FOLD_MAX_ROWS} rows:
- * x becomes the norm's input, attrs `norm: {eps, hasWeight, hasBias}`, and the norm's weight and
- * bias follow the qlinear's own inputs.
+ * Folds `layerNorm(x)` (over the last dim) into `fused`, the qlinear or wlinear whose matmul at
+ * `matmulIndex` reads it at `xRef` (a qlinear through `dequantize(quantize(·))`, a wlinear
+ * directly), when nothing else reads the norm (nor the quantize and dequantize) and x has at
+ * least one row (a qlinear takes any number, a wlinear at most
+ * {@link WLINEAR_NORM_FOLD_MAX_ROWS}): x becomes the norm's input, attrs
+ * `norm: {eps, hasWeight, hasBias}`, and the norm's weight and bias follow the fused op's own
+ * inputs.
  */
 function foldNorm(
   g: PlanGraph,
   users: number[][],
   fused: PlanNode,
-  dqRef: ValueRef,
+  xRef: ValueRef,
   matmulIndex: number,
 ): void {
-  if (!("node" in dqRef)) return;
-  const qRef = g.nodes[dqRef.node].inputs[0];
-  if (!("node" in qRef)) return;
-  const lnRef = g.nodes[qRef.node].inputs[0];
+  const onlyReader = (k: number, reader: number) => users[k].length === 1 && users[k][0] === reader;
+  let lnRef = xRef;
+  let lnReader = matmulIndex;
+  if (fused.op === "qlinear") {
+    if (!("node" in xRef) || !onlyReader(xRef.node, matmulIndex)) return;
+    const qRef = g.nodes[xRef.node].inputs[0];
+    if (!("node" in qRef) || !onlyReader(qRef.node, xRef.node)) return;
+    lnRef = g.nodes[qRef.node].inputs[0];
+    lnReader = qRef.node;
+  }
   if (!("node" in lnRef)) return;
   const ln = g.nodes[lnRef.node];
   if (ln.op !== "layerNorm" || ln.attrs.dims !== 1 || ln.shape.length < 1) return;
-  const onlyReader = (k: number, reader: number) => users[k].length === 1 && users[k][0] === reader;
-  if (!onlyReader(lnRef.node, qRef.node) || !onlyReader(qRef.node, dqRef.node)) return;
-  if (!onlyReader(dqRef.node, matmulIndex)) return;
+  if (!onlyReader(lnRef.node, lnReader)) return;
   const k = ln.shape[ln.shape.length - 1];
   const rows = k === 0 ? 0 : numel(ln.shape) / k;
-  if (rows < 1 || rows > NORM_FOLD_MAX_ROWS) return;
+  if (rows < 1 || (fused.op === "wlinear" && rows > WLINEAR_NORM_FOLD_MAX_ROWS)) return;
   fused.attrs = {
     ...fused.attrs,
     norm: { eps: ln.attrs.eps, hasWeight: ln.attrs.hasWeight, hasBias: ln.attrs.hasBias },
