@@ -21,17 +21,21 @@
 //   epilogue as long as the main loop at K = 768.
 //
 // Structure: persistent CTAs (grid = min(tiles, SMs)) of 384 threads: one producer warpgroup
-// (one thread issues the TMA tile loads of both operands: 128-byte K slices, 128B swizzle, out of
-// bounds rows and columns read as zero) and two consumer warpgroups, each owning BM/2 rows × BN
-// columns of the tile and issuing wgmma.m64nBNk32.s32.s8.s8 from shared-memory descriptors.
-// Per-stage full / empty mbarriers. Each consumer warpgroup loads its tile's column scales and
-// biases into registers before the tile's main loop (the load latency hides behind it) and
-// stages them (doubles, or float pairs) in its own shared-memory slice after it, so the epilogue reads
-// shared memory only. The epilogue goes from the accumulator fragments to global memory while
-// the producer already prefetches the next tile.
+// (one thread issues the TMA tile loads of both operands, tile after tile: 128-byte K slices,
+// 128B swizzle, out of bounds rows and columns read as zero) and two consumer warpgroups
+// issuing wgmma.m64nBNk32.s32.s8.s8 from shared-memory descriptors, per-stage full / empty
+// mbarriers. Cooperative tiles: both consumer warpgroups work on each tile, BM/2 rows each.
+// Ping-pong tiles (pp): each consumer warpgroup takes every other tile whole, and the two take
+// turns on the tensor cores, so one's epilogue overlaps the other's main loop. Each consumer
+// warpgroup loads its tile's column scales and biases into registers before the tile's main
+// loop (the load latency hides behind it) and stages them (doubles, or float pairs) in its own
+// shared-memory slice after it, so the epilogue reads shared memory only. The epilogue goes
+// from the accumulator fragments to global memory while the producer already prefetches the
+// next tile.
 //
-// Kernels: wgmma_i8_<BM>x<BN>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64 and out
-// f32, f16, bf16 (act 0 none or 1 relu), and wgmma_i8_<BM>x<BN>_<f16|bf16>_gelu_tanh.
+// Kernels: wgmma_i8_<tile>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64,
+// pp128x128, pp64x256 and out f32, f16, bf16 (act 0 none or 1 relu), and
+// wgmma_i8_<tile>_<f16|bf16>_gelu_tanh.
 // Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel,
 // bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over xq as a 2-D
 // uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
@@ -67,11 +71,10 @@ struct Cfg {
   // Per consumer warpgroup: BN column scales and BN biases as doubles.
   static constexpr unsigned EPI_BYTES = 2 * 2 * BN * 8;
   static constexpr unsigned SMEM = 1024 /* alignment slack */ + EPI_OFFSET + EPI_BYTES;
-  static_assert(BM == 128 || BM == 256, "BM");
+  static_assert(BM == 64 || BM == 128 || BM == 256, "BM");
   static_assert(BN % 64 == 0 && BN >= 64 && BN <= 256, "BN");
   static_assert(2 * STAGES * 8 <= 256, "barriers");
   static_assert(SMEM <= 232448, "shared memory");
-  static_assert((BM / 128) * (BN / 2) <= 128, "accumulator registers");
 };
 
 // Output element types: float32 from double (the exact epilogue), 16-bit pairs from floats
@@ -170,6 +173,15 @@ __device__ __forceinline__ void mbarWait(unsigned bar, unsigned parity) {
 // Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
 __device__ __forceinline__ void warpgroupBarrier(int id) {
   asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
+}
+
+// Named barrier `id` of `count` threads: arrive without waiting, or arrive and wait (the
+// ping-pong order barriers 3 and 4: one warpgroup arrives, the other waits).
+__device__ __forceinline__ void namedBarrierArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void namedBarrierSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
 
 __device__ __forceinline__ void prefetchTensorMap(const CUtensorMap* m) {
@@ -286,7 +298,7 @@ __device__ __forceinline__ void tileCoords(int t, int tilesM, int tilesN, int gr
 
 #endif  // WGMMA_I8_SM90
 
-template <int BM, int BN, int STAGES, class O, bool GELU>
+template <int BM, int BN, int STAGES, bool PP, class O, bool GELU>
 __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* tmW, void* y,
                                      const void* sxd, int sxdKind, const void* swd, int swdKind,
                                      int swdPerChannel, const void* bias, int biasKind, int act,
@@ -294,7 +306,14 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 #if WGMMA_I8_SM90
   using C = Cfg<BM, BN, STAGES>;
   typedef typename O::T T;
-  constexpr int MB = BM / 128;           // m64 blocks per consumer warpgroup
+  // Cooperative (PP false): both consumer warpgroups work on every tile, BM / 2 rows each.
+  // Ping-pong (PP true): consumer warpgroup c takes the CTA's tiles c, c + 2, ... whole, and
+  // the two take turns on the tensor cores (order barriers 3 and 4), so one's epilogue runs
+  // while the other's main loop does: at K = 768 the main loop is short and a cooperative
+  // tile's epilogue left the tensor cores idle for about as long.
+  constexpr int WG_ROWS = PP ? BM : BM / 2;  // tile rows of one consumer warpgroup
+  constexpr int MB = WG_ROWS / 64;           // m64 blocks per consumer warpgroup
+  static_assert(MB >= 1 && MB * (BN / 2) <= 128, "accumulator registers");
   constexpr int NACC = BN / 2;           // accumulators per thread per m64 block
   constexpr int NPT = (BN + 127) / 128;  // tile columns per consumer thread in the staging
   extern __shared__ __align__(1024) unsigned char smemRaw[];
@@ -310,7 +329,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbarInit(fullBar + 8 * s, 1);   // the producer's arrive.expect_tx (+ the TMA bytes)
-      mbarInit(emptyBar + 8 * s, 8);  // lane 0 of each of the 8 consumer warps
+      // Lane 0 of each consumer warp that reads the stage: 8 (both warpgroups), or 4.
+      mbarInit(emptyBar + 8 * s, PP ? 4 : 8);
     }
     fenceBarrierInit();
   }
@@ -346,7 +366,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
   } else {
     // Consumer warpgroups.
     setmaxnregInc<232>();
-    const int cw = wg - 1;  // rows [cw·BM/2, (cw + 1)·BM/2) of the tile
+    const int cw = wg - 1;  // cooperative: rows [cw·BM/2, (cw + 1)·BM/2) of each tile
     const int wtid = tid & 127;
     const int warp = wtid >> 5;
     const int lane = tid & 31;
@@ -366,9 +386,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       fenceOperands(acc[m]);
     }
 
-    int stage = 0;
-    unsigned phase = 0;
-    for (int t = blockIdx.x; t < numTiles; t += gridDim.x) {
+    // The CTA's tiles are t = blockIdx.x + ct · gridDim.x (ct = 0, 1, ...); the producer fills
+    // their k-blocks in order, k-block kb of tile ct as fill number ct · kBlocks + kb of the
+    // stage ring.
+    for (int ct = PP ? cw : 0;; ct += PP ? 2 : 1) {
+      const int t = blockIdx.x + ct * gridDim.x;
+      if (t >= numTiles) break;
       int tm, tn;
       tileCoords(t, tilesM, tilesN, groupM, tm, tn);
 
@@ -386,10 +409,18 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
         }
       }
 
+      // Ping-pong: wait until the other warpgroup's main loop on tile ct - 1 is done. Besides
+      // taking turns, this keeps every full-barrier wait below at most one phase ahead of the
+      // barrier (the previous fill of each stage was waited for, by one warpgroup or the
+      // other), which the parity waits need.
+      if (PP && ct > 0) namedBarrierSync(3 + ((ct - 1) & 1), 256);
       int prevStage = 0;
       for (int kb = 0; kb < kBlocks; ++kb) {
-        mbarWait(fullBar + 8 * stage, phase);
-        const unsigned sa = smemBase + stage * C::STAGE_BYTES + cw * (BM / 2) * kBK;
+        const int fill = ct * kBlocks + kb;
+        const int stage = fill % STAGES;
+        mbarWait(fullBar + 8 * stage, (fill / STAGES) & 1);
+        const unsigned sa =
+            smemBase + stage * C::STAGE_BYTES + (PP ? 0 : cw * (BM / 2) * kBK);
         const unsigned sb = smemBase + stage * C::STAGE_BYTES + C::A_BYTES;
         wgmmaFence();
 #pragma unroll
@@ -405,13 +436,14 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
         wgmmaWait<1>();  // the previous stage's wgmmas are done: release its buffers
         if (kb > 0 && lane == 0) mbarArrive(emptyBar + 8 * prevStage);
         prevStage = stage;
-        if (++stage == STAGES) {
-          stage = 0;
-          phase ^= 1;
-        }
       }
       wgmmaWait<0>();
       if (lane == 0) mbarArrive(emptyBar + 8 * prevStage);
+      // Ping-pong: hand the tensor cores to the other warpgroup's tile ct + 1, if there is one
+      // (every arrive has its matching sync).
+      if (PP && blockIdx.x + (ct + 1) * gridDim.x < numTiles) {
+        namedBarrierArrive(3 + (ct & 1), 256);
+      }
 #pragma unroll
       for (int m = 0; m < MB; ++m) fenceOperands(acc[m]);
 
@@ -438,7 +470,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       }
       warpgroupBarrier(1 + cw);
 
-      const int row0 = tm * BM + cw * (BM / 2) + warp * 16 + (lane >> 2);
+      const int row0 = tm * BM + (PP ? 0 : cw * (BM / 2)) + warp * 16 + (lane >> 2);
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
         const int cl = 8 * j + 2 * (lane & 3);
@@ -498,28 +530,31 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 
 }  // namespace wgi8
 
-#define WGMMA_I8_KERNEL(BM, BN, STAGES, NAME, OUT, GELU)                                       \
-  extern "C" __global__ void __launch_bounds__(wgi8::kThreads, 1) wgmma_i8_##BM##x##BN##_##NAME( \
+#define WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, NAME, OUT, GELU)                              \
+  extern "C" __global__ void __launch_bounds__(wgi8::kThreads, 1) wgmma_i8_##TILE##_##NAME(       \
       const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW, void* y, \
       const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
       const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
       int groupM) {                                                                              \
-    wgi8::gemm<BM, BN, STAGES, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,        \
-                                                swdPerChannel, bias, biasKind, act, M, N, K,     \
-                                                tilesM, tilesN, groupM);                         \
+    wgi8::gemm<BM, BN, STAGES, PP, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,    \
+                                                    swdPerChannel, bias, biasKind, act, M, N, K, \
+                                                    tilesM, tilesN, groupM);                     \
   }
 
 // Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones.
-#define WGMMA_I8_TILE(BM, BN, STAGES)                        \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, f32, OutF32, false)        \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, f16, OutF16, false)        \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, bf16, OutBF16, false)      \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, f16_gelu_tanh, OutF16, true) \
-  WGMMA_I8_KERNEL(BM, BN, STAGES, bf16_gelu_tanh, OutBF16, true)
+#define WGMMA_I8_TILE(TILE, BM, BN, STAGES, PP)                                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f32, OutF32, false)                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16, OutF16, false)                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16, OutBF16, false)              \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16_gelu_tanh, OutF16, true)       \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16_gelu_tanh, OutBF16, true)
 
-// Tiles and pipeline depths (stages × (BM + BN) × 128 bytes of shared memory, at most ~200 KB).
-WGMMA_I8_TILE(128, 256, 4)
-WGMMA_I8_TILE(128, 192, 5)
-WGMMA_I8_TILE(128, 128, 6)
-WGMMA_I8_TILE(256, 128, 4)
-WGMMA_I8_TILE(128, 64, 8)
+// Tiles and pipeline depths (stages × (BM + BN) × 128 bytes of shared memory, at most ~200 KB);
+// pp: ping-pong (one consumer warpgroup a tile).
+WGMMA_I8_TILE(128x256, 128, 256, 4, false)
+WGMMA_I8_TILE(128x192, 128, 192, 5, false)
+WGMMA_I8_TILE(128x128, 128, 128, 6, false)
+WGMMA_I8_TILE(256x128, 256, 128, 4, false)
+WGMMA_I8_TILE(128x64, 128, 64, 8, false)
+WGMMA_I8_TILE(pp128x128, 128, 128, 6, true)
+WGMMA_I8_TILE(pp64x256, 64, 256, 5, true)

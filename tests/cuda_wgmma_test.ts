@@ -450,7 +450,7 @@ testOnGpu("wgmmaInt8Gemm: 8192x8192x8192 (sampled)", () => {
     out: "float16",
     perChannel: true,
     bias: "float16",
-    variants: ["128x256", "256x128"],
+    variants: ["128x256", "256x128", "pp128x128"],
     seed: 60,
   });
 });
