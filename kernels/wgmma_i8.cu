@@ -39,7 +39,8 @@
 // Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel,
 // bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over xq as a 2-D
 // uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
-// strides) and N even (outputs are stored in pairs). Only the sm_90a build has bodies: the compute_80 build compiles empty stubs that are never launched.
+// strides) and N even (float32 outputs are stored in pairs) or a multiple of 8 (16-bit outputs
+// are stored 8 at a time). Only the sm_90a build has bodies: the compute_80 build compiles empty stubs that are never launched.
 
 #include <cuda.h>
 
@@ -60,6 +61,9 @@ namespace wgi8 {
 
 constexpr int kBK = 128;  // bytes (= int8 elements) of K per pipeline stage: one swizzle row
 constexpr int kThreads = 384;
+// Row pitch of a warp's output scratch: 64 16-bit outputs (128 bytes) and 16 bytes of padding,
+// so that the fragment writes (8 rows at once) and the 16-byte row reads hit distinct banks.
+constexpr int kScratchPitch = 144;
 
 template <int BM, int BN, int STAGES>
 struct Cfg {
@@ -70,7 +74,10 @@ struct Cfg {
   static constexpr unsigned EPI_OFFSET = BAR_OFFSET + 256;
   // Per consumer warpgroup: BN column scales and BN biases as doubles.
   static constexpr unsigned EPI_BYTES = 2 * 2 * BN * 8;
-  static constexpr unsigned SMEM = 1024 /* alignment slack */ + EPI_OFFSET + EPI_BYTES;
+  // Per consumer warp: the 16 × 64 outputs it stores next, in rows of kScratchPitch bytes.
+  static constexpr unsigned SCRATCH_OFFSET = EPI_OFFSET + EPI_BYTES;
+  static constexpr unsigned SCRATCH_BYTES = 8 * 16 * kScratchPitch;
+  static constexpr unsigned SMEM = 1024 /* alignment slack */ + SCRATCH_OFFSET + SCRATCH_BYTES;
   static_assert(BM == 64 || BM == 128 || BM == 256, "BM");
   static_assert(BN % 64 == 0 && BN >= 64 && BN <= 256, "BN");
   static_assert(2 * STAGES * 8 <= 256, "barriers");
@@ -470,53 +477,91 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       }
       warpgroupBarrier(1 + cw);
 
-      const int row0 = tm * BM + (PP ? 0 : cw * (BM / 2)) + warp * 16 + (lane >> 2);
+      // First row of this warp's 16-row slabs (one per m64 block).
+      const int rowW = tm * BM + (PP ? 0 : cw * (BM / 2)) + warp * 16;
+      if constexpr (O::kFloatEpilogue) {
+        // 16-bit outputs: t = acc · (hi + lo) + b in float32 (two FMAs; acc is exact up to
+        // 2^24), relu or gelu in float32, one rounding to the output dtype. Against the
+        // double epilogue the result is at most one output ulp away, and only where t lies
+        // within float32 rounding error of a rounding boundary.
+        //
+        // The outputs go through the warp's shared-memory scratch, 16 rows × 64 columns at a
+        // time, so that global memory receives whole 128-byte row pieces in 16-byte stores
+        // (N % 8 == 0): straight from the fragments, each store instruction wrote 8 rows × 16
+        // bytes, four times the write requests, and the epilogue outlasted a K = 768 main
+        // loop.
+        unsigned char* scratch =
+            smem + C::SCRATCH_OFFSET + (cw * 4 + warp) * 16 * kScratchPitch;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int cl = 8 * j + 2 * (lane & 3);
-        const int col = tn * BN + cl;
-        if (col < N) {
+        for (int m = 0; m < MB; ++m) {
 #pragma unroll
-          for (int m = 0; m < MB; ++m) {
+          for (int c = 0; c < BN / 64; ++c) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int row = row0 + m * 64 + 8 * h;
-              if (row < M) {
-                const int a0 = acc[m][4 * j + 2 * h], a1 = acc[m][4 * j + 2 * h + 1];
-                T* p = static_cast<T*>(y) + ((i64)row * N + col);
-                if constexpr (O::kFloatEpilogue) {
-                  // 16-bit outputs: t = acc · (hi + lo) + b in float32 (two FMAs; acc is exact
-                  // up to 2^24), relu or gelu in float32, one rounding to the output dtype.
-                  // Against the double epilogue the result is at most one output ulp away,
-                  // and only where t lies within float32 rounding error of a rounding
-                  // boundary. Few instructions an element: the loop is unrolled over the
-                  // whole tile, and its code must stay in the instruction cache.
-                  const float2 hi = *reinterpret_cast<const float2*>(fScaleHi + cl);
-                  const float2 lo = *reinterpret_cast<const float2*>(fScaleLo + cl);
-                  const float2 b = *reinterpret_cast<const float2*>(fBias + cl);
-                  const float f0 = __int2float_rn(a0), f1 = __int2float_rn(a1);
-                  float t0 = fmaf(f0, hi.x, fmaf(f0, lo.x, b.x));
-                  float t1 = fmaf(f1, hi.y, fmaf(f1, lo.y, b.y));
-                  if constexpr (GELU) {
-                    t0 = geluTanhFast(t0);
-                    t1 = geluTanhFast(t1);
-                  } else if (act == 1) {
-                    t0 = t0 <= 0.0f ? 0.0f : t0;
-                    t1 = t1 <= 0.0f ? 0.0f : t1;
-                  }
-                  *reinterpret_cast<unsigned*>(p) = O::pack(t0, t1);
-                } else {
-                  // float32 outputs: t = acc · scale + b in double (one __dmul_rn, one
-                  // __dadd_rn), relu, one rounding.
-                  const double2 s = *reinterpret_cast<const double2*>(sScale + cl);
-                  const double2 b = *reinterpret_cast<const double2*>(sBias + cl);
-                  double t0 = __dadd_rn(__dmul_rn(intToDouble(a0), s.x), b.x);
-                  double t1 = __dadd_rn(__dmul_rn(intToDouble(a1), s.y), b.y);
+            for (int jj = 0; jj < 8; ++jj) {
+              const int j = 8 * c + jj;
+              const int cl = 8 * j + 2 * (lane & 3);
+              const float2 hi = *reinterpret_cast<const float2*>(fScaleHi + cl);
+              const float2 lo = *reinterpret_cast<const float2*>(fScaleLo + cl);
+              const float2 b = *reinterpret_cast<const float2*>(fBias + cl);
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const float f0 = __int2float_rn(acc[m][4 * j + 2 * h]);
+                const float f1 = __int2float_rn(acc[m][4 * j + 2 * h + 1]);
+                float t0 = fmaf(f0, hi.x, fmaf(f0, lo.x, b.x));
+                float t1 = fmaf(f1, hi.y, fmaf(f1, lo.y, b.y));
+                if constexpr (GELU) {
+                  t0 = geluTanhFast(t0);
+                  t1 = geluTanhFast(t1);
+                } else if (act == 1) {
+                  t0 = t0 <= 0.0f ? 0.0f : t0;
+                  t1 = t1 <= 0.0f ? 0.0f : t1;
+                }
+                const int r = (lane >> 2) + 8 * h;  // row in the slab
+                *reinterpret_cast<unsigned*>(scratch + r * kScratchPitch +
+                                             (8 * jj + 2 * (lane & 3)) * 2) = O::pack(t0, t1);
+              }
+            }
+            __syncwarp();
+            // Lane l stores 16 bytes (8 outputs) of slab row 4p + l / 8, piece l % 8.
+#pragma unroll
+            for (int p4 = 0; p4 < 4; ++p4) {
+              const int r = 4 * p4 + (lane >> 3), q = lane & 7;
+              const int row = rowW + m * 64 + r;
+              const int col = tn * BN + 64 * c + 8 * q;
+              const uint4 v = *reinterpret_cast<const uint4*>(scratch + r * kScratchPitch + 16 * q);
+              if (row < M && col < N) {
+                *reinterpret_cast<uint4*>(static_cast<T*>(y) + ((i64)row * N + col)) = v;
+              }
+            }
+            __syncwarp();  // the scratch is rewritten next
+          }
+        }
+      } else {
+        // float32 outputs: t = acc · scale + b in double (one __dmul_rn, one __dadd_rn),
+        // relu, one rounding; stored straight from the fragments.
+        const int row0 = rowW + (lane >> 2);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int cl = 8 * j + 2 * (lane & 3);
+          const int col = tn * BN + cl;
+          if (col < N) {
+            const double2 s = *reinterpret_cast<const double2*>(sScale + cl);
+            const double2 b = *reinterpret_cast<const double2*>(sBias + cl);
+#pragma unroll
+            for (int m = 0; m < MB; ++m) {
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int row = row0 + m * 64 + 8 * h;
+                if (row < M) {
+                  double t0 = __dadd_rn(__dmul_rn(intToDouble(acc[m][4 * j + 2 * h]), s.x), b.x);
+                  double t1 =
+                      __dadd_rn(__dmul_rn(intToDouble(acc[m][4 * j + 2 * h + 1]), s.y), b.y);
                   if (act == 1) {
                     t0 = t0 <= 0.0 ? 0.0 : t0;
                     t1 = t1 <= 0.0 ? 0.0 : t1;
                   }
-                  storePair(p, O::fromD(t0), O::fromD(t1));
+                  storePair(static_cast<T*>(y) + ((i64)row * N + col), O::fromD(t0),
+                            O::fromD(t1));
                 }
               }
             }
@@ -557,4 +602,4 @@ WGMMA_I8_TILE(128x128, 128, 128, 6, false)
 WGMMA_I8_TILE(256x128, 256, 128, 4, false)
 WGMMA_I8_TILE(128x64, 128, 64, 8, false)
 WGMMA_I8_TILE(pp128x128, 128, 128, 6, true)
-WGMMA_I8_TILE(pp64x256, 64, 256, 5, true)
+WGMMA_I8_TILE(pp64x256, 64, 256, 4, true)

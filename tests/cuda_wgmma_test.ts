@@ -351,9 +351,18 @@ testOnGpu("wgmmaInt8Gemm: tiny and ragged shapes, every tile, every output dtype
       act: "relu",
       seed: seed++,
     });
-    // N not a multiple of 8 and K not a multiple of 128.
-    checkCase({ m: 130, n: 78, k: 96, out, perChannel: true, bias: out, seed: seed++ });
-    checkCase({ m: 257, n: 334, k: 208, out, perChannel: true, act: "relu", seed: seed++ });
+    // N not a multiple of the tile (float32 outputs: nor of 8) and K not a multiple of 128.
+    const ragged = out === "float32" ? 78 : 72;
+    checkCase({ m: 130, n: ragged, k: 96, out, perChannel: true, bias: out, seed: seed++ });
+    checkCase({
+      m: 257,
+      n: out === "float32" ? 334 : 328,
+      k: 208,
+      out,
+      perChannel: true,
+      act: "relu",
+      seed: seed++,
+    });
     // M = 1.
     checkCase({ m: 1, n: 768, k: 3072, out, perChannel: true, bias: out, seed: seed++ });
     // gelu (tanh form) in the epilogue (16-bit outputs).
@@ -516,6 +525,11 @@ testOnGpu("wgmmaInt8Gemm: unsupported problems", () => {
   };
   assert.equal(wgmmaInt8Gemm(device, { ...p, k: 24 }), undefined, "K not a multiple of 16");
   assert.equal(wgmmaInt8Gemm(device, { ...p, n: 63 }), undefined, "odd N");
+  assert.equal(
+    wgmmaInt8Gemm(device, { ...p, n: 66, outDType: "float16" }),
+    undefined,
+    "16-bit output, N not a multiple of 8",
+  );
   assert.equal(wgmmaInt8Gemm(device, { ...p, act: 2 }), undefined, "gelu (erf)");
   assert.equal(wgmmaInt8Gemm(device, { ...p, act: 3 }), undefined, "gelu (tanh), float32 out");
   assert.ok(

@@ -71,7 +71,7 @@ export const WGMMA_TILES: Readonly<Record<string, WgmmaTile>> = {
   "128x128": { bm: 128, bn: 128, stages: 6, pingPong: false },
   "128x64": { bm: 128, bn: 64, stages: 8, pingPong: false },
   "pp128x128": { bm: 128, bn: 128, stages: 6, pingPong: true },
-  "pp64x256": { bm: 64, bn: 256, stages: 5, pingPong: true },
+  "pp64x256": { bm: 64, bn: 256, stages: 4, pingPong: true },
 };
 
 const THREADS = 384;
@@ -81,14 +81,14 @@ const DEFAULT_SHARED = 48 * 1024;
 
 /** Dynamic shared memory of a tile configuration (kernels/wgmma_i8.cu Cfg::SMEM). */
 export function wgmmaSharedBytes(tile: WgmmaTile): number {
-  return 1024 + tile.stages * (tile.bm + tile.bn) * BK + 256 + 2 * 2 * tile.bn * 8;
+  return 1024 + tile.stages * (tile.bm + tile.bn) * BK + 256 + 2 * 2 * tile.bn * 8 + 8 * 16 * 144;
 }
 
 /** A qlinear int8 product with its epilogue. */
 export interface WgmmaInt8Problem {
   /** Rows of x and y. */
   m: number;
-  /** Output channels (rows of W, columns of y; even). */
+  /** Output channels (rows of W, columns of y; even, a multiple of 8 for 16-bit outputs). */
   n: number;
   /** Input features (a multiple of 16). */
   k: number;
@@ -127,7 +127,9 @@ export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): s
   if (p.m < 1 || p.n < 1 || p.k < 16) return "empty problem";
   if (p.k % 16 !== 0) return "K is not a multiple of 16";
   if (p.m > INT32_MAX || p.n > INT32_MAX || p.k > INT32_MAX) return "too large";
-  if (p.n % 2 !== 0) return "N is odd";
+  if (p.outDType === "float32" ? p.n % 2 !== 0 : p.n % 8 !== 0) {
+    return p.outDType === "float32" ? "N is odd" : "N is not a multiple of 8";
+  }
   if (p.act === ACT_GELU_TANH) {
     if (p.outDType === "float32") return "gelu with a float32 output";
   } else if (p.act !== ACT_NONE && p.act !== ACT_RELU) {
@@ -241,7 +243,8 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
 /**
  * Prepares the fused int8 GEMM for `p` with tile configuration `variant` (default: the
  * estimate's pick, {@link defaultWgmmaVariant}); undefined when the device is not sm_90, the
- * driver has no tensor maps, or the problem does not qualify (K not a multiple of 16, N odd,
+ * driver has no tensor maps, or the problem does not qualify (K not a multiple of 16, N odd or,
+ * for 16-bit outputs, not a multiple of 8,
  * an activation other than none, relu or gelu (tanh; 16-bit outputs), a non-float bias).
  */
 export function wgmmaInt8Gemm(
