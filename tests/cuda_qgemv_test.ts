@@ -605,6 +605,19 @@ function kernelContext(c: KernelCase, device: CudaDevice): CudaKernelContext {
   };
 }
 
+/** A case's weight codes, weight dequant scales and optional bias (storage and values). */
+function weightOperands(c: KernelCase) {
+  const codes = randomCodes(c.q, c.n * c.k, c.seed);
+  const swStorage = encode(
+    c.swDType,
+    randomValues(c.perChannel ? c.n : 1, c.seed + 2, { low: 0.002, high: 0.02 }),
+  );
+  const sw = decode(c.swDType, swStorage);
+  const bStorage = c.bias ? encode(c.out, randomValues(c.n, c.seed + 3)) : undefined;
+  const b = bStorage ? decode(c.out, bStorage) : undefined;
+  return { codes, swStorage, sw, bStorage, b };
+}
+
 function checkKernel(c: KernelCase, family: QgemvKernels): void {
   const what = `${family}: ${describeKernel(c)}`;
   const cuda = backendFor("cuda")!;
@@ -621,15 +634,7 @@ function checkKernel(c: KernelCase, family: QgemvKernels): void {
   );
   const xStorage = encode(c.x, xRaw);
   const x = decode(c.x, xStorage);
-  const codes = randomCodes(c.q, n * k, c.seed);
-  const swCount = c.perChannel ? n : 1;
-  const swStorage = encode(
-    c.swDType,
-    randomValues(swCount, c.seed + 2, { low: 0.002, high: 0.02 }),
-  );
-  const sw = decode(c.swDType, swStorage);
-  const bStorage = c.bias ? encode(c.out, randomValues(n, c.seed + 3)) : undefined;
-  const b = bStorage ? decode(c.out, bStorage) : undefined;
+  const { codes, swStorage, sw, bStorage, b } = weightOperands(c);
 
   const qx = quantizeX(c.q, x, sx);
   if (c.ties && c.q === "int8") {
@@ -889,15 +894,7 @@ function checkNormKernel(c: NormCase): void {
     : undefined;
   const lnW = lnWStorage ? decode(c.x, lnWStorage) : undefined;
   const lnB = lnBStorage ? decode(c.x, lnBStorage) : undefined;
-  const codes = randomCodes(c.q, n * k, c.seed);
-  const swCount = c.perChannel ? n : 1;
-  const swStorage = encode(
-    c.swDType,
-    randomValues(swCount, c.seed + 2, { low: 0.002, high: 0.02 }),
-  );
-  const sw = decode(c.swDType, swStorage);
-  const bStorage = c.bias ? encode(c.out, randomValues(n, c.seed + 3)) : undefined;
-  const b = bStorage ? decode(c.out, bStorage) : undefined;
+  const { codes, swStorage, sw, bStorage, b } = weightOperands(c);
 
   // float64 layer norm (population variance), rounded to x's dtype, then the quantize.
   const normed = new Float64Array(m * k);

@@ -18,6 +18,7 @@ import { decode, encode } from "../lib/dtype.ts";
 import {
   type Activation,
   applyActivation,
+  assertNearSums,
   randomCodes,
   randomValues,
   testOnGpu,
@@ -35,35 +36,6 @@ const OP_TOL: Record<FloatDType, number> = { float32: 1e-5, float16: 2e-3, bfloa
 
 type Codes = "int8" | "int4" | "float8e4m3";
 const FLOATS: FloatDType[] = ["float32", "float16", "bfloat16"];
-
-/**
- * `magnitude`: the size of the summed terms (max over outputs of Σ|x·w| + |b|). Sums can
- * cancel far below it (a single output, an activation that zeroes it), while float32 sums err
- * in proportion to it: the tolerance is at least 1e-2·tol of it.
- */
-function assertNear(
-  got: ArrayLike<number>,
-  ref: ArrayLike<number>,
-  tol: number,
-  what: string,
-  magnitude: number,
-) {
-  assert.equal(got.length, ref.length, `${what}: length`);
-  assert.ok(magnitude > 0, `${what}: the summed terms are all zero`);
-  let num = 0, den = 0, scale = 1e-2 * magnitude;
-  for (let i = 0; i < ref.length; i++) scale = Math.max(scale, Math.abs(ref[i]));
-  for (let i = 0; i < ref.length; i++) {
-    const d = got[i] - ref[i];
-    assert.ok(
-      Math.abs(d) <= tol * scale,
-      `${what}: at ${i} got ${got[i]}, expected ${ref[i]} (max|ref| ${scale}, tol ${tol})`,
-    );
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  const rel = Math.sqrt(num / Math.max(den, ref.length * (1e-2 * magnitude) ** 2));
-  assert.ok(rel <= tol, `${what}: norm-relative error ${rel} > ${tol}`);
-}
 
 // ---------------------------------------------------------------------------------------
 // Launch shapes and kernel names (no GPU needed)
@@ -260,7 +232,7 @@ function checkKernel(c: KernelCase): void {
   try {
     gemv(y, xb, wb, sb, bb);
     const got = decode(c.x, cuda.download(y));
-    assertNear(got, ref, KERNEL_TOL[c.x], what, magnitude);
+    assertNearSums(got, ref, KERNEL_TOL[c.x], what, magnitude);
   } finally {
     for (const buffer of [xb, wb, sb, bb, y]) buffer?.dispose();
   }
@@ -463,7 +435,7 @@ function checkOp(c: OpCase): void {
     xAbs = Math.max(xAbs, row);
   }
   // w's random signs make the typical sum about √K times smaller than that bound.
-  assertNear(got, ref, OP_TOL[c.dtype], what, (xAbs * wMax) / Math.sqrt(c.k) + bMax);
+  assertNearSums(got, ref, OP_TOL[c.dtype], what, (xAbs * wMax) / Math.sqrt(c.k) + bMax);
 }
 
 const OP_OPTIONS: tq.LinearOptions[] = [

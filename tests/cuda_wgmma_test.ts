@@ -313,6 +313,11 @@ function runAndCheck(
   }
 }
 
+/** Whether `device` is the sm_90 GPU the wgmma kernels run on. */
+function gpuIsHopper(device: CudaDevice): boolean {
+  return device.computeCapability[0] === 9 && device.computeCapability[1] === 0;
+}
+
 function checkCase(c: GemmCase): void {
   const device = CudaDevice.get(0);
   const o = operands(c);
@@ -322,7 +327,7 @@ function checkCase(c: GemmCase): void {
   const name = `${c.m}x${c.n}x${c.k} ${c.out} ${c.perChannel ? "channel" : "tensor"} bias ${
     c.bias ?? "none"
   } ${c.act ?? "none"}`;
-  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) {
+  if (!gpuIsHopper(device)) {
     assert.equal(wgmmaInt8Gemm(device, p), undefined, "only sm_90 runs the wgmma kernels");
     return;
   }
@@ -466,7 +471,7 @@ testOnGpu("wgmmaInt8Gemm: 8192x8192x8192 (sampled)", () => {
 
 testOnGpu("wgmmaInt8Gemm: new x and W addresses re-encode the tensor maps", () => {
   const device = CudaDevice.get(0);
-  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) return;
+  if (!gpuIsHopper(device)) return;
   const c: GemmCase = { m: 300, n: 256, k: 384, out: "float32", perChannel: true, seed: 70 };
   const kernel = wgmmaInt8Gemm(device, problemOf(c));
   assert.ok(kernel);
@@ -493,7 +498,7 @@ testOnGpu("fastestWgmmaInt8Gemm: times every tile and keeps a correct fastest", 
   const o = operands(c);
   const p = problemOf(c);
   const timed = fastestWgmmaInt8Gemm(device, p);
-  if (device.computeCapability[0] !== 9 || device.computeCapability[1] !== 0) {
+  if (!gpuIsHopper(device)) {
     assert.equal(timed, undefined);
     return;
   }
@@ -506,10 +511,6 @@ testOnGpu("fastestWgmmaInt8Gemm: times every tile and keeps a correct fastest", 
   assert.ok(ms >= 0 && ms < 1, `an empty launch sequence takes ${ms} ms`);
   for (const t of Object.values(o.gpu)) t?.dispose();
 });
-
-function gpuIsHopper(device: CudaDevice): boolean {
-  return device.computeCapability[0] === 9 && device.computeCapability[1] === 0;
-}
 
 testOnGpu("wgmmaInt8Gemm: unsupported problems", () => {
   const device = CudaDevice.get(0);

@@ -164,6 +164,36 @@ export function assertClose(
 }
 
 /**
+ * Asserts |actual − expected| ≤ tol·max(max|expected|, 1e-2·magnitude) elementwise and a
+ * norm-relative error ≤ tol, for sums of products: `magnitude` is the size of the summed terms
+ * (max over outputs of Σ|x·w| + |b|). Sums can cancel far below it (a single output, an
+ * activation that zeroes it), while float32 sums err in proportion to it.
+ */
+export function assertNearSums(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what: string,
+  magnitude: number,
+): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  assert.ok(magnitude > 0, `${what}: the summed terms are all zero`);
+  let num = 0, den = 0, scale = 1e-2 * magnitude;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
+  for (let i = 0; i < expected.length; i++) {
+    const d = actual[i] - expected[i];
+    assert.ok(
+      Math.abs(d) <= tol * scale,
+      `${what}: at ${i} got ${actual[i]}, expected ${expected[i]} (max|ref| ${scale}, tol ${tol})`,
+    );
+    num += d * d;
+    den += expected[i] * expected[i];
+  }
+  const rel = Math.sqrt(num / Math.max(den, expected.length * (1e-2 * magnitude) ** 2));
+  assert.ok(rel <= tol, `${what}: norm-relative error ${rel} > ${tol}`);
+}
+
+/**
  * Asserts that `fn` throws a TensorqError of the given op and kind whose message contains
  * each of `includes` and that reports the line of the caller (pass the line of the call).
  */

@@ -33,6 +33,7 @@ import { WLINEAR_NORM_FOLD_MAX_ROWS } from "../lib/graph/passes/qdq_fusion.ts";
 import {
   type Activation,
   applyActivation,
+  assertNearSums,
   randomValues,
   testOnDevices,
   testOnGpu,
@@ -412,32 +413,7 @@ function checkOnGpu(c: Case): void {
     for (let kk = 0; kk < c.k; kk++) row += Math.abs(xs[i * c.k + kk]);
     xAbs = Math.max(xAbs, row);
   }
-  assertNear(got, want, OP_TOL[c.dtype], what, (xAbs * wMax) / Math.sqrt(c.k) + bMax);
-}
-
-/** |got − ref| ≤ tol·max(max|ref|, 1e-2·magnitude) elementwise, and norm-relative ≤ tol. */
-function assertNear(
-  got: ArrayLike<number>,
-  ref: ArrayLike<number>,
-  tol: number,
-  what: string,
-  magnitude: number,
-): void {
-  assert.equal(got.length, ref.length, `${what}: length`);
-  assert.ok(magnitude > 0, `${what}: the summed terms are all zero`);
-  let num = 0, den = 0, scale = 1e-2 * magnitude;
-  for (let i = 0; i < ref.length; i++) scale = Math.max(scale, Math.abs(ref[i]));
-  for (let i = 0; i < ref.length; i++) {
-    const d = got[i] - ref[i];
-    assert.ok(
-      Math.abs(d) <= tol * scale,
-      `${what}: at ${i} got ${got[i]}, expected ${ref[i]} (max|ref| ${scale}, tol ${tol})`,
-    );
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  const rel = Math.sqrt(num / Math.max(den, ref.length * (1e-2 * magnitude) ** 2));
-  assert.ok(rel <= tol, `${what}: norm-relative error ${rel} > ${tol}`);
+  assertNearSums(got, want, OP_TOL[c.dtype], what, (xAbs * wMax) / Math.sqrt(c.k) + bMax);
 }
 
 testOnGpu("wlinear with a folded norm, tensor-core kernels: M = 1, 3, 8, 16-bit x", () => {

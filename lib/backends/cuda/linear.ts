@@ -484,6 +484,46 @@ interface FoldedNorm {
 }
 
 /**
+ * The parts of a qlinear / wlinear (`op`) with a folded layer norm whose own inputs are the
+ * first `own` (the norm's weight and bias, where it has them, follow them).
+ */
+function foldedNormOf(ctx: CudaKernelContext, op: "qlinear" | "wlinear", own: number) {
+  const norm = ctx.attrs.norm as unknown as FoldedNorm;
+  const xInfo = ctx.inputs[0];
+  const normInputs = ctx.inputs.slice(own);
+  return {
+    norm,
+    /** The op without its norm: x is the normalized x, the inputs its own. */
+    inner: {
+      ...ctx,
+      attrs: { ...ctx.attrs, norm: undefined },
+      inputs: ctx.inputs.slice(0, own),
+    } as CudaKernelContext,
+    /** The norm's weight and bias have x's dtype (what the fused kernels take). */
+    sameDType: normInputs.every((i) => i.dtype === xInfo.dtype),
+    weightOf: (inputs: readonly CudaBuffer[]) => norm.hasWeight ? inputs[own] : undefined,
+    biasOf: (inputs: readonly CudaBuffer[]) =>
+      norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined,
+    /** The layer-norm op's own lowering (launch inputs: x, then the norm's). */
+    layerNorm(): (out: CudaBuffer, inputs: CudaBuffer[]) => void {
+      const launch = cudaLowering("layerNorm")({
+        ...ctx,
+        attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+        out: { shape: xInfo.shape, dtype: xInfo.dtype },
+        inputs: [xInfo, ...normInputs],
+      });
+      if (typeof launch !== "function") {
+        throw new TensorqError("the folded layer norm has no kernel of its own", {
+          op,
+          kind: "state",
+        });
+      }
+      return launch;
+    },
+  };
+}
+
+/**
  * A qlinear whose x is the input of a folded layer norm over its last dim (inputs `[x, sxq,
  * sxd, W, swq, swd, bias?, lnWeight?, lnBias?]`): the fused GEMV normalizes x itself where it
  * takes the problem; otherwise the plain qlinear's product reads codes written by the
@@ -492,15 +532,10 @@ interface FoldedNorm {
  */
 function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
-  const norm = attrs.norm as unknown as FoldedNorm;
   const own = attrs.hasBias ? 7 : 6;
-  const inner: CudaKernelContext = {
-    ...ctx,
-    attrs: { ...attrs, norm: undefined },
-    inputs: ctx.inputs.slice(0, own),
-  };
+  const folded = foldedNormOf(ctx, "qlinear", own);
+  const { norm, inner, weightOf: lnWeightOf, biasOf: lnBiasOf } = folded;
   const xInfo = ctx.inputs[0];
-  const normInputs = ctx.inputs.slice(own);
   const [n, k] = ctx.inputs[3].shape;
   const total = numel(ctx.out.shape);
   if (total === 0) return NO_LAUNCH;
@@ -508,14 +543,11 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
   const qdtype = attrs.qdtype as DType;
   const outDType = floatDType("qlinear", "output", ctx.out.dtype);
   const act = activationCode("qlinear", String(attrs.activation ?? "none"));
-  const gemv = m <= QGEMV_MAX_ROWS && k > 0 && normInputs.every((i) => i.dtype === xInfo.dtype)
+  const gemv = m <= QGEMV_MAX_ROWS && k > 0 && folded.sameDType
     ? fusedQuantizedGemv(inner, m, n, k, qdtype, attrs.weightMode === "channel", act, outDType, {
       eps: norm.eps,
     })
     : undefined;
-  const lnWeightOf = (inputs: readonly CudaBuffer[]) => norm.hasWeight ? inputs[own] : undefined;
-  const lnBiasOf = (inputs: readonly CudaBuffer[]) =>
-    norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
   if (gemv) {
     const prep = new WeightPrep(inner, 3, n, k);
     return (y, inputs) => {
@@ -561,18 +593,7 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
       };
     }
     // The exact product reads the codes' values as float32: normalize, then quantize.
-    const layerNorm = cudaLowering("layerNorm")({
-      ...ctx,
-      attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
-      out: { shape: xInfo.shape, dtype: xInfo.dtype },
-      inputs: [xInfo, ...normInputs],
-    });
-    if (typeof layerNorm !== "function") {
-      throw new TensorqError("the folded layer norm has no kernel of its own", {
-        op: "qlinear",
-        kind: "state",
-      });
-    }
+    const layerNorm = folded.layerNorm();
     const values = quantize(target);
     return (dst, inputs, rows, rowScales) => {
       const normalized = CudaBuffer.allocate(device, xInfo.dtype, m * k);
@@ -1002,21 +1023,16 @@ export function gemvMmaShape(
  */
 function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
-  const norm = attrs.norm as unknown as FoldedNorm;
   const own = attrs.hasBias ? 5 : 4;
-  const inner: CudaKernelContext = {
-    ...ctx,
-    attrs: { ...attrs, norm: undefined },
-    inputs: ctx.inputs.slice(0, own),
-  };
+  const folded = foldedNormOf(ctx, "wlinear", own);
+  const { norm, inner } = folded;
   const xInfo = ctx.inputs[0];
-  const normInputs = ctx.inputs.slice(own);
   const [n, k] = ctx.inputs[1].shape;
   const total = numel(ctx.out.shape);
   if (total === 0) return NO_LAUNCH;
   const m = total / n;
   const qdtype = attrs.qdtype as DType;
-  const gemv = k > 0 && qdtype in QUANT_NAME && normInputs.every((i) => i.dtype === xInfo.dtype)
+  const gemv = k > 0 && qdtype in QUANT_NAME && folded.sameDType
     ? streamingGemv(inner, m, n, k, qdtype, weightScaleIndex(attrs, k), { eps: norm.eps })
     : undefined;
   if (gemv) {
@@ -1024,24 +1040,12 @@ function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
     return (y, inputs) => {
       const [x, w, swq, swd] = inputs;
       const wq = prep.codes(w, swq, qdtype);
-      const lnWeight = norm.hasWeight ? inputs[own] : undefined;
-      const lnBias = norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined;
-      gemv(y, x, wq.buffer, swd, attrs.hasBias ? inputs[4] : undefined, lnWeight, lnBias);
+      const bias = attrs.hasBias ? inputs[4] : undefined;
+      gemv(y, x, wq.buffer, swd, bias, folded.weightOf(inputs), folded.biasOf(inputs));
       if (wq.temporary) wq.buffer.dispose();
     };
   }
-  const layerNorm = cudaLowering("layerNorm")({
-    ...ctx,
-    attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
-    out: { shape: xInfo.shape, dtype: xInfo.dtype },
-    inputs: [xInfo, ...normInputs],
-  });
-  if (typeof layerNorm !== "function") {
-    throw new TensorqError("the folded layer norm has no kernel of its own", {
-      op: "wlinear",
-      kind: "state",
-    });
-  }
+  const layerNorm = folded.layerNorm();
   const product = lowerWlinear(inner);
   return (y, inputs) => {
     const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));

@@ -67,6 +67,12 @@ const KERNEL: Readonly<Record<string, string>> = {
   float8e4m3: "qgemv_e4m3",
 };
 
+/** M in 1..8, N in 1..2^31 − 1, K a positive multiple of 16: what both kernel families take. */
+function gemvProblem(m: number, n: number, k: number): boolean {
+  return Number.isInteger(m) && m >= 1 && m <= QGEMV_MAX_ROWS && Number.isInteger(n) && n >= 1 &&
+    n <= INT32_MAX && Number.isInteger(k) && k >= 16 && k % 16 === 0;
+}
+
 /** How one problem is launched. */
 export interface QgemvShape {
   /** Lanes per output channel (L: 4, 8, 16 or 32). */
@@ -103,9 +109,7 @@ export function qgemvShape(
   smCount: number,
   qdtype: "int8" | "float8e4m3" = "int8",
 ): QgemvShape | undefined {
-  if (!Number.isInteger(m) || m < 1 || m > QGEMV_MAX_ROWS) return undefined;
-  if (!Number.isInteger(n) || n < 1 || n > INT32_MAX) return undefined;
-  if (!Number.isInteger(k) || k < 16 || k % 16 !== 0) return undefined;
+  if (!gemvProblem(m, n, k)) return undefined;
   const sharedBytes = qdtype === "int8" ? m * k : 4 * m * k;
   if (sharedBytes > (qdtype === "int8" ? QGEMV_MAX_SHARED_BYTES : QGEMV_MAX_SHARED_BYTES_E4M3)) {
     return undefined;
@@ -230,9 +234,7 @@ export function qgemvMmaShape(
   k: number,
   smCount: number,
 ): QgemvMmaShape | undefined {
-  if (!Number.isInteger(m) || m < 1 || m > QGEMV_MAX_ROWS) return undefined;
-  if (!Number.isInteger(n) || n < 1 || n > INT32_MAX) return undefined;
-  if (!Number.isInteger(k) || k < 16 || k % 16 !== 0) return undefined;
+  if (!gemvProblem(m, n, k)) return undefined;
   const pitch = mmaPitch(k);
   const steps = Math.ceil(k / 64);
   const groups = Math.ceil(n / 8);
