@@ -7,8 +7,10 @@
  * and returns the greedy next ids, the logits, the next position and the updated cache. The
  * cache is updated functionally: `sliceScatter(cache, new, position)` writes the step's key
  * and value into their slot, and fused attention reads the slots up to the position
- * (`kvLength = position + 1`, read on the device). Nothing in the step depends on the position's value, so every step has the same shapes
- * and replays the same recording.
+ * (`kvLength = position + 1`, read on the device). Nothing in the step depends on the
+ * position's value, so every step has the same shapes and replays the same recording. The
+ * cache arguments are donated: a step consumes the state it is given, and on a GPU writes the
+ * new slot into the cache's memory in place (no copy of the cache per step).
  *
  * ```ts
  * const decoder = buildStaticDecoder(model, { batch: 1, maxLength: 1024 });
@@ -18,6 +20,7 @@
  * @module
  */
 import * as tq from "../mod.ts";
+import { fromStorage } from "../lib/tensor.ts";
 import { type BenchFloat, deviceTensor, randnHost, relError } from "./timing.ts";
 
 /** Options of {@link buildStaticDecoder}. */
@@ -68,10 +71,16 @@ export interface StaticDecoder {
   readonly executable: tq.Executable;
   /** Runs the prompt `[B, T]` through the model's forward and builds the first state. */
   prefill(promptIds: tq.Tensor): PrefillResult;
-  /** One decode step. */
+  /** One decode step; consumes `state`'s cache (its tensors are disposed). */
   step(state: DecodeState): StepResult;
   /** Frees the compiled step. */
   dispose(): void;
+}
+
+/** A copy of a state (a step consumes the state it is given). */
+export function cloneState(state: DecodeState): DecodeState {
+  const copy = (t: tq.Tensor) => fromStorage(t.storageSync(), t.shape, t.dtype, t.device);
+  return { ids: copy(state.ids), pos: copy(state.pos), cache: state.cache.map(copy) };
 }
 
 /** Frees the tensors of a state (not needed any more). */
@@ -150,6 +159,7 @@ export function buildStaticDecoder(
     ],
     device,
     cudaGraphs: options.cudaGraphs,
+    donate: Array.from({ length: 2 * config.nLayer }, (_, i) => 2 + i),
   });
 
   const prefill = (promptIds: tq.Tensor): PrefillResult => {

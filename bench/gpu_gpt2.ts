@@ -27,6 +27,7 @@ import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
 import {
   buildStaticDecoder,
   checkStaticDecoder,
+  cloneState,
   type DecodeState,
   disposeState,
   type StaticDecoder,
@@ -188,24 +189,25 @@ function decodeStatic(
       checks.some((c) => c.nonFinite) ? ", NON-FINITE" : ""
     } (${ok ? "ok" : "FAIL"})`;
 
+    // A step consumes the state it is given: each batch starts from a copy of the first one.
     const { state: initial } = decoder.prefill(prompt);
-    let state: DecodeState = initial;
+    let state: DecodeState = cloneState(initial);
     const dec = decoder;
     const timing = timeWall(() => {
       const { state: next, logits } = dec.step(state);
       logits.dispose();
-      if (state !== initial) disposeState(state);
+      disposeState(state);
       state = next;
     }, {
       batch: steps,
       warmup: steps,
       reps: (quick || smoke ? 2 : 5) * steps,
       beforeBatch: () => {
-        if (state !== initial) disposeState(state);
-        state = initial;
+        disposeState(state);
+        state = cloneState(initial);
       },
     });
-    if (state !== initial) disposeState(state);
+    disposeState(state);
     disposeState(initial);
     return { timing, ms: timing.medianUs / 1e3, check, checkOk: ok };
   } finally {

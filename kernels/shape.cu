@@ -718,6 +718,49 @@ SLICE_SCATTER(4)
 SLICE_SCATTER(8)
 SLICE_SCATTER(16)
 
+// In place (out already holds x): only the window is written, one unit of src per thread
+// step; `total` counts src's units.
+template <int W, typename U>
+__device__ __forceinline__ void sliceWriteUnits(void* out, const void* src, const void* startPtr,
+                                                int startKind, long long startValue, U total,
+                                                U n, U m, U inner) {
+  typedef typename Unit<W>::T T;
+  T* o = (T*)out;
+  const T* b = (const T*)src;
+  const U start = (U)scatterStart(startPtr, startKind, startValue, (long long)n - (long long)m);
+  const U step = gridStride<U>();
+  for (U i = firstThread<U>(); i < total; i += step) {
+    const U t = i / inner;
+    const U k = i - t * inner;
+    const U row = t / m;
+    const U r = t - row * m;
+    o[(row * n + start + r) * inner + k] = b[i];
+  }
+}
+
+#define SLICE_WRITE(W)                                                                         \
+  extern "C" __global__ void slice_write_b##W##_n32(void* out, const void* src,                \
+                                                    const void* startPtr, int startKind,       \
+                                                    long long startValue, long long total,     \
+                                                    long long n, long long m, long long inner) { \
+    sliceWriteUnits<W, unsigned>(out, src, startPtr, startKind, startValue, (unsigned)total,   \
+                                 (unsigned)n, (unsigned)m, (unsigned)inner);                   \
+  }                                                                                            \
+  extern "C" __global__ void slice_write_b##W##_n64(void* out, const void* src,                \
+                                                    const void* startPtr, int startKind,       \
+                                                    long long startValue, long long total,     \
+                                                    long long n, long long m, long long inner) { \
+    sliceWriteUnits<W, unsigned long long>(                                                    \
+        out, src, startPtr, startKind, startValue, (unsigned long long)total,                  \
+        (unsigned long long)n, (unsigned long long)m, (unsigned long long)inner);              \
+  }
+
+SLICE_WRITE(1)
+SLICE_WRITE(2)
+SLICE_WRITE(4)
+SLICE_WRITE(8)
+SLICE_WRITE(16)
+
 // int4 with an odd inner extent (window rows start mid-byte): one thread per output byte
 // assembles elements 2b and 2b+1 from x or src; the padding nibble past the end is 0.
 extern "C" __global__ void slice_scatter_i4(uint8_t* out, const uint8_t* x, const uint8_t* src,

@@ -162,6 +162,8 @@ for (const dtype of DTYPES) {
       [[4, 5, 6], [[1, 3]]], // contiguous block of whole rows
       [[4, 5, 6], [[3, 0, -1], [1, 4], [2, 6]]],
       [[3, 4], [[2, 3], [1, 2]]], // a single element
+      [[5, 256], [[1, 4]]], // whole rows at a 256-byte multiple: a view, no copy
+      [[3, 2, 256], [[1, 2], [1, 2]]], // one row at a 256-byte multiple
     ];
     for (const [shape, ranges] of cases) {
       compareUnary(`slice ${JSON.stringify(ranges)}`, dtype, shape, (x) => slice(x, ranges));
@@ -224,6 +226,25 @@ for (const dtype of DTYPES) {
     }
   });
 }
+
+testOnGpu(
+  "cuda contiguous slices and unit-dim permutes are views that kernels read in place",
+  () => {
+    // [1, 1, 3·256] split like a decode step's q/k/v (views at byte offsets 512 and 1024 for
+    // float16), and a permute that only moves an extent-1 dim; each part goes on into a kernel,
+    // and the source stays an output too, so a wrong offset or a write through a view shows.
+    for (const dtype of ["float16", "float32", "int8"] as const) {
+      const storage = randomStorage(dtype, 3 * 256, seed++);
+      const build = (device: string) => {
+        const x = leaf(storage, [1, 1, 3 * 256], dtype, device);
+        const parts = [0, 1, 2].map((p) => slice(x, [null, null, [p * 256, (p + 1) * 256]]));
+        const heads = parts.map((t) => permute(t.reshape([1, 1, 4, 64]), [0, 2, 1, 3]));
+        return concat([heads[2], heads[0], heads[1], x.reshape([1, 12, 1, 64])], 1);
+      };
+      compare(`split views ${dtype}`, dtype, build);
+    }
+  },
+);
 
 testOnGpu("cuda causalMask matches cpu", () => {
   const cases: [number, number, number | undefined][] = [

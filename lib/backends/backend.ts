@@ -33,6 +33,11 @@ export interface PlanLeaf {
   dtype: DType;
   /** The op that produced the value before it was realized ("constant" for data). */
   producer: string;
+  /**
+   * The plan may overwrite this value's buffer (a donated argument of a compiled function):
+   * an op that is its only reader can update it in place instead of copying it.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -57,6 +62,11 @@ export interface Plan {
    * written into those buffers (one per output, of the right dtype and size) and returned.
    */
   run(leaves: DeviceBuffer[], outputs?: DeviceBuffer[]): DeviceBuffer[];
+  /**
+   * For each output, the writable leaf whose buffer the plan updates in place to produce it
+   * (undefined for the others): a caller may pass that leaf's buffer as the output buffer.
+   */
+  updatedLeaves?(): (number | undefined)[];
 }
 
 /** A recorded run of a plan that can be replayed cheaply (a CUDA graph). */

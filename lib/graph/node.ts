@@ -29,6 +29,10 @@ export interface DeviceBuffer {
    * compiled function): kernels must not cache anything derived from them.
    */
   mutable?: boolean;
+  /** Another handle on the same memory (backends with views; freed on its own dispose). */
+  view?(): DeviceBuffer;
+  /** True when `other` is a handle on the same elements of the same memory. */
+  sharesMemoryWith?(other: DeviceBuffer): boolean;
 }
 
 let nextId = 1;
@@ -53,6 +57,11 @@ export class Node {
   buffer?: DeviceBuffer;
   /** True for the inputs of a function traced by `compile()`: they have no value. */
   placeholder = false;
+  /**
+   * True for a placeholder whose argument is donated (`compile`'s `donate`): a plan may
+   * overwrite its buffer when nothing else reads it.
+   */
+  donated = false;
   /** Error object holding the stack of the user call that created the node (parsed lazily). */
   private readonly trace?: { stack?: string };
   private site?: CallSite | null;

@@ -63,6 +63,15 @@ export interface CompileOptions {
   device?: string;
   /** Record CUDA graphs on CUDA devices (default true). */
   cudaGraphs?: boolean;
+  /**
+   * Indices of arguments the caller gives up (like JAX's `donate_argnums`): each call consumes
+   * (disposes) the tensors passed there, and a result that updates such an argument in place
+   * (a `sliceScatter` into it that nothing else reads, say a KV cache slot) may be written
+   * into the argument's memory instead of a copy. With CUDA graphs, passing that result back
+   * as the same argument on the next call then costs no copy at all: a decode loop that
+   * feeds its cache back runs without moving the cache.
+   */
+  donate?: readonly number[];
 }
 
 /** A placeholder's (absent) value: traced graphs read it as a leaf. */
@@ -83,6 +92,10 @@ interface ShapeEntry {
   /** CUDA graph path: fixed input/output buffers and the recording. */
   staticInputs?: DeviceBuffer[];
   staticOutputs?: DeviceBuffer[];
+  /** For each output, the donated argument whose fixed buffer it is updated in (or -1). */
+  outputArg?: number[];
+  /** Per argument, the node of the last result handed out in its fixed buffer. */
+  holders?: (Node | undefined)[];
   replay?: ReplayablePlan;
   single: boolean;
 }
@@ -131,6 +144,19 @@ export function compile(
     }
     return a;
   });
+  const donated = new Set<number>();
+  for (const [k, i] of (options.donate ?? []).entries()) {
+    if (!Number.isInteger(i) || i < 0 || i >= infos.length || donated.has(i)) {
+      throw new TensorqError("donate must list distinct argument indices", {
+        op: "compile",
+        kind: "argument",
+        argument: `donate[${k}]`,
+        expected: `an unlisted integer in [0, ${infos.length - 1}]`,
+        actual: JSON.stringify(i),
+      });
+    }
+    donated.add(i);
+  }
   const device = parseDevice("compile", options.device ?? "cpu").name;
   const backend = backendOf(device, "compile");
   const useGraphs = (options.cudaGraphs ?? true) && backend.record !== undefined;
@@ -140,6 +166,7 @@ export function compile(
     const placeholders = shapes.map((shape, i) => {
       const node = new Node("input", [], { index: i }, shape, infos[i].dtype, device);
       node.placeholder = true;
+      node.donated = donated.has(i);
       node.realize(new PlaceholderBuffer(device, infos[i].dtype, numel(shape)));
       return new Tensor(node);
     });
@@ -165,9 +192,14 @@ export function compile(
         });
       }
     });
-    // Outputs that are inputs or constants still go through a plan: wrap them in a copy-free
-    // reshape so every output is an op of the graph.
-    const targets = outs.map((t) => (t.node.realized ? t.reshape(t.shape) : t).node);
+    // Outputs that are inputs or constants still go through a plan, and a value returned twice
+    // gets a second node: wrap them in a copy-free reshape so every output is its own op.
+    const seen = new Set<Node>();
+    const targets = outs.map((t) => {
+      const node = (t.node.realized || seen.has(t.node) ? t.reshape(t.shape) : t).node;
+      seen.add(node);
+      return node;
+    });
     const traced = traceGraph(targets);
     const plan = planFor(traced, backend);
     const argLeaf = placeholders.map((p) => traced.leafNodes.indexOf(p.node));
@@ -250,9 +282,18 @@ export function compile(
       backend.copy(s, b);
       return s;
     });
-    entry.staticOutputs = entry.outShapes.map((s, i) =>
-      backend.allocate(device, entry.outDTypes[i], numel(s))
+    // A result updated in place in a donated argument's buffer lives in that fixed buffer.
+    const updated = entry.plan.updatedLeaves?.() ?? [];
+    entry.outputArg = entry.outShapes.map((_, j) =>
+      updated[j] === undefined ? -1 : entry.argLeaf.indexOf(updated[j]!)
     );
+    entry.holders = inputs.map(() => undefined);
+    entry.staticOutputs = entry.outShapes.map((s, j) => {
+      const arg = entry.outputArg![j];
+      return arg >= 0
+        ? entry.staticInputs![arg]
+        : backend.allocate(device, entry.outDTypes[j], numel(s));
+    });
     const leaves = bindLeaves(entry, entry.staticInputs);
     // One plain run first, on the real inputs: weight caches and algorithm choices happen
     // outside the recording, and input-dependent errors surface here.
@@ -277,25 +318,55 @@ export function compile(
     const shapes = check(args);
     const entry = entryFor(shapes);
     for (const a of args) a.evaluate();
-    const buffers = args.map((a) => a.node.buffer!);
     let outs: DeviceBuffer[];
-    if (useGraphs && !entry.replay) prepareGraph(entry, buffers);
+    if (useGraphs && !entry.replay) prepareGraph(entry, args.map((a) => a.node.buffer!));
     if (entry.replay) {
-      buffers.forEach((b, i) => backend.copy(entry.staticInputs![i], b));
+      const statics = entry.staticInputs!;
+      const holders = entry.holders!;
+      // A result still held in a fixed buffer that this call overwrites moves out first,
+      // unless it is the very tensor passed (donated) back into that buffer.
+      holders.forEach((h, i) => {
+        if (h && h !== args[i].node && h.buffer && !h.buffer.disposed) {
+          const moved = backend.allocate(device, h.dtype, h.buffer.numel);
+          backend.copy(moved, h.buffer);
+          h.buffer.dispose();
+          h.buffer = moved;
+        }
+        holders[i] = undefined;
+      });
+      args.forEach((a, i) => {
+        if (!statics[i].sharesMemoryWith?.(a.node.buffer!)) {
+          backend.copy(statics[i], a.node.buffer!);
+        }
+      });
       entry.replay.replay();
-      outs = entry.staticOutputs!.map((s, i) => {
-        const o = backend.allocate(device, entry.outDTypes[i], s.numel);
+      outs = entry.staticOutputs!.map((s, j) => {
+        if (entry.outputArg![j] >= 0) return s.view!();
+        const o = backend.allocate(device, entry.outDTypes[j], s.numel);
         backend.copy(o, s);
         return o;
       });
     } else {
+      // Without a recording the plan reads the arguments' own buffers: a donated one that may
+      // be updated in place is first copied, as other views may share its memory.
+      const buffers = args.map((a, i) => {
+        const b = a.node.buffer!;
+        if (!donated.has(i)) return b;
+        const own = backend.allocate(device, b.dtype, b.numel);
+        backend.copy(own, b);
+        return own;
+      });
       outs = entry.plan.run(bindLeaves(entry, buffers));
+      buffers.forEach((b, i) => donated.has(i) && b.dispose());
     }
     const tensors = outs.map((b, i) => {
       const node = new Node("constant", [], {}, entry.outShapes[i], entry.outDTypes[i], device);
       node.realize(b);
+      const arg = entry.outputArg?.[i] ?? -1;
+      if (entry.replay && arg >= 0) entry.holders![arg] = node;
       return new Tensor(node);
     });
+    for (const i of donated) args[i].dispose();
     return entry.single ? tensors[0] : tensors;
   }) as Executable;
   Object.defineProperties(exe, {

@@ -89,7 +89,7 @@ export function traceGraph(targets: Node[]): TracedGraph {
       if (n.realized) {
         leafIndex.set(n, leafNodes.length);
         leafNodes.push(n);
-        keyParts.push(`L${n.dtype}[${n.shape}]${n.op}`);
+        keyParts.push(`L${n.dtype}[${n.shape}]${n.op}${n.donated ? "w" : ""}`);
         stack.pop();
         continue;
       }
@@ -119,7 +119,12 @@ export function traceGraph(targets: Node[]): TracedGraph {
   const refKey = (r: ValueRef) => ("leaf" in r ? `l${r.leaf}` : `n${r.node}`);
   const graph: PlanGraph = {
     device,
-    leaves: leafNodes.map((n) => ({ shape: n.shape, dtype: n.dtype, producer: n.op })),
+    leaves: leafNodes.map((n) => ({
+      shape: n.shape,
+      dtype: n.dtype,
+      producer: n.op,
+      ...(n.donated ? { writable: true } : {}),
+    })),
     nodes: order.map((n) => {
       const inputs = n.inputs.map(ref);
       keyParts.push(

@@ -71,6 +71,16 @@ class CudaPlan implements Plan {
     private readonly freeAfter: number[][],
   ) {}
 
+  updatedLeaves(): (number | undefined)[] {
+    return this.outputs.map((r) => {
+      if (!("node" in r)) return undefined;
+      const s = this.steps[r.node];
+      if (typeof s.lowered === "function" || !("inPlace" in s.lowered)) return undefined;
+      const source = s.inputs[s.lowered.inPlace];
+      return "leaf" in source ? source.leaf : undefined;
+    });
+  }
+
   run(leaves: DeviceBuffer[], outputs?: DeviceBuffer[]): DeviceBuffer[] {
     this.device.makeCurrent();
     const values = new Array<CudaBuffer | undefined>(this.steps.length);
@@ -92,8 +102,18 @@ class CudaPlan implements Plan {
           const out = given ? given.view() : CudaBuffer.allocate(this.device, s.dtype, s.numel);
           values[i] = out;
           s.lowered(out, inputs);
+        } else if ("inPlace" in s.lowered) {
+          const out = inputs[s.lowered.inPlace].view(s.dtype, s.numel);
+          values[i] = out;
+          s.lowered.launch(out, inputs);
+          // A caller's output buffer that is the updated input itself needs no copy.
+          if (given && given.address !== out.address) {
+            copyBuffer(given, out);
+            out.dispose();
+            values[i] = given.view();
+          }
         } else {
-          values[i] = inputs[s.lowered.alias].view(s.dtype, s.numel);
+          values[i] = inputs[s.lowered.alias].view(s.dtype, s.numel, s.lowered.byteOffset);
           if (given) {
             copyBuffer(given, values[i]!);
             values[i]!.dispose();
@@ -183,12 +203,20 @@ export const cudaBackend: Backend = {
 
   lower(graph: PlanGraph): Plan {
     const device = deviceOf(graph.device);
+    // A writable leaf read once (by one op input, not an output) may be updated in place.
+    const leafReads = graph.leaves.map(() => 0);
+    const countRead = (r: ValueRef) => "leaf" in r && leafReads[r.leaf]++;
+    graph.nodes.forEach((n) => n.inputs.forEach(countRead));
+    graph.outputs.forEach(countRead);
     const steps = graph.nodes.map((n): Step => ({
       lowered: cudaLowering(n.op)({
         attrs: n.attrs,
         out: { shape: n.shape, dtype: n.dtype },
         inputs: n.inputs.map((r) => refInfo(graph, r)),
         device,
+        overwritable: n.inputs.map((r) =>
+          "leaf" in r && graph.leaves[r.leaf].writable === true && leafReads[r.leaf] === 1
+        ),
       }),
       inputs: n.inputs,
       dtype: n.dtype,

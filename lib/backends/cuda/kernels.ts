@@ -34,6 +34,11 @@ export interface CudaKernelContext {
   inputs: ValueInfo[];
   /** The device the plan runs on. */
   device: CudaDevice;
+  /**
+   * Per input: the op may overwrite it (a writable leaf that nothing else reads), and so can
+   * return `{inPlace}` instead of writing a fresh output.
+   */
+  overwritable?: readonly boolean[];
 }
 
 /** Enqueues an op's work on the device's stream. `out` is allocated for the output. */
@@ -41,9 +46,24 @@ export type CudaLaunch = (out: CudaBuffer, inputs: CudaBuffer[]) => void;
 
 /**
  * The result of lowering one op: a launch, or `{alias: i}` when the output is input `i`'s
- * memory unchanged (reshape-like views).
+ * memory unchanged (reshape-like views), starting `byteOffset` bytes in (a contiguous slice;
+ * a multiple of 256 so that views keep the pool's alignment, which kernels rely on).
  */
-export type CudaLowered = CudaLaunch | { alias: number };
+export type CudaLowered =
+  | CudaLaunch
+  | { alias: number; byteOffset?: number }
+  | CudaInPlace;
+
+/**
+ * An op that updates input `inPlace` (one its context marks overwritable): `launch` gets that
+ * input's buffer as its output, which then is the op's result.
+ */
+export interface CudaInPlace {
+  /** The input whose buffer becomes the output. */
+  inPlace: number;
+  /** Enqueues the update. */
+  launch: CudaLaunch;
+}
 
 /** Lowers one op of a plan. */
 export type CudaLowering = (ctx: CudaKernelContext) => CudaLowered;

@@ -86,10 +86,21 @@ export class CudaBuffer implements DeviceBuffer {
     return new CudaBuffer({ device, address, bytes, refs: 1 }, dtype, numel, address);
   }
 
-  /** A buffer sharing this one's memory with another dtype/element count (reshape, bitcast). */
-  view(dtype: DType = this.dtype, numel: number = this.numel): CudaBuffer {
+  /**
+   * A buffer sharing this one's memory with another dtype/element count (reshape, bitcast),
+   * starting `byteOffset` bytes in (a contiguous slice). A view of a mutable buffer is mutable.
+   */
+  view(dtype: DType = this.dtype, numel: number = this.numel, byteOffset = 0): CudaBuffer {
     this.#allocation.refs++;
-    return new CudaBuffer(this.#allocation, dtype, numel, this.address);
+    const v = new CudaBuffer(this.#allocation, dtype, numel, this.address + BigInt(byteOffset));
+    v.mutable = this.mutable;
+    return v;
+  }
+
+  /** True when `other` is a handle on the same elements of the same allocation. */
+  sharesMemoryWith(other: DeviceBuffer): boolean {
+    return other instanceof CudaBuffer && other.#allocation === this.#allocation &&
+      other.address === this.address && other.bytes === this.bytes;
   }
 
   /** The device this buffer lives on. */

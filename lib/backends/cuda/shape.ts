@@ -3,7 +3,9 @@
  * lib/backends/cpu/shape.ts; kernels in kernels/shape.cu). Every op moves raw bits, so every
  * dtype, NaN payloads included, comes out bit-identical to the CPU backend.
  *
- * permute, expand and slice are one strided copy: dims of extent 1 are dropped, dims that
+ * A permute or slice that reads one contiguous run starting 256-byte aligned (a permute that
+ * only moves extent-1 dims, a slice of whole leading rows) is a view of its input, no launch.
+ * Otherwise permute, expand and slice are one strided copy: dims of extent 1 are dropped, dims that
  * are contiguous with each other merged, and the copy unit widened to up to 16 bytes when the
  * innermost run and all offsets allow it. A plain contiguous run becomes a vectorized copy, a
  * swap of the last two dims a tiled shared-memory transpose. int4 (packed two per byte) moves
@@ -24,7 +26,15 @@ import { type DType, dtypeInfo } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
-import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
+import {
+  BLOCK,
+  type CudaInPlace,
+  type Dim3,
+  grid1d,
+  KernelParams,
+  launch,
+  registerCudaKernel,
+} from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 
@@ -40,6 +50,8 @@ const BLOCK_1D: Dim3 = [BLOCK, 1, 1];
 const INT32_LIMIT = 2 ** 31;
 // Ranks the strided kernels take as launch parameters; higher ranks read device memory.
 const MAX_PARAM_RANK = 8;
+// Views (contiguous slices) start at multiples of this many bytes: the pool's alignment.
+const VIEW_ALIGN = 256;
 // Copy units in bytes, widest first.
 const UNITS = [16, 8, 4, 2, 1] as const;
 
@@ -259,9 +271,29 @@ export function planStridedCopy(
 // A view: the same elements in the same order.
 registerCudaKernel("reshape", () => ({ alias: 0 }));
 
+/**
+ * The read as a view of the input when it is one contiguous run of whole bytes starting at a
+ * multiple of {@link VIEW_ALIGN} bytes (so the view keeps the pool's alignment): no copy.
+ */
+function contiguousView(
+  dtype: DType,
+  shape: readonly number[],
+  strides: readonly number[],
+  base: number,
+): { alias: number; byteOffset: number } | undefined {
+  const esize = elementBytes(dtype);
+  if (esize < 1 || numel(shape) === 0) return undefined;
+  const [sizes, steps] = collapse(shape, strides);
+  if (sizes.length !== 1 || steps[0] !== 1) return undefined;
+  const byteOffset = base * esize;
+  return byteOffset % VIEW_ALIGN === 0 ? { alias: 0, byteOffset } : undefined;
+}
+
 registerCudaKernel("permute", (ctx) => {
   const axes = ctx.attrs.axes as number[];
   const inStrides = stridesOf(ctx.inputs[0].shape);
+  const view = contiguousView(ctx.out.dtype, ctx.out.shape, axes.map((a) => inStrides[a]), 0);
+  if (view) return view;
   const copy = planStridedCopy(
     ctx.device,
     ctx.out.dtype,
@@ -289,6 +321,8 @@ registerCudaKernel("slice", (ctx) => {
   let base = 0;
   for (let d = 0; d < starts.length; d++) base += starts[d] * inStrides[d];
   const strides = steps.map((s, d) => s * inStrides[d]);
+  const view = contiguousView(ctx.out.dtype, ctx.out.shape, strides, base);
+  if (view) return view;
   const copy = planStridedCopy(ctx.device, ctx.out.dtype, ctx.out.shape, strides, base);
   return (out, [x]) => copy(out.address, x.address);
 });
@@ -579,6 +613,55 @@ function scatterKernel(
   };
 }
 
+/** Where a sliceScatter's window lies, in elements (the start maybe read on the device). */
+interface ScatterWindow {
+  n: number;
+  m: number;
+  inner: number;
+  startKind: number;
+  startValue: number;
+}
+
+/**
+ * sliceScatter into x's own buffer (x is overwritable): one launch writes src's elements into
+ * the window, in the widest unit the row and the addresses allow; x's other elements stay.
+ */
+function sliceWriteInPlace(
+  device: CudaDevice,
+  narrowUnit: number,
+  wideUnit: number,
+  esize: number,
+  srcElements: number,
+  w: ScatterWindow,
+): CudaInPlace {
+  const plan = (unit: number) => {
+    const f = unit / esize;
+    const units = srcElements / f;
+    const reach = (w.n * w.inner) / f * (srcElements / (w.m * w.inner));
+    return {
+      kernel: fn(device, `slice_write_b${unit}_n${reach < INT32_LIMIT ? 32 : 64}`),
+      grid: grid1d(device, units),
+      alignMask: BigInt(unit - 1),
+      units,
+      inner: w.inner / f,
+    };
+  };
+  const narrow = plan(narrowUnit);
+  const wide = wideUnit === narrowUnit ? narrow : plan(wideUnit);
+  const params = new KernelParams(9);
+  return {
+    inPlace: 0,
+    launch: (out, [_x, src, start]) => {
+      if (srcElements === 0) return;
+      const k = ((out.address | src.address) & wide.alignMask) === 0n ? wide : narrow;
+      params.reset().ptr(out.address).ptr(src.address)
+        .ptr(start === undefined ? 0n : start.address).i32(w.startKind).i64(w.startValue)
+        .i64(k.units).i64(w.n).i64(w.m).i64(k.inner);
+      launch(device, k.kernel, k.grid, BLOCK_1D, params);
+    },
+  };
+}
+
 registerCudaKernel("sliceScatter", (ctx) => {
   const axis = ctx.attrs.axis as number;
   const shape = ctx.out.shape;
@@ -597,6 +680,15 @@ registerCudaKernel("sliceScatter", (ctx) => {
   const rowBytes = inner * esize;
   const narrowUnit = esize < 1 ? (inner % 2 === 0 ? 1 : 0) : esize;
   const wideUnit = narrowUnit === 0 ? 0 : UNITS.find((u) => u >= esize && rowBytes % u === 0)!;
+  if (ctx.overwritable?.[0] && narrowUnit !== 0) {
+    return sliceWriteInPlace(ctx.device, narrowUnit, wideUnit, esize, numel(ctx.inputs[1].shape), {
+      n,
+      m,
+      inner,
+      startKind,
+      startValue,
+    });
+  }
   const narrow = scatterKernel(ctx.device, narrowUnit, esize, total, inner);
   const wide = wideUnit === narrowUnit
     ? narrow
