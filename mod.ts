@@ -126,6 +126,10 @@ export {
   setQdqFusion,
 } from "./lib/graph/passes/qdq_fusion.ts";
 export {
+  attentionViewFusionEnabled,
+  setAttentionViewFusion,
+} from "./lib/graph/passes/attention_views.ts";
+export {
   type AmaxObserver,
   type EntropyOptions,
   type HistogramMethod,

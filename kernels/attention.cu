@@ -1,10 +1,16 @@
 // Fused scaled-dot-product attention (rule in lib/ops/attention.ts, CPU reference in
 // lib/backends/cpu/attention.ts, launches in lib/backends/cuda/attention.ts).
 //
-// Layout: q [BH, T, D], k [BH, S, D], v [BH, S, Dv], out [BH, T, Dv], contiguous. With L the
-// valid key count (*kvLen clamped to [0, S], or S when kvLen is null; read here, at run time,
-// so a recorded graph replays with a new value), key j is visible to query i when j < L and,
-// when causal, j <= i + (L - T). A query with no visible key outputs zeros.
+// Layout: q [BH, T, D], k [BH, S, D], v [BH, S, Dv], out [BH, T, Dv]. The generic kernel takes
+// them contiguous. The flash and decode kernels take, per tensor, the element strides of a
+// batch, a head and a position (the batch·head index bh = b·H + h), the feature dim being
+// contiguous and the strides multiples of 16 bytes: q, k, v can be strided views of a packed
+// projection (the pointers already point at the first element), and the output can be written
+// as [B, T, H, Dv] (heads merged). Only addresses change: the arithmetic is the same.
+//
+// With L the valid key count (*kvLen clamped to [0, S], or S when kvLen is null; read here, at
+// run time, so a recorded graph replays with a new value), key j is visible to query i when
+// j < L and, when causal, j <= i + (L - T). A query with no visible key outputs zeros.
 //
 // Scores are float32 dot products, multiplied by scale·log2(e) so the softmax uses exp2f; the
 // running max / sum / output accumulators are float32 and the output is rounded once.
@@ -97,6 +103,24 @@ __device__ __forceinline__ uint4 ldg16(const void* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
 
+// Element strides of a batch, a head and a position of q, k, v and the output (flash and
+// decode kernels), passed as 12 kernel parameters. Position strides are 32-bit (products with
+// a position index are widened).
+struct Strides {
+  i64 qB, qH;
+  int qT;
+  i64 kB, kH;
+  int kT;
+  i64 vB, vH;
+  int vT;
+  i64 oB, oH;
+  int oT;
+};
+#define STRIDE_PARAMS                                                                          \
+  i64 qB, i64 qH, int qT, i64 kB, i64 kH, int kT, i64 vB, i64 vH, int vT, i64 oB, i64 oH, \
+      int oT
+#define STRIDE_ARGS {qB, qH, qT, kB, kH, kT, vB, vH, vT, oB, oH, oT}
+
 // =============================================================================================
 // Flash-attention-2 forward (float16 / bfloat16, D == Dv in {64, 128})
 
@@ -151,11 +175,12 @@ __device__ __forceinline__ unsigned tileOffset(int row, int chunk) {
   return (unsigned)((row * (D / 8) + (chunk ^ (row & 7))) * 16);
 }
 
-// Starts copying rows 0 .. rows-1 (at most 64) of a [64][D] tile from g (row-major, D
-// elements a row); rows past `rows` are zero-filled. Call only with rows >= 1.
+// Starts copying rows 0 .. rows-1 (at most 64) of a [64][D] tile from g (rows `stride`
+// elements apart, a multiple of 8); rows past `rows` are zero-filled. Call only with
+// rows >= 1.
 template <int D>
-__device__ __forceinline__ void loadTile(unsigned tile, const unsigned short* g, int rows,
-                                         int tid) {
+__device__ __forceinline__ void loadTile(unsigned tile, const unsigned short* g, int stride,
+                                         int rows, int tid) {
   constexpr int CH = D / 8;
   constexpr int PER_THREAD = BN * CH / THREADS;
 #pragma unroll
@@ -163,7 +188,7 @@ __device__ __forceinline__ void loadTile(unsigned tile, const unsigned short* g,
     const int idx = tid + i * THREADS;
     const int row = idx / CH, chunk = idx % CH;
     const bool valid = row < rows;
-    const unsigned short* src = valid ? g + (i64)row * D + chunk * 8 : g;
+    const unsigned short* src = valid ? g + (i64)row * stride + chunk * 8 : g;
     cpAsync16(tile + tileOffset<D>(row, chunk), src, valid);
   }
 }
@@ -173,8 +198,9 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
                                         const unsigned short* __restrict__ k,
                                         const unsigned short* __restrict__ v,
                                         unsigned short* __restrict__ out,
-                                        const int* __restrict__ kvLen, int BH, int T, int S,
-                                        float scaleLog2, bool causal, int mTiles) {
+                                        const int* __restrict__ kvLen, int BH, int H, int T,
+                                        int S, float scaleLog2, bool causal, int mTiles,
+                                        const Strides& st) {
   static_assert(D % 16 == 0 && BM == 64 && BN == 64, "tile shape");
   constexpr int CH = D / 8;                      // 16-byte chunks per row
   constexpr unsigned TILE_BYTES = 64 * D * 2;    // one [64][D] tile
@@ -196,14 +222,15 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
   const int kvEnd = causal ? min(L, m0 + BM + shift) : L;
   const int nTiles = kvEnd > 0 ? (kvEnd + BN - 1) / BN : 0;
 
-  const unsigned short* kg = k + (i64)bh * S * D;
-  const unsigned short* vg = v + (i64)bh * S * D;
+  const int batch = bh / H, head = bh - batch * H;
+  const unsigned short* kg = k + batch * st.kB + head * st.kH;
+  const unsigned short* vg = v + batch * st.vB + head * st.vH;
 
-  loadTile<D>(sQ, q + ((i64)bh * T + m0) * D, T - m0, tid);
+  loadTile<D>(sQ, q + batch * st.qB + head * st.qH + (i64)m0 * st.qT, st.qT, T - m0, tid);
   cpAsyncCommit();
   if (nTiles > 0) {
-    loadTile<D>(sK(0), kg, L, tid);
-    loadTile<D>(sV(0), vg, L, tid);
+    loadTile<D>(sK(0), kg, st.kT, L, tid);
+    loadTile<D>(sV(0), vg, st.vT, L, tid);
   }
   cpAsyncCommit();
   cpAsyncWait<1>();  // Q has landed (this thread's copies)
@@ -230,8 +257,8 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     if (j + 1 < nTiles) {
       // Buffer (j + 1) & 1 held tile j - 1, released by the barrier that ended iteration j - 1.
       const int next = (j + 1) * BN;
-      loadTile<D>(sK((j + 1) & 1), kg + (i64)next * D, L - next, tid);
-      loadTile<D>(sV((j + 1) & 1), vg + (i64)next * D, L - next, tid);
+      loadTile<D>(sK((j + 1) & 1), kg + (i64)next * st.kT, st.kT, L - next, tid);
+      loadTile<D>(sV((j + 1) & 1), vg + (i64)next * st.vT, st.vT, L - next, tid);
     }
     cpAsyncCommit();   // possibly empty: keeps the group count uniform
     cpAsyncWait<1>();  // tile j has landed
@@ -350,6 +377,13 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     }
   }
   __syncwarp();
+  // The output head, from a fresh read of the block index: nothing of it stays live (in
+  // registers) through the main loop.
+  unsigned ctaid;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(ctaid));
+  const int outBh = (int)(ctaid % (unsigned)BH);
+  const int outBatch = outBh / H, outHead = outBh - outBatch * H;
+  unsigned short* og = out + outBatch * st.oB + outHead * st.oH;
 #pragma unroll
   for (int i = 0; i < 16 * CH / 32; ++i) {
     const int idx = lane + i * 32;
@@ -357,7 +391,7 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     const int row = m0 + warp * 16 + r;
     if (row < T) {
       const uint4 w = *reinterpret_cast<const uint4*>(stage + tileOffset<D>(warp * 16 + r, chunk));
-      *reinterpret_cast<uint4*>(out + ((i64)bh * T + row) * D + chunk * 8) = w;
+      *reinterpret_cast<uint4*>(og + (i64)row * st.oT + chunk * 8) = w;
     }
   }
 }
@@ -369,9 +403,11 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
   extern "C" __global__ void __launch_bounds__(flash::THREADS, D == 64 ? 4 : 2)                \
       NAME(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,         \
            const unsigned short* __restrict__ v, unsigned short* __restrict__ out,             \
-           const int* __restrict__ kvLen, int BH, int T, int S, float scaleLog2, int causal,   \
-           int mTiles) {                                                                       \
-    flash::forward<BF16, D>(q, k, v, out, kvLen, BH, T, S, scaleLog2, causal != 0, mTiles);    \
+           const int* __restrict__ kvLen, int BH, int H, int T, int S, float scaleLog2,        \
+           int causal, int mTiles, STRIDE_PARAMS) {                                            \
+    const Strides st = STRIDE_ARGS;                                                            \
+    flash::forward<BF16, D>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0, mTiles,  \
+                            st);                                                               \
   }
 
 FLASH_KERNEL(attention_flash_f16_d64, false, 64)
@@ -396,8 +432,9 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
                                        const typename E::Raw* __restrict__ v,
                                        typename E::Raw* __restrict__ out,
                                        const int* __restrict__ kvLen, float* __restrict__ partial,
-                                       int* __restrict__ counters, int BH, int T, int S,
-                                       float scaleLog2, bool causal, int nSplit) {
+                                       int* __restrict__ counters, int BH, int H, int T,
+                                       int S, float scaleLog2, bool causal, int nSplit,
+                                       const Strides& st) {
   constexpr int VEC = E::VEC;     // elements per 16-byte chunk
   constexpr int C = D / VEC;      // lanes per key: one chunk each
   constexpr int KPW = 32 / C;     // keys per warp at a time
@@ -415,6 +452,9 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
   const int group = warp * KPW + lane / C;
   const int split = blockIdx.x % nSplit;
   const int bh = blockIdx.x / nSplit;
+  const int batch = bh / H, head = bh - batch * H;
+  const typename E::Raw* qh = q + batch * st.qB + head * st.qH + c * VEC;
+  typename E::Raw* oh = out + batch * st.oB + head * st.oH;
   const int L = validKeys(kvLen, S);
   const int perSplit = (L + nSplit - 1) / nSplit;
   const int kb = split * perSplit;
@@ -429,7 +469,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
 #pragma unroll
     for (int e = 0; e < VEC; ++e) qf[t][e] = 0.0f;
     if (t < T) {
-      E::unpack(ldg16(q + ((i64)bh * T + t) * D + c * VEC), qf[t]);
+      E::unpack(ldg16(qh + (i64)t * st.qT), qf[t]);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) qf[t][e] *= scaleLog2;
       limit[t] = visibleLimit(t, T, L, causal);
@@ -444,8 +484,8 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
     for (int e = 0; e < VEC; ++e) acc[t][e] = 0.0f;
   }
 
-  const typename E::Raw* kRows = k + (i64)bh * S * D + c * VEC;
-  const typename E::Raw* vRows = v + (i64)bh * S * D + c * VEC;
+  const typename E::Raw* kRows = k + batch * st.kB + head * st.kH + c * VEC;
+  const typename E::Raw* vRows = v + batch * st.vB + head * st.vH + c * VEC;
   for (int base = kb; base < ke; base += G * U) {
     uint4 kw[U], vw[U];
 #pragma unroll
@@ -453,8 +493,8 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       const int key = base + u * G + group;
       kw[u] = vw[u] = make_uint4(0u, 0u, 0u, 0u);
       if (key < ke) {
-        kw[u] = ldg16(kRows + (i64)key * D);
-        vw[u] = ldg16(vRows + (i64)key * D);
+        kw[u] = ldg16(kRows + (i64)key * st.kT);
+        vw[u] = ldg16(vRows + (i64)key * st.vT);
       }
     }
     float s[TQ][U];
@@ -548,7 +588,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
     }
     if (nSplit == 1) {
       // sum >= 1 (the largest weight is 1), so the fast division is within 2 ulps.
-      E::store(out, ((i64)bh * T + t) * D + d, sum > 0.0f ? __fdividef(a, sum) : 0.0f);
+      E::store(oh, (i64)t * st.oT + d, sum > 0.0f ? __fdividef(a, sum) : 0.0f);
     } else {
       const i64 row = ((i64)bh * nSplit + split) * T + t;
       partAcc[row * D + d] = a;
@@ -593,7 +633,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
     for (int sp = 0; sp < nSplit; ++sp) {
       a = fmaf(__ldcg(partAcc + (first + sp * T + t) * D + d), splitWeight[sp * T + t], a);
     }
-    E::store(out, ((i64)bh * T + t) * D + d, a);
+    E::store(oh, (i64)t * st.oT + d, a);
   }
   if (tid == 0) counters[bh] = 0;  // ready for the next launch
 }
@@ -605,10 +645,11 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       NAME(const E::Raw* __restrict__ q, const E::Raw* __restrict__ k,                         \
            const E::Raw* __restrict__ v, E::Raw* __restrict__ out,                             \
            const int* __restrict__ kvLen, float* __restrict__ partial,                         \
-           int* __restrict__ counters, int BH, int T, int S, float scaleLog2, int causal,      \
-           int nSplit) {                                                                       \
-    decode::decode<E, D, TQ>(q, k, v, out, kvLen, partial, counters, BH, T, S, scaleLog2,      \
-                             causal != 0, nSplit);                                             \
+           int* __restrict__ counters, int BH, int H, int T, int S, float scaleLog2,           \
+           int causal, int nSplit, STRIDE_PARAMS) {                                            \
+    const Strides st = STRIDE_ARGS;                                                            \
+    decode::decode<E, D, TQ>(q, k, v, out, kvLen, partial, counters, BH, H, T, S, scaleLog2,   \
+                             causal != 0, nSplit, st);                                         \
   }
 
 #define DECODE_KERNELS(SUFFIX, E)                              \

@@ -5,8 +5,17 @@
  * Inputs are `[q, k, v]`, plus `kvLength` when given (then `[q, k, v, kvLength]`). Attrs:
  * `{scale, causal, hasKvLength}` (`scale` already defaulted, so the attrs fully determine the
  * kernel).
+ *
+ * The attention-view pass (lib/graph/passes/attention_views.ts) may add two attrs that change
+ * only where the kernels read and write:
+ * - `views: [q, k, v]`, each null or an {@link AttentionView}: that input is then the source
+ *   value of a chain of slices, permutes and reshapes, read as a strided view;
+ * - `outputLayout: "bthd"`: a rank-4 result `[B, H, T, Dv]` is written as `[B, T, H, Dv]` (the
+ *   node's shape is then `[B, T, H, Dv]`).
+ * Only problems for which {@link attentionTakesViews} holds get them.
  * @module
  */
+import type { DType } from "../dtype.ts";
 import { describeValue } from "../shape.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import type { Tensor } from "../tensor.ts";
@@ -189,4 +198,101 @@ export function attention(
     [...lead, t, vs[rank - 1]],
     q.dtype,
   );
+}
+
+/** Most queries per head that the CUDA decode kernels take. */
+export const ATTENTION_DECODE_MAX_QUERIES = 8;
+
+/**
+ * The CUDA kernel family that serves an attention problem: `decode` (D == Dv in {64, 128},
+ * T <= {@link ATTENTION_DECODE_MAX_QUERIES}), `flash` (float16 / bfloat16, D == Dv in
+ * {64, 128}, larger T) or `generic` (everything else).
+ *
+ * @param dtype Element type of q, k, v.
+ * @param queries Queries per head (T).
+ * @param dim Feature size of q and k (D).
+ * @param valueDim Feature size of v (Dv).
+ * @returns The kernel family.
+ */
+export function attentionKernelKind(
+  dtype: DType,
+  queries: number,
+  dim: number,
+  valueDim: number,
+): "decode" | "flash" | "generic" {
+  const fast = dim === valueDim && (dim === 64 || dim === 128);
+  if (fast && queries <= ATTENTION_DECODE_MAX_QUERIES) return "decode";
+  if (fast && (dtype === "float16" || dtype === "bfloat16")) return "flash";
+  return "generic";
+}
+
+/**
+ * True when the kernels of an attention problem read strided input views and write the
+ * `bthd` output layout: the decode and flash kernels, not the generic one (see
+ * {@link attentionKernelKind}). Only float dtypes qualify.
+ *
+ * @param dtype Element type of q, k, v.
+ * @param queries Queries per head (T).
+ * @param dim Feature size of q and k (D).
+ * @param valueDim Feature size of v (Dv).
+ * @returns Whether views may be folded into the problem.
+ */
+export function attentionTakesViews(
+  dtype: DType,
+  queries: number,
+  dim: number,
+  valueDim: number,
+): boolean {
+  if (dtype !== "float32" && dtype !== "float16" && dtype !== "bfloat16") return false;
+  return attentionKernelKind(dtype, queries, dim, valueDim) !== "generic";
+}
+
+/**
+ * An attention input read as a strided view of another value (attr `views`): element
+ * `[i0, ..., in]` of the logical input (of shape `shape`) is element
+ * `offset + Σ i_k · strides[k]` of the source's row-major buffer. Offsets and strides are in
+ * elements.
+ */
+export interface AttentionView {
+  /** The input's logical shape `[..., H, T, D]`. */
+  shape: number[];
+  /** First element, in the source's buffer. */
+  offset: number;
+  /** Element step per index of each dim. */
+  strides: number[];
+}
+
+/** Strides (in elements) of a `[..., H, T, D]` layout seen as `[B, H, T, D]`. */
+export interface AttentionHeadStrides {
+  /** Step between batches (the leading dims before H, merged). */
+  batch: number;
+  /** Step between heads. */
+  head: number;
+  /** Step between positions. */
+  row: number;
+}
+
+/**
+ * Splits the strides of a `[..., H, T, D]` layout into batch, head and row strides, the
+ * leading dims before `H` merged into one batch dim. Returns undefined when those leading dims
+ * do not merge (their strides are not nested); extent-1 dims never matter.
+ *
+ * @param shape The layout's shape (rank 3 or more).
+ * @param strides Its strides in elements.
+ * @returns The three strides, or undefined.
+ */
+export function attentionHeadStrides(
+  shape: readonly number[],
+  strides: readonly number[],
+): AttentionHeadStrides | undefined {
+  const rank = shape.length;
+  let batch = 0;
+  let inner = -1; // the innermost leading dim of extent > 1 seen so far
+  for (let i = rank - 4; i >= 0; i--) {
+    if (shape[i] === 1) continue;
+    if (inner < 0) batch = strides[i];
+    else if (strides[i] !== strides[inner] * shape[inner]) return undefined;
+    inner = i;
+  }
+  return { batch, head: strides[rank - 3], row: strides[rank - 2] };
 }

@@ -10,12 +10,23 @@
  * - anything else with Dv <= 256 and D <= 3072: a warp per query on the CUDA cores
  *   (`attention_generic_*`).
  * `kvLength`, when given, is passed as a device pointer and read by the kernels when they run.
+ * The choice is {@link attentionKernelKind} (lib/ops/attention.ts). The flash and decode kernels
+ * take per-tensor batch, head and position strides: they read inputs folded in as strided views
+ * (attr `views`) in place and write the `bthd` output layout (attr `outputLayout`); the
+ * generic kernel takes contiguous tensors only, and the view pass folds nothing into its
+ * problems.
  * @module
  */
 import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
-import type { DType } from "../../dtype.ts";
+import { type DType, dtypeInfo } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
-import { numel } from "../../shape.ts";
+import {
+  type AttentionHeadStrides,
+  attentionHeadStrides,
+  attentionKernelKind,
+  type AttentionView,
+} from "../../ops/attention.ts";
+import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   type CudaLaunch,
@@ -76,8 +87,6 @@ export interface AttentionLaunch {
 const THREADS = 128;
 /** Queries per flash CTA. */
 const FLASH_QUERIES = 64;
-/** Most queries the decode kernels take (their largest TQ). */
-const DECODE_MAX_QUERIES = 8;
 /** Most CTAs the keys of one head are split over (MAX_SPLITS in kernels/attention.cu). */
 const MAX_SPLITS = 64;
 /** Dynamic shared memory a kernel gets without opting in. */
@@ -106,8 +115,8 @@ export function planAttention(p: AttentionProblem, smCount: number): AttentionLa
   checkInt32("attention", "the query count", t);
   checkInt32("attention", "the key count", s);
   const block: Dim3 = [THREADS, 1, 1];
-  const fast = d === dv && (d === 64 || d === 128);
-  if (fast && t <= DECODE_MAX_QUERIES) {
+  const kind = attentionKernelKind(p.dtype, t, d, dv);
+  if (kind === "decode") {
     const tq = t <= 1 ? 1 : t <= 4 ? 4 : 8;
     // Mirrors kernels/attention.cu: lanes per key, key groups per CTA, keys per group per step.
     const lanesPerKey = d / (p.dtype === "float32" ? 4 : 8);
@@ -127,7 +136,7 @@ export function planAttention(p: AttentionProblem, smCount: number): AttentionLa
       scratchWords,
     };
   }
-  if (fast && p.dtype !== "float32") {
+  if (kind === "flash") {
     const tiles = Math.ceil(t / FLASH_QUERIES);
     if (heads * tiles > INT32_MAX) throw unsupported("fewer batch·heads × query tiles", `${t}`);
     return {
@@ -201,16 +210,36 @@ function decodeScratch(
   return { counters: base, partial: base + BigInt(scratch.counterWords * 4) };
 }
 
+/** An input's layout: its view (attr `views`), or its own shape, contiguous. */
+function layoutOf(view: AttentionView | null | undefined, shape: readonly number[]): AttentionView {
+  return view ?? { shape: [...shape], offset: 0, strides: stridesOf(shape) };
+}
+
+/** Batch, head and position strides of a layout, checked for the kernels' int32 positions. */
+function headStrides(name: string, layout: AttentionView): AttentionHeadStrides {
+  const strides = attentionHeadStrides(layout.shape, layout.strides);
+  if (!strides) {
+    throw unsupported(
+      `a view of ${name} whose leading dims merge into one batch dim`,
+      `strides [${layout.strides.join(", ")}] for shape [${layout.shape.join(", ")}]`,
+    );
+  }
+  checkInt32("attention", `the position stride of ${name}`, strides.row);
+  return strides;
+}
+
 registerCudaKernel("attention", (ctx): CudaLaunch => {
-  const [qInfo, kInfo, vInfo] = ctx.inputs;
-  const rank = qInfo.shape.length;
+  const views = ctx.attrs.views as (AttentionView | null)[] | undefined;
+  const bthd = ctx.attrs.outputLayout === "bthd";
+  const [qL, kL, vL] = [0, 1, 2].map((i) => layoutOf(views?.[i], ctx.inputs[i].shape));
+  const rank = qL.shape.length;
   const problem: AttentionProblem = {
-    dtype: qInfo.dtype,
-    heads: numel(qInfo.shape.slice(0, rank - 2)),
-    queries: qInfo.shape[rank - 2],
-    keys: kInfo.shape[rank - 2],
-    dim: qInfo.shape[rank - 1],
-    valueDim: vInfo.shape[rank - 1],
+    dtype: ctx.inputs[0].dtype,
+    heads: numel(qL.shape.slice(0, rank - 2)),
+    queries: qL.shape[rank - 2],
+    keys: kL.shape[rank - 2],
+    dim: qL.shape[rank - 1],
+    valueDim: vL.shape[rank - 1],
   };
   if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
   const device = ctx.device;
@@ -220,37 +249,59 @@ registerCudaKernel("attention", (ctx): CudaLaunch => {
   const scaleLog2 = (ctx.attrs.scale as number) * Math.LOG2E;
   const causal = ctx.attrs.causal ? 1 : 0;
   const hasKvLength = ctx.attrs.hasKvLength as boolean;
-  const params = new KernelParams(14);
+  const params = new KernelParams(28);
   const { grid, block, sharedBytes } = plan;
+
+  if (plan.kind === "generic") {
+    if (views || bthd) {
+      throw unsupported("contiguous q, k, v and output for the generic kernel", "views");
+    }
+    const rows = BigInt(heads * queries);
+    return (out, inputs) => {
+      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
+        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
+        .i64(rows).i32(queries).i32(keys).i32(dim).i32(valueDim).f32(scaleLog2).i32(causal);
+      launch(device, fn, grid, block, params, sharedBytes);
+    };
+  }
+
+  // Flash and decode: bh = b·H + h with H the last leading dim; strides per b, h, position.
+  const nHeads = qL.shape[rank - 3];
+  const itemSize = dtypeInfo(problem.dtype).itemSize;
+  const byteOffsets = [qL, kL, vL].map((l) => BigInt(l.offset * itemSize));
+  const [qS, kS, vS] = [["q", qL], ["k", kL], ["v", vL]].map(([name, l]) =>
+    headStrides(name as string, l as AttentionView)
+  );
+  const oS: AttentionHeadStrides = bthd
+    ? { batch: queries * nHeads * valueDim, head: valueDim, row: nHeads * valueDim }
+    : { batch: nHeads * queries * valueDim, head: queries * valueDim, row: valueDim };
+  checkInt32("attention", "the output position stride", oS.row);
+  const strideParams = (p: KernelParams): KernelParams => {
+    for (const st of [qS, kS, vS, oS]) p.i64(st.batch).i64(st.head).i32(st.row);
+    return p;
+  };
+  const addresses = (out: CudaBuffer, inputs: CudaBuffer[]): KernelParams =>
+    params.reset().ptr(inputs[0].address + byteOffsets[0])
+      .ptr(inputs[1].address + byteOffsets[1]).ptr(inputs[2].address + byteOffsets[2])
+      .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n);
 
   if (plan.kind === "flash") {
     allowSharedBytes(fn, sharedBytes, DEFAULT_SHARED);
     preferSharedMemory(fn);
     return (out, inputs) => {
-      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
-        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
-        .i32(heads).i32(queries).i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
-      launch(device, fn, grid, block, params, sharedBytes);
+      addresses(out, inputs).i32(heads).i32(nHeads).i32(queries).i32(keys).f32(scaleLog2)
+        .i32(causal).i32(plan.perHead);
+      launch(device, fn, grid, block, strideParams(params), sharedBytes);
     };
   }
-  if (plan.kind === "decode") {
-    const scratch = plan.scratchWords > 0
-      ? decodeScratch(device, heads, plan.scratchWords)
-      : undefined;
-    const counters = scratch?.counters ?? 0n;
-    const partial = scratch?.partial ?? 0n;
-    return (out, inputs) => {
-      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
-        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n).ptr(partial).ptr(counters)
-        .i32(heads).i32(queries).i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
-      launch(device, fn, grid, block, params);
-    };
-  }
-  const rows = BigInt(heads * queries);
+  const scratch = plan.scratchWords > 0
+    ? decodeScratch(device, heads, plan.scratchWords)
+    : undefined;
+  const counters = scratch?.counters ?? 0n;
+  const partial = scratch?.partial ?? 0n;
   return (out, inputs) => {
-    params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
-      .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
-      .i64(rows).i32(queries).i32(keys).i32(dim).i32(valueDim).f32(scaleLog2).i32(causal);
-    launch(device, fn, grid, block, params, sharedBytes);
+    addresses(out, inputs).ptr(partial).ptr(counters).i32(heads).i32(nHeads).i32(queries)
+      .i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
+    launch(device, fn, grid, block, strideParams(params));
   };
 });
