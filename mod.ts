@@ -125,6 +125,7 @@ export {
   setNormFolding,
   setQdqFusion,
 } from "./lib/graph/passes/qdq_fusion.ts";
+export { residualFusionEnabled, setResidualFusion } from "./lib/graph/passes/residual_fusion.ts";
 export {
   attentionViewFusionEnabled,
   setAttentionViewFusion,

@@ -9,7 +9,9 @@
 //
 // Kernels:
 // - flinear_gemv_<x>_m<MT>: M ≤ MT ≤ 16 rows (decode-sized): streams W with 16-byte loads and
-//   applies bias and activation. Launch shape from gemvShape (lib/backends/cuda/flinear.ts).
+//   applies bias and activation, and a folded residual when `residual` is not null
+//   (y = round(round(act(...)) + residual), the unfused add: withResidual in gemv.cuh). Launch
+//   shape from gemvShape (lib/backends/cuda/flinear.ts).
 // - flinear_epilogue_<x>: y = act(acc + b) from float32 products (cuBLASLt's, or none when
 //   K = 0); acc may be y itself (float32 outputs, in place).
 //
@@ -118,7 +120,8 @@ template <class X, int MT>
 __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* __restrict__ x,
                                             const void* __restrict__ w,
                                             const void* __restrict__ bias, int act, int M, int N,
-                                            int K, int KT, int splitK) {
+                                            int K, int KT, int splitK,
+                                            const void* __restrict__ residual) {
   constexpr int R = GEMV_ROWS;
   constexpr int E = X::kElems;
   constexpr int STEP = 32 * E;     // elements one warp covers per step
@@ -173,7 +176,8 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
     }
   }
 
-  gemvFinish<X, MT>(acc, partial, out, bias, act, M, N, n0, warp, lane, kPart, splitK);
+  gemvFinish<X, MT>(acc, partial, out, bias, act, M, N, n0, warp, lane, kPart, splitK,
+                    residual);
 }
 
 #define GEMV_KERNEL(X_NAME, X, MT)                                                            \
@@ -181,8 +185,9 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
       flinear_gemv_##X_NAME##_m##MT(void* __restrict__ out, const void* __restrict__ x,      \
                                     const void* __restrict__ w,                             \
                                     const void* __restrict__ bias, int act, int M, int N,   \
-                                    int K, int KT, int splitK) {                            \
-    flinearGemv<X, MT>(out, x, w, bias, act, M, N, K, KT, splitK);                           \
+                                    int K, int KT, int splitK,                              \
+                                    const void* __restrict__ residual) {                    \
+    flinearGemv<X, MT>(out, x, w, bias, act, M, N, K, KT, splitK, residual);                 \
   }
 
 #define GEMV_KERNELS(X_NAME, X) \

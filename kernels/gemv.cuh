@@ -5,10 +5,44 @@
 // A block of GEMV_WARPS warps covers GEMV_WARPS / splitK groups of GEMV_ROWS output channels;
 // the splitK warps of a group split K and add their sums through shared memory at the end.
 // Lanes accumulate acc[r][m] (group row r, x row m) over their slice of K.
+//
+// Also the residual epilogue shared by every GEMV of the fused linear ops (kernels/flinear.cu,
+// kernels/qgemv.cu, kernels/wgemv.cu): withResidual.
 
 #pragma once
 
 #include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// Residual epilogue. A fused linear op with a residual folded in (lib/graph/passes/
+// residual_fusion.ts) computes what the unfused graph computes: the linear's value v rounded
+// once to the output type X (as its store alone would), then the `add` op's sum of that value
+// and the residual r in float32, rounded once more by X::store. float32 holds the exact sum's
+// correct rounding to X for 16-bit X (24 >= 2 · 11 + 2 bits), so this equals the CPU's float64
+// add bit for bit.
+
+// v rounded to X's precision, as a float (exact): from a float, or from a double in one step
+// (the qgemv epilogue's storeDouble). X derives from F32Base or Half16Base (common.cuh).
+__device__ __forceinline__ float roundedAs(const F32Base*, float v) { return v; }
+__device__ __forceinline__ float roundedAs(const F32Base*, double v) {
+  return __double2float_rn(v);
+}
+template <bool Bf16>
+__device__ __forceinline__ float roundedAs(const Half16Base<Bf16>*, float v) {
+  return Half16Base<Bf16>::one(Half16Base<Bf16>::fromFloat(v));
+}
+template <bool Bf16>
+__device__ __forceinline__ float roundedAs(const Half16Base<Bf16>*, double v) {
+  return Bf16 ? __bfloat162float(__double2bfloat16(v)) : __half2float(__double2half(v));
+}
+
+// The float to X::store at element `at` of a fused linear's output whose value is v (float or
+// double, not yet rounded) and whose residual is X's tensor `residual` ([M, N] like the output):
+// round(v) + residual[at], summed in float32.
+template <class X, class V>
+__device__ __forceinline__ float withResidual(V v, const void* __restrict__ residual, i64 at) {
+  return roundedAs(static_cast<const X*>(nullptr), v) + X::load(residual, at);
+}
 
 #define GEMV_WARPS 4
 #define GEMV_ROWS 4
@@ -68,14 +102,16 @@ __device__ __forceinline__ void gemvFma(float (&acc)[GEMV_ROWS][MT],
 
 // The end of a GEMV: sums acc over the lanes (every lane ends with the totals), then over the
 // splitK warps of the group (through `partial`, in shared memory), and writes the group's
-// outputs y[m, n0 + r] = act(acc[r][m] + b[n0 + r]) rounded once to X. Every thread of the
-// block calls it (it has a barrier when splitK > 1).
+// outputs y[m, n0 + r] = act(acc[r][m] + b[n0 + r]) rounded once to X (with a `residual`,
+// [M, N] of X, plus residual[m, n0 + r]: withResidual). Every thread of the block calls it (it
+// has a barrier when splitK > 1).
 template <class X, int MT>
 __device__ __forceinline__ void gemvFinish(float (&acc)[GEMV_ROWS][MT],
                                            float (&partial)[GEMV_WARPS][GEMV_ROWS][MT],
                                            void* __restrict__ out,
                                            const void* __restrict__ bias, int act, int M, int N,
-                                           int n0, int warp, int lane, int kPart, int splitK) {
+                                           int n0, int warp, int lane, int kPart, int splitK,
+                                           const void* __restrict__ residual = nullptr) {
   constexpr int R = GEMV_ROWS;
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -120,7 +156,9 @@ __device__ __forceinline__ void gemvFinish(float (&acc)[GEMV_ROWS][MT],
     const int r = idx / MT, m = idx % MT, n = n0 + r;
     if (idx < R * MT && m < M && n < N) {
       const float b = bias ? X::load(bias, n) : 0.0f;
-      X::store(out, (i64)m * N + n, activate(v + b, act));
+      const i64 at = (i64)m * N + n;
+      const float y = activate(v + b, act);
+      X::store(out, at, residual ? withResidual<X>(y, residual, at) : y);
     }
   }
 }

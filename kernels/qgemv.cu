@@ -26,6 +26,10 @@
 // (0 float32, 1 float16, 2 bfloat16); so are the scales' kinds and the activation (0 none,
 // 1 relu, 2 gelu erf, 3 gelu tanh).
 //
+// `residual` (every kernel's last argument; null: none): a residual add folded into the qlinear
+// (lib/graph/passes/residual_fusion.ts), [M, N] of the output's dtype: y = round(round(t) +
+// residual), the unfused graph's add after the qlinear's rounding (withResidual, gemv.cuh).
+//
 // Layout. W: [N, K] codes row-major (int8 or e4m3 bytes, rows on 16-byte boundaries: K % 16
 // == 0); x: [M, K]; y: [M, N]; bias: [N]. A group of L lanes (L = 2^logL, 4 to 32) computes
 // one output channel n; a warp holds 32 / L channels, a block blockDim.x / L (up to 1024
@@ -60,6 +64,7 @@
 
 #include "common.cuh"
 #include "fp8.cuh"
+#include "gemv.cuh"
 #include "qlinear.cuh"
 
 #define QGEMV_MAX_ROWS 8     // rows of x (the accumulators are unrolled over this many)
@@ -284,13 +289,33 @@ __device__ __forceinline__ void quantizeRows(unsigned char* xs, const void* __re
 }
 
 // y[at] from the epilogue's double t: none / relu rounded once from t (as the CPU reference
-// does), gelu in float32 from t rounded to float.
+// does), gelu in float32 from t rounded to float; with a residual, that value plus
+// residual[at] (withResidual).
 template <class Out>
-__device__ __forceinline__ void storeOutput(void* out, i64 at, double t, int act) {
+__device__ __forceinline__ void storeOutput(void* out, i64 at, double t, int act,
+                                            const void* __restrict__ residual) {
   if (act >= 2) {
-    Out::store(out, at, activate(__double2float_rn(t), act));
+    const float v = activate(__double2float_rn(t), act);
+    Out::store(out, at, residual ? withResidual<Out>(v, residual, at) : v);
   } else {
-    Out::storeDouble(out, at, act == 1 && t <= 0.0 ? 0.0 : t);
+    const double v = act == 1 && t <= 0.0 ? 0.0 : t;
+    if (residual) {
+      Out::store(out, at, withResidual<Out>(v, residual, at));
+    } else {
+      Out::storeDouble(out, at, v);
+    }
+  }
+}
+
+// storeOutput for the output kind outKind (0 float32, 1 float16, 2 bfloat16).
+__device__ __forceinline__ void storeOutputOf(int outKind, void* out, i64 at, double t, int act,
+                                              const void* __restrict__ residual) {
+  if (outKind == 0) {
+    storeOutput<F32>(out, at, t, act, residual);
+  } else if (outKind == 1) {
+    storeOutput<F16>(out, at, t, act, residual);
+  } else {
+    storeOutput<BF16>(out, at, t, act, residual);
   }
 }
 
@@ -307,7 +332,8 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
                                       int swdPerChannel, const void* __restrict__ bias,
                                       int outKind, int act, int M, int N, int K, int logL,
                                       const void* __restrict__ lnWeight,
-                                      const void* __restrict__ lnBias, float eps) {
+                                      const void* __restrict__ lnBias, float eps,
+                                      const void* __restrict__ residual) {
   typedef typename Q::Acc Acc;
   extern __shared__ uint4 xsChunks[];  // [M][K / 16] chunks of x's codes
   unsigned char* xs = reinterpret_cast<unsigned char*>(xsChunks);
@@ -386,14 +412,7 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
   for (int m = 0; m < QGEMV_MAX_ROWS; m++) {
     if (m < M && (m & (L - 1)) == lig) {
       const double t = __dadd_rn(__dmul_rn(accToDouble(acc[m]), scale), b);
-      const i64 at = (i64)m * N + n;
-      if (outKind == 0) {
-        storeOutput<F32>(out, at, t, act);
-      } else if (outKind == 1) {
-        storeOutput<F16>(out, at, t, act);
-      } else {
-        storeOutput<BF16>(out, at, t, act);
-      }
+      storeOutputOf(outKind, out, (i64)m * N + n, t, act, residual);
     }
   }
 }
@@ -405,9 +424,9 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
       const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
       int K, int logL, const void* __restrict__ lnWeight, const void* __restrict__ lnBias,     \
-      float eps) {                                                                             \
+      float eps, const void* __restrict__ residual) {                                          \
     qgemv<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, \
-                   bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps);                  \
+                   bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps, residual);        \
   }
 
 QGEMV_KERNEL(qgemv_i8, QI8, false)
@@ -514,7 +533,8 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
                                          int swdPerChannel, const void* __restrict__ bias,
                                          int outKind, int act, int M, int N, int K, int splits,
                                          int pitch, const void* __restrict__ lnWeight,
-                                         const void* __restrict__ lnBias, float eps) {
+                                         const void* __restrict__ lnBias, float eps,
+                                         const void* __restrict__ residual) {
   typedef typename Q::Acc Acc;
   extern __shared__ uint4 mmaShared[];
   unsigned char* xs = reinterpret_cast<unsigned char*>(mmaShared);
@@ -601,14 +621,7 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
     const double scale = sx * (double)loadScale(swd, swdKind, swdPerChannel ? n : 0);
     const double b = bias ? (double)loadScale(bias, outKind, n) : 0.0;
     const double tv = __dadd_rn(__dmul_rn(accToDouble(acc), scale), b);
-    const i64 at = (i64)m * N + n;
-    if (outKind == 0) {
-      storeOutput<F32>(out, at, tv, act);
-    } else if (outKind == 1) {
-      storeOutput<F16>(out, at, tv, act);
-    } else {
-      storeOutput<BF16>(out, at, tv, act);
-    }
+    storeOutputOf(outKind, out, (i64)m * N + n, tv, act, residual);
   }
 }
 
@@ -618,11 +631,11 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
       const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
       int K, int splits, int pitch, const void* __restrict__ lnWeight,                         \
-      const void* __restrict__ lnBias, float eps
+      const void* __restrict__ lnBias, float eps, const void* __restrict__ residual
 #define QGEMV_MMA_CALL(Q, NORM)                                                               \
   qgemvMma<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind,              \
                     swdPerChannel, bias, outKind, act, M, N, K, splits, pitch, lnWeight, lnBias, \
-                    eps)
+                    eps, residual)
 
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_i8(QGEMV_MMA_ARGS) {

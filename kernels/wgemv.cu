@@ -56,9 +56,14 @@
 // Rows past N read row N - 1 instead (their sums are never written), so the weight loads need
 // no row predicate. Requires K % E == 0 (rows start on 16-byte boundaries, x rows on 32-byte
 // ones).
+//
+// `residual` (after scaleShift in every kernel; null: none): a residual add folded into the
+// wlinear (lib/graph/passes/residual_fusion.ts), [M, N] of x's dtype: y = round(round(act(...))
+// + residual), the unfused graph's add after the wlinear's rounding (withResidual, gemv.cuh).
 
 #include "common.cuh"
 #include "fp8.cuh"
+#include "gemv.cuh"
 
 #define WGEMV_MAX_WARPS 16
 #define WGEMV_TILE 16      // output channels per block
@@ -435,6 +440,7 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
                                       const void* __restrict__ swd, int swdKind,
                                       const void* __restrict__ bias, int act, int M, int N,
                                       int K, i64 sN, int sK, int scaleShift,
+                                      const void* __restrict__ residual,
                                       const void* __restrict__ lnWeight,
                                       const void* __restrict__ lnBias, float eps, int lnThreads,
                                       int pitch) {
@@ -626,7 +632,9 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
     float v = partial[0][m][r];
     for (int w = 1; w < warps; w++) v += partial[w][m][r];
     const float b = bias ? X::load(bias, n) : 0.0f;
-    X::store(out, (i64)m * N + n, activate(v + b, act));
+    const i64 at = (i64)m * N + n;
+    const float y = activate(v + b, act);
+    X::store(out, at, residual ? withResidual<X>(y, residual, at) : y);
   }
 }
 
@@ -636,8 +644,8 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
 #define WGEMV_PARAMS                                                                         \
   void *__restrict__ out, const void *__restrict__ x, const unsigned char *__restrict__ wq, \
       const void *__restrict__ swd, int swdKind, const void *__restrict__ bias, int act,    \
-      int M, int N, int K, i64 sN, int sK, int scaleShift
-#define WGEMV_ARGS out, x, wq, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift
+      int M, int N, int K, i64 sN, int sK, int scaleShift, const void *__restrict__ residual
+#define WGEMV_ARGS out, x, wq, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift, residual
 #define WGEMV_PLAIN_ARGS WGEMV_ARGS, nullptr, nullptr, 0.0f, 0, 0
 // The norm kernels' parameters after the plain ones'.
 #define WGEMV_NORM_PARAMS                                                                     \

@@ -449,10 +449,11 @@ Deno.test("setQgemvKernels picks the family; mma is the default", () => {
 
 Deno.test("the qgemv kernels are in both PTX builds with the launch's parameters", () => {
   // out, x, xKind, sxq, sxqKind, sxd, sxdKind, codes, swd, swdKind, swdPerChannel, bias,
-  // outKind, act, M, N, K, then logL (ring) or splits, pitch (mma), then lnWeight, lnBias, eps
+  // outKind, act, M, N, K, then logL (ring) or splits, pitch (mma), then lnWeight, lnBias, eps,
+  // residual
   const head = ["u64", "u64", "u32", "u64", "u32", "u64", "u32", "u64", "u64", "u32", "u32"]
     .concat(["u64", "u32", "u32", "u32", "u32", "u32"]);
-  const tail = ["u64", "u64", "f32"];
+  const tail = ["u64", "u64", "f32", "u64"];
   const ringParams = [...head, "u32", ...tail];
   const mmaParams = [...head, "u32", "u32", ...tail];
   const flavours: [string, string][] = [
@@ -852,7 +853,7 @@ function launchRingNorm(
     .i32(FLOAT_KIND[c.swDType]).i32(c.perChannel ? 1 : 0).ptr(bufs.b?.address ?? 0n)
     .i32(FLOAT_KIND[c.out]).i32(ACTIVATION[c.act]).i32(c.m).i32(c.n).i32(c.k)
     .i32(shape.logLanes).ptr(bufs.lnWeight?.address ?? 0n).ptr(bufs.lnBias?.address ?? 0n)
-    .f32(NORM_EPS);
+    .f32(NORM_EPS).ptr(0n);
   launch(
     device,
     kernel,

@@ -124,9 +124,9 @@ Deno.test("wgemvShape: every block resident at once, warps split K in whole quad
 });
 
 Deno.test("every kernel the lowering can name is in both PTX builds with the launch's parameters", () => {
-  // out, x, codes, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift
+  // out, x, codes, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift, residual
   const params = ["u64", "u64", "u64", "u64", "u32", "u64", "u32", "u32", "u32", "u32", "u64"]
-    .concat(["u32", "u32"]);
+    .concat(["u32", "u32", "u64"]);
   const names: string[] = [];
   for (const q of ["i8", "i4", "e4m3"]) {
     for (const x of ["f16", "bf16"]) names.push(`wgemv_mma_${q}_${x}`);

@@ -320,10 +320,10 @@ function normShape(c: Case, sms: number) {
 }
 
 Deno.test("the `_norm` kernels are in both PTX builds with the launch's parameters", () => {
-  // out, x, codes, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift, then lnWeight, lnBias,
-  // eps, lnThreads, pitch.
+  // out, x, codes, swd, swdKind, bias, act, M, N, K, sN, sK, scaleShift, residual, then lnWeight,
+  // lnBias, eps, lnThreads, pitch.
   const params = ["u64", "u64", "u64", "u64", "u32", "u64", "u32", "u32", "u32", "u32", "u64"]
-    .concat(["u32", "u32", "u64", "u64", "f32", "u32", "u32"]);
+    .concat(["u32", "u32", "u64", "u64", "u64", "f32", "u32", "u32"]);
   const names: string[] = [];
   for (const q of ["i8", "i4", "e4m3"]) {
     for (const x of ["f16", "bf16"]) names.push(`wgemv_mma_${q}_${x}_norm`);

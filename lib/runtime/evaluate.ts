@@ -10,6 +10,7 @@ import { TensorqError } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
 import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
+import "../graph/passes/residual_fusion.ts";
 import "../graph/passes/attention_views.ts";
 import type { Plan } from "../backends/backend.ts";
 

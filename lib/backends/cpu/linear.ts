@@ -4,6 +4,10 @@
  * integer / fp8 products, float epilogue), `wlinear` (weight-only quantization) and `linear`
  * (float weights). The quantized (or fake-quantized) weight is computed once per weight and
  * scale and cached; a float weight's float64 copy is cached per weight.
+ *
+ * With attr `residual` (lib/graph/passes/residual_fusion.ts) the op's last input is a residual
+ * of the output's shape and dtype: the result, rounded to the output dtype as without it, goes
+ * through the `add` kernel with the residual (one more rounding), as the unfused graph does.
  * @module
  */
 import { decode, encode, type StorageArray } from "../../dtype.ts";
@@ -69,6 +73,7 @@ function epilogue(
   colScale: (j: number) => number,
   bias: StorageArray | undefined,
   biasIndex: number,
+  inputs: StorageArray[],
 ): StorageArray {
   const out = outArray(ctx.out.dtype, acc.length);
   const b = bias ? read(ctx.inputs[biasIndex].dtype, bias) : undefined;
@@ -78,7 +83,30 @@ function epilogue(
     const j = i % n;
     v[i] = act(acc[i] * colScale(j) + (b ? b[j] : 0));
   }
-  return out.finish();
+  return withResidual(out.finish(), inputs, ctx);
+}
+
+/** Inputs of the op before a folded residual (attr `residual`: the last input). */
+function ownInputs(ctx: CpuKernelContext): number {
+  return ctx.inputs.length - (ctx.attrs.residual === true ? 1 : 0);
+}
+
+/**
+ * `y` plus the folded residual (the last input) by the `add` kernel, as the unfused graph adds
+ * it: both values in the output dtype, summed and rounded once. `y` unchanged without one.
+ */
+function withResidual(
+  y: StorageArray,
+  inputs: StorageArray[],
+  ctx: CpuKernelContext,
+): StorageArray {
+  if (ctx.attrs.residual !== true) return y;
+  const rAt = ctx.inputs.length - 1;
+  return cpuKernel("add")([y, inputs[rAt]], {
+    attrs: {},
+    out: ctx.out,
+    inputs: [ctx.out, ctx.inputs[rAt]],
+  });
 }
 
 /**
@@ -88,10 +116,12 @@ function epilogue(
  */
 function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext, own: number): StorageArray {
   const norm = ctx.attrs.norm as { eps: number; hasWeight: boolean; hasBias: boolean };
-  return cpuKernel("layerNorm")([inputs[0], ...inputs.slice(own)], {
+  // The norm's inputs end before a folded residual.
+  const end = ownInputs(ctx);
+  return cpuKernel("layerNorm")([inputs[0], ...inputs.slice(own, end)], {
     attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
     out: ctx.inputs[0],
-    inputs: [ctx.inputs[0], ...ctx.inputs.slice(own)],
+    inputs: [ctx.inputs[0], ...ctx.inputs.slice(own, end)],
   });
 }
 
@@ -99,8 +129,8 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
   const [sxq, sxd, w, swq, swd] = inputs.slice(1);
   const folded = ctx.attrs.norm !== undefined;
   const x = folded ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 7 : 6) : inputs[0];
-  // With a folded norm, the inputs after the qlinear's own are the norm's.
-  const bias = !folded || ctx.attrs.hasBias ? inputs[6] : undefined;
+  // The inputs after the qlinear's own are a folded norm's, then a folded residual.
+  const bias = ctx.attrs.hasBias ? inputs[6] : undefined;
   const [n, k] = ctx.inputs[3].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;
@@ -120,15 +150,15 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
   const xs = read(ctx.inputs[2].dtype, sxd)[0];
   const ws = read(ctx.inputs[5].dtype, swd);
   const perChannel = ctx.attrs.weightMode === "channel";
-  return epilogue(acc, ctx, n, (j) => xs * ws[perChannel ? j : 0], bias, 6);
+  return epilogue(acc, ctx, n, (j) => xs * ws[perChannel ? j : 0], bias, 6, inputs);
 });
 
 registerCpuKernel("wlinear", (inputs, ctx) => {
   const [, w, swq, swd] = inputs;
   const folded = ctx.attrs.norm !== undefined;
   const x = folded ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 5 : 4) : inputs[0];
-  // With a folded norm, the inputs after the wlinear's own are the norm's.
-  const bias = !folded || ctx.attrs.hasBias ? inputs[4] : undefined;
+  // The inputs after the wlinear's own are a folded norm's, then a folded residual.
+  const bias = ctx.attrs.hasBias ? inputs[4] : undefined;
   const [n, k] = ctx.inputs[1].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;
@@ -151,14 +181,16 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
   });
   const acc = new Float64Array(m * n);
   if (k > 0) gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k);
-  return epilogue(acc, ctx, n, () => 1, bias, 4);
+  return epilogue(acc, ctx, n, () => 1, bias, 4, inputs);
 });
 
 // Float weights as float64 `[N, K]` rows (already the Bᵀ layout gemm takes), per storage.
 const floatWeights = new WeakMap<StorageArray, Float64Array>();
 
 registerCpuKernel("linear", (inputs, ctx) => {
-  const [x, w, bias] = inputs;
+  const [x, w] = inputs;
+  // A folded residual may follow: the bias is input 2 only when there is one.
+  const bias = ctx.attrs.hasBias ? inputs[2] : undefined;
   const [n, k] = ctx.inputs[1].shape;
   // From the output: with K = 0 the input is empty but the output is act(bias).
   const m = n > 0 ? numel(ctx.out.shape) / n : 0;
@@ -168,5 +200,5 @@ registerCpuKernel("linear", (inputs, ctx) => {
     if (!wt) floatWeights.set(w, wt = Float64Array.from(read(ctx.inputs[1].dtype, w)));
     gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, wt, 0, acc, 0, m, n, k);
   }
-  return epilogue(acc, ctx, n, () => 1, bias, 2);
+  return epilogue(acc, ctx, n, () => 1, bias, 2, inputs);
 });

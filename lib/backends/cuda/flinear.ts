@@ -18,6 +18,12 @@
  *   add and activation then round separately, as the unfused graph does), 16-bit outputs get
  *   float32 products in a scratch buffer and one rounding.
  *
+ * With a residual folded in (attr `residual`, lib/graph/passes/residual_fusion.ts; the last
+ * input, of the output's shape and dtype): the GEMV kernel adds it in its epilogue (one launch,
+ * `y = round(round(act(x · Wᵀ + b)) + residual)`, the unfused graph's add); every other path
+ * runs the product into y and then the `add` op's kernel in place ({@link productThenResidual},
+ * which the quantized linear ops use too).
+ *
  * Everything is enqueued on the device's stream with no host synchronization, so runs can be
  * recorded into CUDA graphs; the only per-run allocation (16-bit fallback scratch) is freed
  * within the run.
@@ -37,6 +43,7 @@ import {
   BLOCK,
   type CudaKernelContext,
   type CudaLaunch,
+  cudaLowering,
   type Dim3,
   grid1d,
   KernelParams,
@@ -139,20 +146,73 @@ function trialRun(
 }
 
 // ---------------------------------------------------------------------------------------
+// Residual adds folded into the fused linear ops (lib/graph/passes/residual_fusion.ts)
+
+/**
+ * The context of a fused linear op (`linear`, `qlinear`, `wlinear`) with attr `residual`, less
+ * the residual: its last input dropped, so that the op's lowering makes the product alone.
+ */
+export function withoutResidual(ctx: CudaKernelContext): CudaKernelContext {
+  return {
+    ...ctx,
+    attrs: { ...ctx.attrs, residual: undefined },
+    inputs: ctx.inputs.slice(0, -1),
+    overwritable: ctx.overwritable?.slice(0, -1),
+  };
+}
+
+/**
+ * A fused linear op with attr `residual` whose product kernels do not take the residual: `lower`
+ * runs the product (the op without it, {@link withoutResidual}) into y, then the `add` op's own
+ * kernel updates y in place, `y = add(y, residual)`, the unfused graph's add bit for bit (one
+ * launch more). In place is safe: the add kernels read each element of y once, in the thread
+ * that then writes it.
+ */
+export function productThenResidual(
+  ctx: CudaKernelContext,
+  lower: (ctx: CudaKernelContext) => CudaLaunch,
+): CudaLaunch {
+  const product = lower(withoutResidual(ctx));
+  const residual = ctx.inputs[ctx.inputs.length - 1];
+  const add = cudaLowering("add")({
+    attrs: {},
+    out: ctx.out,
+    inputs: [ctx.out, residual],
+    device: ctx.device,
+  });
+  if (typeof add !== "function") {
+    throw new TensorqError("the residual add has no kernel of its own", {
+      op: "linear",
+      kind: "state",
+    });
+  }
+  return (y, inputs) => {
+    product(y, inputs.slice(0, -1));
+    add(y, [y, inputs[inputs.length - 1]]);
+  };
+}
+
+// ---------------------------------------------------------------------------------------
 // The lowering
 
 function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
-  const [xInfo, wInfo, biasInfo] = ctx.inputs;
+  const residual = attrs.residual === true;
+  // Inputs `[x, W, bias?, residual?]`: the bias is there when the op's own inputs are three.
+  const own = ctx.inputs.length - (residual ? 1 : 0);
+  const [xInfo, wInfo] = ctx.inputs;
+  const biasInfo = own > 2 ? ctx.inputs[2] : undefined;
+  const residualInfo = residual ? ctx.inputs[own] : undefined;
   const dtype = floatDType("linear", "output", ctx.out.dtype);
   floatDType("linear", "x", xInfo.dtype);
   floatDType("linear", "W", wInfo.dtype);
-  if (xInfo.dtype !== dtype || wInfo.dtype !== dtype || (biasInfo && biasInfo.dtype !== dtype)) {
-    throw new TensorqError("x, W, bias and the output must share a dtype", {
+  const operands = [xInfo, wInfo, biasInfo, residualInfo].filter((i) => i !== undefined);
+  if (operands.some((i) => i.dtype !== dtype)) {
+    throw new TensorqError("x, W, bias, residual and the output must share a dtype", {
       op: "linear",
       kind: "dtype",
       expected: dtype,
-      actual: [xInfo, wInfo, biasInfo].filter((i) => i).map((i) => i!.dtype).join(", "),
+      actual: operands.map((i) => i.dtype).join(", "),
     });
   }
   const activation = String(attrs.activation ?? "none");
@@ -165,6 +225,11 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   checkInt32("linear", "M", m);
   checkInt32("linear", "N", n);
   checkInt32("linear", "K", k);
+  // The GEMV adds a residual itself; every other path adds it after the product.
+  const gemvRows = m <= FLINEAR_GEMV_MAX_ROWS && k > 0;
+  if (residualInfo && (!gemvRows || numel(residualInfo.shape) !== total)) {
+    return productThenResidual(ctx, lowerLinear);
+  }
   const name = FLOAT_NAME[dtype];
   const params = new KernelParams();
 
@@ -179,17 +244,20 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   if (k === 0) return (y, inputs) => epilogue(y, 0n, inputs[2]);
 
-  if (m <= FLINEAR_GEMV_MAX_ROWS) {
+  if (gemvRows) {
     const elems = dtype === "float32" ? 4 : 8;
     const shape = gemvShape(m, n, k, elems, device.smCount);
     const kernel = fn(device, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
     allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
     const grid: Dim3 = [shape.blocks, 1, 1];
     const block: Dim3 = [GEMV_WARPS * 32, 1, 1];
-    return (y, [x, w, bias]) => {
+    return (y, inputs) => {
+      const [x, w] = inputs;
+      const bias = biasInfo ? inputs[2] : undefined;
+      const r = residual ? inputs[own] : undefined;
       const p = params.reset().ptr(y.address).ptr(x.address).ptr(w.address)
         .ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i32(shape.tileK)
-        .i32(shape.splitK);
+        .i32(shape.splitK).ptr(r?.address ?? 0n);
       launch(device, kernel, grid, block, p, shape.sharedBytes);
     };
   }

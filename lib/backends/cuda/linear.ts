@@ -36,6 +36,11 @@
  * - `wlinear` with a folded layer norm (attrs `norm`): the streaming GEMV's `_norm` kernels
  *   (lib/backends/cuda/wgemv.ts) normalize x while staging it, bit-identical to the layer norm
  *   op; otherwise the layer norm kernel writes x to scratch memory for the plain wlinear.
+ * - a residual add folded into a `qlinear` / `wlinear` (attr `residual`, its last input, of the
+ *   output's shape and dtype; lib/graph/passes/residual_fusion.ts): the fused GEMVs above (with
+ *   or without a folded norm) add it in their epilogue, after the output's rounding, in the same
+ *   launch; every other path runs the product into y, then the `add` op's kernel in place
+ *   (`productThenResidual`, lib/backends/cuda/flinear.ts): the unfused graph's add bit for bit.
  * @module
  */
 import {
@@ -80,6 +85,7 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
+import { productThenResidual, withoutResidual } from "./flinear.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
   activationCode,
@@ -611,6 +617,9 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
  * default x is quantized by the quantize kernel.
  */
 function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch {
+  if (ctx.attrs.residual === true) {
+    return residualQgemv(ctx) ?? productThenResidual(ctx, (inner) => lowerQlinear(inner));
+  }
   if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
   const { device, attrs } = ctx;
   const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
@@ -1056,6 +1065,9 @@ function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
 }
 
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
+  if (ctx.attrs.residual === true) {
+    return residualWgemv(ctx) ?? productThenResidual(ctx, lowerWlinear);
+  }
   if (ctx.attrs.norm !== undefined) return lowerNormWlinear(ctx);
   const { device, attrs } = ctx;
   const [xInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
@@ -1173,6 +1185,105 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
       acc?.dispose();
     }
     if (dq.temporary) dq.buffer.dispose();
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Residual adds folded into qlinear / wlinear (lib/graph/passes/residual_fusion.ts)
+
+/**
+ * Rows, outputs and inputs of a fused linear op with attr `residual` whose weight is input
+ * `wAt`, when the residual is `[M, N]` of the output's dtype (what the GEMVs add) and the
+ * problem is GEMV-sized (1 to `maxRows` rows, K > 0); else undefined.
+ */
+function residualGemvProblem(ctx: CudaKernelContext, wAt: number, maxRows: number) {
+  const [n, k] = ctx.inputs[wAt].shape;
+  const residual = ctx.inputs[ctx.inputs.length - 1];
+  const total = numel(ctx.out.shape);
+  if (total === 0 || k === 0 || numel(residual.shape) !== total) return undefined;
+  if (residual.dtype !== ctx.out.dtype) return undefined;
+  const m = total / n;
+  return m <= maxRows ? { m, n, k } : undefined;
+}
+
+/**
+ * A qlinear with a folded residual (and maybe a folded norm) on the fused GEMV, which adds the
+ * residual in its epilogue: the GEMV the op without the residual takes, or undefined when it
+ * takes none.
+ */
+function residualQgemv(ctx: CudaKernelContext): CudaLaunch | undefined {
+  const problem = residualGemvProblem(ctx, 3, QGEMV_MAX_ROWS);
+  if (!problem) return undefined;
+  const { m, n, k } = problem;
+  const plain = withoutResidual(ctx);
+  const { attrs } = plain;
+  const qdtype = attrs.qdtype as DType;
+  const outDType = floatDType("qlinear", "output", ctx.out.dtype);
+  const act = activationCode("qlinear", String(attrs.activation ?? "none"));
+  const folded = attrs.norm !== undefined
+    ? foldedNormOf(plain, "qlinear", attrs.hasBias ? 7 : 6)
+    : undefined;
+  if (folded && !folded.sameDType) return undefined;
+  const perChannel = attrs.weightMode === "channel";
+  const gemv = fusedQuantizedGemv(
+    folded?.inner ?? plain,
+    m,
+    n,
+    k,
+    qdtype,
+    perChannel,
+    act,
+    outDType,
+    folded && { eps: folded.norm.eps },
+  );
+  if (!gemv) return undefined;
+  const prep = new WeightPrep(plain, 3, n, k);
+  return (y, inputs) => {
+    const [x, sxq, sxd, w, swq, swd] = inputs;
+    const wq = prep.codes(w, swq, qdtype);
+    const bias = attrs.hasBias ? inputs[6] : undefined;
+    const [lnWeight, lnBias] = [folded?.weightOf(inputs), folded?.biasOf(inputs)];
+    gemv(y, x, sxq, sxd, wq.buffer, swd, bias, lnWeight, lnBias, inputs[inputs.length - 1]);
+    if (wq.temporary) wq.buffer.dispose();
+  };
+}
+
+/**
+ * A wlinear with a folded residual (and maybe a folded norm) on the streaming GEMV, which adds
+ * the residual in its epilogue: the GEMV the op without the residual takes, or undefined when it
+ * takes none.
+ */
+function residualWgemv(ctx: CudaKernelContext): CudaLaunch | undefined {
+  const problem = residualGemvProblem(ctx, 1, Number.POSITIVE_INFINITY);
+  if (!problem) return undefined;
+  const { m, n, k } = problem;
+  const plain = withoutResidual(ctx);
+  const { attrs } = plain;
+  const qdtype = attrs.qdtype as DType;
+  if (!(qdtype in QUANT_NAME)) return undefined;
+  const folded = attrs.norm !== undefined
+    ? foldedNormOf(plain, "wlinear", attrs.hasBias ? 5 : 4)
+    : undefined;
+  if (folded && !folded.sameDType) return undefined;
+  const index = weightScaleIndex(attrs, k);
+  const gemv = streamingGemv(
+    folded?.inner ?? plain,
+    m,
+    n,
+    k,
+    qdtype,
+    index,
+    folded && { eps: folded.norm.eps },
+  );
+  if (!gemv) return undefined;
+  const prep = new WeightPrep(plain, 1, n, k);
+  return (y, inputs) => {
+    const [x, w, swq, swd] = inputs;
+    const wq = prep.codes(w, swq, qdtype);
+    const bias = attrs.hasBias ? inputs[4] : undefined;
+    const [lnWeight, lnBias] = [folded?.weightOf(inputs), folded?.biasOf(inputs)];
+    gemv(y, x, wq.buffer, swd, bias, lnWeight, lnBias, inputs[inputs.length - 1]);
+    if (wq.temporary) wq.buffer.dispose();
   };
 }
 

@@ -16,6 +16,10 @@
  *   chunks in flight ({@link qgemvShape}); int8 `__dp4a` sums (exact), e4m3 float32 sums of
  *   exact products. Used for e4m3 elsewhere, and for problems the mma kernels refuse.
  *
+ * A residual folded into the qlinear (lib/graph/passes/residual_fusion.ts) is added in the
+ * kernels' epilogue, after the output's rounding: `y = round(round(t) + residual)`, the unfused
+ * graph's add bit for bit, in the same launch.
+ *
  * The caller quantizes the weight (the codes) and calls the returned function per run: one
  * kernel launch, no allocation, no host synchronization.
  * @module
@@ -133,7 +137,9 @@ export function qgemvShape(
 /**
  * One run of the fused GEMV: `y` (`[M, N]`, the output dtype) from `x` (`[M, K]`), the
  * input's quantize and dequantize scales `sxq`, `sxd`, the weight's `codes` (`[N, K]`), its
- * dequantize scales `swd` and the optional `bias` (the output dtype).
+ * dequantize scales `swd` and the optional `bias` (the output dtype); with a folded layer norm
+ * its `lnWeight` and `lnBias`; with a folded residual add, the `residual` (`[M, N]`, the output
+ * dtype) added to the rounded result.
  */
 export type FusedQuantizedGemv = (
   y: CudaBuffer,
@@ -145,6 +151,7 @@ export type FusedQuantizedGemv = (
   bias: CudaBuffer | undefined,
   lnWeight?: CudaBuffer,
   lnBias?: CudaBuffer,
+  residual?: CudaBuffer,
 ) => void;
 
 /** A layer norm over x's last dim folded into the GEMV (its weight and bias come per run). */
@@ -371,12 +378,12 @@ export function fusedQuantizedGemv(
     const grid: Dim3 = [mmaShape.blocks, 1, 1];
     const block: Dim3 = [32 * mmaShape.warps, 1, 1];
     const params = new KernelParams();
-    return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias) => {
+    return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias, residual) => {
       params.reset().ptr(y.address).ptr(x.address).i32(xKind).ptr(sxq.address).i32(sxqKind)
         .ptr(sxd.address).i32(sxdKind).ptr(codes.address).ptr(swd.address).i32(swdKind)
         .i32(perChannel ? 1 : 0).ptr(bias?.address ?? 0n).i32(outKind).i32(act).i32(m).i32(n)
         .i32(k).i32(mmaShape.splits).i32(mmaShape.pitch).ptr(lnWeight?.address ?? 0n)
-        .ptr(lnBias?.address ?? 0n).f32(norm?.eps ?? 0);
+        .ptr(lnBias?.address ?? 0n).f32(norm?.eps ?? 0).ptr(residual?.address ?? 0n);
       launch(device, kernel, grid, block, params, mmaShape.sharedBytes);
       launches++;
       mmaLaunches++;
@@ -389,12 +396,12 @@ export function fusedQuantizedGemv(
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
   const params = new KernelParams();
-  return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias) => {
+  return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias, residual) => {
     params.reset().ptr(y.address).ptr(x.address).i32(xKind).ptr(sxq.address).i32(sxqKind)
       .ptr(sxd.address).i32(sxdKind).ptr(codes.address).ptr(swd.address).i32(swdKind)
       .i32(perChannel ? 1 : 0).ptr(bias?.address ?? 0n).i32(outKind).i32(act).i32(m).i32(n)
       .i32(k).i32(shape.logLanes).ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n)
-      .f32(norm?.eps ?? 0);
+      .f32(norm?.eps ?? 0).ptr(residual?.address ?? 0n);
     launch(device, kernel, grid, block, params, shape.sharedBytes);
     launches++;
   };

@@ -17,6 +17,10 @@
  * operations in its order (the variant {@link rowKernel} picks for the rows): the staged values
  * equal the layer norm's output bit for bit, so the result equals the unfolded graph's.
  *
+ * A residual folded into the wlinear (lib/graph/passes/residual_fusion.ts) is added by every
+ * kernel in its epilogue, after the output's rounding: `y = round(round(act(...)) + residual)`,
+ * the unfused graph's add bit for bit, in the same launch.
+ *
  * The caller quantizes the weight (the codes) and calls the returned function per run.
  * @module
  */
@@ -202,7 +206,8 @@ export function wgemvNormLaunchCount(): number {
  * One run of the streaming GEMV: `y` (`[M, N]`, x's dtype) from `x` (`[M, K]`), the weight's
  * `codes` (`[N, K]`), the dequantize scales `swd` and the optional `bias` (x's dtype); with a
  * folded layer norm, x is the norm's input and `lnWeight` / `lnBias` (`[K]`, x's dtype) its
- * optional affine parameters.
+ * optional affine parameters; with a folded residual add, the `residual` (`[M, N]`, x's dtype)
+ * added to the rounded result.
  */
 export type StreamingGemv = (
   y: CudaBuffer,
@@ -212,6 +217,7 @@ export type StreamingGemv = (
   bias: CudaBuffer | undefined,
   lnWeight?: CudaBuffer,
   lnBias?: CudaBuffer,
+  residual?: CudaBuffer,
 ) => void;
 
 /**
@@ -253,10 +259,10 @@ export function streamingGemv(
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
   const params = new KernelParams();
-  return (y, x, codes, swd, bias, lnWeight, lnBias) => {
+  return (y, x, codes, swd, bias, lnWeight, lnBias, residual) => {
     params.reset().ptr(y.address).ptr(x.address).ptr(codes.address).ptr(swd.address)
       .i32(swdKind).ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i64(index.sN)
-      .i32(index.sK).i32(shape.scaleShift);
+      .i32(index.sK).i32(shape.scaleShift).ptr(residual?.address ?? 0n);
     if (staged) {
       params.ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n).f32(norm!.eps)
         .i32(staged.lnThreads).i32(staged.pitch);
