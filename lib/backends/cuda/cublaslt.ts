@@ -616,11 +616,13 @@ class LtMatmulCore {
     );
   }
 
-  /** Points a descriptor pointer attribute at `value` unless it already does. */
+  /** Points a descriptor pointer attribute at `value` (null when undefined) unless it already does. */
   setPointerAttribute(attribute: number, value: LtPointer | undefined): void {
-    if (value === undefined) return;
-    const address = addressOf(value);
-    if (this.#pointerAttributes.get(attribute) === address) return;
+    // Unset means null: a plan is shared, and a pointer an earlier run set must not linger
+    // (cuBLASLt refuses a bias pointer for some types even when the epilogue ignores it).
+    const address = value === undefined ? 0n : addressOf(value);
+    // A new descriptor's pointers are null.
+    if ((this.#pointerAttributes.get(attribute) ?? 0n) === address) return;
     ltSetMatmulDescAttribute(this.#desc, attribute, address);
     this.#pointerAttributes.set(attribute, address);
   }

@@ -787,10 +787,12 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
         mPad,
         rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
       );
-      const pointers = scales === "none" ? { bias: bias?.address } : {
+      // Unfused, the epilogue kernel adds the bias: cuBLASLt gets none.
+      const ltBias = fused ? bias?.address : undefined;
+      const pointers = scales === "none" ? { bias: ltBias } : {
         aScale: swd.address,
         bScale: rowScales?.address ?? sxd.address,
-        bias: bias?.address,
+        bias: ltBias,
       };
       if (fused) {
         plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
