@@ -194,6 +194,17 @@ export {
   parseGPT2Config,
 } from "./lib/models/gpt2.ts";
 export {
+  buildStaticDecoder,
+  cloneState,
+  type DecodeState,
+  decodeStepFunction,
+  disposeState,
+  type PrefillResult,
+  type StaticDecoder,
+  type StaticDecoderOptions,
+  type StepResult,
+} from "./lib/models/gpt2_decoder.ts";
+export {
   compile,
   type CompileOptions,
   type DimSpec,

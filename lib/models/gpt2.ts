@@ -26,6 +26,7 @@ import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
 import { Module } from "../nn/module.ts";
 import { Embedding, LayerNorm, Linear, Sequential, withoutInitialization } from "../nn/layers.ts";
+import { buildStaticDecoder, type DecodeState, disposeState } from "./gpt2_decoder.ts";
 
 // ---------------------------------------------------------------------------------------
 // Configuration
@@ -699,6 +700,12 @@ export interface GenerateOptions {
   seed?: number;
   /** Decode with a {@link KVCache} (default true) rather than re-running the whole sequence. */
   cache?: boolean;
+  /**
+   * Decode with the fixed-shape compiled step of {@link buildStaticDecoder} (one CUDA graph
+   * replay per token on a GPU) rather than the growing {@link KVCache}. Default: true on CUDA
+   * devices, false on the CPU. Needs `cache` (the default).
+   */
+  compiled?: boolean;
   /** Stop after emitting any of these tokens (it is included in the result). */
   stopTokens?: readonly number[];
   /** Called with each new token as soon as it is chosen. */
@@ -855,25 +862,84 @@ export function generate(
   }
   const stream = new RandomStream(options.seed ?? 0);
   const stops = new Set(options.stopTokens ?? []);
-  const cache = (options.cache ?? true) ? model.createCache() : undefined;
+  const useCache = options.cache ?? true;
   const device = model.device;
-  const sequence = [...prompt];
+  const compiled = options.compiled ?? device.startsWith("cuda");
+  if (compiled && !useCache) {
+    throw new TensorqError("the compiled decoder needs the KV cache", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "compiled",
+      expected: "cache: true (the default) with compiled: true",
+      actual: "cache: false",
+    });
+  }
   const out: number[] = [];
-  let feed = prompt;
-  while (out.length < maxNew) {
-    const ids = tensor(Int32Array.from(feed), { shape: [1, feed.length], device });
-    const logits = model.forward(ids, { cache });
-    const row = slice(logits, [0, -1]).dataSync() as Float32Array;
+  /** Chooses the next token from a logits row: it, and whether generation goes on. */
+  const choose = (row: ArrayLike<number>): { next: number; more: boolean } => {
     const next = strategy === "greedy"
       ? argmaxOf(row)
       : sampleFrom(row, temperature, Math.min(topK, vocab), stream);
     out.push(next);
-    sequence.push(next);
     options.onToken?.(next);
-    if (stops.has(next)) break;
+    return { next, more: !stops.has(next) && out.length < maxNew };
+  };
+  if (maxNew === 0) return out;
+  if (compiled) {
+    decodeCompiled(model, prompt, maxNew, choose);
+    return out;
+  }
+  const cache = useCache ? model.createCache() : undefined;
+  const sequence = [...prompt];
+  let feed = prompt;
+  for (;;) {
+    const ids = tensor(Int32Array.from(feed), { shape: [1, feed.length], device });
+    const logits = model.forward(ids, { cache });
+    const { next, more } = choose(slice(logits, [0, -1]).dataSync() as Float32Array);
+    if (!more) break;
+    sequence.push(next);
     feed = cache ? [next] : sequence;
   }
   return out;
+}
+
+/**
+ * {@link generate}'s loop on a {@link buildStaticDecoder} step sized for the prompt and the new
+ * tokens (slots rounded up to a multiple of 64, within nPositions). `choose` picks each token
+ * from a logits row and says whether to go on.
+ */
+function decodeCompiled(
+  model: GPT2LMHeadModel,
+  prompt: readonly number[],
+  maxNew: number,
+  choose: (row: ArrayLike<number>) => { next: number; more: boolean },
+): void {
+  const device = model.device;
+  const needed = prompt.length + maxNew;
+  const maxLength = Math.min(model.config.nPositions, Math.max(2, Math.ceil(needed / 64) * 64));
+  const decoder = buildStaticDecoder(model, { batch: 1, maxLength });
+  const ids = tensor(Int32Array.from(prompt), { shape: [1, prompt.length], device });
+  let state: DecodeState | undefined;
+  try {
+    const first = decoder.prefill(ids);
+    state = first.state;
+    for (const layer of first.kv.layers) [layer.key, layer.value].forEach((t) => t?.dispose());
+    let chosen = choose(slice(first.logits, [0, -1]).dataSync() as Float32Array);
+    first.logits.dispose();
+    while (chosen.more) {
+      // Feed the chosen token (the step's own argmax is only the greedy choice).
+      state.ids.dispose();
+      state.ids = tensor(Int32Array.of(chosen.next), { shape: [1, 1], device });
+      const { state: next, logits } = decoder.step(state);
+      disposeState(state); // its cache was consumed; its ids and position are spent
+      state = next;
+      chosen = choose(logits.dataSync() as Float32Array);
+      logits.dispose();
+    }
+  } finally {
+    if (state) disposeState(state);
+    decoder.dispose();
+  }
 }
 
 /** Options of {@link lossFromLogits}. */

@@ -1,0 +1,225 @@
+/**
+ * GPT-2 decoding with fixed shapes, so that one decode step is one compiled plan (one CUDA
+ * graph replay on a GPU). {@link generate} uses it on CUDA devices.
+ *
+ * The KV cache is static: per layer a key and a value tensor `[B, nHead, maxLength, headDim]`.
+ * A step takes the new token ids `[B, 1]` (int32), the position `[1]` (int32) and the cache,
+ * and returns the greedy next ids, the logits, the next position and the updated cache. The
+ * cache is updated functionally: `sliceScatter(cache, new, position)` writes the step's key
+ * and value into their slot, and fused attention reads the slots up to the position
+ * (`kvLength = position + 1`, read on the device). Nothing in the step depends on the
+ * position's value, so every step has the same shapes and replays the same recording. The
+ * cache arguments are donated: a step consumes the state it is given, and on a GPU writes the
+ * new slot into the cache's memory in place (no copy of the cache per step).
+ *
+ * ```ts
+ * const decoder = buildStaticDecoder(model, { batch: 1, maxLength: 1024 });
+ * let { state } = decoder.prefill(promptIds); // fills the cache with the model's forward
+ * for (let i = 0; i < 32; i++) ({ state } = decoder.step(state));
+ * ```
+ * @module
+ */
+import { TensorqError } from "../errors.ts";
+import { add } from "../ops/elementwise.ts";
+import { attention } from "../ops/attention.ts";
+import { argmax } from "../ops/reduce.ts";
+import { concat, permute, reshape, slice, sliceScatter, split } from "../ops/shape.ts";
+import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
+import { fromStorage, type Tensor, tensor, zeros } from "../tensor.ts";
+import type { GPT2LMHeadModel, KVCache } from "./gpt2.ts";
+
+/** Options of {@link buildStaticDecoder}. */
+export interface StaticDecoderOptions {
+  /** Sequences decoded together (default 1). */
+  batch?: number;
+  /** Cache slots: prompt plus generated tokens must fit (default the model's nPositions). */
+  maxLength?: number;
+  /** Record a CUDA graph of the step on CUDA devices (default true). */
+  cudaGraphs?: boolean;
+  /**
+   * Values for the cache slots the prompt leaves unused, per layer and part (default zeros).
+   * They are masked, so any finite values give the same results.
+   */
+  padding?: (shape: number[], layer: number, part: "key" | "value") => Tensor;
+}
+
+/** What a decode step reads: the ids to feed, their position, and the cache. */
+export interface DecodeState {
+  /** Token ids to feed `[B, 1]` (int32). */
+  ids: Tensor;
+  /** Position of those ids `[1]` (int32): the cache slot they are written to. */
+  pos: Tensor;
+  /** Keys and values per layer, `[k0, v0, k1, v1, ...]`, each `[B, nHead, maxLength, headDim]`. */
+  cache: Tensor[];
+}
+
+/** A step's result. */
+export interface StepResult {
+  /** The state for the next step (ids = greedy choice, position + 1, updated cache). */
+  state: DecodeState;
+  /** Logits of the fed ids `[B, 1, vocab]`. */
+  logits: Tensor;
+}
+
+/** A prefill's result. */
+export interface PrefillResult {
+  /** The first decode state: the prompt's keys and values padded to `maxLength`. */
+  state: DecodeState;
+  /** The prompt's logits `[B, T, vocab]`. */
+  logits: Tensor;
+  /** The model's own (growing) cache after the prompt, for comparisons. */
+  kv: KVCache;
+}
+
+/** A compiled fixed-shape decoder for one model. */
+export interface StaticDecoder {
+  /** Sequences per step. */
+  readonly batch: number;
+  /** Cache slots. */
+  readonly maxLength: number;
+  /** The compiled step: `(ids, pos, ...cache) → [next, logits, pos + 1, ...cache]`. */
+  readonly executable: Executable;
+  /** Runs the prompt `[B, T]` through the model's forward and builds the first state. */
+  prefill(promptIds: Tensor): PrefillResult;
+  /** One decode step; consumes `state`'s cache (its tensors are disposed). */
+  step(state: DecodeState): StepResult;
+  /** Frees the compiled step. */
+  dispose(): void;
+}
+
+/** Frees the tensors of a state (not needed any more). */
+export function disposeState(state: DecodeState): void {
+  state.ids.dispose();
+  state.pos.dispose();
+  for (const t of state.cache) t.dispose();
+}
+
+/** A copy of a state (a step consumes the state it is given), through host memory. */
+export function cloneState(state: DecodeState): DecodeState {
+  const copy = (t: Tensor) => fromStorage(t.storageSync(), t.shape, t.dtype, t.device);
+  return { ids: copy(state.ids), pos: copy(state.pos), cache: state.cache.map(copy) };
+}
+
+/**
+ * The decode step as a function of tensors, for {@link compile}: arguments
+ * `(ids [B, 1] int32, pos [1] int32, k0, v0, k1, v1, ...)`, results
+ * `[next [B, 1] int32, logits [B, 1, vocab], pos + 1, k0', v0', ...]`.
+ */
+export function decodeStepFunction(model: GPT2LMHeadModel): (...args: Tensor[]) => Tensor[] {
+  const config = model.config;
+  const trunk = model.transformer;
+  return (ids: Tensor, pos: Tensor, ...cache: Tensor[]): Tensor[] => {
+    const [b] = ids.shape;
+    const d = config.nEmbd;
+    // Slots 0..pos hold keys and values: this step writes slot pos and attends to them all.
+    const kvLength = add(pos, 1);
+    const positionRow = reshape(trunk.wpe.forward(pos), [1, 1, d]);
+    let x = add(trunk.wte.forward(ids), positionRow); // [B, 1, d]
+    const updated: Tensor[] = [];
+    for (let i = 0; i < config.nLayer; i++) {
+      const block = trunk.block(i);
+      const attn = block.attn;
+      const heads = (z: Tensor) =>
+        permute(reshape(z, [b, 1, attn.nHead, attn.headDim]), [0, 2, 1, 3]);
+      const qkv = attn.c_attn.forward(block.ln_1.forward(x));
+      const [q, kNew, vNew] = split(qkv, 3, 2).map(heads);
+      const k = sliceScatter(cache[2 * i], kNew, pos, 2); // [B, H, L, headDim]
+      const v = sliceScatter(cache[2 * i + 1], vNew, pos, 2);
+      updated.push(k, v);
+      const context = attention(q, k, v, { scale: 1 / attn.scoreDivisor, kvLength });
+      const merged = reshape(permute(context, [0, 2, 1, 3]), [b, 1, d]);
+      x = add(x, attn.c_proj.forward(merged));
+      x = add(x, block.mlp.forward(block.ln_2.forward(x)));
+    }
+    const logits = model.lm_head.forward(trunk.ln_f.forward(x)); // [B, 1, vocab]
+    const next = argmax(logits, -1); // [B, 1] int32
+    return [next, logits, add(pos, 1), ...updated];
+  };
+}
+
+/**
+ * Compiles the fixed-shape decode step of `model` (on the model's device). The step reflects
+ * the model as it is now: build a new decoder after quantizing or loading other weights.
+ */
+export function buildStaticDecoder(
+  model: GPT2LMHeadModel,
+  options: StaticDecoderOptions = {},
+): StaticDecoder {
+  const config = model.config;
+  const batch = options.batch ?? 1;
+  const maxLength = options.maxLength ?? config.nPositions;
+  if (!Number.isSafeInteger(batch) || batch < 1) {
+    throw new TensorqError("batch must be a positive integer", {
+      op: "buildStaticDecoder",
+      kind: "argument",
+      argument: "batch",
+      expected: "an integer >= 1",
+      actual: String(batch),
+    });
+  }
+  if (!Number.isInteger(maxLength) || maxLength < 2 || maxLength > config.nPositions) {
+    throw new TensorqError("maxLength must be an integer in [2, nPositions]", {
+      op: "buildStaticDecoder",
+      kind: "argument",
+      argument: "maxLength",
+      expected: `2..${config.nPositions}`,
+      actual: String(maxLength),
+    });
+  }
+  const headDim = config.nEmbd / config.nHead;
+  const cacheShape = [batch, config.nHead, maxLength, headDim];
+  const dtype = model.dtype;
+  const device = model.device;
+  const executable = compile(decodeStepFunction(model), {
+    args: [
+      inputInfo([batch, 1], "int32"),
+      inputInfo([1], "int32"),
+      ...Array.from({ length: 2 * config.nLayer }, () => inputInfo(cacheShape, dtype)),
+    ],
+    device,
+    cudaGraphs: options.cudaGraphs,
+    donate: Array.from({ length: 2 * config.nLayer }, (_, i) => 2 + i),
+  });
+  const padding = options.padding ??
+    ((shape: number[]) => zeros(shape, { dtype, device }));
+
+  const prefill = (promptIds: Tensor): PrefillResult => {
+    const [b, t] = promptIds.shape;
+    if (promptIds.rank !== 2 || b !== batch || t < 1 || t >= maxLength) {
+      throw new TensorqError("prompt does not fit the decoder", {
+        op: "StaticDecoder.prefill",
+        kind: "shape",
+        argument: "promptIds",
+        expected: `[${batch}, T] with 1 <= T < ${maxLength}`,
+        actual: `[${promptIds.shape.join(", ")}]`,
+      });
+    }
+    const kv = model.createCache();
+    const logits = model.forward(promptIds, { cache: kv });
+    const fill = [batch, config.nHead, maxLength - t, headDim];
+    const cache = kv.layers.flatMap((layer, i) =>
+      ([["key", layer.key!], ["value", layer.value!]] as const).map(([part, values]) =>
+        concat([values, padding(fill, i, part)], 2).evaluate()
+      )
+    );
+    const last = slice(logits, [null, [t - 1, t]]); // [B, 1, vocab]
+    const ids = argmax(last, -1).evaluate(); // [B, 1]
+    const pos = tensor(Int32Array.of(t), { device });
+    return { state: { ids, pos, cache }, logits, kv };
+  };
+
+  const step = (state: DecodeState): StepResult => {
+    const out = executable(state.ids, state.pos, ...state.cache) as Tensor[];
+    const [next, logits, pos, ...cache] = out;
+    return { state: { ids: next, pos, cache }, logits };
+  };
+
+  return {
+    batch,
+    maxLength,
+    executable,
+    prefill,
+    step,
+    dispose: () => executable.dispose(),
+  };
+}
