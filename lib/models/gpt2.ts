@@ -701,9 +701,9 @@ export interface GenerateOptions {
   /** Decode with a {@link KVCache} (default true) rather than re-running the whole sequence. */
   cache?: boolean;
   /**
-   * Decode with the fixed-shape compiled step of {@link buildStaticDecoder} (one CUDA graph
-   * replay per token on a GPU) rather than the growing {@link KVCache}. Default: true on CUDA
-   * devices, false on the CPU. Needs `cache` (the default).
+   * Decode with the fixed-shape compiled step of {@link buildStaticDecoder} (planned once; one
+   * CUDA graph replay per token on a GPU) rather than the growing {@link KVCache}, which plans
+   * each new cache length again. Default: true with `cache`, which it needs.
    */
   compiled?: boolean;
   /** Stop after emitting any of these tokens (it is included in the result). */
@@ -864,7 +864,7 @@ export function generate(
   const stops = new Set(options.stopTokens ?? []);
   const useCache = options.cache ?? true;
   const device = model.device;
-  const compiled = options.compiled ?? device.startsWith("cuda");
+  const compiled = options.compiled ?? useCache;
   if (compiled && !useCache) {
     throw new TensorqError("the compiled decoder needs the KV cache", {
       op: GEN_OP,

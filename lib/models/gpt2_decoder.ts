@@ -1,6 +1,6 @@
 /**
  * GPT-2 decoding with fixed shapes, so that one decode step is one compiled plan (one CUDA
- * graph replay on a GPU). {@link generate} uses it on CUDA devices.
+ * graph replay on a GPU). `generate` decodes through it by default.
  *
  * The KV cache is static: per layer a key and a value tensor `[B, nHead, maxLength, headDim]`.
  * A step takes the new token ids `[B, 1]` (int32), the position `[1]` (int32) and the cache,
