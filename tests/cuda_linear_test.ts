@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { decode, type DType, roundHalfToEven } from "../lib/dtype.ts";
+import { type DType, roundHalfToEven } from "../lib/dtype.ts";
 import { preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
 import { gemvShape } from "../lib/backends/cuda/util.ts";
-import { type Activation, applyActivation, randomValues, testOnGpu } from "./helpers.ts";
+import { type Activation, applyActivation, randomValues, testOnGpu, values } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ atol·max|ref| + rtol·|ref| against the CPU backend's fused
 // kernels (float64 sums of the same quantized values) and the unfused fake-quant graph.
@@ -67,10 +67,6 @@ function linearPair(c: LinearCase): { cpu: tq.Linear; gpu: tq.Linear } {
     return layer;
   };
   return { cpu: make(), gpu: make().to("cuda") };
-}
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }
 
 /** Evaluates `make` with Q/DQ fusion off, on freshly lowered plans (fused plans are cached by

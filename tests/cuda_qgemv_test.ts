@@ -48,6 +48,7 @@ import {
   randomCodes,
   randomValues,
   testOnGpu,
+  values,
 } from "./helpers.ts";
 
 // What the fused GEMV must compute, and how closely (every case runs on both kernel families,
@@ -1055,10 +1056,6 @@ interface OpCase {
   bias: boolean;
   act: Activation;
   seed: number;
-}
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }
 
 function describe(c: OpCase): string {

@@ -22,6 +22,7 @@ import {
   randomCodes,
   randomValues,
   testOnGpu,
+  values,
 } from "./helpers.ts";
 
 // Tolerances, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise.
@@ -390,10 +391,6 @@ interface OpCase {
   bias: boolean;
   act: Activation;
   seed: number;
-}
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }
 
 /** wlinear of a weight-only quantized Linear on cuda and on the cpu, from the same state. */

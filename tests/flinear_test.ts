@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { decode, type DType } from "../lib/dtype.ts";
+import type { DType } from "../lib/dtype.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
 import { flinearLtEpilogue } from "../lib/backends/cuda/flinear.ts";
 import { gemvShape } from "../lib/backends/cuda/util.ts";
 import { linearFusionEnabled, setLinearFusion } from "../lib/graph/passes/qdq_fusion.ts";
-import { type Activation, applyActivation, testOnDevices } from "./helpers.ts";
+import { type Activation, applyActivation, testOnDevices, values } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ tol·(|ref| + max|ref|):
 // - float32: the fused op rounds once where the unfused graph rounds after the product, the
@@ -16,10 +16,6 @@ const TOL: Record<string, number> = { float32: 1e-5, float16: 1e-2, bfloat16: 1e
 const DTYPES: DType[] = ["float32", "float16", "bfloat16"];
 
 const ACTIVATIONS: Activation[] = ["none", "relu", "gelu", "gelu_tanh"];
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
-}
 
 function assertNear(got: Float64Array, ref: Float64Array, tol: number, what: string): void {
   assert.equal(got.length, ref.length, `${what}: length`);

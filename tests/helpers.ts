@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { TensorqError } from "../lib/errors.ts";
 import { RandomStream } from "../lib/random.ts";
-import { float8e4m3BitsToNumber } from "../lib/dtype.ts";
+import { decode, float8e4m3BitsToNumber } from "../lib/dtype.ts";
 import { backendFor } from "../lib/backends/backend.ts";
 import type { Tensor } from "../lib/tensor.ts";
 
@@ -245,4 +245,9 @@ export function applyActivation(t: Tensor, act: Activation | undefined): Tensor 
 export function thisLine(): number {
   const stack = new Error().stack!.split("\n")[2];
   return Number(/:(\d+):\d+\)?$/.exec(stack)![1]);
+}
+
+/** A tensor's values as float64 numbers (read back to the host; 16-bit and fp8 decoded). */
+export function values(t: Tensor): Float64Array {
+  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }

@@ -18,11 +18,11 @@
  */
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { decode, type DType } from "../lib/dtype.ts";
+import type { DType } from "../lib/dtype.ts";
 import { qgemvLaunchCount } from "../lib/backends/cuda/qgemv.ts";
 import { rowKernel } from "../lib/backends/cuda/nn.ts";
 import { ptx as nnPtx } from "../kernels/ptx/nn.ts";
-import { randomValues, testOnDevices } from "./helpers.ts";
+import { randomValues, testOnDevices, values } from "./helpers.ts";
 
 interface Case {
   q: "int8" | "float8e4m3";
@@ -42,10 +42,6 @@ interface Case {
 const INPUT_AMAX = 4;
 /** Largest step between neighbouring codes below the saturation bound. */
 const CODE_STEP = { int8: 1, float8e4m3: 32 };
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
-}
 
 /** `linear(layerNorm(x))` of a case on `device`, and the Linear's dequant bound per flip. */
 function model(c: Case, device: string): { forward: () => tq.Tensor; flip: number } {

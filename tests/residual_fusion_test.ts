@@ -18,10 +18,10 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { PlanGraph, PlanNode } from "../lib/backends/backend.ts";
 import { qgemvLaunchCount } from "../lib/backends/cuda/qgemv.ts";
-import { decode, type DType } from "../lib/dtype.ts";
+import type { DType } from "../lib/dtype.ts";
 import { runPasses } from "../lib/graph/passes/mod.ts";
 import { traceGraph } from "../lib/runtime/evaluate.ts";
-import { randomValues, testOnDevices, testOnGpu } from "./helpers.ts";
+import { randomValues, testOnDevices, testOnGpu, values } from "./helpers.ts";
 
 type Kind = "float" | "int8" | "fp8" | "int8 norm" | "weight int8" | "weight int4";
 
@@ -88,10 +88,6 @@ function model(kind: Kind, dtype: DType, device: string, seed: number, bias = tr
     forward: (x) => layer.forward(tq.layerNorm(x, lnWeight, lnBias)),
     flip: (INPUT_AMAX / tq.maxBound("int8")) * maxW,
   };
-}
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }
 
 /** The raw storage of `t` as numbers (16-bit floats as their bits): for bitwise equality. */

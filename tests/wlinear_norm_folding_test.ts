@@ -28,7 +28,6 @@ import {
   wgemvNormLaunchCount,
   wgemvShape,
 } from "../lib/backends/cuda/wgemv.ts";
-import { decode } from "../lib/dtype.ts";
 import { WLINEAR_NORM_FOLD_MAX_ROWS } from "../lib/graph/passes/qdq_fusion.ts";
 import {
   type Activation,
@@ -37,6 +36,7 @@ import {
   randomValues,
   testOnDevices,
   testOnGpu,
+  values,
 } from "./helpers.ts";
 
 // Against the cpu, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise (the
@@ -66,10 +66,6 @@ interface Case {
   bias: boolean;
   act: Activation;
   seed: number;
-}
-
-function values(t: tq.Tensor): Float64Array {
-  return Float64Array.from(decode(t.dtype, t.storageSync()));
 }
 
 function describe(c: Case): string {
