@@ -162,6 +162,15 @@ export function withoutResidual(ctx: CudaKernelContext): CudaKernelContext {
 }
 
 /**
+ * True when a fused linear op's residual (its last input) is `[M, N]` in the output's dtype,
+ * what the GEMV kernels add in their epilogue; otherwise the product and an add kernel serve.
+ */
+export function residualFits(ctx: CudaKernelContext): boolean {
+  const residual = ctx.inputs[ctx.inputs.length - 1];
+  return numel(residual.shape) === numel(ctx.out.shape) && residual.dtype === ctx.out.dtype;
+}
+
+/**
  * A fused linear op with attr `residual` whose product kernels do not take the residual: `lower`
  * runs the product (the op without it, {@link withoutResidual}) into y, then the `add` op's own
  * kernel updates y in place, `y = add(y, residual)`, the unfused graph's add bit for bit (one
@@ -227,7 +236,7 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   checkInt32("linear", "K", k);
   // The GEMV adds a residual itself; every other path adds it after the product.
   const gemvRows = m <= FLINEAR_GEMV_MAX_ROWS && k > 0;
-  if (residualInfo && (!gemvRows || numel(residualInfo.shape) !== total)) {
+  if (residualInfo && (!gemvRows || !residualFits(ctx))) {
     return productThenResidual(ctx, lowerLinear);
   }
   const name = FLOAT_NAME[dtype];

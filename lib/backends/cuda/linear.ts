@@ -85,7 +85,7 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { productThenResidual, withoutResidual } from "./flinear.ts";
+import { productThenResidual, residualFits, withoutResidual } from "./flinear.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
   activationCode,
@@ -546,33 +546,8 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
   const total = numel(ctx.out.shape);
   if (total === 0) return NO_LAUNCH;
   const m = total / n;
-  const qdtype = attrs.qdtype as DType;
-  const outDType = floatDType("qlinear", "output", ctx.out.dtype);
-  const act = activationCode("qlinear", String(attrs.activation ?? "none"));
-  const gemv = m <= QGEMV_MAX_ROWS && k > 0 && folded.sameDType
-    ? fusedQuantizedGemv(inner, m, n, k, qdtype, attrs.weightMode === "channel", act, outDType, {
-      eps: norm.eps,
-    })
-    : undefined;
-  if (gemv) {
-    const prep = new WeightPrep(inner, 3, n, k);
-    return (y, inputs) => {
-      const [x, sxq, sxd, w, swq, swd] = inputs;
-      const wq = prep.codes(w, swq, qdtype);
-      gemv(
-        y,
-        x,
-        sxq,
-        sxd,
-        wq.buffer,
-        swd,
-        attrs.hasBias ? inputs[6] : undefined,
-        lnWeightOf(inputs),
-        lnBiasOf(inputs),
-      );
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
+  const gemv = qlinearGemv(ctx);
+  if (gemv) return (y, inputs) => gemv(y, inputs);
   const xDType = floatDType("qlinear", "x", xInfo.dtype);
   const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", ctx.inputs[1].dtype)];
   const quantize = quantizeCodes(
@@ -618,7 +593,9 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
  */
 function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch {
   if (ctx.attrs.residual === true) {
-    return residualQgemv(ctx) ?? productThenResidual(ctx, (inner) => lowerQlinear(inner));
+    const gemv = residualFits(ctx) ? qlinearGemv(withoutResidual(ctx)) : undefined;
+    if (gemv) return (y, inputs) => gemv(y, inputs, inputs[inputs.length - 1]);
+    return productThenResidual(ctx, (inner) => lowerQlinear(inner));
   }
   if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
   const { device, attrs } = ctx;
@@ -663,16 +640,8 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   }
 
   // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts).
-  const gemv = m <= QGEMV_MAX_ROWS && !codesOf
-    ? fusedQuantizedGemv(ctx, m, n, k, qdtype, perChannel, ops.act, ops.outDType)
-    : undefined;
-  if (gemv) {
-    return (y, [x, sxq, sxd, w, swq, swd, bias]) => {
-      const wq = prep.codes(w, swq, qdtype);
-      gemv(y, x, sxq, sxd, wq.buffer, swd, bias);
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
+  const gemv = codesOf ? undefined : qlinearGemv(ctx);
+  if (gemv) return (y, inputs) => gemv(y, inputs);
 
   const mPad = roundUp(m, 16);
   const tensorCoreShape = n % 16 === 0 && k % 16 === 0;
@@ -1036,28 +1005,12 @@ function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
   const own = attrs.hasBias ? 5 : 4;
   const folded = foldedNormOf(ctx, "wlinear", own);
-  const { norm, inner } = folded;
   const xInfo = ctx.inputs[0];
-  const [n, k] = ctx.inputs[1].shape;
-  const total = numel(ctx.out.shape);
-  if (total === 0) return NO_LAUNCH;
-  const m = total / n;
-  const qdtype = attrs.qdtype as DType;
-  const gemv = k > 0 && qdtype in QUANT_NAME && folded.sameDType
-    ? streamingGemv(inner, m, n, k, qdtype, weightScaleIndex(attrs, k), { eps: norm.eps })
-    : undefined;
-  if (gemv) {
-    const prep = new WeightPrep(inner, 1, n, k);
-    return (y, inputs) => {
-      const [x, w, swq, swd] = inputs;
-      const wq = prep.codes(w, swq, qdtype);
-      const bias = attrs.hasBias ? inputs[4] : undefined;
-      gemv(y, x, wq.buffer, swd, bias, folded.weightOf(inputs), folded.biasOf(inputs));
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
+  if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
+  const gemv = wlinearGemv(ctx);
+  if (gemv) return (y, inputs) => gemv(y, inputs);
   const layerNorm = folded.layerNorm();
-  const product = lowerWlinear(inner);
+  const product = lowerWlinear(folded.inner);
   return (y, inputs) => {
     const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
     layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
@@ -1068,7 +1021,9 @@ function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
 
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   if (ctx.attrs.residual === true) {
-    return residualWgemv(ctx) ?? productThenResidual(ctx, lowerWlinear);
+    const gemv = residualFits(ctx) ? wlinearGemv(withoutResidual(ctx)) : undefined;
+    if (gemv) return (y, inputs) => gemv(y, inputs, inputs[inputs.length - 1]);
+    return productThenResidual(ctx, lowerWlinear);
   }
   if (ctx.attrs.norm !== undefined) return lowerNormWlinear(ctx);
   const { device, attrs } = ctx;
@@ -1109,14 +1064,8 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
   const elems = qdtype === "int4" ? 32 : 16;
   const index = weightScaleIndex(attrs, k);
   // A few rows: the streaming GEMV (kernels/wgemv.cu) reads the codes at memory speed.
-  const streaming = streamingGemv(ctx, m, n, k, qdtype, index);
-  if (streaming) {
-    return (y, [xb, w, swq, swd, bias]) => {
-      const wq = prep.codes(w, swq, qdtype);
-      streaming(y, xb, wq.buffer, swd, bias);
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
+  const streaming = wlinearGemv(ctx);
+  if (streaming) return (y, inputs) => streaming(y, inputs);
   const chunkUniform = index.nb === 1 && (index.sK === 0 || index.kb % elems === 0);
   if (m <= GEMV_MAX_ROWS && k % elems === 0 && chunkUniform && xDType !== "float32") {
     const shape = gemvMmaShape(m, n, k, elems, device.smCount);
@@ -1194,83 +1143,80 @@ function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {
 // Residual adds folded into qlinear / wlinear (lib/graph/passes/residual_fusion.ts)
 
 /**
- * Rows, outputs and inputs of a fused linear op with attr `residual` whose weight is input
- * `wAt`, when the residual is `[M, N]` of the output's dtype (what the GEMVs add) and the
- * problem is GEMV-sized (1 to `maxRows` rows, K > 0); else undefined.
+ * A fused linear op's GEMV launch: the op's inputs (its own, then a folded norm's), and the
+ * residual the kernel adds in its epilogue, if any.
  */
-function residualGemvProblem(ctx: CudaKernelContext, wAt: number, maxRows: number) {
-  const [n, k] = ctx.inputs[wAt].shape;
-  const residual = ctx.inputs[ctx.inputs.length - 1];
-  const total = numel(ctx.out.shape);
-  if (total === 0 || k === 0 || numel(residual.shape) !== total) return undefined;
-  if (residual.dtype !== ctx.out.dtype) return undefined;
-  const m = total / n;
-  return m <= maxRows ? { m, n, k } : undefined;
-}
+type GemvLaunch = (y: CudaBuffer, inputs: CudaBuffer[], residual?: CudaBuffer) => void;
 
 /**
- * A qlinear with a folded residual (and maybe a folded norm) on the fused GEMV, which adds the
- * residual in its epilogue: the GEMV the op without the residual takes, or undefined when it
- * takes none.
+ * A qlinear (residual taken off) on the fused GEMV, which quantizes x itself (normalizing it
+ * first when a layer norm is folded): at most {@link QGEMV_MAX_ROWS} rows and K > 0, or
+ * undefined.
  */
-function residualQgemv(ctx: CudaKernelContext): CudaLaunch | undefined {
-  const problem = residualGemvProblem(ctx, 3, QGEMV_MAX_ROWS);
-  if (!problem) return undefined;
-  const { m, n, k } = problem;
-  const plain = withoutResidual(ctx);
-  const { attrs } = plain;
-  const qdtype = attrs.qdtype as DType;
-  const outDType = floatDType("qlinear", "output", ctx.out.dtype);
-  const act = activationCode("qlinear", String(attrs.activation ?? "none"));
+function qlinearGemv(ctx: CudaKernelContext): GemvLaunch | undefined {
+  const { attrs } = ctx;
+  const [n, k] = ctx.inputs[3].shape;
+  const total = numel(ctx.out.shape);
+  const m = total / n;
+  if (total === 0 || k === 0 || m > QGEMV_MAX_ROWS) return undefined;
   const folded = attrs.norm !== undefined
-    ? foldedNormOf(plain, "qlinear", attrs.hasBias ? 7 : 6)
+    ? foldedNormOf(ctx, "qlinear", attrs.hasBias ? 7 : 6)
     : undefined;
   if (folded && !folded.sameDType) return undefined;
-  const perChannel = attrs.weightMode === "channel";
+  const qdtype = attrs.qdtype as DType;
+  const plain = folded?.inner ?? ctx;
   const gemv = fusedQuantizedGemv(
-    folded?.inner ?? plain,
+    plain,
     m,
     n,
     k,
     qdtype,
-    perChannel,
-    act,
-    outDType,
+    attrs.weightMode === "channel",
+    activationCode("qlinear", String(attrs.activation ?? "none")),
+    floatDType("qlinear", "output", ctx.out.dtype),
     folded && { eps: folded.norm.eps },
   );
   if (!gemv) return undefined;
   const prep = new WeightPrep(plain, 3, n, k);
-  return (y, inputs) => {
+  return (y, inputs, residual) => {
     const [x, sxq, sxd, w, swq, swd] = inputs;
     const wq = prep.codes(w, swq, qdtype);
     const bias = attrs.hasBias ? inputs[6] : undefined;
-    const [lnWeight, lnBias] = [folded?.weightOf(inputs), folded?.biasOf(inputs)];
-    gemv(y, x, sxq, sxd, wq.buffer, swd, bias, lnWeight, lnBias, inputs[inputs.length - 1]);
+    gemv(
+      y,
+      x,
+      sxq,
+      sxd,
+      wq.buffer,
+      swd,
+      bias,
+      folded?.weightOf(inputs),
+      folded?.biasOf(inputs),
+      residual,
+    );
     if (wq.temporary) wq.buffer.dispose();
   };
 }
 
 /**
- * A wlinear with a folded residual (and maybe a folded norm) on the streaming GEMV, which adds
- * the residual in its epilogue: the GEMV the op without the residual takes, or undefined when it
- * takes none.
+ * A wlinear (residual taken off) on the streaming GEMV (normalizing x itself when a layer norm
+ * is folded), where it takes the problem; undefined otherwise.
  */
-function residualWgemv(ctx: CudaKernelContext): CudaLaunch | undefined {
-  const problem = residualGemvProblem(ctx, 1, Number.POSITIVE_INFINITY);
-  if (!problem) return undefined;
-  const { m, n, k } = problem;
-  const plain = withoutResidual(ctx);
-  const { attrs } = plain;
+function wlinearGemv(ctx: CudaKernelContext): GemvLaunch | undefined {
+  const { attrs } = ctx;
+  const [n, k] = ctx.inputs[1].shape;
+  const total = numel(ctx.out.shape);
   const qdtype = attrs.qdtype as DType;
-  if (!(qdtype in QUANT_NAME)) return undefined;
+  if (total === 0 || k === 0 || !(qdtype in QUANT_NAME)) return undefined;
   const folded = attrs.norm !== undefined
-    ? foldedNormOf(plain, "wlinear", attrs.hasBias ? 5 : 4)
+    ? foldedNormOf(ctx, "wlinear", attrs.hasBias ? 5 : 4)
     : undefined;
   if (folded && !folded.sameDType) return undefined;
+  const plain = folded?.inner ?? ctx;
   const index = weightScaleIndex(attrs, k);
   const gemv = streamingGemv(
-    folded?.inner ?? plain,
-    m,
+    plain,
+    total / n,
     n,
     k,
     qdtype,
@@ -1279,12 +1225,11 @@ function residualWgemv(ctx: CudaKernelContext): CudaLaunch | undefined {
   );
   if (!gemv) return undefined;
   const prep = new WeightPrep(plain, 1, n, k);
-  return (y, inputs) => {
+  return (y, inputs, residual) => {
     const [x, w, swq, swd] = inputs;
     const wq = prep.codes(w, swq, qdtype);
     const bias = attrs.hasBias ? inputs[4] : undefined;
-    const [lnWeight, lnBias] = [folded?.weightOf(inputs), folded?.biasOf(inputs)];
-    gemv(y, x, wq.buffer, swd, bias, lnWeight, lnBias, inputs[inputs.length - 1]);
+    gemv(y, x, wq.buffer, swd, bias, folded?.weightOf(inputs), folded?.biasOf(inputs), residual);
     if (wq.temporary) wq.buffer.dispose();
   };
 }
