@@ -359,7 +359,6 @@ export function fusedQuantizedGemv(
 ): FusedQuantizedGemv | undefined {
   const base = KERNEL[qdtype];
   if (base === undefined) return undefined;
-  const name = norm ? `${base}_norm` : base;
   const [xInfo, sxqInfo, sxdInfo, , , swdInfo, biasInfo] = ctx.inputs;
   const xKind = floatKindOf(xInfo.dtype);
   const sxqKind = floatKindOf(sxqInfo.dtype);
@@ -372,37 +371,28 @@ export function fusedQuantizedGemv(
   const mmaShape = family === "mma" && qgemvMmaSupported(device, qdtype)
     ? qgemvMmaShape(m, n, k, device.smCount)
     : undefined;
-  if (mmaShape) {
-    const kernel = fn(device, norm ? `${MMA_KERNEL[qdtype]}_norm` : MMA_KERNEL[qdtype]);
-    allowSharedBytes(kernel, mmaShape.sharedBytes, SHARED_NO_OPT_IN);
-    const grid: Dim3 = [mmaShape.blocks, 1, 1];
-    const block: Dim3 = [32 * mmaShape.warps, 1, 1];
-    const params = new KernelParams();
-    return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias, residual) => {
-      params.reset().ptr(y.address).ptr(x.address).i32(xKind).ptr(sxq.address).i32(sxqKind)
-        .ptr(sxd.address).i32(sxdKind).ptr(codes.address).ptr(swd.address).i32(swdKind)
-        .i32(perChannel ? 1 : 0).ptr(bias?.address ?? 0n).i32(outKind).i32(act).i32(m).i32(n)
-        .i32(k).i32(mmaShape.splits).i32(mmaShape.pitch).ptr(lnWeight?.address ?? 0n)
-        .ptr(lnBias?.address ?? 0n).f32(norm?.eps ?? 0).ptr(residual?.address ?? 0n);
-      launch(device, kernel, grid, block, params, mmaShape.sharedBytes);
-      launches++;
-      mmaLaunches++;
-    };
-  }
-  const shape = qgemvShape(m, n, k, device.smCount, qdtype as "int8" | "float8e4m3");
+  const ringShape = mmaShape
+    ? undefined
+    : qgemvShape(m, n, k, device.smCount, qdtype as "int8" | "float8e4m3");
+  const shape = mmaShape ?? ringShape;
   if (!shape) return undefined;
-  const kernel = fn(device, name);
+  const kernel = fn(device, `${mmaShape ? MMA_KERNEL[qdtype] : base}${norm ? "_norm" : ""}`);
   allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
   const grid: Dim3 = [shape.blocks, 1, 1];
   const block: Dim3 = [32 * shape.warps, 1, 1];
+  // The family's own parameters: K split and x's pitch (mma), or lanes per channel (ring).
+  const layout = mmaShape ? [mmaShape.splits, mmaShape.pitch] : [ringShape!.logLanes];
   const params = new KernelParams();
   return (y, x, sxq, sxd, codes, swd, bias, lnWeight, lnBias, residual) => {
     params.reset().ptr(y.address).ptr(x.address).i32(xKind).ptr(sxq.address).i32(sxqKind)
       .ptr(sxd.address).i32(sxdKind).ptr(codes.address).ptr(swd.address).i32(swdKind)
       .i32(perChannel ? 1 : 0).ptr(bias?.address ?? 0n).i32(outKind).i32(act).i32(m).i32(n)
-      .i32(k).i32(shape.logLanes).ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n)
-      .f32(norm?.eps ?? 0).ptr(residual?.address ?? 0n);
+      .i32(k);
+    for (const v of layout) params.i32(v);
+    params.ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n).f32(norm?.eps ?? 0)
+      .ptr(residual?.address ?? 0n);
     launch(device, kernel, grid, block, params, shape.sharedBytes);
     launches++;
+    if (mmaShape) mmaLaunches++;
   };
 }
