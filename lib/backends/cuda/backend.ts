@@ -102,21 +102,18 @@ class CudaPlan implements Plan {
           const out = given ? given.view() : CudaBuffer.allocate(this.device, s.dtype, s.numel);
           values[i] = out;
           s.lowered(out, inputs);
-        } else if ("inPlace" in s.lowered) {
-          const out = inputs[s.lowered.inPlace].view(s.dtype, s.numel);
+        } else {
+          // A view of an input: unchanged (alias) or updated by the launch (in place).
+          const l = s.lowered;
+          const out = "inPlace" in l
+            ? inputs[l.inPlace].view(s.dtype, s.numel)
+            : inputs[l.alias].view(s.dtype, s.numel, l.byteOffset);
+          if ("inPlace" in l) l.launch(out, inputs);
           values[i] = out;
-          s.lowered.launch(out, inputs);
-          // A caller's output buffer that is the updated input itself needs no copy.
-          if (given && given.address !== out.address) {
+          // A caller's output buffer that is that memory itself needs no copy.
+          if (given && !given.sharesMemoryWith(out)) {
             copyBuffer(given, out);
             out.dispose();
-            values[i] = given.view();
-          }
-        } else {
-          values[i] = inputs[s.lowered.alias].view(s.dtype, s.numel, s.lowered.byteOffset);
-          if (given) {
-            copyBuffer(given, values[i]!);
-            values[i]!.dispose();
             values[i] = given.view();
           }
         }

@@ -26,15 +26,7 @@ import { type DType, dtypeInfo } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
-import {
-  BLOCK,
-  type CudaInPlace,
-  type Dim3,
-  grid1d,
-  KernelParams,
-  launch,
-  registerCudaKernel,
-} from "./kernels.ts";
+import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 
@@ -580,85 +572,45 @@ interface ScatterKernel {
   grid: Dim3;
   /** Address bits that must be zero for this unit (width − 1). */
   alignMask: bigint;
-  total: number;
+  /** The units the kernel goes over. */
+  count: number;
   inner: number;
 }
 
+/**
+ * The `slice_scatter` kernel (the whole output from x and src) or the `slice_write` one (src's
+ * elements into a buffer that already holds x) for one copy unit: `count` elements to go over,
+ * `reach` the output's elements (they choose 32- or 64-bit indexing).
+ */
 function scatterKernel(
   device: CudaDevice,
+  kind: "scatter" | "write",
   unit: number,
   esize: number,
-  total: number,
+  count: number,
   inner: number,
+  reach: number,
 ): ScatterKernel {
   if (unit === 0) {
-    // int4 with an odd inner extent: nibbles, one thread per output byte.
+    // int4 with an odd inner extent: nibbles, one thread per output byte (scatter only).
     return {
       kernel: fn(device, "slice_scatter_i4"),
-      grid: grid1d(device, Math.ceil(total / 2)),
+      grid: grid1d(device, Math.ceil(count / 2)),
       alignMask: 0n,
-      total,
+      count,
       inner,
     };
   }
   const f = unit / esize;
-  const units = total / f;
-  const width = units < INT32_LIMIT ? 32 : 64;
+  const units = count / f;
+  const width = reach / f < INT32_LIMIT ? 32 : 64;
   return {
-    kernel: fn(device, `slice_scatter_b${unit}_n${width}`),
-    grid: grid1d(device, units, 4),
+    kernel: fn(device, `slice_${kind}_b${unit}_n${width}`),
+    // The scatter kernel keeps four loads in flight per thread.
+    grid: grid1d(device, units, kind === "scatter" ? 4 : 1),
     alignMask: BigInt(unit - 1),
-    total: units,
+    count: units,
     inner: inner / f,
-  };
-}
-
-/** Where a sliceScatter's window lies, in elements (the start maybe read on the device). */
-interface ScatterWindow {
-  n: number;
-  m: number;
-  inner: number;
-  startKind: number;
-  startValue: number;
-}
-
-/**
- * sliceScatter into x's own buffer (x is overwritable): one launch writes src's elements into
- * the window, in the widest unit the row and the addresses allow; x's other elements stay.
- */
-function sliceWriteInPlace(
-  device: CudaDevice,
-  narrowUnit: number,
-  wideUnit: number,
-  esize: number,
-  srcElements: number,
-  w: ScatterWindow,
-): CudaInPlace {
-  const plan = (unit: number) => {
-    const f = unit / esize;
-    const units = srcElements / f;
-    const reach = (w.n * w.inner) / f * (srcElements / (w.m * w.inner));
-    return {
-      kernel: fn(device, `slice_write_b${unit}_n${reach < INT32_LIMIT ? 32 : 64}`),
-      grid: grid1d(device, units),
-      alignMask: BigInt(unit - 1),
-      units,
-      inner: w.inner / f,
-    };
-  };
-  const narrow = plan(narrowUnit);
-  const wide = wideUnit === narrowUnit ? narrow : plan(wideUnit);
-  const params = new KernelParams(9);
-  return {
-    inPlace: 0,
-    launch: (out, [_x, src, start]) => {
-      if (srcElements === 0) return;
-      const k = ((out.address | src.address) & wide.alignMask) === 0n ? wide : narrow;
-      params.reset().ptr(out.address).ptr(src.address)
-        .ptr(start === undefined ? 0n : start.address).i32(w.startKind).i64(w.startValue)
-        .i64(k.units).i64(w.n).i64(w.m).i64(k.inner);
-      launch(device, k.kernel, k.grid, BLOCK_1D, params);
-    },
   };
 }
 
@@ -680,27 +632,25 @@ registerCudaKernel("sliceScatter", (ctx) => {
   const rowBytes = inner * esize;
   const narrowUnit = esize < 1 ? (inner % 2 === 0 ? 1 : 0) : esize;
   const wideUnit = narrowUnit === 0 ? 0 : UNITS.find((u) => u >= esize && rowBytes % u === 0)!;
-  if (ctx.overwritable?.[0] && narrowUnit !== 0) {
-    return sliceWriteInPlace(ctx.device, narrowUnit, wideUnit, esize, numel(ctx.inputs[1].shape), {
-      n,
-      m,
-      inner,
-      startKind,
-      startValue,
-    });
-  }
-  const narrow = scatterKernel(ctx.device, narrowUnit, esize, total, inner);
+  // x overwritable: write only the window into x's own buffer (not nibble by nibble).
+  const inPlace = ctx.overwritable?.[0] === true && narrowUnit !== 0;
+  const kind = inPlace ? "write" : "scatter";
+  const count = inPlace ? numel(ctx.inputs[1].shape) : total;
+  const narrow = scatterKernel(ctx.device, kind, narrowUnit, esize, count, inner, total);
   const wide = wideUnit === narrowUnit
     ? narrow
-    : scatterKernel(ctx.device, wideUnit, esize, total, inner);
+    : scatterKernel(ctx.device, kind, wideUnit, esize, count, inner, total);
   const params = new KernelParams(10);
-  return (out, [x, src, start]) => {
+  const enqueue = (out: CudaBuffer, [x, src, start]: CudaBuffer[]) => {
+    if (count === 0) return;
     // Pool buffers are 256-byte aligned; anything else takes the element-wide kernel.
     const aligned = ((out.address | x.address | src.address) & wide.alignMask) === 0n;
     const k = aligned ? wide : narrow;
-    params.reset().ptr(out.address).ptr(x.address).ptr(src.address)
-      .ptr(start === undefined ? 0n : start.address).i32(startKind).i64(startValue).i64(k.total)
-      .i64(n).i64(m).i64(k.inner);
+    params.reset().ptr(out.address);
+    if (!inPlace) params.ptr(x.address);
+    params.ptr(src.address).ptr(start === undefined ? 0n : start.address).i32(startKind)
+      .i64(startValue).i64(k.count).i64(n).i64(m).i64(k.inner);
     launch(ctx.device, k.kernel, k.grid, BLOCK_1D, params);
   };
+  return inPlace ? { inPlace: 0, launch: enqueue } : enqueue;
 });
