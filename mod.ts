@@ -127,6 +127,11 @@ export {
 } from "./lib/graph/passes/qdq_fusion.ts";
 export { residualFusionEnabled, setResidualFusion } from "./lib/graph/passes/residual_fusion.ts";
 export {
+  QUANTIZED_OUTPUT_MIN_ROWS,
+  quantizedOutputFusionEnabled,
+  setQuantizedOutputFusion,
+} from "./lib/graph/passes/quantized_output.ts";
+export {
   attentionViewFusionEnabled,
   setAttentionViewFusion,
 } from "./lib/graph/passes/attention_views.ts";
