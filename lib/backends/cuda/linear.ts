@@ -692,7 +692,18 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   const ops = new LinearLaunches(ctx, m, n);
   checkInt32("qlinear", "K", k);
   const out = FLOAT_NAME[ops.outDType];
-  const xName = FLOAT_NAME[floatDType("qlinear", "x", xInfo.dtype)];
+  // x is codes with attr `codesIn` (checked below), else float values.
+  const xIsCodes = attrs.codesIn === true && codesOf === undefined;
+  if (xIsCodes && xInfo.dtype !== qdtype) {
+    throw new TensorqError("x holds codes of another dtype", {
+      op: "qlinear",
+      kind: "dtype",
+      argument: "x",
+      expected: qdtype,
+      actual: xInfo.dtype,
+    });
+  }
+  const xName = xIsCodes ? "" : FLOAT_NAME[floatDType("qlinear", "x", xInfo.dtype)];
   const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxqInfo.dtype)];
   const sxdKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxdInfo.dtype)];
   const swdKind = FLOAT_KIND[floatDType("qlinear", "weight scale", swdInfo.dtype)];
@@ -702,7 +713,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   // Inputs the codes step reads may follow the bias.
   const biasOf = (inputs: readonly CudaBuffer[]) => attrs.hasBias ? inputs[6] : undefined;
   // x's codes given (attr `codesIn`): products reading exactly M rows take them in place.
-  const codesIn = attrs.codesIn === true && codesOf === undefined;
+  const codesIn = xIsCodes;
   const codes = codesOf ??
     (codesIn ? inputCodes(ops, ctx, m, k) : quantizeCodes(ops, xName, sxqKind, m, k));
   // The output's codes (attr `codesOut`, quantize scale last): written by the int8 wgmma
