@@ -397,6 +397,8 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
   // Codes: the output quantize scale (the strides count codes, one byte each).
   const float codeScale =
       std::is_same<Codes, NoCodes>::value ? 1.0f : loadScale(outScale, outScaleKind, 0);
+  const float codeRcp = __frcp_rn(codeScale);
+  const bool codeFast = quotientFast(codeScale);
 #pragma unroll
   for (int i = 0; i < 16 * CH / 32; ++i) {
     const int idx = lane + i * 32;
@@ -415,8 +417,8 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float2 f = Half16Base<Bf16>::unpack(words[e]);
-          qv[2 * e] = __fdiv_rn(f.x, codeScale);
-          qv[2 * e + 1] = __fdiv_rn(f.y, codeScale);
+          qv[2 * e] = quotientRn(f.x, codeScale, codeRcp, codeFast);
+          qv[2 * e + 1] = quotientRn(f.y, codeScale, codeRcp, codeFast);
         }
         Codes::store8(static_cast<unsigned char*>(out) + at, 0, qv);
       }

@@ -31,6 +31,23 @@ __device__ __forceinline__ int roundSat(float q) {
   return min(max(__float2int_rn(q), Lo), Hi);
 }
 
+// x / s rounded to nearest even, from r = __frcp_rn(s): Markstein's correction step (the
+// remainder is exact in an FMA, and with r correctly rounded one step rounds the quotient
+// correctly), three instructions in place of an IEEE division's longer sequence, which made
+// the epilogues that quantize their outputs much slower. `fast` (s and 1/s normal with room:
+// |s| in [2^-100, 2^100]) is uniform over a launch; otherwise the division itself.
+__device__ __forceinline__ float quotientRn(float x, float s, float r, bool fast) {
+  if (!fast) return __fdiv_rn(x, s);
+  const float q = x * r;
+  return fmaf(fmaf(-q, s, x), r, q);
+}
+
+// Whether quotientRn's fast path holds for the scale s.
+__device__ __forceinline__ bool quotientFast(float s) {
+  const float a = fabsf(s);
+  return a >= 0x1p-100f && a <= 0x1p100f;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Float element types: load as float, store with one RNE rounding (from float or double).
 // load, load4, store, store4 (and for 16-bit types one, fromFloat, pack, unpack): common.cuh.

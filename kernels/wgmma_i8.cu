@@ -386,6 +386,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
     const double sx = (double)loadScale(sxd, sxdKind, 0);
     // CODES: the output quantize scale (y holds int8 codes of the 16-bit outputs).
     const float yScale = CODES ? loadScale(ys, ysKind, 0) : 1.0f;
+    const float yRcp = __frcp_rn(yScale);
+    const bool yFast = quotientFast(yScale);
     // This warpgroup's slice of the epilogue staging (2·BN doubles, or 3·BN floats).
     double* sScale = reinterpret_cast<double*>(smem + C::EPI_OFFSET) + cw * 2 * BN;
     double* sBias = sScale + BN;
@@ -546,8 +548,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 #pragma unroll
                   for (int e = 0; e < 4; ++e) {
                     const float2 f = Half16Base<O::kBf16>::unpack(words[e]);
-                    qv[2 * e] = __fdiv_rn(f.x, yScale);
-                    qv[2 * e + 1] = __fdiv_rn(f.y, yScale);
+                    qv[2 * e] = quotientRn(f.x, yScale, yRcp, yFast);
+                    qv[2 * e + 1] = quotientRn(f.y, yScale, yRcp, yFast);
                   }
                   XI8::store8(static_cast<signed char*>(y) + ((i64)row * N + col), 0, qv);
                 } else {

@@ -720,9 +720,33 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   // kernels and cuBLASLt's fp8 products with an fp8 output; any other path writes the values
   // for the quantize kernel.
   const codesOut = attrs.codesOut !== undefined;
-  const valuesThenCodesOut = () =>
-    valuesThenCodes(ctx, (inner: CudaKernelContext) => lowerQlinear(inner, codesOf));
   const outScaleKind = codesOut ? floatKindOf(ctx.inputs[ctx.inputs.length - 1].dtype) : 0;
+  // Elsewhere: the values into scratch memory, then the activation quantize kernel (the
+  // unfused graph's kernels).
+  const valuesThenCodesOut = (): CudaLaunch => {
+    if (
+      outScaleKind === undefined || (ctx.out.dtype !== "int8" && ctx.out.dtype !== "float8e4m3")
+    ) {
+      return valuesThenCodes(ctx, (inner: CudaKernelContext) => lowerQlinear(inner, codesOf));
+    }
+    const values = ops.outDType;
+    const inner = lowerQlinear({
+      ...ctx,
+      attrs: { ...attrs, codesOut: undefined },
+      out: { shape: ctx.out.shape, dtype: values },
+      inputs: ctx.inputs.slice(0, -1),
+    }, codesOf);
+    const quantize = fn(
+      device,
+      `qlinear_quantize_${FLOAT_NAME[values]}_${ctx.out.dtype === "int8" ? "i8" : "e4m3"}`,
+    );
+    return (y, inputs) => {
+      const scratch = CudaBuffer.allocate(device, values, total);
+      inner(scratch, inputs.slice(0, -1));
+      ops.quantizeX(quantize, y.address, scratch, inputs[inputs.length - 1], outScaleKind, total);
+      scratch.dispose();
+    };
+  };
   if (codesOut && (outScaleKind === undefined || ctx.out.dtype !== qdtype || k === 0)) {
     return valuesThenCodesOut();
   }
@@ -879,24 +903,25 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
     const reciprocal = codesOut ? fn(device, "qlinear_scale_reciprocal") : undefined;
+    const rowScaleKernel = codesIn ? fn(device, "qlinear_quantize_f32_e4m3") : undefined;
     const { plan, scales, fused } = choice;
     return (y, inputs) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
-      const inPlace = codesIn && mPad === m && scales !== "outer";
+      const inPlace = codesIn && mPad === m;
       const xq = inPlace ? undefined : CudaBuffer.allocate(device, "float8e4m3", mPad * k);
       // Outer-vector scales: B's is the input scale repeated per row, written with the codes.
       const rowScales = scales === "outer"
         ? CudaBuffer.allocate(device, "float32", mPad)
         : undefined;
+      const rowScaleCopies = rowScales &&
+        { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad };
       if (xq) {
-        writeCodes(
-          xq.address,
-          inputs,
-          mPad,
-          rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
-        );
+        writeCodes(xq.address, inputs, mPad, rowScaleCopies);
+      } else if (rowScaleCopies) {
+        // Codes read in place: the quantize kernel with no elements writes the row scales.
+        ops.quantizeX(rowScaleKernel!, 0n, sxd, sxd, 0, 0, rowScaleCopies);
       }
       const xAddress = xq?.address ?? inputs[0].address;
       // An fp8 output: cuBLASLt multiplies by the reciprocal of the output quantize scale.
