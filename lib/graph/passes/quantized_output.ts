@@ -36,7 +36,12 @@
  * Small x (at most {@link QUANTIZED_OUTPUT_MIN_ROWS} rows) is left alone: there the fused GEMV
  * quantizes x while it loads it, and nothing would be saved.
  *
- * Switch: {@link setQuantizedOutputFusion} (on by default); plans are cached per setting.
+ * Switch: {@link setQuantizedOutputFusion}; plans are cached per setting. It is OFF by default:
+ * on an H200 the epilogues that quantize are slower than the separate quantize launches they
+ * save (GPT-2 small prefill, 8 × 512 tokens: the int8 GELU GEMM with int8 codes out took
+ * 60.4 µs against 32.3 µs for float16 out plus about 15 µs of quantize kernel, and the flash
+ * attention with codes out 26.2 µs against 22.0 + 3.5 µs; bench/RESULTS.md), so a prefill ran
+ * 4% slower with it. The codes are exact either way.
  * @module
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
@@ -49,11 +54,11 @@ import "./attention_views.ts";
 import { registerPass } from "./mod.ts";
 import { consumers } from "./rewrite.ts";
 
-let enabled = true;
+let enabled = false;
 
 /**
  * Turns quantized-output fusion (the producer of a `qlinear`'s x writes x's codes) on or off
- * (on by default). Plans are cached per setting.
+ * (off by default: see the module's notes). Plans are cached per setting.
  */
 export function setQuantizedOutputFusion(on: boolean): void {
   enabled = on;
