@@ -127,11 +127,6 @@ export {
 } from "./lib/graph/passes/qdq_fusion.ts";
 export { residualFusionEnabled, setResidualFusion } from "./lib/graph/passes/residual_fusion.ts";
 export {
-  QUANTIZED_OUTPUT_MIN_ROWS,
-  quantizedOutputFusionEnabled,
-  setQuantizedOutputFusion,
-} from "./lib/graph/passes/quantized_output.ts";
-export {
   attentionViewFusionEnabled,
   setAttentionViewFusion,
 } from "./lib/graph/passes/attention_views.ts";

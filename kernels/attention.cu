@@ -23,10 +23,7 @@
 //    accumulators) with operands read by ldmatrix (.trans for V); P is rounded to the input's
 //    16-bit type before the P·V product, as flash attention does (the row sums use the float32
 //    P). Key tiles entirely hidden by causality or kvLength are skipped; the mask is applied
-//    elementwise only on the tiles that cross its edge. The _i8 / _e4m3 variants
-//    (attention_flash_<f16|bf16>_d<64|128>_<i8|e4m3>) write the codes of the rounded output
-//    instead, quantized with the scale outScale as the quantize op does, for a qlinear that
-//    reads them directly.
+//    elementwise only on the tiles that cross its edge.
 //  - attention_decode_<f32|f16|bf16>_d<64|128>_t<1|4|8> (D == Dv, T <= 1|4|8): flash-decoding
 //    for few queries. The L keys of a batch·head are split over `nSplit` CTAs so that even a
 //    few heads fill the GPU. In a CTA, groups of D/VEC lanes each own a key at a time (one
@@ -40,13 +37,7 @@
 
 #include <stdint.h>
 
-#include <type_traits>
-
 #include "common.cuh"
-#include "qlinear.cuh"
-
-// The flash kernel's output is 16-bit values (not codes).
-struct NoCodes {};
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -202,15 +193,14 @@ __device__ __forceinline__ void loadTile(unsigned tile, const unsigned short* g,
   }
 }
 
-template <bool Bf16, int D, class Codes>
+template <bool Bf16, int D>
 __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
                                         const unsigned short* __restrict__ k,
                                         const unsigned short* __restrict__ v,
-                                        void* __restrict__ out,
+                                        unsigned short* __restrict__ out,
                                         const int* __restrict__ kvLen, int BH, int H, int T,
                                         int S, float scaleLog2, bool causal, int mTiles,
-                                        const Strides& st, const void* outScale,
-                                        int outScaleKind) {
+                                        const Strides& st) {
   static_assert(D % 16 == 0 && BM == 64 && BN == 64, "tile shape");
   constexpr int CH = D / 8;                      // 16-byte chunks per row
   constexpr unsigned TILE_BYTES = 64 * D * 2;    // one [64][D] tile
@@ -393,12 +383,7 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(ctaid));
   const int outBh = (int)(ctaid % (unsigned)BH);
   const int outBatch = outBh / H, outHead = outBh - outBatch * H;
-  const i64 oBase = outBatch * st.oB + outHead * st.oH;
-  // Codes: the output quantize scale (the strides count codes, one byte each).
-  const float codeScale =
-      std::is_same<Codes, NoCodes>::value ? 1.0f : loadScale(outScale, outScaleKind, 0);
-  const float codeRcp = __frcp_rn(codeScale);
-  const bool codeFast = quotientFast(codeScale);
+  unsigned short* og = out + outBatch * st.oB + outHead * st.oH;
 #pragma unroll
   for (int i = 0; i < 16 * CH / 32; ++i) {
     const int idx = lane + i * 32;
@@ -406,51 +391,29 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     const int row = m0 + warp * 16 + r;
     if (row < T) {
       const uint4 w = *reinterpret_cast<const uint4*>(stage + tileOffset<D>(warp * 16 + r, chunk));
-      const i64 at = oBase + (i64)row * st.oT + chunk * 8;
-      if constexpr (std::is_same<Codes, NoCodes>::value) {
-        *reinterpret_cast<uint4*>(static_cast<unsigned short*>(out) + at) = w;
-      } else {
-        // The quantize op on the rounded outputs: true division, round half to even,
-        // saturation.
-        float qv[8];
-        const unsigned words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = Half16Base<Bf16>::unpack(words[e]);
-          qv[2 * e] = quotientRn(f.x, codeScale, codeRcp, codeFast);
-          qv[2 * e + 1] = quotientRn(f.y, codeScale, codeRcp, codeFast);
-        }
-        Codes::store8(static_cast<unsigned char*>(out) + at, 0, qv);
-      }
+      *reinterpret_cast<uint4*>(og + (i64)row * st.oT + chunk * 8) = w;
     }
   }
 }
 
 }  // namespace flash
 
-// D = 64 fits 128 registers: 4 CTAs (16 warps) per SM. CODES: NoCodes (16-bit output), or
-// XI8 / XE4M3 (qlinear.cuh): int8 / e4m3 codes of the rounded output, quantized with
-// outScale (the _i8 / _e4m3 kernels; the plain ones ignore outScale).
-#define FLASH_KERNEL(NAME, BF16, D, CODES)                                                      \
+// D = 64 fits 128 registers: 4 CTAs (16 warps) per SM.
+#define FLASH_KERNEL(NAME, BF16, D)                                                              \
   extern "C" __global__ void __launch_bounds__(flash::THREADS, D == 64 ? 4 : 2)                \
       NAME(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,         \
-           const unsigned short* __restrict__ v, void* __restrict__ out,                       \
+           const unsigned short* __restrict__ v, unsigned short* __restrict__ out,             \
            const int* __restrict__ kvLen, int BH, int H, int T, int S, float scaleLog2,        \
-           int causal, int mTiles, STRIDE_PARAMS, const void* outScale, int outScaleKind) {    \
+           int causal, int mTiles, STRIDE_PARAMS) {                                            \
     const Strides st = STRIDE_ARGS;                                                            \
-    flash::forward<BF16, D, CODES>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0,   \
-                                   mTiles, st, outScale, outScaleKind);                        \
+    flash::forward<BF16, D>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0, mTiles,  \
+                            st);                                                               \
   }
 
-#define FLASH_KERNELS(NAME, BF16, D)            \
-  FLASH_KERNEL(NAME, BF16, D, NoCodes)          \
-  FLASH_KERNEL(NAME##_i8, BF16, D, XI8)         \
-  FLASH_KERNEL(NAME##_e4m3, BF16, D, XE4M3)
-
-FLASH_KERNELS(attention_flash_f16_d64, false, 64)
-FLASH_KERNELS(attention_flash_f16_d128, false, 128)
-FLASH_KERNELS(attention_flash_bf16_d64, true, 64)
-FLASH_KERNELS(attention_flash_bf16_d128, true, 128)
+FLASH_KERNEL(attention_flash_f16_d64, false, 64)
+FLASH_KERNEL(attention_flash_f16_d128, false, 128)
+FLASH_KERNEL(attention_flash_bf16_d64, true, 64)
+FLASH_KERNEL(attention_flash_bf16_d128, true, 128)
 
 // =============================================================================================
 // Flash-decoding (T <= TQ, D == Dv in {64, 128})

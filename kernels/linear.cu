@@ -13,8 +13,6 @@
 //   dequant scale: the e4m3 codes' values as float32). Runs once per weight.
 // - qlinear_quantize_<x>_<q>: per-tensor quantize of the activations (i8, e4m3, or e4m3 codes
 //   written as float32 for the fallback product).
-// - qlinear_scale_reciprocal: 1 / s of a scale, as float32 (the D scale of cuBLASLt's fp8
-//   outputs).
 // - qlinear_gemm_i8: an exact int8 GEMM (int32 accumulation with __dp4a) for shapes cuBLASLt's
 //   int8 kernels do not take.
 // - qlinear_epilogue_<acc>_<out>: y = act(acc · sxd · swd[n] + b[n]) from int32 or float32
@@ -217,13 +215,6 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
 QUANTIZE_X_KERNELS(f32, F32)
 QUANTIZE_X_KERNELS(f16, F16)
 QUANTIZE_X_KERNELS(bf16, BF16)
-
-// out[0] = 1 / scale, rounded once (cuBLASLt multiplies an fp8 output by a scale: the
-// reciprocal of the quantize scale).
-extern "C" __global__ void qlinear_scale_reciprocal(float* __restrict__ out,
-                                                    const void* __restrict__ scale, int kind) {
-  if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = __frcp_rn(loadScale(scale, kind, 0));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Exact int8 GEMM for shapes cuBLASLt's int8 kernels do not take:

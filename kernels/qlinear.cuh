@@ -31,23 +31,6 @@ __device__ __forceinline__ int roundSat(float q) {
   return min(max(__float2int_rn(q), Lo), Hi);
 }
 
-// x / s rounded to nearest even, from r = __frcp_rn(s): Markstein's correction step (the
-// remainder is exact in an FMA, and with r correctly rounded one step rounds the quotient
-// correctly), three instructions in place of an IEEE division's longer sequence, which made
-// the epilogues that quantize their outputs much slower. `fast` (s and 1/s normal with room:
-// |s| in [2^-100, 2^100]) is uniform over a launch; otherwise the division itself.
-__device__ __forceinline__ float quotientRn(float x, float s, float r, bool fast) {
-  if (!fast) return __fdiv_rn(x, s);
-  const float q = x * r;
-  return fmaf(fmaf(-q, s, x), r, q);
-}
-
-// Whether quotientRn's fast path holds for the scale s.
-__device__ __forceinline__ bool quotientFast(float s) {
-  const float a = fabsf(s);
-  return a >= 0x1p-100f && a <= 0x1p100f;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Float element types: load as float, store with one RNE rounding (from float or double).
 // load, load4, store, store4 (and for 16-bit types one, fromFloat, pack, unpack): common.cuh.
@@ -109,18 +92,11 @@ typedef Half16<true> BF16;
 // (store1), with the quantize op's rounding and saturation.
 
 struct XI8 {
-  // roundSat<-128, 127> on four quotients without the conversion unit (a float -> int
-  // conversion issues at an eighth of the FMA rate, which made the epilogues that quantize
-  // their outputs conversion-bound): clamp in float (NaN -> 0), then add 1.5 * 2^23, which
-  // rounds half to even to an integer whose two's complement is the sum's low byte.
   __device__ static unsigned pack4(const float* q) {
-    unsigned w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float c = q[i] == q[i] ? fminf(fmaxf(q[i], -128.0f), 127.0f) : 0.0f;
-      w[i] = __float_as_uint(c + 12582912.0f);
-    }
-    return __byte_perm(__byte_perm(w[0], w[1], 0x0040), __byte_perm(w[2], w[3], 0x0040), 0x5410);
+    return ((unsigned)roundSat<-128, 127>(q[0]) & 0xffu) |
+           (((unsigned)roundSat<-128, 127>(q[1]) & 0xffu) << 8) |
+           (((unsigned)roundSat<-128, 127>(q[2]) & 0xffu) << 16) |
+           ((unsigned)roundSat<-128, 127>(q[3]) << 24);
   }
   __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
     reinterpret_cast<uint2*>(out)[c] = make_uint2(pack4(q), pack4(q + 4));

@@ -35,12 +35,9 @@
 //
 // Kernels: wgmma_i8_<tile>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64,
 // pp128x128, pp64x256 and out f32, f16, bf16 (act 0 none or 1 relu), and
-// wgmma_i8_<tile>_<f16|bf16>_gelu_tanh. The _i8 variants of the 16-bit ones
-// (wgmma_i8_<tile>_<f16|bf16>[_gelu_tanh]_i8) write int8 codes instead: each output, rounded
-// to its 16-bit type as above, quantized with the scale ys as the quantize op does (true
-// division, round half to even, saturation), so that the next qlinear reads them directly.
+// wgmma_i8_<tile>_<f16|bf16>_gelu_tanh.
 // Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel,
-// bias, biasKind, act, M, N, K, tilesM, tilesN, groupM, ys, ysKind); tmX: box {128, BM} over xq as a 2-D
+// bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over xq as a 2-D
 // uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
 // strides) and N even (float32 outputs are stored in pairs) or a multiple of 8 (16-bit outputs
 // are stored 8 at a time). Only the sm_90a build has bodies: the compute_80 build compiles empty stubs that are never launched.
@@ -48,7 +45,6 @@
 #include <cuda.h>
 
 #include "common.cuh"
-#include "qlinear.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WGMMA_I8_SM90 1
@@ -99,7 +95,6 @@ template <bool Bf16>
 struct OutH16 {
   typedef unsigned short T;
   static constexpr bool kFloatEpilogue = true;
-  static constexpr bool kBf16 = Bf16;
   // Two floats rounded and packed (low half first) by one conversion instruction.
   __device__ static unsigned pack(float a, float b) {
     if constexpr (Bf16) {
@@ -310,12 +305,11 @@ __device__ __forceinline__ void tileCoords(int t, int tilesM, int tilesN, int gr
 
 #endif  // WGMMA_I8_SM90
 
-template <int BM, int BN, int STAGES, bool PP, class O, bool GELU, bool CODES>
+template <int BM, int BN, int STAGES, bool PP, class O, bool GELU>
 __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* tmW, void* y,
                                      const void* sxd, int sxdKind, const void* swd, int swdKind,
                                      int swdPerChannel, const void* bias, int biasKind, int act,
-                                     int M, int N, int K, int tilesM, int tilesN, int groupM,
-                                     const void* ys, int ysKind) {
+                                     int M, int N, int K, int tilesM, int tilesN, int groupM) {
 #if WGMMA_I8_SM90
   using C = Cfg<BM, BN, STAGES>;
   typedef typename O::T T;
@@ -384,10 +378,6 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
     const int warp = wtid >> 5;
     const int lane = tid & 31;
     const double sx = (double)loadScale(sxd, sxdKind, 0);
-    // CODES: the output quantize scale (y holds int8 codes of the 16-bit outputs).
-    const float yScale = CODES ? loadScale(ys, ysKind, 0) : 1.0f;
-    const float yRcp = __frcp_rn(yScale);
-    const bool yFast = quotientFast(yScale);
     // This warpgroup's slice of the epilogue staging (2·BN doubles, or 3·BN floats).
     double* sScale = reinterpret_cast<double*>(smem + C::EPI_OFFSET) + cw * 2 * BN;
     double* sBias = sScale + BN;
@@ -540,21 +530,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
               const int col = tn * BN + 64 * c + 8 * q;
               const uint4 v = *reinterpret_cast<const uint4*>(scratch + r * kScratchPitch + 16 * q);
               if (row < M && col < N) {
-                if constexpr (CODES) {
-                  // The quantize op on the rounded outputs: true division, round half to
-                  // even, saturation.
-                  float qv[8];
-                  const unsigned words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                  for (int e = 0; e < 4; ++e) {
-                    const float2 f = Half16Base<O::kBf16>::unpack(words[e]);
-                    qv[2 * e] = quotientRn(f.x, yScale, yRcp, yFast);
-                    qv[2 * e + 1] = quotientRn(f.y, yScale, yRcp, yFast);
-                  }
-                  XI8::store8(static_cast<signed char*>(y) + ((i64)row * N + col), 0, qv);
-                } else {
-                  *reinterpret_cast<uint4*>(static_cast<T*>(y) + ((i64)row * N + col)) = v;
-                }
+                *reinterpret_cast<uint4*>(static_cast<T*>(y) + ((i64)row * N + col)) = v;
               }
             }
             __syncwarp();  // the scratch is rewritten next
@@ -599,29 +575,24 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 
 }  // namespace wgi8
 
-#define WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, NAME, OUT, GELU, CODES)                       \
+#define WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, NAME, OUT, GELU)                              \
   extern "C" __global__ void __launch_bounds__(wgi8::kThreads, 1) wgmma_i8_##TILE##_##NAME(       \
       const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW, void* y, \
       const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
       const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
-      int groupM, const void* ys, int ysKind) {                                                  \
-    wgi8::gemm<BM, BN, STAGES, PP, wgi8::OUT, GELU, CODES>(                                      \
-        &tmX, &tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel, bias, biasKind, act, M, N, K,  \
-        tilesM, tilesN, groupM, ys, ysKind);                                                     \
+      int groupM) {                                                                              \
+    wgi8::gemm<BM, BN, STAGES, PP, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,    \
+                                                    swdPerChannel, bias, biasKind, act, M, N, K, \
+                                                    tilesM, tilesN, groupM);                     \
   }
 
-// Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones;
-// _i8 kernels write the int8 codes of the 16-bit outputs (quantized with ys).
-#define WGMMA_I8_TILE(TILE, BM, BN, STAGES, PP)                                        \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f32, OutF32, false, false)                 \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16, OutF16, false, false)                 \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16, OutBF16, false, false)               \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16_gelu_tanh, OutF16, true, false)        \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16_gelu_tanh, OutBF16, true, false)      \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16_i8, OutF16, false, true)               \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16_i8, OutBF16, false, true)             \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16_gelu_tanh_i8, OutF16, true, true)      \
-  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16_gelu_tanh_i8, OutBF16, true, true)
+// Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones.
+#define WGMMA_I8_TILE(TILE, BM, BN, STAGES, PP)                                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f32, OutF32, false)                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16, OutF16, false)                \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16, OutBF16, false)              \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, f16_gelu_tanh, OutF16, true)       \
+  WGMMA_I8_KERNEL(TILE, BM, BN, STAGES, PP, bf16_gelu_tanh, OutBF16, true)
 
 // Tiles and pipeline depths (stages × (BM + BN) × 128 bytes of shared memory, at most ~200 KB);
 // pp: ping-pong (one consumer warpgroup a tile).

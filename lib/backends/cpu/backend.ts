@@ -84,28 +84,6 @@ export function cpuKernel(op: string): CpuKernel {
   return k;
 }
 
-/**
- * An op with attr `codesOut` (lib/graph/passes/quantized_output.ts; the scale is its last
- * input): the op's own kernel computes its values in the `codesOut` dtype, then the quantize
- * kernel writes their codes per tensor.
- */
-function valuesThenCodes(kernel: CpuKernel): CpuKernel {
-  return (inputs, ctx) => {
-    const scaleAt = ctx.inputs.length - 1;
-    const valuesOut = { shape: ctx.out.shape, dtype: ctx.attrs.codesOut as DType };
-    const values = kernel(inputs.slice(0, scaleAt), {
-      attrs: { ...ctx.attrs, codesOut: undefined },
-      out: valuesOut,
-      inputs: ctx.inputs.slice(0, scaleAt),
-    });
-    return cpuKernel("quantize")([values, inputs[scaleAt]], {
-      attrs: { dtype: ctx.out.dtype, mode: "tensor", dim: null, blockSize: null },
-      out: ctx.out,
-      inputs: [valuesOut, ctx.inputs[scaleAt]],
-    });
-  };
-}
-
 interface Step {
   kernel: CpuKernel;
   inputs: ValueRef[];
@@ -149,7 +127,7 @@ export const cpuBackend: Backend = {
   copy: (dst, src) => (dst as CpuBuffer).data.set((src as CpuBuffer).data as never),
   lower(graph: PlanGraph): Plan {
     const steps = graph.nodes.map((n): Step => ({
-      kernel: n.attrs.codesOut === undefined ? cpuKernel(n.op) : valuesThenCodes(cpuKernel(n.op)),
+      kernel: cpuKernel(n.op),
       inputs: n.inputs,
       ctx: {
         attrs: n.attrs,

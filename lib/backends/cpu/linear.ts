@@ -134,15 +134,12 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
   const [n, k] = ctx.inputs[3].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;
-  // With attr `codesIn` (lib/graph/passes/quantized_output.ts) x holds the codes already.
-  const qx = ctx.attrs.codesIn === true
-    ? Float64Array.from(decode(qdtype as "int8", x))
-    : quantizeValues(x, sxq, ctx, 0, 1, {
-      dtype: qdtype,
-      mode: "tensor",
-      dim: null,
-      blockSize: null,
-    });
+  const qx = quantizeValues(x, sxq, ctx, 0, 1, {
+    dtype: qdtype,
+    mode: "tensor",
+    dim: null,
+    blockSize: null,
+  });
   const qw = cachedWeight(
     w,
     swq,

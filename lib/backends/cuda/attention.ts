@@ -14,9 +14,7 @@
  * take per-tensor batch, head and position strides: they read inputs folded in as strided views
  * (attr `views`) in place and write the `bthd` output layout (attr `outputLayout`); the
  * generic kernel takes contiguous tensors only, and the view pass folds nothing into its
- * problems. With attr `codesOut` (lib/graph/passes/quantized_output.ts) the flash kernel's
- * `_i8` / `_e4m3` variants write the output's codes; the other kernels write the values to
- * scratch memory for the quantize kernel.
+ * problems.
  * @module
  */
 import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
@@ -31,7 +29,6 @@ import {
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import {
-  type CudaKernelContext,
   type CudaLaunch,
   type Dim3,
   kernelFunction,
@@ -40,13 +37,11 @@ import {
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
-import { valuesThenCodes } from "./quantize.ts";
 import {
   allowSharedBytes,
   checkInt32,
   FLOAT_NAME,
   floatDType,
-  floatKindOf,
   INT32_MAX,
   memsetZero,
   NO_LAUNCH,
@@ -233,7 +228,7 @@ function headStrides(name: string, layout: AttentionView): AttentionHeadStrides 
   return strides;
 }
 
-function lowerAttention(ctx: CudaKernelContext): CudaLaunch {
+registerCudaKernel("attention", (ctx): CudaLaunch => {
   const views = ctx.attrs.views as (AttentionView | null)[] | undefined;
   const bthd = ctx.attrs.outputLayout === "bthd";
   const [qL, kL, vL] = [0, 1, 2].map((i) => layoutOf(views?.[i], ctx.inputs[i].shape));
@@ -249,30 +244,7 @@ function lowerAttention(ctx: CudaKernelContext): CudaLaunch {
   if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
   const device = ctx.device;
   const plan = planAttention(problem, device.smCount);
-  // Codes out (attr `codesOut`, the scale last): the flash kernel's _i8 / _e4m3 variants.
-  const codes = ctx.attrs.codesOut !== undefined;
-  if (codes && plan.kind !== "flash") return valuesThenCodes(ctx, lowerAttention);
-  const codeSuffix = !codes ? "" : ctx.out.dtype === "int8" ? "_i8" : "_e4m3";
-  if (codes && ctx.out.dtype !== "int8" && ctx.out.dtype !== "float8e4m3") {
-    throw new TensorqError("attention writes only int8 or float8e4m3 codes", {
-      op: "attention",
-      kind: "dtype",
-      argument: "output",
-      expected: "int8 or float8e4m3",
-      actual: ctx.out.dtype,
-    });
-  }
-  const outScaleKind = codes ? floatKindOf(ctx.inputs[ctx.inputs.length - 1].dtype) : 0;
-  if (outScaleKind === undefined) {
-    throw new TensorqError("unsupported output scale dtype", {
-      op: "attention",
-      kind: "dtype",
-      argument: "output scale",
-      expected: "float32, float16 or bfloat16",
-      actual: ctx.inputs[ctx.inputs.length - 1].dtype,
-    });
-  }
-  const fn = kernelFunction(device, attentionPtx, plan.name + codeSuffix);
+  const fn = kernelFunction(device, attentionPtx, plan.name);
   const { heads, queries, keys, dim, valueDim } = problem;
   const scaleLog2 = (ctx.attrs.scale as number) * Math.LOG2E;
   const causal = ctx.attrs.causal ? 1 : 0;
@@ -319,8 +291,7 @@ function lowerAttention(ctx: CudaKernelContext): CudaLaunch {
     return (out, inputs) => {
       addresses(out, inputs).i32(heads).i32(nHeads).i32(queries).i32(keys).f32(scaleLog2)
         .i32(causal).i32(plan.perHead);
-      strideParams(params).ptr(codes ? inputs[inputs.length - 1].address : 0n).i32(outScaleKind);
-      launch(device, fn, grid, block, params, sharedBytes);
+      launch(device, fn, grid, block, strideParams(params), sharedBytes);
     };
   }
   const scratch = plan.scratchWords > 0
@@ -333,6 +304,4 @@ function lowerAttention(ctx: CudaKernelContext): CudaLaunch {
       .i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
     launch(device, fn, grid, block, strideParams(params));
   };
-}
-
-registerCudaKernel("attention", lowerAttention, { codesOut: true });
+});

@@ -26,15 +26,9 @@ import {
   type ValueRef,
 } from "../backend.ts";
 import { CudaDevice } from "./device.ts";
-import {
-  type CudaKernelContext,
-  type CudaLowered,
-  cudaLowering,
-  lowersCodesOut,
-} from "./kernels.ts";
+import { type CudaLowered, cudaLowering } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import { captureGraph } from "./graph.ts";
-import { valuesThenCodes } from "./quantize.ts";
 import { checkGatherFlags } from "./shape.ts";
 
 let availability: string | undefined | null = null;
@@ -211,9 +205,8 @@ export const cudaBackend: Backend = {
     const countRead = (r: ValueRef) => "leaf" in r && leafReads[r.leaf]++;
     graph.nodes.forEach((n) => n.inputs.forEach(countRead));
     graph.outputs.forEach(countRead);
-    const steps = graph.nodes.map((n): Step => {
-      const lowering = cudaLowering(n.op);
-      const ctx: CudaKernelContext = {
+    const steps = graph.nodes.map((n): Step => ({
+      lowered: cudaLowering(n.op)({
         attrs: n.attrs,
         out: { shape: n.shape, dtype: n.dtype },
         inputs: n.inputs.map((r) => refInfo(graph, r)),
@@ -221,16 +214,11 @@ export const cudaBackend: Backend = {
         overwritable: n.inputs.map((r) =>
           "leaf" in r && graph.leaves[r.leaf].writable === true && leafReads[r.leaf] === 1
         ),
-      };
-      return {
-        lowered: n.attrs.codesOut === undefined || lowersCodesOut(n.op)
-          ? lowering(ctx)
-          : valuesThenCodes(ctx, lowering),
-        inputs: n.inputs,
-        dtype: n.dtype,
-        numel: numel(n.shape),
-      };
-    });
+      }),
+      inputs: n.inputs,
+      dtype: n.dtype,
+      numel: numel(n.shape),
+    }));
     const lastUse = steps.map(() => -1);
     steps.forEach((s, i) => s.inputs.forEach((r) => "node" in r && (lastUse[r.node] = i)));
     const isOutput = new Set(graph.outputs.flatMap((r) => ("node" in r ? [r.node] : [])));

@@ -230,8 +230,6 @@ export interface LtMatmulSpec {
   bScalePointer?: LtPointer;
   /** Scale of D (fp8 outputs); can also be given per run. */
   dScalePointer?: LtPointer;
-  /** D is scaled by a pointer given per run (tunes with a D scale, as `dScalePointer` does). */
-  dScaled?: boolean;
   /** `CUBLASLT_MATMUL_MATRIX_SCALE_*` of A's scale (default scalar). */
   aScaleMode?: number;
   /** `CUBLASLT_MATMUL_MATRIX_SCALE_*` of B's scale (default scalar). */
@@ -469,7 +467,7 @@ function normalize(device: CudaDevice, spec: LtMatmulSpec): Problem {
     usesBias: (epilogue & CUBLASLT_EPILOGUE_BIAS) !== 0,
     usesAScale: spec.aScalePointer !== undefined || spec.aScaleMode !== undefined,
     usesBScale: spec.bScalePointer !== undefined || spec.bScaleMode !== undefined,
-    usesDScale: spec.dScalePointer !== undefined || spec.dScaled === true,
+    usesDScale: spec.dScalePointer !== undefined,
     aScaleMode: spec.aScaleMode ?? null,
     bScaleMode: spec.bScaleMode ?? null,
     fastAccum: spec.fastAccum ?? null,

@@ -70,26 +70,9 @@ export type CudaLowering = (ctx: CudaKernelContext) => CudaLowered;
 
 const lowerings = new Map<string, CudaLowering>();
 
-/** Ops whose lowering handles attr `codesOut` itself (see {@link registerCudaKernel}). */
-const codesOutLowerings = new Set<string>();
-
-/**
- * Registers the CUDA lowering of an op. With `codesOut`, the lowering also takes the op with
- * attr `codesOut` (lib/graph/passes/quantized_output.ts); otherwise the backend runs it through
- * `valuesThenCodes` (lib/backends/cuda/quantize.ts).
- */
-export function registerCudaKernel(
-  op: string,
-  lowering: CudaLowering,
-  options: { codesOut?: boolean } = {},
-): void {
+/** Registers the CUDA lowering of an op. */
+export function registerCudaKernel(op: string, lowering: CudaLowering): void {
   lowerings.set(op, lowering);
-  if (options.codesOut) codesOutLowerings.add(op);
-}
-
-/** True when the lowering of `op` writes the codes of attr `codesOut` itself. */
-export function lowersCodesOut(op: string): boolean {
-  return codesOutLowerings.has(op);
 }
 
 /** Looks up the CUDA lowering of an op; a missing one is a clear error. */

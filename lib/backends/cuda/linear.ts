@@ -41,16 +41,6 @@
  *   or without a folded norm) add it in their epilogue, after the output's rounding, in the same
  *   launch; every other path runs the product into y, then the `add` op's kernel in place
  *   (`productThenResidual`, lib/backends/cuda/flinear.ts): the unfused graph's add bit for bit.
- * - quantized-output fusion (lib/graph/passes/quantized_output.ts): a `qlinear` with attr
- *   `codesIn` reads x's codes in place (or copies them where the product needs padding rows or
- *   per-row scales); one with attr `codesOut` (the next qlinear's quantize scale its last
- *   input) writes codes: int8 from the wgmma kernels' `_i8` variants (the 16-bit outputs
- *   quantized in the epilogue, bit-identical to the quantize kernel after them), e4m3 from
- *   cuBLASLt's fp8 product with an e4m3 D scaled by `1 / scale` (`qlinear_scale_reciprocal`).
- *   The latter quantizes cuBLASLt's float32 results without rounding them to the 16-bit type
- *   first and multiplies by the rounded reciprocal: a code can differ from the unfused graph's
- *   by one step where a value lies within that rounding of a step's edge. Other paths write
- *   the values to scratch memory for the quantize kernel (`valuesThenCodes`).
  * @module
  */
 import {
@@ -65,13 +55,7 @@ import {
   CUDA_R_8F_E4M3,
   CUDA_R_8I,
 } from "../../../ffi/cublaslt.ts";
-import {
-  checkCuda,
-  cudaMemcpyDeviceToDevice,
-  cudart,
-  cudaStreamCaptureStatusNone,
-  streamCaptureStatus,
-} from "../../../ffi/cudart.ts";
+import { cudaStreamCaptureStatusNone, streamCaptureStatus } from "../../../ffi/cudart.ts";
 import { ptx as linearPtx } from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -103,7 +87,6 @@ import {
 } from "./kernels.ts";
 import { productThenResidual, residualFits, withoutResidual } from "./flinear.ts";
 import { CudaBuffer } from "./memory.ts";
-import { valuesThenCodes } from "./quantize.ts";
 import {
   activationCode,
   allowSharedBytes,
@@ -112,7 +95,6 @@ import {
   FLOAT_NAME,
   type FloatDType,
   floatDType,
-  floatKindOf,
   GEMV_WARPS,
   gemvShape,
   LT_TYPE,
@@ -393,8 +375,7 @@ class LinearLaunches {
     this.device = ctx.device;
     this.m = m;
     this.n = n;
-    // With attr `codesOut` the output holds codes of values of that dtype.
-    this.outDType = floatDType("linear", "output", (ctx.attrs.codesOut ?? ctx.out.dtype) as DType);
+    this.outDType = floatDType("linear", "output", ctx.out.dtype);
     this.act = activationCode("linear", String(ctx.attrs.activation ?? "none"));
     checkInt32("linear", "M", m);
     checkInt32("linear", "N", n);
@@ -489,61 +470,6 @@ function quantizeCodes(
   };
 }
 
-/** Copies `bytes` bytes between device addresses on the device's stream. */
-function copyBytes(device: CudaDevice, dst: bigint, src: bigint, bytes: number): void {
-  if (bytes === 0) return;
-  checkCuda(
-    cudart().cudaMemcpyAsync(
-      Deno.UnsafePointer.create(dst),
-      Deno.UnsafePointer.create(src),
-      BigInt(bytes),
-      cudaMemcpyDeviceToDevice,
-      device.stream,
-    ),
-    "cudaMemcpyAsync",
-  );
-}
-
-/**
- * x given as codes (attr `codesIn`: input 0 holds them, made with the qlinear's own scale):
- * copied where the product needs more rows (zero codes after them) or the input scale's per-row
- * copies; cast to their float32 values for the exact product. Products that read exactly M rows
- * without row scales read input 0 in place.
- */
-function inputCodes(ops: LinearLaunches, ctx: CudaKernelContext, m: number, k: number) {
-  const device = ops.device;
-  return ((target) => {
-    if (target === "e4m3f32") {
-      const cast = cudaLowering("cast")({
-        ...ctx,
-        attrs: {},
-        out: { shape: [m * k], dtype: "float32" },
-        inputs: [{ shape: [m * k], dtype: ctx.inputs[0].dtype }],
-        overwritable: undefined,
-      });
-      if (typeof cast !== "function") {
-        throw new TensorqError("the codes' cast has no kernel", { op: "qlinear", kind: "state" });
-      }
-      return (dst, inputs, rows) => {
-        const values = CudaBuffer.allocate(device, "float32", m * k);
-        cast(values, [inputs[0]]);
-        copyBytes(device, dst, values.address, m * k * 4);
-        values.dispose();
-        memsetZero(device, dst + BigInt(m * k * 4), (rows - m) * k * 4);
-      };
-    }
-    return (dst, inputs, rows, rowScales) => {
-      copyBytes(device, dst, inputs[0].address, m * k);
-      memsetZero(device, dst + BigInt(m * k), (rows - m) * k);
-      // The input quantize scale's per-row copies: the quantize kernel with no elements.
-      if (rowScales) {
-        const kernel = fn(device, `qlinear_quantize_f32_${target}`);
-        ops.quantizeX(kernel, dst, inputs[0], inputs[1], 0, 0, rowScales);
-      }
-    };
-  }) as CodesSource;
-}
-
 /** How an fp8 product is done by cuBLASLt. */
 interface Fp8Choice {
   plan: LtMatmulPlan;
@@ -570,16 +496,14 @@ interface FoldedNorm {
 function foldedNormOf(ctx: CudaKernelContext, op: "qlinear" | "wlinear", own: number) {
   const norm = ctx.attrs.norm as unknown as FoldedNorm;
   const xInfo = ctx.inputs[0];
-  // An output quantize scale (attr `codesOut`) stays the last input.
-  const codesScale = ctx.attrs.codesOut !== undefined ? ctx.inputs.slice(-1) : [];
-  const normInputs = ctx.inputs.slice(own, ctx.inputs.length - codesScale.length);
+  const normInputs = ctx.inputs.slice(own);
   return {
     norm,
     /** The op without its norm: x is the normalized x, the inputs its own. */
     inner: {
       ...ctx,
       attrs: { ...ctx.attrs, norm: undefined },
-      inputs: [...ctx.inputs.slice(0, own), ...codesScale],
+      inputs: ctx.inputs.slice(0, own),
     } as CudaKernelContext,
     /** The norm's weight and bias have x's dtype (what the fused kernels take). */
     sameDType: normInputs.every((i) => i.dtype === xInfo.dtype),
@@ -692,18 +616,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   const ops = new LinearLaunches(ctx, m, n);
   checkInt32("qlinear", "K", k);
   const out = FLOAT_NAME[ops.outDType];
-  // x is codes with attr `codesIn` (checked below), else float values.
-  const xIsCodes = attrs.codesIn === true && codesOf === undefined;
-  if (xIsCodes && xInfo.dtype !== qdtype) {
-    throw new TensorqError("x holds codes of another dtype", {
-      op: "qlinear",
-      kind: "dtype",
-      argument: "x",
-      expected: qdtype,
-      actual: xInfo.dtype,
-    });
-  }
-  const xName = xIsCodes ? "" : FLOAT_NAME[floatDType("qlinear", "x", xInfo.dtype)];
+  const xName = FLOAT_NAME[floatDType("qlinear", "x", xInfo.dtype)];
   const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxqInfo.dtype)];
   const sxdKind = FLOAT_KIND[floatDType("qlinear", "input scale", sxdInfo.dtype)];
   const swdKind = FLOAT_KIND[floatDType("qlinear", "weight scale", swdInfo.dtype)];
@@ -712,44 +625,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   const scalesOf = (sxd: CudaBuffer, swd: CudaBuffer) => ({ sxd, sxdKind, swd, swdKind });
   // Inputs the codes step reads may follow the bias.
   const biasOf = (inputs: readonly CudaBuffer[]) => attrs.hasBias ? inputs[6] : undefined;
-  // x's codes given (attr `codesIn`): products reading exactly M rows take them in place.
-  const codesIn = xIsCodes;
-  const codes = codesOf ??
-    (codesIn ? inputCodes(ops, ctx, m, k) : quantizeCodes(ops, xName, sxqKind, m, k));
-  // The output's codes (attr `codesOut`, quantize scale last): written by the int8 wgmma
-  // kernels and cuBLASLt's fp8 products with an fp8 output; any other path writes the values
-  // for the quantize kernel.
-  const codesOut = attrs.codesOut !== undefined;
-  const outScaleKind = codesOut ? floatKindOf(ctx.inputs[ctx.inputs.length - 1].dtype) : 0;
-  // Elsewhere: the values into scratch memory, then the activation quantize kernel (the
-  // unfused graph's kernels).
-  const valuesThenCodesOut = (): CudaLaunch => {
-    if (
-      outScaleKind === undefined || (ctx.out.dtype !== "int8" && ctx.out.dtype !== "float8e4m3")
-    ) {
-      return valuesThenCodes(ctx, (inner: CudaKernelContext) => lowerQlinear(inner, codesOf));
-    }
-    const values = ops.outDType;
-    const inner = lowerQlinear({
-      ...ctx,
-      attrs: { ...attrs, codesOut: undefined },
-      out: { shape: ctx.out.shape, dtype: values },
-      inputs: ctx.inputs.slice(0, -1),
-    }, codesOf);
-    const quantize = fn(
-      device,
-      `qlinear_quantize_${FLOAT_NAME[values]}_${ctx.out.dtype === "int8" ? "i8" : "e4m3"}`,
-    );
-    return (y, inputs) => {
-      const scratch = CudaBuffer.allocate(device, values, total);
-      inner(scratch, inputs.slice(0, -1));
-      ops.quantizeX(quantize, y.address, scratch, inputs[inputs.length - 1], outScaleKind, total);
-      scratch.dispose();
-    };
-  };
-  if (codesOut && (outScaleKind === undefined || ctx.out.dtype !== qdtype || k === 0)) {
-    return valuesThenCodesOut();
-  }
+  const codes = codesOf ?? quantizeCodes(ops, xName, sxqKind, m, k);
 
   if (k === 0) {
     // Empty sums: y = act(b).
@@ -769,40 +645,6 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
 
   const mPad = roundUp(m, 16);
   const tensorCoreShape = n % 16 === 0 && k % 16 === 0;
-
-  if (qdtype === "int8" && codesOut) {
-    const kernel = chooseWgmmaInt8(device, {
-      m,
-      n,
-      k,
-      outDType: ops.outDType,
-      perChannel,
-      sxdKind,
-      swdKind,
-      biasDType: biasInfo?.dtype,
-      act: ops.act,
-      codesScaleKind: outScaleKind,
-    }, undefined);
-    if (!kernel) return valuesThenCodesOut();
-    const writeCodes = codes("i8");
-    return (y, inputs) => {
-      const [, , sxd, w, swq, swd] = inputs;
-      const wq = prep.codes(w, swq, "int8");
-      const xq = codesIn ? undefined : CudaBuffer.allocate(device, "int8", m * k);
-      if (xq) writeCodes(xq.address, inputs, m);
-      kernel.run(
-        y.address,
-        xq?.address ?? inputs[0].address,
-        wq.buffer.address,
-        sxd.address,
-        swd.address,
-        biasOf(inputs)?.address ?? 0n,
-        inputs[inputs.length - 1].address,
-      );
-      xq?.dispose();
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
 
   if (qdtype === "int8") {
     const plan = tensorCoreShape
@@ -835,17 +677,17 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
       return (y, inputs) => {
         const [, , sxd, w, swq, swd] = inputs;
         const wq = prep.codes(w, swq, "int8");
-        const xq = codesIn ? undefined : CudaBuffer.allocate(device, "int8", m * k);
-        if (xq) writeCodes(xq.address, inputs, m);
+        const xq = CudaBuffer.allocate(device, "int8", m * k);
+        writeCodes(xq.address, inputs, m);
         fused.run(
           y.address,
-          xq?.address ?? inputs[0].address,
+          xq.address,
           wq.buffer.address,
           sxd.address,
           swd.address,
           biasOf(inputs)?.address ?? 0n,
         );
-        xq?.dispose();
+        xq.dispose();
         if (wq.temporary) wq.buffer.dispose();
       };
     }
@@ -863,20 +705,18 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "int8");
-      const inPlace = codesIn && rows === m;
-      const xq = inPlace ? undefined : CudaBuffer.allocate(device, "int8", rows * k);
-      if (xq) writeCodes(xq.address, inputs, rows);
-      const xAddress = xq?.address ?? inputs[0].address;
+      const xq = CudaBuffer.allocate(device, "int8", rows * k);
+      writeCodes(xq.address, inputs, rows);
       const acc = CudaBuffer.allocate(device, "int32", rows * n);
       if (plan) {
-        plan.run(wq.buffer.address, xAddress, acc.address, acc.address, 1, 0);
+        plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0);
       } else {
-        const p = ops.params.reset().ptr(acc.address).ptr(xAddress).ptr(wq.buffer.address)
+        const p = ops.params.reset().ptr(acc.address).ptr(xq.address).ptr(wq.buffer.address)
           .i32(m).i32(n).i32(k);
         launch(device, gemm!, gemmGrid, [256, 1, 1], p);
       }
       ops.epilogue(epilogue, y, acc.address, scalesOf(sxd, swd), perChannel, bias);
-      xq?.dispose();
+      xq.dispose();
       acc.dispose();
       if (wq.temporary) wq.buffer.dispose();
     };
@@ -895,62 +735,45 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
       f32Scales: sxdInfo.dtype === "float32" && swdInfo.dtype === "float32",
       biasDType: biasInfo?.dtype,
       act: ops.act,
-      codesOut,
     })
     : undefined;
-  if (codesOut && !choice) return valuesThenCodesOut();
   if (choice) {
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
-    const reciprocal = codesOut ? fn(device, "qlinear_scale_reciprocal") : undefined;
-    const rowScaleKernel = codesIn ? fn(device, "qlinear_quantize_f32_e4m3") : undefined;
     const { plan, scales, fused } = choice;
     return (y, inputs) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
-      const inPlace = codesIn && mPad === m;
-      const xq = inPlace ? undefined : CudaBuffer.allocate(device, "float8e4m3", mPad * k);
+      const xq = CudaBuffer.allocate(device, "float8e4m3", mPad * k);
       // Outer-vector scales: B's is the input scale repeated per row, written with the codes.
       const rowScales = scales === "outer"
         ? CudaBuffer.allocate(device, "float32", mPad)
         : undefined;
-      const rowScaleCopies = rowScales &&
-        { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad };
-      if (xq) {
-        writeCodes(xq.address, inputs, mPad, rowScaleCopies);
-      } else if (rowScaleCopies) {
-        // Codes read in place: the quantize kernel with no elements writes the row scales.
-        ops.quantizeX(rowScaleKernel!, 0n, sxd, sxd, 0, 0, rowScaleCopies);
-      }
-      const xAddress = xq?.address ?? inputs[0].address;
-      // An fp8 output: cuBLASLt multiplies by the reciprocal of the output quantize scale.
-      const dScale = codesOut ? CudaBuffer.allocate(device, "float32", 1) : undefined;
-      if (dScale) {
-        const p = ops.params.reset().ptr(dScale.address)
-          .ptr(inputs[inputs.length - 1].address).i32(outScaleKind!);
-        launch(device, reciprocal!, [1, 1, 1], [32, 1, 1], p);
-      }
+      writeCodes(
+        xq.address,
+        inputs,
+        mPad,
+        rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
+      );
       // Unfused, the epilogue kernel adds the bias: cuBLASLt gets none.
       const ltBias = fused ? bias?.address : undefined;
       const pointers = scales === "none" ? { bias: ltBias } : {
         aScale: swd.address,
         bScale: rowScales?.address ?? sxd.address,
         bias: ltBias,
-        dScale: dScale?.address,
       };
       if (fused) {
-        plan.run(wq.buffer.address, xAddress, y.address, y.address, 1, 0, pointers);
+        plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
       } else {
         const acc = CudaBuffer.allocate(device, "float32", mPad * n);
-        plan.run(wq.buffer.address, xAddress, acc.address, acc.address, 1, 0, pointers);
+        plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0, pointers);
         const unscaled = scales === "none" ? scalesOf(sxd, swd) : undefined;
         ops.epilogue(epilogue, y, acc.address, unscaled, perChannel, bias);
         acc.dispose();
       }
-      dScale?.dispose();
       rowScales?.dispose();
-      xq?.dispose();
+      xq.dispose();
       if (wq.temporary) wq.buffer.dispose();
     };
   }
@@ -1057,8 +880,6 @@ function chooseFp8Plan(
     f32Scales: boolean;
     biasDType: DType | undefined;
     act: number;
-    /** D holds e4m3 codes of the outputs (scaled by a D scale given per run). */
-    codesOut?: boolean;
   },
 ): Fp8Choice | undefined {
   const candidates: { scales: Fp8Choice["scales"]; fused: boolean }[] = [];
@@ -1077,13 +898,9 @@ function chooseFp8Plan(
     (p.biasDType === undefined || (p.outDType !== "float32" && p.biasDType === p.outDType));
   for (const scales of scaleModes) {
     if (fusable) candidates.push({ scales, fused: true });
-    // Codes out: only the fused form (an fp8 D has no float32 products to finish).
-    if (!p.codesOut) candidates.push({ scales, fused: false });
+    candidates.push({ scales, fused: false });
   }
-  if (!p.codesOut) candidates.push({ scales: "none", fused: false });
-  // An fp8 D takes C of the 16-bit output type (cuBLASLt's fp8 table), unused here (beta 0).
-  const codesOut = p.codesOut === true && p.outDType !== "float32";
-  if (p.codesOut && !codesOut) return undefined;
+  candidates.push({ scales: "none", fused: false });
   for (const c of candidates) {
     const d = c.fused ? LT_TYPE[p.outDType] : CUDA_R_32F;
     const spec: LtMatmulSpec = {
@@ -1096,11 +913,6 @@ function chooseFp8Plan(
       fastAccum: false,
       epilogue: c.fused ? epilogue : CUBLASLT_EPILOGUE_DEFAULT,
     };
-    if (codesOut) {
-      spec.dType = CUDA_R_8F_E4M3;
-      spec.dScaled = true;
-      spec.biasType = LT_TYPE[p.outDType];
-    }
     if (c.scales !== "none") {
       const mode = c.scales === "outer"
         ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
@@ -1108,7 +920,7 @@ function chooseFp8Plan(
       spec.aScaleMode = spec.bScaleMode = mode;
     }
     const plan = tryLtPlan(device, spec);
-    if (plan && trialRun(device, plan, p, c.scales, c.fused, codesOut)) return { plan, ...c };
+    if (plan && trialRun(device, plan, p, c.scales, c.fused)) return { plan, ...c };
   }
   return undefined;
 }
@@ -1123,24 +935,19 @@ function trialRun(
   p: { n: number; mPad: number; k: number; outDType: FloatDType; biasDType: DType | undefined },
   scales: Fp8Choice["scales"],
   fused: boolean,
-  codesOut: boolean,
 ): boolean {
   const a = CudaBuffer.allocate(device, "float8e4m3", p.n * p.k);
   const b = CudaBuffer.allocate(device, "float8e4m3", p.mPad * p.k);
-  const dType = codesOut ? "float8e4m3" : fused ? p.outDType : "float32";
-  const d = CudaBuffer.allocate(device, dType, p.mPad * p.n);
+  const d = CudaBuffer.allocate(device, fused ? p.outDType : "float32", p.mPad * p.n);
   const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, p.mPad, 1));
   return ltTrialRuns([a, b, d, aux], () => {
     memsetZero(device, a.address, a.bytes);
     memsetZero(device, b.address, b.bytes);
     memsetZero(device, aux.address, aux.bytes);
     const bias = p.biasDType !== undefined ? aux.address : undefined;
-    const pointers = scales === "none" ? { bias } : {
-      aScale: aux.address,
-      bScale: aux.address,
-      bias,
-      dScale: codesOut ? aux.address : undefined,
-    };
+    const pointers = scales === "none"
+      ? { bias }
+      : { aScale: aux.address, bScale: aux.address, bias };
     plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
   });
 }
@@ -1352,8 +1159,6 @@ function qlinearGemv(ctx: CudaKernelContext): GemvLaunch | undefined {
   const total = numel(ctx.out.shape);
   const m = total / n;
   if (total === 0 || k === 0 || m > QGEMV_MAX_ROWS) return undefined;
-  // The GEMV quantizes x itself and writes float outputs.
-  if (attrs.codesIn === true || attrs.codesOut !== undefined) return undefined;
   const folded = attrs.norm !== undefined
     ? foldedNormOf(ctx, "qlinear", attrs.hasBias ? 7 : 6)
     : undefined;
@@ -1429,5 +1234,5 @@ function wlinearGemv(ctx: CudaKernelContext): GemvLaunch | undefined {
   };
 }
 
-registerCudaKernel("qlinear", (ctx) => lowerQlinear(ctx), { codesOut: true });
+registerCudaKernel("qlinear", (ctx) => lowerQlinear(ctx));
 registerCudaKernel("wlinear", lowerWlinear);

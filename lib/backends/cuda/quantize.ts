@@ -19,16 +19,13 @@ import { numel } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   type CudaKernelContext,
-  type CudaLaunch,
   type CudaLowered,
-  type CudaLowering,
   type Dim3,
   kernelFunction,
   KernelParams,
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { CudaBuffer } from "./memory.ts";
 import { floatKindOf, preferSharedMemory } from "./util.ts";
 
 /** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
@@ -247,46 +244,6 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
       .i64(extent)
       .i64(block);
     launch(device, fn, grid, threads, params);
-  };
-}
-
-/**
- * An op with attr `codesOut` (lib/graph/passes/quantized_output.ts; the quantize scale is its
- * last input) lowered by its plain lowering `lower`: the values, in the `codesOut` dtype, go to
- * scratch memory, and the per-tensor quantize kernel writes their codes to the output. Ops with
- * a kernel that writes the codes itself use this where that kernel does not apply.
- */
-export function valuesThenCodes(ctx: CudaKernelContext, lower: CudaLowering): CudaLaunch {
-  const scaleAt = ctx.inputs.length - 1;
-  const device = ctx.device;
-  const values = { shape: ctx.out.shape, dtype: ctx.attrs.codesOut as DType };
-  const inner = lower({
-    ...ctx,
-    attrs: { ...ctx.attrs, codesOut: undefined },
-    out: values,
-    inputs: ctx.inputs.slice(0, scaleAt),
-    overwritable: ctx.overwritable?.slice(0, scaleAt),
-  });
-  const quantize = lowerQuantize("quantize", {
-    ...ctx,
-    attrs: { dtype: ctx.out.dtype, mode: "tensor", dim: null, blockSize: null },
-    inputs: [values, ctx.inputs[scaleAt]],
-    overwritable: undefined,
-  });
-  if (typeof inner !== "function" || typeof quantize !== "function") {
-    throw new TensorqError("an op writing codes must have a launch of its own", {
-      op: "quantize",
-      kind: "state",
-    });
-  }
-  const count = numel(values.shape);
-  // At run time the scale is the last input too (inputs the lowering reads past the op's own,
-  // such as a folded layer norm's, come before it).
-  return (out, inputs) => {
-    const scratch = CudaBuffer.allocate(device, values.dtype, count);
-    inner(scratch, inputs.slice(0, -1));
-    quantize(out, [scratch, inputs[inputs.length - 1]]);
-    scratch.dispose();
   };
 }
 

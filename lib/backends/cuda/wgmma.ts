@@ -104,11 +104,6 @@ export interface WgmmaInt8Problem {
   biasDType?: DType;
   /** Activation code: 0 none, 1 relu, 3 gelu (tanh form; 16-bit outputs only). */
   act: number;
-  /**
-   * Write int8 codes of the outputs (rounded to the 16-bit `outDType`), quantized with a scale
-   * of this kind (0 float32, 1 float16, 2 bfloat16) passed to each run; y is then int8.
-   */
-  codesScaleKind?: number;
 }
 
 /** A prepared fused int8 GEMM. */
@@ -119,9 +114,9 @@ export interface Int8GemmKernel {
    * Enqueues `y = act(xq · wqᵀ · sxd · swd + bias)` on the device's stream. Addresses: `y`
    * `[M, N]` of the output dtype, `xq` int8 `[M, K]`, `wq` int8 `[N, K]` (both 16-byte aligned),
    * `sxd` one scale, `swd` N scales (or one), `bias` N values or `0n` (only when the problem
-   * has no bias); `ys` the output quantize scale of a problem with `codesScaleKind`.
+   * has no bias).
    */
-  run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint, ys?: bigint): void;
+  run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint): void;
 }
 
 /** Why `p` cannot run on the fused kernels of `device`, or undefined when it can. */
@@ -141,10 +136,6 @@ export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): s
     return "activation other than none, relu or gelu (tanh)";
   }
   if (p.biasDType !== undefined && floatKindOf(p.biasDType) === undefined) return "bias dtype";
-  if (p.codesScaleKind !== undefined) {
-    if (p.outDType === "float32") return "codes of float32 outputs";
-    if (![0, 1, 2].includes(p.codesScaleKind)) return "output scale kind";
-  }
   if (![p.sxdKind, p.swdKind].every((kind) => kind === 0 || kind === 1 || kind === 2)) {
     return "scale kind";
   }
@@ -183,7 +174,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
   readonly #fn: Deno.PointerValue;
   readonly #tile: WgmmaTile;
   readonly #p: WgmmaInt8Problem;
-  readonly #params = new KernelParams(26);
+  readonly #params = new KernelParams(24);
   readonly #grid: [number, number, number];
   readonly #shared: number;
   readonly #tilesM: number;
@@ -203,9 +194,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
     this.#fn = kernelFunction(
       device,
       wgmmaPtx,
-      `wgmma_i8_${variant}_${FLOAT_NAME[p.outDType]}${p.act === ACT_GELU_TANH ? "_gelu_tanh" : ""}${
-        p.codesScaleKind !== undefined ? "_i8" : ""
-      }`,
+      `wgmma_i8_${variant}_${FLOAT_NAME[p.outDType]}${p.act === ACT_GELU_TANH ? "_gelu_tanh" : ""}`,
     );
     this.#shared = wgmmaSharedBytes(this.#tile);
     allowSharedBytes(this.#fn, this.#shared, DEFAULT_SHARED);
@@ -229,15 +218,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
     }, target);
   }
 
-  run(
-    y: bigint,
-    xq: bigint,
-    wq: bigint,
-    sxd: bigint,
-    swd: bigint,
-    bias: bigint,
-    ys: bigint = 0n,
-  ): void {
+  run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint): void {
     const p = this.#p;
     if (xq !== this.#xAddress) {
       this.#encode(this.#xMap, xq, p.m, this.#tile.bm);
@@ -254,8 +235,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
       .ptr(y).ptr(sxd).i32(p.sxdKind).ptr(swd).i32(p.swdKind).i32(p.perChannel ? 1 : 0)
       .ptr(hasBias ? bias : 0n).i32(this.#biasKind).i32(p.act)
       .i32(p.m).i32(p.n).i32(p.k).i32(this.#tilesM).i32(this.#tilesN)
-      .i32(Math.max(1, Math.floor(2048 / this.#tile.bm)))
-      .ptr(p.codesScaleKind !== undefined ? ys : 0n).i32(p.codesScaleKind ?? 0);
+      .i32(Math.max(1, Math.floor(2048 / this.#tile.bm)));
     launch(this.#device, this.#fn, this.#grid, [THREADS, 1, 1], params, this.#shared);
   }
 }
@@ -354,10 +334,7 @@ export function fastestWgmmaInt8Gemm(
     }));
     for (let round = 0; round < TIMING_ROUNDS; round++) {
       for (const t of timed) {
-        t.ms = Math.min(
-          t.ms,
-          timeLaunchMs(device, () => t.kernel.run(y, x, w, sx, sw, b, sx), 2),
-        );
+        t.ms = Math.min(t.ms, timeLaunchMs(device, () => t.kernel.run(y, x, w, sx, sw, b), 2));
       }
     }
     return timed.reduce((a, b) => (b.ms < a.ms ? b : a));
