@@ -23,6 +23,7 @@ import {
   randomValues,
   testOnGpu,
   values,
+  weightOnlyLinearState,
 } from "./helpers.ts";
 
 // Tolerances, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise.
@@ -399,16 +400,7 @@ function checkOp(c: OpCase): void {
   const what = `wlinear ${o.quantDtype} dim ${o.weightQuantDim ?? "-"}` +
     `${o.blockSize ? ` block ${o.blockSize}` : ""} x ${c.dtype} M=${c.m} N=${c.n} K=${c.k} ` +
     `bias ${c.bias} ${c.act}`;
-  const weight = tq.randn([c.n, c.k], { seed: c.seed, std: 0.05, dtype: c.dtype });
-  const w32 = weight.cast("float32").abs();
-  const amax = o.blockSize !== undefined
-    ? w32.reshape([c.n, c.k / o.blockSize, o.blockSize]).max(2)
-    : w32.max(1);
-  const dict: Record<string, tq.Tensor> = {
-    weight,
-    weightScale: tq.scaleFromAmax(amax, o.quantDtype!),
-  };
-  if (c.bias) dict.bias = tq.randn([c.n], { seed: c.seed + 1, std: 0.1, dtype: c.dtype });
+  const dict = weightOnlyLinearState(o, c.n, c.k, c.dtype, c.seed, c.bias);
   const make = () => {
     const layer = new tq.Linear(c.k, c.n, { ...o, bias: c.bias, dtype: c.dtype });
     layer.loadStateDict(dict);
@@ -422,7 +414,7 @@ function checkOp(c: OpCase): void {
   const got = values(y);
   const ref = values(applyActivation(cpu.forward(x), c.act));
   // The summed terms' size: Σ_k |x_k|·max|w| + max|b| bounds every output's.
-  const xs = values(x), ws = values(weight);
+  const xs = values(x), ws = values(dict.weight);
   let wMax = 0, bMax = 0, xAbs = 0;
   for (const v of ws) wMax = Math.max(wMax, Math.abs(v));
   if (dict.bias) { for (const v of values(dict.bias)) bMax = Math.max(bMax, Math.abs(v)); }

@@ -6,10 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { TensorqError } from "../lib/errors.ts";
-import { RandomStream } from "../lib/random.ts";
-import { decode, float8e4m3BitsToNumber } from "../lib/dtype.ts";
+import { decode, type DType, float8e4m3BitsToNumber } from "../lib/dtype.ts";
 import { backendFor } from "../lib/backends/backend.ts";
 import type { Tensor } from "../lib/tensor.ts";
+import type { LinearOptions } from "../lib/nn/layers.ts";
+import { randn, RandomStream } from "../lib/random.ts";
+import { scaleFromAmax } from "../lib/quant/scale.ts";
 
 /** True when GPU tests were asked for (`deno task test:gpu`). */
 export const GPU_REQUIRED: boolean = Deno.env.get("TENSORQ_TEST_GPU") === "1";
@@ -250,4 +252,31 @@ export function thisLine(): number {
 /** A tensor's values as float64 numbers (read back to the host; 16-bit and fp8 decoded). */
 export function values(t: Tensor): Float64Array {
   return Float64Array.from(decode(t.dtype, t.storageSync()));
+}
+
+/**
+ * The state dict of a weight-only quantized `n × k` Linear with `options` (quantDtype,
+ * weightQuantDim, blockSize): a seeded random weight (std 0.05), its weight scale from the amax
+ * per output channel (or per block of `blockSize` along k), and with `bias` a random bias
+ * (std 0.1, seed + 1).
+ */
+export function weightOnlyLinearState(
+  options: LinearOptions,
+  n: number,
+  k: number,
+  dtype: DType,
+  seed: number,
+  bias: boolean,
+): Record<string, Tensor> {
+  const weight = randn([n, k], { seed, std: 0.05, dtype });
+  const w32 = weight.cast("float32").abs();
+  const amax = options.blockSize !== undefined
+    ? w32.reshape([n, k / options.blockSize, options.blockSize]).max(2)
+    : w32.max(1);
+  const dict: Record<string, Tensor> = {
+    weight,
+    weightScale: scaleFromAmax(amax, options.quantDtype!),
+  };
+  if (bias) dict.bias = randn([n], { seed: seed + 1, std: 0.1, dtype });
+  return dict;
 }

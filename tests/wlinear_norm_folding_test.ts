@@ -37,6 +37,7 @@ import {
   testOnDevices,
   testOnGpu,
   values,
+  weightOnlyLinearState,
 } from "./helpers.ts";
 
 // Against the cpu, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise (the
@@ -93,16 +94,7 @@ function model(c: Case, device: string): {
   bias: tq.Tensor | undefined;
 } {
   const o: tq.LinearOptions = QUANTS[c.quant];
-  const weight = tq.randn([c.n, c.k], { seed: c.seed, std: 0.05, dtype: c.dtype });
-  const w32 = weight.cast("float32").abs();
-  const amax = o.blockSize !== undefined
-    ? w32.reshape([c.n, c.k / o.blockSize, o.blockSize]).max(2)
-    : w32.max(1);
-  const dict: Record<string, tq.Tensor> = {
-    weight,
-    weightScale: tq.scaleFromAmax(amax, o.quantDtype!),
-  };
-  if (c.bias) dict.bias = tq.randn([c.n], { seed: c.seed + 1, std: 0.1, dtype: c.dtype });
+  const dict = weightOnlyLinearState(o, c.n, c.k, c.dtype, c.seed, c.bias);
   const layer = new tq.Linear(c.k, c.n, { ...o, bias: c.bias, dtype: c.dtype });
   layer.loadStateDict(dict);
   layer.to(device);
@@ -129,7 +121,7 @@ function model(c: Case, device: string): {
       return linear(tq.tensor(values(normed), { shape: normed.shape, dtype: c.dtype, device }));
     },
     normalized,
-    weight,
+    weight: dict.weight,
     bias: dict.bias,
   };
 }
