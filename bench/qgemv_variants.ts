@@ -248,7 +248,7 @@ function measureShape(
     // fp16: the float16 linear lowering (its GEMV for M ≤ 16).
     {
       const fp16Lowering = cudaLowering("linear")({
-        attrs: { activation: "none" },
+        attrs: { hasBias: true, activation: "none" },
         out: { shape: [m, n], dtype: "float16" },
         inputs: [
           { shape: [m, k], dtype: "float16" },

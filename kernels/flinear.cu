@@ -12,6 +12,9 @@
 //   applies bias and activation, and a folded residual when `residual` is not null
 //   (y = round(round(act(...)) + residual), the unfused add: withResidual in gemv.cuh). Launch
 //   shape from gemvShape (lib/backends/cuda/flinear.ts).
+// - flinear_gemv_<x>_m<MT>_norm: the same for a linear whose x is the input of a layer norm
+//   folded into it (lib/graph/passes/qdq_fusion.ts): it normalizes x itself while staging it,
+//   exactly as the layer-norm kernel of the unfolded graph would (layerNormStats, gemv.cuh).
 // - flinear_epilogue_<x>: y = act(acc + b) from float32 products (cuBLASLt's, or none when
 //   K = 0); acc may be y itself (float32 outputs, in place).
 //
@@ -116,12 +119,20 @@ __device__ __forceinline__ void gemvLoad(uint4 (&v)[GEMV_ROWS], const void* __re
   }
 }
 
-template <class X, int MT>
+// kNorm: x is the input of a folded layer norm (weight lnWeight, bias lnBias, either null; eps;
+// lnThreads: the threads its layer-norm kernel gives a row, see layerNormStats in gemv.cuh).
+// Every block computes the rows' statistics while its first weight chunks load, and stages x
+// normalized and rounded to X, the layer-norm kernel's output bit for bit. Needs K % E == 0
+// (the kernel's vector variant).
+template <class X, int MT, bool kNorm>
 __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* __restrict__ x,
                                             const void* __restrict__ w,
                                             const void* __restrict__ bias, int act, int M, int N,
                                             int K, int KT, int splitK,
-                                            const void* __restrict__ residual) {
+                                            const void* __restrict__ residual,
+                                            const void* __restrict__ lnWeight = nullptr,
+                                            const void* __restrict__ lnBias = nullptr,
+                                            float eps = 0.0f, int lnThreads = 0) {
   constexpr int R = GEMV_ROWS;
   constexpr int E = X::kElems;
   constexpr int STEP = 32 * E;     // elements one warp covers per step
@@ -151,7 +162,43 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
     uint4 cur[R];
     if (have) gemvLoad<X>(cur, w, n0, N, K, t0 + s * STEP + lane * E, vec);
     __syncthreads();  // the previous tile's x is no longer read
-    gemvStageX<X, MT, E>(xs, x, M, K, t0, tk, steps, KT4, xVec);
+    if constexpr (kNorm) {
+      __shared__ float normRed[MT * 16];  // warp sums: M rows × lnThreads / 32 (≤ 512 threads)
+      __shared__ float normMean[MT], normInv[MT];
+      if (t0 == 0) {
+        // The first tile's norm weight and bias are read when staging it.
+        const i64 bytes = (i64)tk * (16 / E);
+        prefetchL1(lnWeight, bytes);
+        prefetchL1(lnBias, bytes);
+        layerNormStats<E>(M, K, lnThreads, eps, normRed, normMean, normInv,
+                          [&](int, int m, int u, float (&v)[E]) {
+                            const uint4 c = X::chunk(x, (i64)m * K + (i64)u * E);
+#pragma unroll
+                            for (int j = 0; j < X::kQuads; j++) {
+                              float q[4];
+                              X::quad(c, j, q);
+                              v[4 * j] = q[0], v[4 * j + 1] = q[1];
+                              v[4 * j + 2] = q[2], v[4 * j + 3] = q[3];
+                            }
+                          });
+      }
+      // The layer norm's values, rounded to X as its kernel stores them.
+      gemvStageX<X, MT, E>(xs, x, M, K, t0, tk, steps, KT4, xVec,
+                           [&](int m, i64 k, float4& v) {
+                             float t[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                             for (int j = 0; j < 4; j++) {
+                               const float y = layerNormAffine(
+                                   t[j], normMean[m], normInv[m], lnWeight != nullptr,
+                                   lnWeight ? X::load(lnWeight, k + j) : 0.0f, lnBias != nullptr,
+                                   lnBias ? X::load(lnBias, k + j) : 0.0f);
+                               t[j] = roundedAs(static_cast<const X*>(nullptr), y);
+                             }
+                             v = make_float4(t[0], t[1], t[2], t[3]);
+                           });
+    } else {
+      gemvStageX<X, MT, E>(xs, x, M, K, t0, tk, steps, KT4, xVec);
+    }
     __syncthreads();
     if (n0 >= N) continue;
     while (s < steps) {
@@ -187,7 +234,16 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
                                     const void* __restrict__ bias, int act, int M, int N,   \
                                     int K, int KT, int splitK,                              \
                                     const void* __restrict__ residual) {                    \
-    flinearGemv<X, MT>(out, x, w, bias, act, M, N, K, KT, splitK, residual);                 \
+    flinearGemv<X, MT, false>(out, x, w, bias, act, M, N, K, KT, splitK, residual);          \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(MT))         \
+      flinear_gemv_##X_NAME##_m##MT##_norm(                                                   \
+          void* __restrict__ out, const void* __restrict__ x, const void* __restrict__ w,     \
+          const void* __restrict__ bias, int act, int M, int N, int K, int KT, int splitK,    \
+          const void* __restrict__ residual, const void* __restrict__ lnWeight,              \
+          const void* __restrict__ lnBias, float eps, int lnThreads) {                        \
+    flinearGemv<X, MT, true>(out, x, w, bias, act, M, N, K, KT, splitK, residual, lnWeight,  \
+                             lnBias, eps, lnThreads);                                         \
   }
 
 #define GEMV_KERNELS(X_NAME, X) \

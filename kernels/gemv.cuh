@@ -50,13 +50,21 @@ __device__ __forceinline__ float withResidual(V v, const void* __restrict__ resi
 // Register budget: up to 128 per thread for a few rows (several blocks per SM), 255 for 8+.
 #define GEMV_MIN_BLOCKS(MT) ((MT) <= 4 ? 4 : 2)
 
+// x staged as it is.
+struct StageAsIs {
+  __device__ void operator()(int, i64, float4&) const {}
+};
+
 // Stages columns t0..t0 + tk of x's rows (zeros past M and tk) in shared memory as float32:
 // the float4 a lane reads for quad j of its chunk of step st (E elements per lane and chunk)
 // sits at slot (st · 8E + j · 32 + lane), so a warp's reads are conflict-free. xVec (K % 4 ==
-// 0): x is read four elements at a time.
-template <class X, int MT, int E>
+// 0): x is read four elements at a time. `map(m, k, v)` may change the four values of row m
+// from column k on before they are staged (it sees only columns inside K, four at a time, so
+// a map other than StageAsIs needs xVec).
+template <class X, int MT, int E, class Map = StageAsIs>
 __device__ __forceinline__ void gemvStageX(float4* xs, const void* __restrict__ x, int M, int K,
-                                           int t0, int tk, int steps, int KT4, bool xVec) {
+                                           int t0, int tk, int steps, int KT4, bool xVec,
+                                           Map map = Map()) {
   constexpr int STEP = 32 * E;     // elements one warp covers per step
   constexpr int STEP4 = STEP / 4;  // float4 slots per step and row
   for (int m = 0; m < MT; m++) {
@@ -75,9 +83,103 @@ __device__ __forceinline__ void gemvStageX(float4* xs, const void* __restrict__ 
           if (valid > 2) v.z = X::load(x, at + 2);
           if (valid > 3) v.w = X::load(x, at + 3);
         }
+        map(m, t0 + e0, v);
       }
       xs[m * KT4 + g] = v;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer norms folded into a GEMV (lib/graph/passes/qdq_fusion.ts): the kernel normalizes x
+// itself with the float32 operations of the layer-norm kernel the unfolded graph runs
+// (kernels/nn.cu, layer_norm_warp / layer_norm_block of a vector variant), in its order, so the
+// normalized values equal that kernel's output bit for bit.
+
+// layer_norm_store's value for x value v: (v − mean) · inv, then the affine weight w and bias b
+// where the norm has them.
+__device__ __forceinline__ float layerNormAffine(float v, float mean, float inv, bool hasWeight,
+                                                 float w, bool hasBias, float b) {
+  const float t = __fmul_rn(__fsub_rn(v, mean), inv);
+  if (hasWeight && hasBias) return __fmaf_rn(t, w, b);
+  if (hasWeight) return __fmul_rn(t, w);
+  if (hasBias) return __fadd_rn(t, b);
+  return t;
+}
+
+// Asks for `bytes` bytes from p (when not null) in L1, 128-byte lines spread over the block's
+// threads: a folded norm's weight and bias, which the kernel reads after the statistics.
+__device__ __forceinline__ void prefetchL1(const void* p, i64 bytes) {
+  if (p == nullptr) return;
+  for (i64 at = (i64)threadIdx.x * 128; at < bytes; at += (i64)blockDim.x * 128) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(static_cast<const char*>(p) + at));
+  }
+}
+
+// The mean and inverse deviation of M rows of K values (K a multiple of VEC, the values of a
+// 16-byte vector) as the layer-norm kernel that gives a row lnThreads threads computes them:
+// 32 for layer_norm_*_warp_v* (a warp per row), its block size for layer_norm_*_block_v. Its
+// thread i sums the row's vectors i, i + lnThreads, ... value by value, each warp adds its
+// threads' sums by warpSum, and the lnThreads / 32 warp sums are added in order from 0
+// (block_all; a warp kernel's one sum is unchanged by that); then the same for the squared
+// deviations from the mean. Here the warps of the block play those threads in turn (warp w the
+// virtual warps w, w + warps, ...), with the same operations in the same order.
+// (kernels/wgemv.cu's stageNormalized does the same with its own loops, copying x into shared
+// memory on the first pass: written with this helper, its kernels measured about 0.5 µs slower
+// a launch on the H200.) read(pass, m, u, v) gives the VEC values of vector u of row m (pass 0:
+// the sums, 1: the deviations). red holds M · lnThreads / 32 floats. Every thread of the block calls it; it ends
+// with mean[m] and inv[m] visible to all.
+template <int VEC, class Read>
+__device__ __forceinline__ void layerNormStats(int M, int K, int lnThreads, float eps,
+                                               float* red, float* mean, float* inv, Read read) {
+  const int vecs = K / VEC;
+  const int perRow = lnThreads >> 5;
+  const int virtualWarps = M * perRow;
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll 1
+  for (int pass = 0; pass < 2; pass++) {
+#pragma unroll 1
+    for (int vw = warp; vw < virtualWarps; vw += warps) {
+      const int m = vw / perRow, first = (vw - m * perRow) * 32 + lane;
+      const float mu = pass == 0 ? 0.0f : mean[m];
+      float s = 0.0f;
+      // Four vectors read before any is summed (one memory round trip, not four); summed in
+      // order.
+#pragma unroll 1
+      for (int u0 = first; u0 < vecs; u0 += 4 * lnThreads) {
+        float v[4][VEC];
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+          if (u0 + b * lnThreads < vecs) read(pass, m, u0 + b * lnThreads, v[b]);
+        }
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+          if (u0 + b * lnThreads >= vecs) break;
+#pragma unroll
+          for (int j = 0; j < VEC; j++) {
+            if (pass == 0) {
+              s = __fadd_rn(s, v[b][j]);
+            } else {
+              const float d = __fsub_rn(v[b][j], mu);
+              s = __fmaf_rn(d, d, s);
+            }
+          }
+        }
+      }
+      s = warpSum(s);
+      if (lane == 0) red[vw] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float total = 0.0f;
+      for (int i = 0; i < perRow; i++) total = __fadd_rn(total, red[threadIdx.x * perRow + i]);
+      if (pass == 0) {
+        mean[threadIdx.x] = __fdiv_rn(total, (float)K);
+      } else {
+        inv[threadIdx.x] = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(total, (float)K), eps)));
+      }
+    }
+    __syncthreads();
   }
 }
 

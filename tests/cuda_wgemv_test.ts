@@ -19,11 +19,11 @@ import {
   type Activation,
   applyActivation,
   assertNearSums,
+  linearState,
   randomCodes,
   randomValues,
   testOnGpu,
   values,
-  weightOnlyLinearState,
 } from "./helpers.ts";
 
 // Tolerances, as ‖got − ref‖₂ ≤ tol·‖ref‖₂ and |got − ref| ≤ tol·max|ref| elementwise.
@@ -142,7 +142,7 @@ Deno.test("every kernel the lowering can name is in both PTX builds with the lau
     ["compute_80", wgemvPtx.ptxCompute80],
   ];
   for (const [flavour, ptx] of flavours) {
-    // (The `_norm` kernels of a folded layer norm: tests/wlinear_norm_folding_test.ts.)
+    // (The `_norm` kernels of a folded layer norm: tests/gemv_norm_folding_test.ts.)
     const entries = [...ptx.matchAll(/\.entry (\w+)\(([^)]*)\)/g)]
       .filter((e) => !e[1].endsWith("_norm"));
     assert.deepEqual(entries.map((e) => e[1]).sort(), [...names].sort(), flavour);
@@ -376,7 +376,7 @@ Deno.test("the kernel test cases are covered and reach every kernel", () => {
   }
   assert.deepEqual([...warps].sort((a, b) => a - b), [1, 2, 4, 8, 16]);
   const all = [...wgemvPtx.ptxSm90a.matchAll(/\.entry (\w+)\(/g)].map((e) => e[1])
-    .filter((name) => !name.endsWith("_norm")); // tests/wlinear_norm_folding_test.ts
+    .filter((name) => !name.endsWith("_norm")); // tests/gemv_norm_folding_test.ts
   assert.deepEqual([...used].sort(), all.sort());
 });
 
@@ -400,7 +400,7 @@ function checkOp(c: OpCase): void {
   const what = `wlinear ${o.quantDtype} dim ${o.weightQuantDim ?? "-"}` +
     `${o.blockSize ? ` block ${o.blockSize}` : ""} x ${c.dtype} M=${c.m} N=${c.n} K=${c.k} ` +
     `bias ${c.bias} ${c.act}`;
-  const dict = weightOnlyLinearState(o, c.n, c.k, c.dtype, c.seed, c.bias);
+  const dict = linearState(o, c.n, c.k, c.dtype, c.seed, c.bias);
   const make = () => {
     const layer = new tq.Linear(c.k, c.n, { ...o, bias: c.bias, dtype: c.dtype });
     layer.loadStateDict(dict);

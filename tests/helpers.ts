@@ -255,12 +255,12 @@ export function values(t: Tensor): Float64Array {
 }
 
 /**
- * The state dict of a weight-only quantized `n × k` Linear with `options` (quantDtype,
- * weightQuantDim, blockSize): a seeded random weight (std 0.05), its weight scale from the amax
- * per output channel (or per block of `blockSize` along k), and with `bias` a random bias
- * (std 0.1, seed + 1).
+ * The state dict of an `n × k` Linear with `options`: a seeded random weight (std 0.05), with
+ * `bias` a random bias (std 0.1, seed + 1), and for a weight-only quantized one (quantDtype,
+ * weightQuantDim, blockSize) its weight scale from the amax per output channel (or per block of
+ * `blockSize` along k).
  */
-export function weightOnlyLinearState(
+export function linearState(
   options: LinearOptions,
   n: number,
   k: number,
@@ -269,14 +269,13 @@ export function weightOnlyLinearState(
   bias: boolean,
 ): Record<string, Tensor> {
   const weight = randn([n, k], { seed, std: 0.05, dtype });
+  const dict: Record<string, Tensor> = { weight };
+  if (bias) dict.bias = randn([n], { seed: seed + 1, std: 0.1, dtype });
+  if (options.quantDtype === undefined) return dict;
   const w32 = weight.cast("float32").abs();
   const amax = options.blockSize !== undefined
     ? w32.reshape([n, k / options.blockSize, options.blockSize]).max(2)
     : w32.max(1);
-  const dict: Record<string, Tensor> = {
-    weight,
-    weightScale: scaleFromAmax(amax, options.quantDtype!),
-  };
-  if (bias) dict.bias = randn([n], { seed: seed + 1, std: 0.1, dtype });
+  dict.weightScale = scaleFromAmax(amax, options.quantDtype);
   return dict;
 }

@@ -110,7 +110,7 @@ function withResidual(
 }
 
 /**
- * A qlinear or wlinear whose x is the input of a layer norm folded in by the fusion pass (attrs
+ * A linear, qlinear or wlinear whose x is the input of a layer norm folded in by the fusion pass (attrs
  * `norm`: `{eps, hasWeight, hasBias}`, the norm's weight and bias after the op's `own` inputs):
  * the layer norm kernel, then the plain op on its output.
  */
@@ -188,7 +188,10 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
 const floatWeights = new WeakMap<StorageArray, Float64Array>();
 
 registerCpuKernel("linear", (inputs, ctx) => {
-  const [x, w] = inputs;
+  const w = inputs[1];
+  const x = ctx.attrs.norm !== undefined
+    ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 3 : 2)
+    : inputs[0];
   // A folded residual may follow: the bias is input 2 only when there is one.
   const bias = ctx.attrs.hasBias ? inputs[2] : undefined;
   const [n, k] = ctx.inputs[1].shape;

@@ -18,6 +18,14 @@
  *   add and activation then round separately, as the unfused graph does), 16-bit outputs get
  *   float32 products in a scratch buffer and one rounding.
  *
+ * With a layer norm folded in (attr `norm`, lib/graph/passes/qdq_fusion.ts; x is the norm's
+ * input, its weight and bias follow the op's own inputs): the GEMV's `_norm` kernels normalize x
+ * while staging it, with the float32 operations of the layer-norm kernel the unfolded graph
+ * runs, in its order, so the result equals the unfolded graph's bit for bit (one launch in place
+ * of two); problems they do not take (more rows, K not a multiple of 16 bytes, a norm weight of
+ * another dtype, more blocks than the GPU holds at once) run that layer-norm kernel into scratch
+ * memory first ({@link normThenProduct}).
+ *
  * With a residual folded in (attr `residual`, lib/graph/passes/residual_fusion.ts; the last
  * input, of the output's shape and dtype): the GEMV kernel adds it in its epilogue (one launch,
  * `y = round(round(act(x · Wᵀ + b)) + residual)`, the unfused graph's add); every other path
@@ -51,6 +59,7 @@ import {
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import { layerNormThreads } from "./nn.ts";
 import { type Copy, planStridedCopy } from "./shape.ts";
 import {
   ACTIVATION,
@@ -77,6 +86,42 @@ const fn = moduleKernels(flinearPtx);
 
 /** Rows up to which the GEMV kernel runs. */
 export const FLINEAR_GEMV_MAX_ROWS = 16;
+
+/** Blocks of the GEMV an SM holds at least (`GEMV_MIN_BLOCKS` in kernels/gemv.cuh). */
+function gemvMinBlocks(rows: number): number {
+  return rows <= 4 ? 4 : 2;
+}
+
+/**
+ * For a linear of `m` rows, `[n, k]` weights and `dtype` with a folded layer norm: the threads
+ * the layer-norm kernel gives a row (what its `_norm` GEMV needs to sum in that kernel's order)
+ * when that GEMV takes the problem, else undefined. It takes the GEMV's rows, K a whole number of
+ * 16-byte vectors (the layer-norm kernel's vector variant), and grids that are resident at once:
+ * each block computes the statistics first, so a second wave of blocks would wait for them
+ * again (a wide product, say a 50257-word vocabulary, does better with the layer-norm kernel).
+ */
+export function flinearNormThreads(
+  m: number,
+  n: number,
+  k: number,
+  dtype: FloatDType,
+  smCount: number,
+): number | undefined {
+  const elems = dtype === "float32" ? 4 : 8;
+  if (m < 1 || m > FLINEAR_GEMV_MAX_ROWS || k < 1 || n < 1 || k % elems !== 0) return undefined;
+  if (gemvShape(m, n, k, elems, smCount).blocks > smCount * gemvMinBlocks(m)) return undefined;
+  return layerNormThreads(m, k, 16 / elems, smCount);
+}
+
+let normLaunches = 0;
+
+/**
+ * Number of `_norm` GEMV launches enqueued so far (to tell whether a linear with a folded layer
+ * norm normalized x in the GEMV or ran the layer norm kernel first).
+ */
+export function flinearNormLaunchCount(): number {
+  return normLaunches;
+}
 
 /** Dynamic shared memory that needs no opt-in: the 48 KiB default counts static shared memory
  * (the kernel's split-K partial sums) too, so stay well below it. */
@@ -202,16 +247,107 @@ export function productThenResidual(
 }
 
 // ---------------------------------------------------------------------------------------
+// Layer norms folded into the fused linear ops (lib/graph/passes/qdq_fusion.ts, attr `norm`)
+
+/** A folded layer norm's attrs. */
+interface FoldedNorm {
+  eps: number;
+  hasWeight: boolean;
+  hasBias: boolean;
+}
+
+/**
+ * The parts of a fused linear op (`op`: `linear`, `qlinear`, `wlinear`) with a folded layer
+ * norm whose own inputs are the first `own`: the norm's weight and bias follow them, where it
+ * has them, and a folded residual (attr `residual`) comes last.
+ */
+export function foldedNormOf(
+  ctx: CudaKernelContext,
+  op: "linear" | "qlinear" | "wlinear",
+  own: number,
+) {
+  const norm = ctx.attrs.norm as unknown as FoldedNorm;
+  const xInfo = ctx.inputs[0];
+  const end = ctx.inputs.length - (ctx.attrs.residual === true ? 1 : 0);
+  const normInputs = ctx.inputs.slice(own, end);
+  return {
+    norm,
+    /** The op without its norm: x is the normalized x, the inputs its own (and the residual). */
+    inner: {
+      ...ctx,
+      attrs: { ...ctx.attrs, norm: undefined },
+      inputs: [...ctx.inputs.slice(0, own), ...ctx.inputs.slice(end)],
+    } as CudaKernelContext,
+    /** Launch inputs of `inner`: x replaced by the normalized values. */
+    innerInputs: (normalized: CudaBuffer, inputs: readonly CudaBuffer[]): CudaBuffer[] => [
+      normalized,
+      ...inputs.slice(1, own),
+      ...inputs.slice(end),
+    ],
+    /** The norm's weight and bias have x's dtype (what the fused kernels take). */
+    sameDType: normInputs.every((i) => i.dtype === xInfo.dtype),
+    weightOf: (inputs: readonly CudaBuffer[]) => norm.hasWeight ? inputs[own] : undefined,
+    biasOf: (inputs: readonly CudaBuffer[]) =>
+      norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined,
+    /** The layer-norm op's own lowering (launch inputs: x, then the norm's). */
+    layerNorm(): (out: CudaBuffer, inputs: CudaBuffer[]) => void {
+      const launch = cudaLowering("layerNorm")({
+        ...ctx,
+        attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
+        out: { shape: xInfo.shape, dtype: xInfo.dtype },
+        inputs: [xInfo, ...normInputs],
+      });
+      if (typeof launch !== "function") {
+        throw new TensorqError("the folded layer norm has no kernel of its own", {
+          op,
+          kind: "state",
+        });
+      }
+      return launch;
+    },
+    /** Launch inputs of `layerNorm`. */
+    normInputsOf: (inputs: readonly CudaBuffer[]): CudaBuffer[] => [
+      inputs[0],
+      ...inputs.slice(own, end),
+    ],
+  };
+}
+
+/**
+ * A fused linear op with a folded norm that its product kernels do not normalize themselves:
+ * the layer-norm kernel writes x normalized to scratch memory, then `lower`'s launch of the op
+ * without the norm reads it (the unfolded graph's two launches).
+ */
+export function normThenProduct(
+  ctx: CudaKernelContext,
+  op: "linear" | "qlinear" | "wlinear",
+  own: number,
+  lower: (ctx: CudaKernelContext) => CudaLaunch,
+): CudaLaunch {
+  const folded = foldedNormOf(ctx, op, own);
+  const xInfo = ctx.inputs[0];
+  const layerNorm = folded.layerNorm();
+  const product = lower(folded.inner);
+  return (y, inputs) => {
+    const normalized = CudaBuffer.allocate(ctx.device, xInfo.dtype, numel(xInfo.shape));
+    layerNorm(normalized, folded.normInputsOf(inputs));
+    product(y, folded.innerInputs(normalized, inputs));
+    normalized.dispose();
+  };
+}
+
+// ---------------------------------------------------------------------------------------
 // The lowering
 
 function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   const { device, attrs } = ctx;
   const residual = attrs.residual === true;
-  // Inputs `[x, W, bias?, residual?]`: the bias is there when the op's own inputs are three.
-  const own = ctx.inputs.length - (residual ? 1 : 0);
+  // Inputs `[x, W, bias?, lnWeight?, lnBias?, residual?]`.
+  const own = attrs.hasBias === true ? 3 : 2;
   const [xInfo, wInfo] = ctx.inputs;
   const biasInfo = own > 2 ? ctx.inputs[2] : undefined;
-  const residualInfo = residual ? ctx.inputs[own] : undefined;
+  const residualInfo = residual ? ctx.inputs[ctx.inputs.length - 1] : undefined;
+  const folded = attrs.norm !== undefined ? foldedNormOf(ctx, "linear", own) : undefined;
   const dtype = floatDType("linear", "output", ctx.out.dtype);
   floatDType("linear", "x", xInfo.dtype);
   floatDType("linear", "W", wInfo.dtype);
@@ -239,6 +375,11 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   if (residualInfo && (!gemvRows || !residualFits(ctx))) {
     return productThenResidual(ctx, lowerLinear);
   }
+  const elems = dtype === "float32" ? 4 : 8;
+  const lnThreads = folded?.sameDType
+    ? flinearNormThreads(m, n, k, dtype, device.smCount)
+    : undefined;
+  if (folded && lnThreads === undefined) return normThenProduct(ctx, "linear", own, lowerLinear);
   const name = FLOAT_NAME[dtype];
   const params = new KernelParams();
 
@@ -254,19 +395,24 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   if (k === 0) return (y, inputs) => epilogue(y, 0n, inputs[2]);
 
   if (gemvRows) {
-    const elems = dtype === "float32" ? 4 : 8;
     const shape = gemvShape(m, n, k, elems, device.smCount);
-    const kernel = fn(device, `flinear_gemv_${name}_m${shape.rowsCompiled}`);
+    const suffix = folded ? "_norm" : "";
+    const kernel = fn(device, `flinear_gemv_${name}_m${shape.rowsCompiled}${suffix}`);
     allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
     const grid: Dim3 = [shape.blocks, 1, 1];
     const block: Dim3 = [GEMV_WARPS * 32, 1, 1];
     return (y, inputs) => {
       const [x, w] = inputs;
       const bias = biasInfo ? inputs[2] : undefined;
-      const r = residual ? inputs[own] : undefined;
+      const r = residual ? inputs[inputs.length - 1] : undefined;
       const p = params.reset().ptr(y.address).ptr(x.address).ptr(w.address)
         .ptr(bias?.address ?? 0n).i32(act).i32(m).i32(n).i32(k).i32(shape.tileK)
         .i32(shape.splitK).ptr(r?.address ?? 0n);
+      if (folded) {
+        p.ptr(folded.weightOf(inputs)?.address ?? 0n).ptr(folded.biasOf(inputs)?.address ?? 0n)
+          .f32(folded.norm.eps).i32(lnThreads!);
+        normLaunches++;
+      }
       launch(device, kernel, grid, block, p, shape.sharedBytes);
     };
   }

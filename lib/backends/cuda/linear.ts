@@ -78,14 +78,19 @@ import {
   BLOCK,
   type CudaKernelContext,
   type CudaLaunch,
-  cudaLowering,
   type Dim3,
   grid1d,
   KernelParams,
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { productThenResidual, residualFits, withoutResidual } from "./flinear.ts";
+import {
+  foldedNormOf,
+  normThenProduct,
+  productThenResidual,
+  residualFits,
+  withoutResidual,
+} from "./flinear.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
   activationCode,
@@ -482,53 +487,6 @@ interface Fp8Choice {
   fused: boolean;
 }
 
-/** A layer norm folded into a qlinear by the fusion pass (lib/graph/passes/qdq_fusion.ts). */
-interface FoldedNorm {
-  eps: number;
-  hasWeight: boolean;
-  hasBias: boolean;
-}
-
-/**
- * The parts of a qlinear / wlinear (`op`) with a folded layer norm whose own inputs are the
- * first `own` (the norm's weight and bias, where it has them, follow them).
- */
-function foldedNormOf(ctx: CudaKernelContext, op: "qlinear" | "wlinear", own: number) {
-  const norm = ctx.attrs.norm as unknown as FoldedNorm;
-  const xInfo = ctx.inputs[0];
-  const normInputs = ctx.inputs.slice(own);
-  return {
-    norm,
-    /** The op without its norm: x is the normalized x, the inputs its own. */
-    inner: {
-      ...ctx,
-      attrs: { ...ctx.attrs, norm: undefined },
-      inputs: ctx.inputs.slice(0, own),
-    } as CudaKernelContext,
-    /** The norm's weight and bias have x's dtype (what the fused kernels take). */
-    sameDType: normInputs.every((i) => i.dtype === xInfo.dtype),
-    weightOf: (inputs: readonly CudaBuffer[]) => norm.hasWeight ? inputs[own] : undefined,
-    biasOf: (inputs: readonly CudaBuffer[]) =>
-      norm.hasBias ? inputs[own + (norm.hasWeight ? 1 : 0)] : undefined,
-    /** The layer-norm op's own lowering (launch inputs: x, then the norm's). */
-    layerNorm(): (out: CudaBuffer, inputs: CudaBuffer[]) => void {
-      const launch = cudaLowering("layerNorm")({
-        ...ctx,
-        attrs: { dims: 1, eps: norm.eps, hasWeight: norm.hasWeight, hasBias: norm.hasBias },
-        out: { shape: xInfo.shape, dtype: xInfo.dtype },
-        inputs: [xInfo, ...normInputs],
-      });
-      if (typeof launch !== "function") {
-        throw new TensorqError("the folded layer norm has no kernel of its own", {
-          op,
-          kind: "state",
-        });
-      }
-      return launch;
-    },
-  };
-}
-
 /**
  * A qlinear whose x is the input of a folded layer norm over its last dim (inputs `[x, sxq,
  * sxd, W, swq, swd, bias?, lnWeight?, lnBias?]`): the fused GEMV normalizes x itself where it
@@ -578,7 +536,7 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
     const values = quantize(target);
     return (dst, inputs, rows, rowScales) => {
       const normalized = CudaBuffer.allocate(device, xInfo.dtype, m * k);
-      layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
+      layerNorm(normalized, folded.normInputsOf(inputs));
       values(dst, [normalized, ...inputs.slice(1)], rows, rowScales);
       normalized.dispose();
     };
@@ -1002,21 +960,10 @@ export function gemvMmaShape(
  * the plain wlinear.
  */
 function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
-  const { device, attrs } = ctx;
-  const own = attrs.hasBias ? 5 : 4;
-  const folded = foldedNormOf(ctx, "wlinear", own);
-  const xInfo = ctx.inputs[0];
   if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
   const gemv = wlinearGemv(ctx);
   if (gemv) return (y, inputs) => gemv(y, inputs);
-  const layerNorm = folded.layerNorm();
-  const product = lowerWlinear(folded.inner);
-  return (y, inputs) => {
-    const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
-    layerNorm(normalized, [inputs[0], ...inputs.slice(own)]);
-    product(y, [normalized, ...inputs.slice(1, own)]);
-    normalized.dispose();
-  };
+  return normThenProduct(ctx, "wlinear", ctx.attrs.hasBias ? 5 : 4, lowerWlinear);
 }
 
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {

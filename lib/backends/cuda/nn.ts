@@ -102,6 +102,23 @@ export function rowKernel(
   };
 }
 
+/**
+ * Threads the layer-norm kernel for `rows` rows of `length` elements gives a row (32: a warp per
+ * row; else its block size), or undefined when it is a scalar variant. Kernels that normalize x
+ * themselves (the `_norm` GEMVs) sum in this kernel's order, so they need it to be a vector
+ * variant (16-byte vectors).
+ */
+export function layerNormThreads(
+  rows: number,
+  length: number,
+  elementBytes: number,
+  smCount: number,
+): number | undefined {
+  const ln = rowKernel(rows, length, elementBytes, smCount);
+  if (!ln.variant.startsWith(`${ln.kind}_v`)) return undefined;
+  return ln.kind === "warp" ? 32 : ln.block[0];
+}
+
 function suffixOf(op: string, dtype: DType): string {
   const suffix = (FLOAT_NAME as Partial<Record<DType, string>>)[dtype];
   if (suffix === undefined) {

@@ -14,7 +14,7 @@
  * With a layer norm folded into the wlinear (lib/graph/passes/qdq_fusion.ts), x is the norm's
  * input and the `_norm` kernels (16-bit x on the tensor cores, float32 x with FMAs) normalize it
  * in every block while staging it in shared memory, with the layer-norm kernel's float32
- * operations in its order (the variant {@link rowKernel} picks for the rows): the staged values
+ * operations in its order (the variant {@link layerNormThreads} picks for the rows): the staged values
  * equal the layer norm's output bit for bit, so the result equals the unfolded graph's.
  *
  * A residual folded into the wlinear (lib/graph/passes/residual_fusion.ts) is added by every
@@ -30,7 +30,7 @@ import type { CudaKernelContext, Dim3 } from "./kernels.ts";
 import { KernelParams, launch } from "./kernels.ts";
 import type { WeightScaleIndex } from "./linear.ts";
 import type { CudaBuffer } from "./memory.ts";
-import { rowKernel } from "./nn.ts";
+import { layerNormThreads } from "./nn.ts";
 import {
   activationCode,
   allowSharedBytes,
@@ -169,9 +169,8 @@ export function wgemvShape(
   if (!mma && half) return undefined;
   const xBytes = half ? 2 : 4;
   // The layer-norm kernel of these rows; K is a multiple of 16, so it is a vector variant.
-  const ln = rowKernel(m, k, xBytes, smCount);
-  if (!ln.variant.startsWith(`${ln.kind}_v`)) return undefined;
-  const lnThreads = ln.kind === "warp" ? 32 : ln.block[0];
+  const lnThreads = layerNormThreads(m, k, xBytes, smCount);
+  if (lnThreads === undefined) return undefined;
   // A quad of chunks (64 code bytes) covers 4 · perChunk values of x.
   const pitch = quads * 4 * perChunk * xBytes + 64;
   const sharedBytes = m * pitch;

@@ -36,7 +36,9 @@
  * patterns above, or fake-quant graphs left unfused on purpose) becomes `linear` with inputs
  * `[x, W, bias?]` and attrs `{hasBias, activation}`: the product, bias and activation rounded
  * once to the output dtype (the unfused graph rounds after each op, so results differ by float
- * rounding only). Bias and activation are absorbed by the same rules as for `qlinear`.
+ * rounding only). Bias and activation are absorbed by the same rules as for `qlinear`, and a
+ * layer norm that only it reads is folded at up to {@link LINEAR_NORM_FOLD_MAX_ROWS} rows
+ * (inputs `[x, W, bias?, lnWeight?, lnBias?]`).
  * @module
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
@@ -77,14 +79,15 @@ let normFolding = true;
 
 /**
  * Turns the folding of a layer norm into the `qlinear` that reads it (any number of rows) and
- * into the decode-sized `wlinear` that reads it (see {@link WLINEAR_NORM_FOLD_MAX_ROWS}) on or
+ * into the decode-sized `wlinear` and `linear` that read it (see
+ * {@link WLINEAR_NORM_FOLD_MAX_ROWS}, {@link LINEAR_NORM_FOLD_MAX_ROWS}) on or
  * off (on by default; off keeps `layerNorm` apart). Plans are cached per setting.
  */
 export function setNormFolding(on: boolean): void {
   normFolding = on;
 }
 
-/** True when layer norms are folded into the `qlinear`s (and `wlinear`s) that read them. */
+/** True when layer norms are folded into the fused linear ops that read them. */
 export function normFoldingEnabled(): boolean {
   return normFolding;
 }
@@ -96,6 +99,13 @@ export function normFoldingEnabled(): boolean {
  * layer norm kernel into scratch memory first.
  */
 export const WLINEAR_NORM_FOLD_MAX_ROWS = 8;
+
+/**
+ * Most rows of x for which a layer norm is folded into the float `linear` reading it: the rows
+ * the CUDA GEMV takes (`FLINEAR_GEMV_MAX_ROWS`), which then normalizes x while staging it.
+ * Larger products gain nothing from the fold (cuBLASLt reads x from memory).
+ */
+export const LINEAR_NORM_FOLD_MAX_ROWS = 16;
 
 const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
 
@@ -244,13 +254,15 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
     }
     const out = g.nodes[last];
     if (!w) {
-      g.nodes[last] = {
+      const linear: PlanNode = {
         op: "linear",
         attrs: { hasBias: bias !== undefined, activation },
         shape: out.shape,
         dtype: out.dtype,
         inputs: [a, floatW!, ...(bias ? [bias] : [])],
       };
+      if (normFolding) foldNorm(g, users, linear, a, i);
+      g.nodes[last] = linear;
       changed = true;
       continue;
     }
@@ -285,11 +297,12 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
 }
 
 /**
- * Folds `layerNorm(x)` (over the last dim) into `fused`, the qlinear or wlinear whose matmul at
- * `matmulIndex` reads it at `xRef` (a qlinear through `dequantize(quantize(·))`, a wlinear
- * directly), when nothing else reads the norm (nor the quantize and dequantize) and x has at
- * least one row (a qlinear takes any number, a wlinear at most
- * {@link WLINEAR_NORM_FOLD_MAX_ROWS}): x becomes the norm's input, attrs
+ * Folds `layerNorm(x)` (over the last dim) into `fused`, the qlinear, wlinear or linear whose
+ * matmul at `matmulIndex` reads it at `xRef` (a qlinear through `dequantize(quantize(·))`, the
+ * others directly), when nothing else reads the norm (nor the quantize and dequantize) and x has
+ * at least one row (a qlinear takes any number, a wlinear at most
+ * {@link WLINEAR_NORM_FOLD_MAX_ROWS}, a linear {@link LINEAR_NORM_FOLD_MAX_ROWS}): x becomes the
+ * norm's input, attrs
  * `norm: {eps, hasWeight, hasBias}`, and the norm's weight and bias follow the fused op's own
  * inputs.
  */
@@ -316,7 +329,12 @@ function foldNorm(
   if (!onlyReader(lnRef.node, lnReader)) return;
   const k = ln.shape[ln.shape.length - 1];
   const rows = k === 0 ? 0 : numel(ln.shape) / k;
-  if (rows < 1 || (fused.op === "wlinear" && rows > WLINEAR_NORM_FOLD_MAX_ROWS)) return;
+  const maxRows = fused.op === "wlinear"
+    ? WLINEAR_NORM_FOLD_MAX_ROWS
+    : fused.op === "linear"
+    ? LINEAR_NORM_FOLD_MAX_ROWS
+    : Infinity;
+  if (rows < 1 || rows > maxRows) return;
   fused.attrs = {
     ...fused.attrs,
     norm: { eps: ln.attrs.eps, hasWeight: ln.attrs.hasWeight, hasBias: ln.attrs.hasBias },

@@ -14,7 +14,7 @@
  * node with attr `residual: true` and the residual as its LAST input (after the bias and a
  * folded layer norm's weight and bias):
  *
- *     linear  [x, W, bias?, residual]
+ *     linear  [x, W, bias?, lnWeight?, lnBias?, residual]
  *     qlinear [x, sxq, sxd, W, swq, swd, bias?, lnWeight?, lnBias?, residual]
  *     wlinear [x, W, swq, swd, bias?, lnWeight?, lnBias?, residual]
  *
