@@ -110,9 +110,9 @@ function withResidual(
 }
 
 /**
- * A linear, qlinear or wlinear whose x is the input of a layer norm folded in by the fusion pass (attrs
- * `norm`: `{eps, hasWeight, hasBias}`, the norm's weight and bias after the op's `own` inputs):
- * the layer norm kernel, then the plain op on its output.
+ * A linear, qlinear or wlinear whose x is the input of a layer norm folded in by the fusion pass
+ * (attrs `norm`: `{eps, hasWeight, hasBias}`, the norm's weight and bias after the op's `own`
+ * inputs): the layer norm kernel, then the plain op on its output.
  */
 function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext, own: number): StorageArray {
   const norm = ctx.attrs.norm as { eps: number; hasWeight: boolean; hasBias: boolean };

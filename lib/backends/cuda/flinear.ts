@@ -313,23 +313,23 @@ export function foldedNormOf(
   };
 }
 
+/** What {@link foldedNormOf} tells of a fused linear op with a folded layer norm. */
+export type FoldedNormParts = ReturnType<typeof foldedNormOf>;
+
 /**
- * A fused linear op with a folded norm that its product kernels do not normalize themselves:
- * the layer-norm kernel writes x normalized to scratch memory, then `lower`'s launch of the op
- * without the norm reads it (the unfolded graph's two launches).
+ * A fused linear op with a folded norm (`folded`, {@link foldedNormOf}) that its product kernels
+ * do not normalize themselves: the layer-norm kernel writes x normalized to scratch memory, then
+ * `lower`'s launch of the op without the norm reads it (the unfolded graph's two launches).
  */
 export function normThenProduct(
-  ctx: CudaKernelContext,
-  op: "linear" | "qlinear" | "wlinear",
-  own: number,
+  folded: FoldedNormParts,
   lower: (ctx: CudaKernelContext) => CudaLaunch,
 ): CudaLaunch {
-  const folded = foldedNormOf(ctx, op, own);
-  const xInfo = ctx.inputs[0];
+  const { device, inputs: [xInfo] } = folded.inner;
   const layerNorm = folded.layerNorm();
   const product = lower(folded.inner);
   return (y, inputs) => {
-    const normalized = CudaBuffer.allocate(ctx.device, xInfo.dtype, numel(xInfo.shape));
+    const normalized = CudaBuffer.allocate(device, xInfo.dtype, numel(xInfo.shape));
     layerNorm(normalized, folded.normInputsOf(inputs));
     product(y, folded.innerInputs(normalized, inputs));
     normalized.dispose();
@@ -379,7 +379,7 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   const lnThreads = folded?.sameDType
     ? flinearNormThreads(m, n, k, dtype, device.smCount)
     : undefined;
-  if (folded && lnThreads === undefined) return normThenProduct(ctx, "linear", own, lowerLinear);
+  if (folded && lnThreads === undefined) return normThenProduct(folded, lowerLinear);
   const name = FLOAT_NAME[dtype];
   const params = new KernelParams();
 

@@ -963,7 +963,7 @@ function lowerNormWlinear(ctx: CudaKernelContext): CudaLaunch {
   if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
   const gemv = wlinearGemv(ctx);
   if (gemv) return (y, inputs) => gemv(y, inputs);
-  return normThenProduct(ctx, "wlinear", ctx.attrs.hasBias ? 5 : 4, lowerWlinear);
+  return normThenProduct(foldedNormOf(ctx, "wlinear", ctx.attrs.hasBias ? 5 : 4), lowerWlinear);
 }
 
 function lowerWlinear(ctx: CudaKernelContext): CudaLaunch {

@@ -14,8 +14,8 @@
  * With a layer norm folded into the wlinear (lib/graph/passes/qdq_fusion.ts), x is the norm's
  * input and the `_norm` kernels (16-bit x on the tensor cores, float32 x with FMAs) normalize it
  * in every block while staging it in shared memory, with the layer-norm kernel's float32
- * operations in its order (the variant {@link layerNormThreads} picks for the rows): the staged values
- * equal the layer norm's output bit for bit, so the result equals the unfolded graph's.
+ * operations in its order (the variant {@link layerNormThreads} picks for the rows): the staged
+ * values equal the layer norm's output bit for bit, so the result equals the unfolded graph's.
  *
  * A residual folded into the wlinear (lib/graph/passes/residual_fusion.ts) is added by every
  * kernel in its epilogue, after the output's rounding: `y = round(round(act(...)) + residual)`,

@@ -107,6 +107,13 @@ export const WLINEAR_NORM_FOLD_MAX_ROWS = 8;
  */
 export const LINEAR_NORM_FOLD_MAX_ROWS = 16;
 
+/** Most rows of x for which each fused op takes a folded layer norm. */
+const NORM_FOLD_MAX_ROWS: Record<string, number> = {
+  qlinear: Infinity,
+  wlinear: WLINEAR_NORM_FOLD_MAX_ROWS,
+  linear: LINEAR_NORM_FOLD_MAX_ROWS,
+};
+
 const FLOAT_WEIGHT_DTYPES = new Set(["float32", "float16", "bfloat16"]);
 
 /**
@@ -302,9 +309,8 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
  * others directly), when nothing else reads the norm (nor the quantize and dequantize) and x has
  * at least one row (a qlinear takes any number, a wlinear at most
  * {@link WLINEAR_NORM_FOLD_MAX_ROWS}, a linear {@link LINEAR_NORM_FOLD_MAX_ROWS}): x becomes the
- * norm's input, attrs
- * `norm: {eps, hasWeight, hasBias}`, and the norm's weight and bias follow the fused op's own
- * inputs.
+ * norm's input, attrs `norm: {eps, hasWeight, hasBias}`, and the norm's weight and bias follow
+ * the fused op's own inputs.
  */
 function foldNorm(
   g: PlanGraph,
@@ -329,12 +335,7 @@ function foldNorm(
   if (!onlyReader(lnRef.node, lnReader)) return;
   const k = ln.shape[ln.shape.length - 1];
   const rows = k === 0 ? 0 : numel(ln.shape) / k;
-  const maxRows = fused.op === "wlinear"
-    ? WLINEAR_NORM_FOLD_MAX_ROWS
-    : fused.op === "linear"
-    ? LINEAR_NORM_FOLD_MAX_ROWS
-    : Infinity;
-  if (rows < 1 || rows > maxRows) return;
+  if (rows < 1 || rows > NORM_FOLD_MAX_ROWS[fused.op]) return;
   fused.attrs = {
     ...fused.attrs,
     norm: { eps: ln.attrs.eps, hasWeight: ln.attrs.hasWeight, hasBias: ln.attrs.hasBias },
