@@ -1,8 +1,10 @@
 // The fixed-shape GPT-2 decoder (lib/models/gpt2_decoder.ts) against the model's own cached
 // forward, on every device: a random small GPT-2, a random prompt, a few steps; and generate()
-// through it.
+// through it. The step's planned graph: one cache write per layer, read by attention as views.
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
+import type { AttentionView } from "../lib/ops/attention.ts";
+import { plannedGraph } from "../lib/runtime/evaluate.ts";
 import { assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
 
 const CONFIG: Partial<tq.GPT2Config> = {
@@ -43,6 +45,18 @@ testOnDevices("static decoder steps match the cached forward; padding is masked"
   const plain = tq.buildStaticDecoder(model, { maxLength: 40 });
   const prompt = randomPrompt(13, 5, device);
   const { state: firstA, kv } = noisy.prefill(prompt);
+  // One tensor per layer: keys at index 0, values at 1, the prompt's slots first.
+  assert.equal(firstA.cache.length, 2);
+  for (const [i, layer] of kv.layers.entries()) {
+    assert.deepEqual(firstA.cache[i].shape, [2, 1, 2, 40, 64]);
+    for (const [part, values] of [[0, layer.key!], [1, layer.value!]] as const) {
+      assert.deepEqual(
+        tq.slice(firstA.cache[i], [part, null, null, [0, 13]]).dataSync(),
+        values.dataSync(),
+        `layer ${i} part ${part}: the prompt's slots`,
+      );
+    }
+  }
   let stateA = firstA, stateB = plain.prefill(prompt).state;
   for (let s = 0; s < 6; s++) {
     const fed = stateA.ids;
@@ -50,6 +64,11 @@ testOnDevices("static decoder steps match the cached forward; padding is masked"
     const stepA = noisy.step(stateA);
     const stepB = plain.step(stateB);
     assert.throws(() => consumed.dataSync(), /disposed/, "a step consumes the cache it is given");
+    if (device !== "cpu" && s > 0) {
+      // Fed back into its own fixed buffer: updated there, not copied.
+      const buffer = stepA.state.cache[0].node.buffer!;
+      assert.ok(buffer.sharesMemoryWith!(consumed.node.buffer!), `step ${s}: no copy`);
+    }
     const reference = model.forward(fed, { cache: kv }).dataSync() as Float32Array;
     const got = stepA.logits.dataSync() as Float32Array;
     assert.deepEqual(got, stepB.logits.dataSync(), `step ${s}: the padding leaks in`);
@@ -69,6 +88,44 @@ testOnDevices("static decoder steps match the cached forward; padding is masked"
   tq.disposeState(stateB);
   noisy.dispose();
   plain.dispose();
+});
+
+Deno.test("static decoder step: one cache write per layer, read by attention as views", () => {
+  const model = tq.GPT2LMHeadModel.random({ ...CONFIG, nLayer: 3 }, { seed: 14 });
+  const [layers, heads, slots, headDim] = [3, 2, 40, 64];
+  const cache = Array.from(
+    { length: layers },
+    () => tq.zeros([2, 1, heads, slots, headDim]).evaluate(),
+  );
+  const ids = tq.tensor(Int32Array.of(7), { shape: [1, 1] });
+  const pos = tq.tensor(Int32Array.of(5));
+  const outs = tq.decodeStepFunction(model)(ids, pos, ...cache);
+  const g = plannedGraph(outs.map((t) => t.node));
+  const writes = g.nodes.flatMap((n, i) => (n.op === "sliceScatter" ? [i] : []));
+  assert.equal(writes.length, layers, "one write per layer");
+  // For B = 1 every permute is a view.
+  assert.equal(g.nodes.filter((n) => n.op === "permute").length, 0);
+  const leafReads = g.leaves.map(() => 0);
+  g.nodes.forEach((n) => n.inputs.forEach((r) => "leaf" in r && leafReads[r.leaf]++));
+  for (const [layer, w] of writes.entries()) {
+    const [x, src] = g.nodes[w].inputs;
+    // The layer's cache, read by nothing else: a donated one is updated in place on a GPU.
+    assert.ok("leaf" in x && leafReads[x.leaf] === 1, `layer ${layer}: the cache is read once`);
+    assert.deepEqual(g.leaves[x.leaf].shape, [2, 1, heads, slots, headDim]);
+    assert.deepEqual(g.nodes[(src as { node: number }).node].shape, [2, 1, heads, 1, headDim]);
+    assert.deepEqual(g.outputs[3 + layer], { node: w }, `layer ${layer}: returned`);
+    // Only attention reads the update: k and v are views into it (keys, then values).
+    const readers = g.nodes.filter((n) => n.inputs.some((r) => "node" in r && r.node === w));
+    assert.equal(readers.length, 1, `layer ${layer}: one reader`);
+    const [reader] = readers;
+    assert.equal(reader.op, "attention");
+    assert.deepEqual(reader.inputs.slice(1, 3), [{ node: w }, { node: w }]);
+    const views = reader.attrs.views as (AttentionView | null)[];
+    const strides = [0, slots * headDim, headDim, 1];
+    const shape = [1, heads, slots, headDim];
+    assert.deepEqual(views[1], { shape, offset: 0, strides });
+    assert.deepEqual(views[2], { shape, offset: heads * slots * headDim, strides });
+  }
 });
 
 testOnDevices("generate through the compiled decoder", (device) => {

@@ -2,12 +2,13 @@
  * GPT-2 decoding with fixed shapes, so that one decode step is one compiled plan (one CUDA
  * graph replay on a GPU). `generate` decodes through it by default.
  *
- * The KV cache is static: per layer a key and a value tensor `[B, nHead, maxLength, headDim]`.
- * A step takes the new token ids `[B, 1]` (int32), the position `[1]` (int32) and the cache,
- * and returns the greedy next ids, the logits, the next position and the updated cache. The
- * cache is updated functionally: `sliceScatter(cache, new, position)` writes the step's key
- * and value into their slot, and fused attention reads the slots up to the position
- * (`kvLength = position + 1`, read on the device). Nothing in the step depends on the
+ * The KV cache is static: one tensor per layer `[2, B, nHead, maxLength, headDim]`, its keys at
+ * index 0 and its values at index 1. A step takes the new token ids `[B, 1]` (int32), the
+ * position `[1]` (int32) and the cache, and returns the greedy next ids, the logits, the next
+ * position and the updated cache. The cache is updated functionally: one
+ * `sliceScatter(cache, new, position, 3)` per layer writes the step's key and value into their
+ * slot, and fused attention reads the slots up to the position (`kvLength = position + 1`,
+ * read on the device) as views of the updated cache. Nothing in the step depends on the
  * position's value, so every step has the same shapes and replays the same recording. The
  * cache arguments are donated: a step consumes the state it is given, and on a GPU writes the
  * new slot into the cache's memory in place (no copy of the cache per step).
@@ -23,7 +24,7 @@ import { TensorqError } from "../errors.ts";
 import { add } from "../ops/elementwise.ts";
 import { attention } from "../ops/attention.ts";
 import { argmax } from "../ops/reduce.ts";
-import { concat, permute, reshape, slice, sliceScatter, split } from "../ops/shape.ts";
+import { concat, permute, reshape, slice, sliceScatter, stack } from "../ops/shape.ts";
 import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
 import { fromStorage, type Tensor, tensor, zeros } from "../tensor.ts";
 import type { GPT2LMHeadModel, KVCache } from "./gpt2.ts";
@@ -49,7 +50,10 @@ export interface DecodeState {
   ids: Tensor;
   /** Position of those ids `[1]` (int32): the cache slot they are written to. */
   pos: Tensor;
-  /** Keys and values per layer, `[k0, v0, k1, v1, ...]`, each `[B, nHead, maxLength, headDim]`. */
+  /**
+   * One tensor per layer, `[2, B, nHead, maxLength, headDim]`: keys at index 0, values at 1
+   * (one write per layer and step updates both).
+   */
   cache: Tensor[];
 }
 
@@ -102,8 +106,9 @@ export function cloneState(state: DecodeState): DecodeState {
 
 /**
  * The decode step as a function of tensors, for {@link compile}: arguments
- * `(ids [B, 1] int32, pos [1] int32, k0, v0, k1, v1, ...)`, results
- * `[next [B, 1] int32, logits [B, 1, vocab], pos + 1, k0', v0', ...]`.
+ * `(ids [B, 1] int32, pos [1] int32, kv0, kv1, ...)` with `kvI` layer I's cache
+ * `[2, B, nHead, maxLength, headDim]` (keys, values), results
+ * `[next [B, 1] int32, logits [B, 1, vocab], pos + 1, kv0', kv1', ...]`.
  */
 export function decodeStepFunction(model: GPT2LMHeadModel): (...args: Tensor[]) => Tensor[] {
   const config = model.config;
@@ -119,13 +124,18 @@ export function decodeStepFunction(model: GPT2LMHeadModel): (...args: Tensor[]) 
     for (let i = 0; i < config.nLayer; i++) {
       const block = trunk.block(i);
       const attn = block.attn;
-      const heads = (z: Tensor) =>
-        permute(reshape(z, [b, 1, attn.nHead, attn.headDim]), [0, 2, 1, 3]);
-      const qkv = attn.c_attn.forward(block.ln_1.forward(x));
-      const [q, kNew, vNew] = split(qkv, 3, 2).map(heads);
-      const k = sliceScatter(cache[2 * i], kNew, pos, 2); // [B, H, L, headDim]
-      const v = sliceScatter(cache[2 * i + 1], vNew, pos, 2);
-      updated.push(k, v);
+      const { nHead: h, headDim } = attn;
+      const qkv = attn.c_attn.forward(block.ln_1.forward(x)); // [B, 1, 3d]: q | k | v
+      const qRows = reshape(slice(qkv, [null, null, [0, d]]), [b, 1, h, headDim]);
+      const q = permute(qRows, [0, 2, 1, 3]);
+      // k | v as [2, B, H, 1, headDim]: for B = 1 the permute only moves extents of 1 and the
+      // slice is one contiguous run, so the write reads qkv in place (larger B: one permute).
+      const kvNew = slice(permute(reshape(qkv, [b, 1, 3, h, headDim]), [2, 0, 3, 1, 4]), [[1, 3]]);
+      const kv = sliceScatter(cache[i], kvNew, pos, 3); // [2, B, H, L, headDim]
+      updated.push(kv);
+      // Contiguous parts of the updated cache: views, which the attention-view pass folds in.
+      const k = slice(kv, [0]);
+      const v = slice(kv, [1]);
       const context = attention(q, k, v, { scale: 1 / attn.scoreDivisor, kvLength });
       const merged = reshape(permute(context, [0, 2, 1, 3]), [b, 1, d]);
       x = add(x, attn.c_proj.forward(merged));
@@ -167,18 +177,18 @@ export function buildStaticDecoder(
     });
   }
   const headDim = config.nEmbd / config.nHead;
-  const cacheShape = [batch, config.nHead, maxLength, headDim];
+  const cacheShape = [2, batch, config.nHead, maxLength, headDim];
   const dtype = model.dtype;
   const device = model.device;
   const executable = compile(decodeStepFunction(model), {
     args: [
       inputInfo([batch, 1], "int32"),
       inputInfo([1], "int32"),
-      ...Array.from({ length: 2 * config.nLayer }, () => inputInfo(cacheShape, dtype)),
+      ...Array.from({ length: config.nLayer }, () => inputInfo(cacheShape, dtype)),
     ],
     device,
     cudaGraphs: options.cudaGraphs,
-    donate: Array.from({ length: 2 * config.nLayer }, (_, i) => 2 + i),
+    donate: Array.from({ length: config.nLayer }, (_, i) => 2 + i),
   });
   const padding = options.padding ??
     ((shape: number[]) => zeros(shape, { dtype, device }));
@@ -197,10 +207,12 @@ export function buildStaticDecoder(
     const kv = model.createCache();
     const logits = model.forward(promptIds, { cache: kv });
     const fill = [batch, config.nHead, maxLength - t, headDim];
-    const cache = kv.layers.flatMap((layer, i) =>
-      ([["key", layer.key!], ["value", layer.value!]] as const).map(([part, values]) =>
-        concat([values, padding(fill, i, part)], 2).evaluate()
-      )
+    const cache = kv.layers.map((layer, i) =>
+      stack(
+        ([["key", layer.key!], ["value", layer.value!]] as const).map(([part, values]) =>
+          concat([values, padding(fill, i, part)], 2)
+        ),
+      ).evaluate()
     );
     const last = slice(logits, [null, [t - 1, t]]); // [B, 1, vocab]
     const ids = argmax(last, -1).evaluate(); // [B, 1]
