@@ -1,0 +1,723 @@
+// 8-bit GEMMs on Hopper tensor cores (wgmma) with the qlinear epilogue fused, for int8 codes
+// (kernels/wgmma_i8.cu) and float8 e4m3 codes (kernels/wgmma_e4m3.cu); host side in
+// lib/backends/cuda/wgmma.ts. The unfused paths (kernels/linear.cu, cuBLASLt) compute the same
+// function.
+//
+//   y[m, n] = act(acc[m, n] · sxd · swd[n or 0] + b[n])     acc = Σ_k xq[m, k] · wq[n, k]
+//
+// xq [M, K] row-major, wq [N, K] row-major (8-bit codes), y [M, N] row-major float32 / float16
+// / bfloat16. acc is int32 (exact) for int8 codes and float32 for e4m3 codes (each 128-wide K
+// slice summed by the tensor cores, then added in float32: see CodesE4m3). Scales and the bias
+// are float32 (kind 0), float16 (1) or bfloat16 (2), read with loadScale (common.cuh).
+// Activations: none / relu (runtime act 0 / 1) and, for 16-bit outputs, gelu in its tanh form
+// (the _gelu_tanh kernels).
+//
+// Epilogue arithmetic, by output dtype:
+// - float32: the scaled sum is formed in double and rounded once, exactly like
+//   qlinear_epilogue_<acc>_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and
+//   their product are exact in double, then one __dmul_rn, one __dadd_rn and one rounding;
+//   relu maps t <= 0 to +0 before it.
+// - float16 / bfloat16: float32: two FMAs with the scale as a float pair, relu or gelu in
+//   float32 (gelu with the fast exponential, geluTanhFast), one rounding. The result is within
+//   one output ulp of the double epilogue's (equal except where t lies within float32 rounding
+//   error of a rounding boundary). The double epilogue's arithmetic and conversions, unrolled
+//   over the tile, made the kernel's code too large for the instruction cache and its
+//   epilogue as long as the main loop at K = 768.
+//
+// Structure: persistent CTAs (grid = min(tiles, SMs)) of 384 threads: one producer warpgroup
+// (one thread issues the TMA tile loads of both operands, tile after tile: 128-byte K slices,
+// 128B swizzle, out of bounds rows and columns read as zero) and two consumer warpgroups
+// issuing wgmma.m64nBNk32 from shared-memory descriptors, per-stage full / empty mbarriers.
+// Cooperative tiles: both consumer warpgroups work on each tile, BM/2 rows each. Ping-pong
+// tiles (pp): each consumer warpgroup takes every other tile whole, and the two take turns on
+// the tensor cores, so one's epilogue overlaps the other's main loop. Each consumer warpgroup
+// loads its tile's column scales and biases into registers before the tile's main loop (the
+// load latency hides behind it) and stages them (doubles, or float pairs) in its own
+// shared-memory slice after it, so the epilogue reads shared memory only. The epilogue goes
+// from the accumulator fragments to global memory while the producer already prefetches the
+// next tile.
+//
+// Kernel parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind,
+// swdPerChannel, bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over
+// xq as a 2-D uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16
+// (TMA row strides) and N even (float32 outputs are stored in pairs) or a multiple of 8 (16-bit
+// outputs are stored 8 at a time). Only the sm_90a build has bodies: the compute_80 build
+// compiles empty stubs that are never launched.
+
+#pragma once
+
+#include <cuda.h>
+
+#include "common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WGMMA_SM90 1
+#else
+#define WGMMA_SM90 0
+#endif
+
+// Bounded mbarrier waits: a pipeline deadlock traps (after ~2^32 cycles) instead of hanging.
+#ifndef WGMMA_TIMEOUT
+#define WGMMA_TIMEOUT 1
+#endif
+
+namespace wgmma8 {
+
+constexpr int kBK = 128;  // bytes (= int8 elements) of K per pipeline stage: one swizzle row
+constexpr int kThreads = 384;
+// Row pitch of a warp's output scratch: 64 16-bit outputs (128 bytes) and 16 bytes of padding,
+// so that the fragment writes (8 rows at once) and the 16-byte row reads hit distinct banks.
+constexpr int kScratchPitch = 144;
+
+template <int BM, int BN, int STAGES>
+struct Cfg {
+  static constexpr unsigned A_BYTES = BM * kBK;
+  static constexpr unsigned B_BYTES = BN * kBK;
+  static constexpr unsigned STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr unsigned BAR_OFFSET = STAGES * STAGE_BYTES;
+  static constexpr unsigned EPI_OFFSET = BAR_OFFSET + 256;
+  // Per consumer warpgroup: BN column scales and BN biases as doubles.
+  static constexpr unsigned EPI_BYTES = 2 * 2 * BN * 8;
+  // Per consumer warp: the 16 × 64 outputs it stores next, in rows of kScratchPitch bytes.
+  static constexpr unsigned SCRATCH_OFFSET = EPI_OFFSET + EPI_BYTES;
+  static constexpr unsigned SCRATCH_BYTES = 8 * 16 * kScratchPitch;
+  static constexpr unsigned SMEM = 1024 /* alignment slack */ + SCRATCH_OFFSET + SCRATCH_BYTES;
+  static_assert(BM == 64 || BM == 128 || BM == 256, "BM");
+  static_assert(BN % 64 == 0 && BN >= 64 && BN <= 256, "BN");
+  static_assert(2 * STAGES * 8 <= 256, "barriers");
+  static_assert(SMEM <= 232448, "shared memory");
+};
+
+// Output element types: float32 from double (the exact epilogue), 16-bit pairs from floats
+// (the float32 epilogue, see gemm()).
+struct OutF32 {
+  typedef float T;
+  static constexpr bool kFloatEpilogue = false;
+  __device__ static T fromD(double v) { return __double2float_rn(v); }
+};
+template <bool Bf16>
+struct OutH16 {
+  typedef unsigned short T;
+  static constexpr bool kFloatEpilogue = true;
+  // Two floats rounded and packed (low half first) by one conversion instruction.
+  __device__ static unsigned pack(float a, float b) {
+    if constexpr (Bf16) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&v);
+    } else {
+      const __half2 v = __floats2half2_rn(a, b);
+      return *reinterpret_cast<const unsigned*>(&v);
+    }
+  }
+};
+typedef OutH16<false> OutF16;
+typedef OutH16<true> OutBF16;
+
+__device__ __forceinline__ void storePair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+
+#if WGMMA_SM90
+
+// gelu (tanh form) as x / (1 + e^(-2u)) (common.cuh gelu_tanh) with the fast exponential and
+// reciprocal: two special-function ops instead of expf's and an IEEE division's longer
+// sequences, which made a GELU layer's epilogue outlast its main loop. The relative error (a
+// few 1e-6 where e^(-2u) is large) is far below a 16-bit output's half ulp; x → -inf gives -0.
+__device__ __forceinline__ float geluTanhFast(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+  return __fdividef(x, 1.0f + __expf(-2.0f * u));
+}
+
+// int32 -> double without a 64-bit conversion instruction (those run at a quarter of the
+// double add rate): 2^52 + 2^31 + a is exact in double, and so is the difference.
+__device__ __forceinline__ double intToDouble(int a) {
+  return __dsub_rn(__hiloint2double(0x43300000, a ^ (int)0x80000000), 4503601774854144.0);
+}
+
+__device__ __forceinline__ unsigned smemU32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbarInit(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void fenceBarrierInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+__device__ __forceinline__ void mbarArriveExpectTx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbarArrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ unsigned mbarTryWait(unsigned bar, unsigned parity) {
+  unsigned ok;
+  asm volatile(
+      "{\n.reg .pred P1;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%1], %2;\n"
+      "selp.b32 %0, 1, 0, P1;\n}\n"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok;
+}
+
+// Waits until the phase with parity `parity` has completed.
+__device__ __forceinline__ void mbarWait(unsigned bar, unsigned parity) {
+  if (mbarTryWait(bar, parity)) return;
+#if WGMMA_TIMEOUT
+  const long long t0 = clock64();
+#endif
+  while (!mbarTryWait(bar, parity)) {
+#if WGMMA_TIMEOUT
+    if (clock64() - t0 > (1ll << 32)) asm volatile("trap;");
+#endif
+  }
+}
+
+// Barrier over the 128 threads of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroupBarrier(int id) {
+  asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory");
+}
+
+// Named barrier `id` of `count` threads: arrive without waiting, or arrive and wait (the
+// ping-pong order barriers 3 and 4: one warpgroup arrives, the other waits).
+__device__ __forceinline__ void namedBarrierArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void namedBarrierSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void prefetchTensorMap(const CUtensorMap* m) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(m)) : "memory");
+}
+
+// 2-D TMA tile load: box {128 bytes of K, rows} at (c0 = k, c1 = row), completing on `bar`.
+__device__ __forceinline__ void tmaLoad2d(unsigned dst, const CUtensorMap* m, unsigned bar, int c0,
+                                          int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
+      "{%2, %3}], [%4];" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(m)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ void wgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+template <int R>
+__device__ __forceinline__ void setmaxnregInc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
+}
+template <int R>
+__device__ __forceinline__ void setmaxnregDec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
+}
+
+// Keeps the compiler from moving accumulator accesses across wgmma fences and waits.
+template <int N>
+__device__ __forceinline__ void fenceOperands(int (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fenceOperands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor of a K-major operand in the 128B-swizzle layout: rows of 128
+// bytes, 8-row atoms of 1024 bytes stacked contiguously (stride byte offset 1024), leading byte
+// offset unused (16), swizzle mode 1 (128B) in bits 62-63. Moving along K inside the 128-byte
+// row adds bytes to the start address (the swizzle applies to the absolute address bits).
+__device__ __forceinline__ u64 descSw128(unsigned smemAddr) {
+  u64 d = 0;
+  d |= (u64)((smemAddr & 0x3FFFFu) >> 4);
+  d |= (u64)1 << 16;
+  d |= (u64)(1024 >> 4) << 32;
+  d |= (u64)1 << 62;
+  return d;
+}
+
+// wgmma.mma_async m64nNk32 with A and B from descriptors (both K-major): s32 += s8 · s8 (int
+// accumulators) or f32 += e4m3 · e4m3 (float accumulators; scale-a and scale-b +1). scaleD 0:
+// D = A·B, else D += A·B. Fragment of thread t of the warpgroup (w = t / 32, l = t % 32):
+// d[4j + 2h + e] is row 16w + l/4 + 8h, column 8j + 2(l % 4) + e.
+template <int N, class Acc>
+struct Wgmma;
+template <>
+struct Wgmma<64, int> {
+  static __device__ __forceinline__ void mma(int (&d)[32], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<128, int> {
+  static __device__ __forceinline__ void mma(int (&d)[64], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<192, int> {
+  static __device__ __forceinline__ void mma(int (&d)[96], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, %96, %97, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<256, int> {
+  static __device__ __forceinline__ void mma(int (&d)[128], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<64, float> {
+  static __device__ __forceinline__ void mma(float (&d)[32], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<128, float> {
+  static __device__ __forceinline__ void mma(float (&d)[64], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<192, float> {
+  static __device__ __forceinline__ void mma(float (&d)[96], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, %96, %97, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+template <>
+struct Wgmma<256, float> {
+  static __device__ __forceinline__ void mma(float (&d)[128], u64 da, u64 db, int scaleD) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(scaleD));
+  }
+};
+
+// Tile t of the CTA's walk -> (tile row, tile column): groupM tile rows go down one tile column
+// before the next column, so consecutive CTAs share operand tiles in L2.
+__device__ __forceinline__ void tileCoords(int t, int tilesM, int tilesN, int groupM, int& tm,
+                                           int& tn) {
+  const int perGroup = groupM * tilesN;
+  const int g = t / perGroup;
+  const int firstM = g * groupM;
+  const int size = min(tilesM - firstM, groupM);
+  const int r = t - g * perGroup;
+  tm = firstM + r % size;
+  tn = r / size;
+}
+
+// Accumulator to float (exact for int32 up to 2^24, the float32 epilogue's premise) and to
+// double (exact).
+__device__ __forceinline__ float accToFloat(int a) { return __int2float_rn(a); }
+__device__ __forceinline__ float accToFloat(float a) { return a; }
+__device__ __forceinline__ double accToDouble(int a) { return intToDouble(a); }
+__device__ __forceinline__ double accToDouble(float a) { return (double)a; }
+
+#endif  // WGMMA_SM90
+
+// The two kinds of 8-bit codes. int8 products are summed exactly in int32 by the tensor cores.
+// e4m3 products are summed in float, but Hopper's fp8 MMA keeps its running sum in a narrower
+// accumulator (about 13 mantissa bits, truncating), so each 128-byte K slice is summed by the
+// tensor cores on its own (4 wgmmas, starting from zero) and added to a float32 accumulator in
+// registers: the promotion cuBLASLt does without fast accumulation.
+struct CodesI8 {
+  typedef int Acc;
+  static constexpr bool kPromote = false;
+};
+struct CodesE4m3 {
+  typedef float Acc;
+  static constexpr bool kPromote = true;
+};
+
+template <class Codes, int BM, int BN, int STAGES, bool PP, class O, bool GELU>
+__device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* tmW, void* y,
+                                     const void* sxd, int sxdKind, const void* swd, int swdKind,
+                                     int swdPerChannel, const void* bias, int biasKind, int act,
+                                     int M, int N, int K, int tilesM, int tilesN, int groupM) {
+#if WGMMA_SM90
+  using C = Cfg<BM, BN, STAGES>;
+  typedef typename O::T T;
+  // Cooperative (PP false): both consumer warpgroups work on every tile, BM / 2 rows each.
+  // Ping-pong (PP true): consumer warpgroup c takes the CTA's tiles c, c + 2, ... whole, and
+  // the two take turns on the tensor cores (order barriers 3 and 4), so one's epilogue runs
+  // while the other's main loop does: at K = 768 the main loop is short and a cooperative
+  // tile's epilogue left the tensor cores idle for about as long.
+  constexpr int WG_ROWS = PP ? BM : BM / 2;  // tile rows of one consumer warpgroup
+  constexpr int MB = WG_ROWS / 64;           // m64 blocks per consumer warpgroup
+  typedef typename Codes::Acc Acc;
+  // Promotion keeps a second set of accumulators for the slice in flight.
+  static_assert(MB >= 1 && MB * (BN / 2) <= (Codes::kPromote ? 64 : 128), "accumulator registers");
+  constexpr int NACC = BN / 2;           // accumulators per thread per m64 block
+  constexpr int NPT = (BN + 127) / 128;  // tile columns per consumer thread in the staging
+  extern __shared__ __align__(1024) unsigned char smemRaw[];
+  const unsigned smemBase = (smemU32(smemRaw) + 1023u) & ~1023u;
+  unsigned char* smem = smemRaw + (smemBase - smemU32(smemRaw));
+  const unsigned fullBar = smemBase + C::BAR_OFFSET;
+  const unsigned emptyBar = fullBar + STAGES * 8;
+  const int tid = threadIdx.x;
+  const int wg = tid >> 7;
+  const int kBlocks = (K + kBK - 1) / kBK;
+  const int numTiles = tilesM * tilesN;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbarInit(fullBar + 8 * s, 1);   // the producer's arrive.expect_tx (+ the TMA bytes)
+      // Lane 0 of each consumer warp that reads the stage: 8 (both warpgroups), or 4.
+      mbarInit(emptyBar + 8 * s, PP ? 4 : 8);
+    }
+    fenceBarrierInit();
+  }
+  if (tid == 32) {
+    prefetchTensorMap(tmX);
+    prefetchTensorMap(tmW);
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // Producer warpgroup: one thread issues the loads.
+    setmaxnregDec<40>();
+    if (tid == 0) {
+      int stage = 0;
+      unsigned phase = 0;
+      for (int t = blockIdx.x; t < numTiles; t += gridDim.x) {
+        int tm, tn;
+        tileCoords(t, tilesM, tilesN, groupM, tm, tn);
+        for (int kb = 0; kb < kBlocks; ++kb) {
+          mbarWait(emptyBar + 8 * stage, phase ^ 1);  // a fresh barrier passes parity 1
+          const unsigned fb = fullBar + 8 * stage;
+          mbarArriveExpectTx(fb, C::STAGE_BYTES);  // zero-filled bytes count too
+          const unsigned sa = smemBase + stage * C::STAGE_BYTES;
+          tmaLoad2d(sa, tmX, fb, kb * kBK, tm * BM);
+          tmaLoad2d(sa + C::A_BYTES, tmW, fb, kb * kBK, tn * BN);
+          if (++stage == STAGES) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    // Consumer warpgroups.
+    setmaxnregInc<232>();
+    const int cw = wg - 1;  // cooperative: rows [cw·BM/2, (cw + 1)·BM/2) of each tile
+    const int wtid = tid & 127;
+    const int warp = wtid >> 5;
+    const int lane = tid & 31;
+    const double sx = (double)loadScale(sxd, sxdKind, 0);
+    // This warpgroup's slice of the epilogue staging (2·BN doubles, or 3·BN floats).
+    double* sScale = reinterpret_cast<double*>(smem + C::EPI_OFFSET) + cw * 2 * BN;
+    double* sBias = sScale + BN;
+    float* fScaleHi = reinterpret_cast<float*>(sScale);
+    float* fScaleLo = fScaleHi + BN;
+    float* fBias = fScaleLo + BN;
+
+    Acc acc[MB][NACC];
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+#pragma unroll
+      for (int i = 0; i < NACC; ++i) acc[m][i] = 0;
+      fenceOperands(acc[m]);
+    }
+
+    // The CTA's tiles are t = blockIdx.x + ct · gridDim.x (ct = 0, 1, ...); the producer fills
+    // their k-blocks in order, k-block kb of tile ct as fill number ct · kBlocks + kb of the
+    // stage ring.
+    for (int ct = PP ? cw : 0;; ct += PP ? 2 : 1) {
+      const int t = blockIdx.x + ct * gridDim.x;
+      if (t >= numTiles) break;
+      int tm, tn;
+      tileCoords(t, tilesM, tilesN, groupM, tm, tn);
+
+      // This tile's column scales and biases, loaded now and used after the main loop.
+      float swv[NPT], bv[NPT];
+#pragma unroll
+      for (int r = 0; r < NPT; ++r) {
+        const int i = wtid + 128 * r;
+        const int n = tn * BN + i;
+        swv[r] = 0.0f;
+        bv[r] = 0.0f;
+        if (i < BN && n < N) {
+          swv[r] = loadScale(swd, swdKind, swdPerChannel ? n : 0);
+          if (bias != nullptr) bv[r] = loadScale(bias, biasKind, n);
+        }
+      }
+
+      // Ping-pong: wait until the other warpgroup's main loop on tile ct - 1 is done. Besides
+      // taking turns, this keeps every full-barrier wait below at most one phase ahead of the
+      // barrier (the previous fill of each stage was waited for, by one warpgroup or the
+      // other), which the parity waits need.
+      if (PP && ct > 0) namedBarrierSync(3 + ((ct - 1) & 1), 256);
+      // K slice kb of this tile: wait for its stage, issue its wgmmas into d (starting from
+      // d = 0 when fresh, else adding to d); returns the stage.
+      auto issue = [&](int kb, Acc(&d)[MB][NACC], bool fresh) {
+        const int fill = ct * kBlocks + kb;
+        const int stage = fill % STAGES;
+        mbarWait(fullBar + 8 * stage, (fill / STAGES) & 1);
+        const unsigned sa =
+            smemBase + stage * C::STAGE_BYTES + (PP ? 0 : cw * (BM / 2) * kBK);
+        const unsigned sb = smemBase + stage * C::STAGE_BYTES + C::A_BYTES;
+        wgmmaFence();
+#pragma unroll
+        for (int k = 0; k < kBK / 32; ++k) {
+          const u64 db = descSw128(sb + k * 32);
+#pragma unroll
+          for (int m = 0; m < MB; ++m) {
+            const u64 da = descSw128(sa + m * 64 * kBK + k * 32);
+            Wgmma<BN, Acc>::mma(d[m], da, db, (fresh && k == 0) ? 0 : 1);
+          }
+        }
+        wgmmaCommit();
+        return stage;
+      };
+      // Promotion: adds a finished slice's sums d to acc (acc = d for the tile's first slice)
+      // and releases the slice's stage.
+      auto retire = [&](int stage, Acc(&d)[MB][NACC], bool first) {
+#pragma unroll
+        for (int m = 0; m < MB; ++m) fenceOperands(d[m]);
+        if (lane == 0) mbarArrive(emptyBar + 8 * stage);
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+#pragma unroll
+          for (int i = 0; i < NACC; ++i) acc[m][i] = first ? d[m][i] : acc[m][i] + d[m][i];
+        }
+      };
+      if constexpr (Codes::kPromote && MB * NACC <= 32) {
+        // Slices alternate between two sets of partial sums, so that slice kb's wgmmas run
+        // while slice kb - 1's sums are added to acc. (With 64 accumulators a thread, three
+        // sets spill: those tiles wait for each slice instead, below.)
+        Acc part0[MB][NACC], part1[MB][NACC];
+        int prevStage = 0;
+        for (int kb = 0; kb < kBlocks; kb += 2) {
+          const int s0 = issue(kb, part0, true);
+          if (kb > 0) {
+            wgmmaWait<1>();  // slice kb - 1 (part1) is done
+            retire(prevStage, part1, false);
+          }
+          prevStage = s0;
+          if (kb + 1 < kBlocks) {
+            const int s1 = issue(kb + 1, part1, true);
+            wgmmaWait<1>();  // slice kb (part0) is done
+            retire(prevStage, part0, kb == 0);
+            prevStage = s1;
+          }
+        }
+        wgmmaWait<0>();
+        if (kBlocks & 1) {
+          retire(prevStage, part0, kBlocks == 1);
+        } else {
+          retire(prevStage, part1, false);
+        }
+      } else if constexpr (Codes::kPromote) {
+        Acc part[MB][NACC];
+        for (int kb = 0; kb < kBlocks; ++kb) {
+          const int stage = issue(kb, part, true);
+          wgmmaWait<0>();
+          retire(stage, part, kb == 0);
+        }
+      } else {
+        int prevStage = 0;
+        for (int kb = 0; kb < kBlocks; ++kb) {
+          const int stage = issue(kb, acc, kb == 0);
+          wgmmaWait<1>();  // the previous stage's wgmmas are done: release its buffers
+          if (kb > 0 && lane == 0) mbarArrive(emptyBar + 8 * prevStage);
+          prevStage = stage;
+        }
+        wgmmaWait<0>();
+        if (lane == 0) mbarArrive(emptyBar + 8 * prevStage);
+      }
+      // Ping-pong: hand the tensor cores to the other warpgroup's tile ct + 1, if there is one
+      // (every arrive has its matching sync).
+      if (PP && blockIdx.x + (ct + 1) * gridDim.x < numTiles) {
+        namedBarrierArrive(3 + (ct & 1), 256);
+      }
+#pragma unroll
+      for (int m = 0; m < MB; ++m) fenceOperands(acc[m]);
+
+      // Stage the scales and biases: the first barrier waits for the previous tile's epilogue
+      // reads, the second publishes the writes. sxd · swd is exact in double; the float32
+      // epilogue takes it as the float pair hi + lo (hi = the product rounded, lo = the rest
+      // rounded), which carries it to ~2^-48 relative.
+      warpgroupBarrier(1 + cw);
+#pragma unroll
+      for (int r = 0; r < NPT; ++r) {
+        const int i = wtid + 128 * r;
+        if (i < BN) {
+          const double sc = sx * (double)swv[r];
+          if constexpr (O::kFloatEpilogue) {
+            const float hi = __double2float_rn(sc);
+            fScaleHi[i] = hi;
+            fScaleLo[i] = __double2float_rn(sc - (double)hi);
+            fBias[i] = bv[r];
+          } else {
+            sScale[i] = sc;
+            sBias[i] = (double)bv[r];
+          }
+        }
+      }
+      warpgroupBarrier(1 + cw);
+
+      // First row of this warp's 16-row slabs (one per m64 block).
+      const int rowW = tm * BM + (PP ? 0 : cw * (BM / 2)) + warp * 16;
+      if constexpr (O::kFloatEpilogue) {
+        // 16-bit outputs: t = acc · (hi + lo) + b in float32 (two FMAs; acc is exact up to
+        // 2^24), relu or gelu in float32, one rounding to the output dtype. Against the
+        // double epilogue the result is at most one output ulp away, and only where t lies
+        // within float32 rounding error of a rounding boundary.
+        //
+        // The outputs go through the warp's shared-memory scratch, 16 rows × 64 columns at a
+        // time, so that global memory receives whole 128-byte row pieces in 16-byte stores
+        // (N % 8 == 0): straight from the fragments, each store instruction wrote 8 rows × 16
+        // bytes, four times the write requests, and the epilogue outlasted a K = 768 main
+        // loop.
+        unsigned char* scratch =
+            smem + C::SCRATCH_OFFSET + (cw * 4 + warp) * 16 * kScratchPitch;
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+#pragma unroll
+          for (int c = 0; c < BN / 64; ++c) {
+#pragma unroll
+            for (int jj = 0; jj < 8; ++jj) {
+              const int j = 8 * c + jj;
+              const int cl = 8 * j + 2 * (lane & 3);
+              const float2 hi = *reinterpret_cast<const float2*>(fScaleHi + cl);
+              const float2 lo = *reinterpret_cast<const float2*>(fScaleLo + cl);
+              const float2 b = *reinterpret_cast<const float2*>(fBias + cl);
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const float f0 = accToFloat(acc[m][4 * j + 2 * h]);
+                const float f1 = accToFloat(acc[m][4 * j + 2 * h + 1]);
+                float t0 = fmaf(f0, hi.x, fmaf(f0, lo.x, b.x));
+                float t1 = fmaf(f1, hi.y, fmaf(f1, lo.y, b.y));
+                if constexpr (GELU) {
+                  t0 = geluTanhFast(t0);
+                  t1 = geluTanhFast(t1);
+                } else if (act == 1) {
+                  t0 = t0 <= 0.0f ? 0.0f : t0;
+                  t1 = t1 <= 0.0f ? 0.0f : t1;
+                }
+                const int r = (lane >> 2) + 8 * h;  // row in the slab
+                *reinterpret_cast<unsigned*>(scratch + r * kScratchPitch +
+                                             (8 * jj + 2 * (lane & 3)) * 2) = O::pack(t0, t1);
+              }
+            }
+            __syncwarp();
+            // Lane l stores 16 bytes (8 outputs) of slab row 4p + l / 8, piece l % 8.
+#pragma unroll
+            for (int p4 = 0; p4 < 4; ++p4) {
+              const int r = 4 * p4 + (lane >> 3), q = lane & 7;
+              const int row = rowW + m * 64 + r;
+              const int col = tn * BN + 64 * c + 8 * q;
+              const uint4 v = *reinterpret_cast<const uint4*>(scratch + r * kScratchPitch + 16 * q);
+              if (row < M && col < N) {
+                *reinterpret_cast<uint4*>(static_cast<T*>(y) + ((i64)row * N + col)) = v;
+              }
+            }
+            __syncwarp();  // the scratch is rewritten next
+          }
+        }
+      } else {
+        // float32 outputs: t = acc · scale + b in double (one __dmul_rn, one __dadd_rn),
+        // relu, one rounding; stored straight from the fragments.
+        const int row0 = rowW + (lane >> 2);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int cl = 8 * j + 2 * (lane & 3);
+          const int col = tn * BN + cl;
+          if (col < N) {
+            const double2 s = *reinterpret_cast<const double2*>(sScale + cl);
+            const double2 b = *reinterpret_cast<const double2*>(sBias + cl);
+#pragma unroll
+            for (int m = 0; m < MB; ++m) {
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int row = row0 + m * 64 + 8 * h;
+                if (row < M) {
+                  double t0 = __dadd_rn(__dmul_rn(accToDouble(acc[m][4 * j + 2 * h]), s.x), b.x);
+                  double t1 =
+                      __dadd_rn(__dmul_rn(accToDouble(acc[m][4 * j + 2 * h + 1]), s.y), b.y);
+                  if (act == 1) {
+                    t0 = t0 <= 0.0 ? 0.0 : t0;
+                    t1 = t1 <= 0.0 ? 0.0 : t1;
+                  }
+                  storePair(static_cast<T*>(y) + ((i64)row * N + col), O::fromD(t0),
+                            O::fromD(t1));
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+#endif  // WGMMA_SM90
+}
+
+}  // namespace wgmma8
+
+
+// One kernel: PREFIX_TILE_NAME (e.g. wgmma_i8_128x128_f16) for codes CODES, output OUT.
+#define WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, NAME, OUT, GELU)                   \
+  extern "C" __global__ void __launch_bounds__(wgmma8::kThreads, 1) PREFIX##_##TILE##_##NAME(    \
+      const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW, void* y, \
+      const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
+      const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
+      int groupM) {                                                                              \
+    wgmma8::gemm<wgmma8::CODES, BM, BN, STAGES, PP, wgmma8::OUT, GELU>(                          \
+        &tmX, &tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel, bias, biasKind, act, M, N, K,  \
+        tilesM, tilesN, groupM);                                                                 \
+  }
+
+// Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones.
+#define WGMMA_TILE(PREFIX, CODES, TILE, BM, BN, STAGES, PP)                          \
+  WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, f32, OutF32, false)          \
+  WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, f16, OutF16, false)          \
+  WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, bf16, OutBF16, false)        \
+  WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, f16_gelu_tanh, OutF16, true) \
+  WGMMA_KERNEL(PREFIX, CODES, TILE, BM, BN, STAGES, PP, bf16_gelu_tanh, OutBF16, true)
