@@ -1,14 +1,14 @@
 /**
- * Every tile configuration of the fused 8-bit wgmma GEMM (lib/backends/cuda/wgmma.ts) at
+ * Every tile configuration of the fused int8 wgmma GEMM (lib/backends/cuda/wgmma.ts) at
  * GPT-2-small's prefill shapes (M = 8 × 512 tokens), kernel time only, and the one
- * `fastestWgmmaGemm` picks. Prints a markdown table and writes it (wgmma_tiles[_e4m3].md) to
+ * `fastestWgmmaInt8Gemm` picks. Prints a markdown table and writes it (wgmma_tiles.md) to
  * `--out`.
  *
- *     deno run -A bench/wgmma_tiles.ts [--codes int8|float8e4m3] [--out DIR] [--repeats 20]
+ *     deno run -A bench/wgmma_tiles.ts [--out DIR] [--repeats 20]
  *
- * Operands: codes from a seeded generator (not constant bytes; int8 in -64..63, e4m3 of
- * magnitude below 2), per-channel float32 weight scales, float16 bias and output. Times: best
- * of `--repeats` single launches between CUDA events, after one warm-up launch.
+ * Operands: int8 codes from a seeded generator (not constant bytes), per-channel float32
+ * weight scales, float16 bias and output. Times: best of `--repeats` single launches between
+ * CUDA events, after one warm-up launch.
  * @module
  */
 import { cudaBackend } from "../lib/backends/cuda/backend.ts";
@@ -17,12 +17,11 @@ import { type DType, encode, type StorageArray } from "../lib/dtype.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { ACT_GELU_TANH, ACT_NONE } from "../lib/backends/cuda/util.ts";
 import {
-  fastestWgmmaGemm,
+  fastestWgmmaInt8Gemm,
   timeLaunchMs,
-  type WgmmaCodes,
-  wgmmaGemm,
-  type WgmmaProblem,
-  wgmmaTiles,
+  WGMMA_TILES,
+  wgmmaInt8Gemm,
+  type WgmmaInt8Problem,
 } from "../lib/backends/cuda/wgmma.ts";
 import { argValue, fmt, gpuAvailable, markdownTable } from "./timing.ts";
 
@@ -32,17 +31,11 @@ if (!gpuAvailable()) {
 }
 const out = argValue(Deno.args, "out");
 const repeats = Number(argValue(Deno.args, "repeats") ?? 20);
-const codes = (argValue(Deno.args, "codes") ?? "int8") as WgmmaCodes;
-if (codes !== "int8" && codes !== "float8e4m3") {
-  console.error(`wgmma_tiles: --codes must be int8 or float8e4m3, not ${codes}`);
-  Deno.exit(2);
-}
 const device = CudaDevice.get(0);
 
-/** A device buffer of `bytes` seeded pseudo-random codes: int8 in -64..63, or e4m3 bytes with
- * the top exponent bit clear (|value| < 2, never NaN). */
+/** A device buffer of `bytes` seeded pseudo-random bytes (int8 codes in -64..63). */
 function randomBytes(bytes: number, seed: number): CudaBuffer {
-  const host = new Uint8Array(bytes);
+  const host = new Int8Array(bytes);
   let s = (seed * 2654435761) >>> 0 || 1;
   for (let i = 0; i < bytes; i++) {
     s ^= s << 13;
@@ -50,9 +43,9 @@ function randomBytes(bytes: number, seed: number): CudaBuffer {
     s ^= s >>> 17;
     s ^= s << 5;
     s >>>= 0;
-    host[i] = codes === "int8" ? ((s & 127) - 64) & 255 : s & 0xbf;
+    host[i] = (s & 127) - 64;
   }
-  return upload(codes, codes === "int8" ? new Int8Array(host.buffer) : host);
+  return upload("int8", host);
 }
 
 function upload(dtype: DType, storage: StorageArray): CudaBuffer {
@@ -72,11 +65,10 @@ const shapes: { name: string; n: number; k: number; act: number }[] = [
   { name: "mlp c_proj", n: 768, k: 3072, act: ACT_NONE },
 ];
 const m = 4096;
-const variants = Object.keys(wgmmaTiles(codes));
+const variants = Object.keys(WGMMA_TILES);
 const rows: string[][] = [];
 for (const s of shapes) {
-  const p: WgmmaProblem = {
-    codes,
+  const p: WgmmaInt8Problem = {
     m,
     n: s.n,
     k: s.k,
@@ -92,12 +84,12 @@ for (const s of shapes) {
   const sx = floats(1, 0.01, 0.02, "float32"), sw = floats(s.n, 0.001, 0.002, "float32");
   const b = floats(s.n, -1, 1, "float16");
   const times = variants.map((v) => {
-    const kernel = wgmmaGemm(device, p, v)!;
+    const kernel = wgmmaInt8Gemm(device, p, v)!;
     const run = () =>
       kernel.run(y.address, x.address, w.address, sx.address, sw.address, b.address);
     return timeLaunchMs(device, run, repeats) * 1000;
   });
-  const picked = fastestWgmmaGemm(device, p);
+  const picked = fastestWgmmaInt8Gemm(device, p);
   const tops = (us: number) => (2 * m * s.n * s.k) / (us * 1e-6) / 1e12;
   const best = Math.min(...times);
   rows.push([
@@ -112,9 +104,8 @@ const table = markdownTable(
   ["shape", ...variants.map((v) => `${v} µs`), "autotune pick (µs)", "best TOP/s"],
   rows,
 );
-console.log(`\n### wgmma ${codes} tiles, M = ${m}, float16 out (best of ${repeats})\n\n${table}`);
+console.log(`\n### wgmma int8 tiles, M = ${m}, float16 out (best of ${repeats})\n\n${table}`);
 if (out) {
   await Deno.mkdir(out, { recursive: true });
-  const file = codes === "int8" ? "wgmma_tiles.md" : "wgmma_tiles_e4m3.md";
-  await Deno.writeTextFile(`${out}/${file}`, table + "\n");
+  await Deno.writeTextFile(`${out}/wgmma_tiles.md`, table + "\n");
 }

@@ -1,20 +1,17 @@
 import assert from "node:assert/strict";
 import { CU_TENSOR_MAP_BYTES, KernelParams, tensorMapBuffer } from "../ffi/cuda.ts";
-import { encode, float8e4m3BitsToNumber, type StorageArray } from "../lib/dtype.ts";
+import { encode, type StorageArray } from "../lib/dtype.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import type { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { ACTIVATION, FLOAT_KIND, type FloatDType, memsetAsync } from "../lib/backends/cuda/util.ts";
 import {
   defaultWgmmaVariant,
-  fastestWgmmaGemm,
+  fastestWgmmaInt8Gemm,
   timeLaunchMs,
-  WGMMA_E4M3_TILES,
   WGMMA_TILES,
-  type WgmmaCodes,
-  wgmmaGemm,
-  type WgmmaProblem,
+  wgmmaInt8Gemm,
+  type WgmmaInt8Problem,
   wgmmaSharedBytes,
-  wgmmaTiles,
 } from "../lib/backends/cuda/wgmma.ts";
 import { fromStorage, type Tensor } from "../lib/tensor.ts";
 import { testOnGpu } from "./helpers.ts";
@@ -29,15 +26,8 @@ import { testOnGpu } from "./helpers.ts";
 // to t rounded to float32 in float64 and compared to one output ulp (a few float32 ulps for
 // float32 outputs). Outputs are poisoned with 0xff bytes (NaN) before each run, so an
 // unwritten element is caught.
-//
-// e4m3 codes: the reference sums the codes' values in float64 (exact). The kernels sum each
-// 128-wide K slice on the tensor cores, whose fp8 accumulator keeps about 13 mantissa bits
-// (truncating) over the slice's 4 steps, then add the slice in float32; so the error is bounded
-// by E4M3_SUM_TOL of Σ|x·w| (times the scale) plus the output rounding. A wrong code, scale,
-// layout or missing promotion gives errors of order 1 (or, unpromoted, growing with K).
 
 const VARIANTS = Object.keys(WGMMA_TILES);
-const E4M3_SUM_TOL = 2 ** -10;
 
 // ---------------------------------------------------------------------------------------
 // KernelParams.bytes (host only: no GPU needed)
@@ -100,9 +90,7 @@ Deno.test("KernelParams.bytes: aligned by-value blobs among scalar arguments", (
 });
 
 Deno.test("wgmma tiles: shared memory within the 227 KiB opt-in limit", () => {
-  for (
-    const [name, tile] of [...Object.entries(WGMMA_TILES), ...Object.entries(WGMMA_E4M3_TILES)]
-  ) {
+  for (const [name, tile] of Object.entries(WGMMA_TILES)) {
     assert.ok(wgmmaSharedBytes(tile) <= 232448, `${name}: ${wgmmaSharedBytes(tile)} bytes`);
   }
 });
@@ -128,21 +116,6 @@ function randomCodes(n: number, seed: number): Int8Array {
   const out = new Int8Array(n);
   for (let i = 0; i < n; i++) out[i] = (next() % 255) - 127;
   return out;
-}
-
-/** Random e4m3 codes (every finite bit pattern, no NaN; or only positive ones) and their
- * values. */
-function randomE4m3(n: number, seed: number, positive = false) {
-  const next = xorshift(seed);
-  const bits = new Uint8Array(n);
-  const values = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let b = next() & (positive ? 127 : 255);
-    if ((b & 0x7f) === 0x7f) b ^= 1; // NaN → ±448
-    bits[i] = b;
-    values[i] = float8e4m3BitsToNumber(b);
-  }
-  return { bits, values };
 }
 
 const KIND_DTYPE: readonly FloatDType[] = ["float32", "float16", "bfloat16"];
@@ -191,12 +164,8 @@ interface GemmCase {
   swdKind?: number;
   /** Check every output (default when M·N·K ≤ 2^30), else a sample plus the edges. */
   full?: boolean;
-  /** Tile configurations to run (default all of the codes' tiles). */
+  /** Tile configurations to run (default all). */
   variants?: readonly string[];
-  /** The codes (default int8). */
-  codes?: WgmmaCodes;
-  /** e4m3 codes of x and W all positive (sums without cancellation). */
-  positive?: boolean;
   seed: number;
 }
 
@@ -204,24 +173,21 @@ function bufferOf(t: Tensor): CudaBuffer {
   return t.evaluate().node.buffer as CudaBuffer;
 }
 
-function upload(storage: StorageArray, dtype: "int8" | "float8e4m3" | FloatDType): Tensor {
+function upload(storage: StorageArray, dtype: "int8" | FloatDType): Tensor {
   return fromStorage(storage, [storage.length], dtype, "cuda");
 }
 
 /** Operands of a case on the GPU and on the host. */
 function operands(c: GemmCase) {
   const sxdKind = c.sxdKind ?? 0, swdKind = c.swdKind ?? 0;
-  const e4m3 = c.codes === "float8e4m3";
-  const xe = e4m3 ? randomE4m3(c.m * c.k, c.seed, c.positive) : undefined;
-  const we = e4m3 ? randomE4m3(c.n * c.k, c.seed + 1, c.positive) : undefined;
-  const x = xe?.values ?? randomCodes(c.m * c.k, c.seed);
-  const w = we?.values ?? randomCodes(c.n * c.k, c.seed + 1);
+  const x = randomCodes(c.m * c.k, c.seed);
+  const w = randomCodes(c.n * c.k, c.seed + 1);
   const sx = randomFloats(1, c.seed + 2, 0.001, 0.01, KIND_DTYPE[sxdKind]);
   const sw = randomFloats(c.perChannel ? c.n : 1, c.seed + 3, 0.001, 0.01, KIND_DTYPE[swdKind]);
   const b = c.bias ? randomFloats(c.n, c.seed + 4, -1, 1, c.bias) : undefined;
   const gpu = {
-    x: xe ? upload(xe.bits, "float8e4m3") : upload(x as Int8Array, "int8"),
-    w: we ? upload(we.bits, "float8e4m3") : upload(w as Int8Array, "int8"),
+    x: upload(x, "int8"),
+    w: upload(w, "int8"),
     sx: upload(sx.storage, KIND_DTYPE[sxdKind]),
     sw: upload(sw.storage, KIND_DTYPE[swdKind]),
     b: b && upload(b.storage, c.bias!),
@@ -252,21 +218,16 @@ function geluTanh(x: number): number {
   return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 }
 
-/** Expected outputs at `at` (the reference above): the value before the output rounding, the
- * magnitude of its terms (|acc · scale| + |b|) and |scale| · Σ|x·w|. */
+/** Expected outputs at `at` (the reference above): the value before the output rounding and
+ * the magnitude of its terms (|acc · scale| + |b|). */
 function expected(c: GemmCase, o: Operands, at: Int32Array) {
   const t = new Float64Array(at.length);
   const mag = new Float64Array(at.length);
-  const absSum = new Float64Array(at.length);
   for (let i = 0; i < at.length; i++) {
     const row = Math.floor(at[i] / c.n), col = at[i] % c.n;
-    let acc = 0, abs = 0;
+    let acc = 0;
     const xo = row * c.k, wo = col * c.k;
-    for (let p = 0; p < c.k; p++) {
-      const prod = o.x[xo + p] * o.w[wo + p];
-      acc += prod;
-      abs += Math.abs(prod);
-    }
+    for (let p = 0; p < c.k; p++) acc += o.x[xo + p] * o.w[wo + p];
     const scale = o.sx * o.sw[c.perChannel ? col : 0];
     const b = o.b ? o.b[col] : 0;
     let v = acc * scale + b;
@@ -274,9 +235,8 @@ function expected(c: GemmCase, o: Operands, at: Int32Array) {
     if (c.act === "gelu_tanh") v = geluTanh(Math.fround(v));
     t[i] = v;
     mag[i] = Math.abs(acc * scale) + Math.abs(b);
-    absSum[i] = abs * Math.abs(scale);
   }
-  return { t, mag, absSum, bits: Array.from(bitsOf(c.out, encode(c.out, t))) };
+  return { t, mag, bits: Array.from(bitsOf(c.out, encode(c.out, t))) };
 }
 
 type Expected = ReturnType<typeof expected>;
@@ -289,9 +249,8 @@ function ulpOf(dtype: FloatDType, v: number): number {
   return 2 ** (e - mantissa);
 }
 
-function problemOf(c: GemmCase): WgmmaProblem {
+function problemOf(c: GemmCase): WgmmaInt8Problem {
   return {
-    codes: c.codes ?? "int8",
     m: c.m,
     n: c.n,
     k: c.k,
@@ -330,9 +289,8 @@ function runAndCheck(
   let unwritten = 0;
   for (let i = 0; i < c.m * c.n; i++) if (got[i] === poison) unwritten++;
   assert.equal(unwritten, 0, `${label}: ${unwritten} outputs not written`);
-  const e4m3 = c.codes === "float8e4m3";
-  const exact = !e4m3 && c.out === "float32" && (c.act ?? "none") !== "gelu_tanh";
-  let bad = 0, differ = 0, worstSumError = 0;
+  const exact = c.out === "float32" && (c.act ?? "none") !== "gelu_tanh";
+  let bad = 0, differ = 0;
   let first = "";
   for (let i = 0; i < at.length; i++) {
     const g = got[at[i]];
@@ -340,12 +298,7 @@ function runAndCheck(
     differ++;
     const value = decodeOne(c.out, storage, at[i]);
     const ulps = c.out === "float32" ? 4 : 1;
-    // gelu's slope is below 1.13: the sum's error passes through it at most that large.
-    const sumTol = e4m3 ? E4M3_SUM_TOL * want.absSum[i] * 1.13 : 0;
-    const tol = ulps * ulpOf(c.out, want.t[i]) + 2 ** -22 * want.mag[i] + sumTol;
-    if (e4m3 && want.absSum[i] > 0) {
-      worstSumError = Math.max(worstSumError, Math.abs(value - want.t[i]) / want.absSum[i]);
-    }
+    const tol = ulps * ulpOf(c.out, want.t[i]) + 2 ** -22 * want.mag[i];
     if (exact || !(Math.abs(value - want.t[i]) <= tol)) {
       if (bad++ === 0) {
         first = `first at row ${Math.floor(at[i] / c.n)} column ${at[i] % c.n}: got ${value} (${
@@ -355,9 +308,7 @@ function runAndCheck(
     }
   }
   assert.equal(bad, 0, `${label}: ${bad} of ${at.length} outputs out of tolerance (${first})`);
-  if (e4m3) {
-    console.log(`${label}: largest error ${worstSumError.toExponential(2)} of scale · Σ|x·w|`);
-  } else if ((c.act ?? "none") !== "gelu_tanh") {
+  if ((c.act ?? "none") !== "gelu_tanh") {
     assert.ok(differ <= at.length / 100, `${label}: ${differ} of ${at.length} outputs differ`);
   }
 }
@@ -373,15 +324,15 @@ function checkCase(c: GemmCase): void {
   const p = problemOf(c);
   const at = positions(c);
   const want = expected(c, o, at);
-  const name = `${c.codes ?? "int8"} ${c.m}x${c.n}x${c.k} ${c.out} ${
-    c.perChannel ? "channel" : "tensor"
-  } bias ${c.bias ?? "none"} ${c.act ?? "none"}`;
+  const name = `${c.m}x${c.n}x${c.k} ${c.out} ${c.perChannel ? "channel" : "tensor"} bias ${
+    c.bias ?? "none"
+  } ${c.act ?? "none"}`;
   if (!gpuIsHopper(device)) {
-    assert.equal(wgmmaGemm(device, p), undefined, "only sm_90 runs the wgmma kernels");
+    assert.equal(wgmmaInt8Gemm(device, p), undefined, "only sm_90 runs the wgmma kernels");
     return;
   }
-  for (const variant of c.variants ?? Object.keys(wgmmaTiles(c.codes))) {
-    const kernel = wgmmaGemm(device, p, variant);
+  for (const variant of c.variants ?? VARIANTS) {
+    const kernel = wgmmaInt8Gemm(device, p, variant);
     assert.ok(kernel, `${name}: ${variant} prepared`);
     assert.equal(kernel.variant, variant);
     runAndCheck(`${name} ${variant}`, c, o, (...a) => kernel.run(...a), at, want);
@@ -389,7 +340,7 @@ function checkCase(c: GemmCase): void {
   for (const t of Object.values(o.gpu)) t?.dispose();
 }
 
-testOnGpu("wgmmaGemm: tiny and ragged shapes, every tile, every output dtype", () => {
+testOnGpu("wgmmaInt8Gemm: tiny and ragged shapes, every tile, every output dtype", () => {
   const outs: FloatDType[] = ["float32", "float16", "bfloat16"];
   let seed = 10;
   for (const out of outs) {
@@ -435,7 +386,7 @@ testOnGpu("wgmmaGemm: tiny and ragged shapes, every tile, every output dtype", (
   }
 });
 
-testOnGpu("wgmmaGemm: scale and bias kinds other than the output dtype", () => {
+testOnGpu("wgmmaInt8Gemm: scale and bias kinds other than the output dtype", () => {
   checkCase({
     m: 200,
     n: 264,
@@ -461,7 +412,7 @@ testOnGpu("wgmmaGemm: scale and bias kinds other than the output dtype", () => {
   });
 });
 
-testOnGpu("wgmmaGemm: 1000x1000x528 (every output) and GPT-2 shapes (sampled)", () => {
+testOnGpu("wgmmaInt8Gemm: 1000x1000x528 (every output) and GPT-2 shapes (sampled)", () => {
   checkCase({
     m: 1000,
     n: 1000,
@@ -492,7 +443,7 @@ testOnGpu("wgmmaGemm: 1000x1000x528 (every output) and GPT-2 shapes (sampled)", 
   });
 });
 
-testOnGpu("wgmmaGemm: GPT-2's c_fc with gelu (sampled)", () => {
+testOnGpu("wgmmaInt8Gemm: GPT-2's c_fc with gelu (sampled)", () => {
   checkCase({
     m: 4096,
     n: 3072,
@@ -505,7 +456,7 @@ testOnGpu("wgmmaGemm: GPT-2's c_fc with gelu (sampled)", () => {
   });
 });
 
-testOnGpu("wgmmaGemm: 8192x8192x8192 (sampled)", () => {
+testOnGpu("wgmmaInt8Gemm: 8192x8192x8192 (sampled)", () => {
   checkCase({
     m: 8192,
     n: 8192,
@@ -518,11 +469,11 @@ testOnGpu("wgmmaGemm: 8192x8192x8192 (sampled)", () => {
   });
 });
 
-testOnGpu("wgmmaGemm: new x and W addresses re-encode the tensor maps", () => {
+testOnGpu("wgmmaInt8Gemm: new x and W addresses re-encode the tensor maps", () => {
   const device = CudaDevice.get(0);
   if (!gpuIsHopper(device)) return;
   const c: GemmCase = { m: 300, n: 256, k: 384, out: "float32", perChannel: true, seed: 70 };
-  const kernel = wgmmaGemm(device, problemOf(c));
+  const kernel = wgmmaInt8Gemm(device, problemOf(c));
   assert.ok(kernel);
   for (const seed of [70, 71, 72]) {
     const cs = { ...c, seed };
@@ -533,7 +484,7 @@ testOnGpu("wgmmaGemm: new x and W addresses re-encode the tensor maps", () => {
   }
 });
 
-testOnGpu("fastestWgmmaGemm: times every tile and keeps a correct fastest", () => {
+testOnGpu("fastestWgmmaInt8Gemm: times every tile and keeps a correct fastest", () => {
   const device = CudaDevice.get(0);
   const c: GemmCase = {
     m: 4096,
@@ -546,7 +497,7 @@ testOnGpu("fastestWgmmaGemm: times every tile and keeps a correct fastest", () =
   };
   const o = operands(c);
   const p = problemOf(c);
-  const timed = fastestWgmmaGemm(device, p);
+  const timed = fastestWgmmaInt8Gemm(device, p);
   if (!gpuIsHopper(device)) {
     assert.equal(timed, undefined);
     return;
@@ -561,105 +512,9 @@ testOnGpu("fastestWgmmaGemm: times every tile and keeps a correct fastest", () =
   for (const t of Object.values(o.gpu)) t?.dispose();
 });
 
-testOnGpu("wgmmaGemm e4m3: tiny and ragged shapes, every tile, every output dtype", () => {
-  const codes = "float8e4m3";
-  let seed = 110;
-  for (const out of ["float32", "float16", "bfloat16"] as const) {
-    checkCase({ codes, m: 77, n: 200, k: 64, out, perChannel: false, seed: seed++ });
-    const ragged = out === "float32" ? 78 : 72;
-    checkCase({ codes, m: 130, n: ragged, k: 96, out, perChannel: true, bias: out, seed: seed++ });
-    checkCase({
-      codes,
-      m: 257,
-      n: out === "float32" ? 334 : 328,
-      k: 208,
-      out,
-      perChannel: true,
-      act: "relu",
-      seed: seed++,
-    });
-    checkCase({ codes, m: 1, n: 768, k: 3072, out, perChannel: true, bias: out, seed: seed++ });
-    if (out !== "float32") {
-      checkCase({
-        codes,
-        m: 130,
-        n: 264,
-        k: 160,
-        out,
-        perChannel: true,
-        bias: out,
-        act: "gelu_tanh",
-        sxdKind: 1,
-        swdKind: 2,
-        seed: seed++,
-      });
-    }
-  }
-});
-
-testOnGpu("wgmmaGemm e4m3: GPT-2 shapes (sampled) and a long K of positive codes", () => {
-  const codes = "float8e4m3";
-  for (
-    const [n, k, act] of [[2304, 768, "none"], [768, 3072, "none"], [
-      3072,
-      768,
-      "gelu_tanh",
-    ]] as const
-  ) {
-    checkCase({
-      codes,
-      m: 4096,
-      n,
-      k,
-      out: "float16",
-      perChannel: true,
-      bias: "float16",
-      act,
-      seed: 150 + k + n,
-    });
-  }
-  // Sums of 16384 positive products: without promotion the tensor cores' truncating
-  // accumulator loses far more than the tolerance.
-  checkCase({
-    codes,
-    m: 192,
-    n: 256,
-    k: 16384,
-    out: "float32",
-    perChannel: true,
-    positive: true,
-    seed: 160,
-  });
-});
-
-testOnGpu("fastestWgmmaGemm e4m3: times every tile and keeps a correct fastest", () => {
+testOnGpu("wgmmaInt8Gemm: unsupported problems", () => {
   const device = CudaDevice.get(0);
-  const c: GemmCase = {
-    codes: "float8e4m3",
-    m: 4096,
-    n: 2304,
-    k: 768,
-    out: "float16",
-    perChannel: true,
-    bias: "float16",
-    seed: 170,
-  };
-  const timed = fastestWgmmaGemm(device, problemOf(c));
-  if (!gpuIsHopper(device)) {
-    assert.equal(timed, undefined);
-    return;
-  }
-  assert.ok(timed && Number.isFinite(timed.ms) && timed.ms > 0, "timed");
-  assert.ok(timed.kernel.variant in WGMMA_E4M3_TILES, timed.kernel.variant);
-  const o = operands(c);
-  const at = positions(c);
-  runAndCheck("fastest e4m3", c, o, (...a) => timed.kernel.run(...a), at, expected(c, o, at));
-  for (const t of Object.values(o.gpu)) t?.dispose();
-});
-
-testOnGpu("wgmmaGemm: unsupported problems", () => {
-  const device = CudaDevice.get(0);
-  const p: WgmmaProblem = {
+  const p: WgmmaInt8Problem = {
     m: 64,
     n: 64,
     k: 64,
@@ -669,25 +524,20 @@ testOnGpu("wgmmaGemm: unsupported problems", () => {
     swdKind: FLOAT_KIND.float32,
     act: 0,
   };
-  assert.equal(wgmmaGemm(device, { ...p, k: 24 }), undefined, "K not a multiple of 16");
-  assert.equal(wgmmaGemm(device, { ...p, n: 63 }), undefined, "odd N");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, k: 24 }), undefined, "K not a multiple of 16");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, n: 63 }), undefined, "odd N");
   assert.equal(
-    wgmmaGemm(device, { ...p, n: 66, outDType: "float16" }),
+    wgmmaInt8Gemm(device, { ...p, n: 66, outDType: "float16" }),
     undefined,
     "16-bit output, N not a multiple of 8",
   );
-  assert.equal(wgmmaGemm(device, { ...p, act: 2 }), undefined, "gelu (erf)");
-  assert.equal(wgmmaGemm(device, { ...p, act: 3 }), undefined, "gelu (tanh), float32 out");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, act: 2 }), undefined, "gelu (erf)");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, act: 3 }), undefined, "gelu (tanh), float32 out");
   assert.ok(
-    !gpuIsHopper(device) || wgmmaGemm(device, { ...p, act: 3, outDType: "float16" }),
+    !gpuIsHopper(device) || wgmmaInt8Gemm(device, { ...p, act: 3, outDType: "float16" }),
     "gelu (tanh), float16 out",
   );
-  assert.equal(wgmmaGemm(device, { ...p, biasDType: "int32" }), undefined, "int bias");
-  assert.equal(wgmmaGemm(device, { ...p, m: 0 }), undefined, "empty");
-  assert.equal(wgmmaGemm(device, p, "64x64"), undefined, "unknown tile");
-  assert.equal(
-    wgmmaGemm(device, { ...p, codes: "float8e4m3" }, "128x256"),
-    undefined,
-    "a tile without e4m3 kernels",
-  );
+  assert.equal(wgmmaInt8Gemm(device, { ...p, biasDType: "int32" }), undefined, "int bias");
+  assert.equal(wgmmaInt8Gemm(device, { ...p, m: 0 }), undefined, "empty");
+  assert.equal(wgmmaInt8Gemm(device, p, "64x64"), undefined, "unknown tile");
 });

@@ -67,12 +67,12 @@ import { layerNormCodes, type RowScaleCopies } from "./nn.ts";
 import { fusedQuantizedGemv, QGEMV_MAX_ROWS } from "./qgemv.ts";
 import { streamingGemv } from "./wgemv.ts";
 import {
-  fastestWgmmaGemm,
+  fastestWgmmaInt8Gemm,
+  type Int8GemmKernel,
   timeLaunchMs,
-  wgmmaGemm,
-  type WgmmaGemmKernel,
-  type WgmmaProblem,
-  wgmmaUnsupported,
+  wgmmaInt8Gemm,
+  type WgmmaInt8Problem,
+  wgmmaInt8Unsupported,
 } from "./wgmma.ts";
 import {
   BLOCK,
@@ -620,8 +620,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     const writeCodes = codes("i8");
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
     // Our own sm_90a kernel (wgmma, epilogue fused) where it beats cuBLASLt + the epilogue.
-    const fused = chooseWgmma(device, {
-      codes: "int8",
+    const fused = chooseWgmmaInt8(device, {
       m,
       n,
       k,
@@ -681,8 +680,8 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     };
   }
 
-  // float8e4m3 on tensor cores (FP8_TENSOR_CORES): our own sm_90a kernel (wgmma, epilogue
-  // fused) where it beats cuBLASLt's e4m3 GEMM, else cuBLASLt's; else the exact path below.
+  // float8e4m3 on cuBLASLt's e4m3 tensor-core GEMMs (FP8_TENSOR_CORES), else the exact path
+  // below.
   const choice = FP8_TENSOR_CORES && tensorCoreShape
     ? chooseFp8Plan(device, {
       n,
@@ -696,43 +695,6 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
       act: ops.act,
     })
     : undefined;
-  const fusedFp8 = FP8_TENSOR_CORES
-    ? chooseWgmma(
-      device,
-      {
-        codes: "float8e4m3",
-        m,
-        n,
-        k,
-        outDType: ops.outDType,
-        perChannel,
-        sxdKind,
-        swdKind,
-        biasDType: biasInfo?.dtype,
-        act: ops.act,
-      },
-      choice && (() => timeLtFp8(device, choice, ops, mPad, n, k, perChannel, biasInfo?.dtype)),
-    )
-    : undefined;
-  if (fusedFp8) {
-    const writeCodes = codes("e4m3");
-    return (y, inputs) => {
-      const [, , sxd, w, swq, swd] = inputs;
-      const wq = prep.codes(w, swq, "float8e4m3");
-      const xq = CudaBuffer.allocate(device, "float8e4m3", m * k);
-      writeCodes(xq.address, inputs, m);
-      fusedFp8.run(
-        y.address,
-        xq.address,
-        wq.buffer.address,
-        sxd.address,
-        swd.address,
-        biasOf(inputs)?.address ?? 0n,
-      );
-      xq.dispose();
-      if (wq.temporary) wq.buffer.dispose();
-    };
-  }
   if (choice) {
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
@@ -802,8 +764,8 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   };
 }
 
-/** The 8-bit product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
-const wgmmaChoices = new Map<string, string>();
+/** The int8 product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
+const int8Choices = new Map<string, string>();
 
 /**
  * Our fused wgmma int8 GEMM for `p` when it is faster than the cuBLASLt path (`timeLt`, which
@@ -812,21 +774,21 @@ const wgmmaChoices = new Map<string, string>();
  * not apply (not sm_90, K not a multiple of 16, an activation it does not fuse) or is slower.
  * Nothing is timed during a graph capture: a problem first seen there takes cuBLASLt.
  */
-function chooseWgmma(
+function chooseWgmmaInt8(
   device: CudaDevice,
-  p: WgmmaProblem,
+  p: WgmmaInt8Problem,
   timeLt: (() => number) | undefined,
-): WgmmaGemmKernel | undefined {
-  if (wgmmaUnsupported(device, p) !== undefined) return undefined;
+): Int8GemmKernel | undefined {
+  if (wgmmaInt8Unsupported(device, p) !== undefined) return undefined;
   const key = `${device.index}:${JSON.stringify(p)}`;
-  const known = wgmmaChoices.get(key);
-  if (known !== undefined) return known === "lt" ? undefined : wgmmaGemm(device, p, known);
+  const known = int8Choices.get(key);
+  if (known !== undefined) return known === "lt" ? undefined : wgmmaInt8Gemm(device, p, known);
   if (streamCaptureStatus(device.stream) !== cudaStreamCaptureStatusNone) {
-    return timeLt ? undefined : wgmmaGemm(device, p);
+    return timeLt ? undefined : wgmmaInt8Gemm(device, p);
   }
-  const best = fastestWgmmaGemm(device, p);
+  const best = fastestWgmmaInt8Gemm(device, p);
   const useWgmma = best !== undefined && (!timeLt || best.ms < timeLt());
-  wgmmaChoices.set(key, useWgmma ? best!.kernel.variant : "lt");
+  int8Choices.set(key, useWgmma ? best!.kernel.variant : "lt");
   return useWgmma ? best!.kernel : undefined;
 }
 
@@ -855,54 +817,6 @@ function timeLtInt8(
     });
   } finally {
     for (const buf of [a, b, acc, y, s]) buf.dispose();
-  }
-}
-
-/**
- * Milliseconds of cuBLASLt's fp8 product on scratch operands as `choice` runs it (scales, bias
- * and activation in its epilogue, or float32 products + the epilogue kernel).
- */
-function timeLtFp8(
-  device: CudaDevice,
-  choice: Fp8Choice,
-  ops: LinearLaunches,
-  rows: number,
-  n: number,
-  k: number,
-  perChannel: boolean,
-  biasDType: DType | undefined,
-): number {
-  const a = CudaBuffer.allocate(device, "float8e4m3", n * k);
-  const b = CudaBuffer.allocate(device, "float8e4m3", rows * k);
-  const d = CudaBuffer.allocate(device, choice.fused ? ops.outDType : "float32", rows * n);
-  const y = CudaBuffer.allocate(device, ops.outDType, rows * n);
-  const s = CudaBuffer.allocate(device, "float32", Math.max(n, rows, 4));
-  const bias = biasDType === undefined ? undefined : CudaBuffer.allocate(device, biasDType, n);
-  const epilogue = fn(device, `qlinear_epilogue_f32_${FLOAT_NAME[ops.outDType]}`);
-  const buffers = [a, b, d, y, s, ...(bias ? [bias] : [])];
-  try {
-    for (const buf of [a, b, s, ...(bias ? [bias] : [])]) {
-      memsetAsync(device, buf.address, 0x3c, buf.bytes);
-    }
-    const pointers = choice.scales === "none"
-      ? { bias: choice.fused ? bias?.address : undefined }
-      : { aScale: s.address, bScale: s.address, bias: choice.fused ? bias?.address : undefined };
-    const scales = { sxd: s, sxdKind: 0, swd: s, swdKind: 0 };
-    return timeLaunchMs(device, () => {
-      choice.plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
-      if (!choice.fused) {
-        ops.epilogue(
-          epilogue,
-          y,
-          d.address,
-          choice.scales === "none" ? scales : undefined,
-          perChannel,
-          bias,
-        );
-      }
-    });
-  } finally {
-    for (const buf of buffers) buf.dispose();
   }
 }
 

@@ -1,14 +1,12 @@
 /**
- * The 8-bit GEMMs of `qlinear` on Hopper tensor cores (kernels/wgmma.cuh; int8 codes in
- * kernels/wgmma_i8.cu, float8 e4m3 codes in kernels/wgmma_e4m3.cu) with the qlinear epilogue
- * fused: `y = act(Σ_k xq[m,k]·wq[n,k] · sxd · swd[n or 0] + b[n])`. For int8 codes, float32
- * outputs are formed in double and rounded once, bit-identical to cuBLASLt int32 products +
+ * The int8 GEMM of `qlinear` on Hopper tensor cores (kernels/wgmma_i8.cu) with the qlinear
+ * epilogue fused: `y = act(Σ_k xq[m,k]·wq[n,k] · sxd · swd[n or 0] + b[n])`. float32 outputs
+ * are formed in double and rounded once, bit-identical to cuBLASLt int32 products +
  * `qlinear_epilogue_i32_<out>`; float16 / bfloat16 outputs are formed in float32 and are within
- * one output ulp of that (see the kernel file). For e4m3 codes the sum is float32, promoted out
- * of the tensor cores every 128 input features as cuBLASLt does without fast accumulation.
+ * one output ulp of that (see the kernel file).
  *
- * {@link wgmmaGemm} prepares one tile configuration for a problem (undefined when the device
- * or the problem does not qualify); {@link fastestWgmmaGemm} times every configuration once
+ * {@link wgmmaInt8Gemm} prepares one tile configuration for a problem (undefined when the device
+ * or the problem does not qualify); {@link fastestWgmmaInt8Gemm} times every configuration once
  * on scratch operands and keeps the fastest, so a lowering can compare it with another path
  * timed by {@link timeLaunchMs}.
  * @module
@@ -33,8 +31,7 @@ import {
   eventElapsedMs,
   streamCaptureStatus,
 } from "../../../ffi/cudart.ts";
-import { ptx as wgmmaE4m3Ptx } from "../../../kernels/ptx/wgmma_e4m3.ts";
-import { ptx as wgmmaI8Ptx } from "../../../kernels/ptx/wgmma_i8.ts";
+import { ptx as wgmmaPtx } from "../../../kernels/ptx/wgmma_i8.ts";
 import type { DType } from "../../dtype.ts";
 import type { CudaDevice } from "./device.ts";
 import { kernelFunction, KernelParams, launch } from "./kernels.ts";
@@ -66,10 +63,7 @@ export interface WgmmaTile {
   pingPong: boolean;
 }
 
-/** The codes a wgmma GEMM multiplies. */
-export type WgmmaCodes = "int8" | "float8e4m3";
-
-/** The int8 kernels' tile configurations by variant name (kernels/wgmma_i8.cu). */
+/** The kernels' tile configurations by variant name (kernels/wgmma_i8.cu WGMMA_I8_TILE). */
 export const WGMMA_TILES: Readonly<Record<string, WgmmaTile>> = {
   "128x256": { bm: 128, bn: 256, stages: 4, pingPong: false },
   "256x128": { bm: 256, bn: 128, stages: 4, pingPong: false },
@@ -78,29 +72,6 @@ export const WGMMA_TILES: Readonly<Record<string, WgmmaTile>> = {
   "128x64": { bm: 128, bn: 64, stages: 8, pingPong: false },
   "pp128x128": { bm: 128, bn: 128, stages: 6, pingPong: true },
   "pp64x256": { bm: 64, bn: 256, stages: 4, pingPong: true },
-};
-
-/**
- * The e4m3 kernels' tile configurations by variant name (kernels/wgmma_e4m3.cu): at most 64
- * accumulators per thread, since promotion keeps another set (two, at 32) for the K slices in
- * flight.
- */
-export const WGMMA_E4M3_TILES: Readonly<Record<string, WgmmaTile>> = {
-  "128x128": { bm: 128, bn: 128, stages: 6, pingPong: false },
-  "128x64": { bm: 128, bn: 64, stages: 8, pingPong: false },
-  "pp64x128": { bm: 64, bn: 128, stages: 8, pingPong: true },
-  "pp128x64": { bm: 128, bn: 64, stages: 8, pingPong: true },
-  "pp64x64": { bm: 64, bn: 64, stages: 8, pingPong: true },
-};
-
-/** The tile configurations of the kernels for `codes`. */
-export function wgmmaTiles(codes: WgmmaCodes = "int8"): Readonly<Record<string, WgmmaTile>> {
-  return codes === "int8" ? WGMMA_TILES : WGMMA_E4M3_TILES;
-}
-
-const KERNELS: Record<WgmmaCodes, { prefix: string; ptx: typeof wgmmaI8Ptx }> = {
-  int8: { prefix: "wgmma_i8", ptx: wgmmaI8Ptx },
-  float8e4m3: { prefix: "wgmma_e4m3", ptx: wgmmaE4m3Ptx },
 };
 
 const THREADS = 384;
@@ -113,10 +84,8 @@ export function wgmmaSharedBytes(tile: WgmmaTile): number {
   return 1024 + tile.stages * (tile.bm + tile.bn) * BK + 256 + 2 * 2 * tile.bn * 8 + 8 * 16 * 144;
 }
 
-/** A qlinear 8-bit product with its epilogue. */
-export interface WgmmaProblem {
-  /** The codes of x and W (default int8). */
-  codes?: WgmmaCodes;
+/** A qlinear int8 product with its epilogue. */
+export interface WgmmaInt8Problem {
   /** Rows of x and y. */
   m: number;
   /** Output channels (rows of W, columns of y; even, a multiple of 8 for 16-bit outputs). */
@@ -137,13 +106,13 @@ export interface WgmmaProblem {
   act: number;
 }
 
-/** A prepared fused 8-bit GEMM. */
-export interface WgmmaGemmKernel {
-  /** Tile configuration name (a key of {@link wgmmaTiles} for its codes). */
+/** A prepared fused int8 GEMM. */
+export interface Int8GemmKernel {
+  /** Tile configuration name (a key of {@link WGMMA_TILES}). */
   readonly variant: string;
   /**
    * Enqueues `y = act(xq · wqᵀ · sxd · swd + bias)` on the device's stream. Addresses: `y`
-   * `[M, N]` of the output dtype, `xq` codes `[M, K]`, `wq` codes `[N, K]` (both 16-byte aligned),
+   * `[M, N]` of the output dtype, `xq` int8 `[M, K]`, `wq` int8 `[N, K]` (both 16-byte aligned),
    * `sxd` one scale, `swd` N scales (or one), `bias` N values or `0n` (only when the problem
    * has no bias).
    */
@@ -151,7 +120,7 @@ export interface WgmmaGemmKernel {
 }
 
 /** Why `p` cannot run on the fused kernels of `device`, or undefined when it can. */
-export function wgmmaUnsupported(device: CudaDevice, p: WgmmaProblem): string | undefined {
+export function wgmmaInt8Unsupported(device: CudaDevice, p: WgmmaInt8Problem): string | undefined {
   const [major, minor] = device.computeCapability;
   if (major !== 9 || minor !== 0) return `compute capability ${major}.${minor} is not 9.0`;
   if (!hasTensorMaps()) return "the driver has no tensor maps";
@@ -175,7 +144,7 @@ export function wgmmaUnsupported(device: CudaDevice, p: WgmmaProblem): string | 
 
 /** An estimate of a tile configuration's time on a problem (arbitrary units): full waves of
  * tiles weighted by the tile's area over its main-loop efficiency. */
-function estimate(tile: WgmmaTile, p: WgmmaProblem, sms: number): number {
+function estimate(tile: WgmmaTile, p: WgmmaInt8Problem, sms: number): number {
   const tiles = Math.ceil(p.m / tile.bm) * Math.ceil(p.n / tile.bn);
   const efficiency = Math.min(tile.bm, tile.bn) >= 128 ? (tile.bn >= 192 ? 1 : 0.92) : 0.75;
   const kBlocks = Math.ceil(p.k / BK);
@@ -185,11 +154,11 @@ function estimate(tile: WgmmaTile, p: WgmmaProblem, sms: number): number {
   return Math.ceil(tiles / sms) * tile.bm * tile.bn * (kBlocks + overhead) / efficiency;
 }
 
-/** The variant {@link wgmmaGemm} takes without timing: the smallest estimate. */
-export function defaultWgmmaVariant(device: CudaDevice, p: WgmmaProblem): string {
-  let best = Object.keys(wgmmaTiles(p.codes))[0];
+/** The variant {@link wgmmaInt8Gemm} takes without timing: the smallest estimate. */
+export function defaultWgmmaVariant(device: CudaDevice, p: WgmmaInt8Problem): string {
+  let best = "128x256";
   let bestCost = Infinity;
-  for (const [name, tile] of Object.entries(wgmmaTiles(p.codes))) {
+  for (const [name, tile] of Object.entries(WGMMA_TILES)) {
     const cost = estimate(tile, p, device.smCount);
     if (cost < bestCost) {
       bestCost = cost;
@@ -199,12 +168,12 @@ export function defaultWgmmaVariant(device: CudaDevice, p: WgmmaProblem): string
   return best;
 }
 
-class WgmmaGemm implements WgmmaGemmKernel {
+class WgmmaInt8Gemm implements Int8GemmKernel {
   readonly variant: string;
   readonly #device: CudaDevice;
   readonly #fn: Deno.PointerValue;
   readonly #tile: WgmmaTile;
-  readonly #p: WgmmaProblem;
+  readonly #p: WgmmaInt8Problem;
   readonly #params = new KernelParams(24);
   readonly #grid: [number, number, number];
   readonly #shared: number;
@@ -217,18 +186,15 @@ class WgmmaGemm implements WgmmaGemmKernel {
   #xAddress = -1n;
   #wAddress = -1n;
 
-  constructor(device: CudaDevice, p: WgmmaProblem, variant: string) {
+  constructor(device: CudaDevice, p: WgmmaInt8Problem, variant: string) {
     this.variant = variant;
     this.#device = device;
     this.#p = { ...p };
-    this.#tile = wgmmaTiles(p.codes)[variant];
-    const kernels = KERNELS[p.codes ?? "int8"];
+    this.#tile = WGMMA_TILES[variant];
     this.#fn = kernelFunction(
       device,
-      kernels.ptx,
-      `${kernels.prefix}_${variant}_${FLOAT_NAME[p.outDType]}${
-        p.act === ACT_GELU_TANH ? "_gelu_tanh" : ""
-      }`,
+      wgmmaPtx,
+      `wgmma_i8_${variant}_${FLOAT_NAME[p.outDType]}${p.act === ACT_GELU_TANH ? "_gelu_tanh" : ""}`,
     );
     this.#shared = wgmmaSharedBytes(this.#tile);
     allowSharedBytes(this.#fn, this.#shared, DEFAULT_SHARED);
@@ -281,15 +247,15 @@ class WgmmaGemm implements WgmmaGemmKernel {
  * for 16-bit outputs, not a multiple of 8,
  * an activation other than none, relu or gelu (tanh; 16-bit outputs), a non-float bias).
  */
-export function wgmmaGemm(
+export function wgmmaInt8Gemm(
   device: CudaDevice,
-  p: WgmmaProblem,
+  p: WgmmaInt8Problem,
   variant?: string,
-): WgmmaGemmKernel | undefined {
-  if (wgmmaUnsupported(device, p) !== undefined) return undefined;
+): Int8GemmKernel | undefined {
+  if (wgmmaInt8Unsupported(device, p) !== undefined) return undefined;
   const name = variant ?? defaultWgmmaVariant(device, p);
-  if (!(name in wgmmaTiles(p.codes))) return undefined;
-  return new WgmmaGemm(device, p, name);
+  if (!(name in WGMMA_TILES)) return undefined;
+  return new WgmmaInt8Gemm(device, p, name);
 }
 
 const timingEvents = new Map<number, [Deno.PointerValue, Deno.PointerValue]>();
@@ -319,7 +285,7 @@ export function timeLaunchMs(device: CudaDevice, run: () => void, repeats: numbe
 }
 
 /** Scratch operands of a problem: every byte 0x3c (int8 60; small finite scales and biases). */
-function scratchOperands(device: CudaDevice, p: WgmmaProblem): CudaBuffer[] {
+function scratchOperands(device: CudaDevice, p: WgmmaInt8Problem): CudaBuffer[] {
   const sizes = [p.m * p.k, p.n * p.k, p.m * p.n * 4, 16, Math.max(p.n, 4) * 4, p.n * 4];
   return sizes.map((bytes) => {
     const buf = CudaBuffer.allocate(device, "int8", Math.max(bytes, 16));
@@ -329,32 +295,32 @@ function scratchOperands(device: CudaDevice, p: WgmmaProblem): CudaBuffer[] {
 }
 
 /** The fastest fused configuration of a problem and its time. */
-export interface TimedWgmmaGemm {
+export interface TimedInt8Gemm {
   /** The prepared kernel. */
-  kernel: WgmmaGemmKernel;
+  kernel: Int8GemmKernel;
   /** Its time on scratch operands, in milliseconds (NaN when not timed). */
   ms: number;
 }
 
-/** Timing rounds over the tile configurations in {@link fastestWgmmaGemm}. */
+/** Timing rounds over the tile configurations in {@link fastestWgmmaInt8Gemm}. */
 const TIMING_ROUNDS = 4;
 
 /**
  * Prepares every tile configuration of `p` (the candidates: `variants`, default all), times
  * each on scratch operands ({@link timeLaunchMs}) and returns the fastest with its time;
- * undefined when `p` does not qualify (see {@link wgmmaGemm}). During a CUDA graph capture
+ * undefined when `p` does not qualify (see {@link wgmmaInt8Gemm}). During a CUDA graph capture
  * nothing is timed: the estimate's pick is returned with `ms` NaN.
  */
-export function fastestWgmmaGemm(
+export function fastestWgmmaInt8Gemm(
   device: CudaDevice,
-  p: WgmmaProblem,
-  variants: readonly string[] = Object.keys(wgmmaTiles(p.codes)),
-): TimedWgmmaGemm | undefined {
-  if (wgmmaUnsupported(device, p) !== undefined) return undefined;
-  const names = variants.filter((v) => v in wgmmaTiles(p.codes));
+  p: WgmmaInt8Problem,
+  variants: readonly string[] = Object.keys(WGMMA_TILES),
+): TimedInt8Gemm | undefined {
+  if (wgmmaInt8Unsupported(device, p) !== undefined) return undefined;
+  const names = variants.filter((v) => v in WGMMA_TILES);
   if (names.length === 0) return undefined;
   if (streamCaptureStatus(device.stream) !== cudaStreamCaptureStatusNone) {
-    const kernel = wgmmaGemm(device, p, defaultWgmmaVariant(device, p));
+    const kernel = wgmmaInt8Gemm(device, p, defaultWgmmaVariant(device, p));
     return kernel && { kernel, ms: NaN };
   }
   const scratch = scratchOperands(device, p);
@@ -363,7 +329,7 @@ export function fastestWgmmaGemm(
     // Round robin, best of each: GPU clocks still rising while the first variants run would
     // otherwise favour the last ones.
     const timed = names.map((name) => ({
-      kernel: new WgmmaGemm(device, p, name),
+      kernel: new WgmmaInt8Gemm(device, p, name),
       ms: Infinity,
     }));
     for (let round = 0; round < TIMING_ROUNDS; round++) {
