@@ -8,6 +8,10 @@
 // loadScale (common.cuh). Activations: none / relu (runtime act 0 / 1) and, for 16-bit
 // outputs, gelu in its tanh form (the _gelu_tanh kernels).
 //
+// With a residual r (not null: [M, N] of y's dtype, 16-byte aligned) the kernel stores
+// round(round(y) + r), the unfused `add` of the residual fusion pass: the output rounded as it
+// would be stored, plus r in float32, rounded once.
+//
 // Epilogue arithmetic, by output dtype:
 // - float32: the scaled sum is formed in double and rounded once, exactly like
 //   qlinear_epilogue_i32_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and
@@ -37,8 +41,8 @@
 // pp128x128, pp64x256 and out f32, f16, bf16 (act 0 none or 1 relu), and
 // wgmma_i8_<tile>_<f16|bf16>_gelu_tanh.
 // Parameters: (CUtensorMap tmX, CUtensorMap tmW, y, sxd, sxdKind, swd, swdKind, swdPerChannel,
-// bias, biasKind, act, M, N, K, tilesM, tilesN, groupM); tmX: box {128, BM} over xq as a 2-D
-// uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
+// bias, biasKind, act, M, N, K, tilesM, tilesN, groupM, residual); tmX: box {128, BM} over xq as
+// a 2-D uint8 tensor {K, M}, tmW: box {128, BN} over wq {K, N}. K must be a multiple of 16 (TMA row
 // strides) and N even (float32 outputs are stored in pairs) or a multiple of 8 (16-bit outputs
 // are stored 8 at a time). Only the sm_90a build has bodies: the compute_80 build compiles empty stubs that are never launched.
 
@@ -104,6 +108,19 @@ struct OutH16 {
       const __half2 v = __floats2half2_rn(a, b);
       return *reinterpret_cast<const unsigned*>(&v);
     }
+  }
+  // Two packed outputs (rounded) plus two packed residuals: summed in float32 and rounded once,
+  // the unfused `add` (float32 holds the exact sum's correct rounding, see gemv.cuh).
+  __device__ static unsigned addPacked(unsigned v, unsigned r) {
+    float2 a, b;
+    if constexpr (Bf16) {
+      a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+      b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r));
+    } else {
+      a = __half22float2(*reinterpret_cast<const __half2*>(&v));
+      b = __half22float2(*reinterpret_cast<const __half2*>(&r));
+    }
+    return pack(a.x + b.x, a.y + b.y);
   }
 };
 typedef OutH16<false> OutF16;
@@ -189,6 +206,10 @@ __device__ __forceinline__ void namedBarrierArrive(int id, int count) {
 }
 __device__ __forceinline__ void namedBarrierSync(int id, int count) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void prefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<u64>(p)));
 }
 
 __device__ __forceinline__ void prefetchTensorMap(const CUtensorMap* m) {
@@ -309,7 +330,8 @@ template <int BM, int BN, int STAGES, bool PP, class O, bool GELU>
 __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* tmW, void* y,
                                      const void* sxd, int sxdKind, const void* swd, int swdKind,
                                      int swdPerChannel, const void* bias, int biasKind, int act,
-                                     int M, int N, int K, int tilesM, int tilesN, int groupM) {
+                                     int M, int N, int K, int tilesM, int tilesN, int groupM,
+                                     const void* residual) {
 #if WGMMA_I8_SM90
   using C = Cfg<BM, BN, STAGES>;
   typedef typename O::T T;
@@ -413,6 +435,19 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
         if (i < BN && n < N) {
           swv[r] = loadScale(swd, swdKind, swdPerChannel ? n : 0);
           if (bias != nullptr) bv[r] = loadScale(bias, biasKind, n);
+        }
+      }
+      // The tile's residual rows, fetched into L2 while the main loop runs: the epilogue's reads
+      // then wait for L2, not for DRAM.
+      if (residual != nullptr) {
+        constexpr int LINES = BN * (int)sizeof(T) / 128;  // 128-byte lines per tile row
+        const int row0 = tm * BM + (PP ? 0 : cw * (BM / 2));
+        for (int i = wtid; i < WG_ROWS * LINES; i += 128) {
+          const int row = row0 + i / LINES;
+          const int col = tn * BN + (i % LINES) * (128 / (int)sizeof(T));
+          if (row < M && col < N) {
+            prefetchL2(static_cast<const T*>(residual) + ((i64)row * N + col));
+          }
         }
       }
 
@@ -522,14 +557,31 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
               }
             }
             __syncwarp();
-            // Lane l stores 16 bytes (8 outputs) of slab row 4p + l / 8, piece l % 8.
+            // Lane l stores 16 bytes (8 outputs) of slab row 4p + l / 8, piece l % 8; with a
+            // residual, its four pieces are read first, all in flight at once.
+            uint4 rv[4];
+            if (residual != nullptr) {
+#pragma unroll
+              for (int p4 = 0; p4 < 4; ++p4) {
+                const int row = rowW + m * 64 + 4 * p4 + (lane >> 3);
+                const int col = tn * BN + 64 * c + 8 * (lane & 7);
+                rv[p4] = row < M && col < N
+                    ? *reinterpret_cast<const uint4*>(static_cast<const T*>(residual) +
+                                                      ((i64)row * N + col))
+                    : make_uint4(0, 0, 0, 0);
+              }
+            }
 #pragma unroll
             for (int p4 = 0; p4 < 4; ++p4) {
               const int r = 4 * p4 + (lane >> 3), q = lane & 7;
               const int row = rowW + m * 64 + r;
               const int col = tn * BN + 64 * c + 8 * q;
-              const uint4 v = *reinterpret_cast<const uint4*>(scratch + r * kScratchPitch + 16 * q);
+              uint4 v = *reinterpret_cast<const uint4*>(scratch + r * kScratchPitch + 16 * q);
               if (row < M && col < N) {
+                if (residual != nullptr) {
+                  v = make_uint4(O::addPacked(v.x, rv[p4].x), O::addPacked(v.y, rv[p4].y),
+                                 O::addPacked(v.z, rv[p4].z), O::addPacked(v.w, rv[p4].w));
+                }
                 *reinterpret_cast<uint4*>(static_cast<T*>(y) + ((i64)row * N + col)) = v;
               }
             }
@@ -560,8 +612,16 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
                     t0 = t0 <= 0.0 ? 0.0 : t0;
                     t1 = t1 <= 0.0 ? 0.0 : t1;
                   }
-                  storePair(static_cast<T*>(y) + ((i64)row * N + col), O::fromD(t0),
-                            O::fromD(t1));
+                  const i64 at = (i64)row * N + col;
+                  float y0 = O::fromD(t0), y1 = O::fromD(t1);
+                  if (residual != nullptr) {
+                    // The unfused add: the rounded output plus the residual, rounded once.
+                    const float2 rv = *reinterpret_cast<const float2*>(
+                        static_cast<const float*>(residual) + at);
+                    y0 += rv.x;
+                    y1 += rv.y;
+                  }
+                  storePair(static_cast<T*>(y) + at, y0, y1);
                 }
               }
             }
@@ -580,10 +640,10 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       const __grid_constant__ CUtensorMap tmX, const __grid_constant__ CUtensorMap tmW, void* y, \
       const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
       const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
-      int groupM) {                                                                              \
+      int groupM, const void* residual) {                                                        \
     wgi8::gemm<BM, BN, STAGES, PP, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,    \
                                                     swdPerChannel, bias, biasKind, act, M, N, K, \
-                                                    tilesM, tilesN, groupM);                     \
+                                                    tilesM, tilesN, groupM, residual);           \
   }
 
 // Per tile: none / relu (act 0 / 1) for every output dtype, gelu (tanh form) for 16-bit ones.

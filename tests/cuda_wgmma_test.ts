@@ -24,8 +24,9 @@ import { testOnGpu } from "./helpers.ts";
 // within float32 rounding of a rounding boundary, so they are checked to one ulp plus 2^-22 of
 // the terms' magnitude, and at most 1% of them may differ at all. gelu (tanh form) is applied
 // to t rounded to float32 in float64 and compared to one output ulp (a few float32 ulps for
-// float32 outputs). Outputs are poisoned with 0xff bytes (NaN) before each run, so an
-// unwritten element is caught.
+// float32 outputs). With a residual r the reference is the unfused add, round(t) + r rounded
+// once, with one unit of slack for the first rounding (none for float32 outputs). Outputs are
+// poisoned with 0xff bytes (NaN) before each run, so an unwritten element is caught.
 
 const VARIANTS = Object.keys(WGMMA_TILES);
 
@@ -166,6 +167,8 @@ interface GemmCase {
   full?: boolean;
   /** Tile configurations to run (default all). */
   variants?: readonly string[];
+  /** Add a residual `[M, N]` of the output dtype in the epilogue. */
+  residual?: boolean;
   seed: number;
 }
 
@@ -185,15 +188,17 @@ function operands(c: GemmCase) {
   const sx = randomFloats(1, c.seed + 2, 0.001, 0.01, KIND_DTYPE[sxdKind]);
   const sw = randomFloats(c.perChannel ? c.n : 1, c.seed + 3, 0.001, 0.01, KIND_DTYPE[swdKind]);
   const b = c.bias ? randomFloats(c.n, c.seed + 4, -1, 1, c.bias) : undefined;
+  const r = c.residual ? randomFloats(c.m * c.n, c.seed + 5, -2, 2, c.out) : undefined;
   const gpu = {
     x: upload(x, "int8"),
     w: upload(w, "int8"),
     sx: upload(sx.storage, KIND_DTYPE[sxdKind]),
     sw: upload(sw.storage, KIND_DTYPE[swdKind]),
     b: b && upload(b.storage, c.bias!),
+    r: r && upload(r.storage, c.out),
     y: fromStorage(encode(c.out, new Float64Array(c.m * c.n)), [c.m, c.n], c.out, "cuda"),
   };
-  return { x, w, sx: sx.exact[0], sw: sw.exact, b: b?.exact, gpu, sxdKind, swdKind };
+  return { x, w, sx: sx.exact[0], sw: sw.exact, b: b?.exact, r: r?.exact, gpu, sxdKind, swdKind };
 }
 
 type Operands = ReturnType<typeof operands>;
@@ -218,11 +223,13 @@ function geluTanh(x: number): number {
   return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 }
 
-/** Expected outputs at `at` (the reference above): the value before the output rounding and
- * the magnitude of its terms (|acc · scale| + |b|). */
+/** Expected outputs at `at` (the reference above): the value before the output rounding, the
+ * magnitude of its terms (|acc · scale| + |b|), and with a residual r the unfused add's value
+ * round(t) + r, whose first rounding may land one unit (`slack`) apart. */
 function expected(c: GemmCase, o: Operands, at: Int32Array) {
   const t = new Float64Array(at.length);
   const mag = new Float64Array(at.length);
+  const slack = new Float64Array(at.length);
   for (let i = 0; i < at.length; i++) {
     const row = Math.floor(at[i] / c.n), col = at[i] % c.n;
     let acc = 0;
@@ -233,10 +240,15 @@ function expected(c: GemmCase, o: Operands, at: Int32Array) {
     let v = acc * scale + b;
     if (c.act === "relu" && v <= 0) v = 0;
     if (c.act === "gelu_tanh") v = geluTanh(Math.fround(v));
-    t[i] = v;
     mag[i] = Math.abs(acc * scale) + Math.abs(b);
+    if (o.r) {
+      const rounded = decodeOne(c.out, encode(c.out, Float64Array.of(v)), 0);
+      slack[i] = (c.out === "float32" ? 0 : ulpOf(c.out, v)) + 2 ** -22 * mag[i];
+      v = rounded + o.r[at[i]];
+    }
+    t[i] = v;
   }
-  return { t, mag, bits: Array.from(bitsOf(c.out, encode(c.out, t))) };
+  return { t, mag, slack, bits: Array.from(bitsOf(c.out, encode(c.out, t))) };
 }
 
 type Expected = ReturnType<typeof expected>;
@@ -268,7 +280,7 @@ function runAndCheck(
   label: string,
   c: GemmCase,
   o: Operands,
-  run: (y: bigint, x: bigint, w: bigint, sx: bigint, sw: bigint, b: bigint) => void,
+  run: (y: bigint, x: bigint, w: bigint, sx: bigint, sw: bigint, b: bigint, r: bigint) => void,
   at: Int32Array,
   want: Expected,
 ): void {
@@ -282,6 +294,7 @@ function runAndCheck(
     bufferOf(o.gpu.sx).address,
     bufferOf(o.gpu.sw).address,
     o.gpu.b ? bufferOf(o.gpu.b).address : 0n,
+    o.gpu.r ? bufferOf(o.gpu.r).address : 0n,
   );
   const storage = o.gpu.y.storageSync();
   const got = bitsOf(c.out, storage);
@@ -298,7 +311,7 @@ function runAndCheck(
     differ++;
     const value = decodeOne(c.out, storage, at[i]);
     const ulps = c.out === "float32" ? 4 : 1;
-    const tol = ulps * ulpOf(c.out, want.t[i]) + 2 ** -22 * want.mag[i];
+    const tol = ulps * ulpOf(c.out, want.t[i]) + 2 ** -22 * want.mag[i] + want.slack[i];
     if (exact || !(Math.abs(value - want.t[i]) <= tol)) {
       if (bad++ === 0) {
         first = `first at row ${Math.floor(at[i] / c.n)} column ${at[i] % c.n}: got ${value} (${
@@ -384,6 +397,43 @@ testOnGpu("wgmmaInt8Gemm: tiny and ragged shapes, every tile, every output dtype
       });
     }
   }
+});
+
+testOnGpu("wgmmaInt8Gemm: a residual added in the epilogue, every tile and output dtype", () => {
+  let seed = 90;
+  for (const out of ["float32", "float16", "bfloat16"] as const) {
+    checkCase({
+      m: 77,
+      n: 200,
+      k: 64,
+      out,
+      perChannel: true,
+      bias: out,
+      residual: true,
+      seed: seed++,
+    });
+    checkCase({
+      m: 257,
+      n: out === "float32" ? 334 : 328,
+      k: 208,
+      out,
+      perChannel: false,
+      act: "relu",
+      residual: true,
+      seed: seed++,
+    });
+  }
+  // GPT-2's projections before a residual add (sampled).
+  checkCase({
+    m: 4096,
+    n: 768,
+    k: 3072,
+    out: "float16",
+    perChannel: true,
+    bias: "float16",
+    residual: true,
+    seed: seed++,
+  });
 });
 
 testOnGpu("wgmmaInt8Gemm: scale and bias kinds other than the output dtype", () => {

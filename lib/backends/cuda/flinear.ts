@@ -227,6 +227,20 @@ export function productThenResidual(
   lower: (ctx: CudaKernelContext) => CudaLaunch,
 ): CudaLaunch {
   const product = lower(withoutResidual(ctx));
+  const add = residualAdd(ctx);
+  return (y, inputs) => {
+    product(y, inputs.slice(0, -1));
+    add(y, inputs[inputs.length - 1]);
+  };
+}
+
+/**
+ * The `add` op's kernel for a fused linear op's residual (its last input), updating the op's
+ * output in place: `y = add(y, residual)`, the unfused graph's add bit for bit.
+ */
+export function residualAdd(
+  ctx: CudaKernelContext,
+): (y: CudaBuffer, residual: CudaBuffer) => void {
   const residual = ctx.inputs[ctx.inputs.length - 1];
   const add = cudaLowering("add")({
     attrs: {},
@@ -240,10 +254,7 @@ export function productThenResidual(
       kind: "state",
     });
   }
-  return (y, inputs) => {
-    product(y, inputs.slice(0, -1));
-    add(y, [y, inputs[inputs.length - 1]]);
-  };
+  return (y, r) => add(y, [y, r]);
 }
 
 // ---------------------------------------------------------------------------------------

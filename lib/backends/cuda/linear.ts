@@ -88,6 +88,7 @@ import {
   foldedNormOf,
   normThenProduct,
   productThenResidual,
+  residualAdd,
   residualFits,
   withoutResidual,
 } from "./flinear.ts";
@@ -551,11 +552,33 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
  */
 function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch {
   if (ctx.attrs.residual === true) {
-    const gemv = residualFits(ctx) ? qlinearGemv(withoutResidual(ctx)) : undefined;
-    if (gemv) return (y, inputs) => gemv(y, inputs, inputs[inputs.length - 1]);
+    const inner = withoutResidual(ctx);
+    if (residualFits(ctx)) {
+      const gemv = qlinearGemv(inner);
+      if (gemv) return (y, inputs) => gemv(y, inputs, inputs[inputs.length - 1]);
+      // The int8 wgmma GEMM adds the residual in its epilogue.
+      const product = inner.attrs.norm === undefined
+        ? qlinearProduct(inner, undefined, residualAdd(ctx))
+        : undefined;
+      if (product) return product;
+    }
     return productThenResidual(ctx, (inner) => lowerQlinear(inner));
   }
   if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
+  return qlinearProduct(ctx, codesOf)!;
+}
+
+/**
+ * The product of a qlinear without a residual or a norm (see {@link lowerQlinear}). With
+ * `addResidual` the launch's inputs end with a residual that the product adds itself, where it
+ * can: only the int8 wgmma GEMM does (through `addResidual` when the residual's address is
+ * not 16-byte aligned); for every other path this returns undefined.
+ */
+function qlinearProduct(
+  ctx: CudaKernelContext,
+  codesOf: CodesSource | undefined,
+  addResidual?: (y: CudaBuffer, residual: CudaBuffer) => void,
+): CudaLaunch | undefined {
   const { device, attrs } = ctx;
   const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
   const [n, k] = wInfo.shape;
@@ -586,6 +609,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   const codes = codesOf ?? quantizeCodes(ops, xName, sxqKind, m, k);
 
   if (k === 0) {
+    if (addResidual) return undefined;
     // Empty sums: y = act(b).
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
     return (y, inputs) => {
@@ -598,7 +622,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
   }
 
   // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts).
-  const gemv = codesOf ? undefined : qlinearGemv(ctx);
+  const gemv = codesOf || addResidual ? undefined : qlinearGemv(ctx);
   if (gemv) return (y, inputs) => gemv(y, inputs);
 
   const mPad = roundUp(m, 16);
@@ -620,23 +644,30 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     const writeCodes = codes("i8");
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
     // Our own sm_90a kernel (wgmma, epilogue fused) where it beats cuBLASLt + the epilogue.
-    const fused = chooseWgmmaInt8(device, {
-      m,
-      n,
-      k,
-      outDType: ops.outDType,
-      perChannel,
-      sxdKind,
-      swdKind,
-      biasDType: biasInfo?.dtype,
-      act: ops.act,
-    }, plan && (() => timeLtInt8(device, plan, ops, epilogue, mPad, n, k, perChannel)));
+    const fused = chooseWgmmaInt8(
+      device,
+      {
+        m,
+        n,
+        k,
+        outDType: ops.outDType,
+        perChannel,
+        sxdKind,
+        swdKind,
+        biasDType: biasInfo?.dtype,
+        act: ops.act,
+        residual: addResidual !== undefined,
+      },
+      plan && (() => timeLtInt8(device, plan, ops, epilogue, mPad, n, k, perChannel, addResidual)),
+    );
     if (fused) {
       return (y, inputs) => {
         const [, , sxd, w, swq, swd] = inputs;
         const wq = prep.codes(w, swq, "int8");
         const xq = CudaBuffer.allocate(device, "int8", m * k);
         writeCodes(xq.address, inputs, m);
+        const residual = addResidual ? inputs[inputs.length - 1] : undefined;
+        const inKernel = residual !== undefined && residual.address % 16n === 0n;
         fused.run(
           y.address,
           xq.address,
@@ -644,11 +675,14 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
           sxd.address,
           swd.address,
           biasOf(inputs)?.address ?? 0n,
+          inKernel ? residual.address : 0n,
         );
+        if (residual && !inKernel) addResidual!(y, residual);
         xq.dispose();
         if (wq.temporary) wq.buffer.dispose();
       };
     }
+    if (addResidual) return undefined;
     const gemm = plan ? undefined : fn(device, "qlinear_gemm_i8");
     const gemmGrid: Dim3 = [Math.ceil(n / 64), Math.ceil(m / 64), 1];
     if (!plan && gemmGrid[1] > 65535) {
@@ -680,6 +714,7 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     };
   }
 
+  if (addResidual) return undefined;
   // float8e4m3 on cuBLASLt's e4m3 tensor-core GEMMs (FP8_TENSOR_CORES), else the exact path
   // below.
   const choice = FP8_TENSOR_CORES && tensorCoreShape
@@ -792,7 +827,10 @@ function chooseWgmmaInt8(
   return useWgmma ? best!.kernel : undefined;
 }
 
-/** Milliseconds of cuBLASLt's int8 product + the epilogue kernel on scratch operands. */
+/**
+ * Milliseconds of cuBLASLt's int8 product + the epilogue kernel (+ the residual add, when
+ * `addResidual` is given) on scratch operands.
+ */
 function timeLtInt8(
   device: CudaDevice,
   plan: LtMatmulPlan,
@@ -802,6 +840,7 @@ function timeLtInt8(
   n: number,
   k: number,
   perChannel: boolean,
+  addResidual?: (y: CudaBuffer, residual: CudaBuffer) => void,
 ): number {
   const a = CudaBuffer.allocate(device, "int8", n * k);
   const b = CudaBuffer.allocate(device, "int8", rows * k);
@@ -814,6 +853,7 @@ function timeLtInt8(
     return timeLaunchMs(device, () => {
       plan.run(a.address, b.address, acc.address, acc.address, 1, 0);
       ops.epilogue(epilogue, y, acc.address, scales, perChannel, s);
+      addResidual?.(y, y);
     });
   } finally {
     for (const buf of [a, b, acc, y, s]) buf.dispose();

@@ -24,6 +24,7 @@ import {
 } from "../../../ffi/cuda.ts";
 import {
   checkCuda,
+  copyToDeviceAsync,
   createEvent,
   cudaEventDefault,
   cudart,
@@ -104,6 +105,8 @@ export interface WgmmaInt8Problem {
   biasDType?: DType;
   /** Activation code: 0 none, 1 relu, 3 gelu (tanh form; 16-bit outputs only). */
   act: number;
+  /** Runs will add a residual in the epilogue (timed with one). */
+  residual?: boolean;
 }
 
 /** A prepared fused int8 GEMM. */
@@ -114,9 +117,18 @@ export interface Int8GemmKernel {
    * Enqueues `y = act(xq · wqᵀ · sxd · swd + bias)` on the device's stream. Addresses: `y`
    * `[M, N]` of the output dtype, `xq` int8 `[M, K]`, `wq` int8 `[N, K]` (both 16-byte aligned),
    * `sxd` one scale, `swd` N scales (or one), `bias` N values or `0n` (only when the problem
-   * has no bias).
+   * has no bias). With `residual` (`[M, N]` of the output dtype, 16-byte aligned; default `0n`,
+   * none) the kernel stores `round(round(y) + residual)`, the unfused residual add.
    */
-  run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint): void;
+  run(
+    y: bigint,
+    xq: bigint,
+    wq: bigint,
+    sxd: bigint,
+    swd: bigint,
+    bias: bigint,
+    residual?: bigint,
+  ): void;
 }
 
 /** Why `p` cannot run on the fused kernels of `device`, or undefined when it can. */
@@ -218,7 +230,15 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
     }, target);
   }
 
-  run(y: bigint, xq: bigint, wq: bigint, sxd: bigint, swd: bigint, bias: bigint): void {
+  run(
+    y: bigint,
+    xq: bigint,
+    wq: bigint,
+    sxd: bigint,
+    swd: bigint,
+    bias: bigint,
+    residual: bigint = 0n,
+  ): void {
     const p = this.#p;
     if (xq !== this.#xAddress) {
       this.#encode(this.#xMap, xq, p.m, this.#tile.bm);
@@ -235,7 +255,7 @@ class WgmmaInt8Gemm implements Int8GemmKernel {
       .ptr(y).ptr(sxd).i32(p.sxdKind).ptr(swd).i32(p.swdKind).i32(p.perChannel ? 1 : 0)
       .ptr(hasBias ? bias : 0n).i32(this.#biasKind).i32(p.act)
       .i32(p.m).i32(p.n).i32(p.k).i32(this.#tilesM).i32(this.#tilesN)
-      .i32(Math.max(1, Math.floor(2048 / this.#tile.bm)));
+      .i32(Math.max(1, Math.floor(2048 / this.#tile.bm))).ptr(residual);
     launch(this.#device, this.#fn, this.#grid, [THREADS, 1, 1], params, this.#shared);
   }
 }
@@ -284,14 +304,36 @@ export function timeLaunchMs(device: CudaDevice, run: () => void, repeats: numbe
   return best;
 }
 
-/** Scratch operands of a problem: every byte 0x3c (int8 60; small finite scales and biases). */
+/**
+ * Scratch operands of a problem: x and W hold seeded pseudo-random codes (the tensor cores' time
+ * and power depend on the data, so constant operands would time unlike real ones); the output,
+ * scales, biases and residual are bytes 0x3c (small finite values).
+ */
 function scratchOperands(device: CudaDevice, p: WgmmaInt8Problem): CudaBuffer[] {
   const sizes = [p.m * p.k, p.n * p.k, p.m * p.n * 4, 16, Math.max(p.n, 4) * 4, p.n * 4];
-  return sizes.map((bytes) => {
+  if (p.residual) sizes.push(p.m * p.n * 4);
+  return sizes.map((bytes, i) => {
     const buf = CudaBuffer.allocate(device, "int8", Math.max(bytes, 16));
-    memsetAsync(device, buf.address, 0x3c, buf.bytes);
+    if (i < 2) {
+      copyToDeviceAsync(buf.pointer, randomCodes(buf.bytes, i + 1), device.stream);
+    } else {
+      memsetAsync(device, buf.address, 0x3c, buf.bytes);
+    }
     return buf;
   });
+}
+
+/** `n` seeded pseudo-random int8 codes in [-127, 127] (xorshift32). */
+function randomCodes(n: number, seed: number): Int8Array<ArrayBuffer> {
+  const out = new Int8Array(n);
+  let s = seed * 2654435761 >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = ((s >>> 0) % 255) - 127;
+  }
+  return out;
 }
 
 /** The fastest fused configuration of a problem and its time. */
@@ -325,7 +367,7 @@ export function fastestWgmmaInt8Gemm(
   }
   const scratch = scratchOperands(device, p);
   try {
-    const [x, w, y, sx, sw, b] = scratch.map((s) => s.address);
+    const [x, w, y, sx, sw, b, r] = scratch.map((s) => s.address);
     // Round robin, best of each: GPU clocks still rising while the first variants run would
     // otherwise favour the last ones.
     const timed = names.map((name) => ({
@@ -334,7 +376,8 @@ export function fastestWgmmaInt8Gemm(
     }));
     for (let round = 0; round < TIMING_ROUNDS; round++) {
       for (const t of timed) {
-        t.ms = Math.min(t.ms, timeLaunchMs(device, () => t.kernel.run(y, x, w, sx, sw, b), 2));
+        const run = () => t.kernel.run(y, x, w, sx, sw, b, r ?? 0n);
+        t.ms = Math.min(t.ms, timeLaunchMs(device, run, 2));
       }
     }
     return timed.reduce((a, b) => (b.ms < a.ms ? b : a));
