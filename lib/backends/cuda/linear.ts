@@ -38,9 +38,10 @@
  *   op; otherwise the layer norm kernel writes x to scratch memory for the plain wlinear.
  * - a residual add folded into a `qlinear` / `wlinear` (attr `residual`, its last input, of the
  *   output's shape and dtype; lib/graph/passes/residual_fusion.ts): the fused GEMVs above (with
- *   or without a folded norm) add it in their epilogue, after the output's rounding, in the same
- *   launch; every other path runs the product into y, then the `add` op's kernel in place
- *   (`productThenResidual`, lib/backends/cuda/flinear.ts): the unfused graph's add bit for bit.
+ *   or without a folded norm) and the int8 wgmma GEMM (no folded norm) add it in their
+ *   epilogue, after the output's rounding, in the same launch; every other path runs the
+ *   product into y, then the `add` op's kernel in place (`productThenResidual`,
+ *   lib/backends/cuda/flinear.ts): the unfused graph's add bit for bit.
  * @module
  */
 import {
