@@ -7,7 +7,8 @@
  *   broadcasts, when r is the linear output itself, or when the switch is off;
  * - numerics: the fused graph equals the unfused one (switch off) bit for bit on every device
  *   (the residual add rounds the linear's result first, as the unfused add reads it), at 1, 3,
- *   8 and 37 rows (GEMV and GEMM paths on cuda), for float32, float16 and bfloat16 outputs;
+ *   8 and 37 rows (GEMV and GEMM paths on cuda), for float32, float16 and bfloat16 outputs,
+ *   and on cuda for an int8 layer at 1024 rows (the wgmma GEMM, which adds it in its epilogue);
  * - cuda against the cpu, with the tolerance the tests of each path use for the linear's value
  *   (tests/flinear_test.ts, tests/cuda_linear_test.ts, tests/cuda_qgemv_test.ts,
  *   tests/cuda_wgemv_test.ts, tests/norm_folding_test.ts), plus one unit in the last place of
@@ -339,5 +340,47 @@ testOnGpu("fused residual adds on cuda: equal to unfused, and to the cpu", () =>
         }
       }
     }
+  }
+});
+
+testOnGpu("fused residual adds at prefill size equal the unfused graph bit for bit", () => {
+  // GPT-2-small's mlp projection at 1024 rows: on Hopper its int8 product is the wgmma GEMM,
+  // which adds the residual in its epilogue (elsewhere, or where cuBLASLt times faster, the add
+  // kernel runs after the product: equal either way).
+  const [rows, k, n] = [1024, 3072, 768];
+  let seed = 9000;
+  for (const dtype of ["float16", "bfloat16", "float32"] as const) {
+    const layer = new tq.Linear(k, n, { quantDtype: "int8", weightQuantDim: 0, dtype });
+    const weight = tq.randn([n, k], { seed: seed++, std: 0.05, dtype });
+    layer.loadStateDict({
+      weight,
+      weightScale: tq.scaleFromAmax(weight.cast("float32").abs().max(1), "int8"),
+      inputScale: tq.scaleFromAmax(INPUT_AMAX, "int8"),
+      bias: tq.randn([n], { seed: seed++, std: 0.1, dtype }),
+    });
+    layer.to("cuda");
+    const x = tq.tensor(randomValues(rows * k, seed++), {
+      shape: [rows, k],
+      dtype,
+      device: "cuda",
+    });
+    const r = tq.tensor(randomValues(rows * n, seed++), {
+      shape: [rows, n],
+      dtype,
+      device: "cuda",
+    });
+    const make = () => layer.forward(x).add(r);
+    const fused = make();
+    assert.equal(residualNodes(planned(fused).graph).length, 1, dtype);
+    const got = bits(fused);
+    const want = withoutFusion(() => bits(make()));
+    let differ = 0;
+    for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) differ++;
+    assert.equal(
+      differ,
+      0,
+      `${dtype}: ${differ} of ${want.length} outputs differ from the unfused graph`,
+    );
+    assert.ok(got.some((v) => v !== 0), `${dtype}: all zero`);
   }
 });
