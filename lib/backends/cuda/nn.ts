@@ -29,7 +29,7 @@ import {
 } from "./kernels.ts";
 import type { CudaDevice } from "./device.ts";
 import type { CudaBuffer } from "./memory.ts";
-import { FLOAT_NAME } from "./util.ts";
+import { FLOAT_NAME, nextPow2 } from "./util.ts";
 
 /** Longest row a warp handles (32 lanes × 32 values). */
 const WARP_MAX = 1024;
@@ -55,12 +55,6 @@ export interface RowKernel {
   cached: boolean;
   /** Dynamic shared memory in bytes. */
   sharedBytes: number;
-}
-
-function nextPow2(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
 }
 
 /**

@@ -38,6 +38,7 @@ import {
   floatKindOf,
   INT32_MAX,
   moduleKernels,
+  nextPow2,
 } from "./util.ts";
 
 const fn = moduleKernels(qgemvPtx);
@@ -207,13 +208,6 @@ export interface QgemvMmaShape {
 function mmaPitch(k: number): number {
   const pitch = Math.ceil(k / 64) * 64;
   return pitch % 128 === 0 ? pitch + 64 : pitch;
-}
-
-/** The smallest power of two ≥ `n` (n ≥ 1). */
-function nextPow2(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
 }
 
 /**

@@ -24,6 +24,7 @@ import {
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import { nextPow2 } from "./util.ts";
 
 /** Dims per group list the kernels take (kept dims and reduced dims, each). */
 const MAX_DIMS = 8;
@@ -78,12 +79,6 @@ export interface ReducePlan {
   grid: readonly [number, number, number];
   /** Launch block. */
   block: readonly [number, number, number];
-}
-
-function nextPow2(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
 }
 
 function dimList(groups: { size: number; stride: number }[]): DimList {

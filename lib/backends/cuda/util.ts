@@ -140,6 +140,13 @@ export function roundUp(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }
 
+/** The smallest power of two ≥ `n` (1 for n ≤ 1). */
+export function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
 // ---------------------------------------------------------------------------------------
 // Memory and kernels
 
