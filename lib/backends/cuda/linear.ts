@@ -557,29 +557,24 @@ function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch
     if (residualFits(ctx)) {
       const gemv = qlinearGemv(inner);
       if (gemv) return (y, inputs) => gemv(y, inputs, inputs[inputs.length - 1]);
-      // The int8 wgmma GEMM adds the residual in its epilogue.
-      const product = inner.attrs.norm === undefined
-        ? qlinearProduct(inner, undefined, residualAdd(ctx))
-        : undefined;
-      if (product) return product;
+      if (inner.attrs.norm === undefined) return qlinearProduct(inner, undefined, residualAdd(ctx));
     }
     return productThenResidual(ctx, (inner) => lowerQlinear(inner));
   }
   if (ctx.attrs.norm !== undefined) return lowerNormQlinear(ctx);
-  return qlinearProduct(ctx, codesOf)!;
+  return qlinearProduct(ctx, codesOf);
 }
 
 /**
  * The product of a qlinear without a residual or a norm (see {@link lowerQlinear}). With
- * `addResidual` the launch's inputs end with a residual that the product adds itself, where it
- * can: only the int8 wgmma GEMM does (through `addResidual` when the residual's address is
- * not 16-byte aligned); for every other path this returns undefined.
+ * `addResidual` the launch's inputs end with a residual: the int8 wgmma GEMM adds it in its
+ * epilogue (16-byte aligned residuals), every other path with `addResidual` after the product.
  */
 function qlinearProduct(
   ctx: CudaKernelContext,
   codesOf: CodesSource | undefined,
   addResidual?: (y: CudaBuffer, residual: CudaBuffer) => void,
-): CudaLaunch | undefined {
+): CudaLaunch {
   const { device, attrs } = ctx;
   const [xInfo, sxqInfo, sxdInfo, wInfo, , swdInfo, biasInfo] = ctx.inputs;
   const [n, k] = wInfo.shape;
@@ -609,20 +604,29 @@ function qlinearProduct(
   const biasOf = (inputs: readonly CudaBuffer[]) => attrs.hasBias ? inputs[6] : undefined;
   const codes = codesOf ?? quantizeCodes(ops, xName, sxqKind, m, k);
 
+  // The product, then the residual add when there is one (the launch's inputs end with it).
+  const thenResidual = (product: CudaLaunch): CudaLaunch =>
+    addResidual
+      ? (y, inputs) => {
+        product(y, inputs);
+        addResidual(y, inputs[inputs.length - 1]);
+      }
+      : product;
+
   if (k === 0) {
-    if (addResidual) return undefined;
     // Empty sums: y = act(b).
     const epilogue = fn(device, `qlinear_epilogue_i32_${out}`);
-    return (y, inputs) => {
+    return thenResidual((y, inputs) => {
       const acc = CudaBuffer.allocate(device, "int32", m * n);
       memsetZero(device, acc.address, acc.bytes);
       const scales = scalesOf(inputs[2], inputs[5]);
       ops.epilogue(epilogue, y, acc.address, scales, perChannel, biasOf(inputs));
       acc.dispose();
-    };
+    });
   }
 
-  // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts).
+  // M ≤ 8: one fused kernel quantizes x, multiplies and applies the epilogue (qgemv.ts). (With
+  // a residual the caller has already asked for the GEMV that adds it.)
   const gemv = codesOf || addResidual ? undefined : qlinearGemv(ctx);
   if (gemv) return (y, inputs) => gemv(y, inputs);
 
@@ -683,7 +687,6 @@ function qlinearProduct(
         if (wq.temporary) wq.buffer.dispose();
       };
     }
-    if (addResidual) return undefined;
     const gemm = plan ? undefined : fn(device, "qlinear_gemm_i8");
     const gemmGrid: Dim3 = [Math.ceil(n / 64), Math.ceil(m / 64), 1];
     if (!plan && gemmGrid[1] > 65535) {
@@ -694,7 +697,7 @@ function qlinearProduct(
         actual: String(m),
       });
     }
-    return (y, inputs) => {
+    return thenResidual((y, inputs) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "int8");
@@ -712,10 +715,9 @@ function qlinearProduct(
       xq.dispose();
       acc.dispose();
       if (wq.temporary) wq.buffer.dispose();
-    };
+    });
   }
 
-  if (addResidual) return undefined;
   // float8e4m3 on cuBLASLt's e4m3 tensor-core GEMMs (FP8_TENSOR_CORES), else the exact path
   // below.
   const choice = FP8_TENSOR_CORES && tensorCoreShape
@@ -735,7 +737,7 @@ function qlinearProduct(
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
     const { plan, scales, fused } = choice;
-    return (y, inputs) => {
+    return thenResidual((y, inputs) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
@@ -769,7 +771,7 @@ function qlinearProduct(
       rowScales?.dispose();
       xq.dispose();
       if (wq.temporary) wq.buffer.dispose();
-    };
+    });
   }
 
   // The codes' exact values in a float32 product (fp32 accumulation, like cuBLASLt's fp8).
@@ -786,7 +788,7 @@ function qlinearProduct(
   );
   const writeCodes = codes("e4m3f32");
   const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
-  return (y, inputs) => {
+  return thenResidual((y, inputs) => {
     const [, , sxd, w, swq, swd] = inputs;
     const wv = prep.dequantized(w, swq, undefined, -1, "float8e4m3", "float32");
     const xv = CudaBuffer.allocate(device, "float32", m * k);
@@ -797,7 +799,7 @@ function qlinearProduct(
     xv.dispose();
     acc.dispose();
     if (wv.temporary) wv.buffer.dispose();
-  };
+  });
 }
 
 /** The int8 product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
