@@ -1,12 +1,13 @@
 /**
- * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, and a
- * device-wide synchronize.
+ * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, a device-wide
+ * synchronize, and the programmatic-dependent-launch switch.
  * @module
  */
 import { CudaDevice } from "./backends/cuda/device.ts";
 import { cudaUnavailableReason } from "./backends/cuda/backend.ts";
 import { type CudaMemoryStats, memoryStats as stats } from "./backends/cuda/memory.ts";
 import { deviceCount as count } from "../ffi/cudart.ts";
+export { programmaticLaunch, setProgrammaticLaunch } from "./backends/cuda/kernels.ts";
 
 export type { CudaMemoryStats };
 
