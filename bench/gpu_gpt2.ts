@@ -3,7 +3,7 @@
  * side with transformers' GPT2LMHeadModel (fp16, eager PyTorch) run in the same job.
  *
  *     deno run -A bench/gpu_gpt2.ts [--out DIR] [--quick] [--modes float16,w8a8,fp8,w4]
- *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024] [--plain-launch]
+ *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024]
  *     deno run -A bench/gpu_gpt2.ts --smoke --device cpu --no-peer   # tiny model, no GPU
  *
  * Model: 12 layers, 768 wide, 12 heads, 50257 vocab, 1024 positions, random weights (seed 0).
@@ -19,9 +19,6 @@
  * The static decoder's logits are checked against the cached forward on a few steps, and the
  * compiled prefill's against the eager one.
  *
- * `--plain-launch` turns programmatic dependent launch off (`tq.cuda.setProgrammaticLaunch`),
- * to measure what the kernels' overlap gains.
- *
  * Writes gpt2.md (the table) and gpt2.json (everything) to `--out`; prints the table last.
  * @module
  */
@@ -36,7 +33,6 @@ import {
   type StaticDecoder,
 } from "./gpt2_static_decode.ts";
 import {
-  argFlag,
   argValue,
   benchArgs,
   type BenchFloat,
@@ -60,7 +56,6 @@ const context = Number(argValue(args, "context") ?? (smoke ? 8 : 512));
 const prefillBatch = Number(argValue(args, "batch") ?? (smoke ? 2 : 8));
 const prefillSeq = Number(argValue(args, "seq") ?? (smoke ? 16 : 512));
 const checkSteps = quick || smoke ? 2 : 4;
-const plainLaunch = argFlag(args, "plain-launch");
 const PEER = new URL("./peers/gpt2_torch.py", import.meta.url).pathname;
 
 /** PyTorch eager figures measured on the H200 (FACTS.md), used when the peer cannot run. */
@@ -311,8 +306,7 @@ function table(): string {
   return `### GPT-2 small (${
     smoke ? "SMOKE: tiny config" : "12×768, vocab 50257"
   }) on ${device}: prefill ${prefillBatch}×${prefillSeq}, decode at ${context} context ` +
-    `(${steps} steps, static cache ${maxLength} slots${plainLaunch ? ", plain launches" : ""})` +
-    `\n\n` + markdownTable(header, rows);
+    `(${steps} steps, static cache ${maxLength} slots)\n\n` + markdownTable(header, rows);
 }
 
 function save(): void {
@@ -374,8 +368,6 @@ async function main(): Promise<void> {
     Deno.exitCode = 1;
     return;
   }
-  if (plainLaunch) tq.cuda.setProgrammaticLaunch(false);
-  details.programmaticLaunch = tq.cuda.programmaticLaunch();
   const t0 = performance.now();
   await runPeerFigures();
   save();

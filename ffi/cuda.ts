@@ -63,9 +63,6 @@ export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: number = 8;
 /** `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT` (percent). */
 export const CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: number = 9;
 
-/** `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION` (value: `int`, non-zero allows). */
-export const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: number = 6;
-
 /** `CU_TENSOR_MAP_DATA_TYPE_UINT8`. */
 export const CU_TENSOR_MAP_DATA_TYPE_UINT8: number = 0;
 /** `CU_TENSOR_MAP_INTERLEAVE_NONE`. */
@@ -121,12 +118,6 @@ export const CUDA_DRIVER_SYMBOLS = {
       "pointer",
     ],
     result: "i32",
-  },
-  // (config, f, kernelParams, extra); CUDA 12.0+ drivers only.
-  cuLaunchKernelEx: {
-    parameters: ["buffer", "pointer", "buffer", "pointer"],
-    result: "i32",
-    optional: true,
   },
   cuFuncSetAttribute: { parameters: ["pointer", "i32", "i32"], result: "i32" },
   // Marks the region a profiler started with profiling off (`ncu --profile-from-start off`)
@@ -568,37 +559,9 @@ export class KernelParams {
 /** Launch dimensions `[x, y, z]`. */
 export type Dim3 = readonly [x: number, y: number, z: number];
 
-// A CUlaunchConfig (56 bytes: grid, block, shared bytes, stream, attrs, numAttrs) followed by
-// its one CUlaunchAttribute (72 bytes: id, padding, 64-byte value), filled per launch.
-const LAUNCH_CONFIG_BYTES = 56;
-const launchConfig = new Uint8Array(new ArrayBuffer(LAUNCH_CONFIG_BYTES + 72));
-const launchConfigView = new DataView(launchConfig.buffer);
-launchConfigView.setBigUint64(
-  40,
-  addressOf(Deno.UnsafePointer.of(launchConfig)) + BigInt(LAUNCH_CONFIG_BYTES),
-  true,
-);
-launchConfigView.setUint32(48, 1, true);
-launchConfigView.setUint32(
-  LAUNCH_CONFIG_BYTES,
-  CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-  true,
-);
-launchConfigView.setInt32(LAUNCH_CONFIG_BYTES + 8, 1, true);
-
-/** True when the driver has `cuLaunchKernelEx` (needed for programmatic launches). */
-export function hasLaunchKernelEx(): boolean {
-  return cuda().cuLaunchKernelEx !== null;
-}
-
 /**
  * Launches kernel `fn` on `stream` (null: the legacy default stream) with `params` as its
  * arguments, in the order the kernel declares them.
- *
- * With `programmatic`, the launch allows programmatic stream serialization
- * (`cuLaunchKernelEx`): the kernel's blocks may start before the previous kernel on the stream
- * has finished, so the kernel must wait for it (`griddepcontrol.wait`) before touching memory
- * that kernel writes. Drivers without `cuLaunchKernelEx` launch it plainly.
  */
 export function cuLaunch(
   fn: Deno.PointerValue,
@@ -607,23 +570,7 @@ export function cuLaunch(
   sharedBytes: number,
   stream: Deno.PointerValue,
   params: KernelParams,
-  programmatic = false,
 ): void {
-  const launchEx = programmatic ? cuda().cuLaunchKernelEx : null;
-  if (launchEx) {
-    const v = launchConfigView;
-    v.setUint32(0, grid[0], true);
-    v.setUint32(4, grid[1], true);
-    v.setUint32(8, grid[2], true);
-    v.setUint32(12, block[0], true);
-    v.setUint32(16, block[1], true);
-    v.setUint32(20, block[2], true);
-    v.setUint32(24, sharedBytes, true);
-    v.setBigUint64(32, addressOf(stream), true);
-    const status = launchEx(launchConfig, fn, params.pointerArray, null);
-    if (status !== CUDA_SUCCESS) throw cuFailure(status, "cuLaunchKernelEx");
-    return;
-  }
   const status = cuda().cuLaunchKernel(
     fn,
     grid[0],

@@ -405,7 +405,6 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
            const unsigned short* __restrict__ v, unsigned short* __restrict__ out,             \
            const int* __restrict__ kvLen, int BH, int H, int T, int S, float scaleLog2,        \
            int causal, int mTiles, STRIDE_PARAMS) {                                            \
-    gridDependencyEntry();                                                                     \
     const Strides st = STRIDE_ARGS;                                                            \
     flash::forward<BF16, D>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0, mTiles,  \
                             st);                                                               \
@@ -648,7 +647,6 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
            const int* __restrict__ kvLen, float* __restrict__ partial,                         \
            int* __restrict__ counters, int BH, int H, int T, int S, float scaleLog2,           \
            int causal, int nSplit, STRIDE_PARAMS) {                                            \
-    gridDependencyEntry();                                                                     \
     const Strides st = STRIDE_ARGS;                                                            \
     decode::decode<E, D, TQ>(q, k, v, out, kvLen, partial, counters, BH, H, T, S, scaleLog2,   \
                              causal != 0, nSplit, st);                                         \
@@ -740,7 +738,6 @@ __device__ __forceinline__ void attend(const typename E::Raw* __restrict__ q,
            const E::Raw* __restrict__ v, E::Raw* __restrict__ out,                             \
            const int* __restrict__ kvLen, i64 rows, int T, int S, int D, int Dv,               \
            float scaleLog2, int causal) {                                                      \
-    gridDependencyEntry();                                                                     \
     generic::attend<E, ACC>(q, k, v, out, kvLen, rows, T, S, D, Dv, scaleLog2, causal != 0);   \
   }
 

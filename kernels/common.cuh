@@ -11,23 +11,6 @@ typedef long long i64;
 typedef unsigned long long u64;
 
 // ---------------------------------------------------------------------------------------------
-// Programmatic dependent launch (compute capability 9.0+). The host launches a kernel whose PTX
-// contains griddepcontrol.wait with programmatic stream serialization
-// (lib/backends/cuda/kernels.ts), so its blocks may start while the kernel before it on the
-// stream is still running. Every kernel therefore begins with gridDependencyEntry(): wait
-// until the previous kernel has finished and its writes are visible (nothing is read or
-// written before), then let the next kernel's blocks be scheduled. Because every kernel waits,
-// a kernel also finishes after all earlier ones, so reading an older kernel's output is safe.
-// On older devices both instructions are absent and launches serialize as usual.
-
-__device__ __forceinline__ void gridDependencyEntry() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// ---------------------------------------------------------------------------------------------
 // Raw 16-bit float bits -> float (exact)
 
 __device__ __forceinline__ float f16BitsToFloat(unsigned short b) {

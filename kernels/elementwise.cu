@@ -412,13 +412,11 @@ __device__ __forceinline__ void map2_strided(Out* __restrict__ out, const In* __
   extern "C" __global__ void __launch_bounds__(BLOCK)                                         \
       NAME(OP<D>::Out* __restrict__ out, const D::S* __restrict__ a,                          \
            const D::S* __restrict__ b, i64 n) {                                               \
-    gridDependencyEntry();                                                                    \
     map2<OP<D>::kHeavy>(out, a, b, n, OP<D>());                                               \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                         \
       NAME##_scalar(OP<D>::Out* __restrict__ out, const D::S* __restrict__ x,                 \
                     const D::S* __restrict__ s, i64 n, int scalar_first) {                    \
-    gridDependencyEntry();                                                                    \
     const D::S sv = *s;                                                                       \
     const OP<D> f{};                                                                          \
     map1<OP<D>::kHeavy>(out, x, n, [&](D::S v) {                                              \
@@ -431,7 +429,6 @@ __device__ __forceinline__ void map2_strided(Out* __restrict__ out, const In* __
       NAME##_bcast(OP<D>::Out* __restrict__ out, const D::S* __restrict__ a,                  \
                    const D::S* __restrict__ b, i64 n, int rank, DIM_PARAMS(d),                \
                    DIM_PARAMS(sa), DIM_PARAMS(sb)) {                                          \
-    gridDependencyEntry();                                                                    \
     STAGE_STRIDED(2, g, rank, DIM_LIST(d), {DIM_LIST(sa), DIM_LIST(sb)})                      \
     map2_strided(out, a, b, n, g, OP<D>());                                                   \
   }
@@ -459,13 +456,11 @@ BINARY_KERNELS(pow_bf16, OpPow, BF16)
   extern "C" __global__ void __launch_bounds__(BLOCK)                                         \
       NAME(unsigned char* __restrict__ out, const D::S* __restrict__ a,                       \
            const D::S* __restrict__ b, i64 n, unsigned mask) {                                \
-    gridDependencyEntry();                                                                    \
     map2<false>(out, a, b, n, OpCompare<D>{mask});                                            \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                         \
       NAME##_scalar(unsigned char* __restrict__ out, const D::S* __restrict__ x,              \
                     const D::S* __restrict__ s, i64 n, int scalar_first, unsigned mask) {     \
-    gridDependencyEntry();                                                                    \
     const D::S sv = *s;                                                                       \
     const OpCompare<D> f{mask};                                                               \
     map1<false>(out, x, n, [&](D::S v) {                                                      \
@@ -477,7 +472,6 @@ BINARY_KERNELS(pow_bf16, OpPow, BF16)
       NAME##_bcast(unsigned char* __restrict__ out, const D::S* __restrict__ a,               \
                    const D::S* __restrict__ b, i64 n, int rank, DIM_PARAMS(d),                \
                    DIM_PARAMS(sa), DIM_PARAMS(sb), unsigned mask) {                           \
-    gridDependencyEntry();                                                                    \
     STAGE_STRIDED(2, g, rank, DIM_LIST(d), {DIM_LIST(sa), DIM_LIST(sb)})                      \
     map2_strided(out, a, b, n, g, OpCompare<D>{mask});                                        \
   }
@@ -496,7 +490,6 @@ COMPARE_KERNELS(compare_bool, Bool)
 #define UNARY_KERNEL(NAME, OP)                                                               \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                        \
       NAME(OP::Out* __restrict__ out, const OP::Out* __restrict__ x, i64 n) {                \
-    gridDependencyEntry();                                                                   \
     map1<OP::kHeavy>(out, x, n, OP());                                                       \
   }
 
@@ -532,7 +525,6 @@ __device__ __forceinline__ int sign_extend4(unsigned nibble) {
 #define CAST_KERNEL(NAME, FROM, TO)                                                        \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                      \
       NAME(TO::S* __restrict__ out, const FROM::S* __restrict__ x, i64 n) {                \
-    gridDependencyEntry();                                                                 \
     map1<OpCast<FROM, TO>::kHeavy>(out, x, n, OpCast<FROM, TO>());                         \
   }
 
@@ -579,13 +571,11 @@ __device__ __forceinline__ void cast_from_int4(typename To::S* __restrict__ out,
 #define CAST_TO_INT4(NAME, FROM)                                                            \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                       \
       NAME(unsigned char* __restrict__ out, const FROM::S* __restrict__ x, i64 n) {         \
-    gridDependencyEntry();                                                                  \
     cast_to_int4<FROM>(out, x, n);                                                          \
   }
 #define CAST_FROM_INT4(NAME, TO)                                                            \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                       \
       NAME(TO::S* __restrict__ out, const unsigned char* __restrict__ x, i64 n) {           \
-    gridDependencyEntry();                                                                  \
     cast_from_int4<TO>(out, x, n);                                                          \
   }
 
@@ -656,14 +646,12 @@ __device__ __forceinline__ void where_strided(T* __restrict__ out,
   extern "C" __global__ void __launch_bounds__(BLOCK)                                        \
       NAME(T* __restrict__ out, const unsigned char* __restrict__ c, const T* __restrict__ a, \
            const T* __restrict__ b, i64 n) {                                                 \
-    gridDependencyEntry();                                                                   \
     where_contig(out, c, a, b, n);                                                           \
   }                                                                                          \
   extern "C" __global__ void __launch_bounds__(BLOCK)                                        \
       NAME##_bcast(T* __restrict__ out, const unsigned char* __restrict__ c,                 \
                    const T* __restrict__ a, const T* __restrict__ b, i64 n, int rank,        \
                    DIM_PARAMS(d), DIM_PARAMS(sc), DIM_PARAMS(sa), DIM_PARAMS(sb)) {          \
-    gridDependencyEntry();                                                                   \
     STAGE_STRIDED(3, g, rank, DIM_LIST(d), {DIM_LIST(sc), DIM_LIST(sa), DIM_LIST(sb)})       \
     where_strided(out, c, a, b, n, g);                                                       \
   }
@@ -678,7 +666,6 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
     where_i4(unsigned char* __restrict__ out, const unsigned char* __restrict__ c,
              const unsigned char* __restrict__ a, const unsigned char* __restrict__ b, i64 n,
              int rank, DIM_PARAMS(d), DIM_PARAMS(sc), DIM_PARAMS(sa), DIM_PARAMS(sb)) {
-  gridDependencyEntry();
   STAGE_STRIDED(3, g, rank, DIM_LIST(d), {DIM_LIST(sc), DIM_LIST(sa), DIM_LIST(sb)})
   auto pick = [&](u64 e) -> unsigned {
     u64 off[3] = {0, 0, 0};

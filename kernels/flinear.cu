@@ -234,7 +234,6 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
                                     const void* __restrict__ bias, int act, int M, int N,   \
                                     int K, int KT, int splitK,                              \
                                     const void* __restrict__ residual) {                    \
-    gridDependencyEntry();                                                                  \
     flinearGemv<X, MT, false>(out, x, w, bias, act, M, N, K, KT, splitK, residual);          \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(MT))         \
@@ -243,7 +242,6 @@ __device__ __forceinline__ void flinearGemv(void* __restrict__ out, const void* 
           const void* __restrict__ bias, int act, int M, int N, int K, int KT, int splitK,    \
           const void* __restrict__ residual, const void* __restrict__ lnWeight,              \
           const void* __restrict__ lnBias, float eps, int lnThreads) {                        \
-    gridDependencyEntry();                                                                    \
     flinearGemv<X, MT, true>(out, x, w, bias, act, M, N, K, KT, splitK, residual, lnWeight,  \
                              lnBias, eps, lnThreads);                                         \
   }
@@ -296,7 +294,6 @@ __device__ __forceinline__ void flinearEpilogue(void* out, const float* acc, i64
 #define EPILOGUE_KERNEL(X_NAME, X)                                                           \
   extern "C" __global__ void __launch_bounds__(256) flinear_epilogue_##X_NAME(               \
       void* out, const float* acc, i64 M, i64 N, const void* __restrict__ bias, int act) {   \
-    gridDependencyEntry();                                                                   \
     flinearEpilogue<X>(out, acc, M, N, bias, act);                                           \
   }
 

@@ -126,7 +126,6 @@ __device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const vo
   extern "C" __global__ void __launch_bounds__(256) linear_quantize_weight_##Q_NAME(          \
       void* __restrict__ out, const void* __restrict__ w, int wKind,                          \
       const void* __restrict__ swq, int swqKind, WEIGHT_INDEX_PARAMS) {                       \
-    gridDependencyEntry();                                                                    \
     quantizeWeight<Q>(out, w, wKind, swq, swqKind, N * K, WeightIndex{K, nb, sN, kb, sK});    \
   }
 
@@ -135,7 +134,6 @@ __device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const vo
       void* __restrict__ out, const void* __restrict__ w, int wKind,                           \
       const void* __restrict__ swq, int swqKind, const void* __restrict__ swd, int swdKind,    \
       WEIGHT_INDEX_PARAMS) {                                                                   \
-    gridDependencyEntry();                                                                     \
     fakequantWeight<Q, X>(out, w, wKind, swq, swqKind, swd, swdKind, N * K,                    \
                           WeightIndex{K, nb, sN, kb, sK});                                     \
   }
@@ -205,7 +203,6 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
       void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale,   \
       int scaleKind, i64 n, float* __restrict__ rowScales, const void* __restrict__ rowScale, \
       int rowScaleKind, int rows) {                                                          \
-    gridDependencyEntry();                                                                   \
     quantizeActivations<IN, OUT>(out, in, scale, scaleKind, n, rowScales, rowScale,          \
                                  rowScaleKind, rows);                                        \
   }
@@ -244,7 +241,6 @@ __device__ __forceinline__ int gemmWord(const signed char* __restrict__ p, i64 r
 extern "C" __global__ void __launch_bounds__(256) qlinear_gemm_i8(
     int* __restrict__ c, const signed char* __restrict__ a, const signed char* __restrict__ b,
     int M, int N, int K) {
-  gridDependencyEntry();
   __shared__ int as[GEMM_TILE][GEMM_KW + 1];
   __shared__ int bs[GEMM_TILE][GEMM_KW + 1];
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -363,7 +359,6 @@ __device__ __forceinline__ void epilogue(void* out, const void* acc, int M, int 
       void* out, const void* acc, int M, int N, const void* __restrict__ sxd, int sxdKind,      \
       const void* __restrict__ swd, int swdKind, int swdPerChannel,                            \
       const void* __restrict__ bias, int act) {                                                \
-    gridDependencyEntry();                                                                     \
     epilogue<ACC, OUT>(out, acc, M, N, sxd, sxdKind, swd, swdKind, swdPerChannel, bias, act); \
   }
 
@@ -540,7 +535,6 @@ __device__ __forceinline__ void wlinearGemv(void* __restrict__ out, const void* 
           const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,  \
           const void* __restrict__ bias, int act, int M, int N, int K, i64 sN, int kb,      \
           int sK, int KT, int splitK) {                                                     \
-    gridDependencyEntry();                                                                  \
     wlinearGemv<Q, X, MT>(out, x, wq, swd, swdKind, bias, act, M, N, K, sN, kb, sK, KT,     \
                           splitK);                                                          \
   }
@@ -804,7 +798,6 @@ __device__ __forceinline__ void wlinearGemvMma(void* __restrict__ out, const voi
           const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,  \
           const void* __restrict__ bias, int act, int M, int N, int K, i64 sN, int kb,      \
           int sK) {                                                                         \
-    gridDependencyEntry();                                                                  \
     wlinearGemvMma<Q, X, MT / 8, D>(out, x, wq, swd, swdKind, bias, act, M, N, K, sN, kb,   \
                                     sK);                                                    \
   }

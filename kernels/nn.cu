@@ -426,7 +426,6 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
 #define SOFTMAX_WARP(NAME, T, VPT, VEC)                                                       \
   extern "C" __global__ void __launch_bounds__(128)                                           \
       NAME(const T* __restrict__ x, T* __restrict__ y, i64 rows, int L, int log) {            \
-    gridDependencyEntry();                                                                    \
     softmax_warp<T, VPT, VEC>(x, y, rows, L, log != 0);                                       \
   }
 
@@ -434,7 +433,6 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
   extern "C" __global__ void __launch_bounds__(128)                                           \
       NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
            T* __restrict__ y, i64 rows, int D, float eps) {                                   \
-    gridDependencyEntry();                                                                    \
     layer_norm_warp<T, VPT, VEC>(x, w, b, NormValues<T>{y}, rows, D, eps);                    \
   }
 
@@ -452,7 +450,6 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
   extern "C" __global__ void __launch_bounds__(128)                                           \
       NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
            void* __restrict__ codes, i64 rows, int D, float eps, CODES_PARAMS) {              \
-    gridDependencyEntry();                                                                    \
     CODES_OUT(T, Q)                                                                           \
     layer_norm_warp<T, VPT, VEC>(x, w, b, out, rows, D, eps);                                 \
   }
@@ -482,17 +479,14 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
 #define SOFTMAX_OTHER(NAME, T, VEC)                                                           \
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_s(                           \
       const T* __restrict__ x, T* __restrict__ y, i64 rows, i64 L, int log, int cached) {     \
-    gridDependencyEntry();                                                                    \
     softmax_block<T, 1>(x, y, rows, L, log != 0, cached != 0);                                \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_v(                           \
       const T* __restrict__ x, T* __restrict__ y, i64 rows, i64 L, int log, int cached) {     \
-    gridDependencyEntry();                                                                    \
     softmax_block<T, VEC>(x, y, rows, L, log != 0, cached != 0);                              \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(256) NAME##_cols(                              \
       const T* __restrict__ x, T* __restrict__ y, i64 outer, i64 L, i64 inner, int log) {     \
-    gridDependencyEntry();                                                                    \
     softmax_cols<T>(x, y, outer, L, inner, log != 0);                                         \
   }
 
@@ -500,13 +494,11 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_s(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       T* __restrict__ y, i64 rows, i64 D, float eps, int cached) {                            \
-    gridDependencyEntry();                                                                    \
     layer_norm_block<T, 1>(x, w, b, NormValues<T>{y}, rows, D, eps, cached != 0);             \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_v(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       T* __restrict__ y, i64 rows, i64 D, float eps, int cached) {                            \
-    gridDependencyEntry();                                                                    \
     layer_norm_block<T, VEC>(x, w, b, NormValues<T>{y}, rows, D, eps, cached != 0);           \
   }
 
@@ -514,14 +506,12 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_s(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       void* __restrict__ codes, i64 rows, i64 D, float eps, int cached, CODES_PARAMS) {       \
-    gridDependencyEntry();                                                                    \
     CODES_OUT(T, Q)                                                                           \
     layer_norm_block<T, 1>(x, w, b, out, rows, D, eps, cached != 0);                          \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(512) NAME##_block_v(                           \
       const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,              \
       void* __restrict__ codes, i64 rows, i64 D, float eps, int cached, CODES_PARAMS) {       \
-    gridDependencyEntry();                                                                    \
     CODES_OUT(T, Q)                                                                           \
     layer_norm_block<T, VEC>(x, w, b, out, rows, D, eps, cached != 0);                        \
   }

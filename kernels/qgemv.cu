@@ -425,7 +425,6 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
       int K, int logL, const void* __restrict__ lnWeight, const void* __restrict__ lnBias,     \
       float eps, const void* __restrict__ residual) {                                          \
-    gridDependencyEntry();                                                                     \
     qgemv<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, \
                    bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps, residual);        \
   }
@@ -640,19 +639,16 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
 
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_i8(QGEMV_MMA_ARGS) {
-  gridDependencyEntry();
   QGEMV_MMA_CALL(MmaI8, false);
 }
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_i8_norm(QGEMV_MMA_ARGS) {
-  gridDependencyEntry();
   QGEMV_MMA_CALL(MmaI8, true);
 }
 // The e4m3 MMA exists from sm_89 on: the compute_80 PTX holds stubs that trap (the lowering
 // only picks these kernels where the sm_90a PTX is loaded).
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_e4m3(QGEMV_MMA_ARGS) {
-gridDependencyEntry();
 #if __CUDA_ARCH__ >= 890
   QGEMV_MMA_CALL(MmaE4M3, false);
 #else
@@ -661,7 +657,6 @@ gridDependencyEntry();
 }
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_e4m3_norm(QGEMV_MMA_ARGS) {
-gridDependencyEntry();
 #if __CUDA_ARCH__ >= 890
   QGEMV_MMA_CALL(MmaE4M3, true);
 #else

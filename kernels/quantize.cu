@@ -681,14 +681,12 @@ __device__ __forceinline__ void quantizeTensorAsync(void* __restrict__ out,
 
 #define QUANT_KERNEL(NAME, Q, MODE, IN, OUT, MIN_BLOCKS)                                \
   extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) NAME QUANT_PARAMS {     \
-    gridDependencyEntry();                                                              \
     run<Q, MODE, IN, OUT>(out, in, scale, scaleKind, n, inner, extent, block);          \
   }
 
 #define Q_TENSOR(IN_NAME, IN, OUT_NAME, OUT)                                       \
   extern "C" __global__ void __launch_bounds__(256, 4)                               \
       quantize_tensor_##IN_NAME##_##OUT_NAME QUANT_PARAMS {                          \
-    gridDependencyEntry();                                                           \
     quantizeTensorAsync<IN, OUT>(out, in, scale, scaleKind, n);                      \
   }
 // Other per-tensor quantize kernels of the benchmarked conversions, for side-by-side timing
@@ -698,7 +696,6 @@ __device__ __forceinline__ void quantizeTensorAsync(void* __restrict__ out,
   QUANT_KERNEL(quantize_tensor_##IN_NAME##_##OUT_NAME##_v0, true, TensorMode, IN, OUT, 5) \
   extern "C" __global__ void __launch_bounds__(256, 4)                                  \
       quantize_tensor_##IN_NAME##_##OUT_NAME##_v1 QUANT_PARAMS {                        \
-    gridDependencyEntry();                                                              \
     quantizeTensorPipelined<IN, OUT>(out, in, scale, scaleKind, n);                     \
   }
 #define Q_CHANNEL(IN_NAME, IN, OUT_NAME, OUT) \

@@ -429,7 +429,6 @@ __device__ __forceinline__ void reduce_finish_impl(const typename Op::State* __r
       const T* __restrict__ x, void* __restrict__ dst, i64 M, i64 rowLen, i64 Q, i64 chunk,   \
       int splits, int warpMode, double param, int nk, DIM_PARAMS(ks), DIM_PARAMS(kt), int nq, \
       DIM_PARAMS(qs), DIM_PARAMS(qt)) {                                                       \
-    gridDependencyEntry();                                                                    \
     DIMS_TO_SHARED(nk, ks, kt, nq, qs, qt)                                                    \
     reduce_rows_impl<T, OP>(x, dst, M, rowLen, Q, chunk, splits, warpMode, param, nk, kt0,     \
                             dims, dims + MAX_DIMS, nq, qt0, dims + 2 * MAX_DIMS,              \
@@ -439,7 +438,6 @@ __device__ __forceinline__ void reduce_finish_impl(const typename Op::State* __r
       const T* __restrict__ x, void* __restrict__ dst, i64 M, i64 R, i64 chunk, int splits,   \
       double param, int nk, DIM_PARAMS(ks), DIM_PARAMS(kt), int nr, DIM_PARAMS(rs),           \
       DIM_PARAMS(rt)) {                                                                       \
-    gridDependencyEntry();                                                                    \
     DIMS_TO_SHARED(nk, ks, kt, nr, rs, rt)                                                    \
     reduce_cols_impl<T, OP>(x, dst, M, R, chunk, splits, param, nk, kt0, dims,                \
                             dims + MAX_DIMS, nr, rt0, dims + 2 * MAX_DIMS,                    \
@@ -448,7 +446,6 @@ __device__ __forceinline__ void reduce_finish_impl(const typename Op::State* __r
   extern "C" __global__ void __launch_bounds__(256) reduce_finish_##NAME(                     \
       const OP::State* __restrict__ states, OP::Out* __restrict__ out, i64 M, int splits,     \
       double param) {                                                                         \
-    gridDependencyEntry();                                                                    \
     reduce_finish_impl<OP>(states, out, M, splits, param);                                    \
   }
 

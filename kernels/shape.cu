@@ -12,8 +12,6 @@
 
 #include <cstdint>
 
-#include "common.cuh"
-
 // ---------------------------------------------------------------------------------------------
 // Units
 
@@ -147,7 +145,6 @@ __device__ __forceinline__ void stridedCopy(void* out, const void* in, U n, cons
 #define STRIDED_COPY(W, R)                                                                   \
   extern "C" __global__ void strided_copy_b##W##_r##R##_n32(void* out, const void* in,       \
                                                             long long n, GEOM_PARAMS) {      \
-    gridDependencyEntry();                                                                   \
     GEOM_INIT;                                                                               \
     stridedCopy<W, R, unsigned, int>(out, in, (unsigned)n, g);                               \
   }
@@ -185,7 +182,6 @@ __device__ __forceinline__ void stridedCopyDyn(void* out, const void* in, long l
 #define STRIDED_COPY_DYN(W)                                                                   \
   extern "C" __global__ void strided_copy_b##W##_dyn(void* out, const void* in, long long n, \
                                                      const long long* geom, int rank) {      \
-    gridDependencyEntry();                                                                   \
     stridedCopyDyn<W>(out, in, n, geom, rank);                                               \
   }
 
@@ -214,7 +210,6 @@ __device__ __forceinline__ void stridedNibbles(uint8_t* out, const uint8_t* in, 
   extern "C" __global__ void strided_copy_i4_r##R##_n32(uint8_t* out, const uint8_t* in,    \
                                                         long long base, long long n,        \
                                                         GEOM_PARAMS) {                      \
-    gridDependencyEntry();                                                                  \
     GEOM_INIT;                                                                              \
     stridedNibbles<R>(out, in, (int)base, (unsigned)n, g);                                  \
   }
@@ -230,7 +225,6 @@ STRIDED_NIBBLES(8)
 
 extern "C" __global__ void strided_copy_i4_dyn(uint8_t* out, const uint8_t* in, long long base,
                                                long long n, const long long* geom, int rank) {
-  gridDependencyEntry();
   const unsigned long long bytes = ((unsigned long long)n + 1) / 2;
   const unsigned long long step = gridStride<unsigned long long>();
   for (unsigned long long b = firstThread<unsigned long long>(); b < bytes; b += step) {
@@ -272,7 +266,6 @@ __device__ __forceinline__ void contiguousCopy(uint8_t* dst, const uint8_t* src,
 #define CONTIGUOUS_COPY(V)                                                                 \
   extern "C" __global__ void contiguous_copy_v##V(uint8_t* dst, const uint8_t* src,       \
                                                   long long bytes) {                      \
-    gridDependencyEntry();                                                                \
     contiguousCopy<V>(dst, src, (unsigned long long)bytes);                               \
   }
 
@@ -320,7 +313,6 @@ __device__ __forceinline__ void transposeTiles(T* out, const T* in, long long ba
   extern "C" __global__ void transpose_b##W(void* out, const void* in, long long batches,     \
                                             long long P, long long Q, long long batchStride, \
                                             long long qStride) {                             \
-    gridDependencyEntry();                                                                   \
     typedef Unit<W>::T T;                                                                    \
     transposeTiles<T>((T*)out, (const T*)in, batches, P, Q, batchStride, qStride);           \
   }
@@ -350,13 +342,11 @@ __device__ __forceinline__ void copy2d(void* dst, U dstStride, const void* src, 
   extern "C" __global__ void copy2d_b##W##_n32(void* dst, long long dstStride,              \
                                                const void* src, long long rows,             \
                                                long long cols) {                            \
-    gridDependencyEntry();                                                                  \
     copy2d<W, unsigned>(dst, (unsigned)dstStride, src, (unsigned)rows, (unsigned)cols);     \
   }                                                                                         \
   extern "C" __global__ void copy2d_b##W##_n64(void* dst, long long dstStride,              \
                                                const void* src, long long rows,             \
                                                long long cols) {                            \
-    gridDependencyEntry();                                                                  \
     copy2d<W, unsigned long long>(dst, (unsigned long long)dstStride, src,                  \
                                   (unsigned long long)rows, (unsigned long long)cols);      \
   }
@@ -375,7 +365,6 @@ COPY_2D(16)
 extern "C" __global__ void concat_part_i4(uint8_t* out, const uint8_t* src, long long rows,
                                           long long chunk, long long total, long long colStart,
                                           long long count) {
-  gridDependencyEntry();
   const long long perRow = chunk / 2 + 1;  // bytes one row's run can touch, at most
   const long long n = rows * perRow;
   const long long step = gridStride<long long>();
@@ -488,7 +477,6 @@ __device__ __forceinline__ void gatherUnits(void* out, const void* x, const Idx*
                                                          const Idx* idx, long long outer,       \
                                                          long long n, long long m,              \
                                                          long long inner, GatherFlag* flag) {   \
-    gridDependencyEntry();                                                                      \
     gatherUnits<W, Idx, unsigned>(out, x, idx, (unsigned)outer, (unsigned)n, (unsigned)m,       \
                                   (unsigned)inner, flag);                                       \
   }                                                                                             \
@@ -496,7 +484,6 @@ __device__ __forceinline__ void gatherUnits(void* out, const void* x, const Idx*
                                                          const Idx* idx, long long outer,       \
                                                          long long n, long long m,              \
                                                          long long inner, GatherFlag* flag) {   \
-    gridDependencyEntry();                                                                      \
     gatherUnits<W, Idx, unsigned long long>(out, x, idx, (unsigned long long)outer,             \
                                             (unsigned long long)n, (unsigned long long)m,       \
                                             (unsigned long long)inner, flag);                   \
@@ -545,13 +532,11 @@ __device__ __forceinline__ void gatherNibbles(uint8_t* out, const uint8_t* x, co
 extern "C" __global__ void gather_i4_idx32(uint8_t* out, const uint8_t* x, const int* idx,
                                            long long outer, long long n, long long m,
                                            long long inner, GatherFlag* flag) {
-  gridDependencyEntry();
   gatherNibbles<int>(out, x, idx, outer, n, m, inner, flag);
 }
 extern "C" __global__ void gather_i4_idx64(uint8_t* out, const uint8_t* x, const long long* idx,
                                            long long outer, long long n, long long m,
                                            long long inner, GatherFlag* flag) {
-  gridDependencyEntry();
   gatherNibbles<long long>(out, x, idx, outer, n, m, inner, flag);
 }
 
@@ -569,12 +554,10 @@ __device__ __forceinline__ void checkIndices(const Idx* idx, long long m, long l
 
 extern "C" __global__ void check_indices_idx32(const int* idx, long long m, long long n,
                                                GatherFlag* flag) {
-  gridDependencyEntry();
   checkIndices<int>(idx, m, n, flag);
 }
 extern "C" __global__ void check_indices_idx64(const long long* idx, long long m, long long n,
                                                GatherFlag* flag) {
-  gridDependencyEntry();
   checkIndices<long long>(idx, m, n, flag);
 }
 
@@ -607,13 +590,11 @@ __device__ __forceinline__ void triangle(void* out, const void* in, U n, U rows,
   extern "C" __global__ void triangle_b##W##_n32(void* out, const void* in, long long n,    \
                                                  long long rows, long long cols,            \
                                                  long long k, int upper) {                  \
-    gridDependencyEntry();                                                                  \
     triangle<W, unsigned>(out, in, (unsigned)n, (unsigned)rows, (unsigned)cols, k, upper);  \
   }                                                                                         \
   extern "C" __global__ void triangle_b##W##_n64(void* out, const void* in, long long n,    \
                                                  long long rows, long long cols,            \
                                                  long long k, int upper) {                  \
-    gridDependencyEntry();                                                                  \
     triangle<W, unsigned long long>(out, in, (unsigned long long)n,                         \
                                     (unsigned long long)rows, (unsigned long long)cols, k,  \
                                     upper);                                                 \
@@ -626,7 +607,6 @@ TRIANGLE(8)
 
 extern "C" __global__ void triangle_i4(uint8_t* out, const uint8_t* in, long long n,
                                        long long rows, long long cols, long long k, int upper) {
-  gridDependencyEntry();
   const long long bytes = (n + 1) / 2;
   const long long step = gridStride<long long>();
   for (long long b = firstThread<long long>(); b < bytes; b += step) {
@@ -658,12 +638,10 @@ __device__ __forceinline__ void causalMask(uint8_t* out, U n, U keys, long long 
 
 extern "C" __global__ void causal_mask_n32(uint8_t* out, long long n, long long keys,
                                            long long offset) {
-  gridDependencyEntry();
   causalMask<unsigned>(out, (unsigned)n, (unsigned)keys, offset);
 }
 extern "C" __global__ void causal_mask_n64(uint8_t* out, long long n, long long keys,
                                            long long offset) {
-  gridDependencyEntry();
   causalMask<unsigned long long>(out, (unsigned long long)n, (unsigned long long)keys, offset);
 }
 
@@ -723,14 +701,12 @@ __device__ __forceinline__ void sliceScatterUnits(void* out, const void* x, cons
   extern "C" __global__ void slice_scatter_b##W##_n32(                                          \
       void* out, const void* x, const void* src, const void* startPtr, int startKind,           \
       long long startValue, long long total, long long n, long long m, long long inner) {       \
-    gridDependencyEntry();                                                                      \
     sliceScatterUnits<W, unsigned>(out, x, src, startPtr, startKind, startValue,                \
                                    (unsigned)total, (unsigned)n, (unsigned)m, (unsigned)inner); \
   }                                                                                             \
   extern "C" __global__ void slice_scatter_b##W##_n64(                                          \
       void* out, const void* x, const void* src, const void* startPtr, int startKind,           \
       long long startValue, long long total, long long n, long long m, long long inner) {       \
-    gridDependencyEntry();                                                                      \
     sliceScatterUnits<W, unsigned long long>(                                                   \
         out, x, src, startPtr, startKind, startValue, (unsigned long long)total,                \
         (unsigned long long)n, (unsigned long long)m, (unsigned long long)inner);               \
@@ -767,7 +743,6 @@ __device__ __forceinline__ void sliceWriteUnits(void* out, const void* src, cons
                                                     const void* startPtr, int startKind,       \
                                                     long long startValue, long long total,     \
                                                     long long n, long long m, long long inner) { \
-    gridDependencyEntry();                                                                       \
     sliceWriteUnits<W, unsigned>(out, src, startPtr, startKind, startValue, (unsigned)total,   \
                                  (unsigned)n, (unsigned)m, (unsigned)inner);                   \
   }                                                                                            \
@@ -775,7 +750,6 @@ __device__ __forceinline__ void sliceWriteUnits(void* out, const void* src, cons
                                                     const void* startPtr, int startKind,       \
                                                     long long startValue, long long total,     \
                                                     long long n, long long m, long long inner) { \
-    gridDependencyEntry();                                                                       \
     sliceWriteUnits<W, unsigned long long>(                                                    \
         out, src, startPtr, startKind, startValue, (unsigned long long)total,                  \
         (unsigned long long)n, (unsigned long long)m, (unsigned long long)inner);              \
@@ -793,7 +767,6 @@ extern "C" __global__ void slice_scatter_i4(uint8_t* out, const uint8_t* x, cons
                                             const void* startPtr, int startKind,
                                             long long startValue, long long total, long long n,
                                             long long m, long long inner) {
-  gridDependencyEntry();
   const long long start = scatterStart(startPtr, startKind, startValue, n - m);
   const long long bytes = (total + 1) / 2;
   const long long step = gridStride<long long>();

@@ -656,19 +656,16 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
 #define WGEMV_MMA_KERNEL(Q_NAME, Q, X_NAME, X)                                                 \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_mma_##Q_NAME##_##X_NAME(WGEMV_PARAMS) {                                           \
-    gridDependencyEntry();                                                                    \
     wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH, false>(WGEMV_PLAIN_ARGS);              \
   }                                                                                           \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_mma_##Q_NAME##_##X_NAME##_norm(WGEMV_NORM_PARAMS) {                               \
-    gridDependencyEntry();                                                                    \
     wgemv<Q, X, true, WGEMV_MMA_ROWS, WGEMV_MMA_DEPTH, true>(WGEMV_NORM_ARGS);                \
   }
 
 #define WGEMV_FMA_KERNEL(Q_NAME, Q, X_NAME, X, MT)                                             \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_fma_##Q_NAME##_##X_NAME##_m##MT(WGEMV_PARAMS) {                                   \
-    gridDependencyEntry();                                                                    \
     wgemv<Q, X, false, MT, WGEMV_FMA_DEPTH(MT), false>(WGEMV_PLAIN_ARGS);                     \
   }
 
@@ -677,7 +674,6 @@ __device__ __forceinline__ void wgemv(void* __restrict__ out, const void* __rest
 #define WGEMV_FMA_NORM_KERNEL(Q_NAME, Q, MT)                                                   \
   extern "C" __global__ void __launch_bounds__(WGEMV_MAX_WARPS * 32, 1)                       \
       wgemv_fma_##Q_NAME##_f32_m##MT##_norm(WGEMV_NORM_PARAMS) {                              \
-    gridDependencyEntry();                                                                    \
     wgemv<Q, XF32, false, MT, WGEMV_FMA_DEPTH(MT), true>(WGEMV_NORM_ARGS);                    \
   }
 

@@ -641,7 +641,6 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       const void* sxd, int sxdKind, const void* swd, int swdKind, int swdPerChannel,             \
       const void* bias, int biasKind, int act, int M, int N, int K, int tilesM, int tilesN,      \
       int groupM, const void* residual) {                                                        \
-    gridDependencyEntry();                                                                       \
     wgi8::gemm<BM, BN, STAGES, PP, wgi8::OUT, GELU>(&tmX, &tmW, y, sxd, sxdKind, swd, swdKind,    \
                                                     swdPerChannel, bias, biasKind, act, M, N, K, \
                                                     tilesM, tilesN, groupM, residual);           \

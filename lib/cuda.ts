@@ -1,13 +1,12 @@
 /**
- * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, a device-wide
- * synchronize, and the programmatic-dependent-launch switch.
+ * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, and a
+ * device-wide synchronize.
  * @module
  */
 import { CudaDevice } from "./backends/cuda/device.ts";
 import { cudaUnavailableReason } from "./backends/cuda/backend.ts";
 import { type CudaMemoryStats, memoryStats as stats } from "./backends/cuda/memory.ts";
 import { deviceCount as count } from "../ffi/cudart.ts";
-export { programmaticLaunch, setProgrammaticLaunch } from "./backends/cuda/kernels.ts";
 
 export type { CudaMemoryStats };
 

@@ -98,43 +98,6 @@ function moduleId(module: PtxModule): number {
   return id;
 }
 const functions = new Map<string, Deno.PointerValue>();
-/** Entries per loaded module (by module key) whose PTX waits on prior grids. */
-const waitingEntries = new Map<string, Set<string>>();
-/** Kernel functions launched with programmatic stream serialization. */
-const programmaticFunctions = new WeakSet<object>();
-let programmaticLaunchEnabled = true;
-
-/**
- * Turns programmatic dependent launch on or off for launches enqueued from now on (plans
- * captured earlier keep how they were captured). On by default; it applies on compute
- * capability 9.0 and newer, to kernels that wait for the previous kernel themselves.
- */
-export function setProgrammaticLaunch(enabled: boolean): void {
-  programmaticLaunchEnabled = enabled;
-}
-
-/** Whether programmatic dependent launch is on (see {@link setProgrammaticLaunch}). */
-export function programmaticLaunch(): boolean {
-  return programmaticLaunchEnabled;
-}
-
-/**
- * The `.entry` names of a PTX module whose bodies contain `griddepcontrol.wait`: those kernels
- * wait for the previous kernel on the stream themselves (kernels/common.cuh,
- * gridDependencyEntry), so they may be launched before it has finished.
- */
-export function entriesWaitingOnPriorGrids(ptx: string): Set<string> {
-  const names = new Set<string>();
-  const entry = /\.entry\s+([A-Za-z_$][\w$]*)/g;
-  const starts: [name: string, at: number][] = [];
-  for (let m = entry.exec(ptx); m !== null; m = entry.exec(ptx)) starts.push([m[1], m.index]);
-  for (let i = 0; i < starts.length; i++) {
-    const end = i + 1 < starts.length ? starts[i + 1][1] : ptx.length;
-    const at = ptx.indexOf("griddepcontrol.wait", starts[i][1]);
-    if (at >= 0 && at < end) names.add(starts[i][0]);
-  }
-  return names;
-}
 
 /**
  * Returns kernel `name` from a PTX module, loading the module into the device's context on
@@ -160,14 +123,11 @@ export function kernelFunction(
       );
     }
     device.makeCurrent();
-    const ptx = sm90a ? module.ptxSm90a : module.ptxCompute80;
-    mod = cuModuleLoadPtx(ptx);
+    mod = cuModuleLoadPtx(sm90a ? module.ptxSm90a : module.ptxCompute80);
     modules.set(moduleKey, mod);
-    waitingEntries.set(moduleKey, major >= 9 ? entriesWaitingOnPriorGrids(ptx) : new Set());
   }
   const fn = cuGetFunction(mod, name);
   functions.set(fnKey, fn);
-  if (fn !== null && waitingEntries.get(moduleKey)?.has(name)) programmaticFunctions.add(fn);
   return fn;
 }
 
@@ -189,8 +149,7 @@ export function launch(
   params: KernelParams,
   sharedBytes = 0,
 ): void {
-  const programmatic = programmaticLaunchEnabled && fn !== null && programmaticFunctions.has(fn);
-  cuLaunch(fn, grid, block, sharedBytes, device.stream, params, programmatic);
+  cuLaunch(fn, grid, block, sharedBytes, device.stream, params);
 }
 
 export { type Dim3, KernelParams };
