@@ -127,9 +127,10 @@ __device__ __forceinline__ void prefetchL1(const void* p, i64 bytes) {
 // (kernels/wgemv.cu's stageNormalized does the same with its own loops, copying x into shared
 // memory on the first pass: written with this helper, its kernels measured about 0.5 µs slower
 // a launch on the H200.) read(pass, m, u, v) gives the VEC values of vector u of row m (pass 0:
-// the sums, 1: the deviations). red holds M · lnThreads / 32 floats. Every thread of the block calls it; it ends
-// with mean[m] and inv[m] visible to all.
-template <int VEC, class Read>
+// the sums, 1: the deviations); BATCH vectors are read before any is summed (fewer where
+// registers are short: the order of the sums does not change). red holds M · lnThreads / 32
+// floats. Every thread of the block calls it; it ends with mean[m] and inv[m] visible to all.
+template <int VEC, int BATCH = 4, class Read>
 __device__ __forceinline__ void layerNormStats(int M, int K, int lnThreads, float eps,
                                                float* red, float* mean, float* inv, Read read) {
   const int vecs = K / VEC;
@@ -143,17 +144,17 @@ __device__ __forceinline__ void layerNormStats(int M, int K, int lnThreads, floa
       const int m = vw / perRow, first = (vw - m * perRow) * 32 + lane;
       const float mu = pass == 0 ? 0.0f : mean[m];
       float s = 0.0f;
-      // Four vectors read before any is summed (one memory round trip, not four); summed in
+      // BATCH vectors read before any is summed (one memory round trip, not BATCH); summed in
       // order.
 #pragma unroll 1
-      for (int u0 = first; u0 < vecs; u0 += 4 * lnThreads) {
-        float v[4][VEC];
+      for (int u0 = first; u0 < vecs; u0 += BATCH * lnThreads) {
+        float v[BATCH][VEC];
 #pragma unroll
-        for (int b = 0; b < 4; b++) {
+        for (int b = 0; b < BATCH; b++) {
           if (u0 + b * lnThreads < vecs) read(pass, m, u0 + b * lnThreads, v[b]);
         }
 #pragma unroll
-        for (int b = 0; b < 4; b++) {
+        for (int b = 0; b < BATCH; b++) {
           if (u0 + b * lnThreads >= vecs) break;
 #pragma unroll
           for (int j = 0; j < VEC; j++) {

@@ -19,12 +19,13 @@
 // qlinear whose input is a layer norm's output (folded in by lib/graph/passes/qdq_fusion.ts):
 // x is then the layer norm's input, and each block normalizes it (row mean and population
 // variance in float32, two passes, (x − mean) / sqrt(var + eps) · lnWeight + lnBias rounded to
-// x's dtype, as the layer-norm kernel computes it) before quantizing; lnWeight / lnBias (x's
-// dtype) may be null, and eps is the layer norm's. The float activation never goes to memory,
-// and the layer norm's launch is gone. x's dtype (xKind) and the output's
-// (outKind: y and the bias) are runtime arguments, numbered as loadScale numbers float kinds
-// (0 float32, 1 float16, 2 bfloat16); so are the scales' kinds and the activation (0 none,
-// 1 relu, 2 gelu erf, 3 gelu tanh).
+// x's dtype) before quantizing, with the operations of the layer-norm kernel the unfolded graph
+// would run, in its order (`lnThreads`: the threads that kernel gives a row), so the codes are
+// the unfolded graph's; lnWeight / lnBias (x's dtype) may be null, and eps is the layer norm's.
+// The float activation never goes to memory, and the layer norm's launch is gone. x's dtype
+// (xKind) and the output's (outKind: y and the bias) are runtime arguments, numbered as
+// loadScale numbers float kinds (0 float32, 1 float16, 2 bfloat16); so are the scales' kinds
+// and the activation (0 none, 1 relu, 2 gelu erf, 3 gelu tanh).
 //
 // `residual` (every kernel's last argument; null: none): a residual add folded into the qlinear
 // (lib/graph/passes/residual_fusion.ts), [M, N] of the output's dtype: y = round(round(t) +
@@ -85,6 +86,7 @@
 // quarter warp read 128 consecutive bytes) and multiplies them with __dp4a.
 struct QI8 {
   typedef int Acc;
+  static constexpr int kStep = 8;  // elements quantizeX codes per step (store8)
   __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
                                 int K) {
     XI8::store8(xs, c, q);
@@ -135,6 +137,7 @@ __device__ __forceinline__ float2 e4m3x2Values(unsigned w) {
 // consecutive). Products of two e4m3 values are exact in float32.
 struct QE4M3 {
   typedef float Acc;
+  static constexpr int kStep = 8;
   __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
                                 int K) {
     const int m = c / rowSteps, step = c - m * rowSteps;  // elements 8·step.. of row m
@@ -192,97 +195,150 @@ struct Norm {
   const void* bias;
 };
 
-// Codes of x (element type X) into shared memory in Q's layout, eight elements per step: x / s
-// with IEEE division, then Q's rounding. With a norm, x is first normalized as the layer-norm
-// kernel does ((x − mean) · inv · weight + bias in float32) and rounded to X, the layer norm's
-// output dtype. pitch is passed on to Q::store8 (the ring kernels' layouts take K, the mma
-// kernels' their padded row pitch).
+// Codes of x (element type X) into shared memory in Q's layout, Q::kStep (8 or 4) elements per
+// step (Q::store8 or Q::store4): x / s with IEEE division, then Q's rounding. With a norm, x is
+// first normalized with the layer-norm kernel's operations (layerNormAffine: (x − mean) · inv ·
+// weight + bias in float32) and rounded to X, the layer norm's output dtype. pitch is passed on
+// to Q's store (the ring kernels' layouts take K, the mma kernels' their padded row pitch).
 template <class X, class Q, bool kNorm>
 __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restrict__ x,
                                           float s, int steps, int rowSteps, int pitch,
                                           const Norm& norm) {
+  constexpr int W = Q::kStep;
 #pragma unroll 1
   for (int c = threadIdx.x; c < steps; c += blockDim.x) {
-    float v[8];
-    X::load8(x, c, v);
+    float v[W];
+    if constexpr (W == 8) {
+      X::load8(x, c, v);
+    } else {
+      const float4 q = X::load4(x, (i64)c * 4);
+      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    }
     if constexpr (kNorm) {
       const int m = c / rowSteps;
-      const i64 k0 = (i64)(c - m * rowSteps) * 8;  // feature of v[0]
+      const i64 k0 = (i64)(c - m * rowSteps) * W;  // feature of v[0]
       const float mean = norm.mean[m], inv = norm.inv[m];
       // Weight and bias one value at a time (L1 hits after the first block's): few registers
-      // while the weight ring holds its 32.
+      // while the weight ring holds its 32. One FMA whatever the affine form: a missing weight
+      // is 1 and a missing bias −0, which leave t · w, t + b and t exactly as the layer-norm
+      // kernel rounds them (layerNormAffine), signed zeros included.
 #pragma unroll
-      for (int e = 0; e < 8; e++) {
-        float r = (v[e] - mean) * inv;
-        if (norm.weight) r *= X::load(norm.weight, k0 + e);
-        if (norm.bias) r += X::load(norm.bias, k0 + e);
-        v[e] = r;
+      for (int e = 0; e < W; e++) {
+        const float t = __fmul_rn(__fsub_rn(v[e], mean), inv);
+        const float w = norm.weight ? X::load(norm.weight, k0 + e) : 1.0f;
+        const float b = norm.bias ? X::load(norm.bias, k0 + e) : -0.0f;
+        v[e] = __fmaf_rn(t, w, b);
       }
-      float lo[4] = {v[0], v[1], v[2], v[3]}, hi[4] = {v[4], v[5], v[6], v[7]};
-      X::round4(lo);
-      X::round4(hi);
 #pragma unroll
-      for (int e = 0; e < 4; e++) v[e] = lo[e], v[4 + e] = hi[e];
+      for (int h = 0; h < W; h += 4) {
+        float quad[4] = {v[h], v[h + 1], v[h + 2], v[h + 3]};
+        X::round4(quad);
+#pragma unroll
+        for (int e = 0; e < 4; e++) v[h + e] = quad[e];
+      }
     }
 #pragma unroll
-    for (int e = 0; e < 8; e++) v[e] = __fdiv_rn(v[e], s);
-    Q::store8(xs, c, v, rowSteps, pitch);
+    for (int e = 0; e < W; e++) v[e] = __fdiv_rn(v[e], s);
+    if constexpr (W == 8) {
+      Q::store8(xs, c, v, rowSteps, pitch);
+    } else {
+      Q::store4(xs, c, v, rowSteps, pitch);
+    }
   }
 }
 
-// The block's sum of v (every thread calls it; red holds 32 floats of shared memory).
-__device__ __forceinline__ float blockSum(float v, float* red) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  v = warpSum(v);
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = lane < (blockDim.x >> 5) ? red[lane] : 0.0f;
-  return warpSum(t);
-}
+// Values of x's 16-byte vectors: the layer-norm kernels' vector width.
+__device__ constexpr int vectorValues(const F32Base*) { return 4; }
+template <bool Bf16>
+__device__ constexpr int vectorValues(const Half16Base<Bf16>*) { return 8; }
 
-// Per row of x (element type X): the mean and 1 / sqrt(var + eps) of the layer norm kernel
-// (two passes, population variance, float32 sums) into mean[m], inv[m].
-template <class X>
-__device__ __forceinline__ void rowStats(const void* __restrict__ x, int M, int rowSteps, int K,
-                                         float eps, float* mean, float* inv, float* red) {
-  for (int m = 0; m < M; m++) {
-    float sum = 0.0f;
-    for (int c = threadIdx.x; c < rowSteps; c += blockDim.x) {
-      float v[8];
-      X::load8(x, (i64)m * rowSteps + c, v);
-#pragma unroll
-      for (int e = 0; e < 8; e++) sum += v[e];
-    }
-    const float mu = blockSum(sum, red) / (float)K;
-    float sq = 0.0f;
-    for (int c = threadIdx.x; c < rowSteps; c += blockDim.x) {
-      float v[8];
-      X::load8(x, (i64)m * rowSteps + c, v);
-#pragma unroll
-      for (int e = 0; e < 8; e++) {
-        const float d = v[e] - mu;
-        sq += d * d;
-      }
-    }
-    const float r = 1.0f / sqrtf(blockSum(sq, red) / (float)K + eps);
-    if (threadIdx.x == 0) mean[m] = mu, inv[m] = r;
-  }
-  __syncthreads();
+// Shared memory of a folded norm's statistics (one instance a kernel, whatever x's dtype): each
+// warp's own copy when every warp computes them, or the block's.
+union NormScratch {
+  struct {
+    float mean[QGEMV_MAX_THREADS / 32][QGEMV_MAX_ROWS];
+    float inv[QGEMV_MAX_THREADS / 32][QGEMV_MAX_ROWS];
+  } warps;
+  struct {
+    float mean[QGEMV_MAX_ROWS], inv[QGEMV_MAX_ROWS];
+    float red[QGEMV_MAX_ROWS * 16];  // warp sums: M rows × lnThreads / 32 (lnThreads ≤ 512)
+  } block;
+};
+
+__device__ __forceinline__ NormScratch& normScratch() {
+  __shared__ NormScratch scratch;
+  return scratch;
 }
 
 // All M rows of x (K features each) quantized into xs (see quantizeX; pitch: Q's layout
-// argument), normalized first when kNorm.
+// argument), normalized first when kNorm: each row's mean and 1 / sqrt(var + eps) summed as the
+// layer-norm kernel that gives a row lnThreads threads sums them (layerNormStats, gemv.cuh), over
+// its 16-byte vectors, so the codes equal those of the unfolded layer norm and quantize.
 template <class X, class Q, bool kNorm>
 __device__ __forceinline__ void quantizeRows(unsigned char* xs, const void* __restrict__ x,
                                              float s, int M, int K, int pitch,
                                              const void* lnWeight, const void* lnBias,
-                                             float eps) {
-  const int steps = (M * K) >> 3, rowSteps = K >> 3;
+                                             float eps, int lnThreads) {
+  const int steps = M * K / Q::kStep, rowSteps = K / Q::kStep;
   if constexpr (kNorm) {
-    __shared__ float mean[QGEMV_MAX_ROWS], inv[QGEMV_MAX_ROWS], red[32];
-    rowStats<X>(x, M, rowSteps, K, eps, mean, inv, red);
-    quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, pitch, Norm{mean, inv, lnWeight, lnBias});
+    constexpr int VEC = vectorValues(static_cast<const X*>(nullptr));
+    // Vector u of row m as floats.
+    auto read = [&](int m, int u, float (&v)[VEC]) {
+      const i64 at = (i64)m * K + (i64)u * VEC;
+      if constexpr (VEC == 4) {
+        const float4 q = X::load4(x, at);
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+      } else {
+        X::load8(x, at >> 3, v);
+      }
+    };
+    if (lnThreads == 32) {
+      // A warp per row in the layer-norm kernel: every warp computes each row's statistics
+      // itself, with layerNormStats' operations for one warp a row (x's lines are in L1), and
+      // keeps them in its own slots. No block barrier.
+      auto& own = normScratch().warps;
+      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+      const int vecs = K / VEC;
+#pragma unroll 1
+      for (int m = 0; m < M; m++) {
+        float sum = 0.0f;
+#pragma unroll 3
+        for (int u = lane; u < vecs; u += 32) {
+          float v[VEC];
+          read(m, u, v);
+#pragma unroll
+          for (int j = 0; j < VEC; j++) sum = __fadd_rn(sum, v[j]);
+        }
+        const float mean = __fdiv_rn(__fadd_rn(0.0f, warpSum(sum)), (float)K);
+        float sq = 0.0f;
+#pragma unroll 3
+        for (int u = lane; u < vecs; u += 32) {
+          float v[VEC];
+          read(m, u, v);
+#pragma unroll
+          for (int j = 0; j < VEC; j++) {
+            const float d = __fsub_rn(v[j], mean);
+            sq = __fmaf_rn(d, d, sq);
+          }
+        }
+        const float var = __fdiv_rn(__fadd_rn(0.0f, warpSum(sq)), (float)K);
+        if (lane == 0) {
+          own.mean[warp][m] = mean;
+          own.inv[warp][m] = __frcp_rn(__fsqrt_rn(__fadd_rn(var, eps)));
+        }
+      }
+      __syncwarp();
+      quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, pitch,
+                            Norm{own.mean[warp], own.inv[warp], lnWeight, lnBias});
+      return;
+    }
+    // Several warps a row: the block shares the work (layerNormStats, one vector at a time: the
+    // weight ring holds most registers).
+    auto& shared = normScratch().block;
+    layerNormStats<VEC, 1>(M, K, lnThreads, eps, shared.red, shared.mean, shared.inv,
+                           [&](int, int m, int u, float (&v)[VEC]) { read(m, u, v); });
+    quantizeX<X, Q, true>(xs, x, s, steps, rowSteps, pitch,
+                          Norm{shared.mean, shared.inv, lnWeight, lnBias});
   } else {
     quantizeX<X, Q, false>(xs, x, s, steps, rowSteps, pitch, Norm{});
   }
@@ -332,7 +388,7 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
                                       int swdPerChannel, const void* __restrict__ bias,
                                       int outKind, int act, int M, int N, int K, int logL,
                                       const void* __restrict__ lnWeight,
-                                      const void* __restrict__ lnBias, float eps,
+                                      const void* __restrict__ lnBias, float eps, int lnThreads,
                                       const void* __restrict__ residual) {
   typedef typename Q::Acc Acc;
   extern __shared__ uint4 xsChunks[];  // [M][K / 16] chunks of x's codes
@@ -369,11 +425,11 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
   // layer norm is folded in.
   const float s = loadScale(sxq, sxqKind, 0);
   if (xKind == 0) {
-    quantizeRows<F32, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
+    quantizeRows<F32, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps, lnThreads);
   } else if (xKind == 1) {
-    quantizeRows<F16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
+    quantizeRows<F16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps, lnThreads);
   } else {
-    quantizeRows<BF16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps);
+    quantizeRows<BF16, Q, kNorm>(xs, x, s, M, K, K, lnWeight, lnBias, eps, lnThreads);
   }
   __syncthreads();
 
@@ -424,9 +480,10 @@ __device__ __forceinline__ void qgemv(void* __restrict__ out, const void* __rest
       const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
       int K, int logL, const void* __restrict__ lnWeight, const void* __restrict__ lnBias,     \
-      float eps, const void* __restrict__ residual) {                                          \
+      float eps, int lnThreads, const void* __restrict__ residual) {                           \
     qgemv<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind, swdPerChannel, \
-                   bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps, residual);        \
+                   bias, outKind, act, M, N, K, logL, lnWeight, lnBias, eps, lnThreads,        \
+                   residual);                                                                  \
   }
 
 QGEMV_KERNEL(qgemv_i8, QI8, false)
@@ -486,10 +543,13 @@ QGEMV_KERNEL(qgemv_e4m3_norm, QE4M3, true)
 // x (row m = c / rowSteps) at byte m · pitch + 8 (c − m · rowSteps). Codes: XI8 or XE4M3.
 template <class Codes>
 struct QRows {
-  __device__ static void store8(unsigned char* xs, int c, const float (&q)[8], int rowSteps,
+  // Four elements a step: x's quantize then runs on twice the threads of eight-element steps,
+  // and its chain of divisions is half as long (at decode sizes it is on the critical path).
+  static constexpr int kStep = 4;
+  __device__ static void store4(unsigned char* xs, int c, const float (&q)[4], int rowSteps,
                                 int pitch) {
     const int m = c / rowSteps;
-    Codes::store8(xs + (i64)m * pitch, c - m * rowSteps, q);
+    *reinterpret_cast<unsigned*>(xs + (i64)m * pitch + 4 * (c - m * rowSteps)) = Codes::pack4(q);
   }
 };
 
@@ -534,7 +594,7 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
                                          int outKind, int act, int M, int N, int K, int splits,
                                          int pitch, const void* __restrict__ lnWeight,
                                          const void* __restrict__ lnBias, float eps,
-                                         const void* __restrict__ residual) {
+                                         int lnThreads, const void* __restrict__ residual) {
   typedef typename Q::Acc Acc;
   extern __shared__ uint4 mmaShared[];
   unsigned char* xs = reinterpret_cast<unsigned char*>(mmaShared);
@@ -575,11 +635,14 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
   // 2. x's codes into shared memory, x normalized first when a layer norm is folded in.
   const float s = loadScale(sxq, sxqKind, 0);
   if (xKind == 0) {
-    quantizeRows<F32, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+    quantizeRows<F32, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps,
+                                                 lnThreads);
   } else if (xKind == 1) {
-    quantizeRows<F16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+    quantizeRows<F16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps,
+                                                 lnThreads);
   } else {
-    quantizeRows<BF16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps);
+    quantizeRows<BF16, typename Q::Store, kNorm>(xs, x, s, M, K, pitch, lnWeight, lnBias, eps,
+                                                 lnThreads);
   }
   __syncthreads();
 
@@ -631,11 +694,11 @@ __device__ __forceinline__ void qgemvMma(void* __restrict__ out, const void* __r
       const unsigned char* __restrict__ wq, const void* __restrict__ swd, int swdKind,         \
       int swdPerChannel, const void* __restrict__ bias, int outKind, int act, int M, int N,    \
       int K, int splits, int pitch, const void* __restrict__ lnWeight,                         \
-      const void* __restrict__ lnBias, float eps, const void* __restrict__ residual
+      const void* __restrict__ lnBias, float eps, int lnThreads, const void* __restrict__ residual
 #define QGEMV_MMA_CALL(Q, NORM)                                                               \
   qgemvMma<Q, NORM>(out, x, xKind, sxq, sxqKind, sxd, sxdKind, wq, swd, swdKind,              \
                     swdPerChannel, bias, outKind, act, M, N, K, splits, pitch, lnWeight, lnBias, \
-                    eps, residual)
+                    eps, lnThreads, residual)
 
 extern "C" __global__ void __launch_bounds__(QGEMV_MMA_MAX_THREADS, 2)
     qgemv_mma_i8(QGEMV_MMA_ARGS) {

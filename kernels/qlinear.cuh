@@ -107,6 +107,9 @@ struct XI8 {
 };
 
 struct XE4M3 {
+  __device__ static unsigned pack4(const float* q) {
+    return floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
+  }
   __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
     reinterpret_cast<uint2*>(out)[c] =
         make_uint2(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16),

@@ -11,6 +11,7 @@ import {
   launch,
 } from "../lib/backends/cuda/kernels.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
+import { layerNormThreads } from "../lib/backends/cuda/nn.ts";
 import {
   fusedQuantizedGemv,
   QGEMV_MAX_ROWS,
@@ -451,10 +452,10 @@ Deno.test("setQgemvKernels picks the family; mma is the default", () => {
 Deno.test("the qgemv kernels are in both PTX builds with the launch's parameters", () => {
   // out, x, xKind, sxq, sxqKind, sxd, sxdKind, codes, swd, swdKind, swdPerChannel, bias,
   // outKind, act, M, N, K, then logL (ring) or splits, pitch (mma), then lnWeight, lnBias, eps,
-  // residual
+  // lnThreads, residual
   const head = ["u64", "u64", "u32", "u64", "u32", "u64", "u32", "u64", "u64", "u32", "u32"]
     .concat(["u64", "u32", "u32", "u32", "u32", "u32"]);
-  const tail = ["u64", "u64", "f32", "u64"];
+  const tail = ["u64", "u64", "f32", "u32", "u64"];
   const ringParams = [...head, "u32", ...tail];
   const mmaParams = [...head, "u32", "u32", ...tail];
   const flavours: [string, string][] = [
@@ -812,10 +813,11 @@ testOnGpu("qgemv mma kernel float8e4m3: M, K and N around the tiles", () => {
 
 // ---------------------------------------------------------------------------------------
 // The folded layer norm on the mma kernels (GPU). Both families normalize with the same code
-// (rowStats, quantizeX), whose float32 sums depend on the block size only: the ring kernel
-// launched with the mma launch's block size quantizes x to the same codes, so int8 outputs
-// must be EQUAL to its outputs (every activation: same exact sums, same epilogue) and e4m3 ones
-// within the mma sum bound plus the ring's float32 sum bound. Against a float64 layer norm the
+// (layerNormStats in the layer-norm kernel's order, quantizeX), whose float32 sums do not depend
+// on the block size: the ring kernel launched with the mma launch's block size quantizes x to
+// the same codes, so int8 outputs must be EQUAL to its outputs (every activation: same exact
+// sums, same epilogue) and e4m3 ones within the mma sum bound plus the ring's float32 sum bound.
+// (tests/norm_folding_test.ts checks the codes against the unfolded layer norm bit for bit.) Against a float64 layer norm the
 // outputs may differ by codes that flip at quantization boundaries (as in
 // tests/norm_folding_test.ts; the row mean's float32 error shifts a whole row, about half a flip
 // a row at K = 3072): at most four flips an output, and 90% within 1e-3 of the largest.
@@ -854,7 +856,8 @@ function launchRingNorm(
     .i32(FLOAT_KIND[c.swDType]).i32(c.perChannel ? 1 : 0).ptr(bufs.b?.address ?? 0n)
     .i32(FLOAT_KIND[c.out]).i32(ACTIVATION[c.act]).i32(c.m).i32(c.n).i32(c.k)
     .i32(shape.logLanes).ptr(bufs.lnWeight?.address ?? 0n).ptr(bufs.lnBias?.address ?? 0n)
-    .f32(NORM_EPS).ptr(0n);
+    .f32(NORM_EPS).i32(layerNormThreads(c.m, c.k, c.x === "float32" ? 4 : 2, device.smCount)!)
+    .ptr(0n);
   launch(
     device,
     kernel,

@@ -31,6 +31,7 @@ import type { CudaDevice } from "./device.ts";
 import type { CudaKernelContext, Dim3 } from "./kernels.ts";
 import { KernelParams, launch } from "./kernels.ts";
 import type { CudaBuffer } from "./memory.ts";
+import { layerNormThreads } from "./nn.ts";
 import {
   allowSharedBytes,
   FLOAT_KIND,
@@ -54,9 +55,9 @@ export const QGEMV_MAX_SHARED_BYTES: number = 48 * 1024;
 export const QGEMV_MAX_SHARED_BYTES_E4M3: number = 192 * 1024;
 /**
  * Dynamic shared memory launched without opting in: 48 KiB less room for the norm kernels'
- * static shared memory (576 bytes), which counts against the same 48 KiB.
+ * static shared memory (2 KiB: NormScratch), which counts against the same 48 KiB.
  */
-const SHARED_NO_OPT_IN = 47 * 1024;
+const SHARED_NO_OPT_IN = 46 * 1024;
 /** 16-byte weight chunks each lane keeps in flight (QGEMV_RING in the kernel). */
 export const QGEMV_RING = 8;
 /** Fewest and most lanes computing one output channel. */
@@ -337,7 +338,9 @@ export function qgemvMmaLaunchCount(): number {
  * the family is "mma" ({@link setQgemvKernels}), the device runs them
  * ({@link qgemvMmaSupported}) and they take the problem, else the ring kernels. With `norm`, x
  * is the input of a layer norm over its last dim (weight and bias of x's dtype, when it has
- * them, passed per run) whose output the product reads: the kernel normalizes x itself.
+ * them, passed per run) whose output the product reads: the kernel normalizes x itself, summing
+ * in the order of the layer-norm kernel the unfolded graph would run ({@link layerNormThreads}),
+ * so its codes are that graph's; undefined where that kernel is a scalar variant.
  * Lowering runs once per plan; the returned function enqueues one kernel per run.
  */
 export function fusedQuantizedGemv(
@@ -370,6 +373,9 @@ export function fusedQuantizedGemv(
     : qgemvShape(m, n, k, device.smCount, qdtype as "int8" | "float8e4m3");
   const shape = mmaShape ?? ringShape;
   if (!shape) return undefined;
+  // A folded norm sums as the layer-norm kernel of the unfolded graph would: its vector variants.
+  const lnThreads = norm ? layerNormThreads(m, k, xKind === 0 ? 4 : 2, device.smCount) : 0;
+  if (lnThreads === undefined) return undefined;
   const kernel = fn(device, `${mmaShape ? MMA_KERNEL[qdtype] : base}${norm ? "_norm" : ""}`);
   allowSharedBytes(kernel, shape.sharedBytes, SHARED_NO_OPT_IN);
   const grid: Dim3 = [shape.blocks, 1, 1];
@@ -384,7 +390,7 @@ export function fusedQuantizedGemv(
       .i32(k);
     for (const v of layout) params.i32(v);
     params.ptr(lnWeight?.address ?? 0n).ptr(lnBias?.address ?? 0n).f32(norm?.eps ?? 0)
-      .ptr(residual?.address ?? 0n);
+      .i32(lnThreads).ptr(residual?.address ?? 0n);
     launch(device, kernel, grid, block, params, shape.sharedBytes);
     launches++;
     if (mmaShape) mmaLaunches++;
