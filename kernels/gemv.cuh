@@ -116,6 +116,23 @@ __device__ __forceinline__ void prefetchL1(const void* p, i64 bytes) {
   }
 }
 
+// One vector's part of a layer-norm pass's running sum, in order: its values (pass 0) or their
+// squared deviations from the row mean mu (pass 1), as the layer-norm kernel adds them.
+template <int VEC>
+__device__ __forceinline__ float layerNormPassAdd(int pass, float s, const float (&v)[VEC],
+                                                  float mu) {
+#pragma unroll
+  for (int j = 0; j < VEC; j++) {
+    if (pass == 0) {
+      s = __fadd_rn(s, v[j]);
+    } else {
+      const float d = __fsub_rn(v[j], mu);
+      s = __fmaf_rn(d, d, s);
+    }
+  }
+  return s;
+}
+
 // The mean and inverse deviation of M rows of K values (K a multiple of VEC, the values of a
 // 16-byte vector) as the layer-norm kernel that gives a row lnThreads threads computes them:
 // 32 for layer_norm_*_warp_v* (a warp per row), its block size for layer_norm_*_block_v. Its
@@ -156,15 +173,7 @@ __device__ __forceinline__ void layerNormStats(int M, int K, int lnThreads, floa
 #pragma unroll
         for (int b = 0; b < BATCH; b++) {
           if (u0 + b * lnThreads >= vecs) break;
-#pragma unroll
-          for (int j = 0; j < VEC; j++) {
-            if (pass == 0) {
-              s = __fadd_rn(s, v[b][j]);
-            } else {
-              const float d = __fsub_rn(v[b][j], mu);
-              s = __fmaf_rn(d, d, s);
-            }
-          }
+          s = layerNormPassAdd<VEC>(pass, s, v[b], mu);
         }
       }
       s = warpSum(s);

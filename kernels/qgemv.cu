@@ -301,27 +301,24 @@ __device__ __forceinline__ void quantizeRows(unsigned char* xs, const void* __re
       const int vecs = K / VEC;
 #pragma unroll 1
       for (int m = 0; m < M; m++) {
-        float sum = 0.0f;
-#pragma unroll 3
-        for (int u = lane; u < vecs; u += 32) {
-          float v[VEC];
-          read(m, u, v);
+        // The row's sum, then its squared deviations (layerNormStats' two passes).
+        float mean = 0.0f, var = 0.0f;
 #pragma unroll
-          for (int j = 0; j < VEC; j++) sum = __fadd_rn(sum, v[j]);
-        }
-        const float mean = __fdiv_rn(__fadd_rn(0.0f, warpSum(sum)), (float)K);
-        float sq = 0.0f;
+        for (int pass = 0; pass < 2; pass++) {
+          float sum = 0.0f;
 #pragma unroll 3
-        for (int u = lane; u < vecs; u += 32) {
-          float v[VEC];
-          read(m, u, v);
-#pragma unroll
-          for (int j = 0; j < VEC; j++) {
-            const float d = __fsub_rn(v[j], mean);
-            sq = __fmaf_rn(d, d, sq);
+          for (int u = lane; u < vecs; u += 32) {
+            float v[VEC];
+            read(m, u, v);
+            sum = layerNormPassAdd<VEC>(pass, sum, v, mean);
+          }
+          const float t = __fdiv_rn(__fadd_rn(0.0f, warpSum(sum)), (float)K);
+          if (pass == 0) {
+            mean = t;
+          } else {
+            var = t;
           }
         }
-        const float var = __fdiv_rn(__fadd_rn(0.0f, warpSum(sq)), (float)K);
         if (lane == 0) {
           own.mean[warp][m] = mean;
           own.inv[warp][m] = __frcp_rn(__fsqrt_rn(__fadd_rn(var, eps)));
