@@ -272,19 +272,9 @@ template <typename T> struct NormValues {
   }
 };
 
-// int8 codes (Q = XI8) or e4m3 codes (XE4M3) of quotients, VEC bytes per store.
-template <class Q> struct CodeBytes;
-template <> struct CodeBytes<XI8> {
-  __device__ static unsigned pack4(const float* q) { return XI8::pack4(q); }
-};
-template <> struct CodeBytes<XE4M3> {
-  __device__ static unsigned pack4(const float* q) {
-    return floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
-  }
-};
-
 // Stores the codes of the values rounded to T and divided by the per-tensor scale, as
-// quantizeActivations<T, Q> (kernels/linear.cu) computes them from values stored as T.
+// quantizeActivations<T, Q> (kernels/linear.cu) computes them from values stored as T: int8
+// codes (Q = XI8) or e4m3 codes (XE4M3), VEC bytes per store.
 template <typename T, class Q> struct NormCodes {
   unsigned char* codes;
   float scale;
@@ -295,11 +285,11 @@ template <typename T, class Q> struct NormCodes {
     if constexpr (VEC == 1) {
       Q::store1(codes, at, q[0]);
     } else if constexpr (VEC == 4) {
-      *reinterpret_cast<unsigned*>(codes + at) = CodeBytes<Q>::pack4(q);
+      *reinterpret_cast<unsigned*>(codes + at) = Q::pack4(q);
     } else {
       static_assert(VEC == 8, "1, 4 or 8 codes a store");
       *reinterpret_cast<uint2*>(codes + at) =
-          make_uint2(CodeBytes<Q>::pack4(q), CodeBytes<Q>::pack4(q + 4));
+          make_uint2(Q::pack4(q), Q::pack4(q + 4));
     }
   }
 };

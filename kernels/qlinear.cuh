@@ -111,9 +111,7 @@ struct XE4M3 {
     return floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16);
   }
   __device__ static void store8(void* out, i64 c, const float (&q)[8]) {
-    reinterpret_cast<uint2*>(out)[c] =
-        make_uint2(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16),
-                   floatsToE4m3x2(q[4], q[5]) | (floatsToE4m3x2(q[6], q[7]) << 16));
+    reinterpret_cast<uint2*>(out)[c] = make_uint2(pack4(q), pack4(q + 4));
   }
   __device__ static void store1(void* out, i64 i, float q) {
     static_cast<unsigned char*>(out)[i] = (unsigned char)(floatsToE4m3x2(q, 0.0f) & 0xffu);

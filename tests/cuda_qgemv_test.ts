@@ -817,10 +817,11 @@ testOnGpu("qgemv mma kernel float8e4m3: M, K and N around the tiles", () => {
 // on the block size: the ring kernel launched with the mma launch's block size quantizes x to
 // the same codes, so int8 outputs must be EQUAL to its outputs (every activation: same exact
 // sums, same epilogue) and e4m3 ones within the mma sum bound plus the ring's float32 sum bound.
-// (tests/norm_folding_test.ts checks the codes against the unfolded layer norm bit for bit.) Against a float64 layer norm the
-// outputs may differ by codes that flip at quantization boundaries (as in
-// tests/norm_folding_test.ts; the row mean's float32 error shifts a whole row, about half a flip
-// a row at K = 3072): at most four flips an output, and 90% within 1e-3 of the largest.
+// (tests/norm_folding_test.ts checks the codes against the unfolded layer norm bit for bit.)
+// Against a float64 layer norm the outputs may differ by codes that flip at quantization
+// boundaries (as in tests/norm_folding_test.ts; the row mean's float32 error shifts a whole row,
+// about half a flip a row at K = 3072): at most four flips an output, and 90% within 1e-3 of
+// the largest.
 
 interface NormCase extends KernelCase {
   affine: "weight and bias" | "weight" | "none";
