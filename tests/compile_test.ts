@@ -48,6 +48,43 @@ testOnDevices("compile: several inputs and outputs, constants inside the functio
   assert.deepEqual(s.toArray(), [22, 44, 66]);
 });
 
+testOnDevices("compile: results lent from fixed buffers keep their values while held", (device) => {
+  const fn = (x: tq.Tensor) => x.mul(3).add(1);
+  const exe = tq.compile(fn, { args: [tq.inputInfo([256])], device });
+  const xs = [0, 1, 2, 3].map((i) => tq.randn([256], { seed: 40 + i, device }).evaluate());
+  const want = xs.map((x) => fn(x).dataSync() as Float32Array);
+  // Each kept result keeps its own value through the calls after it.
+  const held = xs.slice(0, 3).map((x) => exe(x) as tq.Tensor);
+  held.forEach((y, i) => assert.deepEqual(y.dataSync(), want[i], `result ${i}`));
+  // A kept result read as a constant by another compiled function, whose recording keeps the
+  // address it read: the next call of the first function must not change what it reads.
+  const reader = tq.compile((x) => x.add(held[2]), { args: [tq.inputInfo([256])], device });
+  const read = reader(xs[0]) as tq.Tensor;
+  const readWant = read.dataSync() as Float32Array;
+  assert.deepEqual(readWant, xs[0].add(tq.tensor(want[2], { device })).dataSync());
+  read.dispose();
+  (exe(xs[3]) as tq.Tensor).dispose();
+  assert.deepEqual(held[2].dataSync(), want[2]);
+  assert.deepEqual(
+    (reader(xs[0]) as tq.Tensor).dataSync(),
+    readWant,
+    "the other recording reads its own copy",
+  );
+  if (device !== "cpu") {
+    // A result disposed before the next call is never copied: the calls allocate nothing.
+    const before = tq.cuda.memoryStats().allocations;
+    for (let i = 0; i < 4; i++) {
+      const y = exe(xs[i]) as tq.Tensor;
+      assert.deepEqual(y.dataSync(), want[i]);
+      y.dispose();
+    }
+    assert.equal(tq.cuda.memoryStats().allocations, before, "no copies of disposed results");
+  }
+  reader.dispose();
+  exe.dispose();
+  assert.deepEqual(held[1].dataSync(), want[1], "kept results outlive the executable");
+});
+
 Deno.test("compile rejects calls outside the declared inputs, naming the argument and line", () => {
   const exe = tq.compile((x) => x.mul(2), { args: [tq.inputInfo([[1, 4, 8], 16])] });
   let line = thisLine() + 1;

@@ -62,6 +62,13 @@ export class Node {
    * overwrite its buffer when nothing else reads it.
    */
   donated = false;
+  /**
+   * Set while the buffer is lent from a compiled function's fixed buffer, which that
+   * function's next call overwrites: gives the node memory of its own. The function calls it
+   * before overwriting a result still held, and a recording calls it before it captures the
+   * address of a value it reads.
+   */
+  detach?: () => void;
   /** Error object holding the stack of the user call that created the node (parsed lazily). */
   private readonly trace?: { stack?: string };
   private site?: CallSite | null;

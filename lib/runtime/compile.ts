@@ -4,6 +4,12 @@
  * `[min, opt, max]`. The function is traced once per concrete input shape (at compile time for
  * the `opt` shapes, later on first use of another shape in range) and lowered to a plan; on
  * CUDA each shape's run is recorded as a CUDA graph and replayed on every call.
+ *
+ * A replay writes fixed output buffers. The results of a call are views of them, lent until
+ * the next call of the same shape: that call first moves a result still alive into memory of
+ * its own (a copy), so results disposed or collected in between cost nothing, and kept ones
+ * never change. A recording that reads a lent value as a constant moves it out at trace time
+ * (it keeps the address it reads).
  * @module
  */
 import { checkDType, type DType } from "../dtype.ts";
@@ -96,6 +102,8 @@ interface ShapeEntry {
   outputArg?: number[];
   /** Per argument, the node of the last result handed out in its fixed buffer. */
   holders?: (Node | undefined)[];
+  /** Per output not updated in an argument's buffer, the last result lent from its buffer. */
+  lent?: (WeakRef<Node> | undefined)[];
   replay?: ReplayablePlan;
   single: boolean;
 }
@@ -201,6 +209,8 @@ export function compile(
       return node;
     });
     const traced = traceGraph(targets);
+    // A recording keeps the addresses it reads: values lent by other executables get their own.
+    if (useGraphs) { for (const n of traced.leafNodes) n.detach?.(); }
     const plan = planFor(traced, backend);
     const argLeaf = placeholders.map((p) => traced.leafNodes.indexOf(p.node));
     const entry: ShapeEntry = {
@@ -274,6 +284,21 @@ export function compile(
     });
   };
 
+  /**
+   * Marks `node`'s buffer `view` as lent from a fixed buffer that the next replay overwrites:
+   * its `detach` copies the value into memory of its own (a no-op once the user disposed it).
+   */
+  const lend = (node: Node, view: DeviceBuffer) => {
+    node.detach = () => {
+      node.detach = undefined;
+      if (node.buffer !== view || view.disposed) return;
+      const own = backend.allocate(device, node.dtype, view.numel);
+      backend.copy(own, view);
+      view.dispose();
+      node.buffer = own;
+    };
+  };
+
   /** Records the CUDA graph of a shape on its first call, from that call's real inputs. */
   const prepareGraph = (entry: ShapeEntry, inputs: DeviceBuffer[]) => {
     entry.staticInputs = inputs.map((b, i) => {
@@ -288,6 +313,7 @@ export function compile(
       updated[j] === undefined ? -1 : entry.argLeaf.indexOf(updated[j]!)
     );
     entry.holders = inputs.map(() => undefined);
+    entry.lent = entry.outShapes.map(() => undefined);
     entry.staticOutputs = entry.outShapes.map((s, j) => {
       const arg = entry.outputArg![j];
       return arg >= 0
@@ -326,13 +352,15 @@ export function compile(
       // A result still held in a fixed buffer that this call overwrites moves out first,
       // unless it is the very tensor passed (donated) back into that buffer.
       holders.forEach((h, i) => {
-        if (h && h !== args[i].node && h.buffer && !h.buffer.disposed) {
-          const moved = backend.allocate(device, h.dtype, h.buffer.numel);
-          backend.copy(moved, h.buffer);
-          h.buffer.dispose();
-          h.buffer = moved;
-        }
+        if (h && h !== args[i].node) h.detach?.();
         holders[i] = undefined;
+      });
+      // Results lent from the fixed output buffers: those still alive move out first. One
+      // disposed (or collected) before this call costs nothing.
+      const lent = entry.lent!;
+      lent.forEach((ref, j) => {
+        ref?.deref()?.detach?.();
+        lent[j] = undefined;
       });
       args.forEach((a, i) => {
         if (!statics[i].sharesMemoryWith?.(a.node.buffer!)) {
@@ -340,12 +368,8 @@ export function compile(
         }
       });
       entry.replay.replay();
-      outs = entry.staticOutputs!.map((s, j) => {
-        if (entry.outputArg![j] >= 0) return s.view!();
-        const o = backend.allocate(device, entry.outDTypes[j], s.numel);
-        backend.copy(o, s);
-        return o;
-      });
+      // Results are views of the fixed buffers, lent until the next call (see `lend`).
+      outs = entry.staticOutputs!.map((s) => s.view!());
     } else {
       // Without a recording the plan reads the arguments' own buffers: a donated one that may
       // be updated in place is first copied, as other views may share its memory.
@@ -362,8 +386,12 @@ export function compile(
     const tensors = outs.map((b, i) => {
       const node = new Node("constant", [], {}, entry.outShapes[i], entry.outDTypes[i], device);
       node.realize(b);
-      const arg = entry.outputArg?.[i] ?? -1;
-      if (entry.replay && arg >= 0) entry.holders![arg] = node;
+      if (entry.replay) {
+        lend(node, b);
+        const arg = entry.outputArg![i];
+        if (arg >= 0) entry.holders![arg] = node;
+        else entry.lent![i] = new WeakRef(node);
+      }
       return new Tensor(node);
     });
     for (const i of donated) args[i].dispose();
