@@ -493,8 +493,8 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       const int key = base + u * G + group;
       kw[u] = vw[u] = make_uint4(0u, 0u, 0u, 0u);
       if (key < ke) {
-        kw[u] = ldg16(kRows + (i64)key * st.kT);
-        vw[u] = ldg16(vRows + (i64)key * st.vT);
+        kw[u] = ldStreamed(kRows + (i64)key * st.kT);
+        vw[u] = ldStreamed(vRows + (i64)key * st.vT);
       }
     }
     float s[TQ][U];

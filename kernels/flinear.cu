@@ -112,7 +112,7 @@ __device__ __forceinline__ void gemvLoad(uint4 (&v)[GEMV_ROWS], const void* __re
     if (n0 + r >= N) {
       v[r] = make_uint4(0u, 0u, 0u, 0u);
     } else if (vec) {
-      v[r] = X::chunk(w, at);
+      v[r] = ldStreamed(static_cast<const unsigned char*>(w) + at * (16 / X::kElems));
     } else {
       v[r] = X::chunkTail(w, at, min(X::kElems, K - k));
     }
