@@ -178,7 +178,7 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
                                                     i64 n, float* __restrict__ rowScales,
                                                     const void* __restrict__ rowScale,
                                                     int rowScaleKind, int rows) {
-  const float s = loadScale(scale, scaleKind, 0);
+  const ScaleQuotient quotient(loadScale(scale, scaleKind, 0));
   const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const i64 threads = (i64)gridDim.x * blockDim.x;
   if (rowScales) {
@@ -189,17 +189,16 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
   float v[8];
   for (i64 c = first; c < full; c += threads) {
     In::load8(in, c, v);
-#pragma unroll
-    for (int j = 0; j < 8; j++) v[j] = __fdiv_rn(v[j], s);
+    quotient.divide(v);
     Out::store8(out, c, v);
   }
   for (i64 i = full * 8 + first; i < n; i += threads) {
-    Out::store1(out, i, __fdiv_rn(In::load(in, i), s));
+    Out::store1(out, i, quotient(In::load(in, i)));
   }
 }
 
 #define QUANTIZE_X_KERNEL(IN_NAME, IN, OUT_NAME, OUT)                                       \
-  extern "C" __global__ void __launch_bounds__(256) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
+  extern "C" __global__ void __launch_bounds__(256, 8) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
       void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale,   \
       int scaleKind, i64 n, float* __restrict__ rowScales, const void* __restrict__ rowScale, \
       int rowScaleKind, int rows) {                                                          \

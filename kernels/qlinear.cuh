@@ -87,6 +87,45 @@ struct Half16 : Half16Base<Bf16> {
 typedef Half16<false> F16;
 typedef Half16<true> BF16;
 
+// x / s for one scale s and many x, equal to the IEEE division __fdiv_rn(x, s) wherever it can
+// change a code, in five FMA-pipe instructions instead of the division's reciprocal-unit
+// sequence (which kept the activation quantize kernels busy issuing). q0 = x·r with r = 1/s
+// correctly rounded is within one ulp of x / s; Markstein's step q0 + (x − q0·s)·r, whose
+// remainder an FMA computes exactly, then rounds the quotient correctly (r within half an ulp
+// of 1/s). Guards, all exact: |s| outside [2^-90, 2^90] takes the division itself (uniform over
+// a launch; inside, the remainder of every quotient of magnitude 2^-12 or more is exact, and
+// smaller quotients are code ±0 either way); an infinite or NaN q0 stands (x·r
+// overflows only where the code saturates, and inf or NaN x give inf or NaN like the
+// division); zeros keep q0's sign (the step alone would turn −0 into +0).
+struct ScaleQuotient {
+  float s, r;
+  bool fast;
+  __device__ __forceinline__ explicit ScaleQuotient(float scale)
+      : s(scale),
+        r(__frcp_rn(scale)),
+        fast(fabsf(scale) >= 0x1p-90f && fabsf(scale) <= 0x1p90f) {}
+  // The quotient by the multiply and correction (valid where `fast`).
+  __device__ __forceinline__ float fastQuotient(float x) const {
+    const float q0 = __fmul_rn(x, r);
+    const float q = copysignf(__fmaf_rn(__fmaf_rn(-q0, s, x), r, q0), q0);
+    return fabsf(q0) <= 0x1.fffffep127f ? q : q0;
+  }
+  __device__ __forceinline__ float operator()(float x) const {
+    return fast ? fastQuotient(x) : __fdiv_rn(x, s);
+  }
+  // N quotients in place behind one branch (per element, the branches split the code the
+  // compiler schedules, and the kernels got slower than with the division).
+  template <int N> __device__ __forceinline__ void divide(float (&v)[N]) const {
+    if (fast) {
+#pragma unroll
+      for (int j = 0; j < N; j++) v[j] = fastQuotient(v[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; j++) v[j] = __fdiv_rn(v[j], s);
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Activation codes: eight quotients x / s -> eight codes at byte 8c (store8), one at byte i
 // (store1), with the quantize op's rounding and saturation.

@@ -1,8 +1,25 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { type DType, roundHalfToEven } from "../lib/dtype.ts";
+import { ptx as linearPtx } from "../kernels/ptx/linear.ts";
+import { backendFor } from "../lib/backends/backend.ts";
+import { CudaDevice } from "../lib/backends/cuda/device.ts";
+import {
+  BLOCK,
+  grid1d,
+  kernelFunction,
+  KernelParams,
+  launch,
+} from "../lib/backends/cuda/kernels.ts";
+import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
+import {
+  decode,
+  type DType,
+  float32ToFloat8e4m3Bits,
+  float8e4m3BitsToNumber,
+  roundHalfToEven,
+} from "../lib/dtype.ts";
 import { preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
-import { gemvShape } from "../lib/backends/cuda/util.ts";
+import { FLOAT_KIND, gemvShape } from "../lib/backends/cuda/util.ts";
 import { type Activation, applyActivation, randomValues, testOnGpu, values } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ atol·max|ref| + rtol·|ref| against the CPU backend's fused
@@ -219,6 +236,102 @@ testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
     seed: seed++,
   }, { rtol: 2e-3, atol: 3e-3 });
 });
+
+// The code of x / s under the quantize op's rules: the float32 quotient (a float64 division of
+// float32 operands, rounded once to float32, is the IEEE float32 division), then int8's
+// round-half-even with saturation and NaN → 0, or e4m3's saturating RNE with NaN → 0x7f.
+function referenceCode(x: number, s: number, target: "i8" | "e4m3"): number {
+  const q = Math.fround(x / s);
+  if (target === "e4m3") return float32ToFloat8e4m3Bits(q);
+  return Number.isNaN(q) ? 0 : Math.min(127, Math.max(-128, roundHalfToEven(q)));
+}
+
+testOnGpu(
+  "qlinear's activation quantize divides like IEEE float32: every float16, 56 scales",
+  () => {
+    // The kernel divides by one multiply and a correction step instead of a division (kernels/
+    // qlinear.cuh, ScaleQuotient): its codes must be the division's for every input, including
+    // inf, NaN and −0, and for scales on both sides of its fast-path range. float16 x: all 65536
+    // bit patterns. float32 x: the float32 values at and next to every int8 and e4m3 rounding
+    // midpoint times s, where a quotient one ulp off would change the code, plus random ones.
+    const cuda = backendFor("cuda")!;
+    const device = CudaDevice.get(0);
+    let seed = 12345;
+    const random = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    const scales = [1, 0.5, 3, 4 / 127, 0.1, 1 / 448, 7e-5, 12345.678, 2 ** -90, 2 ** 90];
+    scales.push(2 ** -91, 2 ** 100, 2 ** -126, 1.5 * 2 ** -140, 2 - 2 ** -23, 1 + 2 ** -23);
+    while (scales.length < 56) scales.push((1 + random()) * 2 ** Math.floor(48 * random() - 24));
+    const halfBits = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const halfValues = decode("float16", halfBits) as Float32Array;
+    const e4m3Values = Array.from({ length: 127 }, (_, i) => float8e4m3BitsToNumber(i));
+    const midpoints = [
+      ...Array.from({ length: 257 }, (_, i) => i - 128.5),
+      ...e4m3Values.slice(0, -1).flatMap((v, i) => {
+        const mid = (v + e4m3Values[i + 1]) / 2;
+        return [mid, -mid];
+      }),
+      448 + 16, // where e4m3 saturates
+    ];
+    const nextFloat = (v: number, steps: number) => {
+      const f = new Float32Array([v]);
+      const u = new Int32Array(f.buffer);
+      u[0] += v < 0 ? -steps : steps;
+      return f[0];
+    };
+    const halfX = cuda.upload("cuda:0", "float16", halfBits) as CudaBuffer;
+    const out = CudaBuffer.allocate(device, "int8", 65536);
+    try {
+      for (const s0 of scales) {
+        const s = Math.fround(s0);
+        const floatValues = Float32Array.from(
+          midpoints.flatMap((m) => {
+            const x = Math.fround(m * s);
+            return [-2, -1, 0, 1, 2].map((d) => (d === 0 ? x : nextFloat(x, d)));
+          }).concat(Array.from({ length: 4096 }, () => (random() - 0.5) * 600 * s)),
+        );
+        const floatX = cuda.upload("cuda:0", "float32", floatValues) as CudaBuffer;
+        const scaleUp = cuda.upload("cuda:0", "float32", Float32Array.of(s)) as CudaBuffer;
+        try {
+          for (
+            const [xName, x, xs] of [["f16", halfX, halfValues], [
+              "f32",
+              floatX,
+              floatValues,
+            ]] as const
+          ) {
+            for (const target of ["i8", "e4m3"] as const) {
+              const n = xs.length;
+              const kernel = kernelFunction(
+                device,
+                linearPtx,
+                `qlinear_quantize_${xName}_${target}`,
+              );
+              const params = new KernelParams().ptr(out.address).ptr(x.address).ptr(scaleUp.address)
+                .i32(FLOAT_KIND.float32).i64(n).ptr(0n).ptr(0n).i32(0).i32(0);
+              launch(device, kernel, grid1d(device, n, 8), [BLOCK, 1, 1], params);
+              const got = new Uint8Array((cuda.download(out) as Int8Array).buffer, 0, n);
+              let bad = 0;
+              let first = "";
+              for (let i = 0; i < n; i++) {
+                const want = referenceCode(xs[i], s, target) & 0xff;
+                if (got[i] !== want) {
+                  if (bad++ === 0) first = `x ${xs[i]}: code ${got[i]}, want ${want}`;
+                }
+              }
+              assert.equal(bad, 0, `${xName} → ${target}, s ${s}: ${bad} codes differ (${first})`);
+            }
+          }
+        } finally {
+          floatX.dispose();
+          scaleUp.dispose();
+        }
+      }
+    } finally {
+      halfX.dispose();
+      out.dispose();
+    }
+  },
+);
 
 testOnGpu("wlinear int8 per channel and int4 block 128 at M = 1, 5, 16, 40", () => {
   let seed = 100;
