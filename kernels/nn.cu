@@ -277,11 +277,12 @@ template <typename T> struct NormValues {
 // codes (Q = XI8) or e4m3 codes (XE4M3), VEC bytes per store.
 template <typename T, class Q> struct NormCodes {
   unsigned char* codes;
-  float scale;
+  ScaleQuotient scale;
   template <int VEC> __device__ __forceinline__ void put(i64 at, const float (&t)[VEC]) const {
     float q[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) q[j] = __fdiv_rn(to_f(from_f<T>(t[j])), scale);
+    for (int j = 0; j < VEC; ++j) q[j] = to_f(from_f<T>(t[j]));
+    scale.divide(q);
     if constexpr (VEC == 1) {
       Q::store1(codes, at, q[0]);
     } else if constexpr (VEC == 4) {
@@ -316,6 +317,41 @@ __device__ __forceinline__ void layer_norm_store(const Out& out, const T* __rest
   out.template put<VEC>(at, t);
 }
 
+// A lane's VPT values of one row in the warp-per-row layout, zeros past the row. Floats as
+// loaded; float16 vectors stay packed (half the registers) and are widened, exactly, where a
+// pass reads them: the layer-norm kernels then fit in 64 registers, eight 4-warp blocks share
+// an SM, and a prefill's rows (4096 of 768) are resident at once instead of in 1.3 waves.
+// (Packed bfloat16 rows took more registers than floats: the compiler widens them early.)
+template <typename T, int VPT, int VEC, bool Packed = (std::is_same<T, __half>::value && VEC == 8)>
+struct WarpRow {
+  float v[VPT];
+  __device__ __forceinline__ void load(const T* __restrict__ row, int L, int lane) {
+    warp_load_row<T, VPT, VEC>(row, L, lane, v, 0.0f);
+  }
+  __device__ __forceinline__ void chunk(int c, float (&t)[VEC]) const {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) t[j] = v[c * VEC + j];
+  }
+};
+
+template <typename T, int VPT, int VEC>
+struct WarpRow<T, VPT, VEC, true> {
+  uint4 raw[VPT / VEC];
+  __device__ __forceinline__ void load(const T* __restrict__ row, int L, int lane) {
+#pragma unroll
+    for (int c = 0; c < VPT / VEC; ++c) {
+      const int k = (c * 32 + lane) * VEC;
+      raw[c] = k < L ? __ldg(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
+    }
+  }
+  __device__ __forceinline__ void chunk(int c, float (&t)[VEC]) const {
+    T e[VEC];
+    memcpy(e, &raw[c], 16);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) t[j] = to_f(e[j]);
+  }
+};
+
 template <typename T, int VPT, int VEC, class Out>
 __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T* __restrict__ w,
                                                 const T* __restrict__ b, const Out& y, i64 rows,
@@ -323,19 +359,27 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
   const int lane = threadIdx.x & 31;
   const i64 warps = ((i64)gridDim.x * blockDim.x) >> 5;
   for (i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
-    float v[VPT];
-    warp_load_row<T, VPT, VEC>(x + row * D, D, lane, v, 0.0f);
+    WarpRow<T, VPT, VEC> v;
+    v.load(x + row * D, D, lane);
+    // Every value a lane holds is summed in order, the zeros past the row included.
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) sum = __fadd_rn(sum, v[i]);
+    for (int c = 0; c < VPT / VEC; ++c) {
+      float t[VEC];
+      v.chunk(c, t);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sum = __fadd_rn(sum, t[j]);
+    }
     const float mean = __fdiv_rn(warpSum(sum), (float)D);
     float sq = 0.0f;
 #pragma unroll
     for (int c = 0; c < VPT / VEC; ++c) {
       if ((c * 32 + lane) * VEC < D) {
+        float t[VEC];
+        v.chunk(c, t);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const float d = __fsub_rn(v[c * VEC + j], mean);
+          const float d = __fsub_rn(t[j], mean);
           sq = __fmaf_rn(d, d, sq);
         }
       }
@@ -346,8 +390,7 @@ __device__ __forceinline__ void layer_norm_warp(const T* __restrict__ x, const T
       const int k = (c * 32 + lane) * VEC;
       if (k < D) {
         float t[VEC];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) t[j] = v[c * VEC + j];
+        v.chunk(c, t);
         layer_norm_store<T, VEC>(y, w, b, row * D + k, k, t, mean, inv);
       }
     }
@@ -419,8 +462,13 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
     softmax_warp<T, VPT, VEC>(x, y, rows, L, log != 0);                                       \
   }
 
+// Blocks an SM must hold of a warp-per-row layer-norm kernel: eight (64 registers), so that
+// 4096 rows are resident at once on 132 SMs. bfloat16 rows do not fit 64 registers without
+// spilling; they keep the register count they need.
+#define LN_WARP_MIN_BLOCKS(T) (std::is_same<T, __nv_bfloat16>::value ? 1 : 8)
+
 #define LAYER_NORM_WARP(NAME, T, VPT, VEC)                                                    \
-  extern "C" __global__ void __launch_bounds__(128)                                           \
+  extern "C" __global__ void __launch_bounds__(128, LN_WARP_MIN_BLOCKS(T))                       \
       NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
            T* __restrict__ y, i64 rows, int D, float eps) {                                   \
     layer_norm_warp<T, VPT, VEC>(x, w, b, NormValues<T>{y}, rows, D, eps);                    \
@@ -434,10 +482,11 @@ __device__ __forceinline__ void layer_norm_codes_extras(unsigned char* codes, i6
 #define CODES_OUT(T, Q)                                                                       \
   layer_norm_codes_extras(static_cast<unsigned char*>(codes), rows * D, padEnd, rowScales,   \
                           rowScale, rowScaleKind, rowScaleCount);                             \
-  const NormCodes<T, Q> out{static_cast<unsigned char*>(codes), loadScale(scale, scaleKind, 0)};
+  const NormCodes<T, Q> out{static_cast<unsigned char*>(codes),                              \
+                            ScaleQuotient(loadScale(scale, scaleKind, 0))};
 
 #define LAYER_NORM_QUANTIZE_WARP(NAME, T, Q, VPT, VEC)                                        \
-  extern "C" __global__ void __launch_bounds__(128)                                           \
+  extern "C" __global__ void __launch_bounds__(128, LN_WARP_MIN_BLOCKS(T))                       \
       NAME(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,         \
            void* __restrict__ codes, i64 rows, int D, float eps, CODES_PARAMS) {              \
     CODES_OUT(T, Q)                                                                           \
