@@ -64,6 +64,7 @@ import {
 } from "../../../ffi/cublaslt.ts";
 import {
   checkCuda,
+  copyToDeviceAsync,
   createEvent,
   cudaEventDefault,
   cudart,
@@ -82,6 +83,14 @@ export const LT_WORKSPACE_BYTES: number = 32 * 2 ** 20;
 
 /** How many heuristic candidates are asked for and timed per problem. */
 export const LT_HEURISTIC_CANDIDATES: number = 8;
+
+/**
+ * Timing rounds of the autotune: every candidate runs once per round, round robin, and keeps
+ * its fastest. One run each picked differently from process to process (a 30 µs GEMM's time
+ * varies by more than the gap between good algorithms, and GPU clocks still rise while the
+ * first candidates run).
+ */
+const LT_TIMING_ROUNDS = 4;
 
 /** `CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK` (uint32_t; not in the binding's table). */
 const PREF_REDUCTION_SCHEME_MASK = 3;
@@ -777,15 +786,25 @@ class LtMatmulCore {
     const p = this.problem;
     const device = this.device;
     const state = this.#state;
-    while (state.events.length < 2 * LT_HEURISTIC_CANDIDATES) {
+    while (state.events.length < 2 * LT_HEURISTIC_CANDIDATES * LT_TIMING_ROUNDS) {
       state.events.push(createEvent(cudaEventDefault));
     }
     const scratch: CudaBuffer[] = [];
-    const fill = (bytes: number): Deno.PointerValue => {
+    const fill = (bytes: number, randomType?: number): Deno.PointerValue => {
       const buf = CudaBuffer.allocate(device, "int8", Math.max(bytes, 16));
       scratch.push(buf);
+      if (randomType !== undefined) {
+        // A and B: pseudo-random values (the tensor cores' time and power depend on the data).
+        // One block is generated and copied over the span.
+        const block = randomOperandBytes(randomType, Math.min(buf.bytes, RANDOM_BLOCK_BYTES));
+        for (let at = 0; at < buf.bytes; at += block.length) {
+          const ptr = Deno.UnsafePointer.create(buf.address + BigInt(at));
+          copyToDeviceAsync(ptr, block, device.stream, Math.min(block.length, buf.bytes - at));
+        }
+        return buf.pointer;
+      }
       // 0x3c bytes are small finite non-zero values in every type (fp32 ≈ 0.0115, fp16 ≈ 1.06,
-      // bf16 ≈ 0.0115, e4m3 1.5, int8 60): realistic work, no NaN or denormal slow paths.
+      // bf16 ≈ 0.0115, e4m3 1.5, int8 60): no NaN or denormal slow paths.
       checkCuda(
         cudart().cudaMemsetAsync(buf.pointer, 0x3c, BigInt(buf.bytes), device.stream),
         "cudaMemsetAsync",
@@ -795,8 +814,10 @@ class LtMatmulCore {
     try {
       const [aRows, aCols] = p.transA ? [p.k, p.m] : [p.m, p.k];
       const [bRows, bCols] = p.transB ? [p.n, p.k] : [p.k, p.n];
-      const a = fill(spanElements(aRows, aCols, p.lda, p.count, p.strideA) * TYPE_BYTES[p.aType]);
-      const b = fill(spanElements(bRows, bCols, p.ldb, p.count, p.strideB) * TYPE_BYTES[p.bType]);
+      const aSpan = spanElements(aRows, aCols, p.lda, p.count, p.strideA);
+      const bSpan = spanElements(bRows, bCols, p.ldb, p.count, p.strideB);
+      const a = fill(aSpan * TYPE_BYTES[p.aType], p.aType);
+      const b = fill(bSpan * TYPE_BYTES[p.bType], p.bType);
       const d = fill(spanElements(p.m, p.n, p.ldd, p.count, p.strideD) * TYPE_BYTES[p.dType]);
       const c = this.#cAliasesD()
         ? d
@@ -813,22 +834,26 @@ class LtMatmulCore {
       }
       if (p.usesDScale) this.setPointerAttribute(CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, fill(16));
 
-      const timed: { index: number; slot: number }[] = [];
+      const timed: { index: number; algo: Deno.PointerValue; slots: number[] }[] = [];
       let lastStatus = CUBLAS_STATUS_SUCCESS;
+      // The first call probes support (an unsupported combination fails only here) and warms
+      // up (lazy kernel loading); then every supported candidate is timed once a round.
       for (const index of candidates) {
         const algo = heuristicAlgo(results, index);
-        // The first call probes support (an unsupported combination fails only here) and
-        // warms up (lazy kernel loading); the second is timed.
-        let status = this.#call(algo, a, b, c, d, 1, 0);
-        if (status === CUBLAS_STATUS_SUCCESS) {
-          const slot = timed.length;
+        const status = this.#call(algo, a, b, c, d, 1, 0);
+        if (status === CUBLAS_STATUS_SUCCESS) timed.push({ index, algo, slots: [] });
+        else lastStatus = status;
+      }
+      let slot = 0;
+      for (let round = 0; round < LT_TIMING_ROUNDS && timed.length > 0; round++) {
+        for (const t of timed) {
           const [start, end] = [state.events[2 * slot], state.events[2 * slot + 1]];
           checkCuda(cudart().cudaEventRecord(start, device.stream), "cudaEventRecord");
-          status = this.#call(algo, a, b, c, d, 1, 0);
+          const status = this.#call(t.algo, a, b, c, d, 1, 0);
           checkCuda(cudart().cudaEventRecord(end, device.stream), "cudaEventRecord");
-          if (status === CUBLAS_STATUS_SUCCESS) timed.push({ index, slot });
+          checkCublas(status, "cublasLtMatmul");
+          t.slots.push(slot++);
         }
-        if (status !== CUBLAS_STATUS_SUCCESS) lastStatus = status;
       }
       device.synchronize();
       if (timed.length === 0) {
@@ -847,10 +872,12 @@ class LtMatmulCore {
       let best = timed[0];
       let bestMs = Infinity;
       for (const t of timed) {
-        const ms = eventElapsedMs(state.events[2 * t.slot], state.events[2 * t.slot + 1]);
-        if (ms < bestMs) {
-          bestMs = ms;
-          best = t;
+        for (const at of t.slots) {
+          const ms = eventElapsedMs(state.events[2 * at], state.events[2 * at + 1]);
+          if (ms < bestMs) {
+            bestMs = ms;
+            best = t;
+          }
         }
       }
       return keep(best.index, timed.length, bestMs);
@@ -922,4 +949,53 @@ export function ltMatmulPlan(device: CudaDevice, spec: LtMatmulSpec): LtMatmulPl
       shared.run(a, b, c, d, alpha, beta, current);
     },
   };
+}
+
+/** Bytes of the random block {@link randomOperandBytes} makes for an autotune operand. */
+const RANDOM_BLOCK_BYTES = 1 << 20;
+
+/**
+ * `bytes` bytes of seeded pseudo-random elements of the `CUDA_R_*` type `type`: floats of
+ * magnitude in [0.5, 1) with random signs and mantissas (no NaN, infinity or subnormal), and
+ * random codes of the integer types.
+ */
+function randomOperandBytes(type: number, bytes: number): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(bytes);
+  const words = new Uint32Array(out.buffer, 0, bytes >> 2);
+  let s = 2463534242;
+  for (let i = 0; i < words.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    words[i] = s >>> 0;
+  }
+  // Keep the sign and mantissa bits; set the exponent to that of 0.5.
+  const masked = (view: Uint8Array | Uint16Array | Uint32Array, keep: number, exponent: number) => {
+    for (let i = 0; i < view.length; i++) view[i] = (view[i] & keep) | exponent;
+  };
+  switch (type) {
+    case CUDA_R_32F:
+      masked(words, 0x807fffff, 0x3f000000);
+      break;
+    case CUDA_R_16F:
+      masked(new Uint16Array(out.buffer, 0, bytes >> 1), 0x83ff, 0x3800);
+      break;
+    case CUDA_R_16BF:
+      masked(new Uint16Array(out.buffer, 0, bytes >> 1), 0x807f, 0x3f00);
+      break;
+    case CUDA_R_8F_E4M3:
+      masked(out, 0x87, 0x30);
+      break;
+    case CUDA_R_8F_E5M2:
+      masked(out, 0x83, 0x38);
+      break;
+    case CUDA_R_64F:
+      // Bytes 6 and 7 of each double hold its sign and exponent: 0.5 to 1 as well.
+      for (let i = 6; i + 1 < bytes; i += 8) {
+        out[i] = (out[i] & 0x0f) | 0xe0;
+        out[i + 1] = (out[i + 1] & 0x80) | 0x3f;
+      }
+      break;
+  }
+  return out;
 }
