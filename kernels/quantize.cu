@@ -30,10 +30,10 @@
 //   the next two (128 bytes a thread, 128 KB an SM) are in flight without costing registers.
 //   A thread reads back only what it copied itself: no barriers.
 // - Streaming hints: cp.async.cg bypasses L1; stores are st.global.cs (evict-first in L2).
-// - The division stays __fdiv_rn: x * (1/s) plus one FMA correction is not proven correctly
-//   rounded for every input, and a guard would cost what it saves. Its ~10 instructions an
-//   element fit the issue budget at full bandwidth; what the old kernel lacked was loads in
-//   flight while it divided, which the ring provides.
+// - The division stays __fdiv_rn. Its ~10 instructions an element fit the issue budget at full
+//   bandwidth; what the old kernel lacked was loads in flight while it divided, which the ring
+//   provides. (qlinear's activation quantize, which ran short of issue slots, divides with
+//   ScaleQuotient in kernels/qlinear.cuh: x * (1/s) and Markstein's correction, with guards.)
 // Variants of the benchmarked conversions stay available for side-by-side timing (suffix _v0:
 // the plain grid-stride kernel below; _v1: the next step loaded into registers instead).
 //
