@@ -1,6 +1,7 @@
-// Pieces of the quantized linear kernels shared by kernels/linear.cu and kernels/qgemv.cu: the
-// float -> code conversions (e4m3 pairs, rounded and saturated integers), the float element
-// types with one-rounding stores from float or double, and the activation code packers of the
+// Pieces of the quantized linear kernels shared by kernels/linear.cu, kernels/qgemv.cu and the
+// quantizing layer norm (kernels/nn.cu): the float -> code conversions (e4m3 pairs, rounded and
+// saturated integers), the float element types with one-rounding stores from float or double,
+// the division by a per-tensor scale (ScaleQuotient), and the activation code packers of the
 // per-tensor input quantize (XI8, XE4M3). Everything is inlined.
 
 #pragma once
