@@ -11,13 +11,7 @@ import {
   launch,
 } from "../lib/backends/cuda/kernels.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
-import {
-  decode,
-  type DType,
-  float32ToFloat8e4m3Bits,
-  float8e4m3BitsToNumber,
-  roundHalfToEven,
-} from "../lib/dtype.ts";
+import { decode, type DType, float8e4m3BitsToNumber, roundHalfToEven } from "../lib/dtype.ts";
 import { preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
 import { FLOAT_KIND, gemvShape } from "../lib/backends/cuda/util.ts";
 import { type Activation, applyActivation, randomValues, testOnGpu, values } from "./helpers.ts";
@@ -237,15 +231,6 @@ testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
   }, { rtol: 2e-3, atol: 3e-3 });
 });
 
-// The code of x / s under the quantize op's rules: the float32 quotient (a float64 division of
-// float32 operands, rounded once to float32, is the IEEE float32 division), then int8's
-// round-half-even with saturation and NaN → 0, or e4m3's saturating RNE with NaN → 0x7f.
-function referenceCode(x: number, s: number, target: "i8" | "e4m3"): number {
-  const q = Math.fround(x / s);
-  if (target === "e4m3") return float32ToFloat8e4m3Bits(q);
-  return Number.isNaN(q) ? 0 : Math.min(127, Math.max(-128, roundHalfToEven(q)));
-}
-
 testOnGpu(
   "qlinear's activation quantize divides like IEEE float32: every float16, 56 scales",
   () => {
@@ -291,15 +276,10 @@ testOnGpu(
         );
         const floatX = cuda.upload("cuda:0", "float32", floatValues) as CudaBuffer;
         const scaleUp = cuda.upload("cuda:0", "float32", Float32Array.of(s)) as CudaBuffer;
+        const inputs = [["f16", halfX, halfValues], ["f32", floatX, floatValues]] as const;
         try {
-          for (
-            const [xName, x, xs] of [["f16", halfX, halfValues], [
-              "f32",
-              floatX,
-              floatValues,
-            ]] as const
-          ) {
-            for (const target of ["i8", "e4m3"] as const) {
+          for (const [xName, x, xs] of inputs) {
+            for (const [target, dtype] of [["i8", "int8"], ["e4m3", "float8e4m3"]] as const) {
               const n = xs.length;
               const kernel = kernelFunction(
                 device,
@@ -310,12 +290,14 @@ testOnGpu(
                 .i32(FLOAT_KIND.float32).i64(n).ptr(0n).ptr(0n).i32(0).i32(0);
               launch(device, kernel, grid1d(device, n, 8), [BLOCK, 1, 1], params);
               const got = new Uint8Array((cuda.download(out) as Int8Array).buffer, 0, n);
+              // The reference: the quantize op on the CPU backend (its IEEE float32 quotient).
+              const ref = tq.quantize(tq.tensor(xs), s, dtype).storageSync();
+              const want = new Uint8Array(ref.buffer, ref.byteOffset, n);
               let bad = 0;
               let first = "";
               for (let i = 0; i < n; i++) {
-                const want = referenceCode(xs[i], s, target) & 0xff;
-                if (got[i] !== want) {
-                  if (bad++ === 0) first = `x ${xs[i]}: code ${got[i]}, want ${want}`;
+                if (got[i] !== want[i] && bad++ === 0) {
+                  first = `x ${xs[i]}: code ${got[i]}, want ${want[i]}`;
                 }
               }
               assert.equal(bad, 0, `${xName} → ${target}, s ${s}: ${bad} codes differ (${first})`);
