@@ -177,9 +177,8 @@ __device__ __forceinline__ uint4 ldWeightChunk(const unsigned char* p) {
 }
 
 // 16 bytes of a stream read once per step through more data than the L2 holds (a float weight
-// matrix such as the vocabulary projection, a KV cache): evict-first in L2, so the stream does
-// not push out what the next step reads again (quantized weights that fit): `.cs`, allocated
-// evict-first in L1 and L2.
+// matrix such as the vocabulary projection, a KV cache). `.cs` allocates its lines evict-first
+// in L1 and L2, so the stream does not push out what the next step reads again.
 __device__ __forceinline__ uint4 ldStreamed(const void* p) {
   uint4 v;
   asm("ld.global.cs.nc.v4.u32 {%0, %1, %2, %3}, [%4];"

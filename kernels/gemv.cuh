@@ -112,7 +112,7 @@ __device__ __forceinline__ float layerNormAffine(float v, float mean, float inv,
 __device__ __forceinline__ void prefetchL1(const void* p, i64 bytes) {
   if (p == nullptr) return;
   for (i64 at = (i64)threadIdx.x * 128; at < bytes; at += (i64)blockDim.x * 128) {
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(static_cast<const char*>(p) + at));
+    prefetchL1(static_cast<const char*>(p) + at);
   }
 }
 
