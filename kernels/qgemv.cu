@@ -196,7 +196,8 @@ struct Norm {
 };
 
 // Codes of x (element type X) into shared memory in Q's layout, Q::kStep (8 or 4) elements per
-// step (Q::store8 or Q::store4): x / s with IEEE division, then Q's rounding. With a norm, x is
+// step (Q::store8 or Q::store4): x / s as the IEEE division rounds it (ScaleQuotient,
+// qlinear.cuh), then Q's rounding. With a norm, x is
 // first normalized with the layer-norm kernel's operations (layerNormAffine: (x − mean) · inv ·
 // weight + bias in float32) and rounded to X, the layer norm's output dtype. pitch is passed on
 // to Q's store (the ring kernels' layouts take K, the mma kernels' their padded row pitch).
@@ -205,6 +206,7 @@ __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restr
                                           float s, int steps, int rowSteps, int pitch,
                                           const Norm& norm) {
   constexpr int W = Q::kStep;
+  const ScaleQuotient quotient(s);
 #pragma unroll 1
   for (int c = threadIdx.x; c < steps; c += blockDim.x) {
     float v[W];
@@ -237,8 +239,7 @@ __device__ __forceinline__ void quantizeX(unsigned char* xs, const void* __restr
         for (int e = 0; e < 4; e++) v[h + e] = quad[e];
       }
     }
-#pragma unroll
-    for (int e = 0; e < W; e++) v[e] = __fdiv_rn(v[e], s);
+    quotient.divide(v);
     if constexpr (W == 8) {
       Q::store8(xs, c, v, rowSteps, pitch);
     } else {
