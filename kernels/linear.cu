@@ -185,12 +185,26 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
     const float r = loadScale(rowScale, rowScaleKind, 0);
     for (i64 i = first; i < rows; i += threads) rowScales[i] = r;
   }
+  // 16-bit x: two chunks a thread per iteration, both loads issued before either is converted,
+  // for twice the bytes in flight per resident thread (the kernel is a stream; the host sizes
+  // the grid for two chunks a thread). float32 chunks are 32 bytes already: one at a time, as
+  // two would not fit the registers.
+  constexpr bool kPair = sizeof(typename In::Raw8) == 16;
   const i64 full = n / 8;
   float v[8];
-  for (i64 c = first; c < full; c += threads) {
-    In::load8(in, c, v);
+  for (i64 c = first; c < full; c += (kPair ? 2 : 1) * threads) {
+    const i64 c2 = c + threads;
+    const typename In::Raw8 a = In::loadRaw8(in, c);
+    typename In::Raw8 b;
+    if (kPair && c2 < full) b = In::loadRaw8(in, c2);
+    In::unpack8(a, v);
     quotient.divide(v);
     Out::store8(out, c, v);
+    if (kPair && c2 < full) {
+      In::unpack8(b, v);
+      quotient.divide(v);
+      Out::store8(out, c2, v);
+    }
   }
   for (i64 i = full * 8 + first; i < n; i += threads) {
     Out::store1(out, i, quotient(In::load(in, i)));
@@ -198,7 +212,7 @@ __device__ __forceinline__ void quantizeActivations(void* __restrict__ out,
 }
 
 #define QUANTIZE_X_KERNEL(IN_NAME, IN, OUT_NAME, OUT)                                       \
-  extern "C" __global__ void __launch_bounds__(256, 8) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
+  extern "C" __global__ void __launch_bounds__(256, 6) qlinear_quantize_##IN_NAME##_##OUT_NAME( \
       void* __restrict__ out, const void* __restrict__ in, const void* __restrict__ scale,   \
       int scaleKind, i64 n, float* __restrict__ rowScales, const void* __restrict__ rowScale, \
       int rowScaleKind, int rows) {                                                          \

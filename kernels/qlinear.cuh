@@ -19,8 +19,10 @@ __device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
   // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN (0xff becomes 0x7f).
   const unsigned w =
       (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  const unsigned nanMask = __vcmpeq4(w, 0xffffffffu);
-  return w & ~(nanMask & 0x8080u);
+  // Bytes 0xff (the only code that is NaN with its sign set) lose their sign bit: bit 7 of
+  // byte b of `kept` is set where ~w's byte is not zero (no carry crosses a byte).
+  const unsigned kept = ((~w & 0x7f7f7f7fu) + 0x7f7f7f7fu) | ~w;
+  return w & (kept | 0x7f7f7f7fu);
 #else
   return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
 #endif
@@ -37,12 +39,20 @@ __device__ __forceinline__ int roundSat(float q) {
 // load, load4, store, store4 (and for 16-bit types one, fromFloat, pack, unpack): common.cuh.
 
 struct F32 : F32Base {
-  // Eight values at 8c.
-  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
+  // Eight values at 8c: as loaded (Raw8: what a thread holds while the load is in flight), and
+  // as floats.
+  struct Raw8 {
+    float4 a, b;
+  };
+  __device__ static Raw8 loadRaw8(const void* p, i64 c) {
     const float4* q = reinterpret_cast<const float4*>(p) + 2 * c;
-    const float4 a = __ldg(q), b = __ldg(q + 1);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    return Raw8{__ldg(q), __ldg(q + 1)};
   }
+  __device__ static void unpack8(const Raw8& r, float (&v)[8]) {
+    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w;
+    v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z, v[7] = r.b.w;
+  }
+  __device__ static void load8(const void* p, i64 c, float (&v)[8]) { unpack8(loadRaw8(p, c), v); }
   __device__ static void storeDouble(void* p, i64 i, double v) {
     static_cast<float*>(p)[i] = __double2float_rn(v);
   }
@@ -61,12 +71,16 @@ struct Half16 : Half16Base<Bf16> {
   __device__ static unsigned short fromDouble(double v) {
     return Bf16 ? __bfloat16_as_ushort(__double2bfloat16(v)) : __half_as_ushort(__double2half(v));
   }
-  __device__ static void load8(const void* p, i64 c, float (&v)[8]) {
-    const uint4 w = __ldg(reinterpret_cast<const uint4*>(p) + c);
+  typedef uint4 Raw8;
+  __device__ static Raw8 loadRaw8(const void* p, i64 c) {
+    return __ldg(reinterpret_cast<const uint4*>(p) + c);
+  }
+  __device__ static void unpack8(const Raw8& w, float (&v)[8]) {
     const float2 a = Base::unpack(w.x), b = Base::unpack(w.y);
     const float2 d = Base::unpack(w.z), e = Base::unpack(w.w);
     v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y, v[4] = d.x, v[5] = d.y, v[6] = e.x, v[7] = e.y;
   }
+  __device__ static void load8(const void* p, i64 c, float (&v)[8]) { unpack8(loadRaw8(p, c), v); }
   __device__ static void storeDouble(void* p, i64 i, double v) {
     static_cast<unsigned short*>(p)[i] = fromDouble(v);
   }

@@ -411,7 +411,8 @@ class LinearLaunches {
     const p = this.params.reset().ptr(dst).ptr(x.address).ptr(sxq.address).i32(sxqKind).i64(count)
       .ptr(rowScales?.address ?? 0n).ptr(rowScales?.scale.address ?? 0n)
       .i32(rowScales?.kind ?? 0).i32(rowScales?.rows ?? 0);
-    const grid = grid1d(this.device, Math.max(count, 8 * (rowScales?.rows ?? 0)), 8);
+    // Two 8-value chunks a thread (quantizeActivations, kernels/linear.cu).
+    const grid = grid1d(this.device, Math.max(count, 16 * (rowScales?.rows ?? 0)), 16);
     launch(this.device, kernel, grid, [BLOCK, 1, 1], p);
   }
 
