@@ -17,6 +17,8 @@
 //   exactly as the layer-norm kernel of the unfolded graph would (layerNormStats, gemv.cuh).
 // - flinear_epilogue_<x>: y = act(acc + b) from float32 products (cuBLASLt's, or none when
 //   K = 0); acc may be y itself (float32 outputs, in place).
+// - flinear_edges_b<bytes>: copies into y the columns of each row that the row-class cuBLASLt
+//   products leave out when N is not a whole number of 16-byte vectors (edgeColumns below).
 //
 // Activation codes: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh).
 
@@ -300,3 +302,35 @@ __device__ __forceinline__ void flinearEpilogue(void* out, const float* acc, i64
 EPILOGUE_KERNEL(f32, F32)
 EPILOGUE_KERNEL(f16, F16)
 EPILOGUE_KERNEL(bf16, BF16)
+
+// ---------------------------------------------------------------------------------------------
+// Edge columns. Where a row of N elements is not a whole number of 16-byte vectors, the lowering
+// (rowClassProducts in lib/backends/cuda/flinear.ts) writes columns [c, c + W) of row r straight
+// into y with cuBLASLt, c = (r mod P) · D, and columns [0, E) and [N − E, N) of every row into
+// the scratch matrices `left` and `right` ([M, E] each). This kernel copies the rest of each row
+// from them: [0, c) from left and [c + W, N) from right, N − W elements a row.
+
+template <class T>
+__device__ __forceinline__ void edgeColumns(T* __restrict__ y, const T* __restrict__ left,
+                                            const T* __restrict__ right, i64 M, i64 N, i64 E,
+                                            int P, i64 D, i64 W) {
+  const i64 edges = N - W;
+  const i64 total = M * edges;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (i64)gridDim.x * blockDim.x) {
+    const i64 r = i / edges, e = i % edges;
+    const i64 c = (r % P) * D;
+    // Columns e < c lie left of the product's; the others are c + W + (e − c) = W + e.
+    y[r * N + (e < c ? e : W + e)] = e < c ? left[r * E + e] : right[r * E + W + e - (N - E)];
+  }
+}
+
+#define EDGES_KERNEL(NAME, T)                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) flinear_edges_##NAME(                      \
+      T* __restrict__ y, const T* __restrict__ left, const T* __restrict__ right, i64 M, i64 N, \
+      i64 E, int P, i64 D, i64 W) {                                                            \
+    edgeColumns<T>(y, left, right, M, N, E, P, D, W);                                          \
+  }
+
+EDGES_KERNEL(b2, unsigned short)
+EDGES_KERNEL(b4, unsigned)

@@ -2,10 +2,10 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { DType } from "../lib/dtype.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
-import { flinearLtEpilogue } from "../lib/backends/cuda/flinear.ts";
+import { flinearLtEpilogue, flinearRowClassRunCount } from "../lib/backends/cuda/flinear.ts";
 import { gemvShape } from "../lib/backends/cuda/util.ts";
 import { linearFusionEnabled, setLinearFusion } from "../lib/graph/passes/qdq_fusion.ts";
-import { type Activation, applyActivation, testOnDevices, values } from "./helpers.ts";
+import { type Activation, applyActivation, testOnDevices, testOnGpu, values } from "./helpers.ts";
 
 // Tolerances, as |got − ref| ≤ tol·(|ref| + max|ref|):
 // - float32: the fused op rounds once where the unfused graph rounds after the product, the
@@ -113,6 +113,35 @@ testOnDevices(
     }
   },
 );
+
+testOnGpu("odd-width products write their rows in place, by alignment class of rows", () => {
+  // N odd, 2 mod 4 and 4 mod 8 give 8, 4 and 2 row classes for 16-bit outputs (4, 2 and 1 for
+  // float32, whose rows with N ≡ 4 mod 8 are aligned). M a multiple of the classes runs them as
+  // one batched product, other M one product a class (of unequal rows). A column left
+  // unwritten keeps whatever its memory held, which the float64 comparison catches.
+  const shapes: [number, number][] = [[96, 203], [64, 1001], [128, 50], [32, 36]];
+  let c = 0;
+  for (const dtype of DTYPES) {
+    for (const [k, n] of shapes) {
+      for (const m of [17, 24, 64, 301]) {
+        for (const act of ["none", "relu", "gelu_tanh"] as Activation[]) {
+          const what = `${dtype} M=${m} [K, N]=${[k, n]} ${act}`;
+          const l = layer("cuda", [k, n], dtype, false, 500 + c);
+          const x = tq.randn([m, k], { seed: 600 + c, dtype, device: "cuda" });
+          const before = flinearRowClassRunCount();
+          const y = applyActivation(l.forward(x), act);
+          const got = values(y);
+          const rowsAligned = (n * (dtype === "float32" ? 4 : 2)) % 16 === 0;
+          // cuBLASLt's epilogue computes the tanh GELU for 16-bit outputs only.
+          const inPlace = !rowsAligned && (act !== "gelu_tanh" || dtype !== "float32");
+          assert.equal(flinearRowClassRunCount() - before, inPlace ? 1 : 0, what);
+          assertNear(got, reference(x, l, act), TOL[dtype], `${what} vs float64`);
+          c++;
+        }
+      }
+    }
+  }
+});
 
 testOnDevices("Sequential of Linears and a hand-written x · Wᵀ + b fuse layer by layer", (
   device,

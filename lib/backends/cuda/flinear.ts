@@ -178,9 +178,22 @@ function trialRun(
   dtype: FloatDType,
   hasBias: boolean,
 ): boolean {
-  const a = CudaBuffer.allocate(device, dtype, spec.m * spec.k);
-  const b = CudaBuffer.allocate(device, dtype, spec.n * spec.k);
-  const d = CudaBuffer.allocate(device, dtype, (spec.ldd ?? spec.ldc) * spec.n);
+  const batches = (spec.batch?.count ?? 1) - 1;
+  const a = CudaBuffer.allocate(
+    device,
+    dtype,
+    spec.m * spec.lda + batches * (spec.batch?.strideA ?? 0),
+  );
+  const b = CudaBuffer.allocate(
+    device,
+    dtype,
+    spec.n * spec.ldb + batches * (spec.batch?.strideB ?? 0),
+  );
+  const d = CudaBuffer.allocate(
+    device,
+    dtype,
+    (spec.ldd ?? spec.ldc) * spec.n + batches * (spec.batch?.strideD ?? spec.batch?.strideC ?? 0),
+  );
   const bias = CudaBuffer.allocate(device, dtype, Math.max(spec.m, 1));
   return ltTrialRuns([a, b, d, bias], () => {
     for (const t of [a, b, bias]) memsetZero(device, t.address, t.bytes);
@@ -492,6 +505,10 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   const ltEpilogue = flinearLtEpilogue(hasBias, activation, dtype);
   if (ltEpilogue !== undefined) {
+    const byClass = rowsAligned(dtype) || hasBias
+      ? undefined
+      : rowClassProducts(device, dtype, m, n, k, ltEpilogue);
+    if (byClass) return (y, [x, w]) => byClass(y.address, x, w);
     const fused = partPlans(dtype, ltEpilogue);
     if (fused) {
       const compact = compaction(dtype);
@@ -517,6 +534,115 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
     epilogue(y, acc.address, bias);
     acc.dispose();
   };
+}
+
+/**
+ * `y = act(x · Wᵀ)` for `[m, n]` y whose rows are not whole 16-byte vectors (N odd, say a
+ * 50257-word vocabulary), written in place: undefined where it does not apply.
+ *
+ * Row r starts at element r·N, so rows start on 16-byte boundaries (A elements) only every P-th
+ * row, P = A / gcd(N, A). The rows of class j (r mod P = j) all have aligned columns at
+ * c_j = j·s, s = A − N mod A (j·s ≡ −j·N mod A). Each class is a cuBLASLt product of its
+ * rows (x and y read with P times their row stride) over columns [c_j, c_j + W), W the largest
+ * multiple of A with c_{P−1} + W ≤ N: D pointers and leading dimensions 16-byte aligned, the
+ * vectorized kernels, straight into y. The class products' W, x and y pointers step by s·K, K
+ * and N + s from one class to the next, so when the classes have equal rows (M a multiple of P)
+ * they are one strided-batched product; otherwise one product each. The columns they leave out,
+ * [0, c_j) and [c_j + W, N), come from two thin products of every row over the first and the last
+ * E columns (E ≥ both widths, a multiple of A) into scratch memory, copied into place by the
+ * `flinear_edges` kernel. This replaces a product into padded rows and a copy of all of y (for
+ * GPT-2's logits, a tenth of a prefill).
+ *
+ * It needs x's and W's rows on 16-byte boundaries (K·size a multiple of 16) and no bias (the
+ * class products' bias pointers would start c_j elements in, off the alignment cuBLASLt's bias
+ * loads expect); every plan must be accepted.
+ */
+function rowClassProducts(
+  device: CudaDevice,
+  dtype: FloatDType,
+  m: number,
+  n: number,
+  k: number,
+  epilogue: number,
+): ((y: bigint, x: CudaBuffer, w: CudaBuffer) => void) | undefined {
+  const size = dtypeBytes(dtype);
+  const a = 16 / size;
+  if ((k * size) % 16 !== 0 || n % a === 0) return undefined;
+  const period = a / gcd(n, a);
+  const step = a - (n % a);
+  const width = Math.floor((n - (period - 1) * step) / a) * a;
+  const edge = roundUp(Math.max((period - 1) * step, n - width), a);
+  if (width < a || edge > n || m < period) return undefined;
+  const type = LT_TYPE[dtype];
+  const spec = (rows: number, count: number): LtMatmulSpec => ({
+    ...floatTnSpec(width, rows, k, type, type),
+    ldb: period * k,
+    ldc: period * n,
+    ldd: period * n,
+    alignment: { a: 16, b: 16, c: 16, d: 16 },
+    epilogue,
+    ...(count > 1
+      ? { batch: { count, strideA: step * k, strideB: k, strideC: n + step, strideD: n + step } }
+      : {}),
+  });
+  const rowsOf = (j: number) => Math.floor((m - 1 - j) / period) + 1;
+  // Each product's plan and its first class.
+  const launches: [LtMatmulPlan, number][] = [];
+  if (m % period === 0) {
+    const plan = tryFusedPlan(device, spec(m / period, period), dtype, false);
+    if (!plan) return undefined;
+    launches.push([plan, 0]);
+  } else {
+    for (let j = 0; j < period; j++) {
+      const plan = tryFusedPlan(device, spec(rowsOf(j), 1), dtype, false);
+      if (!plan) return undefined;
+      launches.push([plan, j]);
+    }
+  }
+  const edgePlan = tryFusedPlan(
+    device,
+    {
+      ...floatTnSpec(edge, m, k, type, type),
+      alignment: { a: 16, b: 16, c: 16, d: 16 },
+      epilogue,
+    },
+    dtype,
+    false,
+  );
+  if (!edgePlan) return undefined;
+  const copy = fn(device, `flinear_edges_b${size}`);
+  const copyGrid = grid1d(device, m * (n - width));
+  const params = new KernelParams();
+  return (y, x, w) => {
+    for (const [plan, j] of launches) {
+      const d = y + BigInt((j * n + j * step) * size);
+      plan.run(w.address + BigInt(j * step * k * size), x.address + BigInt(j * k * size), d, d);
+    }
+    const scratch = CudaBuffer.allocate(device, dtype, 2 * m * edge);
+    const left = scratch.address, right = left + BigInt(m * edge * size);
+    edgePlan.run(w.address, x.address, left, left);
+    edgePlan.run(w.address + BigInt((n - edge) * k * size), x.address, right, right);
+    const p = params.reset().ptr(y).ptr(left).ptr(right).i64(m).i64(n).i64(edge).i32(period)
+      .i64(step).i64(width);
+    launch(device, copy, copyGrid, [BLOCK, 1, 1], p);
+    scratch.dispose();
+    rowClassRuns++;
+  };
+}
+
+let rowClassRuns = 0;
+
+/**
+ * Number of products run so far by row classes (to tell whether an odd-width product wrote
+ * its output in place or through padded rows and a copy).
+ */
+export function flinearRowClassRunCount(): number {
+  return rowClassRuns;
+}
+
+function gcd(a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b];
+  return a;
 }
 
 /**
