@@ -12,6 +12,8 @@
  *   `N × M`, which is y row-major), with bias and activation in cuBLASLt's epilogue where it
  *   computes them as the reference does: none and relu always, the tanh GELU (cuBLASLt's GELU)
  *   for float16 / bfloat16 outputs only, as its approximation error is below their rounding.
+ *   Rows that are not whole 16-byte vectors (an odd N) are written by classes of rows that share
+ *   their alignment ({@link rowClassProducts}), straight into y.
  *   Each fused configuration is tried once with a real call on scratch buffers, bias pointer
  *   included; when refused, or for exact (erf) GELU, the plain product is followed by an
  *   epilogue kernel: float32 outputs get the product in y and the epilogue in place (the bias
@@ -443,8 +445,9 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
 
   const type = LT_TYPE[dtype];
   // Rows of D that do not start on 16-byte boundaries (N odd, say a 50257-word vocabulary)
-  // leave cuBLASLt only its slow alignment-1 kernels: such products go to a scratch D with
-  // padded rows, compacted into y by one strided copy. A row length (cuBLASLt's m) that is not
+  // leave cuBLASLt only its slow alignment-1 kernels: such products run by row classes
+  // ({@link rowClassProducts}), or where those do not apply (a bias, K·size not a multiple of
+  // 16 bytes) go to a scratch D with padded rows, compacted into y by one strided copy. A row length (cuBLASLt's m) that is not
   // a multiple of 8 does the same, so the product is split in two: the first N - N % 8
   // outputs (vectorized kernels) and the last N % 8 (a thin product beside them).
   const rowsAligned = (dt: FloatDType) => (n * dtypeBytes(dt)) % 16 === 0;
