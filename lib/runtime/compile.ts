@@ -100,9 +100,7 @@ interface ShapeEntry {
   staticOutputs?: DeviceBuffer[];
   /** For each output, the donated argument whose fixed buffer it is updated in (or -1). */
   outputArg?: number[];
-  /** Per argument, the node of the last result handed out in its fixed buffer. */
-  holders?: (Node | undefined)[];
-  /** Per output not updated in an argument's buffer, the last result lent from its buffer. */
+  /** Per output, the last result lent from its fixed buffer (weakly: a collected one is gone). */
   lent?: (WeakRef<Node> | undefined)[];
   replay?: ReplayablePlan;
   single: boolean;
@@ -312,7 +310,6 @@ export function compile(
     entry.outputArg = entry.outShapes.map((_, j) =>
       updated[j] === undefined ? -1 : entry.argLeaf.indexOf(updated[j]!)
     );
-    entry.holders = inputs.map(() => undefined);
     entry.lent = entry.outShapes.map(() => undefined);
     entry.staticOutputs = entry.outShapes.map((s, j) => {
       const arg = entry.outputArg![j];
@@ -348,18 +345,14 @@ export function compile(
     if (useGraphs && !entry.replay) prepareGraph(entry, args.map((a) => a.node.buffer!));
     if (entry.replay) {
       const statics = entry.staticInputs!;
-      const holders = entry.holders!;
-      // A result still held in a fixed buffer that this call overwrites moves out first,
-      // unless it is the very tensor passed (donated) back into that buffer.
-      holders.forEach((h, i) => {
-        if (h && h !== args[i].node) h.detach?.();
-        holders[i] = undefined;
-      });
-      // Results lent from the fixed output buffers: those still alive move out first. One
-      // disposed (or collected) before this call costs nothing.
+      // Results lent from the fixed buffers that this call overwrites: those still alive move
+      // out first, except the very tensor passed (donated) back into the buffer it was lent
+      // from. One disposed (or collected) before this call costs nothing.
       const lent = entry.lent!;
       lent.forEach((ref, j) => {
-        ref?.deref()?.detach?.();
+        const node = ref?.deref();
+        const arg = entry.outputArg![j];
+        if (node && !(arg >= 0 && node === args[arg].node)) node.detach?.();
         lent[j] = undefined;
       });
       args.forEach((a, i) => {
@@ -388,9 +381,7 @@ export function compile(
       node.realize(b);
       if (entry.replay) {
         lend(node, b);
-        const arg = entry.outputArg![i];
-        if (arg >= 0) entry.holders![arg] = node;
-        else entry.lent![i] = new WeakRef(node);
+        entry.lent![i] = new WeakRef(node);
       }
       return new Tensor(node);
     });
