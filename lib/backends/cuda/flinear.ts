@@ -447,9 +447,10 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
   // Rows of D that do not start on 16-byte boundaries (N odd, say a 50257-word vocabulary)
   // leave cuBLASLt only its slow alignment-1 kernels: such products run by row classes
   // ({@link rowClassProducts}), or where those do not apply (a bias, K·size not a multiple of
-  // 16 bytes) go to a scratch D with padded rows, compacted into y by one strided copy. A row length (cuBLASLt's m) that is not
-  // a multiple of 8 does the same, so the product is split in two: the first N - N % 8
-  // outputs (vectorized kernels) and the last N % 8 (a thin product beside them).
+  // 16 bytes) go to a scratch D with padded rows, compacted into y by one strided copy. A row
+  // length (cuBLASLt's m) that is not a multiple of 8 does the same, so the product is split in
+  // two: the first N - N % 8 outputs (vectorized kernels) and the last N % 8 (a thin product
+  // beside them).
   const rowsAligned = (dt: FloatDType) => (n * dtypeBytes(dt)) % 16 === 0;
   const ldOf = (dt: FloatDType) => rowsAligned(dt) ? n : roundUp(n, 16 / dtypeBytes(dt));
   const compaction = (dt: FloatDType) =>
@@ -556,9 +557,9 @@ function lowerLinear(ctx: CudaKernelContext): CudaLaunch {
  * `flinear_edges` kernel. This replaces a product into padded rows and a copy of all of y (for
  * GPT-2's logits, a tenth of a prefill).
  *
- * It needs x's and W's rows on 16-byte boundaries (K·size a multiple of 16) and no bias (the
- * class products' bias pointers would start c_j elements in, off the alignment cuBLASLt's bias
- * loads expect); every plan must be accepted.
+ * It needs x's and W's rows on 16-byte boundaries (K·size a multiple of 16), every plan accepted,
+ * and no bias: the class products' bias pointers would start c_j elements in, off the 16-byte
+ * alignment the padded path gives cuBLASLt's bias loads (not tried).
  */
 function rowClassProducts(
   device: CudaDevice,
