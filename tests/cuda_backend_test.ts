@@ -73,6 +73,22 @@ testOnGpu("cuda: out of memory is a clear error and the process keeps working", 
   assert.equal(after.liveBytes, before.liveBytes);
   assert.equal(after.liveBuffers, before.liveBuffers);
   assert.deepEqual(tq.tensor([1, 2], { device: "cuda" }).add(1).toArray(), [2, 3]);
+  // A CUDA graph (whose memory nodes need physical memory of their own) still launches: its
+  // first launches after a failed allocation ran out of memory until the pool gave back what
+  // it kept.
+  const w = tq.randn([64, 64], { seed: 3, device: "cuda" });
+  const exe = tq.compile((x) => x.matmul(w).add(1), {
+    args: [tq.inputInfo([64, 64])],
+    device: "cuda",
+  });
+  for (let i = 0; i < 3; i++) {
+    const x = tq.randn([64, 64], { seed: 10 + i, device: "cuda" });
+    const got = (exe(x) as tq.Tensor).dataSync() as Float32Array;
+    const want = x.matmul(w).add(1).dataSync() as Float32Array;
+    for (let j = 0; j < want.length; j++) {
+      assert.ok(Math.abs(got[j] - want[j]) <= 1e-4 * (1 + Math.abs(want[j])), `call ${i} at ${j}`);
+    }
+  }
 });
 
 Deno.test("cuda: a bad library directory gives a clear error and the CPU keeps working", async () => {

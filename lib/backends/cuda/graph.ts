@@ -7,6 +7,7 @@
  */
 import {
   checkCuda,
+  cudaErrorMemoryAllocation,
   cudart,
   cudaStreamCaptureModeThreadLocal,
   endCapture,
@@ -43,7 +44,17 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
   return {
     replay() {
       device.makeCurrent();
-      checkCuda(cudart().cudaGraphLaunch(exec, device.stream), "cudaGraphLaunch");
+      let status = cudart().cudaGraphLaunch(exec, device.stream);
+      if (status === cudaErrorMemoryAllocation) {
+        // The graph's memory nodes take physical memory of their own, which the stream-ordered
+        // pool may be holding as freed but kept memory (CudaDevice keeps it for reuse): give
+        // that back to the driver and launch once more.
+        cudart().cudaGetLastError();
+        device.synchronize();
+        checkCuda(cudart().cudaMemPoolTrimTo(device.pool, 0n), "cudaMemPoolTrimTo");
+        status = cudart().cudaGraphLaunch(exec, device.stream);
+      }
+      checkCuda(status, "cudaGraphLaunch");
     },
     dispose() {
       if (disposed) return;
