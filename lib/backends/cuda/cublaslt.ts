@@ -67,6 +67,7 @@ import {
   copyToDeviceAsync,
   createEvent,
   cudaEventDefault,
+  cudaMemcpyDeviceToDevice,
   cudart,
   cudaStreamCaptureStatusNone,
   eventElapsedMs,
@@ -91,6 +92,15 @@ export const LT_HEURISTIC_CANDIDATES: number = 8;
  * first candidates run).
  */
 const LT_TIMING_ROUNDS = 4;
+
+/**
+ * Each timed run meets its operands as a layer of a forward pass does: A (the weights, in the
+ * "TN" linear form) out of L2, B (the activations, just written by the layer before) in it.
+ * Between runs (untimed), a memset of this many times the L2 size evicts everything, and a copy
+ * of B reads it back in. Back to back, every operand stayed in L2, and the fastest candidate
+ * there was often not the fastest in the model.
+ */
+const LT_FLUSH_L2_TIMES = 2;
 
 /** `CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK` (uint32_t; not in the binding's table). */
 const PREF_REDUCTION_SCHEME_MASK = 3;
@@ -844,9 +854,29 @@ class LtMatmulCore {
         if (status === CUBLAS_STATUS_SUCCESS) timed.push({ index, algo, slots: [] });
         else lastStatus = status;
       }
+      const flushBytes = LT_FLUSH_L2_TIMES * Math.max(device.l2Bytes, 2 ** 20);
+      const flush = CudaBuffer.allocate(device, "int8", flushBytes);
+      scratch.push(flush);
+      const bBytes = bSpan * TYPE_BYTES[p.bType];
+      const bCopy = CudaBuffer.allocate(device, "int8", Math.max(bBytes, 16));
+      scratch.push(bCopy);
       let slot = 0;
       for (let round = 0; round < LT_TIMING_ROUNDS && timed.length > 0; round++) {
         for (const t of timed) {
+          checkCuda(
+            cudart().cudaMemsetAsync(flush.pointer, slot & 0xff, BigInt(flushBytes), device.stream),
+            "cudaMemsetAsync",
+          );
+          checkCuda(
+            cudart().cudaMemcpyAsync(
+              bCopy.pointer,
+              b,
+              BigInt(bBytes),
+              cudaMemcpyDeviceToDevice,
+              device.stream,
+            ),
+            "cudaMemcpyAsync",
+          );
           const [start, end] = [state.events[2 * slot], state.events[2 * slot + 1]];
           checkCuda(cudart().cudaEventRecord(start, device.stream), "cudaEventRecord");
           const status = this.#call(t.algo, a, b, c, d, 1, 0);

@@ -10,6 +10,7 @@ import {
   createStream,
   cudaDevAttrComputeCapabilityMajor,
   cudaDevAttrComputeCapabilityMinor,
+  cudaDevAttrL2CacheSize,
   cudaDevAttrMultiProcessorCount,
   cudaEventDisableTiming,
   cudaMemPoolAttrReleaseThreshold,
@@ -29,6 +30,8 @@ export class CudaDevice {
   readonly computeCapability: readonly [number, number];
   /** Number of streaming multiprocessors. */
   readonly smCount: number;
+  /** Bytes of L2 cache. */
+  readonly l2Bytes: number;
   /** The stream all of tensorq's work on this device is ordered on. */
   readonly stream: Deno.PointerValue;
   /** The device's default memory pool (cudaMallocAsync). */
@@ -45,6 +48,7 @@ export class CudaDevice {
       deviceAttribute(cudaDevAttrComputeCapabilityMinor, index),
     ];
     this.smCount = deviceAttribute(cudaDevAttrMultiProcessorCount, index);
+    this.l2Bytes = deviceAttribute(cudaDevAttrL2CacheSize, index);
     this.stream = createStream();
     this.pool = defaultMemPool(index);
     // Keep freed memory in the pool instead of returning it to the driver at every sync:
