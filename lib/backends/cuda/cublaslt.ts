@@ -949,8 +949,10 @@ export function ltMatmulCacheSize(): number {
  * Prepares a cuBLASLt product on `device`. The first request for a problem creates its
  * descriptors and layouts, asks the heuristic for up to {@link LT_HEURISTIC_CANDIDATES}
  * algorithms (excluding those that need more alignment than `spec.alignment` promises), runs
- * each once on scratch operands, times a second run with CUDA events and keeps the fastest
- * (candidates that fail in `cublasLtMatmul` are skipped). Later requests for the same problem
+ * each once on pseudo-random scratch operands, then times every candidate in
+ * {@link LT_TIMING_ROUNDS} round-robin rounds with CUDA events (each run from an L2 flushed
+ * of A and holding B: {@link LT_FLUSH_L2_TIMES}) and keeps the fastest (candidates that fail in
+ * `cublasLtMatmul` are skipped). Later requests for the same problem
  * reuse all of it. Bias and scale pointers are not part of the problem: they are set on the
  * descriptor at each run, from `run`'s `pointers` or else the spec's.
  */
