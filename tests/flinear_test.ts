@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { DType } from "../lib/dtype.ts";
 import { activationFn } from "../lib/backends/cpu/linear.ts";
-import { flinearLtEpilogue, flinearRowClassRunCount } from "../lib/backends/cuda/flinear.ts";
+import {
+  flinearLtEpilogue,
+  flinearRowClassRunCount,
+  rowClassLayout,
+} from "../lib/backends/cuda/flinear.ts";
 import { gemvShape } from "../lib/backends/cuda/util.ts";
 import { linearFusionEnabled, setLinearFusion } from "../lib/graph/passes/qdq_fusion.ts";
 import { type Activation, applyActivation, testOnDevices, testOnGpu, values } from "./helpers.ts";
@@ -113,6 +117,50 @@ testOnDevices(
     }
   },
 );
+
+Deno.test("row classes: every output written once, every class product's D aligned", () => {
+  // What the row-class lowering and its edge kernel (kernels/flinear.cu, edgeColumns) rely on:
+  // class j's rows j, j + P, ... get columns [j·s, j·s + W) from its product, whose D pointer
+  // (row j, column j·s) and leading dimension P·N are 16-byte aligned; the edge kernel writes
+  // the other N − W columns of row r from the thin products over columns [0, E) and [N − E, N).
+  let cases = 0;
+  for (const size of [2, 4]) {
+    const a = 16 / size;
+    for (let n = 1; n <= 400; n++) {
+      for (const m of [1, 7, 8, 9, 17, 24, 64]) {
+        const layout = rowClassLayout(m, n, 64, size);
+        const what = `size ${size} N=${n} M=${m}`;
+        if (n % a === 0) {
+          assert.equal(layout, undefined, `${what}: rows already aligned`);
+          continue;
+        }
+        if (!layout) continue;
+        cases++;
+        const { period, step, width, edge } = layout;
+        assert.equal((period * n * size) % 16, 0, `${what}: leading dimension`);
+        assert.equal(width % a, 0, `${what}: width`);
+        assert.ok(edge % a === 0 && edge <= n, `${what}: edge`);
+        const writes = new Uint8Array(m * n);
+        for (let r = 0; r < m; r++) {
+          const j = r % period, c = j * step;
+          assert.equal(((j * n + c) * size) % 16, 0, `${what}: class ${j} D pointer`);
+          assert.ok(c + width <= n, `${what}: class ${j} past the row`);
+          for (let col = c; col < c + width; col++) writes[r * n + col]++;
+          for (let e = 0; e < n - width; e++) {
+            const col = e < c ? e : width + e;
+            const source = e < c ? e : width + e - (n - edge);
+            assert.ok(source >= 0 && source < edge, `${what}: row ${r} edge ${e} source`);
+            writes[r * n + col]++;
+          }
+        }
+        assert.ok(writes.every((w) => w === 1), `${what}: an output not written exactly once`);
+      }
+    }
+  }
+  assert.ok(cases > 1000, `only ${cases} layouts checked`);
+  assert.equal(rowClassLayout(8, 50257, 768, 2)?.width, 50208, "GPT-2's logits");
+  assert.equal(rowClassLayout(8, 50257, 770, 2), undefined, "x rows off 16 bytes");
+});
 
 testOnGpu("odd-width products write their rows in place, by alignment class of rows", () => {
   // N odd, 2 mod 4 and 4 mod 8 give 8, 4 and 2 row classes for 16-bit outputs (4, 2 and 1 for

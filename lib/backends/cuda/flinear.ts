@@ -570,13 +570,9 @@ function rowClassProducts(
   epilogue: number,
 ): ((y: bigint, x: CudaBuffer, w: CudaBuffer) => void) | undefined {
   const size = dtypeBytes(dtype);
-  const a = 16 / size;
-  if ((k * size) % 16 !== 0 || n % a === 0) return undefined;
-  const period = a / gcd(n, a);
-  const step = a - (n % a);
-  const width = Math.floor((n - (period - 1) * step) / a) * a;
-  const edge = roundUp(Math.max((period - 1) * step, n - width), a);
-  if (width < a || edge > n || m < period) return undefined;
+  const layout = rowClassLayout(m, n, k, size);
+  if (!layout) return undefined;
+  const { period, step, width, edge } = layout;
   const type = LT_TYPE[dtype];
   const spec = (rows: number, count: number): LtMatmulSpec => ({
     ...floatTnSpec(width, rows, k, type, type),
@@ -632,6 +628,39 @@ function rowClassProducts(
     scratch.dispose();
     rowClassRuns++;
   };
+}
+
+/** How {@link rowClassProducts} splits `[m, n]` outputs of `size`-byte elements. */
+export interface RowClassLayout {
+  /** Row classes P: rows r and r + P start at the same alignment. */
+  period: number;
+  /** s: class j's product starts at column j·s. */
+  step: number;
+  /** W: the columns each class product writes (a multiple of 16 bytes). */
+  width: number;
+  /** E: the columns of each thin product, over the first and the last E of every row. */
+  edge: number;
+}
+
+/**
+ * The row-class split of `[m, n]` outputs of `size`-byte elements with K = `k`, or undefined
+ * where it does not apply: rows already aligned, x or W rows off 16 bytes, outputs too narrow
+ * for a product beside the edges, or fewer rows than classes.
+ */
+export function rowClassLayout(
+  m: number,
+  n: number,
+  k: number,
+  size: number,
+): RowClassLayout | undefined {
+  const a = 16 / size;
+  if ((k * size) % 16 !== 0 || n % a === 0) return undefined;
+  const period = a / gcd(n, a);
+  const step = a - (n % a);
+  const width = Math.floor((n - (period - 1) * step) / a) * a;
+  const edge = roundUp(Math.max((period - 1) * step, n - width), a);
+  if (width < a || edge > n || m < period) return undefined;
+  return { period, step, width, edge };
 }
 
 let rowClassRuns = 0;
