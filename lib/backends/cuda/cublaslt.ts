@@ -855,28 +855,35 @@ class LtMatmulCore {
         else lastStatus = status;
       }
       const flushBytes = LT_FLUSH_L2_TIMES * Math.max(device.l2Bytes, 2 ** 20);
-      const flush = CudaBuffer.allocate(device, "int8", flushBytes);
-      scratch.push(flush);
       const bBytes = bSpan * TYPE_BYTES[p.bType];
-      const bCopy = CudaBuffer.allocate(device, "int8", Math.max(bBytes, 16));
-      scratch.push(bCopy);
+      // Where memory is too short for the flush buffers, candidates are timed warm.
+      const flush = tryAllocate(device, flushBytes);
+      const bCopy = flush && tryAllocate(device, Math.max(bBytes, 16));
+      for (const buf of [flush, bCopy]) if (buf) scratch.push(buf);
       let slot = 0;
       for (let round = 0; round < LT_TIMING_ROUNDS && timed.length > 0; round++) {
         for (const t of timed) {
-          checkCuda(
-            cudart().cudaMemsetAsync(flush.pointer, slot & 0xff, BigInt(flushBytes), device.stream),
-            "cudaMemsetAsync",
-          );
-          checkCuda(
-            cudart().cudaMemcpyAsync(
-              bCopy.pointer,
-              b,
-              BigInt(bBytes),
-              cudaMemcpyDeviceToDevice,
-              device.stream,
-            ),
-            "cudaMemcpyAsync",
-          );
+          if (flush && bCopy) {
+            checkCuda(
+              cudart().cudaMemsetAsync(
+                flush.pointer,
+                slot & 0xff,
+                BigInt(flushBytes),
+                device.stream,
+              ),
+              "cudaMemsetAsync",
+            );
+            checkCuda(
+              cudart().cudaMemcpyAsync(
+                bCopy.pointer,
+                b,
+                BigInt(bBytes),
+                cudaMemcpyDeviceToDevice,
+                device.stream,
+              ),
+              "cudaMemcpyAsync",
+            );
+          }
           const [start, end] = [state.events[2 * slot], state.events[2 * slot + 1]];
           checkCuda(cudart().cudaEventRecord(start, device.stream), "cudaEventRecord");
           const status = this.#call(t.algo, a, b, c, d, 1, 0);
@@ -929,6 +936,16 @@ class LtMatmulCore {
     ) {
       if (this.#pointerAttributes.has(attribute)) this.setPointerAttribute(attribute, 0n);
     }
+  }
+}
+
+/** `bytes` of device memory, or undefined when the device is out of memory. */
+function tryAllocate(device: CudaDevice, bytes: number): CudaBuffer | undefined {
+  try {
+    return CudaBuffer.allocate(device, "int8", bytes);
+  } catch (e) {
+    if (e instanceof TensorqError && e.op === "cudaMallocAsync") return undefined;
+    throw e;
   }
 }
 
