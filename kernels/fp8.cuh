@@ -29,6 +29,25 @@ __host__ __device__ __forceinline__ unsigned floatToE4m3Soft(float f) {
   return sign | (r - (120u << 3));
 }
 
+// Two floats -> two e4m3fn bytes (a in the low byte): RNE, |x| > 448 -> +-448; a NaN may come
+// out as 0xff (e4m3Canonical makes it 0x7f).
+__device__ __forceinline__ unsigned e4m3x2Saturated(float a, float b) {
+#if __CUDA_ARCH__ >= 890
+  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN.
+  return (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+#else
+  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
+#endif
+}
+
+// Clears the sign bit of every NaN byte (low seven bits all ones) of four packed e4m3fn
+// values, so that NaN is always 0x7f: adding 1 to the low seven bits carries into bit 7
+// exactly for those bytes.
+__device__ __forceinline__ unsigned e4m3Canonical(unsigned w) {
+  const unsigned nan = ((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+  return w & ~nan;
+}
+
 // Two e4m3fn bytes (low byte first) -> two exact floats.
 __device__ __forceinline__ float2 e4m3x2ToFloats(unsigned w) {
   const __half2_raw h =

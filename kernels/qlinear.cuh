@@ -11,21 +11,11 @@
 
 // ---------------------------------------------------------------------------------------------
 // Conversions and scales (f16BitsToFloat, bf16BitsToFloat, loadScale: common.cuh;
-// floatToE4m3Soft, e4m3x2ToFloats: fp8.cuh)
+// e4m3x2Saturated, e4m3Canonical, e4m3x2ToFloats: fp8.cuh)
 
 // Two floats -> two e4m3fn bytes (a in the low byte), NaN as 0x7f.
 __device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
-#if __CUDA_ARCH__ >= 890
-  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN (0xff becomes 0x7f).
-  const unsigned w =
-      (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  // Bytes 0xff (the only code that is NaN with its sign set) lose their sign bit: bit 7 of
-  // byte b of `kept` is set where ~w's byte is not zero (no carry crosses a byte).
-  const unsigned kept = ((~w & 0x7f7f7f7fu) + 0x7f7f7f7fu) | ~w;
-  return w & (kept | 0x7f7f7f7fu);
-#else
-  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
-#endif
+  return e4m3Canonical(e4m3x2Saturated(a, b));
 }
 
 // Round half to even, saturate to [Lo, Hi]; NaN -> 0 (cvt.rni.s32.f32 maps NaN to 0).

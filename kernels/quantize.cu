@@ -56,28 +56,8 @@
 // Elements a thread handles per grid-stride step.
 #define CHUNK 16
 
-// ---------------------------------------------------------------------------------------------
-// Scalar conversions (f16BitsToFloat, bf16BitsToFloat: common.cuh; floatToE4m3Soft,
-// e4m3x2ToFloats: fp8.cuh)
-
-// Two floats -> two e4m3fn bytes (a in the low byte); NaN may come out as 0xff (see
-// e4m3Canonical).
-__device__ __forceinline__ unsigned floatsToE4m3x2(float a, float b) {
-#if __CUDA_ARCH__ >= 890
-  // cvt.rn.satfinite.e4m3x2.f32: RNE, |x| > 448 -> +-448, NaN -> NaN.
-  return (unsigned)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-#else
-  return floatToE4m3Soft(a) | (floatToE4m3Soft(b) << 8);
-#endif
-}
-
-// Clears the sign bit of every NaN byte (low seven bits all ones) of four packed e4m3fn
-// values, so that NaN is always 0x7f: adding 1 to the low seven bits carries into bit 7
-// exactly for those bytes.
-__device__ __forceinline__ unsigned e4m3Canonical(unsigned w) {
-  const unsigned nan = ((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
-  return w & ~nan;
-}
+// Scalar conversions come from common.cuh (f16BitsToFloat, bf16BitsToFloat) and fp8.cuh
+// (floatToE4m3Soft, e4m3x2Saturated, e4m3Canonical, e4m3x2ToFloats).
 
 // ---------------------------------------------------------------------------------------------
 // Scales (loadScale: common.cuh)
@@ -340,7 +320,7 @@ struct I4 {
 // float8e4m3.
 struct FP8 : ByteUnits<FP8> {
   __device__ static unsigned pack4(const float* q) {
-    return e4m3Canonical(floatsToE4m3x2(q[0], q[1]) | (floatsToE4m3x2(q[2], q[3]) << 16));
+    return e4m3Canonical(e4m3x2Saturated(q[0], q[1]) | (e4m3x2Saturated(q[2], q[3]) << 16));
   }
   __device__ static void unpack4(unsigned w, float* v) {
     const float2 a = e4m3x2ToFloats(w), b = e4m3x2ToFloats(w >> 16);
@@ -353,7 +333,7 @@ struct FP8 : ByteUnits<FP8> {
   }
   __device__ static void storePair(void* __restrict__ base, i64 i, float2 q, bool two) {
     unsigned char* p = static_cast<unsigned char*>(base) + i;
-    const unsigned w = e4m3Canonical(floatsToE4m3x2(q.x, q.y));
+    const unsigned w = e4m3Canonical(e4m3x2Saturated(q.x, q.y));
     p[0] = (unsigned char)(w & 0xffu);
     if (two) p[1] = (unsigned char)(w >> 8);
   }
