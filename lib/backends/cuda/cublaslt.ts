@@ -507,6 +507,19 @@ function spanElements(rows: number, cols: number, ld: number, count: number, str
   return (count - 1) * stride + ld * (cols - 1) + rows;
 }
 
+/** Elements each of A, B and D of `spec` spans, batches included (for scratch operands). */
+export function ltOperandElements(spec: LtMatmulSpec): { a: number; b: number; d: number } {
+  const count = spec.batch?.count ?? 1;
+  const [aRows, aCols] = spec.transA ? [spec.k, spec.m] : [spec.m, spec.k];
+  const [bRows, bCols] = spec.transB ? [spec.n, spec.k] : [spec.k, spec.n];
+  const strideD = spec.batch?.strideD ?? spec.batch?.strideC ?? 0;
+  return {
+    a: spanElements(aRows, aCols, spec.lda, count, spec.batch?.strideA ?? 0),
+    b: spanElements(bRows, bCols, spec.ldb, count, spec.batch?.strideB ?? 0),
+    d: spanElements(spec.m, spec.n, spec.ldd ?? spec.ldc, count, strideD),
+  };
+}
+
 /** Descriptors, layouts and the chosen algorithm of one problem (shared through the cache). */
 class LtMatmulCore {
   readonly key: string;

@@ -47,7 +47,12 @@ import {
 import { ptx as flinearPtx } from "../../../kernels/ptx/flinear.ts";
 import { TensorqError } from "../../errors.ts";
 import { numel } from "../../shape.ts";
-import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
+import {
+  type LtMatmulPlan,
+  ltMatmulPlan,
+  type LtMatmulSpec,
+  ltOperandElements,
+} from "./cublaslt.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   BLOCK,
@@ -180,22 +185,10 @@ function trialRun(
   dtype: FloatDType,
   hasBias: boolean,
 ): boolean {
-  const batches = (spec.batch?.count ?? 1) - 1;
-  const a = CudaBuffer.allocate(
-    device,
-    dtype,
-    spec.m * spec.lda + batches * (spec.batch?.strideA ?? 0),
-  );
-  const b = CudaBuffer.allocate(
-    device,
-    dtype,
-    spec.n * spec.ldb + batches * (spec.batch?.strideB ?? 0),
-  );
-  const d = CudaBuffer.allocate(
-    device,
-    dtype,
-    (spec.ldd ?? spec.ldc) * spec.n + batches * (spec.batch?.strideD ?? spec.batch?.strideC ?? 0),
-  );
+  const spans = ltOperandElements(spec);
+  const a = CudaBuffer.allocate(device, dtype, spans.a);
+  const b = CudaBuffer.allocate(device, dtype, spans.b);
+  const d = CudaBuffer.allocate(device, dtype, spans.d);
   const bias = CudaBuffer.allocate(device, dtype, Math.max(spec.m, 1));
   return ltTrialRuns([a, b, d, bias], () => {
     for (const t of [a, b, bias]) memsetZero(device, t.address, t.bytes);
