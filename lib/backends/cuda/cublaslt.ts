@@ -1017,14 +1017,18 @@ export function ltMatmulPlan(device: CudaDevice, spec: LtMatmulSpec): LtMatmulPl
 const RANDOM_BLOCK_BYTES = 1 << 20;
 
 /**
- * `bytes` bytes of seeded pseudo-random elements of the `CUDA_R_*` type `type`: floats of
- * magnitude in [0.5, 1) with random signs and mantissas (no NaN, infinity or subnormal), and
- * random codes of the integer types.
+ * `bytes` bytes of pseudo-random elements (xorshift32 from `seed`) of the `CUDA_R_*` type
+ * `type`: floats of magnitude in [0.5, 1) with random signs and mantissas (no NaN, infinity or
+ * subnormal), and random codes of the integer types.
  */
-function randomOperandBytes(type: number, bytes: number): Uint8Array<ArrayBuffer> {
+export function randomOperandBytes(
+  type: number,
+  bytes: number,
+  seed = 2463534242,
+): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(bytes);
   const words = new Uint32Array(out.buffer, 0, bytes >> 2);
-  let s = 2463534242;
+  let s = seed >>> 0 || 1;
   for (let i = 0; i < words.length; i++) {
     s ^= s << 13;
     s ^= s >>> 17;

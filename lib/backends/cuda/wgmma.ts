@@ -22,6 +22,7 @@ import {
   hasTensorMaps,
   tensorMapBuffer,
 } from "../../../ffi/cuda.ts";
+import { CUDA_R_8I } from "../../../ffi/cublaslt.ts";
 import {
   checkCuda,
   copyToDeviceAsync,
@@ -36,6 +37,7 @@ import { ptx as wgmmaPtx } from "../../../kernels/ptx/wgmma_i8.ts";
 import type { DType } from "../../dtype.ts";
 import type { CudaDevice } from "./device.ts";
 import { kernelFunction, KernelParams, launch } from "./kernels.ts";
+import { randomOperandBytes } from "./cublaslt.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
   ACT_GELU_TANH,
@@ -315,25 +317,13 @@ function scratchOperands(device: CudaDevice, p: WgmmaInt8Problem): CudaBuffer[] 
   return sizes.map((bytes, i) => {
     const buf = CudaBuffer.allocate(device, "int8", Math.max(bytes, 16));
     if (i < 2) {
-      copyToDeviceAsync(buf.pointer, randomCodes(buf.bytes, i + 1), device.stream);
+      const codes = randomOperandBytes(CUDA_R_8I, buf.bytes, (i + 1) * 2654435761);
+      copyToDeviceAsync(buf.pointer, codes, device.stream);
     } else {
       memsetAsync(device, buf.address, 0x3c, buf.bytes);
     }
     return buf;
   });
-}
-
-/** `n` seeded pseudo-random int8 codes in [-127, 127] (xorshift32). */
-function randomCodes(n: number, seed: number): Int8Array<ArrayBuffer> {
-  const out = new Int8Array(n);
-  let s = seed * 2654435761 >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) % 255) - 127;
-  }
-  return out;
 }
 
 /** The fastest fused configuration of a problem and its time. */
