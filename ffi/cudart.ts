@@ -93,6 +93,9 @@ export const cudaMemPoolAttrUsedMemCurrent: number = 0x7;
 /** `cudaMemPoolAttrUsedMemHigh` (value: uint64). */
 export const cudaMemPoolAttrUsedMemHigh: number = 0x8;
 
+/** `cudaGraphMemAttrReservedMemCurrent` (value: uint64): memory the graph allocator holds. */
+export const cudaGraphMemAttrReservedMemCurrent: number = 0x2;
+
 /** `cudaStreamCaptureModeGlobal`. */
 export const cudaStreamCaptureModeGlobal: number = 0;
 /** `cudaStreamCaptureModeThreadLocal`. */
@@ -219,6 +222,8 @@ export const CUDART_SYMBOLS = {
   cudaMemPoolSetAttribute: { parameters: ["pointer", "i32", "buffer"], result: "i32" },
   cudaMemPoolGetAttribute: { parameters: ["pointer", "i32", "buffer"], result: "i32" },
   cudaMemPoolTrimTo: { parameters: ["pointer", "usize"], result: "i32" },
+  // (device, attribute, value*)
+  cudaDeviceGetGraphMemAttribute: { parameters: ["i32", "i32", "buffer"], result: "i32" },
 
   cudaStreamBeginCapture: { parameters: ["pointer", "i32"], result: "i32" },
   cudaStreamEndCapture: { parameters: ["pointer", "buffer"], result: "i32" },
@@ -457,6 +462,16 @@ export function memPoolGetAttribute(pool: Deno.PointerValue, attribute: number):
   const buffer = isIntPoolAttribute(attribute) ? outInt : outU64;
   checkCuda(cudart().cudaMemPoolGetAttribute(pool, attribute, buffer), "cudaMemPoolGetAttribute");
   return isIntPoolAttribute(attribute) ? outInt[0] : Number(outU64[0]);
+}
+
+/** Reads a graph memory attribute (`cudaGraphMemAttr*`, uint64 bytes) of device `device`. */
+export function graphMemAttribute(device: number, attribute: number): number {
+  outU64[0] = 0n;
+  checkCuda(
+    cudart().cudaDeviceGetGraphMemAttribute(device, attribute, outU64),
+    "cudaDeviceGetGraphMemAttribute",
+  );
+  return Number(outU64[0]);
 }
 
 /** Returns `stream`'s capture status (`cudaStreamCaptureStatus*`). */

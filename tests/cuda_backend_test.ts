@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { resetLibraryCache } from "../ffi/library.ts";
+import { checkCuda, cudart, memInfo } from "../ffi/cudart.ts";
+import { CudaDevice } from "../lib/backends/cuda/device.ts";
+import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { testOnGpu } from "./helpers.ts";
 
 testOnGpu("cuda: device tensors round-trip and report their device", async () => {
@@ -89,6 +92,34 @@ testOnGpu("cuda: out of memory is a clear error and the process keeps working", 
       assert.ok(Math.abs(got[j] - want[j]) <= 1e-4 * (1 + Math.abs(want[j])), `call ${i} at ${j}`);
     }
   }
+});
+
+testOnGpu("cuda: an eager allocation takes back the memory compiled functions keep", () => {
+  // A compiled function with a 2 GiB intermediate ([16384, 32768] float32): the CUDA graph
+  // allocator keeps that memory between launches.
+  const [rows, cols] = [16384, 32768];
+  const exe = tq.compile((a, b) => a.matmul(b).sum(1), {
+    args: [tq.inputInfo([rows, 1]), tq.inputInfo([1, cols])],
+    device: "cuda",
+  });
+  const a = tq.randn([rows, 1], { seed: 21, device: "cuda" });
+  const b = tq.randn([1, cols], { seed: 22, device: "cuda" });
+  const first = (exe(a, b) as tq.Tensor).dataSync();
+  const held = tq.cuda.memoryStats().graphReservedBytes;
+  assert.ok(held >= 2 ** 31, `graph memory held after a launch: ${held} bytes`);
+  // Free memory plus 1 GiB is there only once the graphs' memory is given back, which the
+  // driver does under pressure (the pool's unused memory is trimmed first, so it cannot cover
+  // the request).
+  const device = CudaDevice.get(0);
+  device.synchronize();
+  checkCuda(cudart().cudaMemPoolTrimTo(device.pool, 0n), "cudaMemPoolTrimTo");
+  const request = memInfo().free + 2 ** 30;
+  const big = CudaBuffer.allocate(device, "int8", request);
+  assert.equal(big.bytes, request);
+  big.dispose();
+  assert.ok(tq.cuda.memoryStats().graphReservedBytes < held, "graph memory was given back");
+  // The compiled function maps its memory again and gives the same result.
+  assert.deepEqual((exe(a, b) as tq.Tensor).dataSync(), first);
 });
 
 Deno.test("cuda: a bad library directory gives a clear error and the CPU keeps working", async () => {

@@ -8,8 +8,10 @@
 import {
   checkCuda,
   cudaErrorMemoryAllocation,
+  cudaGraphMemAttrReservedMemCurrent,
   cudaMemPoolAttrReservedMemCurrent,
   cudart,
+  graphMemAttribute,
   memInfo,
   memPoolGetAttribute,
 } from "../../../ffi/cudart.ts";
@@ -178,13 +180,20 @@ export interface CudaMemoryStats {
   frees: number;
   /** Bytes the pools hold from the driver (reused without driver calls). */
   poolReservedBytes: number;
+  /**
+   * Bytes the CUDA graph allocator holds for compiled functions' intermediates (kept between
+   * launches; given back when an eager allocation would otherwise run out of memory).
+   */
+  graphReservedBytes: number;
 }
 
 /** Memory statistics across the devices in use. */
 export function memoryStats(): CudaMemoryStats {
   let reserved = 0;
+  let graphReserved = 0;
   for (const d of CudaDevice.initialized()) {
     reserved += memPoolGetAttribute(d.pool, cudaMemPoolAttrReservedMemCurrent);
+    graphReserved += graphMemAttribute(d.index, cudaGraphMemAttrReservedMemCurrent);
   }
-  return { ...stats, poolReservedBytes: reserved };
+  return { ...stats, poolReservedBytes: reserved, graphReservedBytes: graphReserved };
 }
