@@ -14,7 +14,7 @@ import {
   wgmmaSharedBytes,
 } from "../lib/backends/cuda/wgmma.ts";
 import { fromStorage, type Tensor } from "../lib/tensor.ts";
-import { testOnGpu } from "./helpers.ts";
+import { randomCodes, testOnGpu } from "./helpers.ts";
 
 // Reference: int64 sums of the int8 codes, t = acc · (sxd · swd) + b in float64 (the scale
 // product is exact; one rounding for the multiply and one for the add, as
@@ -112,13 +112,6 @@ function xorshift(seed: number): () => number {
   };
 }
 
-function randomCodes(n: number, seed: number): Int8Array {
-  const next = xorshift(seed);
-  const out = new Int8Array(n);
-  for (let i = 0; i < n; i++) out[i] = (next() % 255) - 127;
-  return out;
-}
-
 const KIND_DTYPE: readonly FloatDType[] = ["float32", "float16", "bfloat16"];
 
 /** `n` values uniform in [lo, hi), each exactly representable in `dtype`. */
@@ -183,8 +176,8 @@ function upload(storage: StorageArray, dtype: "int8" | FloatDType): Tensor {
 /** Operands of a case on the GPU and on the host. */
 function operands(c: GemmCase) {
   const sxdKind = c.sxdKind ?? 0, swdKind = c.swdKind ?? 0;
-  const x = randomCodes(c.m * c.k, c.seed);
-  const w = randomCodes(c.n * c.k, c.seed + 1);
+  const x = randomCodes("int8", c.m * c.k, c.seed).storage as Int8Array;
+  const w = randomCodes("int8", c.n * c.k, c.seed + 1).storage as Int8Array;
   const sx = randomFloats(1, c.seed + 2, 0.001, 0.01, KIND_DTYPE[sxdKind]);
   const sw = randomFloats(c.perChannel ? c.n : 1, c.seed + 3, 0.001, 0.01, KIND_DTYPE[swdKind]);
   const b = c.bias ? randomFloats(c.n, c.seed + 4, -1, 1, c.bias) : undefined;
