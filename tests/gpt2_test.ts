@@ -102,9 +102,17 @@ Deno.test("gpt2Config: defaults are GPT-2 small; invalid fields are named", () =
     op: "GPT2Config",
     includes: ["model_type", '"bert"'],
   });
-  assertTqError(() => parseGPT2Config({ activation_function: "relu" }), {
+  // config.json's key is named, not the camelCase field.
+  assertTqError(() => parseGPT2Config({ activation_function: "relu6" }), {
     op: "GPT2Config",
-    includes: ["activation", '"relu"'],
+    kind: "unsupported",
+    includes: ["'activation_function'", '"relu6"', "silu"],
+  });
+  assertTqError(() => parseGPT2Config({ n_head: 0 }), {
+    op: "GPT2Config",
+    kind: "argument",
+    includes: ["'n_head'", "config.json"],
+    line: thisLine() - 4,
   });
   // gpt2-medium's shapes; n_inner null means 4·n_embd.
   const medium = parseGPT2Config({ n_embd: 1024, n_layer: 24, n_head: 16, n_inner: null });
@@ -363,6 +371,68 @@ Deno.test("GPT2LMHeadModel.random: seeded, tied, any size", () => {
   assert.ok(maxAbsDiff(floats(concat([first, last], 1)), full) <= 1e-5);
 });
 
+Deno.test("GPT2MLP: every activation_function of GPT2Config against float64", () => {
+  const d = 8, inner = 12;
+  const x = tensor(Float32Array.from({ length: 3 * d }, (_, i) => Math.sin(i * 1.7) * 2), {
+    shape: [3, d],
+  });
+  const reference: Record<string, (v: number) => number> = {
+    gelu_new: (v) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3))),
+    gelu_pytorch_tanh: (v) =>
+      0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3))),
+    gelu: (v) => 0.5 * v * (1 + erf(v / Math.SQRT2)),
+    relu: (v) => Math.max(v, 0),
+    silu: (v) => v / (1 + Math.exp(-v)),
+    swish: (v) => v / (1 + Math.exp(-v)),
+    tanh: Math.tanh,
+  };
+  for (const [name, act] of Object.entries(reference)) {
+    const config = parseGPT2Config({
+      n_embd: d,
+      n_inner: inner,
+      n_head: 2,
+      activation_function: name,
+    });
+    const model = GPT2LMHeadModel.random({ ...config, vocabSize: 5, nLayer: 1 }, { seed: 3 });
+    const mlp = (model.transformer.h.at(0) as tq.GPT2Block).mlp;
+    const sd = mlp.stateDict();
+    const [w1, b1, w2, b2] = ["c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias"].map(
+      (k) => floats(sd[k]),
+    );
+    const xs = floats(x);
+    const want = new Float64Array(3 * d);
+    for (let r = 0; r < 3; r++) {
+      const h = Array.from({ length: inner }, (_, j) => {
+        let s = b1[j];
+        for (let k = 0; k < d; k++) s += xs[r * d + k] * w1[j * d + k];
+        return act(s);
+      });
+      for (let o = 0; o < d; o++) {
+        let s = b2[o];
+        for (let j = 0; j < inner; j++) s += h[j] * w2[o * inner + j];
+        want[r * d + o] = s;
+      }
+    }
+    const got = floats(mlp.forward(x));
+    assert.ok(maxAbsDiff(got, want) <= 1e-5, `${name}: max |diff| ${maxAbsDiff(got, want)}`);
+  }
+});
+
+/** erf to ~1e-7 (Abramowitz–Stegun 7.1.26 is too coarse; a series / continued fraction). */
+function erf(x: number): number {
+  const t = Math.abs(x);
+  if (t < 3) {
+    // Maclaurin series: converges fast enough below 3 in float64.
+    let term = t, sum = t;
+    for (let n = 1; n < 80; n++) {
+      term *= -t * t / n;
+      sum += term / (2 * n + 1);
+    }
+    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
+  }
+  return Math.sign(x) * (1 - Math.exp(-t * t) / (t * Math.sqrt(Math.PI)) * (1 - 1 / (2 * t * t)));
+}
+
 // ---------------------------------------------------------------------------------------
 // Checkpoint directories: sharded, broken
 
@@ -528,12 +598,22 @@ sharedTest(
       Object.entries(tensors).map(([k, v]) => [k.replace(/^transformer\./, ""), v]),
     );
     const dir = writeCheckpoint(renamed);
+    // Without wte.weight the others still map: only the one tensor is missing.
+    const { ["wte.weight"]: _, ...withoutWte } = renamed;
+    const broken = writeCheckpoint(withoutWte);
     try {
       const m = GPT2LMHeadModel.fromPretrained(dir);
       const ids = slice(fullForward().inputIds, [[0, 1], [0, 32]]);
       assert.equal(maxAbsDiff(floats(m.forward(ids)), floats(tinyModel().forward(ids))), 0);
+      const error = assertTqError(() => GPT2LMHeadModel.fromPretrained(broken), {
+        op: LOAD_OP,
+        kind: "io",
+        includes: ["missing tensors: 'transformer.wte.weight'"],
+      });
+      assert.ok(!error.message.includes("unexpected"), error.message);
     } finally {
       Deno.removeSync(dir, { recursive: true });
+      Deno.removeSync(broken, { recursive: true });
     }
   },
 );

@@ -16,7 +16,7 @@
 import { checkDType, type DType } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import { loadHfCheckpoint } from "../io/hf.ts";
-import { add, cast, gelu } from "../ops/elementwise.ts";
+import { add, cast, gelu, mul, relu, sigmoid, tanh } from "../ops/elementwise.ts";
 import { attention } from "../ops/attention.ts";
 import { logSoftmax } from "../ops/nn.ts";
 import { mean } from "../ops/reduce.ts";
@@ -31,10 +31,29 @@ import { buildStaticDecoder, type DecodeState, disposeState } from "./gpt2_decod
 // ---------------------------------------------------------------------------------------
 // Configuration
 
-/** Activations GPT-2 checkpoints use: `gelu_new` / `gelu_pytorch_tanh` (tanh form), `gelu`. */
-export type GPT2Activation = "gelu_new" | "gelu_pytorch_tanh" | "gelu";
+/**
+ * MLP activations of Hugging Face's `GPT2Config.activation_function`: `gelu_new` /
+ * `gelu_pytorch_tanh` (GELU, tanh form), `gelu` (exact GELU), `relu`, `silu` (= `swish`,
+ * x · sigmoid(x)) and `tanh`.
+ */
+export type GPT2Activation =
+  | "gelu_new"
+  | "gelu_pytorch_tanh"
+  | "gelu"
+  | "relu"
+  | "silu"
+  | "swish"
+  | "tanh";
 
-const ACTIVATIONS: readonly GPT2Activation[] = ["gelu_new", "gelu_pytorch_tanh", "gelu"];
+const ACTIVATIONS: readonly GPT2Activation[] = [
+  "gelu_new",
+  "gelu_pytorch_tanh",
+  "gelu",
+  "relu",
+  "silu",
+  "swish",
+  "tanh",
+];
 
 /** The shape of a GPT-2 model (Hugging Face `GPT2Config`, in camelCase). */
 export interface GPT2Config {
@@ -102,7 +121,13 @@ export function gpt2Config(fields: Partial<GPT2Config> = {}): GPT2Config {
   }
   const activation = fields.activation ?? "gelu_new";
   if (!ACTIVATIONS.includes(activation)) {
-    throw configError("activation", ACTIVATIONS.join(", "), activation);
+    throw new TensorqError("unsupported MLP activation", {
+      op: CONFIG_OP,
+      kind: "unsupported",
+      argument: "activation",
+      expected: ACTIVATIONS.join(", "),
+      actual: JSON.stringify(activation) ?? String(activation),
+    });
   }
   return {
     vocabSize: positiveIntField("vocabSize", fields.vocabSize ?? 50257),
@@ -143,20 +168,54 @@ export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
   }
   // null means "use the default" in HF configs (e.g. n_inner).
   const get = <T>(key: string): T | undefined => (hf[key] ?? undefined) as T | undefined;
-  return gpt2Config({
-    vocabSize: get("vocab_size"),
-    nPositions: get("n_positions"),
-    nEmbd: get("n_embd"),
-    nLayer: get("n_layer"),
-    nHead: get("n_head"),
-    nInner: get("n_inner"),
-    layerNormEpsilon: get("layer_norm_epsilon"),
-    activation: get("activation_function"),
-    scaleAttnWeights: get("scale_attn_weights"),
-    scaleAttnByInverseLayerIdx: get("scale_attn_by_inverse_layer_idx"),
-    tieWordEmbeddings: get("tie_word_embeddings"),
-  });
+  try {
+    return gpt2Config({
+      vocabSize: get("vocab_size"),
+      nPositions: get("n_positions"),
+      nEmbd: get("n_embd"),
+      nLayer: get("n_layer"),
+      nHead: get("n_head"),
+      nInner: get("n_inner"),
+      layerNormEpsilon: get("layer_norm_epsilon"),
+      activation: get("activation_function"),
+      scaleAttnWeights: get("scale_attn_weights"),
+      scaleAttnByInverseLayerIdx: get("scale_attn_by_inverse_layer_idx"),
+      tieWordEmbeddings: get("tie_word_embeddings"),
+    });
+  } catch (e) {
+    // Name the config.json key the user wrote, not the camelCase field.
+    const key = e instanceof TensorqError && e.argument !== undefined
+      ? CONFIG_JSON_KEYS[e.argument as keyof GPT2Config]
+      : undefined;
+    if (!key) throw e;
+    const error = e as TensorqError;
+    // The message is "op: problem (argument ...) at site": keep the problem.
+    const problem = error.message.slice(`${CONFIG_OP}: `.length).split(" (argument")[0];
+    throw new TensorqError(`${problem} in config.json`, {
+      op: CONFIG_OP,
+      kind: error.kind,
+      argument: key,
+      expected: error.expected,
+      actual: error.actual,
+      callSite: error.callSite,
+    });
+  }
 }
+
+/** config.json's key of each config field. */
+const CONFIG_JSON_KEYS: Record<keyof GPT2Config, string> = {
+  vocabSize: "vocab_size",
+  nPositions: "n_positions",
+  nEmbd: "n_embd",
+  nLayer: "n_layer",
+  nHead: "n_head",
+  nInner: "n_inner",
+  layerNormEpsilon: "layer_norm_epsilon",
+  activation: "activation_function",
+  scaleAttnWeights: "scale_attn_weights",
+  scaleAttnByInverseLayerIdx: "scale_attn_by_inverse_layer_idx",
+  tieWordEmbeddings: "tie_word_embeddings",
+};
 
 // ---------------------------------------------------------------------------------------
 // KV cache
@@ -300,10 +359,27 @@ export class GPT2MLP extends Module {
     this.c_proj = this.registerModule("c_proj", new Linear(config.nInner, config.nEmbd, { dtype }));
   }
 
-  /** `c_proj(gelu(c_fc(x)))`. */
+  /** `c_proj(act(c_fc(x)))`. */
   forward(x: Tensor): Tensor {
-    const approximate = this.activation === "gelu" ? "none" : "tanh";
-    return this.c_proj.forward(gelu(this.c_fc.forward(x), { approximate }));
+    return this.c_proj.forward(mlpActivation(this.activation, this.c_fc.forward(x)));
+  }
+}
+
+/** `h` through GPT-2's MLP activation `activation`. */
+function mlpActivation(activation: GPT2Activation, h: Tensor): Tensor {
+  switch (activation) {
+    case "gelu_new":
+    case "gelu_pytorch_tanh":
+      return gelu(h, { approximate: "tanh" });
+    case "gelu":
+      return gelu(h, { approximate: "none" });
+    case "relu":
+      return relu(h);
+    case "silu":
+    case "swish":
+      return mul(h, sigmoid(h));
+    case "tanh":
+      return tanh(h);
   }
 }
 
@@ -582,7 +658,9 @@ export class GPT2LMHeadModel extends Module {
       expected.set(name, CONV1D_WEIGHT.test(name) ? [shape[1], shape[0]] : shape);
     }
     // Checkpoint name → model name.
-    const prefixed = !ckpt.has("transformer.wte.weight") && ckpt.has("wte.weight");
+    // GPT2Model checkpoints name the transformer's tensors without the "transformer." prefix
+    // that GPT2LMHeadModel's have.
+    const prefixed = !ckpt.names.some((name) => name.startsWith("transformer."));
     const fileName = new Map<string, string>();
     const unexpected: string[] = [];
     for (const name of ckpt.names) {
