@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { pathToFileURL } from "node:url";
 import * as tq from "../mod.ts";
 import { assertClose, assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
 
@@ -137,6 +138,39 @@ Deno.test("stateDict round trip through safetensors, including int4 and fp8 tens
   const x = tq.randn([2, 6], { seed: 12 });
   assert.deepEqual(dst.forward(x).dataSync(), src.forward(x).dataSync());
   Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("safetensors paths: file URLs with escaped characters; bad int4 metadata", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "tensorq st #1 ü " });
+  try {
+    const url = pathToFileURL(`${dir}/a b%.safetensors`);
+    assert.ok(url.pathname.includes("%20%23"), url.pathname); // the URL escapes " #"
+    const x = tq.randn([2, 3], { seed: 4 });
+    tq.saveSafetensors(url, { x });
+    assert.ok(Deno.statSync(`${dir}/a b%.safetensors`).isFile);
+    using file = tq.loadSafetensors(url);
+    assert.deepEqual(file.get("x").dataSync(), x.dataSync());
+    assertTqError(() => tq.loadSafetensors(new URL("https://example.com/m.safetensors")), {
+      op: "loadSafetensors",
+      kind: "argument",
+      includes: ["https://example.com/m.safetensors", "file: URL"],
+    });
+    // An int4 tensor whose shape entry in the metadata is not a JSON array of sizes.
+    const path = `${dir}/q.safetensors`;
+    tq.saveSafetensors(path, { q: tq.quantize(tq.randn([3, 5], { seed: 9 }), 0.2, "int4") });
+    const bytes = Deno.readFileSync(path);
+    const text = new TextDecoder().decode(bytes);
+    const broken = text.replace('"[3,5]"', '"[3;5]"');
+    assert.notEqual(broken, text, "the metadata holds the shape as [3,5]");
+    Deno.writeFileSync(path, new TextEncoder().encode(broken));
+    assertTqError(() => tq.loadSafetensors(path), {
+      op: "loadSafetensors",
+      kind: "io",
+      includes: ["int4", "[3;5]"],
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("module errors name the parameter and the caller's line", () => {

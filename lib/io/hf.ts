@@ -15,7 +15,7 @@
 import type { DType } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import type { Tensor } from "../tensor.ts";
-import { type LoadOptions, loadSafetensors, type SafetensorsTensors } from "./tensors.ts";
+import { filePath, type LoadOptions, loadSafetensors, type SafetensorsTensors } from "./tensors.ts";
 
 const OP = "loadHfCheckpoint";
 const CONFIG = "config.json";
@@ -166,7 +166,7 @@ export class HfCheckpoint {
  * every shard it names exists. Tensors are read on demand with {@link HfCheckpoint.tensor}.
  */
 export function loadHfCheckpoint(dir: string | URL): HfCheckpoint {
-  const root = dir instanceof URL ? decodeURIComponent(dir.pathname) : dir;
+  const root = filePath(dir, "loadHfCheckpoint");
   const configPath = joinPath(root, CONFIG);
   if (!isFile(configPath)) throw ioError(`missing ${CONFIG} in ${root}`, { argument: "dir" });
   const config = readJson(configPath, CONFIG);

@@ -82,6 +82,28 @@ export interface LoadOptions {
   device?: string;
 }
 
+/** The logical shape an int4 tensor's metadata entry holds (a JSON array of sizes). */
+function int4Shape(key: string, value: string): number[] {
+  let shape: unknown;
+  try {
+    shape = JSON.parse(value);
+  } catch {
+    // reported below
+  }
+  if (
+    !Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)
+  ) {
+    throw new TensorqError("bad int4 shape in the file's metadata", {
+      op: "loadSafetensors",
+      kind: "io",
+      argument: key,
+      expected: "a JSON array of sizes, e.g. [4, 8]",
+      actual: JSON.stringify(value),
+    });
+  }
+  return shape as number[];
+}
+
 /** A safetensors file whose tensors are read on demand. */
 export class SafetensorsTensors {
   /** The underlying file (header already parsed). */
@@ -92,7 +114,9 @@ export class SafetensorsTensors {
   constructor(file: SafetensorsFile) {
     this.file = file;
     for (const [key, value] of Object.entries(file.metadata)) {
-      if (key.startsWith(INT4_KEY)) this.#int4.set(key.slice(INT4_KEY.length), JSON.parse(value));
+      if (key.startsWith(INT4_KEY)) {
+        this.#int4.set(key.slice(INT4_KEY.length), int4Shape(key, value));
+      }
     }
   }
 
@@ -144,9 +168,27 @@ export class SafetensorsTensors {
   }
 }
 
+/**
+ * The file system path of `path`: a string as is, a `file:` URL decoded (`%20` is a space).
+ * Other URLs are refused, naming `op`.
+ */
+export function filePath(path: string | URL, op: string): string {
+  if (!(path instanceof URL)) return path;
+  if (path.protocol !== "file:") {
+    throw new TensorqError("only local files can be read or written", {
+      op,
+      kind: "argument",
+      argument: "path",
+      expected: "a path or a file: URL",
+      actual: path.href,
+    });
+  }
+  return decodeURIComponent(path.pathname);
+}
+
 /** Opens a safetensors file lazily: the header now, tensor bytes when each is read. */
 export function loadSafetensors(path: string | URL): SafetensorsTensors {
-  const p = path instanceof URL ? path.pathname : path;
+  const p = filePath(path, "loadSafetensors");
   return new SafetensorsTensors(SafetensorsFile.open(p));
 }
 
@@ -156,7 +198,7 @@ export function saveSafetensors(
   tensors: Record<string, Tensor>,
   metadata: Record<string, string> = {},
 ): void {
-  const p = path instanceof URL ? path.pathname : path;
+  const p = filePath(path, "saveSafetensors");
   const meta: Record<string, string> = { ...metadata };
   const list = Object.entries(tensors).map(([name, t]) => {
     if (!t || typeof t !== "object" || !("node" in t)) {
