@@ -273,6 +273,14 @@ Deno.test("HistogramObserver.percentile: known answers on evenly spread data", (
   hu.observe(u.subarray(200000));
   assert.ok(Math.abs(hu.percentile(99.99) - 0.9999) < 0.0015, `${hu.percentile(99.99)}`);
   assert.ok(Math.abs(hu.percentile(50) - 0.5) < 0.005, `${hu.percentile(50)}`);
+  // 99.9 % of 80000 is 79920 exactly, though 99.9 / 100 rounds up in binary: the bin whose
+  // count reaches 79920 is the answer.
+  const counts = new Array(2048).fill(0);
+  counts[0] = 79920;
+  counts[2047] = 80;
+  const spike = HistogramObserver.fromCounts(counts, 1);
+  assert.equal(spike.percentile(99.9), 1 / 2048);
+  assert.equal(spike.percentile(99.91), 1);
 });
 
 Deno.test("HistogramObserver.entropy: flat data keeps the full range; Gaussian clips", () => {
@@ -647,7 +655,66 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
     includes: ["transformer.h.0.attn.c_attn", "nameMap"],
     line,
   });
+  // Names that match nothing are errors, not silently ignored.
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", exclude: ["*lm_head*"] });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["exclude patterns that match no Linear layer", '"*lm_head*"'],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", amax: { "0": {}, "7": { inputAmax: 1 } } });
+  assertTqError(bad, { op: "quantizeModel", includes: ["not Linear layers", '"7"'], line });
+  // Values that are not all numbers (from JavaScript callers) fail before any layer changes.
+  const text = { "0": { weightAmax: ["a"] as unknown as number[] } };
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8", amax: text as never });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["weight amax of 0", '"a" at index 0'],
+    line,
+  });
   assert.equal((model.at(0) as Linear).quantDtype, undefined, "nothing changed on error");
+});
+
+Deno.test("quantizeModel w4: the amax option's weight fields come first; 1 value for all", () => {
+  manualSeed(5);
+  const model = new Sequential(new Linear(256, 4));
+  const calibration = calibrate(model, [randn([3, 256], { seed: 1 })], (m, x) => m.forward(x), {
+    weightBlockSize: 128,
+    onProgress: () => {},
+  });
+  const fromCalibration = quantizeModel(model, { mode: "w4", calibration });
+  const layer = model.at(0) as Linear;
+  const blockAmax = calibration.get("0")!.weightBlockAmax!;
+  assert.deepEqual(
+    Array.from(floats(layer.weightScale!)),
+    Array.from(blockAmax, (a) => f32(a / 7)),
+  );
+  assert.deepEqual(fromCalibration[0].weightScaleShape, [4, 2]);
+  // amax given beside calibration's block amax: it wins (one value per block).
+  const given = [0.5, 0.25, 1, 2, 4, 8, 0.125, 3];
+  const amax = { "0": { weightAmax: Float32Array.from(given) } };
+  quantizeModel(model, { mode: "w4", calibration, amax });
+  assert.deepEqual(Array.from(floats(layer.weightScale!)), given.map((a) => f32(a / 7)));
+  // One value stands for every block.
+  quantizeModel(model, {
+    mode: "w4",
+    calibration,
+    amax: { "0": { weightAmax: Float32Array.of(0.5) } },
+  });
+  assert.deepEqual(Array.from(floats(layer.weightScale!)), new Array(8).fill(f32(0.5 / 7)));
+  // Per-row values (a per-channel calibration's) give the weights' own block amax.
+  quantizeModel(model, { mode: "w4", amax: { "0": { weightAmax: Float32Array.of(9, 9, 9, 9) } } });
+  assert.deepEqual(
+    Array.from(floats(layer.weightScale!)),
+    Array.from(blockAmax, (a) => f32(a / 7)),
+  );
+  const three = { "0": { weightAmax: Float32Array.of(1, 2, 3) } };
+  const line = thisLine() + 1;
+  const bad = () => quantizeModel(model, { mode: "w4", amax: three });
+  assertTqError(bad, { op: "quantizeModel", kind: "shape", includes: ["8 block values"], line });
 });
 
 // ---------------------------------------------------------------------------------------

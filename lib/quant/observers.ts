@@ -381,7 +381,10 @@ export class HistogramObserver implements AmaxObserver {
     let total = 0;
     for (const c of counts) total += c;
     if (total === 0 || this.#range === 0) return 0;
-    const target = (p / 100) * total;
+    // p / 100 of the total, less a relative 1e-12: p is a decimal fraction that binary
+    // floating point rounds (99.9 / 100 rounds up), which must not skip the bin at which the
+    // count reaches the target exactly.
+    const target = (p / 100) * total * (1 - 1e-12);
     let cum = 0;
     for (let k = 0; k < counts.length; k++) {
       cum += counts[k];

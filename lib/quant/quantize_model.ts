@@ -145,20 +145,33 @@ function toLookup(
   });
 }
 
-/** A finite-or-NaN, non-negative amax (NaN and 0 become scale 1 later). */
-function checkAmaxValues(op: string, what: string, values: ArrayLike<number>): void {
+/**
+ * The amax values as float32, checked: numbers, finite or NaN, non-negative (NaN and 0
+ * become scale 1 later). Any array-like of numbers is accepted.
+ */
+function amaxValues(op: string, what: string, values: ArrayLike<number>): Float32Array {
+  if (values === null || typeof values !== "object" || typeof values.length !== "number") {
+    throw new TensorqError("amax values must be an array of numbers", {
+      op,
+      kind: "argument",
+      argument: what,
+      expected: "a Float32Array or an array of numbers",
+      actual: describe(values),
+    });
+  }
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    if (v < 0 || v === Infinity) {
+    if (typeof v !== "number" || v < 0 || v === Infinity) {
       throw new TensorqError("amax values must be finite and non-negative", {
         op,
         kind: "argument",
         argument: what,
         expected: "absolute maxima >= 0",
-        actual: `${v} at index ${i}`,
+        actual: `${describe(v)} at index ${i}`,
       });
     }
   }
+  return values instanceof Float32Array ? values : Float32Array.from(values);
 }
 
 interface Plan {
@@ -175,9 +188,12 @@ interface Plan {
  * `w8a8` and `fp8`, `inputScale` from the amax.
  *
  * Input amax must come from `calibration` or `amax` for `w8a8` and `fp8`. Weight amax is
- * taken from them when present with a fitting length (`[out]`, or `[out · in / blockSize]`
- * block amax for `w4`; a single value stands for every row) and computed from the weights
- * otherwise. Everything is checked before any layer changes.
+ * taken from them when present (`amax`'s weight fields before all of `calibration`'s): `[out]`
+ * per channel, or for `w4` block amax (`weightBlockAmax` of the same block size, or
+ * `[out · in / blockSize]` values); a single value stands for every row or block. Absent, or
+ * per-row values for `w4`, they are computed from the weights. Other lengths, exclude
+ * patterns that match no Linear layer and `amax` entries naming none are errors. Everything is
+ * checked before any layer changes.
  *
  * @param model The model.
  * @param options Mode, exclusions, ranges, block size.
@@ -219,7 +235,32 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
     ...overrides.get(name),
   });
 
-  const layers = namedLinears(model).filter(([name]) => !isExcluded(name, exclude));
+  const all = namedLinears(model);
+  const unmatched = exclude.filter((p) => !all.some(([name]) => isExcluded(name, [p])));
+  if (unmatched.length) {
+    throw new TensorqError("exclude patterns that match no Linear layer", {
+      op,
+      kind: "argument",
+      argument: "exclude",
+      expected: `dotted layer names or prefixes (e.g. ${
+        listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)))
+      }) or RegExps`,
+      actual: listNames(unmatched.map(describe)),
+    });
+  }
+  const unknownOverrides = [...overrides.keys()].filter((n) => !all.some(([name]) => name === n));
+  if (unknownOverrides.length) {
+    throw new TensorqError("amax names layers that are not Linear layers of the model", {
+      op,
+      kind: "argument",
+      argument: "amax",
+      expected: `dotted Linear layer names (e.g. ${
+        listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)))
+      })`,
+      actual: listNames(unknownOverrides.map(describe)),
+    });
+  }
+  const layers = all.filter(([name]) => !isExcluded(name, exclude));
   const plans: Plan[] = [];
   const missing: string[] = [];
   const badBlocks: string[] = [];
@@ -237,30 +278,56 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         missing.push(name);
         continue;
       }
-      checkAmaxValues(op, `input amax of ${name}`, [inputAmax]);
+      amaxValues(op, `input amax of ${name}`, [inputAmax]);
     }
     let weightAmax: Float32Array | undefined;
     let weightScaleShape: number[];
     if (spec.blocks) {
-      const blocks = out * (inp / blockSize);
-      weightScaleShape = [out, inp / blockSize];
-      if (ranges.weightBlockAmax && ranges.weightBlockSize === blockSize) {
-        weightAmax = ranges.weightBlockAmax;
-      } else if (ranges.weightAmax && ranges.weightAmax.length === blocks) {
-        weightAmax = ranges.weightAmax;
+      const perRow = inp / blockSize;
+      const blocks = out * perRow;
+      weightScaleShape = [out, perRow];
+      // The weight fields of `amax` take precedence over all of `calibration`'s.
+      const override = overrides.get(name);
+      const source = override?.weightBlockAmax !== undefined || override?.weightAmax !== undefined
+        ? override
+        : calibration.get(name);
+      const block = source?.weightBlockAmax;
+      const given = source?.weightAmax;
+      if (block !== undefined && source?.weightBlockSize === blockSize) {
+        weightAmax = amaxValues(op, `weight block amax of ${name}`, block);
+        if (weightAmax.length !== blocks) {
+          throw new TensorqError(`block amax of layer ${name} has the wrong length`, {
+            op,
+            kind: "shape",
+            argument: "weightBlockAmax",
+            expected: `${blocks} values ([${out}, ${perRow}])`,
+            actual: `${weightAmax.length} values`,
+          });
+        }
+      } else if (given !== undefined) {
+        // Block amax (imported files keep them flat) or one value for every block. Per-row
+        // amax (a per-channel calibration's) do not bound the blocks tightly: the block amax
+        // are computed from the weights instead, as when none are given.
+        const values = amaxValues(op, `weight amax of ${name}`, given);
+        if (values.length === blocks) weightAmax = values;
+        else if (values.length === 1) weightAmax = new Float32Array(blocks).fill(values[0]);
+        else if (values.length === out) weightAmax = weightAmaxPerBlock(layer.weight, blockSize);
+        else {
+          throw new TensorqError(`weight amax of layer ${name} has the wrong length`, {
+            op,
+            kind: "shape",
+            argument: "weightAmax",
+            expected: `${blocks} block values ([${out}, ${perRow}]), 1, or ${out} per-row ` +
+              "values (then the block amax are computed from the weights)",
+            actual: `${values.length} values`,
+          });
+        }
       } else weightAmax = weightAmaxPerBlock(layer.weight, blockSize);
-      if (weightAmax.length !== blocks) {
-        throw new TensorqError(`block amax of layer ${name} has the wrong length`, {
-          op,
-          kind: "shape",
-          argument: "weightBlockAmax",
-          expected: `${blocks} values ([${out}, ${inp / blockSize}])`,
-          actual: `${weightAmax.length} values`,
-        });
-      }
     } else {
       weightScaleShape = [out];
-      const given = ranges.weightAmax;
+      const given = ranges.weightAmax === undefined
+        ? undefined
+        : amaxValues(op, `weight amax of ${name}`, ranges.weightAmax);
       if (given === undefined) weightAmax = weightAmaxPerRow(layer.weight);
       else if (given.length === out) weightAmax = given;
       else if (given.length === 1) weightAmax = new Float32Array(out).fill(given[0]);
@@ -274,7 +341,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         });
       }
     }
-    checkAmaxValues(op, `weight amax of ${name}`, weightAmax);
+    amaxValues(op, `weight amax of ${name}`, weightAmax);
     plans.push({ name, layer, weightAmax, weightScaleShape, inputAmax });
   }
   if (badBlocks.length) {
@@ -439,7 +506,7 @@ export function importAmax(
       });
     }
     const values = Float32Array.from(decode(t.dtype, t.storageSync()));
-    checkAmaxValues(op, key, values);
+    amaxValues(op, key, values);
     const entry = result.get(name) ?? {};
     if (m[2] === "input") {
       if (values.length === 1) entry.inputAmax = values[0];
