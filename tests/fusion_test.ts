@@ -133,6 +133,34 @@ testOnDevices("manual quantize/dequantize/matmul (the seed's form) fuses too", (
   assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6 });
 });
 
+testOnDevices(
+  "one weight and scale quantized to several dtypes: each product its own",
+  (device) => {
+    // The fused ops cache the prepared weight per weight and scale; the form (dtype, layout,
+    // dequantize scale) must be part of the key, or the second dtype reuses the first's codes.
+    const w = tq.randn([16, 32], { seed: 15, device });
+    const s = tq.full([], 0.05, { device });
+    const x = tq.randn([4, 32], { seed: 16, device });
+    const forms: [tq.QuantDType, "weight-only" | "x too"][] = [
+      ["int8", "weight-only"],
+      ["int4", "weight-only"],
+      ["float8e4m3", "weight-only"],
+      ["int8", "x too"],
+      ["float8e4m3", "x too"],
+    ];
+    for (const [dtype, which] of forms) {
+      const make = () => {
+        const dqw = tq.dequantize(tq.quantize(w, s, dtype), s, "float32");
+        const dqx = which === "x too" ? tq.dequantize(tq.quantize(x, s, dtype), s, "float32") : x;
+        return dqx.matmul(dqw.transpose(0, 1));
+      };
+      const r = fusedAndUnfused(make);
+      assert.deepEqual(r.ops, [which === "x too" ? "qlinear" : "wlinear"], `${dtype} ${which}`);
+      assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6, message: `${dtype} ${which}` });
+    }
+  },
+);
+
 Deno.test("evaluating a dequantized value before its matmul warns once, naming the line", () => {
   const w = tq.randn([8, 16], { seed: 15 });
   const ws = tq.scaleFromAmax(w.abs().max(1), "int8");

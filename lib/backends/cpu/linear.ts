@@ -38,15 +38,39 @@ function weightQuantAttrs(attrs: Attrs, dtype: string): Attrs {
   return { dtype, mode: attrs.weightMode, dim: attrs.weightDim, blockSize: attrs.blockSize };
 }
 
-// Cache: weight storage → (scale storage → prepared weight). Storage arrays are immutable.
-const weightCache = new WeakMap<StorageArray, WeakMap<StorageArray, Float64Array>>();
+// Cache: weight storage → scale storage → form → prepared weight. Storage arrays are
+// immutable; the form names everything else the prepared values depend on (quantized dtype,
+// scale layout, a dequantize scale, the product's dtype), since one weight and scale may serve
+// several forms.
+const weightCache = new WeakMap<StorageArray, WeakMap<StorageArray, Map<string, Float64Array>>>();
+const storageIds = new WeakMap<StorageArray, number>();
+let nextStorageId = 0;
 
-function cachedWeight(w: StorageArray, s: StorageArray, make: () => Float64Array): Float64Array {
-  let inner = weightCache.get(w);
-  if (!inner) weightCache.set(w, inner = new WeakMap());
-  let v = inner.get(s);
-  if (!v) inner.set(s, v = make());
+/** A number naming storage array `a` for as long as it lives. */
+function storageId(a: StorageArray): number {
+  let id = storageIds.get(a);
+  if (id === undefined) storageIds.set(a, id = nextStorageId++);
+  return id;
+}
+
+function cachedWeight(
+  w: StorageArray,
+  s: StorageArray,
+  form: string,
+  make: () => Float64Array,
+): Float64Array {
+  let byScale = weightCache.get(w);
+  if (!byScale) weightCache.set(w, byScale = new WeakMap());
+  let byForm = byScale.get(s);
+  if (!byForm) byScale.set(s, byForm = new Map());
+  let v = byForm.get(form);
+  if (!v) byForm.set(form, v = make());
   return v;
+}
+
+/** The form key of a weight quantized with `attrs` (see {@link weightQuantAttrs}). */
+function formOf(attrs: Attrs, ...more: (string | number)[]): string {
+  return JSON.stringify([attrs.dtype, attrs.mode, attrs.dim, attrs.blockSize, ...more]);
 }
 
 function quantizeValues(
@@ -140,10 +164,12 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
     dim: null,
     blockSize: null,
   });
+  const wAttrs = weightQuantAttrs(ctx.attrs, qdtype);
   const qw = cachedWeight(
     w,
     swq,
-    () => quantizeValues(w, swq, ctx, 3, 4, weightQuantAttrs(ctx.attrs, qdtype)),
+    formOf(wAttrs, ctx.inputs[3].dtype, ctx.inputs[4].dtype),
+    () => quantizeValues(w, swq, ctx, 3, 4, wAttrs),
   );
   const acc = new Float64Array(m * n);
   if (k > 0) gemm(qx, 0, qw, 0, acc, 0, m, n, k);
@@ -162,8 +188,16 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
   const [n, k] = ctx.inputs[1].shape;
   const m = numel(ctx.inputs[0].shape) / (k || 1);
   const qdtype = ctx.attrs.qdtype as string;
-  const dqw = cachedWeight(w, swq, () => {
-    const attrs = weightQuantAttrs(ctx.attrs, qdtype);
+  const attrs = weightQuantAttrs(ctx.attrs, qdtype);
+  const form = formOf(
+    attrs,
+    ctx.inputs[1].dtype,
+    ctx.inputs[2].dtype,
+    ctx.inputs[3].dtype,
+    storageId(swd),
+    ctx.inputs[0].dtype,
+  );
+  const dqw = cachedWeight(w, swq, form, () => {
     const q = cpuKernel("quantize")([w, swq], {
       attrs,
       out: { shape: ctx.inputs[1].shape, dtype: qdtype as "int8" },
