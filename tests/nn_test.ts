@@ -83,6 +83,11 @@ testOnDevices("softmax is stable and exact on hand-computed cases", (device) => 
   const big = tq.tensor([[1000, 1000], [-1000, -1000]], { device });
   assert.deepEqual(values(tq.softmax(big)), [0.5, 0.5, 0.5, 0.5]);
   assertClose(values(tq.logSoftmax(big)), new Array(4).fill(-Math.LN2));
+  // log Σ must survive a max of huge magnitude: [m, m, -m] gives -ln 2 twice, then -inf-ish.
+  const huge = tq.tensor([[1e20, 1e20, -1e20], [3e38, 3e38, -3e38]], { device });
+  const lh = values(tq.logSoftmax(huge));
+  assertClose([lh[0], lh[1], lh[3], lh[4]], new Array(4).fill(-Math.LN2), { rtol: 1e-6 });
+  assert.ok(lh[2] < -1e20 && lh[5] === -Infinity, `${lh}`);
   assertClose(values(tq.softmax(tq.tensor([1000, 0], { device }))), [1, 0], { atol: 1e-30 });
   // A masked (-Infinity) entry gets probability 0 and log-probability -Infinity.
   const masked = tq.tensor([1, -Infinity, 1], { device });

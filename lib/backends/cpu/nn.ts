@@ -38,8 +38,10 @@ for (const op of ["softmax", "logSoftmax"]) {
           total += t;
         }
         if (log) {
-          const shift = mx + Math.log(total);
-          for (let k = 0; k < len; k++) v[base + k * inner] = x[base + k * inner] - shift;
+          // (x − max) − log Σ: folding max + log Σ into one shift first would lose log Σ
+          // against a max of large magnitude.
+          const logTotal = Math.log(total);
+          for (let k = 0; k < len; k++) v[base + k * inner] = (x[base + k * inner] - mx) - logTotal;
         } else {
           for (let k = 0; k < len; k++) v[base + k * inner] = e[k] / total;
         }
