@@ -225,6 +225,21 @@ Deno.test("elementwise errors name the op, the argument and the caller's line", 
   line = thisLine() + 1;
   call = () => a.cast("float64" as tq.DType);
   assertTqError(call, { op: "cast", kind: "dtype", includes: ["float64"], line });
+  // A number operand of an integer tensor must be representable: encoding it would truncate or
+  // saturate silently.
+  const ints = tq.tensor([1, 2, 3], { dtype: "int32" });
+  const cases: [string, () => unknown, string][] = [
+    ["mul", () => ints.mul(0.5), "0.5"],
+    ["less", () => ints.less(1.5), "1.5"],
+    ["add", () => ints.add(NaN), "NaN"],
+    ["add", () => ints.add(1e12), "1000000000000"],
+    ["add", () => tq.tensor([1], { dtype: "int8" }).add(300), "300"],
+  ];
+  for (const [op, fn, value] of cases) {
+    assertTqError(fn, { op, kind: "dtype", includes: [value, "int"] });
+  }
+  assert.deepEqual(ints.mul(2).toArray(), [2, 4, 6]);
+  assert.deepEqual(ints.mul(0.5 * 4).toArray(), [2, 4, 6]);
 });
 
 testOnDevices("int64 arithmetic is exact beyond 2^53 and wraps", (device) => {

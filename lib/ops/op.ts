@@ -3,12 +3,12 @@
  * devices, and creating the graph node that records the user's call site.
  * @module
  */
-import type { DType } from "../dtype.ts";
+import { type DType, dtypeInfo } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { captureTrace } from "../errors.ts";
 import { type Attrs, Node } from "../graph/node.ts";
 import type { Shape } from "../shape.ts";
-import { scalar, Tensor } from "../tensor.ts";
+import { isDisposed, scalar, Tensor } from "../tensor.ts";
 
 /** A tensor or a JS number (a number takes the other operand's dtype and device). */
 export type TensorLike = Tensor | number;
@@ -17,13 +17,25 @@ export { FLOAT_DTYPES, NUMERIC_DTYPES } from "../dtype.ts";
 
 /** Throws unless `value` is a Tensor. */
 export function checkTensor(op: string, argument: string, value: unknown): Tensor {
-  if (value instanceof Tensor) return value;
+  if (value instanceof Tensor) return checkLive(op, argument, value);
   throw new TensorqError("expected a tensor", {
     op,
     kind: "argument",
     argument,
     expected: "a Tensor",
     actual: value === null ? "null" : Array.isArray(value) ? "an array" : typeof value,
+  });
+}
+
+/** `t`, unless it was disposed (its memory and inputs are gone): then a state error. */
+function checkLive(op: string, argument: string, t: Tensor): Tensor {
+  if (!isDisposed(t)) return t;
+  throw new TensorqError("the tensor was disposed", {
+    op,
+    kind: "state",
+    argument,
+    expected: "a live tensor",
+    actual: `a disposed ${t.dtype} tensor of shape [${t.shape.join(", ")}]`,
   });
 }
 
@@ -88,9 +100,23 @@ export function operands(op: string, names: string[], values: TensorLike[]): Ten
     });
   }
   return values.map((v, i) => {
-    if (v instanceof Tensor) return v;
+    if (v instanceof Tensor) return checkLive(op, names[i], v);
     if (typeof v === "number" || typeof v === "boolean") {
-      return scalar(Number(v), ref.dtype, ref.device);
+      const value = Number(v);
+      const info = dtypeInfo(ref.dtype);
+      // Encoding would truncate or saturate it silently (x.mul(0.5) on int32 gave zeros).
+      if (info.isInt && (!Number.isInteger(value) || value < info.min || value > info.max)) {
+        throw new TensorqError("a number operand must be representable in the tensor's dtype", {
+          op,
+          kind: "dtype",
+          argument: names[i],
+          expected:
+            `an integer in [${info.min}, ${info.max}] (the tensor operand is ${ref.dtype}); ` +
+            "cast the tensor to a float dtype first",
+          actual: String(value),
+        });
+      }
+      return scalar(value, ref.dtype, ref.device);
     }
     return checkTensor(op, names[i], v);
   });
@@ -105,6 +131,7 @@ export function makeOp(
   dtype: DType,
   device: string = inputs[0].device,
 ): Tensor {
+  inputs.forEach((t, i) => checkLive(op, `input ${i}`, t));
   const node = new Node(op, inputs.map((t) => t.node), attrs, shape, dtype, device, captureTrace());
   return new Tensor(node);
 }
