@@ -108,6 +108,28 @@ Deno.test("compile rejects calls outside the declared inputs, naming the argumen
   line = thisLine() - 1;
   call = () => tq.compile(reads, { args: [tq.inputInfo([2])] });
   assertTqError(call, { op: "dataSync", kind: "state", includes: ["compile() input"], line });
+  // A value computed from an input is no more readable while tracing.
+  const readsDerived = (x: tq.Tensor) => tq.tensor(x.mul(2).item());
+  call = () => tq.compile(readsDerived, { args: [tq.inputInfo([1])] });
+  assertTqError(call, { op: "evaluate", kind: "state", includes: ["compile() input"] });
+});
+
+testOnDevices("compile: a captured weight disposed after compiling is an error, not freed memory", (
+  device,
+) => {
+  const w = tq.randn([4, 4], { seed: 5, device });
+  const exe = tq.compile((x) => x.matmul(w), { args: [tq.inputInfo([2, 4])], device });
+  const x = tq.randn([2, 4], { seed: 6, device });
+  assert.deepEqual((exe(x) as tq.Tensor).dataSync(), x.matmul(w).dataSync());
+  w.dispose();
+  const line = thisLine() + 1;
+  const call = () => exe(x);
+  assertTqError(call, {
+    op: "Executable",
+    kind: "state",
+    includes: ["captured", "disposed"],
+    line,
+  });
 });
 
 testOnDevices("compile with donate: a cache updated in place across calls", (device) => {

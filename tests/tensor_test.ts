@@ -100,6 +100,28 @@ Deno.test("dispose and using free a tensor; later use is a state error", () => {
   line = thisLine() + 1;
   call = () => tq.tensor([[1, 2], [3]]).dataSync();
   assertTqError(call, { op: "tensor", kind: "shape", includes: ["ragged"], line });
+  // A disposed tensor as an op's input: named at the op, not a kernel failure later.
+  const w = tq.randn([3, 3], { seed: 1 });
+  w.dispose();
+  line = thisLine() + 1;
+  call = () => tq.ones([2, 3]).matmul(w).dataSync();
+  assertTqError(call, { op: "matmul", kind: "state", includes: ["disposed", "'b'"], line });
+  line = thisLine() + 1;
+  call = () => tq.ones([3, 3]).add(w).dataSync();
+  assertTqError(call, { op: "add", kind: "state", includes: ["disposed"], line });
+  // Disposed after the op was made, before evaluation.
+  const v = tq.randn([3, 3], { seed: 2 });
+  v.evaluate();
+  const y = tq.ones([2, 3]).matmul(v);
+  v.dispose();
+  line = thisLine() + 1;
+  call = () => y.dataSync();
+  assertTqError(call, {
+    op: "constant",
+    kind: "state",
+    includes: ["depends on was disposed"],
+    line,
+  });
 });
 
 Deno.test("creation errors name the argument and the caller's line", () => {

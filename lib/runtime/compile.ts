@@ -340,6 +340,21 @@ export function compile(
   const exe = ((...args: Tensor[]) => {
     const shapes = check(args);
     const entry = entryFor(shapes);
+    // Tensors the function captured (weights) are read by every call: one disposed since
+    // would be freed memory.
+    entry.leaves.forEach((b, i) => {
+      if (b.disposed && !entry.argLeaf.includes(i)) {
+        throw new TensorqError(
+          "a tensor the compiled function captured (e.g. a weight) was disposed; compile again",
+          {
+            op: "Executable",
+            kind: "state",
+            expected: "the captured tensors alive while the compiled function is used",
+            actual: `a disposed ${b.dtype} tensor of ${b.numel} elements`,
+          },
+        );
+      }
+    });
     for (const a of args) a.evaluate();
     let outs: DeviceBuffer[];
     if (useGraphs && !entry.replay) prepareGraph(entry, args.map((a) => a.node.buffer!));

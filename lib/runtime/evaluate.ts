@@ -88,6 +88,15 @@ export function traceGraph(targets: Node[]): TracedGraph {
         stack.pop();
         continue;
       }
+      if (n.buffer?.disposed && n.inputs.length === 0) {
+        // Disposed: its memory is gone and its inputs were dropped, nothing to recompute from.
+        throw new TensorqError("a tensor this value depends on was disposed", {
+          op: n.op,
+          kind: "state",
+          expected: "every input alive until the values that depend on it are evaluated",
+          actual: `a disposed ${n.dtype} tensor of shape [${n.shape.join(", ")}]`,
+        });
+      }
       if (n.realized) {
         leafIndex.set(n, leafNodes.length);
         leafNodes.push(n);
@@ -101,7 +110,6 @@ export function traceGraph(targets: Node[]): TracedGraph {
           kind: "device",
           expected: device,
           actual: n.device,
-          callSite: n.callSite,
         });
       }
       if (i < n.inputs.length) {
@@ -174,6 +182,13 @@ export function realize(targets: Node[]): void {
   }
   const backend = backendOf(pending[0].device);
   const traced = traceGraph(pending);
+  if (traced.leafNodes.some((n) => n.placeholder)) {
+    throw new TensorqError(
+      "this value depends on a compile() input, which has no value while the function is " +
+        "traced; only shapes and dtypes are known",
+      { op: "evaluate", kind: "state" },
+    );
+  }
   const plan = planFor(traced, backend);
   const leaves: DeviceBuffer[] = traced.leafNodes.map((n) => n.buffer!);
   const outs = plan.run(leaves);
