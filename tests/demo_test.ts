@@ -262,6 +262,14 @@ Deno.test("demo: usage errors exit with code 2 and name the option", async () =>
   const unknown = await runDemo(["--bogus"]);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /bogus/);
+  // Checked before any work: a report directory that does not exist, an empty prompt.
+  const report = await runDemo(["--report", "/nonexistent-dir/r.html"]);
+  assert.equal(report.code, 2);
+  assert.match(report.stderr, /--report: the directory \/nonexistent-dir does not exist/);
+  const prompt = await runDemo(["--prompt", "", "--eval-windows", "1", "--calib-batches", "1"]);
+  assert.equal(prompt.code, 2);
+  assert.match(prompt.stderr, /--prompt must not be empty/);
+  assert.doesNotMatch(prompt.stdout, /calibrat/i, "rejected before calibrating");
 });
 
 Deno.test("report helpers: collapsed bins, mass above amax, escaped names", () => {

@@ -13,6 +13,7 @@
  * then uses GPT-2's byte-level BPE, implemented below. Without them it stops with exit code 2.
  * @module
  */
+import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import * as tq from "../../mod.ts";
 import { type LayerHistogram, renderCalibrationReport } from "./report.ts";
@@ -83,6 +84,19 @@ function intOption(name: string, value: string | undefined, fallback: number, mi
   return n;
 }
 
+/** `p` resolved against the directory the user ran the command from. */
+function userPath(p: string): string {
+  return resolve(Deno.env.get("INIT_CWD") ?? Deno.cwd(), p);
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return Deno.statSync(p).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 /** Parses the demo's arguments (throws UsageError on mistakes). */
 export function parseDemoArgs(args: string[]): DemoOptions | "help" {
   let values;
@@ -126,15 +140,21 @@ export function parseDemoArgs(args: string[]): DemoOptions | "help" {
       throw new UsageError(`--smoothquant must be an alpha in [0, 1], got ${values.smoothquant}`);
     }
   }
+  // `deno task` runs in the repository root: relative paths are the caller's (INIT_CWD).
+  const report = userPath(values.report ?? "tensorq-calibration.html");
+  const reportDir = dirname(report);
+  if (!isDirectory(reportDir)) {
+    throw new UsageError(`--report: the directory ${reportDir} does not exist`);
+  }
   return {
     smoothquant,
-    model: values.model ?? DEFAULT_MODEL,
+    model: values.model === undefined ? DEFAULT_MODEL : userPath(values.model),
     device,
     method,
     calibBatches: intOption("calib-batches", values["calib-batches"], 2, 1),
     evalWindows: intOption("eval-windows", values["eval-windows"], 8, 1),
     window: intOption("window", values.window, 256, 2),
-    report: values.report ?? "tensorq-calibration.html",
+    report,
     prompt: values.prompt ?? "JULIET:\n",
     tokens: intOption("tokens", values.tokens, 200, 0),
     seed: intOption("seed", values.seed, 0, 0),
@@ -373,6 +393,16 @@ export function runDemo(options: DemoOptions): number {
     );
     return 2;
   }
+  // The sample's prompt is checked now, not after calibration and evaluation.
+  const prompt = tokenizer.encode(options.prompt);
+  if (options.tokens > 0) {
+    if (prompt.length === 0) throw new UsageError("--prompt must not be empty");
+    if (prompt.length >= config.nPositions) {
+      throw new UsageError(
+        `--prompt is ${prompt.length} tokens: it fills all ${config.nPositions} positions`,
+      );
+    }
+  }
   if (options.window > config.nPositions) {
     throw new UsageError(`--window ${options.window} exceeds the model's ${config.nPositions}`);
   }
@@ -532,10 +562,7 @@ export function runDemo(options: DemoOptions): number {
 
   // A sample from the best quantized mode.
   if (options.tokens > 0 && best) {
-    const prompt = tokenizer.encode(options.prompt);
-    if (prompt.length === 0) throw new UsageError("--prompt must not be empty");
     const room = config.nPositions - prompt.length;
-    if (room <= 0) throw new UsageError(`--prompt fills all ${config.nPositions} positions`);
     const maxNewTokens = Math.min(options.tokens, room);
     const how = options.greedy
       ? "greedy"
@@ -576,7 +603,11 @@ export function main(args: string[]): number {
       console.error(`error: ${e.message}\n\n${USAGE}`);
       return 2;
     }
-    if (e instanceof tq.TensorqError) {
+    // Library errors and file system errors (e.g. the report cannot be written) in one line.
+    if (
+      e instanceof tq.TensorqError || e instanceof Deno.errors.NotFound ||
+      e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.IsADirectory
+    ) {
       console.error(`error: ${e.message}`);
       return 1;
     }
