@@ -21,16 +21,21 @@ import { type Tensor, tensor } from "../lib/tensor.ts";
 import { assertTqError, filesExist, SHARED_DIR, sharedTest, thisLine } from "./helpers.ts";
 import * as tq from "../mod.ts";
 
-const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR).pathname;
+// The model: ../shared's copy, else the identical one the demo ships.
+const SHARED_MODEL = new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR).pathname;
+const BUNDLED_MODEL = decodeURIComponent(
+  new URL("../examples/gpt2/assets/tiny-shakespeare-gpt2/", import.meta.url).pathname,
+);
+const MODEL_DIR = filesExist(`${SHARED_MODEL}model.safetensors`) ? SHARED_MODEL : BUNDLED_MODEL;
 const FIXTURES = new URL("fixtures/", SHARED_DIR).pathname;
 const LOAD_OP = "GPT2LMHeadModel.fromPretrained";
 
-const haveShared = filesExist(
-  `${MODEL_DIR}model.safetensors`,
-  `${FIXTURES}reference.safetensors`,
-  `${FIXTURES}report.json`,
-);
-if (!haveShared) console.log(`gpt2 tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
+const haveModel = filesExist(`${MODEL_DIR}model.safetensors`, `${MODEL_DIR}config.json`);
+const haveShared = haveModel &&
+  filesExist(`${FIXTURES}reference.safetensors`, `${FIXTURES}report.json`);
+if (!haveShared) {
+  console.log(`gpt2 reference tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
+}
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length);
@@ -124,7 +129,7 @@ Deno.test("gpt2Config: defaults are GPT-2 small; invalid fields are named", () =
   ]);
 });
 
-sharedTest(haveShared, "parseGPT2Config reads the tiny model's config.json", () => {
+sharedTest(haveModel, "parseGPT2Config reads the tiny model's config.json", () => {
   const c = parseGPT2Config(JSON.parse(Deno.readTextFileSync(`${MODEL_DIR}config.json`)));
   assert.deepEqual(c, {
     vocabSize: 256,
@@ -145,7 +150,7 @@ sharedTest(haveShared, "parseGPT2Config reads the tiny model's config.json", () 
 // Loading
 
 sharedTest(
-  haveShared,
+  haveModel,
   "fromPretrained: HF names, Conv1D weights transposed, lm_head tied to wte",
   () => {
     const m = tinyModel();
@@ -233,7 +238,7 @@ sharedTest(haveShared, "KV-cache decoding equals the full forward (max |diff| <=
   assert.equal(cache.length, 0);
 });
 
-sharedTest(haveShared, "forward with a cache rejects overflow and batch mismatches", () => {
+sharedTest(haveModel, "forward with a cache rejects overflow and batch mismatches", () => {
   const m = tinyModel();
   const cache = m.createCache();
   m.forward(tensor(Int32Array.from([1, 2, 3, 4]), { shape: [2, 2] }), { cache });
@@ -290,7 +295,7 @@ sharedTest(
   },
 );
 
-sharedTest(haveShared, "sampling is reproducible by seed; topK 1 is greedy", () => {
+sharedTest(haveModel, "sampling is reproducible by seed; topK 1 is greedy", () => {
   const m = tinyModel();
   const prompt = encodeBytes("ROMEO:\n");
   const opts = { maxNewTokens: 24, strategy: "sample" as const, temperature: 1.0 };
@@ -313,7 +318,7 @@ sharedTest(haveShared, "sampling is reproducible by seed; topK 1 is greedy", () 
   console.log(`sample(seed 7): ${JSON.stringify(decodeBytes(s1))}`);
 });
 
-sharedTest(haveShared, "generate rejects bad arguments", () => {
+sharedTest(haveModel, "generate rejects bad arguments", () => {
   const m = tinyModel();
   assertTqError(() => generate(m, [1, 256], { maxNewTokens: 1 }), {
     op: "generate",
@@ -324,9 +329,29 @@ sharedTest(haveShared, "generate rejects bad arguments", () => {
     op: "generate",
     includes: ["maxNewTokens", "<= 256"],
   });
-  assertTqError(() => generate(m, [65], { maxNewTokens: 1, temperature: 0 }), {
+  assertTqError(
+    () => generate(m, [65], { maxNewTokens: 1, strategy: "sample", temperature: 0 }),
+    { op: "generate", includes: ["temperature"] },
+  );
+  // Greedy ignores the temperature.
+  assert.equal(generate(m, [65], { maxNewTokens: 1, temperature: 0 }).length, 1);
+  for (
+    const [options, includes] of [
+      [{ seed: 0.5 }, ["seed", "0.5"]],
+      [{ seed: 2 ** 32 }, ["seed", "4294967296"]],
+      [{ stopTokens: 7 as unknown as number[] }, ["stopTokens", "number[]"]],
+      [{ stopTokens: [1, 256] }, ["stopTokens[1]", "[0, 256)"]],
+    ] as const
+  ) {
+    assertTqError(
+      () => generate(m, [65], { maxNewTokens: 1, strategy: "sample", ...options }),
+      { op: "generate", includes: [...includes] },
+    );
+  }
+  assertTqError(() => generate(m, [[1, 2]] as unknown as number[], { maxNewTokens: 1 }), {
     op: "generate",
-    includes: ["temperature"],
+    kind: "shape",
+    includes: ["one sequence"],
   });
   assertTqError(() => generate(m, [65], { maxNewTokens: 1, topK: 0 }), {
     op: "generate",
@@ -498,7 +523,7 @@ sharedTest(haveShared, "a sharded checkpoint loads and gives identical logits", 
   }
 });
 
-sharedTest(haveShared, "broken checkpoints give errors naming the tensor or file", () => {
+sharedTest(haveModel, "broken checkpoints give errors naming the tensor or file", () => {
   const tensors = tinyTensors();
   const dirs: string[] = [];
   try {

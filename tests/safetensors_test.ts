@@ -616,9 +616,13 @@ Deno.test({
   },
 });
 
-const gpt2 = new URL("tiny-shakespeare-gpt2/model.safetensors", MODELS);
+// ../shared's model, else the identical copy the demo ships.
+const sharedGpt2 = new URL("tiny-shakespeare-gpt2/model.safetensors", MODELS);
+const gpt2 = filesExist(sharedGpt2)
+  ? sharedGpt2
+  : new URL("../examples/gpt2/assets/tiny-shakespeare-gpt2/model.safetensors", import.meta.url);
 const hasGpt2 = filesExist(gpt2);
-if (!hasGpt2) console.log(`skipped: ${gpt2.pathname} not present (../shared)`);
+if (!hasGpt2) console.log(`skipped: ${gpt2.pathname} not present`);
 Deno.test({
   name: "tiny-shakespeare-gpt2: transformer.wte.weight is F32 [256, 256]",
   ignore: !hasGpt2,

@@ -770,11 +770,17 @@ export interface GenerateOptions {
   maxNewTokens: number;
   /** `"greedy"` (argmax, default) or `"sample"` (from the softmax of logits / temperature). */
   strategy?: "greedy" | "sample";
-  /** Sample only among the `topK` most likely tokens (default: all). */
+  /**
+   * Sample only among the `topK` most likely tokens (default: all). Tokens tied with the
+   * `topK`-th largest logit are all kept, as in Hugging Face's top-k filter.
+   */
   topK?: number;
   /** Divides the logits before sampling (default 1; must be > 0). */
   temperature?: number;
-  /** Seed of the sampling stream (default 0): the same seed gives the same tokens. */
+  /**
+   * Seed of the sampling stream (default 0), an integer in [0, 2^32): the same seed gives the
+   * same tokens.
+   */
   seed?: number;
   /** Decode with a {@link KVCache} (default true) rather than re-running the whole sequence. */
   cache?: boolean;
@@ -808,6 +814,15 @@ function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor)
     }
     ids = Array.from(prompt.dataSync() as Int32Array | BigInt64Array, Number);
   } else if (Array.isArray(prompt)) {
+    if (prompt.some(Array.isArray)) {
+      throw new TensorqError("prompt must be one sequence of ids (generate takes one prompt)", {
+        op: GEN_OP,
+        kind: "shape",
+        argument: "promptIds",
+        expected: "number[] (or a [1, T] tensor)",
+        actual: "an array of arrays",
+      });
+    }
     ids = [...prompt];
   } else {
     throw new TensorqError("prompt must be an array of ids or a tensor", {
@@ -909,7 +924,8 @@ export function generate(
     });
   }
   const temperature = options.temperature ?? 1;
-  if (!(temperature > 0) || !Number.isFinite(temperature)) {
+  // Greedy decoding ignores the temperature (0 is a common way to ask for it).
+  if (strategy === "sample" && (!(temperature > 0) || !Number.isFinite(temperature))) {
     throw new TensorqError("temperature must be a positive number", {
       op: GEN_OP,
       kind: "argument",
@@ -938,8 +954,38 @@ export function generate(
       actual: String(maxNew),
     });
   }
-  const stream = new RandomStream(options.seed ?? 0);
-  const stops = new Set(options.stopTokens ?? []);
+  const seed = options.seed ?? 0;
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
+    throw new TensorqError("seed must be an integer in [0, 2^32)", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "seed",
+      expected: "an integer in [0, 4294967295]",
+      actual: String(seed),
+    });
+  }
+  const stream = new RandomStream(seed);
+  const stopList = options.stopTokens ?? [];
+  if (!Array.isArray(stopList)) {
+    throw new TensorqError("stopTokens must be an array of token ids", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "stopTokens",
+      expected: "number[]",
+      actual: typeof stopList,
+    });
+  }
+  const badStop = stopList.findIndex((v) => !Number.isInteger(v) || v < 0 || v >= vocab);
+  if (badStop >= 0) {
+    throw new TensorqError("stop token outside the vocabulary", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: `stopTokens[${badStop}]`,
+      expected: `an integer in [0, ${vocab})`,
+      actual: String(stopList[badStop]),
+    });
+  }
+  const stops = new Set(stopList);
   const useCache = options.cache ?? true;
   const device = model.device;
   const compiled = options.compiled ?? useCache;
