@@ -108,6 +108,15 @@ Deno.test("compile rejects calls outside the declared inputs, naming the argumen
   line = thisLine() - 1;
   call = () => tq.compile(reads, { args: [tq.inputInfo([2])] });
   assertTqError(call, { op: "dataSync", kind: "state", includes: ["compile() input"], line });
+  // Malformed options and results.
+  call = () => tq.compile((x) => x, undefined as unknown as tq.CompileOptions);
+  assertTqError(call, { op: "compile", includes: ["options.args"] });
+  call = () => tq.compile((x) => x, { args: [{ shape: [-1, 3], dtype: "float32" }] });
+  assertTqError(call, { op: "inputInfo", includes: ["shape[0]", "-1"] });
+  call = () => tq.compile((x) => x, { args: [{ shape: [3], dtype: "f32" as tq.DType }] });
+  assertTqError(call, { op: "inputInfo", kind: "dtype", includes: ["f32"] });
+  call = () => tq.compile(() => [], { args: [tq.inputInfo([3])] });
+  assertTqError(call, { op: "compile", includes: ["returned no tensors"] });
   // A value computed from an input is no more readable while tracing.
   const readsDerived = (x: tq.Tensor) => tq.tensor(x.mul(2).item());
   call = () => tq.compile(readsDerived, { args: [tq.inputInfo([1])] });

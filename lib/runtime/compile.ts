@@ -140,15 +140,27 @@ export function compile(
       actual: typeof fn,
     });
   }
+  if (!options || typeof options !== "object" || !Array.isArray(options.args)) {
+    throw new TensorqError("options must list the function's inputs", {
+      op: "compile",
+      kind: "argument",
+      argument: "options.args",
+      expected: "{ args: [inputInfo(shape, dtype), ...] }",
+      actual: options && typeof options === "object" ? typeof options.args : typeof options,
+    });
+  }
   const infos = options.args.map((a, i) => {
     if (!a || !Array.isArray(a.shape)) {
       throw new TensorqError("each argument needs an inputInfo()", {
         op: "compile",
         kind: "argument",
         argument: `args[${i}]`,
+        expected: "inputInfo(shape, dtype)",
+        actual: a === null ? "null" : typeof a,
       });
     }
-    return a;
+    // Hand-made infos get inputInfo's checks.
+    return inputInfo(a.shape, a.dtype ?? "float32");
   });
   const donated = new Set<number>();
   for (const [k, i] of (options.donate ?? []).entries()) {
@@ -179,6 +191,15 @@ export function compile(
     const result = fn(...placeholders);
     const single = !Array.isArray(result);
     const outs = single ? [result as Tensor] : (result as Tensor[]);
+    if (outs.length === 0) {
+      throw new TensorqError("the compiled function returned no tensors", {
+        op: "compile",
+        kind: "argument",
+        argument: "fn",
+        expected: "a Tensor or a non-empty array of Tensors",
+        actual: "[]",
+      });
+    }
     outs.forEach((t, i) => {
       if (!(t instanceof Tensor)) {
         throw new TensorqError("the compiled function must return tensors", {
