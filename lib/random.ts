@@ -7,7 +7,7 @@
 import { checkDType, encode } from "./dtype.ts";
 import { TensorqError } from "./errors.ts";
 import { checkShape, numel } from "./shape.ts";
-import { type CreateOptions, fromStorage, type Tensor } from "./tensor.ts";
+import { type CreateOptions, fromStorage, hostValues, type Tensor } from "./tensor.ts";
 
 /** A reproducible stream of uniform numbers in [0, 1). */
 export class RandomStream {
@@ -101,7 +101,7 @@ export function randn(
   const stream = streamFor("randn", options.seed);
   const mean = options.mean ?? 0;
   const std = options.std ?? 1;
-  const values = new Float64Array(numel(s));
+  const values = hostValues("randn", numel(s));
   for (let i = 0; i < values.length; i++) values[i] = mean + std * stream.normal();
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }
@@ -116,7 +116,7 @@ export function rand(
   const stream = streamFor("rand", options.seed);
   const low = options.low ?? 0;
   const high = options.high ?? 1;
-  const values = new Float64Array(numel(s));
+  const values = hostValues("rand", numel(s));
   for (let i = 0; i < values.length; i++) values[i] = low + (high - low) * stream.uniform();
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }

@@ -82,7 +82,16 @@ export function broadcastStrides(shape: Shape, out: Shape): number[] {
 
 /** Normalizes a possibly negative axis for a tensor of `rank`; throws an axis error. */
 export function normalizeAxis(op: string, axis: number, rank: number, argument = "axis"): number {
-  if (!Number.isInteger(axis) || axis < -Math.max(rank, 1) || axis >= Math.max(rank, 1)) {
+  if (typeof axis !== "number" || !Number.isInteger(axis)) {
+    throw new TensorqError("axis must be an integer", {
+      op,
+      kind: "axis",
+      argument,
+      expected: `an integer in [${-Math.max(rank, 1)}, ${Math.max(rank, 1) - 1}]`,
+      actual: describeValue(axis),
+    });
+  }
+  if (axis < -Math.max(rank, 1) || axis >= Math.max(rank, 1)) {
     throw new TensorqError("axis out of range", {
       op,
       kind: "axis",
@@ -103,6 +112,15 @@ export function normalizeAxes(
   rank: number,
 ): number[] {
   if (axes === undefined) return Array.from({ length: rank }, (_, i) => i);
+  if (typeof axes !== "number" && !Array.isArray(axes)) {
+    throw new TensorqError("axis must be an integer or an array of integers", {
+      op,
+      kind: "axis",
+      argument: "axis",
+      expected: "an integer, an array of integers, or undefined for every axis",
+      actual: describeValue(axes),
+    });
+  }
   const list = typeof axes === "number" ? [axes] : [...axes];
   const out = list.map((a) => normalizeAxis(op, a, rank));
   if (new Set(out).size !== out.length) {
@@ -120,7 +138,7 @@ export function normalizeAxes(
 /** Validates a user shape: an array of non-negative integers. */
 export function checkShape(op: string, shape: unknown, argument = "shape"): number[] {
   if (
-    !Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)
+    !Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)
   ) {
     throw new TensorqError("invalid shape", {
       op,

@@ -519,6 +519,37 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
   return fromStorage(encode(dtype, flat), shape, dtype, options.device);
 }
 
+/** Most elements a tensor made on the host may have (the CPU kernels index with int32). */
+const MAX_HOST_ELEMENTS = 2 ** 31 - 1;
+
+/**
+ * A float64 scratch array of `n` elements for creating a tensor on the host: a clear error
+ * when `n` exceeds {@link MAX_HOST_ELEMENTS} or the memory cannot be had.
+ */
+export function hostValues(op: string, n: number): Float64Array {
+  if (n > MAX_HOST_ELEMENTS) {
+    throw new TensorqError("too many elements to create on the host", {
+      op,
+      kind: "shape",
+      argument: "shape",
+      expected: `at most ${MAX_HOST_ELEMENTS} elements`,
+      actual: String(n),
+    });
+  }
+  try {
+    return new Float64Array(n);
+  } catch (e) {
+    throw new TensorqError("out of host memory", {
+      op,
+      kind: "shape",
+      argument: "shape",
+      expected: "a tensor that fits in memory",
+      actual: `${n} elements (${n * 8} bytes of float64 while creating)`,
+      cause: e,
+    });
+  }
+}
+
 function checkRepresentable(op: string, dtype: DType, values: ArrayLike<number>): void {
   const info = dtypeInfo(dtype);
   if (!info.isInt) return;
@@ -541,7 +572,7 @@ export function full(shape: readonly number[], value: number, options: CreateOpt
   const s = checkShape("full", shape);
   const dtype = checkDType("full", "dtype", options.dtype ?? "float32");
   checkRepresentable("full", dtype, [value]);
-  const values = new Float64Array(numel(s)).fill(value);
+  const values = hostValues("full", numel(s)).fill(value);
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }
 
@@ -574,8 +605,19 @@ export function arange(
       actual: String(step),
     });
   }
+  for (const [name, v] of [["start", start], ["stop", stop]] as const) {
+    if (!Number.isFinite(v)) {
+      throw new TensorqError(`${name} must be a finite number`, {
+        op: "arange",
+        kind: "argument",
+        argument: name,
+        actual: String(v),
+      });
+    }
+  }
   const n = Math.max(0, Math.ceil((stop - start) / step));
-  const values = Float64Array.from({ length: n }, (_, i) => start + i * step);
+  const values = hostValues("arange", n);
+  for (let i = 0; i < n; i++) values[i] = start + i * step;
   const dtype = checkDType("arange", "dtype", options.dtype ?? "float32");
   checkRepresentable("arange", dtype, values);
   return fromStorage(encode(dtype, values), [n], dtype, options.device);

@@ -242,6 +242,26 @@ Deno.test("elementwise errors name the op, the argument and the caller's line", 
   assert.deepEqual(ints.mul(0.5 * 4).toArray(), [2, 4, 6]);
 });
 
+testOnDevices("pow's IEEE cases and int64 → float casts round once", (device) => {
+  // 1^y = 1 for any y, NaN included, and (−1)^±∞ = 1, as IEEE 754 and C's powf say.
+  const base = tq.tensor([1, 1, 1, -1, -1, 2], { device });
+  const exp = tq.tensor([NaN, Infinity, -Infinity, Infinity, -Infinity, NaN], { device });
+  const p = Array.from(base.pow(exp).dataSync() as Float32Array);
+  assert.deepEqual(p.slice(0, 5), [1, 1, 1, 1, 1]);
+  assert.ok(Number.isNaN(p[5]));
+  // 2^60 + 2^36 + 1: through float64 first it would round to 2^60 + 2^36, then to 2^60 in
+  // float32; rounded once it is 2^60 + 2^37 (NumPy's value).
+  const v = 2n ** 60n + 2n ** 36n + 1n;
+  const big = tq.tensor(BigInt64Array.of(v, -v, 2n ** 24n + 1n, 12345n), { device });
+  assert.deepEqual(Array.from(big.cast("float32").dataSync() as Float32Array), [
+    2 ** 60 + 2 ** 37,
+    -(2 ** 60 + 2 ** 37),
+    2 ** 24,
+    12345,
+  ]);
+  assert.deepEqual(Array.from(big.cast("float16").dataSync() as Float32Array).slice(3), [12344]);
+});
+
 testOnDevices("int64 arithmetic is exact beyond 2^53 and wraps", (device) => {
   const a = tq.tensor(new BigInt64Array([2n ** 62n, 2n ** 53n + 1n, -(2n ** 63n)]), { device });
   const b = tq.tensor(new BigInt64Array([2n ** 62n, 2n, 1n]), { device });

@@ -124,6 +124,23 @@ Deno.test("dispose and using free a tensor; later use is a state error", () => {
   });
 });
 
+Deno.test("creation and axis errors: non-finite ranges, huge sizes, non-number axes", () => {
+  for (
+    const [op, call, includes] of [
+      ["arange", () => tq.arange(NaN), ["stop", "NaN"]],
+      ["arange", () => tq.arange(0, Infinity), ["stop", "Infinity"]],
+      ["full", () => tq.zeros([1e6, 1e6]), ["too many elements", "1000000000000"]],
+      ["randn", () => tq.randn([3e9]), ["too many elements"]],
+      ["sum", () => tq.ones([2, 2]).sum(null as unknown as number), ["axis", "null"]],
+      ["argmax", () => tq.ones([2, 2]).argmax("0" as unknown as number), ["axis", '"0"']],
+    ] as const
+  ) {
+    assertTqError(call, { op, includes: [...includes] });
+  }
+  // Options given as null take the defaults.
+  assert.equal(tq.gelu(tq.zeros([1]), null as unknown as undefined).item(), 0);
+});
+
 Deno.test("creation errors name the argument and the caller's line", () => {
   let line = thisLine() + 1;
   let call = (): unknown => tq.tensor([1.5], { dtype: "int32" });

@@ -173,7 +173,7 @@ export interface GeluOptions {
  * `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
  */
 export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
-  const approximate = options.approximate ?? "none";
+  const approximate = (options ?? {}).approximate ?? "none";
   if (approximate !== "none" && approximate !== "tanh") {
     throw new TensorqError("unknown approximation", {
       op: "gelu",

@@ -20,12 +20,21 @@ function nanMin(a: number, b: number): number {
   return Number.isNaN(a) || Number.isNaN(b) ? NaN : a < b ? a : b;
 }
 
+/**
+ * pow with IEEE 754's (and C's powf, which the CUDA kernels call) special cases where
+ * JavaScript's differs: 1^y is 1 for every y (NaN too), and (−1)^±∞ is 1.
+ */
+function ieeePow(a: number, b: number): number {
+  if (a === 1 || (a === -1 && (b === Infinity || b === -Infinity))) return 1;
+  return Math.pow(a, b);
+}
+
 const binaryOps: Record<string, { float: BinaryFn; int?: BinaryFn }> = {
   add: { float: (a, b) => a + b },
   sub: { float: (a, b) => a - b },
   mul: { float: (a, b) => a * b, int: (a, b) => Math.imul(a, b) },
   div: { float: (a, b) => a / b, int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b)) },
-  pow: { float: (a, b) => Math.pow(a, b) },
+  pow: { float: ieeePow },
   maximum: { float: nanMax },
   minimum: { float: nanMin },
   equal: { float: (a, b) => (a === b ? 1 : 0) },
@@ -161,14 +170,32 @@ registerCpuKernel("where", ([sc, sa, sb], ctx) => {
   return encode(ctx.out.dtype, vals);
 });
 
+/** `x` as a float64 of at most 26 significant bits, the last one sticky (set when any bit
+ * below it is). */
+function stickyNumber(x: bigint): number {
+  const negative = x < 0n;
+  let m = negative ? -x : x;
+  const bits = m.toString(2).length;
+  if (bits <= 26) return Number(x);
+  const shift = BigInt(bits - 26);
+  const low = m & ((1n << shift) - 1n);
+  m >>= shift;
+  if (low !== 0n) m |= 1n;
+  const v = Number(m) * 2 ** Number(shift);
+  return negative ? -v : v;
+}
+
 registerCpuKernel("cast", ([s], ctx) => {
   const from = ctx.inputs[0].dtype;
   const to = ctx.out.dtype;
   if (from === to) return s;
   if (from === "int64" && to !== "bool") {
-    // Go through BigInt so large int64 values saturate correctly rather than lose bits first.
+    // Number() rounds to 53 bits; a narrower float type would then round a second time.
+    // Values are first cut to 26 significant bits with a sticky bit, which the float64 holds
+    // exactly and any type of ≤ 24 bits then rounds once, correctly.
     const src = s as BigInt64Array;
-    return encode(to, Float64Array.from(src, (x) => Number(x)));
+    const narrow = to === "float32" || to === "float16" || to === "bfloat16";
+    return encode(to, Float64Array.from(src, (x) => (narrow ? stickyNumber(x) : Number(x))));
   }
   return encode(to, read(from, s));
 });
