@@ -137,6 +137,9 @@ Deno.test("creation and axis errors: non-finite ranges, huge sizes, non-number a
   ) {
     assertTqError(call, { op, includes: [...includes] });
   }
+  // More than 2^31 − 1 elements in a CPU plan (a lazy expand) is refused, not summed wrongly.
+  const wide = tq.ones([1], { dtype: "int8" }).expand([2 ** 31 + 5]).sum();
+  assertTqError(() => wide.item(), { op: "expand", kind: "shape", includes: ["CPU backend"] });
   // Options given as null take the defaults.
   assert.equal(tq.gelu(tq.zeros([1]), null as unknown as undefined).item(), 0);
 });

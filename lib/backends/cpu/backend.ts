@@ -6,7 +6,7 @@
 import { allocStorage, type DType, type StorageArray } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
-import type { Shape } from "../../shape.ts";
+import { numel, type Shape } from "../../shape.ts";
 import {
   type Backend,
   type Plan,
@@ -111,6 +111,9 @@ class CpuPlan implements Plan {
 }
 
 /** The CPU backend instance. */
+/** Most elements of any value a CPU plan computes or reads. */
+const CPU_MAX_ELEMENTS = 2 ** 31 - 1;
+
 export const cpuBackend: Backend = {
   kind: "cpu",
   unavailableReason: () => undefined,
@@ -126,6 +129,24 @@ export const cpuBackend: Backend = {
   allocate: (_device, dtype, numel) => new CpuBuffer(dtype, allocStorage(dtype, numel)),
   copy: (dst, src) => (dst as CpuBuffer).data.set((src as CpuBuffer).data as never),
   lower(graph: PlanGraph): Plan {
+    // The CPU kernels index elements with int32 (broadcast and reduction offsets).
+    for (const n of graph.nodes) {
+      const shapes: [string, Shape][] = [
+        ["output", n.shape],
+        ...n.inputs.map((r, k): [string, Shape] => [`input ${k}`, refInfo(graph, r).shape]),
+      ];
+      for (const [what, shape] of shapes) {
+        if (numel(shape) > CPU_MAX_ELEMENTS) {
+          throw new TensorqError("too many elements for the CPU backend", {
+            op: n.op,
+            kind: "shape",
+            argument: what,
+            expected: `at most ${CPU_MAX_ELEMENTS} elements (use a GPU, or split the work)`,
+            actual: `shape [${shape.join(", ")}]`,
+          });
+        }
+      }
+    }
     const steps = graph.nodes.map((n): Step => ({
       kernel: cpuKernel(n.op),
       inputs: n.inputs,
