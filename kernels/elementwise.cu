@@ -199,12 +199,9 @@ BINARY_OP(OpDiv, true, x / y, b == 0 ? (U)0 : b == (typename D::S)-1 ? (U)0 - (U
 BINARY_OP(OpMaximum, false, x != x || y != y ? F32_NAN : x > y ? x : y, a > b ? a : b)
 BINARY_OP(OpMinimum, false, x != x || y != y ? F32_NAN : x < y ? x : y, a < b ? a : b)
 
-// JavaScript's Math.pow: NaN exponents and (+-1) ** +-Inf give NaN (C's powf gives 1).
-__device__ __forceinline__ float js_powf(float x, float y) {
-  if (y != y || (fabsf(x) == 1.0f && fabsf(y) == __uint_as_float(0x7f800000u))) return F32_NAN;
-  return powf(x, y);
-}
-BINARY_OP(OpPow, true, js_powf(x, y), 0)
+// C's powf (IEEE 754 pow, as NumPy and ONNX): 1 ** y is 1 for every y, NaN included, and
+// (-1) ** +-Inf is 1 (the CPU backend's ieeePow follows it).
+BINARY_OP(OpPow, true, powf(x, y), 0)
 
 // All six comparisons in one functor: `mask` selects which outcomes give true (bit 0: a < b,
 // bit 1: a == b, bit 2: a > b, bit 3: unordered, i.e. a NaN operand). Branch-free, so one

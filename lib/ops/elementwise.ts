@@ -86,7 +86,7 @@ export function mul(a: TensorLike, b: TensorLike): Tensor {
 export function div(a: TensorLike, b: TensorLike): Tensor {
   return binary("div", a, b, NUMERIC_DTYPES);
 }
-/** `a ** b` (floats only). */
+/** `a ** b` (floats only), with IEEE 754's special cases (`1 ** NaN` is 1, as in C and NumPy). */
 export function pow(a: TensorLike, b: TensorLike): Tensor {
   return binary("pow", a, b, FLOAT_DTYPES);
 }
