@@ -842,17 +842,28 @@ function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor)
       expected: "at least one token",
     });
   }
-  const bad = ids.findIndex((v) => !Number.isInteger(v) || v < 0 || v >= vocab);
-  if (bad >= 0) {
-    throw new TensorqError("prompt holds an id outside the vocabulary", {
-      op: GEN_OP,
-      kind: "argument",
-      argument: `promptIds[${bad}]`,
-      expected: `an integer in [0, ${vocab})`,
-      actual: String(ids[bad]),
-    });
-  }
+  checkIdsInVocab(ids, vocab, "prompt holds an id outside the vocabulary", "promptIds");
   return ids;
+}
+
+/** Throws `problem`, naming `argument[i]`, for the first of `ids` not a token id of `vocab`. */
+function checkIdsInVocab(
+  ids: readonly unknown[],
+  vocab: number,
+  problem: string,
+  argument: string,
+): void {
+  const bad = ids.findIndex((v) =>
+    typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= vocab
+  );
+  if (bad < 0) return;
+  throw new TensorqError(problem, {
+    op: GEN_OP,
+    kind: "argument",
+    argument: `${argument}[${bad}]`,
+    expected: `an integer in [0, ${vocab})`,
+    actual: String(ids[bad]),
+  });
 }
 
 /** Index of the largest value (the first one on ties). */
@@ -975,16 +986,7 @@ export function generate(
       actual: typeof stopList,
     });
   }
-  const badStop = stopList.findIndex((v) => !Number.isInteger(v) || v < 0 || v >= vocab);
-  if (badStop >= 0) {
-    throw new TensorqError("stop token outside the vocabulary", {
-      op: GEN_OP,
-      kind: "argument",
-      argument: `stopTokens[${badStop}]`,
-      expected: `an integer in [0, ${vocab})`,
-      actual: String(stopList[badStop]),
-    });
-  }
+  checkIdsInVocab(stopList, vocab, "stop token outside the vocabulary", "stopTokens");
   const stops = new Set(stopList);
   const useCache = options.cache ?? true;
   const device = model.device;

@@ -10,6 +10,7 @@
  * through the `add` kernel with the residual (one more rounding), as the unfused graph does.
  * @module
  */
+import { objectIds } from "../../object_ids.ts";
 import { decode, encode, type StorageArray } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
 import { numel } from "../../shape.ts";
@@ -43,15 +44,8 @@ function weightQuantAttrs(attrs: Attrs, dtype: string): Attrs {
 // scale layout, a dequantize scale, the product's dtype), since one weight and scale may serve
 // several forms.
 const weightCache = new WeakMap<StorageArray, WeakMap<StorageArray, Map<string, Float64Array>>>();
-const storageIds = new WeakMap<StorageArray, number>();
-let nextStorageId = 0;
-
-/** A number naming storage array `a` for as long as it lives. */
-function storageId(a: StorageArray): number {
-  let id = storageIds.get(a);
-  if (id === undefined) storageIds.set(a, id = nextStorageId++);
-  return id;
-}
+/** A number naming a storage array for as long as it lives. */
+const storageId = objectIds<StorageArray>();
 
 function cachedWeight(
   w: StorageArray,

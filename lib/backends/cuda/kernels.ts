@@ -7,6 +7,7 @@
  * enqueues the work at run time.
  * @module
  */
+import { objectIds } from "../../object_ids.ts";
 import {
   cuGetFunction,
   cuLaunch,
@@ -88,15 +89,8 @@ export function cudaLowering(op: string): CudaLowering {
 }
 
 const modules = new Map<string, Deno.PointerValue>();
-const moduleIds = new WeakMap<PtxModule, number>();
-let nextModuleId = 0;
-
 /** A number per PTX module object (reading its text would inflate it). */
-function moduleId(module: PtxModule): number {
-  let id = moduleIds.get(module);
-  if (id === undefined) moduleIds.set(module, id = nextModuleId++);
-  return id;
-}
+const moduleId = objectIds<PtxModule>();
 const functions = new Map<string, Deno.PointerValue>();
 
 /**
