@@ -158,8 +158,8 @@ const table = markdownTable(
     "f32 D warm µs",
     "f16 D + epilogue tuned µs",
     "warm µs",
-    "max err / Σ|xw|",
-    "mean err / Σ|xw|",
+    "max err / Σ abs(x·w)",
+    "mean err / Σ abs(x·w)",
   ],
   rows,
 );
