@@ -172,6 +172,21 @@ Deno.test("static decoder and compiled generate reject what does not fit", () =>
     op: "StaticDecoder.prefill",
     includes: ["1 <= T < 8", "[1, 8]"],
   });
+  // Steps fill positions 3..7; the one at 8 would write into slot 7 again (the write clamps).
+  let { state } = decoder.prefill(randomPrompt(3, 2, "cpu"));
+  for (let position = 3; position < 8; position++) {
+    assert.equal(state.position, position);
+    const result = decoder.step(state);
+    result.logits.dispose();
+    tq.disposeState(state);
+    state = result.state;
+  }
+  assertTqError(() => decoder.step(state), {
+    op: "StaticDecoder.step",
+    kind: "shape",
+    includes: ["cache is full", "[0, 8)", "got 8"],
+  });
+  tq.disposeState(state);
   decoder.dispose();
   assertTqError(
     () => tq.generate(model, [1, 2], { maxNewTokens: 3, cache: false, compiled: true }),

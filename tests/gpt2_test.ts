@@ -365,11 +365,28 @@ Deno.test("encodeBytes / decodeBytes: UTF-8 bytes round trip", () => {
   assert.deepEqual(encodeBytes("Hé!"), [72, 0xc3, 0xa9, 33]);
   assert.equal(decodeBytes([72, 0xc3, 0xa9, 33]), "Hé!");
   assert.equal(decodeBytes([0xc3]), "\ufffd");
+  // A leading byte order mark is kept, not stripped.
+  assert.equal(decodeBytes(encodeBytes("\ufeffhi")), "\ufeffhi");
   assertTqError(() => decodeBytes([65, 256]), { op: "decodeBytes", includes: ["ids[1]"] });
 });
 
 // ---------------------------------------------------------------------------------------
 // Random models
+
+Deno.test("a forward that fails with a cache leaves the cache as it was", () => {
+  const config = { vocabSize: 50, nPositions: 16, nEmbd: 32, nLayer: 2, nHead: 4 };
+  const m = GPT2LMHeadModel.random(config, { seed: 4 });
+  const ids = tensor(Int32Array.from([3, 7, 11, 5]), { shape: [1, 4] });
+  const full = floats(m.forward(ids));
+  const cache = m.createCache();
+  m.forward(slice(ids, [null, [0, 3]]), { cache });
+  assert.equal(cache.length, 3);
+  const bad = tensor(Int32Array.of(99), { shape: [1, 1] });
+  assert.throws(() => m.forward(bad, { cache }), /out of range|vocab|99/);
+  assert.equal(cache.length, 3, "the failed call did not advance the cache");
+  const last = floats(m.forward(slice(ids, [null, [3, 4]]), { cache }));
+  assert.ok(maxAbsDiff(last, full.subarray(3 * 50)) <= 1e-5);
+});
 
 Deno.test("GPT2LMHeadModel.random: seeded, tied, any size", () => {
   const config = { vocabSize: 64, nPositions: 16, nEmbd: 32, nLayer: 2, nHead: 4 };

@@ -627,12 +627,23 @@ export class GPT2LMHeadModel extends Module {
     }
     const device = this.device;
     const input = ids.device === device ? ids : ids.to(device);
-    const logits = this.lm_head.forward(this.transformer.forward(input, cache));
-    if (cache) {
-      const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
-      realize([logits.node, ...kv]);
+    // The layers append to the cache as they build the graph: a call that fails (an id out
+    // of the vocabulary, say) must leave the cache as it was.
+    const before = cache?.layers.map((l) => ({ key: l.key, value: l.value }));
+    try {
+      const logits = this.lm_head.forward(this.transformer.forward(input, cache));
+      if (cache) {
+        const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
+        realize([logits.node, ...kv]);
+      }
+      return logits;
+    } catch (e) {
+      cache?.layers.forEach((l, i) => {
+        l.key = before![i].key;
+        l.value = before![i].value;
+      });
+      throw e;
     }
-    return logits;
   }
 
   /**
@@ -1160,5 +1171,6 @@ export function decodeBytes(ids: readonly number[]): string {
       actual: String(ids[bad]),
     });
   }
-  return new TextDecoder().decode(Uint8Array.from(ids));
+  // A leading byte order mark is a character like any other to a byte-level model.
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(Uint8Array.from(ids));
 }

@@ -51,6 +51,12 @@ export interface DecodeState {
   /** Position of those ids `[1]` (int32): the cache slot they are written to. */
   pos: Tensor;
   /**
+   * The same position as a host number (set by `prefill` and `step`): `step` refuses to run
+   * at `maxLength`, where the cache write would clamp into the last slot. A state without it
+   * is not checked.
+   */
+  position?: number;
+  /**
    * One tensor per layer, `[2, B, nHead, maxLength, headDim]`: keys at index 0, values at 1
    * (one write per layer and step updates both).
    */
@@ -101,7 +107,12 @@ export function disposeState(state: DecodeState): void {
 /** A copy of a state (a step consumes the state it is given), through host memory. */
 export function cloneState(state: DecodeState): DecodeState {
   const copy = (t: Tensor) => fromStorage(t.storageSync(), t.shape, t.dtype, t.device);
-  return { ids: copy(state.ids), pos: copy(state.pos), cache: state.cache.map(copy) };
+  return {
+    ids: copy(state.ids),
+    pos: copy(state.pos),
+    cache: state.cache.map(copy),
+    position: state.position,
+  };
 }
 
 /**
@@ -217,13 +228,24 @@ export function buildStaticDecoder(
     const last = slice(logits, [null, [t - 1, t]]); // [B, 1, vocab]
     const ids = argmax(last, -1).evaluate(); // [B, 1]
     const pos = tensor(Int32Array.of(t), { device });
-    return { state: { ids, pos, cache }, logits, kv };
+    return { state: { ids, pos, cache, position: t }, logits, kv };
   };
 
   const step = (state: DecodeState): StepResult => {
+    const at = state.position;
+    if (at !== undefined && !(at >= 0 && at < maxLength)) {
+      throw new TensorqError("the decode cache is full", {
+        op: "StaticDecoder.step",
+        kind: "shape",
+        argument: "state.position",
+        expected: `a position in [0, ${maxLength}) (maxLength ${maxLength})`,
+        actual: String(at),
+      });
+    }
     const out = executable(state.ids, state.pos, ...state.cache) as Tensor[];
     const [next, logits, pos, ...cache] = out;
-    return { state: { ids: next, pos, cache }, logits };
+    const position = at === undefined ? undefined : at + 1;
+    return { state: { ids: next, pos, cache, position }, logits };
   };
 
   return {
