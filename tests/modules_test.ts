@@ -173,6 +173,71 @@ Deno.test("safetensors paths: file URLs with escaped characters; bad int4 metada
   }
 });
 
+Deno.test("quantization state: strict loads replace it, configuration is atomic, ties are kept", () => {
+  const w = tq.randn([4, 6], { seed: 1 });
+  const layer = new tq.Linear(6, 4, { quantDtype: "int8", weightQuantDim: 0 });
+  const weightScale = tq.full([4], 0.02);
+  layer.loadStateDict({
+    weight: w,
+    bias: tq.zeros([4]),
+    weightScale,
+    inputScale: tq.full([], 0.01),
+  });
+  assert.ok(layer.inputScale);
+  // A strict load without inputScale makes the layer weight-only, like a fresh one.
+  layer.loadStateDict({ weight: w, bias: tq.zeros([4]), weightScale });
+  assert.equal(layer.inputScale, undefined);
+  const fresh = new tq.Linear(6, 4, { quantDtype: "int8", weightQuantDim: 0 });
+  fresh.loadStateDict({ weight: w, bias: tq.zeros([4]), weightScale });
+  const x = tq.randn([2, 6], { seed: 2 });
+  assert.deepEqual(layer.forward(x).dataSync(), fresh.forward(x).dataSync());
+  // A non-strict load keeps what it does not name.
+  layer.inputScale = tq.full([], 0.01);
+  layer.loadStateDict({ weight: w }, { strict: false });
+  assert.ok(layer.inputScale);
+  // The mode changes only through configureQuantization, which checks before it changes.
+  assert.throws(() => {
+    (layer as unknown as { quantDtype: string }).quantDtype = "int4";
+  }, TypeError);
+  assertTqError(() => layer.configureQuantization({ quantDtype: "int8", weightQuantDim: 2 }), {
+    op: "Linear",
+    includes: ["weightQuantDim"],
+  });
+  assert.deepEqual([layer.quantDtype, layer.weightQuantDim], ["int8", 0]);
+  assert.ok(layer.weightScale && layer.inputScale, "the scales survive a rejected configuration");
+  assertTqError(() => new tq.Linear(6, 4, { quantDtype: "int16" as tq.QuantDType }), {
+    op: "Linear",
+    includes: ["int8, int4, float8e4m3", "int16"],
+  });
+  assertTqError(
+    () => new tq.Linear(6, 4, { quantDtype: "float8e4m3", weightQuantDim: 1, blockSize: 2 }),
+    { op: "Linear", includes: ["blockSize", "int8 / int4"] },
+  );
+  assertTqError(() => layer.loadStateDict(null as unknown as Record<string, tq.Tensor>), {
+    op: "loadStateDict",
+    includes: ["null"],
+  });
+
+  // Tied weights: listed once by parameters(), under both names in stateDict(), and moved once.
+  const shared = new tq.Linear(3, 3);
+  const seq = new tq.Sequential(shared, shared);
+  assert.equal(seq.parameters().length, 2);
+  assert.deepEqual(Object.keys(seq.stateDict()), ["0.weight", "0.bias", "1.weight", "1.bias"]);
+  const to = tq.Tensor.prototype.to;
+  // Stand-in for a device move: every call makes a new tensor, as a real transfer does.
+  tq.Tensor.prototype.to = function (this: tq.Tensor) {
+    return tq.tensor(this.dataSync() as Float32Array, { shape: this.shape });
+  };
+  try {
+    const before = shared.weight;
+    seq.to("elsewhere");
+    const [a, b] = [(seq.at(0) as tq.Linear).weight, (seq.at(1) as tq.Linear).weight];
+    assert.ok(a !== before && a === b, "moved once and still shared");
+  } finally {
+    tq.Tensor.prototype.to = to;
+  }
+});
+
 Deno.test("module errors name the parameter and the caller's line", () => {
   const layer = new tq.Linear(4, 3);
   let line = thisLine() + 1;

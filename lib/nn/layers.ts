@@ -96,12 +96,21 @@ export class Linear extends Module {
   readonly outFeatures: number;
   /** Dtype of weight, bias and output. */
   readonly dtype: DType;
-  /** Quantization dtype, if quantized (set with {@link Linear.configureQuantization}). */
-  quantDtype?: QuantDType;
+  #quantDtype?: QuantDType;
+  #weightQuantDim?: number;
+  #blockSize?: number;
+  /** Quantization dtype, if quantized (changed only by {@link Linear.configureQuantization}). */
+  get quantDtype(): QuantDType | undefined {
+    return this.#quantDtype;
+  }
   /** Weight scale dimension (see {@link LinearOptions.weightQuantDim}). */
-  weightQuantDim?: number;
+  get weightQuantDim(): number | undefined {
+    return this.#weightQuantDim;
+  }
   /** Block size of block-wise weight quantization. */
-  blockSize?: number;
+  get blockSize(): number | undefined {
+    return this.#blockSize;
+  }
   /**
    * Called with the layer's input at the start of every forward (before any quantization):
    * calibration observers attach here.
@@ -135,13 +144,11 @@ export class Linear extends Module {
   /**
    * Sets (or, with no `quantDtype`, removes) the layer's quantization: declares `weightScale`
    * with the shape the mode needs and the optional per-tensor `inputScale`. Existing scales
-   * are dropped.
+   * are dropped. The options are checked first: on an error the layer is unchanged.
    */
   configureQuantization(
     options: Pick<LinearOptions, "quantDtype" | "weightQuantDim" | "blockSize">,
   ): void {
-    this.removeParameter("weightScale");
-    this.removeParameter("inputScale");
     if (options.quantDtype === undefined) {
       if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
         throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
@@ -152,31 +159,43 @@ export class Linear extends Module {
           actual: "undefined",
         });
       }
-      this.quantDtype = this.weightQuantDim = this.blockSize = undefined;
+      this.removeParameter("weightScale");
+      this.removeParameter("inputScale");
+      this.#quantDtype = this.#weightQuantDim = this.#blockSize = undefined;
       return;
     }
-    const q = checkDType("Linear", "quantDtype", options.quantDtype);
+    const q = options.quantDtype;
     if (!QUANT.includes(q)) {
       throw new TensorqError("unsupported quantization dtype", {
         op: "Linear",
         kind: "dtype",
         argument: "quantDtype",
         expected: QUANT.join(", "),
-        actual: q,
+        actual: typeof q === "string" ? q : String(q),
       });
     }
-    this.weightQuantDim = options.weightQuantDim;
-    this.blockSize = options.blockSize;
-    const shape = this.weightScaleShape();
-    this.quantDtype = q as QuantDType;
+    if (q === "float8e4m3" && options.blockSize !== undefined) {
+      throw new TensorqError("fp8 weights take per-tensor or per-channel scales, not blocks", {
+        op: "Linear",
+        kind: "argument",
+        argument: "blockSize",
+        expected: "undefined for float8e4m3 (blocks are for int8 / int4)",
+        actual: String(options.blockSize),
+      });
+    }
+    const shape = this.weightScaleShape(options.weightQuantDim, options.blockSize);
+    this.removeParameter("weightScale");
+    this.removeParameter("inputScale");
+    this.#weightQuantDim = options.weightQuantDim;
+    this.#blockSize = options.blockSize;
+    this.#quantDtype = q;
     this.declareParameter("weightScale", { shape, dtype: "float32" });
     this.declareParameter("inputScale", { shape: [], dtype: "float32", optional: true });
   }
 
-  /** The weight scale's shape for the configured mode (validating the options). */
-  private weightScaleShape(): number[] {
+  /** The weight scale's shape for a mode (validating the options). */
+  private weightScaleShape(dim: number | undefined, blockSize: number | undefined): number[] {
     const [out, inp] = [this.outFeatures, this.inFeatures];
-    const dim = this.weightQuantDim;
     if (dim !== undefined && dim !== 0 && dim !== 1) {
       throw new TensorqError("weightQuantDim must be 0 or 1", {
         op: "Linear",
@@ -186,8 +205,8 @@ export class Linear extends Module {
         actual: String(dim),
       });
     }
-    if (this.blockSize !== undefined) {
-      const b = positiveInt("Linear", "blockSize", this.blockSize);
+    if (blockSize !== undefined) {
+      const b = positiveInt("Linear", "blockSize", blockSize);
       if (dim === undefined) {
         throw new TensorqError("block-wise quantization needs weightQuantDim", {
           op: "Linear",

@@ -111,17 +111,27 @@ export abstract class Module {
     return [...this.#children];
   }
 
-  /** Every parameter of this module and its descendants with dotted names (set ones only). */
-  namedParameters(prefix = ""): [string, Tensor][] {
+  /** Every set parameter by dotted name, a tensor shared by several names under each. */
+  #allNamedParameters(prefix: string): [string, Tensor][] {
     const out: [string, Tensor][] = [];
     for (const [name, value] of this.#values) if (value) out.push([prefix + name, value]);
     for (const [name, child] of this.#children) {
-      out.push(...child.namedParameters(`${prefix}${name}.`));
+      out.push(...child.#allNamedParameters(`${prefix}${name}.`));
     }
     return out;
   }
 
-  /** Every set parameter of this module and its descendants. */
+  /**
+   * Every set parameter of this module and its descendants with dotted names, each tensor
+   * once: a tensor shared by several modules (tied weights) is listed under its first name.
+   * {@link Module.stateDict} has every name.
+   */
+  namedParameters(prefix = ""): [string, Tensor][] {
+    const seen = new Set<Tensor>();
+    return this.#allNamedParameters(prefix).filter(([, t]) => !seen.has(t) && !!seen.add(t));
+  }
+
+  /** Every set parameter of this module and its descendants, each tensor once. */
   parameters(): Tensor[] {
     return this.namedParameters().map(([, t]) => t);
   }
@@ -138,7 +148,7 @@ export abstract class Module {
 
   /** The parameters as a record of dotted names. */
   stateDict(): Record<string, Tensor> {
-    return Object.fromEntries(this.namedParameters());
+    return Object.fromEntries(this.#allNamedParameters(""));
   }
 
   /**
@@ -149,6 +159,15 @@ export abstract class Module {
     dict: Record<string, Tensor>,
     options: LoadStateDictOptions = {},
   ): LoadStateDictResult {
+    if (dict === null || typeof dict !== "object" || Array.isArray(dict)) {
+      throw new TensorqError("a state dict is a record of tensors by dotted name", {
+        op: "loadStateDict",
+        kind: "argument",
+        argument: "dict",
+        expected: "Record<string, Tensor>",
+        actual: dict === null ? "null" : Array.isArray(dict) ? "an array" : typeof dict,
+      });
+    }
     const strict = options.strict ?? true;
     const targets = new Map<string, { module: Module; name: string; spec: ParameterSpec }>();
     const walk = (m: Module, prefix: string) => {
@@ -191,13 +210,32 @@ export abstract class Module {
       const t = targets.get(key);
       if (t) t.module.#values.set(t.name, value);
     }
+    // A strict load is the whole state: optional parameters it lacks (a quantized layer's
+    // inputScale) are unset, not kept from before.
+    if (strict) {
+      for (const [key, t] of targets) {
+        if (t.spec.optional && !(key in dict)) t.module.#values.set(t.name, undefined);
+      }
+    }
     return { missing, unexpected };
   }
 
-  /** Moves every parameter to `device` (in place) and returns this module. */
+  /**
+   * Moves every parameter to `device` (in place) and returns this module. A tensor shared by
+   * several modules (tied weights) is moved once and stays shared.
+   */
   to(device: string): this {
-    for (const [name, value] of this.#values) if (value) this.#values.set(name, value.to(device));
-    for (const child of this.#children.values()) child.to(device);
+    const moved = new Map<Tensor, Tensor>();
+    const move = (m: Module) => {
+      for (const [name, value] of m.#values) {
+        if (!value) continue;
+        let target = moved.get(value);
+        if (!target) moved.set(value, target = value.to(device));
+        m.#values.set(name, target);
+      }
+      for (const child of m.#children.values()) move(child);
+    };
+    move(this);
     return this;
   }
 

@@ -88,7 +88,7 @@ function checkAlpha(op: string, alpha: unknown): number {
 
 /** The module's own (not its children's) parameter, or undefined. */
 function ownParameter(m: Module, name: string): Tensor | undefined {
-  return m.namedParameters().find(([n]) => n === name)?.[1];
+  return m.stateDict()[name];
 }
 
 function floats(t: Tensor): Float32Array {
