@@ -365,6 +365,10 @@ Deno.test("encodeBytes / decodeBytes: UTF-8 bytes round trip", () => {
   assert.deepEqual(encodeBytes("Hé!"), [72, 0xc3, 0xa9, 33]);
   assert.equal(decodeBytes([72, 0xc3, 0xa9, 33]), "Hé!");
   assert.equal(decodeBytes([0xc3]), "\ufffd");
+  assertTqError(() => decodeBytes("AB" as unknown as number[]), {
+    op: "decodeBytes",
+    includes: ["number[]", "string"],
+  });
   // A leading byte order mark is kept, not stripped.
   assert.equal(decodeBytes(encodeBytes("\ufeffhi")), "\ufeffhi");
   assertTqError(() => decodeBytes([65, 256]), { op: "decodeBytes", includes: ["ids[1]"] });
@@ -384,6 +388,12 @@ Deno.test("a forward that fails with a cache leaves the cache as it was", () => 
   const bad = tensor(Int32Array.of(99), { shape: [1, 1] });
   assert.throws(() => m.forward(bad, { cache }), /out of range|vocab|99/);
   assert.equal(cache.length, 3, "the failed call did not advance the cache");
+  // A cache filled by a model of other heads is named as such (not a concat shape error).
+  const other = GPT2LMHeadModel.random({ ...config, nHead: 2 }, { seed: 5 });
+  assertTqError(() => other.forward(bad, { cache }), {
+    op: "GPT2LMHeadModel.forward",
+    includes: ["another model's keys", "2 heads of 16"],
+  });
   const last = floats(m.forward(slice(ids, [null, [3, 4]]), { cache }));
   assert.ok(maxAbsDiff(last, full.subarray(3 * 50)) <= 1e-5);
 });

@@ -606,6 +606,22 @@ export class GPT2LMHeadModel extends Module {
           actual: cache instanceof KVCache ? `${cache.layers.length} layers` : typeof cache,
         });
       }
+      const cached = cache.layers[0].key;
+      const headDim = this.config.nEmbd / this.config.nHead;
+      if (
+        cached &&
+        (cached.shape[1] !== this.config.nHead || cached.shape[3] !== headDim ||
+          cached.dtype !== this.transformer.wte.weight.dtype)
+      ) {
+        throw new TensorqError("the cache holds another model's keys", {
+          op,
+          kind: "argument",
+          argument: "cache",
+          expected: `${this.transformer.wte.weight.dtype} keys of ${this.config.nHead} heads of ` +
+            `${headDim}`,
+          actual: `${cached.dtype} keys of shape ${fmtShape(cached.shape)}`,
+        });
+      }
       if (cache.batchSize !== undefined && cache.batchSize !== b) {
         throw new TensorqError("batch size differs from the cached sequences'", {
           op,
@@ -1105,7 +1121,7 @@ export function lossFromLogits(logits: Tensor, ids: Tensor, options: LossOptions
     });
   }
   const [b, t, vocab] = logits.shape;
-  const shift = options.shift ?? true;
+  const shift = (options ?? {}).shift ?? true;
   if (
     !(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[0] !== b || ids.shape[1] !== t ||
     (ids.dtype !== "int32" && ids.dtype !== "int64")
@@ -1161,6 +1177,15 @@ export function encodeBytes(text: string): number[] {
  * decodes to U+FFFD.
  */
 export function decodeBytes(ids: readonly number[]): string {
+  if (!Array.isArray(ids)) {
+    throw new TensorqError("byte ids must be an array", {
+      op: "decodeBytes",
+      kind: "argument",
+      argument: "ids",
+      expected: "number[]",
+      actual: ids === null ? "null" : typeof ids,
+    });
+  }
   const bad = ids.findIndex((v) => !Number.isInteger(v) || v < 0 || v > 255);
   if (bad >= 0) {
     throw new TensorqError("byte ids must be integers in [0, 255]", {
