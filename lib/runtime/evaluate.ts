@@ -110,6 +110,7 @@ export function traceGraph(targets: Node[]): TracedGraph {
           kind: "device",
           expected: device,
           actual: n.device,
+          callSite: n.callSite,
         });
       }
       if (i < n.inputs.length) {
