@@ -8,6 +8,12 @@ import { fmtShape, TensorqError } from "./errors.ts";
 /** A tensor shape: non-negative integer extents, outermost first. */
 export type Shape = readonly number[];
 
+/**
+ * Most elements of a value made or computed on the host: the CPU kernels index elements with
+ * int32 (broadcast and reduction offsets).
+ */
+export const MAX_HOST_ELEMENTS: number = 2 ** 31 - 1;
+
 /** Number of elements of a shape (1 for rank 0). */
 export function numel(shape: Shape): number {
   let n = 1;

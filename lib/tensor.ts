@@ -19,7 +19,7 @@ import { parseDevice } from "./device.ts";
 import { captureTrace, TensorqError } from "./errors.ts";
 import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
-import { checkShape, describeValue, numel, type Shape } from "./shape.ts";
+import { checkShape, describeValue, MAX_HOST_ELEMENTS, numel, type Shape } from "./shape.ts";
 import * as ew from "./ops/elementwise.ts";
 import * as sh from "./ops/shape.ts";
 import * as rd from "./ops/reduce.ts";
@@ -518,9 +518,6 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
   checkRepresentable("tensor", dtype, flat);
   return fromStorage(encode(dtype, flat), shape, dtype, options.device);
 }
-
-/** Most elements a tensor made on the host may have (the CPU kernels index with int32). */
-const MAX_HOST_ELEMENTS = 2 ** 31 - 1;
 
 /**
  * A float64 scratch array of `n` elements for creating a tensor on the host: a clear error

@@ -6,7 +6,7 @@
 import { allocStorage, type DType, type StorageArray } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
-import { numel, type Shape } from "../../shape.ts";
+import { MAX_HOST_ELEMENTS, numel, type Shape } from "../../shape.ts";
 import {
   type Backend,
   type Plan,
@@ -110,10 +110,19 @@ class CpuPlan implements Plan {
   }
 }
 
-/** The CPU backend instance. */
-/** Most elements of any value a CPU plan computes or reads. */
-const CPU_MAX_ELEMENTS = 2 ** 31 - 1;
+/** `op`'s value `what` (output or input k), unless it exceeds {@link MAX_HOST_ELEMENTS}. */
+function checkHostSize(op: string, what: string, shape: Shape): void {
+  if (numel(shape) <= MAX_HOST_ELEMENTS) return;
+  throw new TensorqError("too many elements for the CPU backend", {
+    op,
+    kind: "shape",
+    argument: what,
+    expected: `at most ${MAX_HOST_ELEMENTS} elements (use a GPU, or split the work)`,
+    actual: `shape [${shape.join(", ")}]`,
+  });
+}
 
+/** The CPU backend instance. */
 export const cpuBackend: Backend = {
   kind: "cpu",
   unavailableReason: () => undefined,
@@ -129,33 +138,16 @@ export const cpuBackend: Backend = {
   allocate: (_device, dtype, numel) => new CpuBuffer(dtype, allocStorage(dtype, numel)),
   copy: (dst, src) => (dst as CpuBuffer).data.set((src as CpuBuffer).data as never),
   lower(graph: PlanGraph): Plan {
-    // The CPU kernels index elements with int32 (broadcast and reduction offsets).
-    for (const n of graph.nodes) {
-      const shapes: [string, Shape][] = [
-        ["output", n.shape],
-        ...n.inputs.map((r, k): [string, Shape] => [`input ${k}`, refInfo(graph, r).shape]),
-      ];
-      for (const [what, shape] of shapes) {
-        if (numel(shape) > CPU_MAX_ELEMENTS) {
-          throw new TensorqError("too many elements for the CPU backend", {
-            op: n.op,
-            kind: "shape",
-            argument: what,
-            expected: `at most ${CPU_MAX_ELEMENTS} elements (use a GPU, or split the work)`,
-            actual: `shape [${shape.join(", ")}]`,
-          });
-        }
-      }
-    }
-    const steps = graph.nodes.map((n): Step => ({
-      kernel: cpuKernel(n.op),
-      inputs: n.inputs,
-      ctx: {
-        attrs: n.attrs,
-        out: { shape: n.shape, dtype: n.dtype },
-        inputs: n.inputs.map((r) => refInfo(graph, r)),
-      },
-    }));
+    const steps = graph.nodes.map((n): Step => {
+      const inputs = n.inputs.map((r) => refInfo(graph, r));
+      checkHostSize(n.op, "output", n.shape);
+      inputs.forEach((info, k) => checkHostSize(n.op, `input ${k}`, info.shape));
+      return {
+        kernel: cpuKernel(n.op),
+        inputs: n.inputs,
+        ctx: { attrs: n.attrs, out: { shape: n.shape, dtype: n.dtype }, inputs },
+      };
+    });
     return new CpuPlan(steps, graph.outputs);
   },
 };
