@@ -93,6 +93,8 @@ interface ShapeEntry {
   leaves: DeviceBuffer[];
   /** For each argument, its leaf index (or -1 when the function ignores it). */
   argLeaf: number[];
+  /** The leaves the function captured (every leaf that is not an argument's), e.g. weights. */
+  captured: DeviceBuffer[];
   outShapes: number[][];
   outDTypes: DType[];
   /** CUDA graph path: fixed input/output buffers and the recording. */
@@ -232,10 +234,12 @@ export function compile(
     if (useGraphs) { for (const n of traced.leafNodes) n.detach?.(); }
     const plan = planFor(traced, backend);
     const argLeaf = placeholders.map((p) => traced.leafNodes.indexOf(p.node));
+    const leaves = traced.leafNodes.map((n) => n.buffer!);
     const entry: ShapeEntry = {
       plan,
-      leaves: traced.leafNodes.map((n) => n.buffer!),
+      leaves,
       argLeaf,
+      captured: leaves.filter((_, i) => !argLeaf.includes(i)),
       outShapes: outs.map((t) => t.shape),
       outDTypes: outs.map((t) => t.dtype),
       single,
@@ -363,8 +367,8 @@ export function compile(
     const entry = entryFor(shapes);
     // Tensors the function captured (weights) are read by every call: one disposed since
     // would be freed memory.
-    entry.leaves.forEach((b, i) => {
-      if (b.disposed && !entry.argLeaf.includes(i)) {
+    entry.captured.forEach((b) => {
+      if (b.disposed) {
         throw new TensorqError(
           "a tensor the compiled function captured (e.g. a weight) was disposed; compile again",
           {
