@@ -83,8 +83,13 @@ export interface GPT2Config {
 
 const CONFIG_OP = "GPT2Config";
 
-function configError(argument: string, expected: string, actual: unknown): TensorqError {
-  return new TensorqError("invalid GPT-2 configuration", {
+function configError(
+  argument: string,
+  expected: string,
+  actual: unknown,
+  where = "",
+): TensorqError {
+  return new TensorqError(`invalid GPT-2 configuration${where}`, {
     op: CONFIG_OP,
     kind: "argument",
     argument,
@@ -93,16 +98,13 @@ function configError(argument: string, expected: string, actual: unknown): Tenso
   });
 }
 
-function positiveIntField(name: string, v: unknown): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
-    throw configError(name, "a positive integer", v);
-  }
-  return v;
-}
-
-function booleanField(name: string, v: unknown): boolean {
-  if (typeof v !== "boolean") throw configError(name, "a boolean", v);
-  return v;
+/**
+ * How config errors name a field: the camelCase field for {@link gpt2Config}, config.json's key
+ * for {@link parseGPT2Config}, with the suffix its messages take.
+ */
+interface FieldNaming {
+  name: (field: keyof GPT2Config) => string;
+  where: string;
 }
 
 /**
@@ -110,96 +112,56 @@ function booleanField(name: string, v: unknown): boolean {
  * to `4 · nEmbd`). Errors name the offending field.
  */
 export function gpt2Config(fields: Partial<GPT2Config> = {}): GPT2Config {
-  const nEmbd = positiveIntField("nEmbd", fields.nEmbd ?? 768);
-  const nHead = positiveIntField("nHead", fields.nHead ?? 12);
+  return checkedConfig(fields, { name: (field) => field, where: "" });
+}
+
+function checkedConfig(fields: Partial<GPT2Config>, naming: FieldNaming): GPT2Config {
+  const { name, where } = naming;
+  const positiveInt = (field: keyof GPT2Config, v: unknown): number => {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
+      throw configError(name(field), "a positive integer", v, where);
+    }
+    return v;
+  };
+  const boolean = (field: keyof GPT2Config, v: unknown): boolean => {
+    if (typeof v !== "boolean") throw configError(name(field), "a boolean", v, where);
+    return v;
+  };
+  const nEmbd = positiveInt("nEmbd", fields.nEmbd ?? 768);
+  const nHead = positiveInt("nHead", fields.nHead ?? 12);
   if (nEmbd % nHead !== 0) {
-    throw configError("nHead", `a divisor of nEmbd (${nEmbd})`, nHead);
+    throw configError(name("nHead"), `a divisor of ${name("nEmbd")} (${nEmbd})`, nHead, where);
   }
   const eps = fields.layerNormEpsilon ?? 1e-5;
   if (typeof eps !== "number" || !(eps >= 0) || !Number.isFinite(eps)) {
-    throw configError("layerNormEpsilon", "a finite number >= 0", eps);
+    throw configError(name("layerNormEpsilon"), "a finite number >= 0", eps, where);
   }
   const activation = fields.activation ?? "gelu_new";
   if (!ACTIVATIONS.includes(activation)) {
-    throw new TensorqError("unsupported MLP activation", {
+    throw new TensorqError(`unsupported MLP activation${where}`, {
       op: CONFIG_OP,
       kind: "unsupported",
-      argument: "activation",
+      argument: name("activation"),
       expected: ACTIVATIONS.join(", "),
       actual: JSON.stringify(activation) ?? String(activation),
     });
   }
   return {
-    vocabSize: positiveIntField("vocabSize", fields.vocabSize ?? 50257),
-    nPositions: positiveIntField("nPositions", fields.nPositions ?? 1024),
+    vocabSize: positiveInt("vocabSize", fields.vocabSize ?? 50257),
+    nPositions: positiveInt("nPositions", fields.nPositions ?? 1024),
     nEmbd,
-    nLayer: positiveIntField("nLayer", fields.nLayer ?? 12),
+    nLayer: positiveInt("nLayer", fields.nLayer ?? 12),
     nHead,
-    nInner: positiveIntField("nInner", fields.nInner ?? 4 * nEmbd),
+    nInner: positiveInt("nInner", fields.nInner ?? 4 * nEmbd),
     layerNormEpsilon: eps,
     activation,
-    scaleAttnWeights: booleanField("scaleAttnWeights", fields.scaleAttnWeights ?? true),
-    scaleAttnByInverseLayerIdx: booleanField(
+    scaleAttnWeights: boolean("scaleAttnWeights", fields.scaleAttnWeights ?? true),
+    scaleAttnByInverseLayerIdx: boolean(
       "scaleAttnByInverseLayerIdx",
       fields.scaleAttnByInverseLayerIdx ?? false,
     ),
-    tieWordEmbeddings: booleanField("tieWordEmbeddings", fields.tieWordEmbeddings ?? true),
+    tieWordEmbeddings: boolean("tieWordEmbeddings", fields.tieWordEmbeddings ?? true),
   };
-}
-
-/**
- * Reads a Hugging Face `config.json` object (snake_case keys; absent or null keys take
- * defaults). Rejects non-GPT-2 models and features this implementation lacks
- * (cross-attention).
- */
-export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
-  if (typeof hf !== "object" || hf === null || Array.isArray(hf)) {
-    throw configError("config", "a config.json object", hf);
-  }
-  if (hf.model_type !== undefined && hf.model_type !== "gpt2") {
-    throw configError("model_type", '"gpt2"', hf.model_type);
-  }
-  if (hf.add_cross_attention === true) {
-    throw new TensorqError("cross-attention is not supported", {
-      op: CONFIG_OP,
-      kind: "unsupported",
-      argument: "add_cross_attention",
-    });
-  }
-  // null means "use the default" in HF configs (e.g. n_inner).
-  const get = <T>(key: string): T | undefined => (hf[key] ?? undefined) as T | undefined;
-  try {
-    return gpt2Config({
-      vocabSize: get("vocab_size"),
-      nPositions: get("n_positions"),
-      nEmbd: get("n_embd"),
-      nLayer: get("n_layer"),
-      nHead: get("n_head"),
-      nInner: get("n_inner"),
-      layerNormEpsilon: get("layer_norm_epsilon"),
-      activation: get("activation_function"),
-      scaleAttnWeights: get("scale_attn_weights"),
-      scaleAttnByInverseLayerIdx: get("scale_attn_by_inverse_layer_idx"),
-      tieWordEmbeddings: get("tie_word_embeddings"),
-    });
-  } catch (e) {
-    // Name the config.json key the user wrote, not the camelCase field.
-    const key = e instanceof TensorqError && e.argument !== undefined
-      ? CONFIG_JSON_KEYS[e.argument as keyof GPT2Config]
-      : undefined;
-    if (!key) throw e;
-    const error = e as TensorqError;
-    // The message is "op: problem (argument ...) at site": keep the problem.
-    const problem = error.message.slice(`${CONFIG_OP}: `.length).split(" (argument")[0];
-    throw new TensorqError(`${problem} in config.json`, {
-      op: CONFIG_OP,
-      kind: error.kind,
-      argument: key,
-      expected: error.expected,
-      actual: error.actual,
-      callSite: error.callSite,
-    });
-  }
 }
 
 /** config.json's key of each config field. */
@@ -216,6 +178,35 @@ const CONFIG_JSON_KEYS: Record<keyof GPT2Config, string> = {
   scaleAttnByInverseLayerIdx: "scale_attn_by_inverse_layer_idx",
   tieWordEmbeddings: "tie_word_embeddings",
 };
+
+/**
+ * Reads a Hugging Face `config.json` object (snake_case keys; absent or null keys take
+ * defaults). Rejects non-GPT-2 models and features this implementation lacks
+ * (cross-attention). Errors name config.json's keys.
+ */
+export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
+  if (typeof hf !== "object" || hf === null || Array.isArray(hf)) {
+    throw configError("config", "a config.json object", hf);
+  }
+  if (hf.model_type !== undefined && hf.model_type !== "gpt2") {
+    throw configError("model_type", '"gpt2"', hf.model_type);
+  }
+  if (hf.add_cross_attention === true) {
+    throw new TensorqError("cross-attention is not supported", {
+      op: CONFIG_OP,
+      kind: "unsupported",
+      argument: "add_cross_attention",
+    });
+  }
+  // null means "use the default" in HF configs (e.g. n_inner).
+  const fields = Object.fromEntries(
+    Object.entries(CONFIG_JSON_KEYS).map(([field, key]) => [field, hf[key] ?? undefined]),
+  ) as Partial<GPT2Config>;
+  return checkedConfig(fields, {
+    name: (field) => CONFIG_JSON_KEYS[field],
+    where: " in config.json",
+  });
+}
 
 // ---------------------------------------------------------------------------------------
 // KV cache
