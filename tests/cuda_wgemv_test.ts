@@ -12,6 +12,7 @@ import {
   streamingGemv,
   WGEMV_FMA_MAX_ROWS,
   WGEMV_MMA_MAX_ROWS,
+  WGEMV_MMA_MIN_K_PER_WARP,
   wgemvShape,
 } from "../lib/backends/cuda/wgemv.ts";
 import { decode, encode } from "../lib/dtype.ts";
@@ -95,7 +96,7 @@ Deno.test("wgemvShape: which problems the streaming GEMV takes, and with which k
   assert.equal(wgemvShape(1, 64, 64, "int32", "float16", CHANNEL, 132), undefined);
 });
 
-Deno.test("wgemvShape: every block resident at once, warps split K in whole quads", () => {
+Deno.test("wgemvShape: every block resident at once, warps split K in shares of 192 or more", () => {
   for (const sms of [132, 108, 1]) {
     for (const q of ["int8", "int4", "float8e4m3"] as Codes[]) {
       for (
@@ -103,17 +104,20 @@ Deno.test("wgemvShape: every block resident at once, warps split K in whole quad
       ) {
         const s = wgemvShape(1, n, k, q, "float16", CHANNEL, sms)!;
         const what = `${q} ${n}×${k} on ${sms} SMs`;
-        const quads = Math.ceil((k * (q === "int4" ? 4 : 8)) / 8 / 64);
+        assert.equal(s.mma, true, what);
         assert.equal(s.blocks, Math.ceil(n / 16), what);
         assert.ok([1, 2, 4, 8, 16].includes(s.warps), what);
         const perSm = Math.ceil(s.blocks / sms);
         if (s.warps > 1) {
           assert.ok(perSm * s.warps <= 16, `${what}: ${s.warps} warps exceed one wave`);
-          assert.ok(quads >= 2 * s.warps, `${what}: fewer than two quads a warp`);
+          assert.ok(k >= WGEMV_MMA_MIN_K_PER_WARP * s.warps, `${what}: too little K a warp`);
         }
         // Maximal: doubling breaks one of the two rules.
         if (s.warps < 16) {
-          assert.ok(perSm * s.warps * 2 > 16 || quads < 4 * s.warps, `${what}: could double`);
+          assert.ok(
+            perSm * s.warps * 2 > 16 || k < WGEMV_MMA_MIN_K_PER_WARP * 2 * s.warps,
+            `${what}: could double`,
+          );
         }
       }
     }
@@ -123,6 +127,21 @@ Deno.test("wgemvShape: every block resident at once, warps split K in whole quad
   assert.equal(wgemvShape(1, 4096, 4096, "int8", "float16", CHANNEL, 132)!.warps, 8);
   assert.equal(wgemvShape(1, 1, 8192, "int8", "float16", CHANNEL, 132)!.warps, 16);
   assert.equal(wgemvShape(1, 7, 128, "int8", "float16", CHANNEL, 132)!.warps, 1);
+  // GPT-2 small's decode GEMVs: 4 warps at K = 768, 16 at K = 3072, int4 as int8.
+  for (const q of ["int8", "int4"] as Codes[]) {
+    for (const [n, k, warps] of [[2304, 768, 4], [768, 768, 4], [3072, 768, 4], [768, 3072, 16]]) {
+      assert.equal(wgemvShape(1, n, k, q, "float16", blocks(k, 128), 132)!.warps, warps);
+    }
+  }
+  // A chosen count replaces the rule; it must be a power of two up to 16.
+  assert.equal(wgemvShape(1, 768, 768, "int4", "float16", CHANNEL, 132, false, 16)!.warps, 16);
+  assert.throws(() => wgemvShape(1, 768, 768, "int4", "float16", CHANNEL, 132, false, 3), /warps/);
+  assert.throws(() => wgemvShape(1, 768, 768, "int4", "float16", CHANNEL, 132, false, 32), /warps/);
+  // The float32-x (FMA) kernels keep two quads a warp.
+  const fma = wgemvShape(1, 256, 4096, "int8", "float32", CHANNEL, 132)!;
+  assert.equal(fma.mma, false);
+  assert.equal(fma.warps, 16);
+  assert.equal(wgemvShape(1, 256, 512, "int8", "float32", CHANNEL, 132)!.warps, 4);
 });
 
 Deno.test("every kernel the lowering can name is in both PTX builds with the launch's parameters", () => {

@@ -452,11 +452,11 @@ Deno.test("wgemvShape with a folded norm: the plain launch, the layer norm's ord
   const all = [...wgemvPtx.ptxSm90a.matchAll(/\.entry (\w+)\(/g)].map((e) => e[1])
     .filter((name) => name.endsWith("_norm"));
   assert.deepEqual([...used].sort(), all.sort(), "the cuda cases reach every `_norm` kernel");
-  // GPT-2's c_attn at M = 1 (int4 blocks of 128, float16): 144 blocks of two warps.
+  // GPT-2's c_attn at M = 1 (int4 blocks of 128, float16): 144 blocks of four warps.
   const attn = normShape({ ...GPU_CASES[0], m: 1, k: 768, n: 2304 }, sms)!;
   assert.deepEqual([attn.kernel, attn.warps, attn.norm!.pitch, attn.norm!.sharedBytes], [
     "wgemv_mma_i4_f16_norm",
-    2,
+    4,
     6 * 256 + 64,
     1600,
   ]);

@@ -48,6 +48,13 @@ const fn = moduleKernels(wgemvPtx);
 export const WGEMV_MMA_MAX_ROWS = 8;
 /** Most rows of x the FMA kernels take (float32 x, small scale blocks). */
 export const WGEMV_FMA_MAX_ROWS = 4;
+/**
+ * Fewest input features a warp of the tensor-core kernels takes when warps split K. A block of
+ * GPT-2-small's decode shapes (K = 768 or 3072, one row) was fastest at 192 to 384 features a
+ * warp, int4 and int8 alike (bench/wgemv_warps.ts); at fewer, the warps' partial sums and the
+ * staged x cost more than the shorter streams save.
+ */
+export const WGEMV_MMA_MIN_K_PER_WARP = 192;
 /** Output channels per block (WGEMV_TILE in the kernel). */
 const TILE = 16;
 /** Most warps in a block (WGEMV_MAX_WARPS in the kernel). */
@@ -121,12 +128,16 @@ function log2Exact(v: number): number {
  * not span a power-of-two number of bytes).
  *
  * Warps per block: as many as keep every block resident at once (one wave: no SM idles at the
- * end while others finish a second) while each warp still gets two quads of 64 bytes of each
- * of its rows.
+ * end while others finish a second) while each warp still gets {@link WGEMV_MMA_MIN_K_PER_WARP}
+ * input features (tensor-core kernels) or two quads of 64 bytes of each of its rows (FMA
+ * kernels).
  *
  * `norm`: the `_norm` kernel of a folded layer norm, with the same launch; also undefined when
  * there is none for the problem (16-bit x on the FMA kernels) or its staged x does not fit
  * (see {@link WgemvNormShape}).
+ *
+ * `warps` (1 to 16, a power of two) replaces the choice of warps per block (benchmarks compare
+ * the choices with it).
  */
 export function wgemvShape(
   m: number,
@@ -137,6 +148,7 @@ export function wgemvShape(
   index: WeightScaleIndex,
   smCount: number,
   norm = false,
+  warps?: number,
 ): WgemvShape | undefined {
   const codes = CODES[qdtype];
   if (!codes || m < 1 || n < 1 || k < 1 || k > INT32_MAX || n > INT32_MAX) return undefined;
@@ -159,10 +171,15 @@ export function wgemvShape(
   const blocks = Math.ceil(n / TILE);
   const quads = Math.ceil(rowBytes / 64);
   const perSm = Math.ceil(blocks / Math.max(1, smCount));
-  let warps = 1;
-  while (
-    warps < MAX_WARPS && perSm * warps * 2 <= RESIDENT_WARPS_PER_SM && quads >= 4 * warps
-  ) warps *= 2;
+  if (warps !== undefined && (log2Exact(warps) < 0 || warps > MAX_WARPS)) {
+    throw new RangeError(
+      `wgemvShape: warps must be a power of two up to ${MAX_WARPS}, got ${warps}`,
+    );
+  }
+  warps ??= defaultWarps(
+    perSm,
+    mma ? (w) => k >= WGEMV_MMA_MIN_K_PER_WARP * w : (w) => quads >= 2 * w,
+  );
   const x = FLOAT_NAME[xDType];
   const kernel = mma ? `wgemv_mma_${codes.name}_${x}` : `wgemv_fma_${codes.name}_${x}_m${m}`;
   if (!norm) return { kernel, mma, warps, blocks, scaleShift };
@@ -189,6 +206,18 @@ export function wgemvShape(
     scaleShift,
     norm: { lnThreads, pitch, sharedBytes, staticBytes },
   };
+}
+
+/**
+ * Warps per block when the caller does not choose: the most (a power of two) that keep every
+ * block resident at once and give each warp `enough(warps)` of K.
+ */
+function defaultWarps(blocksPerSm: number, enough: (warps: number) => boolean): number {
+  let warps = 1;
+  while (
+    warps < MAX_WARPS && blocksPerSm * warps * 2 <= RESIDENT_WARPS_PER_SM && enough(2 * warps)
+  ) warps *= 2;
+  return warps;
 }
 
 let normLaunches = 0;
@@ -225,7 +254,7 @@ export type StreamingGemv = (
  * when the kernels do not cover the problem (see {@link wgemvShape}; also when the output or
  * bias dtype differs from x's). Lowering runs once per plan; the returned function enqueues one
  * kernel per run. `norm`: x is the input of a folded layer norm with this `eps` (its weight and
- * bias, of x's dtype, are passed per run).
+ * bias, of x's dtype, are passed per run). `warps`: see {@link wgemvShape}.
  */
 export function streamingGemv(
   ctx: CudaKernelContext,
@@ -235,6 +264,7 @@ export function streamingGemv(
   qdtype: DType,
   index: WeightScaleIndex,
   norm?: { eps: number },
+  warps?: number,
 ): StreamingGemv | undefined {
   const [xInfo, , , swdInfo, biasInfo] = ctx.inputs;
   const xDType = xInfo.dtype;
@@ -245,7 +275,17 @@ export function streamingGemv(
     return undefined;
   }
   const { device } = ctx;
-  const shape = wgemvShape(m, n, k, qdtype, xDType, index, device.smCount, norm !== undefined);
+  const shape = wgemvShape(
+    m,
+    n,
+    k,
+    qdtype,
+    xDType,
+    index,
+    device.smCount,
+    norm !== undefined,
+    warps,
+  );
   if (!shape) return undefined;
   const kernel = fn(device, shape.kernel);
   const staged = shape.norm;
