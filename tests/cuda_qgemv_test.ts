@@ -427,6 +427,37 @@ Deno.test("qgemvMmaShape: splits, groups per block, pitch and the problems it re
     pitch: 832,
     sharedBytes: 832 + 8 * 256,
   });
+  // With a folded layer norm, splits are traded for groups where every SM keeps a block.
+  const normDecode: [number, number, number, [number, number, number]][] = [
+    [1, 2304, 768, [4, 2, 144]],
+    [1, 3072, 768, [4, 2, 192]],
+    [2, 2304, 768, [4, 2, 144]],
+    [1, 768, 768, [8, 1, 96]], // 48 blocks of 2 groups would idle SMs
+    [1, 3072, 3072, [8, 2, 192]], // the plain rule's: 4 splits would stream 12 steps a warp
+    [8, 2304, 768, [4, 4, 72]], // M > 2: the plain rule
+  ];
+  for (const [m, n, k, [splits, groupsPerBlock, blocks]] of normDecode) {
+    const s = qgemvMmaShape(m, n, k, SMS, true)!;
+    assert.deepEqual(
+      [s.splits, s.groupsPerBlock, s.blocks],
+      [splits, groupsPerBlock, blocks],
+      `norm M ${m} N ${n} K ${k}`,
+    );
+    assert.equal(s.warps, qgemvMmaShape(m, n, k, SMS)!.warps, "norm keeps the warps per block");
+  }
+  // A chosen shape replaces the rule; it must be powers of two within a block.
+  assert.deepEqual(
+    [qgemvMmaShape(1, 768, 768, SMS, false, { splits: 2, groupsPerBlock: 4 })!.blocks],
+    [24],
+  );
+  assert.throws(
+    () => qgemvMmaShape(1, 768, 768, SMS, false, { splits: 3, groupsPerBlock: 1 }),
+    /powers of two/,
+  );
+  assert.throws(
+    () => qgemvMmaShape(1, 768, 768, SMS, false, { splits: 16, groupsPerBlock: 2 }),
+    /powers of two/,
+  );
   assert.equal(qgemvMmaShape(1, 1, 16, SMS)?.pitch, 64);
   assert.equal(qgemvMmaShape(3, 1, 784, SMS)?.pitch, 832);
 });
@@ -917,7 +948,7 @@ function checkNormKernel(c: NormCase): void {
   const qx = quantizeX(c.q, decode(c.x, encode(c.x, normed)), sx);
   const expected = expectedOutputs(c, qx, codes.values, sx, sw, b);
 
-  const shape = qgemvMmaShape(m, n, k, device.smCount)!;
+  const shape = qgemvMmaShape(m, n, k, device.smCount, true)!;
   const gemv = withKernels(
     "mma",
     () =>
@@ -1024,6 +1055,25 @@ function normCases(q: Codes, seed: number): NormCase[] {
       });
       i++;
     }
+  }
+  // Wide decode shapes: the `_norm` kernels trade splits for groups there (qgemvMmaShape).
+  for (const n of [2304, 3072]) {
+    cases.push({
+      q,
+      x: "float16",
+      out: "float16",
+      m: 1,
+      n,
+      k: 784,
+      perChannel: true,
+      sxDType: "float32",
+      swDType: "float32",
+      bias: true,
+      act: MMA_ACTS[i % 3],
+      affine: "weight and bias",
+      seed: seed + 10 * i,
+    });
+    i++;
   }
   return cases;
 }
@@ -1198,6 +1248,13 @@ Deno.test("every qgemv test case takes the fused GEMV, and the cases cover the g
   // The norm cases' ring comparison takes the problem too.
   for (const c of [...INT8_NORM_CASES, ...FP8_NORM_CASES]) {
     assert.ok(qgemvShape(c.m, c.n, c.k, SMS, c.q), JSON.stringify(c));
+  }
+  // ... and some of them run a block of several groups (splits traded for groups).
+  for (const cases of [INT8_NORM_CASES, FP8_NORM_CASES]) {
+    assert.ok(
+      cases.some((c) => qgemvMmaShape(c.m, c.n, c.k, SMS, true)!.groupsPerBlock > 1),
+      "no norm case with several groups a block",
+    );
   }
   const seen = <T>(f: (c: OpCase) => T): Set<T> => new Set(OP_CASES.map(f));
   assert.deepEqual([...seen((c) => c.m)].sort((a, b) => a - b), MS);

@@ -177,6 +177,11 @@ export const QGEMV_MMA_MAX_WARPS = 16;
 export const QGEMV_MMA_MAX_SHARED_BYTES: number = 96 * 1024;
 /** Steps a warp streams at most before more warps share a row (while a block has room). */
 const MMA_STEPS_PER_WARP = 2;
+/**
+ * Steps a warp of a `_norm` kernel may stream when splits are traded for groups (every block
+ * computes the rows' layer-norm statistics: fewer, wider blocks repeat that less).
+ */
+const MMA_NORM_STEPS_PER_WARP = 4;
 /** Warps an SM holds at 64 registers a thread (the mma kernels' register cap). */
 const MMA_WARPS_PER_SM = 32;
 
@@ -227,14 +232,23 @@ function mmaPitch(k: number): number {
  *   resident at once (32 warps an SM): then blocks take more groups (2, 4, ... up to 16
  *   warps), then trade splits for groups (warps stream more steps);
  * - M > 2 (every block quantizes all of x, M·K divisions): blocks of 16 warps, trading splits
- *   for groups until there are at most as many blocks as SMs.
+ *   for groups until there are at most as many blocks as SMs;
+ * - `norm` (the `_norm` kernels, M ≤ 2: every block also computes the rows' layer-norm
+ *   statistics): then splits are traded for groups, warps per block unchanged, while every SM
+ *   still gets a block and a warp streams at most 4 steps. At GPT-2's decode QKV and MLP-up
+ *   shapes that is 4 splits × 2 groups, 0.6 µs faster than 8 × 1 (bench/decode_gemv_shapes.ts).
  * Groups per block never exceed the power of two covering N / 8.
+ *
+ * `choice` replaces the rule (benchmarks compare shapes with it): powers of two whose product,
+ * the warps per block, is at most {@link QGEMV_MMA_MAX_WARPS}.
  */
 export function qgemvMmaShape(
   m: number,
   n: number,
   k: number,
   smCount: number,
+  norm = false,
+  choice?: { splits: number; groupsPerBlock: number },
 ): QgemvMmaShape | undefined {
   if (!gemvProblem(m, n, k)) return undefined;
   const pitch = mmaPitch(k);
@@ -243,6 +257,19 @@ export function qgemvMmaShape(
   const groupCap = nextPow2(groups);
   const sms = Math.max(1, Math.floor(smCount));
   const blocksOf = (groupsPerBlock: number) => Math.ceil(groups / groupsPerBlock);
+  if (choice) {
+    const { splits, groupsPerBlock } = choice;
+    const pow2 = (v: number) => Number.isInteger(v) && v >= 1 && (v & (v - 1)) === 0;
+    if (!pow2(splits) || !pow2(groupsPerBlock) || splits * groupsPerBlock > QGEMV_MMA_MAX_WARPS) {
+      throw new RangeError(
+        `qgemvMmaShape: splits and groupsPerBlock must be powers of two with a product up to ${QGEMV_MMA_MAX_WARPS}, got ${splits} and ${groupsPerBlock}`,
+      );
+    }
+    const warps = splits * groupsPerBlock;
+    const sharedBytes = m * pitch + warps * 256;
+    if (sharedBytes > QGEMV_MMA_MAX_SHARED_BYTES) return undefined;
+    return { splits, groupsPerBlock, warps, blocks: blocksOf(groupsPerBlock), pitch, sharedBytes };
+  }
   let splits = 1;
   while (splits < QGEMV_MMA_MAX_WARPS && Math.ceil(steps / splits) > MMA_STEPS_PER_WARP) {
     splits *= 2;
@@ -257,6 +284,13 @@ export function qgemvMmaShape(
       groupsPerBlock *= 2;
     }
   } else {
+    while (
+      norm && splits > 1 && groupsPerBlock < groupCap && blocksOf(2 * groupsPerBlock) >= sms &&
+      Math.ceil(steps / (splits / 2)) <= MMA_NORM_STEPS_PER_WARP
+    ) {
+      splits /= 2;
+      groupsPerBlock *= 2;
+    }
     const resident = (warps: number) => sms * Math.floor(MMA_WARPS_PER_SM / warps);
     while (
       blocksOf(groupsPerBlock) > resident(splits * groupsPerBlock) && groupsPerBlock < groupCap
@@ -341,7 +375,8 @@ export function qgemvMmaLaunchCount(): number {
  * them, passed per run) whose output the product reads: the kernel normalizes x itself, summing
  * in the order of the layer-norm kernel the unfolded graph would run ({@link layerNormThreads}),
  * so its codes are that graph's; undefined where that kernel is a scalar variant.
- * Lowering runs once per plan; the returned function enqueues one kernel per run.
+ * Lowering runs once per plan; the returned function enqueues one kernel per run. `choice`:
+ * the mma kernels' shape in place of the rule (see {@link qgemvMmaShape}).
  */
 export function fusedQuantizedGemv(
   ctx: CudaKernelContext,
@@ -353,6 +388,7 @@ export function fusedQuantizedGemv(
   act: number,
   outDType: FloatDType,
   norm?: QgemvNorm,
+  choice?: { splits: number; groupsPerBlock: number },
 ): FusedQuantizedGemv | undefined {
   const base = KERNEL[qdtype];
   if (base === undefined) return undefined;
@@ -366,7 +402,7 @@ export function fusedQuantizedGemv(
   if (swdKind === undefined || (biasInfo && biasInfo.dtype !== outDType)) return undefined;
   const { device } = ctx;
   const mmaShape = family === "mma" && qgemvMmaSupported(device, qdtype)
-    ? qgemvMmaShape(m, n, k, device.smCount)
+    ? qgemvMmaShape(m, n, k, device.smCount, norm !== undefined, choice)
     : undefined;
   const ringShape = mmaShape
     ? undefined
