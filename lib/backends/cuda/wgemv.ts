@@ -51,7 +51,7 @@ export const WGEMV_FMA_MAX_ROWS = 4;
 /**
  * Fewest input features a warp of the tensor-core kernels takes when warps split K. A block of
  * GPT-2-small's decode shapes (K = 768 or 3072, one row) was fastest at 192 to 384 features a
- * warp, int4 and int8 alike (bench/wgemv_warps.ts); at fewer, the warps' partial sums and the
+ * warp, int4 and int8 alike (bench/decode_gemv_shapes.ts); at fewer, the warps' partial sums and the
  * staged x cost more than the shorter streams save.
  */
 export const WGEMV_MMA_MIN_K_PER_WARP = 192;
