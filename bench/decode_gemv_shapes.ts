@@ -39,7 +39,16 @@ import { allowSharedBytes, gemvShape, moduleKernels } from "../lib/backends/cuda
 import { streamingGemv, wgemvShape } from "../lib/backends/cuda/wgemv.ts";
 import { decode } from "../lib/dtype.ts";
 import { ptx as flinearPtx } from "../kernels/ptx/flinear.ts";
-import { encodeFast, fmt, gpuAvailable, randnHost, rotationCount, timeGpu } from "./timing.ts";
+import {
+  encodeFast,
+  fmt,
+  gpuAvailable,
+  noiseBytes,
+  randnHost,
+  rotationCount,
+  timeGpu,
+  wlinearRowContext,
+} from "./timing.ts";
 
 const { values } = parseArgs({
   options: {
@@ -67,21 +76,6 @@ interface Row {
   blocks: number;
   us: number;
   chosen: boolean;
-}
-
-/** `count` bytes of xorshift noise; `e4m3`: NaN codes (0x7f, 0xff) replaced. */
-function randomBytes(count: number, seed: number, e4m3 = false): Int8Array {
-  const words = new Uint32Array(Math.ceil(count / 4));
-  let s = (seed * 2654435761) | 1;
-  for (let i = 0; i < words.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    words[i] = s;
-  }
-  const bytes = new Int8Array(words.buffer, 0, count);
-  if (e4m3) { for (let i = 0; i < count; i++) if ((bytes[i] & 0x7f) === 0x7f) bytes[i] ^= 1; }
-  return bytes;
 }
 
 function normRel(got: Float32Array, ref: Float32Array): number {
@@ -171,21 +165,11 @@ function wgemvRows(layer: Layer, q: "int4" | "int8"): Row[] {
   const scaleCount = block ? n * (k / block) : n;
   const codeBytes = q === "int4" ? (n * k) / 2 : n * k;
   const sets = rotationCount(codeBytes + 4 * scaleCount, { max: 64 });
-  const ctx: CudaKernelContext = {
-    attrs: { activation: "none" },
-    out: { shape: [1, n], dtype: "float16" },
-    inputs: [
-      { shape: [1, k], dtype: "float16" },
-      { shape: [n, k], dtype: "float16" },
-      { shape: [scaleCount], dtype: "float32" },
-      { shape: [scaleCount], dtype: "float32" },
-    ],
-    device: device(),
-  };
+  const ctx = wlinearRowContext(device(), n, k, scaleCount);
   const codes: CudaBuffer[] = [];
   const scales: CudaBuffer[] = [];
   for (let i = 0; i < sets; i++) {
-    const buffer = cuda().upload("cuda:0", "int8", randomBytes(codeBytes, 31 + i)) as CudaBuffer;
+    const buffer = cuda().upload("cuda:0", "int8", noiseBytes(codeBytes, 31 + i)) as CudaBuffer;
     codes.push(q === "int4" ? buffer.view("int4", n * k) : buffer);
     if (q === "int4") buffer.dispose(); // the view keeps the memory
     scales.push(
@@ -233,7 +217,7 @@ function qgemvRows(layer: Layer, q: "int8" | "float8e4m3"): Row[] {
   const codes: CudaBuffer[] = [];
   const scales: CudaBuffer[] = [];
   for (let i = 0; i < sets; i++) {
-    const bytes = randomBytes(n * k, 41 + i, q === "float8e4m3");
+    const bytes = noiseBytes(n * k, 41 + i, q === "float8e4m3");
     codes.push(cuda().upload("cuda:0", "int8", bytes) as CudaBuffer);
     scales.push(
       uploadF32(Float32Array.from(randnHost(n, 400 + i), (z) => 0.002 + 0.0005 * z * z)),

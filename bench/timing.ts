@@ -7,6 +7,7 @@
  * @module
  */
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
+import type { CudaKernelContext } from "../lib/backends/cuda/kernels.ts";
 import { checkCuda, createEvent, cudaEventDefault, cudart, eventElapsedMs } from "../ffi/cudart.ts";
 import { RandomStream } from "../lib/random.ts";
 import { fromStorage } from "../lib/tensor.ts";
@@ -470,4 +471,45 @@ export function writeOut(dir: string | undefined, name: string, text: string): v
 export function errorMessage(e: unknown): string {
   if (e instanceof Error) return e.stack ?? e.message;
   return String(e);
+}
+
+/**
+ * `count` bytes of seeded xorshift noise: any byte is a valid int8 code or pair of int4 codes;
+ * with `e4m3`, the NaN codes (0x7f, 0xff) are replaced by their neighbours.
+ */
+export function noiseBytes(count: number, seed: number, e4m3 = false): Int8Array {
+  const words = new Uint32Array(Math.ceil(count / 4));
+  let s = (seed * 2654435761) | 1;
+  for (let i = 0; i < words.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    words[i] = s;
+  }
+  const bytes = new Int8Array(words.buffer, 0, count);
+  if (e4m3) { for (let i = 0; i < count; i++) if ((bytes[i] & 0x7f) === 0x7f) bytes[i] ^= 1; }
+  return bytes;
+}
+
+/**
+ * The lowering context of a one-row `wlinear` (float16 x and output, `[n, k]` weight,
+ * `scaleCount` float32 scales, no bias) on `device`, for launching its GEMV directly.
+ */
+export function wlinearRowContext(
+  device: CudaDevice,
+  n: number,
+  k: number,
+  scaleCount: number,
+): CudaKernelContext {
+  return {
+    attrs: { activation: "none" },
+    out: { shape: [1, n], dtype: "float16" },
+    inputs: [
+      { shape: [1, k], dtype: "float16" },
+      { shape: [n, k], dtype: "float16" },
+      { shape: [scaleCount], dtype: "float32" },
+      { shape: [scaleCount], dtype: "float32" },
+    ],
+    device,
+  };
 }

@@ -18,7 +18,6 @@
 import * as tq from "../mod.ts";
 import { backendFor } from "../lib/backends/backend.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
-import type { CudaKernelContext } from "../lib/backends/cuda/kernels.ts";
 import type { WeightScaleIndex } from "../lib/backends/cuda/linear.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { streamingGemv, wgemvShape } from "../lib/backends/cuda/wgemv.ts";
@@ -31,12 +30,14 @@ import {
   fmt,
   gpuAvailable,
   type GpuTiming,
+  noiseBytes,
   randnHost,
   relError,
   rotated,
   rotationCount,
   roundToDType,
   timeGpu,
+  wlinearRowContext,
 } from "./timing.ts";
 
 const REPS = Number(argValue(Deno.args, "reps") ?? 200);
@@ -76,19 +77,6 @@ function report(label: string, t: GpuTiming, bytes: number, perCall = 1): string
   }), ${fmt(bytes / (us * 1e-6) / 1e12, 2)} TB/s${t.hostBound ? " HOST-BOUND" : ""}`;
 }
 
-/** `count` bytes of xorshift noise (any byte is a valid int8 code or pair of int4 codes). */
-function randomBytes(count: number, seed: number): Int8Array {
-  const words = new Uint32Array(Math.ceil(count / 4));
-  let s = (seed * 2654435761) | 1;
-  for (let i = 0; i < words.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    words[i] = s;
-  }
-  return new Int8Array(words.buffer, 0, count);
-}
-
 /** Code (n, k) of a row-major `[N, K]` int8 / packed int4 code array. */
 function codeAt(codes: Int8Array, q: Variant["q"], n: number, k: number): number {
   if (q === "int8") return codes[n * K + k];
@@ -115,17 +103,7 @@ function kernelFigure(v: Variant, x: Float32Array): void {
   const count = rotationCount(callBytes(v));
   const shape = wgemvShape(1, N, K, v.q, "float16", index, device.smCount);
   if (!shape) throw new Error(`${v.name}: not covered by the streaming GEMV`);
-  const ctx: CudaKernelContext = {
-    attrs: { activation: "none" },
-    out: { shape: [1, N], dtype: "float16" },
-    inputs: [
-      { shape: [1, K], dtype: "float16" },
-      { shape: [N, K], dtype: "float16" },
-      { shape: [scaleCount], dtype: "float32" },
-      { shape: [scaleCount], dtype: "float32" },
-    ],
-    device,
-  };
+  const ctx = wlinearRowContext(device, N, K, scaleCount);
   const gemv = streamingGemv(ctx, 1, N, K, v.q, index)!;
   const codeBytes = v.q === "int4" ? (N * K) / 2 : N * K;
   const hostCodes: Int8Array[] = [];
@@ -133,7 +111,7 @@ function kernelFigure(v: Variant, x: Float32Array): void {
   const codes: CudaBuffer[] = [];
   const scales: CudaBuffer[] = [];
   for (let i = 0; i < count; i++) {
-    const c = randomBytes(codeBytes, 17 + i);
+    const c = noiseBytes(codeBytes, 17 + i);
     const s = Float32Array.from(randnHost(scaleCount, 100 + i), (z) => 0.002 + 0.0005 * z * z);
     const buffer = cuda.upload("cuda:0", "int8", c) as CudaBuffer;
     codes.push(v.q === "int4" ? buffer.view("int4", N * K) : buffer);
