@@ -12,16 +12,14 @@
 #   bench/gpu_gpt2.ts                         GPT2_LIMIT      default 170
 # Each bench runs its PyTorch peer (bench/peers/*.py, python3 with torch + transformers) in the
 # same job. OUT_DIR receives run.log (everything printed) and each bench's NAME.md (its table)
-# and NAME.json (raw figures): at most 8 files come back from the device machine, so keep
-# nothing else there. Tables are written after every figure, so a bench stopped by its limit
-# still leaves what it measured.
+# and NAME.json (raw figures), and nothing else. Tables are written after every figure, so a
+# bench stopped by its limit still leaves what it measured.
 #
-# Deno comes from .gpu/env.sh when it is not on PATH (pack it here first with
-# `bash ../shared/gpu/prepare.sh`). The PTX kernels are committed: nothing is built.
+# Deno must be on PATH. The PTX kernels are committed: nothing is built.
 set -uo pipefail
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
-  sed -n '2,22p' "$0"
+  sed -n '2,18p' "$0"
   exit 2
 fi
 mkdir -p "$1"
@@ -33,12 +31,8 @@ cd "$(dirname "$0")/.."
 log="$out/run.log"
 : > "$log"
 
-if ! command -v deno >/dev/null 2>&1 && [[ -f .gpu/env.sh ]]; then
-  # shellcheck disable=SC1091
-  source .gpu/env.sh
-fi
 if ! command -v deno >/dev/null 2>&1; then
-  echo "deno not found: run bash ../shared/gpu/prepare.sh before sending the checkout" | tee -a "$log"
+  echo "deno not found on PATH (npm install -g deno installs it)" | tee -a "$log"
   exit 1
 fi
 
