@@ -170,6 +170,53 @@ function roundMagnitude(a: number, fracBits: number, eMin: number, eMax: number)
   return (e - eMin) * 2 ** fracBits + q;
 }
 
+// Fast paths for values that are float32 (what most callers hold): the rounding is done on the
+// float32 bit pattern, the same single RNE rounding as roundMagnitude's (the value is exact in
+// float32), without a float64 scaling and a floor per element. `a` is |x|'s bit pattern; adding
+// half an ulp of the target less one, plus the kept lowest bit, then truncating rounds to
+// nearest even, and a carry out of the fraction lands on the next exponent.
+
+/** 1.5 · 2^52: adding and subtracting it rounds a float64 below 2^51 to an integer (RNE). */
+const RINT = 6755399441055744;
+
+/** float32ToFloat16Bits for a float32 value that is not NaN. */
+function float16BitsOfFloat32(x: number): number {
+  SCRATCH_F32[0] = x;
+  const b = SCRATCH_F32_U32[0];
+  const sign = (b >>> 16) & 0x8000;
+  const a = b & 0x7fffffff;
+  if (a >= 0x477ff000) return sign | 0x7c00; // >= 65520 (rounds above 65504), Infinity
+  if (a >= 0x38800000) { // >= 2^-14: normal
+    return sign | (((a + 0xfff + ((a >>> 13) & 1)) >>> 13) - (112 << 10));
+  }
+  // Subnormal (steps of 2^-24); 1024 is the smallest normal's pattern.
+  return sign | ((Math.abs(x) * 16777216 + RINT) - RINT);
+}
+
+/** float32ToBfloat16Bits for a float32 value that is not NaN. */
+function bfloat16BitsOfFloat32(x: number): number {
+  SCRATCH_F32[0] = x;
+  const b = SCRATCH_F32_U32[0];
+  const sign = (b >>> 16) & 0x8000;
+  const a = b & 0x7fffffff;
+  // Same exponent range as float32: subnormals round alike, and past the top lands on Inf.
+  return sign | ((a + 0x7fff + ((a >>> 16) & 1)) >>> 16);
+}
+
+/** float32ToFloat8e4m3Bits for a float32 value that is not NaN. */
+function float8e4m3BitsOfFloat32(x: number): number {
+  SCRATCH_F32[0] = x;
+  const b = SCRATCH_F32_U32[0];
+  const sign = (b >>> 24) & 0x80;
+  const a = b & 0x7fffffff;
+  if (a >= 0x43e00000) return sign | 0x7e; // >= 448, Infinity: saturate
+  if (a >= 0x3c800000) { // >= 2^-6: normal
+    return sign | (((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - (120 << 3));
+  }
+  // Subnormal (steps of 2^-9); 8 is the smallest normal's pattern.
+  return sign | ((Math.abs(x) * 512 + RINT) - RINT);
+}
+
 /**
  * Rounds to the nearest integer, ties to the even integer (IEEE roundTiesToEven, like NumPy
  * `rint`). NaN and ±Infinity pass through; the sign of zero results follows `x`.
@@ -178,6 +225,12 @@ function roundMagnitude(a: number, fracBits: number, eMin: number, eMax: number)
  * @returns The nearest integer to `x`.
  */
 export function roundHalfToEven(x: number): number {
+  if (Math.abs(x) < 2251799813685248) {
+    // |x| < 2^51: x + 1.5 · 2^52 lies in (2^52, 2^53), where the ulp is 1, so the addition
+    // rounds x to an integer (ties to even) and the subtraction is exact.
+    const r = (x + RINT) - RINT;
+    return r === 0 ? x * 0 : r; // a zero takes x's sign (x · 0 is -0 for x < 0 and x = -0)
+  }
   if (!(Math.abs(x) < 4503599627370496)) return x; // NaN, Inf or already an integer (>= 2^52)
   const floor = Math.floor(x);
   const frac = x - floor; // exact for |x| < 2^52
@@ -197,6 +250,7 @@ export function roundHalfToEven(x: number): number {
  * @returns The 16-bit pattern.
  */
 export function float32ToFloat16Bits(x: number): number {
+  if (Math.fround(x) === x) return float16BitsOfFloat32(x);
   if (x !== x) return 0x7e00;
   if (x === 0) return 1 / x < 0 ? 0x8000 : 0;
   const sign = x < 0 ? 0x8000 : 0;
@@ -228,6 +282,7 @@ export function float16BitsToNumber(bits: number): number {
  * @returns The 16-bit pattern.
  */
 export function float32ToBfloat16Bits(x: number): number {
+  if (Math.fround(x) === x) return bfloat16BitsOfFloat32(x);
   if (x !== x) return 0x7fc0;
   if (x === 0) return 1 / x < 0 ? 0x8000 : 0;
   const sign = x < 0 ? 0x8000 : 0;
@@ -255,6 +310,7 @@ export function bfloat16BitsToNumber(bits: number): number {
  * @returns The 8-bit pattern.
  */
 export function float32ToFloat8e4m3Bits(x: number): number {
+  if (Math.fround(x) === x) return float8e4m3BitsOfFloat32(x);
   if (x !== x) return 0x7f;
   if (x === 0) return 1 / x < 0 ? 0x80 : 0;
   const sign = x < 0 ? 0x80 : 0;

@@ -177,6 +177,12 @@ Deno.test("roundHalfToEven", () => {
     [2.4999999999999996, 2],
     [2.5000000000000004, 3],
     [-7.3, -7],
+    [-0, -0],
+    [0, 0],
+    [-0.25, -0],
+    [2 ** 51 - 0.5, 2 ** 51], // the largest magnitudes of the 1.5 · 2^52 addition
+    [-(2 ** 51) + 1.5, -(2 ** 51) + 2],
+    [2 ** 51 + 0.5, 2 ** 51],
     [4503599627370495.5, 4503599627370496], // 2^52 - 0.5: odd floor, rounds up
     [4503599627370494.5, 4503599627370494], // even floor
     [1e300, 1e300],
@@ -368,6 +374,75 @@ Deno.test("float8e4m3 encode matches a nearest-value reference on random inputs"
     const want = a > 448 ? 0x7e : nearest(a);
     assertBits(float32ToFloat8e4m3Bits(a), want, `fp8(${a})`);
     assertBits(float32ToFloat8e4m3Bits(-a), want | 0x80, `fp8(${-a})`);
+  }
+});
+
+/**
+ * float32 values (the encoders' bit-pattern path): random patterns of every exponent, plus each
+ * format's midpoints (float32-exact for all three) with their float32 neighbours.
+ */
+function float32Inputs(seed: number, decodeBits: (b: number) => number, maxBits: number): number[] {
+  const next = rng(seed);
+  const f32 = new Float32Array(1);
+  const bits = new Uint32Array(f32.buffer);
+  const out: number[] = [];
+  for (let e = 0; e < 255; e++) {
+    for (let i = 0; i < 200; i++) {
+      bits[0] = (e << 23) | (next() & 0x7fffff);
+      out.push(f32[0]);
+    }
+  }
+  for (let i = 0; i < 3000; i++) {
+    const b = next() % maxBits;
+    f32[0] = (decodeBits(b) + decodeBits(b + 1)) / 2;
+    assert.equal(f32[0], (decodeBits(b) + decodeBits(b + 1)) / 2, "a midpoint is float32");
+    out.push(f32[0]);
+    for (const d of [1, -1]) {
+      bits[0] += d;
+      out.push(f32[0]);
+      bits[0] -= d;
+    }
+  }
+  return out;
+}
+
+Deno.test("float32 inputs encode like the nearest-value reference (the bit-pattern path)", () => {
+  const formats: [string, (x: number) => number, (x: number) => number, number][] = [
+    [
+      "float16",
+      float32ToFloat16Bits,
+      referenceEncoder(float16BitsToNumber, 0x7bff, 2 ** 16),
+      0x8000,
+    ],
+    [
+      "bfloat16",
+      float32ToBfloat16Bits,
+      referenceEncoder(bfloat16BitsToNumber, 0x7f7f, 2 ** 128),
+      0x8000,
+    ],
+    [
+      "float8e4m3",
+      float32ToFloat8e4m3Bits,
+      ((nearest) => (a: number) => a > 448 ? 0x7e : nearest(a))(
+        referenceEncoder(float8e4m3BitsToNumber, 0x7e, 480),
+      ),
+      0x80,
+    ],
+  ];
+  const maxBits: Record<string, [(b: number) => number, number]> = {
+    float16: [float16BitsToNumber, 0x7bff],
+    bfloat16: [bfloat16BitsToNumber, 0x7f7f],
+    float8e4m3: [float8e4m3BitsToNumber, 0x7e],
+  };
+  for (const [name, encodeBits, reference, signBit] of formats) {
+    const [decodeBits, top] = maxBits[name];
+    const inputs = float32Inputs(name.length * 1000 + 17, decodeBits, top);
+    for (const a of [...inputs, Infinity, 0]) {
+      assert.equal(Math.fround(a), a);
+      const want = reference(a);
+      assertBits(encodeBits(a), want, `${name}(${a})`);
+      assertBits(encodeBits(-a), want | signBit, `${name}(${-a})`);
+    }
   }
 });
 
