@@ -49,10 +49,9 @@ export const WGEMV_MMA_MAX_ROWS = 8;
 /** Most rows of x the FMA kernels take (float32 x, small scale blocks). */
 export const WGEMV_FMA_MAX_ROWS = 4;
 /**
- * Fewest input features a warp of the tensor-core kernels takes when warps split K. A block of
- * GPT-2-small's decode shapes (K = 768 or 3072, one row) was fastest at 192 to 384 features a
- * warp, int4 and int8 alike (bench/decode_gemv_shapes.ts); at fewer, the warps' partial sums and the
- * staged x cost more than the shorter streams save.
+ * Fewest input features a warp of the tensor-core kernels takes when warps split K. GPT-2-small's
+ * decode shapes (K = 768 or 3072, one row) ran fastest at 192 to 384 features a warp, int4 and
+ * int8 alike; at 48 a warp they took 1.6 times as long (bench/decode_gemv_shapes.ts).
  */
 export const WGEMV_MMA_MIN_K_PER_WARP = 192;
 /** Output channels per block (WGEMV_TILE in the kernel). */
