@@ -50,9 +50,9 @@ export const WGEMV_MMA_MAX_ROWS = 8;
 export const WGEMV_FMA_MAX_ROWS = 4;
 /**
  * Fewest input features a warp of the tensor-core kernels takes when warps split K. GPT-2-small's
- * decode shapes (K = 768 or 3072, one row) ran fastest at 192 features a warp (96 for the
- * attention output, 0.1 µs ahead), int4 and int8 alike; at 48 a warp the two with a folded
- * layer norm took 1.7 times as long (bench/decode_gemv_shapes.ts).
+ * decode shapes (K = 768 or 3072, one row) ran fastest at 192 features a warp, int4 and int8
+ * alike (the attention output, which has no folded norm, ran 0.1–0.2 µs faster at 48–96); at 48
+ * a warp the two with a folded layer norm took 1.7 times as long (bench/decode_gemv_shapes.ts).
  */
 export const WGEMV_MMA_MIN_K_PER_WARP = 192;
 /** Output channels per block (WGEMV_TILE in the kernel). */
