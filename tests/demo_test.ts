@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { GPT2LMHeadModel, lossFromLogits, saveSafetensors, type Tensor, tensor } from "../mod.ts";
-import { bpeTokenizer } from "../examples/gpt2/demo.ts";
+import { bpeTokenizer, generationSummary } from "../examples/gpt2/demo.ts";
 import { collapseBins, fractionAbove, renderCalibrationReport } from "../examples/gpt2/report.ts";
 
 const DEMO = new URL("../examples/gpt2/demo.ts", import.meta.url).pathname;
@@ -105,7 +105,10 @@ Deno.test("demo: bundled model, small settings: 5 modes, float32 loss, report wi
     assert.ok(Math.abs(rows.get("w8")!.loss - got) < 0.05);
 
     assert.match(run.stdout, /sample from (w8a8|w8|w4|fp8)/);
-    assert.match(run.stdout, /\(16 tokens in /);
+    assert.match(
+      run.stdout,
+      /\(16 tokens in [0-9.]+ s: the first after [0-9.]+ s \(the prompt and compiling the decoder\), then ([0-9.]+ tokens\/s|too fast to time) with the KV cache\)/,
+    );
     const html = Deno.readTextFileSync(report);
     assert.ok(html.includes("<svg"), "report has SVG");
     assert.equal(html.match(/<svg /g)?.length, 17, "one histogram per Linear");
@@ -270,6 +273,18 @@ Deno.test("demo: usage errors exit with code 2 and name the option", async () =>
   assert.equal(prompt.code, 2);
   assert.match(prompt.stderr, /--prompt must not be empty/);
   assert.doesNotMatch(prompt.stdout, /calibrat/i, "rejected before calibrating");
+});
+
+Deno.test("generationSummary: the first token's wait apart from the rate of the rest", () => {
+  // 201 tokens: the first 2 s after the start, the other 200 over the next 0.5 s.
+  assert.equal(
+    generationSummary(201, 1000, 3000, 3500),
+    "201 tokens in 2.50 s: the first after 2.00 s (the prompt and compiling the decoder), " +
+      "then 400.0 tokens/s with the KV cache",
+  );
+  assert.equal(generationSummary(1, 0, 250, 250), "1 token in 0.25 s with the KV cache");
+  assert.equal(generationSummary(0, 0, undefined, 10), "0 tokens in 0.01 s with the KV cache");
+  assert.match(generationSummary(3, 0, 100, 100), /then too fast to time/);
 });
 
 Deno.test("report helpers: collapsed bins, mass above amax, escaped names", () => {

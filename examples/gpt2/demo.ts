@@ -571,22 +571,44 @@ export function runDemo(options: DemoOptions): number {
     const text = new TextDecoder();
     write(options.prompt);
     start = performance.now();
+    // The first token also pays the one-time work (compiling the decoder, loading kernels):
+    // the rate is given for the tokens after it.
+    let firstAt: number | undefined;
     const out = tq.generate(best.model, prompt, {
       maxNewTokens,
       strategy: options.greedy ? "greedy" : "sample",
       topK: GENERATE_TOP_K,
       temperature: GENERATE_TEMPERATURE,
       seed: options.seed,
-      onToken: (id) => write(text.decode(tokenizer.tokenBytes(id), { stream: true })),
+      onToken: (id) => {
+        firstAt ??= performance.now();
+        write(text.decode(tokenizer.tokenBytes(id), { stream: true }));
+      },
     });
     write(text.decode());
-    const seconds = (performance.now() - start) / 1000;
-    console.log(
-      `\n\n(${out.length} tokens in ${seconds.toFixed(2)} s, ` +
-        `${(out.length / seconds).toFixed(1)} tokens/s with the KV cache)`,
-    );
+    console.log(`\n\n(${generationSummary(out.length, start, firstAt, performance.now())})`);
   }
   return 0;
+}
+
+/**
+ * How long a generation of `count` tokens took, begun at `start` with its first token at
+ * `firstAt` and its last at `end` (performance.now() times): the first token's wait (the prompt's
+ * forward and the one-time work of compiling the decoder) apart from the rate of the rest.
+ */
+export function generationSummary(
+  count: number,
+  start: number,
+  firstAt: number | undefined,
+  end: number,
+): string {
+  const seconds = (end - start) / 1000;
+  const total = `${count} ${count === 1 ? "token" : "tokens"} in ${seconds.toFixed(2)} s`;
+  if (firstAt === undefined || count < 2) return `${total} with the KV cache`;
+  const rest = (end - firstAt) / 1000;
+  const rate = rest > 0 ? `${((count - 1) / rest).toFixed(1)} tokens/s` : "too fast to time";
+  return `${total}: the first after ${((firstAt - start) / 1000).toFixed(2)} s (the prompt and ` +
+    `compiling the decoder), then ${rate} with the KV cache`;
 }
 
 /** Parses `args`, runs the demo, and returns the exit code (2 for usage errors). */
