@@ -13,11 +13,7 @@
  */
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
-import {
-  ltMatmulPlan,
-  type LtMatmulSpec,
-  randomOperandBytes,
-} from "../lib/backends/cuda/cublaslt.ts";
+import { ltMatmulPlan, type LtMatmulSpec } from "../lib/backends/cuda/cublaslt.ts";
 import { tnSpec } from "../lib/backends/cuda/util.ts";
 import { timeLaunchMs } from "../lib/backends/cuda/wgmma.ts";
 import { copyToDevice, copyToHost } from "../ffi/cudart.ts";
@@ -30,10 +26,9 @@ import {
   CUDA_R_16F,
   CUDA_R_32F,
   CUDA_R_8F_E4M3,
-  CUDA_R_8I,
 } from "../ffi/cublaslt.ts";
 import { float8e4m3BitsToNumber } from "../lib/dtype.ts";
-import { argValue, gpuAvailable, markdownTable } from "./timing.ts";
+import { argValue, gpuAvailable, markdownTable, noiseBytes } from "./timing.ts";
 
 if (!gpuAvailable()) {
   console.log("fp8_accumulation: no CUDA GPU here; nothing to time");
@@ -50,14 +45,6 @@ const SHAPES: [name: string, k: number, n: number][] = [
   ["K = 16384", 16384, 768],
 ];
 
-/** `n` random e4m3 codes (any exponent, either sign), NaN codes replaced. */
-function codes(n: number, seed: number): Uint8Array<ArrayBuffer> {
-  // Random int8 codes are uniformly random bytes.
-  const out = randomOperandBytes(CUDA_R_8I, Math.ceil(n / 4) * 4, seed).subarray(0, n);
-  for (let i = 0; i < n; i++) if ((out[i] & 0x7f) === 0x7f) out[i] ^= 1;
-  return out;
-}
-
 function upload(bytes: ArrayBufferView<ArrayBuffer>): CudaBuffer {
   const buf = CudaBuffer.allocate(device, "int8", bytes.byteLength);
   copyToDevice(buf.pointer, bytes);
@@ -67,7 +54,8 @@ function upload(bytes: ArrayBufferView<ArrayBuffer>): CudaBuffer {
 const us = (ms: number) => (ms * 1000).toFixed(2);
 const rows: string[][] = [];
 for (const [name, k, n] of SHAPES) {
-  const a = codes(n * k, 21), b = codes(M * k, 22);
+  // Random e4m3 codes (any exponent, either sign), NaN codes replaced.
+  const a = noiseBytes(n * k, 21, true), b = noiseBytes(M * k, 22, true);
   const [wa, xb] = [Array.from(a, float8e4m3BitsToNumber), Array.from(b, float8e4m3BitsToNumber)];
   const A = upload(a), B = upload(b);
   const ones = upload(new Float32Array(Math.max(M, n)).fill(1));

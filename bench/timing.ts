@@ -8,6 +8,8 @@
  */
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import type { CudaKernelContext } from "../lib/backends/cuda/kernels.ts";
+import { randomOperandBytes } from "../lib/backends/cuda/cublaslt.ts";
+import { CUDA_R_8I } from "../ffi/cublaslt.ts";
 import { checkCuda, createEvent, cudaEventDefault, cudart, eventElapsedMs } from "../ffi/cudart.ts";
 import { RandomStream } from "../lib/random.ts";
 import { fromStorage } from "../lib/tensor.ts";
@@ -474,18 +476,13 @@ export function errorMessage(e: unknown): string {
 }
 
 /**
- * `count` bytes of seeded xorshift noise: any byte is a valid int8 code or pair of int4 codes;
- * with `e4m3`, the NaN codes (0x7f, 0xff) are replaced by their neighbours.
+ * `count` bytes of seeded noise (cuBLASLt's autotune operands, {@link randomOperandBytes}): any
+ * byte is a valid int8 code or pair of int4 codes; with `e4m3`, the NaN codes (0x7f, 0xff) are
+ * replaced by their neighbours.
  */
-export function noiseBytes(count: number, seed: number, e4m3 = false): Int8Array {
-  const words = new Uint32Array(Math.ceil(count / 4));
-  let s = (seed * 2654435761) | 1;
-  for (let i = 0; i < words.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    words[i] = s;
-  }
+export function noiseBytes(count: number, seed: number, e4m3 = false): Int8Array<ArrayBuffer> {
+  // Random int8 codes are uniformly random bytes.
+  const words = randomOperandBytes(CUDA_R_8I, Math.ceil(count / 4) * 4, seed);
   const bytes = new Int8Array(words.buffer, 0, count);
   if (e4m3) { for (let i = 0; i < count; i++) if ((bytes[i] & 0x7f) === 0x7f) bytes[i] ^= 1; }
   return bytes;
