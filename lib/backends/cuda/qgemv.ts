@@ -38,6 +38,7 @@ import {
   type FloatDType,
   floatKindOf,
   INT32_MAX,
+  log2Exact,
   moduleKernels,
   nextPow2,
 } from "./util.ts";
@@ -259,8 +260,10 @@ export function qgemvMmaShape(
   const blocksOf = (groupsPerBlock: number) => Math.ceil(groups / groupsPerBlock);
   if (choice) {
     const { splits, groupsPerBlock } = choice;
-    const pow2 = (v: number) => Number.isInteger(v) && v >= 1 && (v & (v - 1)) === 0;
-    if (!pow2(splits) || !pow2(groupsPerBlock) || splits * groupsPerBlock > QGEMV_MMA_MAX_WARPS) {
+    if (
+      log2Exact(splits) < 0 || log2Exact(groupsPerBlock) < 0 ||
+      splits * groupsPerBlock > QGEMV_MMA_MAX_WARPS
+    ) {
       throw new RangeError(
         `qgemvMmaShape: splits and groupsPerBlock must be powers of two with a product up to ${QGEMV_MMA_MAX_WARPS}, got ${splits} and ${groupsPerBlock}`,
       );

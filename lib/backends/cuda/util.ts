@@ -140,6 +140,13 @@ export function roundUp(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }
 
+/** log2(v) when v is a power of two (1, 2, 4, ...), else -1. */
+export function log2Exact(v: number): number {
+  if (!Number.isInteger(v) || v < 1) return -1;
+  const l = Math.round(Math.log2(v));
+  return 2 ** l === v ? l : -1;
+}
+
 /** The smallest power of two ≥ `n` (1 for n ≤ 1). */
 export function nextPow2(n: number): number {
   let p = 1;

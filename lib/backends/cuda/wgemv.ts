@@ -38,6 +38,7 @@ import {
   FLOAT_NAME,
   type FloatDType,
   INT32_MAX,
+  log2Exact,
   moduleKernels,
   preferSharedMemory,
 } from "./util.ts";
@@ -111,13 +112,6 @@ export interface WgemvNormShape {
   sharedBytes: number;
   /** Static shared memory bytes of the kernel (its warps' sums and the row statistics). */
   staticBytes: number;
-}
-
-/** log2(v) when v is a power of two, else -1. */
-function log2Exact(v: number): number {
-  if (!Number.isInteger(v) || v < 1) return -1;
-  const l = Math.round(Math.log2(v));
-  return 2 ** l === v ? l : -1;
 }
 
 /**
