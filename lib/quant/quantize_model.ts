@@ -236,15 +236,15 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
   });
 
   const all = namedLinears(model);
+  // Two of the model's Linear layer names, for the errors below.
+  const examples = listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)));
   const unmatched = exclude.filter((p) => !all.some(([name]) => isExcluded(name, [p])));
   if (unmatched.length) {
     throw new TensorqError("exclude patterns that match no Linear layer", {
       op,
       kind: "argument",
       argument: "exclude",
-      expected: `dotted layer names or prefixes (e.g. ${
-        listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)))
-      }) or RegExps`,
+      expected: `dotted layer names or prefixes (e.g. ${examples}) or RegExps`,
       actual: listNames(unmatched.map(describe)),
     });
   }
@@ -254,9 +254,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       op,
       kind: "argument",
       argument: "amax",
-      expected: `dotted Linear layer names (e.g. ${
-        listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)))
-      })`,
+      expected: `dotted Linear layer names (e.g. ${examples})`,
       actual: listNames(unknownOverrides.map(describe)),
     });
   }
