@@ -190,7 +190,7 @@ function float16BitsOfFloat32(x: number): number {
     return sign | (((a + 0xfff + ((a >>> 13) & 1)) >>> 13) - (112 << 10));
   }
   // Subnormal (steps of 2^-24); 1024 is the smallest normal's pattern.
-  return sign | ((Math.abs(x) * 16777216 + RINT) - RINT);
+  return sign | roundHalfToEven(Math.abs(x) * 16777216);
 }
 
 /** float32ToBfloat16Bits for a float32 value that is not NaN. */
@@ -214,7 +214,7 @@ function float8e4m3BitsOfFloat32(x: number): number {
     return sign | (((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - (120 << 3));
   }
   // Subnormal (steps of 2^-9); 8 is the smallest normal's pattern.
-  return sign | ((Math.abs(x) * 512 + RINT) - RINT);
+  return sign | roundHalfToEven(Math.abs(x) * 512);
 }
 
 /**
