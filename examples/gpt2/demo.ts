@@ -603,7 +603,7 @@ export function generationSummary(
   end: number,
 ): string {
   const seconds = (end - start) / 1000;
-  const total = `${count} ${count === 1 ? "token" : "tokens"} in ${seconds.toFixed(2)} s`;
+  const total = `${plural(count, "token")} in ${seconds.toFixed(2)} s`;
   if (firstAt === undefined || count < 2) return `${total} with the KV cache`;
   const rest = (end - firstAt) / 1000;
   const rate = rest > 0 ? `${((count - 1) / rest).toFixed(1)} tokens/s` : "too fast to time";
