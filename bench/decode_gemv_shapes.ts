@@ -45,6 +45,7 @@ import {
   gpuAvailable,
   noiseBytes,
   randnHost,
+  relError,
   rotationCount,
   timeGpu,
   wlinearRowContext,
@@ -76,15 +77,6 @@ interface Row {
   blocks: number;
   us: number;
   chosen: boolean;
-}
-
-function normRel(got: Float32Array, ref: Float32Array): number {
-  let d = 0, r = 0;
-  for (let i = 0; i < ref.length; i++) {
-    d += (got[i] - ref[i]) ** 2;
-    r += ref[i] ** 2;
-  }
-  return Math.sqrt(d / Math.max(r, 1e-30));
 }
 
 const device = () => CudaDevice.get(0);
@@ -130,7 +122,7 @@ function measure<S>(
   for (const shape of shapes) {
     const r = run(shape);
     if (!r) continue;
-    const err = normRel(outputOf(r.launch), reference);
+    const err = relError(outputOf(r.launch), reference).normRel;
     if (!(err <= 1e-2)) {
       throw new Error(`${layer.name}, ${describe(shape)}: output differs (${err})`);
     }
