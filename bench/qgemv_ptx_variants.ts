@@ -64,7 +64,12 @@ for (const [n, k, act] of SHAPES) {
   for (const arg of Deno.args) {
     const [file, flag] = arg.split(":");
     const text = Deno.readTextFileSync(file);
-    const module = { ptxSm90a: text, ptxCompute80: text };
+    const module = {
+      ptxSm90a: text,
+      ptxCompute80: text,
+      cubinSm90a: undefined,
+      cubinSource: undefined,
+    };
     for (const name of KERNELS) {
       const fn = kernelFunction(device, module, name);
       allowSharedBytes(fn, shape.sharedBytes, 46 * 1024);

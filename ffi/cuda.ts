@@ -23,6 +23,10 @@ export const CUDA_ERROR_OUT_OF_MEMORY: number = 2;
 export const CUDA_ERROR_NOT_INITIALIZED: number = 3;
 /** `CUDA_ERROR_NO_DEVICE`. */
 export const CUDA_ERROR_NO_DEVICE: number = 100;
+/** `CUDA_ERROR_INVALID_IMAGE`. */
+export const CUDA_ERROR_INVALID_IMAGE: number = 200;
+/** `CUDA_ERROR_NO_BINARY_FOR_GPU`. */
+export const CUDA_ERROR_NO_BINARY_FOR_GPU: number = 209;
 /** `CUDA_ERROR_INVALID_PTX`. */
 export const CUDA_ERROR_INVALID_PTX: number = 218;
 /** `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`. */
@@ -229,7 +233,20 @@ const JIT_LOG_BYTES = 16384;
  * whose message carries the JIT's error log.
  */
 export function cuModuleLoadPtx(ptx: string): Deno.PointerValue {
-  const image = toCString(ptx);
+  return loadModuleImage(toCString(ptx));
+}
+
+/**
+ * Loads a compiled module (a cubin's ELF image) into the current context. A cubin for another
+ * GPU fails with `CUDA_ERROR_NO_BINARY_FOR_GPU`, a malformed one with
+ * `CUDA_ERROR_INVALID_IMAGE`, each a {@link TensorqError} naming the status.
+ */
+export function cuModuleLoadCubin(image: Uint8Array): Deno.PointerValue {
+  // FFI buffers must be views of a plain ArrayBuffer: copy, so that any view is taken.
+  return loadModuleImage(new Uint8Array(image));
+}
+
+function loadModuleImage(image: Uint8Array<ArrayBuffer>): Deno.PointerValue {
   const log = new Uint8Array(new ArrayBuffer(JIT_LOG_BYTES));
   const options = new Int32Array(new ArrayBuffer(8));
   options[0] = CU_JIT_ERROR_LOG_BUFFER;

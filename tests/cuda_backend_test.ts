@@ -153,3 +153,67 @@ Deno.test("cuda: a bad library directory gives a clear error and the CPU keeps w
   assert.match(text, /error: .*not available/);
   resetLibraryCache();
 });
+
+// A little of several kernel modules (nn, elementwise, reduce, quantize): evaluated in this
+// process and, from its source text, in one that loads every module from PTX.
+function moduleProbe(t: typeof tq): number[][] {
+  const x = t.randn([96, 768], { seed: 20261130, device: "cuda" });
+  const w = t.randn([768], { seed: 20261131, device: "cuda" }).mul(0.1).add(1);
+  const h = t.layerNorm(x, w).gelu();
+  // x, not h: a last-bit difference in h could move a code across a rounding boundary.
+  const q = t.dequantize(t.quantize(x, 0.02, "int8"), 0.02, "float32");
+  return [h.softmax(), q, h.sum(1)].map((y) => Array.from(y.dataSync() as Float32Array));
+}
+
+testOnGpu(
+  "cuda: kernel modules load from their sm_90a cubins on compute capability 9.0, and from PTX " +
+    "(TENSORQ_CUDA_FORCE_PTX=1) they compute the same",
+  async () => {
+    const { moduleImage } = await import("../lib/backends/cuda/kernels.ts");
+    const { ptx: nnModule } = await import("../kernels/ptx/nn.ts");
+    const here = moduleProbe(tq);
+    const device = CudaDevice.get(0);
+    const [major, minor] = device.computeCapability;
+    const forced = Deno.env.get("TENSORQ_CUDA_FORCE_PTX") === "1";
+    assert.equal(
+      moduleImage(device, nnModule),
+      major === 9 && minor === 0 && !forced ? "cubin" : "ptx",
+    );
+
+    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+    const script = [
+      `import * as tq from ${url("../mod.ts")};`,
+      `import { moduleImage } from ${url("../lib/backends/cuda/kernels.ts")};`,
+      `import { CudaDevice } from ${url("../lib/backends/cuda/device.ts")};`,
+      `import { ptx } from ${url("../kernels/ptx/nn.ts")};`,
+      moduleProbe.toString(),
+      "const out = moduleProbe(tq);",
+      "console.log(JSON.stringify({ image: moduleImage(CudaDevice.get(0), ptx), out }));",
+    ].join("\n");
+    const run = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", script],
+      env: { TENSORQ_CUDA_FORCE_PTX: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(run.stdout);
+    assert.equal(run.code, 0, text + new TextDecoder().decode(run.stderr));
+    const there = JSON.parse(text.trim().split("\n").at(-1) ?? "") as {
+      image: string;
+      out: number[][];
+    };
+    assert.equal(there.image, "ptx");
+    // One PTX text, two assemblies (ours ahead of time, the driver's at load). The same ptxas
+    // gives the same bits; another version may contract a multiply and an add differently.
+    here.forEach((values, i) => {
+      const other = there.out[i];
+      assert.equal(other.length, values.length);
+      let worst = 0;
+      for (let j = 0; j < values.length; j++) {
+        const scale = Math.max(Math.abs(values[j]), 1e-30);
+        worst = Math.max(worst, Math.abs(values[j] - other[j]) / scale);
+      }
+      assert.ok(worst <= 2.4e-7, `output ${i}: relative difference ${worst}`);
+    });
+  },
+);

@@ -13,6 +13,7 @@ import {
   cuda,
   cuGetFunction,
   cuLaunch,
+  cuModuleLoadCubin,
   cuModuleLoadPtx,
   cuStatusName,
   KernelParams,
@@ -78,6 +79,8 @@ import {
   ltVersion,
 } from "../ffi/cublaslt.ts";
 import { ptx as smoke } from "../kernels/ptx/smoke.ts";
+import type { PtxModule } from "../kernels/ptx_codec.ts";
+import { sha256Hex } from "../kernels/build.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -350,6 +353,26 @@ Deno.test("kernels/ptx/smoke.ts holds sm_90a and compute_80 PTX of smoke_axpy_f3
   }
 });
 
+Deno.test("every kernels/ptx module ships an sm_90a cubin compiled from its own sm_90a PTX", async () => {
+  const dir = new URL("../kernels/ptx/", import.meta.url);
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".ts"));
+  assert.ok(names.length >= 12, `only ${names.length} generated modules`);
+  for (const name of names.sort()) {
+    const { ptx } = await import(new URL(name, dir).href) as { ptx: PtxModule };
+    const image = ptx.cubinSm90a;
+    const source = ptx.cubinSource;
+    assert.ok(image && source, `${name}: no cubin`);
+    // A cubin left behind by a PTX edit would run other code than the PTX says.
+    assert.equal(source.ptxSha256, sha256Hex(ptx.ptxSm90a), `${name}: cubin of another PTX`);
+    assert.match(source.compiler, /^ptxas \d+\.\d+\.\d+$/);
+    // ELF64, little-endian, EM_CUDA (190), for SM 90 (bits 8-15 of e_flags).
+    const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
+    assert.deepEqual([...image.subarray(0, 6)], [0x7f, 0x45, 0x4c, 0x46, 2, 1], `${name}: ELF`);
+    assert.equal(view.getUint16(18, true), 190, `${name}: e_machine`);
+    assert.equal((view.getUint32(48, true) >> 8) & 0xff, 90, `${name}: SM of e_flags`);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // GPU (runs only where a CUDA device is present; TENSORQ_TEST_GPU=1 makes absence a failure)
 
@@ -393,7 +416,7 @@ function smokePtx(): string {
 }
 
 Deno.test({
-  name: "GPU: smoke_axpy_f32 from PTX matches float32 a*x+y within 1 ulp",
+  name: "GPU: smoke_axpy_f32 from PTX and cubin matches float32 a*x+y within 1 ulp",
   ignore: ignoreGpu,
   fn() {
     useDevice0();
@@ -412,12 +435,14 @@ Deno.test({
     const out = new Float32Array(n + pad);
     const block = 256;
 
-    // The sm_90a text where the device is 9.0, and the portable text everywhere.
-    const variants = [smokePtx(), smoke.ptxCompute80].filter((p, i, all) => all.indexOf(p) === i);
+    // The sm_90a text and its cubin where the device is 9.0, and the portable text everywhere.
+    const texts = [smokePtx(), smoke.ptxCompute80].filter((p, i, all) => all.indexOf(p) === i);
+    const variants: (string | Uint8Array)[] = [...texts];
+    if (texts[0] === smoke.ptxSm90a && smoke.cubinSm90a) variants.push(smoke.cubinSm90a);
     for (const ptx of variants) {
-      const target = /^\.target (\S+)/m.exec(ptx)?.[1];
+      const target = typeof ptx === "string" ? /^\.target (\S+)/m.exec(ptx)?.[1] : "sm_90a cubin";
       copyToDevice(dy, y);
-      const module = cuModuleLoadPtx(ptx);
+      const module = typeof ptx === "string" ? cuModuleLoadPtx(ptx) : cuModuleLoadCubin(ptx);
       const fn = cuGetFunction(module, "smoke_axpy_f32");
       params.reset().f32(a).ptr(dx).ptr(dy).i64(n);
       cuLaunch(fn, [Math.ceil(n / block), 1, 1], [block, 1, 1], 0, null, params);
@@ -441,7 +466,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "GPU: PTX JIT errors carry the JIT log; driver statuses are named",
+  name: "GPU: PTX JIT and cubin load errors carry the JIT log or status; driver statuses are named",
   ignore: ignoreGpu,
   fn() {
     useDevice0();
@@ -452,6 +477,14 @@ Deno.test({
       (e: unknown) =>
         e instanceof TensorqError && e.op === "cuModuleLoadDataEx" &&
         /CUDA_ERROR_INVALID_PTX/.test(e.message) && /JIT log:\n.*\S/.test(e.message),
+    );
+    // A cubin that is not one: the status is named, not a crash.
+    const notElf = new Uint8Array(4096).map((_, i) => (i * 131 + 7) & 0xff);
+    assert.throws(
+      () => cuModuleLoadCubin(notElf),
+      (e: unknown) =>
+        e instanceof TensorqError && e.op === "cuModuleLoadDataEx" &&
+        /CUDA_ERROR_(INVALID_IMAGE|INVALID_PTX|UNSUPPORTED_PTX_VERSION)/.test(e.message),
     );
     assert.throws(
       () => checkCu(1, "cuLaunchKernel"),

@@ -9,12 +9,17 @@
  */
 import { objectIds } from "../../object_ids.ts";
 import {
+  CUDA_ERROR_INVALID_IMAGE,
+  CUDA_ERROR_NO_BINARY_FOR_GPU,
+  CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
   cuGetFunction,
   cuLaunch,
+  cuModuleLoadCubin,
   cuModuleLoadPtx,
   type Dim3,
   KernelParams,
 } from "../../../ffi/cuda.ts";
+import { cudaFailureOf, readEnv } from "../../../ffi/library.ts";
 import type { PtxModule } from "../../../kernels/ptx_codec.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";
@@ -93,9 +98,56 @@ const modules = new Map<string, Deno.PointerValue>();
 const moduleId = objectIds<PtxModule>();
 const functions = new Map<string, Deno.PointerValue>();
 
+/** How a kernel module was loaded: its shipped sm_90a cubin, or PTX compiled by the driver. */
+export type ModuleImage = "cubin" | "ptx";
+const moduleImages = new Map<string, ModuleImage>();
+
 /**
- * Returns kernel `name` from a PTX module, loading the module into the device's context on
- * first use (sm_90a PTX on compute capability 9.0, the portable PTX elsewhere).
+ * How `module` was loaded on `device` (undefined before its first kernel was asked for). For
+ * tests and benchmarks: on compute capability 9.0 a module with a cubin should say `"cubin"`.
+ */
+export function moduleImage(device: CudaDevice, module: PtxModule): ModuleImage | undefined {
+  for (const arch of ["90a", "80"]) {
+    const image = moduleImages.get(`${device.index}:${arch}:${moduleId(module)}`);
+    if (image) return image;
+  }
+  return undefined;
+}
+
+/**
+ * `TENSORQ_CUDA_FORCE_PTX=1` loads every module from PTX even where a cubin would do: to check
+ * the PTX path, or to have the installed driver's compiler build the code.
+ */
+function forcePtx(): boolean {
+  return readEnv("TENSORQ_CUDA_FORCE_PTX") === "1";
+}
+
+/** Statuses with which a cubin load means "not for this driver or GPU": the PTX still may be. */
+const CUBIN_NOT_USABLE = new Set([
+  CUDA_ERROR_INVALID_IMAGE,
+  CUDA_ERROR_NO_BINARY_FOR_GPU,
+  CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+]);
+
+/** Loads a module for sm_90a: its cubin where it has one that loads, else its PTX. */
+function loadSm90a(module: PtxModule): [Deno.PointerValue, ModuleImage] {
+  const cubin = forcePtx() ? undefined : module.cubinSm90a;
+  if (cubin) {
+    try {
+      return [cuModuleLoadCubin(cubin), "cubin"];
+    } catch (error) {
+      const failure = cudaFailureOf(error);
+      if (failure?.api !== "driver" || !CUBIN_NOT_USABLE.has(failure.status)) throw error;
+      // An older driver than the cubin's compiler: its JIT may still take the PTX.
+    }
+  }
+  return [cuModuleLoadPtx(module.ptxSm90a), "ptx"];
+}
+
+/**
+ * Returns kernel `name` from a kernel module, loading the module into the device's context on
+ * first use: on compute capability 9.0 its sm_90a cubin (or, without one that loads, its
+ * sm_90a PTX), elsewhere its portable PTX.
  */
 export function kernelFunction(
   device: CudaDevice,
@@ -117,8 +169,12 @@ export function kernelFunction(
       );
     }
     device.makeCurrent();
-    mod = cuModuleLoadPtx(sm90a ? module.ptxSm90a : module.ptxCompute80);
+    const [loaded, image]: [Deno.PointerValue, ModuleImage] = sm90a
+      ? loadSm90a(module)
+      : [cuModuleLoadPtx(module.ptxCompute80), "ptx"];
+    mod = loaded;
     modules.set(moduleKey, mod);
+    moduleImages.set(moduleKey, image);
   }
   const fn = cuGetFunction(mod, name);
   functions.set(fnKey, fn);
