@@ -16,7 +16,7 @@ import {
   type StorageArray,
 } from "./dtype.ts";
 import { parseDevice } from "./device.ts";
-import { captureTrace, TensorqError } from "./errors.ts";
+import { nodeTrace, TensorqError } from "./errors.ts";
 import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
 import { checkShape, describeValue, MAX_HOST_ELEMENTS, numel, type Shape } from "./shape.ts";
@@ -395,7 +395,7 @@ export function fromStorage(
 ): Tensor {
   const spec = parseDevice("tensor", device);
   const buffer = backendOf(spec.name, "tensor").upload(spec.name, dtype, storage);
-  const node = new Node("constant", [], {}, [...shape], dtype, spec.name, captureTrace());
+  const node = new Node("constant", [], {}, [...shape], dtype, spec.name, nodeTrace());
   node.realize(buffer);
   return new Tensor(node);
 }

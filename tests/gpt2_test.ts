@@ -377,6 +377,53 @@ Deno.test("encodeBytes / decodeBytes: UTF-8 bytes round trip", () => {
 // ---------------------------------------------------------------------------------------
 // Random models
 
+/** Lines named by the unevaluated nodes of `t`'s graph (leaves made elsewhere excluded). */
+function graphLines(t: Tensor): Map<number, number> {
+  const lines = new Map<number, number>();
+  const seen = new Set<tq.Node>();
+  const pending = [t.node];
+  for (let n = pending.pop(); n; n = pending.pop()) {
+    if (seen.has(n) || n.realized) continue;
+    seen.add(n);
+    const line = n.callSite?.line ?? -1;
+    lines.set(line, (lines.get(line) ?? 0) + 1);
+    pending.push(...n.inputs);
+  }
+  return lines;
+}
+
+Deno.test("a forward's graph nodes name the user's line, also those made in user hooks", () => {
+  const config = { vocabSize: 50, nPositions: 16, nEmbd: 32, nLayer: 2, nHead: 4 };
+  const m = GPT2LMHeadModel.random(config, { seed: 6 });
+  const ids = tensor(Int32Array.from([3, 7, 11, 5]), { shape: [1, 4] });
+  // Library code only: every node (one stack capture shared by all) names the forward call.
+  let line = thisLine() + 1;
+  const plain = graphLines(m.forward(ids));
+  assert.deepEqual([...plain.keys()], [line]);
+  assert.ok(plain.get(line)! > 30, `only ${plain.get(line)} nodes`);
+
+  // User code inside the forward: its nodes name its own lines.
+  const c_fc = m.transformer.block(1).mlp.c_fc;
+  let observed: Tensor | undefined;
+  const observerLine = thisLine() + 1;
+  c_fc.inputObserver = (x) => (observed = x.mul(1));
+  line = thisLine() + 1;
+  const withObserver = graphLines(m.forward(ids));
+  c_fc.inputObserver = undefined;
+  assert.equal(observed?.node.callSite?.line, observerLine);
+  assert.deepEqual([...withObserver.keys()], [line]);
+
+  const mlp = m.transformer.block(0).mlp;
+  const forward = mlp.forward.bind(mlp);
+  const overrideLine = thisLine() + 1;
+  mlp.forward = (x: Tensor) => forward(x).mul(0.5);
+  line = thisLine() + 1;
+  const overridden = graphLines(m.forward(ids));
+  assert.deepEqual([...overridden.keys()].sort(), [overrideLine, line].sort());
+  // The override's own node and the MLP's, which it called.
+  assert.ok(overridden.get(overrideLine)! >= 4, `${overridden.get(overrideLine)} nodes`);
+});
+
 Deno.test("a forward that fails with a cache leaves the cache as it was", () => {
   const config = { vocabSize: 50, nPositions: 16, nEmbd: 32, nLayer: 2, nHead: 4 };
   const m = GPT2LMHeadModel.random(config, { seed: 4 });

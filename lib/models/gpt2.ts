@@ -24,7 +24,7 @@ import { concat, gather, permute, reshape, slice, split, transpose } from "../op
 import { randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
-import { Module } from "../nn/module.ts";
+import { buildSharingTrace, Module, registerLibraryModules } from "../nn/module.ts";
 import { Embedding, LayerNorm, Linear, Sequential, withoutInitialization } from "../nn/layers.ts";
 import { buildStaticDecoder, type DecodeState, disposeState } from "./gpt2_decoder.ts";
 
@@ -452,16 +452,18 @@ export class GPT2Model extends Module {
   /** Hidden states for `ids` following the cached positions; the cache is extended. */
   forward(ids: Tensor, cache: KVCache | undefined): Tensor;
   forward(ids: Tensor, cache?: KVCache): Tensor {
-    const t = ids.shape[1];
-    const start = cache?.length ?? 0;
-    const positions = tensor(Int32Array.from({ length: t }, (_, i) => start + i), {
-      device: ids.device,
+    return buildSharingTrace(this, () => {
+      const t = ids.shape[1];
+      const start = cache?.length ?? 0;
+      const positions = tensor(Int32Array.from({ length: t }, (_, i) => start + i), {
+        device: ids.device,
+      });
+      let x = add(this.wte.forward(ids), this.wpe.forward(positions));
+      for (let i = 0; i < this.config.nLayer; i++) {
+        x = this.block(i).forward(x, cache?.layers[i]);
+      }
+      return this.ln_f.forward(x);
     });
-    let x = add(this.wte.forward(ids), this.wpe.forward(positions));
-    for (let i = 0; i < this.config.nLayer; i++) {
-      x = this.block(i).forward(x, cache?.layers[i]);
-    }
-    return this.ln_f.forward(x);
   }
 }
 
@@ -638,7 +640,10 @@ export class GPT2LMHeadModel extends Module {
     // of the vocabulary, say) must leave the cache as it was.
     const before = cache?.layers.map((l) => ({ key: l.key, value: l.value }));
     try {
-      const logits = this.lm_head.forward(this.transformer.forward(input, cache));
+      const logits = buildSharingTrace(
+        this,
+        () => this.lm_head.forward(this.transformer.forward(input, cache)),
+      );
       if (cache) {
         const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
         realize([logits.node, ...kv]);
@@ -1190,3 +1195,5 @@ export function decodeBytes(ids: readonly number[]): string {
   // A leading byte order mark is a character like any other to a byte-level model.
   return new TextDecoder("utf-8", { ignoreBOM: true }).decode(Uint8Array.from(ids));
 }
+
+registerLibraryModules(GPT2Attention, GPT2MLP, GPT2Block, GPT2Model, GPT2LMHeadModel);

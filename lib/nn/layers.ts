@@ -4,7 +4,7 @@
  * @module
  */
 import { checkDType, type DType } from "../dtype.ts";
-import { TensorqError } from "../errors.ts";
+import { TensorqError, withSharedTrace } from "../errors.ts";
 import { add } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
 import { layerNorm } from "../ops/nn.ts";
@@ -12,7 +12,7 @@ import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
 import { full, type Tensor } from "../tensor.ts";
 import { rand, randn } from "../random.ts";
-import { Module } from "./module.ts";
+import { Module, registerLibraryModules } from "./module.ts";
 
 const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
 
@@ -263,7 +263,14 @@ export class Linear extends Module {
 
   /** `x · Wᵀ + b`, with Q/DQ around the input and weight when quantized. */
   forward(x: Tensor): Tensor {
-    this.inputObserver?.(x, this);
+    if (this.inputObserver) {
+      this.inputObserver(x, this);
+      return this.#product(x);
+    }
+    return withSharedTrace(() => this.#product(x));
+  }
+
+  #product(x: Tensor): Tensor {
     let w = this.weight;
     if (this.quantDtype !== undefined) {
       const q = this.quantDtype;
@@ -404,3 +411,5 @@ export class Sequential extends Module {
     return x;
   }
 }
+
+registerLibraryModules(Linear, LayerNorm, Embedding, Sequential);

@@ -7,7 +7,7 @@
  * @module
  */
 import type { DType } from "../dtype.ts";
-import { fmtShape, TensorqError } from "../errors.ts";
+import { fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
 import { sameShape } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 
@@ -33,6 +33,43 @@ export interface LoadStateDictResult {
   missing: string[];
   /** Keys of the dict that name no parameter. */
   unexpected: string[];
+}
+
+/** The library's own module classes (exactly these constructors, not user subclasses). */
+const libraryModules = new WeakSet<abstract new (...args: never[]) => Module>();
+
+/** Marks module classes as the library's: their `forward` runs no user code of its own. */
+export function registerLibraryModules(
+  ...classes: (abstract new (...args: never[]) => Module)[]
+): void {
+  for (const c of classes) libraryModules.add(c);
+}
+
+/**
+ * True when a forward of `root` runs only library code: every module in the tree is of a
+ * library class, none has its own `forward` put on the instance, and no Linear has an input
+ * observer. Its graph nodes can then share one captured stack (`withSharedTrace`).
+ */
+export function runsOnlyLibraryCode(root: Module): boolean {
+  const pending: Module[] = [root];
+  for (let m = pending.pop(); m; m = pending.pop()) {
+    if (!libraryModules.has(m.constructor as new () => Module)) return false;
+    if (Object.hasOwn(m, "forward") || (m as { inputObserver?: unknown }).inputObserver) {
+      return false;
+    }
+    for (const [, child] of m.children()) pending.push(child);
+  }
+  return true;
+}
+
+/**
+ * Runs `build` (a forward of `root`) with one captured stack for all its graph nodes when the
+ * forward runs only library code ({@link runsOnlyLibraryCode}); otherwise each node captures
+ * its own, so that nodes made in user code name the user's line in it.
+ */
+export function buildSharingTrace<T>(root: Module, build: () => T): T {
+  if (tracesShared() || !runsOnlyLibraryCode(root)) return build();
+  return withSharedTrace(build);
 }
 
 /** Base class of layers and models. */

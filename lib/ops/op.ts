@@ -5,7 +5,7 @@
  */
 import { type DType, dtypeInfo } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
-import { captureTrace } from "../errors.ts";
+import { nodeTrace } from "../errors.ts";
 import { type Attrs, Node } from "../graph/node.ts";
 import type { Shape } from "../shape.ts";
 import { isDisposed, scalar, Tensor } from "../tensor.ts";
@@ -132,6 +132,6 @@ export function makeOp(
   device: string = inputs[0].device,
 ): Tensor {
   inputs.forEach((t, i) => checkLive(op, `input ${i}`, t));
-  const node = new Node(op, inputs.map((t) => t.node), attrs, shape, dtype, device, captureTrace());
+  const node = new Node(op, inputs.map((t) => t.node), attrs, shape, dtype, device, nodeTrace());
   return new Tensor(node);
 }
