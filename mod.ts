@@ -90,7 +90,13 @@ export { argmax, argmin, max, mean, min, sum, variance as var } from "./lib/ops/
 export { layerNorm, logSoftmax, softmax } from "./lib/ops/nn.ts";
 export { attention, type AttentionOptions } from "./lib/ops/attention.ts";
 export { matmul } from "./lib/ops/matmul.ts";
-export { clearPlanCache, type PlanCacheStats, planCacheStats } from "./lib/runtime/evaluate.ts";
+export {
+  clearPlanCache,
+  DEFAULT_PLAN_CACHE_LIMIT,
+  type PlanCacheStats,
+  planCacheStats,
+  setPlanCacheLimit,
+} from "./lib/runtime/evaluate.ts";
 export {
   type LoadOptions,
   loadSafetensors,

@@ -73,6 +73,39 @@ Deno.test("ops are lazy, evaluation memoizes, and repeated graphs reuse the plan
   assert.ok(after.hits >= mid.hits + 4);
 });
 
+Deno.test("the plan cache keeps the most recently used plans up to its limit", () => {
+  tq.clearPlanCache();
+  const start = tq.planCacheStats();
+  assert.equal(start.limit, tq.DEFAULT_PLAN_CACHE_LIMIT);
+  // A graph per length, as an eager decode loop whose cache grows makes.
+  const run = (n: number) => tq.arange(0, n).mul(2).add(1).dataSync();
+  try {
+    tq.setPlanCacheLimit(3);
+    for (const n of [1, 2, 3]) run(n);
+    run(1); // now the most recent: 2 is the oldest
+    run(4);
+    const s = tq.planCacheStats();
+    assert.equal(s.size, 3);
+    assert.equal(s.evicted - start.evicted, 1);
+    const lowered = s.lowered;
+    run(1);
+    run(3);
+    run(4);
+    assert.equal(tq.planCacheStats().lowered, lowered, "1, 3 and 4 were kept");
+    run(2);
+    assert.equal(tq.planCacheStats().lowered, lowered + 1, "2 was evicted");
+    assert.deepEqual(Array.from(run(2) as Float32Array), [1, 3]);
+    tq.setPlanCacheLimit(1);
+    assert.equal(tq.planCacheStats().size, 1, "lowering the limit evicts at once");
+    assertTqError(() => tq.setPlanCacheLimit(0), {
+      op: "setPlanCacheLimit",
+      includes: ["positive integer"],
+    });
+  } finally {
+    tq.setPlanCacheLimit(tq.DEFAULT_PLAN_CACHE_LIMIT);
+  }
+});
+
 Deno.test("printing evaluates and shows dtype, device and shape", () => {
   const t = tq.tensor([[1.5, -2], [3, 4]]).mul(2);
   const s = String(t);

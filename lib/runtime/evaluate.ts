@@ -39,19 +39,55 @@ export interface PlanCacheStats {
   hits: number;
   /** Plans held. */
   size: number;
+  /** Plans dropped, least recently used first, to stay within {@link PlanCacheStats.limit}. */
+  evicted: number;
+  /** Most plans held at once ({@link setPlanCacheLimit}). */
+  limit: number;
 }
 
-const planCache = new Map<string, { graph: PlanGraph; plan: Plan }>();
-const stats = { lowered: 0, hits: 0 };
+/** Default of {@link setPlanCacheLimit}. */
+export const DEFAULT_PLAN_CACHE_LIMIT = 256;
 
-/** Returns counts of plan lowering and cache hits. */
+// Insertion order is recency order: a hit moves its entry to the end.
+const planCache = new Map<string, { graph: PlanGraph; plan: Plan }>();
+const stats = { lowered: 0, hits: 0, evicted: 0 };
+let planLimit = DEFAULT_PLAN_CACHE_LIMIT;
+
+/** Returns counts of plan lowering, cache hits and evictions, and the cache's size and limit. */
 export function planCacheStats(): PlanCacheStats {
-  return { ...stats, size: planCache.size };
+  return { ...stats, size: planCache.size, limit: planLimit };
 }
 
 /** Empties the plan cache. */
 export function clearPlanCache(): void {
   planCache.clear();
+}
+
+/**
+ * Sets how many plans the cache keeps (default 256); beyond it the least recently used go.
+ * Graphs whose shapes keep changing (an eager decode loop whose cache grows every step) would
+ * otherwise add a plan per call for as long as the process runs.
+ */
+export function setPlanCacheLimit(limit: number): void {
+  if (typeof limit !== "number" || !Number.isSafeInteger(limit) || limit < 1) {
+    throw new TensorqError("the plan cache limit must be a positive integer", {
+      op: "setPlanCacheLimit",
+      kind: "argument",
+      argument: "limit",
+      expected: "a positive integer",
+      actual: String(limit),
+    });
+  }
+  planLimit = limit;
+  evictPlans();
+}
+
+function evictPlans(): void {
+  for (const key of planCache.keys()) {
+    if (planCache.size <= planLimit) break;
+    planCache.delete(key);
+    stats.evicted++;
+  }
 }
 
 /** A structural graph together with its leaf nodes, built from target nodes. */
@@ -155,12 +191,15 @@ export function planFor(traced: TracedGraph, backend: Backend): Plan {
   const cached = planCache.get(key);
   if (cached) {
     stats.hits++;
+    planCache.delete(key);
+    planCache.set(key, cached);
     return cached.plan;
   }
   const graph = runPasses(traced.graph, traced);
   const plan = backend.lower(graph);
   stats.lowered++;
   planCache.set(key, { graph, plan });
+  evictPlans();
   return plan;
 }
 
