@@ -706,3 +706,45 @@ QUANT_FLOAT(bf16, BF16)
 Q_TENSOR_VARIANTS(f32, F32, i8, I8)
 Q_TENSOR_VARIANTS(f32, F32, fp8, FP8)
 Q_TENSOR_VARIANTS(bf16, BF16, fp8, FP8)
+
+// ---------------------------------------------------------------------------------------------
+// check_scale (op checkScale, rule in lib/ops/quantize.ts): a scale computed in the graph,
+// copied through bit for bit, with the smallest flat index of a value that is not positive and
+// finite recorded in `flag` (unless an earlier launch recorded one) for the host to raise at its
+// next read (lib/backends/cuda/deferred_checks.ts). One block of 1024 threads: scales are small.
+// scaleKind as for the quantize kernels (0 float32, 1 float16, 2 bfloat16).
+
+struct ScaleFlag {
+  long long pos;  // -1: nothing recorded
+  float value;
+  int unused;
+};
+
+extern "C" __global__ void __launch_bounds__(1024) check_scale(void* __restrict__ out,
+                                                               const void* __restrict__ in,
+                                                               int scaleKind, i64 n,
+                                                               ScaleFlag* __restrict__ flag) {
+  constexpr long long NONE = 0x7fffffffffffffffLL;
+  long long bad = NONE;
+  for (i64 i = threadIdx.x; i < n; i += blockDim.x) {
+    if (scaleKind == 0) {
+      static_cast<unsigned*>(out)[i] = static_cast<const unsigned*>(in)[i];
+    } else {
+      static_cast<unsigned short*>(out)[i] = static_cast<const unsigned short*>(in)[i];
+    }
+    const float v = loadScale(in, scaleKind, i);
+    if (!(v > 0.0f && v <= 0x1.fffffep127f) && i < bad) bad = i;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) bad = min(bad, __shfl_down_sync(0xffffffffu, bad, o));
+  __shared__ long long warpBad[32];
+  if ((threadIdx.x & 31) == 0) warpBad[threadIdx.x >> 5] = bad;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x + 31) / 32; w++) bad = min(bad, warpBad[w]);
+    if (bad != NONE && flag->pos < 0) {
+      flag->pos = bad;
+      flag->value = loadScale(in, scaleKind, bad);
+    }
+  }
+}

@@ -5,7 +5,7 @@
 // offsets), per-part concat copies and the int4 read-modify-write concat, vectorized and
 // nibble gathers, and the out-of-range index flag.
 import assert from "node:assert/strict";
-import { checkGatherFlags } from "../lib/backends/cuda/shape.ts";
+import { raiseDeferredErrors } from "../lib/backends/cuda/deferred_checks.ts";
 import { allocStorage, type DType, DTYPES, type StorageArray } from "../lib/dtype.ts";
 import { TensorqError } from "../lib/errors.ts";
 import {
@@ -314,7 +314,7 @@ testOnGpu("cuda large copies: vector paths, tails and tiles", () => {
 function gatherError(t: Tensor): unknown {
   try {
     t.storageSync();
-    checkGatherFlags();
+    raiseDeferredErrors();
   } catch (e) {
     return e;
   }
@@ -335,7 +335,7 @@ testOnGpu("cuda gather: out-of-range indices give zeros and raise at the flag ch
   assert.ok(error.message.includes("[-3, 2]"), error.message);
   assert.ok(error.message.includes("got 3 at flat index 1"), error.message);
   // Reported once: the next check is clean, and a valid gather raises nothing.
-  checkGatherFlags();
+  raiseDeferredErrors();
   const good = gather(
     leaf(x, [2, 3], "float32", "cuda"),
     leaf(Int32Array.from([0, 2, -3, 1]), [4], "int32", "cuda"),
@@ -361,7 +361,7 @@ testOnGpu("cuda gather: out-of-range indices give zeros and raise at the flag ch
     assert.deepEqual(Array.from(got), [words[1], 0, words[4], 0]);
   }
   assert.ok(gatherError(out) instanceof TensorqError || storage === undefined);
-  checkGatherFlags();
+  raiseDeferredErrors();
 
   const huge = gather(
     leaf(x, [2, 3], "float32", "cuda"),
@@ -390,5 +390,5 @@ testOnGpu("cuda gather: out-of-range indices give zeros and raise at the flag ch
   const emptyError = gatherError(empty);
   assert.ok(emptyError instanceof TensorqError);
   assert.ok(emptyError.message.includes("got 5 at flat index 1"), emptyError.message);
-  checkGatherFlags();
+  raiseDeferredErrors();
 });

@@ -193,3 +193,24 @@ Deno.test("evaluating a dequantized value before its matmul warns once, naming t
     tq.setQdqFusion(true);
   }
 });
+
+testOnDevices(
+  "an input scale computed in the graph keeps the fusion, behind its check",
+  (device) => {
+    const x = tq.randn([5, 64], { seed: 31, device });
+    const w = tq.randn([48, 64], { seed: 32, std: 0.05, device });
+    const sw = tq.full([48], 0.002, { device });
+    const product = (sx: tq.Tensor) => {
+      const xq = tq.dequantize(tq.quantize(x, sx, "int8"), sx, "float32");
+      const wq = tq.dequantize(tq.quantize(w, sw, "int8", { dim: 0 }), sw, "float32", { dim: 0 });
+      return tq.matmul(xq, wq.transpose(0, 1));
+    };
+    // Dynamic quantization: the scale from this batch's own amax.
+    const computed = product(x.abs().max().div(127));
+    const ops = tq.inspectGraph(computed).ops;
+    assert.ok(ops.includes("qlinear") && ops.includes("checkScale"), ops.join(", "));
+    const given = x.abs().max().div(127);
+    given.evaluate();
+    assert.deepEqual(computed.dataSync(), product(given).dataSync());
+  },
+);

@@ -248,10 +248,56 @@ testOnDevices("quantize and dequantize record graph ops with their attrs", (devi
 
 testOnDevices("quantize: a lazy scale is used as computed", (device) => {
   const x = tensor([1, -2, 3, 127], { device });
-  const lazy = div(tensor([127], { device }), 127); // not evaluated: values are not checked
+  const lazy = div(tensor([127], { device }), 127); // not evaluated: checked when it is
   assert.equal(lazy.isEvaluated, false);
-  assert.deepEqual(qValues(quantize(x, lazy, "int8")), [1, -2, 3, 127]);
+  const q = quantize(x, lazy, "int8");
+  assert.equal(q.node.inputs[1].op, "checkScale");
+  assert.deepEqual(qValues(q), [1, -2, 3, 127]);
 });
+
+testOnDevices(
+  "quantize / dequantize: a scale computed in the graph is checked when evaluated",
+  (device) => {
+    const x = tensor(randomValues(4 * 6, 11, { low: -3, high: 3 }), { shape: [4, 6], device });
+    // Per-channel scales [4] computed from data, with a zero, a NaN and a negative value among
+    // them: the error names the first bad one, and the op that reads the scale.
+    const amax = tensor([2, 0, NaN, -1], { device }).mul(1);
+    assert.equal(amax.isEvaluated, false);
+    const q = quantize(x, amax.div(127), "int8", { dim: 0 });
+    assertTqError(() => q.storageSync(), {
+      op: "quantize",
+      kind: "argument",
+      includes: ["scale must be positive and finite", "got 0 at flat index 1 of 4"],
+    });
+    // A float16 scale of a float16 x, per tensor, negative.
+    const x16 = tensor([1, 2, 3], { device, dtype: "float16" });
+    const neg = tensor([-0.5], { device, dtype: "float16" }).reshape([]).mul(1);
+    assertTqError(() => quantize(x16, neg, "float8e4m3").storageSync(), {
+      op: "quantize",
+      includes: ["-0.5 at flat index 0 of 1"],
+    });
+    // dequantize names itself; an infinite block-wise scale.
+    const codes = quantize(x, 0.05, "int4");
+    const blocks = tensor([[1, 1], [1, Infinity], [1, 1], [1, 1]], { device }).mul(0.05);
+    const dq = dequantize(codes, blocks, "float32", { dim: 1, blockSize: 3 });
+    assertTqError(() => dq.dataSync(), {
+      op: "dequantize",
+      includes: ["Infinity at flat index 3 of 8"],
+    });
+    // Valid computed scales give the evaluated scales' results, and a failed check leaves nothing
+    // behind for the next evaluation.
+    const good = tensor([2, 1, 4, 3], { device }).mul(1).div(127);
+    const computed = qValues(quantize(x, good, "int8", { dim: 0 }));
+    const given = tensor([2, 1, 4, 3], { device }).div(127);
+    given.evaluate();
+    assert.deepEqual(computed, qValues(quantize(x, given, "int8", { dim: 0 })));
+    const back = dequantize(quantize(x, good, "int8", { dim: 0 }), good, "float32", { dim: 0 });
+    const backGiven = dequantize(quantize(x, given, "int8", { dim: 0 }), given, "float32", {
+      dim: 0,
+    });
+    assert.deepEqual(floats(back), floats(backGiven));
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // Dtypes

@@ -24,6 +24,10 @@
  *   mode is "block".
  * - `"dequantize"`, inputs `[q, scale]`, the same attrs, except that `dtype` is the output
  *   dtype (`"float32" | "float16" | "bfloat16"`); the quantized dtype is `q`'s.
+ * - `"checkScale"`, inputs `[scale]`, attrs `{ op: "quantize" | "dequantize" }`: the scale
+ *   unchanged, whose evaluation fails (naming `op`) when a value is not positive and finite.
+ *   quantize and dequantize put it in front of a scale that is not evaluated yet (one computed
+ *   in the graph); an evaluated scale is checked when the op is called.
  *
  * The CPU kernels are in lib/backends/cpu/quantize.ts.
  * @module
@@ -99,22 +103,42 @@ function scaleTensor(op: string, scale: Tensor | number, device: string): Tensor
   return checkTensor(op, "scale", scale);
 }
 
+/** The message of a scale value that is not positive and finite (as the kernels report it). */
+export function badScaleError(
+  op: string,
+  value: number,
+  index: number,
+  size: number,
+): TensorqError {
+  return new TensorqError("scale must be positive and finite", {
+    op,
+    kind: "argument",
+    argument: "scale",
+    expected: "positive finite values",
+    actual: `${value} at flat index ${index} of ${size}`,
+  });
+}
+
+/**
+ * The scale an op reads: an evaluated scale checked now, one still to be computed behind a
+ * `checkScale` node that checks it when it is.
+ */
+function checkedScale(op: "quantize" | "dequantize", scale: Tensor): Tensor {
+  if (!scale.isEvaluated) {
+    return makeOp("checkScale", [scale], { op }, scale.node.shape, scale.dtype);
+  }
+  checkScaleValues(op, scale);
+  return scale;
+}
+
 /** Checks the values of an already evaluated scale tensor. */
 function checkScaleValues(op: string, scale: Tensor): void {
   // A value never changes: check each scale once (reading a GPU scale costs a round trip).
-  if (!scale.isEvaluated || checkedScales.has(scale.node)) return;
+  if (checkedScales.has(scale.node)) return;
   const values = decode(scale.dtype, scale.storageSync());
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    if (!(v > 0 && v < Infinity)) {
-      throw new TensorqError("scale must be positive and finite", {
-        op,
-        kind: "argument",
-        argument: "scale",
-        expected: "positive finite values",
-        actual: `${v} at flat index ${i} of ${scale.size}`,
-      });
-    }
+    if (!(v > 0 && v < Infinity)) throw badScaleError(op, v, i, scale.size);
   }
   checkedScales.add(scale.node);
 }
@@ -266,7 +290,8 @@ function resolveMode(
  * @throws {TensorqError} for an unsupported dtype (x, scale or target), a scale shape that
  *   matches no mode, `dim` out of range, a bad `blockSize` (not a positive integer, not a
  *   divisor of the dimension, given without `dim`, or with float8e4m3), different devices, or
- *   a scale that is not positive and finite (checked for numbers and for evaluated tensors).
+ *   a scale that is not positive and finite (a number or an evaluated tensor when called, a
+ *   scale computed in the graph when it is evaluated).
  */
 export function quantize(
   x: Tensor,
@@ -290,8 +315,7 @@ export function quantize(
   checkScaleDType(op, s, x.dtype === "float32" ? ["float32"] : ["float32", x.dtype], "x");
   checkSameDevice(op, ["x", "scale"], [x, s]);
   const mode = resolveMode(op, "x", x.node.shape, s.node.shape, options, target);
-  checkScaleValues(op, s);
-  return makeOp(op, [x, s], { dtype: target, ...mode }, x.node.shape, target);
+  return makeOp(op, [x, checkedScale(op, s)], { dtype: target, ...mode }, x.node.shape, target);
 }
 
 /**
@@ -327,8 +351,7 @@ export function dequantize(
   checkScaleDType(op, s, out === "float32" ? ["float32"] : ["float32", out], "the output");
   checkSameDevice(op, ["q", "scale"], [q, s]);
   const mode = resolveMode(op, "q", q.node.shape, s.node.shape, options, q.dtype as QuantDType);
-  checkScaleValues(op, s);
-  return makeOp(op, [q, s], { dtype: out, ...mode }, q.node.shape, out);
+  return makeOp(op, [q, checkedScale(op, s)], { dtype: out, ...mode }, q.node.shape, out);
 }
 
 function checkScaleDType(op: string, s: Tensor, allowed: DType[], of: string): void {

@@ -1,5 +1,6 @@
 /**
- * CPU kernels of `quantize` and `dequantize` (rules and attrs in lib/ops/quantize.ts).
+ * CPU kernels of `quantize`, `dequantize` and `checkScale` (rules and attrs in
+ * lib/ops/quantize.ts).
  *
  * Every input value is a float32 (decoded exactly), so `Math.fround(x / s)` is the correctly
  * rounded float32 quotient: the float64 quotient of two float32 values rounds to the same
@@ -14,6 +15,7 @@ import {
   type StorageArray,
 } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
+import { badScaleError } from "../../ops/quantize.ts";
 import type { Shape } from "../../shape.ts";
 import { registerCpuKernel } from "./backend.ts";
 import { read } from "./util.ts";
@@ -79,4 +81,13 @@ registerCpuKernel("dequantize", ([sq, ss], ctx): StorageArray => {
   for (let i = 0; i < n; i++) product[i] = q[i] * s[map ? map[i] : 0];
   // float16/bfloat16: one RNE rounding of the float32 product.
   return ctx.out.dtype === "float32" ? product : encode(ctx.out.dtype, product);
+});
+
+registerCpuKernel("checkScale", ([ss], ctx): StorageArray => {
+  const s = read(ctx.inputs[0].dtype, ss);
+  for (let i = 0; i < s.length; i++) {
+    const v = s[i];
+    if (!(v > 0 && v < Infinity)) throw badScaleError(ctx.attrs.op as string, v, i, s.length);
+  }
+  return ss.slice();
 });

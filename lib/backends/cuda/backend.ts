@@ -29,7 +29,7 @@ import { CudaDevice } from "./device.ts";
 import { type CudaLowered, cudaLowering } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
 import { captureGraph } from "./graph.ts";
-import { checkGatherFlags } from "./shape.ts";
+import { raiseDeferredErrors } from "./deferred_checks.ts";
 
 let availability: string | undefined | null = null;
 
@@ -170,7 +170,7 @@ export const cudaBackend: Backend = {
     const host = new Uint8Array(b.bytes);
     if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
     d.synchronize();
-    checkGatherFlags();
+    raiseDeferredErrors();
     return fromStorageBytes(b.dtype, host, b.numel);
   },
 
@@ -181,7 +181,7 @@ export const cudaBackend: Backend = {
     const host = new Uint8Array(b.bytes);
     if (b.bytes > 0) copyToHostAsync(host, b.pointer, d.stream, b.bytes);
     await d.synchronizeAsync();
-    checkGatherFlags();
+    raiseDeferredErrors();
     return fromStorageBytes(b.dtype, host, b.numel);
   },
 

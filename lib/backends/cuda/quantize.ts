@@ -1,7 +1,8 @@
 /**
- * CUDA lowerings of `quantize` and `dequantize` (kernels in kernels/quantize.cu; rules and
- * attrs in lib/ops/quantize.ts). They compute the CPU kernels' function bit for bit: a true
- * float32 division (or product), round half to even, saturation; int4 is packed two per byte.
+ * CUDA lowerings of `quantize`, `dequantize` and `checkScale` (kernels in kernels/quantize.cu;
+ * rules and attrs in lib/ops/quantize.ts). The first two compute the CPU kernels' function bit
+ * for bit: a true float32 division (or product), round half to even, saturation; int4 is packed
+ * two per byte.
  *
  * One kernel per (op, mode, input dtype, output dtype); the scale's dtype (float32 or the
  * float side's dtype) is a launch argument. The kernels are grid-stride loops in which each
@@ -11,11 +12,13 @@
  * block, see kernels/quantize.cu).
  * @module
  */
-import { deviceAttribute } from "../../../ffi/cudart.ts";
+import { copyToHostAsync, deviceAttribute } from "../../../ffi/cudart.ts";
 import { ptx as quantizePtx } from "../../../kernels/ptx/quantize.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
+import { badScaleError } from "../../ops/quantize.ts";
 import { numel } from "../../shape.ts";
+import { deferCheck, type DeferredCheck } from "./deferred_checks.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   type CudaKernelContext,
@@ -26,7 +29,8 @@ import {
   launch,
   registerCudaKernel,
 } from "./kernels.ts";
-import { floatKindOf, preferSharedMemory } from "./util.ts";
+import { CudaBuffer } from "./memory.ts";
+import { floatKindOf, memsetAsync, preferSharedMemory } from "./util.ts";
 
 /** Threads per block; kernels/quantize.cu's `__launch_bounds__` assume it. */
 const THREADS = 256;
@@ -249,3 +253,49 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
 
 registerCudaKernel("quantize", (ctx) => lowerQuantize("quantize", ctx));
 registerCudaKernel("dequantize", (ctx) => lowerQuantize("dequantize", ctx));
+
+// ---------------------------------------------------------------------------------------
+// checkScale: the scale copied through; a value that is not positive and finite is recorded
+// in a 16-byte device flag (`ScaleFlag` in kernels/quantize.cu: int64 position, -1 for none,
+// then the float32 value) and raised at the next read.
+
+/** Threads of the single `check_scale` block (its `__launch_bounds__`). */
+const CHECK_SCALE_THREADS = 1024;
+
+registerCudaKernel("checkScale", (ctx) => {
+  const device = ctx.device;
+  const n = numel(ctx.out.shape);
+  const kind = floatKindOf(ctx.out.dtype);
+  if (kind === undefined) {
+    throw new TensorqError("unsupported scale dtype", {
+      op: "checkScale",
+      kind: "dtype",
+      expected: "float32, float16 or bfloat16",
+      actual: ctx.out.dtype,
+    });
+  }
+  const op = ctx.attrs.op as string;
+  const flag = CudaBuffer.allocate(device, "int64", 2);
+  memsetAsync(device, flag.address, 0xff, 8);
+  const host = new ArrayBuffer(16);
+  const check: DeferredCheck = {
+    device,
+    enqueueRead() {
+      copyToHostAsync(new Uint8Array(host), flag.pointer, device.stream, 16);
+    },
+    takeError() {
+      const position = new BigInt64Array(host)[0];
+      if (position < 0n) return undefined;
+      memsetAsync(device, flag.address, 0xff, 8);
+      return badScaleError(op, new Float32Array(host)[2], Number(position), n);
+    },
+  };
+  const fn = kernelFunction(device, quantizePtx, "check_scale");
+  const params = new KernelParams(5);
+  return (out, [scale]) => {
+    if (n === 0) return;
+    params.reset().ptr(out.address).ptr(scale.address).i32(kind).i64(n).ptr(flag.address);
+    launch(device, fn, [1, 1, 1], [CHECK_SCALE_THREADS, 1, 1], params);
+    deferCheck(check);
+  };
+});

@@ -16,8 +16,8 @@
  * start tensor on the device (so a recorded CUDA graph follows its value).
  *
  * gather and embedding with an out-of-range index write zeros for the rows it selects and
- * record the index in a small device flag; the error is raised by {@link checkGatherFlags},
- * which the backend calls when it next reads results back to the host.
+ * record the index in a small device flag; the error is raised when the backend next reads
+ * results back to the host (lib/backends/cuda/deferred_checks.ts).
  * @module
  */
 import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
@@ -27,6 +27,7 @@ import { TensorqError } from "../../errors.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
+import { deferCheck, type DeferredCheck } from "./deferred_checks.ts";
 import { CudaBuffer } from "./memory.ts";
 import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 
@@ -389,63 +390,42 @@ registerCudaKernel("concat", (ctx) => {
 /**
  * One gather's flag: 32 device bytes laid out as `GatherFlag` in kernels/shape.cu. Bytes
  * 0..15 (the launch's smallest bad position and the first reported one) start as all ones
- * (none), bytes 16..31 (its raw value and a block counter) as zero.
+ * (none), bytes 16..31 (its raw value and a block counter) as zero. On the GPU an out-of-range
+ * index does not stop the kernel: the rows it selects come out as zeros, and the error (the
+ * op, the valid range, the raw index and its flat position, as the CPU backend reports it) is
+ * raised at the next read (lib/backends/cuda/deferred_checks.ts).
  */
-interface GatherFlagRecord {
-  device: CudaDevice;
+interface GatherCheck extends DeferredCheck {
   buffer: CudaBuffer;
-  op: string;
-  extent: number;
 }
 
-// Flags of the gathers launched since the last check.
-const pendingFlags = new Set<GatherFlagRecord>();
 const NO_INDEX = -1n; // all ones, read as int64
 
-function newGatherFlag(device: CudaDevice, op: string, extent: number): GatherFlagRecord {
+/** A gather's out-of-range flag, checked when results are next read back. */
+function gatherCheck(device: CudaDevice, op: string, extent: number): GatherCheck {
   const buffer = CudaBuffer.allocate(device, "int64", 4);
   memsetAsync(device, buffer.address, 0xff, 16);
   memsetAsync(device, buffer.address + 16n, 0, 16);
-  return { device, buffer, op, extent };
-}
-
-/**
- * Raises the error of an out-of-range index seen by a CUDA `gather` or `embedding` since the
- * last call, if any. On the GPU such an index does not stop the kernel: the rows it selects
- * come out as zeros and the position and value of the first bad index are recorded on the
- * device. The backend calls this when it reads results back to the host (a synchronizing
- * read), so the error surfaces at the next read instead of costing a synchronization per
- * gather. Waits for the devices' streams; clears the recorded errors.
- *
- * @throws {TensorqError} kind `argument`, naming the op, the valid range, the raw index and
- *   its flat position in the index tensor (as the CPU backend reports it).
- */
-export function checkGatherFlags(): void {
-  if (pendingFlags.size === 0) return;
-  const records = [...pendingFlags];
-  pendingFlags.clear();
-  const found = records.map((r) => {
-    r.device.makeCurrent();
-    const host = new BigInt64Array(2); // [first bad position, its raw value]
-    copyToHostAsync(host, Deno.UnsafePointer.create(r.buffer.address + 8n), r.device.stream, 16);
-    return host;
-  });
-  for (const device of new Set(records.map((r) => r.device))) device.synchronize();
-  let error: TensorqError | undefined;
-  records.forEach((r, i) => {
-    const [position, value] = found[i];
-    if (position === NO_INDEX) return;
-    r.device.makeCurrent();
-    memsetAsync(r.device, r.buffer.address + 8n, 0xff, 8);
-    error ??= new TensorqError("index out of range", {
-      op: r.op,
-      kind: "argument",
-      argument: r.op === "embedding" ? "ids" : "indices",
-      expected: `indices in [${-r.extent}, ${r.extent - 1}] (an axis of extent ${r.extent})`,
-      actual: `${value} at flat index ${position}`,
-    });
-  });
-  if (error) throw error;
+  const host = new BigInt64Array(2); // [first bad position, its raw value]
+  return {
+    device,
+    buffer,
+    enqueueRead() {
+      copyToHostAsync(host, Deno.UnsafePointer.create(buffer.address + 8n), device.stream, 16);
+    },
+    takeError() {
+      const [position, value] = host;
+      if (position === NO_INDEX) return undefined;
+      memsetAsync(device, buffer.address + 8n, 0xff, 8);
+      return new TensorqError("index out of range", {
+        op,
+        kind: "argument",
+        argument: op === "embedding" ? "ids" : "indices",
+        expected: `indices in [${-extent}, ${extent - 1}] (an axis of extent ${extent})`,
+        actual: `${value} at flat index ${position}`,
+      });
+    },
+  };
 }
 
 /** Enqueues one gather: output, source and index addresses. */
@@ -505,7 +485,7 @@ for (const op of ["gather", "embedding"] as const) {
     const count = numel(indices.shape);
     if (count === 0) return NO_LAUNCH; // the output is empty and there is no index to check
     const extent = source.shape[axis];
-    const record = newGatherFlag(ctx.device, op, extent);
+    const check = gatherCheck(ctx.device, op, extent);
     const enqueue = planGather(
       ctx.device,
       ctx.out.dtype,
@@ -514,11 +494,11 @@ for (const op of ["gather", "embedding"] as const) {
       extent,
       count,
       numel(source.shape.slice(axis + 1)),
-      record.buffer.address,
+      check.buffer.address,
     );
     return (out, [x, ids]) => {
       enqueue(out.address, x.address, ids.address);
-      pendingFlags.add(record);
+      deferCheck(check);
     };
   });
 }
