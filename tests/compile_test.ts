@@ -204,3 +204,44 @@ Deno.test("compile rejects a bad donate list", () => {
     { op: "compile", kind: "argument", includes: ["donate", "[0, 0]", "1"], line },
   );
 });
+
+testOnDevices(
+  "compile: data checks (gather indices, computed scales) raise on every call",
+  (device) => {
+    const table = tq.randn([10, 4], { seed: 61, device });
+    const lookup = tq.compile((ids: tq.Tensor) => tq.embedding(ids, table), {
+      args: [tq.inputInfo([3], "int32")],
+      device,
+    });
+    const ids = (values: number[]) => tq.tensor(Int32Array.from(values), { device });
+    const first = lookup(ids([1, 2, 3])) as tq.Tensor;
+    assert.deepEqual(first.dataSync(), tq.embedding(ids([1, 2, 3]), table).dataSync());
+    // On CUDA later calls replay a recorded graph: its device-side index check still reports.
+    for (let call = 0; call < 2; call++) {
+      // The CPU raises during the call, CUDA at the read (the launch does not wait).
+      assertTqError(() => (lookup(ids([4, 12, 0])) as tq.Tensor).dataSync(), {
+        op: "embedding",
+        kind: "argument",
+        includes: ["index out of range", "got 12 at flat index 1"],
+      });
+      const good = lookup(ids([9, 0, 5])) as tq.Tensor;
+      assert.deepEqual(good.dataSync(), tq.embedding(ids([9, 0, 5]), table).dataSync());
+    }
+
+    // Dynamic quantization: the scale from the input's own amax, zero for an all-zero input.
+    const roundTrip = tq.compile((x: tq.Tensor) => {
+      const s = x.abs().max().div(127);
+      return tq.dequantize(tq.quantize(x, s, "int8"), s, "float32");
+    }, { args: [tq.inputInfo([6], "float32")], device });
+    const x = tq.tensor([0.5, -1, 2, 0.25, 3, -4], { device });
+    const want = (roundTrip(x) as tq.Tensor).dataSync();
+    for (let call = 0; call < 2; call++) {
+      assertTqError(() => (roundTrip(tq.zeros([6], { device })) as tq.Tensor).dataSync(), {
+        op: "quantize",
+        kind: "argument",
+        includes: ["scale must be positive and finite", "got 0 at flat index 0 of 1"],
+      });
+      assert.deepEqual((roundTrip(x) as tq.Tensor).dataSync(), want);
+    }
+  },
+);

@@ -3,7 +3,9 @@
  * data (an index out of range, a scale that is not positive) records it in a small device flag
  * and carries on; the launch marks its check pending, and the backend calls
  * {@link raiseDeferredErrors} when it next reads results back to the host (a synchronizing
- * read anyway), so a check costs no synchronization per launch.
+ * read anyway), so a check costs no synchronization per launch. A CUDA graph replays launches
+ * without their host code: {@link trackDeferred} collects the checks a recording's launches
+ * marked, for each replay to mark again.
  * @module
  */
 import type { TensorqError } from "../../errors.ts";
@@ -23,10 +25,26 @@ export interface DeferredCheck {
 }
 
 const pending = new Set<DeferredCheck>();
+let tracked: Set<DeferredCheck> | undefined;
 
 /** Marks a check pending: its launch was enqueued since the last read. */
 export function deferCheck(check: DeferredCheck): void {
   pending.add(check);
+  tracked?.add(check);
+}
+
+/** Runs `enqueue` (a graph recording) and returns the checks its launches marked. */
+export function trackDeferred(enqueue: () => void): DeferredCheck[] {
+  const outer = tracked;
+  const mine = new Set<DeferredCheck>();
+  tracked = mine;
+  try {
+    enqueue();
+  } finally {
+    tracked = outer;
+    for (const c of mine) outer?.add(c);
+  }
+  return [...mine];
 }
 
 /**

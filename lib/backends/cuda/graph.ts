@@ -2,7 +2,8 @@
  * CUDA graphs: record the work a function enqueues on a device's stream once, then replay it
  * with one launch (about 2 µs of host time for the whole graph instead of ~3 µs per kernel).
  * Stream-ordered allocations made and freed during the recording become memory nodes of the
- * graph; everything else the work touches must stay alive while the graph exists.
+ * graph; everything else the work touches must stay alive while the graph exists. Each replay
+ * marks the recorded launches' device-side checks pending again (deferred_checks.ts).
  * @module
  */
 import {
@@ -14,6 +15,7 @@ import {
   instantiateGraph,
 } from "../../../ffi/cudart.ts";
 import type { ReplayablePlan } from "../backend.ts";
+import { deferCheck, type DeferredCheck, trackDeferred } from "./deferred_checks.ts";
 import type { CudaDevice } from "./device.ts";
 
 /** Records the work `enqueue` puts on `device`'s stream into an instantiated CUDA graph. */
@@ -24,8 +26,9 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
     "cudaStreamBeginCapture",
   );
   let graph: Deno.PointerValue;
+  let checks: DeferredCheck[];
   try {
-    enqueue();
+    checks = trackDeferred(enqueue);
   } catch (e) {
     // End the capture so the stream is usable again, then report the original error.
     try {
@@ -55,6 +58,8 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
         status = cudart().cudaGraphLaunch(exec, device.stream);
       }
       checkCuda(status, "cudaGraphLaunch");
+      // The recorded launches' device-side checks (gather indices, computed scales).
+      for (const c of checks) deferCheck(c);
     },
     dispose() {
       if (disposed) return;
