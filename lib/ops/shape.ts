@@ -704,6 +704,25 @@ export function split(x: Tensor, sizes: number | readonly number[], axis = 0): T
 }
 
 /**
+ * The error of an index outside `[-extent, extent)` met while evaluating a `gather` or
+ * `embedding` (as both backends report it): `value` at flat `position` of the indices.
+ */
+export function indexOutOfRangeError(
+  op: string,
+  extent: number,
+  value: bigint | number,
+  position: bigint | number,
+): TensorqError {
+  return new TensorqError("index out of range", {
+    op,
+    kind: "argument",
+    argument: op === "embedding" ? "ids" : "indices",
+    expected: `indices in [${-extent}, ${extent - 1}] (an axis of extent ${extent})`,
+    actual: `${value} at flat index ${position}`,
+  });
+}
+
+/**
  * Selects entries along `axis` by integer `indices` (int32/int64, any shape):
  * output shape `x.shape[:axis] + indices.shape + x.shape[axis+1:]`. Indices must lie in
  * [-n, n) for an axis of extent n (negative ones count from the end, as in NumPy's take);

@@ -5,8 +5,8 @@
  * @module
  */
 import { allocStorage, type DType, type StorageArray } from "../../dtype.ts";
-import { TensorqError } from "../../errors.ts";
 import { numel, type Shape, stridesOf } from "../../shape.ts";
+import { indexOutOfRangeError } from "../../ops/shape.ts";
 import { type CpuKernel, registerCpuKernel } from "./backend.ts";
 
 type Words = Uint8Array | Uint16Array | Uint32Array;
@@ -173,13 +173,7 @@ function indexValues(op: string, storage: StorageArray, n: number): Int32Array {
   const count = storage.length;
   const out = new Int32Array(count);
   const bad = (i: number, raw: bigint | number): never => {
-    throw new TensorqError("index out of range", {
-      op,
-      kind: "argument",
-      argument: op === "embedding" ? "ids" : "indices",
-      expected: `indices in [${-n}, ${n - 1}] (an axis of extent ${n})`,
-      actual: `${raw} at flat index ${i}`,
-    });
+    throw indexOutOfRangeError(op, n, raw, i);
   };
   if (storage instanceof BigInt64Array) {
     const lo = BigInt(-n);

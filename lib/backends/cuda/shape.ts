@@ -23,7 +23,7 @@
 import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
 import { ptx as shapePtx } from "../../../kernels/ptx/shape.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
-import { TensorqError } from "../../errors.ts";
+import { indexOutOfRangeError } from "../../ops/shape.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
@@ -417,13 +417,7 @@ function gatherCheck(device: CudaDevice, op: string, extent: number): GatherChec
       const [position, value] = host;
       if (position === NO_INDEX) return undefined;
       memsetAsync(device, buffer.address + 8n, 0xff, 8);
-      return new TensorqError("index out of range", {
-        op,
-        kind: "argument",
-        argument: op === "embedding" ? "ids" : "indices",
-        expected: `indices in [${-extent}, ${extent - 1}] (an axis of extent ${extent})`,
-        actual: `${value} at flat index ${position}`,
-      });
+      return indexOutOfRangeError(op, extent, value, position);
     },
   };
 }
