@@ -48,7 +48,9 @@ export function registerLibraryModules(
 /**
  * True when a forward of `root` runs only library code: every module in the tree is of a
  * library class, none has its own `forward` put on the instance, and no Linear has an input
- * observer. Its graph nodes can then share one captured stack (`withSharedTrace`).
+ * observer. Its graph nodes can then share one captured stack (`withSharedTrace`). A library
+ * class whose prototype was patched is not detected: nodes made in the patch would name the
+ * call into the library instead of the patch's own line.
  */
 export function runsOnlyLibraryCode(root: Module): boolean {
   const pending: Module[] = [root];
