@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { DType } from "../lib/dtype.ts";
 import { CUBLAS_COMPUTE_32F, CUBLASLT_EPILOGUE_BIAS, CUDA_R_32F } from "../ffi/cublaslt.ts";
-import { ltMatmulCacheSize, ltMatmulPlan } from "../lib/backends/cuda/cublaslt.ts";
+import {
+  LT_AUTOTUNE_MIN_FLOPS,
+  ltMatmulCacheSize,
+  ltMatmulPlan,
+} from "../lib/backends/cuda/cublaslt.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { setAllowTF32 } from "../lib/backends/cuda/matmul.ts";
 import type { CudaBuffer } from "../lib/backends/cuda/memory.ts";
@@ -212,9 +216,26 @@ testOnGpu("ltMatmulPlan: TN product with a bias epilogue, scalars and pointer ov
     ...spec,
     epilogue: CUBLASLT_EPILOGUE_BIAS,
     biasPointer: bufferOf(b1).address,
+    autotune: true,
   });
   assert.ok(plan.algorithm.candidates >= 1 && plan.algorithm.ran >= 1, "a candidate ran");
   assert.ok(Number.isFinite(plan.algorithm.ms), "the chosen candidate was timed");
+  // By default a problem this small takes the heuristic's first pick, untimed; one of
+  // LT_AUTOTUNE_MIN_FLOPS is timed.
+  const untimed = ltMatmulPlan(device, spec);
+  assert.deepEqual([untimed.algorithm.index, untimed.algorithm.ran], [0, 0]);
+  assert.equal(untimed.algorithm.ms, undefined);
+  const big = Math.ceil(LT_AUTOTUNE_MIN_FLOPS / (2 * 1024 * 1024));
+  const timed = ltMatmulPlan(device, {
+    ...spec,
+    m: 1024,
+    n: big,
+    k: 1024,
+    lda: 1024,
+    ldb: 1024,
+    ldc: 1024,
+  });
+  assert.ok(timed.algorithm.ran >= 1 && Number.isFinite(timed.algorithm.ms), "timed by default");
   const [xa, wa, ya] = [bufferOf(xg).address, bufferOf(wg).address, bufferOf(y).address];
   plan.run(wa, xa, ya, ya);
   let err = normRelError(y.dataSync() as Float32Array, withBias(bias1));
@@ -229,6 +250,7 @@ testOnGpu("ltMatmulPlan: TN product with a bias epilogue, scalars and pointer ov
     ...spec,
     epilogue: CUBLASLT_EPILOGUE_BIAS,
     biasPointer: bufferOf(b1).address,
+    autotune: true,
   });
   assert.equal(ltMatmulCacheSize(), prepared);
   assert.equal(again.key, plan.key);

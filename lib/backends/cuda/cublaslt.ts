@@ -102,6 +102,16 @@ const LT_TIMING_ROUNDS = 4;
  */
 const LT_FLUSH_L2_TIMES = 2;
 
+/**
+ * Problems (2 · m · n · k · batch) below this many flops take the heuristic's first pick unless
+ * the spec asks for timing. Timing a new problem costs 10–60 ms (mostly the candidates' first
+ * launches, which load their kernels), and at GPT-2-small's linear shapes with up to 2048
+ * tokens the fastest candidate beat the first pick by at most ~10 %, of a 10–20 µs kernel: a
+ * prompt of a length not seen before paid ~170 ms of timing for a 5 ms forward. The 8 × 512
+ * token prefill's products (4.8 GFLOP and up) are still timed.
+ */
+export const LT_AUTOTUNE_MIN_FLOPS: number = 2 ** 32;
+
 /** `CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK` (uint32_t; not in the binding's table). */
 const PREF_REDUCTION_SCHEME_MASK = 3;
 /** `CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE`: split-K partial sums kept in the compute type. */
@@ -262,8 +272,8 @@ export interface LtMatmulSpec {
    * narrower outputs only compute-type partial sums, so accumulation never rounds to the output
    * type before the end. */
   reductionSchemeMask?: number;
-  /** Time the heuristic's candidates and keep the fastest (default true); false takes the
-   * heuristic's first pick. */
+  /** Time the heuristic's candidates and keep the fastest (true), or take the heuristic's
+   * first pick (false). Default: time problems of at least {@link LT_AUTOTUNE_MIN_FLOPS}. */
   autotune?: boolean;
 }
 
@@ -498,7 +508,8 @@ function normalize(device: CudaDevice, spec: LtMatmulSpec): Problem {
       (WIDE_OUTPUT_TYPES.has(spec.dType)
         ? LT_REDUCTION_SCHEME_ALL
         : LT_REDUCTION_SCHEME_COMPUTE_TYPE),
-    autotune: spec.autotune ?? true,
+    autotune: spec.autotune ??
+      2 * spec.m * spec.n * spec.k * (batch?.count ?? 1) >= LT_AUTOTUNE_MIN_FLOPS,
   };
 }
 
@@ -978,8 +989,9 @@ export function ltMatmulCacheSize(): number {
 /**
  * Prepares a cuBLASLt product on `device`. The first request for a problem creates its
  * descriptors and layouts, asks the heuristic for up to {@link LT_HEURISTIC_CANDIDATES}
- * algorithms (excluding those that need more alignment than `spec.alignment` promises), runs
- * each once on pseudo-random scratch operands, then times every candidate in
+ * algorithms (excluding those that need more alignment than `spec.alignment` promises) and,
+ * when the problem is autotuned (`spec.autotune`), runs each once on pseudo-random scratch
+ * operands, then times every candidate in
  * {@link LT_TIMING_ROUNDS} round-robin rounds with CUDA events (each run from an L2 flushed
  * of A and holding B: {@link LT_FLUSH_L2_TIMES}) and keeps the fastest (candidates that fail in
  * `cublasLtMatmul` are skipped). Later requests for the same problem
