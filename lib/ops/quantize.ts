@@ -103,6 +103,14 @@ function scaleTensor(op: string, scale: Tensor | number, device: string): Tensor
   return checkTensor(op, "scale", scale);
 }
 
+/** Throws the error of the first of a scale's `values` that is not positive and finite. */
+export function checkScaleArray(op: string, values: ArrayLike<number>): void {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!(v > 0 && v < Infinity)) throw badScaleError(op, v, i, values.length);
+  }
+}
+
 /** The message of a scale value that is not positive and finite (as the kernels report it). */
 export function badScaleError(
   op: string,
@@ -135,11 +143,7 @@ function checkedScale(op: "quantize" | "dequantize", scale: Tensor): Tensor {
 function checkScaleValues(op: string, scale: Tensor): void {
   // A value never changes: check each scale once (reading a GPU scale costs a round trip).
   if (checkedScales.has(scale.node)) return;
-  const values = decode(scale.dtype, scale.storageSync());
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (!(v > 0 && v < Infinity)) throw badScaleError(op, v, i, scale.size);
-  }
+  checkScaleArray(op, decode(scale.dtype, scale.storageSync()));
   checkedScales.add(scale.node);
 }
 

@@ -15,7 +15,7 @@ import {
   type StorageArray,
 } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
-import { badScaleError } from "../../ops/quantize.ts";
+import { checkScaleArray } from "../../ops/quantize.ts";
 import type { Shape } from "../../shape.ts";
 import { registerCpuKernel } from "./backend.ts";
 import { read } from "./util.ts";
@@ -84,10 +84,6 @@ registerCpuKernel("dequantize", ([sq, ss], ctx): StorageArray => {
 });
 
 registerCpuKernel("checkScale", ([ss], ctx): StorageArray => {
-  const s = read(ctx.inputs[0].dtype, ss);
-  for (let i = 0; i < s.length; i++) {
-    const v = s[i];
-    if (!(v > 0 && v < Infinity)) throw badScaleError(ctx.attrs.op as string, v, i, s.length);
-  }
+  checkScaleArray(ctx.attrs.op as string, read(ctx.inputs[0].dtype, ss));
   return ss.slice();
 });
