@@ -676,6 +676,22 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
     line,
   });
   assert.equal((model.at(0) as Linear).quantDtype, undefined, "nothing changed on error");
+  // An infinite weight has no weight scale: the error names the layer and the row or block.
+  const last = model.at(2) as Linear;
+  const w = Float32Array.from(floats(last.weight));
+  w[3 * 32 + 17] = -Infinity;
+  last.weight = tensor(w, { shape: [8, 32] });
+  for (const [mode, where] of [["w8", "row 3"], ["w4", "block 7"]] as const) {
+    line = thisLine() + 1;
+    bad = () => quantizeModel(model, { mode, blockSize: 16 });
+    assertTqError(bad, {
+      op: "quantizeModel",
+      kind: "argument",
+      includes: ["weight of layer 2 holds an infinite value", where],
+      line,
+    });
+  }
+  assert.equal(last.quantDtype, undefined, "nothing changed on error");
 });
 
 Deno.test("quantizeModel w4: the amax option's weight fields come first; 1 value for all", () => {

@@ -174,6 +174,27 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): Float3
   return values instanceof Float32Array ? values : Float32Array.from(values);
 }
 
+/**
+ * A layer's weight amax per row, or per block of `blockSize` along the input features, computed
+ * from its weight. An infinite weight has no scale: that is an error naming the layer.
+ */
+function amaxOfWeights(name: string, layer: Linear, blockSize?: number): Float32Array {
+  const amax = blockSize === undefined
+    ? weightAmaxPerRow(layer.weight)
+    : weightAmaxPerBlock(layer.weight, blockSize);
+  const at = amax.indexOf(Infinity);
+  if (at >= 0) {
+    throw new TensorqError(`the weight of layer ${name} holds an infinite value`, {
+      op: "quantizeModel",
+      kind: "argument",
+      argument: "model",
+      expected: "finite weights (their amax sets the weight scales)",
+      actual: `±Infinity in ${blockSize === undefined ? "row" : "block"} ${at}`,
+    });
+  }
+  return amax;
+}
+
 interface Plan {
   name: string;
   layer: Linear;
@@ -309,7 +330,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         const values = amaxValues(op, `weight amax of ${name}`, given);
         if (values.length === blocks) weightAmax = values;
         else if (values.length === 1) weightAmax = new Float32Array(blocks).fill(values[0]);
-        else if (values.length === out) weightAmax = weightAmaxPerBlock(layer.weight, blockSize);
+        else if (values.length === out) weightAmax = amaxOfWeights(name, layer, blockSize);
         else {
           throw new TensorqError(`weight amax of layer ${name} has the wrong length`, {
             op,
@@ -320,13 +341,13 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
             actual: `${values.length} values`,
           });
         }
-      } else weightAmax = weightAmaxPerBlock(layer.weight, blockSize);
+      } else weightAmax = amaxOfWeights(name, layer, blockSize);
     } else {
       weightScaleShape = [out];
       const given = ranges.weightAmax === undefined
         ? undefined
         : amaxValues(op, `weight amax of ${name}`, ranges.weightAmax);
-      if (given === undefined) weightAmax = weightAmaxPerRow(layer.weight);
+      if (given === undefined) weightAmax = amaxOfWeights(name, layer);
       else if (given.length === out) weightAmax = given;
       else if (given.length === 1) weightAmax = new Float32Array(out).fill(given[0]);
       else {
@@ -339,7 +360,6 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         });
       }
     }
-    amaxValues(op, `weight amax of ${name}`, weightAmax);
     plans.push({ name, layer, weightAmax, weightScaleShape, inputAmax });
   }
   if (badBlocks.length) {
