@@ -10,6 +10,8 @@
  */
 import type { TensorqError } from "../../errors.ts";
 import type { CudaDevice } from "./device.ts";
+import { copyToHostAsync } from "../../../ffi/cudart.ts";
+import { memsetAsync } from "./util.ts";
 
 /** One op's device flag. */
 export interface DeferredCheck {
@@ -22,6 +24,32 @@ export interface DeferredCheck {
    * stream) so that the next launch can record again.
    */
   takeError(): TensorqError | undefined;
+}
+
+/**
+ * The check of a 16-byte device flag at `address`: an int64 position, negative while nothing
+ * is recorded, then 8 bytes of detail (a raw index, a float32 value). `describe` turns a
+ * recorded flag into the error; taking it resets the position to -1 (all ones).
+ */
+export function flagCheck(
+  device: CudaDevice,
+  address: bigint,
+  describe: (position: bigint, detail: DataView) => TensorqError,
+): DeferredCheck {
+  const host = new ArrayBuffer(16);
+  const view = new DataView(host);
+  return {
+    device,
+    enqueueRead() {
+      copyToHostAsync(new Uint8Array(host), Deno.UnsafePointer.create(address), device.stream, 16);
+    },
+    takeError() {
+      const position = view.getBigInt64(0, true);
+      if (position < 0n) return undefined;
+      memsetAsync(device, address, 0xff, 8);
+      return describe(position, new DataView(host, 8, 8));
+    },
+  };
 }
 
 const pending = new Set<DeferredCheck>();

@@ -12,13 +12,13 @@
  * block, see kernels/quantize.cu).
  * @module
  */
-import { copyToHostAsync, deviceAttribute } from "../../../ffi/cudart.ts";
+import { deviceAttribute } from "../../../ffi/cudart.ts";
 import { ptx as quantizePtx } from "../../../kernels/ptx/quantize.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import { badScaleError } from "../../ops/quantize.ts";
 import { numel } from "../../shape.ts";
-import { deferCheck, type DeferredCheck } from "./deferred_checks.ts";
+import { deferCheck, flagCheck } from "./deferred_checks.ts";
 import type { CudaDevice } from "./device.ts";
 import {
   type CudaKernelContext,
@@ -277,19 +277,11 @@ registerCudaKernel("checkScale", (ctx) => {
   const op = ctx.attrs.op as string;
   const flag = CudaBuffer.allocate(device, "int64", 2);
   memsetAsync(device, flag.address, 0xff, 8);
-  const host = new ArrayBuffer(16);
-  const check: DeferredCheck = {
+  const check = flagCheck(
     device,
-    enqueueRead() {
-      copyToHostAsync(new Uint8Array(host), flag.pointer, device.stream, 16);
-    },
-    takeError() {
-      const position = new BigInt64Array(host)[0];
-      if (position < 0n) return undefined;
-      memsetAsync(device, flag.address, 0xff, 8);
-      return badScaleError(op, new Float32Array(host)[2], Number(position), n);
-    },
-  };
+    flag.address,
+    (position, detail) => badScaleError(op, detail.getFloat32(0, true), Number(position), n),
+  );
   const fn = kernelFunction(device, quantizePtx, "check_scale");
   const params = new KernelParams(5);
   return (out, [scale]) => {

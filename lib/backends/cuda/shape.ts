@@ -20,14 +20,14 @@
  * results back to the host (lib/backends/cuda/deferred_checks.ts).
  * @module
  */
-import { copyToDeviceAsync, copyToHostAsync } from "../../../ffi/cudart.ts";
+import { copyToDeviceAsync } from "../../../ffi/cudart.ts";
 import { ptx as shapePtx } from "../../../kernels/ptx/shape.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
 import { indexOutOfRangeError } from "../../ops/shape.ts";
 import { numel, stridesOf } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 import { BLOCK, type Dim3, grid1d, KernelParams, launch, registerCudaKernel } from "./kernels.ts";
-import { deferCheck, type DeferredCheck } from "./deferred_checks.ts";
+import { deferCheck, type DeferredCheck, flagCheck } from "./deferred_checks.ts";
 import { CudaBuffer } from "./memory.ts";
 import { memsetAsync, moduleKernels, NO_LAUNCH } from "./util.ts";
 
@@ -399,27 +399,18 @@ interface GatherCheck extends DeferredCheck {
   buffer: CudaBuffer;
 }
 
-const NO_INDEX = -1n; // all ones, read as int64
-
 /** A gather's out-of-range flag, checked when results are next read back. */
 function gatherCheck(device: CudaDevice, op: string, extent: number): GatherCheck {
   const buffer = CudaBuffer.allocate(device, "int64", 4);
   memsetAsync(device, buffer.address, 0xff, 16);
   memsetAsync(device, buffer.address + 16n, 0, 16);
-  const host = new BigInt64Array(2); // [first bad position, its raw value]
-  return {
+  // Bytes 8..23: the first reported position, then its raw index.
+  const check = flagCheck(
     device,
-    buffer,
-    enqueueRead() {
-      copyToHostAsync(host, Deno.UnsafePointer.create(buffer.address + 8n), device.stream, 16);
-    },
-    takeError() {
-      const [position, value] = host;
-      if (position === NO_INDEX) return undefined;
-      memsetAsync(device, buffer.address + 8n, 0xff, 8);
-      return indexOutOfRangeError(op, extent, value, position);
-    },
-  };
+    buffer.address + 8n,
+    (position, detail) => indexOutOfRangeError(op, extent, detail.getBigInt64(0, true), position),
+  );
+  return { ...check, buffer };
 }
 
 /** Enqueues one gather: output, source and index addresses. */
