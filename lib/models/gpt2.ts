@@ -869,19 +869,23 @@ function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor)
   return ids;
 }
 
-/** Throws `problem`, naming `argument[i]`, for the first of `ids` not a token id of `vocab`. */
+/**
+ * Throws `problem`, naming `argument[i]`, for the first of `ids` not a token id of `vocab`
+ * (an integer in [0, vocab)).
+ */
 function checkIdsInVocab(
   ids: readonly unknown[],
   vocab: number,
   problem: string,
   argument: string,
+  op = GEN_OP,
 ): void {
   const bad = ids.findIndex((v) =>
     typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= vocab
   );
   if (bad < 0) return;
   throw new TensorqError(problem, {
-    op: GEN_OP,
+    op,
     kind: "argument",
     argument: `${argument}[${bad}]`,
     expected: `an integer in [0, ${vocab})`,
@@ -1182,16 +1186,7 @@ export function decodeBytes(ids: readonly number[]): string {
       actual: ids === null ? "null" : typeof ids,
     });
   }
-  const bad = ids.findIndex((v) => !Number.isInteger(v) || v < 0 || v > 255);
-  if (bad >= 0) {
-    throw new TensorqError("byte ids must be integers in [0, 255]", {
-      op: "decodeBytes",
-      kind: "argument",
-      argument: `ids[${bad}]`,
-      expected: "an integer in [0, 255]",
-      actual: String(ids[bad]),
-    });
-  }
+  checkIdsInVocab(ids, 256, "byte ids must be integers in [0, 255]", "ids", "decodeBytes");
   // A leading byte order mark is a character like any other to a byte-level model.
   return new TextDecoder("utf-8", { ignoreBOM: true }).decode(Uint8Array.from(ids));
 }
