@@ -7,8 +7,9 @@
  * transformers); these tests run when `TENSORQ_GPT2_VARIANTS=DIR` names that directory, on the
  * CPU and, when a GPU is usable, on CUDA. For each variant and device:
  * - float32 logits of a batched forward match transformers' (max |Δ| <= 1e-4 · max |logit|);
- * - greedy `generate` (KV cache, compiled step) gives transformers' greedy tokens, up to the
- *   first step whose top two logits lie within 1e-3 · max |logit| of each other;
+ * - greedy `generate` (KV cache, compiled step) gives transformers' greedy tokens; a token may
+ *   differ only where the reference's logits tie within 1e-3 · max |logit| (the rest is not
+ *   compared, as the sequences part there);
  * - a growing KV cache, fed transformers' tokens one by one, gives the logits of its full
  *   forward (same bound);
  * - on CUDA, float16 weights: max |Δ| <= 3e-2 · max |logit| against the float32 reference;
@@ -183,18 +184,29 @@ if (DIR === undefined) {
       const prompt = ref.genIds.slice(0, 5);
       const generated = ref.genIds.length - prompt.length;
       if (generated > 0) {
-        // Greedy tokens, up to the first near tie in the reference.
+        // Greedy tokens: ours must be transformers' until a near tie goes the other way
+        // (after that the sequences differ and the reference logits no longer apply).
         const ours = generate(model, prompt, { maxNewTokens: generated });
-        let checked = 0;
+        let agreed = 0;
         for (let j = 0; j < generated; j++) {
           const at = (prompt.length - 1 + j) * vocab;
-          const { index, margin } = topTwo(ref.genLogits.subarray(at, at + vocab));
-          assert.equal(index, ref.genIds[prompt.length + j], "reference greedy token");
-          if (margin <= 1e-3 * ref.scale) break;
-          assert.equal(ours[j], index, `greedy token ${j}: ${ours} vs ${ref.genIds.slice(5)}`);
-          checked++;
+          const row = ref.genLogits.subarray(at, at + vocab);
+          const theirs = ref.genIds[prompt.length + j];
+          if (ours[j] === theirs) {
+            agreed++;
+            continue;
+          }
+          const gap = row[topTwo(row).index] - row[ours[j]];
+          assert.ok(
+            gap <= 1e-3 * ref.scale,
+            `greedy token ${j}: ours ${ours[j]} (logit ${row[ours[j]]}), transformers' ${theirs} ` +
+              `(logit ${row[theirs]}); tokens ${ours} vs ${ref.genIds.slice(prompt.length)}`,
+          );
+          break;
         }
-        assert.ok(checked >= 1, "no greedy token could be compared");
+        console.log(
+          `${name} [${device}] greedy: ${agreed} of ${generated} tokens as transformers'`,
+        );
 
         // A growing cache fed the reference tokens one at a time.
         const cache = model.createCache();
