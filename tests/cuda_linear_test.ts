@@ -12,7 +12,11 @@ import {
 } from "../lib/backends/cuda/kernels.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { decode, type DType, float8e4m3BitsToNumber, roundHalfToEven } from "../lib/dtype.ts";
-import { preparedWeightCount, weightScaleIndex } from "../lib/backends/cuda/linear.ts";
+import {
+  fp8LoweringCounts,
+  preparedWeightCount,
+  weightScaleIndex,
+} from "../lib/backends/cuda/linear.ts";
 import { FLOAT_KIND, gemvShape } from "../lib/backends/cuda/util.ts";
 import { type Activation, applyActivation, randomValues, testOnGpu, values } from "./helpers.ts";
 
@@ -230,6 +234,38 @@ testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
     seed: seed++,
   }, { rtol: 2e-3, atol: 3e-3 });
 });
+
+testOnGpu(
+  "qlinear fp8: any M runs on the e4m3 tensor cores when N and K are multiples of 16",
+  () => {
+    // M off the 16-row grid (a prompt of any length) once fell to the exact float32 product.
+    const before = fp8LoweringCounts();
+    let seed = 90;
+    const cases: LinearCase[] = [
+      { x: [101, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ },
+      {
+        x: [1, 150, 256],
+        n: 256,
+        options: FP8_CHANNEL,
+        input: true,
+        dtype: "float16",
+        seed: seed++,
+      },
+      { x: [3, 37, 128], n: 256, options: FP8_CHANNEL, input: true, act: "relu", seed: seed++ },
+      { x: [37, 128], n: 256, options: FP8_TENSOR, input: true, bias: false, seed: seed++ },
+      { x: [77, 256], n: 512, options: FP8_TENSOR, input: true, dtype: "bfloat16", seed: seed++ },
+    ];
+    for (const c of cases) {
+      checkCase(
+        c,
+        c.dtype === "bfloat16" ? { rtol: 8e-3, atol: 8e-3 } : undefined,
+      );
+    }
+    const after = fp8LoweringCounts();
+    assert.equal(after.exact, before.exact, "no product took the exact float32 path");
+    assert.ok(after.tensorCores > before.tensorCores, "the e4m3 products ran");
+  },
+);
 
 testOnGpu(
   "qlinear's activation quantize divides like IEEE float32: every float16, 56 scales",

@@ -19,8 +19,9 @@
  * - `qlinear` float8e4m3: e4m3 codes into cuBLASLt (fp32 accumulation): per-tensor weight
  *   scales as scalar scale pointers, per-channel ones (when M > 64) as an outer-vector A scale,
  *   with the bias and relu in cuBLASLt's epilogue when the combination runs; otherwise scale-1
- *   products in float32 and the epilogue kernel. Shapes that are not multiples of 16 multiply
- *   the codes' exact float32 values with a float32 GEMM.
+ *   products in float32 and the epilogue kernel. M is taken as it is (cuBLASLt's fp8 products
+ *   need only K and N in multiples of 16). Shapes whose N or K is not a multiple of 16
+ *   multiply the codes' exact float32 values with a float32 GEMM.
  * - `qlinear` with M ≤ 8 (int8 or float8e4m3, K a multiple of 16, M·K ≤ 48 KiB): one kernel
  *   (lib/backends/cuda/qgemv.ts) quantizes x, streams the weight codes and applies the epilogue.
  * - `qlinear` with a folded layer norm (attrs `norm`): the fused GEMV normalizes x itself where
@@ -488,6 +489,8 @@ interface Fp8Choice {
   scales: "none" | "scalar" | "outer";
   /** D is the output (bias and relu in cuBLASLt's epilogue); otherwise float32 + epilogue. */
   fused: boolean;
+  /** Rows of B and D: M itself, or M padded to a multiple of 16 with zero rows. */
+  rows: number;
 }
 
 /**
@@ -735,23 +738,24 @@ function qlinearProduct(
     })
     : undefined;
   if (choice) {
+    fp8Lowerings.tensorCores++;
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
-    const { plan, scales, fused } = choice;
+    const { plan, scales, fused, rows } = choice;
     return thenResidual((y, inputs) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
-      const xq = CudaBuffer.allocate(device, "float8e4m3", mPad * k);
+      const xq = CudaBuffer.allocate(device, "float8e4m3", rows * k);
       // Outer-vector scales: B's is the input scale repeated per row, written with the codes.
       const rowScales = scales === "outer"
-        ? CudaBuffer.allocate(device, "float32", mPad)
+        ? CudaBuffer.allocate(device, "float32", rows)
         : undefined;
       writeCodes(
         xq.address,
         inputs,
-        mPad,
-        rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows: mPad },
+        rows,
+        rowScales && { address: rowScales.address, scale: sxd, kind: sxdKind, rows },
       );
       // Unfused, the epilogue kernel adds the bias: cuBLASLt gets none.
       const ltBias = fused ? bias?.address : undefined;
@@ -763,7 +767,7 @@ function qlinearProduct(
       if (fused) {
         plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
       } else {
-        const acc = CudaBuffer.allocate(device, "float32", mPad * n);
+        const acc = CudaBuffer.allocate(device, "float32", rows * n);
         plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0, pointers);
         const unscaled = scales === "none" ? scalesOf(sxd, swd) : undefined;
         ops.epilogue(epilogue, y, acc.address, unscaled, perChannel, bias);
@@ -775,6 +779,7 @@ function qlinearProduct(
     });
   }
 
+  fp8Lowerings.exact++;
   // The codes' exact values in a float32 product (fp32 accumulation, like cuBLASLt's fp8).
   // TF32 tensor cores are exact here: every e4m3 value (3 mantissa bits) is a TF32 value, and
   // products of two are exact in the float32 accumulators.
@@ -801,6 +806,16 @@ function qlinearProduct(
     acc.dispose();
     if (wv.temporary) wv.buffer.dispose();
   });
+}
+
+const fp8Lowerings = { tensorCores: 0, exact: 0 };
+
+/**
+ * fp8 qlinear products lowered so far: on cuBLASLt's e4m3 tensor cores, and as the codes'
+ * exact float32 values (shapes cuBLASLt's fp8 GEMMs do not take).
+ */
+export function fp8LoweringCounts(): { tensorCores: number; exact: number } {
+  return { ...fp8Lowerings };
 }
 
 /** The int8 product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
@@ -884,29 +899,33 @@ function chooseFp8Plan(
     act: number;
   },
 ): Fp8Choice | undefined {
-  const candidates: { scales: Fp8Choice["scales"]; fused: boolean }[] = [];
+  const candidates: Omit<Fp8Choice, "plan">[] = [];
   // cuBLASLt scale pointers must be float32; per-channel scales only pay off above 64 rows.
   const scaleModes: Fp8Choice["scales"][] = !p.f32Scales
     ? []
     : p.perChannel
     ? (p.m > OUTER_VECTOR_MIN_ROWS ? ["outer"] : [])
     : ["scalar"];
-  // Writing the output directly needs exactly M rows, an activation cuBLASLt computes as the
-  // reference does (none, relu, and the tanh GELU for 16-bit outputs), and a bias of D's type
-  // (cuBLASLt's fp8 table: bf16 or fp16 with D of that type; a float32 D takes only a bf16
-  // bias).
+  // Writing the output directly needs an activation cuBLASLt computes as the reference does
+  // (none, relu, and the tanh GELU for 16-bit outputs), and a bias of D's type (cuBLASLt's fp8
+  // table: bf16 or fp16 with D of that type; a float32 D takes only a bf16 bias).
   const epilogue = ltEpilogueFor(p.biasDType !== undefined, p.act, p.outDType);
-  const fusable = p.mPad === p.m && epilogue !== undefined &&
+  const fusable = epilogue !== undefined &&
     (p.biasDType === undefined || (p.outDType !== "float32" && p.biasDType === p.outDType));
-  for (const scales of scaleModes) {
-    if (fusable) candidates.push({ scales, fused: true });
-    candidates.push({ scales, fused: false });
+  // cuBLASLt's fp8 products need K and N (the leading dimensions) in multiples of 16, not M:
+  // M rows as they are first, M padded with zero rows if a library version refuses them.
+  for (const rows of p.mPad === p.m ? [p.m] : [p.m, p.mPad]) {
+    for (const scales of scaleModes) {
+      // A padded D has more rows than the output: only the float32 scratch takes them.
+      if (fusable && rows === p.m) candidates.push({ scales, fused: true, rows });
+      candidates.push({ scales, fused: false, rows });
+    }
+    candidates.push({ scales: "none", fused: false, rows });
   }
-  candidates.push({ scales: "none", fused: false });
   for (const c of candidates) {
     const d = c.fused ? LT_TYPE[p.outDType] : CUDA_R_32F;
     const spec: LtMatmulSpec = {
-      ...tnSpec(p.n, p.mPad, p.k, {
+      ...tnSpec(p.n, c.rows, p.k, {
         a: CUDA_R_8F_E4M3,
         d,
         compute: CUBLAS_COMPUTE_32F,
@@ -922,7 +941,7 @@ function chooseFp8Plan(
       spec.aScaleMode = spec.bScaleMode = mode;
     }
     const plan = tryLtPlan(device, spec);
-    if (plan && trialRun(device, plan, p, c.scales, c.fused)) return { plan, ...c };
+    if (plan && trialRun(device, plan, p, c)) return { plan, ...c };
   }
   return undefined;
 }
@@ -934,20 +953,20 @@ function chooseFp8Plan(
 function trialRun(
   device: CudaDevice,
   plan: LtMatmulPlan,
-  p: { n: number; mPad: number; k: number; outDType: FloatDType; biasDType: DType | undefined },
-  scales: Fp8Choice["scales"],
-  fused: boolean,
+  p: { n: number; k: number; outDType: FloatDType; biasDType: DType | undefined },
+  c: Omit<Fp8Choice, "plan">,
 ): boolean {
   const a = CudaBuffer.allocate(device, "float8e4m3", p.n * p.k);
-  const b = CudaBuffer.allocate(device, "float8e4m3", p.mPad * p.k);
-  const d = CudaBuffer.allocate(device, fused ? p.outDType : "float32", p.mPad * p.n);
-  const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, p.mPad, 1));
+  const b = CudaBuffer.allocate(device, "float8e4m3", c.rows * p.k);
+  const d = CudaBuffer.allocate(device, c.fused ? p.outDType : "float32", c.rows * p.n);
+  const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, c.rows, 1));
   return ltTrialRuns([a, b, d, aux], () => {
     memsetZero(device, a.address, a.bytes);
     memsetZero(device, b.address, b.bytes);
     memsetZero(device, aux.address, aux.bytes);
-    const bias = p.biasDType !== undefined ? aux.address : undefined;
-    const pointers = scales === "none"
+    // As the real runs: cuBLASLt gets the bias only when its epilogue adds it.
+    const bias = c.fused && p.biasDType !== undefined ? aux.address : undefined;
+    const pointers = c.scales === "none"
       ? { bias }
       : { aScale: aux.address, bScale: aux.address, bias };
     plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
