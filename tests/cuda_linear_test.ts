@@ -196,24 +196,42 @@ testOnGpu("qlinear int8: activations, 3-D inputs, float16 / bfloat16 layers", ()
 
 testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
   let seed = 70;
-  // M ≤ 64: scale-1 products and the epilogue; M > 64: outer-vector scales (+ bias epilogue).
-  checkCase({ x: [64, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ });
-  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ });
-  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, act: "relu", seed: seed++ });
+  const f16 = "float16" as const;
+  // The unfused graph rounds the product, the bias add and the GELU separately: two float16
+  // ulps against cuBLASLt's GELU + bias epilogue.
+  const geluTol = { rtol: 2e-3, atol: 3e-3 };
+  const before = fp8LoweringCounts();
+  // 16-bit layers on cuBLASLt. M ≤ 64: scale-1 products and the epilogue; M > 64:
+  // outer-vector scales (+ bias epilogue).
+  checkCase({ x: [64, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: f16, seed: seed++ });
+  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: f16, seed: seed++ });
+  checkCase({
+    x: [96, 256],
+    n: 512,
+    options: FP8_CHANNEL,
+    input: true,
+    dtype: f16,
+    act: "relu",
+    seed: seed++,
+  });
   checkCase({
     x: [2, 48, 256],
     n: 256,
     options: FP8_CHANNEL,
     input: true,
+    dtype: f16,
     act: "gelu_tanh",
     seed: seed++,
-  });
-  // Per-tensor weight scales: scalar scale pointers.
-  checkCase({ x: [32, 128], n: 256, options: FP8_TENSOR, input: true, seed: seed++ });
-  checkCase({ x: [20, 128], n: 256, options: FP8_TENSOR, input: true, bias: false, seed: seed++ });
-  // Not multiples of 16: the codes' exact values in a float32 product.
-  checkCase({ x: [7, 33], n: 17, options: FP8_CHANNEL, input: true, seed: seed++ });
-  checkCase({ x: [1, 100], n: 30, options: FP8_TENSOR, input: true, act: "relu", seed: seed++ });
+  }, geluTol);
+  checkCase({
+    x: [96, 256],
+    n: 512,
+    options: FP8_CHANNEL,
+    input: true,
+    dtype: f16,
+    act: "gelu_tanh",
+    seed: seed++,
+  }, geluTol);
   checkCase({
     x: [64, 256],
     n: 512,
@@ -222,50 +240,61 @@ testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
     dtype: "bfloat16",
     seed: seed++,
   }, { rtol: 8e-3, atol: 8e-3 });
-  // float16 with the tanh GELU: cuBLASLt's GELU + bias epilogue with outer-vector scales. The
-  // unfused graph rounds the product, the bias add and the GELU separately: two float16 ulps.
+  // Per-tensor weight scales: scalar scale pointers.
+  checkCase({ x: [32, 128], n: 256, options: FP8_TENSOR, input: true, dtype: f16, seed: seed++ });
   checkCase({
-    x: [96, 256],
-    n: 512,
-    options: FP8_CHANNEL,
+    x: [20, 128],
+    n: 256,
+    options: FP8_TENSOR,
     input: true,
-    dtype: "float16",
-    act: "gelu_tanh",
+    dtype: f16,
+    bias: false,
     seed: seed++,
-  }, { rtol: 2e-3, atol: 3e-3 });
+  });
+  const tensorCores = fp8LoweringCounts().tensorCores - before.tensorCores;
+  assert.equal(tensorCores, 8, "every 16-bit product ran on the e4m3 tensor cores");
+  // N or K not multiples of 16, and float32 layers: the codes' exact values in a float32
+  // product.
+  checkCase({ x: [7, 33], n: 17, options: FP8_CHANNEL, input: true, seed: seed++ });
+  checkCase({ x: [1, 100], n: 30, options: FP8_TENSOR, input: true, act: "relu", seed: seed++ });
+  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ }, F32_TOL);
+  assert.equal(fp8LoweringCounts().exact - before.exact, 3, "the exact products ran");
 });
 
-testOnGpu(
-  "qlinear fp8: any M runs on the e4m3 tensor cores when N and K are multiples of 16",
-  () => {
-    // M off the 16-row grid (a prompt of any length) once fell to the exact float32 product.
-    const before = fp8LoweringCounts();
-    let seed = 90;
-    const cases: LinearCase[] = [
-      { x: [101, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ },
-      {
-        x: [1, 150, 256],
-        n: 256,
-        options: FP8_CHANNEL,
-        input: true,
-        dtype: "float16",
-        seed: seed++,
-      },
-      { x: [3, 37, 128], n: 256, options: FP8_CHANNEL, input: true, act: "relu", seed: seed++ },
-      { x: [37, 128], n: 256, options: FP8_TENSOR, input: true, bias: false, seed: seed++ },
-      { x: [77, 256], n: 512, options: FP8_TENSOR, input: true, dtype: "bfloat16", seed: seed++ },
-    ];
-    for (const c of cases) {
-      checkCase(
-        c,
-        c.dtype === "bfloat16" ? { rtol: 8e-3, atol: 8e-3 } : undefined,
-      );
-    }
-    const after = fp8LoweringCounts();
-    assert.equal(after.exact, before.exact, "no product took the exact float32 path");
-    assert.ok(after.tensorCores > before.tensorCores, "the e4m3 products ran");
-  },
-);
+testOnGpu("qlinear fp8: 16-bit layers at any M on the e4m3 tensor cores; float32 exact", () => {
+  // M off the 16-row grid (a prompt of any length) once fell to the exact float32 product.
+  let seed = 90;
+  const half: LinearCase[] = [
+    { x: [101, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: "float16", seed: seed++ },
+    { x: [1, 150, 256], n: 256, options: FP8_CHANNEL, input: true, dtype: "float16", seed: seed++ },
+    {
+      x: [3, 37, 128],
+      n: 256,
+      options: FP8_CHANNEL,
+      input: true,
+      dtype: "float16",
+      act: "relu",
+      seed: seed++,
+    },
+    { x: [37, 128], n: 256, options: FP8_TENSOR, input: true, dtype: "float16", seed: seed++ },
+    { x: [77, 256], n: 512, options: FP8_TENSOR, input: true, dtype: "bfloat16", seed: seed++ },
+  ];
+  let before = fp8LoweringCounts();
+  for (const c of half) {
+    checkCase(c, c.dtype === "bfloat16" ? { rtol: 8e-3, atol: 8e-3 } : undefined);
+  }
+  let after = fp8LoweringCounts();
+  assert.equal(after.exact, before.exact, "no 16-bit product took the exact float32 path");
+  assert.equal(after.tensorCores - before.tensorCores, half.length, "the e4m3 products ran");
+  // float32 layers multiply the codes' exact values, at any M.
+  before = after;
+  for (const x of [[101, 256], [64, 256]]) {
+    checkCase({ x, n: 512, options: FP8_CHANNEL, input: true, seed: seed++ }, F32_TOL);
+  }
+  after = fp8LoweringCounts();
+  assert.equal(after.exact - before.exact, 2, "float32 products took the exact path");
+  assert.equal(after.tensorCores, before.tensorCores);
+});
 
 testOnGpu(
   "qlinear's activation quantize divides like IEEE float32: every float16, 56 scales",

@@ -20,8 +20,8 @@
  *   scales as scalar scale pointers, per-channel ones (when M > 64) as an outer-vector A scale,
  *   with the bias and relu in cuBLASLt's epilogue when the combination runs; otherwise scale-1
  *   products in float32 and the epilogue kernel. M is taken as it is (cuBLASLt's fp8 products
- *   need only K and N in multiples of 16). Shapes whose N or K is not a multiple of 16
- *   multiply the codes' exact float32 values with a float32 GEMM.
+ *   need only K and N in multiples of 16). float32 layers, and shapes whose N or K is not a
+ *   multiple of 16, multiply the codes' exact float32 values with a float32 GEMM.
  * - `qlinear` with M ≤ 8 (int8 or float8e4m3, K a multiple of 16, M·K ≤ 48 KiB): one kernel
  *   (lib/backends/cuda/qgemv.ts) quantizes x, streams the weight codes and applies the epilogue.
  * - `qlinear` with a folded layer norm (attrs `norm`): the fused GEMV normalizes x itself where
@@ -723,8 +723,11 @@ function qlinearProduct(
   }
 
   // float8e4m3 on cuBLASLt's e4m3 tensor-core GEMMs (FP8_TENSOR_CORES), else the exact path
-  // below.
-  const choice = FP8_TENSOR_CORES && tensorCoreShape
+  // below. Float32 layers take the exact path: the e4m3 MMAs sum in a narrower accumulator
+  // between float32 promotions, and at float32 precision that moves activation codes across
+  // their rounding boundaries downstream (GPT-2's fp8 logits at a window's first position:
+  // off the float32 reference by more than 1e-2, against at most 1e-2 with the exact product).
+  const choice = FP8_TENSOR_CORES && tensorCoreShape && ops.outDType !== "float32"
     ? chooseFp8Plan(device, {
       n,
       m,
@@ -906,12 +909,11 @@ function chooseFp8Plan(
     : p.perChannel
     ? (p.m > OUTER_VECTOR_MIN_ROWS ? ["outer"] : [])
     : ["scalar"];
-  // Writing the output directly needs an activation cuBLASLt computes as the reference does
-  // (none, relu, and the tanh GELU for 16-bit outputs), and a bias of D's type (cuBLASLt's fp8
-  // table: bf16 or fp16 with D of that type; a float32 D takes only a bf16 bias).
+  // Writing the (16-bit) output directly needs an activation cuBLASLt computes as the
+  // reference does (none, relu, the tanh GELU), and a bias of D's type (cuBLASLt's fp8 table).
   const epilogue = ltEpilogueFor(p.biasDType !== undefined, p.act, p.outDType);
   const fusable = epilogue !== undefined &&
-    (p.biasDType === undefined || (p.outDType !== "float32" && p.biasDType === p.outDType));
+    (p.biasDType === undefined || p.biasDType === p.outDType);
   // cuBLASLt's fp8 products need K and N (the leading dimensions) in multiples of 16, not M:
   // M rows as they are first, M padded with zero rows if a library version refuses them.
   for (const rows of p.mPad === p.m ? [p.m] : [p.m, p.mPad]) {
