@@ -194,106 +194,72 @@ testOnGpu("qlinear int8: activations, 3-D inputs, float16 / bfloat16 layers", ()
   }
 });
 
-testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
-  let seed = 70;
-  const f16 = "float16" as const;
-  // The unfused graph rounds the product, the bias add and the GELU separately: two float16
-  // ulps against cuBLASLt's GELU + bias epilogue.
-  const geluTol = { rtol: 2e-3, atol: 3e-3 };
+/**
+ * Runs fp8 qlinear cases (each with its tolerance, or checkCase's) and checks that every one
+ * lowered to `path`: cuBLASLt's e4m3 tensor-core GEMMs, or the codes' exact float32 product.
+ */
+function checkFp8Path(path: "tensorCores" | "exact", cases: [LinearCase, Tolerance?][]): void {
   const before = fp8LoweringCounts();
-  // 16-bit layers on cuBLASLt. M ≤ 64: scale-1 products and the epilogue; M > 64:
-  // outer-vector scales (+ bias epilogue).
-  checkCase({ x: [64, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: f16, seed: seed++ });
-  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: f16, seed: seed++ });
-  checkCase({
-    x: [96, 256],
-    n: 512,
-    options: FP8_CHANNEL,
-    input: true,
-    dtype: f16,
-    act: "relu",
-    seed: seed++,
-  });
-  checkCase({
-    x: [2, 48, 256],
-    n: 256,
-    options: FP8_CHANNEL,
-    input: true,
-    dtype: f16,
-    act: "gelu_tanh",
-    seed: seed++,
-  }, geluTol);
-  checkCase({
-    x: [96, 256],
-    n: 512,
-    options: FP8_CHANNEL,
-    input: true,
-    dtype: f16,
-    act: "gelu_tanh",
-    seed: seed++,
-  }, geluTol);
-  checkCase({
-    x: [64, 256],
-    n: 512,
-    options: FP8_CHANNEL,
-    input: true,
-    dtype: "bfloat16",
-    seed: seed++,
-  }, { rtol: 8e-3, atol: 8e-3 });
-  // Per-tensor weight scales: scalar scale pointers.
-  checkCase({ x: [32, 128], n: 256, options: FP8_TENSOR, input: true, dtype: f16, seed: seed++ });
-  checkCase({
-    x: [20, 128],
-    n: 256,
-    options: FP8_TENSOR,
-    input: true,
-    dtype: f16,
-    bias: false,
-    seed: seed++,
-  });
-  const tensorCores = fp8LoweringCounts().tensorCores - before.tensorCores;
-  assert.equal(tensorCores, 8, "every 16-bit product ran on the e4m3 tensor cores");
+  for (const [c, tol] of cases) checkCase(c, tol);
+  const after = fp8LoweringCounts();
+  const other = path === "exact" ? "tensorCores" : "exact";
+  assert.equal(after[path] - before[path], cases.length, `every case lowered to ${path}`);
+  assert.equal(after[other], before[other], `no case lowered to ${other}`);
+}
+
+/** An fp8 qlinear case: x `[.., K]`, N outputs, weight scales, and any other fields. */
+function fp8Case(
+  x: number[],
+  n: number,
+  options: tq.LinearOptions,
+  seed: number,
+  more: Partial<LinearCase> = {},
+): LinearCase {
+  return { x, n, options, input: true, seed, ...more };
+}
+
+const HALF = { dtype: "float16" } as const;
+// The unfused graph rounds the product, the bias add and the GELU separately: two float16 ulps
+// against cuBLASLt's GELU + bias epilogue.
+const FP8_GELU_TOL: Tolerance = { rtol: 2e-3, atol: 3e-3 };
+const FP8_BF16_TOL: Tolerance = { rtol: 8e-3, atol: 8e-3 };
+
+testOnGpu("qlinear fp8: scalar, outer-vector and fallback products", () => {
+  // 16-bit layers on cuBLASLt. Per channel, M ≤ 64: scale-1 products and the epilogue; M > 64:
+  // outer-vector scales (+ bias epilogue). Per tensor: scalar scale pointers.
+  checkFp8Path("tensorCores", [
+    [fp8Case([64, 256], 512, FP8_CHANNEL, 70, HALF)],
+    [fp8Case([96, 256], 512, FP8_CHANNEL, 71, HALF)],
+    [fp8Case([96, 256], 512, FP8_CHANNEL, 72, { ...HALF, act: "relu" })],
+    [fp8Case([2, 48, 256], 256, FP8_CHANNEL, 73, { ...HALF, act: "gelu_tanh" }), FP8_GELU_TOL],
+    [fp8Case([96, 256], 512, FP8_CHANNEL, 74, { ...HALF, act: "gelu_tanh" }), FP8_GELU_TOL],
+    [fp8Case([64, 256], 512, FP8_CHANNEL, 75, { dtype: "bfloat16" }), FP8_BF16_TOL],
+    [fp8Case([32, 128], 256, FP8_TENSOR, 76, HALF)],
+    [fp8Case([20, 128], 256, FP8_TENSOR, 77, { ...HALF, bias: false })],
+  ]);
   // N or K not multiples of 16, and float32 layers: the codes' exact values in a float32
   // product.
-  checkCase({ x: [7, 33], n: 17, options: FP8_CHANNEL, input: true, seed: seed++ });
-  checkCase({ x: [1, 100], n: 30, options: FP8_TENSOR, input: true, act: "relu", seed: seed++ });
-  checkCase({ x: [96, 256], n: 512, options: FP8_CHANNEL, input: true, seed: seed++ }, F32_TOL);
-  assert.equal(fp8LoweringCounts().exact - before.exact, 3, "the exact products ran");
+  checkFp8Path("exact", [
+    [fp8Case([7, 33], 17, FP8_CHANNEL, 78)],
+    [fp8Case([1, 100], 30, FP8_TENSOR, 79, { act: "relu" })],
+    [fp8Case([96, 256], 512, FP8_CHANNEL, 80), F32_TOL],
+  ]);
 });
 
 testOnGpu("qlinear fp8: 16-bit layers at any M on the e4m3 tensor cores; float32 exact", () => {
   // M off the 16-row grid (a prompt of any length) once fell to the exact float32 product.
-  let seed = 90;
-  const half: LinearCase[] = [
-    { x: [101, 256], n: 512, options: FP8_CHANNEL, input: true, dtype: "float16", seed: seed++ },
-    { x: [1, 150, 256], n: 256, options: FP8_CHANNEL, input: true, dtype: "float16", seed: seed++ },
-    {
-      x: [3, 37, 128],
-      n: 256,
-      options: FP8_CHANNEL,
-      input: true,
-      dtype: "float16",
-      act: "relu",
-      seed: seed++,
-    },
-    { x: [37, 128], n: 256, options: FP8_TENSOR, input: true, dtype: "float16", seed: seed++ },
-    { x: [77, 256], n: 512, options: FP8_TENSOR, input: true, dtype: "bfloat16", seed: seed++ },
-  ];
-  let before = fp8LoweringCounts();
-  for (const c of half) {
-    checkCase(c, c.dtype === "bfloat16" ? { rtol: 8e-3, atol: 8e-3 } : undefined);
-  }
-  let after = fp8LoweringCounts();
-  assert.equal(after.exact, before.exact, "no 16-bit product took the exact float32 path");
-  assert.equal(after.tensorCores - before.tensorCores, half.length, "the e4m3 products ran");
+  checkFp8Path("tensorCores", [
+    [fp8Case([101, 256], 512, FP8_CHANNEL, 90, HALF)],
+    [fp8Case([1, 150, 256], 256, FP8_CHANNEL, 91, HALF)],
+    [fp8Case([3, 37, 128], 256, FP8_CHANNEL, 92, { ...HALF, act: "relu" })],
+    [fp8Case([37, 128], 256, FP8_TENSOR, 93, HALF)],
+    [fp8Case([77, 256], 512, FP8_TENSOR, 94, { dtype: "bfloat16" }), FP8_BF16_TOL],
+  ]);
   // float32 layers multiply the codes' exact values, at any M.
-  before = after;
-  for (const x of [[101, 256], [64, 256]]) {
-    checkCase({ x, n: 512, options: FP8_CHANNEL, input: true, seed: seed++ }, F32_TOL);
-  }
-  after = fp8LoweringCounts();
-  assert.equal(after.exact - before.exact, 2, "float32 products took the exact path");
-  assert.equal(after.tensorCores, before.tensorCores);
+  checkFp8Path("exact", [
+    [fp8Case([101, 256], 512, FP8_CHANNEL, 95), F32_TOL],
+    [fp8Case([64, 256], 512, FP8_CHANNEL, 96), F32_TOL],
+  ]);
 });
 
 testOnGpu(
