@@ -3,9 +3,10 @@
  * sharded files, an untied `lm_head`, float16 / bfloat16 checkpoints, a checkpoint without the
  * `transformer.` prefix, every MLP activation, both attention-scaling options.
  *
- * The checkpoints come from `python3 tests/transformers/make_gpt2_variants.py DIR` (torch and
- * transformers); these tests run when `TENSORQ_GPT2_VARIANTS=DIR` names that directory, on the
- * CPU and, when a GPU is usable, on CUDA. For each variant and device:
+ * The checkpoints come from `python3 tests/transformers/make_gpt2_variants.py DIR [SEED]`
+ * (torch and transformers). One set is kept in tests/fixtures/gpt2_variants and always runs;
+ * `TENSORQ_GPT2_VARIANTS=DIR` adds another (other weights and ids). Each runs on the CPU and,
+ * when a GPU is usable, on CUDA. For each variant and device:
  * - float32 logits of a batched forward match transformers' (max |Δ| <= 1e-4 · max |logit|);
  * - greedy `generate` (KV cache, compiled step) gives transformers' greedy tokens; a token may
  *   differ only where the reference's logits tie within 1e-3 · max |logit| (the rest is not
@@ -20,6 +21,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   calibrate,
   generate,
@@ -32,9 +34,14 @@ import {
 } from "../mod.ts";
 import { testOnDevices } from "./helpers.ts";
 
-const DIR = Deno.env.get("TENSORQ_GPT2_VARIANTS");
+/** The kept set, and the one `TENSORQ_GPT2_VARIANTS` names (if any), with their test labels. */
+const SETS: { label: string; dir: string }[] = [
+  { label: "", dir: fileURLToPath(new URL("./fixtures/gpt2_variants/", import.meta.url)) },
+];
+const extra = Deno.env.get("TENSORQ_GPT2_VARIANTS");
+if (extra !== undefined) SETS.push({ label: " (TENSORQ_GPT2_VARIANTS)", dir: extra });
 
-/** The variant directories under DIR (each with a reference.safetensors). */
+/** The variant directories under `dir` (each with a reference.safetensors). */
 function variants(dir: string): string[] {
   return [...Deno.readDirSync(dir)]
     .filter((e) => e.isDirectory)
@@ -154,109 +161,103 @@ function quantizedLogits(dir: string, device: string, ref: Reference): Map<strin
 
 const cpuQuantized = new Map<string, Map<string, Float32Array>>();
 
-if (DIR === undefined) {
-  Deno.test({
-    name: "GPT-2 variants against transformers (skipped: set TENSORQ_GPT2_VARIANTS to a " +
-      "directory made by tests/transformers/make_gpt2_variants.py)",
-    ignore: true,
-    fn() {},
-  });
-} else {
-  // CUDA runs after the CPU, whose quantized logits it compares with.
-  const names = variants(DIR);
-  assert.ok(names.length > 0, `no variants with reference.safetensors under ${DIR}`);
-  for (const name of names) {
-    const dir = join(DIR, name);
-    testOnDevices(`GPT-2 variant ${name}: logits, generation, KV cache, quantization`, (device) => {
-      const ref = readReference(dir);
-      const model = GPT2LMHeadModel.fromPretrained(dir, { device });
-      const tol = 1e-4 * Math.max(1, ref.scale);
+// CUDA runs after the CPU, whose quantized logits it compares with.
+for (const set of SETS) {
+  const names = variants(set.dir);
+  assert.ok(names.length > 0, `no variants with reference.safetensors under ${set.dir}`);
+  for (const name of names) registerVariant(`${name}${set.label}`, join(set.dir, name));
+}
 
-      const batched = floats(model.forward(idsTensor(ref.ids, ref.rows).to(device)));
-      const d = diffs(batched, ref.logits);
+function registerVariant(name: string, dir: string): void {
+  testOnDevices(`GPT-2 variant ${name}: logits, generation, KV cache, quantization`, (device) => {
+    const ref = readReference(dir);
+    const model = GPT2LMHeadModel.fromPretrained(dir, { device });
+    const tol = 1e-4 * Math.max(1, ref.scale);
+
+    const batched = floats(model.forward(idsTensor(ref.ids, ref.rows).to(device)));
+    const d = diffs(batched, ref.logits);
+    console.log(
+      `${name} [${device}] max |logit| ${ref.scale.toFixed(2)}, float32 max |Δ| ` +
+        `${d.max.toExponential(2)}, mean ${d.mean.toExponential(2)}`,
+    );
+    assert.ok(d.max <= tol, `float32 logits: max |Δ| ${d.max} > ${tol}`);
+
+    const vocab = model.config.vocabSize;
+    const prompt = ref.genIds.slice(0, 5);
+    const generated = ref.genIds.length - prompt.length;
+    if (generated > 0) {
+      // Greedy tokens: ours must be transformers' until a near tie goes the other way
+      // (after that the sequences differ and the reference logits no longer apply).
+      const ours = generate(model, prompt, { maxNewTokens: generated });
+      let agreed = 0;
+      for (let j = 0; j < generated; j++) {
+        const at = (prompt.length - 1 + j) * vocab;
+        const row = ref.genLogits.subarray(at, at + vocab);
+        const theirs = ref.genIds[prompt.length + j];
+        if (ours[j] === theirs) {
+          agreed++;
+          continue;
+        }
+        const gap = row[topTwo(row).index] - row[ours[j]];
+        assert.ok(
+          gap <= 1e-3 * ref.scale,
+          `greedy token ${j}: ours ${ours[j]} (logit ${row[ours[j]]}), transformers' ${theirs} ` +
+            `(logit ${row[theirs]}); tokens ${ours} vs ${ref.genIds.slice(prompt.length)}`,
+        );
+        break;
+      }
       console.log(
-        `${name} [${device}] max |logit| ${ref.scale.toFixed(2)}, float32 max |Δ| ` +
-          `${d.max.toExponential(2)}, mean ${d.mean.toExponential(2)}`,
+        `${name} [${device}] greedy: ${agreed} of ${generated} tokens as transformers'`,
       );
-      assert.ok(d.max <= tol, `float32 logits: max |Δ| ${d.max} > ${tol}`);
 
-      const vocab = model.config.vocabSize;
-      const prompt = ref.genIds.slice(0, 5);
-      const generated = ref.genIds.length - prompt.length;
-      if (generated > 0) {
-        // Greedy tokens: ours must be transformers' until a near tie goes the other way
-        // (after that the sequences differ and the reference logits no longer apply).
-        const ours = generate(model, prompt, { maxNewTokens: generated });
-        let agreed = 0;
-        for (let j = 0; j < generated; j++) {
-          const at = (prompt.length - 1 + j) * vocab;
-          const row = ref.genLogits.subarray(at, at + vocab);
-          const theirs = ref.genIds[prompt.length + j];
-          if (ours[j] === theirs) {
-            agreed++;
-            continue;
-          }
-          const gap = row[topTwo(row).index] - row[ours[j]];
-          assert.ok(
-            gap <= 1e-3 * ref.scale,
-            `greedy token ${j}: ours ${ours[j]} (logit ${row[ours[j]]}), transformers' ${theirs} ` +
-              `(logit ${row[theirs]}); tokens ${ours} vs ${ref.genIds.slice(prompt.length)}`,
-          );
-          break;
-        }
-        console.log(
-          `${name} [${device}] greedy: ${agreed} of ${generated} tokens as transformers'`,
-        );
+      // A growing cache fed the reference tokens one at a time.
+      const cache = model.createCache();
+      const parts = [floats(model.forward(idsTensor(prompt).to(device), { cache }))];
+      for (const id of ref.genIds.slice(prompt.length)) {
+        parts.push(floats(model.forward(idsTensor([id]).to(device), { cache })));
+      }
+      const stepped = new Float32Array(ref.genLogits.length);
+      let at = 0;
+      for (const p of parts) {
+        stepped.set(p, at);
+        at += p.length;
+      }
+      const c = diffs(stepped, ref.genLogits);
+      assert.ok(c.max <= tol, `KV-cache logits: max |Δ| ${c.max} > ${tol}`);
+    }
 
-        // A growing cache fed the reference tokens one at a time.
-        const cache = model.createCache();
-        const parts = [floats(model.forward(idsTensor(prompt).to(device), { cache }))];
-        for (const id of ref.genIds.slice(prompt.length)) {
-          parts.push(floats(model.forward(idsTensor([id]).to(device), { cache })));
-        }
-        const stepped = new Float32Array(ref.genLogits.length);
-        let at = 0;
-        for (const p of parts) {
-          stepped.set(p, at);
-          at += p.length;
-        }
-        const c = diffs(stepped, ref.genLogits);
-        assert.ok(c.max <= tol, `KV-cache logits: max |Δ| ${c.max} > ${tol}`);
-      }
+    if (device === "cuda") {
+      const half = GPT2LMHeadModel.fromPretrained(dir, { device, dtype: "float16" });
+      const h = diffs(floats(half.forward(idsTensor(ref.ids, ref.rows).to(device))), ref.logits);
+      console.log(`${name} [cuda] float16 max |Δ| ${h.max.toExponential(2)}`);
+      assert.ok(h.max <= 3e-2 * ref.scale, `float16 logits: max |Δ| ${h.max}`);
+    }
 
-      if (device === "cuda") {
-        const half = GPT2LMHeadModel.fromPretrained(dir, { device, dtype: "float16" });
-        const h = diffs(floats(half.forward(idsTensor(ref.ids, ref.rows).to(device))), ref.logits);
-        console.log(`${name} [cuda] float16 max |Δ| ${h.max.toExponential(2)}`);
-        assert.ok(h.max <= 3e-2 * ref.scale, `float16 logits: max |Δ| ${h.max}`);
+    const quantized = quantizedLogits(dir, device, ref);
+    for (const [mode, q] of quantized) {
+      const error = diffs(q, ref.logits).mean;
+      assert.ok(Number.isFinite(error) && error > 0, `${mode}: quantization changed nothing`);
+    }
+    if (device === "cpu") {
+      cpuQuantized.set(name, quantized);
+      return;
+    }
+    const cpu = cpuQuantized.get(name);
+    if (cpu === undefined) return; // the CPU test was filtered out
+    for (const [mode, q] of quantized) {
+      const against = diffs(q, cpu.get(mode)!);
+      const quantError = diffs(cpu.get(mode)!, ref.logits).mean;
+      console.log(
+        `${name} ${mode}: CUDA vs CPU max |Δ| ${against.max.toExponential(2)}, mean ` +
+          `${against.mean.toExponential(2)}; quantization error (mean) ${
+            quantError.toExponential(2)
+          }`,
+      );
+      if (mode === "w8" || mode === "w4") {
+        assert.ok(against.max <= 1e-3 * ref.scale, `${mode}: CUDA vs CPU ${against.max}`);
+      } else {
+        assert.ok(against.mean <= 0.5 * quantError, `${mode}: CUDA vs CPU ${against.mean}`);
       }
-
-      const quantized = quantizedLogits(dir, device, ref);
-      for (const [mode, q] of quantized) {
-        const error = diffs(q, ref.logits).mean;
-        assert.ok(Number.isFinite(error) && error > 0, `${mode}: quantization changed nothing`);
-      }
-      if (device === "cpu") {
-        cpuQuantized.set(name, quantized);
-        return;
-      }
-      const cpu = cpuQuantized.get(name);
-      if (cpu === undefined) return; // the CPU test was filtered out
-      for (const [mode, q] of quantized) {
-        const against = diffs(q, cpu.get(mode)!);
-        const quantError = diffs(cpu.get(mode)!, ref.logits).mean;
-        console.log(
-          `${name} ${mode}: CUDA vs CPU max |Δ| ${against.max.toExponential(2)}, mean ` +
-            `${against.mean.toExponential(2)}; quantization error (mean) ${
-              quantError.toExponential(2)
-            }`,
-        );
-        if (mode === "w8" || mode === "w4") {
-          assert.ok(against.max <= 1e-3 * ref.scale, `${mode}: CUDA vs CPU ${against.max}`);
-        } else {
-          assert.ok(against.mean <= 0.5 * quantError, `${mode}: CUDA vs CPU ${against.mean}`);
-        }
-      }
-    });
-  }
+    }
+  });
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes small random GPT-2 checkpoints in unusual shapes with transformers' own outputs.
 
-    python3 tests/transformers/make_gpt2_variants.py OUT_DIR
+    python3 tests/transformers/make_gpt2_variants.py OUT_DIR [SEED]
 
 Each OUT_DIR/NAME is a Hugging Face model directory as `save_pretrained` writes it, plus
 `reference.safetensors` (transformers, float32, eager attention, CPU):
@@ -13,7 +13,9 @@ Each OUT_DIR/NAME is a Hugging Face model directory as `save_pretrained` writes 
 The variants cover head sizes 8 to 128, sharded files, untied `lm_head`, float16 and bfloat16
 checkpoints, a checkpoint without the `transformer.` prefix (GPT2Model), every MLP activation
 tensorq takes, and the attention-scaling options. tests/transformers_variants_test.ts reads
-them (TENSORQ_GPT2_VARIANTS=OUT_DIR). Needs torch, transformers and safetensors.
+them: the set in tests/fixtures/gpt2_variants (seed 20261130) always, another set when
+TENSORQ_GPT2_VARIANTS=OUT_DIR names it. SEED (default 20261130) draws other weights and ids.
+Needs torch, transformers and safetensors.
 """
 
 import json
@@ -24,13 +26,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
+# name, config fields, how to save. Small enough to keep in the repository
+# (tests/fixtures/gpt2_variants, about 1 MB together).
 VARIANTS = [
-    # name, config fields, how to save
-    ("sharded_hd16", dict(vocab_size=333, n_positions=64, n_embd=96, n_layer=3, n_head=6), dict(shard="60KB")),
+    ("sharded_hd16", dict(vocab_size=200, n_positions=48, n_embd=32, n_layer=2, n_head=2), dict(shard="40KB")),
     (
         "untied_gelu_inner",
         dict(
-            vocab_size=300, n_positions=48, n_embd=128, n_layer=2, n_head=2, n_inner=200,
+            vocab_size=150, n_positions=40, n_embd=64, n_layer=2, n_head=1, n_inner=48,
             activation_function="gelu", layer_norm_epsilon=1e-6,
             scale_attn_by_inverse_layer_idx=True, tie_word_embeddings=False,
         ),
@@ -38,24 +41,24 @@ VARIANTS = [
     ),
     (
         "float16_relu_unscaled",
-        dict(vocab_size=260, n_positions=40, n_embd=80, n_layer=2, n_head=5, activation_function="relu",
+        dict(vocab_size=260, n_positions=40, n_embd=40, n_layer=2, n_head=5, activation_function="relu",
              scale_attn_weights=False),
         dict(dtype=torch.float16),
     ),
     (
         "bfloat16_hd128_silu",
-        dict(vocab_size=1000, n_positions=40, n_embd=256, n_layer=2, n_head=2, activation_function="silu",
-             reorder_and_upcast_attn=True),
-        dict(dtype=torch.bfloat16, shard="300KB"),
+        dict(vocab_size=128, n_positions=32, n_embd=128, n_layer=1, n_head=1, n_inner=64,
+             activation_function="silu", reorder_and_upcast_attn=True),
+        dict(dtype=torch.bfloat16, shard="100KB"),
     ),
     (
         "no_prefix_hd8_tanh",
-        dict(vocab_size=270, n_positions=32, n_embd=64, n_layer=2, n_head=8, activation_function="tanh"),
+        dict(vocab_size=200, n_positions=32, n_embd=32, n_layer=2, n_head=4, activation_function="tanh"),
         dict(trunk_only=True),
     ),
     (
         "pytorch_tanh_hd32",
-        dict(vocab_size=512, n_positions=80, n_embd=128, n_layer=4, n_head=4,
+        dict(vocab_size=200, n_positions=80, n_embd=64, n_layer=2, n_head=2, n_inner=128,
              activation_function="gelu_pytorch_tanh"),
         dict(),
     ),
@@ -83,11 +86,12 @@ def logits_of(model, ids, trunk_only):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     out = sys.argv[1]
-    generator = torch.Generator().manual_seed(20261130)
+    seed = int(sys.argv[2]) if len(sys.argv) == 3 else 20261130
+    generator = torch.Generator().manual_seed(seed)
     for name, fields, save in VARIANTS:
         config = GPT2Config(**fields)
         trunk_only = save.get("trunk_only", False)
