@@ -32,7 +32,7 @@ import {
   type Tensor,
   tensor,
 } from "../mod.ts";
-import { testOnDevices } from "./helpers.ts";
+import { testOnDevices, values } from "./helpers.ts";
 
 /** The kept set, and the one `TENSORQ_GPT2_VARIANTS` names (if any), with their test labels. */
 const SETS: { label: string; dir: string }[] = [
@@ -54,10 +54,6 @@ function variants(dir: string): string[] {
       }
     })
     .sort();
-}
-
-function floats(t: Tensor): Float32Array {
-  return Float32Array.from(t.cast("float32").dataSync() as Float32Array);
 }
 
 function maxAbs(a: ArrayLike<number>): number {
@@ -98,9 +94,9 @@ function w4BlockSize(model: GPT2LMHeadModel): number {
 interface Reference {
   ids: number[];
   rows: number;
-  logits: Float32Array;
+  logits: Float64Array;
   genIds: number[];
-  genLogits: Float32Array;
+  genLogits: Float64Array;
   scale: number;
 }
 
@@ -108,13 +104,13 @@ function readReference(dir: string): Reference {
   const file = loadSafetensors(join(dir, "reference.safetensors"));
   try {
     const ids = file.get("ids");
-    const logits = floats(file.get("logits"));
+    const logits = values(file.get("logits"));
     return {
       ids: ints(ids),
       rows: ids.shape[0],
       logits,
       genIds: ints(file.get("gen_ids")),
-      genLogits: floats(file.get("gen_logits")),
+      genLogits: values(file.get("gen_logits")),
       scale: maxAbs(logits),
     };
   } finally {
@@ -140,8 +136,8 @@ function topTwo(row: ArrayLike<number>): { index: number; margin: number } {
 const MODES: readonly QuantizationMode[] = ["w8", "w4", "w8a8", "fp8"];
 
 /** Quantized logits of the batched ids per mode, on `device` (calibrated on the same ids). */
-function quantizedLogits(dir: string, device: string, ref: Reference): Map<string, Float32Array> {
-  const out = new Map<string, Float32Array>();
+function quantizedLogits(dir: string, device: string, ref: Reference): Map<string, Float64Array> {
+  const out = new Map<string, Float64Array>();
   for (const mode of MODES) {
     const model = GPT2LMHeadModel.fromPretrained(dir, { device });
     const ids = idsTensor(ref.ids, ref.rows).to(device);
@@ -154,12 +150,12 @@ function quantizedLogits(dir: string, device: string, ref: Reference): Map<strin
       exclude: ["lm_head"],
       blockSize: w4BlockSize(model),
     });
-    out.set(mode, floats(model.forward(ids)));
+    out.set(mode, values(model.forward(ids)));
   }
   return out;
 }
 
-const cpuQuantized = new Map<string, Map<string, Float32Array>>();
+const cpuQuantized = new Map<string, Map<string, Float64Array>>();
 
 // CUDA runs after the CPU, whose quantized logits it compares with.
 for (const set of SETS) {
@@ -174,7 +170,7 @@ function registerVariant(name: string, dir: string): void {
     const model = GPT2LMHeadModel.fromPretrained(dir, { device });
     const tol = 1e-4 * Math.max(1, ref.scale);
 
-    const batched = floats(model.forward(idsTensor(ref.ids, ref.rows).to(device)));
+    const batched = values(model.forward(idsTensor(ref.ids, ref.rows).to(device)));
     const d = diffs(batched, ref.logits);
     console.log(
       `${name} [${device}] max |logit| ${ref.scale.toFixed(2)}, float32 max |Δ| ` +
@@ -212,11 +208,11 @@ function registerVariant(name: string, dir: string): void {
 
       // A growing cache fed the reference tokens one at a time.
       const cache = model.createCache();
-      const parts = [floats(model.forward(idsTensor(prompt).to(device), { cache }))];
+      const parts = [values(model.forward(idsTensor(prompt).to(device), { cache }))];
       for (const id of ref.genIds.slice(prompt.length)) {
-        parts.push(floats(model.forward(idsTensor([id]).to(device), { cache })));
+        parts.push(values(model.forward(idsTensor([id]).to(device), { cache })));
       }
-      const stepped = new Float32Array(ref.genLogits.length);
+      const stepped = new Float64Array(ref.genLogits.length);
       let at = 0;
       for (const p of parts) {
         stepped.set(p, at);
@@ -228,7 +224,7 @@ function registerVariant(name: string, dir: string): void {
 
     if (device === "cuda") {
       const half = GPT2LMHeadModel.fromPretrained(dir, { device, dtype: "float16" });
-      const h = diffs(floats(half.forward(idsTensor(ref.ids, ref.rows).to(device))), ref.logits);
+      const h = diffs(values(half.forward(idsTensor(ref.ids, ref.rows).to(device))), ref.logits);
       console.log(`${name} [cuda] float16 max |Δ| ${h.max.toExponential(2)}`);
       assert.ok(h.max <= 3e-2 * ref.scale, `float16 logits: max |Δ| ${h.max}`);
     }
