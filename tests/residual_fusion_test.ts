@@ -19,6 +19,7 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { PlanGraph, PlanNode } from "../lib/backends/backend.ts";
 import { qgemvLaunchCount } from "../lib/backends/cuda/qgemv.ts";
+import { fp8LoweringCounts } from "../lib/backends/cuda/linear.ts";
 import type { DType } from "../lib/dtype.ts";
 import { runPasses } from "../lib/graph/passes/mod.ts";
 import { traceGraph } from "../lib/runtime/evaluate.ts";
@@ -244,9 +245,11 @@ function fusedAndUnfused(
   const fusedBits = bits(fused);
   const gemvRuns = qgemvLaunchCount() - before;
   // Evaluated while the switch is off (plans are made at evaluation).
+  let plainValues: Float64Array = new Float64Array();
   const plainBits = withoutFusion(() => {
     const t = make();
     assert.ok(tq.inspectGraph(t).ops.includes("add"));
+    plainValues = values(t);
     return bits(t);
   });
   return {
@@ -254,6 +257,7 @@ function fusedAndUnfused(
     fused,
     fusedBits,
     plainBits,
+    plainValues,
     gemvRuns,
     linear: () => values(m.forward(x)),
     flip: m.flip,
@@ -336,6 +340,37 @@ testOnGpu("fused residual adds on cuda: equal to unfused, and to the cpu", () =>
             ulp(dtype, ref[i]) + 2 * gpu.flip;
           if (!(Math.abs(got[i] - ref[i]) <= bound)) {
             assert.fail(`${what}: at ${i} got ${got[i]}, cpu ${ref[i]} (tolerance ${bound})`);
+          }
+        }
+      }
+    }
+  }
+});
+
+testOnGpu("fp8 layers on the tensor cores take the residual as cuBLASLt's C", () => {
+  // Per-channel fp8 at more than 64 rows: cuBLASLt's fused product with outer-vector scales,
+  // which adds the residual as C (one rounding where the unfused graph has two). Its sums
+  // already differ from the unfused graph's product (tests/cuda_linear_test.ts,
+  // FP8_TENSOR_CORE_TOL), so the fused result is compared within that tolerance plus one unit.
+  let seed = 7000;
+  for (const dtype of ["float16", "bfloat16"] as const) {
+    for (const rows of [96, 101]) {
+      for (const bias of [true, false]) {
+        const what = describe("fp8", dtype, rows, bias);
+        const before = fp8LoweringCounts().residualInC;
+        const c = fusedAndUnfused("fp8", dtype, rows, "cuda", seed, bias);
+        seed += 7;
+        assert.equal(residualNodes(c.graph).length, 1, what);
+        assert.equal(fp8LoweringCounts().residualInC - before, 1, `${what}: C took the residual`);
+        const got = values(c.fused);
+        const plain = c.plainValues;
+        const lin = c.linear();
+        const maxLin = lin.reduce((a, b) => Math.max(a, Math.abs(b)), 0);
+        const tol = linearTolerance("fp8", dtype);
+        for (let i = 0; i < got.length; i++) {
+          const bound = tol * (Math.abs(lin[i]) + maxLin) + ulp(dtype, plain[i]);
+          if (!(Math.abs(got[i] - plain[i]) <= bound)) {
+            assert.fail(`${what}: at ${i} got ${got[i]}, unfused ${plain[i]} (tolerance ${bound})`);
           }
         }
       }

@@ -96,6 +96,7 @@ import {
 } from "./flinear.ts";
 import { CudaBuffer } from "./memory.ts";
 import {
+  ACT_NONE,
   activationCode,
   allowSharedBytes,
   checkInt32,
@@ -491,6 +492,11 @@ interface Fp8Choice {
   fused: boolean;
   /** Rows of B and D: M itself, or M padded to a multiple of 16 with zero rows. */
   rows: number;
+  /**
+   * The residual is cuBLASLt's C (beta 1): D = scaled product + bias + residual, rounded once
+   * (fused plans of layers with a residual and no activation).
+   */
+  residualInC: boolean;
 }
 
 /**
@@ -738,14 +744,15 @@ function qlinearProduct(
       f32Scales: sxdInfo.dtype === "float32" && swdInfo.dtype === "float32",
       biasDType: biasInfo?.dtype,
       act: ops.act,
+      residual: addResidual !== undefined,
     })
     : undefined;
   if (choice) {
     fp8Lowerings.tensorCores++;
     const writeCodes = codes("e4m3");
     const epilogue = fn(device, `qlinear_epilogue_f32_${out}`);
-    const { plan, scales, fused, rows } = choice;
-    return thenResidual((y, inputs) => {
+    const { plan, scales, fused, rows, residualInC } = choice;
+    const product = (y: CudaBuffer, inputs: readonly CudaBuffer[], residual?: CudaBuffer) => {
       const [, , sxd, w, swq, swd] = inputs;
       const bias = biasOf(inputs);
       const wq = prep.codes(w, swq, "float8e4m3");
@@ -768,7 +775,8 @@ function qlinearProduct(
         bias: ltBias,
       };
       if (fused) {
-        plan.run(wq.buffer.address, xq.address, y.address, y.address, 1, 0, pointers);
+        const c = residual?.address ?? y.address;
+        plan.run(wq.buffer.address, xq.address, c, y.address, 1, residual ? 1 : 0, pointers);
       } else {
         const acc = CudaBuffer.allocate(device, "float32", rows * n);
         plan.run(wq.buffer.address, xq.address, acc.address, acc.address, 1, 0, pointers);
@@ -779,7 +787,20 @@ function qlinearProduct(
       rowScales?.dispose();
       xq.dispose();
       if (wq.temporary) wq.buffer.dispose();
-    });
+    };
+    if (!residualInC) return thenResidual((y, inputs) => product(y, inputs));
+    fp8Lowerings.residualInC++;
+    // The residual goes in as C where it is as aligned as the plan assumes; otherwise the add
+    // kernel runs after the product.
+    return (y, inputs) => {
+      const residual = inputs[inputs.length - 1];
+      if (residual.address % BigInt(FP8_RESIDUAL_ALIGNMENT) === 0n) {
+        product(y, inputs, residual);
+      } else {
+        product(y, inputs);
+        addResidual!(y, residual);
+      }
+    };
   }
 
   fp8Lowerings.exact++;
@@ -811,13 +832,17 @@ function qlinearProduct(
   });
 }
 
-const fp8Lowerings = { tensorCores: 0, exact: 0 };
+const fp8Lowerings = { tensorCores: 0, exact: 0, residualInC: 0 };
+
+/** Alignment (bytes) an fp8 product's residual C must have: a 16-bit row vector's. */
+const FP8_RESIDUAL_ALIGNMENT = 16;
 
 /**
- * fp8 qlinear products lowered so far: on cuBLASLt's e4m3 tensor cores, and as the codes'
- * exact float32 values (float32 layers, and shapes cuBLASLt's fp8 GEMMs do not take).
+ * fp8 qlinear products lowered so far: on cuBLASLt's e4m3 tensor cores (of them, those that
+ * take a residual as cuBLASLt's C), and as the codes' exact float32 values (float32 layers, and
+ * shapes cuBLASLt's fp8 GEMMs do not take).
  */
-export function fp8LoweringCounts(): { tensorCores: number; exact: number } {
+export function fp8LoweringCounts(): { tensorCores: number; exact: number; residualInC: number } {
   return { ...fp8Lowerings };
 }
 
@@ -900,6 +925,8 @@ function chooseFp8Plan(
     f32Scales: boolean;
     biasDType: DType | undefined;
     act: number;
+    /** The layer adds a residual after its product. */
+    residual: boolean;
   },
 ): Fp8Choice | undefined {
   const candidates: Omit<Fp8Choice, "plan">[] = [];
@@ -916,13 +943,21 @@ function chooseFp8Plan(
     (p.biasDType === undefined || p.biasDType === p.outDType);
   // cuBLASLt's fp8 products need K and N (the leading dimensions) in multiples of 16, not M:
   // M rows as they are first, M padded with zero rows if a library version refuses them.
+  // A residual can be cuBLASLt's C when nothing comes after the bias (an activation would
+  // apply to it): D = product + bias + residual, rounded once instead of twice. fp8 products on
+  // the tensor cores differ from the unfused graph's anyway (their sums), so this changes no
+  // guarantee; it saves the add kernel's launch and its pass over y.
+  const residualInC = p.residual && p.act === ACT_NONE;
   for (const rows of p.mPad === p.m ? [p.m] : [p.m, p.mPad]) {
     for (const scales of scaleModes) {
       // A padded D has more rows than the output: only the float32 scratch takes them.
-      if (fusable && rows === p.m) candidates.push({ scales, fused: true, rows });
-      candidates.push({ scales, fused: false, rows });
+      if (fusable && rows === p.m) {
+        if (residualInC) candidates.push({ scales, fused: true, rows, residualInC: true });
+        candidates.push({ scales, fused: true, rows, residualInC: false });
+      }
+      candidates.push({ scales, fused: false, rows, residualInC: false });
     }
-    candidates.push({ scales: "none", fused: false, rows });
+    candidates.push({ scales: "none", fused: false, rows, residualInC: false });
   }
   for (const c of candidates) {
     const d = c.fused ? LT_TYPE[p.outDType] : CUDA_R_32F;
@@ -936,6 +971,8 @@ function chooseFp8Plan(
       fastAccum: false,
       epilogue: c.fused ? epilogue : CUBLASLT_EPILOGUE_DEFAULT,
     };
+    // C is the residual, wherever the caller's tensor starts (checked per run).
+    if (c.residualInC) spec.alignment = { c: FP8_RESIDUAL_ALIGNMENT };
     if (c.scales !== "none") {
       const mode = c.scales === "outer"
         ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
@@ -962,7 +999,9 @@ function trialRun(
   const b = CudaBuffer.allocate(device, "float8e4m3", c.rows * p.k);
   const d = CudaBuffer.allocate(device, c.fused ? p.outDType : "float32", c.rows * p.n);
   const aux = CudaBuffer.allocate(device, "float32", Math.max(p.n, c.rows, 1));
-  return ltTrialRuns([a, b, d, aux], () => {
+  // A residual C: a buffer of its own, as the real runs' residual is.
+  const cBuffer = c.residualInC ? CudaBuffer.allocate(device, p.outDType, c.rows * p.n) : undefined;
+  return ltTrialRuns(cBuffer ? [a, b, d, aux, cBuffer] : [a, b, d, aux], () => {
     memsetZero(device, a.address, a.bytes);
     memsetZero(device, b.address, b.bytes);
     memsetZero(device, aux.address, aux.bytes);
@@ -971,7 +1010,16 @@ function trialRun(
     const pointers = c.scales === "none"
       ? { bias }
       : { aScale: aux.address, bScale: aux.address, bias };
-    plan.run(a.address, b.address, d.address, d.address, 1, 0, pointers);
+    if (cBuffer) memsetZero(device, cBuffer.address, cBuffer.bytes);
+    plan.run(
+      a.address,
+      b.address,
+      cBuffer?.address ?? d.address,
+      d.address,
+      1,
+      cBuffer ? 1 : 0,
+      pointers,
+    );
   });
 }
 

@@ -24,7 +24,10 @@
  *
  * The fused op computes the unfused graph's function bit for bit: the linear's result rounded to
  * its dtype (as the op alone writes it), then `out = round(y + residual)` as the `add` op
- * computes it (float32 / float64 sum of the two values, rounded once to the dtype).
+ * computes it (float32 / float64 sum of the two values, rounded once to the dtype). One
+ * exception: an fp8 `qlinear` on CUDA's e4m3 tensor cores whose 16-bit output cuBLASLt writes
+ * takes the residual as cuBLASLt's C and rounds once, `round(product + bias + residual)`; its
+ * product already differs from the unfused graph's in the sums' last bits.
  *
  * Switch: {@link setResidualFusion} (on by default); plans are cached per setting.
  * @module
