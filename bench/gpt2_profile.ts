@@ -6,10 +6,16 @@
  *
  *     ncu --profile-from-start off --clock-control none --cache-control none \
  *         --metrics gpu__time_duration.sum --csv --page raw --log-file OUT/ncu.csv \
- *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4]
+ *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4] [--tuning FILE]
  *     python3 bench/ncu_kernels.py OUT/ncu.csv float16,w8a8,fp8,w4
  *
+ * Under the profiler every launch is slow, so the autotune's timings there are wrong and its
+ * picks are not those of a normal run. Pass `--tuning FILE` to both a normal run and the
+ * profiled one: the first saves its picks, the second uses them.
+ *
  * The second command sums kernel durations by name for each region (prefill, decode per mode).
+ * Each mode also prints the cuBLASLt algorithm its prefill products picked (by heuristic index)
+ * and the autotune's time of every candidate.
  * @module
  */
 import * as tq from "../mod.ts";
@@ -17,9 +23,12 @@ import { checkCu, cuda } from "../ffi/cuda.ts";
 import { buildStaticDecoder } from "./gpt2_static_decode.ts";
 import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
 import { argValue } from "./timing.ts";
+import { ltMatmulChoices } from "../lib/backends/cuda/cublaslt.ts";
 
 const device = "cuda";
 const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
+const tuningFile = argValue(Deno.args, "tuning");
+if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
 const model = randomGpt2(GPT2_SMALL, "float16", device);
 const vocab = model.config.vocabSize;
 const prefillIds = randomIds([8, 512], 3, vocab, device);
@@ -36,6 +45,7 @@ async function profiled(fn: () => Promise<void>): Promise<void> {
 }
 
 let calibration: tq.Calibration | undefined;
+const printed = new Set<string>();
 for (const mode of modes) {
   if (mode !== "float16") {
     calibration ??= tq.calibrate(
@@ -60,6 +70,19 @@ for (const mode of modes) {
     y.dispose();
   };
   for (let i = 0; i < 2; i++) await runPrefill();
+  for (const c of ltMatmulChoices()) {
+    const rows = prefillIds.shape[0] * prefillIds.shape[1];
+    const key = JSON.stringify(c.problem);
+    if (c.problem.n !== rows || !c.algorithm.candidateMs || printed.has(key)) continue;
+    printed.add(key);
+    const ms = c.algorithm.candidateMs.map((v) => (Number.isNaN(v) ? "-" : (v * 1e3).toFixed(1)));
+    console.log(
+      `${mode}: cuBLASLt m=${c.problem.m} k=${c.problem.k} epilogue=${c.problem.epilogue} ` +
+        `A=${c.problem.aType} D=${c.problem.dType}: picked ${c.algorithm.index} of µs ${
+          ms.join(" ")
+        }`,
+    );
+  }
   const decoder = buildStaticDecoder(model, { batch: 1, maxLength: 1024 });
   let { state } = decoder.prefill(randomIds([1, 512], 5, vocab, device));
   for (let i = 0; i < 3; i++) ({ state } = decoder.step(state));

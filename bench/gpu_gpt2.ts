@@ -3,7 +3,7 @@
  * side with transformers' GPT2LMHeadModel (fp16, eager PyTorch) run in the same job.
  *
  *     deno run -A bench/gpu_gpt2.ts [--out DIR] [--quick] [--modes float16,w8a8,fp8,w4]
- *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024]
+ *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024] [--tuning FILE]
  *     deno run -A bench/gpu_gpt2.ts --smoke --device cpu --no-peer   # tiny model, no GPU
  *
  * Model: 12 layers, 768 wide, 12 heads, 50257 vocab, 1024 positions, random weights (seed 0).
@@ -18,6 +18,9 @@
  *   model's own KVCache forward (eager, growing shapes).
  * The static decoder's logits are checked against the cached forward on a few steps, and the
  * compiled prefill's against the eager one.
+ *
+ * `--tuning FILE` keeps cuBLASLt's autotune picks in FILE (`tq.cuda.setTuningFile`): a run
+ * with the file of an earlier one uses the same GEMM kernels.
  *
  * Writes gpt2.md (the table) and gpt2.json (everything) to `--out`; prints the table last.
  * @module
@@ -49,6 +52,8 @@ import {
 
 const args = Deno.args;
 const { outDir, quick, smoke, device, noPeer } = benchArgs(args);
+const tuningFile = argValue(args, "tuning");
+if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
 const modes = (argValue(args, "modes") ?? "float16,w8a8,fp8,w4").split(",").map((m) => m.trim())
   .filter((m) => m.length > 0);
 const steps = Number(argValue(args, "steps") ?? (smoke ? 4 : 32));

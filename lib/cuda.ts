@@ -1,12 +1,13 @@
 /**
- * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, and a
- * device-wide synchronize.
+ * The `tq.cuda` namespace: whether a GPU is usable, why not, memory statistics, a device-wide
+ * synchronize, and a file for cuBLASLt's autotune picks.
  * @module
  */
 import { CudaDevice } from "./backends/cuda/device.ts";
 import { cudaUnavailableReason } from "./backends/cuda/backend.ts";
 import { type CudaMemoryStats, memoryStats as stats } from "./backends/cuda/memory.ts";
 import { deviceCount as count } from "../ffi/cudart.ts";
+import { setLtTuningFile } from "./backends/cuda/lt_tuning.ts";
 
 export type { CudaMemoryStats };
 
@@ -33,4 +34,16 @@ export function memoryStats(): CudaMemoryStats {
 /** Waits for all queued work on every device in use (surfaces asynchronous kernel faults). */
 export function synchronize(): void {
   for (const d of CudaDevice.initialized()) d.synchronize();
+}
+
+/**
+ * Keeps cuBLASLt's autotune picks (the algorithm chosen for each product of at least
+ * 2^32 flops, by timing the heuristic's candidates) in the JSON file at `path`: picks found
+ * there are used without timing, where the GPU, the cuBLASLt version and the heuristic's
+ * candidate still match, and new picks are added to the file as they are made (a missing file
+ * is created). Kernel choices then repeat from one process to the next, and later processes
+ * skip the timing. Call it before the first products are planned; `undefined` stops.
+ */
+export function setTuningFile(path: string | undefined): void {
+  setLtTuningFile(path);
 }

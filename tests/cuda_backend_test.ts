@@ -217,3 +217,27 @@ testOnGpu(
     });
   },
 );
+
+Deno.test("cuda.setTuningFile: bad paths and files give clear errors; a new path is fine", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    assert.throws(() => tq.cuda.setTuningFile(""), /tuning file must be a non-empty path/);
+    Deno.writeTextFileSync(`${dir}/broken.json`, "{ not json");
+    assert.throws(
+      () => tq.cuda.setTuningFile(`${dir}/broken.json`),
+      /broken\.json is not JSON/,
+    );
+    Deno.writeTextFileSync(`${dir}/other.json`, JSON.stringify({ format: "something else" }));
+    assert.throws(
+      () => tq.cuda.setTuningFile(`${dir}/other.json`),
+      /other\.json is not a tensorq cuBLASLt tuning file/,
+    );
+    assert.throws(() => tq.cuda.setTuningFile(dir), /could not read the tuning file/);
+    // A missing file is created only at the first pick.
+    tq.cuda.setTuningFile(`${dir}/new.json`);
+    assert.throws(() => Deno.statSync(`${dir}/new.json`), Deno.errors.NotFound);
+  } finally {
+    tq.cuda.setTuningFile(undefined);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

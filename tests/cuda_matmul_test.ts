@@ -1,9 +1,15 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import type { DType } from "../lib/dtype.ts";
-import { CUBLAS_COMPUTE_32F, CUBLASLT_EPILOGUE_BIAS, CUDA_R_32F } from "../ffi/cublaslt.ts";
+import {
+  CUBLAS_COMPUTE_32F,
+  CUBLASLT_EPILOGUE_BIAS,
+  CUDA_R_16F,
+  CUDA_R_32F,
+} from "../ffi/cublaslt.ts";
 import {
   LT_AUTOTUNE_MIN_FLOPS,
+  type LtAlgorithmChoice,
   ltMatmulCacheSize,
   ltMatmulPlan,
 } from "../lib/backends/cuda/cublaslt.ts";
@@ -261,4 +267,58 @@ testOnGpu("ltMatmulPlan: TN product with a bias epilogue, scalars and pointer ov
   const expected = withBias(bias2).map((v, i) => 2 * v + 0.5 * product[i]);
   err = normRelError(y.dataSync() as Float32Array, expected);
   assert.ok(err <= 1e-5, `alpha/beta: error ${err}`);
+});
+
+/** Plans one autotuned float16 product in a new process with `tuningFile`; its choice. */
+async function planInProcess(tuningFile: string): Promise<LtAlgorithmChoice> {
+  const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+  const script = [
+    `import * as tq from ${url("../mod.ts")};`,
+    `import { ltMatmulPlan } from ${url("../lib/backends/cuda/cublaslt.ts")};`,
+    `import { CudaDevice } from ${url("../lib/backends/cuda/device.ts")};`,
+    `import { tnSpec } from ${url("../lib/backends/cuda/util.ts")};`,
+    `tq.cuda.setTuningFile(${JSON.stringify(tuningFile)});`,
+    // 2 · 2048 · 2048 · 1024 flops: above the autotune's threshold.
+    "const plan = ltMatmulPlan(CudaDevice.get(0), { ...tnSpec(2048, 2048, 1024, " +
+    `{ a: ${CUDA_R_16F}, d: ${CUDA_R_16F}, compute: ${CUBLAS_COMPUTE_32F}, scale: ${CUDA_R_32F} }),` +
+    " autotune: true });",
+    "console.log(JSON.stringify(plan.algorithm));",
+  ].join("\n");
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(run.stdout);
+  assert.equal(run.code, 0, text + new TextDecoder().decode(run.stderr));
+  return JSON.parse(text.trim().split("\n").at(-1) ?? "");
+}
+
+testOnGpu("a tuning file gives another process the same cuBLASLt pick, untimed", async () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const file = `${dir}/tuning.json`;
+    const first = await planInProcess(file);
+    assert.ok(first.ran > 1, `the first process times its candidates (ran ${first.ran})`);
+    const saved = JSON.parse(Deno.readTextFileSync(file));
+    const entries = Object.values(saved.devices).flatMap((d) =>
+      Object.values(d as Record<string, { index: number; algo: string }>)
+    );
+    assert.equal(entries.length, 1);
+    assert.equal(entries[0].index, first.index);
+    assert.match(entries[0].algo, /^[0-9a-f]{128}$/);
+
+    const second = await planInProcess(file);
+    assert.equal(second.ran, 0, "the second process takes the saved pick without timing");
+    assert.equal(second.index, first.index);
+
+    // A pick whose algorithm the heuristic no longer offers is timed again and replaced.
+    const stale = Deno.readTextFileSync(file).replace(entries[0].algo, "ab".repeat(64));
+    Deno.writeTextFileSync(file, stale);
+    const third = await planInProcess(file);
+    assert.ok(third.ran > 1, "a stale pick is timed again");
+    assert.doesNotMatch(Deno.readTextFileSync(file), /(ab){64}/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

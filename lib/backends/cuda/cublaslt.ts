@@ -4,7 +4,8 @@
  * algorithm is chosen once per problem: the heuristic's candidates are each timed on the
  * device with CUDA events and the fastest is kept. Plans are cached by problem (device, shapes,
  * types, strides, epilogue, alignment) and shared, so a problem is tuned once per process and
- * its descriptors are never rebuilt.
+ * its descriptors are never rebuilt. Picks can be kept in a file for other processes
+ * (lib/backends/cuda/lt_tuning.ts).
  *
  * All of cuBLASLt's conventions apply: matrices are column-major, `op(A)` is `m × k`, `op(B)`
  * `k × n`, and `D = alpha · op(A) · op(B) + beta · C` is `m × n`. Work is enqueued on the
@@ -78,6 +79,7 @@ import { float32ToFloat16Bits } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { CudaDevice } from "./device.ts";
 import { CudaBuffer } from "./memory.ts";
+import { hexOf, recordLtPick, savedLtPick } from "./lt_tuning.ts";
 
 /** Bytes of the per-device cuBLASLt workspace (the heuristic may use all of it). */
 export const LT_WORKSPACE_BYTES: number = 32 * 2 ** 20;
@@ -275,6 +277,9 @@ export interface LtMatmulSpec {
   /** Time the heuristic's candidates and keep the fastest (true), or take the heuristic's
    * first pick (false). Default: time problems of at least {@link LT_AUTOTUNE_MIN_FLOPS}. */
   autotune?: boolean;
+  /** Use the heuristic's candidate at this index (0: its first pick), untimed; for comparing
+   * candidates. An index past the candidates the heuristic returned is an error. */
+  algorithmIndex?: number;
 }
 
 /** Which algorithm a plan uses and how it was chosen. */
@@ -287,6 +292,9 @@ export interface LtAlgorithmChoice {
   ran: number;
   /** Measured milliseconds of the chosen candidate (undefined when not timed). */
   ms?: number;
+  /** Fastest measured milliseconds of each candidate, by heuristic index (NaN where it failed
+   * or was not offered; undefined when not timed). */
+  candidateMs?: number[];
   /** Workspace bytes the chosen algorithm needs. */
   workspaceBytes: number;
 }
@@ -462,6 +470,7 @@ interface Problem {
   alignD: number;
   reductionSchemeMask: number;
   autotune: boolean;
+  algorithmIndex: number | null;
 }
 
 function normalize(device: CudaDevice, spec: LtMatmulSpec): Problem {
@@ -510,6 +519,7 @@ function normalize(device: CudaDevice, spec: LtMatmulSpec): Problem {
         : LT_REDUCTION_SCHEME_COMPUTE_TYPE),
     autotune: spec.autotune ??
       2 * spec.m * spec.n * spec.k * (batch?.count ?? 1) >= LT_AUTOTUNE_MIN_FLOPS,
+    algorithmIndex: spec.algorithmIndex ?? null,
   };
 }
 
@@ -794,7 +804,12 @@ class LtMatmulCore {
         kind: "unsupported",
       });
     }
-    const keep = (index: number, ran: number, ms?: number): LtAlgorithmChoice => {
+    const keep = (
+      index: number,
+      ran: number,
+      ms?: number,
+      candidateMs?: number[],
+    ): LtAlgorithmChoice => {
       const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
       this.#algo.set(results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes));
       return {
@@ -802,20 +817,53 @@ class LtMatmulCore {
         candidates: found,
         ran,
         ms,
+        candidateMs,
         workspaceBytes: heuristicWorkspaceSize(results, index),
       };
     };
+    if (p.algorithmIndex !== null) {
+      if (!Number.isInteger(p.algorithmIndex) || p.algorithmIndex < 0) {
+        throw new TensorqError(
+          `algorithmIndex must be a non-negative integer, got ${p.algorithmIndex}`,
+          { op: "cublasLtMatmulAlgoGetHeuristic", kind: "argument" },
+        );
+      }
+      if (p.algorithmIndex >= candidates.length) {
+        throw new TensorqError(
+          `algorithmIndex ${p.algorithmIndex} is past the ${candidates.length} usable ` +
+            `candidates cuBLASLt offers for ${this.#describe()}`,
+          { op: "cublasLtMatmulAlgoGetHeuristic", kind: "unsupported" },
+        );
+      }
+      return keep(candidates[p.algorithmIndex], 0);
+    }
+    const algoHex = (index: number) => {
+      const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
+      return hexOf(results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes));
+    };
+    if (p.autotune) {
+      const saved = savedLtPick(this.device, this.key);
+      if (saved && candidates.includes(saved.index) && algoHex(saved.index) === saved.algo) {
+        return keep(saved.index, 0, saved.ms);
+      }
+    }
     // Timing synchronizes the stream, which a graph capture forbids: take the first pick.
     const capturing = streamCaptureStatus(this.device.stream) !== cudaStreamCaptureStatusNone;
     if (!p.autotune || capturing) return keep(candidates[0], 0);
-    return this.#time(results, candidates, keep);
+    const choice = this.#time(results, candidates, keep);
+    recordLtPick(this.device, this.key, {
+      index: choice.index,
+      algo: algoHex(choice.index),
+      ms: choice.ms,
+    });
+    return choice;
   }
 
   /** Runs each candidate on scratch operands, times it, and keeps the fastest. */
   #time(
     results: Uint8Array<ArrayBuffer>,
     candidates: number[],
-    keep: (index: number, ran: number, ms?: number) => LtAlgorithmChoice,
+    keep: (index: number, ran: number, ms?: number, candidateMs?: number[]) => LtAlgorithmChoice,
   ): LtAlgorithmChoice {
     const p = this.problem;
     const device = this.device;
@@ -932,16 +980,18 @@ class LtMatmulCore {
       }
       let best = timed[0];
       let bestMs = Infinity;
+      const candidateMs = Array.from({ length: LT_HEURISTIC_CANDIDATES }, () => NaN);
       for (const t of timed) {
         for (const at of t.slots) {
           const ms = eventElapsedMs(state.events[2 * at], state.events[2 * at + 1]);
+          if (!(ms >= candidateMs[t.index])) candidateMs[t.index] = ms;
           if (ms < bestMs) {
             bestMs = ms;
             best = t;
           }
         }
       }
-      return keep(best.index, timed.length, bestMs);
+      return keep(best.index, timed.length, bestMs, candidateMs);
     } finally {
       this.#clearPointerAttributes();
       for (const buf of scratch) buf.dispose();
@@ -984,6 +1034,18 @@ const cores = new Map<string, LtMatmulCore>();
 /** Number of distinct cuBLASLt problems prepared (and tuned) so far in this process. */
 export function ltMatmulCacheSize(): number {
   return cores.size;
+}
+
+/** The problems prepared so far in this process (their normalized specs) and the algorithm
+ * each uses: for seeing what a model's products chose. */
+export function ltMatmulChoices(): {
+  problem: Readonly<Record<string, unknown>>;
+  algorithm: LtAlgorithmChoice;
+}[] {
+  return [...cores.values()].map((c) => ({
+    problem: { ...c.problem },
+    algorithm: { ...c.algorithm },
+  }));
 }
 
 /**

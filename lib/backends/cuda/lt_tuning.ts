@@ -1,0 +1,143 @@
+/**
+ * cuBLASLt autotune picks kept in a JSON file ({@link setLtTuningFile}), so that another process
+ * uses the same algorithms without timing them again. Timing picks among candidates a few
+ * percent apart differently from run to run (and a process under a kernel profiler, whose
+ * launches are slow, times its candidates wrongly); a file makes the choice repeatable.
+ *
+ * Picks are stored per device identity (compute capability, SM count, L2 size and cuBLASLt
+ * version) and problem, with the algorithm's bytes: a pick is used only when the heuristic still
+ * offers that exact algorithm at that index.
+ * @module
+ */
+import { ltVersion } from "../../../ffi/cublaslt.ts";
+import { TensorqError } from "../../errors.ts";
+import type { CudaDevice } from "./device.ts";
+
+/** A pick as stored: the heuristic's candidate index, its algorithm bytes (hex) and time. */
+export interface LtSavedPick {
+  index: number;
+  algo: string;
+  ms?: number;
+}
+
+const FORMAT = "tensorq-cublaslt-tuning";
+
+interface TuningFile {
+  format: typeof FORMAT;
+  version: 1;
+  /** Device identity → problem key → pick. */
+  devices: Record<string, Record<string, LtSavedPick>>;
+}
+
+let path: string | undefined;
+let file: TuningFile = emptyFile();
+
+function emptyFile(): TuningFile {
+  return { format: FORMAT, version: 1, devices: {} };
+}
+
+/**
+ * Keeps autotune picks in the JSON file at `filePath`: picks already there are used without
+ * timing (where the device, the cuBLASLt version and the heuristic's candidate still match),
+ * and each new pick is added to the file as it is made. A missing file is created at the
+ * first pick. `undefined` stops using a file (picks already made stay in this process).
+ */
+export function setLtTuningFile(filePath: string | undefined): void {
+  if (filePath !== undefined && (typeof filePath !== "string" || filePath === "")) {
+    throw new TensorqError("the tuning file must be a non-empty path", {
+      op: "setTuningFile",
+      kind: "argument",
+      argument: "path",
+      expected: "a file path",
+      actual: JSON.stringify(filePath),
+    });
+  }
+  if (filePath === undefined) {
+    path = undefined;
+    file = emptyFile();
+    return;
+  }
+  let text: string | undefined;
+  try {
+    text = Deno.readTextFileSync(filePath);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new TensorqError(`could not read the tuning file ${filePath}: ${message(e)}`, {
+        op: "setTuningFile",
+        kind: "io",
+        cause: e,
+      });
+    }
+  }
+  file = text === undefined ? emptyFile() : parse(filePath, text);
+  path = filePath;
+}
+
+function parse(filePath: string, text: string): TuningFile {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new TensorqError(`the tuning file ${filePath} is not JSON: ${message(e)}`, {
+      op: "setTuningFile",
+      kind: "io",
+      cause: e,
+    });
+  }
+  const f = json as Partial<TuningFile> | null;
+  if (
+    f === null || typeof f !== "object" || f.format !== FORMAT || f.version !== 1 ||
+    typeof f.devices !== "object" || f.devices === null
+  ) {
+    throw new TensorqError(`${filePath} is not a tensorq cuBLASLt tuning file`, {
+      op: "setTuningFile",
+      kind: "io",
+      expected: `{"format": "${FORMAT}", "version": 1, "devices": {...}}`,
+      actual: text.slice(0, 80),
+    });
+  }
+  return f as TuningFile;
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** What a pick depends on besides the problem: the GPU's kind and the library's version. */
+function identity(device: CudaDevice): string {
+  const [major, minor] = device.computeCapability;
+  return `sm_${major}${minor} ${device.smCount} SMs L2 ${device.l2Bytes} cuBLASLt ${ltVersion()}`;
+}
+
+/** The saved pick of `key` on `device`, when a tuning file is in use and holds one. */
+export function savedLtPick(device: CudaDevice, key: string): LtSavedPick | undefined {
+  if (path === undefined) return undefined;
+  const pick = file.devices[identity(device)]?.[key];
+  if (
+    !pick || !Number.isInteger(pick.index) || pick.index < 0 || typeof pick.algo !== "string"
+  ) return undefined;
+  return pick;
+}
+
+/** Adds a pick to the tuning file (rewritten whole, through a temporary file). */
+export function recordLtPick(device: CudaDevice, key: string, pick: LtSavedPick): void {
+  if (path === undefined) return;
+  const id = identity(device);
+  (file.devices[id] ??= {})[key] = pick;
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  try {
+    Deno.writeTextFileSync(tmp, JSON.stringify(file, null, 1) + "\n");
+    Deno.renameSync(tmp, path);
+  } catch (e) {
+    throw new TensorqError(`could not write the tuning file ${path}: ${message(e)}`, {
+      op: "setTuningFile",
+      kind: "io",
+      cause: e,
+    });
+  }
+}
+
+/** Lowercase hex of bytes (an algorithm's opaque descriptor). */
+export function hexOf(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
