@@ -6,7 +6,9 @@
  *
  * Picks are stored per device identity (compute capability, SM count, L2 size and cuBLASLt
  * version) and problem, with the algorithm's bytes: a pick is used only when the heuristic still
- * offers that exact algorithm at that index.
+ * offers that exact algorithm at that index. The file is read once, when set, and rewritten
+ * whole at each new pick: processes sharing a file at the same time may drop each other's new
+ * picks (the last write wins), which only means those problems are timed again later.
  * @module
  */
 import { ltVersion } from "../../../ffi/cublaslt.ts";
