@@ -98,8 +98,20 @@ function bits(t: tq.Tensor): number[] {
   return Array.from(s as ArrayLike<number>);
 }
 
-/** Seeded random `[rows, N]` residual on `device`; `computed`: the output of an op (a node). */
-function residual(rows: number, dtype: DType, device: string, seed: number, computed: boolean) {
+/** Seeded random `[rows, N]` residual on `device`; `computed`: the output of an op (a node);
+ * `misaligned`: a view starting one element into its buffer (off every vector alignment). */
+function residual(
+  rows: number,
+  dtype: DType,
+  device: string,
+  seed: number,
+  computed: boolean,
+  misaligned = false,
+) {
+  if (misaligned) {
+    const flat = tq.tensor(randomValues(rows * N + 1, seed), { dtype, device });
+    return flat.slice([[1, null]]).reshape([rows, N]);
+  }
   const r = tq.tensor(randomValues(rows * N, seed), { shape: [rows, N], dtype, device });
   return computed ? r.neg() : r;
 }
@@ -233,11 +245,12 @@ function fusedAndUnfused(
   device: string,
   seed: number,
   bias: boolean,
+  misaligned = false,
 ) {
   const m = model(kind, dtype, device, seed, bias);
   const x = input(rows, dtype, device, seed + 10);
   const rFirst = seed % 2 === 0;
-  const r = residual(rows, dtype, device, seed + 11, seed % 3 === 0);
+  const r = residual(rows, dtype, device, seed + 11, seed % 3 === 0, misaligned);
   const make = () => (rFirst ? r.add(m.forward(x)) : m.forward(x).add(r));
   const fused = make();
   const graph = planned(fused).graph;
@@ -371,6 +384,37 @@ testOnGpu("fp8 layers on the tensor cores take the residual as cuBLASLt's C", ()
           const bound = tol * (Math.abs(lin[i]) + maxLin) + ulp(dtype, plain[i]);
           if (!(Math.abs(got[i] - plain[i]) <= bound)) {
             assert.fail(`${what}: at ${i} got ${got[i]}, unfused ${plain[i]} (tolerance ${bound})`);
+          }
+        }
+      }
+    }
+  }
+});
+
+testOnGpu("a residual off 16-byte alignment is added after the product", () => {
+  // The int8 GEMM's epilogue and cuBLASLt's C read the residual in 16-byte vectors: a residual
+  // view one element into its buffer takes the add kernel instead, at run time. int8: the
+  // unfused graph bit for bit; fp8: within the tensor cores' tolerance of it.
+  let seed = 7500;
+  for (const kind of ["int8", "fp8"] as const) {
+    for (const dtype of ["float16", "bfloat16"] as const) {
+      for (const rows of [96, 101]) {
+        const what = `${describe(kind, dtype, rows, true)}, residual misaligned`;
+        const c = fusedAndUnfused(kind, dtype, rows, "cuda", seed, true, true);
+        seed += 7;
+        assert.equal(residualNodes(c.graph).length, 1, what);
+        if (kind === "int8") {
+          assert.deepEqual(c.fusedBits, c.plainBits, what);
+          continue;
+        }
+        const got = values(c.fused);
+        const lin = c.linear();
+        const maxLin = lin.reduce((a, b) => Math.max(a, Math.abs(b)), 0);
+        const tol = linearTolerance("fp8", dtype);
+        for (let i = 0; i < got.length; i++) {
+          const bound = tol * (Math.abs(lin[i]) + maxLin) + ulp(dtype, c.plainValues[i]);
+          if (!(Math.abs(got[i] - c.plainValues[i]) <= bound)) {
+            assert.fail(`${what}: at ${i} got ${got[i]}, unfused ${c.plainValues[i]}`);
           }
         }
       }

@@ -804,14 +804,18 @@ class LtMatmulCore {
         kind: "unsupported",
       });
     }
+    /** The opaque algorithm of candidate `index`. */
+    const algoOf = (index: number) => {
+      const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
+      return results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes);
+    };
     const keep = (
       index: number,
       ran: number,
       ms?: number,
       candidateMs?: number[],
     ): LtAlgorithmChoice => {
-      const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
-      this.#algo.set(results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes));
+      this.#algo.set(algoOf(index));
       return {
         index,
         candidates: found,
@@ -837,13 +841,10 @@ class LtMatmulCore {
       }
       return keep(candidates[p.algorithmIndex], 0);
     }
-    const algoHex = (index: number) => {
-      const at = index * HEURISTIC_RESULT_LAYOUT.bytes + HEURISTIC_RESULT_LAYOUT.algoOffset;
-      return hexOf(results.subarray(at, at + HEURISTIC_RESULT_LAYOUT.algoBytes));
-    };
+    // A pick saved by an earlier process, while the heuristic still offers its algorithm.
     if (p.autotune) {
       const saved = savedLtPick(this.device, this.key);
-      if (saved && candidates.includes(saved.index) && algoHex(saved.index) === saved.algo) {
+      if (saved && candidates.includes(saved.index) && hexOf(algoOf(saved.index)) === saved.algo) {
         return keep(saved.index, 0, saved.ms);
       }
     }
@@ -853,7 +854,7 @@ class LtMatmulCore {
     const choice = this.#time(results, candidates, keep);
     recordLtPick(this.device, this.key, {
       index: choice.index,
-      algo: algoHex(choice.index),
+      algo: hexOf(algoOf(choice.index)),
       ms: choice.ms,
     });
     return choice;
