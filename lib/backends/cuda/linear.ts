@@ -682,7 +682,7 @@ function qlinearProduct(
         const xq = CudaBuffer.allocate(device, "int8", m * k);
         writeCodes(xq.address, inputs, m);
         const residual = addResidual ? inputs[inputs.length - 1] : undefined;
-        const inKernel = residual !== undefined && residual.address % 16n === 0n;
+        const inKernel = residual !== undefined && residualVectorAligned(residual);
         fused.run(
           y.address,
           xq.address,
@@ -788,18 +788,15 @@ function qlinearProduct(
       xq.dispose();
       if (wq.temporary) wq.buffer.dispose();
     };
-    if (!residualInC) return thenResidual((y, inputs) => product(y, inputs));
+    const productThenAdd = thenResidual((y, inputs) => product(y, inputs));
+    if (!residualInC) return productThenAdd;
     fp8Lowerings.residualInC++;
     // The residual goes in as C where it is as aligned as the plan assumes; otherwise the add
     // kernel runs after the product.
     return (y, inputs) => {
       const residual = inputs[inputs.length - 1];
-      if (residual.address % BigInt(FP8_RESIDUAL_ALIGNMENT) === 0n) {
-        product(y, inputs, residual);
-      } else {
-        product(y, inputs);
-        addResidual!(y, residual);
-      }
+      if (residualVectorAligned(residual)) product(y, inputs, residual);
+      else productThenAdd(y, inputs);
     };
   }
 
@@ -834,8 +831,16 @@ function qlinearProduct(
 
 const fp8Lowerings = { tensorCores: 0, exact: 0, residualInC: 0 };
 
-/** Alignment (bytes) an fp8 product's residual C must have: a 16-bit row vector's. */
-const FP8_RESIDUAL_ALIGNMENT = 16;
+/**
+ * Alignment (bytes) of a residual that a GEMM reads itself (the int8 wgmma epilogue, cuBLASLt's
+ * C of an fp8 product): both read it in 16-byte vectors.
+ */
+const RESIDUAL_VECTOR_BYTES = 16;
+
+/** True when the GEMMs that add a residual themselves can read `residual` (see above). */
+function residualVectorAligned(residual: CudaBuffer): boolean {
+  return residual.address % BigInt(RESIDUAL_VECTOR_BYTES) === 0n;
+}
 
 /**
  * fp8 qlinear products lowered so far: on cuBLASLt's e4m3 tensor cores (of them, those that
@@ -972,7 +977,7 @@ function chooseFp8Plan(
       epilogue: c.fused ? epilogue : CUBLASLT_EPILOGUE_DEFAULT,
     };
     // C is the residual, wherever the caller's tensor starts (checked per run).
-    if (c.residualInC) spec.alignment = { c: FP8_RESIDUAL_ALIGNMENT };
+    if (c.residualInC) spec.alignment = { c: RESIDUAL_VECTOR_BYTES };
     if (c.scales !== "none") {
       const mode = c.scales === "outer"
         ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
