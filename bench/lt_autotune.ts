@@ -43,7 +43,7 @@ import {
   CUDA_R_16F,
   CUDA_R_32F,
 } from "../ffi/cublaslt.ts";
-import { argValue, gpuAvailable, markdownTable, percentile, writeOut } from "./timing.ts";
+import { argValue, gpuAvailable, markdownTable, percentile, timeGpu, writeOut } from "./timing.ts";
 import { TensorqError } from "../lib/errors.ts";
 import * as tq from "../mod.ts";
 import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
@@ -65,10 +65,7 @@ const SHAPES: [name: string, k: number, n: number, epilogue: number][] = [
 ];
 
 const lib = cudart();
-const events = Array.from(
-  { length: 2 * Math.max(BATCHES, ISOLATED_RUNS) },
-  () => createEvent(cudaEventDefault),
-);
+const events = Array.from({ length: 2 * ISOLATED_RUNS }, () => createEvent(cudaEventDefault));
 
 function randomBuffer(bytes: number, seed: number): CudaBuffer {
   const buf = CudaBuffer.allocate(device, "int8", bytes);
@@ -142,18 +139,10 @@ for (const [name, k, n, epilogue] of SHAPES) {
       rows.push([name, String(index), index === picked.index ? "**picked**" : "", "fails"]);
       continue;
     }
-    // Stream: one launch per weight set, back to back.
-    for (const w of weights) run(w);
-    const stream: number[] = [];
-    for (let b = 0; b < BATCHES; b++) {
-      checkCuda(lib.cudaEventRecord(events[2 * b], device.stream), "cudaEventRecord");
+    // Stream: one launch per weight set, back to back (one batch to warm up).
+    const stream = timeGpu(() => {
       for (const w of weights) run(w);
-      checkCuda(lib.cudaEventRecord(events[2 * b + 1], device.stream), "cudaEventRecord");
-    }
-    device.synchronize();
-    for (let b = 0; b < BATCHES; b++) {
-      stream.push((eventElapsedMs(events[2 * b], events[2 * b + 1]) * 1e3) / sets);
-    }
+    }, { warmup: 1, reps: BATCHES });
     // Isolated: the autotune's method.
     const isolated: number[] = [];
     for (let r = 0; r < ISOLATED_RUNS; r++) {
@@ -179,13 +168,12 @@ for (const [name, k, n, epilogue] of SHAPES) {
     for (let r = 0; r < ISOLATED_RUNS; r++) {
       isolated.push(eventElapsedMs(events[2 * r], events[2 * r + 1]) * 1e3);
     }
-    stream.sort((a, b) => a - b);
     isolated.sort((a, b) => a - b);
     rows.push([
       name,
       String(index),
       index === picked.index ? "**picked**" : "",
-      us(percentile(stream, 0.5)),
+      us(stream.medianUs / sets),
       us(isolated[0]),
       us(percentile(isolated, 0.5)),
     ]);
