@@ -4,7 +4,7 @@ import { resetLibraryCache } from "../ffi/library.ts";
 import { checkCuda, cudart, memInfo } from "../ffi/cudart.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
-import { testOnGpu } from "./helpers.ts";
+import { evalInProcess, repoModule, testOnGpu } from "./helpers.ts";
 
 testOnGpu("cuda: device tensors round-trip and report their device", async () => {
   const x = tq.randn([3, 5], { seed: 1 });
@@ -180,28 +180,18 @@ testOnGpu(
       major === 9 && minor === 0 && !forced ? "cubin" : "ptx",
     );
 
-    const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
     const script = [
-      `import * as tq from ${url("../mod.ts")};`,
-      `import { moduleImage } from ${url("../lib/backends/cuda/kernels.ts")};`,
-      `import { CudaDevice } from ${url("../lib/backends/cuda/device.ts")};`,
-      `import { ptx } from ${url("../kernels/ptx/nn.ts")};`,
+      `import * as tq from ${repoModule("../mod.ts")};`,
+      `import { moduleImage } from ${repoModule("../lib/backends/cuda/kernels.ts")};`,
+      `import { CudaDevice } from ${repoModule("../lib/backends/cuda/device.ts")};`,
+      `import { ptx } from ${repoModule("../kernels/ptx/nn.ts")};`,
       moduleProbe.toString(),
       "const out = moduleProbe(tq);",
       "console.log(JSON.stringify({ image: moduleImage(CudaDevice.get(0), ptx), out }));",
     ].join("\n");
-    const run = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", script],
-      env: { TENSORQ_CUDA_FORCE_PTX: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder().decode(run.stdout);
-    assert.equal(run.code, 0, text + new TextDecoder().decode(run.stderr));
-    const there = JSON.parse(text.trim().split("\n").at(-1) ?? "") as {
-      image: string;
-      out: number[][];
-    };
+    const there = await evalInProcess<{ image: string; out: number[][] }>(script, {
+      TENSORQ_CUDA_FORCE_PTX: "1",
+    });
     assert.equal(there.image, "ptx");
     // One PTX text, two assemblies (ours ahead of time, the driver's at load). The same ptxas
     // gives the same bits; another version may contract a multiply and an add differently.

@@ -16,7 +16,7 @@ import {
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { setAllowTF32 } from "../lib/backends/cuda/matmul.ts";
 import type { CudaBuffer } from "../lib/backends/cuda/memory.ts";
-import { randomValues, testOnGpu } from "./helpers.ts";
+import { evalInProcess, randomValues, repoModule, testOnGpu } from "./helpers.ts";
 
 // Norm-relative tolerances ‖out − ref‖ / ‖ref‖ against a float64-accumulated CPU reference
 // computed from the same (already rounded) inputs. The GPU accumulates in float32 and rounds
@@ -270,13 +270,12 @@ testOnGpu("ltMatmulPlan: TN product with a bias epilogue, scalars and pointer ov
 });
 
 /** Plans one autotuned float16 product in a new process with `tuningFile`; its choice. */
-async function planInProcess(tuningFile: string): Promise<LtAlgorithmChoice> {
-  const url = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+function planInProcess(tuningFile: string): Promise<LtAlgorithmChoice> {
   const script = [
-    `import * as tq from ${url("../mod.ts")};`,
-    `import { ltMatmulPlan } from ${url("../lib/backends/cuda/cublaslt.ts")};`,
-    `import { CudaDevice } from ${url("../lib/backends/cuda/device.ts")};`,
-    `import { tnSpec } from ${url("../lib/backends/cuda/util.ts")};`,
+    `import * as tq from ${repoModule("../mod.ts")};`,
+    `import { ltMatmulPlan } from ${repoModule("../lib/backends/cuda/cublaslt.ts")};`,
+    `import { CudaDevice } from ${repoModule("../lib/backends/cuda/device.ts")};`,
+    `import { tnSpec } from ${repoModule("../lib/backends/cuda/util.ts")};`,
     `tq.cuda.setTuningFile(${JSON.stringify(tuningFile)});`,
     // 2 · 2048 · 2048 · 1024 flops: above the autotune's threshold.
     "const plan = ltMatmulPlan(CudaDevice.get(0), { ...tnSpec(2048, 2048, 1024, " +
@@ -284,14 +283,7 @@ async function planInProcess(tuningFile: string): Promise<LtAlgorithmChoice> {
     " autotune: true });",
     "console.log(JSON.stringify(plan.algorithm));",
   ].join("\n");
-  const run = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(run.stdout);
-  assert.equal(run.code, 0, text + new TextDecoder().decode(run.stderr));
-  return JSON.parse(text.trim().split("\n").at(-1) ?? "");
+  return evalInProcess<LtAlgorithmChoice>(script);
 }
 
 testOnGpu("a tuning file gives another process the same cuBLASLt pick, untimed", async () => {

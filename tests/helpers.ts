@@ -243,6 +243,27 @@ export function applyActivation(t: Tensor, act: Activation | undefined): Tensor 
   }
 }
 
+/** A module of this repository, by its path relative to tests/, as a quoted import specifier. */
+export function repoModule(path: string): string {
+  return JSON.stringify(new URL(path, import.meta.url).href);
+}
+
+/**
+ * Runs `script` with `deno eval` in a new process (with `env` added): fails the test, with the
+ * process's output, unless it exits with code 0; returns the JSON value of its last stdout line.
+ */
+export async function evalInProcess<T>(script: string, env?: Record<string, string>): Promise<T> {
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(run.stdout);
+  assert.equal(run.code, 0, text + new TextDecoder().decode(run.stderr));
+  return JSON.parse(text.trim().split("\n").at(-1) ?? "") as T;
+}
+
 /** The line number of the caller of this function (for error-line assertions). */
 export function thisLine(): number {
   const stack = new Error().stack!.split("\n")[2];
