@@ -137,6 +137,10 @@ export {
   setAttentionViewFusion,
 } from "./lib/graph/passes/attention_views.ts";
 export {
+  attentionQlinearFusionEnabled,
+  setAttentionQlinearFusion,
+} from "./lib/graph/passes/attention_qlinear.ts";
+export {
   type AmaxObserver,
   type EntropyOptions,
   type HistogramMethod,

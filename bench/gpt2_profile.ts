@@ -6,7 +6,8 @@
  *
  *     ncu --profile-from-start off --clock-control none --cache-control none \
  *         --metrics gpu__time_duration.sum --csv --page raw --log-file OUT/ncu.csv \
- *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4] [--tuning FILE]
+ *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4] [--tuning FILE] \
+ *         [--no-attention-fold]
  *     python3 bench/ncu_kernels.py OUT/ncu.csv float16,w8a8,fp8,w4
  *
  * Under the profiler every launch is slow, so the autotune's timings there are wrong and its
@@ -29,6 +30,8 @@ const device = "cuda";
 const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
 const tuningFile = argValue(Deno.args, "tuning");
 if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
+// Attention apart from the quantized projection that reads it (tq.setAttentionQlinearFusion).
+if (Deno.args.includes("--no-attention-fold")) tq.setAttentionQlinearFusion(false);
 const model = randomGpt2(GPT2_SMALL, "float16", device);
 const vocab = model.config.vocabSize;
 const prefillIds = randomIds([8, 512], 3, vocab, device);

@@ -4,6 +4,7 @@
  *
  *     deno run -A bench/gpu_gpt2.ts [--out DIR] [--quick] [--modes float16,w8a8,fp8,w4]
  *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024] [--tuning FILE]
+ *         [--no-attention-fold]
  *     deno run -A bench/gpu_gpt2.ts --smoke --device cpu --no-peer   # tiny model, no GPU
  *
  * Model: 12 layers, 768 wide, 12 heads, 50257 vocab, 1024 positions, random weights (seed 0).
@@ -20,7 +21,9 @@
  * compiled prefill's against the eager one.
  *
  * `--tuning FILE` keeps cuBLASLt's autotune picks in FILE (`tq.cuda.setTuningFile`): a run
- * with the file of an earlier one uses the same GEMM kernels.
+ * with the file of an earlier one uses the same GEMM kernels. `--no-attention-fold` keeps each
+ * attention apart from the quantized projection that reads it (`tq.setAttentionQlinearFusion`),
+ * for a side-by-side figure of that fold.
  *
  * Writes gpt2.md (the table) and gpt2.json (everything) to `--out`; prints the table last.
  * @module
@@ -54,6 +57,7 @@ const args = Deno.args;
 const { outDir, quick, smoke, device, noPeer } = benchArgs(args);
 const tuningFile = argValue(args, "tuning");
 if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
+if (args.includes("--no-attention-fold")) tq.setAttentionQlinearFusion(false);
 const modes = (argValue(args, "modes") ?? "float16,w8a8,fp8,w4").split(",").map((m) => m.trim())
   .filter((m) => m.length > 0);
 const steps = Number(argValue(args, "steps") ?? (smoke ? 4 : 32));
@@ -311,7 +315,9 @@ function table(): string {
   return `### GPT-2 small (${
     smoke ? "SMOKE: tiny config" : "12×768, vocab 50257"
   }) on ${device}: prefill ${prefillBatch}×${prefillSeq}, decode at ${context} context ` +
-    `(${steps} steps, static cache ${maxLength} slots)\n\n` + markdownTable(header, rows);
+    `(${steps} steps, static cache ${maxLength} slots)` +
+    (tq.attentionQlinearFusionEnabled() ? "" : ", attention not folded into the projections") +
+    "\n\n" + markdownTable(header, rows);
 }
 
 function save(): void {

@@ -16,7 +16,8 @@
 // running max / sum / output accumulators are float32 and the output is rounded once.
 //
 // Kernels:
-//  - attention_flash_<f16|bf16>_d<64|128> (D == Dv): flash-attention-2 forward. One CTA of 4
+//  - attention_flash_<f16|bf16>_d<64|128>[_i8|_e4m3] (D == Dv): flash-attention-2 forward (the
+//    suffixed kernels write the per-tensor int8 / e4m3 codes of the result instead). One CTA of 4
 //    warps per (batch·head, 64-query tile), each warp owning 16 query rows with Q in registers;
 //    K/V tiles of 64 keys are staged in shared memory with cp.async, double buffered (the next
 //    tile loads while this one is used). S = Q·Kᵀ and O += P·V run on mma.m16n8k16 (float32
@@ -37,7 +38,10 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "common.cuh"
+#include "qlinear.cuh"
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
@@ -193,14 +197,21 @@ __device__ __forceinline__ void loadTile(unsigned tile, const unsigned short* g,
   }
 }
 
-template <bool Bf16, int D>
+// Codes: void writes the 16-bit result; XI8 or XE4M3 (qlinear.cuh) write the per-tensor int8
+// or e4m3 codes of the rounded result instead, `codeScale` (a scale of kind `codeScaleKind`)
+// dividing it as the quantize op does: one byte per element at the same element offsets. With
+// `rowScales` (the `bthd` layout only), the CTAs of head 0 also write a float32 copy of
+// `rowScale` for each of their rows b·T + t (cuBLASLt's outer-vector scale of those codes).
+template <bool Bf16, int D, class Codes>
 __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
                                         const unsigned short* __restrict__ k,
                                         const unsigned short* __restrict__ v,
-                                        unsigned short* __restrict__ out,
-                                        const int* __restrict__ kvLen, int BH, int H, int T,
-                                        int S, float scaleLog2, bool causal, int mTiles,
-                                        const Strides& st) {
+                                        void* __restrict__ out, const int* __restrict__ kvLen,
+                                        int BH, int H, int T, int S, float scaleLog2, bool causal,
+                                        int mTiles, const Strides& st,
+                                        const void* __restrict__ codeScale, int codeScaleKind,
+                                        float* __restrict__ rowScales,
+                                        const void* __restrict__ rowScale, int rowScaleKind) {
   static_assert(D % 16 == 0 && BM == 64 && BN == 64, "tile shape");
   constexpr int CH = D / 8;                      // 16-byte chunks per row
   constexpr unsigned TILE_BYTES = 64 * D * 2;    // one [64][D] tile
@@ -383,15 +394,42 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(ctaid));
   const int outBh = (int)(ctaid % (unsigned)BH);
   const int outBatch = outBh / H, outHead = outBh - outBatch * H;
-  unsigned short* og = out + outBatch * st.oB + outHead * st.oH;
+  const i64 outHeadAt = outBatch * st.oB + outHead * st.oH;  // elements
+  if constexpr (std::is_void<Codes>::value) {
+    unsigned short* og = static_cast<unsigned short*>(out) + outHeadAt;
 #pragma unroll
-  for (int i = 0; i < 16 * CH / 32; ++i) {
-    const int idx = lane + i * 32;
-    const int r = idx / CH, chunk = idx % CH;
-    const int row = m0 + warp * 16 + r;
-    if (row < T) {
-      const uint4 w = *reinterpret_cast<const uint4*>(stage + tileOffset<D>(warp * 16 + r, chunk));
-      *reinterpret_cast<uint4*>(og + (i64)row * st.oT + chunk * 8) = w;
+    for (int i = 0; i < 16 * CH / 32; ++i) {
+      const int idx = lane + i * 32;
+      const int r = idx / CH, chunk = idx % CH;
+      const int row = m0 + warp * 16 + r;
+      if (row < T) {
+        const uint4 w =
+            *reinterpret_cast<const uint4*>(stage + tileOffset<D>(warp * 16 + r, chunk));
+        *reinterpret_cast<uint4*>(og + (i64)row * st.oT + chunk * 8) = w;
+      }
+    }
+  } else {
+    // Eight rounded values -> eight codes at byte (element) offset 8·c; every offset here is a
+    // multiple of 8 (D is, and so are the output strides).
+    const ScaleQuotient quotient(loadScale(codeScale, codeScaleKind, 0));
+    if (rowScales != nullptr && outHead == 0) {
+      const float copy = loadScale(rowScale, rowScaleKind, 0);
+      for (int r = tid; r < BM && m0 + r < T; r += THREADS) {
+        rowScales[(i64)outBatch * T + m0 + r] = copy;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 16 * CH / 32; ++i) {
+      const int idx = lane + i * 32;
+      const int r = idx / CH, chunk = idx % CH;
+      const int row = m0 + warp * 16 + r;
+      if (row < T) {
+        float x[8];
+        Half16<Bf16>::unpack8(
+            *reinterpret_cast<const uint4*>(stage + tileOffset<D>(warp * 16 + r, chunk)), x);
+        quotient.divide(x);
+        Codes::store8(out, (outHeadAt + (i64)row * st.oT + chunk * 8) / 8, x);
+      }
     }
   }
 }
@@ -406,14 +444,34 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
            const int* __restrict__ kvLen, int BH, int H, int T, int S, float scaleLog2,        \
            int causal, int mTiles, STRIDE_PARAMS) {                                            \
     const Strides st = STRIDE_ARGS;                                                            \
-    flash::forward<BF16, D>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0, mTiles,  \
-                            st);                                                               \
+    flash::forward<BF16, D, void>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0,    \
+                                  mTiles, st, nullptr, 0, nullptr, nullptr, 0);                \
   }
 
-FLASH_KERNEL(attention_flash_f16_d64, false, 64)
-FLASH_KERNEL(attention_flash_f16_d128, false, 128)
-FLASH_KERNEL(attention_flash_bf16_d64, true, 64)
-FLASH_KERNEL(attention_flash_bf16_d128, true, 128)
+// The same, writing the codes of the result (a qlinear's x; lib/graph/passes/attention_qlinear.ts).
+#define FLASH_CODES_KERNEL(NAME, BF16, D, CODES)                                                 \
+  extern "C" __global__ void __launch_bounds__(flash::THREADS, D == 64 ? 4 : 2)                \
+      NAME(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,         \
+           const unsigned short* __restrict__ v, void* __restrict__ out,                       \
+           const int* __restrict__ kvLen, int BH, int H, int T, int S, float scaleLog2,        \
+           int causal, int mTiles, STRIDE_PARAMS, const void* __restrict__ codeScale,          \
+           int codeScaleKind, float* __restrict__ rowScales, const void* __restrict__ rowScale, \
+           int rowScaleKind) {                                                                 \
+    const Strides st = STRIDE_ARGS;                                                            \
+    flash::forward<BF16, D, CODES>(q, k, v, out, kvLen, BH, H, T, S, scaleLog2, causal != 0,   \
+                                   mTiles, st, codeScale, codeScaleKind, rowScales, rowScale,  \
+                                   rowScaleKind);                                              \
+  }
+
+#define FLASH_KERNELS(TYPE, BF16, D)                                       \
+  FLASH_KERNEL(attention_flash_##TYPE##_d##D, BF16, D)                     \
+  FLASH_CODES_KERNEL(attention_flash_##TYPE##_d##D##_i8, BF16, D, XI8)     \
+  FLASH_CODES_KERNEL(attention_flash_##TYPE##_d##D##_e4m3, BF16, D, XE4M3)
+
+FLASH_KERNELS(f16, false, 64)
+FLASH_KERNELS(f16, false, 128)
+FLASH_KERNELS(bf16, true, 64)
+FLASH_KERNELS(bf16, true, 128)
 
 // =============================================================================================
 // Flash-decoding (T <= TQ, D == Dv in {64, 128})

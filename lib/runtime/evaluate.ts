@@ -12,6 +12,7 @@ import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
 import "../graph/passes/residual_fusion.ts";
 import "../graph/passes/attention_views.ts";
+import "../graph/passes/attention_qlinear.ts";
 import type { Plan } from "../backends/backend.ts";
 
 /** The backend that serves a canonical device name; errors when it cannot run. */

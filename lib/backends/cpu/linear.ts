@@ -8,11 +8,14 @@
  * With attr `residual` (lib/graph/passes/residual_fusion.ts) the op's last input is a residual
  * of the output's shape and dtype: the result, rounded to the output dtype as without it, goes
  * through the `add` kernel with the residual (one more rounding), as the unfused graph does.
+ * A qlinear with a folded attention (attr `attention`, lib/graph/passes/attention_qlinear.ts)
+ * runs the attention kernel, then itself on the attention's result.
  * @module
  */
 import { objectIds } from "../../object_ids.ts";
 import { decode, encode, type StorageArray } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
+import type { FoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { cpuKernel, type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { gemm } from "./matmul.ts";
@@ -143,7 +146,47 @@ function normalizedInput(inputs: StorageArray[], ctx: CpuKernelContext, own: num
   });
 }
 
+/**
+ * A qlinear whose attr `attention` folds in the attention that writes its x: input 0 is q, and
+ * k, v (and kvLength) follow the qlinear's own inputs. Returns the attention's result as x
+ * and the qlinear without the fold.
+ */
+function attentionInput(
+  inputs: StorageArray[],
+  ctx: CpuKernelContext,
+): { inputs: StorageArray[]; ctx: CpuKernelContext } {
+  const a = ctx.attrs.attention as unknown as FoldedAttention;
+  const own = ctx.attrs.hasBias ? 7 : 6;
+  const end = own + (a.hasKvLength ? 3 : 2);
+  const dtype = ctx.inputs[0].dtype;
+  const x = cpuKernel("attention")([inputs[0], ...inputs.slice(own, end)], {
+    attrs: {
+      scale: a.scale,
+      causal: a.causal,
+      hasKvLength: a.hasKvLength,
+      views: a.views,
+      outputLayout: "bthd",
+    },
+    out: { shape: a.shape, dtype },
+    inputs: [ctx.inputs[0], ...ctx.inputs.slice(own, end)],
+  });
+  const k = ctx.inputs[3].shape[1];
+  const xInfo = { shape: [...ctx.out.shape.slice(0, -1), k], dtype };
+  return {
+    inputs: [x, ...inputs.slice(1, own), ...inputs.slice(end)],
+    ctx: {
+      ...ctx,
+      attrs: { ...ctx.attrs, attention: undefined },
+      inputs: [xInfo, ...ctx.inputs.slice(1, own), ...ctx.inputs.slice(end)],
+    },
+  };
+}
+
 registerCpuKernel("qlinear", (inputs, ctx) => {
+  if (ctx.attrs.attention) {
+    const inner = attentionInput(inputs, ctx);
+    return cpuKernel("qlinear")(inner.inputs, inner.ctx);
+  }
   const [sxq, sxd, w, swq, swd] = inputs.slice(1);
   const folded = ctx.attrs.norm !== undefined;
   const x = folded ? normalizedInput(inputs, ctx, ctx.attrs.hasBias ? 7 : 6) : inputs[0];

@@ -18,7 +18,9 @@
  * @module
  */
 import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
+import type { ValueInfo } from "../cpu/backend.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
+import type { Attrs } from "../../graph/node.ts";
 import { TensorqError } from "../../errors.ts";
 import {
   type AttentionHeadStrides,
@@ -37,6 +39,7 @@ import {
   registerCudaKernel,
 } from "./kernels.ts";
 import { CudaBuffer } from "./memory.ts";
+import type { RowScaleCopies } from "./nn.ts";
 import {
   allowSharedBytes,
   checkInt32,
@@ -228,40 +231,116 @@ function headStrides(name: string, layout: AttentionView): AttentionHeadStrides 
   return strides;
 }
 
-registerCudaKernel("attention", (ctx): CudaLaunch => {
-  const views = ctx.attrs.views as (AttentionView | null)[] | undefined;
-  const bthd = ctx.attrs.outputLayout === "bthd";
-  const [qL, kL, vL] = [0, 1, 2].map((i) => layoutOf(views?.[i], ctx.inputs[i].shape));
+/** What a codes-writing attention launch writes: int8 or e4m3 codes, and its scale's kind. */
+export interface AttentionCodes {
+  /** Code type. */
+  target: "i8" | "e4m3";
+  /** `FLOAT_KIND` of the per-tensor quantize scale. */
+  scaleKind: number;
+}
+
+/**
+ * One attention call, lowered: `run` writes the result (or, when lowered with codes, its
+ * codes) at `out` from the buffers of q, k, v (and kvLength); `codeScale` is the quantize
+ * scale of a codes-writing launch.
+ */
+export interface AttentionLowering {
+  /** Which kernel family runs. */
+  kind: AttentionLaunch["kind"];
+  /**
+   * Enqueues the call. A codes-writing launch takes the quantize scale and may also write
+   * cuBLASLt's per-row copies of a scale for the `bthd` rows b·T + t it writes (`rowScales.rows`
+   * is not read: the rows are the result's).
+   */
+  run: (
+    out: bigint,
+    inputs: readonly CudaBuffer[],
+    codeScale?: CudaBuffer,
+    rowScales?: RowScaleCopies,
+  ) => void;
+}
+
+/**
+ * The kernel family an attention call with these attrs (`views`, `outputLayout` included) and
+ * input infos (q, k, v[, kvLength]) runs on.
+ */
+export function attentionKindOf(
+  attrs: Attrs,
+  inputs: readonly ValueInfo[],
+): AttentionLaunch["kind"] {
+  return attentionKernelKind(...kindArgs(problemOf(attrs, inputs).problem));
+}
+
+function kindArgs(p: AttentionProblem): [DType, number, number, number] {
+  return [p.dtype, p.queries, p.dim, p.valueDim];
+}
+
+/** The problem of an attention call and the layouts of q, k and v. */
+function problemOf(attrs: Attrs, inputs: readonly ValueInfo[]) {
+  const views = attrs.views as (AttentionView | null)[] | undefined;
+  const layouts = [0, 1, 2].map((i) => layoutOf(views?.[i], inputs[i].shape));
+  const [qL, kL, vL] = layouts;
   const rank = qL.shape.length;
   const problem: AttentionProblem = {
-    dtype: ctx.inputs[0].dtype,
+    dtype: inputs[0].dtype,
     heads: numel(qL.shape.slice(0, rank - 2)),
     queries: qL.shape[rank - 2],
     keys: kL.shape[rank - 2],
     dim: qL.shape[rank - 1],
     valueDim: vL.shape[rank - 1],
   };
-  if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
-  const device = ctx.device;
+  return { problem, layouts, hasViews: views !== undefined };
+}
+
+/**
+ * Lowers an attention call (attrs and input infos as the `attention` op's, its result of shape
+ * `outShape`). With `codes` the launch writes the per-tensor codes of the result, rounded to
+ * its dtype first, as `quantize(attention(...))` would: only the flash kernels do
+ * ({@link attentionKindOf} says which kernel a call runs on).
+ *
+ * @throws {TensorqError} kind `unsupported` for sizes no kernel takes, or codes from a
+ *   kernel other than flash.
+ */
+export function lowerAttention(
+  device: CudaDevice,
+  attrs: Attrs,
+  inputs: readonly ValueInfo[],
+  outShape: readonly number[],
+  codes?: AttentionCodes,
+): AttentionLowering {
+  const { problem, layouts, hasViews } = problemOf(attrs, inputs);
+  const [qL, kL, vL] = layouts;
+  const rank = qL.shape.length;
+  const bthd = attrs.outputLayout === "bthd";
+  if (numel(outShape) === 0) {
+    return { kind: attentionKernelKind(...kindArgs(problem)), run: () => {} };
+  }
   const plan = planAttention(problem, device.smCount);
-  const fn = kernelFunction(device, attentionPtx, plan.name);
+  if (codes && plan.kind !== "flash") {
+    throw unsupported("the flash kernel for an attention that writes codes", plan.kind);
+  }
+  const name = codes ? `${plan.name}_${codes.target}` : plan.name;
+  const fn = kernelFunction(device, attentionPtx, name);
   const { heads, queries, keys, dim, valueDim } = problem;
-  const scaleLog2 = (ctx.attrs.scale as number) * Math.LOG2E;
-  const causal = ctx.attrs.causal ? 1 : 0;
-  const hasKvLength = ctx.attrs.hasKvLength as boolean;
-  const params = new KernelParams(28);
+  const scaleLog2 = (attrs.scale as number) * Math.LOG2E;
+  const causal = attrs.causal ? 1 : 0;
+  const hasKvLength = attrs.hasKvLength as boolean;
+  const params = new KernelParams(32);
   const { grid, block, sharedBytes } = plan;
 
   if (plan.kind === "generic") {
-    if (views || bthd) {
+    if (hasViews || bthd) {
       throw unsupported("contiguous q, k, v and output for the generic kernel", "views");
     }
     const rows = BigInt(heads * queries);
-    return (out, inputs) => {
-      params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
-        .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n)
-        .i64(rows).i32(queries).i32(keys).i32(dim).i32(valueDim).f32(scaleLog2).i32(causal);
-      launch(device, fn, grid, block, params, sharedBytes);
+    return {
+      kind: plan.kind,
+      run: (out, inputs) => {
+        params.reset().ptr(inputs[0].address).ptr(inputs[1].address).ptr(inputs[2].address)
+          .ptr(out).ptr(hasKvLength ? inputs[3].address : 0n)
+          .i64(rows).i32(queries).i32(keys).i32(dim).i32(valueDim).f32(scaleLog2).i32(causal);
+        launch(device, fn, grid, block, params, sharedBytes);
+      },
     };
   }
 
@@ -280,18 +359,26 @@ registerCudaKernel("attention", (ctx): CudaLaunch => {
     for (const st of [qS, kS, vS, oS]) p.i64(st.batch).i64(st.head).i32(st.row);
     return p;
   };
-  const addresses = (out: CudaBuffer, inputs: CudaBuffer[]): KernelParams =>
+  const addresses = (out: bigint, inputs: readonly CudaBuffer[]): KernelParams =>
     params.reset().ptr(inputs[0].address + byteOffsets[0])
       .ptr(inputs[1].address + byteOffsets[1]).ptr(inputs[2].address + byteOffsets[2])
-      .ptr(out.address).ptr(hasKvLength ? inputs[3].address : 0n);
+      .ptr(out).ptr(hasKvLength ? inputs[3].address : 0n);
 
   if (plan.kind === "flash") {
     allowSharedBytes(fn, sharedBytes, DEFAULT_SHARED);
     preferSharedMemory(fn);
-    return (out, inputs) => {
-      addresses(out, inputs).i32(heads).i32(nHeads).i32(queries).i32(keys).f32(scaleLog2)
-        .i32(causal).i32(plan.perHead);
-      launch(device, fn, grid, block, strideParams(params), sharedBytes);
+    return {
+      kind: plan.kind,
+      run: (out, inputs, codeScale, rowScales) => {
+        addresses(out, inputs).i32(heads).i32(nHeads).i32(queries).i32(keys).f32(scaleLog2)
+          .i32(causal).i32(plan.perHead);
+        strideParams(params);
+        if (codes) {
+          params.ptr(codeScale!.address).i32(codes.scaleKind).ptr(rowScales?.address ?? 0n)
+            .ptr(rowScales?.scale.address ?? 0n).i32(rowScales?.kind ?? 0);
+        }
+        launch(device, fn, grid, block, params, sharedBytes);
+      },
     };
   }
   const scratch = plan.scratchWords > 0
@@ -299,9 +386,18 @@ registerCudaKernel("attention", (ctx): CudaLaunch => {
     : undefined;
   const counters = scratch?.counters ?? 0n;
   const partial = scratch?.partial ?? 0n;
-  return (out, inputs) => {
-    addresses(out, inputs).ptr(partial).ptr(counters).i32(heads).i32(nHeads).i32(queries)
-      .i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
-    launch(device, fn, grid, block, strideParams(params));
+  return {
+    kind: plan.kind,
+    run: (out, inputs) => {
+      addresses(out, inputs).ptr(partial).ptr(counters).i32(heads).i32(nHeads).i32(queries)
+        .i32(keys).f32(scaleLog2).i32(causal).i32(plan.perHead);
+      launch(device, fn, grid, block, strideParams(params));
+    },
   };
+}
+
+registerCudaKernel("attention", (ctx): CudaLaunch => {
+  if (numel(ctx.out.shape) === 0) return NO_LAUNCH;
+  const { run } = lowerAttention(ctx.device, ctx.attrs, ctx.inputs, ctx.out.shape);
+  return (out, inputs) => run(out.address, inputs);
 });

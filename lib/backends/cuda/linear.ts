@@ -62,8 +62,10 @@ import { ptx as linearPtx } from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";
+import type { FoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
+import { attentionKindOf, lowerAttention } from "./attention.ts";
 import type { CudaDevice } from "./device.ts";
 import { layerNormCodes, type RowScaleCopies } from "./nn.ts";
 import { fusedQuantizedGemv, QGEMV_MAX_ROWS } from "./qgemv.ts";
@@ -557,11 +559,93 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
 }
 
 /**
+ * A qlinear with a folded attention (attr `attention`, lib/graph/passes/attention_qlinear.ts;
+ * inputs `[q, sxq, sxd, W, swq, swd, bias?, k, v, kvLength?, residual?]`). Where the attention
+ * runs on the flash kernel, that kernel writes x's codes in place of the quantize kernel (the
+ * result rounded to its dtype, then quantized: the unfused graph's codes), and a residual is
+ * added as for any qlinear. Otherwise, and for the exact float32 fp8 product, the attention
+ * writes its result to scratch memory first.
+ */
+function lowerAttentionQlinear(ctx: CudaKernelContext): CudaLaunch {
+  const { device } = ctx;
+  const a = ctx.attrs.attention as unknown as FoldedAttention;
+  const own = ctx.attrs.hasBias ? 7 : 6;
+  const end = own + (a.hasKvLength ? 3 : 2);
+  const attrs: Attrs = {
+    scale: a.scale,
+    causal: a.causal,
+    hasKvLength: a.hasKvLength,
+    views: a.views,
+    outputLayout: "bthd",
+  };
+  const infos = [ctx.inputs[0], ...ctx.inputs.slice(own, end)];
+  const attentionBuffers = (
+    inputs: readonly CudaBuffer[],
+  ) => [inputs[0], ...inputs.slice(own, end)];
+  const xDType = floatDType("qlinear", "x", ctx.inputs[0].dtype);
+  const [n, k] = ctx.inputs[3].shape;
+  const xInfo = { shape: [...ctx.out.shape.slice(0, -1), k], dtype: xDType };
+  const m = n === 0 ? 0 : numel(ctx.out.shape) / n;
+  // The qlinear without the fold: x is the attention's result.
+  const inner: CudaKernelContext = {
+    ...ctx,
+    attrs: { ...ctx.attrs, attention: undefined },
+    inputs: [xInfo, ...ctx.inputs.slice(1, own), ...ctx.inputs.slice(end)],
+    overwritable: undefined,
+  };
+  const toScratch = (): (inputs: readonly CudaBuffer[]) => CudaBuffer => {
+    const attention = lowerAttention(device, attrs, infos, a.shape);
+    return (inputs) => {
+      const x = CudaBuffer.allocate(device, xDType, m * k);
+      attention.run(x.address, attentionBuffers(inputs));
+      return x;
+    };
+  };
+  if (m * k === 0 || attentionKindOf(attrs, infos) !== "flash") {
+    const attention = toScratch();
+    const rest = lowerQlinear(inner);
+    return (y, inputs) => {
+      const x = attention(inputs);
+      rest(y, [x, ...inputs.slice(1, own), ...inputs.slice(end)]);
+      x.dispose();
+    };
+  }
+  const sxqKind = FLOAT_KIND[floatDType("qlinear", "input scale", ctx.inputs[1].dtype)];
+  const ops = new LinearLaunches(inner, m, n);
+  const xName = FLOAT_NAME[xDType];
+  const codes: CodesSource = (target) => {
+    if (target === "e4m3f32") {
+      const attention = toScratch();
+      const values = quantizeCodes(ops, xName, sxqKind, m, k)(target);
+      return (dst, inputs, rows, rowScales) => {
+        const x = attention(inputs);
+        values(dst, [x, ...inputs.slice(1)], rows, rowScales);
+        x.dispose();
+      };
+    }
+    const attention = lowerAttention(device, attrs, infos, a.shape, { target, scaleKind: sxqKind });
+    return (dst, inputs, rows, rowScales) => {
+      // The kernel also writes the per-row copies of the input scale (outer-vector fp8
+      // products) of the M rows; padding rows get zero codes and zero scales.
+      attention.run(dst, attentionBuffers(inputs), inputs[1], rowScales);
+      memsetZero(device, dst + BigInt(m * k), (rows - m) * k);
+      if (rowScales) memsetZero(device, rowScales.address + BigInt(4 * m), 4 * (rows - m));
+    };
+  };
+  // The launch's inputs keep the attention's between the qlinear's own and the residual: the
+  // codes step reads them, the product only its own and the last.
+  if (inner.attrs.residual !== true) return qlinearProduct(inner, codes);
+  if (residualFits(inner)) return qlinearProduct(withoutResidual(inner), codes, residualAdd(inner));
+  return productThenResidual(inner, (c) => qlinearProduct(c, codes));
+}
+
+/**
  * Lowers a qlinear. `codesOf`, when given, makes the steps that write x's codes (the launch's
  * input 0 is then whatever those steps read, and inputs may follow the qlinear's own); by
  * default x is quantized by the quantize kernel.
  */
 function lowerQlinear(ctx: CudaKernelContext, codesOf?: CodesSource): CudaLaunch {
+  if (ctx.attrs.attention) return lowerAttentionQlinear(ctx);
   if (ctx.attrs.residual === true) {
     const inner = withoutResidual(ctx);
     if (residualFits(ctx)) {
