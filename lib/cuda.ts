@@ -37,12 +37,14 @@ export function synchronize(): void {
 }
 
 /**
- * Keeps cuBLASLt's autotune picks (the algorithm chosen for each product of at least
- * 2^32 flops, by timing the heuristic's candidates) in the JSON file at `path`: picks found
- * there are used without timing, where the GPU, the cuBLASLt version and the heuristic's
- * candidate still match, and new picks are added to the file as they are made (a missing file
- * is created). Kernel choices then repeat from one process to the next, and later processes
- * skip the timing. Call it before the first products are planned; `undefined` stops.
+ * Keeps the autotune's picks in the JSON file at `path`: cuBLASLt's algorithm for each product
+ * of at least 2^32 flops (chosen by timing the heuristic's candidates), and the tile
+ * configuration of the int8 GEMM of each w8a8 product (or cuBLASLt, where it was faster).
+ * Picks found there are used without timing, where the GPU, the cuBLASLt version and the
+ * heuristic's candidate (or the tile configuration) still match, and new picks are added to
+ * the file as they are made (a missing file is created). Kernel choices then repeat from one
+ * process to the next, and later processes skip the timing. Call it before the first products
+ * are planned; `undefined` stops.
  */
 export function setTuningFile(path: string | undefined): void {
   setLtTuningFile(path);

@@ -314,3 +314,62 @@ testOnGpu("a tuning file gives another process the same cuBLASLt pick, untimed",
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+/**
+ * Runs one w8a8 int8 layer (1024 rows, 768 → 768, float16) in a new process with
+ * `tuningFile`: how many int8 GEMM problems it timed.
+ */
+function int8LayerInProcess(tuningFile: string): Promise<{ timings: number }> {
+  const script = [
+    `import * as tq from ${repoModule("../mod.ts")};`,
+    `import { int8GemmTimingCount } from ${repoModule("../lib/backends/cuda/linear.ts")};`,
+    `tq.cuda.setTuningFile(${JSON.stringify(tuningFile)});`,
+    "const layer = new tq.Linear(768, 768, { quantDtype: 'int8', weightQuantDim: 0, " +
+    "dtype: 'float16' });",
+    "const weight = tq.randn([768, 768], { seed: 1, std: 0.05, dtype: 'float16' });",
+    "layer.loadStateDict({ weight, bias: tq.randn([768], { seed: 2, dtype: 'float16' }),",
+    "  weightScale: tq.scaleFromAmax(weight.cast('float32').abs().max(1), 'int8'),",
+    "  inputScale: tq.scaleFromAmax(3, 'int8') });",
+    "layer.to('cuda');",
+    "const x = tq.randn([1024, 768], { seed: 3, dtype: 'float16', device: 'cuda' });",
+    "layer.forward(x).evaluate();",
+    "console.log(JSON.stringify({ timings: int8GemmTimingCount() }));",
+  ].join("\n");
+  return evalInProcess<{ timings: number }>(script);
+}
+
+testOnGpu("a tuning file gives another process the same int8 GEMM tiles, untimed", async () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const file = `${dir}/tuning.json`;
+    const variantOf = () => {
+      const saved = JSON.parse(Deno.readTextFileSync(file));
+      const entries = Object.values(saved.devices).flatMap((d) =>
+        Object.entries(d as Record<string, { variant?: string }>)
+      ).filter(([key]) => key.startsWith("wgmma_i8 "));
+      assert.equal(entries.length, 1, "one int8 GEMM problem in the file");
+      return entries[0][1].variant!;
+    };
+    const first = await int8LayerInProcess(file);
+    assert.equal(first.timings, 1, "the first process times the problem");
+    const variant = variantOf();
+    assert.match(variant, /^(lt|[a-z0-9]+x[0-9]+)$/);
+
+    const second = await int8LayerInProcess(file);
+    assert.equal(second.timings, 0, "the second process takes the saved choice without timing");
+    assert.equal(variantOf(), variant);
+
+    // A tile configuration that no longer exists is timed again and replaced.
+    const stale = Deno.readTextFileSync(file).replace(
+      `"variant": ${JSON.stringify(variant)}`,
+      '"variant": "nonexistent"',
+    );
+    assert.notEqual(stale, Deno.readTextFileSync(file));
+    Deno.writeTextFileSync(file, stale);
+    const third = await int8LayerInProcess(file);
+    assert.equal(third.timings, 1, "an unknown tile configuration is timed again");
+    assert.notEqual(variantOf(), "nonexistent");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

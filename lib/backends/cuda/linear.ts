@@ -67,6 +67,7 @@ import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import { attentionKindOf, lowerAttention } from "./attention.ts";
 import type { CudaDevice } from "./device.ts";
+import { recordVariant, savedVariant } from "./lt_tuning.ts";
 import { layerNormCodes, type RowScaleCopies } from "./nn.ts";
 import { fusedQuantizedGemv, QGEMV_MAX_ROWS } from "./qgemv.ts";
 import { streamingGemv } from "./wgemv.ts";
@@ -937,13 +938,21 @@ export function fp8LoweringCounts(): { tensorCores: number; exact: number; resid
 
 /** The int8 product chosen per problem: a wgmma tile configuration, or "lt" (cuBLASLt). */
 const int8Choices = new Map<string, string>();
+let int8Timings = 0;
+
+/** How many int8 GEMM problems were timed so far (tile configurations against cuBLASLt). */
+export function int8GemmTimingCount(): number {
+  return int8Timings;
+}
 
 /**
  * Our fused wgmma int8 GEMM for `p` when it is faster than the cuBLASLt path (`timeLt`, which
  * times cuBLASLt's product + the epilogue; undefined when cuBLASLt has no plan): both are timed
- * once per problem on scratch operands and the choice is kept. Undefined when the kernel does
- * not apply (not sm_90, K not a multiple of 16, an activation it does not fuse) or is slower.
- * Nothing is timed during a graph capture: a problem first seen there takes cuBLASLt.
+ * once per problem on scratch operands and the choice is kept, in the tuning file too when one
+ * is in use (lt_tuning.ts; a saved choice is taken untimed while it still applies). Undefined
+ * when the kernel does not apply (not sm_90, K not a multiple of 16, an activation it does not
+ * fuse) or is slower. Nothing is timed during a graph capture: a problem first seen there takes
+ * cuBLASLt.
  */
 function chooseWgmmaInt8(
   device: CudaDevice,
@@ -954,12 +963,32 @@ function chooseWgmmaInt8(
   const key = `${device.index}:${JSON.stringify(p)}`;
   const known = int8Choices.get(key);
   if (known !== undefined) return known === "lt" ? undefined : wgmmaInt8Gemm(device, p, known);
+  const fileKey = `wgmma_i8 ${JSON.stringify(p)}`;
+  const saved = savedVariant(device, fileKey)?.variant;
+  if (saved === "lt" && timeLt) {
+    int8Choices.set(key, saved);
+    return undefined;
+  }
+  // A saved tile configuration that no longer exists gives no kernel: timed again.
+  const savedKernel = saved !== undefined && saved !== "lt"
+    ? wgmmaInt8Gemm(device, p, saved)
+    : undefined;
+  if (savedKernel) {
+    int8Choices.set(key, saved!);
+    return savedKernel;
+  }
   if (streamCaptureStatus(device.stream) !== cudaStreamCaptureStatusNone) {
     return timeLt ? undefined : wgmmaInt8Gemm(device, p);
   }
+  int8Timings++;
   const best = fastestWgmmaInt8Gemm(device, p);
-  const useWgmma = best !== undefined && (!timeLt || best.ms < timeLt());
-  int8Choices.set(key, useWgmma ? best!.kernel.variant : "lt");
+  const ltMs = timeLt?.();
+  const useWgmma = best !== undefined && (ltMs === undefined || best.ms < ltMs);
+  const choice = useWgmma ? best!.kernel.variant : "lt";
+  int8Choices.set(key, choice);
+  if (best !== undefined || ltMs !== undefined) {
+    recordVariant(device, fileKey, { variant: choice, ms: useWgmma ? best!.ms : ltMs });
+  }
   return useWgmma ? best!.kernel : undefined;
 }
 

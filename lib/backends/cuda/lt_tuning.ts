@@ -1,12 +1,14 @@
 /**
- * cuBLASLt autotune picks kept in a JSON file ({@link setLtTuningFile}), so that another process
- * uses the same algorithms without timing them again. Timing picks among candidates a few
- * percent apart differently from run to run (and a process under a kernel profiler, whose
- * launches are slow, times its candidates wrongly); a file makes the choice repeatable.
+ * Autotune picks kept in a JSON file ({@link setLtTuningFile}), so that another process uses the
+ * same kernels without timing them again: cuBLASLt's algorithms, and the tile configuration of
+ * our own int8 GEMM (or cuBLASLt instead of it). Timing picks among candidates a few percent
+ * apart differently from run to run (and a process under a kernel profiler, whose launches are
+ * slow, times its candidates wrongly); a file makes the choice repeatable.
  *
  * Picks are stored per device identity (compute capability, SM count, L2 size and cuBLASLt
- * version) and problem, with the algorithm's bytes: a pick is used only when the heuristic still
- * offers that exact algorithm at that index. The file is read once, when set, and rewritten
+ * version) and problem. A cuBLASLt pick holds the algorithm's bytes and is used only when the
+ * heuristic still offers that exact algorithm at that index; a kernel configuration is stored
+ * by name ({@link SavedVariant}), used while that configuration exists. The file is read once, when set, and rewritten
  * whole at each new pick: processes sharing a file at the same time may drop each other's new
  * picks (the last write wins), which only means those problems are timed again later.
  * @module
@@ -22,13 +24,19 @@ export interface LtSavedPick {
   ms?: number;
 }
 
+/** A choice among our own kernel's configurations as stored: its name and time. */
+export interface SavedVariant {
+  variant: string;
+  ms?: number;
+}
+
 const FORMAT = "tensorq-cublaslt-tuning";
 
 interface TuningFile {
   format: typeof FORMAT;
   version: 1;
   /** Device identity → problem key → pick. */
-  devices: Record<string, Record<string, LtSavedPick>>;
+  devices: Record<string, Record<string, LtSavedPick | SavedVariant>>;
 }
 
 let path: string | undefined;
@@ -114,15 +122,31 @@ function identity(device: CudaDevice): string {
 /** The saved pick of `key` on `device`, when a tuning file is in use and holds one. */
 export function savedLtPick(device: CudaDevice, key: string): LtSavedPick | undefined {
   if (path === undefined) return undefined;
-  const pick = file.devices[identity(device)]?.[key];
+  const pick = file.devices[identity(device)]?.[key] as Partial<LtSavedPick> | undefined;
   if (
-    !pick || !Number.isInteger(pick.index) || pick.index < 0 || typeof pick.algo !== "string"
+    !pick || !Number.isInteger(pick.index) || pick.index! < 0 || typeof pick.algo !== "string"
   ) return undefined;
-  return pick;
+  return pick as LtSavedPick;
 }
 
 /** Adds a pick to the tuning file (rewritten whole, through a temporary file). */
 export function recordLtPick(device: CudaDevice, key: string, pick: LtSavedPick): void {
+  record(device, key, pick);
+}
+
+/** The saved kernel configuration of `key` on `device`, when the tuning file holds one. */
+export function savedVariant(device: CudaDevice, key: string): SavedVariant | undefined {
+  if (path === undefined) return undefined;
+  const pick = file.devices[identity(device)]?.[key] as Partial<SavedVariant> | undefined;
+  return pick && typeof pick.variant === "string" ? pick as SavedVariant : undefined;
+}
+
+/** Adds a kernel configuration to the tuning file. */
+export function recordVariant(device: CudaDevice, key: string, pick: SavedVariant): void {
+  record(device, key, pick);
+}
+
+function record(device: CudaDevice, key: string, pick: LtSavedPick | SavedVariant): void {
   if (path === undefined) return;
   const id = identity(device);
   (file.devices[id] ??= {})[key] = pick;
