@@ -17,6 +17,7 @@ import * as tq from "../mod.ts";
 import type { PlanGraph } from "../lib/backends/backend.ts";
 import type { DType } from "../lib/dtype.ts";
 import { plannedGraph } from "../lib/runtime/evaluate.ts";
+import { ptx as attentionCodesPtx } from "../kernels/ptx/attention_codes.ts";
 import { randomValues, testOnDevices } from "./helpers.ts";
 
 interface Case {
@@ -150,6 +151,36 @@ Deno.test("attention into qlinear: left apart for decode-sized and float32 probl
   assert.ok(twice.nodes.every((n) => n.attrs.attention === undefined));
   const off = withFold(false, () => plannedGraph([block(BASE, "cpu", 1).y.node]));
   assert.equal(countOps(off, "attention"), 1);
+});
+
+Deno.test("attention into qlinear: the codes kernels take the parameters the launches pass", () => {
+  // q, k, v, codes, kvLength; BH, H, T, S; scale·log2(e); causal; tiles; (batch, head,
+  // position) strides of q, k, v and the output; the code scale and its kind; the row-scale
+  // copies, their scale and its kind.
+  const strides = new Array(4).fill(["u64", "u64", "u32"]).flat();
+  const expected = [
+    ...new Array(5).fill("u64"),
+    ...["u32", "u32", "u32", "u32", "f32", "u32", "u32"],
+    ...strides,
+    ...["u64", "u32", "u64", "u64", "u32"],
+  ];
+  for (const ptx of [attentionCodesPtx.ptxSm90a, attentionCodesPtx.ptxCompute80]) {
+    for (const dtype of ["f16", "bf16"]) {
+      for (const d of [64, 128]) {
+        for (const codes of ["i8", "e4m3"]) {
+          const name = `attention_flash_${dtype}_d${d}_${codes}`;
+          const start = ptx.indexOf(`.entry ${name}(`);
+          assert.ok(start >= 0, `${name} missing from the PTX`);
+          const list = ptx.slice(start, ptx.indexOf(")", start));
+          assert.deepEqual(
+            [...list.matchAll(/\.param \.(\w+) /g)].map((m) => m[1]),
+            expected,
+            name,
+          );
+        }
+      }
+    }
+  }
 });
 
 /** Cases of the numeric check: every lowering path of the codes the flash kernel writes. */

@@ -1,5 +1,6 @@
 /**
- * CUDA lowering of `attention` (kernels in kernels/attention.cu, rule in lib/ops/attention.ts).
+ * CUDA lowering of `attention` (kernels in kernels/attention.cu, and the flash kernels that write
+ * a qlinear's codes in kernels/attention_codes.cu; rule in lib/ops/attention.ts).
  *
  * Which kernel runs (D: q's feature size, Dv: v's, T queries, S keys, BH batch·heads):
  * - D == Dv in {64, 128}, T <= 8: flash-decoding (`attention_decode_*`), the keys of each
@@ -18,6 +19,7 @@
  * @module
  */
 import { ptx as attentionPtx } from "../../../kernels/ptx/attention.ts";
+import { ptx as attentionCodesPtx } from "../../../kernels/ptx/attention_codes.ts";
 import type { ValueInfo } from "../cpu/backend.ts";
 import { type DType, dtypeInfo } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
@@ -319,8 +321,10 @@ export function lowerAttention(
   if (codes && plan.kind !== "flash") {
     throw unsupported("the flash kernel for an attention that writes codes", plan.kind);
   }
-  const name = codes ? `${plan.name}_${codes.target}` : plan.name;
-  const fn = kernelFunction(device, attentionPtx, name);
+  // The codes variants are a module of their own (kernels/attention_codes.cu).
+  const fn = codes
+    ? kernelFunction(device, attentionCodesPtx, `${plan.name}_${codes.target}`)
+    : kernelFunction(device, attentionPtx, plan.name);
   const { heads, queries, keys, dim, valueDim } = problem;
   const scaleLog2 = (attrs.scale as number) * Math.LOG2E;
   const causal = attrs.causal ? 1 : 0;
