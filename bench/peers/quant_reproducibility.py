@@ -8,7 +8,12 @@ float64 on the CPU. The three compute the same function and differ only in float
 boundary changes by a whole step, and attention carries that to every later position. Prints
 mean and max |logit difference| between the runs and against the fixtures' logits.
 
-    python3 bench/peers/quant_reproducibility.py MODEL_DIR FIXTURES_DIR
+With --variants it also runs, on the GPU, the other ways a fake-quantizing script may have
+written the same model, against the fixtures: the quotient as x · (qmax / amax) instead of
+x / (amax / qmax) (ModelOpt's form; dequantized by dividing by that factor), and eager instead
+of SDPA attention.
+
+    python3 bench/peers/quant_reproducibility.py MODEL_DIR FIXTURES_DIR [--variants]
 
 MODEL_DIR: the Hugging Face GPT-2 directory the fixtures were made from; FIXTURES_DIR: holds
 reference.safetensors and calibration_amax.safetensors.
@@ -29,14 +34,29 @@ def fake_quant_fp8(x, scale):
     return torch.clamp(x / scale, -448, 448).to(torch.float8_e4m3fn).to(x.dtype) * scale
 
 
-def logits(model_dir, ids, amax, device, dtype, mode):
-    model = GPT2LMHeadModel.from_pretrained(model_dir).to(device=device, dtype=dtype).eval()
+def fake_quant_int8_by_factor(x, factor):
+    # ModelOpt's form: x times qmax / amax, rounded, divided by the same factor.
+    return torch.clamp(torch.round(x * factor), -128, 127) / factor
+
+
+def fake_quant_fp8_by_factor(x, factor):
+    return torch.clamp(x * factor, -448, 448).to(torch.float8_e4m3fn).to(x.dtype) / factor
+
+
+def logits(model_dir, ids, amax, device, dtype, mode, by_factor=False, attention="sdpa"):
+    model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation=attention)
+    model = model.to(device=device, dtype=dtype).eval()
     qmax, fake_quant = (127.0, fake_quant_int8) if mode == "w8a8" else (448.0, fake_quant_fp8)
+    if by_factor:
+        fake_quant = fake_quant_int8_by_factor if mode == "w8a8" else fake_quant_fp8_by_factor
     for name, module in model.named_modules():
         if type(module).__name__ != "Conv1D":
             continue
         sx = amax[f"{name}.input_amax"].to(device, dtype) / qmax
         sw = amax[f"{name}.weight_amax"].to(device, dtype) / qmax  # per output channel
+        if by_factor:
+            sx = qmax / amax[f"{name}.input_amax"].to(device, dtype)
+            sw = qmax / amax[f"{name}.weight_amax"].to(device, dtype)
         with torch.no_grad():
             # Conv1D stores its weight [in, out]: output channels are columns.
             module.weight.copy_(fake_quant(module.weight, sw[None, :]))
@@ -62,6 +82,17 @@ def main():
         d = (a - b).abs()
         return f"mean {float(d.mean()):.2e}, max {float(d.max()):.2e}"
 
+    if "--variants" in sys.argv[3:]:
+        for mode in ["w8a8", "fp8"]:
+            fixture = reference[f"logits_{mode}"].double()
+            for by_factor in [False, True]:
+                for attention in ["sdpa", "eager"]:
+                    gpu = logits(model_dir, ids, amax, "cuda", torch.float32, mode, by_factor,
+                                 attention)
+                    form = "x * (qmax / amax)" if by_factor else "x / (amax / qmax)"
+                    print(f"{mode}: PyTorch GPU float32, {form}, {attention} attention, vs the "
+                          f"fixture: {diff(gpu, fixture)}")
+        return
     for mode in ["w8a8", "fp8"]:
         gpu = logits(model_dir, ids, amax, "cuda", torch.float32, mode)
         cpu = logits(model_dir, ids, amax, "cpu", torch.float32, mode)
