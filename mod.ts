@@ -164,6 +164,8 @@ export {
   weightAmaxPerRow,
 } from "./lib/quant/calibrate.ts";
 export {
+  compressWeights,
+  type CompressWeightsOptions,
   importAmax,
   type ImportAmaxOptions,
   type QuantizationMode,

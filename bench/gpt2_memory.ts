@@ -4,9 +4,10 @@
  * quantizeModel, after one prefill (8 × 512: the products make and cache their weight forms,
  * and cuBLASLt gets its workspace), and after one decode-sized forward (1 token: the streaming
  * GEMVs' forms). Each mode runs in a process of its own, so nothing of one mode is counted in
- * another.
+ * another. With `--compress`, each quantized mode also runs with its weights compressed
+ * (`tq.compressWeights` after quantizeModel: codes instead of float weights).
  *
- *     deno run -A bench/gpt2_memory.ts [--modes float16,w8a8,fp8,w4] [--out DIR]
+ *     deno run -A bench/gpt2_memory.ts [--modes float16,w8a8,fp8,w4] [--compress] [--out DIR]
  *
  * Prints a markdown table (MiB); `--out DIR` also writes it to DIR/gpt2_memory.md.
  * @module
@@ -24,8 +25,9 @@ const STAGES = [
   "after a decode step",
 ];
 
-/** Live MiB after each stage of one mode (in this process). */
-function measure(mode: string): number[] {
+/** Live MiB after each stage of one mode (in this process); `mode+c`: compressed. */
+function measure(run: string): number[] {
+  const [mode, compressed] = [run.replace(/\+c$/, ""), run.endsWith("+c")];
   const live = () => tq.cuda.memoryStats().liveBytes / MiB;
   const model = randomGpt2(GPT2_SMALL, "float16", "cuda");
   const vocab = model.config.vocabSize;
@@ -42,6 +44,7 @@ function measure(mode: string): number[] {
       calibration,
       exclude: ["lm_head"],
     });
+    if (compressed) tq.compressWeights(model);
     calibIds.dispose();
   } else {
     sizes.push(live());
@@ -62,6 +65,9 @@ if (child !== undefined) {
   console.log(JSON.stringify(measure(child)));
 } else {
   const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
+  if (Deno.args.includes("--compress")) {
+    modes.push(...modes.filter((m) => m !== "float16").map((m) => `${m}+c`));
+  }
   const rows: string[][] = [];
   for (const mode of modes) {
     const { code, stdout, stderr } = new Deno.Command(Deno.execPath(), {
@@ -73,7 +79,7 @@ if (child !== undefined) {
     }
     const sizes = JSON.parse(out[out.length - 1]) as number[];
     console.log(`${mode}: ${sizes.map((s) => fmt(s)).join(" / ")} MiB`);
-    rows.push([mode, ...sizes.map((s) => fmt(s))]);
+    rows.push([mode.replace(/\+c$/, " compressed"), ...sizes.map((s) => fmt(s))]);
   }
   const table = "GPT-2 small (float16, random weights): MiB held by live tensors\n\n" +
     markdownTable(["mode", ...STAGES], rows);

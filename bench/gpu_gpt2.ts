@@ -4,7 +4,7 @@
  *
  *     deno run -A bench/gpu_gpt2.ts [--out DIR] [--quick] [--modes float16,w8a8,fp8,w4]
  *         [--no-peer] [--steps 32] [--context 512] [--max-length 1024] [--tuning FILE]
- *         [--no-attention-fold]
+ *         [--no-attention-fold] [--compress]
  *     deno run -A bench/gpu_gpt2.ts --smoke --device cpu --no-peer   # tiny model, no GPU
  *
  * Model: 12 layers, 768 wide, 12 heads, 50257 vocab, 1024 positions, random weights (seed 0).
@@ -23,7 +23,8 @@
  * `--tuning FILE` keeps cuBLASLt's autotune picks in FILE (`tq.cuda.setTuningFile`): a run
  * with the file of an earlier one uses the same GEMM kernels. `--no-attention-fold` keeps each
  * attention apart from the quantized projection that reads it (`tq.setAttentionQlinearFusion`),
- * for a side-by-side figure of that fold.
+ * for a side-by-side figure of that fold. `--compress` replaces each quantized layer's float
+ * weight by its codes after quantizeModel (`tq.compressWeights`).
  *
  * Writes gpt2.md (the table) and gpt2.json (everything) to `--out`; prints the table last.
  * @module
@@ -58,6 +59,7 @@ const { outDir, quick, smoke, device, noPeer } = benchArgs(args);
 const tuningFile = argValue(args, "tuning");
 if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
 if (args.includes("--no-attention-fold")) tq.setAttentionQlinearFusion(false);
+const compress = args.includes("--compress");
 const modes = (argValue(args, "modes") ?? "float16,w8a8,fp8,w4").split(",").map((m) => m.trim())
   .filter((m) => m.length > 0);
 const steps = Number(argValue(args, "steps") ?? (smoke ? 4 : 32));
@@ -317,6 +319,7 @@ function table(): string {
   }) on ${device}: prefill ${prefillBatch}×${prefillSeq}, decode at ${context} context ` +
     `(${steps} steps, static cache ${maxLength} slots)` +
     (tq.attentionQlinearFusionEnabled() ? "" : ", attention not folded into the projections") +
+    (compress ? ", quantized weights compressed to their codes" : "") +
     "\n\n" + markdownTable(header, rows);
 }
 
@@ -396,27 +399,36 @@ async function main(): Promise<void> {
   for (const name of modes) {
     const mode = name as Mode;
     const tm = performance.now();
+    // Compressed weights cannot go back to float: those modes get a model of their own (the
+    // same seeded weights).
+    const own = compress && mode !== "float16";
+    const target = own ? randomModel(dtype) : model;
     try {
       if (mode !== "float16") {
         calibration ??= tq.calibrate(model, [calibIds], (m, ids) => m.forward(ids), {
           method: "max",
           onProgress: () => {},
         });
-        tq.quantizeModel(model, { mode, calibration, exclude: ["lm_head"] });
+        tq.quantizeModel(target, { mode, calibration, exclude: ["lm_head"] });
+        if (compress) tq.compressWeights(target);
       }
-      const ops = countOps(tq.inspectGraph(model.forward(randomIdsOn([1, 4], 14, vocab))).ops);
+      const ops = countOps(tq.inspectGraph(target.forward(randomIdsOn([1, 4], 14, vocab))).ops);
       log(`[${mode}] graph: ${ops}`);
       details[`ops_${mode}`] = ops;
-      attempt(mode, "prefill eager", () => prefillEager(model, prefillIds));
-      attempt(mode, "prefill compiled", () => prefillCompiled(model, prefillIds));
-      attempt(mode, "decode static (graph)", () => decodeStatic(model, prompt));
-      attempt(mode, "decode eager", () => decodeEager(model, prompt));
+      attempt(mode, "prefill eager", () => prefillEager(target, prefillIds));
+      attempt(mode, "prefill compiled", () => prefillCompiled(target, prefillIds));
+      attempt(mode, "decode static (graph)", () => decodeStatic(target, prompt));
+      attempt(mode, "decode eager", () => decodeEager(target, prompt));
     } catch (e) {
       record({ mode, figure: "prefill eager", error: errorMessage(e) });
     } finally {
-      // Back to float for the next mode.
-      for (const [, layer] of tq.namedLinears(model)) {
-        if (layer.quantDtype !== undefined) layer.configureQuantization({});
+      if (own) {
+        for (const p of target.parameters()) p.dispose();
+      } else {
+        // Back to float for the next mode.
+        for (const [, layer] of tq.namedLinears(model)) {
+          if (layer.quantDtype !== undefined) layer.configureQuantization({});
+        }
       }
     }
     log(`[${mode}] done in ${((performance.now() - tm) / 1e3).toFixed(1)} s`);

@@ -11,6 +11,7 @@
 //   semantics (true division, round half even, saturation). Runs once per weight.
 // - linear_fakequant_weight_<q>_<x>: W → dequantize(quantize(W)) in x's dtype (also with no
 //   dequant scale: the e4m3 codes' values as float32). Runs once per weight.
+// - linear_dequantize_codes_<q>_<x>: the same from a compressed weight's codes.
 // - qlinear_quantize_<x>_<q>: per-tensor quantize of the activations (i8, e4m3, or e4m3 codes
 //   written as float32 for the fallback product).
 // - qlinear_gemm_i8: an exact int8 GEMM (int32 accumulation with __dp4a) for shapes cuBLASLt's
@@ -60,12 +61,20 @@ struct WI8 {
     static_cast<signed char*>(out)[e] = (signed char)roundSat<-128, 127>(q);
   }
   __device__ static float value(float q) { return (float)roundSat<-128, 127>(q); }
+  __device__ static float codeValue(const void* codes, i64 e) {
+    return (float)static_cast<const signed char*>(codes)[e];
+  }
 };
 
 struct WI4 {
   static constexpr bool kPacked = true;  // two per byte, element 2i in the low nibble
   __device__ static unsigned nibble(float q) { return (unsigned)roundSat<-8, 7>(q) & 0xfu; }
   __device__ static float value(float q) { return (float)roundSat<-8, 7>(q); }
+  __device__ static float codeValue(const void* codes, i64 e) {
+    const unsigned byte = static_cast<const unsigned char*>(codes)[e >> 1];
+    const int nibble = (int)((e & 1) ? byte >> 4 : byte & 0xfu);
+    return (float)((nibble << 28) >> 28);  // sign-extended
+  }
 };
 
 struct WE4M3 {
@@ -74,6 +83,9 @@ struct WE4M3 {
     static_cast<unsigned char*>(out)[e] = (unsigned char)(floatsToE4m3x2(q, 0.0f) & 0xffu);
   }
   __device__ static float value(float q) { return e4m3x2ToFloats(floatsToE4m3x2(q, 0.0f)).x; }
+  __device__ static float codeValue(const void* codes, i64 e) {
+    return e4m3x2ToFloats(static_cast<const unsigned char*>(codes)[e]).x;
+  }
 };
 
 // W is float32, float16 or bfloat16 (wKind, as a scale kind): preparation runs once per weight,
@@ -120,6 +132,22 @@ __device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const vo
   }
 }
 
+// A compressed weight's codes (int8, packed int4, e4m3 bytes) → dequantize(codes, swd) in X:
+// the code's value · s in float32, one rounding to X, as fakequantWeight from the same codes.
+// With swdKind < 0 the codes' exact values.
+template <class Q, class X>
+__device__ __forceinline__ void dequantizeCodes(void* __restrict__ out,
+                                                const void* __restrict__ codes,
+                                                const void* __restrict__ swd, int swdKind,
+                                                i64 total, WeightIndex ix) {
+  const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 threads = (i64)gridDim.x * blockDim.x;
+  for (i64 e = first; e < total; e += threads) {
+    const float q = Q::codeValue(codes, e);
+    X::store(out, e, swdKind < 0 ? q : __fmul_rn(q, loadScale(swd, swdKind, ix.scale(e))));
+  }
+}
+
 #define WEIGHT_INDEX_PARAMS i64 N, i64 K, i64 nb, i64 sN, i64 kb, i64 sK
 
 #define QUANTIZE_WEIGHT_KERNEL(Q_NAME, Q)                                                     \
@@ -138,11 +166,21 @@ __device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const vo
                           WeightIndex{K, nb, sN, kb, sK});                                     \
   }
 
+#define DEQUANTIZE_CODES_KERNEL(Q_NAME, Q, X_NAME, X)                                        \
+  extern "C" __global__ void __launch_bounds__(256) linear_dequantize_codes_##Q_NAME##_##X_NAME( \
+      void* __restrict__ out, const void* __restrict__ codes, const void* __restrict__ swd,    \
+      int swdKind, WEIGHT_INDEX_PARAMS) {                                                      \
+    dequantizeCodes<Q, X>(out, codes, swd, swdKind, N * K, WeightIndex{K, nb, sN, kb, sK});    \
+  }
+
 #define WEIGHT_KERNELS(Q_NAME, Q)                \
   QUANTIZE_WEIGHT_KERNEL(Q_NAME, Q)              \
   FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, f32, F32)   \
   FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, f16, F16)   \
-  FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, bf16, BF16)
+  FAKEQUANT_WEIGHT_KERNEL(Q_NAME, Q, bf16, BF16) \
+  DEQUANTIZE_CODES_KERNEL(Q_NAME, Q, f32, F32)   \
+  DEQUANTIZE_CODES_KERNEL(Q_NAME, Q, f16, F16)   \
+  DEQUANTIZE_CODES_KERNEL(Q_NAME, Q, bf16, BF16)
 
 WEIGHT_KERNELS(i8, WI8)
 WEIGHT_KERNELS(i4, WI4)

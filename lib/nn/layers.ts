@@ -99,6 +99,7 @@ export class Linear extends Module {
   #quantDtype?: QuantDType;
   #weightQuantDim?: number;
   #blockSize?: number;
+  #compressed = false;
   /** Quantization dtype, if quantized (changed only by {@link Linear.configureQuantization}). */
   get quantDtype(): QuantDType | undefined {
     return this.#quantDtype;
@@ -149,6 +150,7 @@ export class Linear extends Module {
   configureQuantization(
     options: Pick<LinearOptions, "quantDtype" | "weightQuantDim" | "blockSize">,
   ): void {
+    if (this.weightCompressed) throw this.#compressedError("Linear.configureQuantization");
     if (options.quantDtype === undefined) {
       if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
         throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
@@ -232,12 +234,83 @@ export class Linear extends Module {
     return dim === 0 ? [out] : [inp];
   }
 
-  /** Weight `[out, in]`. */
+  /** Weight `[out, in]` (gone once {@link Linear.compressWeight} has replaced it by codes). */
   get weight(): Tensor {
+    if (this.weightCompressed) throw this.#compressedError("Linear.weight");
     return this.requireParameter("weight", "Linear.weight");
   }
   set weight(t: Tensor) {
+    if (this.weightCompressed) throw this.#compressedError("Linear.weight");
     this.setParameter("weight", t);
+  }
+  /**
+   * The weight's codes `[out, in]` in `quantDtype`, `quantize(weight, weightScale)`, once
+   * {@link Linear.compressWeight} has replaced the float weight by them; undefined before.
+   */
+  get weightCodes(): Tensor | undefined {
+    return this.weightCompressed ? this.getParameter("weightCodes") : undefined;
+  }
+  set weightCodes(t: Tensor | undefined) {
+    if (!this.weightCompressed) {
+      throw new TensorqError("the layer's weight is not compressed", {
+        op: "Linear.weightCodes",
+        kind: "state",
+        expected: "a layer after compressWeight()",
+        actual: "a float weight",
+      });
+    }
+    this.setParameter("weightCodes", t);
+  }
+  /** True once the float weight was replaced by its codes ({@link Linear.compressWeight}). */
+  get weightCompressed(): boolean {
+    return this.#compressed;
+  }
+
+  /**
+   * Replaces the float weight by its codes, `quantize(weight, weightScale)` (parameter
+   * `weightCodes`, in `quantDtype`): the layer then computes the same function from one byte
+   * a weight (int8, fp8) or half a byte (int4) instead of a float's 2 or 4, and the products
+   * use the codes as they are. The quantization is fixed from then on (`configureQuantization` and
+   * `weight` raise errors); the weight scale stays a parameter. Returns the float weight,
+   * which the layer no longer references (dispose it unless something else shares it).
+   *
+   * @throws {TensorqError} kind `state` when the layer is not quantized, has no weight scale,
+   *   or is compressed already.
+   */
+  compressWeight(): Tensor {
+    const op = "Linear.compressWeight";
+    if (this.weightCompressed) {
+      throw new TensorqError("the weight is compressed already", { op, kind: "state" });
+    }
+    const q = this.quantDtype;
+    if (q === undefined) {
+      throw new TensorqError("only a quantized layer's weight can be compressed", {
+        op,
+        kind: "state",
+        expected: "a layer with quantDtype (configureQuantization or quantizeModel)",
+        actual: "quantDtype undefined",
+      });
+    }
+    const ws = this.requireParameter("weightScale", op);
+    const weight = this.requireParameter("weight", op);
+    const codes = quantize(weight, ws, q, { dim: this.weightQuantDim, blockSize: this.blockSize })
+      .evaluate();
+    this.removeParameter("weight");
+    this.declareParameter("weightCodes", { shape: [...weight.shape], dtype: q }, codes);
+    this.#compressed = true;
+    return weight;
+  }
+
+  #compressedError(op: string): TensorqError {
+    return new TensorqError(
+      `the layer's float weight was replaced by its ${this.quantDtype} codes (weightCodes)`,
+      {
+        op,
+        kind: "state",
+        expected: "an uncompressed layer",
+        actual: "compressWeight() was called",
+      },
+    );
   }
   /** Bias `[out]`, if the layer has one. */
   get bias(): Tensor | undefined {
@@ -271,7 +344,7 @@ export class Linear extends Module {
   }
 
   #product(x: Tensor): Tensor {
-    let w = this.weight;
+    let w: Tensor;
     if (this.quantDtype !== undefined) {
       const q = this.quantDtype;
       const inputScale = this.inputScale;
@@ -280,7 +353,13 @@ export class Linear extends Module {
       }
       const ws = this.requireParameter("weightScale", "Linear.forward");
       const opts = { dim: this.weightQuantDim, blockSize: this.blockSize };
-      w = dequantize(quantize(w, ws, q, opts), ws, this.dtype as "float32", opts);
+      // A compressed weight is its codes already: dequantize(codes) is the same value.
+      const codes = this.weightCompressed
+        ? this.requireParameter("weightCodes", "Linear.forward")
+        : quantize(this.weight, ws, q, opts);
+      w = dequantize(codes, ws, this.dtype as "float32", opts);
+    } else {
+      w = this.weight;
     }
     const y = matmul(x, transpose(w, 0, 1));
     const b = this.bias;

@@ -99,6 +99,29 @@ function isExcluded(name: string, patterns: (string | RegExp)[]): boolean {
   );
 }
 
+/** Two of the layers' names, quoted, for error messages. */
+function exampleNames(layers: [string, Linear][]): string {
+  return listNames(layers.slice(0, 2).map(([n]) => JSON.stringify(n)));
+}
+
+/** An error naming the exclude patterns that match none of `layers`. */
+function checkExcludeMatches(
+  op: string,
+  layers: [string, Linear][],
+  exclude: (string | RegExp)[],
+): void {
+  const unmatched = exclude.filter((p) => !layers.some(([name]) => isExcluded(name, [p])));
+  if (unmatched.length) {
+    throw new TensorqError("exclude patterns that match no Linear layer", {
+      op,
+      kind: "argument",
+      argument: "exclude",
+      expected: `dotted layer names or prefixes (e.g. ${exampleNames(layers)}) or RegExps`,
+      actual: listNames(unmatched.map(describe)),
+    });
+  }
+}
+
 function checkExclude(op: string, exclude: unknown): (string | RegExp)[] {
   if (exclude === undefined) return [];
   if (!Array.isArray(exclude)) {
@@ -203,6 +226,45 @@ interface Plan {
   inputAmax?: number;
 }
 
+/** Options of {@link compressWeights}. */
+export interface CompressWeightsOptions {
+  /** Layers to leave as they are: dotted names, prefixes of them, or RegExps. */
+  exclude?: (string | RegExp)[];
+}
+
+/**
+ * Replaces the float weight of every quantized `Linear` of `model` by its codes
+ * ({@link Linear.compressWeight}): the model computes the same function, and its quantized
+ * weights then take one byte (int8, fp8) or half a byte (int4) each on the device instead of
+ * a float's 2 or 4, plus their scales. Call it after {@link quantizeModel} (and calibration,
+ * which needs the float weights); the quantization is fixed from then on. A float weight that
+ * no other parameter of the model shares (a tied embedding) is disposed. Returns the names of
+ * the layers compressed (quantized layers compressed before are skipped).
+ *
+ * @throws {TensorqError} kind `argument` for a non-module, bad options, or exclude patterns
+ *   that match no Linear layer.
+ */
+export function compressWeights(model: Module, options: CompressWeightsOptions = {}): string[] {
+  const op = "compressWeights";
+  checkModule(op, "model", model, describe);
+  checkOptionsObject(op, options, "{ exclude? }", describe);
+  const exclude = checkExclude(op, options.exclude);
+  const all = namedLinears(model);
+  checkExcludeMatches(op, all, exclude);
+  const uses = new Map<Tensor, number>();
+  for (const t of Object.values(model.stateDict())) uses.set(t, (uses.get(t) ?? 0) + 1);
+  const names: string[] = [];
+  for (const [name, layer] of all) {
+    if (layer.quantDtype === undefined || layer.weightCompressed || isExcluded(name, exclude)) {
+      continue;
+    }
+    const weight = layer.compressWeight();
+    if ((uses.get(weight) ?? 0) <= 1) weight.dispose();
+    names.push(name);
+  }
+  return names;
+}
+
 /**
  * Quantizes every {@link Linear} under `model` that `exclude` does not match, in place:
  * configures the layer for `mode` (see the module table) and sets `weightScale` and, for
@@ -258,17 +320,8 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
 
   const all = namedLinears(model);
   // Two of the model's Linear layer names, for the errors below.
-  const examples = listNames(all.slice(0, 2).map(([n]) => JSON.stringify(n)));
-  const unmatched = exclude.filter((p) => !all.some(([name]) => isExcluded(name, [p])));
-  if (unmatched.length) {
-    throw new TensorqError("exclude patterns that match no Linear layer", {
-      op,
-      kind: "argument",
-      argument: "exclude",
-      expected: `dotted layer names or prefixes (e.g. ${examples}) or RegExps`,
-      actual: listNames(unmatched.map(describe)),
-    });
-  }
+  const examples = exampleNames(all);
+  checkExcludeMatches(op, all, exclude);
   const unknownOverrides = [...overrides.keys()].filter((n) => !all.some(([name]) => name === n));
   if (unknownOverrides.length) {
     throw new TensorqError("amax names layers that are not Linear layers of the model", {

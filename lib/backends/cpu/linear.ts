@@ -9,7 +9,8 @@
  * of the output's shape and dtype: the result, rounded to the output dtype as without it, goes
  * through the `add` kernel with the residual (one more rounding), as the unfused graph does.
  * A qlinear with a folded attention (attr `attention`, lib/graph/passes/attention_qlinear.ts)
- * runs the attention kernel, then itself on the attention's result.
+ * runs the attention kernel, then itself on the attention's result. With attr `weightCodes`
+ * the weight input is a compressed weight's codes, read as they are.
  * @module
  */
 import { objectIds } from "../../object_ids.ts";
@@ -206,7 +207,10 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
     w,
     swq,
     formOf(wAttrs, ctx.inputs[3].dtype, ctx.inputs[4].dtype),
-    () => quantizeValues(w, swq, ctx, 3, 4, wAttrs),
+    () =>
+      ctx.attrs.weightCodes
+        ? Float64Array.from(decode(qdtype as "int8", w))
+        : quantizeValues(w, swq, ctx, 3, 4, wAttrs),
   );
   const acc = new Float64Array(m * n);
   if (k > 0) gemm(qx, 0, qw, 0, acc, 0, m, n, k);
@@ -235,7 +239,8 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
     ctx.inputs[0].dtype,
   );
   const dqw = cachedWeight(w, swq, form, () => {
-    const q = cpuKernel("quantize")([w, swq], {
+    // A compressed weight is its codes already (attr weightCodes).
+    const q = ctx.attrs.weightCodes ? w : cpuKernel("quantize")([w, swq], {
       attrs,
       out: { shape: ctx.inputs[1].shape, dtype: qdtype as "int8" },
       inputs: [ctx.inputs[1], ctx.inputs[2]],

@@ -264,10 +264,13 @@ function preparedWeight(
 ): Prepared {
   let slot = slots.get(w);
   if (!slot) {
-    slot = { weight: new WeakRef(w), forms: new WeakMap(), buffers: [] };
-    slots.set(w, slot);
-    liveSlots.add(slot);
-    slotFinalizer.register(w, slot, slot);
+    const made: WeightSlot = { weight: new WeakRef(w), forms: new WeakMap(), buffers: [] };
+    slot = made;
+    slots.set(w, made);
+    liveSlots.add(made);
+    slotFinalizer.register(w, made, made);
+    // Disposing the weight frees its forms now (compressWeights disposes float weights).
+    w.onDispose(() => releaseSlot(made));
   }
   let byDequant = slot.forms.get(swq);
   if (!byDequant) slot.forms.set(swq, byDequant = new WeakMap());
@@ -303,13 +306,16 @@ class WeightPrep {
   readonly #wKind: number;
   readonly #swqKind: number;
   readonly #key: string;
+  /** W is a compressed weight's codes (attr `weightCodes`), not a float weight. */
+  readonly #codes: boolean;
 
   constructor(ctx: CudaKernelContext, wAt: number, n: number, k: number) {
     this.#device = ctx.device;
     this.#n = n;
     this.#k = k;
     this.#index = weightScaleIndex(ctx.attrs, k);
-    this.#wKind = FLOAT_KIND[floatDType("linear", "W", ctx.inputs[wAt].dtype)];
+    this.#codes = ctx.attrs.weightCodes === true;
+    this.#wKind = this.#codes ? -1 : FLOAT_KIND[floatDType("linear", "W", ctx.inputs[wAt].dtype)];
     this.#swqKind = FLOAT_KIND[floatDType("linear", "weight scale", ctx.inputs[wAt + 1].dtype)];
     this.#key = quantKey(ctx.attrs);
   }
@@ -319,8 +325,9 @@ class WeightPrep {
     p.i64(this.#n).i64(this.#k).i64(ix.nb).i64(ix.sN).i64(ix.kb).i64(ix.sK);
   }
 
-  /** The weight's codes (int8 / e4m3 bytes, packed int4), `[N, K]`. */
+  /** The weight's codes (int8 / e4m3 bytes, packed int4), `[N, K]`: W itself when compressed. */
   codes(w: CudaBuffer, swq: CudaBuffer, qdtype: DType): Prepared {
+    if (this.#codes) return { buffer: w, temporary: false };
     const device = this.#device;
     const kernel = fn(device, `linear_quantize_weight_${QUANT_NAME[qdtype]}`);
     const count = this.#n * this.#k;
@@ -335,7 +342,8 @@ class WeightPrep {
 
   /**
    * `dequantize(quantize(W, swq), swd)` in `dtype`; without `swd` (and `swdKind` < 0) the
-   * codes' exact values.
+   * codes' exact values. For a compressed weight, `dequantize(W, swd)` made for this run only
+   * (temporary): the point of compressing is to hold the codes alone.
    */
   dequantized(
     w: CudaBuffer,
@@ -346,6 +354,19 @@ class WeightPrep {
     dtype: FloatDType,
   ): Prepared {
     const device = this.#device;
+    if (this.#codes) {
+      const kernel = fn(
+        device,
+        `linear_dequantize_codes_${QUANT_NAME[qdtype]}_${FLOAT_NAME[dtype]}`,
+      );
+      const buffer = CudaBuffer.allocate(device, dtype, this.#n * this.#k);
+      const p = this.#params.reset().ptr(buffer.address).ptr(w.address)
+        .ptr(swd?.address ?? 0n).i32(swd ? swdKind : -1);
+      this.#indexParams(p);
+      launch(device, kernel, grid1d(device, buffer.numel), [BLOCK, 1, 1], p);
+      preparedCount++;
+      return { buffer, temporary: true };
+    }
     const kernel = fn(
       device,
       `linear_fakequant_weight_${QUANT_NAME[qdtype]}_${FLOAT_NAME[dtype]}`,

@@ -66,6 +66,7 @@ export class CudaBuffer implements DeviceBuffer {
   mutable = false;
   readonly #allocation: Allocation;
   #disposed = false;
+  #onDispose?: (() => void)[];
 
   private constructor(allocation: Allocation, dtype: DType, numel: number, address: bigint) {
     this.#allocation = allocation;
@@ -120,12 +121,23 @@ export class CudaBuffer implements DeviceBuffer {
     return Deno.UnsafePointer.create(this.address);
   }
 
+  /**
+   * Runs `fn` once when this buffer is disposed (not when it is collected): caches of forms
+   * made from it (a weight's codes) free them at once.
+   */
+  onDispose(fn: () => void): void {
+    (this.#onDispose ??= []).push(fn);
+  }
+
   /** Returns the memory to the pool (stream-ordered; idempotent). */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     registry.unregister(this);
     release(this.#allocation);
+    const callbacks = this.#onDispose ?? [];
+    this.#onDispose = undefined;
+    for (const fn of callbacks) fn();
   }
 }
 

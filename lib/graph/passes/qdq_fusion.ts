@@ -24,7 +24,9 @@
  * `[x, W, swq, swd, bias?, lnWeight?, lnBias?]`.
  *
  * Both take the float weight W: backends quantize it once and cache the result per weight
- * buffer (weights are constants). If the output of a dequantize was evaluated before the matmul
+ * buffer (weights are constants). A compressed weight (`Linear.compressWeight`) is already
+ * its codes, `dequantize(codes, swd)`: the fused op then takes the codes as W (and swd in
+ * swq's place) with attr `weightCodes`, and backends read them as they are. If the output of a dequantize was evaluated before the matmul
  * that reads it (printing it, say), the pattern is gone: the result stays correct, and the pass
  * warns once, naming the line.
  *
@@ -42,6 +44,7 @@
  * @module
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
+import { refInfo } from "../../backends/backend.ts";
 import { formatCallSite } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import type { Node } from "../node.ts";
@@ -151,6 +154,7 @@ const ACTIVATIONS: Record<string, (n: PlanNode) => string | undefined> = {
 };
 
 interface WeightMatch {
+  /** The float weight, or its codes when `codes`. */
   w: ValueRef;
   swq: ValueRef;
   swd: ValueRef;
@@ -158,26 +162,45 @@ interface WeightMatch {
   mode: string;
   dim: number | null;
   blockSize: number | null;
+  /** W is the weight's codes already (a compressed weight: no quantize in the graph). */
+  codes: boolean;
 }
 
-/** matches `permute(dequantize(quantize(W, swq), swd), [1, 0])` with W 2-D. */
+const WEIGHT_CODE_DTYPES = new Set(["int8", "int4", "float8e4m3"]);
+
+/**
+ * Matches `permute(dequantize(quantize(W, swq), swd), [1, 0])` with W 2-D, or, for a
+ * compressed weight, `permute(dequantize(codes, swd), [1, 0])` with codes `[N, K]` in int8,
+ * int4 or float8e4m3 (swq then stands for swd: the fused ops read codes as they are).
+ */
 function matchWeight(g: PlanGraph, ref: ValueRef): WeightMatch | undefined {
   const t = producer(g, ref);
   if (!isTranspose2d(g, t)) return undefined;
   const dq = producer(g, t.inputs[0]);
   if (!dq || dq.op !== "dequantize") return undefined;
+  const mode = dq.attrs.mode as string;
+  const dim = dq.attrs.dim as number | null;
+  const blockSize = dq.attrs.blockSize as number | null;
   const q = producer(g, dq.inputs[0]);
-  if (!q || q.op !== "quantize" || q.shape.length !== 2) return undefined;
-  if (q.attrs.mode !== dq.attrs.mode || q.attrs.dim !== dq.attrs.dim) return undefined;
-  if (q.attrs.blockSize !== dq.attrs.blockSize) return undefined;
+  if (q?.op !== "quantize") {
+    const codes = refInfo(g, dq.inputs[0]);
+    if (codes.shape.length !== 2 || !WEIGHT_CODE_DTYPES.has(codes.dtype)) return undefined;
+    const [w, swd] = dq.inputs;
+    return { w, swq: swd, swd, qdtype: codes.dtype, mode, dim, blockSize, codes: true };
+  }
+  if (q.shape.length !== 2) return undefined;
+  if (q.attrs.mode !== mode || q.attrs.dim !== dim || q.attrs.blockSize !== blockSize) {
+    return undefined;
+  }
   return {
     w: q.inputs[0],
     swq: q.inputs[1],
     swd: dq.inputs[1],
     qdtype: q.dtype,
-    mode: q.attrs.mode as string,
-    dim: q.attrs.dim as number | null,
-    blockSize: q.attrs.blockSize as number | null,
+    mode,
+    dim,
+    blockSize,
+    codes: false,
   };
 }
 
@@ -280,6 +303,7 @@ function fuse(graph: PlanGraph, ctx: PassContext): PlanGraph {
       weightDim: w.dim,
       blockSize: w.blockSize,
       qdtype: w.qdtype,
+      ...(w.codes ? { weightCodes: true } : {}),
     };
     const fused: PlanNode = fullQuant
       ? {
