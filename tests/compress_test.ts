@@ -2,8 +2,8 @@
  * Compressed weights (`Linear.compressWeight`, `tq.compressWeights`): a quantized Linear whose
  * float weight is replaced by its codes computes the same function, bit for bit, on every
  * device and every product path (w8a8 int8 and fp8, weight-only int8 per output channel, per
- * input feature and per tensor, int4 blocks of 128; float32, float16 and bfloat16; 1, 5, 37 and 300 rows: the GEMVs,
- * cuBLASLt and the int8 wgmma GEMM on cuda); the fused op reads the codes as they are (attr
+ * input feature and per tensor, int4 blocks of 128; float32, float16 and bfloat16; 1, 5, 37
+ * and 300 rows: the GEMVs, cuBLASLt and the int8 wgmma GEMM on cuda); the fused op reads the codes as they are (attr
  * `weightCodes`, no quantize of the weight in the plan); the layer's state and errors; and the
  * bundled GPT-2, quantized and compressed, gives the uncompressed logits bit for bit and holds
  * less device memory.

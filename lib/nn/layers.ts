@@ -248,7 +248,7 @@ export class Linear extends Module {
    * {@link Linear.compressWeight} has replaced the float weight by them; undefined before.
    */
   get weightCodes(): Tensor | undefined {
-    return this.weightCompressed ? this.getParameter("weightCodes") : undefined;
+    return this.getParameter("weightCodes");
   }
   set weightCodes(t: Tensor | undefined) {
     if (!this.weightCompressed) {
@@ -270,9 +270,10 @@ export class Linear extends Module {
    * Replaces the float weight by its codes, `quantize(weight, weightScale)` (parameter
    * `weightCodes`, in `quantDtype`): the layer then computes the same function from one byte
    * a weight (int8, fp8) or half a byte (int4) instead of a float's 2 or 4, and the products
-   * use the codes as they are. The quantization is fixed from then on (`configureQuantization` and
-   * `weight` raise errors); the weight scale stays a parameter. Returns the float weight,
-   * which the layer no longer references (dispose it unless something else shares it).
+   * use the codes as they are. The quantization is fixed from then on
+   * (`configureQuantization` and `weight` raise errors); the weight scale stays a parameter.
+   * Returns the float weight, which the layer no longer references (dispose it unless
+   * something else shares it).
    *
    * @throws {TensorqError} kind `state` when the layer is not quantized, has no weight scale,
    *   or is compressed already.

@@ -16,7 +16,7 @@
 import { objectIds } from "../../object_ids.ts";
 import { decode, encode, type StorageArray } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
-import type { FoldedAttention } from "../../graph/passes/attention_qlinear.ts";
+import { type FoldedAttention, unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { cpuKernel, type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { gemm } from "./matmul.ts";
@@ -157,17 +157,10 @@ function attentionInput(
   ctx: CpuKernelContext,
 ): { inputs: StorageArray[]; ctx: CpuKernelContext } {
   const a = ctx.attrs.attention as unknown as FoldedAttention;
-  const own = ctx.attrs.hasBias ? 7 : 6;
-  const end = own + (a.hasKvLength ? 3 : 2);
+  const { attrs, start: own, end } = unfoldedAttention(ctx.attrs);
   const dtype = ctx.inputs[0].dtype;
   const x = cpuKernel("attention")([inputs[0], ...inputs.slice(own, end)], {
-    attrs: {
-      scale: a.scale,
-      causal: a.causal,
-      hasKvLength: a.hasKvLength,
-      views: a.views,
-      outputLayout: "bthd",
-    },
+    attrs,
     out: { shape: a.shape, dtype },
     inputs: [ctx.inputs[0], ...ctx.inputs.slice(own, end)],
   });

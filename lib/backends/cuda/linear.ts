@@ -62,7 +62,7 @@ import { ptx as linearPtx } from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";
-import type { FoldedAttention } from "../../graph/passes/attention_qlinear.ts";
+import { type FoldedAttention, unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import { attentionKindOf, lowerAttention } from "./attention.ts";
@@ -591,15 +591,7 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
 function lowerAttentionQlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device } = ctx;
   const a = ctx.attrs.attention as unknown as FoldedAttention;
-  const own = ctx.attrs.hasBias ? 7 : 6;
-  const end = own + (a.hasKvLength ? 3 : 2);
-  const attrs: Attrs = {
-    scale: a.scale,
-    causal: a.causal,
-    hasKvLength: a.hasKvLength,
-    views: a.views,
-    outputLayout: "bthd",
-  };
+  const { attrs, start: own, end } = unfoldedAttention(ctx.attrs);
   const infos = [ctx.inputs[0], ...ctx.inputs.slice(own, end)];
   const attentionBuffers = (
     inputs: readonly CudaBuffer[],

@@ -8,9 +8,10 @@
  * Picks are stored per device identity (compute capability, SM count, L2 size and cuBLASLt
  * version) and problem. A cuBLASLt pick holds the algorithm's bytes and is used only when the
  * heuristic still offers that exact algorithm at that index; a kernel configuration is stored
- * by name ({@link SavedVariant}), used while that configuration exists. The file is read once, when set, and rewritten
- * whole at each new pick: processes sharing a file at the same time may drop each other's new
- * picks (the last write wins), which only means those problems are timed again later.
+ * by name ({@link SavedVariant}), used while that configuration exists. The file is read once,
+ * when set, and rewritten whole at each new pick: processes sharing a file at the same time may
+ * drop each other's new picks (the last write wins), which only means those problems are timed
+ * again later.
  * @module
  */
 import { ltVersion } from "../../../ffi/cublaslt.ts";

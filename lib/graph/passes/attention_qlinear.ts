@@ -21,6 +21,7 @@
  */
 import type { PlanGraph, ValueRef } from "../../backends/backend.ts";
 import { refInfo } from "../../backends/backend.ts";
+import type { Attrs } from "../node.ts";
 import { attentionKernelKind } from "../../ops/attention.ts";
 import { registerPass } from "./mod.ts";
 import { consumers, removeDeadNodes } from "./rewrite.ts";
@@ -53,6 +54,31 @@ export interface FoldedAttention {
   views?: unknown;
   /** The attention's result shape `[B, T, H, Dv]` (layout `bthd`). */
   shape: number[];
+}
+
+/**
+ * What the backends run of a qlinear's folded attention (attr `attention`): the `attention`
+ * op's attrs (layout `bthd`), and the positions `[start, end)` of k, v (and kvLength) among the
+ * qlinear's inputs (q is input 0; a folded residual follows `end`).
+ */
+export function unfoldedAttention(qlinearAttrs: Attrs): {
+  attrs: Attrs;
+  start: number;
+  end: number;
+} {
+  const a = qlinearAttrs.attention as unknown as FoldedAttention;
+  const start = qlinearAttrs.hasBias ? 7 : 6;
+  return {
+    attrs: {
+      scale: a.scale,
+      causal: a.causal,
+      hasKvLength: a.hasKvLength,
+      views: a.views,
+      outputLayout: "bthd",
+    },
+    start,
+    end: start + (a.hasKvLength ? 3 : 2),
+  };
 }
 
 /**

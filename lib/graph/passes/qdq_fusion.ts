@@ -26,9 +26,9 @@
  * Both take the float weight W: backends quantize it once and cache the result per weight
  * buffer (weights are constants). A compressed weight (`Linear.compressWeight`) is already
  * its codes, `dequantize(codes, swd)`: the fused op then takes the codes as W (and swd in
- * swq's place) with attr `weightCodes`, and backends read them as they are. If the output of a dequantize was evaluated before the matmul
- * that reads it (printing it, say), the pattern is gone: the result stays correct, and the pass
- * warns once, naming the line.
+ * swq's place) with attr `weightCodes`, and backends read them as they are. If the output of
+ * a dequantize was evaluated before the matmul that reads it (printing it, say), the pattern is
+ * gone: the result stays correct, and the pass warns once, naming the line.
  *
  * Float Linear layers are fused too, under their own switch ({@link setLinearFusion}):
  *
