@@ -29,6 +29,7 @@ import {
 } from "../ffi/cublaslt.ts";
 import { float8e4m3BitsToNumber } from "../lib/dtype.ts";
 import { argValue, gpuAvailable, markdownTable, noiseBytes } from "./timing.ts";
+import { GPT2_SMALL_LAYERS } from "./gpt2_model.ts";
 
 if (!gpuAvailable()) {
   console.log("fp8_accumulation: no CUDA GPU here; nothing to time");
@@ -37,12 +38,9 @@ if (!gpuAvailable()) {
 
 const device = CudaDevice.get(0);
 const M = 4096;
-const SHAPES: [name: string, k: number, n: number][] = [
-  ["c_attn", 768, 2304],
-  ["attn c_proj", 768, 768],
-  ["c_fc", 768, 3072],
-  ["mlp c_proj", 3072, 768],
-  ["K = 16384", 16384, 768],
+const SHAPES: [name: string, k: number, n: number, gelu: boolean][] = [
+  ...GPT2_SMALL_LAYERS,
+  ["K = 16384", 16384, 768, false],
 ];
 
 function upload(bytes: ArrayBufferView<ArrayBuffer>): CudaBuffer {
@@ -53,7 +51,7 @@ function upload(bytes: ArrayBufferView<ArrayBuffer>): CudaBuffer {
 
 const us = (ms: number) => (ms * 1000).toFixed(2);
 const rows: string[][] = [];
-for (const [name, k, n] of SHAPES) {
+for (const [name, k, n, gelu] of SHAPES) {
   // Random e4m3 codes (any exponent, either sign), NaN codes replaced.
   const a = noiseBytes(n * k, 21, true), b = noiseBytes(M * k, 22, true);
   const [wa, xb] = [Array.from(a, float8e4m3BitsToNumber), Array.from(b, float8e4m3BitsToNumber)];
@@ -108,7 +106,7 @@ for (const [name, k, n] of SHAPES) {
         compute: CUBLAS_COMPUTE_32F,
         scale: CUDA_R_32F,
       }),
-      epilogue: name === "c_fc" ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS,
+      epilogue: gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS,
       biasType: CUDA_R_16F,
       autotune: true, // its time is the autotune's
     };

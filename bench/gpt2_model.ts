@@ -16,6 +16,17 @@ export const GPT2_SMALL: Partial<tq.GPT2Config> = {
 };
 
 /**
+ * The Linear layers of one GPT-2-small block: name, input features K, output features N, and
+ * whether a GELU follows (c_fc: its product takes cuBLASLt's GELU-and-bias epilogue).
+ */
+export const GPT2_SMALL_LAYERS: readonly [name: string, k: number, n: number, gelu: boolean][] = [
+  ["c_attn", 768, 2304, false],
+  ["attn c_proj", 768, 768, false],
+  ["c_fc", 768, 3072, true],
+  ["mlp c_proj", 3072, 768, false],
+];
+
+/**
  * GPT-2 of `config` with seeded random weights (normal, std 0.02; layer-norm scales 1) in
  * `dtype` on `device`.
  */

@@ -46,7 +46,7 @@ import {
 import { argValue, gpuAvailable, markdownTable, percentile, timeGpu, writeOut } from "./timing.ts";
 import { TensorqError } from "../lib/errors.ts";
 import * as tq from "../mod.ts";
-import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
+import { GPT2_SMALL, GPT2_SMALL_LAYERS, randomGpt2, randomIds } from "./gpt2_model.ts";
 
 if (!gpuAvailable()) {
   console.log("lt_autotune: no CUDA GPU here; nothing to time");
@@ -57,12 +57,9 @@ const device = CudaDevice.get(0);
 const M = 4096;
 const BATCHES = Number(argValue(Deno.args, "batches") ?? 15);
 const ISOLATED_RUNS = 16;
-const SHAPES: [name: string, k: number, n: number, epilogue: number][] = [
-  ["c_attn", 768, 2304, CUBLASLT_EPILOGUE_BIAS],
-  ["attn c_proj", 768, 768, CUBLASLT_EPILOGUE_BIAS],
-  ["c_fc", 768, 3072, CUBLASLT_EPILOGUE_GELU_BIAS],
-  ["mlp c_proj", 3072, 768, CUBLASLT_EPILOGUE_BIAS],
-];
+const SHAPES: [name: string, k: number, n: number, epilogue: number][] = GPT2_SMALL_LAYERS.map((
+  [name, k, n, gelu],
+) => [name, k, n, gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS]);
 
 const lib = cudart();
 const events = Array.from({ length: 2 * ISOLATED_RUNS }, () => createEvent(cudaEventDefault));
