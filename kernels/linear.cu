@@ -11,7 +11,8 @@
 //   semantics (true division, round half even, saturation). Runs once per weight.
 // - linear_fakequant_weight_<q>_<x>: W → dequantize(quantize(W)) in x's dtype (also with no
 //   dequant scale: the e4m3 codes' values as float32). Runs once per weight.
-// - linear_dequantize_codes_<q>_<x>: the same from a compressed weight's codes.
+// - linear_dequantize_codes_<q>_<x>: the same from a compressed weight's codes. Runs on every
+//   forward that needs float weights: eight elements a thread where the layout allows.
 // - qlinear_quantize_<x>_<q>: per-tensor quantize of the activations (i8, e4m3, or e4m3 codes
 //   written as float32 for the fallback product).
 // - qlinear_gemm_i8: an exact int8 GEMM (int32 accumulation with __dp4a) for shapes cuBLASLt's
@@ -44,7 +45,8 @@
 // Activations: activate() in common.cuh (the gelu formulas of the elementwise kernels).
 
 // ---------------------------------------------------------------------------------------------
-// Weight preparation (once per weight: simple grid-stride loops, one element or byte each)
+// Weight preparation (once per weight: simple grid-stride loops, one element or byte each) and
+// the dequantization of compressed weights (every forward)
 
 struct WeightIndex {
   i64 K, nb, sN, kb, sK;
@@ -64,6 +66,15 @@ struct WI8 {
   __device__ static float codeValue(const void* codes, i64 e) {
     return (float)static_cast<const signed char*>(codes)[e];
   }
+  // The values of codes 8c .. 8c + 7 (8-byte aligned).
+  __device__ static void codeValues8(const void* codes, i64 c, float (&v)[8]) {
+    const uint2 b = __ldg(reinterpret_cast<const uint2*>(codes) + c);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = (float)(int)(signed char)(b.x >> (8 * j));
+      v[4 + j] = (float)(int)(signed char)(b.y >> (8 * j));
+    }
+  }
 };
 
 struct WI4 {
@@ -75,6 +86,12 @@ struct WI4 {
     const int nibble = (int)((e & 1) ? byte >> 4 : byte & 0xfu);
     return (float)((nibble << 28) >> 28);  // sign-extended
   }
+  // The values of codes 8c .. 8c + 7: the four bytes at 4c (4-byte aligned).
+  __device__ static void codeValues8(const void* codes, i64 c, float (&v)[8]) {
+    const unsigned b = __ldg(reinterpret_cast<const unsigned*>(codes) + c);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = (float)((int)(b << (28 - 4 * j)) >> 28);
+  }
 };
 
 struct WE4M3 {
@@ -85,6 +102,17 @@ struct WE4M3 {
   __device__ static float value(float q) { return e4m3x2ToFloats(floatsToE4m3x2(q, 0.0f)).x; }
   __device__ static float codeValue(const void* codes, i64 e) {
     return e4m3x2ToFloats(static_cast<const unsigned char*>(codes)[e]).x;
+  }
+  // The values of codes 8c .. 8c + 7 (8-byte aligned).
+  __device__ static void codeValues8(const void* codes, i64 c, float (&v)[8]) {
+    const uint2 b = __ldg(reinterpret_cast<const uint2*>(codes) + c);
+    const unsigned w[4] = {b.x, b.x >> 16, b.y, b.y >> 16};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = e4m3x2ToFloats(w[j]);
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
   }
 };
 
@@ -134,14 +162,43 @@ __device__ __forceinline__ void fakequantWeight(void* __restrict__ out, const vo
 
 // A compressed weight's codes (int8, packed int4, e4m3 bytes) → dequantize(codes, swd) in X:
 // the code's value · s in float32, one rounding to X, as fakequantWeight from the same codes.
-// With swdKind < 0 the codes' exact values.
+// With swdKind < 0 the codes' exact values. It runs on every forward that needs float weights
+// (the codes are all a compressed weight keeps), so with `chunked` (K a multiple of 8, the
+// codes aligned for 8-byte or, packed int4, 4-byte loads) a thread takes eight elements of one
+// row at a time: one load of codes, one scale when the eight share it, two vector stores.
 template <class Q, class X>
 __device__ __forceinline__ void dequantizeCodes(void* __restrict__ out,
                                                 const void* __restrict__ codes,
                                                 const void* __restrict__ swd, int swdKind,
-                                                i64 total, WeightIndex ix) {
+                                                i64 total, WeightIndex ix, bool chunked) {
   const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const i64 threads = (i64)gridDim.x * blockDim.x;
+  if (chunked) {
+    // A chunk lies in one row (K % 8 == 0); its scales are one unless they vary along K in
+    // groups narrower than 8 (per input channel).
+    const bool shared = ix.sK == 0 || ix.kb % 8 == 0;
+    for (i64 c = first; c < total / 8; c += threads) {
+      const i64 e = 8 * c;
+      float v[8];
+      Q::codeValues8(codes, c, v);
+      if (swdKind >= 0) {
+        if (shared) {
+          const float s = loadScale(swd, swdKind, ix.scale(e));
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[j] = __fmul_rn(v[j], s);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            v[j] = __fmul_rn(v[j], loadScale(swd, swdKind, ix.scale(e + j)));
+          }
+        }
+      }
+      const float lo[4] = {v[0], v[1], v[2], v[3]}, hi[4] = {v[4], v[5], v[6], v[7]};
+      X::store4(out, e, lo);
+      X::store4(out, e + 4, hi);
+    }
+    return;
+  }
   for (i64 e = first; e < total; e += threads) {
     const float q = Q::codeValue(codes, e);
     X::store(out, e, swdKind < 0 ? q : __fmul_rn(q, loadScale(swd, swdKind, ix.scale(e))));
@@ -169,8 +226,9 @@ __device__ __forceinline__ void dequantizeCodes(void* __restrict__ out,
 #define DEQUANTIZE_CODES_KERNEL(Q_NAME, Q, X_NAME, X)                                        \
   extern "C" __global__ void __launch_bounds__(256) linear_dequantize_codes_##Q_NAME##_##X_NAME( \
       void* __restrict__ out, const void* __restrict__ codes, const void* __restrict__ swd,    \
-      int swdKind, WEIGHT_INDEX_PARAMS) {                                                      \
-    dequantizeCodes<Q, X>(out, codes, swd, swdKind, N * K, WeightIndex{K, nb, sN, kb, sK});    \
+      int swdKind, WEIGHT_INDEX_PARAMS, int chunked) {                                         \
+    dequantizeCodes<Q, X>(out, codes, swd, swdKind, N * K, WeightIndex{K, nb, sN, kb, sK},     \
+                          chunked != 0);                                                       \
   }
 
 #define WEIGHT_KERNELS(Q_NAME, Q)                \

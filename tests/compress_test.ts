@@ -3,8 +3,10 @@
  * float weight is replaced by its codes computes the same function, bit for bit, on every
  * device and every product path (w8a8 int8 and fp8, weight-only int8 per output channel, per
  * input feature and per tensor, int4 blocks of 128; float32, float16 and bfloat16; 1, 5, 37
- * and 300 rows: the GEMVs, cuBLASLt and the int8 wgmma GEMM on cuda); the fused op reads the codes as they are (attr
- * `weightCodes`, no quantize of the weight in the plan); the layer's state and errors; and the
+ * and 300 rows: the GEMVs, cuBLASLt and the int8 wgmma GEMM on cuda; 256 input features, and
+ * 100, which the CUDA dequantization of the codes takes one element at a time rather than eight);
+ * the fused op reads the codes as they are (attr `weightCodes`, no quantize of the weight in the
+ * plan); the layer's state and errors; and the
  * bundled GPT-2, quantized and compressed, gives the uncompressed logits bit for bit and holds
  * less device memory.
  * @module
@@ -21,20 +23,30 @@ const KINDS: Kind[] = ["w8a8", "fp8", "w8 channel", "w8 tensor", "w8 input chann
 const K = 256;
 const N = 96;
 
-/** A quantized Linear of `kind` (K → N, `dtype`) on `device`, from seeded random state. */
-function layerOf(kind: Kind, dtype: DType, device: string, seed: number): tq.Linear {
+/**
+ * A quantized Linear of `kind` (`k` → N, `dtype`) on `device`, from seeded random state; int4
+ * blocks of `block` input features.
+ */
+function layerOf(
+  kind: Kind,
+  dtype: DType,
+  device: string,
+  seed: number,
+  k = K,
+  block = 128,
+): tq.Linear {
   const q: tq.QuantDType = kind === "fp8" ? "float8e4m3" : kind === "w4 blocks" ? "int4" : "int8";
   const options: tq.LinearOptions = kind === "w4 blocks"
-    ? { quantDtype: q, weightQuantDim: 1, blockSize: 128 }
+    ? { quantDtype: q, weightQuantDim: 1, blockSize: block }
     : kind === "w8 tensor"
     ? { quantDtype: q }
     : kind === "w8 input channel"
     ? { quantDtype: q, weightQuantDim: 1 }
     : { quantDtype: q, weightQuantDim: 0 };
-  const weight = tq.randn([N, K], { seed, std: 0.05, dtype });
+  const weight = tq.randn([N, k], { seed, std: 0.05, dtype });
   const w32 = weight.cast("float32").abs();
   const amax = kind === "w4 blocks"
-    ? w32.reshape([N, K / 128, 128]).max(2)
+    ? w32.reshape([N, k / block, block]).max(2)
     : kind === "w8 tensor"
     ? w32.max()
     : kind === "w8 input channel"
@@ -46,7 +58,7 @@ function layerOf(kind: Kind, dtype: DType, device: string, seed: number): tq.Lin
     bias: tq.randn([N], { seed: seed + 1, std: 0.1, dtype }),
   };
   if (kind === "w8a8" || kind === "fp8") dict.inputScale = tq.scaleFromAmax(3.5, q);
-  const layer = new tq.Linear(K, N, { ...options, dtype });
+  const layer = new tq.Linear(k, N, { ...options, dtype });
   layer.loadStateDict(dict);
   return layer.to(device);
 }
@@ -59,26 +71,29 @@ function bits(t: tq.Tensor): number[] {
 testOnDevices("compressed weights: the same outputs bit for bit, from the codes", (device) => {
   const rows = device === "cuda" ? [1, 5, 37, 300] : [1, 5, 37];
   let seed = 1;
-  for (const kind of KINDS) {
-    for (const dtype of ["float32", "float16", "bfloat16"] as DType[]) {
-      const layer = layerOf(kind, dtype, device, seed);
-      const inputs = rows.map((m) =>
-        tq.tensor(randomValues(m * K, seed + m), { shape: [m, K], dtype, device })
-      );
-      const before = inputs.map((x) => bits(layer.forward(x)));
-      const float = layer.compressWeight();
-      float.dispose();
-      assert.equal(layer.weightCodes!.dtype, layer.quantDtype);
-      inputs.forEach((x, i) => {
-        const y = layer.forward(x);
-        const fused = plannedGraph([y.node]).nodes.filter((n) => n.attrs.weightCodes === true);
-        assert.equal(fused.length, 1, `${kind} ${dtype}: one fused op reads the codes`);
-        const label = `${kind} ${dtype} ${rows[i]} rows on ${device}`;
-        const after = bits(y);
-        const differ = after.findIndex((v, j) => v !== before[i][j]);
-        assert.equal(differ, -1, `${label}: element ${differ} differs`);
-      });
-      seed += 10;
+  // [input features, int4 block]: whole chunks of eight codes per row, and not.
+  for (const [k, block] of [[K, 128], [100, 20]]) {
+    for (const kind of KINDS) {
+      for (const dtype of ["float32", "float16", "bfloat16"] as DType[]) {
+        const layer = layerOf(kind, dtype, device, seed, k, block);
+        const inputs = rows.map((m) =>
+          tq.tensor(randomValues(m * k, seed + m), { shape: [m, k], dtype, device })
+        );
+        const before = inputs.map((x) => bits(layer.forward(x)));
+        const float = layer.compressWeight();
+        float.dispose();
+        assert.equal(layer.weightCodes!.dtype, layer.quantDtype);
+        inputs.forEach((x, i) => {
+          const y = layer.forward(x);
+          const fused = plannedGraph([y.node]).nodes.filter((n) => n.attrs.weightCodes === true);
+          assert.equal(fused.length, 1, `${kind} ${dtype}: one fused op reads the codes`);
+          const label = `${kind} ${dtype} K ${k} ${rows[i]} rows on ${device}`;
+          const after = bits(y);
+          const differ = after.findIndex((v, j) => v !== before[i][j]);
+          assert.equal(differ, -1, `${label}: element ${differ} differs`);
+        });
+        seed += 10;
+      }
     }
   }
 });

@@ -360,10 +360,14 @@ class WeightPrep {
         `linear_dequantize_codes_${QUANT_NAME[qdtype]}_${FLOAT_NAME[dtype]}`,
       );
       const buffer = CudaBuffer.allocate(device, dtype, this.#n * this.#k);
+      // Eight elements a thread: rows of whole chunks, codes aligned for the chunk's load.
+      const chunked = this.#k % 8 === 0 && w.address % (qdtype === "int4" ? 4n : 8n) === 0n;
       const p = this.#params.reset().ptr(buffer.address).ptr(w.address)
         .ptr(swd?.address ?? 0n).i32(swd ? swdKind : -1);
       this.#indexParams(p);
-      launch(device, kernel, grid1d(device, buffer.numel), [BLOCK, 1, 1], p);
+      p.i32(chunked ? 1 : 0);
+      const units = chunked ? buffer.numel / 8 : buffer.numel;
+      launch(device, kernel, grid1d(device, units), [BLOCK, 1, 1], p);
       preparedCount++;
       return { buffer, temporary: true };
     }
