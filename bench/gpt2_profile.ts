@@ -7,12 +7,14 @@
  *     ncu --profile-from-start off --clock-control none --cache-control none \
  *         --metrics gpu__time_duration.sum --csv --page raw --log-file OUT/ncu.csv \
  *         deno run -A bench/gpt2_profile.ts [--modes float16,w8a8,fp8,w4] [--tuning FILE] \
- *         [--no-attention-fold]
+ *         [--no-attention-fold] [--compress]
  *     python3 bench/ncu_kernels.py OUT/ncu.csv float16,w8a8,fp8,w4
  *
  * Under the profiler every launch is slow, so the autotune's timings there are wrong and its
  * picks are not those of a normal run. Pass `--tuning FILE` to both a normal run and the
- * profiled one: the first saves its picks, the second uses them.
+ * profiled one: the first saves its picks, the second uses them. `--compress` replaces each
+ * quantized layer's float weight by its codes (`tq.compressWeights`), in a model of the mode's
+ * own (the same seeded weights), as `bench/gpu_gpt2.ts --compress` does.
  *
  * The second command sums kernel durations by name for each region (prefill, decode per mode).
  * Each mode also prints the cuBLASLt algorithm its prefill products picked (by heuristic index)
@@ -32,8 +34,9 @@ const tuningFile = argValue(Deno.args, "tuning");
 if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);
 // Attention apart from the quantized projection that reads it (tq.setAttentionQlinearFusion).
 if (Deno.args.includes("--no-attention-fold")) tq.setAttentionQlinearFusion(false);
-const model = randomGpt2(GPT2_SMALL, "float16", device);
-const vocab = model.config.vocabSize;
+const compress = Deno.args.includes("--compress");
+const baseModel = randomGpt2(GPT2_SMALL, "float16", device);
+const vocab = baseModel.config.vocabSize;
 const prefillIds = randomIds([8, 512], 3, vocab, device);
 const markerInput = tq.tensor(new BigInt64Array([1n, -2n, 3n]), { device });
 
@@ -50,9 +53,12 @@ async function profiled(fn: () => Promise<void>): Promise<void> {
 let calibration: tq.Calibration | undefined;
 const printed = new Set<string>();
 for (const mode of modes) {
+  // Compressed weights cannot go back to float: those modes get a model of their own.
+  const own = compress && mode !== "float16";
+  const model = own ? randomGpt2(GPT2_SMALL, "float16", device) : baseModel;
   if (mode !== "float16") {
     calibration ??= tq.calibrate(
-      model,
+      baseModel,
       [randomIds([1, 128], 7, vocab, device)],
       (m, t) => m.forward(t),
       { method: "max", onProgress: () => {} },
@@ -62,6 +68,7 @@ for (const mode of modes) {
       calibration,
       exclude: ["lm_head"],
     });
+    if (own) tq.compressWeights(model);
   }
   const prefill = tq.compile((t: tq.Tensor) => model.forward(t), {
     args: [tq.inputInfo(prefillIds.shape, "int32")],
@@ -97,7 +104,11 @@ for (const mode of modes) {
     await state.ids.data();
   });
   prefill.dispose();
-  for (const [, layer] of tq.namedLinears(model)) {
-    if (layer.quantDtype !== undefined) layer.configureQuantization({});
+  if (own) {
+    for (const p of model.parameters()) p.dispose();
+  } else {
+    for (const [, layer] of tq.namedLinears(model)) {
+      if (layer.quantDtype !== undefined) layer.configureQuantization({});
+    }
   }
 }
