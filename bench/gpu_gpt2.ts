@@ -69,8 +69,11 @@ const prefillSeq = Number(argValue(args, "seq") ?? (smoke ? 16 : 512));
 const checkSteps = quick || smoke ? 2 : 4;
 const PEER = new URL("./peers/gpt2_torch.py", import.meta.url).pathname;
 
-/** PyTorch eager figures measured on the H200 (FACTS.md), used when the peer cannot run. */
-const FACTS_MS = { prefill: 10.6, decode: 8.3 };
+/**
+ * PyTorch fp16 eager figures measured on an H200 on 2026-11-29 (transformers `GPT2LMHeadModel`),
+ * used when the peer cannot run.
+ */
+const REFERENCE_MS = { prefill: 10.6, decode: 8.3 };
 
 const config: Partial<tq.GPT2Config> = smoke
   ? { nLayer: 2, nEmbd: 128, nHead: 4, vocabSize: 512, nPositions: 64 }
@@ -341,7 +344,11 @@ function save(): void {
 
 async function runPeerFigures(): Promise<void> {
   if (noPeer) {
-    peer = { prefillMs: FACTS_MS.prefill, decodeMs: FACTS_MS.decode, source: "FACTS.md" };
+    peer = {
+      prefillMs: REFERENCE_MS.prefill,
+      decodeMs: REFERENCE_MS.decode,
+      source: "reference H200 figures",
+    };
     return;
   }
   log("running the PyTorch peer (transformers GPT2LMHeadModel, fp16, eager) ...");
@@ -365,11 +372,11 @@ async function runPeerFigures(): Promise<void> {
     const attn = r.json?.attn_implementation;
     peer = { prefillMs: prefill, decodeMs: decode, source: `measured, attention ${attn ?? "?"}` };
   } else {
-    log(`peer failed (${r.error ?? "missing figures"}): using the FACTS.md figures`);
+    log(`peer failed (${r.error ?? "missing figures"}): using the reference H200 figures`);
     peer = {
-      prefillMs: typeof prefill === "number" ? prefill : FACTS_MS.prefill,
-      decodeMs: typeof decode === "number" ? decode : FACTS_MS.decode,
-      source: "FACTS.md (peer failed)",
+      prefillMs: typeof prefill === "number" ? prefill : REFERENCE_MS.prefill,
+      decodeMs: typeof decode === "number" ? decode : REFERENCE_MS.decode,
+      source: "reference H200 figures (peer failed)",
     };
   }
   log(`PyTorch: prefill ${fmt(peer.prefillMs, 2)} ms, decode ${fmt(peer.decodeMs, 2)} ms/token`);

@@ -59,8 +59,8 @@ const { outDir, quick, smoke, noPeer, device } = benchArgs(args);
 const only = new Set((argValue(args, "only") ?? "a,b,c,d,e").split(",").map((s) => s.trim()));
 const PEER = new URL("./peers/linear_torch.py", import.meta.url).pathname;
 
-/** PyTorch figures measured on the H200 (FACTS.md), used when the peer cannot run. */
-const FACTS_US: Record<string, number> = {
+/** PyTorch figures measured on an H200 on 2026-11-29, used when the peer cannot run. */
+const REFERENCE_US: Record<string, number> = {
   w8a8_8192: 2349,
   gpt2_768x2304: 53,
   gpt2_768x3072: 60,
@@ -457,14 +457,17 @@ async function peerCases(cases: string[], extra: string[] = []): Promise<void> {
   raw.peerVersions = { torch: r.json?.torch, device: r.json?.device };
 }
 
-/** The peer's median µs for a case (a nested key path into its JSON), or the FACTS figure. */
+/** The peer's median µs for a case (a nested key path into its JSON), or the reference figure. */
 function peerUs(kase: string, path: string[] = ["median_us"]): { us?: number; source: string } {
   const r = peerResults.get(kase);
   let v: unknown = r?.json;
   for (const p of path) v = (v as Record<string, unknown> | undefined)?.[p];
   if (typeof v === "number") return { us: v, source: "measured" };
-  if (path.length === 1 && FACTS_US[kase] !== undefined) {
-    return { us: FACTS_US[kase], source: noPeer ? "FACTS.md" : "FACTS.md (peer failed)" };
+  if (path.length === 1 && REFERENCE_US[kase] !== undefined) {
+    return {
+      us: REFERENCE_US[kase],
+      source: noPeer ? "reference H200 figures" : "reference H200 figures (peer failed)",
+    };
   }
   return { source: "unavailable" };
 }
