@@ -28,6 +28,20 @@ __device__ __forceinline__ float loadScale(const void* __restrict__ scale, int k
   return kind == 1 ? f16BitsToFloat(b) : bf16BitsToFloat(b);
 }
 
+// loadScale in two steps, for a load whose latency should hide behind other work: the raw bits
+// (zero-extended 16-bit values for kinds 1 and 2), then their value. Converted right after the
+// load, a scale makes the thread wait for the load there.
+__device__ __forceinline__ unsigned loadScaleBits(const void* __restrict__ scale, int kind,
+                                                  i64 i) {
+  if (kind == 0) return __ldg(static_cast<const unsigned*>(scale) + i);
+  return __ldg(static_cast<const unsigned short*>(scale) + i);
+}
+
+__device__ __forceinline__ float scaleFromBits(unsigned bits, int kind) {
+  if (kind == 0) return __uint_as_float(bits);
+  return kind == 1 ? f16BitsToFloat((unsigned short)bits) : bf16BitsToFloat((unsigned short)bits);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Float element types (raw storage behind void pointers): values load as exact floats and
 // store with one RNE rounding. The kernel files extend them with their own accessors.

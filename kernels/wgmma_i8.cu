@@ -17,12 +17,12 @@
 //   qlinear_epilogue_i32_<out> (kernels/linear.cu): acc, sxd · swd (both float values) and
 //   their product are exact in double, then one __dmul_rn, one __dadd_rn and one rounding;
 //   relu maps t <= 0 to +0 before it.
-// - float16 / bfloat16: float32: two FMAs with the scale as a float pair, relu or gelu in
+// - float16 / bfloat16: float32: one FMA with sxd · swd rounded to float, relu or gelu in
 //   float32 (gelu with the special-function unit's 2^x and reciprocal, geluTanhFast), one
-//   rounding. The result is within one output ulp of the double epilogue's (equal except where t lies within float32 rounding
-//   error of a rounding boundary). The double epilogue's arithmetic and conversions, unrolled
-//   over the tile, made the kernel's code too large for the instruction cache and its
-//   epilogue as long as the main loop at K = 768.
+//   rounding. The result is within one output ulp of the double epilogue's (equal except
+//   where t lies within float32 rounding error of a rounding boundary). The double epilogue's
+//   arithmetic and conversions, unrolled over the tile, made the kernel's code too large for
+//   the instruction cache and its epilogue as long as the main loop at K = 768.
 //
 // Structure: persistent CTAs (grid = min(tiles, SMs)) of 384 threads: one producer warpgroup
 // (one thread issues the TMA tile loads of both operands, tile after tile: 128-byte K slices,
@@ -32,8 +32,9 @@
 // Ping-pong tiles (pp): each consumer warpgroup takes every other tile whole, and the two take
 // turns on the tensor cores, so one's epilogue overlaps the other's main loop. Each consumer
 // warpgroup loads its tile's column scales and biases into registers before the tile's main
-// loop (the load latency hides behind it) and stages them (doubles, or float pairs) in its own
-// shared-memory slice after it, so the epilogue reads shared memory only. The epilogue goes
+// loop, as raw bits converted after it (the load latency hides behind it), and stages them
+// (doubles, or floats) in its own shared-memory slice after it, so the epilogue reads shared
+// memory only. The epilogue goes
 // from the accumulator fragments to global memory while the producer already prefetches the
 // next tile.
 //
@@ -418,12 +419,11 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
     const int warp = wtid >> 5;
     const int lane = tid & 31;
     const double sx = (double)loadScale(sxd, sxdKind, 0);
-    // This warpgroup's slice of the epilogue staging (2·BN doubles, or 3·BN floats).
+    // This warpgroup's slice of the epilogue staging (2·BN doubles, or 2·BN floats).
     double* sScale = reinterpret_cast<double*>(smem + C::EPI_OFFSET) + cw * 2 * BN;
     double* sBias = sScale + BN;
-    float* fScaleHi = reinterpret_cast<float*>(sScale);
-    float* fScaleLo = fScaleHi + BN;
-    float* fBias = fScaleLo + BN;
+    float* fScale = reinterpret_cast<float*>(sScale);
+    float* fBias = fScale + BN;
 
     int acc[MB][NACC];
 #pragma unroll
@@ -442,17 +442,18 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       int tm, tn;
       tileCoords(t, tilesM, tilesN, groupM, tm, tn);
 
-      // This tile's column scales and biases, loaded now and used after the main loop.
-      float swv[NPT], bv[NPT];
+      // This tile's column scales and biases, loaded now and converted after the main loop, so
+      // that the loads stay in flight during it (zero bits are 0 in every kind).
+      unsigned swBits[NPT], bBits[NPT];
 #pragma unroll
       for (int r = 0; r < NPT; ++r) {
         const int i = wtid + 128 * r;
         const int n = tn * BN + i;
-        swv[r] = 0.0f;
-        bv[r] = 0.0f;
+        swBits[r] = 0;
+        bBits[r] = 0;
         if (i < BN && n < N) {
-          swv[r] = loadScale(swd, swdKind, swdPerChannel ? n : 0);
-          if (bias != nullptr) bv[r] = loadScale(bias, biasKind, n);
+          swBits[r] = loadScaleBits(swd, swdKind, swdPerChannel ? n : 0);
+          if (bias != nullptr) bBits[r] = loadScaleBits(bias, biasKind, n);
         }
       }
       // The tile's residual rows, fetched into L2 while the main loop runs: the epilogue's reads
@@ -509,22 +510,20 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
 
       // Stage the scales and biases: the first barrier waits for the previous tile's epilogue
       // reads, the second publishes the writes. sxd · swd is exact in double; the float32
-      // epilogue takes it as the float pair hi + lo (hi = the product rounded, lo = the rest
-      // rounded), which carries it to ~2^-48 relative.
+      // epilogue takes it rounded to float.
       warpgroupBarrier(1 + cw);
 #pragma unroll
       for (int r = 0; r < NPT; ++r) {
         const int i = wtid + 128 * r;
         if (i < BN) {
-          const double sc = sx * (double)swv[r];
+          const double sc = sx * (double)scaleFromBits(swBits[r], swdKind);
+          const float b = scaleFromBits(bBits[r], biasKind);
           if constexpr (O::kFloatEpilogue) {
-            const float hi = __double2float_rn(sc);
-            fScaleHi[i] = hi;
-            fScaleLo[i] = __double2float_rn(sc - (double)hi);
-            fBias[i] = bv[r];
+            fScale[i] = __double2float_rn(sc);
+            fBias[i] = b;
           } else {
             sScale[i] = sc;
-            sBias[i] = (double)bv[r];
+            sBias[i] = (double)b;
           }
         }
       }
@@ -533,10 +532,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
       // First row of this warp's 16-row slabs (one per m64 block).
       const int rowW = tm * BM + (PP ? 0 : cw * (BM / 2)) + warp * 16;
       if constexpr (O::kFloatEpilogue) {
-        // 16-bit outputs: t = acc · (hi + lo) + b in float32 (two FMAs; acc is exact up to
-        // 2^24), relu or gelu in float32, one rounding to the output dtype. Against the
-        // double epilogue the result is at most one output ulp away, and only where t lies
-        // within float32 rounding error of a rounding boundary.
+        // 16-bit outputs: t = acc · s + b in float32 (one FMA; acc is exact up to 2^24, s is
+        // sxd · swd rounded), relu or gelu in float32, one rounding to the output dtype.
+        // Against the double epilogue the result is at most one output ulp away, and only
+        // where t lies within float32 rounding error of a rounding boundary. (A second FMA
+        // with the rest of sxd · swd was ~1 % of the GEMM's time at GPT-2's prefill shapes and
+        // changed only outputs on such boundaries.)
         //
         // The outputs go through the warp's shared-memory scratch, 16 rows × 64 columns at a
         // time, so that global memory receives whole 128-byte row pieces in 16-byte stores
@@ -553,15 +554,14 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
             for (int jj = 0; jj < 8; ++jj) {
               const int j = 8 * c + jj;
               const int cl = 8 * j + 2 * (lane & 3);
-              const float2 hi = *reinterpret_cast<const float2*>(fScaleHi + cl);
-              const float2 lo = *reinterpret_cast<const float2*>(fScaleLo + cl);
+              const float2 sc = *reinterpret_cast<const float2*>(fScale + cl);
               const float2 b = *reinterpret_cast<const float2*>(fBias + cl);
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
                 const float f0 = __int2float_rn(acc[m][4 * j + 2 * h]);
                 const float f1 = __int2float_rn(acc[m][4 * j + 2 * h + 1]);
-                float t0 = fmaf(f0, hi.x, fmaf(f0, lo.x, b.x));
-                float t1 = fmaf(f1, hi.y, fmaf(f1, lo.y, b.y));
+                float t0 = fmaf(f0, sc.x, b.x);
+                float t1 = fmaf(f1, sc.y, b.y);
                 if constexpr (GELU) {
                   t0 = geluTanhFast(t0);
                   t1 = geluTanhFast(t1);
