@@ -34,9 +34,8 @@
 // warpgroup loads its tile's column scales and biases into registers before the tile's main
 // loop, as raw bits converted after it (the load latency hides behind it), and stages them
 // (doubles, or floats) in its own shared-memory slice after it, so the epilogue reads shared
-// memory only. The epilogue goes
-// from the accumulator fragments to global memory while the producer already prefetches the
-// next tile.
+// memory only. The epilogue goes from the accumulator fragments to global memory while the
+// producer already prefetches the next tile.
 //
 // Kernels: wgmma_i8_<tile>_<out> for tiles 128x256, 128x192, 128x128, 256x128, 128x64,
 // pp128x128, pp64x256 and out f32, f16, bf16 (act 0 none or 1 relu), and
