@@ -270,6 +270,17 @@ __device__ __forceinline__ void fenceOperands(int (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 
+// Stores four 8 × 8 matrices of 16-bit values from their mma fragments (register i: thread t
+// holds row t / 4, columns 2 (t % 4) and + 1 of matrix i); lane l gives the shared-memory
+// address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned).
+__device__ __forceinline__ void stmatrixX4(void* p, unsigned r0, unsigned r1, unsigned r2,
+                                           unsigned r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
+               :
+               : "r"(smemU32(p)), "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // Shared-memory matrix descriptor of a K-major operand in the 128B-swizzle layout: rows of 128
 // bytes, 8-row atoms of 1024 bytes stacked contiguously (stride byte offset 1024), leading byte
 // offset unused (16), swizzle mode 1 (128B) in bits 62-63. Moving along K inside the 128-byte
@@ -549,6 +560,9 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
         for (int m = 0; m < MB; ++m) {
 #pragma unroll
           for (int c = 0; c < BN / 64; ++c) {
+            // packed[jj][h]: the pair of row lane / 4 + 8h, columns 8jj + 2 (lane % 4) + {0, 1}
+            // of the slab: the fragment of an 8 × 8 matrix, as stmatrix takes it.
+            unsigned packed[8][2];
 #pragma unroll
             for (int jj = 0; jj < 8; ++jj) {
               const int j = 8 * c + jj;
@@ -568,10 +582,18 @@ __device__ __forceinline__ void gemm(const CUtensorMap* tmX, const CUtensorMap* 
                   t0 = t0 <= 0.0f ? 0.0f : t0;
                   t1 = t1 <= 0.0f ? 0.0f : t1;
                 }
-                const int r = (lane >> 2) + 8 * h;  // row in the slab
-                *reinterpret_cast<unsigned*>(scratch + r * kScratchPitch +
-                                             (8 * jj + 2 * (lane & 3)) * 2) = O::pack(t0, t1);
+                packed[jj][h] = O::pack(t0, t1);
               }
+            }
+            // Four stmatrix .x4, each four 8 × 8 matrices: (jj, h) = (2q, 0), (2q, 1),
+            // (2q + 1, 0), (2q + 1, 1). Lane l gives the address of row l % 8 of matrix l / 8.
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const int k = lane >> 3;
+              const int row = (lane & 7) + 8 * (k & 1);
+              const int col = 8 * (2 * q + (k >> 1));
+              stmatrixX4(scratch + row * kScratchPitch + col * 2, packed[2 * q][0],
+                         packed[2 * q][1], packed[2 * q + 1][0], packed[2 * q + 1][1]);
             }
             __syncwarp();
             // Lane l stores 16 bytes (8 outputs) of slab row 4p + l / 8, piece l % 8; with a
