@@ -16,7 +16,7 @@
 import { objectIds } from "../../object_ids.ts";
 import { decode, encode, type StorageArray } from "../../dtype.ts";
 import type { Attrs } from "../../graph/node.ts";
-import { type FoldedAttention, unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
+import { unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { cpuKernel, type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { gemm } from "./matmul.ts";
@@ -156,22 +156,20 @@ function attentionInput(
   inputs: StorageArray[],
   ctx: CpuKernelContext,
 ): { inputs: StorageArray[]; ctx: CpuKernelContext } {
-  const a = ctx.attrs.attention as unknown as FoldedAttention;
-  const { attrs, start: own, end } = unfoldedAttention(ctx.attrs);
+  const unfolded = unfoldedAttention(ctx.attrs);
   const dtype = ctx.inputs[0].dtype;
-  const x = cpuKernel("attention")([inputs[0], ...inputs.slice(own, end)], {
-    attrs,
-    out: { shape: a.shape, dtype },
-    inputs: [ctx.inputs[0], ...ctx.inputs.slice(own, end)],
+  const x = cpuKernel("attention")(unfolded.attentionOperands(inputs), {
+    attrs: unfolded.attrs,
+    out: { shape: unfolded.shape, dtype },
+    inputs: unfolded.attentionOperands(ctx.inputs),
   });
-  const k = ctx.inputs[3].shape[1];
-  const xInfo = { shape: [...ctx.out.shape.slice(0, -1), k], dtype };
+  const xInfo = { shape: unfolded.xShape(ctx.out.shape, ctx.inputs[3].shape[1]), dtype };
   return {
-    inputs: [x, ...inputs.slice(1, own), ...inputs.slice(end)],
+    inputs: unfolded.qlinearOperands(x, inputs),
     ctx: {
       ...ctx,
       attrs: { ...ctx.attrs, attention: undefined },
-      inputs: [xInfo, ...ctx.inputs.slice(1, own), ...ctx.inputs.slice(end)],
+      inputs: unfolded.qlinearOperands(xInfo, ctx.inputs),
     },
   };
 }

@@ -62,7 +62,7 @@ import { ptx as linearPtx } from "../../../kernels/ptx/linear.ts";
 import type { DType } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
 import type { Attrs } from "../../graph/node.ts";
-import { type FoldedAttention, unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
+import { unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { type LtMatmulPlan, ltMatmulPlan, type LtMatmulSpec } from "./cublaslt.ts";
 import { attentionKindOf, lowerAttention } from "./attention.ts";
@@ -594,28 +594,25 @@ function lowerNormQlinear(ctx: CudaKernelContext): CudaLaunch {
  */
 function lowerAttentionQlinear(ctx: CudaKernelContext): CudaLaunch {
   const { device } = ctx;
-  const a = ctx.attrs.attention as unknown as FoldedAttention;
-  const { attrs, start: own, end } = unfoldedAttention(ctx.attrs);
-  const infos = [ctx.inputs[0], ...ctx.inputs.slice(own, end)];
-  const attentionBuffers = (
-    inputs: readonly CudaBuffer[],
-  ) => [inputs[0], ...inputs.slice(own, end)];
+  const unfolded = unfoldedAttention(ctx.attrs);
+  const { attrs } = unfolded;
+  const infos = unfolded.attentionOperands(ctx.inputs);
   const xDType = floatDType("qlinear", "x", ctx.inputs[0].dtype);
   const [n, k] = ctx.inputs[3].shape;
-  const xInfo = { shape: [...ctx.out.shape.slice(0, -1), k], dtype: xDType };
+  const xInfo = { shape: unfolded.xShape(ctx.out.shape, k), dtype: xDType };
   const m = n === 0 ? 0 : numel(ctx.out.shape) / n;
   // The qlinear without the fold: x is the attention's result.
   const inner: CudaKernelContext = {
     ...ctx,
     attrs: { ...ctx.attrs, attention: undefined },
-    inputs: [xInfo, ...ctx.inputs.slice(1, own), ...ctx.inputs.slice(end)],
+    inputs: unfolded.qlinearOperands(xInfo, ctx.inputs),
     overwritable: undefined,
   };
   const toScratch = (): (inputs: readonly CudaBuffer[]) => CudaBuffer => {
-    const attention = lowerAttention(device, attrs, infos, a.shape);
+    const attention = lowerAttention(device, attrs, infos, unfolded.shape);
     return (inputs) => {
       const x = CudaBuffer.allocate(device, xDType, m * k);
-      attention.run(x.address, attentionBuffers(inputs));
+      attention.run(x.address, unfolded.attentionOperands(inputs));
       return x;
     };
   };
@@ -624,7 +621,7 @@ function lowerAttentionQlinear(ctx: CudaKernelContext): CudaLaunch {
     const rest = lowerQlinear(inner);
     return (y, inputs) => {
       const x = attention(inputs);
-      rest(y, [x, ...inputs.slice(1, own), ...inputs.slice(end)]);
+      rest(y, unfolded.qlinearOperands(x, inputs));
       x.dispose();
     };
   }
@@ -641,11 +638,14 @@ function lowerAttentionQlinear(ctx: CudaKernelContext): CudaLaunch {
         x.dispose();
       };
     }
-    const attention = lowerAttention(device, attrs, infos, a.shape, { target, scaleKind: sxqKind });
+    const attention = lowerAttention(device, attrs, infos, unfolded.shape, {
+      target,
+      scaleKind: sxqKind,
+    });
     return (dst, inputs, rows, rowScales) => {
       // The kernel also writes the per-row copies of the input scale (outer-vector fp8
       // products) of the M rows; padding rows get zero codes and zero scales.
-      attention.run(dst, attentionBuffers(inputs), inputs[1], rowScales);
+      attention.run(dst, unfolded.attentionOperands(inputs), inputs[1], rowScales);
       memsetZero(device, dst + BigInt(m * k), (rows - m) * k);
       if (rowScales) memsetZero(device, rowScales.address + BigInt(4 * m), 4 * (rows - m));
     };

@@ -56,18 +56,32 @@ export interface FoldedAttention {
   shape: number[];
 }
 
-/**
- * What the backends run of a qlinear's folded attention (attr `attention`): the `attention`
- * op's attrs (layout `bthd`), and the positions `[start, end)` of k, v (and kvLength) among the
- * qlinear's inputs (q is input 0; a folded residual follows `end`).
- */
-export function unfoldedAttention(qlinearAttrs: Attrs): {
+/** What the backends run of a qlinear's folded attention (attr `attention`). */
+export interface UnfoldedAttention {
+  /** The `attention` op's attrs (layout `bthd`). */
   attrs: Attrs;
-  start: number;
-  end: number;
-} {
+  /** The attention's result shape `[B, T, H, Dv]`. */
+  shape: number[];
+  /**
+   * The attention's operands out of the qlinear's (inputs, infos or buffers alike): q, which is
+   * the qlinear's input 0, then k, v (and kvLength), which follow the qlinear's own inputs.
+   */
+  attentionOperands<T>(qlinear: readonly T[]): T[];
+  /**
+   * The qlinear's operands without the fold: `x` (the attention's result) first, then its own
+   * inputs and a folded residual, if any.
+   */
+  qlinearOperands<T>(x: T, qlinear: readonly T[]): T[];
+  /** x's shape: the qlinear's output shape with the input features `k` last. */
+  xShape(outShape: readonly number[], k: number): number[];
+}
+
+/** Splits a qlinear with a folded attention into the attention and the qlinear without it. */
+export function unfoldedAttention(qlinearAttrs: Attrs): UnfoldedAttention {
   const a = qlinearAttrs.attention as unknown as FoldedAttention;
+  // [q, sxq, sxd, W, swq, swd, bias?, k, v, kvLength?, residual?]
   const start = qlinearAttrs.hasBias ? 7 : 6;
+  const end = start + (a.hasKvLength ? 3 : 2);
   return {
     attrs: {
       scale: a.scale,
@@ -76,8 +90,10 @@ export function unfoldedAttention(qlinearAttrs: Attrs): {
       views: a.views,
       outputLayout: "bthd",
     },
-    start,
-    end: start + (a.hasKvLength ? 3 : 2),
+    shape: a.shape,
+    attentionOperands: (list) => [list[0], ...list.slice(start, end)],
+    qlinearOperands: (x, list) => [x, ...list.slice(1, start), ...list.slice(end)],
+    xShape: (outShape, k) => [...outShape.slice(0, -1), k],
   };
 }
 
