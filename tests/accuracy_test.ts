@@ -29,10 +29,13 @@
 import assert from "node:assert/strict";
 import {
   calibrate,
+  findModule,
   GPT2LMHeadModel,
   importAmax,
+  Linear,
   loadSafetensors,
   lossFromLogits,
+  namedModules,
   type QuantizationMode,
   quantizeModel,
   type SafetensorsTensors,
@@ -46,31 +49,40 @@ const REFERENCE = `${FIXTURES}reference.safetensors`;
 const AMAX = `${FIXTURES}calibration_amax.safetensors`;
 const REPORT = `${FIXTURES}report.json`;
 
-const haveShared = filesExist(`${MODEL_DIR}model.safetensors`, REFERENCE, AMAX, REPORT);
+// config.json, not model.safetensors: a sharded checkpoint has an index instead.
+const haveShared = filesExist(`${MODEL_DIR}config.json`, REFERENCE, AMAX, REPORT);
 if (!haveShared) {
   console.log(`accuracy tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
 }
-
-const WINDOWS = 8;
-const POSITIONS = 256;
-const VOCAB = 256;
 
 interface Fixtures {
   reference: SafetensorsTensors;
   report: Record<string, number>;
   inputIds: Tensor;
   fp32Logits: Float32Array;
+  /** input_ids is [windows, positions]; the logits [windows, positions, vocab]. */
+  windows: number;
+  positions: number;
+  vocab: number;
 }
 
 let fixtures: Fixtures | undefined;
 function loadFixtures(): Fixtures {
   if (fixtures) return fixtures;
   const reference = loadSafetensors(REFERENCE);
+  const inputIds = reference.get("input_ids");
+  const logits = reference.get("logits");
+  assert.equal(inputIds.shape.length, 2, "input_ids is [windows, positions]");
+  assert.deepEqual(logits.shape.slice(0, 2), inputIds.shape, "logits are [windows, positions, V]");
+  const [windows, positions] = inputIds.shape;
   fixtures = {
     reference,
     report: JSON.parse(Deno.readTextFileSync(REPORT)),
-    inputIds: reference.get("input_ids"),
-    fp32Logits: reference.get("logits").dataSync() as Float32Array,
+    inputIds,
+    fp32Logits: logits.dataSync() as Float32Array,
+    windows,
+    positions,
+    vocab: logits.shape[2],
   };
   return fixtures;
 }
@@ -87,7 +99,7 @@ interface Comparison {
   oursVsFp32Max: number;
   /** Per window, how many leading positions match the reference to 1e-3 (max over vocab). */
   matchingPrefix: number[];
-  /** Positions (of 2048) whose logits all match the reference to 1e-3. */
+  /** Positions (of windows × positions) whose logits all match the reference to 1e-3. */
   matchingPositions: number;
 }
 
@@ -95,14 +107,16 @@ function compare(
   ours: Float32Array,
   theirs: Float32Array,
   fp32: Float32Array,
+  { windows, positions, vocab }: Fixtures,
   prefixBound = 1e-3,
 ): Comparison {
   assert.equal(ours.length, theirs.length);
+  assert.equal(ours.length, windows * positions * vocab);
   let sum = 0, max = 0, quant = 0, vsFp32 = 0;
-  const rowMax = new Float64Array(WINDOWS * POSITIONS);
+  const rowMax = new Float64Array(windows * positions);
   for (let row = 0; row < rowMax.length; row++) {
     let m = 0;
-    for (let i = row * VOCAB, end = i + VOCAB; i < end; i++) {
+    for (let i = row * vocab, end = i + vocab; i < end; i++) {
       const d = Math.abs(ours[i] - theirs[i]);
       sum += d;
       if (!(d <= m)) m = d; // NaN propagates as a failure
@@ -113,9 +127,9 @@ function compare(
     rowMax[row] = m;
     if (!(m <= max)) max = m;
   }
-  const matchingPrefix = Array.from({ length: WINDOWS }, (_, w) => {
+  const matchingPrefix = Array.from({ length: windows }, (_, w) => {
     let p = 0;
-    while (p < POSITIONS && rowMax[w * POSITIONS + p] <= prefixBound) p++;
+    while (p < positions && rowMax[w * positions + p] <= prefixBound) p++;
     return p;
   });
   return {
@@ -181,14 +195,26 @@ for (const c of MODES) {
   }
 }
 
+/** The names of a GPT-2's projections (its Conv1Ds): every Linear but lm_head. */
+function projectionNames(model: GPT2LMHeadModel): string[] {
+  return namedModules(model)
+    .filter(([name, m]) => m instanceof Linear && name !== "lm_head")
+    .map(([name]) => name);
+}
+
 function checkMode(c: ModeCase, device: string): void {
-  const { reference, report, inputIds, fp32Logits } = loadFixtures();
+  const fx = loadFixtures();
+  const { reference, report, inputIds, fp32Logits } = fx;
   const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
   using amaxFile = loadSafetensors(AMAX);
   const amax = importAmax(amaxFile);
   const layers = quantizeModel(model, { mode: c.mode, exclude: ["lm_head"], amax });
-  assert.equal(layers.length, 16, "every Conv1D, not lm_head");
-  if (c.mode === "w4") assert.deepEqual(layers[0].weightScaleShape, [768, 2]);
+  assert.deepEqual(layers.map((l) => l.name), projectionNames(model), "every Conv1D, not lm_head");
+  if (c.mode === "w4") {
+    // Blocks of 128 input features per output row.
+    const [out, inFeatures] = (findModule(model, layers[0].name) as Linear).weight.shape;
+    assert.deepEqual(layers[0].weightScaleShape, [out, Math.ceil(inFeatures / 128)]);
+  }
   model.to(device);
 
   const start = performance.now();
@@ -201,6 +227,7 @@ function checkMode(c: ModeCase, device: string): void {
     logits.dataSync() as Float32Array,
     theirs,
     fp32Logits,
+    fx,
     POSITION_ZERO_BOUND,
   );
   const expectedLoss = report[`${c.fixture}_loss`];
@@ -212,7 +239,9 @@ function checkMode(c: ModeCase, device: string): void {
       `vs logits_${c.fixture}; loss ${loss.toFixed(6)} (reference ${expectedLoss.toFixed(6)}, ` +
       `|Δ| ${Math.abs(loss - expectedLoss).toExponential(2)}); max |Δ| vs float32 ` +
       `${r.oursVsFp32Max.toFixed(4)} (reference ${reportMax.toFixed(4)}); positions within ` +
-      `1e-3: ${r.matchingPositions}/2048, leading per window [${r.matchingPrefix}]; ` +
+      `1e-3: ${r.matchingPositions}/${
+        fx.windows * fx.positions
+      }, leading per window [${r.matchingPrefix}]; ` +
       `forward ${seconds.toFixed(2)} s`,
   );
 
@@ -246,7 +275,7 @@ sharedTest(
   () => {
     const { reference } = loadFixtures();
     const calibIds = reference.get("calib_ids");
-    assert.deepEqual(calibIds.shape, [WINDOWS, POSITIONS]);
+    assert.equal(calibIds.shape.length, 2, "calib_ids is [windows, positions]");
     const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
     const start = performance.now();
     const calib = calibrate(model, [calibIds], (m, ids) => m.forward(ids), {
@@ -256,7 +285,8 @@ sharedTest(
     forwardSeconds += (performance.now() - start) / 1000;
     using amaxFile = loadSafetensors(AMAX);
     const expected = importAmax(amaxFile);
-    assert.equal(expected.size, 16);
+    const projections = projectionNames(model);
+    assert.deepEqual([...expected.keys()].sort(), [...projections].sort(), "amax of every Conv1D");
     let worstInput = 0, worstWeight = 0;
     for (const [name, want] of expected) {
       const got = calib.get(name);
@@ -276,7 +306,7 @@ sharedTest(
     assert.ok(calib.has("lm_head"));
     console.log(
       `calibration: worst relative diff input amax ${worstInput.toExponential(2)}, ` +
-        `weight amax ${worstWeight.toExponential(2)} (16 layers)`,
+        `weight amax ${worstWeight.toExponential(2)} (${expected.size} layers)`,
     );
   },
 );
