@@ -3,24 +3,46 @@
  * once to the output dtype.
  *
  * Layout: B is transposed once into float64 rows so every output element is a dot product of
- * two contiguous rows. The micro-kernel computes a 2×4 block of outputs at a time (8
- * accumulators, 6 loads per 8 multiply-adds), and columns are processed in blocks so the rows
- * of Bᵀ in use stay in cache while all rows of A pass over them.
+ * two contiguous rows, summed in order from the first term. From 8 rows of A on, the product
+ * runs on WebAssembly SIMD (lib/backends/cpu/gemm_wasm.ts), which computes the same sums bit
+ * for bit; below that, or where WebAssembly cannot run it, the plain loop here does: a 2×4
+ * block of outputs at a time (8 accumulators, 6 loads per 8 multiply-adds), columns in blocks
+ * so the rows of Bᵀ in use stay in cache while all rows of A pass over them.
  * @module
  */
 import { matmulGeometry } from "../../ops/matmul.ts";
 import { numel } from "../../shape.ts";
 import { registerCpuKernel } from "./backend.ts";
+import { wasmGemm } from "./gemm_wasm.ts";
 import { broadcastIndex, outArray, read } from "./util.ts";
 
 /** Columns of the output (rows of Bᵀ) per cache block: 64 rows × K float64 fits in L2. */
 const COLUMN_BLOCK = 64;
 
+/** Rows of A from which the WebAssembly product is faster, its copies included (measured). */
+const WASM_MIN_ROWS = 8;
+
 /**
  * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + kk] · bt[bOff + j·k + kk]` for an m×k `a` and an
- * n×k `bt` (B transposed).
+ * n×k `bt` (B transposed), each sum in order of kk from 0.
  */
 export function gemm(
+  a: Float64Array,
+  aOff: number,
+  bt: Float64Array,
+  bOff: number,
+  out: Float32Array | Float64Array,
+  outOff: number,
+  m: number,
+  n: number,
+  k: number,
+): void {
+  if (m >= WASM_MIN_ROWS && wasmGemm(a, aOff, bt, bOff, out, outOff, m, n, k)) return;
+  gemmLoop(a, aOff, bt, bOff, out, outOff, m, n, k);
+}
+
+/** {@link gemm} in plain loops: the same sums, for few rows or without WebAssembly. */
+export function gemmLoop(
   a: Float64Array,
   aOff: number,
   bt: Float64Array,

@@ -1,0 +1,94 @@
+/**
+ * The CPU backend's float64 product (lib/backends/cpu/matmul.ts `gemm`): the WebAssembly SIMD
+ * kernel (lib/backends/cpu/gemm_wasm.ts) must give the plain loop's sums bit for bit, at every
+ * shape (rows and columns past a multiple of four, several blocks of its workspace), at
+ * offsets into larger arrays, and with infinities, NaN, signed zeros and subnormals.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { gemmLoop } from "../lib/backends/cpu/matmul.ts";
+import { wasmGemm } from "../lib/backends/cpu/gemm_wasm.ts";
+import { sourceSha256 } from "../kernels/wasm/gemm_f64.ts";
+
+/** Values as float32 would hold them, with some specials when `specials`. */
+function randomArray(length: number, specials: boolean): Float64Array {
+  const out = new Float64Array(length);
+  const odd = [Infinity, -Infinity, NaN, -0, 0, 1e-40, -3e38, 3e38];
+  for (let i = 0; i < length; i++) {
+    out[i] = specials && Math.random() < 0.02
+      ? odd[Math.floor(Math.random() * odd.length)]
+      : Math.fround((Math.random() - 0.5) * 2 ** Math.floor(Math.random() * 20 - 10));
+  }
+  return out;
+}
+
+/** Index of the first element whose bits differ (NaN equals NaN), or -1. */
+function firstDifference(a: Float32Array | Float64Array, b: Float32Array | Float64Array): number {
+  assert.equal(a.length, b.length);
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return i;
+  return -1;
+}
+
+function compare(
+  m: number,
+  n: number,
+  k: number,
+  options: { specials?: boolean; float32?: boolean; offsets?: boolean } = {},
+): void {
+  const [aOff, bOff, outOff] = options.offsets ? [5, 3, 7] : [0, 0, 0];
+  const a = randomArray(aOff + m * k, options.specials ?? false);
+  const bt = randomArray(bOff + n * k, options.specials ?? false);
+  const make = () => {
+    const out = options.float32
+      ? new Float32Array(outOff + m * n + 2)
+      : new Float64Array(outOff + m * n + 2);
+    return out.fill(-1234.5); // values outside the product must stay
+  };
+  const expected = make(), actual = make();
+  gemmLoop(a, aOff, bt, bOff, expected, outOff, m, n, k);
+  assert.ok(wasmGemm(a, aOff, bt, bOff, actual, outOff, m, n, k), "the kernel ran");
+  const at = firstDifference(actual, expected);
+  assert.equal(
+    at,
+    -1,
+    `m ${m} n ${n} k ${k} ${JSON.stringify(options)}: element ${at}: ${actual[at]} vs ${
+      expected[at]
+    }`,
+  );
+}
+
+Deno.test("WebAssembly gemm: the plain loop's sums bit for bit at odd shapes", () => {
+  for (const m of [1, 4, 8, 9, 13, 70]) {
+    for (const n of [1, 3, 4, 5, 17, 64]) {
+      for (const k of [1, 7, 64, 300]) compare(m, n, k);
+    }
+  }
+});
+
+Deno.test("WebAssembly gemm: offsets, float32 outputs, infinities, NaN and signed zeros", () => {
+  for (const [m, n, k] of [[8, 8, 16], [11, 6, 33], [64, 20, 129]]) {
+    compare(m, n, k, { offsets: true });
+    compare(m, n, k, { float32: true });
+    compare(m, n, k, { specials: true, offsets: true });
+    compare(m, n, k, { specials: true, float32: true });
+  }
+});
+
+Deno.test("WebAssembly gemm: products over several blocks of its workspace", () => {
+  // k = 4096: 512 columns of Bᵀ and 256 rows of A per block, so 2 × 2 blocks here.
+  compare(300, 600, 4096, { float32: true });
+});
+
+Deno.test("WebAssembly gemm declines rows longer than its blocks and empty sums", () => {
+  const k = (1 << 19) + 1;
+  const a = new Float64Array(k), bt = new Float64Array(4 * k), out = new Float64Array(4);
+  assert.equal(wasmGemm(a, 0, bt, 0, out, 0, 1, 4, k), false);
+  assert.equal(wasmGemm(a, 0, bt, 0, out, 0, 1, 4, 0), false);
+});
+
+Deno.test("kernels/wasm/gemm_f64.ts was assembled from kernels/gemm_f64.wat as it is", () => {
+  const text = Deno.readTextFileSync(new URL("../kernels/gemm_f64.wat", import.meta.url));
+  const hash = createHash("sha256").update(text).digest("hex");
+  assert.equal(hash, sourceSha256, "kernels/gemm_f64.wat changed: run `deno task wasm`");
+});
