@@ -38,10 +38,11 @@
 // the plain grid-stride kernel below; _v1: the next step loaded into registers instead).
 //
 // Scales: per-tensor (one value, read once per thread), per-channel (1-D, index
-// (i / inner) % extent) or block-wise (index ((i / inner) / block) * inner + i % inner, which
-// is the documented index because block divides the extent). A scale is float32, float16 or
-// bfloat16 (scaleKind 0/1/2), decoded exactly to float32. Scale indices are stepped
-// incrementally: the loops do no integer division.
+// (i / inner) % extent) or block-wise (with t = i / inner, index
+// ((t / extent) * ceil(extent / block) + (t % extent) / block) * inner + i % inner: ONNX's,
+// where block need not divide extent and a row's last block may be shorter). A scale is
+// float32, float16 or bfloat16 (scaleKind 0/1/2), decoded exactly to float32. Scale indices
+// are stepped incrementally: the loops do no integer division.
 //
 // Kernel names: <op>_<mode>_<in>_<out>, e.g. quantize_tensor_f32_i8, dequantize_block_i4_f32.
 // Every kernel takes
@@ -109,48 +110,84 @@ struct ChannelMode {
   __device__ i64 run(const Pos& p) const { return inner - p.in; }
 };
 
-// Block-wise along dim: with t = i / inner (the row over outer x extent), index =
-// (t / block) * inner + i % inner.
+// Block-wise along dim (ONNX opset 21): with t = i / inner, o = t / extent (the outer index)
+// and d = t % extent (the position along dim), index = (o * blocks + d / block) * inner +
+// i % inner, blocks = ceil(extent / block). The last block of each row may be shorter than
+// block (block need not divide extent), so the walker carries d and starts the blocks again
+// at every row; it does no integer division after pos(). The positions along dim are 32-bit
+// (the host checks extent < 2^31 and passes block <= extent), which keeps the walker in
+// registers.
 struct BlockMode {
   static constexpr bool perTensor = false;
   struct Pos {
-    i64 in;  // i % inner
-    i64 r;   // t % block
-    i64 b;   // t / block
+    i64 in;      // i % inner
+    i64 row;     // o * blocks + d / block: the scale row
+    unsigned d;  // t % extent
+    unsigned r;  // d % block
   };
-  i64 inner, block;
-  __device__ BlockMode(i64 inner_, i64, i64 block_) : inner(inner_), block(block_) {}
+  i64 inner;
+  unsigned extent, block;
+  unsigned part;  // extent % block: the width of a short last block (0: none)
+  __device__ BlockMode(i64 inner_, i64 extent_, i64 block_)
+      : inner(inner_),
+        extent((unsigned)extent_),
+        block((unsigned)block_),
+        part((unsigned)(extent_ % block_)) {}
   __device__ Pos pos(i64 i) const {
     const i64 t = i / inner;
-    const i64 b = t / block;
-    return Pos{i - t * inner, t - b * block, b};
+    const i64 o = t / extent;
+    const unsigned d = (unsigned)(t - o * extent);
+    const unsigned b = d / block;
+    const i64 blocks = extent / block + (part > 0 ? 1 : 0);
+    return Pos{i - t * inner, o * blocks + b, d, d - b * block};
   }
   __device__ void next(Pos& p) const {
     if (++p.in == inner) {
       p.in = 0;
-      if (++p.r == block) {
+      ++p.d;
+      // The end of the row starts the next row's first block, as the end of a block does.
+      if (++p.r == block || p.d == extent) {
         p.r = 0;
-        ++p.b;
+        ++p.row;
+        if (p.d == extent) p.d = 0;
       }
     }
   }
-  __device__ void add(Pos& p, const Pos& d) const {
-    p.in += d.in;
-    i64 carry = 0;
+  // p + the offset whose position is dp (dp.d < extent: one row wrap at most).
+  __device__ void add(Pos& p, const Pos& dp) const {
+    p.in += dp.in;
+    unsigned carry = 0;
     if (p.in >= inner) {
       p.in -= inner;
       carry = 1;
     }
-    p.r += d.r + carry;  // < 2 * block
+    p.row += dp.row;
+    p.d += dp.d + carry;  // < 2 * extent < 2^32
+    p.r += dp.r + carry;  // < 2 * block
     if (p.r >= block) {
       p.r -= block;
-      ++p.b;
+      ++p.row;
     }
-    p.b += d.b;
+    if (p.d >= extent) {
+      // Into the next row at d - extent: with extent = whole * block + part, its block is
+      // whole blocks on from the one d - extent would be in this row, at r - part.
+      p.d -= extent;
+      if (part > 0) {
+        if (p.r >= part) {
+          p.r -= part;
+          ++p.row;
+        } else {
+          p.r += block - part;
+        }
+      }
+    }
   }
-  __device__ i64 index(const Pos& p) const { return p.b * inner + p.in; }
-  // With inner > 1 the index moves with every element.
-  __device__ i64 run(const Pos& p) const { return inner == 1 ? block - p.r : 1; }
+  __device__ i64 index(const Pos& p) const { return p.row * inner + p.in; }
+  // With inner > 1 the index moves with every element; with inner = 1 it holds to the end of
+  // the block or of the row (a short last block), whichever comes first.
+  __device__ i64 run(const Pos& p) const {
+    return inner == 1 ? (i64)min(block - p.r, extent - p.d) : 1;
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -419,13 +456,12 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
       }
     }
   } else {
-    // Scale positions of this thread's first unit, and the steps of one and of K grid strides.
-    typename Mode::Pos pos = mode.pos(first * U);
+    // The scale position of this thread's next unit, and the step of one grid stride (K of
+    // them make a step of the loop).
+    typename Mode::Pos p = mode.pos(first * U);
     const typename Mode::Pos step = mode.pos(threads * U);
-    const typename Mode::Pos stepK = mode.pos(K * threads * U);
     for (i64 u = first; u < units; u += K * threads) {
       loadUnits<In, U, K>(in, u, threads, units, v);
-      typename Mode::Pos p = pos;
 #pragma unroll
       for (int k = 0; k < K; k++) {
         const i64 uk = u + k * threads;
@@ -441,9 +477,8 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
             runPairs<Quantize, Mode, In, Out>(out, in, scale, scaleKind, mode, p, uk * U, U);
           }
         }
-        if (k + 1 < K) mode.add(p, step);
+        mode.add(p, step);
       }
-      mode.add(pos, stepK);
     }
   }
   if (rest > 0 && first == threads - 1) {

@@ -82,7 +82,7 @@ function scaleShape(shape: readonly number[], options: QuantizeOptions): number[
   if (options.dim === undefined) return [];
   const dim = options.dim < 0 ? options.dim + shape.length : options.dim;
   if (options.blockSize === undefined) return [shape[dim]];
-  return shape.map((d, i) => (i === dim ? d / options.blockSize! : d));
+  return shape.map((d, i) => (i === dim ? Math.ceil(d / options.blockSize!) : d));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +286,13 @@ testOnGpu("quantize/dequantize block-wise: block sizes below and above 16, odd c
     [[5, 16, 3], -1, 3],
     [[256, 1030], -1, 103],
     [[1024, 257], -2, 128],
+    // ONNX's shorter last block (blockSize not dividing the axis).
+    [[40, 250], 1, 64],
+    [[37, 20], 0, 16],
+    [[3, 37, 5], 1, 8],
+    [[5, 7, 13], -1, 4],
+    [[9, 1029], -1, 100], // units straddle the short block and the next row
+    [[6, 10], 1, 64], // a block longer than the axis
   ];
   for (const [k, [shape, dim, blockSize]] of cases.entries()) {
     checkShape(shape, { dim, blockSize }, 400 + 10 * k, ["int8", "int4"]);
@@ -298,6 +305,8 @@ testOnGpu("quantize/dequantize per-channel and block-wise over several grid-stri
   checkShape([2053, 1601], { dim: -1 }, 510, ["float8e4m3"], ["float16"]);
   checkShape([1600, 2050], { dim: -1, blockSize: 41 }, 520, ["int4"], ["float32"]);
   checkShape([2050, 1600], { dim: 0, blockSize: 41 }, 530, ["int8"], ["bfloat16"]);
+  checkShape([1601, 2053], { dim: -1, blockSize: 64 }, 540, ["int4"], ["float16"]);
+  checkShape([2053, 1601], { dim: 0, blockSize: 100 }, 550, ["int8"], ["float32"]);
 });
 
 /** Special inputs, each as a multiple of the scale (so x / s is what is written). */
@@ -417,6 +426,7 @@ testOnGpu("quantize int4: packed bytes on the device, pad nibble 0 for odd lengt
     [[4097], {}],
     [[3, 5, 7], { dim: 1 }],
     [[3, 45, 7], { dim: 1, blockSize: 9 }],
+    [[3, 37, 7], { dim: 1, blockSize: 8 }], // a shorter last block
   ];
   for (const [k, [shape, options]] of cases.entries()) {
     const n = product(shape);

@@ -24,7 +24,7 @@ import {
   type QuantizeOptions,
 } from "../lib/ops/quantize.ts";
 import { maxBound, scaleFromAmax } from "../lib/quant/scale.ts";
-import { formatTensor, fromStorage, Tensor, tensor } from "../lib/tensor.ts";
+import { formatTensor, fromStorage, ones, Tensor, tensor, zeros } from "../lib/tensor.ts";
 import { assertTqError, randomValues, testOnDevices, thisLine } from "./helpers.ts";
 
 const f32 = Math.fround;
@@ -206,6 +206,16 @@ testOnDevices("quantize: block-wise matches the reference", (device) => {
   checkMode(device, [2, 12, 3], [2, 3, 3], "int4", { dim: 1, blockSize: 4 }, 33);
   // One block covering the whole axis.
   checkMode(device, [3, 16], [3, 1], "int8", { dim: 1, blockSize: 16 }, 34);
+});
+
+testOnDevices("quantize: block-wise with a shorter last block (ONNX opset 21)", (device) => {
+  // scale.shape[dim] = ceil(x.shape[dim] / blockSize); the last block holds what is left.
+  checkMode(device, [5, 250], [5, 4], "int8", { dim: 1, blockSize: 64 }, 35);
+  checkMode(device, [37, 6], [3, 6], "int4", { dim: 0, blockSize: 16 }, 36);
+  checkMode(device, [2, 11, 3], [2, 4, 3], "int4", { dim: 1, blockSize: 3 }, 37);
+  checkMode(device, [4, 3, 13], [4, 3, 2], "int8", { dim: -1, blockSize: 8 }, 38);
+  // A block longer than the axis: one scale per row.
+  checkMode(device, [6, 10], [6, 1], "int4", { dim: 1, blockSize: 64 }, 39);
 });
 
 testOnDevices("quantize: a negative dim counts from the end and is normalized", (device) => {
@@ -525,7 +535,38 @@ Deno.test("quantize errors: blockSize", () => {
   expectError(line, bad, {
     op: "quantize",
     kind: "argument",
-    includes: ["does not divide", "a divisor of x.shape[1] = 6", "got 4"],
+    includes: [
+      "blockSize does not fit the scale's extent",
+      "block size 2 for x.shape[1] = 6 and scale.shape[1] = 3",
+      "got 4",
+    ],
+  });
+  // ONNX's range [ceil(D / S), ceil(D / (S - 1)) - 1]: 250 wide in 4 scales takes 63 to 83.
+  const wide = zeros([2, 250]);
+  const s4 = ones([2, 4]);
+  line = thisLine() + 1;
+  bad = () => quantize(wide, s4, "int8", { dim: 1, blockSize: 84 });
+  expectError(line, bad, {
+    op: "quantize",
+    kind: "argument",
+    includes: ["a block size in [63, 83] for x.shape[1] = 250 and scale.shape[1] = 4", "got 84"],
+  });
+  const codes = zeros([2, 250], { dtype: "int8" });
+  const options = { dim: 1, blockSize: 249 };
+  line = thisLine() + 1;
+  bad = () => dequantize(codes, ones([2, 1]), "float32", options);
+  expectError(line, bad, {
+    op: "dequantize",
+    kind: "argument",
+    includes: ["a block size of at least 250", "got 249"],
+  });
+  // A scale longer than the axis fits no block size: the shape error names ceil(D / B).
+  line = thisLine() + 1;
+  bad = () => quantize(x, ones([1, 7]), "int4", { dim: 1, blockSize: 1 });
+  expectError(line, bad, {
+    op: "quantize",
+    kind: "shape",
+    includes: ["[1, 6] for block-wise along dim 1 with blockSize 1", "got shape [1, 7]"],
   });
   line = thisLine() + 1;
   bad = () => quantize(x, s3, "int4", { blockSize: 2 });

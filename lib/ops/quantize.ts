@@ -13,8 +13,12 @@
  * - per-tensor: no `dim`; scale of rank 0 or shape `[1]`.
  * - per-channel: `dim` given; scale 1-D of length `x.shape[dim]`.
  * - block-wise (int8 and int4 only): `dim` and `blockSize` given; scale of x's rank with
- *   `scale.shape[dim] = x.shape[dim] / blockSize` and every other extent equal to x's.
- *   Element `i` along `dim` uses scale index `floor(i / blockSize)`.
+ *   `scale.shape[dim] = ceil(x.shape[dim] / blockSize)` and every other extent equal to x's.
+ *   Element `i` along `dim` uses scale index `floor(i / blockSize)`. As in ONNX opset 21,
+ *   `blockSize` need not divide `x.shape[dim]`: the last block is then shorter (x `[40, 250]`
+ *   in blocks of 64 along dim 1 takes a scale `[40, 4]`, the last block 58 wide), and a block
+ *   may be longer than the whole axis (scale extent 1). For a scale extent S along `dim`, the
+ *   accepted block sizes are ONNX's `[ceil(D / S), ceil(D / (S - 1)) - 1]`.
  *
  * Graph ops (the Q/DQ fusion pass matches these names and attributes):
  * - `"quantize"`, inputs `[x, scale]`, attrs
@@ -48,7 +52,11 @@ export interface QuantizeOptions {
    * per-tensor quantization.
    */
   dim?: number;
-  /** Block size along `dim` for block-wise quantization (requires `dim`; int8 and int4 only). */
+  /**
+   * Block size along `dim` for block-wise quantization (requires `dim`; int8 and int4 only).
+   * It need not divide `x.shape[dim]` (ONNX opset 21): the scale's extent along `dim` is
+   * `ceil(x.shape[dim] / blockSize)` and the last block may be shorter.
+   */
   blockSize?: number;
 }
 
@@ -155,6 +163,19 @@ interface ModeInfo {
   blockSize: number | null;
 }
 
+/**
+ * The block sizes ONNX accepts along an axis of extent `extent` whose scale has extent
+ * `scaleExtent` (`[ceil(D / S), ceil(D / (S - 1)) - 1]`, exactly those with
+ * `ceil(D / blockSize) = S`), in words; undefined when there is none.
+ */
+function blockSizeRange(extent: number, scaleExtent: number): string | undefined {
+  if (scaleExtent < 1 || extent < 1 || scaleExtent > extent) return undefined;
+  const lo = Math.ceil(extent / scaleExtent);
+  if (scaleExtent === 1) return `a block size of at least ${lo}`;
+  const hi = Math.ceil(extent / (scaleExtent - 1)) - 1;
+  return lo === hi ? `block size ${lo}` : `a block size in [${lo}, ${hi}]`;
+}
+
 /** Validates dim/blockSize and the scale's shape; returns the mode and normalized attrs. */
 function resolveMode(
   op: string,
@@ -249,24 +270,35 @@ function resolveMode(
       actual: `blockSize ${blockSize}`,
     });
   }
-  if (extent % blockSize !== 0) {
-    throw new TensorqError("blockSize does not divide the dimension", {
-      op,
-      kind: "argument",
-      argument: "blockSize",
-      expected: `a divisor of ${xName}.shape[${axis}] = ${extent}`,
-      actual: String(blockSize),
-    });
+  // ONNX opset 21: scale.shape[dim] = ceil(extent / blockSize), the last block possibly
+  // shorter; every other extent equals x's.
+  const blocks = Math.ceil(extent / blockSize);
+  const expected = xShape.map((d, i) => (i === axis ? blocks : d));
+  const sameRank = scaleShape.length === rank;
+  const othersMatch = sameRank && xShape.every((d, i) => i === axis || scaleShape[i] === d);
+  if (othersMatch && scaleShape[axis] !== blocks) {
+    // The scale has a block-wise shape, but not for this block size: name the block sizes
+    // ONNX accepts for its extent S, [ceil(D / S), ceil(D / (S - 1)) - 1].
+    const range = blockSizeRange(extent, scaleShape[axis]);
+    if (range !== undefined) {
+      throw new TensorqError("blockSize does not fit the scale's extent along dim", {
+        op,
+        kind: "argument",
+        argument: "blockSize",
+        expected: `${range} for ${xName}.shape[${axis}] = ${extent} and scale.shape[${axis}] = ` +
+          `${scaleShape[axis]} (scale.shape[dim] = ceil(${xName}.shape[dim] / blockSize))`,
+        actual: String(blockSize),
+      });
+    }
   }
-  const expected = xShape.map((d, i) => (i === axis ? d / blockSize : d));
-  const matches = scaleShape.length === rank && expected.every((d, i) => scaleShape[i] === d);
-  if (!matches) {
+  if (!othersMatch || scaleShape[axis] !== blocks) {
     throw new TensorqError("the scale's shape matches no quantization mode", {
       op,
       kind: "shape",
       argument: "scale",
       expected: `${fmtShape(expected)} for block-wise along dim ${axis} with blockSize ` +
-        `${blockSize} (${xName} shape ${fmtShape(xShape)})`,
+        `${blockSize} (${xName} shape ${fmtShape(xShape)}; scale.shape[dim] = ` +
+        `ceil(${xName}.shape[dim] / blockSize))`,
       actual: `shape ${fmtShape(scaleShape)}`,
     });
   }
@@ -283,8 +315,8 @@ function resolveMode(
  *
  * Modes: per-tensor (no `dim`, scale of rank 0 or `[1]`), per-channel (`dim`, scale
  * `[x.shape[dim]]`), block-wise (`dim` and `blockSize`, int8/int4 only, scale of x's rank with
- * `scale.shape[dim] = x.shape[dim] / blockSize`). A number scale becomes a rank-0 float32
- * constant on x's device.
+ * `scale.shape[dim] = ceil(x.shape[dim] / blockSize)`: the last block may be shorter). A number
+ * scale becomes a rank-0 float32 constant on x's device.
  *
  * @param x The values: float32, float16 or bfloat16 (decoded exactly to float32).
  * @param scale Positive finite scale(s): float32 or x's dtype, on x's device.
@@ -292,10 +324,10 @@ function resolveMode(
  * @param options `dim` and `blockSize` (see above).
  * @returns The quantized tensor, of x's shape and `dtype`.
  * @throws {TensorqError} for an unsupported dtype (x, scale or target), a scale shape that
- *   matches no mode, `dim` out of range, a bad `blockSize` (not a positive integer, not a
- *   divisor of the dimension, given without `dim`, or with float8e4m3), different devices, or
- *   a scale that is not positive and finite (a number or an evaluated tensor when called, a
- *   scale computed in the graph when it is evaluated).
+ *   matches no mode, `dim` out of range, a bad `blockSize` (not a positive integer, outside
+ *   the range the scale's extent allows, given without `dim`, or with float8e4m3), different
+ *   devices, or a scale that is not positive and finite (a number or an evaluated tensor when
+ *   called, a scale computed in the graph when it is evaluated).
  */
 export function quantize(
   x: Tensor,

@@ -34,7 +34,8 @@ function scaleIndex(shape: Shape, attrs: Attrs): Int32Array | undefined {
   let inner = 1;
   for (let i = dim + 1; i < shape.length; i++) inner *= shape[i];
   const extent = shape[dim];
-  const blocks = extent / block;
+  // ONNX opset 21: ceil(extent / block) scales along dim, the last block possibly shorter.
+  const blocks = Math.ceil(extent / block);
   const idx = new Int32Array(outer * extent * inner);
   let k = 0;
   for (let o = 0; o < outer; o++) {

@@ -36,6 +36,8 @@ import { floatKindOf, memsetAsync, preferSharedMemory } from "./util.ts";
 const THREADS = 256;
 /** Elements a thread handles per grid-stride step. */
 const CHUNK = 16;
+/** The longest dimension block-wise kernels take blocks along (32-bit positions). */
+const MAX_BLOCK_EXTENT = 2 ** 31 - 1;
 /** `cudaDevAttrMaxThreadsPerMultiProcessor`. */
 const MAX_THREADS_PER_SM_ATTRIBUTE = 39;
 /** 16-byte vectors a thread loads per step of the per-tensor quantize kernels (FAST_VECTORS). */
@@ -194,8 +196,9 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
   }
   const n = numel(x.shape);
   if (n === 0) return () => {};
-  // Per-channel: index (i / inner) % extent; block-wise: ((i / inner) / block) * inner +
-  // i % inner (see kernels/quantize.cu).
+  // Per-channel: index (i / inner) % extent; block-wise, with t = i / inner:
+  // ((t / extent) * ceil(extent / block) + (t % extent) / block) * inner + i % inner, the last
+  // block of a row possibly shorter (see kernels/quantize.cu).
   let inner = 1;
   let extent = 1;
   let block = 1;
@@ -203,7 +206,20 @@ function lowerQuantize(op: "quantize" | "dequantize", ctx: CudaKernelContext): C
     const dim = ctx.attrs.dim as number;
     extent = x.shape[dim];
     for (let i = dim + 1; i < x.shape.length; i++) inner *= x.shape[i];
-    if (mode === "block") block = ctx.attrs.blockSize as number;
+    if (mode === "block") {
+      // The block walker keeps positions along dim in 32 bits. A block longer than the axis
+      // is one block per row, as a block of exactly its length.
+      if (extent > MAX_BLOCK_EXTENT) {
+        throw new TensorqError("block-wise quantization along a dimension this long", {
+          op,
+          kind: "unsupported",
+          argument: "x",
+          expected: `x.shape[${dim}] of at most ${MAX_BLOCK_EXTENT} on CUDA`,
+          actual: String(extent),
+        });
+      }
+      block = Math.min(ctx.attrs.blockSize as number, extent);
+    }
   }
   const device = ctx.device;
   const params = new KernelParams(8);
