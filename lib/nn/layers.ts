@@ -78,7 +78,10 @@ export interface LinearOptions {
    * `blockSize`, the dimension that is split into blocks.
    */
   weightQuantDim?: number;
-  /** Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. */
+  /**
+   * Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. It must
+   * divide that dimension: unlike `quantize`, a Linear takes no shorter last block.
+   */
   blockSize?: number;
 }
 
@@ -224,7 +227,7 @@ export class Linear extends Module {
           op: "Linear",
           kind: "argument",
           argument: "blockSize",
-          expected: `a divisor of ${extent}`,
+          expected: `a divisor of ${extent} (a Linear takes whole blocks only)`,
           actual: String(b),
         });
       }
