@@ -390,9 +390,26 @@ struct FloatSide<false, In, Out> {
   typedef Out type;
 };
 
-template <bool Quantize>
+// A float32 NaN as the CPU backend (and ONNX Runtime) writes it, 0x7fc00000, rather than the
+// GPU arithmetic's 0x7fffffff; other values unchanged. Integer operations, so that the compiler
+// keeps the payload.
+__device__ __forceinline__ float quietNan(float v) {
+  const unsigned b = __float_as_uint(v);
+  return __uint_as_float((b & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : b);
+}
+
+// x / s (quantize) or q * s (dequantize). Dequantized e4m3fn NaN codes (0x7f, 0xff) give
+// 0x7fc00000, so that float32 outputs equal the CPU's bit for bit (int8 / int4 codes and the
+// checked scales make no NaN).
+template <bool Quantize, class In>
 __device__ __forceinline__ float apply(float v, float s) {
-  return Quantize ? __fdiv_rn(v, s) : __fmul_rn(v, s);
+  if constexpr (Quantize) {
+    return __fdiv_rn(v, s);
+  } else if constexpr (std::is_same<In, FP8>::value) {
+    return quietNan(__fmul_rn(v, s));
+  } else {
+    return __fmul_rn(v, s);
+  }
 }
 
 // Elements [start, start + count) pair by pair, p at start: the tail, and units whose elements
@@ -405,10 +422,10 @@ __device__ __noinline__ void runPairs(void* __restrict__ out, const void* __rest
   for (int j = 0; j < count; j += 2) {
     const bool two = j + 1 < count;
     float2 v = In::loadPair(in, start + j, two);
-    v.x = apply<Quantize>(v.x, loadScale(scale, scaleKind, mode.index(p)));
+    v.x = apply<Quantize, In>(v.x, loadScale(scale, scaleKind, mode.index(p)));
     mode.next(p);
     // Past the end the scale index may be out of range: not read, and the value stays 0.
-    if (two) v.y = apply<Quantize>(v.y, loadScale(scale, scaleKind, mode.index(p)));
+    if (two) v.y = apply<Quantize, In>(v.y, loadScale(scale, scaleKind, mode.index(p)));
     mode.next(p);
     Out::storePair(out, start + j, v, two);
   }
@@ -449,7 +466,7 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
     for (i64 u = first; u < units; u += K * threads) {
       loadUnits<In, U, K>(in, u, threads, units, v);
 #pragma unroll
-      for (int j = 0; j < CHUNK; j++) v[j] = apply<Quantize>(v[j], s);
+      for (int j = 0; j < CHUNK; j++) v[j] = apply<Quantize, In>(v[j], s);
 #pragma unroll
       for (int k = 0; k < K; k++) {
         if (u + k * threads < units) Out::template store<U>(out, u + k * threads, v + k * U);
@@ -471,7 +488,7 @@ __device__ __forceinline__ void run(void* __restrict__ out, const void* __restri
             // along the last dim): the vector path.
             const float s = loadScale(scale, scaleKind, mode.index(p));
 #pragma unroll
-            for (int j = 0; j < U; j++) v[k * U + j] = apply<Quantize>(v[k * U + j], s);
+            for (int j = 0; j < U; j++) v[k * U + j] = apply<Quantize, In>(v[k * U + j], s);
             Out::template store<U>(out, uk, v + k * U);
           } else {
             runPairs<Quantize, Mode, In, Out>(out, in, scale, scaleKind, mode, p, uk * U, U);
