@@ -1,9 +1,24 @@
 /**
- * Conformance with ONNX Runtime's QuantizeLinear / DequantizeLinear (TensorRT semantics): every
- * case of ../shared/fixtures/conformance.safetensors must match bit for bit.
+ * Conformance with ONNX Runtime's QuantizeLinear / DequantizeLinear (opset 21; TensorRT
+ * semantics): every case of a vector file must match bit for bit, on every device.
+ *
+ * The files, all written by ONNX Runtime (see tests/onnx/make_conformance.py for the layout):
+ * - tests/fixtures/onnx_conformance/conformance.safetensors, always (seed 20261207; the shared
+ *   fixture's cases and extra ones: 3-D per-channel along a middle axis, fp8 per channel,
+ *   int8 block-wise, shorter last blocks, exact ties of every kind);
+ * - ../shared/fixtures/conformance.safetensors, when present;
+ * - the file `TENSORQ_CONFORMANCE` names, when set (`python3 tests/onnx/make_conformance.py
+ *   FILE SEED` writes one for another seed, with other values and shapes).
+ *
+ * Each case quantizes the file's x with its scale and compares the codes (int8 / int4 values,
+ * e4m3fn bit patterns) with ONNX Runtime's, dequantizes them and compares the float32 bits,
+ * and dequantizes ONNX Runtime's own codes. A case whose tensors a file lacks is not run for
+ * that file (the shared fixture has no extra cases); the shared fixture's cases must be in
+ * every file.
  * @module
  */
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
 import { type DType, fromStorageBytes, roundHalfToEven, type StorageArray } from "../lib/dtype.ts";
 import { SafetensorsFile } from "../lib/io/safetensors.ts";
 import {
@@ -13,37 +28,73 @@ import {
   type QuantizeOptions,
 } from "../lib/ops/quantize.ts";
 import { fromStorage, type Tensor } from "../lib/tensor.ts";
-import { testOnDevices } from "./helpers.ts";
+import { filesExist, SHARED_DIR, testOnDevices } from "./helpers.ts";
 
-const FIXTURE = new URL("../../shared/fixtures/conformance.safetensors", import.meta.url);
-const FIXTURE_PATH = decodeURIComponent(FIXTURE.pathname);
+interface VectorFile {
+  /** Appended to test names. */
+  label: string;
+  path: string;
+  /**
+   * How many `pt_x` values x / scale and x * (1 / scale) quantize apart, when the file's
+   * README says (otherwise at least one is required).
+   */
+  reciprocalDiffers?: number;
+}
 
-function fixturePresent(): boolean {
-  try {
-    return Deno.statSync(FIXTURE).isFile;
-  } catch {
-    return false;
-  }
+const COMMITTED = fileURLToPath(
+  new URL("./fixtures/onnx_conformance/conformance.safetensors", import.meta.url),
+);
+const SHARED = fileURLToPath(new URL("fixtures/conformance.safetensors", SHARED_DIR));
+
+const FILES: VectorFile[] = [{ label: "", path: COMMITTED }];
+// ../shared/fixtures/README.md: "the two differ on 8 of the pt_x values".
+if (filesExist(SHARED)) FILES.push({ label: " (../shared)", path: SHARED, reciprocalDiffers: 8 });
+const named = Deno.env.get("TENSORQ_CONFORMANCE");
+if (named !== undefined) {
+  assert.ok(filesExist(named), `TENSORQ_CONFORMANCE: no file ${named}`);
+  FILES.push({ label: " (TENSORQ_CONFORMANCE)", path: named });
 }
 
 interface Case {
-  /** Tensor name prefix in the fixture. */
+  /** Tensor name prefix: `<prefix>_scale`, `<prefix>_q` (`_bits` for fp8), `<prefix>_dq`. */
   prefix: string;
   /** Name of the input tensor. */
   x: string;
   dtype: QuantDType;
   options: QuantizeOptions;
+  /** One of the shared fixture's cases, which every file must have. */
+  required?: boolean;
 }
 
 const CASES: Case[] = [
-  { prefix: "pt", x: "pt_x", dtype: "int8", options: {} },
-  { prefix: "pc", x: "pc_w", dtype: "int8", options: { dim: 0 } },
-  { prefix: "pc1", x: "pc_w", dtype: "int8", options: { dim: 1 } },
-  { prefix: "b4", x: "b4_w", dtype: "int4", options: { dim: 1, blockSize: 64 } },
-  { prefix: "b40", x: "b4_w", dtype: "int4", options: { dim: 0, blockSize: 16 } },
-  { prefix: "i4", x: "pt_x", dtype: "int4", options: {} },
-  { prefix: "fp8", x: "fp8_x", dtype: "float8e4m3", options: {} },
+  { prefix: "pt", x: "pt_x", dtype: "int8", options: {}, required: true },
+  { prefix: "pc", x: "pc_w", dtype: "int8", options: { dim: 0 }, required: true },
+  { prefix: "pc1", x: "pc_w", dtype: "int8", options: { dim: 1 }, required: true },
+  { prefix: "b4", x: "b4_w", dtype: "int4", options: { dim: 1, blockSize: 64 }, required: true },
+  { prefix: "b40", x: "b4_w", dtype: "int4", options: { dim: 0, blockSize: 16 }, required: true },
+  { prefix: "i4", x: "pt_x", dtype: "int4", options: {}, required: true },
+  { prefix: "fp8", x: "fp8_x", dtype: "float8e4m3", options: {}, required: true },
+  // Extra cases of tests/onnx/make_conformance.py.
+  { prefix: "ch3", x: "ch3_x", dtype: "int8", options: { dim: 1 } },
+  { prefix: "ch3i4", x: "ch3_x", dtype: "int4", options: { dim: -1 } },
+  { prefix: "ch3f8", x: "ch3_x", dtype: "float8e4m3", options: { dim: 1 } },
+  { prefix: "bl", x: "ch3_x", dtype: "int4", options: { dim: 2, blockSize: 16 } },
+  { prefix: "fc", x: "fc_w", dtype: "float8e4m3", options: { dim: 0 } },
+  { prefix: "fc1", x: "fc_w", dtype: "float8e4m3", options: { dim: 1 } },
+  { prefix: "br4", x: "br_w", dtype: "int4", options: { dim: 1, blockSize: 64 } },
+  { prefix: "br8", x: "br_w", dtype: "int8", options: { dim: 1, blockSize: 32 } },
+  { prefix: "br40", x: "br_w", dtype: "int4", options: { dim: 0, blockSize: 16 } },
+  { prefix: "b3", x: "b3_x", dtype: "int4", options: { dim: 1, blockSize: 8 } },
+  { prefix: "b3l", x: "b3_x", dtype: "int8", options: { dim: -1, blockSize: 4 } },
+  { prefix: "ti", x: "ti_x", dtype: "int8", options: {} },
+  { prefix: "ti4", x: "ti_x", dtype: "int4", options: {} },
+  { prefix: "t8", x: "t8_x", dtype: "float8e4m3", options: {} },
 ];
+
+/** The codes' tensor: e4m3fn bit patterns are `<prefix>_bits`, int8 / int4 values `_q`. */
+function codesName(c: Case): string {
+  return c.dtype === "float8e4m3" ? `${c.prefix}_bits` : `${c.prefix}_q`;
+}
 
 /** Safetensors dtype → tensorq dtype of the raw values (U8 holds fp8 bit patterns here). */
 const DTYPE_OF: Record<string, DType> = { F32: "float32", I8: "int8", U8: "float8e4m3" };
@@ -93,44 +144,57 @@ function assertExact(
   assert.equal(same, expected.length, `${label}: ${firstDiff(actual, expected)}`);
 }
 
-if (fixturePresent()) {
-  for (const c of CASES) {
-    testOnDevices(
-      `conformance ${c.prefix}: quantize and dequantize match ONNX Runtime`,
-      (device) => {
-        using file = SafetensorsFile.open(FIXTURE_PATH);
-        const x = load(file, c.x, device);
-        const scale = load(file, `${c.prefix}_scale`, device);
-        const qName = c.dtype === "float8e4m3" ? "fp8_bits" : `${c.prefix}_q`;
-        const qRef = readRaw(file, qName).storage as Int8Array | Uint8Array;
-        const dqRef = readRaw(file, `${c.prefix}_dq`).storage as Float32Array;
+/** The cases a file holds; throws if one of the shared fixture's is missing. */
+function casesOf(path: string): Case[] {
+  using file = SafetensorsFile.open(path);
+  const has = (c: Case) =>
+    [c.x, `${c.prefix}_scale`, codesName(c), `${c.prefix}_dq`].every((n) => file.has(n));
+  const missing = CASES.filter((c) => c.required && !has(c)).map((c) => c.prefix);
+  assert.equal(missing.length, 0, `${path}: no tensors for the cases ${missing.join(", ")}`);
+  return CASES.filter(has);
+}
 
-        const q = quantize(x, scale, c.dtype, c.options);
-        assert.equal(q.dtype, c.dtype);
-        assert.deepEqual(q.shape, x.shape);
-        // int4 values are stored one per element in an Int8Array, like the fixture's I8 values;
-        // fp8 storage is the bit patterns, like the fixture's U8.
-        assertExact(`${qName}`, q.storageSync() as Int8Array | Uint8Array, qRef);
+function registerCase(vectors: VectorFile, c: Case): void {
+  const where = `${c.prefix}${vectors.label}`;
+  testOnDevices(`conformance ${where}: quantize and dequantize match ONNX Runtime`, (device) => {
+    using file = SafetensorsFile.open(vectors.path);
+    const x = load(file, c.x, device);
+    const scale = load(file, `${c.prefix}_scale`, device);
+    const qName = codesName(c);
+    const qRef = readRaw(file, qName).storage as Int8Array | Uint8Array;
+    const dqRef = readRaw(file, `${c.prefix}_dq`).storage as Float32Array;
 
-        const dq = dequantize(q, scale, "float32", c.options);
-        assertExact(`${c.prefix}_dq`, bitsOf(dq.storageSync() as Float32Array), bitsOf(dqRef));
+    const q = quantize(x, scale, c.dtype, c.options);
+    assert.equal(q.dtype, c.dtype);
+    assert.deepEqual(q.shape, x.shape);
+    // int4 values are stored one per element in an Int8Array, like the file's I8 values;
+    // fp8 storage is the bit patterns, like the file's U8.
+    assertExact(`${qName}${vectors.label}`, q.storageSync() as Int8Array | Uint8Array, qRef);
 
-        // Dequantizing the reference q directly checks dequantize on its own.
-        const qFixture = load(file, qName, device, c.dtype);
-        const dq2 = dequantize(qFixture, scale, "float32", c.options);
-        assertExact(
-          `${c.prefix}_dq (from the fixture's q)`,
-          bitsOf(dq2.storageSync() as Float32Array),
-          bitsOf(dqRef),
-        );
-      },
+    const dq = dequantize(q, scale, "float32", c.options);
+    assertExact(
+      `${c.prefix}_dq${vectors.label}`,
+      bitsOf(dq.storageSync() as Float32Array),
+      bitsOf(dqRef),
     );
-  }
 
-  testOnDevices("conformance pt: a reciprocal multiplication would not match", (device) => {
-    // Guards the fixture itself: the README says x * (1 / scale) differs on 8 pt_x values, so
-    // matching pt_q exactly proves a true division.
-    using file = SafetensorsFile.open(FIXTURE_PATH);
+    // Dequantizing the reference codes directly checks dequantize on its own.
+    const qFile = load(file, qName, device, c.dtype);
+    const dq2 = dequantize(qFile, scale, "float32", c.options);
+    assertExact(
+      `${c.prefix}_dq${vectors.label} (from the file's codes)`,
+      bitsOf(dq2.storageSync() as Float32Array),
+      bitsOf(dqRef),
+    );
+  });
+}
+
+function registerReciprocalCheck(vectors: VectorFile): void {
+  const name = `conformance pt${vectors.label}: a reciprocal multiplication would not match`;
+  testOnDevices(name, (device) => {
+    // Guards the file itself: values whose x / scale and x * (1 / scale) quantize apart make
+    // an exact match of pt_q a proof of a true division.
+    using file = SafetensorsFile.open(vectors.path);
     const x = load(file, "pt_x", device).storageSync() as Float32Array;
     const s = (load(file, "pt_scale", device).storageSync() as Float32Array)[0];
     const reciprocal = Math.fround(1 / s);
@@ -138,17 +202,22 @@ if (fixturePresent()) {
     let differ = 0;
     for (const v of x) if (q(Math.fround(v / s)) !== q(Math.fround(v * reciprocal))) differ++;
     console.log(
-      `conformance pt_x: x / scale and x * (1 / scale) quantize apart on ${differ} values`,
+      `conformance pt_x${vectors.label}: x / scale and x * (1 / scale) quantize apart on ` +
+        `${differ} values`,
     );
-    assert.equal(differ, 8);
+    if (vectors.reciprocalDiffers !== undefined) assert.equal(differ, vectors.reciprocalDiffers);
+    else assert.ok(differ > 0, "no pt_x value tells a division from a reciprocal product");
   });
-} else {
-  for (const c of CASES) {
-    Deno.test({
-      name: `conformance ${c.prefix} (skipped: ../shared not present)`,
-      ignore: true,
-      fn: () => {},
-    });
-  }
-  console.log("conformance: skipped: ../shared not present");
+}
+
+for (const vectors of FILES) {
+  for (const c of casesOf(vectors.path)) registerCase(vectors, c);
+  registerReciprocalCheck(vectors);
+}
+if (!filesExist(SHARED)) {
+  Deno.test({
+    name: "conformance (../shared) (skipped: ../shared not present)",
+    ignore: true,
+    fn: () => {},
+  });
 }
