@@ -38,7 +38,11 @@ shared fixtures (../shared/fixtures/README.md):
 
 Quantization is ONNX's QuantizeLinear / DequantizeLinear: q = saturate(round_half_even(x /
 scale)) with a true float32 division, dq = q * scale; a scale whose amax is 0, NaN or infinite
-(or whose quotient underflows) is 1, as in tensorq's scaleFromAmax. Matmuls run in float32 with
+(or whose quotient underflows) is 1, as in tensorq's scaleFromAmax. Scales and quotients are
+float64 quotients rounded to float32, which are the float32 quotients on every device (on CUDA,
+PyTorch's `amax / 127` multiplies by the float32 reciprocal instead, which can be 1 ulp off;
+the shared fixtures' scales were made that way, so from their ids this script on CUDA differs
+from them where that ulp moves a tie: one weight of logits_w4_b128). Matmuls run in float32 with
 TF32 off; attention is transformers' default (SDPA) unless `--attention eager`. The model is in
 eval mode (no dropout). `--compare-to DIR` prints, after writing, the max |diff| of every
 logits tensor and the largest relative amax differences against another set (made from the
@@ -78,23 +82,32 @@ def parse_args():
     return p.parse_args()
 
 
+def divide(x, y):
+    """x / y correctly rounded to float32 on any device. (On CUDA, PyTorch divides a tensor by
+    a Python number as a product with its float32 reciprocal: amax / 7 there can be 1 ulp off
+    the quotient. A float64 quotient rounded to float32 is the float32 quotient.)"""
+    y = y.double() if isinstance(y, torch.Tensor) else float(y)
+    return (x.double() / y).float()
+
+
 def scale_from_amax(amax, qmax):
     """amax / qmax in float32; 1 where amax is 0, NaN or infinite or the quotient is 0."""
     amax = amax.float()
-    scale = amax / qmax
+    scale = divide(amax, qmax)
     bad = ~torch.isfinite(amax) | (amax == 0) | (scale == 0)
     return torch.where(bad, torch.ones_like(scale), scale)
 
 
 def fake_quant_int(x, scale, bits):
     qmax = 2 ** (bits - 1) - 1
-    # torch.round rounds half to even; x / scale is a true division.
-    return torch.clamp(torch.round(x / scale), -qmax - 1, qmax) * scale
+    # torch.round rounds half to even; x / scale is a true float32 division.
+    return torch.clamp(torch.round(divide(x, scale)), -qmax - 1, qmax) * scale
 
 
 def fake_quant_fp8(x, scale):
     # Saturate, then cast (round to nearest even) to e4m3fn and back.
-    return torch.clamp(x / scale, -448.0, 448.0).to(torch.float8_e4m3fn).to(x.dtype) * scale
+    q = torch.clamp(divide(x, scale), -448.0, 448.0).to(torch.float8_e4m3fn)
+    return q.to(torch.float32) * scale
 
 
 def fake_quant_weight(w, weight_amax, mode):
