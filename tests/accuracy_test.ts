@@ -1,14 +1,38 @@
 /**
- * Quantized GPT-2 against PyTorch: the tiny byte-level Shakespeare model quantized with the
- * reference calibration ranges (w8a8, w8, w4 blocks of 128, fp8) must reproduce the
- * reference fake-quantized logits and losses, and max calibration on the reference
- * calibration windows must reproduce the reference ranges. Fixtures in ../shared.
+ * Quantized GPT-2 against PyTorch: a model quantized with the reference calibration ranges
+ * (w8a8, w8, w4 blocks of 128, fp8) must reproduce the reference fake-quantized logits and
+ * losses, and max calibration on the reference calibration windows must reproduce the
+ * reference ranges. By default the model is ../shared/models/tiny-shakespeare-gpt2 (byte-level,
+ * trained on Tiny Shakespeare) with the fixtures in ../shared/fixtures; the numbers below are
+ * that set's.
+ *
+ * Another set: `TENSORQ_ACCURACY_MODEL=DIR` (a Hugging Face GPT-2 directory, sharded or not)
+ * and `TENSORQ_ACCURACY_FIXTURES=DIR` (its reference.safetensors, calibration_amax.safetensors
+ * and report.json, e.g. from `python3 tests/transformers/make_quant_reference.py MODEL_DIR
+ * DIR`). Either one alone replaces only its own default. A directory named there whose files
+ * are missing fails the tests rather than skipping them. Shapes, layer names and counts come
+ * from the files. The bounds are the same for every set except where noted:
+ * - float32 noise: 1e-3 absolute, or 1e-5 of the largest |logit| where that is more (logits
+ *   above 100; the shared set's reach 24, so 1e-3 there);
+ * - weight-only modes: mean |Δ| <= the smaller of that and 0.1 of the reference's
+ *   quantization error (mean |logits_MODE − logits|; it is 2e-2 for the shared set's w8, but
+ *   1e-3 for a random-weight model whose logits are nearly uniform, where 1e-3 alone would
+ *   not tell a wrong scale);
+ * - modes that quantize activations: position 0 within the smaller of the float32 bound and
+ *   0.1 of the quantization error at position 0, in every window for the shared set, in at
+ *   least half of the windows for other sets (see below why);
+ * - the loss within 0.002 nats, and our max |Δ| from float32 within 0.5x to 2x the reference's.
  *
  * Weight-only modes are compared element by element (mean |Δ| <= 1e-3). w4 differs from the
- * reference in one weight of 3.1M, transformer.h.0.mlp.c_fc [434, 220]: w / scale is exactly
- * 1.5 in float32 (rounded to 2, as quantize() specifies), while the reference evidently
- * computed w · 7 / amax = 1.4999999 (rounded to 1; that formula also reproduces every w8
- * tie). That one weight accounts for the mean 4e-4 (with it, the mean is 2.5e-6, as for w8).
+ * shared reference in one weight of 3.1M, transformer.h.0.mlp.c_fc [434, 220]: w / scale is
+ * exactly 1.5 in float32 (rounded to 2, as quantize() specifies), while the reference's
+ * scale was 1 ulp larger, giving 1.4999998 (rounded to 1). Its scales were computed on CUDA
+ * as `amax / 7` in PyTorch, which multiplies by the float32 reciprocal of 7 rather than
+ * dividing (checked on an H200 with PyTorch 2.11: 0.016367815 there, 0.016367814 = the
+ * float32 quotient on the CPU). That one weight accounts for the mean 4e-4 (with it, the
+ * mean is 2.5e-6, as for w8). make_quant_reference.py computes true quotients on either
+ * device, and from the shared ids on the H200 reproduces the shared logits, logits_w8 up to
+ * the ties of that ulp (mean 1.9e-6) and logits_w4_b128 up to that weight.
  *
  * Modes that also quantize activations cannot be compared element by element: a value that
  * float32 noise (summation order, another exp or tanh) moves across a rounding boundary
@@ -24,9 +48,18 @@
  * (position 0 of every window, to 1e-3), by the size of the disagreement relative to the
  * quantization error itself, and by the loss. Wrong
  * definitions fail the position-0 check (tried: input amax 2% too large, int8 range ±127).
+ * Position 0 has flips too, only rarely: it depends on one token, and for about 6 of the 256
+ * tokens of the shared model some w8a8 input there lies within float32 noise of a rounding
+ * boundary (PyTorch's own float32 and float64 runs disagree there by over 1e-3). The shared
+ * set has none of them at position 0; sets made from 5 other seeds of the same model had 0 or
+ * 1 such window of 8 per mode (a flip there moved that window's first logits by up to half of
+ * the quantization error at position 0), while input amax only 0.1% too large failed all 8
+ * windows of such a set. Hence every window for the shared set, and half for other sets.
  * @module
  */
 import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import {
   calibrate,
   findModule,
@@ -43,16 +76,43 @@ import {
 } from "../mod.ts";
 import { filesExist, SHARED_DIR, sharedTest } from "./helpers.ts";
 
-const MODEL_DIR = new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR).pathname;
-const FIXTURES = new URL("fixtures/", SHARED_DIR).pathname;
-const REFERENCE = `${FIXTURES}reference.safetensors`;
-const AMAX = `${FIXTURES}calibration_amax.safetensors`;
-const REPORT = `${FIXTURES}report.json`;
+/** The model and fixture directories the environment names, if any. */
+const MODEL_ENV = Deno.env.get("TENSORQ_ACCURACY_MODEL") || undefined;
+const FIXTURES_ENV = Deno.env.get("TENSORQ_ACCURACY_FIXTURES") || undefined;
+const SHARED_MODEL_DIR = fileURLToPath(new URL("models/tiny-shakespeare-gpt2/", SHARED_DIR));
+const SHARED_FIXTURES = fileURLToPath(new URL("fixtures/", SHARED_DIR));
+const MODEL_DIR = MODEL_ENV ?? SHARED_MODEL_DIR;
+const FIXTURES = FIXTURES_ENV ?? SHARED_FIXTURES;
+const REFERENCE = join(FIXTURES, "reference.safetensors");
+const AMAX = join(FIXTURES, "calibration_amax.safetensors");
+const REPORT = join(FIXTURES, "report.json");
+/** Set by the environment: missing files are then an error, not a reason to skip. */
+const CHOSEN = MODEL_ENV !== undefined || FIXTURES_ENV !== undefined;
+
+/** True when `a` and `b` name the same existing file or directory. */
+function samePath(a: string, b: string): boolean {
+  try {
+    return Deno.realPathSync(a) === Deno.realPathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+/** The shared model and fixtures (named by the environment or not): some bounds are theirs. */
+const SHARED_SET = samePath(MODEL_DIR, SHARED_MODEL_DIR) && samePath(FIXTURES, SHARED_FIXTURES);
 
 // config.json, not model.safetensors: a sharded checkpoint has an index instead.
-const haveShared = filesExist(`${MODEL_DIR}config.json`, REFERENCE, AMAX, REPORT);
-if (!haveShared) {
+const required = [join(MODEL_DIR, "config.json"), REFERENCE, AMAX, REPORT];
+const haveSet = filesExist(...required);
+if (!haveSet && CHOSEN) {
+  Deno.test("accuracy: the model and fixtures that TENSORQ_ACCURACY_* name exist", () => {
+    const missing = required.filter((p) => !filesExist(p));
+    assert.fail(`missing: ${missing.join(", ")}`);
+  });
+} else if (!haveSet) {
   console.log(`accuracy tests skipped: ${SHARED_DIR.pathname} (fixtures) not present`);
+} else if (CHOSEN) {
+  console.log(`accuracy tests: model ${MODEL_DIR}, fixtures ${FIXTURES}`);
 }
 
 interface Fixtures {
@@ -64,6 +124,16 @@ interface Fixtures {
   windows: number;
   positions: number;
   vocab: number;
+  /** The largest |float32 logit|. */
+  maxAbsLogit: number;
+}
+
+/**
+ * An absolute bound on logit differences, raised to 1e-5 of the largest |logit| for a model
+ * whose logits exceed 100 (float32 rounding grows with them).
+ */
+function noiseBound(bound: number, fx: Fixtures): number {
+  return Math.max(bound, 1e-5 * fx.maxAbsLogit);
 }
 
 let fixtures: Fixtures | undefined;
@@ -75,14 +145,18 @@ function loadFixtures(): Fixtures {
   assert.equal(inputIds.shape.length, 2, "input_ids is [windows, positions]");
   assert.deepEqual(logits.shape.slice(0, 2), inputIds.shape, "logits are [windows, positions, V]");
   const [windows, positions] = inputIds.shape;
+  const fp32Logits = logits.dataSync() as Float32Array;
+  let maxAbs = 0;
+  for (const v of fp32Logits) maxAbs = Math.max(maxAbs, Math.abs(v));
   fixtures = {
     reference,
     report: JSON.parse(Deno.readTextFileSync(REPORT)),
     inputIds,
-    fp32Logits: logits.dataSync() as Float32Array,
+    fp32Logits,
     windows,
     positions,
     vocab: logits.shape[2],
+    maxAbsLogit: maxAbs,
   };
   return fixtures;
 }
@@ -97,10 +171,14 @@ interface Comparison {
   quantError: number;
   /** max |ours − reference float32 logits|. */
   oursVsFp32Max: number;
-  /** Per window, how many leading positions match the reference to 1e-3 (max over vocab). */
-  matchingPrefix: number[];
+  /** Per row (window × position), max |ours − reference| over the vocabulary. */
+  rowMax: Float64Array;
   /** Positions (of windows × positions) whose logits all match the reference to 1e-3. */
   matchingPositions: number;
+  /** mean |ours − reference| over position 0 of every window. */
+  positionZeroMean: number;
+  /** mean |reference mode logits − reference float32 logits| over position 0 of every window. */
+  positionZeroQuantError: number;
 }
 
 function compare(
@@ -108,38 +186,49 @@ function compare(
   theirs: Float32Array,
   fp32: Float32Array,
   { windows, positions, vocab }: Fixtures,
-  prefixBound = 1e-3,
 ): Comparison {
   assert.equal(ours.length, theirs.length);
   assert.equal(ours.length, windows * positions * vocab);
-  let sum = 0, max = 0, quant = 0, vsFp32 = 0;
+  let sum = 0, max = 0, quant = 0, vsFp32 = 0, zeroSum = 0, zeroQuant = 0;
   const rowMax = new Float64Array(windows * positions);
   for (let row = 0; row < rowMax.length; row++) {
-    let m = 0;
+    let m = 0, rowSum = 0, rowQuant = 0;
     for (let i = row * vocab, end = i + vocab; i < end; i++) {
       const d = Math.abs(ours[i] - theirs[i]);
-      sum += d;
+      rowSum += d;
       if (!(d <= m)) m = d; // NaN propagates as a failure
-      quant += Math.abs(theirs[i] - fp32[i]);
+      rowQuant += Math.abs(theirs[i] - fp32[i]);
       const e = Math.abs(ours[i] - fp32[i]);
       if (!(e <= vsFp32)) vsFp32 = e;
+    }
+    sum += rowSum;
+    quant += rowQuant;
+    if (row % positions === 0) {
+      zeroSum += rowSum;
+      zeroQuant += rowQuant;
     }
     rowMax[row] = m;
     if (!(m <= max)) max = m;
   }
-  const matchingPrefix = Array.from({ length: windows }, (_, w) => {
-    let p = 0;
-    while (p < positions && rowMax[w * positions + p] <= prefixBound) p++;
-    return p;
-  });
   return {
     mean: sum / ours.length,
     max,
     quantError: quant / ours.length,
     oursVsFp32Max: vsFp32,
-    matchingPrefix,
+    rowMax,
     matchingPositions: rowMax.filter((m) => m <= 1e-3).length,
+    positionZeroMean: zeroSum / (windows * vocab),
+    positionZeroQuantError: zeroQuant / (windows * vocab),
   };
+}
+
+/** Per window, how many leading positions match the reference to `bound` (max over vocab). */
+function leadingMatches(rowMax: Float64Array, bound: number, fx: Fixtures): number[] {
+  return Array.from({ length: fx.windows }, (_, w) => {
+    let p = 0;
+    while (p < fx.positions && rowMax[w * fx.positions + p] <= bound) p++;
+    return p;
+  });
 }
 
 interface ModeCase {
@@ -156,10 +245,12 @@ const MODES: ModeCase[] = [
 ];
 
 sharedTest(
-  haveShared,
-  "float32 logits on the GPU match PyTorch (max |diff| <= 1e-3), loss 1e-4",
+  haveSet,
+  "float32 logits on the GPU match PyTorch (max |diff| <= 1e-3 or 1e-5 max |logit|), loss 1e-4",
   () => {
-    const { report, inputIds, fp32Logits } = loadFixtures();
+    const fx = loadFixtures();
+    const { report, inputIds, fp32Logits } = fx;
+    const bound = noiseBound(1e-3, fx);
     const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR).to("cuda");
     const logits = model.forward(inputIds.to("cuda")).evaluate();
     const ours = logits.dataSync() as Float32Array;
@@ -170,7 +261,7 @@ sharedTest(
     }
     const loss = lossFromLogits(logits, inputIds.to("cuda"));
     console.log(`cuda float32: max |logit diff| ${max.toExponential(3)}, loss ${loss.toFixed(6)}`);
-    assert.ok(max <= 1e-3, `max diff ${max}`);
+    assert.ok(max <= bound, `max diff ${max}, bound ${bound}`);
     assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss} vs ${report.fp32_loss}`);
   },
   { gpu: true },
@@ -184,14 +275,18 @@ sharedTest(
  */
 const POSITION_ZERO_BOUND = 1e-3;
 
+/** The share of windows whose position 0 must match: all for the shared set (see above). */
+const POSITION_ZERO_WINDOWS = SHARED_SET ? 1 : 0.5;
+
 for (const c of MODES) {
   for (const device of ["cpu", "cuda"]) {
+    const windows = SHARED_SET ? "every window" : "half the windows";
     const bound = c.quantizesInputs
-      ? `position 0 of every window within ${POSITION_ZERO_BOUND}, mean |Δ| <= 0.5 x ` +
+      ? `position 0 of ${windows} within ${POSITION_ZERO_BOUND}, mean |Δ| <= 0.5 x ` +
         "quantization error"
-      : "mean |Δ| <= 1e-3";
+      : "mean |Δ| <= 1e-3 and 0.1 x quantization error";
     const name = `${c.mode}: logits match logits_${c.fixture} (${bound}), loss within 0.002`;
-    sharedTest(haveShared, name, () => checkMode(c, device), { gpu: device === "cuda" });
+    sharedTest(haveSet, name, () => checkMode(c, device), { gpu: device === "cuda" });
   }
 }
 
@@ -223,13 +318,12 @@ function checkMode(c: ModeCase, device: string): void {
   forwardSeconds += seconds;
   const loss = lossFromLogits(logits, inputIds.to(device));
   const theirs = reference.get(`logits_${c.fixture}`).dataSync() as Float32Array;
-  const r = compare(
-    logits.dataSync() as Float32Array,
-    theirs,
-    fp32Logits,
-    fx,
-    POSITION_ZERO_BOUND,
-  );
+  const r = compare(logits.dataSync() as Float32Array, theirs, fp32Logits, fx);
+  // Bounds scaled to the logits: a model with nearly uniform logits has a quantization error
+  // near 1e-3 itself, and one with large logits more float32 noise.
+  const zeroBound = Math.min(noiseBound(POSITION_ZERO_BOUND, fx), 0.1 * r.positionZeroQuantError);
+  const leading = leadingMatches(r.rowMax, zeroBound, fx);
+  const weightOnlyBound = Math.min(noiseBound(1e-3, fx), 0.1 * r.quantError);
   const expectedLoss = report[`${c.fixture}_loss`];
   const reportMax = report[`${c.fixture}_max_abs_logit_diff_vs_fp32`];
   console.log(
@@ -239,24 +333,30 @@ function checkMode(c: ModeCase, device: string): void {
       `vs logits_${c.fixture}; loss ${loss.toFixed(6)} (reference ${expectedLoss.toFixed(6)}, ` +
       `|Δ| ${Math.abs(loss - expectedLoss).toExponential(2)}); max |Δ| vs float32 ` +
       `${r.oursVsFp32Max.toFixed(4)} (reference ${reportMax.toFixed(4)}); positions within ` +
-      `1e-3: ${r.matchingPositions}/${
-        fx.windows * fx.positions
-      }, leading per window [${r.matchingPrefix}]; ` +
+      `1e-3: ${r.matchingPositions}/${fx.windows * fx.positions}, leading within ${
+        zeroBound.toExponential(2)
+      } per window [${leading}]; quantization error: mean ${
+        r.quantError.toExponential(3)
+      }, at position 0 ${r.positionZeroQuantError.toExponential(3)} (mean |Δ| there ${
+        r.positionZeroMean.toExponential(3)
+      }); ` +
       `forward ${seconds.toFixed(2)} s`,
   );
 
   assert.ok(Math.abs(loss - expectedLoss) <= 0.002, `loss ${loss} vs ${expectedLoss}`);
   if (c.quantizesInputs) {
+    const matched = leading.filter((p) => p >= 1).length;
     assert.ok(
-      r.matchingPrefix.every((p) => p >= 1),
-      `position 0 differs in some window: leading matches ${r.matchingPrefix}`,
+      matched >= Math.ceil(POSITION_ZERO_WINDOWS * fx.windows),
+      `position 0 differs beyond ${zeroBound} in ${fx.windows - matched} of ${fx.windows} ` +
+        `windows (leading matches ${leading})`,
     );
     assert.ok(
       r.mean <= 0.5 * r.quantError,
       `mean |Δ| ${r.mean} vs quantization error ${r.quantError}`,
     );
   } else {
-    assert.ok(r.mean <= 1e-3, `mean |Δ| ${r.mean}`);
+    assert.ok(r.mean <= weightOnlyBound, `mean |Δ| ${r.mean}, bound ${weightOnlyBound}`);
   }
   // Same order of magnitude of damage as PyTorch's quantized model.
   assert.ok(
@@ -270,7 +370,7 @@ function relativeDiff(a: number, b: number): number {
 }
 
 sharedTest(
-  haveShared,
+  haveSet,
   "max calibration on calib_ids reproduces calibration_amax (1e-4 relative)",
   () => {
     const { reference } = loadFixtures();
@@ -311,7 +411,7 @@ sharedTest(
   },
 );
 
-sharedTest(haveShared, "accuracy: total forward time", () => {
+sharedTest(haveSet, "accuracy: total forward time", () => {
   console.log(`accuracy: quantized forwards and calibration took ${forwardSeconds.toFixed(1)} s`);
   fixtures?.reference.close();
   fixtures = undefined;
