@@ -6,6 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { roundHalfToEven } from "../lib/dtype.ts";
 import {
   calibrate,
   findModule,
@@ -33,6 +34,7 @@ import {
   filesExist,
   randomValues,
   SHARED_DIR,
+  testOnDevices,
   thisLine,
 } from "./helpers.ts";
 
@@ -453,10 +455,10 @@ Deno.test("calibrate errors", () => {
   bad = () => calibrate(model, [], forward);
   assertTqError(bad, { op: "calibrate", includes: ["no calibration batches"], line });
   line = thisLine() + 1;
-  bad = () => calibrate(model, batches, forward, { weightBlockSize: 5 });
+  bad = () => calibrate(model, batches, forward, { weightBlockSize: 2.5 });
   assertTqError(bad, {
     op: "calibrate",
-    includes: ["divisor of the input features of 0, 2"],
+    includes: ["weightBlockSize must be a positive integer", "2.5"],
     line,
   });
   line = thisLine() + 1;
@@ -632,10 +634,10 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
   bad = () => quantizeModel(model, { mode: "w8", exclude: "0" as unknown as string[] });
   assertTqError(bad, { op: "quantizeModel", includes: ["exclude must be an array"], line });
   line = thisLine() + 1;
-  bad = () => quantizeModel(model, { mode: "w4", blockSize: 64 });
+  bad = () => quantizeModel(model, { mode: "w4", blockSize: 0 });
   assertTqError(bad, {
     op: "quantizeModel",
-    includes: ["does not divide", "0 (16 input features)"],
+    includes: ["blockSize must be a positive integer"],
     line,
   });
   const shortAmax = { "0": { weightAmax: new Float32Array(3) } };
@@ -894,4 +896,57 @@ Deno.test("smoothQuant errors", () => {
   line = thisLine() + 1;
   bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln", linears: ["fc"] }] });
   assertTqError(bad, { op: "smoothQuant", kind: "state", includes: ["already quantized"], line });
+});
+
+testOnDevices("w4 blocks that do not divide the input features: a shorter last block", (device) => {
+  // 100 input features in blocks of 32: 32, 32, 32 and a last block of 4, as ONNX's
+  // block-wise QuantizeLinear takes them.
+  const [inp, out] = [100, 6];
+  const layer = new Linear(inp, out, { bias: true });
+  layer.weight = tensor(randomValues(out * inp, 71).map((v, i) => (i % 37 === 0 ? 4 * v : v)), {
+    shape: [out, inp],
+  });
+  const model = new Sequential(layer);
+  const x = tensor(randomValues(5 * inp, 72), { shape: [5, inp] });
+  const calib = calibrate(model, [x], (m, b) => m.forward(b), { weightBlockSize: 32 });
+  const block = calib.get("0")!.weightBlockAmax!;
+  const w = layer.weight.dataSync() as Float32Array;
+  // Block amax by hand, then the layer's scales: amax / 7 in float32.
+  const expected: number[] = [];
+  for (let r = 0; r < out; r++) {
+    for (let b = 0; b < 4; b++) {
+      let m = 0;
+      for (let c = 32 * b; c < Math.min(inp, 32 * (b + 1)); c++) {
+        m = Math.max(m, Math.abs(w[r * inp + c]));
+      }
+      expected.push(m);
+    }
+  }
+  assert.deepEqual(Array.from(block), expected);
+  const yFloat = model.forward(x).dataSync() as Float32Array;
+  const [info] = quantizeModel(model, { mode: "w4", blockSize: 32, calibration: calib });
+  model.to(device);
+  assert.deepEqual(info.weightScaleShape, [out, 4]);
+  const scale = layer.weightScale!.dataSync() as Float32Array;
+  assert.deepEqual(Array.from(scale), expected.map((m) => Math.fround(m / 7)));
+  // The forward multiplies by the dequantized weight: codes round(w / scale) within [-8, 7].
+  const y = model.forward(x.to(device)).dataSync() as Float32Array;
+  const xs = x.dataSync() as Float32Array;
+  const bias = layer.bias!.dataSync() as Float32Array;
+  let worst = 0, moved = 0;
+  for (let i = 0; i < 5; i++) {
+    for (let o = 0; o < out; o++) {
+      let acc = 0;
+      for (let c = 0; c < inp; c++) {
+        const s = scale[o * 4 + Math.floor(c / 32)];
+        const q = Math.min(7, Math.max(-8, roundHalfToEven(Math.fround(w[o * inp + c] / s))));
+        acc += xs[i * inp + c] * Math.fround(q * s);
+      }
+      const ref = Math.fround(acc) + bias[o];
+      worst = Math.max(worst, Math.abs(y[i * out + o] - ref) / (Math.abs(ref) + 1));
+      moved = Math.max(moved, Math.abs(y[i * out + o] - yFloat[i * out + o]));
+    }
+  }
+  assert.ok(worst < 1e-5, `w4 forward vs a float64 reference: ${worst}`);
+  assert.ok(moved > 0, "quantization changed the output");
 });

@@ -261,13 +261,18 @@ Deno.test("module errors name the parameter and the caller's line", () => {
   });
   assert.deepEqual(relaxed, { missing: ["bias"], unexpected: ["nope"] });
   line = thisLine() + 1;
-  call = () => new tq.Linear(4, 3, { quantDtype: "int4", weightQuantDim: 1, blockSize: 3 });
+  call = () => new tq.Linear(4, 3, { quantDtype: "int4", weightQuantDim: 1, blockSize: 0 });
   assertTqError(call, {
     op: "Linear",
     kind: "argument",
-    includes: ["blockSize", "divisor of 4"],
+    includes: ["blockSize"],
     line,
   });
+  // A block size that does not divide the dimension leaves a shorter last block.
+  const ragged = new tq.Linear(4, 3, { quantDtype: "int4", weightQuantDim: 1, blockSize: 3 });
+  ragged.weightScale = tq.ones([3, 2]);
+  assert.deepEqual(ragged.weightScale.shape, [3, 2]);
+  assert.throws(() => (ragged.weightScale = tq.ones([3, 1])), /\[3, 2\]/);
   const q = new tq.Linear(4, 3, { quantDtype: "int8" });
   line = thisLine() + 1;
   call = () => q.forward(tq.ones([1, 4]));

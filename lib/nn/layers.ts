@@ -79,8 +79,9 @@ export interface LinearOptions {
    */
   weightQuantDim?: number;
   /**
-   * Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. It must
-   * divide that dimension: unlike `quantize`, a Linear takes no shorter last block.
+   * Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. Where it
+   * does not divide that dimension the last block is shorter, as for `quantize`; such a layer
+   * runs as dequantize and matmul (the fused quantized products take whole blocks only).
    */
   blockSize?: number;
 }
@@ -221,17 +222,8 @@ export class Linear extends Module {
           actual: "undefined",
         });
       }
-      const extent = dim === 0 ? out : inp;
-      if (extent % b !== 0) {
-        throw new TensorqError("blockSize must divide the blocked dimension", {
-          op: "Linear",
-          kind: "argument",
-          argument: "blockSize",
-          expected: `a divisor of ${extent} (a Linear takes whole blocks only)`,
-          actual: String(b),
-        });
-      }
-      return dim === 0 ? [out / b, inp] : [out, inp / b];
+      // As ONNX's block-wise QuantizeLinear: a last block shorter where b does not divide.
+      return dim === 0 ? [Math.ceil(out / b), inp] : [out, Math.ceil(inp / b)];
     }
     if (dim === undefined) return [];
     return dim === 0 ? [out] : [inp];

@@ -35,7 +35,10 @@ export interface LayerCalibration {
    * stands for every row; `out · in / blockSize` values are block amax).
    */
   weightAmax?: Float32Array;
-  /** max |W| of each block of `weightBlockSize` input features: `[out, in / weightBlockSize]`. */
+  /**
+   * max |W| of each block of `weightBlockSize` input features: `[out, ceil(in /
+   * weightBlockSize)]` (a row's last block is shorter where the size does not divide `in`).
+   */
   weightBlockAmax?: Float32Array;
   /** The block size of {@link LayerCalibration.weightBlockAmax}. */
   weightBlockSize?: number;
@@ -52,7 +55,10 @@ export interface CalibrateOptions {
   percentile?: number;
   /** Also collect max |x| per input feature (`inputChannelAmax`, needed by SmoothQuant). */
   perChannel?: boolean;
-  /** Also compute `weightBlockAmax` for blocks of this many input features (e.g. 128). */
+  /**
+   * Also compute `weightBlockAmax` for blocks of this many input features (e.g. 128); a row's
+   * last block is shorter where it does not divide the layer's input features.
+   */
   weightBlockSize?: number;
   /**
    * Called after each batch with the batches done and the total (undefined for an iterable
@@ -127,33 +133,38 @@ export function weightAmaxPerRow(weight: Tensor): Float32Array {
 
 /**
  * max |W| of each block of `blockSize` consecutive input features of a weight `[out, in]`.
+ * Where `blockSize` does not divide `in`, each row's last block is shorter (as ONNX's
+ * block-wise QuantizeLinear takes it).
  *
  * @param weight A float tensor of rank 2.
- * @param blockSize Divides `in`.
- * @returns `[out, in / blockSize]` absolute maxima, row-major.
+ * @param blockSize A positive integer.
+ * @returns `[out, ceil(in / blockSize)]` absolute maxima, row-major.
  */
 export function weightAmaxPerBlock(weight: Tensor, blockSize: number): Float32Array {
   const op = "weightAmaxPerBlock";
   const [rows, cols] = weight2d(op, weight);
-  if (!Number.isInteger(blockSize) || blockSize <= 0 || cols % blockSize !== 0) {
-    throw new TensorqError("blockSize must be a positive divisor of the input features", {
+  if (!Number.isInteger(blockSize) || blockSize <= 0) {
+    throw new TensorqError("blockSize must be a positive integer", {
       op,
       kind: "argument",
       argument: "blockSize",
-      expected: `a positive divisor of ${cols}`,
+      expected: "a positive integer",
       actual: describe(blockSize),
     });
   }
   const w = hostFloats(weight);
-  const perRow = cols / blockSize;
+  const perRow = Math.ceil(cols / blockSize);
   const out = new Float32Array(rows * perRow);
-  for (let b = 0; b < out.length; b++) {
-    let m = 0;
-    for (let c = b * blockSize, end = c + blockSize; c < end; c++) {
-      const a = Math.abs(w[c]);
-      if (a > m) m = a;
+  for (let r = 0; r < rows; r++) {
+    for (let b = 0; b < perRow; b++) {
+      let m = 0;
+      const end = r * cols + Math.min(cols, (b + 1) * blockSize);
+      for (let c = r * cols + b * blockSize; c < end; c++) {
+        const a = Math.abs(w[c]);
+        if (a > m) m = a;
+      }
+      out[r * perRow + b] = m;
     }
-    out[b] = m;
   }
   return out;
 }
@@ -280,8 +291,8 @@ function printProgress(text: string): void {
  *   ignored and not evaluated.
  * @param options Method, percentile, per-channel and block options, progress callback.
  * @returns Results by dotted layer name; layers that never ran have no `inputAmax`.
- * @throws {TensorqError} for bad arguments, a model without Linear layers, no batches, a
- *   `weightBlockSize` that does not divide a layer's input features, or an async `run`.
+ * @throws {TensorqError} for bad arguments, a model without Linear layers, no batches, or an
+ *   async `run`.
  */
 export function calibrate<M extends Module, B = Tensor>(
   model: M,
@@ -320,19 +331,8 @@ export function calibrate<M extends Module, B = Tensor>(
       actual: model.constructor.name,
     });
   }
+  // Checked with the options; a row's last block may be shorter.
   const blockSize = options.weightBlockSize;
-  if (blockSize !== undefined) {
-    const bad = linears.filter(([, l]) => l.inFeatures % blockSize !== 0);
-    if (bad.length) {
-      throw new TensorqError("weightBlockSize must divide every layer's input features", {
-        op,
-        kind: "argument",
-        argument: "weightBlockSize",
-        expected: `a divisor of the input features of ${bad.map(([n]) => n).join(", ")}`,
-        actual: `${blockSize} (input features ${bad.map(([, l]) => l.inFeatures).join(", ")})`,
-      });
-    }
-  }
 
   const watches: Watch[] = linears.map(([name, layer]) => ({
     name,

@@ -60,7 +60,7 @@ export interface QuantizedLayerInfo {
   mode: QuantizationMode;
   /** The quantized dtype. */
   quantDtype: QuantDType;
-  /** The weight scale's shape (`[out]` per channel, `[out, in / blockSize]` for `w4`). */
+  /** The weight scale's shape (`[out]` per channel, `[out, ceil(in / blockSize)]` for `w4`). */
   weightScaleShape: number[];
   /** The per-tensor input scale, for modes that quantize inputs. */
   inputScale?: number;
@@ -273,7 +273,7 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  * Input amax must come from `calibration` or `amax` for `w8a8` and `fp8`. Weight amax is
  * taken from them when present (`amax`'s weight fields before all of `calibration`'s): `[out]`
  * per channel, or for `w4` block amax (`weightBlockAmax` of the same block size, or
- * `[out · in / blockSize]` values); a single value stands for every row or block. Absent, or
+ * `[out · ceil(in / blockSize)]` values); a single value stands for every row or block. Absent, or
  * per-row values for `w4`, they are computed from the weights. Other lengths, exclude
  * patterns that match no Linear layer and `amax` entries naming none are errors. Everything is
  * checked before any layer changes.
@@ -282,8 +282,7 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  * @param options Mode, exclusions, ranges, block size.
  * @returns One entry per quantized layer, in module order.
  * @throws {TensorqError} for an unknown mode, a bad `exclude` pattern, layers missing input
- *   amax (all named), amax of the wrong length, or a block size that does not divide a
- *   layer's input features.
+ *   amax (all named) or amax of the wrong length.
  */
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
@@ -335,14 +334,9 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
   const layers = all.filter(([name]) => !isExcluded(name, exclude));
   const plans: Plan[] = [];
   const missing: string[] = [];
-  const badBlocks: string[] = [];
   for (const [name, layer] of layers) {
     const ranges = rangesOf(name);
     const [out, inp] = [layer.outFeatures, layer.inFeatures];
-    if (spec.blocks && inp % blockSize !== 0) {
-      badBlocks.push(`${name} (${inp} input features)`);
-      continue;
-    }
     let inputAmax: number | undefined;
     if (spec.inputs) {
       inputAmax = ranges.inputAmax;
@@ -355,7 +349,8 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
     let weightAmax: Float32Array | undefined;
     let weightScaleShape: number[];
     if (spec.blocks) {
-      const perRow = inp / blockSize;
+      // A row's last block is shorter where blockSize does not divide the input features.
+      const perRow = Math.ceil(inp / blockSize);
       const blocks = out * perRow;
       weightScaleShape = [out, perRow];
       // The weight fields of `amax` take precedence over all of `calibration`'s.
@@ -414,18 +409,6 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       }
     }
     plans.push({ name, layer, weightAmax, weightScaleShape, inputAmax });
-  }
-  if (badBlocks.length) {
-    throw new TensorqError(
-      `blockSize ${blockSize} does not divide the input features of some layers`,
-      {
-        op,
-        kind: "argument",
-        argument: "blockSize",
-        expected: `a divisor of the input features of ${listNames(badBlocks)}`,
-        actual: String(blockSize),
-      },
-    );
   }
   if (missing.length) {
     const known = new Set(layers.map(([n]) => n));
