@@ -4,10 +4,10 @@
  * they came from (tests/matmul_test.ts checks that it is the text in the repository).
  *
  * Usage: `deno task wasm [file.wat ...]` (default: every `kernels/*.wat`). The assembler is
- * WABT's, from npm (a build tool only: the library loads the bytes and needs nothing else).
+ * WABT's, from npm, imported only when this script runs: type checks, tests and the library's
+ * users never fetch it (the library loads the bytes and needs nothing else).
  * @module
  */
-import initWabt from "wabt";
 import { Buffer } from "node:buffer";
 import { basename } from "node:path";
 import { sha256Hex } from "./build.ts";
@@ -32,8 +32,24 @@ export function wasmModuleSource(name: string, text: string, bytes: Uint8Array):
   ].join("\n");
 }
 
+/** The part of WABT's module API used here. */
+interface Wabt {
+  parseWat(name: string, text: string, features: { simd: boolean }): {
+    validate(): void;
+    toBinary(options: Record<string, never>): { buffer: Uint8Array };
+    destroy(): void;
+  };
+}
+
+/** WABT from npm, fetched on first use (a specifier in a variable: nothing resolves it ahead). */
+async function loadWabt(): Promise<Wabt> {
+  const specifier = "npm:wabt@1.0.39";
+  const module = await import(specifier);
+  return await module.default();
+}
+
 if (import.meta.main) {
-  const wabt = await initWabt();
+  const wabt = await loadWabt();
   const files = Deno.args.length > 0
     ? Deno.args
     : [...Deno.readDirSync(KERNELS_DIR)].filter((e) => e.name.endsWith(".wat")).map((e) =>
