@@ -31,8 +31,8 @@
 //
 // Scale of weight element (n, k) for every quantization mode: index (n / nb)·sN + (k / kb)·sK
 //   tensor: sN = sK = 0;  channel dim 0: sN = 1, sK = 0;  channel dim 1: sN = 0, kb = 1, sK = 1;
-//   block dim 1 ([N, K/B]): sN = K/B, kb = B, sK = 1;  block dim 0 ([N/B, K]): nb = B, sN = K,
-//   kb = 1, sK = 1.
+//   block dim 1 ([N, ceil(K/B)]): sN = ceil(K/B), kb = B, sK = 1;  block dim 0 ([ceil(N/B), K]):
+//   nb = B, sN = K, kb = 1, sK = 1 (a last block may be shorter, as in ONNX).
 
 #include "common.cuh"
 #include "fp8.cuh"

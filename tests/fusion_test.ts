@@ -85,33 +85,41 @@ testOnDevices("weight-only int8 and int4 block-wise fuse into wlinear", (device)
   }
 });
 
-testOnDevices("block-wise weights with a shorter last block stay unfused and exact", (device) => {
-  // ONNX's ragged blocks (blockSize not dividing the axis): the fused kernels take whole blocks
-  // only, so dequantize and matmul run as written; a dividing block size still fuses.
+testOnDevices("block-wise weights with a shorter last block fuse and equal the fake-quant graph", (
+  device,
+) => {
+  // ONNX's ragged blocks (blockSize not dividing the axis). Rows and x dtypes reach each CUDA
+  // path: the streaming and tensor-core GEMVs (rows on 16-byte boundaries), the FMA GEMV and the
+  // GEMM over dequantized weights.
   const cases: [number[], number, number, "int8" | "int4"][] = [
-    [[40, 70], 1, 32, "int4"], // scale [40, 3], the last block 6 wide
+    [[40, 320], 1, 128, "int4"], // scale [40, 3], the last block 64 wide
+    [[48, 160], 1, 64, "int4"], // the last block 32 wide
+    [[24, 176], 1, 64, "int8"], // the last block 48 wide
+    [[40, 70], 1, 32, "int4"], // rows off 16-byte boundaries; the last block 6 wide
     [[37, 64], 0, 16, "int8"], // scale [3, 64], the last block 5 rows
-    [[40, 64], 1, 32, "int4"], // whole blocks: fused
   ];
   for (const [shape, dim, blockSize, dtype] of cases) {
     const [n, k] = shape;
     const w = tq.randn(shape, { seed: n + k, std: 0.05, device });
     const blocks = shape.map((d, i) => (i === dim ? Math.ceil(d / blockSize) : d));
     const scale = tq.rand(blocks, { seed: 3, device }).mul(0.01).add(0.002);
-    const x = tq.randn([5, k], { seed: 4, device });
-    const options = { dim, blockSize };
-    const make = () =>
-      tq.matmul(
-        x,
-        tq.dequantize(tq.quantize(w, scale, dtype, options), scale, "float32", options).transpose(
-          0,
-          1,
-        ),
-      );
-    const r = fusedAndUnfused(make);
-    const whole = shape[dim] % blockSize === 0;
-    assert.deepEqual(r.ops.includes("wlinear"), whole, `${shape} ${r.ops}`);
-    assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6, message: `${shape}` });
+    for (const xDType of ["float32", "float16"] as const) {
+      for (const m of [1, 3, 6, 40]) {
+        const x = tq.randn([m, k], { seed: 4 + m, device }).cast(xDType);
+        const options = { dim, blockSize };
+        const make = () =>
+          tq.matmul(
+            x,
+            tq.dequantize(tq.quantize(w, scale, dtype, options), scale, xDType, options)
+              .transpose(0, 1),
+          ).cast("float32");
+        const r = fusedAndUnfused(make);
+        const what = `${shape} dim ${dim} block ${blockSize} ${dtype} x ${xDType} [${m}, ${k}]`;
+        assert.ok(r.ops.includes("wlinear"), `${what}: ${r.ops}`);
+        const tol = xDType === "float32" ? { rtol: 1e-5, atol: 1e-6 } : { rtol: 4e-3, atol: 1e-3 };
+        assertClose(r.fused, r.unfused, { ...tol, message: what });
+      }
+    }
   }
 });
 

@@ -80,8 +80,7 @@ export interface LinearOptions {
   weightQuantDim?: number;
   /**
    * Block size for block-wise weight quantization (int8/int4) along `weightQuantDim`. Where it
-   * does not divide that dimension the last block is shorter, as for `quantize`; such a layer
-   * runs as dequantize and matmul (the fused quantized products take whole blocks only).
+   * does not divide that dimension the last block is shorter, as for `quantize`.
    */
   blockSize?: number;
 }

@@ -176,7 +176,8 @@ export function weightScaleIndex(
       return dim === 0 ? { nb: 1, sN: 1, kb: 1, sK: 0 } : { nb: 1, sN: 0, kb: 1, sK: 1 };
     case "block":
       return dim === 1
-        ? { nb: 1, sN: k / block!, kb: block!, sK: 1 }
+        // ceil: the last block of a row may be shorter (ONNX's block-wise quantization).
+        ? { nb: 1, sN: Math.ceil(k / block!), kb: block!, sK: 1 }
         : { nb: block!, sN: k, kb: 1, sK: 1 };
   }
   throw new TensorqError("unknown weight quantization mode", {

@@ -152,7 +152,7 @@ export function wgemvShape(
   const perRow = index.sK === 0;
   let scaleShift = 0;
   if (!perRow) {
-    if (index.kb % perChunk !== 0 || k % index.kb !== 0) return undefined;
+    if (index.kb % perChunk !== 0) return undefined;
     scaleShift = log2Exact((index.kb * codes.bits) / 8);
     if (scaleShift < 0) return undefined;
   }

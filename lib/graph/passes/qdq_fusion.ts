@@ -11,8 +11,8 @@
  *   fp8 products) and `y = acc · sxd · swd[n] (+ b)` in float32 — the same function as the
  *   float fake-quant graph up to float32 rounding. Inputs `[x, sxq, sxd, W, swq, swd, bias?]`.
  * - `wlinear` (weight-only: x stays float): W quantized per tensor, per channel or block-wise
- *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`. Block-wise weights fuse only when
- *   the block size divides the blocked axis: ONNX's shorter last block stays unfused.
+ *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`. Block-wise weights may end in a
+ *   shorter block (block size not dividing the blocked axis, as ONNX allows).
  *
  * A layer norm over the last dim whose only reader is a `qlinear` (through its quantize) is
  * folded into it, whatever the number of rows ({@link setNormFolding}): x becomes the norm's
@@ -182,10 +182,6 @@ function matchWeight(g: PlanGraph, ref: ValueRef): WeightMatch | undefined {
   const mode = dq.attrs.mode as string;
   const dim = dq.attrs.dim as number | null;
   const blockSize = dq.attrs.blockSize as number | null;
-  // The fused kernels take whole blocks only: a block-wise weight whose last block is short
-  // (blockSize not dividing its axis, as ONNX allows) stays dequantize + matmul.
-  const wShape = refInfo(g, dq.inputs[0]).shape;
-  if (mode === "block" && wShape[dim!] % blockSize! !== 0) return undefined;
   const q = producer(g, dq.inputs[0]);
   if (q?.op !== "quantize") {
     const codes = refInfo(g, dq.inputs[0]);
