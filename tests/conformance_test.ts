@@ -5,14 +5,14 @@
  * The files, all written by ONNX Runtime (see tests/onnx/make_conformance.py for the layout):
  * - tests/fixtures/onnx_conformance/conformance.safetensors, always (seed 20261207; the shared
  *   fixture's cases and extra ones: 3-D per-channel along a middle axis, fp8 per channel,
- *   int8 block-wise, shorter last blocks, exact ties of every kind);
+ *   int8 block-wise, shorter last blocks, exact ties of every kind, float16 inputs);
  * - ../shared/fixtures/conformance.safetensors, when present;
  * - the file `TENSORQ_CONFORMANCE` names, when set (`python3 tests/onnx/make_conformance.py
  *   FILE SEED` writes one for another seed, with other values and shapes).
  *
  * Each case quantizes the file's x with its scale and compares the codes (int8 / int4 values,
- * e4m3fn bit patterns) with ONNX Runtime's, dequantizes them and compares the float32 bits,
- * and dequantizes ONNX Runtime's own codes. A case whose tensors a file lacks is not run for
+ * e4m3fn bit patterns) with ONNX Runtime's, dequantizes them (to x's float type, as ONNX does)
+ * and compares the bits, and dequantizes ONNX Runtime's own codes. A case whose tensors a file lacks is not run for
  * that file (the shared fixture has no extra cases); the shared fixture's cases must be in
  * every file.
  * @module
@@ -89,6 +89,18 @@ const CASES: Case[] = [
   { prefix: "ti", x: "ti_x", dtype: "int8", options: {} },
   { prefix: "ti4", x: "ti_x", dtype: "int4", options: {} },
   { prefix: "t8", x: "t8_x", dtype: "float8e4m3", options: {} },
+  // 16-bit inputs: float16 (prefix h) and bfloat16 (bh), when ONNX Runtime could make them.
+  ...["h", "bh"].flatMap((p): Case[] => [
+    { prefix: p, x: `${p}_x`, dtype: "int8", options: {} },
+    { prefix: `${p}4`, x: `${p}_x`, dtype: "int4", options: {} },
+    { prefix: `${p}t`, x: `${p}t_x`, dtype: "int8", options: {} },
+    { prefix: `${p}t4`, x: `${p}t_x`, dtype: "int4", options: {} },
+    { prefix: `${p}f8`, x: `${p}f8_x`, dtype: "float8e4m3", options: {} },
+    { prefix: `${p}c`, x: `${p}c_w`, dtype: "int8", options: { dim: 0 } },
+    { prefix: `${p}cf8`, x: `${p}c_w`, dtype: "float8e4m3", options: { dim: 1 } },
+    { prefix: `${p}b4`, x: `${p}b_w`, dtype: "int4", options: { dim: 1, blockSize: 32 } },
+    { prefix: `${p}b8`, x: `${p}b_w`, dtype: "int8", options: { dim: 0, blockSize: 16 } },
+  ]),
 ];
 
 /** The codes' tensor: e4m3fn bit patterns are `<prefix>_bits`, int8 / int4 values `_q`. */
@@ -97,7 +109,13 @@ function codesName(c: Case): string {
 }
 
 /** Safetensors dtype → tensorq dtype of the raw values (U8 holds fp8 bit patterns here). */
-const DTYPE_OF: Record<string, DType> = { F32: "float32", I8: "int8", U8: "float8e4m3" };
+const DTYPE_OF: Record<string, DType> = {
+  F32: "float32",
+  F16: "float16",
+  BF16: "bfloat16",
+  I8: "int8",
+  U8: "float8e4m3",
+};
 
 function readRaw(file: SafetensorsFile, name: string): { storage: StorageArray; shape: number[] } {
   const entry = file.entry(name);
@@ -129,8 +147,13 @@ function firstDiff(actual: ArrayLike<number>, expected: ArrayLike<number>): stri
   return "none";
 }
 
-/** Float32 bits, so that -0 vs 0 and NaN payloads count as differences. */
-function bitsOf(values: Float32Array): Uint32Array {
+/**
+ * The bit patterns of float values (float16/bfloat16 storage already is), so that -0 vs 0 and
+ * NaN payloads count as differences.
+ */
+function bitsOf(values: StorageArray): Uint32Array | Uint16Array {
+  if (values instanceof Uint16Array) return values;
+  assert.ok(values instanceof Float32Array, "float32 or 16-bit float storage");
   return new Uint32Array(values.buffer, values.byteOffset, values.length);
 }
 
@@ -162,7 +185,7 @@ function registerCase(vectors: VectorFile, c: Case): void {
     const scale = load(file, `${c.prefix}_scale`, device);
     const qName = codesName(c);
     const qRef = readRaw(file, qName).storage as Int8Array | Uint8Array;
-    const dqRef = readRaw(file, `${c.prefix}_dq`).storage as Float32Array;
+    const dqRef = readRaw(file, `${c.prefix}_dq`).storage;
 
     const q = quantize(x, scale, c.dtype, c.options);
     assert.equal(q.dtype, c.dtype);
@@ -171,19 +194,17 @@ function registerCase(vectors: VectorFile, c: Case): void {
     // fp8 storage is the bit patterns, like the file's U8.
     assertExact(`${qName}${vectors.label}`, q.storageSync() as Int8Array | Uint8Array, qRef);
 
-    const dq = dequantize(q, scale, "float32", c.options);
-    assertExact(
-      `${c.prefix}_dq${vectors.label}`,
-      bitsOf(dq.storageSync() as Float32Array),
-      bitsOf(dqRef),
-    );
+    // ONNX's DequantizeLinear returns the scale's type, which is x's.
+    const out = x.dtype as "float32" | "float16" | "bfloat16";
+    const dq = dequantize(q, scale, out, c.options);
+    assertExact(`${c.prefix}_dq${vectors.label}`, bitsOf(dq.storageSync()), bitsOf(dqRef));
 
     // Dequantizing the reference codes directly checks dequantize on its own.
     const qFile = load(file, qName, device, c.dtype);
-    const dq2 = dequantize(qFile, scale, "float32", c.options);
+    const dq2 = dequantize(qFile, scale, out, c.options);
     assertExact(
       `${c.prefix}_dq${vectors.label} (from the file's codes)`,
-      bitsOf(dq2.storageSync() as Float32Array),
+      bitsOf(dq2.storageSync()),
       bitsOf(dqRef),
     );
   });
