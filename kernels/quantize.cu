@@ -228,6 +228,15 @@ template <bool Bf16>
 struct Half16 : Half16Base<Bf16> {
   using Base = Half16Base<Bf16>;
   static constexpr int U = 8;
+  // Two outputs -> one word, NaN written as the CPU backend and ONNX Runtime write it (0x7e00,
+  // 0x7fc0) rather than the conversion instruction's 0x7fff (only fp8 codes dequantize to NaN).
+  __device__ static unsigned pack(float a, float b) {
+    constexpr unsigned nan = Bf16 ? 0x7fc0u : 0x7e00u;
+    const unsigned w = Base::pack(a, b);
+    const unsigned lo = a != a ? nan : (w & 0xffffu);
+    const unsigned hi = b != b ? nan : (w >> 16);
+    return lo | (hi << 16);
+  }
   template <int N>
   __device__ static void load(const void* __restrict__ base, i64 u, float* v) {
     static_assert(N == U, "16-bit float units are 8 elements");
@@ -242,8 +251,8 @@ struct Half16 : Half16Base<Bf16> {
   template <int N>
   __device__ static void store(void* __restrict__ base, i64 u, const float* v) {
     static_assert(N == U, "16-bit float units are 8 elements");
-    static_cast<uint4*>(base)[u] = make_uint4(Base::pack(v[0], v[1]), Base::pack(v[2], v[3]),
-                                              Base::pack(v[4], v[5]), Base::pack(v[6], v[7]));
+    static_cast<uint4*>(base)[u] = make_uint4(pack(v[0], v[1]), pack(v[2], v[3]),
+                                              pack(v[4], v[5]), pack(v[6], v[7]));
   }
   __device__ static float2 loadPair(const void* __restrict__ base, i64 i, bool two) {
     const unsigned short* p = static_cast<const unsigned short*>(base) + i;
@@ -251,7 +260,7 @@ struct Half16 : Half16Base<Bf16> {
   }
   __device__ static void storePair(void* __restrict__ base, i64 i, float2 v, bool two) {
     unsigned short* p = static_cast<unsigned short*>(base) + i;
-    const unsigned w = Base::pack(v.x, v.y);
+    const unsigned w = pack(v.x, v.y);
     p[0] = (unsigned short)(w & 0xffffu);
     if (two) p[1] = (unsigned short)(w >> 16);
   }
