@@ -6,8 +6,9 @@
  * two contiguous rows, summed in order from the first term. From 8 rows of A on, the product
  * runs on WebAssembly SIMD (lib/backends/cpu/gemm_wasm.ts), which computes the same sums bit
  * for bit; below that, or where WebAssembly cannot run it, the plain loop here does: a 2×4
- * block of outputs at a time (8 accumulators, 6 loads per 8 multiply-adds), columns in blocks
- * so the rows of Bᵀ in use stay in cache while all rows of A pass over them.
+ * block of outputs at a time (8 accumulators, 6 loads per 8 multiply-adds), a last odd row 8
+ * outputs at a time, columns in blocks so the rows of Bᵀ in use stay in cache while all rows
+ * of A pass over them.
  * @module
  */
 import { matmulGeometry } from "../../ops/matmul.ts";
@@ -97,15 +98,55 @@ export function gemmLoop(
         out[o1 + j] = s1;
       }
     }
-    if (m2 < m) {
-      const r = aOff + m2 * k, o = outOff + m2 * n;
-      for (let j = j0; j < j1; j++) {
-        const c = bOff + j * k;
-        let s = 0;
-        for (let p = 0; p < k; p++) s += a[r + p] * bt[c + p];
-        out[o + j] = s;
-      }
+    if (m2 < m) rowTimesColumns(a, aOff + m2 * k, bt, bOff, out, outOff + m2 * n, j0, j1, k);
+  }
+}
+
+/**
+ * One row of A against rows j0..j1 of Bᵀ (a decode step's product): eight outputs at a time, so
+ * that eight independent sums hide the adds' latency (2.5× one sum at a time).
+ */
+function rowTimesColumns(
+  a: Float64Array,
+  r: number,
+  bt: Float64Array,
+  bOff: number,
+  out: Float32Array | Float64Array,
+  o: number,
+  j0: number,
+  j1: number,
+  k: number,
+): void {
+  let j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    const c0 = bOff + j * k, c1 = c0 + k, c2 = c1 + k, c3 = c2 + k;
+    const c4 = c3 + k, c5 = c4 + k, c6 = c5 + k, c7 = c6 + k;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    for (let p = 0; p < k; p++) {
+      const x = a[r + p];
+      s0 += x * bt[c0 + p];
+      s1 += x * bt[c1 + p];
+      s2 += x * bt[c2 + p];
+      s3 += x * bt[c3 + p];
+      s4 += x * bt[c4 + p];
+      s5 += x * bt[c5 + p];
+      s6 += x * bt[c6 + p];
+      s7 += x * bt[c7 + p];
     }
+    out[o + j] = s0;
+    out[o + j + 1] = s1;
+    out[o + j + 2] = s2;
+    out[o + j + 3] = s3;
+    out[o + j + 4] = s4;
+    out[o + j + 5] = s5;
+    out[o + j + 6] = s6;
+    out[o + j + 7] = s7;
+  }
+  for (; j < j1; j++) {
+    const c = bOff + j * k;
+    let s = 0;
+    for (let p = 0; p < k; p++) s += a[r + p] * bt[c + p];
+    out[o + j] = s;
   }
 }
 
