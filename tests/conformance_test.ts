@@ -12,9 +12,9 @@
  *
  * Each case quantizes the file's x with its scale and compares the codes (int8 / int4 values,
  * e4m3fn bit patterns) with ONNX Runtime's, dequantizes them (to x's float type, as ONNX does)
- * and compares the bits, and dequantizes ONNX Runtime's own codes. A case whose tensors a file lacks is not run for
- * that file (the shared fixture has no extra cases); the shared fixture's cases must be in
- * every file.
+ * and compares the bits, and dequantizes ONNX Runtime's own codes. A case whose tensors a file
+ * lacks is not run for that file (the shared fixture has no extra cases); the shared fixture's
+ * cases must be in every file.
  * @module
  */
 import assert from "node:assert/strict";
