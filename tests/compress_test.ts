@@ -4,7 +4,8 @@
  * device and every product path (w8a8 int8 and fp8, weight-only int8 per output channel, per
  * input feature and per tensor, int4 blocks of 128; float32, float16 and bfloat16; 1, 5, 37
  * and 300 rows: the GEMVs, cuBLASLt and the int8 wgmma GEMM on cuda; 256 input features, and
- * 100, which the CUDA dequantization of the codes takes one element at a time rather than eight);
+ * 100, which the CUDA dequantization of the codes takes one element at a time rather than eight;
+ * int4 rows whose last block is shorter);
  * the fused op reads the codes as they are (attr `weightCodes`, no quantize of the weight in the
  * plan); the layer's state and errors; and the
  * bundled GPT-2, quantized and compressed, gives the uncompressed logits bit for bit and holds
@@ -46,7 +47,7 @@ function layerOf(
   const weight = tq.randn([N, k], { seed, std: 0.05, dtype });
   const w32 = weight.cast("float32").abs();
   const amax = kind === "w4 blocks"
-    ? w32.reshape([N, k / block, block]).max(2)
+    ? blockAmax(w32, k, block)
     : kind === "w8 tensor"
     ? w32.max()
     : kind === "w8 input channel"
@@ -63,6 +64,20 @@ function layerOf(
   return layer.to(device);
 }
 
+/** max |w| per row and block of `block` input features, the last block shorter where needed. */
+function blockAmax(abs: tq.Tensor, k: number, block: number): tq.Tensor {
+  const v = abs.dataSync() as Float32Array;
+  const perRow = Math.ceil(k / block);
+  const out = new Float32Array(N * perRow);
+  for (let r = 0; r < N; r++) {
+    for (let c = 0; c < k; c++) {
+      const i = r * perRow + Math.floor(c / block);
+      out[i] = Math.max(out[i], v[r * k + c]);
+    }
+  }
+  return tq.tensor(out, { shape: [N, perRow] });
+}
+
 /** The storage of `t` as numbers (16-bit floats as their bits): for bitwise equality. */
 function bits(t: tq.Tensor): number[] {
   return Array.from(t.storageSync() as ArrayLike<number>);
@@ -71,9 +86,16 @@ function bits(t: tq.Tensor): number[] {
 testOnDevices("compressed weights: the same outputs bit for bit, from the codes", (device) => {
   const rows = device === "cuda" ? [1, 5, 37, 300] : [1, 5, 37];
   let seed = 1;
-  // [input features, int4 block]: whole chunks of eight codes per row, and not.
-  for (const [k, block] of [[K, 128], [100, 20]]) {
-    for (const kind of KINDS) {
+  // [input features, int4 block, kinds]: whole chunks of eight codes per row, and not; int4
+  // rows whose last block is shorter (320 = 128 + 128 + 64: the GEMVs take it; 100 = 3 · 32 + 4).
+  const configs: [number, number, Kind[]][] = [
+    [K, 128, KINDS],
+    [100, 20, KINDS],
+    [320, 128, ["w4 blocks"]],
+    [100, 32, ["w4 blocks"]],
+  ];
+  for (const [k, block, kinds] of configs) {
+    for (const kind of kinds) {
       for (const dtype of ["float32", "float16", "bfloat16"] as DType[]) {
         const layer = layerOf(kind, dtype, device, seed, k, block);
         const inputs = rows.map((m) =>
