@@ -177,6 +177,27 @@ function casesOf(path: string): Case[] {
   return CASES.filter(has);
 }
 
+/**
+ * The case's options for the file's shapes. A block-wise case names the block size its vectors
+ * were made with; a file made with another (same names, other shapes) shows it in the scale's
+ * extent, `ceil(D / block)`: a whole number of blocks gives `D / extent`, and anything else is
+ * ambiguous and fails.
+ */
+function optionsFor(c: Case, xShape: readonly number[], scaleShape: readonly number[]) {
+  const { dim, blockSize } = c.options;
+  if (blockSize === undefined || dim === undefined) return c.options;
+  const axis = dim < 0 ? dim + xShape.length : dim;
+  const [extent, blocks] = [xShape[axis], scaleShape[axis]];
+  if (Math.ceil(extent / blockSize) === blocks) return c.options;
+  assert.ok(
+    blocks > 0 && extent % blocks === 0,
+    `${c.prefix}: ${blocks} scales along axis ${axis} of ${extent} fit no block size ` +
+      `unambiguously (the case expects ${blockSize})`,
+  );
+  console.log(`conformance ${c.prefix}: blocks of ${extent / blocks}, from the file's shapes`);
+  return { ...c.options, blockSize: extent / blocks };
+}
+
 function registerCase(vectors: VectorFile, c: Case): void {
   const where = `${c.prefix}${vectors.label}`;
   testOnDevices(`conformance ${where}: quantize and dequantize match ONNX Runtime`, (device) => {
@@ -186,8 +207,9 @@ function registerCase(vectors: VectorFile, c: Case): void {
     const qName = codesName(c);
     const qRef = readRaw(file, qName).storage as Int8Array | Uint8Array;
     const dqRef = readRaw(file, `${c.prefix}_dq`).storage;
+    const options = optionsFor(c, x.shape, scale.shape);
 
-    const q = quantize(x, scale, c.dtype, c.options);
+    const q = quantize(x, scale, c.dtype, options);
     assert.equal(q.dtype, c.dtype);
     assert.deepEqual(q.shape, x.shape);
     // int4 values are stored one per element in an Int8Array, like the file's I8 values;
@@ -196,12 +218,12 @@ function registerCase(vectors: VectorFile, c: Case): void {
 
     // ONNX's DequantizeLinear returns the scale's type, which is x's.
     const out = x.dtype as "float32" | "float16" | "bfloat16";
-    const dq = dequantize(q, scale, out, c.options);
+    const dq = dequantize(q, scale, out, options);
     assertExact(`${c.prefix}_dq${vectors.label}`, bitsOf(dq.storageSync()), bitsOf(dqRef));
 
     // Dequantizing the reference codes directly checks dequantize on its own.
     const qFile = load(file, qName, device, c.dtype);
-    const dq2 = dequantize(qFile, scale, out, c.options);
+    const dq2 = dequantize(qFile, scale, out, options);
     assertExact(
       `${c.prefix}_dq${vectors.label} (from the file's codes)`,
       bitsOf(dq2.storageSync()),
