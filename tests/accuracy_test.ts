@@ -74,6 +74,7 @@ import {
   type SafetensorsTensors,
   type Tensor,
 } from "../mod.ts";
+import { SafetensorsFile } from "../lib/io/safetensors.ts";
 import { filesExist, SHARED_DIR, sharedTest } from "./helpers.ts";
 
 /** The model and fixture directories the environment names, if any. */
@@ -235,12 +236,34 @@ interface ModeCase {
   mode: QuantizationMode;
   fixture: string;
   quantizesInputs: boolean;
+  /** w4's block size along the input features. */
+  blockSize?: number;
+}
+
+/**
+ * The w4 sets the reference holds, `logits_w4_b<block>` (the shared set's is blocks of 128;
+ * a set made with other blocks names them).
+ */
+function w4Cases(): ModeCase[] {
+  let blocks = [128];
+  if (haveSet) {
+    using file = SafetensorsFile.open(REFERENCE);
+    const named = file.keys().map((k) => /^logits_w4_b([1-9][0-9]*)$/.exec(k)?.[1])
+      .filter((b) => b !== undefined).map(Number);
+    if (named.length > 0) blocks = named;
+  }
+  return blocks.map((b) => ({
+    mode: "w4",
+    fixture: `w4_b${b}`,
+    quantizesInputs: false,
+    blockSize: b,
+  }));
 }
 
 const MODES: ModeCase[] = [
   { mode: "w8a8", fixture: "w8a8", quantizesInputs: true },
   { mode: "w8", fixture: "w8", quantizesInputs: false },
-  { mode: "w4", fixture: "w4_b128", quantizesInputs: false },
+  ...w4Cases(),
   { mode: "fp8", fixture: "fp8", quantizesInputs: true },
 ];
 
@@ -303,12 +326,13 @@ function checkMode(c: ModeCase, device: string): void {
   const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
   using amaxFile = loadSafetensors(AMAX);
   const amax = importAmax(amaxFile);
-  const layers = quantizeModel(model, { mode: c.mode, exclude: ["lm_head"], amax });
+  const blockSize = c.blockSize;
+  const layers = quantizeModel(model, { mode: c.mode, exclude: ["lm_head"], amax, blockSize });
   assert.deepEqual(layers.map((l) => l.name), projectionNames(model), "every Conv1D, not lm_head");
-  if (c.mode === "w4") {
-    // Blocks of 128 input features per output row.
+  if (blockSize !== undefined) {
+    // Blocks of blockSize input features per output row, the last one shorter where needed.
     const [out, inFeatures] = (findModule(model, layers[0].name) as Linear).weight.shape;
-    assert.deepEqual(layers[0].weightScaleShape, [out, Math.ceil(inFeatures / 128)]);
+    assert.deepEqual(layers[0].weightScaleShape, [out, Math.ceil(inFeatures / blockSize)]);
   }
   model.to(device);
 

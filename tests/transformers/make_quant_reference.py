@@ -3,7 +3,7 @@
 
     python3 tests/transformers/make_quant_reference.py MODEL_DIR OUT_DIR [--text FILE]
         [--seed N] [--windows W] [--positions P] [--device cpu|cuda] [--ids-from FILE]
-        [--attention sdpa|eager] [--compare-to DIR]
+        [--attention sdpa|eager] [--compare-to DIR] [--w4-block B]
 
 MODEL_DIR is a Hugging Face GPT2LMHeadModel directory (one model.safetensors or a sharded
 checkpoint with its index; float16 / bfloat16 files are run in float32). OUT_DIR receives the
@@ -25,7 +25,8 @@ shared fixtures (../shared/fixtures/README.md):
     inputs per tensor (scale = input_amax / 127); w8 = the weights alone; w4_b128 = int4
     weights in blocks of 128 consecutive input features of each output channel (scale = block
     amax / 7; when 128 does not divide the input features the last block is shorter, as ONNX
-    opset 21 blocks are); fp8 = e4m3 weights per output channel (amax / 448) and inputs per
+    opset 21 blocks are; `--w4-block B` makes blocks of B instead, named `logits_w4_bB`, which
+    tests/accuracy_test.ts then checks); fp8 = e4m3 weights per output channel (amax / 448) and inputs per
     tensor (input_amax / 448), saturating to +-448.
 - `calibration_amax.safetensors`: for each Conv1D NAME (`transformer.h.0.attn.c_attn`, ...),
   `NAME.input_amax` float32 [1], the max |input| over the float32 model's forward of
@@ -63,8 +64,8 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-MODES = ["w8a8", "w8", "w4_b128", "fp8"]
-BLOCK = 128
+BLOCK = 128  # w4's block along the input features (--w4-block)
+MODES = ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]
 
 
 def parse_args():
@@ -79,6 +80,8 @@ def parse_args():
     p.add_argument("--ids-from", help="take input_ids and calib_ids from this reference.safetensors")
     p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
     p.add_argument("--compare-to", help="a directory holding another set to compare with")
+    p.add_argument("--w4-block", type=int, default=BLOCK,
+                   help="w4's block size (default 128); names the set logits_w4_b<B>, w4_b<B>_loss")
     return p.parse_args()
 
 
@@ -116,7 +119,7 @@ def fake_quant_weight(w, weight_amax, mode):
         return fake_quant_int(w, scale_from_amax(weight_amax, 127.0)[None, :], 8)
     if mode == "fp8":
         return fake_quant_fp8(w, scale_from_amax(weight_amax, 448.0)[None, :])
-    assert mode == "w4_b128"
+    assert mode == f"w4_b{BLOCK}"
     inp, out = w.shape
     blocks = math.ceil(inp / BLOCK)
     rows = w.t()  # [out, in]: blocks run along the input features of each output channel
@@ -261,7 +264,12 @@ def compare(out_dir, other_dir):
 
 
 def main():
+    global BLOCK, MODES
     args = parse_args()
+    if args.w4_block < 1:
+        raise SystemExit("--w4-block must be a positive integer")
+    BLOCK = args.w4_block
+    MODES = ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
