@@ -1,6 +1,7 @@
 /**
- * Quantized GPT-2 against PyTorch: a model quantized with the reference calibration ranges
- * (w8a8, w8, w4 blocks of 128, fp8) must reproduce the reference fake-quantized logits and
+ * GPT-2 against PyTorch: the float32 model (CPU and CUDA) must reproduce the reference logits
+ * and loss; a model quantized with the reference calibration ranges (w8a8, w8, w4 blocks of
+ * 128 or those the set names, fp8) must reproduce the reference fake-quantized logits and
  * losses, and max calibration on the reference calibration windows must reproduce the
  * reference ranges. By default the model is ../shared/models/tiny-shakespeare-gpt2 (byte-level,
  * trained on Tiny Shakespeare) with the fixtures in ../shared/fixtures; the numbers below are
@@ -267,28 +268,32 @@ const MODES: ModeCase[] = [
   { mode: "fp8", fixture: "fp8", quantizesInputs: true },
 ];
 
-sharedTest(
-  haveSet,
-  "float32 logits on the GPU match PyTorch (max |diff| <= 1e-3 or 1e-5 max |logit|), loss 1e-4",
-  () => {
-    const fx = loadFixtures();
-    const { report, inputIds, fp32Logits } = fx;
-    const bound = noiseBound(1e-3, fx);
-    const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR).to("cuda");
-    const logits = model.forward(inputIds.to("cuda")).evaluate();
-    const ours = logits.dataSync() as Float32Array;
-    let max = 0;
-    for (let i = 0; i < ours.length; i++) {
-      const d = Math.abs(ours[i] - fp32Logits[i]);
-      if (!(d <= max)) max = d;
-    }
-    const loss = lossFromLogits(logits, inputIds.to("cuda"));
-    console.log(`cuda float32: max |logit diff| ${max.toExponential(3)}, loss ${loss.toFixed(6)}`);
-    assert.ok(max <= bound, `max diff ${max}, bound ${bound}`);
-    assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss} vs ${report.fp32_loss}`);
-  },
-  { gpu: true },
-);
+for (const device of ["cpu", "cuda"]) {
+  sharedTest(
+    haveSet,
+    "float32 logits match PyTorch (max |diff| <= 1e-3 or 1e-5 max |logit|), loss 1e-4",
+    () => {
+      const fx = loadFixtures();
+      const { report, inputIds, fp32Logits } = fx;
+      const bound = noiseBound(1e-3, fx);
+      const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR).to(device);
+      const logits = model.forward(inputIds.to(device)).evaluate();
+      const ours = logits.dataSync() as Float32Array;
+      let max = 0;
+      for (let i = 0; i < ours.length; i++) {
+        const d = Math.abs(ours[i] - fp32Logits[i]);
+        if (!(d <= max)) max = d;
+      }
+      const loss = lossFromLogits(logits, inputIds.to(device));
+      console.log(
+        `${device} float32: max |logit diff| ${max.toExponential(3)}, loss ${loss.toFixed(6)}`,
+      );
+      assert.ok(max <= bound, `max diff ${max}, bound ${bound}`);
+      assert.ok(Math.abs(loss - report.fp32_loss) <= 1e-4, `loss ${loss} vs ${report.fp32_loss}`);
+    },
+    { gpu: device === "cuda" },
+  );
+}
 
 /**
  * Position-0 bound of the modes that quantize activations, on every device. (fp8 products on
