@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
+import { cpuBackend, CpuBuffer } from "../lib/backends/cpu/backend.ts";
+import { plannedGraph } from "../lib/runtime/evaluate.ts";
 import { assertClose, assertTqError, testOnDevices, thisLine } from "./helpers.ts";
 
 function mlp(device: string, layers: number, width: number): tq.Sequential {
@@ -195,6 +197,41 @@ testOnDevices("compile with donate: a cache updated in place across calls", (dev
     assert.deepEqual(kept[0].toArray(), snapshot, "an earlier result is not overwritten");
     exe.dispose();
   }
+});
+
+Deno.test("cpu: a donated cache read once is updated in place, any other is copied", () => {
+  // The plan of sliceScatter(cache, rows, 2) with the cache a writable leaf (a donated
+  // argument): the kernel writes the rows into the cache's own storage and returns it.
+  const cache = tq.randn([5, 3], { seed: 4 }).evaluate();
+  const rows = tq.randn([2, 3], { seed: 5 }).evaluate();
+  const graph = plannedGraph([tq.sliceScatter(cache, rows, 2, 0).node]);
+  assert.deepEqual(graph.nodes.map((n) => n.op), ["sliceScatter"]);
+  const run = (writable: boolean) => {
+    const leaves = graph.leaves.map((l, i) => (i === 0 ? { ...l, writable } : l));
+    const plan = cpuBackend.lower({ ...graph, leaves });
+    const input = Float32Array.from(cache.dataSync() as Float32Array);
+    const bufs = [input, rows.dataSync() as Float32Array].map((d) => new CpuBuffer("float32", d));
+    return { input, out: (plan.run(bufs)[0] as CpuBuffer).data as Float32Array };
+  };
+  const before = cache.dataSync() as Float32Array;
+  const r = rows.dataSync() as Float32Array;
+  const expected = Float32Array.from(before, (v, i) => (i >= 6 && i < 12 ? r[i - 6] : v));
+  const inPlace = run(true);
+  assert.equal(inPlace.out, inPlace.input, "the cache's own storage");
+  assert.deepEqual(inPlace.out, expected);
+  const copied = run(false);
+  assert.notEqual(copied.out, copied.input);
+  assert.deepEqual(copied.out, expected);
+  assert.deepEqual(copied.input, before, "an input that is not writable stays as it was");
+  // A writable leaf that something else also reads is not overwritten either.
+  const twice = plannedGraph([tq.sliceScatter(cache, rows, 2, 0).add(cache).node]);
+  const leaves = twice.leaves.map((l, i) => (i === 0 ? { ...l, writable: true } : l));
+  const plan = cpuBackend.lower({ ...twice, leaves });
+  const input = Float32Array.from(before);
+  const out = (plan.run([input, r].map((d) => new CpuBuffer("float32", d)))[0] as CpuBuffer)
+    .data as Float32Array;
+  assert.deepEqual(input, before);
+  assert.deepEqual(out, Float32Array.from(expected, (v, i) => v + before[i]));
 });
 
 Deno.test("compile rejects a bad donate list", () => {

@@ -114,6 +114,25 @@ export function backendFor(kind: "cpu" | "cuda"): Backend | undefined {
   return backends.get(kind);
 }
 
+/**
+ * Per node, per input: whether the op may overwrite that input's buffer. It may when the input
+ * is a writable leaf (a donated argument of a compiled function) that this one input reads and
+ * nothing else does (no other input, not an output).
+ */
+export function overwritableInputs(graph: PlanGraph): boolean[][] {
+  const reads = graph.leaves.map(() => 0);
+  const count = (r: ValueRef) => {
+    if ("leaf" in r) reads[r.leaf]++;
+  };
+  graph.nodes.forEach((n) => n.inputs.forEach(count));
+  graph.outputs.forEach(count);
+  return graph.nodes.map((n) =>
+    n.inputs.map((r) =>
+      "leaf" in r && graph.leaves[r.leaf].writable === true && reads[r.leaf] === 1
+    )
+  );
+}
+
 /** Output shape and dtype of one input of a plan node, resolved against the graph. */
 export function refInfo(graph: PlanGraph, ref: ValueRef): { shape: Shape; dtype: DType } {
   return "leaf" in ref ? graph.leaves[ref.leaf] : graph.nodes[ref.node];

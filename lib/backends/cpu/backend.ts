@@ -9,6 +9,7 @@ import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
 import { MAX_HOST_ELEMENTS, numel, type Shape } from "../../shape.ts";
 import {
   type Backend,
+  overwritableInputs,
   type Plan,
   type PlanGraph,
   refInfo,
@@ -60,9 +61,17 @@ export interface CpuKernelContext {
   out: ValueInfo;
   /** Input shapes and dtypes. */
   inputs: ValueInfo[];
+  /**
+   * Per input: the kernel may write into that input's storage and return it (a donated
+   * argument that nothing else reads; see `overwritableInputs`).
+   */
+  overwritable?: readonly boolean[];
 }
 
-/** A CPU kernel: input storages in, output storage out. Inputs must not be modified. */
+/**
+ * A CPU kernel: input storages in, output storage out. Inputs must not be modified, except one
+ * its context marks overwritable.
+ */
 export type CpuKernel = (inputs: StorageArray[], ctx: CpuKernelContext) => StorageArray;
 
 const kernels = new Map<string, CpuKernel>();
@@ -138,15 +147,18 @@ export const cpuBackend: Backend = {
   allocate: (_device, dtype, numel) => new CpuBuffer(dtype, allocStorage(dtype, numel)),
   copy: (dst, src) => (dst as CpuBuffer).data.set((src as CpuBuffer).data as never),
   lower(graph: PlanGraph): Plan {
-    const steps = graph.nodes.map((n): Step => {
+    const overwritable = overwritableInputs(graph);
+    const steps = graph.nodes.map((n, i): Step => {
       const inputs = n.inputs.map((r) => refInfo(graph, r));
       checkHostSize(n.op, "output", n.shape);
       inputs.forEach((info, k) => checkHostSize(n.op, `input ${k}`, info.shape));
-      return {
-        kernel: cpuKernel(n.op),
-        inputs: n.inputs,
-        ctx: { attrs: n.attrs, out: { shape: n.shape, dtype: n.dtype }, inputs },
+      const ctx: CpuKernelContext = {
+        attrs: n.attrs,
+        out: { shape: n.shape, dtype: n.dtype },
+        inputs,
       };
+      if (overwritable[i].some((w) => w)) ctx.overwritable = overwritable[i];
+      return { kernel: cpuKernel(n.op), inputs: n.inputs, ctx };
     });
     return new CpuPlan(steps, graph.outputs);
   },

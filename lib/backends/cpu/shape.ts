@@ -131,7 +131,8 @@ registerCpuKernel("slice", ([x], ctx) => {
   return copyElements(x, ctx.out.dtype, base, ctx.out.shape, steps.map((s, d) => s * inStrides[d]));
 });
 
-// A copy of x with src written at rows [s, s + m) of the axis (x viewed as [outer, n, inner]).
+// A copy of x with src written at rows [s, s + m) of the axis (x viewed as [outer, n, inner]);
+// x itself, updated in place, where the plan allows (a donated cache: no copy of the rest).
 registerCpuKernel("sliceScatter", ([x, src, startValue], ctx) => {
   const axis = ctx.attrs.axis as number;
   const shape = ctx.inputs[0].shape;
@@ -141,9 +142,9 @@ registerCpuKernel("sliceScatter", ([x, src, startValue], ctx) => {
   const start = ctx.attrs.hasStartTensor
     ? Math.min(Math.max(Number(startValue[0]), 0), n - m)
     : (ctx.attrs.start as number);
-  const out = output(ctx.out.dtype, numel(shape));
-  const from = wordsOf(x).words;
-  copyRun(out.words, 0, from, 0, from.length);
+  const inPlace = ctx.overwritable?.[0] === true;
+  const out = inPlace ? { storage: x, ...wordsOf(x) } : output(ctx.out.dtype, numel(shape));
+  if (!inPlace) copyRun(out.words, 0, wordsOf(x).words, 0, x.length * out.per);
   const rows = wordsOf(src).words;
   const outer = numel(shape.slice(0, axis));
   const inner = numel(shape.slice(axis + 1)) * out.per;

@@ -18,6 +18,7 @@ import type { DeviceBuffer } from "../../graph/node.ts";
 import { numel } from "../../shape.ts";
 import {
   type Backend,
+  overwritableInputs,
   type Plan,
   type PlanGraph,
   refInfo,
@@ -200,20 +201,14 @@ export const cudaBackend: Backend = {
 
   lower(graph: PlanGraph): Plan {
     const device = deviceOf(graph.device);
-    // A writable leaf read once (by one op input, not an output) may be updated in place.
-    const leafReads = graph.leaves.map(() => 0);
-    const countRead = (r: ValueRef) => "leaf" in r && leafReads[r.leaf]++;
-    graph.nodes.forEach((n) => n.inputs.forEach(countRead));
-    graph.outputs.forEach(countRead);
-    const steps = graph.nodes.map((n): Step => ({
+    const overwritable = overwritableInputs(graph);
+    const steps = graph.nodes.map((n, i): Step => ({
       lowered: cudaLowering(n.op)({
         attrs: n.attrs,
         out: { shape: n.shape, dtype: n.dtype },
         inputs: n.inputs.map((r) => refInfo(graph, r)),
         device,
-        overwritable: n.inputs.map((r) =>
-          "leaf" in r && graph.leaves[r.leaf].writable === true && leafReads[r.leaf] === 1
-        ),
+        overwritable: overwritable[i],
       }),
       inputs: n.inputs,
       dtype: n.dtype,
