@@ -69,7 +69,7 @@ registerCpuKernel("attention", (storages, ctx) => {
   // at zero.
   const visible = (i: number) => causal ? Math.min(len, i + len - t + 1) : len;
   const qh = new Float64Array(t * d);
-  const kh = new Float64Array(len * d);
+  const kh = new Float64Array(t > 1 ? len * d : 0);
   const scores = new Float64Array(BAND * len);
   const weights = new Float64Array(BAND * len);
   const vt = new Float64Array(dv * len);
@@ -83,16 +83,28 @@ registerCpuKernel("attention", (storages, ctx) => {
     for (let i = 0; i < t; i++) {
       for (let e = 0; e < d; e++) qh[i * d + e] = q[qBase + i * qT + e * qE];
     }
-    for (let j = 0; j < len; j++) {
-      for (let e = 0; e < d; e++) kh[j * d + e] = k[kBase + j * kT + e * kE];
+    // One query (a decode step) reads the keys where they are; a band, gathered into rows.
+    if (t > 1) {
+      for (let j = 0; j < len; j++) {
+        for (let e = 0; e < d; e++) kh[j * d + e] = k[kBase + j * kT + e * kE];
+      }
     }
     for (let i0 = 0; i0 < t; i0 += BAND) {
       const rows = Math.min(BAND, t - i0);
       const last = visible(i0 + rows - 1);
       if (last <= 0) continue;
-      // Scores of the band against the keys its last query sees.
-      gemm(qh, i0 * d, kh, 0, scores, 0, rows, last, d);
-      const first = Math.max(visible(i0), 0);
+      // Scores of the band against the keys its last query sees (each sum in order of e).
+      if (t > 1) gemm(qh, i0 * d, kh, 0, scores, 0, rows, last, d);
+      else {
+        for (let j = 0; j < last; j++) {
+          const kRow = kBase + j * kT;
+          let sum = 0;
+          for (let e = 0; e < d; e++) sum += qh[e] * k[kRow + e * kE];
+          scores[j] = sum;
+        }
+      }
+      // A band of one query sums all its keys below, in the same order, without gathering Vᵀ.
+      const first = rows > 1 ? Math.max(visible(i0), 0) : 0;
       for (let r = 0; r < rows; r++) {
         const seen = visible(i0 + r);
         if (seen <= 0) continue;
