@@ -195,6 +195,29 @@ testOnDevices("attention with kvLength: decode, static cache and clamping", (dev
   }
 });
 
+Deno.test("cpu: a decode step's attention equals its row of the prefill's, bit for bit", () => {
+  // The CPU sums every score and weighted sum in key order, one query or a band of them: a
+  // query attending alone to the keys up to its own gives the causal prefill's row exactly
+  // (40 queries: one band of 32 and a shorter one; strided keys and values).
+  const [heads, t, d] = [3, 40, 16];
+  const q = tq.randn([1, heads, t, d], { seed: 301 });
+  const kv = tq.randn([1, t, 2, heads, d], { seed: 302 });
+  const k = kv.slice([null, null, 0]).permute([0, 2, 1, 3]);
+  const v = kv.slice([null, null, 1]).permute([0, 2, 1, 3]);
+  const prefill = tq.attention(q, k, v, { causal: true }).dataSync() as Float32Array;
+  for (const i of [0, 1, 17, 31, 32, 39]) {
+    const row = q.slice([null, null, [i, i + 1]]);
+    const keys = (x: tq.Tensor) => x.slice([null, null, [0, i + 1]]);
+    for (const causal of [true, false]) {
+      const step = tq.attention(row, keys(k), keys(v), { causal }).dataSync() as Float32Array;
+      for (let h = 0; h < heads; h++) {
+        const want = prefill.subarray((h * t + i) * d, (h * t + i + 1) * d);
+        assert.deepEqual(step.subarray(h * d, (h + 1) * d), want, `query ${i}, head ${h}`);
+      }
+    }
+  }
+});
+
 testOnDevices("attention honours an explicit scale, negative included", (device) => {
   const sz: Sizes = { lead: [1, 2], t: 9, s: 9, d: 64, dv: 64 };
   for (const dtype of FLOATS) {
