@@ -98,12 +98,18 @@ function epilogue(
   inputs: StorageArray[],
 ): StorageArray {
   const out = outArray(ctx.out.dtype, acc.length);
-  const b = bias ? read(ctx.inputs[biasIndex].dtype, bias) : undefined;
-  const act = activationFn(ctx.attrs.activation);
+  // Per column: the scale, and the bias (0 without one: y + 0 as the unfused graph adds it).
+  const scale = Float64Array.from({ length: n }, (_, j) => colScale(j));
+  const add = new Float64Array(n);
+  if (bias) add.set(read(ctx.inputs[biasIndex].dtype, bias));
   const v = out.values;
-  for (let i = 0; i < acc.length; i++) {
-    const j = i % n;
-    v[i] = act(acc[i] * colScale(j) + (b ? b[j] : 0));
+  // Without an activation the loop calls nothing per element (most products have none).
+  const act = ctx.attrs.activation && ctx.attrs.activation !== "none"
+    ? activationFn(ctx.attrs.activation)
+    : undefined;
+  for (let i = 0; i < acc.length; i += n) {
+    if (act) { for (let j = 0; j < n; j++) v[i + j] = act(acc[i + j] * scale[j] + add[j]); }
+    else for (let j = 0; j < n; j++) v[i + j] = acc[i + j] * scale[j] + add[j];
   }
   return withResidual(out.finish(), inputs, ctx);
 }
