@@ -88,28 +88,33 @@ function quantizeValues(
   return Float64Array.from(decode(attrs.dtype as "int8", q));
 }
 
+/**
+ * `act(acc · scale[j] + bias[j])` per output column j, rounded once to the output dtype
+ * (`scale` undefined: no multiply; no bias: + 0, as the unfused graph adds it), then the folded
+ * residual if any.
+ */
 function epilogue(
   acc: Float64Array,
   ctx: CpuKernelContext,
   n: number,
-  colScale: (j: number) => number,
+  scale: Float64Array | undefined,
   bias: StorageArray | undefined,
   biasIndex: number,
   inputs: StorageArray[],
 ): StorageArray {
   const out = outArray(ctx.out.dtype, acc.length);
-  // Per column: the scale, and the bias (0 without one: y + 0 as the unfused graph adds it).
-  const scale = Float64Array.from({ length: n }, (_, j) => colScale(j));
-  const add = new Float64Array(n);
-  if (bias) add.set(read(ctx.inputs[biasIndex].dtype, bias));
+  const add = bias ? read(ctx.inputs[biasIndex].dtype, bias) : new Float64Array(n);
   const v = out.values;
-  // Without an activation the loop calls nothing per element (most products have none).
+  // Loops without calls per element where there is no activation (most products).
   const act = ctx.attrs.activation && ctx.attrs.activation !== "none"
     ? activationFn(ctx.attrs.activation)
     : undefined;
   for (let i = 0; i < acc.length; i += n) {
-    if (act) { for (let j = 0; j < n; j++) v[i + j] = act(acc[i + j] * scale[j] + add[j]); }
-    else for (let j = 0; j < n; j++) v[i + j] = acc[i + j] * scale[j] + add[j];
+    if (scale && act) {
+      for (let j = 0; j < n; j++) v[i + j] = act(acc[i + j] * scale[j] + add[j]);
+    } else if (scale) { for (let j = 0; j < n; j++) v[i + j] = acc[i + j] * scale[j] + add[j]; }
+    else if (act) { for (let j = 0; j < n; j++) v[i + j] = act(acc[i + j] + add[j]); }
+    else for (let j = 0; j < n; j++) v[i + j] = acc[i + j] + add[j];
   }
   return withResidual(out.finish(), inputs, ctx);
 }
@@ -214,7 +219,9 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
   const xs = read(ctx.inputs[2].dtype, sxd)[0];
   const ws = read(ctx.inputs[5].dtype, swd);
   const perChannel = ctx.attrs.weightMode === "channel";
-  return epilogue(acc, ctx, n, (j) => xs * ws[perChannel ? j : 0], bias, 6, inputs);
+  const scale = new Float64Array(n);
+  for (let j = 0; j < n; j++) scale[j] = xs * ws[perChannel ? j : 0];
+  return epilogue(acc, ctx, n, scale, bias, 6, inputs);
 });
 
 registerCpuKernel("wlinear", (inputs, ctx) => {
@@ -254,7 +261,7 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
   });
   const acc = new Float64Array(m * n);
   if (k > 0) gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k);
-  return epilogue(acc, ctx, n, () => 1, bias, 4, inputs);
+  return epilogue(acc, ctx, n, undefined, bias, 4, inputs);
 });
 
 // Float weights as float64 `[N, K]` rows (already the Bᵀ layout gemm takes), per storage.
@@ -276,5 +283,5 @@ registerCpuKernel("linear", (inputs, ctx) => {
     if (!wt) floatWeights.set(w, wt = Float64Array.from(read(ctx.inputs[1].dtype, w)));
     gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, wt, 0, acc, 0, m, n, k);
   }
-  return epilogue(acc, ctx, n, () => 1, bias, 2, inputs);
+  return epilogue(acc, ctx, n, undefined, bias, 2, inputs);
 });
