@@ -47,7 +47,7 @@ function layerOf(
   const weight = tq.randn([N, k], { seed, std: 0.05, dtype });
   const w32 = weight.cast("float32").abs();
   const amax = kind === "w4 blocks"
-    ? blockAmax(w32, k, block)
+    ? tq.tensor(tq.weightAmaxPerBlock(w32, block), { shape: [N, Math.ceil(k / block)] })
     : kind === "w8 tensor"
     ? w32.max()
     : kind === "w8 input channel"
@@ -62,20 +62,6 @@ function layerOf(
   const layer = new tq.Linear(k, N, { ...options, dtype });
   layer.loadStateDict(dict);
   return layer.to(device);
-}
-
-/** max |w| per row and block of `block` input features, the last block shorter where needed. */
-function blockAmax(abs: tq.Tensor, k: number, block: number): tq.Tensor {
-  const v = abs.dataSync() as Float32Array;
-  const perRow = Math.ceil(k / block);
-  const out = new Float32Array(N * perRow);
-  for (let r = 0; r < N; r++) {
-    for (let c = 0; c < k; c++) {
-      const i = r * perRow + Math.floor(c / block);
-      out[i] = Math.max(out[i], v[r * k + c]);
-    }
-  }
-  return tq.tensor(out, { shape: [N, perRow] });
 }
 
 /** The storage of `t` as numbers (16-bit floats as their bits): for bitwise equality. */

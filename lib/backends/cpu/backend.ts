@@ -152,12 +152,8 @@ export const cpuBackend: Backend = {
       const inputs = n.inputs.map((r) => refInfo(graph, r));
       checkHostSize(n.op, "output", n.shape);
       inputs.forEach((info, k) => checkHostSize(n.op, `input ${k}`, info.shape));
-      const ctx: CpuKernelContext = {
-        attrs: n.attrs,
-        out: { shape: n.shape, dtype: n.dtype },
-        inputs,
-      };
-      if (overwritable[i].some((w) => w)) ctx.overwritable = overwritable[i];
+      const out = { shape: n.shape, dtype: n.dtype };
+      const ctx = { attrs: n.attrs, out, inputs, overwritable: overwritable[i] };
       return { kernel: cpuKernel(n.op), inputs: n.inputs, ctx };
     });
     return new CpuPlan(steps, graph.outputs);
