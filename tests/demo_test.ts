@@ -2,7 +2,8 @@
  * The GPT-2 demo (examples/gpt2/demo.ts) run as a subprocess with the permissions of
  * `deno task demo`: the bundled byte-level model end to end, a random model with a GPT-2 BPE
  * vocabulary, the refusal of a model it cannot tokenize, and usage errors. Also the BPE
- * tokenizer and the report helpers on hand-computed cases.
+ * tokenizer (on hand-computed cases and on Hugging Face's ids for a trained vocabulary) and the
+ * report helpers on hand-computed cases.
  * @module
  */
 import assert from "node:assert/strict";
@@ -215,6 +216,26 @@ Deno.test("bpeTokenizer: hand-computed merges, byte fallback and round trip", as
     assert.equal(tok.tokenBytes(299).length, 0, "an id without a token decodes to nothing");
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bpeTokenizer: the ids of Hugging Face tokenizers on a trained vocabulary", () => {
+  // tests/fixtures/bpe: 1000 tokens trained on the demo's training slice, and the ids that
+  // Hugging Face tokenizers gives for held-out text and strings that reach every branch of the
+  // pre-tokenization (tests/transformers/make_bpe_vectors.py).
+  const dir = new URL("fixtures/bpe/", import.meta.url).pathname;
+  const { texts, ids } = JSON.parse(Deno.readTextFileSync(`${dir}vectors.json`)) as {
+    texts: string[];
+    ids: number[][];
+  };
+  assert.equal(texts.length, ids.length);
+  assert.ok(texts.length >= 20, "the vector file holds its texts");
+  const tok = bpeTokenizer(dir, 1000);
+  const decoder = new TextDecoder();
+  for (let i = 0; i < texts.length; i++) {
+    assert.deepEqual(tok.encode(texts[i]), ids[i], `text ${i}: ${JSON.stringify(texts[i])}`);
+    const bytes = ids[i].flatMap((id) => Array.from(tok.tokenBytes(id)));
+    assert.equal(decoder.decode(Uint8Array.from(bytes)), texts[i], `text ${i} round trip`);
   }
 });
 
