@@ -1,4 +1,4 @@
-;; The CPU backend's float64 matrix product (lib/backends/cpu/gemm.ts), in WebAssembly with
+;; The CPU backend's float64 matrix product (lib/backends/cpu/matmul.ts), in WebAssembly with
 ;; 128-bit SIMD: two float64 lanes, each a different output column.
 ;;
 ;; gemm(a, b, out, m, n, k), byte addresses in this module's memory, m and n multiples of 4:
@@ -102,4 +102,98 @@
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
             (br $panels)))
         (local.set $band (local.get $bandEnd))
-        (br $bands)))))
+        (br $bands))))
+  ;; gemv(a, b, out, n, k), byte addresses, n a multiple of 4: one row of a product,
+  ;;   out[j] = Σ_{p = 0 .. k−1} a[p] · b[(j / 4)·4k + 4p + j % 4],
+  ;; where b holds the n columns as panels of four float32 values, each panel k rows of four: a
+  ;; layer's weight, kept in this memory between calls (lib/backends/cpu/gemm_wasm.ts keeps only
+  ;; weights that float32 holds exactly). Each pair of values is widened to float64 (exactly) and
+  ;; every output summed in order of p, with a separate multiply and add per term: bit for bit
+  ;; the plain loop's sums, reading half the bytes of float64 panels. Four panels at a time
+  ;; (eight two-lane accumulators, enough adds in flight to hide their latency), then one.
+  (func (export "gemv")
+    (param $a i32) (param $b i32) (param $out i32) (param $n i32) (param $k i32)
+    (local $j i32) (local $ap i32) (local $aEnd i32) (local $bp i32) (local $panel i32)
+    (local $o i32)
+    (local $c0 v128) (local $c1 v128) (local $c2 v128) (local $c3 v128)
+    (local $c4 v128) (local $c5 v128) (local $c6 v128) (local $c7 v128) (local $x v128)
+    ;; A panel is k rows of 16 bytes.
+    (local.set $panel (i32.shl (local.get $k) (i32.const 4)))
+    (local.set $aEnd (i32.add (local.get $a) (i32.shl (local.get $k) (i32.const 3))))
+    (local.set $j (i32.const 0))
+    (block $fourDone
+      (loop $four
+        (br_if $fourDone (i32.gt_u (i32.add (local.get $j) (i32.const 16)) (local.get $n)))
+        (local.set $c0 (v128.const i64x2 0 0))
+        (local.set $c1 (v128.const i64x2 0 0))
+        (local.set $c2 (v128.const i64x2 0 0))
+        (local.set $c3 (v128.const i64x2 0 0))
+        (local.set $c4 (v128.const i64x2 0 0))
+        (local.set $c5 (v128.const i64x2 0 0))
+        (local.set $c6 (v128.const i64x2 0 0))
+        (local.set $c7 (v128.const i64x2 0 0))
+        (local.set $ap (local.get $a))
+        ;; Panel j / 4 starts at j·k·4 bytes.
+        (local.set $bp
+          (i32.add (local.get $b) (i32.mul (local.get $j) (i32.shl (local.get $k) (i32.const 2)))))
+        (block $stepsDone
+          (loop $steps
+            (br_if $stepsDone (i32.ge_u (local.get $ap) (local.get $aEnd)))
+            (local.set $x (f64x2.splat (f64.load (local.get $ap))))
+            (local.set $c0 (f64x2.add (local.get $c0) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $bp))))))
+            (local.set $c1 (f64x2.add (local.get $c1) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $bp))))))
+            (local.set $o (i32.add (local.get $bp) (local.get $panel)))
+            (local.set $c2 (f64x2.add (local.get $c2) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $o))))))
+            (local.set $c3 (f64x2.add (local.get $c3) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $o))))))
+            (local.set $o (i32.add (local.get $o) (local.get $panel)))
+            (local.set $c4 (f64x2.add (local.get $c4) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $o))))))
+            (local.set $c5 (f64x2.add (local.get $c5) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $o))))))
+            (local.set $o (i32.add (local.get $o) (local.get $panel)))
+            (local.set $c6 (f64x2.add (local.get $c6) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $o))))))
+            (local.set $c7 (f64x2.add (local.get $c7) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $o))))))
+            (local.set $ap (i32.add (local.get $ap) (i32.const 8)))
+            (local.set $bp (i32.add (local.get $bp) (i32.const 16)))
+            (br $steps)))
+        (local.set $o (i32.add (local.get $out) (i32.shl (local.get $j) (i32.const 3))))
+        (v128.store (local.get $o) (local.get $c0))
+        (v128.store offset=16 (local.get $o) (local.get $c1))
+        (v128.store offset=32 (local.get $o) (local.get $c2))
+        (v128.store offset=48 (local.get $o) (local.get $c3))
+        (v128.store offset=64 (local.get $o) (local.get $c4))
+        (v128.store offset=80 (local.get $o) (local.get $c5))
+        (v128.store offset=96 (local.get $o) (local.get $c6))
+        (v128.store offset=112 (local.get $o) (local.get $c7))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $four)))
+    (block $oneDone
+      (loop $one
+        (br_if $oneDone (i32.ge_u (local.get $j) (local.get $n)))
+        (local.set $c0 (v128.const i64x2 0 0))
+        (local.set $c1 (v128.const i64x2 0 0))
+        (local.set $ap (local.get $a))
+        (local.set $bp
+          (i32.add (local.get $b) (i32.mul (local.get $j) (i32.shl (local.get $k) (i32.const 2)))))
+        (block $stepsDone
+          (loop $steps
+            (br_if $stepsDone (i32.ge_u (local.get $ap) (local.get $aEnd)))
+            (local.set $x (f64x2.splat (f64.load (local.get $ap))))
+            (local.set $c0 (f64x2.add (local.get $c0) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $bp))))))
+            (local.set $c1 (f64x2.add (local.get $c1) (f64x2.mul (local.get $x)
+              (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $bp))))))
+            (local.set $ap (i32.add (local.get $ap) (i32.const 8)))
+            (local.set $bp (i32.add (local.get $bp) (i32.const 16)))
+            (br $steps)))
+        (local.set $o (i32.add (local.get $out) (i32.shl (local.get $j) (i32.const 3))))
+        (v128.store (local.get $o) (local.get $c0))
+        (v128.store offset=16 (local.get $o) (local.get $c1))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $one)))))

@@ -1,13 +1,14 @@
 /**
  * The CPU backend's float64 product (lib/backends/cpu/matmul.ts `gemm`): the WebAssembly SIMD
- * kernel (lib/backends/cpu/gemm_wasm.ts) must give the plain loop's sums bit for bit, at every
+ * kernels (lib/backends/cpu/gemm_wasm.ts: the blocked product, and the row-by-row product over
+ * a cached weight's float32 panels) must give the plain loop's sums bit for bit, at every
  * shape (rows and columns past a multiple of four, several blocks of its workspace), at
  * offsets into larger arrays, and with infinities, NaN, signed zeros and subnormals.
  * @module
  */
 import assert from "node:assert/strict";
-import { gemmLoop } from "../lib/backends/cpu/matmul.ts";
-import { wasmGemm } from "../lib/backends/cpu/gemm_wasm.ts";
+import { gemm, gemmLoop } from "../lib/backends/cpu/matmul.ts";
+import { wasmGemm, wasmGemv, weightPanelBytes } from "../lib/backends/cpu/gemm_wasm.ts";
 import { sourceSha256 } from "../kernels/wasm/gemm_f64.ts";
 import { sha256Hex } from "../kernels/build.ts";
 
@@ -85,6 +86,80 @@ Deno.test("WebAssembly gemm declines rows longer than its blocks and empty sums"
   const a = new Float64Array(k), bt = new Float64Array(4 * k), out = new Float64Array(4);
   assert.equal(wasmGemm(a, 0, bt, 0, out, 0, 1, 4, k), false);
   assert.equal(wasmGemm(a, 0, bt, 0, out, 0, 1, 4, 0), false);
+});
+
+/** wasmGemv against the plain loop, twice (the second call reads the panels packed by the first). */
+function compareGemv(
+  m: number,
+  n: number,
+  k: number,
+  options: { specials?: boolean; float32?: boolean; offsets?: boolean } = {},
+): void {
+  const [aOff, outOff] = options.offsets ? [5, 7] : [0, 0];
+  const a = randomArray(aOff + m * k, options.specials ?? false);
+  // The weight as a cached weight holds it: float32 values (its specials too).
+  const bt = randomArray(n * k, options.specials ?? false).map(Math.fround);
+  const make = () => {
+    const out = options.float32
+      ? new Float32Array(outOff + m * n + 2)
+      : new Float64Array(outOff + m * n + 2);
+    return out.fill(-1234.5); // values outside the product must stay
+  };
+  const expected = make();
+  gemmLoop(a, aOff, bt, 0, expected, outOff, m, n, k);
+  for (const call of ["first", "second"]) {
+    const actual = make();
+    assert.ok(wasmGemv(a, aOff, bt, actual, outOff, m, n, k), "the kernel ran");
+    const at = firstDifference(actual, expected);
+    assert.equal(
+      at,
+      -1,
+      `${call} call, m ${m} n ${n} k ${k} ${JSON.stringify(options)}: element ${at}: ${
+        actual[at]
+      } vs ${expected[at]}`,
+    );
+  }
+}
+
+Deno.test("WebAssembly gemv over packed weights: the plain loop's sums bit for bit", () => {
+  for (const m of [1, 2, 7]) {
+    for (const n of [1, 3, 4, 5, 15, 16, 17, 33, 64]) {
+      for (const k of [1, 7, 64, 300]) compareGemv(m, n, k);
+    }
+  }
+  for (const [m, n, k] of [[1, 20, 33], [3, 37, 129]]) {
+    compareGemv(m, n, k, { offsets: true });
+    compareGemv(m, n, k, { float32: true });
+    compareGemv(m, n, k, { specials: true, offsets: true });
+    compareGemv(m, n, k, { specials: true, float32: true });
+  }
+});
+
+Deno.test("WebAssembly gemv keeps each weight's panels once, and declines what float32 cannot hold", () => {
+  const n = 64, k = 256;
+  const bt = randomArray(n * k, false);
+  const a = randomArray(k, false);
+  const out = new Float64Array(n), expected = new Float64Array(n);
+  gemmLoop(a, 0, bt, 0, expected, 0, 1, n, k);
+  const before = weightPanelBytes();
+  assert.ok(wasmGemv(a, 0, bt, out, 0, 1, n, k));
+  const packed = weightPanelBytes() - before;
+  assert.ok(packed >= n * k * 4, `packed ${packed} bytes for ${n * k} float32 values`);
+  assert.ok(wasmGemv(a, 0, bt, out, 0, 1, n, k));
+  assert.equal(weightPanelBytes() - before, packed, "the second call packs nothing");
+  assert.equal(firstDifference(out, expected), -1);
+
+  // A value float32 does not hold: the loop computes it instead (gemm falls back).
+  const wide = randomArray(n * k, false);
+  wide[17] = 0.1; // not a float32
+  assert.equal(wasmGemv(a, 0, wide, out, 0, 1, n, k), false);
+  assert.equal(weightPanelBytes() - before, packed, "nothing packed for it");
+  const viaGemm = new Float64Array(n), viaLoop = new Float64Array(n);
+  gemm(a, 0, wide, 0, viaGemm, 0, 1, n, k, true);
+  gemmLoop(a, 0, wide, 0, viaLoop, 0, 1, n, k);
+  assert.equal(firstDifference(viaGemm, viaLoop), -1);
+  // Only a matrix of exactly n×k values is packed (a slice of a larger one is not).
+  assert.equal(wasmGemv(a, 0, new Float64Array(n * k + 1), out, 0, 1, n, k), false);
 });
 
 Deno.test("kernels/wasm/gemm_f64.ts was assembled from kernels/gemm_f64.wat as it is", () => {

@@ -1,9 +1,17 @@
 /**
  * The float64 matrix product on WebAssembly SIMD (kernels/gemm_f64.wat): the same sums as the
- * plain loop of lib/backends/cpu/matmul.ts, bit for bit, about 2.5 times as fast. Operands are
- * copied into the module's memory in blocks of bounded size (at most 32 MiB in all, kept for
- * the process): rows of A, and columns of Bᵀ packed as panels of four; rows and columns past a
- * multiple of four are padding, computed and dropped.
+ * plain loop of lib/backends/cpu/matmul.ts, bit for bit.
+ *
+ * - `wasmGemm` (8 rows and more), about 2.5 times as fast as the loop: operands are copied into
+ *   the module's memory in blocks of bounded size (its first SCRATCH_BYTES, kept for the
+ *   process): rows of A, and columns of Bᵀ packed as panels of four; rows and columns past a
+ *   multiple of four are padding, computed and dropped.
+ * - `wasmGemv` (fewer rows: a decode step's products), 2.3 to 2.7 times as fast: a layer's
+ *   cached weight is packed once into panels of four float32 columns that stay in the module's
+ *   memory above the blocks (at most PANEL_BUDGET bytes in all), and each row of A runs over
+ *   them. Only weights that float32 holds exactly are packed (every cached weight is: float32
+ *   or 16-bit values, or quantized codes), so the sums are the loop's; a panel is freed once
+ *   its weight's cache entry is collected.
  * @module
  */
 import { Buffer } from "node:buffer";
@@ -13,9 +21,19 @@ import { wasmBase64 } from "../../../kernels/wasm/gemm_f64.ts";
 const A_BLOCK = 1 << 20;
 const B_BLOCK = 1 << 21;
 
+/**
+ * Bytes of the module's memory that wasmGemm's blocks may use (the A, B and output blocks at
+ * their largest: 2^21 + 2^21 + 2^20 values), and wasmGemv's row and output.
+ */
+const SCRATCH_BYTES = 5 * (1 << 20) * 8;
+
+/** At most this many bytes of weight panels stay in the module's memory. */
+const PANEL_BUDGET = 1 << 30;
+
 interface GemmModule {
   memory: WebAssembly.Memory;
   gemm: (a: number, b: number, out: number, m: number, n: number, k: number) => void;
+  gemv: (a: number, b: number, out: number, n: number, k: number) => void;
 }
 
 let loaded: GemmModule | null | undefined;
@@ -27,7 +45,7 @@ function gemmModule(): GemmModule | null {
     const bytes = new Uint8Array(Buffer.from(wasmBase64, "base64"));
     const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
     const exports = instance.exports as unknown as GemmModule;
-    loaded = { memory: exports.memory, gemm: exports.gemm };
+    loaded = { memory: exports.memory, gemm: exports.gemm, gemv: exports.gemv };
   } catch {
     loaded = null;
   }
@@ -56,11 +74,13 @@ export function wasmGemm(
   if (k === 0 || 4 * k > B_BLOCK) return false;
   const mod = gemmModule();
   if (!mod) return false;
-  const nb = Math.min(roundUp4(n), Math.max(4, roundDown4(Math.floor(B_BLOCK / k))));
+  // At most A_BLOCK / 4 columns, so that four rows of output fit A_BLOCK too.
+  const nb = Math.min(roundUp4(n), A_BLOCK / 4, Math.max(4, roundDown4(Math.floor(B_BLOCK / k))));
   const mb = Math.min(roundUp4(m), Math.max(4, roundDown4(Math.floor(A_BLOCK / Math.max(k, nb)))));
   // Layout in the module's memory: the A block, the B block, the output block.
   const aAt = 0, bAt = mb * k, oAt = bAt + nb * k;
   const bytes = (oAt + mb * nb) * 8;
+  if (bytes > SCRATCH_BYTES) return false; // never reached (see SCRATCH_BYTES): panels lie above
   const have = mod.memory.buffer.byteLength;
   if (have < bytes) mod.memory.grow(Math.ceil((bytes - have) / 65536));
   const heap = new Float64Array(mod.memory.buffer);
@@ -93,6 +113,146 @@ export function wasmGemm(
         out.set(heap.subarray(from, from + cols), outOff + (i0 + i) * n + j0);
       }
     }
+  }
+  return true;
+}
+
+// Weight panels: byte ranges of the module's memory above SCRATCH_BYTES.
+
+/** A packed weight: `bytes` bytes at byte address `at`. */
+interface Panel {
+  at: number;
+  bytes: number;
+}
+
+/** Free ranges below `panelTop`, by address, none adjacent to another. */
+const freeRanges: Panel[] = [];
+/** The end of the panel area handed out so far. */
+let panelTop = SCRATCH_BYTES;
+let panelBytes = 0;
+
+/** Makes the module's memory at least `bytes` long; false if it cannot grow. */
+function ensureMemory(mod: GemmModule, bytes: number): boolean {
+  const have = mod.memory.buffer.byteLength;
+  if (have >= bytes) return true;
+  try {
+    mod.memory.grow(Math.ceil((bytes - have) / 65536));
+    return true;
+  } catch {
+    return false; // past the engine's limit for one memory
+  }
+}
+
+/** A range of `bytes` bytes (a multiple of 64), or null if the budget or memory is spent. */
+function allocatePanel(mod: GemmModule, bytes: number): Panel | null {
+  if (panelBytes + bytes > PANEL_BUDGET) return null;
+  const i = freeRanges.findIndex((r) => r.bytes >= bytes);
+  let at: number;
+  if (i >= 0) {
+    const r = freeRanges[i];
+    at = r.at;
+    if (r.bytes === bytes) freeRanges.splice(i, 1);
+    else freeRanges[i] = { at: r.at + bytes, bytes: r.bytes - bytes };
+  } else {
+    if (!ensureMemory(mod, panelTop + bytes)) return null;
+    at = panelTop;
+    panelTop += bytes;
+  }
+  panelBytes += bytes;
+  return { at, bytes };
+}
+
+function freePanel(p: Panel): void {
+  panelBytes -= p.bytes;
+  const after = freeRanges.findIndex((r) => r.at > p.at);
+  const i = after < 0 ? freeRanges.length : after;
+  freeRanges.splice(i, 0, { ...p });
+  // Merge with the next range, then the previous one.
+  if (
+    i + 1 < freeRanges.length && freeRanges[i].at + freeRanges[i].bytes === freeRanges[i + 1].at
+  ) {
+    freeRanges[i].bytes += freeRanges[i + 1].bytes;
+    freeRanges.splice(i + 1, 1);
+  }
+  if (i > 0 && freeRanges[i - 1].at + freeRanges[i - 1].bytes === freeRanges[i].at) {
+    freeRanges[i - 1].bytes += freeRanges[i].bytes;
+    freeRanges.splice(i, 1);
+  }
+  // A range that ends the area shrinks it.
+  const last = freeRanges[freeRanges.length - 1];
+  if (last && last.at + last.bytes === panelTop) {
+    panelTop = last.at;
+    freeRanges.pop();
+  }
+}
+
+/** Each packed weight's panel; null for one that cannot be packed (not float32, or no room). */
+const panels = new WeakMap<Float64Array, Panel | null>();
+const releasePanel = new FinalizationRegistry<Panel>(freePanel);
+
+/** The bytes the packed weight panels hold now (for tests and memory accounting). */
+export function weightPanelBytes(): number {
+  return panelBytes;
+}
+
+/** `bt` (n rows of k) packed as float32 panels of four rows, or null (see {@link panels}). */
+function panelOf(mod: GemmModule, bt: Float64Array, n: number, k: number): Panel | null {
+  const known = panels.get(bt);
+  if (known !== undefined) return known;
+  let panel: Panel | null = null;
+  const exact = bt.every((v) => Object.is(Math.fround(v), v) || v !== v);
+  const nPad = roundUp4(n);
+  // Whole 64-byte lines (arithmetic, not bit operations: sizes may pass 2^31).
+  if (exact) panel = allocatePanel(mod, Math.ceil((nPad * k * 4) / 64) * 64);
+  if (panel) {
+    // Panel q holds rows 4q .. 4q + 3 of bt; row p of it at 4p (rows past n are zeros).
+    const heap = new Float32Array(mod.memory.buffer, panel.at, nPad * k);
+    for (let j = 0; j < nPad; j += 4) {
+      const d = j * k;
+      for (let c = 0; c < 4; c++) {
+        if (j + c >= n) {
+          for (let p = 0; p < k; p++) heap[d + 4 * p + c] = 0;
+          continue;
+        }
+        const s = (j + c) * k;
+        for (let p = 0; p < k; p++) heap[d + 4 * p + c] = bt[s + p];
+      }
+    }
+    releasePanel.register(bt, panel);
+  }
+  panels.set(bt, panel);
+  return panel;
+}
+
+/**
+ * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + p] · bt[j·k + p]` for `bt` exactly n×k, as
+ * matmul.ts's `gemm` defines it, one row at a time over `bt`'s panels. `bt` must never change
+ * (a cached weight): it is packed on the first call and read from its panels after that.
+ * Returns false, having done nothing, where it cannot run (no WebAssembly SIMD, values float32
+ * cannot hold, no room for the panels, or a row and output too long for the scratch space).
+ */
+export function wasmGemv(
+  a: Float64Array,
+  aOff: number,
+  bt: Float64Array,
+  out: Float32Array | Float64Array,
+  outOff: number,
+  m: number,
+  n: number,
+  k: number,
+): boolean {
+  const nPad = roundUp4(n);
+  if (k === 0 || n === 0 || bt.length !== n * k || (k + nPad) * 8 > SCRATCH_BYTES) return false;
+  const mod = gemmModule();
+  if (!mod) return false;
+  const panel = panelOf(mod, bt, n, k);
+  if (!panel || !ensureMemory(mod, SCRATCH_BYTES)) return false;
+  // The row at byte 0, the output after it.
+  const heap = new Float64Array(mod.memory.buffer, 0, k + nPad);
+  for (let i = 0; i < m; i++) {
+    heap.set(a.subarray(aOff + i * k, aOff + (i + 1) * k), 0);
+    mod.gemv(0, panel.at, k * 8, nPad, k);
+    out.set(heap.subarray(k, k + n), outOff + i * n);
   }
   return true;
 }

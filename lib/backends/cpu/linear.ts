@@ -215,7 +215,7 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
         : quantizeValues(w, swq, ctx, 3, 4, wAttrs),
   );
   const acc = new Float64Array(m * n);
-  if (k > 0) gemm(qx, 0, qw, 0, acc, 0, m, n, k);
+  if (k > 0) gemm(qx, 0, qw, 0, acc, 0, m, n, k, true);
   const xs = read(ctx.inputs[2].dtype, sxd)[0];
   const ws = read(ctx.inputs[5].dtype, swd);
   const perChannel = ctx.attrs.weightMode === "channel";
@@ -260,7 +260,9 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
     return Float64Array.from(read(dtype, rounded));
   });
   const acc = new Float64Array(m * n);
-  if (k > 0) gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k);
+  if (k > 0) {
+    gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, dqw, 0, acc, 0, m, n, k, true);
+  }
   return epilogue(acc, ctx, n, undefined, bias, 4, inputs);
 });
 
@@ -281,7 +283,7 @@ registerCpuKernel("linear", (inputs, ctx) => {
   if (k > 0 && acc.length > 0) {
     let wt = floatWeights.get(w);
     if (!wt) floatWeights.set(w, wt = Float64Array.from(read(ctx.inputs[1].dtype, w)));
-    gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, wt, 0, acc, 0, m, n, k);
+    gemm(Float64Array.from(read(ctx.inputs[0].dtype, x)), 0, wt, 0, acc, 0, m, n, k, true);
   }
   return epilogue(acc, ctx, n, undefined, bias, 2, inputs);
 });

@@ -5,16 +5,17 @@
  * Layout: B is transposed once into float64 rows so every output element is a dot product of
  * two contiguous rows, summed in order from the first term. From 8 rows of A on, the product
  * runs on WebAssembly SIMD (lib/backends/cpu/gemm_wasm.ts), which computes the same sums bit
- * for bit; below that, or where WebAssembly cannot run it, the plain loop here does: a 2×4
- * block of outputs at a time (8 accumulators, 6 loads per 8 multiply-adds), a last odd row 8
- * outputs at a time, columns in blocks so the rows of Bᵀ in use stay in cache while all rows
- * of A pass over them.
+ * for bit; below that a layer's cached weight (`persistent`) runs row by row over panels kept
+ * in WebAssembly memory (the same sums again). Otherwise, or where WebAssembly cannot run it,
+ * the plain loop here does: a 2×4 block of outputs at a time (8 accumulators, 6 loads per 8
+ * multiply-adds), a last odd row 8 outputs at a time, columns in blocks so the rows of Bᵀ in
+ * use stay in cache while all rows of A pass over them.
  * @module
  */
 import { matmulGeometry } from "../../ops/matmul.ts";
 import { numel } from "../../shape.ts";
 import { registerCpuKernel } from "./backend.ts";
-import { wasmGemm } from "./gemm_wasm.ts";
+import { wasmGemm, wasmGemv } from "./gemm_wasm.ts";
 import { broadcastIndex, outArray, read } from "./util.ts";
 
 /** Columns of the output (rows of Bᵀ) per cache block: 64 rows × K float64 fits in L2. */
@@ -25,7 +26,8 @@ const WASM_MIN_ROWS = 8;
 
 /**
  * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + kk] · bt[bOff + j·k + kk]` for an m×k `a` and an
- * n×k `bt` (B transposed), each sum in order of kk from 0.
+ * n×k `bt` (B transposed), each sum in order of kk from 0. `persistent`: `bt` is exactly this
+ * n×k matrix and never changes (a layer's cached weight), so it may be packed once and kept.
  */
 export function gemm(
   a: Float64Array,
@@ -37,8 +39,11 @@ export function gemm(
   m: number,
   n: number,
   k: number,
+  persistent = false,
 ): void {
-  if (m >= WASM_MIN_ROWS && wasmGemm(a, aOff, bt, bOff, out, outOff, m, n, k)) return;
+  if (m >= WASM_MIN_ROWS) {
+    if (wasmGemm(a, aOff, bt, bOff, out, outOff, m, n, k)) return;
+  } else if (persistent && bOff === 0 && wasmGemv(a, aOff, bt, out, outOff, m, n, k)) return;
   gemmLoop(a, aOff, bt, bOff, out, outOff, m, n, k);
 }
 
