@@ -158,6 +158,12 @@ Deno.test("WebAssembly gemv keeps each weight's panels once, and declines what f
   gemm(a, 0, wide, 0, viaGemm, 0, 1, n, k, true);
   gemmLoop(a, 0, wide, 0, viaLoop, 0, 1, n, k);
   assert.equal(firstDifference(viaGemm, viaLoop), -1);
+  // The packed values read as another shape: declined, and gemm's loop reads them right.
+  const a2 = randomArray(n, false), asWide = new Float64Array(k), asWideLoop = new Float64Array(k);
+  assert.equal(wasmGemv(a2, 0, bt, asWide, 0, 1, k, n), false);
+  gemm(a2, 0, bt, 0, asWide, 0, 1, k, n, true);
+  gemmLoop(a2, 0, bt, 0, asWideLoop, 0, 1, k, n);
+  assert.equal(firstDifference(asWide, asWideLoop), -1);
   // Only a matrix of exactly n×k values is packed (a slice of a larger one is not).
   assert.equal(wasmGemv(a, 0, new Float64Array(n * k + 1), out, 0, 1, n, k), false);
 });

@@ -119,14 +119,20 @@ export function wasmGemm(
 
 // Weight panels: byte ranges of the module's memory above SCRATCH_BYTES.
 
-/** A packed weight: `bytes` bytes at byte address `at`. */
-interface Panel {
+/** A range of `bytes` bytes at byte address `at`. */
+interface Range {
   at: number;
   bytes: number;
 }
 
+/** A packed weight of n rows of k: a range of the module's memory. */
+interface Panel extends Range {
+  n: number;
+  k: number;
+}
+
 /** Free ranges below `panelTop`, by address, none adjacent to another. */
-const freeRanges: Panel[] = [];
+const freeRanges: Range[] = [];
 /** The end of the panel area handed out so far. */
 let panelTop = SCRATCH_BYTES;
 let panelBytes = 0;
@@ -144,7 +150,7 @@ function ensureMemory(mod: GemmModule, bytes: number): boolean {
 }
 
 /** A range of `bytes` bytes (a multiple of 64), or null if the budget or memory is spent. */
-function allocatePanel(mod: GemmModule, bytes: number): Panel | null {
+function allocateRange(mod: GemmModule, bytes: number): Range | null {
   if (panelBytes + bytes > PANEL_BUDGET) return null;
   const i = freeRanges.findIndex((r) => r.bytes >= bytes);
   let at: number;
@@ -162,11 +168,11 @@ function allocatePanel(mod: GemmModule, bytes: number): Panel | null {
   return { at, bytes };
 }
 
-function freePanel(p: Panel): void {
+function freeRange(p: Range): void {
   panelBytes -= p.bytes;
   const after = freeRanges.findIndex((r) => r.at > p.at);
   const i = after < 0 ? freeRanges.length : after;
-  freeRanges.splice(i, 0, { ...p });
+  freeRanges.splice(i, 0, { at: p.at, bytes: p.bytes });
   // Merge with the next range, then the previous one.
   if (
     i + 1 < freeRanges.length && freeRanges[i].at + freeRanges[i].bytes === freeRanges[i + 1].at
@@ -188,7 +194,7 @@ function freePanel(p: Panel): void {
 
 /** Each packed weight's panel; null for one that cannot be packed (not float32, or no room). */
 const panels = new WeakMap<Float64Array, Panel | null>();
-const releasePanel = new FinalizationRegistry<Panel>(freePanel);
+const releasePanel = new FinalizationRegistry<Range>(freeRange);
 
 /** The bytes the packed weight panels hold now (for tests and memory accounting). */
 export function weightPanelBytes(): number {
@@ -203,8 +209,9 @@ function panelOf(mod: GemmModule, bt: Float64Array, n: number, k: number): Panel
   const exact = bt.every((v) => Object.is(Math.fround(v), v) || v !== v);
   const nPad = roundUp4(n);
   // Whole 64-byte lines (arithmetic, not bit operations: sizes may pass 2^31).
-  if (exact) panel = allocatePanel(mod, Math.ceil((nPad * k * 4) / 64) * 64);
-  if (panel) {
+  const range = exact ? allocateRange(mod, Math.ceil((nPad * k * 4) / 64) * 64) : null;
+  if (range) {
+    panel = { ...range, n, k };
     // Panel q holds rows 4q .. 4q + 3 of bt; row p of it at 4p (rows past n are zeros).
     const heap = new Float32Array(mod.memory.buffer, panel.at, nPad * k);
     for (let j = 0; j < nPad; j += 4) {
@@ -218,7 +225,7 @@ function panelOf(mod: GemmModule, bt: Float64Array, n: number, k: number): Panel
         for (let p = 0; p < k; p++) heap[d + 4 * p + c] = bt[s + p];
       }
     }
-    releasePanel.register(bt, panel);
+    releasePanel.register(bt, range);
   }
   panels.set(bt, panel);
   return panel;
@@ -246,7 +253,8 @@ export function wasmGemv(
   const mod = gemmModule();
   if (!mod) return false;
   const panel = panelOf(mod, bt, n, k);
-  if (!panel || !ensureMemory(mod, SCRATCH_BYTES)) return false;
+  // (The same values read as another shape are not what was packed.)
+  if (!panel || panel.n !== n || panel.k !== k || !ensureMemory(mod, SCRATCH_BYTES)) return false;
   // The row at byte 0, the output after it.
   const heap = new Float64Array(mod.memory.buffer, 0, k + nPad);
   for (let i = 0; i < m; i++) {
