@@ -81,8 +81,7 @@ export function wasmGemm(
   const aAt = 0, bAt = mb * k, oAt = bAt + nb * k;
   const bytes = (oAt + mb * nb) * 8;
   if (bytes > SCRATCH_BYTES) return false; // never reached (see SCRATCH_BYTES): panels lie above
-  const have = mod.memory.buffer.byteLength;
-  if (have < bytes) mod.memory.grow(Math.ceil((bytes - have) / 65536));
+  if (!ensureMemory(mod, bytes)) return false;
   const heap = new Float64Array(mod.memory.buffer);
   for (let j0 = 0; j0 < n; j0 += nb) {
     const cols = Math.min(nb, n - j0), colsPad = roundUp4(cols);
