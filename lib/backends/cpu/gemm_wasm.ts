@@ -56,6 +56,38 @@ const roundUp4 = (v: number) => (v + 3) & ~3;
 const roundDown4 = (v: number) => v & ~3;
 
 /**
+ * `rows` rows of k values of `bt` from `src`, into panels of four rows at `dst` of `heap`:
+ * panel q holds rows 4q .. 4q + 3, row p of it at 4p (the kernels' layout of Bᵀ). Rows of the
+ * last panel past `rows` are zeros: their outputs are computed and dropped.
+ */
+function packPanels(
+  heap: Float32Array | Float64Array,
+  dst: number,
+  bt: Float64Array,
+  src: number,
+  rows: number,
+  k: number,
+): void {
+  for (let j = 0; j < rows; j += 4) {
+    const s0 = src + j * k;
+    let d = dst + j * k;
+    if (j + 4 <= rows) {
+      const s1 = s0 + k, s2 = s1 + k, s3 = s2 + k;
+      for (let p = 0; p < k; p++, d += 4) {
+        heap[d] = bt[s0 + p];
+        heap[d + 1] = bt[s1 + p];
+        heap[d + 2] = bt[s2 + p];
+        heap[d + 3] = bt[s3 + p];
+      }
+    } else {
+      for (let c = 0; c < 4; c++) {
+        for (let p = 0; p < k; p++) heap[d + c + 4 * p] = c < rows - j ? bt[s0 + c * k + p] : 0;
+      }
+    }
+  }
+}
+
+/**
  * `out[outOff + i·n + j] = Σ_k a[aOff + i·k + p] · bt[bOff + j·k + p]` as matmul.ts's `gemm`
  * defines it, on WebAssembly. Returns false, having done nothing, where it cannot run (no
  * WebAssembly SIMD, or rows too long for its blocks).
@@ -85,24 +117,7 @@ export function wasmGemm(
   const heap = new Float64Array(mod.memory.buffer);
   for (let j0 = 0; j0 < n; j0 += nb) {
     const cols = Math.min(nb, n - j0), colsPad = roundUp4(cols);
-    // Panel q holds columns j0 + 4q .. j0 + 4q + 3, row p of it at 4p.
-    for (let j = 0; j < cols; j += 4) {
-      const s0 = bOff + (j0 + j) * k;
-      let d = bAt + j * k;
-      if (j + 4 <= cols) {
-        const s1 = s0 + k, s2 = s1 + k, s3 = s2 + k;
-        for (let p = 0; p < k; p++, d += 4) {
-          heap[d] = bt[s0 + p];
-          heap[d + 1] = bt[s1 + p];
-          heap[d + 2] = bt[s2 + p];
-          heap[d + 3] = bt[s3 + p];
-        }
-      } else {
-        for (let c = 0; c < cols - j; c++) {
-          for (let p = 0; p < k; p++) heap[d + c + 4 * p] = bt[s0 + c * k + p];
-        }
-      }
-    }
+    packPanels(heap, bAt, bt, bOff + j0 * k, cols, k);
     for (let i0 = 0; i0 < m; i0 += mb) {
       const rows = Math.min(mb, m - i0);
       heap.set(a.subarray(aOff + i0 * k, aOff + (i0 + rows) * k), aAt);
@@ -211,19 +226,7 @@ function panelOf(mod: GemmModule, bt: Float64Array, n: number, k: number): Panel
   const range = exact ? allocateRange(mod, Math.ceil((nPad * k * 4) / 64) * 64) : null;
   if (range) {
     panel = { ...range, n, k };
-    // Panel q holds rows 4q .. 4q + 3 of bt; row p of it at 4p (rows past n are zeros).
-    const heap = new Float32Array(mod.memory.buffer, panel.at, nPad * k);
-    for (let j = 0; j < nPad; j += 4) {
-      const d = j * k;
-      for (let c = 0; c < 4; c++) {
-        if (j + c >= n) {
-          for (let p = 0; p < k; p++) heap[d + 4 * p + c] = 0;
-          continue;
-        }
-        const s = (j + c) * k;
-        for (let p = 0; p < k; p++) heap[d + 4 * p + c] = bt[s + p];
-      }
-    }
+    packPanels(new Float32Array(mod.memory.buffer, panel.at, nPad * k), 0, bt, 0, n, k);
     releasePanel.register(bt, range);
   }
   panels.set(bt, panel);
