@@ -400,7 +400,9 @@ extern "C" __global__ void concat_part_i4(uint8_t* out, const uint8_t* src, long
 
 // ---------------------------------------------------------------------------------------------
 // Gather: x viewed as [outer, n, inner] units, out as [outer, m, inner]; out (o, j, k) reads
-// x (o, idx[j] (+ n if negative), k). A bad index writes zeros and is reported in `flag`:
+// x (o, idx[j] (+ n if negative and `wrap`), k). gather wraps negative indices as NumPy's take
+// does; embedding does not (ids in [0, n), as torch's embedding). A bad index writes zeros and
+// is reported in `flag`:
 //   pos    (u64): smallest bad position of this launch (all ones: none); reset by the last block
 //   first  (u64): position of the first reported bad index since the host last cleared it
 //   value  (i64): its raw value
@@ -413,8 +415,8 @@ struct GatherFlag {
   unsigned int blocks;
 };
 
-__device__ __forceinline__ bool wrapIndex(long long& v, long long n) {
-  if (v < 0) v += n;
+__device__ __forceinline__ bool wrapIndex(long long& v, long long n, int wrap) {
+  if (v < 0 && wrap) v += n;
   return v >= 0 && v < n;
 }
 
@@ -446,7 +448,7 @@ __device__ __forceinline__ void finishGather(GatherFlag* flag, const Idx* idx) {
 
 template <int W, typename Idx, typename U>
 __device__ __forceinline__ void gatherUnits(void* out, const void* x, const Idx* idx, U outer,
-                                            U n, U m, U inner, GatherFlag* flag) {
+                                            U n, U m, U inner, GatherFlag* flag, int wrap) {
   typedef typename Unit<W>::T T;
   T* o = (T*)out;
   const T* src = (const T*)x;
@@ -462,7 +464,7 @@ __device__ __forceinline__ void gatherUnits(void* out, const void* x, const Idx*
       j = t - row * m;
     }
     long long v = (long long)idx[j];
-    if (wrapIndex(v, (long long)n)) {
+    if (wrapIndex(v, (long long)n, wrap)) {
       o[i] = src[(row * n + (U)v) * inner + k];
     } else {
       o[i] = zeroOf<T>();
@@ -476,17 +478,19 @@ __device__ __forceinline__ void gatherUnits(void* out, const void* x, const Idx*
   extern "C" __global__ void gather_b##W##_idx##IB##_n32(void* out, const void* x,              \
                                                          const Idx* idx, long long outer,       \
                                                          long long n, long long m,              \
-                                                         long long inner, GatherFlag* flag) {   \
+                                                         long long inner, GatherFlag* flag,     \
+                                                         int wrap) {                            \
     gatherUnits<W, Idx, unsigned>(out, x, idx, (unsigned)outer, (unsigned)n, (unsigned)m,       \
-                                  (unsigned)inner, flag);                                       \
+                                  (unsigned)inner, flag, wrap);                                 \
   }                                                                                             \
   extern "C" __global__ void gather_b##W##_idx##IB##_n64(void* out, const void* x,              \
                                                          const Idx* idx, long long outer,       \
                                                          long long n, long long m,              \
-                                                         long long inner, GatherFlag* flag) {   \
+                                                         long long inner, GatherFlag* flag,     \
+                                                         int wrap) {                            \
     gatherUnits<W, Idx, unsigned long long>(out, x, idx, (unsigned long long)outer,             \
                                             (unsigned long long)n, (unsigned long long)m,       \
-                                            (unsigned long long)inner, flag);                   \
+                                            (unsigned long long)inner, flag, wrap);             \
   }
 
 #define GATHER_INDEX_TYPES(W) \
@@ -503,7 +507,7 @@ GATHER_INDEX_TYPES(16)
 template <typename Idx>
 __device__ __forceinline__ void gatherNibbles(uint8_t* out, const uint8_t* x, const Idx* idx,
                                               long long outer, long long n, long long m,
-                                              long long inner, GatherFlag* flag) {
+                                              long long inner, GatherFlag* flag, int wrap) {
   const long long total = outer * m * inner;
   const long long bytes = (total + 1) / 2;
   const long long step = gridStride<long long>();
@@ -518,7 +522,7 @@ __device__ __forceinline__ void gatherNibbles(uint8_t* out, const uint8_t* x, co
       const long long row = t / m;
       const long long j = t - row * m;
       long long w = (long long)idx[j];
-      if (wrapIndex(w, n)) {
+      if (wrapIndex(w, n, wrap)) {
         v |= nibbleAt(x, (row * n + w) * inner + k) << (4 * h);
       } else if (k == 0) {
         atomicMin(&flag->pos, (unsigned long long)j);
@@ -531,34 +535,34 @@ __device__ __forceinline__ void gatherNibbles(uint8_t* out, const uint8_t* x, co
 
 extern "C" __global__ void gather_i4_idx32(uint8_t* out, const uint8_t* x, const int* idx,
                                            long long outer, long long n, long long m,
-                                           long long inner, GatherFlag* flag) {
-  gatherNibbles<int>(out, x, idx, outer, n, m, inner, flag);
+                                           long long inner, GatherFlag* flag, int wrap) {
+  gatherNibbles<int>(out, x, idx, outer, n, m, inner, flag, wrap);
 }
 extern "C" __global__ void gather_i4_idx64(uint8_t* out, const uint8_t* x, const long long* idx,
                                            long long outer, long long n, long long m,
-                                           long long inner, GatherFlag* flag) {
-  gatherNibbles<long long>(out, x, idx, outer, n, m, inner, flag);
+                                           long long inner, GatherFlag* flag, int wrap) {
+  gatherNibbles<long long>(out, x, idx, outer, n, m, inner, flag, wrap);
 }
 
 // Index check alone, for gathers whose output is empty (the indices still must be valid).
 template <typename Idx>
 __device__ __forceinline__ void checkIndices(const Idx* idx, long long m, long long n,
-                                             GatherFlag* flag) {
+                                             GatherFlag* flag, int wrap) {
   const long long step = gridStride<long long>();
   for (long long j = firstThread<long long>(); j < m; j += step) {
     long long v = (long long)idx[j];
-    if (!wrapIndex(v, n)) atomicMin(&flag->pos, (unsigned long long)j);
+    if (!wrapIndex(v, n, wrap)) atomicMin(&flag->pos, (unsigned long long)j);
   }
   finishGather<Idx>(flag, idx);
 }
 
 extern "C" __global__ void check_indices_idx32(const int* idx, long long m, long long n,
-                                               GatherFlag* flag) {
-  checkIndices<int>(idx, m, n, flag);
+                                               GatherFlag* flag, int wrap) {
+  checkIndices<int>(idx, m, n, flag, wrap);
 }
 extern "C" __global__ void check_indices_idx64(const long long* idx, long long m, long long n,
-                                               GatherFlag* flag) {
-  checkIndices<long long>(idx, m, n, flag);
+                                               GatherFlag* flag, int wrap) {
+  checkIndices<long long>(idx, m, n, flag, wrap);
 }
 
 // ---------------------------------------------------------------------------------------------

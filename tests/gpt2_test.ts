@@ -435,6 +435,14 @@ Deno.test("a forward that fails with a cache leaves the cache as it was", () => 
   const bad = tensor(Int32Array.of(99), { shape: [1, 1] });
   assert.throws(() => m.forward(bad, { cache }), /out of range|vocab|99/);
   assert.equal(cache.length, 3, "the failed call did not advance the cache");
+  // A negative id is no token either (it would read another token's row if it wrapped).
+  const negative = tensor(Int32Array.of(-1), { shape: [1, 1] });
+  assertTqError(() => m.forward(negative, { cache }), {
+    op: "embedding",
+    kind: "argument",
+    includes: ["ids in [0, 49]", "got -1"],
+  });
+  assert.equal(cache.length, 3);
   // A cache filled by a model of other heads is named as such (not a concat shape error).
   const other = GPT2LMHeadModel.random({ ...config, nHead: 2 }, { seed: 5 });
   assertTqError(() => other.forward(bad, { cache }), {

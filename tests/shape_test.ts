@@ -292,7 +292,7 @@ testOnDevices("concat, stack, split: hand values", (device) => {
   assertExact(split(x, 2)[1], [1, 6], [6, 7, 8, 9, 10, 11]);
 });
 
-testOnDevices("gather and embedding: hand values, negative indices wrap", (device) => {
+testOnDevices("gather and embedding: hand values, gather's negative indices wrap", (device) => {
   const x = tensor([[1, 2, 3], [4, 5, 6]], { device });
   const idx32 = tensor([2, -3, 0], { dtype: "int32", device });
   assertExact(x.gather(idx32, 1), [2, 3], [3, 1, 1, 6, 4, 4]);
@@ -300,7 +300,7 @@ testOnDevices("gather and embedding: hand values, negative indices wrap", (devic
   assertExact(gather(x, idx64), [2, 1, 3], [4, 5, 6, 4, 5, 6]);
   assertExact(gather(x, tensor(1, { dtype: "int32", device }), -1), [2], [2, 5]);
   const weight = tensor([[0, 0.5], [1, 1.5], [2, 2.5]], { device });
-  const ids = tensor([[2, 0], [1, -1]], { dtype: "int64", device });
+  const ids = tensor([[2, 0], [1, 2]], { dtype: "int64", device });
   assertExact(embedding(ids, weight), [2, 2, 2], [2, 2.5, 0, 0.5, 1, 1.5, 2, 2.5]);
   assertExact(embedding(tensor([1], { dtype: "int32", device }), weight), [1, 2], [1, 1.5]);
 });
@@ -747,6 +747,18 @@ testOnDevices("gather and embedding reject out-of-range indices at evaluation", 
   line = thisLine() + 1;
   f = () => emb.dataSync();
   assertTqError(f, { op: "embedding", kind: "argument", includes: ["'ids'", "got 5"], line });
+  // Unlike gather's indices, embedding ids do not wrap (as in PyTorch).
+  for (const dtype of ["int32", "int64"] as const) {
+    const negative = embedding(tensor([1, -1], { dtype, device }), x);
+    line = thisLine() + 1;
+    f = () => negative.dataSync();
+    assertTqError(f, {
+      op: "embedding",
+      kind: "argument",
+      includes: ["'ids'", "ids in [0, 1]", "got -1 at flat index 1"],
+      line,
+    });
+  }
 });
 
 testOnDevices("dtype errors", (device) => {

@@ -560,8 +560,9 @@ export class GPT2LMHeadModel extends Module {
   }
 
   /**
-   * Logits `[B, T, vocab]` for token ids `[B, T]` (int32 or int64; moved to the model's
-   * device if needed).
+   * Logits `[B, T, vocab]` for token ids `[B, T]` (int32 or int64, each in [0, vocab); moved
+   * to the model's device if needed). An id outside the vocabulary raises when the logits are
+   * evaluated.
    */
   forward(ids: Tensor): Tensor;
   /** Logits for `ids`; with `options.cache` the ids continue the cached sequence. */

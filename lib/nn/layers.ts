@@ -441,7 +441,10 @@ export class Embedding extends Module {
     this.setParameter("weight", t);
   }
 
-  /** Rows for `ids` (int32/int64): shape `ids.shape + [embeddingDim]`. */
+  /**
+   * Rows for `ids` (int32/int64, each in [0, numEmbeddings); others raise when evaluated):
+   * shape `ids.shape + [embeddingDim]`.
+   */
   forward(ids: Tensor): Tensor {
     return embedding(ids, this.weight);
   }

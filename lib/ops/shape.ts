@@ -704,8 +704,9 @@ export function split(x: Tensor, sizes: number | readonly number[], axis = 0): T
 }
 
 /**
- * The error of an index outside `[-extent, extent)` met while evaluating a `gather` or
- * `embedding` (as both backends report it): `value` at flat `position` of the indices.
+ * The error of an index out of range met while evaluating a `gather` (outside
+ * `[-extent, extent)`) or an `embedding` (outside `[0, extent)`), as both backends report it:
+ * `value` at flat `position` of the indices.
  */
 export function indexOutOfRangeError(
   op: string,
@@ -717,7 +718,9 @@ export function indexOutOfRangeError(
     op,
     kind: "argument",
     argument: op === "embedding" ? "ids" : "indices",
-    expected: `indices in [${-extent}, ${extent - 1}] (an axis of extent ${extent})`,
+    expected: op === "embedding"
+      ? `ids in [0, ${extent - 1}] (a table of ${extent} rows)`
+      : `indices in [${-extent}, ${extent - 1}] (an axis of extent ${extent})`,
     actual: `${value} at flat index ${position}`,
   });
 }
@@ -742,8 +745,9 @@ export function gather(x: Tensor, indices: Tensor, axis = 0): Tensor {
 
 /**
  * Embedding lookup: rows of `weight` [vocab, dim] (any dtype) for integer `ids` (int32/int64)
- * of any shape; output `ids.shape + [dim]`. Ids in [-vocab, vocab) (negative ones count from
- * the end); anything else raises at evaluation. Same computation as `gather(weight, ids, 0)`.
+ * of any shape; output `ids.shape + [dim]`. Ids must lie in [0, vocab), as in PyTorch's
+ * `embedding`; anything else (a negative id included) raises at evaluation. Otherwise the same
+ * computation as `gather(weight, ids, 0)`, which also takes negative indices.
  */
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
   checkTensor("embedding", "ids", ids);

@@ -169,15 +169,19 @@ registerCpuKernel("concat", (parts, ctx) => {
   return out.storage;
 });
 
-/** Index values normalized to [0, n); throws (at evaluation) for anything outside [-n, n). */
+/**
+ * Index values normalized to [0, n); throws (at evaluation) for anything outside [-n, n)
+ * (gather, whose negative indices wrap) or [0, n) (embedding).
+ */
 function indexValues(op: string, storage: StorageArray, n: number): Int32Array {
   const count = storage.length;
+  const least = op === "embedding" ? 0 : -n;
   const out = new Int32Array(count);
   const bad = (i: number, raw: bigint | number): never => {
     throw indexOutOfRangeError(op, n, raw, i);
   };
   if (storage instanceof BigInt64Array) {
-    const lo = BigInt(-n);
+    const lo = BigInt(least);
     const hi = BigInt(n);
     for (let i = 0; i < count; i++) {
       const raw = storage[i];
@@ -189,7 +193,7 @@ function indexValues(op: string, storage: StorageArray, n: number): Int32Array {
     const ints = storage as Int32Array;
     for (let i = 0; i < count; i++) {
       const v = ints[i];
-      if (v < -n || v >= n) bad(i, v);
+      if (v < least || v >= n) bad(i, v);
       out[i] = v < 0 ? v + n : v;
     }
   }

@@ -15,7 +15,7 @@
  * sliceScatter is one launch that copies x and src in the widest unit a row allows, reading a
  * start tensor on the device (so a recorded CUDA graph follows its value).
  *
- * gather and embedding with an out-of-range index write zeros for the rows it selects and
+ * gather (negative indices wrap) and embedding (ids in [0, vocab)) with an out-of-range index write zeros for the rows it selects and
  * record the index in a small device flag; the error is raised when the backend next reads
  * results back to the host (lib/backends/cuda/deferred_checks.ts).
  * @module
@@ -425,28 +425,30 @@ function planGather(
   count: number,
   inner: number,
   flag: bigint,
+  wrap: boolean,
 ): GatherLaunch {
   const total = outer * count * inner;
+  const wrapFlag = wrap ? 1 : 0;
   if (total === 0) {
     // Nothing to copy, but the indices must still be valid.
     const kernel = fn(device, `check_indices_idx${indexBits}`);
     const grid = grid1d(device, count);
-    const params = new KernelParams(4);
+    const params = new KernelParams(5);
     return (_out, _x, indices) => {
-      params.reset().ptr(indices).i64(count).i64(extent).ptr(flag);
+      params.reset().ptr(indices).i64(count).i64(extent).ptr(flag).i32(wrapFlag);
       launch(device, kernel, grid, BLOCK_1D, params);
     };
   }
   const esize = elementBytes(dtype);
   const unit = UNITS.find((u) => u >= esize && inner % (u / esize) === 0);
-  const params = new KernelParams(8);
+  const params = new KernelParams(9);
   if (unit === undefined) {
     // int4 rows of an odd number of elements.
     const kernel = fn(device, `gather_i4_idx${indexBits}`);
     const grid = grid1d(device, Math.ceil(total / 2));
     return (out, x, indices) => {
       params.reset().ptr(out).ptr(x).ptr(indices).i64(outer).i64(extent).i64(count).i64(inner)
-        .ptr(flag);
+        .ptr(flag).i32(wrapFlag);
       launch(device, kernel, grid, BLOCK_1D, params);
     };
   }
@@ -458,7 +460,7 @@ function planGather(
   return (out, x, indices) => {
     params.reset().ptr(out).ptr(x).ptr(indices).i64(outer).i64(extent).i64(count).i64(
       innerUnits,
-    ).ptr(flag);
+    ).ptr(flag).i32(wrapFlag);
     launch(device, kernel, grid, BLOCK_1D, params);
   };
 }
@@ -480,6 +482,7 @@ for (const op of ["gather", "embedding"] as const) {
       count,
       numel(source.shape.slice(axis + 1)),
       check.buffer.address,
+      op === "gather", // embedding ids do not wrap
     );
     return (out, [x, ids]) => {
       enqueue(out.address, x.address, ids.address);
