@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { GPT2LMHeadModel, lossFromLogits, saveSafetensors, type Tensor, tensor } from "../mod.ts";
-import { bpeTokenizer, generationSummary } from "../examples/gpt2/demo.ts";
+import { bpeTokenizer, generationSummary, ModelFileError } from "../examples/gpt2/demo.ts";
 import { collapseBins, fractionAbove, renderCalibrationReport } from "../examples/gpt2/report.ts";
 
 const DEMO = new URL("../examples/gpt2/demo.ts", import.meta.url).pathname;
@@ -219,6 +219,36 @@ Deno.test("bpeTokenizer: hand-computed merges, byte fallback and round trip", as
   }
 });
 
+Deno.test("bpeTokenizer: unusable vocab.json or merges.txt are named in one-line errors", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tensorq-bpe-bad-" });
+  try {
+    writeBpeModel(dir, true);
+    const vocab = JSON.parse(Deno.readTextFileSync(`${dir}/vocab.json`));
+    const refuses = (pattern: RegExp) =>
+      assert.throws(
+        () => bpeTokenizer(dir, 300).encode("Juliet then"),
+        (e) => e instanceof ModelFileError && pattern.test(e.message),
+      );
+    Deno.writeTextFileSync(`${dir}/vocab.json`, '{"a": 1,');
+    refuses(/vocab\.json is not valid JSON/);
+    Deno.writeTextFileSync(`${dir}/vocab.json`, "[1, 2]");
+    refuses(/vocab\.json must hold an object of token → id/);
+    Deno.writeTextFileSync(`${dir}/vocab.json`, JSON.stringify({ ...vocab, "Ġthen": 300 }));
+    refuses(/token "Ġthen" the id 300: ids must be integers in \[0, 300\)/);
+    Deno.writeTextFileSync(`${dir}/vocab.json`, JSON.stringify({ ...vocab, "Ġthen": "7" }));
+    refuses(/the id "7"/);
+    // A byte the text needs but the vocabulary lacks.
+    const { J: _, ...withoutJ } = vocab;
+    Deno.writeTextFileSync(`${dir}/vocab.json`, JSON.stringify(withoutJ));
+    refuses(/vocab\.json has no token "J", which the text needs/);
+    Deno.writeTextFileSync(`${dir}/vocab.json`, JSON.stringify(vocab));
+    Deno.writeTextFileSync(`${dir}/merges.txt`, "#version: 0.2\nh e\nthe\n");
+    refuses(/merges\.txt:3: a merge is two tokens separated by one space, got "the"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("bpeTokenizer: the ids of Hugging Face tokenizers on a trained vocabulary", () => {
   // tests/fixtures/bpe: 1000 tokens trained on the demo's training slice, and the ids that
   // Hugging Face tokenizers gives for held-out text and strings that reach every branch of the
@@ -283,6 +313,11 @@ Deno.test("demo: usage errors exit with code 2 and name the option", async () =>
   const window = await runDemo(["--window", "1000", "--tokens", "0"]);
   assert.equal(window.code, 2);
   assert.match(window.stderr, /--window 1000 exceeds the model's 256/);
+  // generate's seed range, checked before any work.
+  const seed = await runDemo(["--seed", "5000000000"]);
+  assert.equal(seed.code, 2);
+  assert.match(seed.stderr, /--seed must be an integer in \[0, 4294967295\], got "5000000000"/);
+  assert.doesNotMatch(seed.stdout, /calibrat/i);
   const unknown = await runDemo(["--bogus"]);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /bogus/);

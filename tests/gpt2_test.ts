@@ -333,8 +333,19 @@ sharedTest(haveModel, "generate rejects bad arguments", () => {
     () => generate(m, [65], { maxNewTokens: 1, strategy: "sample", temperature: 0 }),
     { op: "generate", includes: ["temperature"] },
   );
-  // Greedy ignores the temperature.
+  // Greedy ignores the temperature, but not a meaningless one.
   assert.equal(generate(m, [65], { maxNewTokens: 1, temperature: 0 }).length, 1);
+  for (const temperature of [-5, NaN, Infinity]) {
+    assertTqError(() => generate(m, [65], { maxNewTokens: 1, temperature }), {
+      op: "generate",
+      includes: ["'temperature'", "a finite number >= 0", `got ${temperature}`],
+    });
+  }
+  // A prompt longer than the positions is the prompt's fault, whatever maxNewTokens is.
+  assertTqError(() => generate(m, new Array(257).fill(65), { maxNewTokens: 0 }), {
+    op: "generate",
+    includes: ["'promptIds'", "at most 256 tokens", "got 257 tokens"],
+  });
   for (
     const [options, includes] of [
       [{ seed: 0.5 }, ["seed", "0.5"]],

@@ -75,11 +75,18 @@ export interface DemoOptions {
 /** A mistake on the command line: reported with the usage text and exit code 2. */
 class UsageError extends Error {}
 
-function intOption(name: string, value: string | undefined, fallback: number, min: number) {
+function intOption(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+) {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw new UsageError(`--${name} must be an integer ${range}, got ${JSON.stringify(value)}`);
   }
   return n;
 }
@@ -157,7 +164,7 @@ export function parseDemoArgs(args: string[]): DemoOptions | "help" {
     report,
     prompt: values.prompt ?? "JULIET:\n",
     tokens: intOption("tokens", values.tokens, 200, 0),
-    seed: intOption("seed", values.seed, 0, 0),
+    seed: intOption("seed", values.seed, 0, 0, 2 ** 32 - 1), // generate's seed range
     greedy: values.greedy ?? false,
   };
 }
@@ -201,13 +208,47 @@ function bytesToUnicode(): Map<number, string> {
 /** GPT-2's pre-tokenization: contractions, letter runs, digit runs, other runs, spaces. */
 const PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
+/** A model directory's file the demo cannot use: reported in one line (exit code 1). */
+export class ModelFileError extends Error {}
+
+/** `vocab.json`'s token → id map, checked: ids are integers in [0, vocabSize). */
+function readVocab(path: string, vocabSize: number): Record<string, number> {
+  let vocab: unknown;
+  try {
+    vocab = JSON.parse(Deno.readTextFileSync(path));
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new ModelFileError(`${path} is not valid JSON: ${e.message}`);
+  }
+  if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab)) {
+    throw new ModelFileError(`${path} must hold an object of token → id`);
+  }
+  for (const [token, id] of Object.entries(vocab)) {
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
+      throw new ModelFileError(
+        `${path} gives token ${JSON.stringify(token)} the id ${JSON.stringify(id)}: ` +
+          `ids must be integers in [0, ${vocabSize}) (the model's vocab_size)`,
+      );
+    }
+  }
+  return vocab as Record<string, number>;
+}
+
 /** GPT-2's byte-level BPE from a model directory's `vocab.json` and `merges.txt`. */
 export function bpeTokenizer(dir: string, vocabSize: number): Tokenizer {
-  const vocab = JSON.parse(Deno.readTextFileSync(`${dir}/vocab.json`)) as Record<string, number>;
+  const vocabPath = `${dir}/vocab.json`;
+  const vocab = readVocab(vocabPath, vocabSize);
   const ranks = new Map<string, number>();
-  const lines = Deno.readTextFileSync(`${dir}/merges.txt`).split("\n");
-  for (const line of lines) {
+  const mergesPath = `${dir}/merges.txt`;
+  const lines = Deno.readTextFileSync(mergesPath).split("\n");
+  for (const [i, line] of lines.entries()) {
     if (line.startsWith("#version") || line.trim() === "") continue;
+    if (line.split(" ").length !== 2) {
+      throw new ModelFileError(
+        `${mergesPath}:${i + 1}: a merge is two tokens separated by one space, got ` +
+          JSON.stringify(line),
+      );
+    }
     ranks.set(line, ranks.size);
   }
   const byteChar = bytesToUnicode();
@@ -241,7 +282,11 @@ export function bpeTokenizer(dir: string, vocabSize: number): Tokenizer {
     }
     const ids = parts.map((p) => {
       const id = vocab[p];
-      if (id === undefined) throw new Error(`token ${JSON.stringify(p)} is not in vocab.json`);
+      if (id === undefined) {
+        throw new ModelFileError(
+          `${vocabPath} has no token ${JSON.stringify(p)}, which the text needs`,
+        );
+      }
       return id;
     });
     cache.set(word, ids);
@@ -256,8 +301,6 @@ export function bpeTokenizer(dir: string, vocabSize: number): Tokenizer {
         const word = Array.from(encoder.encode(m[0]), (b) => byteChar.get(b)!).join("");
         ids.push(...bpe(word));
       }
-      const bad = ids.find((id) => id >= vocabSize);
-      if (bad !== undefined) throw new Error(`vocab.json id ${bad} >= the model's ${vocabSize}`);
       return ids;
     },
     tokenBytes: (id) => {
@@ -399,7 +442,8 @@ export function runDemo(options: DemoOptions): number {
     if (prompt.length === 0) throw new UsageError("--prompt must not be empty");
     if (prompt.length >= config.nPositions) {
       throw new UsageError(
-        `--prompt is ${prompt.length} tokens: it fills all ${config.nPositions} positions`,
+        `--prompt is ${prompt.length} tokens, but the model has ${config.nPositions} positions ` +
+          "and the sample needs at least one after the prompt",
       );
     }
   }
@@ -627,7 +671,8 @@ export function main(args: string[]): number {
     }
     // Library errors and file system errors (e.g. the report cannot be written) in one line.
     if (
-      e instanceof tq.TensorqError || e instanceof Deno.errors.NotFound ||
+      e instanceof tq.TensorqError || e instanceof ModelFileError ||
+      e instanceof Deno.errors.NotFound ||
       e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.IsADirectory
     ) {
       console.error(`error: ${e.message}`);

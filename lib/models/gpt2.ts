@@ -182,7 +182,8 @@ const CONFIG_JSON_KEYS: Record<keyof GPT2Config, string> = {
 /**
  * Reads a Hugging Face `config.json` object (snake_case keys; absent or null keys take
  * defaults). Rejects non-GPT-2 models and features this implementation lacks
- * (cross-attention). Errors name config.json's keys.
+ * (cross-attention). Errors name config.json's keys. `reorder_and_upcast_attn` needs no
+ * setting: attention scores are always computed in at least float32.
  */
 export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
   if (typeof hf !== "object" || hf === null || Array.isArray(hf)) {
@@ -795,11 +796,15 @@ export interface GenerateOptions {
   /** `"greedy"` (argmax, default) or `"sample"` (from the softmax of logits / temperature). */
   strategy?: "greedy" | "sample";
   /**
-   * Sample only among the `topK` most likely tokens (default: all). Tokens tied with the
-   * `topK`-th largest logit are all kept, as in Hugging Face's top-k filter.
+   * Sample only among the `topK` most likely tokens (default: all; an integer >= 1, checked
+   * with either strategy). Tokens tied with the `topK`-th largest logit are all kept, as in
+   * Hugging Face's top-k filter.
    */
   topK?: number;
-  /** Divides the logits before sampling (default 1; must be > 0). */
+  /**
+   * Divides the logits before sampling (default 1; must be > 0 when sampling). Greedy decoding
+   * ignores it, but still takes only a finite number >= 0 (0 is a common way to ask for greedy).
+   */
   temperature?: number;
   /**
    * Seed of the sampling stream (default 0), an integer in [0, 2^32): the same seed gives the
@@ -964,12 +969,17 @@ export function generate(
   }
   const temperature = options.temperature ?? 1;
   // Greedy decoding ignores the temperature (0 is a common way to ask for it).
-  if (strategy === "sample" && (!(temperature > 0) || !Number.isFinite(temperature))) {
-    throw new TensorqError("temperature must be a positive number", {
+  const least = strategy === "sample" ? "> 0" : ">= 0";
+  const sampling = strategy === "sample";
+  if (
+    typeof temperature !== "number" || !Number.isFinite(temperature) ||
+    (sampling ? !(temperature > 0) : temperature < 0)
+  ) {
+    throw new TensorqError(`temperature must be a finite number ${least}`, {
       op: GEN_OP,
       kind: "argument",
       argument: "temperature",
-      expected: "a finite number > 0",
+      expected: `a finite number ${least}${sampling ? " when sampling" : ""}`,
       actual: String(temperature),
     });
   }
@@ -982,6 +992,15 @@ export function generate(
       argument: "topK",
       expected: "an integer >= 1",
       actual: String(topK),
+    });
+  }
+  if (prompt.length > model.config.nPositions) {
+    throw new TensorqError("prompt is longer than the model's positions", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "promptIds",
+      expected: `at most ${model.config.nPositions} tokens`,
+      actual: `${prompt.length} tokens`,
     });
   }
   if (prompt.length + maxNew > model.config.nPositions) {
