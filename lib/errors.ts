@@ -167,6 +167,19 @@ export class TensorqError extends Error {
   }
 }
 
+/**
+ * The message of `error` for embedding in another error's message: a {@link TensorqError}'s
+ * without its trailing ` at file:line:col`, since the outer error names the call site itself.
+ */
+export function messageWithoutCallSite(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  if (error instanceof TensorqError) {
+    const suffix = ` at ${formatCallSite(error.callSite)}`;
+    if (error.message.endsWith(suffix)) return error.message.slice(0, -suffix.length);
+  }
+  return error.message;
+}
+
 /** Formats a shape as `[2, 3]`. */
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(", ")}]`;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { TensorqError } from "../lib/errors.ts";
+import { formatCallSite, messageWithoutCallSite, TensorqError } from "../lib/errors.ts";
 import {
   itemSizeOf,
   parseSafetensorsBytes,
@@ -8,6 +8,11 @@ import {
   SafetensorsFile,
   writeSafetensors,
 } from "../lib/io/safetensors.ts";
+import { loadHfCheckpoint } from "../lib/io/hf.ts";
+import { loadSafetensors, saveSafetensors } from "../lib/io/tensors.ts";
+import { cast, equal } from "../lib/ops/elementwise.ts";
+import { randn } from "../lib/random.ts";
+import { tensor, zeros } from "../lib/tensor.ts";
 import { filesExist, SHARED_DIR } from "./helpers.ts";
 
 const ALL_DTYPES: [SafetensorsDType, number][] = [
@@ -345,21 +350,188 @@ Deno.test("parseSafetensorsBytes works on a whole buffer and on a header prefix"
   );
 });
 
-Deno.test("overlapping tensors are allowed", () => {
-  const header = {
-    a: { dtype: "U8", shape: [8], data_offsets: [0, 8] },
-    b: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
-    c: { dtype: "I16", shape: [2], data_offsets: [4, 8] },
-  };
-  const raw = rawFile(header, 8);
+Deno.test("tensors must tile the data section: overlaps, gaps and trailing bytes are refused", async () => {
+  const f32 = (begin: number, end: number) => ({
+    dtype: "F32",
+    shape: [(end - begin) / 4],
+    data_offsets: [begin, end],
+  });
+  const cases: [string, Record<string, unknown>, number, RegExp, string][] = [
+    [
+      "overlap",
+      { a: f32(0, 8), b: f32(4, 12) },
+      12,
+      /tensor "b" starts at byte 4 but "a" ends at 8: the two overlap/,
+      "b",
+    ],
+    [
+      "same range twice",
+      { a: { dtype: "U8", shape: [8], data_offsets: [0, 8] }, b: f32(0, 8) },
+      8,
+      /tensor "b" starts at byte 0 but "a" ends at 8: the two overlap/,
+      "b",
+    ],
+    [
+      "gap",
+      { a: f32(0, 4), b: f32(8, 12) },
+      12,
+      /tensor "b" starts at byte 8 but "a" ends at 4: bytes 4\.\.8 belong to no tensor/,
+      "b",
+    ],
+    [
+      "gap before the first tensor",
+      { a: f32(4, 8) },
+      8,
+      /tensor "a" starts at byte 4: bytes 0\.\.4 of the data section belong to no tensor/,
+      "a",
+    ],
+    [
+      "gap in reverse header order",
+      { b: f32(8, 12), a: f32(0, 4) },
+      12,
+      /tensor "b" starts at byte 8 but "a" ends at 4/,
+      "b",
+    ],
+    [
+      "zero-size tensor inside another",
+      { a: f32(0, 8), z: { dtype: "F32", shape: [0], data_offsets: [4, 4] } },
+      8,
+      /tensor "z" starts at byte 4 but "a" ends at 8/,
+      "z",
+    ],
+    [
+      "trailing bytes",
+      { a: f32(0, 4) },
+      16,
+      /the data section has 16 bytes but the last tensor, "a", ends at byte 4: 12 trailing bytes/,
+      "",
+    ],
+    [
+      "trailing bytes after an empty tensor",
+      { a: f32(0, 4), z: { dtype: "F32", shape: [0], data_offsets: [4, 4] } },
+      6,
+      /the last tensor, "a", ends at byte 4: 2 trailing bytes/,
+      "",
+    ],
+    [
+      "data but no tensor",
+      { __metadata__: { k: "v" } },
+      3,
+      /the data section has 3 bytes but no tensor holds any: 3 trailing bytes/,
+      "",
+    ],
+  ];
+  for (const [label, header, dataLength, pattern, culprit] of cases) {
+    const raw = rawFile(header, dataLength);
+    const err = assertTensorqError(() => parseSafetensorsBytes(raw, { source: "x.st" }), pattern);
+    assert.match(err.message, /^loadSafetensors: x\.st: /, label);
+    assert.equal(err.argument, culprit || undefined, label);
+  }
   const path = tempPath();
   try {
-    Deno.writeFileSync(path, raw);
+    for (const [label, header, dataLength, pattern] of cases) {
+      Deno.writeFileSync(path, rawFile(header, dataLength));
+      const err = assertTensorqError(() => SafetensorsFile.open(path), pattern);
+      assert.ok(err.message.includes(`${path}: `), `${label}: message names the file`);
+      await assert.rejects(() => SafetensorsFile.openAsync(path), pattern);
+      assertTensorqError(() => loadSafetensors(path), pattern);
+    }
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("layouts that tile the data section load, in any header order", () => {
+  const empty = (at: number) => ({ dtype: "I32", shape: [2, 0], data_offsets: [at, at] });
+  const valid: [string, Record<string, unknown>, number][] = [
+    ["no tensors, no data", {}, 0],
+    ["only empty tensors", { z: empty(0), y: empty(0) }, 0],
+    [
+      "empty tensors first, between and last",
+      {
+        z0: empty(0),
+        a: { dtype: "U8", shape: [3], data_offsets: [0, 3] },
+        z1: empty(3),
+        b: { dtype: "F16", shape: [2], data_offsets: [3, 7] },
+        z2: empty(7),
+      },
+      7,
+    ],
+    [
+      "header order differs from byte order",
+      {
+        c: { dtype: "I8", shape: [1], data_offsets: [12, 13] },
+        a: { dtype: "F64", shape: [1], data_offsets: [0, 8] },
+        b: { dtype: "I32", shape: [], data_offsets: [8, 12] },
+      },
+      13,
+    ],
+  ];
+  const path = tempPath();
+  try {
+    for (const [label, header, dataLength] of valid) {
+      const raw = rawFile(header, dataLength);
+      const parsed = parseSafetensorsBytes(raw);
+      assert.deepEqual(
+        parsed.entries.map((e) => e.name),
+        Object.keys(header).filter((k) => k !== "__metadata__"),
+        label,
+      );
+      Deno.writeFileSync(path, raw);
+      using f = SafetensorsFile.open(path);
+      for (const e of parsed.entries) {
+        assert.deepEqual(
+          f.readBytes(e.name),
+          raw.subarray(
+            parsed.dataOffset + e.byteOffset,
+            parsed.dataOffset + e.byteOffset + e.byteLength,
+          ),
+          `${label}: ${e.name}`,
+        );
+      }
+    }
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("files written by writeSafetensors and saveSafetensors pass the layout check", () => {
+  const path = tempPath();
+  try {
+    writeSafetensors(path, [
+      { name: "z0", dtype: "F32", shape: [0], bytes: new Uint8Array(0) },
+      { name: "u", dtype: "U8", shape: [3], bytes: nonZeroBytes(3, 1) },
+      { name: "z1", dtype: "I64", shape: [4, 0], bytes: new Uint8Array(0) },
+      { name: "d", dtype: "F64", shape: [2], bytes: nonZeroBytes(16, 2) },
+      { name: "z2", dtype: "BOOL", shape: [0], bytes: new Uint8Array(0) },
+    ], { format: "pt" });
     using f = SafetensorsFile.open(path);
-    const data = raw.subarray(f.dataOffset);
-    assert.deepEqual(f.readBytes("a"), data);
-    assert.deepEqual(f.readBytes("b"), data);
-    assert.deepEqual(f.readBytes("c"), data.subarray(4));
+    assert.deepEqual(f.keys(), ["z0", "u", "z1", "d", "z2"]);
+    assert.equal(f.fileSize - f.dataOffset, 19);
+    assert.deepEqual(f.readBytes("d"), nonZeroBytes(16, 2));
+
+    writeSafetensors(path, []);
+    using none = SafetensorsFile.open(path);
+    assert.deepEqual(none.keys(), []);
+    assert.equal(none.fileSize, none.dataOffset);
+
+    const tensors = {
+      w: randn([3, 5], { seed: 1 }),
+      q: cast(tensor(Int8Array.of(-8, 7, 0, 1, -1, 3, -5)), "int4"),
+      e: zeros([0, 2]),
+      m: tensor([true, false, true]),
+      i: tensor(Int32Array.of(1, -2, 3)),
+    };
+    saveSafetensors(path, tensors, { note: "x" });
+    using back = loadSafetensors(path);
+    assert.deepEqual(back.keys(), Object.keys(tensors));
+    assert.deepEqual(back.metadata, { note: "x" });
+    for (const [name, t] of Object.entries(tensors)) {
+      const got = back.get(name);
+      assert.equal(got.dtype, t.dtype, name);
+      assert.deepEqual(got.shape, t.shape, name);
+      assert.deepEqual(got.dataSync(), t.dataSync(), name);
+    }
   } finally {
     Deno.removeSync(path);
   }
@@ -638,4 +810,283 @@ Deno.test({
     assert.ok(w.every(Number.isFinite));
     assert.ok(w.some((v) => v !== 0));
   },
+});
+
+Deno.test("opening a directory is an io TensorqError naming it", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "tensorq_st_dir_" });
+  try {
+    const pattern = /is a directory, not a safetensors file/;
+    for (const open of [() => SafetensorsFile.open(dir), () => loadSafetensors(dir)]) {
+      const err = assertTensorqError(open, pattern);
+      assert.ok(err.message.startsWith(`loadSafetensors: ${dir}: `), err.message);
+    }
+    await assert.rejects(() => SafetensorsFile.openAsync(dir), (e: unknown) => {
+      assert.ok(e instanceof TensorqError && e.op === "loadSafetensors" && e.kind === "io");
+      assert.match(e.message, pattern);
+      assert.ok(e.message.includes(dir));
+      return true;
+    });
+  } finally {
+    Deno.removeSync(dir);
+  }
+});
+
+/** Writes a file whose tensor `q` (`count` elements of `dtype`) has int4 metadata `shape`. */
+function int4File(path: string, shape: string, dtype: SafetensorsDType = "U8", count = 3): void {
+  const bytes = count * itemSizeOf(dtype);
+  const header = {
+    __metadata__: { "tensorq.int4.q": shape, other: "kept" },
+    q: { dtype, shape: [count], data_offsets: [0, bytes] },
+  };
+  Deno.writeFileSync(path, rawFile(header, bytes));
+}
+
+Deno.test("int4 metadata: checked against its tensor, errors name the file and tensor", () => {
+  const path = tempPath();
+  try {
+    // Valid: 5 values pack into 3 bytes.
+    int4File(path, "[5]");
+    using good = loadSafetensors(path);
+    assert.deepEqual(good.info("q"), { shape: [5], dtype: "int4" });
+    assert.equal(good.get("q").dtype, "int4");
+    assert.deepEqual(good.metadata, { other: "kept" });
+
+    const cases: [string, () => void, RegExp][] = [
+      [
+        "not a JSON array",
+        () => int4File(path, "[3;5]"),
+        /tensor "q": bad int4 shape in the metadata key "tensorq\.int4\.q".*\[3;5\]/,
+      ],
+      ["negative size", () => int4File(path, "[-5]"), /bad int4 shape/],
+      [
+        "F32 entry",
+        () => int4File(path, "[5]", "F32"),
+        /tensor "q": the metadata key "tensorq\.int4\.q" marks it as packed int4, but it is F32 \[3\]/,
+      ],
+      [
+        "too few bytes",
+        () => int4File(path, "[100]"),
+        /tensor "q": int4 \[100\] \(from the metadata key "tensorq\.int4\.q"\) packs into 50 bytes, but the tensor holds 3/,
+      ],
+      [
+        "too many bytes",
+        () => int4File(path, "[2, 2]"),
+        /int4 \[2, 2\] .* packs into 2 bytes, but the tensor holds 3/,
+      ],
+    ];
+    for (const [label, write, pattern] of cases) {
+      write();
+      const err = assertTensorqError(() => loadSafetensors(path), pattern);
+      assert.ok(err.message.startsWith(`loadSafetensors: ${path}: tensor "q": `), label);
+      assert.equal(err.argument, "tensorq.int4.q", label);
+    }
+
+    // A key whose tensor is absent is ignored (and hidden from the user metadata).
+    Deno.writeFileSync(
+      path,
+      rawFile({
+        __metadata__: { "tensorq.int4.gone": "[4]" },
+        a: { dtype: "U8", shape: [2], data_offsets: [0, 2] },
+      }, 2),
+    );
+    using orphan = loadSafetensors(path);
+    assert.deepEqual(orphan.info("a"), { shape: [2], dtype: "int32" });
+    assert.deepEqual(orphan.metadata, {});
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("saveSafetensors refuses user metadata under tensorq's int4 prefix", () => {
+  const path = tempPath();
+  const original = nonZeroBytes(10, 5);
+  Deno.writeFileSync(path, original);
+  try {
+    const x = randn([2, 3], { seed: 3 });
+    const q = cast(tensor(Int8Array.of(1, -2, 3)), "int4");
+    for (const [tensors, key] of [[{ x }, "tensorq.int4.x"], [{ q }, "tensorq.int4.q"]] as const) {
+      const err = assertTensorqError(
+        () => saveSafetensors(path, tensors, { format: "pt", [key]: "[2, 3]" }),
+        new RegExp(
+          `metadata key "${key.replaceAll(".", "\\.")}" uses the prefix "tensorq\\.int4\\."`,
+        ),
+        "saveSafetensors",
+        "argument",
+      );
+      assert.equal(err.argument, "metadata");
+      assert.ok(err.message.includes(path));
+    }
+    assert.deepEqual(Deno.readFileSync(path), original, "a rejected save leaves the file alone");
+    // Other tensorq-like keys are the user's.
+    saveSafetensors(path, { x }, { "tensorq.note": "mine", "tensorq.int4": "mine too" });
+    using back = loadSafetensors(path);
+    assert.deepEqual(back.metadata, { "tensorq.note": "mine", "tensorq.int4": "mine too" });
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("BOOL bytes other than 0 and 1 load as true (1)", () => {
+  const path = tempPath();
+  try {
+    const header = { m: { dtype: "BOOL", shape: [2, 3], data_offsets: [0, 6] } };
+    const raw = rawFile(header, 6);
+    const data = raw.subarray(raw.length - 6);
+    data.set([0, 1, 2, 255, 0, 128]);
+    Deno.writeFileSync(path, raw);
+    using f = loadSafetensors(path);
+    const m = f.get("m");
+    assert.equal(m.dtype, "bool");
+    assert.deepEqual(m.dataSync(), Uint8Array.of(0, 1, 1, 1, 0, 1));
+    const want = tensor([[false, true, true], [true, false, true]]);
+    assert.deepEqual(equal(m, want).dataSync(), Uint8Array.of(1, 1, 1, 1, 1, 1));
+    assert.deepEqual(cast(m, "float32").dataSync(), Float32Array.of(0, 1, 1, 1, 0, 1));
+    // The raw bytes stay as stored.
+    assert.deepEqual(f.file.readBytes("m"), Uint8Array.of(0, 1, 2, 255, 0, 128));
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+/** How many times the error's own call site appears in its message. */
+function callSiteCount(err: TensorqError): number {
+  return err.message.split(` at ${formatCallSite(err.callSite)}`).length - 1;
+}
+
+/** A checkpoint directory holding `config.json` and the given files (name → bytes). */
+function checkpointDir(files: Record<string, Uint8Array | string>): string {
+  const dir = Deno.makeTempDirSync({ prefix: "tensorq_hf_" });
+  Deno.writeTextFileSync(`${dir}/config.json`, '{"model_type": "gpt2"}');
+  for (const [name, content] of Object.entries(files)) {
+    if (typeof content === "string") Deno.writeTextFileSync(`${dir}/${name}`, content);
+    else Deno.writeFileSync(`${dir}/${name}`, content);
+  }
+  return dir;
+}
+
+Deno.test("Hugging Face loader: wrapped errors name the call site once", () => {
+  const a = { dtype: "F32", shape: [1], data_offsets: [0, 4] };
+  const dirs: string[] = [];
+  try {
+    // A single model.safetensors whose header is not JSON.
+    dirs.push(checkpointDir({ "model.safetensors": rawFile('{"a": ', 0) }));
+    let err = assertTensorqError(
+      () => loadHfCheckpoint(dirs[0]),
+      /cannot open .*model\.safetensors: loadSafetensors: .*model\.safetensors: header is not valid JSON/,
+      "loadHfCheckpoint",
+    );
+    assert.equal(callSiteCount(err), 1, err.message);
+    assert.ok(err.cause instanceof TensorqError);
+
+    // A shard with overlapping tensors, found when one of its tensors is read.
+    const index = { weight_map: { a: "s1.safetensors", b: "s2.safetensors" } };
+    const b = { dtype: "F32", shape: [2], data_offsets: [0, 8] };
+    dirs.push(checkpointDir({
+      "model.safetensors.index.json": JSON.stringify(index),
+      "s1.safetensors": rawFile({ a }, 4),
+      "s2.safetensors": rawFile({ b, c: { ...b, data_offsets: [4, 12] } }, 12),
+    }));
+    using ckpt = loadHfCheckpoint(dirs[1]);
+    assert.deepEqual(ckpt.tensor("a").shape, [1]);
+    err = assertTensorqError(
+      () => ckpt.tensor("b"),
+      /cannot open shard .*s2\.safetensors \(which should hold 'b'\): loadSafetensors: .*tensor "c" starts at byte 4 but "b" ends at 8/,
+      "loadHfCheckpoint",
+    );
+    assert.equal(callSiteCount(err), 1, err.message);
+
+    // A shard that is a directory.
+    Deno.removeSync(`${dirs[1]}/s1.safetensors`);
+    Deno.mkdirSync(`${dirs[1]}/s1.safetensors`);
+    err = assertTensorqError(
+      () => loadHfCheckpoint(dirs[1]),
+      /missing shard .*s1\.safetensors/,
+      "loadHfCheckpoint",
+    );
+    assert.equal(callSiteCount(err), 1, err.message);
+  } finally {
+    for (const d of dirs) Deno.removeSync(d, { recursive: true });
+  }
+});
+
+Deno.test("Hugging Face loader: a file or a missing path instead of a directory", () => {
+  const dir = checkpointDir({ "model.safetensors": rawFile({}, 0) });
+  try {
+    using ok = loadHfCheckpoint(dir);
+    assert.deepEqual(ok.names, []);
+    for (const file of ["config.json", "model.safetensors"]) {
+      const err = assertTensorqError(
+        () => loadHfCheckpoint(`${dir}/${file}`),
+        new RegExp(`${dir}/${file.replace(".", "\\.")} is a file, not a checkpoint directory`),
+        "loadHfCheckpoint",
+      );
+      assert.ok(err.message.includes(`e.g. ${dir})`), err.message);
+      assert.equal(err.argument, "dir");
+      assert.equal(callSiteCount(err), 1, err.message);
+    }
+    assertTensorqError(
+      () => loadHfCheckpoint(`${dir}/nope`),
+      /checkpoint directory .*\/nope does not exist/,
+      "loadHfCheckpoint",
+    );
+    Deno.removeSync(`${dir}/config.json`);
+    assertTensorqError(() => loadHfCheckpoint(dir), /missing config\.json in /, "loadHfCheckpoint");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("messageWithoutCallSite drops only a TensorqError's own call site", () => {
+  const inner = new TensorqError("inner problem", { op: "inner", kind: "io" });
+  assert.ok(inner.message.endsWith(` at ${formatCallSite(inner.callSite)}`));
+  assert.equal(messageWithoutCallSite(inner), "inner: inner problem");
+  assert.equal(messageWithoutCallSite(new Error("plain at x.ts:1:2")), "plain at x.ts:1:2");
+  assert.equal(messageWithoutCallSite("text"), "text");
+});
+
+/** Every `.safetensors` file under `dir` (recursively); none when it does not exist. */
+function safetensorsUnder(dir: URL): string[] {
+  const found: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch {
+    return found;
+  }
+  for (const e of entries) {
+    if (e.isDirectory) found.push(...safetensorsUnder(new URL(`${e.name}/`, dir)));
+    else if (e.name.endsWith(".safetensors")) found.push(new URL(e.name, dir).pathname);
+  }
+  return found;
+}
+
+Deno.test("bundled checkpoints and fixtures pass the layout check and load", () => {
+  const roots = [
+    new URL("../examples/gpt2/assets/", import.meta.url),
+    new URL("fixtures/", import.meta.url),
+    FIXTURES,
+    MODELS,
+  ];
+  const files = roots.flatMap(safetensorsUnder);
+  assert.ok(files.some((f) => f.endsWith("tiny-shakespeare-gpt2/model.safetensors")), "found");
+  for (const path of files) {
+    using f = loadSafetensors(path);
+    const entries = f.file.entries();
+    const used = entries.reduce((n, e) => n + e.byteLength, 0);
+    assert.equal(used, f.file.fileSize - f.file.dataOffset, path);
+    for (const name of f.keys()) assert.ok(f.info(name).shape, `${path}: ${name}`);
+    // Reading the largest tensor checks the file holds all its bytes.
+    const largest = entries.reduce((m, e) => (e.byteLength > m.byteLength ? e : m), entries[0]);
+    if (largest) assert.equal(f.get(largest.name).dtype, f.info(largest.name).dtype, path);
+  }
+  // Checkpoint directories (a config.json beside the weights) open as checkpoints.
+  const dirs = new Set(files.map((f) => f.slice(0, f.lastIndexOf("/"))));
+  let checkpoints = 0;
+  for (const dir of dirs) {
+    if (!filesExist(`${dir}/config.json`)) continue;
+    using ckpt = loadHfCheckpoint(dir);
+    for (const name of ckpt.names) ckpt.info(name);
+    checkpoints++;
+  }
+  assert.ok(checkpoints >= 1);
 });

@@ -13,7 +13,7 @@
  * @module
  */
 import type { DType } from "../dtype.ts";
-import { TensorqError } from "../errors.ts";
+import { messageWithoutCallSite, TensorqError } from "../errors.ts";
 import type { Tensor } from "../tensor.ts";
 import { filePath, type LoadOptions, loadSafetensors, type SafetensorsTensors } from "./tensors.ts";
 
@@ -38,17 +38,43 @@ function isFile(path: string): boolean {
   }
 }
 
+/** Refuses a path that is not a directory, e.g. the model file given instead of its folder. */
+function checkDirectory(path: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(path);
+  } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound) {
+      throw ioError(`checkpoint directory ${path} does not exist`, { argument: "dir", cause });
+    }
+    throw ioError(`cannot read checkpoint directory ${path}: ${messageWithoutCallSite(cause)}`, {
+      argument: "dir",
+      cause,
+    });
+  }
+  if (!info.isDirectory) {
+    const parent = path.replace(/\/+$/, "").replace(/\/[^/]*$/, "") || "/";
+    throw ioError(
+      `${path} is a file, not a checkpoint directory (the directory that holds ${CONFIG} and ` +
+        `the weights${path.includes("/") ? `, e.g. ${parent}` : ""})`,
+      { argument: "dir" },
+    );
+  }
+}
+
 function readJson(path: string, what: string): unknown {
   let text: string;
   try {
     text = Deno.readTextFileSync(path);
   } catch (cause) {
-    throw ioError(`cannot read ${what} ${path}: ${(cause as Error).message}`, { cause });
+    throw ioError(`cannot read ${what} ${path}: ${messageWithoutCallSite(cause)}`, { cause });
   }
   try {
     return JSON.parse(text);
   } catch (cause) {
-    throw ioError(`${what} ${path} is not valid JSON: ${(cause as Error).message}`, { cause });
+    throw ioError(`${what} ${path} is not valid JSON: ${messageWithoutCallSite(cause)}`, {
+      cause,
+    });
   }
 }
 
@@ -143,7 +169,8 @@ export class HfCheckpoint {
         file = loadSafetensors(path);
       } catch (cause) {
         throw ioError(
-          `cannot open shard ${path} (which should hold '${name}'): ${(cause as Error).message}`,
+          `cannot open shard ${path} (which should hold '${name}'): ` +
+            messageWithoutCallSite(cause),
           { argument: name, cause },
         );
       }
@@ -167,6 +194,7 @@ export class HfCheckpoint {
  */
 export function loadHfCheckpoint(dir: string | URL): HfCheckpoint {
   const root = filePath(dir, "loadHfCheckpoint");
+  checkDirectory(root);
   const configPath = joinPath(root, CONFIG);
   if (!isFile(configPath)) throw ioError(`missing ${CONFIG} in ${root}`, { argument: "dir" });
   const config = readJson(configPath, CONFIG);
@@ -178,7 +206,7 @@ export function loadHfCheckpoint(dir: string | URL): HfCheckpoint {
     try {
       file = loadSafetensors(singlePath);
     } catch (cause) {
-      throw ioError(`cannot open ${singlePath}: ${(cause as Error).message}`, { cause });
+      throw ioError(`cannot open ${singlePath}: ${messageWithoutCallSite(cause)}`, { cause });
     }
     const shardOf = new Map(file.keys().map((k) => [k, SINGLE]));
     return new HfCheckpoint(root, config, shardOf, false, file);

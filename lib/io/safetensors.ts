@@ -4,7 +4,9 @@
  * A safetensors file is an 8-byte little-endian header length `N`, a UTF-8 JSON header of `N`
  * bytes, then the data section. The header maps each tensor name to
  * `{ dtype, shape, data_offsets: [begin, end] }` (offsets relative to the data section) and may
- * hold `__metadata__`, a string-to-string map.
+ * hold `__metadata__`, a string-to-string map. As in the reference implementation, the tensors'
+ * byte ranges, sorted by offset, must cover the data section exactly: no gap, no overlap, no
+ * trailing bytes.
  *
  * {@link SafetensorsFile} reads only the length and the header when opened; each tensor's bytes
  * are read on demand with {@link SafetensorsFile.readBytes}. {@link writeSafetensors} writes a
@@ -318,6 +320,49 @@ function parseHeaderLength(prefix: Uint8Array, fileSize: number, source: string)
   return Number(length);
 }
 
+/**
+ * Checks that the tensors' byte ranges, sorted by offset, tile the data section from 0 to its
+ * end, as the reference implementation requires: an overlap would alias two tensors, and a gap
+ * or trailing bytes mean a corrupt or mis-written file.
+ */
+function checkLayout(source: string, entries: readonly SafetensorsEntry[], dataSize: number) {
+  const sorted = [...entries].sort((a, b) =>
+    a.byteOffset - b.byteOffset || a.byteLength - b.byteLength
+  );
+  const expected = "tensors that cover the data section from byte 0 to its end, back to back";
+  let end = 0;
+  let last: SafetensorsEntry | undefined;
+  for (const e of sorted) {
+    if (e.byteOffset !== end) {
+      const where = `tensor ${JSON.stringify(e.name)} starts at byte ${e.byteOffset}`;
+      const before = last ? `but ${JSON.stringify(last.name)} ends at ${end}` : "";
+      const problem = e.byteOffset < end
+        ? `${where} ${before}: the two overlap`
+        : last
+        ? `${where} ${before}: bytes ${end}..${e.byteOffset} belong to no tensor`
+        : `${where}: bytes 0..${e.byteOffset} of the data section belong to no tensor`;
+      throw loadError(source, problem, {
+        argument: e.name,
+        expected,
+        actual: `data_offsets [${e.byteOffset}, ${e.byteOffset + e.byteLength}]`,
+      });
+    }
+    end = e.byteOffset + e.byteLength;
+    // Messages name the tensor that holds the bytes before, not an empty one between.
+    if (e.byteLength > 0 || !last) last = e;
+  }
+  if (end !== dataSize) {
+    const tail = last
+      ? `the last tensor, ${JSON.stringify(last.name)}, ends at byte ${end}`
+      : "no tensor holds any";
+    throw loadError(
+      source,
+      `the data section has ${dataSize} bytes but ${tail}: ${dataSize - end} trailing bytes`,
+      { expected, actual: `${dataSize - end} unused bytes at the end` },
+    );
+  }
+}
+
 /** Parses the header bytes (without the 8-byte length) of a file of `fileSize` bytes. */
 function parseHeaderText(
   headerBytes: Uint8Array,
@@ -361,6 +406,7 @@ function parseHeaderText(
     if (name === METADATA_KEY) metadata = parseMetadata(source, header[name]);
     else entries.push(parseEntry(source, name, header[name], dataSize));
   }
+  checkLayout(source, entries, dataSize);
   return { entries, metadata, dataOffset };
 }
 
@@ -417,6 +463,24 @@ function openError(path: string, cause: unknown): TensorqError {
   });
 }
 
+/** Refuses a directory: opening one succeeds, and only the first read fails (IsADirectory). */
+function checkIsFile(path: string, info: Deno.FileInfo): void {
+  if (info.isDirectory) {
+    throw loadError(path, "is a directory, not a safetensors file", {
+      expected: "a .safetensors file",
+      actual: "a directory",
+    });
+  }
+}
+
+/** A file system error met while reading the header, as a TensorqError naming the file. */
+function headerReadError(path: string, cause: unknown): TensorqError {
+  if (cause instanceof TensorqError) return cause;
+  return loadError(path, `cannot read the header: ${(cause as Error)?.message ?? cause}`, {
+    cause,
+  });
+}
+
 /**
  * A safetensors file opened lazily: only the header is read at open, and each tensor's bytes
  * are read from disk when asked for. Close it with {@link SafetensorsFile.close} or `using`.
@@ -456,7 +520,9 @@ export class SafetensorsFile {
       throw openError(path, cause);
     }
     try {
-      const fileSize = file.statSync().size;
+      const info = file.statSync();
+      checkIsFile(path, info);
+      const fileSize = info.size;
       const prefix = new Uint8Array(8);
       if (fileSize >= 8) readExactSync(file, prefix, path, "the header length");
       const headerLength = parseHeaderLength(prefix, fileSize, path);
@@ -470,7 +536,7 @@ export class SafetensorsFile {
       );
     } catch (error) {
       file.close();
-      throw error;
+      throw headerReadError(path, error);
     }
   }
 
@@ -483,7 +549,9 @@ export class SafetensorsFile {
       throw openError(path, cause);
     }
     try {
-      const fileSize = (await file.stat()).size;
+      const info = await file.stat();
+      checkIsFile(path, info);
+      const fileSize = info.size;
       const prefix = new Uint8Array(8);
       if (fileSize >= 8) await readExact(file, prefix, path, "the header length");
       const headerLength = parseHeaderLength(prefix, fileSize, path);
@@ -497,7 +565,7 @@ export class SafetensorsFile {
       );
     } catch (error) {
       file.close();
-      throw error;
+      throw headerReadError(path, error);
     }
   }
 

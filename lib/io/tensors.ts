@@ -5,11 +5,12 @@
  * Dtype mapping: F32, F16, BF16, F8_E4M3, I8, I32, I64 and BOOL map one to one. F64 loads as
  * float32 (rounded to nearest even), I16 and U8 load as int32 (exact). int4 tensors are stored
  * packed two per byte as U8 `[ceil(n/2)]`, with the metadata keys `tensorq.int4.<name>` holding
- * the logical shape, and load back as int4.
+ * the logical shape, and load back as int4 (the key prefix is reserved: user metadata cannot use
+ * it). BOOL bytes other than 0 load as true (1), as in the reference implementations.
  * @module
  */
 import { type DType, fromStorageBytes, packInt4, toStorageBytes } from "../dtype.ts";
-import { TensorqError } from "../errors.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
 import { numel } from "../shape.ts";
 import { fromStorage, type Tensor } from "../tensor.ts";
 import {
@@ -55,6 +56,12 @@ function entryToTensor(
     return fromStorage(fromStorageBytes("int4", bytes, n), int4Shape, "int4", device);
   }
   const n = numel(entry.shape);
+  if (entry.dtype === "BOOL") {
+    // Any nonzero byte is true; kernels compare bools as bytes, so they must be exactly 0 or 1.
+    const out = fromStorageBytes("bool", bytes, n) as Uint8Array;
+    for (let i = 0; i < n; i++) if (out[i] > 1) out[i] = 1;
+    return fromStorage(out, entry.shape, "bool", device);
+  }
   const direct = DIRECT[entry.dtype];
   if (direct) return fromStorage(fromStorageBytes(direct, bytes, n), entry.shape, direct, device);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -82,8 +89,19 @@ export interface LoadOptions {
   device?: string;
 }
 
-/** The logical shape an int4 tensor's metadata entry holds (a JSON array of sizes). */
-function int4Shape(key: string, value: string): number[] {
+/**
+ * The logical shape that int4 metadata key `key` gives tensor `name` of `file` (a JSON array of
+ * sizes), checked against the entry it describes: packed U8 bytes, two values a byte.
+ */
+function int4Shape(file: SafetensorsFile, name: string, key: string, value: string): number[] {
+  const fail = (problem: string, expected: string, actual: string) =>
+    new TensorqError(`${file.path}: tensor ${JSON.stringify(name)}: ${problem}`, {
+      op: "loadSafetensors",
+      kind: "io",
+      argument: key,
+      expected,
+      actual,
+    });
   let shape: unknown;
   try {
     shape = JSON.parse(value);
@@ -93,15 +111,31 @@ function int4Shape(key: string, value: string): number[] {
   if (
     !Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)
   ) {
-    throw new TensorqError("bad int4 shape in the file's metadata", {
-      op: "loadSafetensors",
-      kind: "io",
-      argument: key,
-      expected: "a JSON array of sizes, e.g. [4, 8]",
-      actual: JSON.stringify(value),
-    });
+    throw fail(
+      `bad int4 shape in the metadata key ${JSON.stringify(key)}`,
+      "a JSON array of sizes, e.g. [4, 8]",
+      JSON.stringify(value),
+    );
   }
-  return shape as number[];
+  const entry = file.entry(name);
+  if (entry.dtype !== "U8") {
+    throw fail(
+      `the metadata key ${JSON.stringify(key)} marks it as packed int4, but it is ` +
+        `${entry.dtype} ${fmtShape(entry.shape)}`,
+      "a U8 tensor of packed int4 values",
+      `${entry.dtype} ${fmtShape(entry.shape)}`,
+    );
+  }
+  const need = Math.ceil(numel(shape) / 2);
+  if (entry.byteLength !== need) {
+    throw fail(
+      `int4 ${fmtShape(shape)} (from the metadata key ${JSON.stringify(key)}) packs into ` +
+        `${need} bytes, but the tensor holds ${entry.byteLength}`,
+      `${need} bytes`,
+      `${entry.byteLength} bytes`,
+    );
+  }
+  return shape;
 }
 
 /** A safetensors file whose tensors are read on demand. */
@@ -114,8 +148,10 @@ export class SafetensorsTensors {
   constructor(file: SafetensorsFile) {
     this.file = file;
     for (const [key, value] of Object.entries(file.metadata)) {
-      if (key.startsWith(INT4_KEY)) {
-        this.#int4.set(key.slice(INT4_KEY.length), int4Shape(key, value));
+      const name = key.slice(INT4_KEY.length);
+      // A key whose tensor is absent changes nothing (e.g. tensors dropped by another tool).
+      if (key.startsWith(INT4_KEY) && file.has(name)) {
+        this.#int4.set(name, int4Shape(file, name, key, value));
       }
     }
   }
@@ -199,6 +235,21 @@ export function saveSafetensors(
   metadata: Record<string, string> = {},
 ): void {
   const p = filePath(path, "saveSafetensors");
+  // tensorq's own keys would be read back as int4 shapes and make the file unreadable.
+  const reserved = Object.keys(metadata ?? {}).find((k) => k.startsWith(INT4_KEY));
+  if (reserved !== undefined) {
+    throw new TensorqError(
+      `${p}: metadata key ${JSON.stringify(reserved)} uses the prefix "${INT4_KEY}", which ` +
+        `tensorq reserves for the shapes of int4 tensors`,
+      {
+        op: "saveSafetensors",
+        kind: "argument",
+        argument: "metadata",
+        expected: `keys not starting with "${INT4_KEY}"`,
+        actual: JSON.stringify(reserved),
+      },
+    );
+  }
   const meta: Record<string, string> = { ...metadata };
   const list = Object.entries(tensors).map(([name, t]) => {
     if (!t || typeof t !== "object" || !("node" in t)) {

@@ -15,6 +15,7 @@ import { cuda as driver } from "../../../ffi/cuda.ts";
 import { type DType, fromStorageBytes, type StorageArray, toStorageBytes } from "../../dtype.ts";
 import { parseDevice } from "../../device.ts";
 import type { DeviceBuffer } from "../../graph/node.ts";
+import { messageWithoutCallSite } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import {
   type Backend,
@@ -42,7 +43,8 @@ export function cudaUnavailableReason(): string | undefined {
     const n = deviceCount();
     availability = n > 0 ? undefined : "no CUDA device is visible";
   } catch (e) {
-    availability = e instanceof Error ? e.message : String(e);
+    // Without the first caller's location: later errors embed this reason at their own.
+    availability = messageWithoutCallSite(e);
   }
   return availability;
 }
