@@ -752,6 +752,37 @@ function trimFraction(digits: string): string {
 }
 
 /**
+ * True when the number `v` is a value of `dtype` as is: any number for float dtypes; for
+ * integer dtypes an integer in range (int64: [-2^63, 2^63), as 2^63 itself is a float64);
+ * for bool 0 or 1.
+ */
+export function isRepresentable(dtype: DType, v: number): boolean {
+  if (dtype === "bool") return v === 0 || v === 1;
+  const info = DTYPE_INFO[dtype];
+  if (!info.isInt) return true;
+  return Number.isInteger(v) && v >= info.min && (dtype === "int64" ? v < TWO_63 : v <= info.max);
+}
+
+/**
+ * `x` as a float64 of at most 26 significant bits, the last one sticky (set when any bit below
+ * it is). `Number(x)` rounds to 53 bits, and a narrower float type would then round a second
+ * time; this float64 holds the value exactly enough that any type of ≤ 24 bits rounds it once,
+ * correctly.
+ */
+export function stickyNumber(x: bigint): number {
+  const negative = x < 0n;
+  let m = negative ? -x : x;
+  const bits = m.toString(2).length;
+  if (bits <= 26) return Number(x);
+  const shift = BigInt(bits - 26);
+  const low = m & ((1n << shift) - 1n);
+  m >>= shift;
+  if (low !== 0n) m |= 1n;
+  const v = Number(m) * 2 ** Number(shift);
+  return negative ? -v : v;
+}
+
+/**
  * Formats one value for printing. Floats use 4 significant digits like C `%.4g` (`0.1235`,
  * `1.235e+05`); integers print in full; bool prints `true`/`false`; NaN and infinities print
  * as `nan`, `inf`, `-inf`. Exact decimal ties (`1234.5`) round away from zero.

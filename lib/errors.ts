@@ -24,7 +24,9 @@ export interface CallSite {
   column: number;
 }
 
-const FRAME_RE = /\(?((?:file|https?|jsr|npm|data):[^\s()]+?|\/[^\s()]+?):(\d+):(\d+)\)?$/;
+// Runtime-internal frames (`ext:`, `node:`) are matched whole, so that their path part is not
+// taken for a user's file (`ext:deno_web/01_console.js` is not `/01_console.js`).
+const FRAME_RE = /\(?((?:file|https?|jsr|npm|data|ext|node):[^\s()]+?|\/[^\s()]+?):(\d+):(\d+)\)?$/;
 
 function isLibraryFrame(file: string): boolean {
   return LIBRARY_DIRS.some((dir) => file.startsWith(dir)) || file.startsWith("ext:") ||

@@ -4,7 +4,7 @@
  * seeded by {@link manualSeed} (default 0) is used.
  * @module
  */
-import { checkDType, encode } from "./dtype.ts";
+import { checkDType, decode, type DType, dtypeInfo, encode } from "./dtype.ts";
 import { TensorqError } from "./errors.ts";
 import { checkShape, numel } from "./shape.ts";
 import { type CreateOptions, fromStorage, hostValues, type Tensor } from "./tensor.ts";
@@ -67,56 +67,119 @@ function rotl(x: number, k: number): number {
 
 let globalStream = new RandomStream(0);
 
-/** Reseeds the global stream used when no seed is given. */
+/** Reseeds the global stream used when no seed is given (an integer in [0, 2^32)). */
 export function manualSeed(seed: number): void {
-  globalStream = new RandomStream(seed);
+  globalStream = new RandomStream(checkSeed("manualSeed", seed));
 }
 
 /** Options of {@link randn} and {@link rand}. */
 export interface RandomOptions extends CreateOptions {
-  /** Seed: the same seed gives the same values. */
+  /** Seed, an integer in [0, 2^32): the same seed gives the same values. */
   seed?: number;
 }
 
-function streamFor(op: string, seed: number | undefined): RandomStream {
-  if (seed === undefined) return globalStream;
-  if (!Number.isFinite(seed)) {
-    throw new TensorqError("seed must be a finite number", {
+/** The stream keeps 32 bits of its seed: other values would alias (2^32 gives 0's stream). */
+function checkSeed(op: string, seed: unknown): number {
+  if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
+    throw new TensorqError("seed must be an integer in [0, 2^32)", {
       op,
       kind: "argument",
       argument: "seed",
+      expected: "an integer in [0, 4294967295]",
       actual: String(seed),
     });
   }
-  return new RandomStream(seed);
+  return seed;
 }
 
-/** Normal samples with mean `mean` and standard deviation `std` (default 0 and 1). */
+function streamFor(op: string, seed: number | undefined): RandomStream {
+  return seed === undefined ? globalStream : new RandomStream(checkSeed(op, seed));
+}
+
+/** Random values come in floating dtypes only. */
+function floatDType(op: string, dtype: unknown): DType {
+  const d = checkDType(op, "dtype", dtype ?? "float32");
+  if (!dtypeInfo(d).isFloat) {
+    throw new TensorqError("random values need a floating dtype", {
+      op,
+      kind: "dtype",
+      argument: "dtype",
+      expected: "float32, float16, bfloat16 or float8e4m3",
+      actual: d,
+    });
+  }
+  return d;
+}
+
+function finiteNumber(op: string, name: string, value: unknown, positive = false): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || (positive && value < 0)) {
+    throw new TensorqError(`${name} must be a finite number${positive ? " >= 0" : ""}`, {
+      op,
+      kind: "argument",
+      argument: name,
+      expected: `a finite number${positive ? " >= 0" : ""}`,
+      actual: String(value),
+    });
+  }
+  return value;
+}
+
+/**
+ * Normal samples with mean `mean` and standard deviation `std` (default 0 and 1; finite,
+ * `std >= 0`), in a floating dtype.
+ */
 export function randn(
   shape: readonly number[],
   options: RandomOptions & { mean?: number; std?: number } = {},
 ): Tensor {
+  options ??= {};
   const s = checkShape("randn", shape);
-  const dtype = checkDType("randn", "dtype", options.dtype ?? "float32");
+  const dtype = floatDType("randn", options.dtype);
   const stream = streamFor("randn", options.seed);
-  const mean = options.mean ?? 0;
-  const std = options.std ?? 1;
+  const mean = finiteNumber("randn", "mean", options.mean ?? 0);
+  const std = finiteNumber("randn", "std", options.std ?? 1, true);
   const values = hostValues("randn", numel(s));
   for (let i = 0; i < values.length; i++) values[i] = mean + std * stream.normal();
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }
 
-/** Uniform samples in [low, high) (default [0, 1)). */
+/**
+ * Uniform samples in [low, high) (default [0, 1); finite, `low < high`), in a floating dtype.
+ * A sample that the dtype would round up to `high` is drawn again, so `high` never appears.
+ */
 export function rand(
   shape: readonly number[],
   options: RandomOptions & { low?: number; high?: number } = {},
 ): Tensor {
+  options ??= {};
   const s = checkShape("rand", shape);
-  const dtype = checkDType("rand", "dtype", options.dtype ?? "float32");
+  const dtype = floatDType("rand", options.dtype);
   const stream = streamFor("rand", options.seed);
-  const low = options.low ?? 0;
-  const high = options.high ?? 1;
+  const low = finiteNumber("rand", "low", options.low ?? 0);
+  const high = finiteNumber("rand", "high", options.high ?? 1);
+  if (!(low < high) || !(decode(dtype, encode(dtype, [low]))[0] < high)) {
+    throw new TensorqError("low must be below high (once rounded to the dtype)", {
+      op: "rand",
+      kind: "argument",
+      argument: "high",
+      expected: `a value above low = ${low} in ${dtype}`,
+      actual: String(high),
+    });
+  }
   const values = hostValues("rand", numel(s));
-  for (let i = 0; i < values.length; i++) values[i] = low + (high - low) * stream.uniform();
-  return fromStorage(encode(dtype, values), s, dtype, options.device);
+  const draw = () => low + (high - low) * stream.uniform();
+  for (let i = 0; i < values.length; i++) values[i] = draw();
+  const storage = encode(dtype, values);
+  const stored = decode(dtype, storage);
+  const lowest = decode(dtype, encode(dtype, [low]))[0]; // < high, checked above
+  for (let i = 0; i < values.length; i++) {
+    // Rare (about 1 in 2^(mantissa bits + 1)); redrawn after the pass, so still seeded. A
+    // range that (nearly) every draw rounds out of falls back to low, rounded.
+    for (let tries = 0; stored[i] >= high; tries++) {
+      values[i] = tries < 64 ? draw() : lowest;
+      stored[i] = decode(dtype, encode(dtype, [values[i]]))[0];
+      if (stored[i] < high) encode(dtype, values.subarray(i, i + 1), storage.subarray(i, i + 1));
+    }
+  }
+  return fromStorage(storage, s, dtype, options.device);
 }

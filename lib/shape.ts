@@ -163,6 +163,7 @@ export function describeValue(v: unknown): string {
     return `[${v.slice(0, 8).map(describeValue).join(", ")}${v.length > 8 ? ", ..." : ""}]`;
   }
   if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "bigint") return `${v}n (a bigint)`;
   if (v === null || v === undefined || typeof v !== "object") return String(v);
   return (v as { constructor?: { name?: string } }).constructor?.name ?? "object";
 }

@@ -13,6 +13,8 @@ import {
   dtypeInfo,
   encode,
   formatNumber,
+  isRepresentable,
+  stickyNumber,
   type StorageArray,
 } from "./dtype.ts";
 import { parseDevice } from "./device.ts";
@@ -426,27 +428,30 @@ export interface TensorOptions extends CreateOptions {
   shape?: readonly number[];
 }
 
-function inferDType(data: TensorInput): DType {
+/** The dtype of typed-array data (undefined for numbers and nested arrays). */
+function typedArrayDType(data: TensorInput): DType | undefined {
   if (data instanceof Int8Array) return "int8";
   if (
     data instanceof Int32Array || data instanceof Int16Array || data instanceof Uint8Array ||
     data instanceof Uint16Array
   ) return "int32";
   if (data instanceof BigInt64Array || data instanceof Uint32Array) return "int64";
-  let v: unknown = data;
-  while (Array.isArray(v) && v.length) v = v[0];
-  return typeof v === "boolean" ? "bool" : "float32";
+  if (data instanceof Float32Array || data instanceof Float64Array) return "float32";
+  return undefined;
 }
 
 /**
  * Creates a tensor from a number, nested arrays, or a typed array. The dtype is inferred
- * when not given: booleans → bool, Int8Array → int8, Int32Array/Int16Array/Uint8Array →
- * int32, BigInt64Array → int64, everything else → float32. Values are converted with the
- * dtype's rounding; integer dtypes reject non-integral or out-of-range values.
+ * when not given: only booleans → bool; Int8Array → int8; Int32Array, Int16Array,
+ * Uint8Array, Uint16Array → int32; BigInt64Array, Uint32Array → int64; everything else
+ * (numbers, mixed numbers and booleans, Float32Array, Float64Array) → float32. Values are
+ * converted with the dtype's rounding (int64 data once, however wide the value); integer
+ * dtypes reject non-integral or out-of-range values, bool anything but 0 and 1.
  */
 export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
-  const dtype = options.dtype === undefined
-    ? inferDType(data)
+  options ??= {};
+  let dtype = options.dtype === undefined
+    ? typedArrayDType(data)
     : checkDType("tensor", "dtype", options.dtype);
   let shape: number[];
   let flat: ArrayLike<number>;
@@ -462,9 +467,12 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
         actual: `[${shape.join(", ")}] (${numel(shape)} elements)`,
       });
     }
+    dtype ??= "float32";
     if (data instanceof BigInt64Array) {
       if (dtype === "int64") return fromStorage(data.slice(), shape, dtype, options.device);
-      flat = Float64Array.from(data, (v) => Number(v));
+      // Number() rounds to 53 bits; a float dtype would then round a second time.
+      const toNumber = dtypeInfo(dtype).isFloat ? stickyNumber : Number;
+      flat = Float64Array.from(data, (v) => toNumber(v));
     } else flat = data as ArrayLike<number>;
   } else {
     shape = [];
@@ -474,11 +482,16 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
       v = v[0];
     }
     const out: number[] = [];
+    let numbers = false, booleans = false;
     const walk = (x: unknown, dim: number): void => {
       if (dim === shape.length) {
-        if (typeof x === "number") out.push(x);
-        else if (typeof x === "boolean") out.push(x ? 1 : 0);
-        else {
+        if (typeof x === "number") {
+          out.push(x);
+          numbers = true;
+        } else if (typeof x === "boolean") {
+          out.push(x ? 1 : 0);
+          booleans = true;
+        } else {
           throw new TensorqError("data must hold numbers or booleans", {
             op: "tensor",
             kind: "argument",
@@ -501,6 +514,7 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
       for (const e of x) walk(e, dim + 1);
     };
     walk(data, 0);
+    dtype ??= booleans && !numbers ? "bool" : "float32";
     flat = out;
     if (options.shape) {
       shape = checkShape("tensor", options.shape);
@@ -547,40 +561,59 @@ export function hostValues(op: string, n: number): Float64Array {
   }
 }
 
-function checkRepresentable(op: string, dtype: DType, values: ArrayLike<number>): void {
+function checkRepresentable(
+  op: string,
+  dtype: DType,
+  values: ArrayLike<number>,
+  argument = "data",
+): void {
   const info = dtypeInfo(dtype);
-  if (!info.isInt) return;
+  if (!info.isInt && dtype !== "bool") return;
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    if (!Number.isInteger(v) || v < info.min || v > info.max) {
+    if (!isRepresentable(dtype, v)) {
+      const [min, max] = dtype === "int64" ? ["-2^63", "2^63 - 1"] : [info.min, info.max];
       throw new TensorqError("value not representable", {
         op,
         kind: "argument",
-        argument: "data",
-        expected: `integers in [${info.min}, ${info.max}] for ${dtype}`,
+        argument,
+        expected: dtype === "bool"
+          ? "true, false, 0 or 1 for bool"
+          : `integers in [${min}, ${max}] for ${dtype}`,
         actual: `${v} at flat index ${i}`,
       });
     }
   }
 }
 
-/** A tensor filled with one value. */
+/** A tensor filled with one value (a number, or a boolean for bool). */
 export function full(shape: readonly number[], value: number, options: CreateOptions = {}): Tensor {
+  options ??= {};
   const s = checkShape("full", shape);
   const dtype = checkDType("full", "dtype", options.dtype ?? "float32");
-  checkRepresentable("full", dtype, [value]);
+  if (typeof value !== "number" && typeof value !== "boolean") {
+    throw new TensorqError("value must be a number", {
+      op: "full",
+      kind: "argument",
+      argument: "value",
+      expected: "a number (or a boolean)",
+      actual: describeValue(value),
+    });
+  }
+  value = Number(value);
+  checkRepresentable("full", dtype, [value], "value");
   const values = hostValues("full", numel(s)).fill(value);
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }
 
 /** A tensor of zeros. */
 export function zeros(shape: readonly number[], options: CreateOptions = {}): Tensor {
-  return full(shape, 0, options);
+  return full(shape, 0, options ?? {});
 }
 
 /** A tensor of ones. */
 export function ones(shape: readonly number[], options: CreateOptions = {}): Tensor {
-  return full(shape, 1, options);
+  return full(shape, 1, options ?? {});
 }
 
 /**
@@ -593,6 +626,7 @@ export function arange(
   step = 1,
   options: CreateOptions = {},
 ): Tensor {
+  options ??= {};
   if (stop === undefined) [start, stop] = [0, start];
   if (!Number.isFinite(step) || step === 0) {
     throw new TensorqError("step must be a non-zero finite number", {
@@ -620,13 +654,17 @@ export function arange(
   return fromStorage(encode(dtype, values), [n], dtype, options.device);
 }
 
-/** `num` evenly spaced values from `start` to `stop` inclusive. */
+/**
+ * `num` evenly spaced values from `start` to `stop` inclusive (finite bounds). Integer dtypes
+ * take only ranges whose every value is an integer.
+ */
 export function linspace(
   start: number,
   stop: number,
   num: number,
   options: CreateOptions = {},
 ): Tensor {
+  options ??= {};
   if (!Number.isInteger(num) || num < 0) {
     throw new TensorqError("num must be a non-negative integer", {
       op: "linspace",
@@ -635,12 +673,21 @@ export function linspace(
       actual: String(num),
     });
   }
-  const step = num > 1 ? (stop - start) / (num - 1) : 0;
-  const values = Float64Array.from(
-    { length: num },
-    (_, i) => (i === num - 1 && num > 1 ? stop : start + i * step),
-  );
+  for (const [name, v] of [["start", start], ["stop", stop]] as const) {
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new TensorqError(`${name} must be a finite number`, {
+        op: "linspace",
+        kind: "argument",
+        argument: name,
+        actual: String(v),
+      });
+    }
+  }
   const dtype = checkDType("linspace", "dtype", options.dtype ?? "float32");
+  const step = num > 1 ? (stop - start) / (num - 1) : 0;
+  const values = hostValues("linspace", num);
+  for (let i = 0; i < num; i++) values[i] = i === num - 1 && num > 1 ? stop : start + i * step;
+  checkRepresentable("linspace", dtype, values);
   return fromStorage(encode(dtype, values), [num], dtype, options.device);
 }
 
@@ -656,14 +703,18 @@ export function formatTensor(t: Tensor): string {
   if (t.node.placeholder) {
     return `Tensor(<compile input>, dtype=${t.dtype}, device=${t.device}, shape=[${t.shape}])`;
   }
-  const values = decode(t.dtype, t.storageSync());
+  const storage = t.storageSync();
+  const values = decode(t.dtype, storage);
   const summarize = values.length > SUMMARIZE_ABOVE;
-  const fmt = (v: number) => formatNumber(t.dtype, v);
+  // int64 prints from its storage: a float64 would change digits beyond 2^53.
+  const fmt = t.dtype === "int64"
+    ? (_: number, at: number) => String((storage as BigInt64Array)[at])
+    : (v: number) => formatNumber(t.dtype, v);
   const shape = t.node.shape;
   const strides = shape.map((_, i) => numel(shape.slice(i + 1)));
   const cells: string[] = [];
   const collect = (dim: number, off: number) => {
-    if (dim === shape.length) return void cells.push(fmt(values[off]));
+    if (dim === shape.length) return void cells.push(fmt(values[off], off));
     for (let i = 0; i < shape[dim]; i++) {
       if (summarize && shape[dim] > 2 * EDGE && i === EDGE) i = shape[dim] - EDGE;
       collect(dim + 1, off + i * strides[dim]);

@@ -67,6 +67,33 @@ testOnDevices("gelu exact and tanh match float64 references", (device) => {
   });
 });
 
+Deno.test("cpu gelu keeps its relative precision in the negative tail", () => {
+  // High-precision values of x · Φ(x) and of the tanh form: 1 + erf (or 1 + tanh) cancels
+  // there, which gave 0 below x = -6.
+  const exact: [number, number][] = [
+    [-3.25, -0.0018753313877699928895],
+    [-5.5, -1.0444259356238245661e-7],
+    [-8.374500274658203, -2.3221942002750701534e-16],
+    [-12, -2.1317785344932147972e-32],
+  ];
+  const tanhForm: [number, number][] = [
+    [-3.5, -0.00061619765537366330893],
+    [-5, -2.2917961966295060456e-7],
+    [-7.199999809265137, -1.9994352560926915095e-16],
+  ];
+  const run = (cases: [number, number][], approximate: "none" | "tanh") => {
+    const x = tq.tensor(cases.map(([v]) => v), { dtype: "float32" });
+    // Every input is a float32, so the references are for the very inputs.
+    const got = x.gelu({ approximate }).dataSync() as Float32Array;
+    cases.forEach(([v, want], i) => {
+      const rel = Math.abs(got[i] - want) / Math.abs(want);
+      assert.ok(rel < 2 ** -22, `${approximate} gelu(${v}) = ${got[i]}, want ${want}`);
+    });
+  };
+  run(exact, "none");
+  run(tanhForm, "tanh");
+});
+
 Deno.test("erf matches known values to 1e-14", () => {
   const known: [number, number][] = [
     [0, 0],

@@ -173,6 +173,14 @@ testOnDevices("integer reductions: dtypes, exactness and wrapping", (device) => 
   assert.deepEqual(tq.max(i32, 0).toArray(), [2147483647, 1]);
   assert.deepEqual(tq.min(i32, 0).toArray(), [5, -3]);
   assert.deepEqual(tq.argmax(i32, 0).toArray(), [0, 0]);
+  // The int32 sum wraps at every step: a running sum past 2^53 (8M values near 2^31) still ends
+  // exactly at the true sum modulo 2^32.
+  const many = new Int32Array(2 ** 23 + 5);
+  for (let i = 0; i < many.length; i++) many[i] = 2147483647 - (i % 1000);
+  many[many.length - 1] = -7;
+  let exact = 0n;
+  for (const v of many) exact += BigInt(v);
+  assert.equal(tq.sum(tq.tensor(many, { device })).item(), Number(BigInt.asIntN(32, exact)));
   // int64 stays exact beyond 2^53 and wraps at 2^63.
   const big = 2n ** 53n + 1n;
   const i64 = tq.tensor(new BigInt64Array([big, 1n, big + 2n, big + 1n]), { device });

@@ -50,6 +50,108 @@ Deno.test("randn and rand are reproducible by seed and have the right moments", 
   assert.deepEqual(tq.randn([4]).dataSync(), g1);
 });
 
+Deno.test("rand never returns high, in any float dtype; random options are checked", () => {
+  // Uniform float64 draws just below 1 round up to 1 in narrow dtypes (about 1 in 512 for
+  // bfloat16): they are drawn again.
+  const sizes: [tq.DType, number][] = [["bfloat16", 100000], ["float16", 100000], [
+    "float8e4m3",
+    20000,
+  ]];
+  for (const [dtype, n] of sizes) {
+    const seed = 3 + n;
+    const u = tq.rand([n], { seed, dtype }).cast("float32");
+    const values = u.dataSync() as Float32Array;
+    assert.ok(values.every((v) => v >= 0 && v < 1), `${dtype}: all in [0, 1)`);
+    assert.ok(Math.abs(u.mean().item() - 0.5) < 0.02, `${dtype} mean ${u.mean().item()}`);
+    const w = tq.rand([n], { seed, dtype, low: -3, high: 2 });
+    assert.ok((w.cast("float32").dataSync() as Float32Array).every((v) => v >= -3 && v < 2));
+  }
+  const cases: [() => unknown, string, string, string[]][] = [
+    [() => tq.rand([2], { dtype: "int8" }), "rand", "dtype", ["floating dtype", "got int8"]],
+    [() => tq.randn([2], { dtype: "int32" }), "randn", "dtype", ["got int32"]],
+    [() => tq.randn([2], { std: -1 }), "randn", "std", [">= 0", "got -1"]],
+    [() => tq.randn([2], { std: NaN }), "randn", "std", ["got NaN"]],
+    [() => tq.randn([2], { mean: Infinity }), "randn", "mean", ["got Infinity"]],
+    [() => tq.rand([2], { low: 1, high: 1 }), "rand", "high", ["above low = 1"]],
+    [() => tq.rand([2], { high: NaN }), "rand", "high", ["got NaN"]],
+    // low = 1.005 rounds up to 1.0078125 in bfloat16: no bfloat16 value lies in the range.
+    [
+      () => tq.rand([2], { low: 1.005, high: 1.007, dtype: "bfloat16" }),
+      "rand",
+      "high",
+      ["bfloat16"],
+    ],
+    // The stream keeps 32 bits of the seed; others would alias (2^32 gave seed 0's values).
+    [() => tq.rand([2], { seed: 0.5 }), "rand", "seed", ["[0, 4294967295]", "got 0.5"]],
+    [() => tq.randn([2], { seed: 2 ** 32 }), "randn", "seed", ["got 4294967296"]],
+    [() => tq.randn([2], { seed: -1 }), "randn", "seed", ["got -1"]],
+    [() => tq.manualSeed(1.5), "manualSeed", "seed", ["got 1.5"]],
+  ];
+  for (const [call, op, argument, includes] of cases) {
+    assertTqError(call, { op, includes: [`'${argument}'`, ...includes] });
+  }
+  assert.deepEqual(tq.randn([3], null as unknown as undefined).shape, [3]);
+});
+
+Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1", () => {
+  // 2^60 + 2^36 + 1 lies just above a float32 midpoint; through a float64 it rounded to 2^60.
+  const wide = 2n ** 60n + 2n ** 36n + 1n;
+  const viaCast = tq.tensor(new BigInt64Array([wide])).cast("float32").item();
+  assert.equal(tq.tensor(new BigInt64Array([wide]), { dtype: "float32" }).item(), viaCast);
+  assert.equal(viaCast, Math.fround(2 ** 60 + 2 ** 37));
+  const b16 = tq.tensor(new BigInt64Array([2n ** 40n + 2n ** 32n + 1n]), { dtype: "bfloat16" });
+  assert.equal(b16.item(), 2 ** 40 + 2 ** 33);
+  // Printing an int64 keeps every digit.
+  assert.match(tq.tensor(new BigInt64Array([2n ** 62n + 1n])).toString(), /4611686018427387905/);
+  // Only booleans make a bool tensor; mixed data is numeric.
+  assert.equal(tq.tensor([true, false]).dtype, "bool");
+  const mixed = tq.tensor([true, 2] as unknown as number[]);
+  assert.equal(mixed.dtype, "float32");
+  assert.deepEqual(mixed.toArray(), [1, 2]);
+  assert.deepEqual(tq.full([2], true as unknown as number, { dtype: "bool" }).toArray(), [
+    true,
+    true,
+  ]);
+  for (
+    const [op, call, includes] of [
+      ["full", () => tq.full([2], 0.5, { dtype: "bool" }), ["0 or 1 for bool", "got 0.5"]],
+      ["tensor", () => tq.tensor([2], { dtype: "bool" }), ["0 or 1 for bool", "got 2"]],
+      ["full", () => tq.full([2], "a" as unknown as number), ["'value'", 'got "a"']],
+      ["full", () => tq.full([2], 1n as unknown as number), ["got 1n (a bigint)"]],
+      ["full", () => tq.full([2], undefined as unknown as number), ["got undefined"]],
+      // 2^63 is a float64 but no int64.
+      ["tensor", () => tq.tensor([2 ** 63], { dtype: "int64" }), ["2^63 - 1"]],
+      [
+        "add",
+        () => tq.tensor(new BigInt64Array([1n])).add(2 ** 63),
+        ["[-2^63, 2^63 - 1]"],
+      ],
+      // A bool tensor compared with 2 was compared with true.
+      ["equal", () => tq.tensor([true, false]).equal(2), ["true, false, 0 or 1"]],
+      ["linspace", () => tq.linspace(NaN, 1, 3), ["'start'", "got NaN"]],
+      ["linspace", () => tq.linspace(0, Infinity, 3), ["'stop'"]],
+      ["linspace", () => tq.linspace(0, 1, 3, { dtype: "int32" }), ["got 0.5 at flat index 1"]],
+      ["linspace", () => tq.linspace(0, 1, 1e15), ["too many elements"]],
+    ] as const
+  ) {
+    assertTqError(call, { op, includes: [...includes] });
+  }
+  assert.deepEqual(tq.linspace(0, 4, 3, { dtype: "int32" }).toArray(), [0, 2, 4]);
+  assert.deepEqual(tq.tensor([true, false]).equal(1).toArray(), [true, false]);
+  // Options given as null take the defaults.
+  assert.deepEqual(tq.zeros([2], null as unknown as undefined).toArray(), [0, 0]);
+  assert.deepEqual(tq.ones([1], null as unknown as undefined).toArray(), [1]);
+  assert.deepEqual(tq.tensor([1], null as unknown as undefined).toArray(), [1]);
+  assert.deepEqual(tq.arange(0, 2, 1, null as unknown as undefined).toArray(), [0, 1]);
+  assert.deepEqual(tq.linspace(0, 1, 2, null as unknown as undefined).toArray(), [0, 1]);
+});
+
+Deno.test("an evaluation error raised while printing names the user's line", () => {
+  const y = tq.ones([3, 2]).gather(tq.tensor([5], { dtype: "int32" }), 0);
+  const line = thisLine() + 1;
+  assertTqError(() => console.log(y), { op: "gather", includes: ["got 5"], line });
+});
+
 Deno.test("ops are lazy, evaluation memoizes, and repeated graphs reuse the plan", async () => {
   const x = tq.tensor([1, 2, 3]);
   const y = x.mul(2).add(1);

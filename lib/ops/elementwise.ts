@@ -212,7 +212,8 @@ export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
 /**
  * Converts to `dtype`. Floats → floats round to nearest even (float8e4m3 saturates to ±448;
  * float16/bfloat16 overflow to ±Inf). Floats → integers truncate toward zero and saturate to
- * the target range; NaN → 0. Anything → bool is `x != 0`. bool → numbers is 0/1.
+ * the target range; NaN → 0. Integers → narrower integers saturate too (int32 200 → int8 127;
+ * NumPy and PyTorch wrap instead). Anything → bool is `x != 0`. bool → numbers is 0/1.
  */
 export function cast(x: Tensor, dtype: DType): Tensor {
   checkTensor("cast", "x", x);

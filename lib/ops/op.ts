@@ -3,7 +3,7 @@
  * devices, and creating the graph node that records the user's call site.
  * @module
  */
-import { type DType, dtypeInfo } from "../dtype.ts";
+import { type DType, dtypeInfo, isRepresentable } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { nodeTrace } from "../errors.ts";
 import { type Attrs, Node } from "../graph/node.ts";
@@ -103,15 +103,20 @@ export function operands(op: string, names: string[], values: TensorLike[]): Ten
     if (v instanceof Tensor) return checkLive(op, names[i], v);
     if (typeof v === "number" || typeof v === "boolean") {
       const value = Number(v);
-      const info = dtypeInfo(ref.dtype);
-      // Encoding would truncate or saturate it silently (x.mul(0.5) on int32 gave zeros).
-      if (info.isInt && (!Number.isInteger(value) || value < info.min || value > info.max)) {
+      // Encoding would truncate or saturate it silently (x.mul(0.5) on int32 gave zeros, and
+      // a bool tensor compared equal to 2 as to true).
+      if (!isRepresentable(ref.dtype, value)) {
+        const info = dtypeInfo(ref.dtype);
+        const range = ref.dtype === "bool"
+          ? "true, false, 0 or 1"
+          : ref.dtype === "int64"
+          ? "an integer in [-2^63, 2^63 - 1]"
+          : `an integer in [${info.min}, ${info.max}]`;
         throw new TensorqError("a number operand must be representable in the tensor's dtype", {
           op,
           kind: "dtype",
           argument: names[i],
-          expected:
-            `an integer in [${info.min}, ${info.max}] (the tensor operand is ${ref.dtype}); ` +
+          expected: `${range} (the tensor operand is ${ref.dtype}); ` +
             "cast the tensor to a float dtype first",
           actual: String(value),
         });

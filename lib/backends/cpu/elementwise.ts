@@ -3,10 +3,10 @@
  * on decoded values and rounds once to the output dtype.
  * @module
  */
-import { encode } from "../../dtype.ts";
+import { encode, stickyNumber } from "../../dtype.ts";
 import { numel } from "../../shape.ts";
 import { type CpuKernelContext, registerCpuKernel } from "./backend.ts";
-import { broadcastIndex, erf, outArray, read } from "./util.ts";
+import { broadcastIndex, gelu, geluTanh, outArray, read } from "./util.ts";
 
 type BinaryFn = (a: number, b: number) => number;
 type UnaryFn = (x: number) => number;
@@ -101,8 +101,6 @@ for (const [op, fns] of Object.entries(binaryOps)) {
   });
 }
 
-const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
-
 const unaryOps: Record<string, UnaryFn> = {
   neg: (x) => -x,
   abs: (x) => Math.abs(x),
@@ -139,14 +137,8 @@ registerCpuKernel("gelu", ([s], ctx) => {
   const x = read(ctx.inputs[0].dtype, s);
   const out = outArray(ctx.out.dtype, x.length);
   const v = out.values;
-  if (ctx.attrs.approximate === "tanh") {
-    for (let i = 0; i < x.length; i++) {
-      const t = x[i];
-      v[i] = 0.5 * t * (1 + Math.tanh(SQRT_2_OVER_PI * (t + 0.044715 * t * t * t)));
-    }
-  } else {
-    for (let i = 0; i < x.length; i++) v[i] = 0.5 * x[i] * (1 + erf(x[i] / Math.SQRT2));
-  }
+  const f = ctx.attrs.approximate === "tanh" ? geluTanh : gelu;
+  for (let i = 0; i < x.length; i++) v[i] = f(x[i]);
   return out.finish();
 });
 
@@ -170,29 +162,12 @@ registerCpuKernel("where", ([sc, sa, sb], ctx) => {
   return encode(ctx.out.dtype, vals);
 });
 
-/** `x` as a float64 of at most 26 significant bits, the last one sticky (set when any bit
- * below it is). */
-function stickyNumber(x: bigint): number {
-  const negative = x < 0n;
-  let m = negative ? -x : x;
-  const bits = m.toString(2).length;
-  if (bits <= 26) return Number(x);
-  const shift = BigInt(bits - 26);
-  const low = m & ((1n << shift) - 1n);
-  m >>= shift;
-  if (low !== 0n) m |= 1n;
-  const v = Number(m) * 2 ** Number(shift);
-  return negative ? -v : v;
-}
-
 registerCpuKernel("cast", ([s], ctx) => {
   const from = ctx.inputs[0].dtype;
   const to = ctx.out.dtype;
   if (from === to) return s;
   if (from === "int64" && to !== "bool") {
-    // Number() rounds to 53 bits; a narrower float type would then round a second time.
-    // Values are first cut to 26 significant bits with a sticky bit, which the float64 holds
-    // exactly and any type of ≤ 24 bits then rounds once, correctly.
+    // Number() rounds to 53 bits and a narrower float type would round again: stickyNumber.
     const src = s as BigInt64Array;
     const narrow = to === "float32" || to === "float16" || to === "bfloat16";
     return encode(to, Float64Array.from(src, (x) => (narrow ? stickyNumber(x) : Number(x))));

@@ -20,9 +20,7 @@ import { unfoldedAttention } from "../../graph/passes/attention_qlinear.ts";
 import { numel } from "../../shape.ts";
 import { cpuKernel, type CpuKernelContext, registerCpuKernel } from "./backend.ts";
 import { gemm } from "./matmul.ts";
-import { erf, outArray, read } from "./util.ts";
-
-const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+import { gelu, geluTanh, outArray, read } from "./util.ts";
 
 /** The activation a fused op applies after the bias. */
 export function activationFn(name: unknown): (x: number) => number {
@@ -30,9 +28,9 @@ export function activationFn(name: unknown): (x: number) => number {
     case "relu":
       return (x) => (x > 0 ? x : Number.isNaN(x) ? NaN : 0);
     case "gelu":
-      return (x) => 0.5 * x * (1 + erf(x / Math.SQRT2));
+      return gelu;
     case "gelu_tanh":
-      return (x) => 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));
+      return geluTanh;
     default:
       return (x) => x;
   }

@@ -74,11 +74,21 @@ registerCpuKernel("sum", ([s], ctx) => {
   const x = read(ctx.inputs[0].dtype, s);
   const out = outArray(ctx.out.dtype, m);
   const v = out.values;
+  if (ctx.out.dtype === "int32") {
+    // int8 and int32 sums wrap modulo 2^32 (the documented overflow) at every step: a float64
+    // running sum would stop being exact past 2^53 and wrap to the wrong value.
+    for (let o = 0; o < m; o++) {
+      const base = bases[o];
+      let acc = 0;
+      for (let k = 0; k < r; k++) acc = (acc + x[base + offsets[k]]) | 0;
+      v[o] = acc;
+    }
+    return out.finish();
+  }
   for (let o = 0; o < m; o++) {
     const base = bases[o];
     let acc = 0;
     for (let k = 0; k < r; k++) acc += x[base + offsets[k]];
-    // Int32Array assignment wraps modulo 2^32: the documented integer overflow.
     v[o] = acc;
   }
   return out.finish();

@@ -1,6 +1,6 @@
 /**
  * Helpers shared by CPU kernels: output arrays with the dtype's rounding, broadcast index
- * maps, and float64 math the JS standard library lacks (erf).
+ * maps, and float64 math the JS standard library lacks (erf, erfc, GELU).
  * @module
  */
 import { decode, type DType, encode, type HostArray, type StorageArray } from "../../dtype.ts";
@@ -94,9 +94,38 @@ export function erf(x: number): number {
     return x < 0 ? -r : r;
   }
   if (ax > 6) return x < 0 ? -1 : 1;
+  const tail = erfcTail(ax);
+  return x < 0 ? tail - 1 : 1 - tail;
+}
+
+/** erfc(x) for x >= 2.5, to full relative precision (it underflows past x ≈ 27). */
+function erfcTail(x: number): number {
   // erfc(x) = e^{-x²}/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...)))) by backward recurrence.
-  let f = ax;
-  for (let k = 60; k >= 1; k--) f = ax + k / 2 / f;
-  const erfc = Math.exp(-ax * ax) / Math.sqrt(Math.PI) / f;
-  return x < 0 ? erfc - 1 : 1 - erfc;
+  let f = x;
+  for (let k = 60; k >= 1; k--) f = x + k / 2 / f;
+  return Math.exp(-x * x) / Math.sqrt(Math.PI) / f;
+}
+
+/**
+ * GELU, x · Φ(x) = ½ · x · (1 + erf(x / √2)). Below x = -3 that sum cancels (erf nears -1), so
+ * the tail is ½ · x · erfc(-x / √2) there, keeping full relative precision.
+ */
+export function gelu(x: number): number {
+  if (x >= -3) return 0.5 * x * (1 + erf(x / Math.SQRT2));
+  const t = -x / Math.SQRT2;
+  return 0.5 * x * (t >= 2.5 ? erfcTail(t) : 1 - erf(t));
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+/**
+ * GELU's tanh form, ½ · x · (1 + tanh(u)) with u = √(2/π) · (x + 0.044715 x³). Below u = -3
+ * (tanh nears -1) it is evaluated as x · e^{2u} / (1 + e^{2u}), the same value without the
+ * cancellation.
+ */
+export function geluTanh(x: number): number {
+  const u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+  if (!(u < -3)) return 0.5 * x * (1 + Math.tanh(u));
+  const e = Math.exp(2 * u);
+  return (x * e) / (1 + e);
 }
