@@ -9,8 +9,10 @@ import assert from "node:assert/strict";
 import { roundHalfToEven } from "../lib/dtype.ts";
 import {
   calibrate,
+  compressWeights,
   findModule,
   HistogramObserver,
+  type HistogramObserverOptions,
   importAmax,
   LayerNorm,
   Linear,
@@ -18,15 +20,19 @@ import {
   manualSeed,
   MaxObserver,
   Module,
+  type MseOptions,
+  namedLinears,
   namedModules,
   PerChannelMaxObserver,
   quantizeModel,
   randn,
+  scaleFromAmax,
   Sequential,
   smoothingScales,
   smoothQuant,
   type Tensor,
   tensor,
+  zeros,
 } from "../mod.ts";
 import {
   assertClose,
@@ -121,6 +127,29 @@ function smallModel(): { model: Sequential; batches: Tensor[] } {
 }
 
 const forward = (m: Module, x: Tensor) => m.forward(x);
+
+function bytesOf(t: Tensor): number[] {
+  const st = t.storageSync();
+  return Array.from(new Uint8Array(st.buffer, st.byteOffset, st.byteLength));
+}
+
+/** Every Linear's configuration and stored values (bit patterns), to show nothing changed. */
+function snapshot(model: Module): unknown[] {
+  return namedLinears(model).map(([name, l]) => [
+    name,
+    l.quantDtype,
+    l.weightQuantDim,
+    l.blockSize,
+    l.weightCompressed,
+    Object.entries(l.stateDict()).map(([k, t]) => [
+      k,
+      t.dtype,
+      t.shape,
+      t.device,
+      bytesOf(t),
+    ]),
+  ]);
+}
 
 // ---------------------------------------------------------------------------------------
 // Transcriptions of ModelOpt's `_compute_amax_entropy` / `_compute_amax_mse` (float64).
@@ -356,6 +385,36 @@ Deno.test("observer errors: bad percentile, method, values", () => {
   line = thisLine() + 1;
   bad = () => h.entropy({ dtype: "float8e4m3" as "int8" });
   assertTqError(bad, { op: "HistogramObserver.entropy", kind: "dtype", line });
+});
+
+Deno.test("HistogramObserver checks its entropy and mse options when constructed", () => {
+  const cases: [HistogramObserverOptions, string, string[]][] = [
+    [{ method: "entropy", entropy: { startBin: -1 } }, "argument", ["'entropy.startBin'", "-1"]],
+    [{ method: "mse", mse: { dtype: "int16" as "int8" } }, "dtype", ["'mse.dtype'", '"int16"']],
+    [{ entropy: { dtype: "float8e4m3" as "int8" } }, "dtype", ["'entropy.dtype'"]],
+    [{ entropy: { stride: 0 } }, "argument", ["'entropy.stride'"]],
+    [{ bins: 64, entropy: { startBin: 65 } }, "argument", ["exceeds the number of bins"]],
+    [{ bins: 64, method: "mse", mse: { startBin: 64 } }, "argument", ["at most 63"]],
+    // Checked whatever the method: amax() of another method would not reach them.
+    [{ method: "percentile", mse: { stride: 1.5 } }, "argument", ["'mse.stride'", "1.5"]],
+    [{ mse: 3 as unknown as MseOptions }, "argument", ["mse must be an object"]],
+  ];
+  for (const [options, kind, includes] of cases) {
+    const line = thisLine() + 1;
+    const bad = () => new HistogramObserver(options);
+    assertTqError(bad, { op: "HistogramObserver", kind, includes, line });
+  }
+  const fromCounts = () => HistogramObserver.fromCounts([1, 2, 3], 1, { mse: { startBin: 3 } });
+  assertTqError(fromCounts, { op: "HistogramObserver", includes: ["'mse.startBin'"] });
+  // Valid options are the ones amax() uses.
+  const x = Float32Array.from(randomValues(4000, 4141), (v) => v * 3);
+  for (const method of ["entropy", "mse"] as const) {
+    const settings = { startBin: 40, stride: 3, dtype: "int4" as const };
+    const h = new HistogramObserver({ bins: 256, method, [method]: settings });
+    h.observe(x);
+    assert.equal(h.amax(), method === "entropy" ? h.entropy(settings) : h.mse(settings));
+    assert.notEqual(h.amax(), method === "entropy" ? h.entropy() : h.mse());
+  }
 });
 
 // ---------------------------------------------------------------------------------------
@@ -735,6 +794,191 @@ Deno.test("quantizeModel w4: the amax option's weight fields come first; 1 value
   assertTqError(bad, { op: "quantizeModel", kind: "shape", includes: ["8 block values"], line });
 });
 
+Deno.test("quantizeModel and calibrate: compressed layers fail before anything changes", () => {
+  manualSeed(4101);
+  const model = new Sequential(new Linear(12, 10), new Linear(10, 9), new Linear(9, 5));
+  quantizeModel(model, { mode: "w8", exclude: ["0", "2"] });
+  assert.deepEqual(compressWeights(model), ["1"]);
+  const before = snapshot(model);
+  // amax for every layer: no weight is read while planning, yet the compressed one is named.
+  const amax = Object.fromEntries(
+    ["0", "1", "2"].map((n, i) => [n, { inputAmax: 1 + i, weightAmax: Float32Array.of(0.5) }]),
+  );
+  for (const mode of ["w4", "w8a8", "fp8", "w8"] as const) {
+    // Without amax too: the weights would be read (amaxOfWeights), and inputs lack ranges.
+    for (const options of [{ mode, amax }, { mode }]) {
+      const line = thisLine() + 1;
+      const bad = () => quantizeModel(model, options);
+      assertTqError(bad, {
+        op: "quantizeModel",
+        kind: "state",
+        includes: [
+          "layer '1' holds compressed weights (compressWeights); quantize before compressing",
+          "argument 'model'",
+        ],
+        line,
+      });
+      assert.deepEqual(snapshot(model), before, `${mode}: nothing changed on error`);
+    }
+  }
+  // calibrate fails before running a batch, and leaves no observer attached.
+  let runs = 0;
+  const x = tensor(randomValues(3 * 12, 4102), { shape: [3, 12] });
+  const line = thisLine() + 1;
+  const bad = () => calibrate(model, [x, x], (m, b) => void (runs++, m.forward(b)));
+  assertTqError(bad, {
+    op: "calibrate",
+    kind: "state",
+    includes: ["layer '1' holds compressed weights", "calibrate before compressing"],
+    line,
+  });
+  assert.equal(runs, 0, "no batch ran");
+  assert.ok(namedLinears(model).every(([, l]) => l.inputObserver === undefined));
+  assert.deepEqual(snapshot(model), before);
+
+  // Excluding the compressed layer is fine.
+  const done = quantizeModel(model, { mode: "w8a8", amax, exclude: ["1"] });
+  assert.deepEqual(done.map((e) => e.name), ["0", "2"]);
+});
+
+Deno.test("quantizeModel: amax beyond float32's range divide before rounding", () => {
+  manualSeed(4111);
+  const model = new Sequential(new Linear(6, 4), new Linear(4, 3));
+  // Finite JavaScript numbers above float32's maximum (3.4e38); their scales fit float32.
+  // JavaScript callers may pass weight amax as plain arrays, which can hold them.
+  const huge = Array.from(randomValues(5, 4112, { low: 1, high: 9 }), (u) => u * 1e39);
+  const plain = (v: number[]) => v as unknown as Float32Array;
+  const info = quantizeModel(model, {
+    mode: "fp8",
+    amax: {
+      "0": { inputAmax: huge[0], weightAmax: plain(huge.slice(1)) },
+      "1": { inputAmax: 2.5 },
+    },
+  });
+  assert.equal(info[0].inputScale, f32(huge[0] / 448));
+  assert.equal(info[0].inputScale, scaleFromAmax(huge[0], "float8e4m3").item());
+  const l0 = model.at(0) as Linear;
+  assert.equal(l0.inputScale!.item(), f32(huge[0] / 448));
+  assert.deepEqual(Array.from(floats(l0.weightScale!)), huge.slice(1).map((a) => f32(a / 448)));
+  assert.ok(Array.from(floats(l0.weightScale!)).every((s) => s > 1e35 && s < Infinity));
+  // Values within float32's range still round to float32 first (a float32 division).
+  assert.equal(info[1].inputScale, f32(f32(2.5) / 448));
+
+  // A quotient beyond float32's range too: an error naming the layer; nothing changes.
+  const before = snapshot(model);
+  const tooLarge = { "1": { weightAmax: plain([huge[0] * 1e3]) } };
+  const line = thisLine() + 1;
+  const bad = () => quantizeModel(model, { mode: "w8", amax: tooLarge });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: ["beyond float32's range", "argument 'weight amax of 1'", "amax / 127"],
+    line,
+  });
+  assert.deepEqual(snapshot(model), before);
+});
+
+Deno.test("quantizeModel w4: weightBlockAmax must match the block layout", () => {
+  manualSeed(4121);
+  const model = new Sequential(new Linear(10, 3));
+  const layer = model.at(0) as Linear;
+  const x = tensor(randomValues(4 * 10, 4122), { shape: [4, 10] });
+  const calib4 = calibrate(model, [x], forward, { weightBlockSize: 4 });
+  // Blocks of 4 over 10 input features: 3 per row (the last 2 wide), 9 in all.
+  const given = Float32Array.from(randomValues(9, 4123, { low: 0.1, high: 3 }));
+  const expect = (amax: ArrayLike<number>) =>
+    assert.deepEqual(Array.from(floats(layer.weightScale!)), Array.from(amax, (a) => f32(a / 7)));
+
+  // Without weightBlockSize the size is implied; with it, it must agree.
+  quantizeModel(model, { mode: "w4", blockSize: 4, amax: { "0": { weightBlockAmax: given } } });
+  expect(given);
+  const sized = { "0": { weightBlockAmax: given.map((a) => a * 2), weightBlockSize: 4 } };
+  quantizeModel(model, { mode: "w4", blockSize: 4, calibration: calib4, amax: sized });
+  expect(given.map((a) => a * 2));
+  quantizeModel(model, { mode: "w4", blockSize: 4, calibration: calib4 });
+  expect(calib4.get("0")!.weightBlockAmax!);
+
+  const before = snapshot(model);
+  // Another block size in amax: an error, even beside calibration's matching values.
+  const other = { "0": { weightBlockAmax: new Float32Array(12).fill(1), weightBlockSize: 3 } };
+  const withCalib = { mode: "w4", blockSize: 4, calibration: calib4 } as const;
+  let line = thisLine() + 1;
+  let bad = () => quantizeModel(model, { ...withCalib, amax: other });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: [
+      "weight block amax of layer 0 (amax) are for blocks of 3 input features",
+      "blockSize is 4",
+      "argument 'weightBlockSize'",
+    ],
+    line,
+  });
+  // Calibration made for another block size.
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w4", blockSize: 5, calibration: calib4 });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: ["(calibration) are for blocks of 4", "calibrate with weightBlockSize: 5"],
+    line,
+  });
+  // No weightBlockSize and a length that fits no layout of blockSize.
+  const short = { "0": { weightBlockAmax: given.slice(0, 8) } };
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w4", blockSize: 4, amax: short });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "shape",
+    includes: ["9 values ([3, 3]) for blocks of 4", "got 8 values", "no weightBlockSize given"],
+    line,
+  });
+  assert.deepEqual(snapshot(model), before, "nothing changed on error");
+});
+
+Deno.test("quantizeModel: input amax of the wrong type, or calibration without finite inputs", () => {
+  manualSeed(4131);
+  const model = new Sequential(new Linear(5, 4), new Linear(4, 2));
+  const before = snapshot(model);
+  const text = { "0": { inputAmax: "3" as unknown as number }, "1": { inputAmax: 1 } };
+  let line = thisLine() + 1;
+  let bad: () => unknown = () => quantizeModel(model, { mode: "w8a8", amax: text });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: ["input amax of layer 0 has the wrong type", 'got "3" (string)'],
+    line,
+  });
+  // Inputs that are all NaN or infinite: no amax, but the values were seen.
+  const special = [NaN, Infinity, -Infinity];
+  const values = Float32Array.from(
+    randomValues(10, 4132, { low: 0, high: 3 }),
+    (u) => special[Math.floor(u)],
+  );
+  const calib = calibrate(model, [tensor(values, { shape: [2, 5] })], forward);
+  assert.equal(calib.get("0")!.inputAmax, undefined);
+  assert.equal(calib.get("0")!.inputCount, 10);
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "fp8", calibration: calib });
+  const e = assertTqError(bad, {
+    op: "quantizeModel",
+    kind: "argument",
+    includes: ["2 layer(s) saw no finite input values in calibration", ": 0, 1"],
+    line,
+  });
+  assert.ok(!e.message.includes("no input amax"), e.message);
+  // Both kinds at once: each named as what it is.
+  calib.set("1", { weightAmax: calib.get("1")!.weightAmax });
+  line = thisLine() + 1;
+  bad = () => quantizeModel(model, { mode: "w8a8", calibration: calib });
+  assertTqError(bad, {
+    op: "quantizeModel",
+    includes: ["1 layer(s) have no input amax: 1", "1 layer(s) saw no finite input values"],
+    line,
+  });
+  assert.deepEqual(snapshot(model), before, "nothing changed on error");
+});
+
 // ---------------------------------------------------------------------------------------
 // importAmax
 
@@ -810,6 +1054,17 @@ Deno.test("importAmax: ModelOpt quantizer names drive quantizeModel", () => {
   line = thisLine() + 1;
   bad = () => importAmax({ "a.input_amax": tensor([1], { dtype: "int32" }) });
   assertTqError(bad, { op: "importAmax", kind: "dtype", line });
+  // An empty amax tensor is an error naming its key, not an amax of 0.
+  for (const key of ["a.b.input_quantizer._amax", "a.b.weight_amax"]) {
+    line = thisLine() + 1;
+    bad = () => importAmax({ [key]: zeros([0]), "c.input_amax": tensor([2]) });
+    assertTqError(bad, {
+      op: "importAmax",
+      kind: "shape",
+      includes: ["holds no values", `argument '${key}'`, "got shape [0]"],
+      line,
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------------------
@@ -889,6 +1144,14 @@ Deno.test("smoothQuant errors", () => {
   line = thisLine() + 1;
   bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln2", linears: ["fc"] }] });
   assertTqError(bad, { op: "smoothQuant", includes: ["no module named ln2"], line });
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln", linears: ["fc", "fc"] }] });
+  assertTqError(bad, {
+    op: "smoothQuant",
+    kind: "argument",
+    includes: ["fc is listed twice in the same pair", "argument 'pairs[0].linears'"],
+    line,
+  });
   line = thisLine() + 1;
   bad = () => smoothQuant(model, calib, { alpha: 1.5, pairs: [] });
   assertTqError(bad, { op: "smoothQuant", includes: ["alpha must be in [0, 1]"], line });

@@ -155,6 +155,48 @@ Deno.test("compressWeights: every quantized layer but the excluded, shared weigh
   assert.equal(table.weight.dataSync().length, N * K);
 });
 
+Deno.test("compressWeights: every layer is checked before any is compressed", () => {
+  const model = new tq.Sequential(
+    new tq.Linear(24, 16),
+    new tq.Linear(16, 12),
+    new tq.Linear(12, 8),
+  );
+  const layers = model.children().map(([, m]) => m as tq.Linear);
+  layers.forEach((l, i) => {
+    l.weight = tq.tensor(randomValues(l.outFeatures * l.inFeatures, 4201 + i), {
+      shape: [l.outFeatures, l.inFeatures],
+    });
+    l.configureQuantization({ quantDtype: "int8", weightQuantDim: 0 });
+  });
+  const scales = layers.map((l, i) =>
+    Float32Array.from(randomValues(l.outFeatures, 4211 + i, { low: 0.01, high: 0.05 }))
+  );
+  layers[0].weightScale = tq.tensor(scales[0]);
+  layers[1].weightScale = tq.tensor(scales[1]);
+  // Layer 2 is quantized but has no weight scale: named, and no layer compressed.
+  assertTqError(() => tq.compressWeights(model), {
+    op: "compressWeights",
+    kind: "state",
+    includes: ["layer '2' is quantized but has no weight scale", "argument 'model'"],
+  });
+  assert.deepEqual(layers.map((l) => l.weightCompressed), [false, false, false]);
+  // A scale that is not positive: named with the value, no layer compressed.
+  const bad = scales[1].slice();
+  bad[5] = 0;
+  layers[1].weightScale = tq.tensor(bad);
+  layers[2].weightScale = tq.tensor(scales[2]);
+  assertTqError(() => tq.compressWeights(model), {
+    op: "compressWeights",
+    kind: "argument",
+    includes: ["weight scale of layer '1' is not positive and finite", "0 at flat index 5"],
+  });
+  assert.deepEqual(layers.map((l) => l.weightCompressed), [false, false, false]);
+  // Excluded, the layer is not checked; the others are compressed.
+  assert.deepEqual(tq.compressWeights(model, { exclude: ["1"] }), ["0", "2"]);
+  layers[1].weightScale = tq.tensor(scales[1]);
+  assert.deepEqual(tq.compressWeights(model), ["1"]);
+});
+
 const MODEL_DIR = new URL("../examples/gpt2/assets/tiny-shakespeare-gpt2/", import.meta.url)
   .pathname;
 

@@ -73,7 +73,8 @@ function scaleIndexReference(
       coords[d] = rest % shape[d];
       rest = Math.floor(rest / shape[d]);
     }
-    if (dim === undefined) out.push(0);
+    // A rank-0 scale is per-tensor, with or without dim (ONNX ignores its axis).
+    if (dim === undefined || scaleShape.length === 0) out.push(0);
     else if (options.blockSize === undefined) out.push(coords[dim]);
     else {
       let idx = 0;
@@ -226,6 +227,37 @@ testOnDevices("quantize: a negative dim counts from the end and is normalized", 
   const qBlock = checkMode(device, [4, 32], [4, 4], "int8", { dim: -1, blockSize: 8 }, 42);
   assert.deepEqual(qBlock.node.attrs, { dtype: "int8", mode: "block", dim: 1, blockSize: 8 });
 });
+
+testOnDevices(
+  "quantize: a rank-0 scale with dim is per-tensor (ONNX ignores the axis)",
+  (device) => {
+    let seed = 4301;
+    for (const dtype of ["int8", "int4", "float8e4m3"] as const) {
+      for (const dim of [-3, -2, -1, 0, 1, 2]) {
+        const q = checkMode(device, [3, 5, 7], [], dtype, { dim }, seed);
+        assert.deepEqual(q.node.attrs, { dtype, mode: "tensor", dim: null, blockSize: null });
+        // The same codes as without dim, from the same data.
+        assert.deepEqual(qValues(q), qValues(checkMode(device, [3, 5, 7], [], dtype, {}, seed)));
+        seed += 2;
+      }
+    }
+    const x = tensor(randomValues(12, 4350), { shape: [3, 4], device });
+    const q = quantize(x, 0.02, "int8", { dim: 1 });
+    assert.equal(q.node.attrs.mode, "tensor");
+    const dq = dequantize(q, tensor(0.02, { device }), "bfloat16", { dim: -2 });
+    assert.deepEqual(dq.node.attrs, {
+      dtype: "bfloat16",
+      mode: "tensor",
+      dim: null,
+      blockSize: null,
+    });
+    assert.deepEqual(floats(dq), floats(dequantize(q, 0.02, "bfloat16")));
+    // dim is still checked.
+    const line = thisLine() + 1;
+    const bad = () => quantize(x, tensor(0.5, { device }), "int8", { dim: 2 });
+    assertTqError(bad, { op: "quantize", kind: "axis", includes: ["dim out of range"], line });
+  },
+);
 
 testOnDevices("quantize and dequantize record graph ops with their attrs", (device) => {
   const x = tensor([[1, 2], [3, 4]], { device });
@@ -492,7 +524,7 @@ Deno.test("quantize errors: scale shape matches no mode", () => {
   expectError(line, bad, {
     op: "quantize",
     kind: "shape",
-    includes: ["[4] for per-channel along dim 0", "omit dim for per-tensor", "got shape [6]"],
+    includes: ["[4] for per-channel along dim 0", "rank 0 for per-tensor", "got shape [6]"],
   });
   line = thisLine() + 1;
   bad = () => quantize(x, tensor([[1, 1, 1], [1, 1, 1]]), "int4", { dim: 1, blockSize: 2 });
@@ -644,6 +676,25 @@ Deno.test("quantize errors: inputs on different devices", () => {
   expectError(line, bad, { op: "dequantize", kind: "device", includes: ["got cuda:0"] });
 });
 
+Deno.test("scaleFromAmax: a number amax beyond float32's range is divided, then rounded", () => {
+  // Finite numbers above float32's maximum (up to 7 times it, so that amax / 7 fits too):
+  // amax / bound is rounded to float32 once.
+  const huge = Array.from(randomValues(6, 4360, { low: 1, high: 2.3 }), (u) => u * 1e39);
+  for (const dtype of ["int4", "int8", "float8e4m3"] as const) {
+    for (const a of huge) {
+      const s = scaleFromAmax(a, dtype).item();
+      assert.equal(s, f32(a / maxBound(dtype)));
+      assert.ok(s < Infinity && s > 1e36, `${a}: ${s}`);
+    }
+  }
+  assert.equal(scaleFromAmax(1e39, "float8e4m3").item(), f32(1e39 / 448));
+  // Within float32's range the amax is rounded to float32 first (a float32 division).
+  const inRange = Array.from(randomValues(6, 4361, { low: 0.01, high: 3e38 }));
+  for (const a of inRange) assert.equal(scaleFromAmax(a, "int8").item(), f32(f32(a) / 127));
+  // Infinity still gives scale 1 (ModelOpt's rule).
+  assert.equal(scaleFromAmax(Infinity, "int8").item(), 1);
+});
+
 Deno.test("scaleFromAmax errors: negative amax, unsupported dtypes", () => {
   let line = thisLine() + 1;
   let bad = () => scaleFromAmax(tensor([1, -2]), "int8");
@@ -658,4 +709,12 @@ Deno.test("scaleFromAmax errors: negative amax, unsupported dtypes", () => {
   line = thisLine() + 1;
   bad = () => scaleFromAmax(tensor([1], { dtype: "int32" }), "int8");
   expectError(line, bad, { op: "scaleFromAmax", kind: "dtype", includes: ["got int32"] });
+  // A quotient beyond float32's range too has no scale.
+  line = thisLine() + 1;
+  bad = () => scaleFromAmax(1e41, "int8");
+  expectError(line, bad, {
+    op: "scaleFromAmax",
+    kind: "argument",
+    includes: ["beyond float32's range", "amax / 127", "got 1e+41"],
+  });
 });

@@ -10,7 +10,8 @@
  *   dtype with round-to-nearest-even.
  *
  * Three modes, chosen by the options and checked against the scale's shape:
- * - per-tensor: no `dim`; scale of rank 0 or shape `[1]`.
+ * - per-tensor: scale of rank 0 (with or without `dim`: as in ONNX, the axis of a scalar scale
+ *   is unused, though checked), or shape `[1]` without `dim`.
  * - per-channel: `dim` given; scale 1-D of length `x.shape[dim]`.
  * - block-wise (int8 and int4 only): `dim` and `blockSize` given; scale of x's rank with
  *   `scale.shape[dim] = ceil(x.shape[dim] / blockSize)` and every other extent equal to x's.
@@ -49,7 +50,8 @@ export type QuantDType = "int8" | "int4" | "float8e4m3";
 export interface QuantizeOptions {
   /**
    * The axis of the per-channel or block-wise scale (negative counts from the end). Omit for
-   * per-tensor quantization.
+   * per-tensor quantization; with a rank-0 scale (per-tensor) it is checked but unused, as
+   * ONNX ignores the axis of a scalar scale.
    */
   dim?: number;
   /**
@@ -147,8 +149,8 @@ function checkedScale(op: "quantize" | "dequantize", scale: Tensor): Tensor {
   return scale;
 }
 
-/** Checks the values of an already evaluated scale tensor. */
-function checkScaleValues(op: string, scale: Tensor): void {
+/** Checks the values of an already evaluated scale tensor (once per tensor). */
+export function checkScaleValues(op: string, scale: Tensor): void {
   // A value never changes: check each scale once (reading a GPU scale costs a round trip).
   if (checkedScales.has(scale.node)) return;
   checkScaleArray(op, decode(scale.dtype, scale.storageSync()));
@@ -240,6 +242,8 @@ function resolveMode(
   const axis = dim < 0 ? dim + rank : dim;
   const extent = xShape[axis];
   if (blockSize === undefined) {
+    // ONNX opset 21 ignores the axis for a scalar scale: per-tensor.
+    if (scaleShape.length === 0) return { mode: "tensor", dim: null, blockSize: null };
     if (scaleShape.length === 1 && scaleShape[0] === extent) {
       return { mode: "channel", dim: axis, blockSize: null };
     }
@@ -247,8 +251,8 @@ function resolveMode(
       op,
       kind: "shape",
       argument: "scale",
-      expected: `[${extent}] for per-channel along dim ${axis}; omit dim for per-tensor ` +
-        `(scale of rank 0 or [1]); add blockSize for block-wise (scale of rank ${rank})`,
+      expected: `[${extent}] for per-channel along dim ${axis}; rank 0 for per-tensor (or ` +
+        `[1] with dim omitted); add blockSize for block-wise (scale of rank ${rank})`,
       actual: `shape ${fmtShape(scaleShape)} for ${xName} of shape ${fmtShape(xShape)}`,
     });
   }
@@ -313,10 +317,10 @@ function resolveMode(
  *
  * NaN inputs become 0 for int8 and int4 and NaN (0x7f) for float8e4m3.
  *
- * Modes: per-tensor (no `dim`, scale of rank 0 or `[1]`), per-channel (`dim`, scale
- * `[x.shape[dim]]`), block-wise (`dim` and `blockSize`, int8/int4 only, scale of x's rank with
- * `scale.shape[dim] = ceil(x.shape[dim] / blockSize)`: the last block may be shorter). A number
- * scale becomes a rank-0 float32 constant on x's device.
+ * Modes: per-tensor (scale of rank 0, a valid `dim` unused as in ONNX; or `[1]` without `dim`),
+ * per-channel (`dim`, scale `[x.shape[dim]]`), block-wise (`dim` and `blockSize`, int8/int4
+ * only, scale of x's rank with `scale.shape[dim] = ceil(x.shape[dim] / blockSize)`: the last
+ * block may be shorter). A number scale becomes a rank-0 float32 constant on x's device.
  *
  * @param x The values: float32, float16 or bfloat16 (decoded exactly to float32).
  * @param scale Positive finite scale(s): float32 or x's dtype, on x's device.

@@ -13,7 +13,7 @@ import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor.ts";
-import { checkModule, checkOptionsObject, describe } from "./args.ts";
+import { checkModule, checkOptionsObject, checkUncompressed, describe } from "./args.ts";
 import {
   type AmaxObserver,
   HistogramObserver,
@@ -26,8 +26,16 @@ export type CalibrationMethod = "max" | "percentile" | "entropy" | "mse";
 
 /** What calibration (or an imported amax file) knows about one Linear layer. */
 export interface LayerCalibration {
-  /** Per-tensor amax of the layer's input (absent when the layer never ran or was not given). */
+  /**
+   * Per-tensor amax of the layer's input (absent when the layer never ran, saw no finite
+   * value, or was not given).
+   */
   inputAmax?: number;
+  /**
+   * The number of input values calibration observed, finite or not (absent for imported
+   * ranges). A positive count without `inputAmax` means every value was NaN or ±Infinity.
+   */
+  inputCount?: number;
   /** max |x| of each input feature (last dimension), with `perChannel: true`. */
   inputChannelAmax?: Float32Array;
   /**
@@ -203,6 +211,8 @@ interface Watch {
   layer: Linear;
   input: AmaxObserver;
   channels?: PerChannelMaxObserver;
+  /** Input values seen, finite or not. */
+  seen: number;
 }
 
 function checkOptions(options: CalibrateOptions): void {
@@ -290,9 +300,10 @@ function printProgress(text: string): void {
  * @param run Runs the model on one batch (synchronously); its result (e.g. the logits) is
  *   ignored and not evaluated.
  * @param options Method, percentile, per-channel and block options, progress callback.
- * @returns Results by dotted layer name; layers that never ran have no `inputAmax`.
- * @throws {TensorqError} for bad arguments, a model without Linear layers, no batches, or an
- *   async `run`.
+ * @returns Results by dotted layer name; layers that never ran (or saw only NaN or infinite
+ *   inputs) have no `inputAmax`.
+ * @throws {TensorqError} for bad arguments, a model without Linear layers, no batches, an
+ *   async `run`, or (before any batch runs) layers with compressed weights, all named.
  */
 export function calibrate<M extends Module, B = Tensor>(
   model: M,
@@ -331,6 +342,8 @@ export function calibrate<M extends Module, B = Tensor>(
       actual: model.constructor.name,
     });
   }
+  // The weight amax need the float weights: fail before running any batch.
+  checkUncompressed(op, linears, "calibrate before compressing");
   // Checked with the options; a row's last block may be shorter.
   const blockSize = options.weightBlockSize;
 
@@ -339,6 +352,7 @@ export function calibrate<M extends Module, B = Tensor>(
     layer,
     input: makeInputObserver(options),
     channels: options.perChannel ? new PerChannelMaxObserver(layer.inFeatures) : undefined,
+    seen: 0,
   }));
   const previous = watches.map((w) => w.layer.inputObserver);
   watches.forEach((w, i) => {
@@ -346,6 +360,7 @@ export function calibrate<M extends Module, B = Tensor>(
     w.layer.inputObserver = (x: Tensor, layer: Linear) => {
       before?.(x, layer);
       const values = hostFloats(x);
+      w.seen += values.length;
       w.input.observe(values);
       w.channels?.observe(values);
     };
@@ -392,6 +407,7 @@ export function calibrate<M extends Module, B = Tensor>(
   for (const w of watches) {
     const entry: LayerCalibration = {
       inputAmax: w.input.count > 0 ? w.input.amax() : undefined,
+      inputCount: w.seen,
       weightAmax: weightAmaxPerRow(w.layer.weight),
     };
     if (w.channels && w.channels.count > 0) entry.inputChannelAmax = w.channels.channelAmax();

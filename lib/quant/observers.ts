@@ -211,7 +211,10 @@ export class HistogramObserver implements AmaxObserver {
   #range = 0;
   #count = 0;
 
-  /** Creates an empty histogram. */
+  /**
+   * Creates an empty histogram. Every option is checked here, the `entropy` and `mse` ones
+   * (which {@link amax} uses) included.
+   */
   constructor(options: HistogramObserverOptions = {}) {
     const op = "HistogramObserver";
     if (typeof options !== "object" || options === null) {
@@ -236,8 +239,11 @@ export class HistogramObserver implements AmaxObserver {
     }
     this.method = method;
     this.#percentile = checkPercentile(op, options.percentile ?? 99.99);
-    this.#entropy = { ...options.entropy };
-    this.#mse = { ...options.mse };
+    // Checked now, not when amax() first uses them.
+    this.#entropy = { ...subOptions(op, "entropy", options.entropy) };
+    entropySettings(op, this.#entropy, this.bins, "entropy.");
+    this.#mse = { ...subOptions(op, "mse", options.mse) };
+    mseSettings(op, this.#mse, this.bins, "mse.");
     this.#counts = new Float64Array(this.bins);
   }
 
@@ -409,20 +415,12 @@ export class HistogramObserver implements AmaxObserver {
    * @returns The amax; 0 for an empty or all-zero histogram.
    */
   entropy(options: EntropyOptions = {}): number {
-    const op = "HistogramObserver.entropy";
     const n = this.bins;
-    const levels = levelsFor(op, options.dtype ?? "int8");
-    const start = positiveInt(op, "startBin", options.startBin ?? Math.min(128, n), 1);
-    const stride = positiveInt(op, "stride", options.stride ?? 1);
-    if (start > n) {
-      throw new TensorqError("startBin exceeds the number of bins", {
-        op,
-        kind: "argument",
-        argument: "startBin",
-        expected: `at most ${n}`,
-        actual: String(start),
-      });
-    }
+    const { levels, start, stride } = entropySettings(
+      "HistogramObserver.entropy",
+      subOptions("HistogramObserver.entropy", "options", options),
+      n,
+    );
     if (this.#count === 0 || this.#range === 0) return 0;
     const bins = this.#counts.slice();
     bins[0] = bins[1];
@@ -482,21 +480,12 @@ export class HistogramObserver implements AmaxObserver {
    * @returns The amax (a bin center); 0 for an empty or all-zero histogram.
    */
   mse(options: MseOptions = {}): number {
-    const op = "HistogramObserver.mse";
     const n = this.bins;
-    const dtype = options.dtype ?? "int8";
-    const bound = boundFor(op, dtype);
-    const start = positiveInt(op, "startBin", options.startBin ?? Math.min(128, n - 1), 0);
-    const stride = positiveInt(op, "stride", options.stride ?? 1);
-    if (start >= n) {
-      throw new TensorqError("startBin must be below the number of bins", {
-        op,
-        kind: "argument",
-        argument: "startBin",
-        expected: `at most ${n - 1}`,
-        actual: String(start),
-      });
-    }
+    const { dtype, bound, start, stride } = mseSettings(
+      "HistogramObserver.mse",
+      subOptions("HistogramObserver.mse", "options", options),
+      n,
+    );
     if (this.#count === 0 || this.#range === 0) return 0;
     const w = this.binWidth;
     const counts = this.#counts;
@@ -538,26 +527,92 @@ function checkPercentile(op: string, p: unknown): number {
   });
 }
 
-function levelsFor(op: string, dtype: unknown): number {
+/** `options` if it is an object or undefined (as `{}`); an argument error otherwise. */
+function subOptions<T extends object>(op: string, argument: string, options: T | undefined): T {
+  if (options === undefined) return {} as T;
+  if (typeof options === "object" && options !== null) return options;
+  throw new TensorqError(`${argument} must be an object`, {
+    op,
+    kind: "argument",
+    argument,
+    expected: "{ startBin?, stride?, dtype? }",
+    actual: describe(options),
+  });
+}
+
+/**
+ * Entropy options checked against `bins`, with their defaults; `prefix` names them in errors
+ * (`"entropy."` for the constructor's).
+ */
+function entropySettings(
+  op: string,
+  options: EntropyOptions,
+  bins: number,
+  prefix = "",
+): { levels: number; start: number; stride: number } {
+  const levels = levelsFor(op, options.dtype ?? "int8", `${prefix}dtype`);
+  const start = positiveInt(op, `${prefix}startBin`, options.startBin ?? Math.min(128, bins), 1);
+  const stride = positiveInt(op, `${prefix}stride`, options.stride ?? 1);
+  if (start > bins) {
+    throw new TensorqError("startBin exceeds the number of bins", {
+      op,
+      kind: "argument",
+      argument: `${prefix}startBin`,
+      expected: `at most ${bins}`,
+      actual: String(start),
+    });
+  }
+  return { levels, start, stride };
+}
+
+/** Mse options checked against `bins`, with their defaults (see {@link entropySettings}). */
+function mseSettings(
+  op: string,
+  options: MseOptions,
+  bins: number,
+  prefix = "",
+): { dtype: QuantDType; bound: number; start: number; stride: number } {
+  const dtype = options.dtype ?? "int8";
+  const bound = boundFor(op, dtype, `${prefix}dtype`);
+  const start = positiveInt(
+    op,
+    `${prefix}startBin`,
+    options.startBin ?? Math.min(128, bins - 1),
+    0,
+  );
+  const stride = positiveInt(op, `${prefix}stride`, options.stride ?? 1);
+  if (start >= bins) {
+    throw new TensorqError("startBin must be below the number of bins", {
+      op,
+      kind: "argument",
+      argument: `${prefix}startBin`,
+      expected: `at most ${bins - 1}`,
+      actual: String(start),
+    });
+  }
+  return { dtype, bound, start, stride };
+}
+
+function levelsFor(op: string, dtype: unknown, argument = "dtype"): number {
   if (dtype === "int8") return 128;
   if (dtype === "int4") return 8;
   throw new TensorqError("entropy calibration supports int8 and int4", {
     op,
     kind: "dtype",
-    argument: "dtype",
+    argument,
     expected: "int8 or int4",
     actual: describe(dtype),
   });
 }
 
-function boundFor(op: string, dtype: unknown): number {
+function boundFor(op: string, dtype: unknown, argument = "dtype"): number {
   if (dtype === "int8") return 127;
   if (dtype === "int4") return 7;
   if (dtype === "float8e4m3") return 448;
   throw new TensorqError("unsupported quantized dtype", {
     op,
     kind: "dtype",
-    argument: "dtype",
+    argument,
     expected: "int8, int4 or float8e4m3",
     actual: describe(dtype),
   });

@@ -15,14 +15,14 @@
  * @module
  */
 import { decode } from "../dtype.ts";
-import { TensorqError } from "../errors.ts";
+import { fmtShape, TensorqError } from "../errors.ts";
 import { SafetensorsTensors } from "../io/tensors.ts";
 import type { Linear } from "../nn/layers.ts";
 import type { Module } from "../nn/module.ts";
 import { FLOAT_DTYPES } from "../ops/op.ts";
-import type { QuantDType } from "../ops/quantize.ts";
-import { fromStorage, Tensor } from "../tensor.ts";
-import { checkModule, checkOptionsObject } from "./args.ts";
+import { checkScaleValues, type QuantDType } from "../ops/quantize.ts";
+import { fromStorage, scalar, Tensor } from "../tensor.ts";
+import { checkModule, checkOptionsObject, checkUncompressed, listNames } from "./args.ts";
 import {
   type Calibration,
   type LayerCalibration,
@@ -30,7 +30,7 @@ import {
   weightAmaxPerBlock,
   weightAmaxPerRow,
 } from "./calibrate.ts";
-import { scaleFromAmax } from "./scale.ts";
+import { maxBound, scalesOfAmax } from "./scale.ts";
 
 /** A whole-model quantization mode (see the module table). */
 export type QuantizationMode = "w8a8" | "w8" | "w4" | "fp8";
@@ -85,11 +85,6 @@ function describe(value: unknown): string {
   if (value === null) return "null";
   if (value instanceof RegExp) return String(value);
   return Array.isArray(value) ? "an array" : typeof value;
-}
-
-function listNames(names: string[], limit = 8): string {
-  const shown = names.slice(0, limit).join(", ");
-  return names.length > limit ? `${shown} and ${names.length - limit} more` : shown;
 }
 
 /** True when `name` is excluded by one of the patterns. */
@@ -169,10 +164,11 @@ function toLookup(
 }
 
 /**
- * The amax values as float32, checked: numbers, finite or NaN, non-negative (NaN and 0
- * become scale 1 later). Any array-like of numbers is accepted.
+ * The amax values, checked: numbers, finite or NaN, non-negative (NaN and 0 become scale 1
+ * later). Any array-like of numbers is accepted; the values are kept as given (not rounded to
+ * float32) so that the scales follow scaleFromAmax's rules for numbers.
  */
-function amaxValues(op: string, what: string, values: ArrayLike<number>): Float32Array {
+function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayLike<number> {
   if (values === null || typeof values !== "object" || typeof values.length !== "number") {
     throw new TensorqError("amax values must be an array of numbers", {
       op,
@@ -194,7 +190,7 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): Float3
       });
     }
   }
-  return values instanceof Float32Array ? values : Float32Array.from(values);
+  return values instanceof Float32Array ? values : Float64Array.from(values);
 }
 
 /**
@@ -218,12 +214,56 @@ function amaxOfWeights(name: string, layer: Linear, blockSize?: number): Float32
   return amax;
 }
 
+/** A layer's new state, made (scales on its device) before any layer changes. */
 interface Plan {
   name: string;
   layer: Linear;
-  weightAmax: Float32Array;
+  weightScale: Tensor;
   weightScaleShape: number[];
-  inputAmax?: number;
+  inputScale?: Tensor;
+  inputScaleValue?: number;
+}
+
+/**
+ * A layer's `weightBlockAmax` from `where` (the `amax` option or `calibration`), checked
+ * against the block layout of quantizeModel's `blockSize`: its `weightBlockSize` must be that
+ * size or absent (then implied), and there must be one value per block.
+ */
+function blockAmaxOf(
+  name: string,
+  where: "amax" | "calibration",
+  ranges: LayerCalibration,
+  layout: { out: number; perRow: number; blockSize: number },
+): ArrayLike<number> {
+  const op = "quantizeModel";
+  const { out, perRow, blockSize } = layout;
+  const size = ranges.weightBlockSize;
+  if (size !== undefined && size !== blockSize) {
+    throw new TensorqError(
+      `the weight block amax of layer ${name} (${where}) are for blocks of ${describe(size)} ` +
+        `input features, but blockSize is ${blockSize}`,
+      {
+        op,
+        kind: "argument",
+        argument: "weightBlockSize",
+        expected: `${blockSize} (or absent): calibrate with weightBlockSize: ${blockSize}, or ` +
+          `pass blockSize: ${describe(size)}`,
+        actual: `${describe(size)} (from ${where})`,
+      },
+    );
+  }
+  const values = amaxValues(op, `weight block amax of ${name}`, ranges.weightBlockAmax!);
+  if (values.length !== out * perRow) {
+    throw new TensorqError(`block amax of layer ${name} has the wrong length`, {
+      op,
+      kind: "shape",
+      argument: "weightBlockAmax",
+      expected: `${out * perRow} values ([${out}, ${perRow}]) for blocks of ${blockSize}`,
+      actual: `${values.length} values in ${where}` +
+        (size === undefined ? " (no weightBlockSize given, so blocks of blockSize)" : ""),
+    });
+  }
+  return values;
 }
 
 /** Options of {@link compressWeights}. */
@@ -239,10 +279,12 @@ export interface CompressWeightsOptions {
  * a float's 2 or 4, plus their scales. Call it after {@link quantizeModel} (and calibration,
  * which needs the float weights); the quantization is fixed from then on. A float weight that
  * no other parameter of the model shares (a tied embedding) is disposed. Returns the names of
- * the layers compressed (quantized layers compressed before are skipped).
+ * the layers compressed (quantized layers compressed before are skipped). Every layer is
+ * checked before any is compressed.
  *
- * @throws {TensorqError} kind `argument` for a non-module, bad options, or exclude patterns
- *   that match no Linear layer.
+ * @throws {TensorqError} kind `argument` for a non-module, bad options, exclude patterns
+ *   that match no Linear layer, or a weight scale that is not positive and finite; kind
+ *   `state` for a quantized layer without a weight scale (each naming the layer).
  */
 export function compressWeights(model: Module, options: CompressWeightsOptions = {}): string[] {
   const op = "compressWeights";
@@ -251,13 +293,41 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
   const exclude = checkExclude(op, options.exclude);
   const all = namedLinears(model);
   checkExcludeMatches(op, all, exclude);
+  const chosen = all.filter(([name, layer]) =>
+    layer.quantDtype !== undefined && !layer.weightCompressed && !isExcluded(name, exclude)
+  );
+  // Checked for every layer first, so that an error leaves none compressed.
+  for (const [name, layer] of chosen) {
+    const scale = layer.weightScale;
+    if (scale === undefined) {
+      throw new TensorqError(`layer '${name}' is quantized but has no weight scale`, {
+        op,
+        kind: "state",
+        argument: "model",
+        expected: "a weightScale on every quantized layer (quantizeModel sets them), or the " +
+          "layer excluded",
+        actual: `quantDtype ${layer.quantDtype} without weightScale`,
+      });
+    }
+    // A scale still to be computed is checked when the codes are.
+    if (!scale.isEvaluated) continue;
+    try {
+      checkScaleValues(op, scale);
+    } catch (e) {
+      if (!(e instanceof TensorqError)) throw e;
+      throw new TensorqError(`the weight scale of layer '${name}' is not positive and finite`, {
+        op,
+        kind: "argument",
+        argument: "model",
+        expected: "positive finite weight scales",
+        actual: e.actual,
+      });
+    }
+  }
   const uses = new Map<Tensor, number>();
   for (const t of Object.values(model.stateDict())) uses.set(t, (uses.get(t) ?? 0) + 1);
   const names: string[] = [];
-  for (const [name, layer] of all) {
-    if (layer.quantDtype === undefined || layer.weightCompressed || isExcluded(name, exclude)) {
-      continue;
-    }
+  for (const [name, layer] of chosen) {
     const weight = layer.compressWeight();
     if ((uses.get(weight) ?? 0) <= 1) weight.dispose();
     names.push(name);
@@ -272,17 +342,21 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  *
  * Input amax must come from `calibration` or `amax` for `w8a8` and `fp8`. Weight amax is
  * taken from them when present (`amax`'s weight fields before all of `calibration`'s): `[out]`
- * per channel, or for `w4` block amax (`weightBlockAmax` of the same block size, or
- * `[out · ceil(in / blockSize)]` values); a single value stands for every row or block. Absent, or
- * per-row values for `w4`, they are computed from the weights. Other lengths, exclude
- * patterns that match no Linear layer and `amax` entries naming none are errors. Everything is
- * checked before any layer changes.
+ * per channel, or for `w4` block amax (`weightBlockAmax`, whose `weightBlockSize` must be
+ * `blockSize` or absent, one value per block; or `[out · ceil(in / blockSize)]` `weightAmax`
+ * values); a single value stands for every row or block. Absent, or per-row values for `w4`,
+ * they are computed from the weights. Scales follow {@link scaleFromAmax} (a number amax
+ * beyond float32's range included). Other lengths, a `weightBlockSize` other than
+ * `blockSize`, exclude patterns that match no Linear layer, `amax` entries naming none and
+ * layers with compressed weights ({@link compressWeights}) are errors. Everything is checked,
+ * and every scale made, before any layer changes.
  *
  * @param model The model.
  * @param options Mode, exclusions, ranges, block size.
  * @returns One entry per quantized layer, in module order.
  * @throws {TensorqError} for an unknown mode, a bad `exclude` pattern, layers missing input
- *   amax (all named) or amax of the wrong length.
+ *   amax or whose calibration saw no finite input (all named), amax of the wrong type or
+ *   length, or compressed layers (all named); the model is then unchanged.
  */
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
@@ -332,21 +406,40 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
     });
   }
   const layers = all.filter(([name]) => !isExcluded(name, exclude));
+  // Reading a compressed layer's weight fails: name such layers before anything changes.
+  checkUncompressed(op, layers, "quantize before compressing, or exclude compressed layers");
+  const bound = maxBound(spec.dtype);
   const plans: Plan[] = [];
-  const missing: string[] = [];
+  const absent: string[] = [];
+  const nonFinite: string[] = [];
   for (const [name, layer] of layers) {
     const ranges = rangesOf(name);
     const [out, inp] = [layer.outFeatures, layer.inFeatures];
-    let inputAmax: number | undefined;
+    const device = layer.weight.device;
+    let inputScale: Tensor | undefined;
+    let inputScaleValue: number | undefined;
     if (spec.inputs) {
-      inputAmax = ranges.inputAmax;
-      if (typeof inputAmax !== "number") {
-        missing.push(name);
+      const inputAmax: unknown = ranges.inputAmax;
+      if (inputAmax === undefined) {
+        // Calibration that saw only NaN or infinite inputs has a count but no amax.
+        if ((ranges.inputCount ?? 0) > 0) nonFinite.push(name);
+        else absent.push(name);
         continue;
       }
-      amaxValues(op, `input amax of ${name}`, [inputAmax]);
+      const what = `input amax of ${name}`;
+      if (typeof inputAmax !== "number") {
+        throw new TensorqError(`the input amax of layer ${name} has the wrong type`, {
+          op,
+          kind: "argument",
+          argument: what,
+          expected: "a number (the absolute maximum of the layer's input, >= 0)",
+          actual: `${describe(inputAmax)} (${typeof inputAmax})`,
+        });
+      }
+      [inputScaleValue] = scalesOfAmax(op, what, amaxValues(op, what, [inputAmax]), bound);
+      inputScale = scalar(inputScaleValue, "float32", device);
     }
-    let weightAmax: Float32Array | undefined;
+    let weightAmax: ArrayLike<number>;
     let weightScaleShape: number[];
     if (spec.blocks) {
       // A row's last block is shorter where blockSize does not divide the input features.
@@ -355,29 +448,24 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       weightScaleShape = [out, perRow];
       // The weight fields of `amax` take precedence over all of `calibration`'s.
       const override = overrides.get(name);
-      const source = override?.weightBlockAmax !== undefined || override?.weightAmax !== undefined
-        ? override
-        : calibration.get(name);
+      const fromOverride = override?.weightBlockAmax !== undefined ||
+        override?.weightAmax !== undefined;
+      const source = fromOverride ? override : calibration.get(name);
       const block = source?.weightBlockAmax;
       const given = source?.weightAmax;
-      if (block !== undefined && source?.weightBlockSize === blockSize) {
-        weightAmax = amaxValues(op, `weight block amax of ${name}`, block);
-        if (weightAmax.length !== blocks) {
-          throw new TensorqError(`block amax of layer ${name} has the wrong length`, {
-            op,
-            kind: "shape",
-            argument: "weightBlockAmax",
-            expected: `${blocks} values ([${out}, ${perRow}])`,
-            actual: `${weightAmax.length} values`,
-          });
-        }
+      if (block !== undefined) {
+        weightAmax = blockAmaxOf(name, fromOverride ? "amax" : "calibration", source!, {
+          out,
+          perRow,
+          blockSize,
+        });
       } else if (given !== undefined) {
         // Block amax (imported files keep them flat) or one value for every block. Per-row
         // amax (a per-channel calibration's) do not bound the blocks tightly: the block amax
         // are computed from the weights instead, as when none are given.
         const values = amaxValues(op, `weight amax of ${name}`, given);
         if (values.length === blocks) weightAmax = values;
-        else if (values.length === 1) weightAmax = new Float32Array(blocks).fill(values[0]);
+        else if (values.length === 1) weightAmax = new Float64Array(blocks).fill(values[0]);
         else if (values.length === out) weightAmax = amaxOfWeights(name, layer, blockSize);
         else {
           throw new TensorqError(`weight amax of layer ${name} has the wrong length`, {
@@ -397,7 +485,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         : amaxValues(op, `weight amax of ${name}`, ranges.weightAmax);
       if (given === undefined) weightAmax = amaxOfWeights(name, layer);
       else if (given.length === out) weightAmax = given;
-      else if (given.length === 1) weightAmax = new Float32Array(out).fill(given[0]);
+      else if (given.length === 1) weightAmax = new Float64Array(out).fill(given[0]);
       else {
         throw new TensorqError(`weight amax of layer ${name} has the wrong length`, {
           op,
@@ -408,52 +496,56 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
         });
       }
     }
-    plans.push({ name, layer, weightAmax, weightScaleShape, inputAmax });
+    const scales = scalesOfAmax(op, `weight amax of ${name}`, weightAmax, bound);
+    const weightScale = fromStorage(scales, weightScaleShape, "float32", device);
+    plans.push({ name, layer, weightScale, weightScaleShape, inputScale, inputScaleValue });
   }
-  if (missing.length) {
+  if (absent.length || nonFinite.length) {
     const known = new Set(layers.map(([n]) => n));
     const unknown = [...calibration.keys(), ...overrides.keys()].filter((n) => !known.has(n));
-    const hint = unknown.length
+    const hint = absent.length === 0
+      ? "; check the model's activations on the calibration batches"
+      : unknown.length
       ? `; the ranges name layers not in the model (${listNames(unknown, 3)}): ` +
         "map names with importAmax's nameMap"
       : calibration.size + overrides.size === 0
       ? "; pass calibration (from calibrate or importAmax) or amax"
       : "";
+    const problems = [
+      absent.length ? `${absent.length} layer(s) have no input amax: ${listNames(absent)}` : "",
+      nonFinite.length
+        ? `${nonFinite.length} layer(s) saw no finite input values in calibration (only NaN ` +
+          `or ±Infinity): ${listNames(nonFinite)}`
+        : "",
+    ].filter(Boolean);
     throw new TensorqError(
-      `mode ${mode} quantizes inputs, but ${missing.length} layer(s) have no input amax: ` +
-        `${listNames(missing)}${hint}`,
+      `mode ${mode} quantizes inputs, but ${problems.join("; ")}${hint}`,
       {
         op,
         kind: "argument",
         argument: "calibration",
         expected: "an inputAmax for every quantized layer",
-        actual: `none for ${listNames(missing)}`,
+        actual: `none for ${listNames([...absent, ...nonFinite])}`,
       },
     );
   }
 
+  // Everything is checked and every scale made: only assignments from here on.
   const summary: QuantizedLayerInfo[] = [];
   for (const p of plans) {
-    const device = p.layer.weight.device;
     p.layer.configureQuantization({
       quantDtype: spec.dtype,
       weightQuantDim: spec.blocks ? 1 : 0,
       blockSize: spec.blocks ? blockSize : undefined,
     });
-    const amax = fromStorage(p.weightAmax.slice(), p.weightScaleShape, "float32");
-    p.layer.weightScale = scaleFromAmax(amax, spec.dtype).to(device);
-    let inputScale: number | undefined;
-    if (p.inputAmax !== undefined) {
-      const s = scaleFromAmax(p.inputAmax, spec.dtype);
-      inputScale = s.item();
-      p.layer.inputScale = s.to(device);
-    }
+    p.layer.weightScale = p.weightScale;
+    if (p.inputScale !== undefined) p.layer.inputScale = p.inputScale;
     summary.push({
       name: p.name,
       mode,
       quantDtype: spec.dtype,
       weightScaleShape: p.weightScaleShape,
-      inputScale,
+      inputScale: p.inputScaleValue,
     });
   }
   return summary;
@@ -480,8 +572,8 @@ const AMAX_KEY = /^(.+)\.(input|weight)(?:_quantizer\._amax|_amax)$/;
  * @param tensors A record of tensors or an opened safetensors file.
  * @param options `nameMap` to rename layers (e.g. Hugging Face names to the model's).
  * @returns Ranges by (mapped) layer name, in file order.
- * @throws {TensorqError} when no amax tensor is found, an amax tensor is not float, holds
- *   negative or infinite values, or two names map to the same layer.
+ * @throws {TensorqError} when no amax tensor is found, an amax tensor is not float, is
+ *   empty, holds negative or infinite values, or two names map to the same layer.
  */
 export function importAmax(
   tensors: Record<string, Tensor> | SafetensorsTensors,
@@ -560,6 +652,17 @@ export function importAmax(
       });
     }
     const values = Float32Array.from(decode(t.dtype, t.storageSync()));
+    if (values.length === 0) {
+      // An empty input amax would read as inputAmax 0 (scale 1), an empty weight amax as no
+      // value for any row.
+      throw new TensorqError("an amax tensor holds no values", {
+        op,
+        kind: "shape",
+        argument: key,
+        expected: "at least one amax value",
+        actual: `shape ${fmtShape(t.shape)}`,
+      });
+    }
     amaxValues(op, key, values);
     const entry = result.get(name) ?? {};
     if (m[2] === "input") {

@@ -14,6 +14,9 @@ const MAX_BOUND: Readonly<Record<QuantDType, number>> = Object.freeze({
   float8e4m3: 448,
 });
 
+/** The largest finite float32 value. */
+const MAX_FLOAT32 = 3.4028234663852886e38;
+
 /**
  * The largest magnitude a quantized value maps amax to: 127 for int8, 7 for int4 (symmetric
  * ranges; -128 and -8 are reachable only by saturation) and 448 for float8e4m3.
@@ -37,7 +40,9 @@ export function maxBound(dtype: QuantDType): number {
  * Scales for quantizing to `dtype` from absolute maxima: `Math.fround(amax / maxBound(dtype))`
  * per element (a float32 division), with ModelOpt's rule that an amax of 0, NaN or ±Infinity
  * gives scale 1 (so all-zero channels quantize to 0 and dequantize exactly). A quotient that
- * underflows to 0 in float32 also gives 1, since a zero scale is invalid.
+ * underflows to 0 in float32 also gives 1, since a zero scale is invalid. A number amax is
+ * rounded to float32 first; one beyond float32's range (e.g. `1e39`) is divided as it is and
+ * the quotient rounded to float32, and it is an error when the quotient does not fit either.
  *
  * Computed eagerly on the host: a tensor `amax` is evaluated and its values read back.
  *
@@ -45,7 +50,8 @@ export function maxBound(dtype: QuantDType): number {
  *   shape, or a number.
  * @param dtype The quantized dtype the scales are for.
  * @returns A float32 tensor of amax's shape and device (rank 0 on the CPU for a number).
- * @throws {TensorqError} for a negative finite amax, an unsupported amax dtype or `dtype`.
+ * @throws {TensorqError} for a negative finite amax, a number amax whose scale is beyond
+ *   float32's range, an unsupported amax dtype or `dtype`.
  */
 export function scaleFromAmax(amax: Tensor | number, dtype: QuantDType): Tensor {
   const op = "scaleFromAmax";
@@ -65,7 +71,7 @@ export function scaleFromAmax(amax: Tensor | number, dtype: QuantDType): Tensor 
   let shape: number[];
   let device = "cpu";
   if (typeof amax === "number") {
-    values = [Math.fround(amax)];
+    values = [amax];
     shape = [];
   } else {
     const t = checkTensor(op, "amax", amax);
@@ -82,6 +88,23 @@ export function scaleFromAmax(amax: Tensor | number, dtype: QuantDType): Tensor 
     shape = t.shape;
     device = t.device;
   }
+  return fromStorage(scalesOfAmax(op, "amax", values, bound), shape, "float32", device);
+}
+
+/**
+ * The scales of amax values for a dtype of bound `bound`, by {@link scaleFromAmax}'s rules
+ * (shared with quantizeModel, whose amax come as numbers). Each value is rounded to float32
+ * first unless that overflows; then the quotient is rounded instead.
+ *
+ * @throws {TensorqError} of `op` for a negative finite value, or one whose scale is beyond
+ *   float32's range, naming `argument`.
+ */
+export function scalesOfAmax(
+  op: string,
+  argument: string,
+  values: ArrayLike<number>,
+  bound: number,
+): Float32Array {
   const scales = new Float32Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const a = values[i];
@@ -89,13 +112,28 @@ export function scaleFromAmax(amax: Tensor | number, dtype: QuantDType): Tensor 
       throw new TensorqError("amax must not be negative", {
         op,
         kind: "argument",
-        argument: "amax",
+        argument,
         expected: "non-negative values (absolute maxima)",
         actual: `${a} at flat index ${i}`,
       });
     }
-    const s = Math.fround(a / bound);
-    scales[i] = Number.isFinite(a) && s > 0 ? s : 1;
+    if (!Number.isFinite(a)) {
+      scales[i] = 1;
+      continue;
+    }
+    const a32 = Math.fround(a);
+    // A finite number beyond float32's range keeps its value: amax / bound may still fit.
+    const s = Math.fround((a32 < Infinity ? a32 : a) / bound);
+    if (s === Infinity) {
+      throw new TensorqError("amax / maxBound is beyond float32's range", {
+        op,
+        kind: "argument",
+        argument,
+        expected: `values whose scale amax / ${bound} is at most ${MAX_FLOAT32}`,
+        actual: `${a} at flat index ${i}`,
+      });
+    }
+    scales[i] = s > 0 ? s : 1;
   }
-  return fromStorage(scales, shape, "float32", device);
+  return scales;
 }

@@ -118,7 +118,7 @@ interface PairPlan {
  * @returns The updated calibration.
  * @throws {TensorqError} for an unknown layer name, a norm without a 1-D weight, a Linear
  *   whose input features differ from the norm's width, an already quantized Linear, a layer
- *   in two pairs, missing per-channel ranges, or alpha outside [0, 1]. Nothing changes then.
+ *   in two pairs (or twice in one), missing per-channel ranges, or alpha outside [0, 1]. Nothing changes then.
  */
 export function smoothQuant(
   model: Module,
@@ -194,6 +194,16 @@ export function smoothQuant(
       });
     }
     const width = normWeight.shape[0];
+    const twice = pair.linears.find((n, k) => pair.linears.indexOf(n) !== k);
+    if (twice !== undefined) {
+      throw new TensorqError(`${twice} is listed twice in the same pair`, {
+        op,
+        kind: "argument",
+        argument: `${where}.linears`,
+        expected: "each Linear named once",
+        actual: JSON.stringify(pair.linears),
+      });
+    }
     const linears: [string, Linear][] = pair.linears.map((name) => {
       const m = findModule(model, name);
       if (!(m instanceof Linear)) {
