@@ -267,13 +267,13 @@ testOnGpu("cuda causalMask matches cpu", () => {
 
 testOnGpu("cuda large embedding lookup: [8, 512] ids into [50257, 768] float32", () => {
   const weight = randomStorage("float32", 50257 * 768, 7);
-  const ids = randomIndices("int32", 8 * 512, 50257, 8);
+  const ids = randomIndices("int32", 8 * 512, 50257, 8, 0);
   compare(
     "embedding int32",
     "float32",
     (d) => embedding(leaf(ids, [8, 512], "int32", d), leaf(weight, [50257, 768], "float32", d)),
   );
-  const ids64 = randomIndices("int64", 8 * 512, 50257, 9);
+  const ids64 = randomIndices("int64", 8 * 512, 50257, 9, 0);
   compare(
     "embedding int64",
     "float32",
