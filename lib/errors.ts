@@ -182,6 +182,20 @@ export function messageWithoutCallSite(error: unknown): string {
   return error.message;
 }
 
+/** Returns `value` if it is a boolean; otherwise throws naming `argument` of `op`. */
+export function checkBoolean(op: string, argument: string, value: unknown): boolean {
+  if (typeof value !== "boolean") {
+    throw new TensorqError(`${argument} must be true or false`, {
+      op,
+      kind: "argument",
+      argument,
+      expected: "a boolean",
+      actual: typeof value === "string" ? JSON.stringify(value) : String(value),
+    });
+  }
+  return value;
+}
+
 /** Formats a shape as `[2, 3]`. */
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(", ")}]`;

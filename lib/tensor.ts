@@ -87,12 +87,18 @@ export class Tensor {
     return storageToData(this.dtype, await backend.downloadAsync(this.node.buffer!));
   }
 
-  /** The values (blocking). */
+  /** The values (blocking), in a copy the caller may change. */
   dataSync(): TensorData {
     return storageToData(this.dtype, this.storageSync());
   }
 
-  /** The raw host storage (see lib/dtype.ts: bit patterns for float16/bfloat16/fp8). */
+  /**
+   * The raw host storage (see lib/dtype.ts: bit patterns for float16/bfloat16/fp8). On the
+   * CPU this is the tensor's own array, not a copy: treat it as read-only. Tensors are values,
+   * and kernels cache forms derived from a weight's storage (packed or quantized copies), so a
+   * write would reach some computations and not others. Use {@link Tensor.dataSync} for a
+   * copy.
+   */
   storageSync(): StorageArray {
     checkNotDisposed(this, "dataSync");
     realize([this.node]);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
-import { assertClose, testOnDevices, thisLine } from "./helpers.ts";
+import { assertClose, assertTqError, testOnDevices, thisLine } from "./helpers.ts";
 
 /** Evaluates `make()` with fusion on and off and returns both outputs and the fused op list. */
 function fusedAndUnfused(make: () => tq.Tensor) {
@@ -198,6 +198,47 @@ testOnDevices(
     }
   },
 );
+
+testOnDevices("a reshaped weight and scale get their own codes, not the original layout's", (
+  device,
+) => {
+  // An evaluated reshape shares its storage: the prepared-weight cache must key on the shape too.
+  const w = tq.randn([8, 8], { seed: 21, device }).evaluate();
+  const s = tq.rand([4, 8], { seed: 22, low: 0.05, high: 0.2, device }).evaluate();
+  const options = { dim: 0, blockSize: 2 };
+  const product = (x: tq.Tensor, weight: tq.Tensor, scale: tq.Tensor) =>
+    x.matmul(
+      tq.dequantize(tq.quantize(weight, scale, "int8", options), scale, "float32", options)
+        .transpose(0, 1),
+    );
+  product(tq.randn([3, 8], { seed: 23, device }), w, s).dataSync(); // fills the cache
+  const w2 = w.reshape([16, 4]).evaluate();
+  const s2 = s.reshape([8, 4]).evaluate();
+  const r = fusedAndUnfused(() => product(tq.randn([3, 4], { seed: 24, device }), w2, s2));
+  assert.ok(r.ops.includes("wlinear"), r.ops.join(", "));
+  assertClose(r.fused, r.unfused, { rtol: 1e-5, atol: 1e-6 });
+});
+
+Deno.test("the pass switches take booleans only; inspectGraph takes a tensor", () => {
+  const switches: [string, (on: boolean) => void][] = [
+    ["setQdqFusion", tq.setQdqFusion],
+    ["setLinearFusion", tq.setLinearFusion],
+    ["setNormFolding", tq.setNormFolding],
+    ["setResidualFusion", tq.setResidualFusion],
+    ["setAttentionViewFusion", tq.setAttentionViewFusion],
+    ["setAttentionQlinearFusion", tq.setAttentionQlinearFusion],
+  ];
+  for (const [op, set] of switches) {
+    // "false" is truthy: it turned the pass on.
+    assertTqError(() => set("false" as unknown as boolean), {
+      op,
+      kind: "argument",
+      includes: ["'on'", 'got "false"'],
+    });
+  }
+  assert.equal(tq.qdqFusionEnabled(), true, "a refused value leaves the setting as it was");
+  assertTqError(() => tq.inspectGraph(3 as unknown as tq.Tensor), { op: "inspectGraph" });
+});
 
 Deno.test("evaluating a dequantized value before its matmul warns once, naming the line", () => {
   const w = tq.randn([8, 16], { seed: 15 });

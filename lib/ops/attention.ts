@@ -45,6 +45,8 @@ export interface AttentionOptions {
   kvLength?: Tensor;
 }
 
+const ATTENTION_OPTIONS = ["scale", "causal", "kvLength"];
+
 function shapeError(
   message: string,
   argument: string,
@@ -92,6 +94,17 @@ export function attention(
       argument: "options",
       expected: "an object",
       actual: describeValue(options),
+    });
+  }
+  // A misspelt option (PyTorch's `isCausal`, a `mask`) would otherwise be ignored silently.
+  const unknown = Object.keys(options).filter((key) => !ATTENTION_OPTIONS.includes(key));
+  if (unknown.length) {
+    throw new TensorqError("unknown attention option", {
+      op,
+      kind: "argument",
+      argument: unknown[0],
+      expected: `options among ${ATTENTION_OPTIONS.join(", ")}`,
+      actual: unknown.join(", "),
     });
   }
   const { kvLength } = options;

@@ -64,9 +64,26 @@ function cachedWeight(
   return v;
 }
 
-/** The form key of a weight quantized with `attrs` (see {@link weightQuantAttrs}). */
-function formOf(attrs: Attrs, ...more: (string | number)[]): string {
-  return JSON.stringify([attrs.dtype, attrs.mode, attrs.dim, attrs.blockSize, ...more]);
+/**
+ * The form key of a weight quantized with `attrs` (see {@link weightQuantAttrs}). The shapes
+ * belong in it: a reshaped weight and scale share their storage with the originals, and the
+ * same values read as another layout quantize to other codes.
+ */
+function formOf(
+  attrs: Attrs,
+  weightShape: readonly number[],
+  scaleShape: readonly number[],
+  ...more: (string | number)[]
+): string {
+  return JSON.stringify([
+    attrs.dtype,
+    attrs.mode,
+    attrs.dim,
+    attrs.blockSize,
+    weightShape,
+    scaleShape,
+    ...more,
+  ]);
 }
 
 function quantizeValues(
@@ -206,7 +223,13 @@ registerCpuKernel("qlinear", (inputs, ctx) => {
   const qw = cachedWeight(
     w,
     swq,
-    formOf(wAttrs, ctx.inputs[3].dtype, ctx.inputs[4].dtype),
+    formOf(
+      wAttrs,
+      ctx.inputs[3].shape,
+      ctx.inputs[4].shape,
+      ctx.inputs[3].dtype,
+      ctx.inputs[4].dtype,
+    ),
     () =>
       ctx.attrs.weightCodes
         ? Float64Array.from(decode(qdtype as "int8", w))
@@ -234,10 +257,13 @@ registerCpuKernel("wlinear", (inputs, ctx) => {
   const attrs = weightQuantAttrs(ctx.attrs, qdtype);
   const form = formOf(
     attrs,
+    ctx.inputs[1].shape,
+    ctx.inputs[2].shape,
     ctx.inputs[1].dtype,
     ctx.inputs[2].dtype,
     ctx.inputs[3].dtype,
     storageId(swd),
+    String(ctx.inputs[3].shape),
     ctx.inputs[0].dtype,
   );
   const dqw = cachedWeight(w, swq, form, () => {

@@ -318,7 +318,9 @@ class WeightPrep {
     this.#codes = ctx.attrs.weightCodes === true;
     this.#wKind = this.#codes ? -1 : FLOAT_KIND[floatDType("linear", "W", ctx.inputs[wAt].dtype)];
     this.#swqKind = FLOAT_KIND[floatDType("linear", "weight scale", ctx.inputs[wAt + 1].dtype)];
-    this.#key = quantKey(ctx.attrs);
+    // With the shape: a reshaped weight shares its buffer, and read as another layout the
+    // same values quantize to other codes.
+    this.#key = `${quantKey(ctx.attrs)}:${n}x${k}`;
   }
 
   #indexParams(p: KernelParams): void {

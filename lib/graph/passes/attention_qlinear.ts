@@ -19,6 +19,7 @@
  * graph's bit for bit on every backend.
  * @module
  */
+import { checkBoolean } from "../../errors.ts";
 import type { PlanGraph, ValueRef } from "../../backends/backend.ts";
 import { refInfo } from "../../backends/backend.ts";
 import type { Attrs } from "../node.ts";
@@ -34,7 +35,7 @@ let enabled = true;
  * cached per setting.
  */
 export function setAttentionQlinearFusion(on: boolean): void {
-  enabled = on;
+  enabled = checkBoolean("setAttentionQlinearFusion", "on", on);
 }
 
 /** True when an attention is folded into the qlinear that reads it. */

@@ -30,6 +30,7 @@
  * the unfused graph on every backend.
  * @module
  */
+import { checkBoolean } from "../../errors.ts";
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
 import { refInfo } from "../../backends/backend.ts";
 import {
@@ -49,7 +50,7 @@ let enabled = true;
  * cached per setting.
  */
 export function setAttentionViewFusion(on: boolean): void {
-  enabled = on;
+  enabled = checkBoolean("setAttentionViewFusion", "on", on);
 }
 
 /** True when attention view fusion is on. */

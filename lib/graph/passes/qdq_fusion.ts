@@ -46,7 +46,7 @@
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
 import { refInfo } from "../../backends/backend.ts";
-import { formatCallSite } from "../../errors.ts";
+import { checkBoolean, formatCallSite } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import type { Node } from "../node.ts";
 import { type PassContext, registerPass } from "./mod.ts";
@@ -56,7 +56,7 @@ let enabled = true;
 
 /** Turns Q/DQ fusion on or off (on by default); off evaluates the float fake-quant graph. */
 export function setQdqFusion(on: boolean): void {
-  enabled = on;
+  enabled = checkBoolean("setQdqFusion", "on", on);
 }
 
 /** True when Q/DQ fusion is on. */
@@ -71,7 +71,7 @@ let linearEnabled = true;
  * (on by default). Independent of {@link setQdqFusion}; plans are cached per setting.
  */
 export function setLinearFusion(on: boolean): void {
-  linearEnabled = on;
+  linearEnabled = checkBoolean("setLinearFusion", "on", on);
 }
 
 /** True when float Linear fusion is on. */
@@ -88,7 +88,7 @@ let normFolding = true;
  * off (on by default; off keeps `layerNorm` apart). Plans are cached per setting.
  */
 export function setNormFolding(on: boolean): void {
-  normFolding = on;
+  normFolding = checkBoolean("setNormFolding", "on", on);
 }
 
 /** True when layer norms are folded into the fused linear ops that read them. */

@@ -32,6 +32,7 @@
  * Switch: {@link setResidualFusion} (on by default); plans are cached per setting.
  * @module
  */
+import { checkBoolean } from "../../errors.ts";
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
 import { sameShape } from "../../shape.ts";
 // Imported for its registration: the Q/DQ fusion pass must run first (it makes the linear ops).
@@ -46,7 +47,7 @@ let enabled = true;
  * the linear op) on or off (on by default). Plans are cached per setting.
  */
 export function setResidualFusion(on: boolean): void {
-  enabled = on;
+  enabled = checkBoolean("setResidualFusion", "on", on);
 }
 
 /** True when residual adds are folded into the fused linear ops. */
