@@ -282,3 +282,145 @@ testOnDevices(
     }
   },
 );
+
+testOnDevices("compile: captured weights are fixed per trace until reset() re-traces every shape", (
+  device,
+) => {
+  const lin = new tq.Linear(2, 1, { bias: false }).to(device);
+  lin.weight = tq.tensor([[1, 1]], { device });
+  const exe = tq.compile((x) => lin.forward(x), {
+    args: [tq.inputInfo([[1, 1, 2], 2])],
+    device,
+  });
+  const run = (rows: number) =>
+    Array.from((exe(tq.ones([rows, 2], { device })) as tq.Tensor).dataSync() as Float32Array);
+  assert.deepEqual(run(1), [2]);
+  lin.loadStateDict({ weight: tq.tensor([[10, 10]], { device }) });
+  // Documented snapshot: the shape traced before the change keeps the old weight.
+  assert.deepEqual(run(1), [2]);
+  exe.reset();
+  assert.equal(exe.tracedShapes, 0, "reset drops every traced shape");
+  assert.deepEqual(run(1), [20], "the shape traced before reads the new weight");
+  assert.deepEqual(run(2), [20, 20], "so does a shape first seen after");
+  assert.equal(exe.tracedShapes, 2);
+  // An unseeded random op draws once per trace; reset draws again.
+  const noisy = tq.compile((x) => x.add(tq.rand([64], { device })), {
+    args: [tq.inputInfo([64])],
+    device,
+  });
+  const zeros = tq.zeros([64], { device });
+  const first = (noisy(zeros) as tq.Tensor).dataSync();
+  assert.deepEqual((noisy(zeros) as tq.Tensor).dataSync(), first, "repeats between calls");
+  noisy.reset();
+  assert.notDeepEqual((noisy(zeros) as tq.Tensor).dataSync(), first, "a new draw after reset");
+  noisy.dispose();
+  exe.dispose();
+});
+
+Deno.test("compile: a disposed executable refuses calls and reset", () => {
+  const exe = tq.compile((x) => x.add(1), { args: [tq.inputInfo([3])] });
+  const kept = exe(tq.zeros([3])) as tq.Tensor;
+  exe.dispose();
+  exe.dispose(); // idempotent
+  assert.equal(exe.tracedShapes, 0);
+  const line = thisLine() + 1;
+  const call = () => exe(tq.zeros([3]));
+  assertTqError(call, { op: "Executable", kind: "state", includes: ["disposed"], line });
+  assertTqError(() => exe.reset(), { op: "Executable", kind: "state", includes: ["disposed"] });
+  assert.equal(exe.tracedShapes, 0, "no silent re-trace");
+  assert.deepEqual(kept.toArray(), [1, 1, 1], "results outlive the executable");
+});
+
+Deno.test("compile validates donate: an array of distinct argument indices", () => {
+  const fn = (a: tq.Tensor, b: tq.Tensor) => a.add(b);
+  const args = [tq.inputInfo([3]), tq.inputInfo([3])];
+  const bad: [unknown, string[]][] = [
+    [0, ["options.donate", "an array", "got 0"]],
+    ["0", ["options.donate", "an array", 'got "0"']],
+    [new Set([0]), ["options.donate", "got Set"]],
+    [[1.5], ["options.donate[0]", "[0, 1]", "got 1.5"]],
+    [[0, -1], ["options.donate[1]", "got -1"]],
+    [[2], ["options.donate[0]", "got 2"]],
+    [[1, 1], ["options.donate[1]", "unlisted"]],
+    [["0"], ["options.donate[0]", 'got "0"']],
+  ];
+  for (const [donate, includes] of bad) {
+    const line = thisLine() + 1;
+    const call = () => tq.compile(fn, { args, donate: donate as number[] });
+    assertTqError(call, { op: "compile", kind: "argument", includes, line });
+  }
+  const none = () => tq.compile(() => tq.ones([1]), { args: [], donate: [0] });
+  assertTqError(none, { op: "compile", kind: "argument", includes: ["takes no arguments"] });
+  // Valid forms still compile.
+  tq.compile(fn, { args, donate: [] }).dispose();
+  tq.compile(fn, { args, donate: [1, 0] }).dispose();
+  tq.compile(fn, { args, donate: undefined }).dispose();
+});
+
+Deno.test("compile rejects unknown options and non-boolean cudaGraphs", () => {
+  const fn = (x: tq.Tensor) => x.mul(2);
+  const args = [tq.inputInfo([3])];
+  let line = thisLine() + 1;
+  let call = (): unknown => tq.compile(fn, { args, devices: "cpu" } as tq.CompileOptions);
+  assertTqError(call, {
+    op: "compile",
+    kind: "argument",
+    includes: ["unknown option", "options.devices", "args, device, cudaGraphs, donate"],
+    line,
+  });
+  line = thisLine() + 1;
+  call = () => tq.compile(fn, { args, cudaGraphs: "no" as unknown as boolean });
+  assertTqError(call, {
+    op: "compile",
+    kind: "argument",
+    includes: ["options.cudaGraphs", "true or false", '"no"'],
+    line,
+  });
+  call = () => tq.compile(fn, { args, cudaGraphs: 0 as unknown as boolean });
+  assertTqError(call, { op: "compile", kind: "argument", includes: ["options.cudaGraphs"] });
+  // Absent optional options are fine (callers forward their own optional settings).
+  tq.compile(fn, { args, device: undefined, cudaGraphs: undefined }).dispose();
+  tq.compile(fn, { args, cudaGraphs: false }).dispose();
+});
+
+testOnDevices("compile: an executable called inside another compiled function is a clear error", (
+  device,
+) => {
+  const inner = tq.compile((x) => x.mul(3), { args: [tq.inputInfo([3])], device });
+  const message = "cannot be called inside another compile()d function";
+  // The error names the line of the inner call, in the traced function.
+  let line = thisLine() + 2;
+  let call = (): unknown =>
+    tq.compile((x) => (inner(x) as tq.Tensor).add(1), {
+      args: [tq.inputInfo([3])],
+      device,
+    });
+  assertTqError(call, { op: "compile", kind: "state", includes: [message], line });
+  // Also for a value derived from the traced input, and when a later shape is traced.
+  call = () =>
+    tq.compile((x) => (inner(x.add(1)) as tq.Tensor).add(1), { args: [tq.inputInfo([3])], device });
+  assertTqError(call, { op: "compile", kind: "state", includes: [message] });
+  line = thisLine() + 2;
+  const outer = tq.compile(
+    (x) => (x.shape[0] === 3 ? (inner(x) as tq.Tensor) : x),
+    { args: [tq.inputInfo([[1, 1, 3]])], device },
+  );
+  call = () => outer(tq.ones([3], { device }));
+  assertTqError(call, { op: "compile", kind: "state", includes: [message], line });
+  assert.equal(outer.tracedShapes, 1, "the failed trace is not kept");
+  // Called on values of its own inside a trace, it runs and its result is a captured constant.
+  const c = tq.tensor([1, 2, 3], { device });
+  const uses = tq.compile((x) => x.add(inner(c) as tq.Tensor), {
+    args: [tq.inputInfo([3])],
+    device,
+  });
+  assert.deepEqual((uses(tq.ones([3], { device })) as tq.Tensor).toArray(), [
+    4,
+    7,
+    10,
+  ]);
+  // The calling function itself works in place of the executable.
+  const inlined = tq.compile((x) => x.mul(3).add(1), { args: [tq.inputInfo([3])], device });
+  assert.deepEqual((inlined(c) as tq.Tensor).toArray(), [4, 7, 10]);
+  for (const e of [inner, outer, uses, inlined]) e.dispose();
+});

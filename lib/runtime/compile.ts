@@ -10,6 +10,11 @@
  * its own (a copy), so results disposed or collected in between cost nothing, and kept ones
  * never change. A recording that reads a lent value as a constant moves it out at trace time
  * (it keeps the address it reads).
+ *
+ * Tensors the function reads from outside (module weights, constants) are fixed when a shape is
+ * traced, like the ops themselves: that is what lets a recording be replayed. After changing
+ * them, compile again or call {@link Executable.reset}, which drops every traced shape so that
+ * each is traced anew, with the current values.
  * @module
  */
 import { checkDType, type DType } from "../dtype.ts";
@@ -17,7 +22,7 @@ import { parseDevice } from "../device.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
-import { numel } from "../shape.ts";
+import { describeValue, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 import { backendOf, planFor, traceGraph } from "./evaluate.ts";
 
@@ -70,7 +75,8 @@ export interface CompileOptions {
   /** Record CUDA graphs on CUDA devices (default true). */
   cudaGraphs?: boolean;
   /**
-   * Indices of arguments the caller gives up (like JAX's `donate_argnums`): each call consumes
+   * An array of distinct argument indices (integers in `[0, args.length)`) the caller gives up
+   * (like JAX's `donate_argnums`): each call consumes
    * (disposes) the tensors passed there, and a result that updates such an argument in place
    * (a `sliceScatter` into it that nothing else reads, say a KV cache slot) may be written
    * into the argument's memory instead of a copy. With CUDA graphs, passing that result back
@@ -78,6 +84,25 @@ export interface CompileOptions {
    * feeds its cache back runs without moving the cache.
    */
   donate?: readonly number[];
+}
+
+const OPTION_KEYS = ["args", "device", "cudaGraphs", "donate"];
+
+/** How many traces are running (compile() inside a traced function nests them). */
+let tracing = 0;
+
+/** True when evaluating `nodes` would read a placeholder (a compile() input being traced). */
+function readsPlaceholder(nodes: Node[]): boolean {
+  const seen = new Set<Node>();
+  const stack = [...nodes];
+  while (stack.length) {
+    const n = stack.pop()!;
+    if (n.placeholder) return true;
+    if (n.realized || seen.has(n)) continue;
+    seen.add(n);
+    stack.push(...n.inputs);
+  }
+  return false;
 }
 
 /** A placeholder's (absent) value: traced graphs read it as a leaf. */
@@ -118,7 +143,17 @@ export interface Executable {
   readonly device: string;
   /** Number of concrete shapes traced so far. */
   readonly tracedShapes: number;
-  /** Frees plans, CUDA graphs and fixed buffers. */
+  /**
+   * Drops every traced shape (plans, CUDA graphs, fixed buffers): the next call of each shape
+   * traces the function again, reading the tensors it captures (weights) as they are then.
+   * Call it after changing captured state, e.g. `loadStateDict`, so that no shape keeps the
+   * old values. Results already returned keep theirs.
+   */
+  reset(): void;
+  /**
+   * Frees plans, CUDA graphs and fixed buffers. Calling the executable (or `reset`) afterwards
+   * is an error; results already returned stay valid.
+   */
   dispose(): void;
 }
 
@@ -129,6 +164,16 @@ function concreteOpt(info: InputInfo): number[] {
 /**
  * Traces `fn` into an executable. Calls are checked against `args`: dtype, rank, and each
  * extent within its range; a mismatch is a clear error naming the argument and dimension.
+ *
+ * `fn` runs only when a shape is traced, not on every call, so whatever it reads besides its
+ * arguments is a snapshot taken then: tensors it captures (module weights, constants) keep
+ * the values they had at that trace, and a random op without a seed (`tq.rand(shape)`) draws
+ * once and repeats those values on every call (pass random values as an argument instead).
+ * Shapes are traced at different times (the `opt` shapes now, others on first use), so after
+ * changing captured state (`loadStateDict`, assigning a weight) compile again or call
+ * {@link Executable.reset}: otherwise shapes traced before the change keep the old values
+ * while shapes first seen after it use the new ones. An executable cannot be called with the
+ * traced inputs of another `compile()`d function: call `fn` itself there.
  */
 export function compile(
   fn: (...args: Tensor[]) => Tensor | Tensor[],
@@ -141,6 +186,20 @@ export function compile(
       argument: "fn",
       actual: typeof fn,
     });
+  }
+  if (options && typeof options === "object" && !Array.isArray(options)) {
+    // A misspelt option would otherwise be silently ignored.
+    for (const key of Object.keys(options)) {
+      if (!OPTION_KEYS.includes(key)) {
+        throw new TensorqError("unknown option", {
+          op: "compile",
+          kind: "argument",
+          argument: `options.${key}`,
+          expected: `one of ${OPTION_KEYS.join(", ")}`,
+          actual: JSON.stringify(key),
+        });
+      }
+    }
   }
   if (!options || typeof options !== "object" || !Array.isArray(options.args)) {
     throw new TensorqError("options must list the function's inputs", {
@@ -164,23 +223,46 @@ export function compile(
     // Hand-made infos get inputInfo's checks.
     return inputInfo(a.shape, a.dtype ?? "float32");
   });
+  const indices = infos.length > 0
+    ? `integers in [0, ${infos.length - 1}]`
+    : "no index (the function takes no arguments)";
+  // Only arrays, like `args`: a Set or a single index is rejected rather than half-supported.
+  if (options.donate !== undefined && !Array.isArray(options.donate)) {
+    throw new TensorqError("donate must be an array of argument indices", {
+      op: "compile",
+      kind: "argument",
+      argument: "options.donate",
+      expected: `an array of distinct ${indices}`,
+      actual: describeValue(options.donate),
+    });
+  }
   const donated = new Set<number>();
   for (const [k, i] of (options.donate ?? []).entries()) {
     if (!Number.isInteger(i) || i < 0 || i >= infos.length || donated.has(i)) {
       throw new TensorqError("donate must list distinct argument indices", {
         op: "compile",
         kind: "argument",
-        argument: `donate[${k}]`,
-        expected: `an unlisted integer in [0, ${infos.length - 1}]`,
-        actual: JSON.stringify(i),
+        argument: `options.donate[${k}]`,
+        expected: infos.length > 0 ? `an unlisted integer in [0, ${infos.length - 1}]` : indices,
+        actual: describeValue(i),
       });
     }
     donated.add(i);
+  }
+  if (options.cudaGraphs !== undefined && typeof options.cudaGraphs !== "boolean") {
+    throw new TensorqError("cudaGraphs must be a boolean", {
+      op: "compile",
+      kind: "argument",
+      argument: "options.cudaGraphs",
+      expected: "true or false",
+      actual: describeValue(options.cudaGraphs),
+    });
   }
   const device = parseDevice("compile", options.device ?? "cpu").name;
   const backend = backendOf(device, "compile");
   const useGraphs = (options.cudaGraphs ?? true) && backend.record !== undefined;
   const entries = new Map<string, ShapeEntry>();
+  let disposed = false;
 
   const trace = (shapes: number[][]): ShapeEntry => {
     const placeholders = shapes.map((shape, i) => {
@@ -190,7 +272,13 @@ export function compile(
       node.realize(new PlaceholderBuffer(device, infos[i].dtype, numel(shape)));
       return new Tensor(node);
     });
-    const result = fn(...placeholders);
+    let result: Tensor | Tensor[];
+    tracing++;
+    try {
+      result = fn(...placeholders);
+    } finally {
+      tracing--;
+    }
     const single = !Array.isArray(result);
     const outs = single ? [result as Tensor] : (result as Tensor[]);
     if (outs.length === 0) {
@@ -362,7 +450,35 @@ export function compile(
   // Trace the opt shapes now so errors in fn surface at compile time.
   entryFor(infos.map(concreteOpt));
 
+  const checkLive = () => {
+    if (disposed) {
+      throw new TensorqError("the executable was disposed; compile the function again", {
+        op: "Executable",
+        kind: "state",
+        expected: "an executable not yet disposed",
+        actual: "a disposed executable",
+      });
+    }
+  };
+
   const exe = ((...args: Tensor[]) => {
+    checkLive();
+    // Its traced inputs have no values to run on; inlining fn would bypass this executable's
+    // snapshot of captured state, so it is an error rather than a silent re-trace.
+    if (
+      tracing > 0 && readsPlaceholder(args.filter((a) => a instanceof Tensor).map((a) => a.node))
+    ) {
+      throw new TensorqError(
+        "an executable cannot be called inside another compile()d function; call the function " +
+          "it compiles instead",
+        {
+          op: "compile",
+          kind: "state",
+          expected: "arguments with values",
+          actual: "the traced inputs of another compile()d function",
+        },
+      );
+    }
     const shapes = check(args);
     const entry = entryFor(shapes);
     // Tensors the function captured (weights) are read by every call: one disposed since
@@ -428,18 +544,29 @@ export function compile(
     for (const i of donated) args[i].dispose();
     return entry.single ? tensors[0] : tensors;
   }) as Executable;
+  // Lent results are views: they keep the memory of a fixed buffer freed here.
+  const release = () => {
+    for (const e of entries.values()) {
+      e.replay?.dispose();
+      e.staticInputs?.forEach((b) => b.dispose());
+      e.staticOutputs?.forEach((b) => b.dispose());
+    }
+    entries.clear();
+  };
   Object.defineProperties(exe, {
     inputInfos: { value: infos },
     device: { value: device },
     tracedShapes: { get: () => entries.size },
+    reset: {
+      value: () => {
+        checkLive();
+        release();
+      },
+    },
     dispose: {
       value: () => {
-        for (const e of entries.values()) {
-          e.replay?.dispose();
-          e.staticInputs?.forEach((b) => b.dispose());
-          e.staticOutputs?.forEach((b) => b.dispose());
-        }
-        entries.clear();
+        release();
+        disposed = true;
       },
     },
   });
