@@ -282,3 +282,254 @@ Deno.test("module errors name the parameter and the caller's line", () => {
   call = () => new tq.Linear(0, 3);
   assertTqError(call, { op: "Linear", kind: "argument", includes: ["inFeatures"], line });
 });
+
+/** Each parameter of `m` by dotted name with its tensor and values, to check a failed load. */
+function snapshot(m: tq.Module): [string, tq.Tensor, number[]][] {
+  return Object.entries(m.stateDict()).map((
+    [k, t],
+  ) => [k, t, Array.from(t.dataSync() as Float32Array)]);
+}
+
+function assertUnchanged(m: tq.Module, before: [string, tq.Tensor, number[]][]): void {
+  const now = snapshot(m);
+  assert.deepEqual(now.map(([k]) => k), before.map(([k]) => k));
+  now.forEach(([k, t, v], i) => {
+    assert.ok(t === before[i][1], `${k} was replaced`);
+    assert.deepEqual(v, before[i][2]);
+  });
+}
+
+Deno.test("layer options: null means the defaults, other non-objects are rejected", () => {
+  const x = tq.randn([3, 2], { seed: 61 });
+  const lin = new tq.Linear(2, 3, null as unknown as tq.LinearOptions);
+  assert.deepEqual(Object.keys(lin.stateDict()), ["weight", "bias"]);
+  assert.equal(lin.dtype, "float32");
+  assert.equal(lin.quantDtype, undefined);
+  assert.deepEqual(
+    lin.forward(x).dataSync(),
+    x.matmul(lin.weight.transpose()).add(lin.bias!).dataSync(),
+  );
+  const ln = new tq.LayerNorm(4, null as unknown as tq.LayerNormOptions);
+  assert.equal(ln.eps, 1e-5);
+  const h = tq.randn([2, 4], { seed: 62 });
+  assert.deepEqual(ln.forward(h).dataSync(), tq.layerNorm(h, ln.weight, ln.bias).dataSync());
+  const emb = new tq.Embedding(4, 2, null as unknown as tq.EmbeddingOptions);
+  assert.deepEqual([emb.weight.shape, emb.weight.dtype], [[4, 2], "float32"]);
+
+  const bad: [string, () => unknown, string][] = [
+    ["Linear", () => new tq.Linear(2, 3, 5 as unknown as tq.LinearOptions), "got 5"],
+    ["Linear", () => new tq.Linear(2, 3, "float16" as tq.LinearOptions), 'got "float16"'],
+    ["Linear", () => new tq.Linear(2, 3, [] as tq.LinearOptions), "got an array"],
+    ["LayerNorm", () => new tq.LayerNorm(4, true as unknown as tq.LayerNormOptions), "got true"],
+    ["Embedding", () => new tq.Embedding(4, 2, "x" as tq.EmbeddingOptions), 'got "x"'],
+  ];
+  for (const [op, call, got] of bad) {
+    const e = assertTqError(call, { op, kind: "argument", includes: ["options", got] });
+    assert.equal(e.argument, "options");
+  }
+  const line = thisLine() + 1;
+  const call = () => new tq.Linear(2, 3, 1 as unknown as tq.LinearOptions);
+  assertTqError(call, {
+    op: "Linear",
+    kind: "argument",
+    includes: ["options must be an object", "bias, dtype, quantDtype", "got 1"],
+    line,
+  });
+
+  // configureQuantization: null removes quantization as {} does; a non-object changes nothing.
+  const q = new tq.Linear(2, 3, { quantDtype: "int8", weightQuantDim: 0 });
+  assertTqError(
+    () => q.configureQuantization(7 as unknown as tq.LinearOptions),
+    { op: "Linear.configureQuantization", kind: "argument", includes: ["options", "got 7"] },
+  );
+  assert.deepEqual([q.quantDtype, q.weightScale?.shape ?? [3]], ["int8", [3]]);
+  q.configureQuantization(null as unknown as tq.LinearOptions);
+  assert.equal(q.quantDtype, undefined);
+  assert.deepEqual(Object.keys(q.stateDict()), ["weight", "bias"]);
+
+  // loadStateDict: null options are the defaults (strict); other non-objects change nothing.
+  const dict = { weight: tq.randn([3, 2], { seed: 63 }), bias: tq.randn([3], { seed: 64 }) };
+  lin.loadStateDict(dict, null as unknown as tq.LoadStateDictOptions);
+  assert.ok(lin.weight === dict.weight && lin.bias === dict.bias);
+  assertTqError(() => lin.loadStateDict({ weight: dict.weight }, null as never), {
+    op: "loadStateDict",
+    includes: ["missing: bias"],
+  });
+  const before = snapshot(lin);
+  const other = { weight: tq.randn([3, 2], { seed: 65 }), bias: tq.randn([3], { seed: 66 }) };
+  assertTqError(() => lin.loadStateDict(other, "lenient" as tq.LoadStateDictOptions), {
+    op: "loadStateDict",
+    kind: "argument",
+    includes: ["options must be an object", "strict", '"lenient"'],
+  });
+  assertUnchanged(lin, before);
+});
+
+Deno.test("boolean options must be booleans: Linear bias, loadStateDict strict", () => {
+  for (const bias of ["no", "false", 0, 1, null, {}]) {
+    const line = thisLine() + 1;
+    const call = () => new tq.Linear(2, 3, { bias: bias as boolean });
+    const e = assertTqError(call, {
+      op: "Linear",
+      kind: "argument",
+      includes: ["bias must be a boolean", "'bias'", "true or false"],
+      line,
+    });
+    assert.equal(e.argument, "bias");
+  }
+  assert.deepEqual(Object.keys(new tq.Linear(2, 3, { bias: false }).stateDict()), ["weight"]);
+  assert.deepEqual(Object.keys(new tq.Linear(2, 3, { bias: true }).stateDict()), [
+    "weight",
+    "bias",
+  ]);
+
+  const lin = new tq.Linear(4, 3);
+  const before = snapshot(lin);
+  const partial = { weight: tq.randn([3, 4], { seed: 71 }) };
+  for (const strict of ["no", 0, 1, null]) {
+    const line = thisLine() + 1;
+    const call = () => lin.loadStateDict(partial, { strict: strict as unknown as boolean });
+    const e = assertTqError(call, {
+      op: "loadStateDict",
+      kind: "argument",
+      includes: ["strict must be a boolean", "'strict'", "true or false"],
+      line,
+    });
+    assert.equal(e.argument, "strict");
+    assertUnchanged(lin, before);
+  }
+  // The booleans themselves keep their meaning.
+  assertTqError(() => lin.loadStateDict(partial, { strict: true }), {
+    op: "loadStateDict",
+    includes: ["missing: bias"],
+  });
+  assertUnchanged(lin, before);
+  assert.deepEqual(lin.loadStateDict(partial, { strict: false }), {
+    missing: ["bias"],
+    unexpected: [],
+  });
+  assert.ok(lin.weight === partial.weight && lin.bias === before[1][1]);
+});
+
+Deno.test("disposed tensors are rejected when loaded or set, naming the parameter", () => {
+  const seq = new tq.Sequential(new tq.Linear(4, 3), new tq.LayerNorm(3));
+  const lin = seq.at(0) as tq.Linear;
+  const before = snapshot(seq);
+  const dict = {
+    "0.weight": tq.randn([3, 4], { seed: 81 }),
+    "0.bias": tq.randn([3], { seed: 82 }),
+    "1.weight": tq.randn([3], { seed: 83 }),
+    "1.bias": tq.randn([3], { seed: 84 }),
+  };
+  dict["0.weight"].dispose();
+  let line = thisLine() + 1;
+  let call = (): unknown => seq.loadStateDict(dict);
+  assertTqError(call, {
+    op: "loadStateDict",
+    kind: "state",
+    includes: ["disposed tensors: 0.weight (float32 [3, 4])"],
+    line,
+  });
+  assertUnchanged(seq, before);
+  // Non-strict loads check the tensors they would use too.
+  call = () => seq.loadStateDict({ "0.weight": dict["0.weight"] }, { strict: false });
+  assertTqError(call, { op: "loadStateDict", kind: "state", includes: ["0.weight"] });
+  assertUnchanged(seq, before);
+  // With other problems the error lists them all and is an argument error.
+  dict["1.bias"].dispose();
+  call = () => seq.loadStateDict({ ...dict, "1.weight": tq.randn([4], { seed: 85 }) });
+  assertTqError(call, {
+    op: "loadStateDict",
+    kind: "argument",
+    includes: ["1.weight: expected float32 [3], got float32 [4]", "0.weight", "1.bias"],
+  });
+  assertUnchanged(seq, before);
+
+  // Setters and setParameter.
+  const w = tq.randn([3, 4], { seed: 86 });
+  w.dispose();
+  line = thisLine() + 1;
+  call = () => (lin.weight = w);
+  const e = assertTqError(call, {
+    op: "setParameter",
+    kind: "state",
+    includes: ["disposed", "'weight'", "a disposed float32 tensor of shape [3, 4]"],
+    line,
+  });
+  assert.equal(e.argument, "weight");
+  const b = tq.randn([3], { seed: 87 });
+  b.dispose();
+  assertTqError(() => lin.setParameter("bias", b), {
+    op: "setParameter",
+    kind: "state",
+    includes: ["'bias'"],
+  });
+  assertUnchanged(seq, before);
+  const x = tq.randn([2, 4], { seed: 88 });
+  assert.deepEqual(
+    lin.forward(x).dataSync(),
+    x.matmul(before[0][1].transpose()).add(before[1][1]).dataSync(),
+  );
+});
+
+// The line of Holder's registerModule call: the user's line that a registerModule error names.
+let holdLine = 0;
+
+class Holder extends tq.Module {
+  hold(name: string, m: tq.Module): void {
+    holdLine = thisLine() + 1;
+    this.registerModule(name, m);
+  }
+  forward(x: tq.Tensor): tq.Tensor {
+    return x;
+  }
+}
+
+Deno.test("registerModule rejects cycles, so walks over a module end; shared modules stay", () => {
+  const a = new Holder();
+  let call = () => a.hold("self", a);
+  let e = assertTqError(call, {
+    op: "registerModule",
+    kind: "argument",
+    includes: ["registering Holder as 'self' of Holder would make a cycle: it is this module"],
+  });
+  assert.equal(e.callSite?.line, holdLine);
+  assert.equal(e.argument, "module");
+  assert.deepEqual(a.children(), []);
+
+  // a → b → c → (a rejected): the error names where c finds a.
+  const b = new Holder();
+  const c = new Holder();
+  const lin = new tq.Linear(2, 2);
+  b.hold("c", c);
+  c.hold("lin", lin);
+  a.hold("b", b);
+  call = () => c.hold("back", a);
+  e = assertTqError(call, {
+    op: "registerModule",
+    kind: "argument",
+    includes: ["as 'back' of Holder would make a cycle", "it contains this module at 'b.c'"],
+  });
+  assert.equal(e.callSite?.line, holdLine);
+  assert.deepEqual(c.children().map(([n]) => n), ["lin"]);
+  // Every walk still works on the unchanged tree.
+  assert.deepEqual(Object.keys(a.stateDict()), ["b.c.lin.weight", "b.c.lin.bias"]);
+  assert.equal(a.parameters().length, 2);
+  assert.deepEqual(a.parameterSpecs().map(([n]) => n), ["b.c.lin.weight", "b.c.lin.bias"]);
+  assert.deepEqual(tq.namedModules(a).map(([n]) => n), ["", "b", "b.c", "b.c.lin"]);
+  const w = tq.randn([2, 2], { seed: 91 });
+  a.loadStateDict({ "b.c.lin.weight": w, "b.c.lin.bias": tq.randn([2], { seed: 92 }) });
+  assert.ok(lin.weight === w);
+
+  // A module registered twice (no cycle) is allowed and listed under both names.
+  const shared = new tq.Linear(2, 2);
+  const twice = new Holder();
+  twice.hold("p", shared);
+  twice.hold("q", shared);
+  assert.deepEqual(Object.keys(twice.stateDict()), ["p.weight", "p.bias", "q.weight", "q.bias"]);
+  assert.equal(twice.parameters().length, 2);
+
+  // Not a module.
+  call = () => a.hold("x", {} as tq.Module);
+  assertTqError(call, { op: "registerModule", kind: "argument", includes: ["'module'", "object"] });
+});

@@ -186,3 +186,54 @@ testOnDevices("nn errors name the op, the argument and the caller's line", (devi
   call = () => tq.softmax(null as unknown as tq.Tensor);
   assertTqError(call, { op: "softmax", kind: "argument", includes: ["'x'", "null"], line });
 });
+
+testOnDevices("LayerNorm checks eps when constructed, by the layerNorm op's rule", (device) => {
+  const x = tq.tensor(randomValues(15, 46), { shape: [3, 5], device });
+  const w = tq.tensor(randomValues(5, 47), { device });
+  const b = tq.tensor(randomValues(5, 48), { device });
+  const cases: [unknown, string][] = [
+    [1e-3, ""],
+    [1e-12, ""],
+    [0, "got 0"],
+    [-0, "got 0"],
+    [-1, "got -1"],
+    [NaN, "got NaN"],
+    [Infinity, "got Infinity"],
+    [-Infinity, "got -Infinity"],
+    ["1e-5", 'got "1e-5"'],
+    [null, "got null"],
+    [1n, "got bigint"],
+  ];
+  for (const [eps, got] of cases) {
+    const opAccepts = (() => {
+      try {
+        tq.layerNorm(x, w, b, eps as number);
+        return true;
+      } catch {
+        return false;
+      }
+    })();
+    assert.equal(opAccepts, got === "", `layerNorm with eps ${String(eps)}`);
+    if (got === "") {
+      const ln = new tq.LayerNorm(5, { eps: eps as number }).to(device);
+      assert.equal(ln.eps, eps);
+      ln.loadStateDict({ weight: w, bias: b });
+      assert.deepEqual(ln.forward(x).dataSync(), tq.layerNorm(x, w, b, eps as number).dataSync());
+      continue;
+    }
+    const line = thisLine() + 1;
+    const call = () => new tq.LayerNorm(5, { eps: eps as number });
+    const e = assertTqError(call, {
+      op: "LayerNorm",
+      kind: "argument",
+      includes: ["eps must be a positive finite number", "'eps'", got],
+      line,
+    });
+    assert.equal(e.argument, "eps");
+  }
+  // Left out, eps is the op's default.
+  const ln = new tq.LayerNorm(5, { eps: undefined }).to(device);
+  assert.equal(ln.eps, 1e-5);
+  ln.loadStateDict({ weight: w, bias: b });
+  assert.deepEqual(ln.forward(x).dataSync(), tq.layerNorm(x, w, b).dataSync());
+});

@@ -12,7 +12,13 @@ import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
 import { full, type Tensor } from "../tensor.ts";
 import { rand, randn } from "../random.ts";
-import { Module, registerLibraryModules } from "./module.ts";
+import {
+  booleanOption,
+  describeValue,
+  Module,
+  optionsObject,
+  registerLibraryModules,
+} from "./module.ts";
 
 const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
 
@@ -44,7 +50,7 @@ function positiveInt(op: string, argument: string, v: unknown): number {
       kind: "argument",
       argument,
       expected: "a positive integer",
-      actual: String(v),
+      actual: describeValue(v),
     });
   }
   return v as number;
@@ -66,7 +72,7 @@ function floatDType(op: string, v: unknown): DType {
 
 /** Options of {@link Linear}. */
 export interface LinearOptions {
-  /** Add a bias (default true). */
+  /** Add a bias (default true; a boolean). */
   bias?: boolean;
   /** Dtype of weight, bias and output (default float32). */
   dtype?: DType;
@@ -84,6 +90,8 @@ export interface LinearOptions {
    */
   blockSize?: number;
 }
+
+const LINEAR_OPTIONS = "an object with bias, dtype, quantDtype, weightQuantDim, blockSize";
 
 /**
  * `y = x · Wᵀ + b` with `weight [out, in]`. When `quantDtype` is set the forward is exactly
@@ -121,12 +129,17 @@ export class Linear extends Module {
    */
   inputObserver?: (input: Tensor, layer: Linear) => void;
 
-  /** Creates the layer; the weight starts uniform in ±1/√in (seeded by the global stream). */
+  /**
+   * Creates the layer; the weight starts uniform in ±1/√in (seeded by the global stream).
+   * `options` null or undefined means the defaults.
+   */
   constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
     super();
+    options = optionsObject("Linear", options, LINEAR_OPTIONS);
     this.inFeatures = positiveInt("Linear", "inFeatures", inFeatures);
     this.outFeatures = positiveInt("Linear", "outFeatures", outFeatures);
     this.dtype = floatDType("Linear", options.dtype);
+    const bias = booleanOption("Linear", "bias", options.bias, true);
     const bound = 1 / Math.sqrt(inFeatures);
     this.declareParameter(
       "weight",
@@ -135,7 +148,7 @@ export class Linear extends Module {
         rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype: this.dtype })
       ),
     );
-    if (options.bias ?? true) {
+    if (bias) {
       this.declareParameter(
         "bias",
         { shape: [outFeatures], dtype: this.dtype },
@@ -154,6 +167,11 @@ export class Linear extends Module {
     options: Pick<LinearOptions, "quantDtype" | "weightQuantDim" | "blockSize">,
   ): void {
     if (this.weightCompressed) throw this.#compressedError("Linear.configureQuantization");
+    options = optionsObject(
+      "Linear.configureQuantization",
+      options,
+      "an object with quantDtype, weightQuantDim, blockSize",
+    );
     if (options.quantDtype === undefined) {
       if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
         throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
@@ -364,7 +382,7 @@ export class Linear extends Module {
 
 /** Options of {@link LayerNorm}. */
 export interface LayerNormOptions {
-  /** Added to the variance (default 1e-5). */
+  /** Added to the variance (default 1e-5; a positive finite number). */
   eps?: number;
   /** Dtype of weight and bias (default float32). */
   dtype?: DType;
@@ -377,14 +395,40 @@ export class LayerNorm extends Module {
   /** Added to the variance. */
   readonly eps: number;
 
-  /** Creates the layer with weight 1 and bias 0. */
+  /**
+   * Creates the layer with weight 1 and bias 0. `options` null or undefined means the
+   * defaults.
+   */
   constructor(normalizedShape: number | readonly number[], options: LayerNormOptions = {}) {
     super();
+    const op = "LayerNorm";
+    options = optionsObject(op, options, "an object with eps, dtype");
+    if (typeof normalizedShape !== "number" && !Array.isArray(normalizedShape)) {
+      throw new TensorqError("normalizedShape must be a number or an array of numbers", {
+        op,
+        kind: "argument",
+        argument: "normalizedShape",
+        expected: "a positive integer or an array of them",
+        actual: describeValue(normalizedShape),
+      });
+    }
     const shape = typeof normalizedShape === "number" ? [normalizedShape] : [...normalizedShape];
-    shape.forEach((d, i) => positiveInt("LayerNorm", `normalizedShape[${i}]`, d));
+    shape.forEach((d, i) => positiveInt(op, `normalizedShape[${i}]`, d));
     this.normalizedShape = shape;
-    this.eps = options.eps ?? 1e-5;
-    const dtype = floatDType("LayerNorm", options.dtype);
+    // As the op's default parameter: only undefined means 1e-5 (null is rejected there too).
+    const eps = options.eps === undefined ? 1e-5 : options.eps;
+    // The rule of the layerNorm op, checked here so that the error names the construction.
+    if (typeof eps !== "number" || !Number.isFinite(eps) || eps <= 0) {
+      throw new TensorqError("eps must be a positive finite number", {
+        op,
+        kind: "argument",
+        argument: "eps",
+        expected: "a positive finite number",
+        actual: describeValue(eps),
+      });
+    }
+    this.eps = eps;
+    const dtype = floatDType(op, options.dtype);
     this.declareParameter("weight", { shape, dtype }, initial(() => full(shape, 1, { dtype })));
     this.declareParameter("bias", { shape, dtype }, initial(() => full(shape, 0, { dtype })));
   }
@@ -423,9 +467,13 @@ export class Embedding extends Module {
   /** Width of each row. */
   readonly embeddingDim: number;
 
-  /** Creates the table with standard normal entries (seeded by the global stream). */
+  /**
+   * Creates the table with standard normal entries (seeded by the global stream). `options`
+   * null or undefined means the defaults.
+   */
   constructor(numEmbeddings: number, embeddingDim: number, options: EmbeddingOptions = {}) {
     super();
+    options = optionsObject("Embedding", options, "an object with dtype");
     this.numEmbeddings = positiveInt("Embedding", "numEmbeddings", numEmbeddings);
     this.embeddingDim = positiveInt("Embedding", "embeddingDim", embeddingDim);
     const dtype = floatDType("Embedding", options.dtype);

@@ -4,12 +4,16 @@
  * A module declares each parameter once with its expected shape and dtype; assigning a tensor
  * of another shape or dtype is an error naming the parameter. `stateDict()` and
  * `loadStateDict()` use dotted names (`h.0.attn.c_attn.weight`).
+ *
+ * Modules form a tree, or a DAG when one module is registered in several places (tied layers,
+ * listed under every name in a state dict). Cycles are rejected by `registerModule`, so every
+ * walk over a module's descendants ends.
  * @module
  */
 import type { DType } from "../dtype.ts";
 import { fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
 import { sameShape } from "../shape.ts";
-import { Tensor } from "../tensor.ts";
+import { isDisposed, Tensor } from "../tensor.ts";
 
 /** What a parameter must look like. */
 export interface ParameterSpec {
@@ -23,7 +27,10 @@ export interface ParameterSpec {
 
 /** Options of {@link Module.loadStateDict}. */
 export interface LoadStateDictOptions {
-  /** Reject missing and unexpected keys (default true). Shape/dtype mismatches always fail. */
+  /**
+   * Reject missing and unexpected keys (default true; a boolean). Shape/dtype mismatches and
+   * disposed tensors always fail.
+   */
   strict?: boolean;
 }
 
@@ -33,6 +40,59 @@ export interface LoadStateDictResult {
   missing: string[];
   /** Keys of the dict that name no parameter. */
   unexpected: string[];
+}
+
+/**
+ * A value as an error message shows it: strings quoted, numbers and booleans as written,
+ * modules by class name, anything else by its kind.
+ */
+export function describeValue(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (value === null) return "null";
+  if (value instanceof Module) return value.constructor.name;
+  return Array.isArray(value) ? "an array" : typeof value;
+}
+
+/**
+ * The options object of `op`: null and undefined stand for the defaults (`{}`); anything but
+ * a plain object (an array, a number, a string) is an argument error listing `expected`.
+ */
+export function optionsObject<T extends object>(op: string, options: unknown, expected: string): T {
+  if (options === undefined || options === null) return {} as T;
+  if (typeof options !== "object" || Array.isArray(options)) {
+    throw new TensorqError("options must be an object", {
+      op,
+      kind: "argument",
+      argument: "options",
+      expected,
+      actual: describeValue(options),
+    });
+  }
+  return options as T;
+}
+
+/**
+ * `value` when it is a boolean, `fallback` when it is undefined; anything else is an argument
+ * error of `op` naming `argument` (a truthy string such as "no" must not read as true).
+ */
+export function booleanOption(
+  op: string,
+  argument: string,
+  value: unknown,
+  fallback: boolean,
+): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean") {
+    throw new TensorqError(`${argument} must be a boolean`, {
+      op,
+      kind: "argument",
+      argument,
+      expected: "true or false",
+      actual: describeValue(value),
+    });
+  }
+  return value;
 }
 
 /** The library's own module classes (exactly these constructors, not user subclasses). */
@@ -93,10 +153,56 @@ export abstract class Module {
     this.#values.delete(name);
   }
 
-  /** Registers a child module under `name`. */
+  /**
+   * Registers a child module under `name` (replacing one registered under it before). A module
+   * may be registered in several places, but not inside itself: registering a module that is
+   * this one or contains it is an argument error, and nothing changes.
+   */
   protected registerModule<M extends Module>(name: string, module: M): M {
+    const op = "registerModule";
+    if (!(module instanceof Module)) {
+      throw new TensorqError("expected a Module", {
+        op,
+        kind: "argument",
+        argument: "module",
+        expected: "a Module",
+        actual: describeValue(module),
+      });
+    }
+    const path = module.#pathTo(this);
+    if (path !== undefined) {
+      const where = path === "" ? "it is this module" : `it contains this module at '${path}'`;
+      throw new TensorqError(
+        `registering ${module.constructor.name} as '${name}' of ${this.constructor.name} ` +
+          `would make a cycle: ${where}`,
+        {
+          op,
+          kind: "argument",
+          argument: "module",
+          expected: "a module that does not contain this one",
+          actual: describeValue(module),
+        },
+      );
+    }
     this.#children.set(name, module);
     return module;
+  }
+
+  /** The dotted name of `target` under this module ("" for itself), or undefined. */
+  #pathTo(target: Module): string | undefined {
+    // Shared submodules are searched once: the walk stays linear in the number of modules.
+    const seen = new Set<Module>();
+    const find = (m: Module, prefix: string): string | undefined => {
+      if (m === target) return prefix;
+      if (seen.has(m)) return undefined;
+      seen.add(m);
+      for (const [name, child] of m.#children) {
+        const found = find(child, prefix ? `${prefix}.${name}` : name);
+        if (found !== undefined) return found;
+      }
+      return undefined;
+    };
+    return find(this, "");
   }
 
   /** The value of a declared parameter (undefined when unset). */
@@ -139,6 +245,16 @@ export abstract class Module {
         argument: name,
         expected: "a Tensor",
         actual: typeof value,
+      });
+    }
+    if (isDisposed(value)) {
+      // Caught here, the error names the parameter rather than an op inside a later forward.
+      throw new TensorqError("the tensor was disposed", {
+        op: "setParameter",
+        kind: "state",
+        argument: name,
+        expected: "a live tensor",
+        actual: disposedText(value),
       });
     }
     checkAgainstSpec("setParameter", name, spec, value);
@@ -191,23 +307,27 @@ export abstract class Module {
   }
 
   /**
-   * Loads parameters by dotted name. Shape or dtype mismatches always fail, naming every
-   * offending parameter; in strict mode (default) so do missing and unexpected keys.
+   * Loads parameters by dotted name. Shape or dtype mismatches and disposed tensors always
+   * fail, naming every offending parameter; in strict mode (default) so do missing and
+   * unexpected keys. On any error the module is unchanged. The error's kind is `state` when
+   * the only problem is disposed tensors, `argument` otherwise.
    */
   loadStateDict(
     dict: Record<string, Tensor>,
     options: LoadStateDictOptions = {},
   ): LoadStateDictResult {
+    const op = "loadStateDict";
     if (dict === null || typeof dict !== "object" || Array.isArray(dict)) {
       throw new TensorqError("a state dict is a record of tensors by dotted name", {
-        op: "loadStateDict",
+        op,
         kind: "argument",
         argument: "dict",
         expected: "Record<string, Tensor>",
         actual: dict === null ? "null" : Array.isArray(dict) ? "an array" : typeof dict,
       });
     }
-    const strict = options.strict ?? true;
+    const opts = optionsObject<LoadStateDictOptions>(op, options, "{ strict?: boolean }");
+    const strict = booleanOption(op, "strict", opts.strict, true);
     const targets = new Map<string, { module: Module; name: string; spec: ParameterSpec }>();
     const walk = (m: Module, prefix: string) => {
       for (const [name, spec] of m.#specs) targets.set(prefix + name, { module: m, name, spec });
@@ -219,11 +339,15 @@ export abstract class Module {
     );
     const unexpected = Object.keys(dict).filter((k) => !targets.has(k));
     const mismatched: string[] = [];
+    const disposed: string[] = [];
     for (const [key, value] of Object.entries(dict)) {
       const t = targets.get(key);
       if (!t) continue;
-      if (!(value instanceof Tensor)) mismatched.push(`${key}: not a tensor`);
-      else if (!sameShape(value.shape, t.spec.shape) || value.dtype !== t.spec.dtype) {
+      if (!(value instanceof Tensor)) {
+        mismatched.push(`${key}: not a tensor`);
+      } else if (isDisposed(value)) {
+        disposed.push(`${key} (${value.dtype} ${fmtShape(value.shape)})`);
+      } else if (!sameShape(value.shape, t.spec.shape) || value.dtype !== t.spec.dtype) {
         mismatched.push(
           `${key}: expected ${t.spec.dtype} ${fmtShape(t.spec.shape)}, got ${value.dtype} ${
             fmtShape(value.shape)
@@ -233,14 +357,15 @@ export abstract class Module {
     }
     const problems: string[] = [];
     if (mismatched.length) problems.push(`wrong shape or dtype: ${mismatched.join("; ")}`);
+    if (disposed.length) problems.push(`disposed tensors: ${disposed.join(", ")}`);
     if (strict && missing.length) problems.push(`missing: ${missing.join(", ")}`);
     if (strict && unexpected.length) problems.push(`unexpected: ${unexpected.join(", ")}`);
     if (problems.length) {
       throw new TensorqError(
         `state dict does not fit ${this.constructor.name}: ${problems.join(" | ")}`,
         {
-          op: "loadStateDict",
-          kind: "argument",
+          op,
+          kind: disposed.length > 0 && problems.length === 1 ? "state" : "argument",
           argument: "dict",
         },
       );
@@ -280,6 +405,10 @@ export abstract class Module {
 
   /** Computes the module's output. */
   abstract forward(...inputs: Tensor[]): Tensor;
+}
+
+function disposedText(t: Tensor): string {
+  return `a disposed ${t.dtype} tensor of shape ${fmtShape(t.shape)}`;
 }
 
 function checkAgainstSpec(op: string, name: string, spec: ParameterSpec, value: Tensor): void {
