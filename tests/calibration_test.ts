@@ -6,6 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import * as tq from "../mod.ts";
 import { roundHalfToEven } from "../lib/dtype.ts";
 import {
   calibrate,
@@ -526,6 +527,29 @@ Deno.test("calibrate errors", () => {
   line = thisLine() + 1;
   bad = () => calibrate(model, batches, (async () => {}) as unknown as typeof forward);
   assertTqError(bad, { op: "calibrate", includes: ["run must be synchronous"], line });
+  assert.equal((model.at(0) as Linear).inputObserver, undefined, "detached after an error");
+  assertTqError(() => findModule({} as Module, "a"), { op: "findModule", includes: ["'root'"] });
+  assertTqError(() => findModule(model, 0 as unknown as string), {
+    op: "findModule",
+    includes: ["'name'", "got 0"],
+  });
+  // A run that never calls a layer (a compiled executable replays its trace) calibrates nothing.
+  const compiled = tq.compile((x: tq.Tensor) => forward(model, x), {
+    args: [tq.inputInfo(batches[0].shape)],
+  });
+  compiled(batches[0]); // traced before calibrating: later calls do not run the layers
+  line = thisLine() + 1;
+  bad = () => calibrate(model, batches, (_, x) => compiled(x as tq.Tensor));
+  assertTqError(bad, {
+    op: "calibrate",
+    includes: ["no Linear layer saw an input", "none called"],
+    line,
+  });
+  // Traced during calibration, the layers' inputs have no values: said so, not an evaluate error.
+  const traceNow = (x: tq.Tensor) =>
+    tq.compile((y: tq.Tensor) => forward(model, y), { args: [tq.inputInfo(x.shape)] })(x);
+  bad = () => calibrate(model, batches, (_, x) => traceNow(x as tq.Tensor));
+  assertTqError(bad, { op: "calibrate", includes: ["inside compile()", "compiled: false"] });
   assert.equal((model.at(0) as Linear).inputObserver, undefined, "detached after an error");
 });
 
@@ -1051,6 +1075,10 @@ Deno.test("importAmax: ModelOpt quantizer names drive quantizeModel", () => {
   line = thisLine() + 1;
   bad = () => importAmax({ "a.input_amax": tensor([-1]) });
   assertTqError(bad, { op: "importAmax", includes: ["non-negative", "-1 at index 0"], line });
+  // NaN in a file marks corruption: refused like a negative or infinite amax (it became scale 1).
+  line = thisLine() + 1;
+  bad = () => importAmax({ "a.input_quantizer._amax": tensor([NaN]) });
+  assertTqError(bad, { op: "importAmax", includes: ["finite", "NaN at index 0"], line });
   line = thisLine() + 1;
   bad = () => importAmax({ "a.input_amax": tensor([1], { dtype: "int32" }) });
   assertTqError(bad, { op: "importAmax", kind: "dtype", line });

@@ -191,6 +191,15 @@ Deno.test("compressWeights: every layer is checked before any is compressed", ()
     includes: ["weight scale of layer '1' is not positive and finite", "0 at flat index 5"],
   });
   assert.deepEqual(layers.map((l) => l.weightCompressed), [false, false, false]);
+  // A lazy scale is evaluated and checked up front too (it failed after earlier layers were
+  // compressed, naming no layer).
+  layers[1].weightScale = tq.mul(tq.tensor(scales[1]), 0);
+  assertTqError(() => tq.compressWeights(model), {
+    op: "compressWeights",
+    kind: "argument",
+    includes: ["weight scale of layer '1' is not positive and finite"],
+  });
+  assert.deepEqual(layers.map((l) => l.weightCompressed), [false, false, false]);
   // Excluded, the layer is not checked; the others are compressed.
   assert.deepEqual(tq.compressWeights(model, { exclude: ["1"] }), ["0", "2"]);
   layers[1].weightScale = tq.tensor(scales[1]);

@@ -187,7 +187,40 @@ Deno.test("static decoder and compiled generate reject what does not fit", () =>
     includes: ["cache is full", "[0, 8)", "got 8"],
   });
   tq.disposeState(state);
+  // Not a tensor, not a state: named, not a TypeError from inside.
+  assertTqError(() => decoder.prefill([1, 2] as unknown as tq.Tensor), {
+    op: "StaticDecoder.prefill",
+    kind: "argument",
+    includes: ["'promptIds'", "Tensor"],
+  });
+  assertTqError(() => decoder.step(undefined as unknown as tq.DecodeState), {
+    op: "StaticDecoder.step",
+    kind: "argument",
+    includes: ["'state'", "prefill() or step()"],
+  });
   decoder.dispose();
+  // A disposed decoder is refused, whether prefilling or stepping.
+  assertTqError(() => decoder.prefill(randomPrompt(3, 2, "cpu")), {
+    op: "StaticDecoder.prefill",
+    kind: "state",
+    includes: ["disposed"],
+  });
+  assertTqError(() => decoder.step(state), { op: "StaticDecoder.step", kind: "state" });
+  // generate checks its model and its callback before any work.
+  assertTqError(() => tq.generate({} as tq.GPT2LMHeadModel, [1], { maxNewTokens: 3 }), {
+    op: "generate",
+    kind: "argument",
+    includes: ["'model'", "GPT2LMHeadModel"],
+  });
+  const onToken = 5 as unknown as (id: number) => void;
+  assertTqError(() => tq.generate(model, [1], { maxNewTokens: 3, onToken }), {
+    op: "generate",
+    includes: ["'onToken'", "got 5"],
+  });
+  // null options take the defaults.
+  const ids = randomPrompt(3, 4, "cpu");
+  const viaNull = model.forward(ids, null as unknown as tq.GPT2ForwardOptions).dataSync();
+  assert.deepEqual(viaNull, model.forward(ids).dataSync());
   assertTqError(
     () => tq.generate(model, [1, 2], { maxNewTokens: 3, cache: false, compiled: true }),
     {

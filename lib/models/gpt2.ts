@@ -21,6 +21,7 @@ import { attention } from "../ops/attention.ts";
 import { logSoftmax } from "../ops/nn.ts";
 import { mean } from "../ops/reduce.ts";
 import { concat, gather, permute, reshape, slice, split, transpose } from "../ops/shape.ts";
+import { describeValue } from "../shape.ts";
 import { randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
@@ -570,6 +571,7 @@ export class GPT2LMHeadModel extends Module {
   forward(ids: Tensor, options: GPT2ForwardOptions): Tensor;
   forward(ids: Tensor, options: GPT2ForwardOptions = {}): Tensor {
     const op = "GPT2LMHeadModel.forward";
+    options ??= {};
     if (!(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[1] === 0) {
       throw new TensorqError("ids must be a [batch, tokens] tensor with at least one token", {
         op,
@@ -668,6 +670,7 @@ export class GPT2LMHeadModel extends Module {
    * Checkpoints saved without the `transformer.` prefix (the original `gpt2` files) load too.
    */
   static fromPretrained(dir: string | URL, options: GPT2LoadOptions = {}): GPT2LMHeadModel {
+    options ??= {};
     const dtype = checkModelDType(LOAD_OP, options.dtype);
     using ckpt = loadHfCheckpoint(dir);
     const config = parseGPT2Config(ckpt.config);
@@ -946,6 +949,15 @@ export function generate(
   promptIds: readonly number[] | Tensor,
   options: GenerateOptions,
 ): number[] {
+  if (!(model instanceof GPT2LMHeadModel)) {
+    throw new TensorqError("model must be a GPT2LMHeadModel", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "model",
+      expected: "a GPT2LMHeadModel (e.g. from GPT2LMHeadModel.fromPretrained)",
+      actual: describeValue(model),
+    });
+  }
   const prompt = promptToIds(model, promptIds);
   const maxNew = options?.maxNewTokens;
   if (!Number.isSafeInteger(maxNew) || maxNew < 0) {
@@ -1023,6 +1035,15 @@ export function generate(
     });
   }
   const stream = new RandomStream(seed);
+  if (options.onToken !== undefined && typeof options.onToken !== "function") {
+    throw new TensorqError("onToken must be a function", {
+      op: GEN_OP,
+      kind: "argument",
+      argument: "onToken",
+      expected: "(id: number) => void",
+      actual: describeValue(options.onToken),
+    });
+  }
   const stopList = options.stopTokens ?? [];
   if (!Array.isArray(stopList)) {
     throw new TensorqError("stopTokens must be an array of token ids", {

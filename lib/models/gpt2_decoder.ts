@@ -26,7 +26,8 @@ import { attention } from "../ops/attention.ts";
 import { argmax } from "../ops/reduce.ts";
 import { concat, permute, reshape, slice, sliceScatter, stack } from "../ops/shape.ts";
 import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
-import { fromStorage, type Tensor, tensor, zeros } from "../tensor.ts";
+import { fromStorage, Tensor, tensor, zeros } from "../tensor.ts";
+import { describeValue } from "../shape.ts";
 import type { GPT2LMHeadModel, KVCache } from "./gpt2.ts";
 
 /** Options of {@link buildStaticDecoder}. */
@@ -204,11 +205,34 @@ export function buildStaticDecoder(
   const padding = options.padding ??
     ((shape: number[]) => zeros(shape, { dtype, device }));
 
+  let disposed = false;
+  const checkLive = (op: string) => {
+    if (disposed) {
+      throw new TensorqError("the decoder was disposed", {
+        op,
+        kind: "state",
+        expected: "a decoder not yet disposed (build another with buildStaticDecoder)",
+        actual: "a disposed decoder",
+      });
+    }
+  };
+
   const prefill = (promptIds: Tensor): PrefillResult => {
+    const op = "StaticDecoder.prefill";
+    checkLive(op);
+    if (!(promptIds instanceof Tensor)) {
+      throw new TensorqError("promptIds must be a tensor of token ids", {
+        op,
+        kind: "argument",
+        argument: "promptIds",
+        expected: `an int32/int64 Tensor of shape [${batch}, T]`,
+        actual: describeValue(promptIds),
+      });
+    }
     const [b, t] = promptIds.shape;
     if (promptIds.rank !== 2 || b !== batch || t < 1 || t >= maxLength) {
       throw new TensorqError("prompt does not fit the decoder", {
-        op: "StaticDecoder.prefill",
+        op,
         kind: "shape",
         argument: "promptIds",
         expected: `[${batch}, T] with 1 <= T < ${maxLength}`,
@@ -232,10 +256,24 @@ export function buildStaticDecoder(
   };
 
   const step = (state: DecodeState): StepResult => {
+    const op = "StaticDecoder.step";
+    checkLive(op);
+    if (
+      state === null || typeof state !== "object" || !(state.ids instanceof Tensor) ||
+      !(state.pos instanceof Tensor) || !Array.isArray(state.cache)
+    ) {
+      throw new TensorqError("state must be the state of the last prefill or step", {
+        op,
+        kind: "argument",
+        argument: "state",
+        expected: "{ ids, pos, cache, position } from prefill() or step()",
+        actual: describeValue(state),
+      });
+    }
     const at = state.position;
     if (at !== undefined && !(at >= 0 && at < maxLength)) {
       throw new TensorqError("the decode cache is full", {
-        op: "StaticDecoder.step",
+        op,
         kind: "shape",
         argument: "state.position",
         expected: `a position in [0, ${maxLength}) (maxLength ${maxLength})`,
@@ -254,6 +292,9 @@ export function buildStaticDecoder(
     executable,
     prefill,
     step,
-    dispose: () => executable.dispose(),
+    dispose: () => {
+      disposed = true;
+      executable.dispose();
+    },
   };
 }

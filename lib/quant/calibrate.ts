@@ -104,6 +104,16 @@ export function namedLinears(module: Module): [string, Linear][] {
 
 /** The module at a dotted name under `root` ("" is `root`), or undefined. */
 export function findModule(root: Module, name: string): Module | undefined {
+  checkModule("findModule", "root", root);
+  if (typeof name !== "string") {
+    throw new TensorqError("name must be a dotted module name", {
+      op: "findModule",
+      kind: "argument",
+      argument: "name",
+      expected: 'a string such as "transformer.h.0.attn" ("" for the root)',
+      actual: describe(name),
+    });
+  }
   if (name === "") return root;
   let m: Module | undefined = root;
   for (const part of name.split(".")) {
@@ -359,7 +369,26 @@ export function calibrate<M extends Module, B = Tensor>(
     const before = previous[i];
     w.layer.inputObserver = (x: Tensor, layer: Linear) => {
       before?.(x, layer);
-      const values = hostFloats(x);
+      let values;
+      try {
+        values = hostFloats(x);
+      } catch (e) {
+        // Inside compile() (generate's compiled decoder, say) inputs have no values yet.
+        const traced = e instanceof TensorqError && e.kind === "state" &&
+          e.message.includes("compile()");
+        if (!traced) throw e;
+        throw new TensorqError(
+          "the model ran inside compile(), where layer inputs have no values to observe",
+          {
+            op,
+            kind: "argument",
+            argument: "run",
+            expected: "a run that calls the model's forward eagerly (e.g. generate with " +
+              "compiled: false)",
+            actual: `layer ${w.name} traced by compile()`,
+          },
+        );
+      }
       w.seen += values.length;
       w.input.observe(values);
       w.channels?.observe(values);
@@ -403,6 +432,17 @@ export function calibrate<M extends Module, B = Tensor>(
     });
   }
 
+  // A compiled executable (a static decoder built before) replays without calling the layers.
+  if (watches.length > 0 && watches.every((w) => w.seen === 0)) {
+    throw new TensorqError("no Linear layer saw an input during calibration", {
+      op,
+      kind: "argument",
+      argument: "run",
+      expected: "a run that calls the model's forward (a compiled executable or static " +
+        "decoder replays its trace without calling the layers)",
+      actual: `${done} batch(es) run, ${watches.length} layers watched, none called`,
+    });
+  }
   const result: Calibration = new Map();
   for (const w of watches) {
     const entry: LayerCalibration = {

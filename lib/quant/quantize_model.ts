@@ -40,8 +40,10 @@ export interface QuantizeModelOptions {
   /** The mode. */
   mode: QuantizationMode;
   /**
-   * Layers to leave in float: a string matches a dotted layer name and every layer under it
-   * (`"lm_head"`, `"h.0.mlp"`); a RegExp is tested against the full name.
+   * Layers this call leaves as they are (in float, unless an earlier call quantized them: so
+   * two calls can give parts of a model different modes): a string matches a dotted layer
+   * name and every layer under it (`"lm_head"`, `"h.0.mlp"`); a RegExp is tested against the
+   * full name. `Linear.configureQuantization({})` returns a layer to float.
    */
   exclude?: (string | RegExp)[];
   /** Ranges from {@link calibrate} (or {@link importAmax}). */
@@ -164,8 +166,9 @@ function toLookup(
 }
 
 /**
- * The amax values, checked: numbers, finite or NaN, non-negative (NaN and 0 become scale 1
- * later). Any array-like of numbers is accepted; the values are kept as given (not rounded to
+ * The amax values, checked: finite non-negative numbers (0 becomes scale 1 later; NaN, which
+ * scaleFromAmax would also turn into 1, is refused here: given or imported, it marks a corrupt
+ * range). Any array-like of numbers is accepted; the values are kept as given (not rounded to
  * float32) so that the scales follow scaleFromAmax's rules for numbers.
  */
 function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayLike<number> {
@@ -180,7 +183,8 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayL
   }
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
-    if (typeof v !== "number" || v < 0 || v === Infinity) {
+    // NaN too: in a file or a hand-made range it marks corruption (scale 1 would hide it).
+    if (typeof v !== "number" || !(v >= 0) || v === Infinity) {
       throw new TensorqError("amax values must be finite and non-negative", {
         op,
         kind: "argument",
@@ -309,8 +313,8 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
         actual: `quantDtype ${layer.quantDtype} without weightScale`,
       });
     }
-    // A scale still to be computed is checked when the codes are.
-    if (!scale.isEvaluated) continue;
+    // A lazy scale is evaluated here: checked when the codes are made, it would fail after
+    // earlier layers were compressed.
     try {
       checkScaleValues(op, scale);
     } catch (e) {
@@ -573,7 +577,7 @@ const AMAX_KEY = /^(.+)\.(input|weight)(?:_quantizer\._amax|_amax)$/;
  * @param options `nameMap` to rename layers (e.g. Hugging Face names to the model's).
  * @returns Ranges by (mapped) layer name, in file order.
  * @throws {TensorqError} when no amax tensor is found, an amax tensor is not float, is
- *   empty, holds negative or infinite values, or two names map to the same layer.
+ *   empty, holds negative, NaN or infinite values, or two names map to the same layer.
  */
 export function importAmax(
   tensors: Record<string, Tensor> | SafetensorsTensors,
