@@ -554,10 +554,14 @@ export function runDemo(options: DemoOptions): number {
     try {
       if (quantMode !== "float32") {
         m = load(); // a fresh float copy to quantize
-        const calib = smooth === undefined ? calibration : tq.smoothQuant(m, calibration, {
+        let calib = smooth === undefined ? calibration : tq.smoothQuant(m, calibration, {
           alpha: smooth,
           pairs: tq.gpt2SmoothQuantPairs(m.config),
         });
+        // smoothQuant's ranges are max ranges: other methods calibrate the smoothed model again.
+        if (smooth !== undefined && options.method !== "max") {
+          calib = tq.calibrate(m, batches, forwardByBlock, { method: options.method });
+        }
         tq.quantizeModel(m, { mode: quantMode, exclude: ["lm_head"], calibration: calib });
       }
       if (device.startsWith("cuda")) {
