@@ -202,7 +202,7 @@ testOnDevices("LayerNorm checks eps when constructed, by the layerNorm op's rule
     [-Infinity, "got -Infinity"],
     ["1e-5", 'got "1e-5"'],
     [null, "got null"],
-    [1n, "got bigint"],
+    [1n, "got 1n (a bigint)"],
   ];
   for (const [eps, got] of cases) {
     const opAccepts = (() => {

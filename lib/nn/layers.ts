@@ -7,7 +7,7 @@ import { checkDType, type DType } from "../dtype.ts";
 import { TensorqError, withSharedTrace } from "../errors.ts";
 import { add } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
-import { layerNorm } from "../ops/nn.ts";
+import { checkEps, layerNorm } from "../ops/nn.ts";
 import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
 import { full, type Tensor } from "../tensor.ts";
@@ -418,15 +418,7 @@ export class LayerNorm extends Module {
     // As the op's default parameter: only undefined means 1e-5 (null is rejected there too).
     const eps = options.eps === undefined ? 1e-5 : options.eps;
     // The rule of the layerNorm op, checked here so that the error names the construction.
-    if (typeof eps !== "number" || !Number.isFinite(eps) || eps <= 0) {
-      throw new TensorqError("eps must be a positive finite number", {
-        op,
-        kind: "argument",
-        argument: "eps",
-        expected: "a positive finite number",
-        actual: describeValue(eps),
-      });
-    }
+    checkEps(op, eps);
     this.eps = eps;
     const dtype = floatDType(op, options.dtype);
     this.declareParameter("weight", { shape, dtype }, initial(() => full(shape, 1, { dtype })));

@@ -9,7 +9,7 @@
  * @module
  */
 import { fmtShape, TensorqError } from "../errors.ts";
-import { normalizeAxis } from "../shape.ts";
+import { describeValue, normalizeAxis } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
 import {
   checkDTypeIn,
@@ -39,6 +39,20 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   return softmaxLike("logSoftmax", x, axis);
 }
 
+/** The layer-norm `eps` rule (a positive finite number), for `op`'s argument `eps`. */
+export function checkEps(op: string, eps: unknown): number {
+  if (typeof eps !== "number" || !Number.isFinite(eps) || eps <= 0) {
+    throw new TensorqError("eps must be a positive finite number", {
+      op,
+      kind: "argument",
+      argument: "eps",
+      expected: "a positive finite number",
+      actual: describeValue(eps),
+    });
+  }
+  return eps;
+}
+
 /**
  * Layer normalization over the trailing dims of `weight`'s shape (the last dim when no
  * weight): `(x − mean) / sqrt(var + eps) · weight + bias`, population variance, computed in
@@ -51,15 +65,7 @@ export function layerNorm(x: Tensor, weight?: Tensor, bias?: Tensor, eps = 1e-5)
   checkDTypeIn(op, "x", x, FLOAT_DTYPES);
   if (weight !== undefined) checkTensor(op, "weight", weight);
   if (bias !== undefined) checkTensor(op, "bias", bias);
-  if (typeof eps !== "number" || !Number.isFinite(eps) || eps <= 0) {
-    throw new TensorqError("eps must be a positive finite number", {
-      op,
-      kind: "argument",
-      argument: "eps",
-      expected: "a positive finite number",
-      actual: String(eps),
-    });
-  }
+  checkEps(op, eps);
   const xShape = x.node.shape;
   let normShape: readonly number[];
   if (weight !== undefined) {

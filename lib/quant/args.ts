@@ -5,19 +5,10 @@
  */
 import { TensorqError } from "../errors.ts";
 import type { Linear } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
+import { describeValue, Module } from "../nn/module.ts";
 
-/**
- * A value as an error message shows it: strings quoted, numbers and booleans as written,
- * Modules by class name, anything else by its kind.
- */
-export function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null) return "null";
-  if (value instanceof Module) return value.constructor.name;
-  return Array.isArray(value) ? "an array" : typeof value;
-}
+/** A value as an error message shows it (see {@link describeValue}). */
+export const describe: (value: unknown) => string = describeValue;
 
 /**
  * Throws an argument error of `op` unless `value`, passed as `argument`, is a Module.
