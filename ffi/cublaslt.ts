@@ -418,6 +418,16 @@ export function ltMatmulDescCreate(computeType: number, scaleType: number): Deno
   return Deno.UnsafePointer.create(outPointer[0]);
 }
 
+/** Destroys a matmul descriptor. */
+export function ltMatmulDescDestroy(desc: Deno.PointerValue): void {
+  checkCublas(cublasLt().cublasLtMatmulDescDestroy(desc), "cublasLtMatmulDescDestroy");
+}
+
+/** Destroys a matrix layout. */
+export function ltMatrixLayoutDestroy(layout: Deno.PointerValue): void {
+  checkCublas(cublasLt().cublasLtMatrixLayoutDestroy(layout), "cublasLtMatrixLayoutDestroy");
+}
+
 /** Creates a matrix layout: `type` a `CUDA_R_*`, `rows` × `cols` with leading dimension
  * `ld` (column-major by default). */
 export function ltMatrixLayoutCreate(

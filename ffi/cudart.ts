@@ -224,6 +224,8 @@ export const CUDART_SYMBOLS = {
   cudaMemPoolTrimTo: { parameters: ["pointer", "usize"], result: "i32" },
   // (device, attribute, value*)
   cudaDeviceGetGraphMemAttribute: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  // (device): frees the graph allocator's memory that no graph is using
+  cudaDeviceGraphMemTrim: { parameters: ["i32"], result: "i32" },
 
   cudaStreamBeginCapture: { parameters: ["pointer", "i32"], result: "i32" },
   cudaStreamEndCapture: { parameters: ["pointer", "buffer"], result: "i32" },

@@ -57,8 +57,10 @@ import {
   ltAlgoGetHeuristic,
   ltCreate,
   ltMatmulDescCreate,
+  ltMatmulDescDestroy,
   ltMatmulPreferenceCreate,
   ltMatrixLayoutCreate,
+  ltMatrixLayoutDestroy,
   ltSetMatmulDescAttribute,
   ltSetMatmulPreferenceAttribute,
   ltSetMatrixLayoutAttribute,
@@ -578,51 +580,71 @@ class LtMatmulCore {
     encodeScalar(this.#scalars, 0, p.scaleType, 1); // rejects unknown scale types early
 
     this.#desc = ltMatmulDescCreate(p.computeType, p.scaleType);
-    const desc = this.#desc;
-    ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, CUBLASLT_POINTER_MODE_HOST);
-    ltSetMatmulDescAttribute(
-      desc,
-      CUBLASLT_MATMUL_DESC_TRANSA,
-      p.transA ? CUBLAS_OP_T : CUBLAS_OP_N,
-    );
-    ltSetMatmulDescAttribute(
-      desc,
-      CUBLASLT_MATMUL_DESC_TRANSB,
-      p.transB ? CUBLAS_OP_T : CUBLAS_OP_N,
-    );
-    if (p.epilogue !== CUBLASLT_EPILOGUE_DEFAULT) {
-      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, p.epilogue);
-    }
-    if (p.biasType !== null) {
-      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, p.biasType);
-    }
-    if (p.aScaleMode !== null) {
-      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, p.aScaleMode);
-    }
-    if (p.bScaleMode !== null) {
-      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, p.bScaleMode);
-    }
-    if (p.fastAccum !== null) {
-      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, p.fastAccum ? 1 : 0);
-    }
-
-    const layout = (type: number, rows: number, cols: number, ld: number, stride: number) => {
-      const l = ltMatrixLayoutCreate(type, rows, cols, ld);
-      if (p.count > 1) {
-        ltSetMatrixLayoutAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, p.count);
-        ltSetMatrixLayoutAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, BigInt(stride));
+    // Until the constructor returns the core is not cached: on an error (a problem cuBLASLt
+    // refuses, say) its descriptor and layouts are destroyed here, or they would leak.
+    const made: Deno.PointerValue[] = [];
+    try {
+      const desc = this.#desc;
+      ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, CUBLASLT_POINTER_MODE_HOST);
+      ltSetMatmulDescAttribute(
+        desc,
+        CUBLASLT_MATMUL_DESC_TRANSA,
+        p.transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+      );
+      ltSetMatmulDescAttribute(
+        desc,
+        CUBLASLT_MATMUL_DESC_TRANSB,
+        p.transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+      );
+      if (p.epilogue !== CUBLASLT_EPILOGUE_DEFAULT) {
+        ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, p.epilogue);
       }
-      return l;
-    };
-    const [aRows, aCols] = p.transA ? [p.k, p.m] : [p.m, p.k];
-    const [bRows, bCols] = p.transB ? [p.n, p.k] : [p.k, p.n];
-    this.#aLayout = layout(p.aType, aRows, aCols, p.lda, p.strideA);
-    this.#bLayout = layout(p.bType, bRows, bCols, p.ldb, p.strideB);
-    this.#cLayout = layout(p.cType, p.m, p.n, p.ldc, p.strideC);
-    // One layout for C and D when they match: C may then alias D.
-    this.#dLayout = this.#cAliasesD() ? this.#cLayout : layout(p.dType, p.m, p.n, p.ldd, p.strideD);
+      if (p.biasType !== null) {
+        ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, p.biasType);
+      }
+      if (p.aScaleMode !== null) {
+        ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, p.aScaleMode);
+      }
+      if (p.bScaleMode !== null) {
+        ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, p.bScaleMode);
+      }
+      if (p.fastAccum !== null) {
+        ltSetMatmulDescAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, p.fastAccum ? 1 : 0);
+      }
 
-    this.algorithm = this.#chooseAlgorithm();
+      const layout = (type: number, rows: number, cols: number, ld: number, stride: number) => {
+        const l = ltMatrixLayoutCreate(type, rows, cols, ld);
+        made.push(l);
+        if (p.count > 1) {
+          ltSetMatrixLayoutAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, p.count);
+          ltSetMatrixLayoutAttribute(
+            l,
+            CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+            BigInt(stride),
+          );
+        }
+        return l;
+      };
+      const [aRows, aCols] = p.transA ? [p.k, p.m] : [p.m, p.k];
+      const [bRows, bCols] = p.transB ? [p.n, p.k] : [p.k, p.n];
+      this.#aLayout = layout(p.aType, aRows, aCols, p.lda, p.strideA);
+      this.#bLayout = layout(p.bType, bRows, bCols, p.ldb, p.strideB);
+      this.#cLayout = layout(p.cType, p.m, p.n, p.ldc, p.strideC);
+      // One layout for C and D when they match: C may then alias D.
+      this.#dLayout = this.#cAliasesD()
+        ? this.#cLayout
+        : layout(p.dType, p.m, p.n, p.ldd, p.strideD);
+
+      this.algorithm = this.#chooseAlgorithm();
+    } catch (e) {
+      try {
+        for (const l of made) ltMatrixLayoutDestroy(l);
+        ltMatmulDescDestroy(this.#desc);
+      } catch {
+        // the original error is the one to report
+      }
+      throw e;
+    }
   }
 
   #cAliasesD(): boolean {

@@ -11,6 +11,7 @@ import {
   cudaDevAttrComputeCapabilityMajor,
   cudaDevAttrComputeCapabilityMinor,
   cudaDevAttrL2CacheSize,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin,
   cudaDevAttrMultiProcessorCount,
   cudaEventDisableTiming,
   cudaMemPoolAttrReleaseThreshold,
@@ -32,6 +33,8 @@ export class CudaDevice {
   readonly smCount: number;
   /** Bytes of L2 cache. */
   readonly l2Bytes: number;
+  /** Most shared memory a block may opt into (bytes; 227 KiB on Hopper, 99 KiB on sm_86/89). */
+  readonly sharedOptInBytes: number;
   /** The stream all of tensorq's work on this device is ordered on. */
   readonly stream: Deno.PointerValue;
   /** The device's default memory pool (cudaMallocAsync). */
@@ -49,6 +52,7 @@ export class CudaDevice {
     ];
     this.smCount = deviceAttribute(cudaDevAttrMultiProcessorCount, index);
     this.l2Bytes = deviceAttribute(cudaDevAttrL2CacheSize, index);
+    this.sharedOptInBytes = deviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, index);
     this.stream = createStream();
     this.pool = defaultMemPool(index);
     // Keep freed memory in the pool instead of returning it to the driver at every sync:

@@ -33,6 +33,7 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
     // End the capture so the stream is usable again, then report the original error.
     try {
       const g = endCapture(device.stream);
+      // Best effort, unchecked: the enqueue's own error is the one to report.
       if (g) cudart().cudaGraphDestroy(g);
     } catch {
       // the capture was already invalidated
@@ -40,9 +41,14 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
     throw e;
   }
   graph = endCapture(device.stream);
-  const exec = instantiateGraph(graph);
-  checkCuda(cudart().cudaGraphDestroy(graph), "cudaGraphDestroy");
-  graph = null;
+  let exec: Deno.PointerValue;
+  try {
+    exec = instantiateGraph(graph);
+  } finally {
+    // The executable keeps what it needs: the captured graph goes, instantiated or not.
+    checkCuda(cudart().cudaGraphDestroy(graph), "cudaGraphDestroy");
+    graph = null;
+  }
   let disposed = false;
   return {
     replay() {
@@ -52,7 +58,7 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
         // The graph's memory nodes take physical memory of their own, which the stream-ordered
         // pool may be holding as freed but kept memory (CudaDevice keeps it for reuse): give
         // that back to the driver and launch once more.
-        cudart().cudaGetLastError();
+        cudart().cudaGetLastError(); // clears the failed launch's record (not sticky): unchecked
         device.synchronize();
         checkCuda(cudart().cudaMemPoolTrimTo(device.pool, 0n), "cudaMemPoolTrimTo");
         status = cudart().cudaGraphLaunch(exec, device.stream);

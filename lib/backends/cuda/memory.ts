@@ -11,9 +11,11 @@ import {
   cudaGraphMemAttrReservedMemCurrent,
   cudaMemPoolAttrReservedMemCurrent,
   cudart,
+  cudaStreamCaptureStatusNone,
   graphMemAttribute,
   memInfo,
   memPoolGetAttribute,
+  streamCaptureStatus,
 } from "../../../ffi/cudart.ts";
 import { type DType, storageByteLength } from "../../dtype.ts";
 import { TensorqError } from "../../errors.ts";
@@ -144,9 +146,17 @@ export class CudaBuffer implements DeviceBuffer {
 function allocateBytes(device: CudaDevice, bytes: number): bigint {
   const out = new BigUint64Array(1);
   let status = cudart().cudaMallocAsync(out, BigInt(bytes), device.stream);
-  if (status === cudaErrorMemoryAllocation) {
-    // Memory freed by collected tensors may still be pending: collect, wait, retry once.
+  // Inside a graph capture a synchronize would invalidate the capture and hide the real
+  // cause: the out-of-memory error is reported as it is.
+  if (
+    status === cudaErrorMemoryAllocation &&
+    streamCaptureStatus(device.stream) === cudaStreamCaptureStatusNone
+  ) {
+    // Frees still queued on the stream, and the memory CUDA graphs reserved but no graph
+    // uses, may make room: wait for the one, give back the other, and retry once.
+    cudart().cudaGetLastError();
     device.synchronize();
+    checkCuda(cudart().cudaDeviceGraphMemTrim(device.index), "cudaDeviceGraphMemTrim");
     status = cudart().cudaMallocAsync(out, BigInt(bytes), device.stream);
   }
   if (status === cudaErrorMemoryAllocation) {

@@ -411,7 +411,10 @@ export function fusedQuantizedGemv(
     ? undefined
     : qgemvShape(m, n, k, device.smCount, qdtype as "int8" | "float8e4m3");
   const shape = mmaShape ?? ringShape;
-  if (!shape) return undefined;
+  // The e4m3 ring kernel opts into up to 192 KiB, more than GPUs before Hopper allow a block
+  // (99 KiB on sm_86/89, 163 KiB on sm_80): such products take the general path there. The
+  // norm kernels' static 2 KiB counts against the same limit.
+  if (!shape || shape.sharedBytes + 2 * 1024 > device.sharedOptInBytes) return undefined;
   // A folded norm sums as the layer-norm kernel of the unfolded graph would: its vector variants.
   const lnThreads = norm ? layerNormThreads(m, k, xKind === 0 ? 4 : 2, device.smCount) : 0;
   if (lnThreads === undefined) return undefined;

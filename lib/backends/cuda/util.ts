@@ -5,6 +5,9 @@
  * @module
  */
 import {
+  CUBLAS_STATUS_ARCH_MISMATCH,
+  CUBLAS_STATUS_INVALID_VALUE,
+  CUBLAS_STATUS_NOT_SUPPORTED,
   CUBLASLT_EPILOGUE_BIAS,
   CUBLASLT_EPILOGUE_DEFAULT,
   CUBLASLT_EPILOGUE_GELU,
@@ -319,9 +322,22 @@ export function tnSpec(n: number, rows: number, k: number, types: LtTypes): LtMa
   };
 }
 
-/** True when `e` is cuBLASLt refusing a problem rather than a real failure. */
+/** cuBLASLt statuses that refuse a problem: anything else (out of memory, a fault) is real. */
+const LT_REFUSALS: ReadonlySet<number> = new Set([
+  CUBLAS_STATUS_NOT_SUPPORTED,
+  CUBLAS_STATUS_INVALID_VALUE,
+  CUBLAS_STATUS_ARCH_MISMATCH,
+]);
+
+/**
+ * True when `e` is cuBLASLt refusing a problem rather than a real failure: a refused problem
+ * is remembered and takes another path for good, so an allocation failure must not pass for
+ * one.
+ */
 function isLtRefusal(e: unknown): boolean {
-  return e instanceof TensorqError && e.op.startsWith("cublasLt");
+  if (!(e instanceof TensorqError) || !e.op.startsWith("cublasLt")) return false;
+  const status = (e.cause as { status?: unknown } | undefined)?.status;
+  return typeof status === "number" && LT_REFUSALS.has(status);
 }
 
 /**
