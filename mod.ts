@@ -4,8 +4,9 @@
  * ```ts
  * import * as tq from "jsr:@tensorq/tensorq";
  * const x = tq.randn([2, 3], { seed: 0 });
- * const y = x.matmul(tq.ones([3, 4])).relu();
- * console.log(y); // evaluates
+ * const w = tq.randn([3, 4], { seed: 1 });
+ * const y = x.matmul(w).relu();
+ * console.log(y); // evaluates: a 2 × 4 float32 tensor
  * ```
  * @module
  */

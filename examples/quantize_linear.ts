@@ -61,13 +61,41 @@ export function runQuantizeLinearExample(device = "cpu"): QuantizeLinearResult {
   };
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({ options: { device: { type: "string", default: "cpu" } } });
-  const r = runQuantizeLinearExample(values.device);
+const USAGE = "usage: deno run -A examples/quantize_linear.ts [--device cpu|cuda|cuda:N]";
+
+/** Parses `args`, runs the walkthrough and prints it; returns the exit code. */
+export function main(args: string[]): number {
+  let device: string;
+  try {
+    const { values } = parseArgs({
+      args,
+      options: { device: { type: "string", default: "cpu" }, help: { type: "boolean" } },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    device = values.device;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  let r: QuantizeLinearResult;
+  try {
+    r = runQuantizeLinearExample(device);
+  } catch (e) {
+    // A device that cannot run (no GPU, no permission) is one line, not a stack trace.
+    if (!(e instanceof tq.TensorqError)) throw e;
+    console.error(`error: ${e.message}`);
+    return 1;
+  }
   console.log("quantized Linear output (first row, first 6):");
   console.log(r.moduleOutput.slice([[0, 1], [0, 6]]));
   console.log("manual quantize/dequantize/matmul output (first row, first 6):");
   console.log(r.manualOutput.slice([[0, 1], [0, 6]]));
   console.log(`max |module - manual| = ${r.maxDiffModuleVsManual}`);
   console.log(`max |module - float32| = ${r.maxDiffVsFloat.toExponential(3)} (quantization error)`);
+  return 0;
 }
+
+if (import.meta.main) Deno.exit(main(Deno.args));

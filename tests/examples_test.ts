@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { runQuantizeLinearExample } from "../examples/quantize_linear.ts";
+import { main, runQuantizeLinearExample } from "../examples/quantize_linear.ts";
 import { testOnDevices } from "./helpers.ts";
 
 testOnDevices("examples/quantize_linear.ts: the module and the manual version agree", (device) => {
@@ -11,4 +11,19 @@ testOnDevices("examples/quantize_linear.ts: the module and the manual version ag
     r.maxDiffVsFloat > 0 && r.maxDiffVsFloat < 0.1,
     `quantization error ${r.maxDiffVsFloat}`,
   );
+});
+
+Deno.test("examples/quantize_linear.ts: --help, and a bad option is a usage error", () => {
+  const logged: string[] = [];
+  const [log, error] = [console.log, console.error];
+  console.log = (m: string) => logged.push(m);
+  console.error = (m: string) => logged.push(m);
+  try {
+    assert.equal(main(["--help"]), 0);
+    assert.equal(main(["--bogus"]), 2);
+  } finally {
+    [console.log, console.error] = [log, error];
+  }
+  assert.match(logged[0], /usage: deno run -A examples\/quantize_linear.ts/);
+  assert.match(logged[1], /error: Unknown option '--bogus'/);
 });

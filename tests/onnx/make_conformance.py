@@ -87,10 +87,16 @@ import json
 import struct
 import sys
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper
+try:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs numpy, onnx and onnxruntime ({missing})")
 
 DEFAULT_SEED = 20261207
 F32 = np.float32

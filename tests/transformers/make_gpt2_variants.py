@@ -22,9 +22,15 @@ import json
 import os
 import sys
 
-import torch
-from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+try:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch, transformers and safetensors ({missing})")
 
 # name, config fields, how to save. Small enough to keep in the repository
 # (tests/fixtures/gpt2_variants, about 1 MB together).

@@ -57,12 +57,18 @@ import math
 import os
 import sys
 
-import torch
-import torch.nn.functional as F
-import transformers
-from safetensors.torch import load_file, save_file
-from transformers import GPT2LMHeadModel
-from transformers.pytorch_utils import Conv1D
+try:
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch, transformers and safetensors ({missing})")
 
 BLOCK = 128  # w4's block along the input features (--w4-block)
 MODES = ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]

@@ -19,9 +19,16 @@ Needs torch and transformers.
 """
 
 import argparse
+import sys
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+try:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch and transformers ({missing})")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
