@@ -16,9 +16,15 @@ export class RandomStream {
   private s2: number;
   private s3: number;
 
-  /** Seeds the stream (splitmix32 expands the seed into the state). */
+  /**
+   * Seeds the stream (splitmix32 expands the seed into the state). The low 32 bits of an
+   * integer seed give the stream of seeds in [0, 2^32); higher bits (and a negative sign)
+   * are mixed in on top, so 2^32 or -1 do not repeat the stream of 0 or 2^32 - 1.
+   */
   constructor(seed: number) {
-    let x = (Math.floor(seed) ^ 0x9e3779b9) >>> 0;
+    const whole = Math.floor(seed);
+    const high = Math.floor(whole / 2 ** 32); // -1 for small negative seeds
+    let x = ((whole >>> 0) ^ 0x9e3779b9) >>> 0;
     const next = () => {
       x = (x + 0x9e3779b9) >>> 0;
       let z = x;
@@ -30,6 +36,13 @@ export class RandomStream {
     this.s1 = next();
     this.s2 = next();
     this.s3 = next();
+    if (high !== 0) {
+      x = ((high >>> 0) ^ 0x7f4a7c15) >>> 0;
+      this.s0 = (this.s0 ^ next()) >>> 0;
+      this.s1 = (this.s1 ^ next()) >>> 0;
+      this.s2 = (this.s2 ^ next()) >>> 0;
+      this.s3 = (this.s3 ^ next()) >>> 0;
+    }
   }
 
   /** The next 32 random bits. */
@@ -67,25 +80,25 @@ function rotl(x: number, k: number): number {
 
 let globalStream = new RandomStream(0);
 
-/** Reseeds the global stream used when no seed is given (an integer in [0, 2^32)). */
+/** Reseeds the global stream used when no seed is given (any safe integer). */
 export function manualSeed(seed: number): void {
   globalStream = new RandomStream(checkSeed("manualSeed", seed));
 }
 
 /** Options of {@link randn} and {@link rand}. */
 export interface RandomOptions extends CreateOptions {
-  /** Seed, an integer in [0, 2^32): the same seed gives the same values. */
+  /** Seed, any safe integer (`Date.now()` included): the same seed gives the same values. */
   seed?: number;
 }
 
-/** The stream keeps 32 bits of its seed: other values would alias (2^32 gives 0's stream). */
+/** A fractional seed would be floored silently, so two seeds would give one stream. */
 function checkSeed(op: string, seed: unknown): number {
-  if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
-    throw new TensorqError("seed must be an integer in [0, 2^32)", {
+  if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
+    throw new TensorqError("seed must be an integer", {
       op,
       kind: "argument",
       argument: "seed",
-      expected: "an integer in [0, 4294967295]",
+      expected: "a safe integer",
       actual: String(seed),
     });
   }
@@ -144,6 +157,22 @@ export function randn(
 }
 
 /**
+ * The least float64 in [low, high] that `dtype` rounds to `high` or above (high itself when
+ * none below it does), by bisection: rounding is monotonic, and `low` rounds below `high`.
+ */
+function roundingUpTo(dtype: DType, low: number, high: number): number {
+  const rounded = (v: number) => decode(dtype, encode(dtype, [v]))[0];
+  let below = low, above = high;
+  for (let i = 0; i < 2200; i++) {
+    const mid = below + (above - below) / 2;
+    if (mid <= below || mid >= above) break; // adjacent float64 values
+    if (rounded(mid) >= high) above = mid;
+    else below = mid;
+  }
+  return above;
+}
+
+/**
  * Uniform samples in [low, high) (default [0, 1); finite, `low < high`), in a floating dtype.
  * A sample that the dtype would round up to `high` is drawn again, so `high` never appears.
  */
@@ -169,17 +198,14 @@ export function rand(
   const values = hostValues("rand", numel(s));
   const draw = () => low + (high - low) * stream.uniform();
   for (let i = 0; i < values.length; i++) values[i] = draw();
-  const storage = encode(dtype, values);
-  const stored = decode(dtype, storage);
+  // Draws at or above `limit` round up to high in the dtype (about 1 in 2^(mantissa bits + 1)):
+  // they are drawn again after the pass, so that the others keep their values and all stay
+  // seeded. A range that (nearly) every draw rounds out of falls back to low, rounded.
+  const limit = roundingUpTo(dtype, low, high);
   const lowest = decode(dtype, encode(dtype, [low]))[0]; // < high, checked above
   for (let i = 0; i < values.length; i++) {
-    // Rare (about 1 in 2^(mantissa bits + 1)); redrawn after the pass, so still seeded. A
-    // range that (nearly) every draw rounds out of falls back to low, rounded.
-    for (let tries = 0; stored[i] >= high; tries++) {
-      values[i] = tries < 64 ? draw() : lowest;
-      stored[i] = decode(dtype, encode(dtype, [values[i]]))[0];
-      if (stored[i] < high) encode(dtype, values.subarray(i, i + 1), storage.subarray(i, i + 1));
-    }
+    for (let tries = 0; values[i] >= limit; tries++) values[i] = tries < 64 ? draw() : lowest;
   }
+  const storage = encode(dtype, values);
   return fromStorage(storage, s, dtype, options.device);
 }

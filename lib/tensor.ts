@@ -18,7 +18,7 @@ import {
   type StorageArray,
 } from "./dtype.ts";
 import { parseDevice } from "./device.ts";
-import { nodeTrace, TensorqError } from "./errors.ts";
+import { nodeTrace, TensorqError, TRACED_NO_VALUE } from "./errors.ts";
 import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
 import { checkShape, describeValue, MAX_HOST_ELEMENTS, numel, type Shape } from "./shape.ts";
@@ -105,9 +105,14 @@ export class Tensor {
     return backendOf(this.device, "dataSync").download(this.node.buffer!);
   }
 
-  /** The values as nested arrays (numbers; booleans for bool). */
+  /**
+   * The values as nested arrays (numbers; booleans for bool). An int64 value beyond 2^53 has
+   * no exact number: it is an error (read it with {@link Tensor.dataSync}, a BigInt64Array).
+   */
   toArray(): NestedArray {
-    const values = decode(this.dtype, this.storageSync());
+    const storage = this.storageSync();
+    if (this.dtype === "int64") checkSafeInts("toArray", storage as BigInt64Array);
+    const values = decode(this.dtype, storage);
     const isBool = this.dtype === "bool";
     const build = (dim: number, offset: number): NestedArray => {
       if (dim === this.rank) {
@@ -123,16 +128,22 @@ export class Tensor {
     return build(0, 0);
   }
 
-  /** The single value of a one-element tensor. */
+  /**
+   * The single value of a one-element tensor (bool gives 1 or 0; an int64 beyond 2^53 is an
+   * error, as in {@link Tensor.toArray}).
+   */
   item(): number {
     if (this.size !== 1) {
       throw new TensorqError("item() needs a tensor of one element", {
         op: "item",
         kind: "shape",
+        expected: "a tensor of one element",
         actual: `shape [${this.shape.join(", ")}]`,
       });
     }
-    return decode(this.dtype, this.storageSync())[0];
+    const storage = this.storageSync();
+    if (this.dtype === "int64") checkSafeInts("item", storage as BigInt64Array);
+    return decode(this.dtype, storage)[0];
   }
 
   /** Copies the tensor to a device (evaluating it first). Returns `this` if already there. */
@@ -364,9 +375,25 @@ function checkNotDisposed(t: Tensor, op: string): void {
   }
   if (t.node.placeholder) {
     throw new TensorqError(
-      "a compile() input has no value while the function is traced; only shapes and dtypes are known",
+      `a compile() input has ${TRACED_NO_VALUE}; only shapes and dtypes are known`,
       { op, kind: "state" },
     );
+  }
+}
+
+/** Refuses int64 values that a JS number cannot hold exactly (it would round silently). */
+function checkSafeInts(op: string, values: BigInt64Array): void {
+  const limit = BigInt(Number.MAX_SAFE_INTEGER);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v > limit || v < -limit) {
+      throw new TensorqError("an int64 value is beyond what a JS number holds exactly", {
+        op,
+        kind: "dtype",
+        expected: "values within ±(2^53 - 1); dataSync() gives every int64 as a BigInt",
+        actual: `${v} at flat index ${i}`,
+      });
+    }
   }
 }
 
@@ -452,7 +479,7 @@ function typedArrayDType(data: TensorInput): DType | undefined {
  * Uint8Array, Uint16Array → int32; BigInt64Array, Uint32Array → int64; everything else
  * (numbers, mixed numbers and booleans, Float32Array, Float64Array) → float32. Values are
  * converted with the dtype's rounding (int64 data once, however wide the value); integer
- * dtypes reject non-integral or out-of-range values, bool anything but 0 and 1.
+ * dtypes reject non-integral or out-of-range values; for bool any nonzero value is true.
  */
 export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
   options ??= {};
@@ -574,7 +601,8 @@ function checkRepresentable(
   argument = "data",
 ): void {
   const info = dtypeInfo(dtype);
-  if (!info.isInt && dtype !== "bool") return;
+  // bool takes any number: nonzero is true (as in cast, NumPy and PyTorch).
+  if (!info.isInt) return;
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
     if (!isRepresentable(dtype, v)) {
@@ -583,16 +611,14 @@ function checkRepresentable(
         op,
         kind: "argument",
         argument,
-        expected: dtype === "bool"
-          ? "true, false, 0 or 1 for bool"
-          : `integers in [${min}, ${max}] for ${dtype}`,
+        expected: `integers in [${min}, ${max}] for ${dtype}`,
         actual: `${v} at flat index ${i}`,
       });
     }
   }
 }
 
-/** A tensor filled with one value (a number, or a boolean for bool). */
+/** A tensor filled with one value (a number or a boolean; for bool, nonzero is true). */
 export function full(shape: readonly number[], value: number, options: CreateOptions = {}): Tensor {
   options ??= {};
   const s = checkShape("full", shape);
@@ -639,6 +665,7 @@ export function arange(
       op: "arange",
       kind: "argument",
       argument: "step",
+      expected: "a non-zero finite number",
       actual: String(step),
     });
   }
@@ -648,6 +675,7 @@ export function arange(
         op: "arange",
         kind: "argument",
         argument: name,
+        expected: "a finite number",
         actual: String(v),
       });
     }
@@ -656,7 +684,8 @@ export function arange(
   const values = hostValues("arange", n);
   for (let i = 0; i < n; i++) values[i] = start + i * step;
   const dtype = checkDType("arange", "dtype", options.dtype ?? "float32");
-  checkRepresentable("arange", dtype, values);
+  // The values come from start, stop and step; the dtype is what cannot hold one.
+  checkRepresentable("arange", dtype, values, "dtype");
   return fromStorage(encode(dtype, values), [n], dtype, options.device);
 }
 
@@ -676,6 +705,7 @@ export function linspace(
       op: "linspace",
       kind: "argument",
       argument: "num",
+      expected: "a non-negative integer",
       actual: String(num),
     });
   }
@@ -685,6 +715,7 @@ export function linspace(
         op: "linspace",
         kind: "argument",
         argument: name,
+        expected: "a finite number",
         actual: String(v),
       });
     }
@@ -693,7 +724,7 @@ export function linspace(
   const step = num > 1 ? (stop - start) / (num - 1) : 0;
   const values = hostValues("linspace", num);
   for (let i = 0; i < num; i++) values[i] = i === num - 1 && num > 1 ? stop : start + i * step;
-  checkRepresentable("linspace", dtype, values);
+  checkRepresentable("linspace", dtype, values, "dtype");
   return fromStorage(encode(dtype, values), [num], dtype, options.device);
 }
 

@@ -81,16 +81,24 @@ Deno.test("rand never returns high, in any float dtype; random options are check
       "high",
       ["bfloat16"],
     ],
-    // The stream keeps 32 bits of the seed; others would alias (2^32 gave seed 0's values).
-    [() => tq.rand([2], { seed: 0.5 }), "rand", "seed", ["[0, 4294967295]", "got 0.5"]],
-    [() => tq.randn([2], { seed: 2 ** 32 }), "randn", "seed", ["got 4294967296"]],
-    [() => tq.randn([2], { seed: -1 }), "randn", "seed", ["got -1"]],
+    // A fractional seed was floored: two seeds gave one stream.
+    [() => tq.rand([2], { seed: 0.5 }), "rand", "seed", ["a safe integer", "got 0.5"]],
+    [() => tq.randn([2], { seed: 2 ** 53 }), "randn", "seed", ["got 9007199254740992"]],
     [() => tq.manualSeed(1.5), "manualSeed", "seed", ["got 1.5"]],
   ];
   for (const [call, op, argument, includes] of cases) {
     assertTqError(call, { op, includes: [`'${argument}'`, ...includes] });
   }
   assert.deepEqual(tq.randn([3], null as unknown as undefined).shape, [3]);
+  // Any safe integer seeds a stream of its own: the bits above 32 and the sign count.
+  const first = (seed: number) => Array.from(tq.rand([4], { seed }).dataSync() as Float32Array);
+  const streams = [0, 2 ** 32, 2 ** 32 - 1, -1, 1764500000000, -1764500000000].map(first);
+  for (let i = 0; i < streams.length; i++) {
+    for (let j = i + 1; j < streams.length; j++) {
+      assert.notDeepEqual(streams[i], streams[j], `seed streams ${i} and ${j}`);
+    }
+  }
+  assert.deepEqual(first(1764500000000), first(1764500000000));
 });
 
 Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1", () => {
@@ -101,6 +109,20 @@ Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1"
   assert.equal(viaCast, Math.fround(2 ** 60 + 2 ** 37));
   const b16 = tq.tensor(new BigInt64Array([2n ** 40n + 2n ** 32n + 1n]), { dtype: "bfloat16" });
   assert.equal(b16.item(), 2 ** 40 + 2 ** 33);
+  // toArray and item give numbers: an int64 a number cannot hold is an error, not rounded.
+  const huge = tq.tensor(new BigInt64Array([5n, 2n ** 53n + 1n]));
+  assertTqError(() => huge.toArray(), {
+    op: "toArray",
+    kind: "dtype",
+    includes: ["9007199254740993 at flat index 1", "dataSync()"],
+  });
+  assertTqError(() => huge.slice([1]).item(), { op: "item", includes: ["9007199254740993"] });
+  assert.deepEqual(huge.slice([[0, 1]]).toArray(), [5]);
+  assert.equal(tq.tensor(new BigInt64Array([-(2n ** 53n) + 1n])).item(), -(2 ** 53) + 1);
+  assertTqError(() => tq.arange(0, 10, 1, { dtype: "int4" }), {
+    op: "arange",
+    includes: ["'dtype'", "got 8 at flat index 8"],
+  });
   // Printing an int64 keeps every digit.
   assert.match(tq.tensor(new BigInt64Array([2n ** 62n + 1n])).toString(), /4611686018427387905/);
   // Only booleans make a bool tensor; mixed data is numeric.
@@ -114,8 +136,6 @@ Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1"
   ]);
   for (
     const [op, call, includes] of [
-      ["full", () => tq.full([2], 0.5, { dtype: "bool" }), ["0 or 1 for bool", "got 0.5"]],
-      ["tensor", () => tq.tensor([2], { dtype: "bool" }), ["0 or 1 for bool", "got 2"]],
       ["full", () => tq.full([2], "a" as unknown as number), ["'value'", 'got "a"']],
       ["full", () => tq.full([2], 1n as unknown as number), ["got 1n (a bigint)"]],
       ["full", () => tq.full([2], undefined as unknown as number), ["got undefined"]],
@@ -137,6 +157,13 @@ Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1"
     assertTqError(call, { op, includes: [...includes] });
   }
   assert.deepEqual(tq.linspace(0, 4, 3, { dtype: "int32" }).toArray(), [0, 2, 4]);
+  // Created as bool, any nonzero value is true (a byte mask of 255s, say).
+  assert.deepEqual(tq.tensor(new Uint8Array([0, 255, 1]), { dtype: "bool" }).toArray(), [
+    false,
+    true,
+    true,
+  ]);
+  assert.deepEqual(tq.full([2], 0.5, { dtype: "bool" }).equal(1).toArray(), [true, true]);
   assert.deepEqual(tq.tensor([true, false]).equal(1).toArray(), [true, false]);
   // Options given as null take the defaults.
   assert.deepEqual(tq.zeros([2], null as unknown as undefined).toArray(), [0, 0]);
