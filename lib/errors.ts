@@ -182,6 +182,17 @@ export function messageWithoutCallSite(error: unknown): string {
   return error.message;
 }
 
+/**
+ * Words shared by the errors of reading a value while `compile()` traces (a compile input, or
+ * anything computed from one): code that must tell these errors apart tests for them.
+ */
+export const TRACED_NO_VALUE = "no value while the function is traced";
+
+/** True for an error raised by reading a value while `compile()` traces. */
+export function isTracedValueError(e: unknown): boolean {
+  return e instanceof TensorqError && e.kind === "state" && e.message.includes(TRACED_NO_VALUE);
+}
+
 /** Returns `value` if it is a boolean; otherwise throws naming `argument` of `op`. */
 export function checkBoolean(op: string, argument: string, value: unknown): boolean {
   if (typeof value !== "boolean") {

@@ -12,13 +12,8 @@ import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
 import { full, type Tensor } from "../tensor.ts";
 import { rand, randn } from "../random.ts";
-import {
-  booleanOption,
-  describeValue,
-  Module,
-  optionsObject,
-  registerLibraryModules,
-} from "./module.ts";
+import { describeValue } from "../shape.ts";
+import { booleanOption, Module, optionsObject, registerLibraryModules } from "./module.ts";
 
 const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
 
@@ -45,7 +40,7 @@ const QUANT: readonly DType[] = ["int8", "int4", "float8e4m3"];
 
 function positiveInt(op: string, argument: string, v: unknown): number {
   if (!Number.isInteger(v) || (v as number) <= 0) {
-    throw new TensorqError("expected a positive integer", {
+    throw new TensorqError(`${argument} must be a positive integer`, {
       op,
       kind: "argument",
       argument,

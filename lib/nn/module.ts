@@ -11,8 +11,8 @@
  * @module
  */
 import type { DType } from "../dtype.ts";
-import { fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
-import { sameShape } from "../shape.ts";
+import { checkBoolean, fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
+import { describeValue, sameShape } from "../shape.ts";
 import { isDisposed, Tensor } from "../tensor.ts";
 
 /** What a parameter must look like. */
@@ -43,18 +43,6 @@ export interface LoadStateDictResult {
 }
 
 /**
- * A value as an error message shows it: strings quoted, numbers and booleans as written,
- * modules by class name, anything else by its kind.
- */
-export function describeValue(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null) return "null";
-  if (value instanceof Module) return value.constructor.name;
-  return Array.isArray(value) ? "an array" : typeof value;
-}
-
-/**
  * The options object of `op`: null and undefined stand for the defaults (`{}`); anything but
  * a plain object (an array, a number, a string) is an argument error listing `expected`.
  */
@@ -82,17 +70,7 @@ export function booleanOption(
   value: unknown,
   fallback: boolean,
 ): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== "boolean") {
-    throw new TensorqError(`${argument} must be a boolean`, {
-      op,
-      kind: "argument",
-      argument,
-      expected: "true or false",
-      actual: describeValue(value),
-    });
-  }
-  return value;
+  return value === undefined ? fallback : checkBoolean(op, argument, value);
 }
 
 /** The library's own module classes (exactly these constructors, not user subclasses). */

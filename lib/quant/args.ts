@@ -5,7 +5,8 @@
  */
 import { TensorqError } from "../errors.ts";
 import type { Linear } from "../nn/layers.ts";
-import { describeValue, Module } from "../nn/module.ts";
+import { Module } from "../nn/module.ts";
+import { describeValue } from "../shape.ts";
 
 /** A value as an error message shows it (see {@link describeValue}). */
 export const describe: (value: unknown) => string = describeValue;

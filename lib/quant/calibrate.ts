@@ -9,7 +9,7 @@
  * @module
  */
 import { decode } from "../dtype.ts";
-import { TensorqError } from "../errors.ts";
+import { isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor.ts";
@@ -223,6 +223,8 @@ interface Watch {
   channels?: PerChannelMaxObserver;
   /** Input values seen, finite or not. */
   seen: number;
+  /** Forwards that reached the layer (an empty batch counts, with no values). */
+  calls: number;
 }
 
 function checkOptions(options: CalibrateOptions): void {
@@ -363,6 +365,7 @@ export function calibrate<M extends Module, B = Tensor>(
     input: makeInputObserver(options),
     channels: options.perChannel ? new PerChannelMaxObserver(layer.inFeatures) : undefined,
     seen: 0,
+    calls: 0,
   }));
   const previous = watches.map((w) => w.layer.inputObserver);
   watches.forEach((w, i) => {
@@ -374,9 +377,7 @@ export function calibrate<M extends Module, B = Tensor>(
         values = hostFloats(x);
       } catch (e) {
         // Inside compile() (generate's compiled decoder, say) inputs have no values yet.
-        const traced = e instanceof TensorqError && e.kind === "state" &&
-          e.message.includes("compile()");
-        if (!traced) throw e;
+        if (!isTracedValueError(e)) throw e;
         throw new TensorqError(
           "the model ran inside compile(), where layer inputs have no values to observe",
           {
@@ -389,6 +390,7 @@ export function calibrate<M extends Module, B = Tensor>(
           },
         );
       }
+      w.calls++;
       w.seen += values.length;
       w.input.observe(values);
       w.channels?.observe(values);
@@ -433,7 +435,7 @@ export function calibrate<M extends Module, B = Tensor>(
   }
 
   // A compiled executable (a static decoder built before) replays without calling the layers.
-  if (watches.length > 0 && watches.every((w) => w.seen === 0)) {
+  if (watches.length > 0 && watches.every((w) => w.calls === 0)) {
     throw new TensorqError("no Linear layer saw an input during calibration", {
       op,
       kind: "argument",

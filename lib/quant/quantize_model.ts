@@ -15,7 +15,7 @@
  * @module
  */
 import { decode } from "../dtype.ts";
-import { fmtShape, TensorqError } from "../errors.ts";
+import { fmtShape, messageWithoutCallSite, TensorqError } from "../errors.ts";
 import { SafetensorsTensors } from "../io/tensors.ts";
 import type { Linear } from "../nn/layers.ts";
 import type { Module } from "../nn/module.ts";
@@ -319,13 +319,22 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
       checkScaleValues(op, scale);
     } catch (e) {
       if (!(e instanceof TensorqError)) throw e;
-      throw new TensorqError(`the weight scale of layer '${name}' is not positive and finite`, {
-        op,
-        kind: "argument",
-        argument: "model",
-        expected: "positive finite weight scales",
-        actual: e.actual,
-      });
+      const layer = name === "" ? "the model itself (a Linear)" : `layer '${name}'`;
+      // Only a bad value is a bad scale; a disposed one, say, keeps its own error as the cause.
+      const badValue = e.op === op && e.argument === "scale";
+      throw new TensorqError(
+        badValue
+          ? `the weight scale of ${layer} is not positive and finite`
+          : `the weight scale of ${layer} cannot be read: ${messageWithoutCallSite(e)}`,
+        {
+          op,
+          kind: badValue ? "argument" : e.kind,
+          argument: "model",
+          expected: "positive finite weight scales",
+          actual: badValue ? e.actual : undefined,
+          cause: e,
+        },
+      );
     }
   }
   const uses = new Map<Tensor, number>();
@@ -348,10 +357,10 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  * taken from them when present (`amax`'s weight fields before all of `calibration`'s): `[out]`
  * per channel, or for `w4` block amax (`weightBlockAmax`, whose `weightBlockSize` must be
  * `blockSize` or absent, one value per block; or `[out · ceil(in / blockSize)]` `weightAmax`
- * values); a single value stands for every row or block. Absent, or per-row values for `w4`,
- * they are computed from the weights. Scales follow {@link scaleFromAmax} (a number amax
- * beyond float32's range included). Other lengths, a `weightBlockSize` other than
- * `blockSize`, exclude patterns that match no Linear layer, `amax` entries naming none and
+ * values); a single value stands for every row or block. Absent, per-row values for `w4`, or
+ * a calibration's block amax for another block size, they are computed from the weights.
+ * Scales follow {@link scaleFromAmax} (a number amax beyond float32's range included). Other
+ * lengths, an `amax` entry's `weightBlockSize` other than `blockSize`, exclude patterns that match no Linear layer, `amax` entries naming none and
  * layers with compressed weights ({@link compressWeights}) are errors. Everything is checked,
  * and every scale made, before any layer changes.
  *
@@ -457,7 +466,13 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       const source = fromOverride ? override : calibration.get(name);
       const block = source?.weightBlockAmax;
       const given = source?.weightAmax;
-      if (block !== undefined) {
+      // A calibration made for other blocks: its block amax come from the weights alone, so
+      // computing them again for these blocks loses nothing (one calibration serves any
+      // blockSize). Values given in `amax` are the user's: another size there is an error.
+      const otherBlocks = !fromOverride && block !== undefined &&
+        source!.weightBlockSize !== undefined && source!.weightBlockSize !== blockSize;
+      if (otherBlocks) weightAmax = amaxOfWeights(name, layer, blockSize);
+      else if (block !== undefined) {
         weightAmax = blockAmaxOf(name, fromOverride ? "amax" : "calibration", source!, {
           out,
           perRow,

@@ -19,7 +19,7 @@
  */
 import { checkDType, type DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
-import { fmtShape, TensorqError } from "../errors.ts";
+import { checkBoolean, fmtShape, TensorqError } from "../errors.ts";
 import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
 import { describeValue, numel } from "../shape.ts";
@@ -249,14 +249,8 @@ export function compile(
     }
     donated.add(i);
   }
-  if (options.cudaGraphs !== undefined && typeof options.cudaGraphs !== "boolean") {
-    throw new TensorqError("cudaGraphs must be a boolean", {
-      op: "compile",
-      kind: "argument",
-      argument: "options.cudaGraphs",
-      expected: "true or false",
-      actual: describeValue(options.cudaGraphs),
-    });
+  if (options.cudaGraphs !== undefined) {
+    checkBoolean("compile", "options.cudaGraphs", options.cudaGraphs);
   }
   const device = parseDevice("compile", options.device ?? "cpu").name;
   const backend = backendOf(device, "compile");

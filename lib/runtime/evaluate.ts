@@ -6,7 +6,7 @@
  */
 import { type Backend, backendFor, type PlanGraph, type ValueRef } from "../backends/backend.ts";
 import { parseDevice } from "../device.ts";
-import { TensorqError } from "../errors.ts";
+import { TensorqError, TRACED_NO_VALUE } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
 import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
@@ -225,8 +225,8 @@ export function realize(targets: Node[]): void {
   const traced = traceGraph(pending);
   if (traced.leafNodes.some((n) => n.placeholder)) {
     throw new TensorqError(
-      "this value depends on a compile() input, which has no value while the function is " +
-        "traced; only shapes and dtypes are known",
+      `this value depends on a compile() input, which has ${TRACED_NO_VALUE}; only shapes ` +
+        "and dtypes are known",
       { op: "evaluate", kind: "state" },
     );
   }
