@@ -528,6 +528,16 @@ Deno.test("calibrate errors", () => {
   bad = () => calibrate(model, batches, (async () => {}) as unknown as typeof forward);
   assertTqError(bad, { op: "calibrate", includes: ["run must be synchronous"], line });
   assert.equal((model.at(0) as Linear).inputObserver, undefined, "detached after an error");
+  // Options: null means the defaults, as across the library; an array is no options object.
+  assert.equal(calibrate(model, batches, forward, null as unknown as undefined).size, 2);
+  assertTqError(() => calibrate(model, batches, forward, [] as unknown as undefined), {
+    op: "calibrate",
+    includes: ["'options'", "got []"],
+  });
+  assertTqError(() => quantizeModel(model, null as unknown as { mode: "w8" }), {
+    op: "quantizeModel",
+    includes: ["unknown quantization mode"],
+  });
   assertTqError(() => findModule({} as Module, "a"), { op: "findModule", includes: ["'root'"] });
   assertTqError(() => findModule(model, 0 as unknown as string), {
     op: "findModule",

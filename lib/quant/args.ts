@@ -32,27 +32,6 @@ export function checkModule(
   }
 }
 
-/**
- * Throws an argument error of `op` unless `options` is an object; `expected` lists the
- * options in the message and `describeValue` shows the value.
- */
-export function checkOptionsObject(
-  op: string,
-  options: unknown,
-  expected: string,
-  describeValue: (value: unknown) => string = describe,
-): void {
-  if (typeof options !== "object" || options === null) {
-    throw new TensorqError("options must be an object", {
-      op,
-      kind: "argument",
-      argument: "options",
-      expected,
-      actual: describeValue(options),
-    });
-  }
-}
-
 /** The first `limit` of `names`, comma-separated, and how many more there are. */
 export function listNames(names: string[], limit = 8): string {
   const shown = names.slice(0, limit).join(", ");

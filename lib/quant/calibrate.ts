@@ -11,9 +11,9 @@
 import { decode } from "../dtype.ts";
 import { isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import type { Module } from "../nn/module.ts";
+import { type Module, optionsObject } from "../nn/module.ts";
 import type { Tensor } from "../tensor.ts";
-import { checkModule, checkOptionsObject, checkUncompressed, describe } from "./args.ts";
+import { checkModule, checkUncompressed, describe } from "./args.ts";
 import {
   type AmaxObserver,
   HistogramObserver,
@@ -229,11 +229,6 @@ interface Watch {
 
 function checkOptions(options: CalibrateOptions): void {
   const op = "calibrate";
-  checkOptionsObject(
-    op,
-    options,
-    "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
-  );
   const method = options.method ?? "max";
   if (!METHODS.includes(method)) {
     throw new TensorqError("unknown calibration method", {
@@ -343,6 +338,11 @@ export function calibrate<M extends Module, B = Tensor>(
       actual: describe(run),
     });
   }
+  options = optionsObject<CalibrateOptions>(
+    op,
+    options,
+    "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
+  );
   checkOptions(options);
   const linears = namedLinears(model);
   if (linears.length === 0) {

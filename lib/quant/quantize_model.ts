@@ -22,7 +22,8 @@ import type { Module } from "../nn/module.ts";
 import { FLOAT_DTYPES } from "../ops/op.ts";
 import { checkScaleValues, type QuantDType } from "../ops/quantize.ts";
 import { fromStorage, scalar, Tensor } from "../tensor.ts";
-import { checkModule, checkOptionsObject, checkUncompressed, listNames } from "./args.ts";
+import { checkModule, checkUncompressed, listNames } from "./args.ts";
+import { optionsObject } from "../nn/module.ts";
 import {
   type Calibration,
   type LayerCalibration,
@@ -293,7 +294,7 @@ export interface CompressWeightsOptions {
 export function compressWeights(model: Module, options: CompressWeightsOptions = {}): string[] {
   const op = "compressWeights";
   checkModule(op, "model", model, describe);
-  checkOptionsObject(op, options, "{ exclude? }", describe);
+  options = optionsObject(op, options, "{ exclude? }");
   const exclude = checkExclude(op, options.exclude);
   const all = namedLinears(model);
   checkExcludeMatches(op, all, exclude);
@@ -374,7 +375,7 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
   checkModule(op, "model", model, describe);
-  checkOptionsObject(op, options, "{ mode, exclude?, calibration?, amax?, blockSize? }", describe);
+  options = optionsObject(op, options, "{ mode, exclude?, calibration?, amax?, blockSize? }");
   const mode = options.mode;
   if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
     throw new TensorqError("unknown quantization mode", {
