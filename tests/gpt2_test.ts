@@ -349,7 +349,7 @@ sharedTest(haveModel, "generate rejects bad arguments", () => {
   for (
     const [options, includes] of [
       [{ seed: 0.5 }, ["seed", "0.5"]],
-      [{ seed: 2 ** 32 }, ["seed", "4294967296"]],
+      [{ seed: 2 ** 53 }, ["seed", "9007199254740992"]],
       [{ stopTokens: 7 as unknown as number[] }, ["stopTokens", "number[]"]],
       [{ stopTokens: [1, 256] }, ["stopTokens[1]", "[0, 256)"]],
     ] as const

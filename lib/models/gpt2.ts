@@ -810,8 +810,8 @@ export interface GenerateOptions {
    */
   temperature?: number;
   /**
-   * Seed of the sampling stream (default 0), an integer in [0, 2^32): the same seed gives the
-   * same tokens.
+   * Seed of the sampling stream (default 0), any safe integer, as for `rand`: the same seed
+   * gives the same tokens.
    */
   seed?: number;
   /** Decode with a {@link KVCache} (default true) rather than re-running the whole sequence. */
@@ -1025,12 +1025,12 @@ export function generate(
     });
   }
   const seed = options.seed ?? 0;
-  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
-    throw new TensorqError("seed must be an integer in [0, 2^32)", {
+  if (!Number.isSafeInteger(seed)) {
+    throw new TensorqError("seed must be an integer", {
       op: GEN_OP,
       kind: "argument",
       argument: "seed",
-      expected: "an integer in [0, 4294967295]",
+      expected: "a safe integer",
       actual: String(seed),
     });
   }
