@@ -229,3 +229,54 @@ Deno.test("static decoder and compiled generate reject what does not fit", () =>
     },
   );
 });
+
+Deno.test("decoder helpers reject a bad model, options or state", () => {
+  const model = tq.GPT2LMHeadModel.random({ ...CONFIG, nLayer: 1, nPositions: 16 }, { seed: 2 });
+  // deno-lint-ignore no-explicit-any
+  const bad = (v: unknown) => v as any;
+  const decoder = tq.buildStaticDecoder(model, { maxLength: 8 });
+  const { state } = decoder.prefill(randomPrompt(3, 1, "cpu"));
+  const cases: [() => unknown, string, string, string[]][] = [
+    [() => tq.buildStaticDecoder(bad({})), "buildStaticDecoder", "argument", ["'model'"]],
+    [() => tq.buildStaticDecoder(model, bad(8)), "buildStaticDecoder", "argument", ["'options'"]],
+    [() => tq.buildStaticDecoder(model, bad({ maxLen: 8 })), "buildStaticDecoder", "argument", [
+      '"maxLen"',
+    ]],
+    [() => tq.buildStaticDecoder(model, { padding: bad(0) }), "buildStaticDecoder", "argument", [
+      "'padding'",
+      "got 0",
+    ]],
+    [
+      () => tq.buildStaticDecoder(model, { cudaGraphs: bad("no") }),
+      "buildStaticDecoder",
+      "argument",
+      [
+        "'cudaGraphs'",
+      ],
+    ],
+    [() => tq.buildStaticDecoder(model, { maxLength: bad(8n) }), "buildStaticDecoder", "argument", [
+      "8n",
+    ]],
+    [() => tq.decodeStepFunction(bad(null)), "decodeStepFunction", "argument", ["'model'", "null"]],
+    [() => tq.cloneState(bad(Symbol("s"))), "cloneState", "argument", ["'state'", "Symbol(s)"]],
+    [() => tq.cloneState(bad({ ...state, cache: [1] })), "cloneState", "argument", ["'state'"]],
+    [() => tq.disposeState(bad(undefined)), "disposeState", "argument", ["'state'"]],
+    [() => tq.disposeState(bad({ ids: state.ids })), "disposeState", "argument", ["'state'"]],
+    [() => decoder.step({ ...state, position: 3.5 }), "StaticDecoder.step", "argument", [
+      "'state.position'",
+      "3.5",
+    ]],
+    [() => decoder.step({ ...state, position: bad("3") }), "StaticDecoder.step", "argument", [
+      '"3"',
+    ]],
+  ];
+  for (const [fn, op, kind, includes] of cases) assertTqError(fn, { op, kind, includes });
+  // A copy of a disposed state's tensors is a state error, not a read of freed memory.
+  const copy = tq.cloneState(state);
+  tq.disposeState(copy);
+  assertTqError(() => tq.cloneState(copy), { op: "cloneState", kind: "state" });
+  tq.disposeState(copy); // disposing twice is harmless
+  const { logits } = decoder.step(state);
+  assert.deepEqual(logits.shape, [1, 1, 300]);
+  decoder.dispose();
+});

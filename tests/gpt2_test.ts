@@ -378,7 +378,7 @@ Deno.test("encodeBytes / decodeBytes: UTF-8 bytes round trip", () => {
   assert.equal(decodeBytes([0xc3]), "\ufffd");
   assertTqError(() => decodeBytes("AB" as unknown as number[]), {
     op: "decodeBytes",
-    includes: ["number[]", "string"],
+    includes: ["number[]", 'got "AB"'],
   });
   // A leading byte order mark is kept, not stripped.
   assert.equal(decodeBytes(encodeBytes("\ufeffhi")), "\ufeffhi");
@@ -760,4 +760,191 @@ Deno.test("SmoothQuant on GPT-2's norm → Linear pairs keeps the float forward"
   let worst = 0;
   for (let i = 0; i < before.length; i++) worst = Math.max(worst, Math.abs(after[i] - before[i]));
   assert.ok(worst < 1e-4, `smoothing changed the float logits by ${worst}`);
+});
+
+Deno.test("GPT-2 arguments: bad configs, options, inputs and caches are named errors", () => {
+  const small = { vocabSize: 16, nPositions: 8, nEmbd: 8, nLayer: 1, nHead: 2 };
+  const config = gpt2Config(small);
+  const m = GPT2LMHeadModel.random(small);
+  const ids = tensor([[1, 2, 3]], { dtype: "int32" });
+  const x = tq.randn([1, 3, 8], { seed: 1 });
+  // deno-lint-ignore no-explicit-any
+  const bad = (v: unknown) => v as any;
+  const cases: [() => unknown, string, string, string[]][] = [
+    // A KVCache where the options go was silently ignored.
+    [() => m.forward(ids, bad(m.createCache())), "GPT2LMHeadModel.forward", "argument", [
+      "forward(ids, { cache })",
+      "got a KVCache",
+    ]],
+    [() => m.forward(ids, bad({ cahce: 1 })), "GPT2LMHeadModel.forward", "argument", [
+      "'options.cahce'",
+    ]],
+    [() => m.forward(ids, { cache: bad(0) }), "GPT2LMHeadModel.forward", "argument", [
+      "'options.cache'",
+      "got 0",
+    ]],
+    [() => m.forward(ids, { cache: bad("") }), "GPT2LMHeadModel.forward", "argument", ['got ""']],
+    [() => m.forward(bad(7)), "GPT2LMHeadModel.forward", "argument", ["'ids'", "Tensor"]],
+    // Non-object configs: not the default 124M model, not a TypeError.
+    ...[NaN, "str", true, 0, [], ids, null].flatMap((v) =>
+      [
+        [() => new GPT2LMHeadModel(bad(v)), "GPT2LMHeadModel", "argument", ["'config'"]],
+        [() => GPT2LMHeadModel.random(bad(v)), "GPT2LMHeadModel.random", "argument", ["'config'"]],
+      ] as [() => unknown, string, string, string[]][]
+    ),
+    [() => gpt2Config(bad("str")), "GPT2Config", "argument", ["'fields'", 'got "str"']],
+    [() => gpt2Config(bad(null)), "GPT2Config", "argument", ["got null"]],
+    [() => gpt2Config(bad({ nLayers: 2 })), "GPT2Config", "argument", ['"nLayers"']],
+    // BigInt and Symbol values are described, not a serialization TypeError.
+    [() => gpt2Config({ nEmbd: bad(10n) }), "GPT2Config", "argument", ["10n (a bigint)"]],
+    [() => gpt2Config({ activation: bad(Symbol("a")) }), "GPT2Config", "unsupported", [
+      "Symbol(a)",
+    ]],
+    [() => parseGPT2Config({ n_head: 2n }), "GPT2Config", "argument", ["'n_head'", "2n"]],
+    [() => new tq.GPT2Attention(bad(undefined)), "GPT2Attention", "argument", ["'config'"]],
+    [() => new tq.GPT2MLP(bad(null)), "GPT2MLP", "argument", ["'config'"]],
+    [() => new tq.GPT2Block(bad(3)), "GPT2Block", "argument", ["'config'"]],
+    [() => new tq.GPT2Model(bad("x")), "GPT2Model", "argument", ["'config'"]],
+    [() => tq.gpt2SmoothQuantPairs(bad(7)), "gpt2SmoothQuantPairs", "argument", ["'config'"]],
+    [
+      () => new tq.GPT2Model(config, bad(null)).forward(ids, bad(3)),
+      "GPT2Model.forward",
+      "argument",
+      [
+        "'cache'",
+        "got 3",
+      ],
+    ],
+    [() => new tq.GPT2Block(config, bad("x")), "GPT2Block", "argument", ["'options'"]],
+    [() => new tq.GPT2MLP(config, bad({ layerIdx: 0 })), "GPT2MLP", "argument", ['"layerIdx"']],
+    [() => new GPT2LMHeadModel(config, bad(NaN)), "GPT2LMHeadModel", "argument", ["'options'"]],
+    [() => new tq.GPT2Attention(config, { layerIdx: 1.5 }), "GPT2Attention", "argument", [
+      "'options.layerIdx'",
+      "[0, 1)",
+    ]],
+    [() => new tq.GPT2Attention(config, { layerIdx: 1 }), "GPT2Attention", "argument", ["got 1"]],
+    // Inputs and pasts checked before use.
+    [() => new tq.GPT2Attention(config).forward(bad("str")), "GPT2Attention.forward", "argument", [
+      "'x'",
+    ]],
+    [
+      () => new tq.GPT2Attention(config).forward(tq.randn([3, 8])),
+      "GPT2Attention.forward",
+      "shape",
+      [
+        "[B, T, 8]",
+      ],
+    ],
+    [() => new tq.GPT2Attention(config).forward(x, bad(1.5)), "GPT2Attention.forward", "argument", [
+      "'past'",
+      "got 1.5",
+    ]],
+    [() => new tq.GPT2Block(config).forward(x, bad(null)), "GPT2Attention.forward", "argument", [
+      "'past'",
+    ]],
+    [
+      () => new tq.GPT2Attention(config).forward(x, { key: tq.randn([1, 2, 1, 4]) }),
+      "GPT2Attention.forward",
+      "argument",
+      ["'past.value'"],
+    ],
+    [
+      () => new tq.GPT2Attention(config).forward(x, bad({ key: 1, value: 2 })),
+      "GPT2Attention.forward",
+      "argument",
+      [
+        "'past.key'",
+      ],
+    ],
+    [() => new tq.GPT2Model(config).forward(bad([1, 2])), "GPT2Model.forward", "argument", [
+      "'ids'",
+    ]],
+    [
+      () => new tq.GPT2Model(config).forward(tq.tensor([1], { dtype: "int32" })),
+      "GPT2Model.forward",
+      "shape",
+      [
+        "[B, T]",
+      ],
+    ],
+    [() => m.transformer.block(1), "GPT2Model.block", "argument", ["[0, 1)", "got 1"]],
+    [() => m.transformer.block(0.5), "GPT2Model.block", "argument", ["got 0.5"]],
+    [() => m.transformer.block(bad(Symbol("i"))), "GPT2Model.block", "argument", ["Symbol(i)"]],
+    // Options of the static helpers.
+    [
+      () => GPT2LMHeadModel.random(small, bad({ seed: "x" })),
+      "GPT2LMHeadModel.random",
+      "argument",
+      [
+        "'options.seed'",
+        'got "x"',
+      ],
+    ],
+    [
+      () => GPT2LMHeadModel.random(small, bad({ seed: 1.5 })),
+      "GPT2LMHeadModel.random",
+      "argument",
+      [
+        "safe integer",
+      ],
+    ],
+    [() => GPT2LMHeadModel.random(small, bad({ sed: 1 })), "GPT2LMHeadModel.random", "argument", [
+      '"sed"',
+    ]],
+    [
+      () => GPT2LMHeadModel.random(small, bad({ device: "gpu" })),
+      "GPT2LMHeadModel.random",
+      "device",
+      [
+        '"gpu"',
+      ],
+    ],
+    [() => GPT2LMHeadModel.fromPretrained(MODEL_DIR, bad("cpu")), LOAD_OP, "argument", [
+      "'options'",
+    ]],
+    [() => GPT2LMHeadModel.fromPretrained(MODEL_DIR, bad({ dev: 1 })), LOAD_OP, "argument", [
+      '"dev"',
+    ]],
+    [() => generate(m, [1], bad(undefined)), "generate", "argument", [
+      "'maxNewTokens'",
+      "undefined",
+    ]],
+    [() => generate(m, [1], bad(3)), "generate", "argument", ["'options'"]],
+    [() => generate(m, [1], bad({ maxNewTokens: 1, maxTokens: 2 })), "generate", "argument", [
+      '"maxTokens"',
+    ]],
+    [() => generate(m, [1], { maxNewTokens: 1, cache: bad("false") }), "generate", "argument", [
+      "'cache'",
+    ]],
+    [() => generate(m, [1], { maxNewTokens: 1, compiled: bad(0) }), "generate", "argument", [
+      "'compiled'",
+    ]],
+    [() => generate(m, [1], { maxNewTokens: 1, strategy: bad(1n) }), "generate", "argument", [
+      "1n",
+    ]],
+    [() => generate(m, [1], { maxNewTokens: bad(Symbol("n")) }), "generate", "argument", [
+      "Symbol(n)",
+    ]],
+    [
+      () => lossFromLogits(tq.randn([1, 3, 16]), ids, bad({ shift: 0 })),
+      "lossFromLogits",
+      "argument",
+      [
+        "'shift'",
+      ],
+    ],
+    [() => lossFromLogits(tq.randn([1, 3, 16]), ids, bad("x")), "lossFromLogits", "argument", [
+      "'options'",
+    ]],
+    [() => new KVCache(bad(2n)), "KVCache", "argument", ["2n"]],
+  ];
+  for (const [fn, op, kind, includes] of cases) assertTqError(fn, { op, kind, includes });
+  // The documented forms still work: null options, a null cache, unshifted loss.
+  assert.deepEqual(
+    m.forward(ids, { cache: bad(null) }).dataSync(),
+    m.forward(ids, bad(null)).dataSync(),
+  );
+  assert.ok(Number.isFinite(lossFromLogits(m.forward(ids), ids, bad(null))));
+  assert.equal(generate(m, [1], { maxNewTokens: 1, cache: false, compiled: false }).length, 1);
+  assert.equal(tq.gpt2SmoothQuantPairs(config).length, 2);
 });

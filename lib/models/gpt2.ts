@@ -14,14 +14,16 @@
  * @module
  */
 import { checkDType, type DType } from "../dtype.ts";
-import { fmtShape, TensorqError } from "../errors.ts";
+import { checkBoolean, fmtShape, TensorqError } from "../errors.ts";
+import { parseDevice } from "../device.ts";
 import { loadHfCheckpoint } from "../io/hf.ts";
 import { add, cast, gelu, mul, relu, sigmoid, tanh } from "../ops/elementwise.ts";
 import { attention } from "../ops/attention.ts";
 import { logSoftmax } from "../ops/nn.ts";
 import { mean } from "../ops/reduce.ts";
 import { concat, gather, permute, reshape, slice, split, transpose } from "../ops/shape.ts";
-import { describeValue } from "../shape.ts";
+import { describeValue, optionsOf } from "../shape.ts";
+import { checkTensor } from "../ops/op.ts";
 import { randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
@@ -95,7 +97,7 @@ function configError(
     kind: "argument",
     argument,
     expected,
-    actual: JSON.stringify(actual) ?? String(actual),
+    actual: describeValue(actual),
   });
 }
 
@@ -113,6 +115,29 @@ interface FieldNaming {
  * to `4 · nEmbd`). Errors name the offending field.
  */
 export function gpt2Config(fields: Partial<GPT2Config> = {}): GPT2Config {
+  return configArgument(CONFIG_OP, fields, "fields");
+}
+
+/**
+ * The checked config of `op`'s `argument`: a plain object of config fields (undefined only
+ * where the caller defaults it), else an error here rather than a TypeError deep in a
+ * constructor or, for a non-object, the default 124M model built in seconds.
+ */
+function configArgument(op: string, config: unknown, argument = "config"): GPT2Config {
+  const proto = typeof config === "object" && config !== null
+    ? Object.getPrototypeOf(config)
+    : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new TensorqError("the GPT-2 config must be a plain object", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "an object of GPT2Config fields (e.g. from gpt2Config)",
+      actual: describeValue(config),
+    });
+  }
+  // A misspelt field (nLayers) would silently take the default.
+  const fields = optionsOf<Partial<GPT2Config>>(op, config, CONFIG_FIELDS, argument);
   return checkedConfig(fields, { name: (field) => field, where: "" });
 }
 
@@ -144,7 +169,7 @@ function checkedConfig(fields: Partial<GPT2Config>, naming: FieldNaming): GPT2Co
       kind: "unsupported",
       argument: name("activation"),
       expected: ACTIVATIONS.join(", "),
-      actual: JSON.stringify(activation) ?? String(activation),
+      actual: describeValue(activation),
     });
   }
   return {
@@ -179,6 +204,8 @@ const CONFIG_JSON_KEYS: Record<keyof GPT2Config, string> = {
   scaleAttnByInverseLayerIdx: "scale_attn_by_inverse_layer_idx",
   tieWordEmbeddings: "tie_word_embeddings",
 };
+
+const CONFIG_FIELDS = Object.keys(CONFIG_JSON_KEYS);
 
 /**
  * Reads a Hugging Face `config.json` object (snake_case keys; absent or null keys take
@@ -239,7 +266,7 @@ export class KVCache {
         kind: "argument",
         argument: "nLayer",
         expected: "a positive integer",
-        actual: String(nLayer),
+        actual: describeValue(nLayer),
       });
     }
     this.layers = Array.from({ length: nLayer }, () => ({}));
@@ -295,11 +322,24 @@ export class GPT2Attention extends Module {
   /** Creates the layer with random weights. */
   constructor(config: GPT2Config, options: GPT2AttentionOptions = {}) {
     super();
+    const op = "GPT2Attention";
+    config = configArgument(op, config);
+    options = optionsOf(op, options, ["dtype", "layerIdx"]);
+    const layerIdx = options.layerIdx ?? 0;
+    if (!Number.isSafeInteger(layerIdx) || layerIdx < 0 || layerIdx >= config.nLayer) {
+      throw new TensorqError("layerIdx must be a block index of the config", {
+        op,
+        kind: "argument",
+        argument: "options.layerIdx",
+        expected: `an integer in [0, ${config.nLayer})`,
+        actual: describeValue(layerIdx),
+      });
+    }
     const d = config.nEmbd;
     this.nHead = config.nHead;
     this.headDim = d / config.nHead;
     let divisor = config.scaleAttnWeights ? Math.sqrt(this.headDim) : 1;
-    if (config.scaleAttnByInverseLayerIdx) divisor *= (options.layerIdx ?? 0) + 1;
+    if (config.scaleAttnByInverseLayerIdx) divisor *= layerIdx + 1;
     this.scoreDivisor = divisor;
     this.c_attn = this.registerModule("c_attn", new Linear(d, 3 * d, { dtype: options.dtype }));
     this.c_proj = this.registerModule("c_proj", new Linear(d, d, { dtype: options.dtype }));
@@ -314,6 +354,19 @@ export class GPT2Attention extends Module {
   /** Attends `x` to the positions in `past` and its own, then extends `past`. */
   forward(x: Tensor, past: LayerKV | undefined): Tensor;
   forward(x: Tensor, past?: LayerKV): Tensor {
+    const op = "GPT2Attention.forward";
+    checkTensor(op, "x", x);
+    const width = this.nHead * this.headDim;
+    if (x.rank !== 3 || x.shape[2] !== width) {
+      throw new TensorqError("x must be [batch, tokens, nEmbd]", {
+        op,
+        kind: "shape",
+        argument: "x",
+        expected: `shape [B, T, ${width}]`,
+        actual: `shape ${fmtShape(x.shape)}`,
+      });
+    }
+    checkPast(op, past);
     const [b, t, d] = x.shape;
     const heads = (z: Tensor) =>
       permute(reshape(z, [b, t, this.nHead, this.headDim]), [0, 2, 1, 3]);
@@ -334,6 +387,33 @@ export class GPT2Attention extends Module {
   }
 }
 
+/**
+ * Throws unless `past` is absent or a layer's {key, value} pair: both tensors, or neither (an
+ * empty layer). A primitive would fail as a TypeError on the write below, and a key without its
+ * value would be silently dropped.
+ */
+function checkPast(op: string, past: unknown): void {
+  if (past === undefined) return;
+  const proto = typeof past === "object" && past !== null ? Object.getPrototypeOf(past) : 0;
+  const error = (argument: string, actual: unknown) =>
+    new TensorqError("past must be one layer's keys and values", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "{ key, value } with both tensors or neither (a KVCache layer)",
+      actual: describeValue(actual),
+    });
+  if (proto !== Object.prototype && proto !== null) throw error("past", past);
+  const { key, value } = past as LayerKV;
+  if ((key === undefined) !== (value === undefined)) {
+    throw error(key === undefined ? "past.key" : "past.value", undefined);
+  }
+  if (key !== undefined) {
+    checkTensor(op, "past.key", key);
+    checkTensor(op, "past.value", value);
+  }
+}
+
 /** The feed-forward block: `c_fc` (`Linear(d, 4d)`), GELU (tanh form), `c_proj`. */
 export class GPT2MLP extends Module {
   /** The activation. */
@@ -346,8 +426,9 @@ export class GPT2MLP extends Module {
   /** Creates the block with random weights. */
   constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
     super();
+    config = configArgument("GPT2MLP", config);
+    const { dtype } = optionsOf<GPT2ModuleOptions>("GPT2MLP", options, ["dtype"]);
     this.activation = config.activation;
-    const dtype = options.dtype;
     this.c_fc = this.registerModule("c_fc", new Linear(config.nEmbd, config.nInner, { dtype }));
     this.c_proj = this.registerModule("c_proj", new Linear(config.nInner, config.nEmbd, { dtype }));
   }
@@ -390,11 +471,16 @@ export class GPT2Block extends Module {
   /** Creates the block with random weights. */
   constructor(config: GPT2Config, options: GPT2AttentionOptions = {}) {
     super();
-    const ln = { eps: config.layerNormEpsilon, dtype: options.dtype };
+    config = configArgument("GPT2Block", config);
+    const { dtype, layerIdx } = optionsOf<GPT2AttentionOptions>("GPT2Block", options, [
+      "dtype",
+      "layerIdx",
+    ]);
+    const ln = { eps: config.layerNormEpsilon, dtype };
     this.ln_1 = this.registerModule("ln_1", new LayerNorm(config.nEmbd, ln));
-    this.attn = this.registerModule("attn", new GPT2Attention(config, options));
+    this.attn = this.registerModule("attn", new GPT2Attention(config, { dtype, layerIdx }));
     this.ln_2 = this.registerModule("ln_2", new LayerNorm(config.nEmbd, ln));
-    this.mlp = this.registerModule("mlp", new GPT2MLP(config, options));
+    this.mlp = this.registerModule("mlp", new GPT2MLP(config, { dtype }));
   }
 
   /** Applies the block to `x [B, T, d]`. */
@@ -423,8 +509,8 @@ export class GPT2Model extends Module {
   /** Creates the trunk with random weights. */
   constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
     super();
-    this.config = config;
-    const dtype = options.dtype;
+    this.config = config = configArgument("GPT2Model", config);
+    const { dtype } = optionsOf<GPT2ModuleOptions>("GPT2Model", options, ["dtype"]);
     this.wte = this.registerModule("wte", new Embedding(config.vocabSize, config.nEmbd, { dtype }));
     this.wpe = this.registerModule(
       "wpe",
@@ -443,6 +529,16 @@ export class GPT2Model extends Module {
 
   /** The block at `index`. */
   block(index: number): GPT2Block {
+    const n = this.config.nLayer;
+    if (!Number.isSafeInteger(index) || index < 0 || index >= n) {
+      throw new TensorqError("no block at this index", {
+        op: "GPT2Model.block",
+        kind: "argument",
+        argument: "index",
+        expected: `an integer in [0, ${n})`,
+        actual: describeValue(index),
+      });
+    }
     return this.h.at(index) as GPT2Block;
   }
 
@@ -454,6 +550,31 @@ export class GPT2Model extends Module {
   /** Hidden states for `ids` following the cached positions; the cache is extended. */
   forward(ids: Tensor, cache: KVCache | undefined): Tensor;
   forward(ids: Tensor, cache?: KVCache): Tensor {
+    const op = "GPT2Model.forward";
+    checkTensor(op, "ids", ids);
+    if (ids.rank !== 2) {
+      throw new TensorqError("ids must be [batch, tokens]", {
+        op,
+        kind: "shape",
+        argument: "ids",
+        expected: "shape [B, T]",
+        actual: `shape ${fmtShape(ids.shape)}`,
+      });
+    }
+    if (
+      cache !== undefined &&
+      (!(cache instanceof KVCache) || cache.layers.length !== this.config.nLayer)
+    ) {
+      throw new TensorqError("the cache does not fit this model", {
+        op,
+        kind: "argument",
+        argument: "cache",
+        expected: `a KVCache of ${this.config.nLayer} layers`,
+        actual: cache instanceof KVCache
+          ? `a KVCache of ${cache.layers.length} layers`
+          : describeValue(cache),
+      });
+    }
     return buildSharingTrace(this, () => {
       const t = ids.shape[1];
       const start = cache?.length ?? 0;
@@ -474,7 +595,8 @@ export interface GPT2ForwardOptions {
   /**
    * Past keys and values: the new tokens follow the cached ones, and the cache is extended
    * with them. With a cache the step is evaluated at once (logits, keys and values
-   * together) so the cache holds values rather than ever-growing graphs.
+   * together) so the cache holds values rather than ever-growing graphs. Null or absent: no
+   * cache.
    */
   cache?: KVCache;
 }
@@ -530,8 +652,10 @@ export class GPT2LMHeadModel extends Module {
   /** Creates the model with random weights (see {@link GPT2LMHeadModel.random}). */
   constructor(config: GPT2Config, options: GPT2ModuleOptions = {}) {
     super();
-    this.config = gpt2Config(config);
-    const dtype = checkModelDType("GPT2LMHeadModel", options.dtype);
+    const op = "GPT2LMHeadModel";
+    this.config = configArgument(op, config);
+    options = optionsOf(op, options, ["dtype"]);
+    const dtype = checkModelDType(op, options.dtype);
     this.transformer = this.registerModule("transformer", new GPT2Model(this.config, { dtype }));
     this.lm_head = this.registerModule(
       "lm_head",
@@ -564,21 +688,33 @@ export class GPT2LMHeadModel extends Module {
   /**
    * Logits `[B, T, vocab]` for token ids `[B, T]` (int32 or int64, each in [0, vocab); moved
    * to the model's device if needed). An id outside the vocabulary raises when the logits are
-   * evaluated.
+   * evaluated. The cache goes in the options (`forward(ids, { cache })`): a {@link KVCache}
+   * passed in their place is an error.
    */
   forward(ids: Tensor): Tensor;
   /** Logits for `ids`; with `options.cache` the ids continue the cached sequence. */
   forward(ids: Tensor, options: GPT2ForwardOptions): Tensor;
   forward(ids: Tensor, options: GPT2ForwardOptions = {}): Tensor {
     const op = "GPT2LMHeadModel.forward";
-    options ??= {};
-    if (!(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[1] === 0) {
+    if (options instanceof KVCache) {
+      // forward(ids, cache) used to run without the cache, silently.
+      throw new TensorqError("pass the cache as forward(ids, { cache })", {
+        op,
+        kind: "argument",
+        argument: "options",
+        expected: "an object with cache",
+        actual: "a KVCache",
+      });
+    }
+    options = optionsOf(op, options, ["cache"]);
+    checkTensor(op, "ids", ids);
+    if (ids.rank !== 2 || ids.shape[1] === 0) {
       throw new TensorqError("ids must be a [batch, tokens] tensor with at least one token", {
         op,
         kind: "shape",
         argument: "ids",
         expected: "shape [B, T] with T >= 1",
-        actual: ids instanceof Tensor ? `shape ${fmtShape(ids.shape)}` : typeof ids,
+        actual: `shape ${fmtShape(ids.shape)}`,
       });
     }
     if (ids.dtype !== "int32" && ids.dtype !== "int64") {
@@ -590,17 +726,19 @@ export class GPT2LMHeadModel extends Module {
         actual: ids.dtype,
       });
     }
-    const cache = options.cache;
+    // null is "no cache" as in optionsOf; any other non-cache (0, "") is an error, not absent.
+    const cache = options.cache ?? undefined;
     const [b, t] = ids.shape;
-    const past = cache?.length ?? 0;
-    if (cache) {
+    if (cache !== undefined) {
       if (!(cache instanceof KVCache) || cache.layers.length !== this.config.nLayer) {
         throw new TensorqError("the cache does not fit this model", {
           op,
           kind: "argument",
-          argument: "cache",
+          argument: "options.cache",
           expected: `a KVCache of ${this.config.nLayer} layers`,
-          actual: cache instanceof KVCache ? `${cache.layers.length} layers` : typeof cache,
+          actual: cache instanceof KVCache
+            ? `a KVCache of ${cache.layers.length} layers`
+            : describeValue(cache),
         });
       }
       const cached = cache.layers[0].key;
@@ -613,7 +751,7 @@ export class GPT2LMHeadModel extends Module {
         throw new TensorqError("the cache holds another model's keys", {
           op,
           kind: "argument",
-          argument: "cache",
+          argument: "options.cache",
           expected: `${this.transformer.wte.weight.dtype} keys of ${this.config.nHead} heads of ` +
             `${headDim}`,
           actual: `${cached.dtype} keys of shape ${fmtShape(cached.shape)}`,
@@ -629,6 +767,7 @@ export class GPT2LMHeadModel extends Module {
         });
       }
     }
+    const past = cache?.length ?? 0;
     if (past + t > this.config.nPositions) {
       throw new TensorqError("sequence longer than the model's positions", {
         op,
@@ -670,8 +809,10 @@ export class GPT2LMHeadModel extends Module {
    * Checkpoints saved without the `transformer.` prefix (the original `gpt2` files) load too.
    */
   static fromPretrained(dir: string | URL, options: GPT2LoadOptions = {}): GPT2LMHeadModel {
-    options ??= {};
+    options = optionsOf(LOAD_OP, options, ["device", "dtype"]);
     const dtype = checkModelDType(LOAD_OP, options.dtype);
+    // Before the checkpoint is read, not at the first tensor moved.
+    if (options.device !== undefined) parseDevice(LOAD_OP, options.device, "options.device");
     using ckpt = loadHfCheckpoint(dir);
     const config = parseGPT2Config(ckpt.config);
     // Parameters stay unset until the checkpoint's tensors arrive: no random init to discard.
@@ -754,9 +895,23 @@ export class GPT2LMHeadModel extends Module {
     config: Partial<GPT2Config>,
     options: GPT2RandomOptions = {},
   ): GPT2LMHeadModel {
-    const dtype = checkModelDType("GPT2LMHeadModel.random", options.dtype);
-    const model = withoutInitialization(() => new GPT2LMHeadModel(gpt2Config(config), { dtype }));
-    const seeds = new RandomStream(options.seed ?? 0);
+    const op = "GPT2LMHeadModel.random";
+    const checked = configArgument(op, config);
+    options = optionsOf(op, options, ["dtype", "device", "seed"]);
+    const dtype = checkModelDType(op, options.dtype);
+    const seed = options.seed ?? 0;
+    if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
+      throw new TensorqError("seed must be an integer", {
+        op,
+        kind: "argument",
+        argument: "options.seed",
+        expected: "a safe integer",
+        actual: describeValue(seed),
+      });
+    }
+    if (options.device !== undefined) parseDevice(op, options.device, "options.device");
+    const model = withoutInitialization(() => new GPT2LMHeadModel(checked, { dtype }));
+    const seeds = new RandomStream(seed);
     const device = options.device ?? "cpu";
     const dict: Record<string, Tensor> = {};
     for (const [name, spec] of model.parameterSpecs()) {
@@ -781,6 +936,7 @@ export class GPT2LMHeadModel extends Module {
  * attention or the activation, not a norm).
  */
 export function gpt2SmoothQuantPairs(config: GPT2Config): { norm: string; linears: string[] }[] {
+  config = configArgument("gpt2SmoothQuantPairs", config);
   const pairs: { norm: string; linears: string[] }[] = [];
   for (let i = 0; i < config.nLayer; i++) {
     pairs.push({ norm: `transformer.h.${i}.ln_1`, linears: [`transformer.h.${i}.attn.c_attn`] });
@@ -829,6 +985,17 @@ export interface GenerateOptions {
 }
 
 const GEN_OP = "generate";
+const GEN_OPTIONS = [
+  "maxNewTokens",
+  "strategy",
+  "topK",
+  "temperature",
+  "seed",
+  "cache",
+  "compiled",
+  "stopTokens",
+  "onToken",
+];
 
 function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor): number[] {
   let ids: number[];
@@ -862,7 +1029,7 @@ function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor)
       kind: "argument",
       argument: "promptIds",
       expected: "number[] or Tensor",
-      actual: typeof prompt,
+      actual: describeValue(prompt),
     });
   }
   const vocab = model.config.vocabSize;
@@ -898,7 +1065,7 @@ function checkIdsInVocab(
     kind: "argument",
     argument: `${argument}[${bad}]`,
     expected: `an integer in [0, ${vocab})`,
-    actual: String(ids[bad]),
+    actual: describeValue(ids[bad]),
   });
 }
 
@@ -959,14 +1126,16 @@ export function generate(
     });
   }
   const prompt = promptToIds(model, promptIds);
-  const maxNew = options?.maxNewTokens;
+  // maxNewTokens is required, so absent options fail on it below.
+  options = optionsOf(GEN_OP, options, GEN_OPTIONS);
+  const maxNew = options.maxNewTokens;
   if (!Number.isSafeInteger(maxNew) || maxNew < 0) {
     throw new TensorqError("maxNewTokens must be a non-negative integer", {
       op: GEN_OP,
       kind: "argument",
       argument: "maxNewTokens",
       expected: "an integer >= 0",
-      actual: String(maxNew),
+      actual: describeValue(maxNew),
     });
   }
   const strategy = options.strategy ?? "greedy";
@@ -976,7 +1145,7 @@ export function generate(
       kind: "argument",
       argument: "strategy",
       expected: '"greedy" or "sample"',
-      actual: JSON.stringify(strategy),
+      actual: describeValue(strategy),
     });
   }
   const temperature = options.temperature ?? 1;
@@ -992,7 +1161,7 @@ export function generate(
       kind: "argument",
       argument: "temperature",
       expected: `a finite number ${least}${sampling ? " when sampling" : ""}`,
-      actual: String(temperature),
+      actual: describeValue(temperature),
     });
   }
   const vocab = model.config.vocabSize;
@@ -1003,7 +1172,7 @@ export function generate(
       kind: "argument",
       argument: "topK",
       expected: "an integer >= 1",
-      actual: String(topK),
+      actual: describeValue(topK),
     });
   }
   if (prompt.length > model.config.nPositions) {
@@ -1021,7 +1190,7 @@ export function generate(
       kind: "argument",
       argument: "maxNewTokens",
       expected: `prompt (${prompt.length}) + maxNewTokens <= ${model.config.nPositions}`,
-      actual: String(maxNew),
+      actual: describeValue(maxNew),
     });
   }
   const seed = options.seed ?? 0;
@@ -1031,7 +1200,7 @@ export function generate(
       kind: "argument",
       argument: "seed",
       expected: "a safe integer",
-      actual: String(seed),
+      actual: describeValue(seed),
     });
   }
   const stream = new RandomStream(seed);
@@ -1051,14 +1220,19 @@ export function generate(
       kind: "argument",
       argument: "stopTokens",
       expected: "number[]",
-      actual: typeof stopList,
+      actual: describeValue(stopList),
     });
   }
   checkIdsInVocab(stopList, vocab, "stop token outside the vocabulary", "stopTokens");
   const stops = new Set(stopList);
-  const useCache = options.cache ?? true;
+  // Read as booleans: the string "false" is truthy.
+  const useCache = options.cache === undefined
+    ? true
+    : checkBoolean(GEN_OP, "cache", options.cache);
   const device = model.device;
-  const compiled = options.compiled ?? useCache;
+  const compiled = options.compiled === undefined
+    ? useCache
+    : checkBoolean(GEN_OP, "compiled", options.compiled);
   if (compiled && !useCache) {
     throw new TensorqError("the compiled decoder needs the KV cache", {
       op: GEN_OP,
@@ -1152,17 +1326,18 @@ export interface LossOptions {
  */
 export function lossFromLogits(logits: Tensor, ids: Tensor, options: LossOptions = {}): number {
   const op = "lossFromLogits";
+  options = optionsOf(op, options, ["shift"]);
   if (!(logits instanceof Tensor) || logits.rank !== 3) {
     throw new TensorqError("logits must be [batch, tokens, vocab]", {
       op,
       kind: "shape",
       argument: "logits",
       expected: "rank 3",
-      actual: logits instanceof Tensor ? `shape ${fmtShape(logits.shape)}` : typeof logits,
+      actual: logits instanceof Tensor ? `shape ${fmtShape(logits.shape)}` : describeValue(logits),
     });
   }
   const [b, t, vocab] = logits.shape;
-  const shift = (options ?? {}).shift ?? true;
+  const shift = options.shift === undefined ? true : checkBoolean(op, "shift", options.shift);
   if (
     !(ids instanceof Tensor) || ids.rank !== 2 || ids.shape[0] !== b || ids.shape[1] !== t ||
     (ids.dtype !== "int32" && ids.dtype !== "int64")
@@ -1172,7 +1347,7 @@ export function lossFromLogits(logits: Tensor, ids: Tensor, options: LossOptions
       kind: "shape",
       argument: "ids",
       expected: `int32/int64 ${fmtShape([b, t])}`,
-      actual: ids instanceof Tensor ? `${ids.dtype} ${fmtShape(ids.shape)}` : typeof ids,
+      actual: ids instanceof Tensor ? `${ids.dtype} ${fmtShape(ids.shape)}` : describeValue(ids),
     });
   }
   const steps = shift ? t - 1 : t;
@@ -1224,7 +1399,7 @@ export function decodeBytes(ids: readonly number[]): string {
       kind: "argument",
       argument: "ids",
       expected: "number[]",
-      actual: ids === null ? "null" : typeof ids,
+      actual: describeValue(ids),
     });
   }
   checkIdsInVocab(ids, 256, "byte ids must be integers in [0, 255]", "ids", "decodeBytes");

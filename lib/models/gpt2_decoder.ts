@@ -20,15 +20,17 @@
  * ```
  * @module
  */
-import { TensorqError } from "../errors.ts";
+import { checkBoolean, TensorqError } from "../errors.ts";
+import { checkTensor } from "../ops/op.ts";
 import { add } from "../ops/elementwise.ts";
 import { attention } from "../ops/attention.ts";
 import { argmax } from "../ops/reduce.ts";
 import { concat, permute, reshape, slice, sliceScatter, stack } from "../ops/shape.ts";
 import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
 import { fromStorage, Tensor, tensor, zeros } from "../tensor.ts";
-import { describeValue } from "../shape.ts";
-import type { GPT2LMHeadModel, KVCache } from "./gpt2.ts";
+import { describeValue, optionsOf } from "../shape.ts";
+// A cycle (gpt2.ts imports this module): the class is only read when a function runs.
+import { GPT2LMHeadModel, type KVCache } from "./gpt2.ts";
 
 /** Options of {@link buildStaticDecoder}. */
 export interface StaticDecoderOptions {
@@ -98,8 +100,59 @@ export interface StaticDecoder {
   dispose(): void;
 }
 
+/**
+ * Throws unless `state` has a decode state's form: tensors `ids` and `pos`, an array of cache
+ * tensors, and `position` absent or an integer. With `live`, its tensors must not be disposed.
+ */
+function checkState(op: string, state: unknown, live: boolean): DecodeState {
+  const s = state as Partial<DecodeState> | null;
+  if (
+    s === null || typeof s !== "object" || !(s.ids instanceof Tensor) ||
+    !(s.pos instanceof Tensor) || !Array.isArray(s.cache) ||
+    !s.cache.every((t) => t instanceof Tensor)
+  ) {
+    throw new TensorqError("state must be the state of the last prefill or step", {
+      op,
+      kind: "argument",
+      argument: "state",
+      expected: "{ ids, pos, cache, position } from prefill() or step()",
+      actual: describeValue(state),
+    });
+  }
+  if (s.position !== undefined && !Number.isSafeInteger(s.position)) {
+    // A fractional position would pass the range check and desynchronize from pos.
+    throw new TensorqError("state.position must be an integer", {
+      op,
+      kind: "argument",
+      argument: "state.position",
+      expected: "an integer position (as set by prefill and step) or undefined",
+      actual: describeValue(s.position),
+    });
+  }
+  if (live) {
+    checkTensor(op, "state.ids", s.ids);
+    checkTensor(op, "state.pos", s.pos);
+    s.cache.forEach((t, i) => checkTensor(op, `state.cache[${i}]`, t));
+  }
+  return s as DecodeState;
+}
+
+/** Throws unless `model` is a GPT2LMHeadModel (the decoder reads its modules directly). */
+function checkModel(op: string, model: unknown): GPT2LMHeadModel {
+  if (model instanceof GPT2LMHeadModel) return model;
+  throw new TensorqError("model must be a GPT2LMHeadModel", {
+    op,
+    kind: "argument",
+    argument: "model",
+    expected: "a GPT2LMHeadModel (e.g. from GPT2LMHeadModel.fromPretrained)",
+    actual: describeValue(model),
+  });
+}
+
 /** Frees the tensors of a state (not needed any more). */
 export function disposeState(state: DecodeState): void {
+  // Disposing twice is harmless, so disposed tensors are accepted.
+  checkState("disposeState", state, false);
   state.ids.dispose();
   state.pos.dispose();
   for (const t of state.cache) t.dispose();
@@ -107,6 +160,7 @@ export function disposeState(state: DecodeState): void {
 
 /** A copy of a state (a step consumes the state it is given), through host memory. */
 export function cloneState(state: DecodeState): DecodeState {
+  checkState("cloneState", state, true);
   const copy = (t: Tensor) => fromStorage(t.storageSync(), t.shape, t.dtype, t.device);
   return {
     ids: copy(state.ids),
@@ -123,6 +177,7 @@ export function cloneState(state: DecodeState): DecodeState {
  * `[next [B, 1] int32, logits [B, 1, vocab], pos + 1, kv0', kv1', ...]`.
  */
 export function decodeStepFunction(model: GPT2LMHeadModel): (...args: Tensor[]) => Tensor[] {
+  checkModel("decodeStepFunction", model);
   const config = model.config;
   const trunk = model.transformer;
   return (ids: Tensor, pos: Tensor, ...cache: Tensor[]): Tensor[] => {
@@ -167,6 +222,9 @@ export function buildStaticDecoder(
   model: GPT2LMHeadModel,
   options: StaticDecoderOptions = {},
 ): StaticDecoder {
+  const op = "buildStaticDecoder";
+  checkModel(op, model);
+  options = optionsOf(op, options, ["batch", "maxLength", "cudaGraphs", "padding"]);
   const config = model.config;
   const batch = options.batch ?? 1;
   const maxLength = options.maxLength ?? config.nPositions;
@@ -176,7 +234,7 @@ export function buildStaticDecoder(
       kind: "argument",
       argument: "batch",
       expected: "an integer >= 1",
-      actual: String(batch),
+      actual: describeValue(batch),
     });
   }
   if (!Number.isInteger(maxLength) || maxLength < 2 || maxLength > config.nPositions) {
@@ -185,7 +243,17 @@ export function buildStaticDecoder(
       kind: "argument",
       argument: "maxLength",
       expected: `2..${config.nPositions}`,
-      actual: String(maxLength),
+      actual: describeValue(maxLength),
+    });
+  }
+  if (options.cudaGraphs !== undefined) checkBoolean(op, "cudaGraphs", options.cudaGraphs);
+  if (options.padding !== undefined && typeof options.padding !== "function") {
+    throw new TensorqError("padding must be a function", {
+      op,
+      kind: "argument",
+      argument: "padding",
+      expected: "(shape, layer, part) => Tensor",
+      actual: describeValue(options.padding),
     });
   }
   const headDim = config.nEmbd / config.nHead;
@@ -258,18 +326,7 @@ export function buildStaticDecoder(
   const step = (state: DecodeState): StepResult => {
     const op = "StaticDecoder.step";
     checkLive(op);
-    if (
-      state === null || typeof state !== "object" || !(state.ids instanceof Tensor) ||
-      !(state.pos instanceof Tensor) || !Array.isArray(state.cache)
-    ) {
-      throw new TensorqError("state must be the state of the last prefill or step", {
-        op,
-        kind: "argument",
-        argument: "state",
-        expected: "{ ids, pos, cache, position } from prefill() or step()",
-        actual: describeValue(state),
-      });
-    }
+    checkState(op, state, false);
     const at = state.position;
     if (at !== undefined && !(at >= 0 && at < maxLength)) {
       throw new TensorqError("the decode cache is full", {
@@ -277,7 +334,7 @@ export function buildStaticDecoder(
         kind: "shape",
         argument: "state.position",
         expected: `a position in [0, ${maxLength}) (maxLength ${maxLength})`,
-        actual: String(at),
+        actual: describeValue(at),
       });
     }
     const out = executable(state.ids, state.pos, ...state.cache) as Tensor[];
