@@ -6,8 +6,14 @@
  */
 import { checkDType, decode, type DType, dtypeInfo, encode } from "./dtype.ts";
 import { TensorqError } from "./errors.ts";
-import { checkShape, numel } from "./shape.ts";
-import { type CreateOptions, fromStorage, hostValues, type Tensor } from "./tensor.ts";
+import { checkShape, numel, optionsOf } from "./shape.ts";
+import {
+  CREATE_OPTIONS,
+  type CreateOptions,
+  fromStorage,
+  hostValues,
+  type Tensor,
+} from "./tensor.ts";
 
 /** A reproducible stream of uniform numbers in [0, 1). */
 export class RandomStream {
@@ -22,7 +28,7 @@ export class RandomStream {
    * are mixed in on top, so 2^32 or -1 do not repeat the stream of 0 or 2^32 - 1.
    */
   constructor(seed: number) {
-    const whole = Math.floor(seed);
+    const whole = checkSeed("RandomStream", seed);
     const high = Math.floor(whole / 2 ** 32); // -1 for small negative seeds
     let x = ((whole >>> 0) ^ 0x9e3779b9) >>> 0;
     const next = () => {
@@ -145,7 +151,7 @@ export function randn(
   shape: readonly number[],
   options: RandomOptions & { mean?: number; std?: number } = {},
 ): Tensor {
-  options ??= {};
+  options = optionsOf("randn", options, [...CREATE_OPTIONS, "seed", "mean", "std"]);
   const s = checkShape("randn", shape);
   const dtype = floatDType("randn", options.dtype);
   const stream = streamFor("randn", options.seed);
@@ -180,7 +186,7 @@ export function rand(
   shape: readonly number[],
   options: RandomOptions & { low?: number; high?: number } = {},
 ): Tensor {
-  options ??= {};
+  options = optionsOf("rand", options, [...CREATE_OPTIONS, "seed", "low", "high"]);
   const s = checkShape("rand", shape);
   const dtype = floatDType("rand", options.dtype);
   const stream = streamFor("rand", options.seed);

@@ -157,13 +157,50 @@ export function checkShape(op: string, shape: unknown, argument = "shape"): numb
   return [...shape];
 }
 
-/** A short description of any value for error messages. */
+/** A short description of any value for error messages (it never throws). */
 export function describeValue(v: unknown): string {
   if (Array.isArray(v)) {
     return `[${v.slice(0, 8).map(describeValue).join(", ")}${v.length > 8 ? ", ..." : ""}]`;
   }
-  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "string") return JSON.stringify(v.length > 80 ? `${v.slice(0, 77)}...` : v);
   if (typeof v === "bigint") return `${v}n (a bigint)`;
+  if (typeof v === "function") return "a function";
+  if (typeof v === "symbol") return v.toString();
   if (v === null || v === undefined || typeof v !== "object") return String(v);
   return (v as { constructor?: { name?: string } }).constructor?.name ?? "object";
+}
+
+/**
+ * The options argument of `op`, checked: undefined and null stand for the defaults (`{}`);
+ * anything but a plain object (a string, an array, a tensor, a cache passed where options
+ * go) and any key not in `known` (a misspelt option would be ignored) are argument errors.
+ */
+export function optionsOf<T extends object>(
+  op: string,
+  options: unknown,
+  known: readonly string[],
+  argument = "options",
+): T {
+  if (options === undefined || options === null) return {} as T;
+  const proto = typeof options === "object" ? Object.getPrototypeOf(options) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new TensorqError("options must be a plain object", {
+      op,
+      kind: "argument",
+      argument,
+      expected: `an object with ${known.join(", ")}`,
+      actual: describeValue(options),
+    });
+  }
+  const unknown = Object.keys(options as object).filter((k) => !known.includes(k));
+  if (unknown.length) {
+    throw new TensorqError(`unknown option ${JSON.stringify(unknown[0])}`, {
+      op,
+      kind: "argument",
+      argument: `${argument}.${unknown[0]}`,
+      expected: `options among ${known.join(", ")}`,
+      actual: unknown.map((k) => JSON.stringify(k)).join(", "),
+    });
+  }
+  return options as T;
 }

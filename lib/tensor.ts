@@ -21,7 +21,14 @@ import { parseDevice } from "./device.ts";
 import { nodeTrace, TensorqError, TRACED_NO_VALUE } from "./errors.ts";
 import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
-import { checkShape, describeValue, MAX_HOST_ELEMENTS, numel, type Shape } from "./shape.ts";
+import {
+  checkShape,
+  describeValue,
+  MAX_HOST_ELEMENTS,
+  numel,
+  optionsOf,
+  type Shape,
+} from "./shape.ts";
 import * as ew from "./ops/elementwise.ts";
 import * as sh from "./ops/shape.ts";
 import * as rd from "./ops/reduce.ts";
@@ -413,6 +420,9 @@ function storageToData(dtype: DType, storage: StorageArray): TensorData {
 // ---------------------------------------------------------------------------------------
 // Creation
 
+/** The keys of {@link CreateOptions}. */
+export const CREATE_OPTIONS: readonly string[] = ["dtype", "device"];
+
 /** Options of the creation functions. */
 export interface CreateOptions {
   /** Element type (default float32, or inferred from the data where noted). */
@@ -482,7 +492,7 @@ function typedArrayDType(data: TensorInput): DType | undefined {
  * dtypes reject non-integral or out-of-range values; for bool any nonzero value is true.
  */
 export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
-  options ??= {};
+  options = optionsOf("tensor", options, ["dtype", "device", "shape"]);
   let dtype = options.dtype === undefined
     ? typedArrayDType(data)
     : checkDType("tensor", "dtype", options.dtype);
@@ -620,7 +630,7 @@ function checkRepresentable(
 
 /** A tensor filled with one value (a number or a boolean; for bool, nonzero is true). */
 export function full(shape: readonly number[], value: number, options: CreateOptions = {}): Tensor {
-  options ??= {};
+  options = optionsOf("full", options, CREATE_OPTIONS);
   const s = checkShape("full", shape);
   const dtype = checkDType("full", "dtype", options.dtype ?? "float32");
   if (typeof value !== "number" && typeof value !== "boolean") {
@@ -658,7 +668,7 @@ export function arange(
   step = 1,
   options: CreateOptions = {},
 ): Tensor {
-  options ??= {};
+  options = optionsOf("arange", options, CREATE_OPTIONS);
   if (stop === undefined) [start, stop] = [0, start];
   if (!Number.isFinite(step) || step === 0) {
     throw new TensorqError("step must be a non-zero finite number", {
@@ -699,7 +709,7 @@ export function linspace(
   num: number,
   options: CreateOptions = {},
 ): Tensor {
-  options ??= {};
+  options = optionsOf("linspace", options, CREATE_OPTIONS);
   if (!Number.isInteger(num) || num < 0) {
     throw new TensorqError("num must be a non-negative integer", {
       op: "linspace",

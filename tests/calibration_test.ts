@@ -398,7 +398,7 @@ Deno.test("HistogramObserver checks its entropy and mse options when constructed
     [{ bins: 64, method: "mse", mse: { startBin: 64 } }, "argument", ["at most 63"]],
     // Checked whatever the method: amax() of another method would not reach them.
     [{ method: "percentile", mse: { stride: 1.5 } }, "argument", ["'mse.stride'", "1.5"]],
-    [{ mse: 3 as unknown as MseOptions }, "argument", ["mse must be an object"]],
+    [{ mse: 3 as unknown as MseOptions }, "argument", ["plain object", "'mse'", "got 3"]],
   ];
   for (const [options, kind, includes] of cases) {
     const line = thisLine() + 1;
@@ -1260,4 +1260,158 @@ testOnDevices("w4 blocks that do not divide the input features: a shorter last b
   }
   assert.ok(worst < 1e-5, `w4 forward vs a float64 reference: ${worst}`);
   assert.ok(moved > 0, "quantization changed the output");
+});
+
+// ---------------------------------------------------------------------------------------
+// argument checks found by fuzzing: clear TensorqErrors, never raw TypeErrors or silent results
+
+Deno.test("observers check their sizes and options", () => {
+  const o = (v: unknown) => v as never;
+  const cases: [() => unknown, string, string, string[]][] = [
+    [() => new PerChannelMaxObserver(2 ** 53), "PerChannelMaxObserver", "argument", [
+      "'channels'",
+      "9007199254740992",
+    ]],
+    [() => new PerChannelMaxObserver(2 ** 24 + 1), "PerChannelMaxObserver", "argument", [
+      "16777216",
+    ]],
+    [() => new PerChannelMaxObserver(o(10n)), "PerChannelMaxObserver", "argument", ["10n"]],
+    [() => new PerChannelMaxObserver(o(Symbol("c"))), "PerChannelMaxObserver", "argument", [
+      "Symbol(c)",
+    ]],
+    [() => new HistogramObserver({ bins: 2 ** 53 }), "HistogramObserver", "argument", [
+      "'bins'",
+      "9007199254740992",
+    ]],
+    [() => new HistogramObserver({ bins: o(64n) }), "HistogramObserver", "argument", ["64n"]],
+    [() => new HistogramObserver(o("percentile")), "HistogramObserver", "argument", [
+      "plain object",
+      '"percentile"',
+    ]],
+    [() => new HistogramObserver(o([])), "HistogramObserver", "argument", ["plain object"]],
+    [() => new HistogramObserver(o({ bin: 64 })), "HistogramObserver", "argument", [
+      "'options.bin'",
+    ]],
+    [() => new HistogramObserver({ entropy: o([]) }), "HistogramObserver", "argument", [
+      "'entropy'",
+    ]],
+    [() => new HistogramObserver({ mse: o({ start: 3 }) }), "HistogramObserver", "argument", [
+      "'mse.start'",
+    ]],
+    [() => new HistogramObserver({ method: o(Symbol("m")) }), "HistogramObserver", "argument", [
+      "Symbol(m)",
+    ]],
+    [
+      () => new HistogramObserver().entropy(o({ strides: 2 })),
+      "HistogramObserver.entropy",
+      "argument",
+      ["'options.strides'"],
+    ],
+  ];
+  for (const [fn, op, kind, includes] of cases) assertTqError(fn, { op, kind, includes });
+  // null options are the defaults, as everywhere.
+  assert.equal(new HistogramObserver(o(null)).bins, 2048);
+  assert.equal(new PerChannelMaxObserver(2 ** 10).channels, 1024);
+});
+
+Deno.test("HistogramObserver.fromCounts checks counts, range and options", () => {
+  const fromCounts = (counts: unknown, range: unknown, options?: unknown) => () =>
+    HistogramObserver.fromCounts(counts as number[], range as number, options as never);
+  const op = "HistogramObserver.fromCounts";
+  const cases: [() => unknown, string[]][] = [
+    [fromCounts(undefined, 1), ["'counts'", "got undefined"]],
+    [fromCounts(null, 1), ["'counts'", "got null"]],
+    [fromCounts(NaN, 1), ["'counts'", "got NaN"]],
+    [fromCounts(-1, 1), ["'counts'", "got -1"]],
+    [fromCounts(true, 1), ["'counts'", "got true"]],
+    [fromCounts({}, 1), ["'counts'", "got Object"]],
+    [fromCounts("1234", 1), ["'counts'", '"1234"']],
+    [fromCounts(tensor([1, 2, 3]), 1), ["'counts'", "Tensor"]],
+    [fromCounts(10n, 1), ["'counts'", "10n"]],
+    [fromCounts(Symbol("c"), 1), ["'counts'", "Symbol(c)"]],
+    [fromCounts([], 1), ["'counts.length'", "got 0"]],
+    [fromCounts({ length: 2 ** 24 + 1 }, 1), ["'counts.length'", "16777217"]],
+    [fromCounts({ length: 2 ** 53 }, 1), ["'counts'", "got Object"]],
+    [fromCounts([1, -1, 2], 1), ["'counts'", "-1 at index 1"]],
+    [fromCounts([1, "2", 3], 1), ["'counts'", '"2" at index 1']],
+    [fromCounts([1, 2n, 3], 1), ["'counts'", "2n (a bigint) at index 1"]],
+    [fromCounts([1, Symbol("s"), 3], 1), ["'counts'", "Symbol(s) at index 1"]],
+    [fromCounts([1, 2], true), ["'range'", "got true"]],
+    [fromCounts([1, 2], null), ["'range'", "got null"]],
+    [fromCounts([1, 2], ""), ["'range'", 'got ""']],
+    [fromCounts([1, 2], []), ["'range'", "got []"]],
+    [fromCounts([1, 2], 5n), ["'range'", "5n"]],
+    [fromCounts([1, 2], Symbol("r")), ["'range'", "Symbol(r)"]],
+    [fromCounts([1, 2], -1), ["'range'", "got -1"]],
+    [fromCounts([1, 2], Infinity), ["'range'", "got Infinity"]],
+    [fromCounts([1, 2], 1, "percentile"), ["plain object", '"percentile"']],
+    [fromCounts([1, 2], 1, { bins: 4 }), ["'options.bins'"]],
+    [fromCounts([1, 2], 1, { method: "percentile", percentil: 99 }), ["'options.percentil'"]],
+  ];
+  for (const [fn, includes] of cases) assertTqError(fn, { op, kind: "argument", includes });
+  // Arrays, typed arrays and a range of 0 (a histogram that saw only zeros) are fine.
+  const z = new HistogramObserver({ bins: 4 });
+  z.observe(new Float32Array([0, 0]));
+  const back = HistogramObserver.fromCounts(z.counts, z.range, null as never);
+  assert.deepEqual(Array.from(back.counts), [2, 0, 0, 0]);
+  assert.equal(HistogramObserver.fromCounts(Float32Array.of(1, 3), 2).count, 4);
+});
+
+Deno.test("smoothingScales checks its amax lists and alpha", () => {
+  const call = (a: unknown, w: unknown, alpha: unknown) => () =>
+    smoothingScales(a as number[], w as number[], alpha as number);
+  const cases: [() => unknown, string, string[]][] = [
+    [call(undefined, [1], 0.5), "argument", ["'actAmax'", "got undefined"]],
+    [call(null, [1], 0.5), "argument", ["'actAmax'", "got null"]],
+    [call([1], undefined, 0.5), "argument", ["'weightAmax'", "got undefined"]],
+    [call([1], null, 0.5), "argument", ["'weightAmax'", "got null"]],
+    [call("str", [1, 2, 3], 0.5), "argument", ["'actAmax'", '"str"']],
+    [call([1, 2, 3], "str", 0.5), "argument", ["'weightAmax'", '"str"']],
+    [call({ length: 1, 0: 1 }, [1], 0.5), "argument", ["'actAmax'", "Object"]],
+    [call([1, -2], [1, 1], 0.5), "argument", ["'actAmax'", "-2 at index 1"]],
+    [call([1, 2], [1, "1"], 0.5), "argument", ["'weightAmax'", '"1" at index 1']],
+    [call([1], [1n], 0.5), "argument", ["'weightAmax'", "1n (a bigint) at index 0"]],
+    [call(BigInt64Array.of(1n), [1], 0.5), "argument", ["'actAmax'"]],
+    [call([1, 2], [1], 0.5), "shape", ["'weightAmax'", "2 values", "1 values"]],
+    [call([1], [1], 1.5), "argument", ["'alpha'", "got 1.5"]],
+    [call([1], [1], -0.1), "argument", ["'alpha'"]],
+    [call([1], [1], NaN), "argument", ["'alpha'", "got NaN"]],
+    [call([1], [1], 1n), "argument", ["'alpha'", "1n"]],
+    [call([1], [1], Symbol("a")), "argument", ["'alpha'", "Symbol(a)"]],
+  ];
+  for (const [fn, kind, includes] of cases) {
+    assertTqError(fn, { op: "smoothingScales", kind, includes });
+  }
+  // Typed arrays, and non-finite amax (factor 1), still work.
+  assert.deepEqual(
+    Array.from(smoothingScales(Float32Array.of(4, NaN), Float64Array.of(1, 2), 0.5)),
+    [2, 1],
+  );
+});
+
+Deno.test("importAmax checks its options and nameMap", () => {
+  const tensors = { "x.input_amax": tensor([2]) };
+  const cases: [unknown, string[]][] = [
+    ["nameMap", ["plain object", '"nameMap"']],
+    [[], ["plain object", "[]"]],
+    [{ namemap: {} }, ["'options.namemap'"]],
+    [{ nameMap: null }, ["'options.nameMap'", "got null"]],
+    [{ nameMap: [] }, ["'options.nameMap'", "got []"]],
+    [{ nameMap: [["x", "y"]] }, ["'options.nameMap'"]],
+    [{ nameMap: new Map([["x", "y"]]) }, ["'options.nameMap'", "got Map"]],
+    [{ nameMap: "x" }, ["'options.nameMap'", 'got "x"']],
+    [{ nameMap: 1n }, ["'options.nameMap'", "1n"]],
+    [{ nameMap: Symbol("n") }, ["'options.nameMap'", "Symbol(n)"]],
+  ];
+  for (const [options, includes] of cases) {
+    assertTqError(() => importAmax(tensors, options as never), {
+      op: "importAmax",
+      kind: "argument",
+      includes,
+    });
+  }
+  // undefined and null options, and an undefined nameMap, mean no renaming.
+  for (const options of [undefined, null, {}, { nameMap: undefined }]) {
+    assert.deepEqual([...importAmax(tensors, options as never).keys()], ["x"]);
+  }
 });

@@ -332,7 +332,7 @@ Deno.test("layer options: null means the defaults, other non-objects are rejecte
   assertTqError(call, {
     op: "Linear",
     kind: "argument",
-    includes: ["options must be an object", "bias, dtype, quantDtype", "got 1"],
+    includes: ["options must be a plain object", "bias, dtype, quantDtype", "got 1"],
     line,
   });
 
@@ -360,7 +360,7 @@ Deno.test("layer options: null means the defaults, other non-objects are rejecte
   assertTqError(() => lin.loadStateDict(other, "lenient" as tq.LoadStateDictOptions), {
     op: "loadStateDict",
     kind: "argument",
-    includes: ["options must be an object", "strict", '"lenient"'],
+    includes: ["options must be a plain object", "strict", '"lenient"'],
   });
   assertUnchanged(lin, before);
 });

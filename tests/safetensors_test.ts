@@ -9,7 +9,7 @@ import {
   writeSafetensors,
 } from "../lib/io/safetensors.ts";
 import { loadHfCheckpoint } from "../lib/io/hf.ts";
-import { loadSafetensors, saveSafetensors } from "../lib/io/tensors.ts";
+import { loadSafetensors, SafetensorsTensors, saveSafetensors } from "../lib/io/tensors.ts";
 import { cast, equal } from "../lib/ops/elementwise.ts";
 import { randn } from "../lib/random.ts";
 import { tensor, zeros } from "../lib/tensor.ts";
@@ -745,9 +745,11 @@ Deno.test("writer validates its inputs before touching the file", () => {
       () => writeSafetensors(path, [{ ...good, bytes: [1, 2] as unknown as Uint8Array }]),
       /bytes is not a Uint8Array/,
     );
-    save(
+    assertTensorqError(
       () => writeSafetensors(path, [good], { version: 2 as unknown as string }),
       /metadata value of "version" is not a string/,
+      "saveSafetensors",
+      "argument",
     );
     assert.deepEqual(Deno.readFileSync(path), original, "a rejected write leaves the file alone");
   } finally {
@@ -1089,4 +1091,205 @@ Deno.test("bundled checkpoints and fixtures pass the layout check and load", () 
     checkpoints++;
   }
   assert.ok(checkpoints >= 1);
+});
+
+// ---------------------------------------------------------------------------------------
+// argument checks found by fuzzing: clear TensorqErrors, no file named "undefined"
+
+const BAD_PATHS: [unknown, string][] = [
+  [undefined, "got undefined"],
+  [null, "got null"],
+  [NaN, "got NaN"],
+  [0, "got 0"],
+  ["", 'got ""'],
+  [{}, "got Object"],
+  [[1, "a"], 'got [1, "a"]'],
+  [() => "f", "got a function"],
+  [Symbol("p"), "got Symbol(p)"],
+  [10n, "got 10n (a bigint)"],
+];
+
+Deno.test("file paths must be non-empty strings or file: URLs", async () => {
+  const cwd = Deno.makeTempDirSync({ prefix: "tensorq_paths_" });
+  const before = Deno.cwd();
+  Deno.chdir(cwd);
+  try {
+    const x = tensor([1, 2]);
+    for (const [path, got] of BAD_PATHS) {
+      const p = path as string;
+      const label = String(got);
+      const calls: [() => unknown, string, string][] = [
+        [() => saveSafetensors(p, { x }), "saveSafetensors", "path"],
+        [() => loadSafetensors(p), "loadSafetensors", "path"],
+        [() => SafetensorsFile.open(p), "SafetensorsFile.open", "path"],
+        [
+          () => writeSafetensors(p, { x: { dtype: "U8", shape: [0], bytes: new Uint8Array() } }),
+          "saveSafetensors",
+          "path",
+        ],
+        [() => loadHfCheckpoint(p), "loadHfCheckpoint", "dir"],
+      ];
+      for (const [fn, op, argument] of calls) {
+        const err = assertTensorqError(fn, /must be a file path/, op, "argument");
+        assert.equal(err.argument, argument, label);
+        assert.ok(err.message.includes(got), `${label}: ${err.message}`);
+        assert.ok(err.message.includes("a non-empty string or a file: URL"), err.message);
+      }
+      await assert.rejects(() => SafetensorsFile.openAsync(p), (e: unknown) => {
+        assert.ok(e instanceof TensorqError && e.op === "SafetensorsFile.openAsync", String(e));
+        return true;
+      });
+    }
+    // Nothing was written under a coerced name ("undefined", "NaN", "[object Object]", ...).
+    assert.deepEqual([...Deno.readDirSync(cwd)], []);
+    // Other URLs are still refused; file: URLs still work.
+    assertTensorqError(
+      () => loadHfCheckpoint(new URL("https://example.com/ckpt")),
+      /only local files/,
+      "loadHfCheckpoint",
+      "argument",
+    );
+    const url = new URL(`file://${cwd}/a%20b.safetensors`);
+    saveSafetensors(url, { x });
+    using back = loadSafetensors(url);
+    assert.deepEqual(back.keys(), ["x"]);
+  } finally {
+    Deno.chdir(before);
+    Deno.removeSync(cwd, { recursive: true });
+  }
+});
+
+Deno.test("load and save options, metadata and names are checked", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "tensorq_opts_" });
+  const path = `${dir}/model.safetensors`;
+  try {
+    const x = tensor([1, 2]);
+    // Metadata: a plain object of strings; undefined and null mean none.
+    const badMetadata: [unknown, RegExp][] = [
+      ["str", /metadata must map strings to strings.*got "str"/],
+      [NaN, /metadata must map strings to strings.*got NaN/],
+      [true, /got true/],
+      [[], /got \[\]/],
+      [["a"], /got \["a"\]/],
+      [() => 1, /got a function/],
+      [new Map([["k", "v"]]), /got Map/],
+      [x, /got Tensor/],
+      [10n, /got 10n \(a bigint\)/],
+      [Symbol("m"), /got Symbol\(m\)/],
+      [{ k: 1 }, /metadata value of "k" is not a string.*got 1/],
+      [{ k: 1n }, /metadata value of "k" is not a string.*got 1n \(a bigint\)/],
+      [{ k: Symbol("v") }, /got Symbol\(v\)/],
+    ];
+    for (const [metadata, pattern] of badMetadata) {
+      const err = assertTensorqError(
+        () => saveSafetensors(path, { x }, metadata as Record<string, string>),
+        pattern,
+        "saveSafetensors",
+        "argument",
+      );
+      assert.equal(err.argument, "metadata");
+    }
+    assert.ok(!filesExist(path), "a rejected save writes nothing");
+    // Tensors: a plain record of tensors.
+    for (const tensors of [undefined, null, "x", [x], new Map([["x", x]])]) {
+      assertTensorqError(
+        () => saveSafetensors(path, tensors as never),
+        /tensors must be a record of tensors/,
+        "saveSafetensors",
+        "argument",
+      );
+    }
+    assertTensorqError(
+      () => saveSafetensors(path, { x: 1n as never }),
+      /values must be tensors.*got 1n \(a bigint\)/,
+      "saveSafetensors",
+      "argument",
+    );
+    saveSafetensors(path, { x }, null as never);
+    Deno.writeTextFileSync(`${dir}/config.json`, "{}");
+
+    using file = loadSafetensors(path);
+    using ckpt = loadHfCheckpoint(dir);
+    const badOptions: [unknown, RegExp][] = [
+      ["cpu", /options must be a plain object.*got "cpu"/],
+      [[], /options must be a plain object/],
+      [x, /options must be a plain object.*got Tensor/],
+      [{ devcie: "cpu" }, /unknown option "devcie".*'options\.devcie'/],
+    ];
+    for (const [options, pattern] of badOptions) {
+      const o = options as never;
+      assertTensorqError(() => file.get("x", o), pattern, "SafetensorsTensors.get", "argument");
+      assertTensorqError(
+        () => file.toRecord(o),
+        pattern,
+        "SafetensorsTensors.toRecord",
+        "argument",
+      );
+      assertTensorqError(() => ckpt.tensor("x", o), pattern, "HfCheckpoint.tensor", "argument");
+    }
+    // null options are the defaults.
+    assert.deepEqual(file.get("x", null as never).shape, [2]);
+    assert.deepEqual(Object.keys(file.toRecord(null as never)), ["x"]);
+    assert.deepEqual(ckpt.tensor("x", null as never).shape, [2]);
+
+    // Names that are symbols or bigints are described, not interpolated (which would throw).
+    for (const name of [Symbol("n"), 3n]) {
+      const n = name as never;
+      const shown = typeof name === "symbol" ? "Symbol\\(n\\)" : "3n \\(a bigint\\)";
+      assertTensorqError(
+        () => file.get(n),
+        new RegExp(`no tensor named ${shown}`),
+        undefined,
+        "argument",
+      );
+      assertTensorqError(
+        () => file.info(n),
+        new RegExp(`no tensor named ${shown}`),
+        undefined,
+        "argument",
+      );
+      for (const call of [() => ckpt.tensor(n), () => ckpt.info(n), () => ckpt.shardOf(n)]) {
+        const err = assertTensorqError(
+          call,
+          new RegExp(`tensor ${shown} is not in the checkpoint`),
+          "loadHfCheckpoint",
+        );
+        assert.equal(err.argument, "name");
+      }
+    }
+    // writeSafetensors: names, dtypes and shapes that are bigints.
+    const raw = { dtype: "U8" as const, shape: [0], bytes: new Uint8Array() };
+    assertTensorqError(
+      () => writeSafetensors(path, [{ ...raw, name: 1n as never }]),
+      /tensor name is not a string.*got 1n/,
+      "saveSafetensors",
+    );
+    assertTensorqError(
+      () => writeSafetensors(path, [{ ...raw, name: "r", dtype: 1n as never }]),
+      /unknown dtype 1n/,
+      "saveSafetensors",
+    );
+    assertTensorqError(
+      () => writeSafetensors(path, [{ ...raw, name: "r", shape: [1n] as never }]),
+      /shape is not an array.*got \[1n \(a bigint\)\]/,
+      "saveSafetensors",
+    );
+    assertTensorqError(
+      () => itemSizeOf(2n as never),
+      /unknown safetensors dtype 2n/,
+      "itemSizeOf",
+      "dtype",
+    );
+    // SafetensorsTensors wraps only an opened file.
+    for (const bad of [undefined, null, {}, path]) {
+      assertTensorqError(
+        () => new SafetensorsTensors(bad as never),
+        /expected an opened safetensors file/,
+        "SafetensorsTensors",
+        "argument",
+      );
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

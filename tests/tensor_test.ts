@@ -326,3 +326,52 @@ Deno.test("creation errors name the argument and the caller's line", () => {
   call = () => tq.tensor([1, 2]).item();
   assertTqError(call, { op: "item", kind: "shape", line });
 });
+
+Deno.test("options must be plain objects of known keys; other bad arguments are named", () => {
+  const x = tq.ones([2, 3]);
+  const cases: [string, () => unknown, string[]][] = [
+    // A misspelt or misplaced option used to be ignored: the dtype string made a float32.
+    ["full", () => tq.zeros([2], "int32" as unknown as tq.CreateOptions), ["plain object"]],
+    ["tensor", () => tq.tensor([1], { dtpye: "int32" } as tq.TensorOptions), ['"dtpye"']],
+    ["arange", () => tq.arange(0, 3, 1, { shape: [3] } as tq.CreateOptions), ['"shape"']],
+    ["linspace", () => tq.linspace(0, 1, 3, [] as tq.CreateOptions), ["got []"]],
+    ["randn", () => tq.randn([2], { sd: 2 } as tq.RandomOptions), ['"sd"', "std"]],
+    ["rand", () => tq.rand([2], { max: 2 } as tq.RandomOptions), ['"max"', "high"]],
+    ["gelu", () => tq.gelu(x, "tanh" as tq.GeluOptions), ["plain object", 'got "tanh"']],
+    ["causalMask", () => tq.causalMask(2, 2, { offest: 1 } as tq.CausalMaskOptions), ['"offest"']],
+    ["quantize", () => tq.quantize(x, 0.1, "int8", { axis: 0 } as tq.QuantizeOptions), [
+      '"axis"',
+      "dim, blockSize",
+    ]],
+    ["RandomStream", () => new tq.RandomStream("x" as unknown as number), ["'seed'", "got x"]],
+    ["Sequential.at", () => new tq.Sequential(new tq.Linear(2, 2)).at(1.5), ["'index'", "1.5"]],
+    ["Module.namedParameters", () => new tq.Linear(2, 2).namedParameters(5 as unknown as string), [
+      "'prefix'",
+    ]],
+    ["namedModules", () => tq.namedModules(new tq.Linear(2, 2), 5 as unknown as string), [
+      "'prefix'",
+    ]],
+    ["compile", () =>
+      tq.compile((a: tq.Tensor, b: tq.Tensor) => a.add(b), {
+        args: [tq.inputInfo([2])],
+      }), ["fewer inputs", "2 parameters", "1 inputInfo"]],
+    [
+      "calibrate",
+      () =>
+        tq.calibrate(new tq.Linear(3, 2), [x], (m, b) => m.forward(b as tq.Tensor), {
+          perChannel: "yes" as unknown as boolean,
+        }),
+      ["'perChannel'", 'got "yes"'],
+    ],
+  ];
+  for (const [op, call, includes] of cases) assertTqError(call, { op, includes });
+  // Errors describe values without failing on them (a Symbol, a BigInt, a function).
+  assertTqError(() => tq.gelu(x, { approximate: 1n as unknown as "tanh" }), {
+    op: "gelu",
+    includes: ["1n (a bigint)"],
+  });
+  assertTqError(() => tq.gelu(x, { approximate: Symbol("s") as unknown as "tanh" }), {
+    op: "gelu",
+    includes: ["Symbol(s)"],
+  });
+});

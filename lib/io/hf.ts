@@ -14,8 +14,15 @@
  */
 import type { DType } from "../dtype.ts";
 import { messageWithoutCallSite, TensorqError } from "../errors.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
-import { filePath, type LoadOptions, loadSafetensors, type SafetensorsTensors } from "./tensors.ts";
+import {
+  filePath,
+  LOAD_OPTIONS,
+  type LoadOptions,
+  loadSafetensors,
+  type SafetensorsTensors,
+} from "./tensors.ts";
 
 const OP = "loadHfCheckpoint";
 const CONFIG = "config.json";
@@ -139,6 +146,7 @@ export class HfCheckpoint {
 
   /** Reads one tensor. */
   tensor(name: string, options: LoadOptions = {}): Tensor {
+    options = optionsOf<LoadOptions>("HfCheckpoint.tensor", options, LOAD_OPTIONS);
     return this.#fileFor(name).get(name, options);
   }
 
@@ -153,10 +161,12 @@ export class HfCheckpoint {
     this.close();
   }
 
-  #missing(name: string): TensorqError {
+  #missing(name: unknown): TensorqError {
     const where = this.sharded ? `the weight_map of ${joinPath(this.dir, INDEX)}` : SINGLE;
-    return ioError(`tensor '${name}' is not in the checkpoint ${this.dir} (not in ${where})`, {
-      argument: name,
+    // A non-string name (a symbol, a bigint) is described, never interpolated.
+    const shown = typeof name === "string" ? `'${name}'` : describeValue(name);
+    return ioError(`tensor ${shown} is not in the checkpoint ${this.dir} (not in ${where})`, {
+      argument: typeof name === "string" ? name : "name",
     });
   }
 
@@ -193,7 +203,7 @@ export class HfCheckpoint {
  * every shard it names exists. Tensors are read on demand with {@link HfCheckpoint.tensor}.
  */
 export function loadHfCheckpoint(dir: string | URL): HfCheckpoint {
-  const root = filePath(dir, "loadHfCheckpoint");
+  const root = filePath(dir, OP, "dir");
   checkDirectory(root);
   const configPath = joinPath(root, CONFIG);
   if (!isFile(configPath)) throw ioError(`missing ${CONFIG} in ${root}`, { argument: "dir" });

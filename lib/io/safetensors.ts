@@ -26,6 +26,7 @@
  */
 
 import { fmtShape, TensorqError } from "../errors.ts";
+import { describeValue } from "../shape.ts";
 
 /** Element types this reader and writer understand, as spelled in safetensors headers. */
 export type SafetensorsDType =
@@ -122,15 +123,64 @@ export function isSafetensorsDType(value: unknown): value is SafetensorsDType {
 /** Bytes per element of a safetensors dtype. */
 export function itemSizeOf(dtype: SafetensorsDType): number {
   if (!isSafetensorsDType(dtype)) {
-    throw new TensorqError(`unknown safetensors dtype ${JSON.stringify(dtype)}`, {
+    throw new TensorqError(`unknown safetensors dtype ${describeValue(dtype)}`, {
       op: "itemSizeOf",
       kind: "dtype",
       argument: "dtype",
       expected: `one of ${SUPPORTED_DTYPES.join(", ")}`,
-      actual: String(dtype),
+      actual: describeValue(dtype),
     });
   }
   return ITEM_SIZES[dtype];
+}
+
+/**
+ * `path` if it is a non-empty string; otherwise an argument error of `op`. Deno would turn
+ * `undefined`, a number or an object into a file name ("undefined", "[object Object]").
+ */
+export function checkPathString(path: unknown, op: string, argument = "path"): string {
+  if (typeof path === "string" && path !== "") return path;
+  throw new TensorqError(`${argument} must be a file path`, {
+    op,
+    kind: "argument",
+    argument,
+    expected: "a non-empty string or a file: URL",
+    actual: describeValue(path),
+  });
+}
+
+/**
+ * `metadata` checked as a plain object of strings (undefined and null stand for none), for
+ * error `op`: other objects would be spread or serialized into nonsense keys.
+ */
+export function checkMetadata(
+  op: string,
+  path: string,
+  metadata: unknown,
+): Record<string, string> | undefined {
+  if (metadata === undefined || metadata === null) return undefined;
+  const proto = typeof metadata === "object" ? Object.getPrototypeOf(metadata) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new TensorqError(`${path}: metadata must map strings to strings`, {
+      op,
+      kind: "argument",
+      argument: "metadata",
+      expected: "a plain object of strings (Record<string, string>)",
+      actual: describeValue(metadata),
+    });
+  }
+  for (const [key, value] of Object.entries(metadata as object)) {
+    if (typeof value !== "string") {
+      throw new TensorqError(`${path}: metadata value of ${JSON.stringify(key)} is not a string`, {
+        op,
+        kind: "argument",
+        argument: "metadata",
+        expected: "string values",
+        actual: describeValue(value),
+      });
+    }
+  }
+  return metadata as Record<string, string>;
 }
 
 function loadError(
@@ -513,6 +563,7 @@ export class SafetensorsFile {
 
   /** Opens `path` and reads its header synchronously. */
   static open(path: string): SafetensorsFile {
+    checkPathString(path, "SafetensorsFile.open");
     let file: Deno.FsFile;
     try {
       file = Deno.openSync(path, { read: true });
@@ -542,6 +593,7 @@ export class SafetensorsFile {
 
   /** Opens `path` and reads its header asynchronously. */
   static async openAsync(path: string): Promise<SafetensorsFile> {
+    checkPathString(path, "SafetensorsFile.openAsync");
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -588,12 +640,12 @@ export class SafetensorsFile {
   entry(name: string): SafetensorsEntry {
     const found = this.#entries.get(name);
     if (!found) {
-      throw new TensorqError(`${this.path}: no tensor named ${JSON.stringify(name)}`, {
+      throw new TensorqError(`${this.path}: no tensor named ${describeValue(name)}`, {
         op: LOAD_OP,
         kind: "argument",
         argument: "name",
         expected: `one of ${previewNames(this.keys())}`,
-        actual: JSON.stringify(name),
+        actual: describeValue(name),
       });
     }
     return { ...found, shape: [...found.shape] };
@@ -608,7 +660,7 @@ export class SafetensorsFile {
         op: LOAD_OP,
         kind: "state",
         argument: "name",
-        actual: JSON.stringify(name),
+        actual: describeValue(name),
       });
     }
     const bytes = new Uint8Array(byteLength);
@@ -652,7 +704,7 @@ function normalizeInputs(
     throw saveError(path, "tensors must be an array or an object", {
       argument: "tensors",
       expected: "an array of named tensors or a record of tensors",
-      actual: tensors === null ? "null" : typeof tensors,
+      actual: describeValue(tensors),
     });
   }
   return Object.entries(tensors).map(([name, t]) => ({ ...t, name }));
@@ -673,25 +725,9 @@ export function writeSafetensors(
   tensors: SafetensorsNamedTensorInput[] | Record<string, SafetensorsTensorInput>,
   metadata?: Record<string, string>,
 ): void {
+  checkPathString(path, SAVE_OP);
   const list = normalizeInputs(path, tensors);
-  if (metadata !== undefined) {
-    if (typeof metadata !== "object" || metadata === null || Array.isArray(metadata)) {
-      throw saveError(path, "metadata must map strings to strings", {
-        argument: "metadata",
-        expected: "a Record<string, string>",
-        actual: JSON.stringify(metadata),
-      });
-    }
-    for (const [key, value] of Object.entries(metadata)) {
-      if (typeof value !== "string") {
-        throw saveError(path, `metadata value of ${JSON.stringify(key)} is not a string`, {
-          argument: "metadata",
-          expected: "string values",
-          actual: JSON.stringify(value),
-        });
-      }
-    }
-  }
+  metadata = checkMetadata(SAVE_OP, path, metadata);
   // Integer-like keys would be reordered by a JS object, so the header text is built by hand.
   const parts: string[] = [];
   if (metadata !== undefined) parts.push(`"${METADATA_KEY}":${JSON.stringify(metadata)}`);
@@ -703,7 +739,7 @@ export function writeSafetensors(
       throw saveError(path, "tensor name is not a string", {
         argument: "name",
         expected: "a string",
-        actual: JSON.stringify(name),
+        actual: describeValue(name),
       });
     }
     const where = `tensor ${JSON.stringify(name)}`;
@@ -715,17 +751,17 @@ export function writeSafetensors(
     }
     seen.add(name);
     if (!isSafetensorsDType(t.dtype)) {
-      throw saveError(path, `${where}: unknown dtype ${JSON.stringify(t.dtype)}`, {
+      throw saveError(path, `${where}: unknown dtype ${describeValue(t.dtype)}`, {
         argument: name,
         expected: `one of ${SUPPORTED_DTYPES.join(", ")}`,
-        actual: JSON.stringify(t.dtype),
+        actual: describeValue(t.dtype),
       });
     }
     if (!isShape(t.shape)) {
       throw saveError(path, `${where}: shape is not an array of non-negative integers`, {
         argument: name,
         expected: "an array of non-negative integers",
-        actual: JSON.stringify(t.shape),
+        actual: describeValue(t.shape),
       });
     }
     if (!(t.bytes instanceof Uint8Array)) {

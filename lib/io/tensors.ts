@@ -11,9 +11,11 @@
  */
 import { type DType, fromStorageBytes, packInt4, toStorageBytes } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
-import { numel } from "../shape.ts";
-import { fromStorage, type Tensor } from "../tensor.ts";
+import { describeValue, numel, optionsOf } from "../shape.ts";
+import { fromStorage, Tensor } from "../tensor.ts";
 import {
+  checkMetadata,
+  checkPathString,
   type SafetensorsDType,
   type SafetensorsEntry,
   SafetensorsFile,
@@ -89,6 +91,9 @@ export interface LoadOptions {
   device?: string;
 }
 
+/** The keys of {@link LoadOptions}. */
+export const LOAD_OPTIONS: readonly string[] = ["device"];
+
 /**
  * The logical shape that int4 metadata key `key` gives tensor `name` of `file` (a JSON array of
  * sizes), checked against the entry it describes: packed U8 bytes, two values a byte.
@@ -146,6 +151,15 @@ export class SafetensorsTensors {
 
   /** Wraps an opened file. */
   constructor(file: SafetensorsFile) {
+    if (!(file instanceof SafetensorsFile)) {
+      throw new TensorqError("expected an opened safetensors file", {
+        op: "SafetensorsTensors",
+        kind: "argument",
+        argument: "file",
+        expected: "a SafetensorsFile (or use loadSafetensors(path))",
+        actual: describeValue(file),
+      });
+    }
     this.file = file;
     for (const [key, value] of Object.entries(file.metadata)) {
       const name = key.slice(INT4_KEY.length);
@@ -184,12 +198,15 @@ export class SafetensorsTensors {
 
   /** Reads one tensor (its bytes only). */
   get(name: string, options: LoadOptions = {}): Tensor {
+    const { device } = optionsOf<LoadOptions>("SafetensorsTensors.get", options, LOAD_OPTIONS);
     const entry = this.file.entry(name);
-    return entryToTensor(entry, this.file.readBytes(name), this.#int4.get(name), options.device);
+    return entryToTensor(entry, this.file.readBytes(name), this.#int4.get(name), device);
   }
 
   /** Reads every tensor into a record. */
   toRecord(options: LoadOptions = {}): Record<string, Tensor> {
+    // Checked here too, so that a file without tensors does not let bad options pass.
+    options = optionsOf<LoadOptions>("SafetensorsTensors.toRecord", options, LOAD_OPTIONS);
     return Object.fromEntries(this.keys().map((k) => [k, this.get(k, options)]));
   }
 
@@ -205,16 +222,17 @@ export class SafetensorsTensors {
 }
 
 /**
- * The file system path of `path`: a string as is, a `file:` URL decoded (`%20` is a space).
- * Other URLs are refused, naming `op`.
+ * The file system path of `path`: a non-empty string as is, a `file:` URL decoded (`%20` is a
+ * space). Other URLs and other values (which Deno would turn into names like "undefined") are
+ * refused, naming `op` and `argument`.
  */
-export function filePath(path: string | URL, op: string): string {
-  if (!(path instanceof URL)) return path;
+export function filePath(path: string | URL, op: string, argument = "path"): string {
+  if (!(path instanceof URL)) return checkPathString(path, op, argument);
   if (path.protocol !== "file:") {
     throw new TensorqError("only local files can be read or written", {
       op,
       kind: "argument",
-      argument: "path",
+      argument,
       expected: "a path or a file: URL",
       actual: path.href,
     });
@@ -234,9 +252,23 @@ export function saveSafetensors(
   tensors: Record<string, Tensor>,
   metadata: Record<string, string> = {},
 ): void {
-  const p = filePath(path, "saveSafetensors");
+  const op = "saveSafetensors";
+  const p = filePath(path, op);
+  const proto = typeof tensors === "object" && tensors !== null
+    ? Object.getPrototypeOf(tensors)
+    : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new TensorqError("tensors must be a record of tensors", {
+      op,
+      kind: "argument",
+      argument: "tensors",
+      expected: "a plain object mapping names to tensors, e.g. { w }",
+      actual: describeValue(tensors),
+    });
+  }
+  const user = checkMetadata(op, p, metadata) ?? {};
   // tensorq's own keys would be read back as int4 shapes and make the file unreadable.
-  const reserved = Object.keys(metadata ?? {}).find((k) => k.startsWith(INT4_KEY));
+  const reserved = Object.keys(user).find((k) => k.startsWith(INT4_KEY));
   if (reserved !== undefined) {
     throw new TensorqError(
       `${p}: metadata key ${JSON.stringify(reserved)} uses the prefix "${INT4_KEY}", which ` +
@@ -250,15 +282,15 @@ export function saveSafetensors(
       },
     );
   }
-  const meta: Record<string, string> = { ...metadata };
+  const meta: Record<string, string> = { ...user };
   const list = Object.entries(tensors).map(([name, t]) => {
-    if (!t || typeof t !== "object" || !("node" in t)) {
+    if (!(t instanceof Tensor)) {
       throw new TensorqError("values must be tensors", {
-        op: "saveSafetensors",
+        op,
         kind: "argument",
         argument: name,
         expected: "a Tensor",
-        actual: typeof t,
+        actual: describeValue(t),
       });
     }
     const storage = t.storageSync();

@@ -12,8 +12,8 @@ import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
 import { full, type Tensor } from "../tensor.ts";
 import { rand, randn } from "../random.ts";
-import { describeValue } from "../shape.ts";
-import { booleanOption, Module, optionsObject, registerLibraryModules } from "./module.ts";
+import { describeValue, optionsOf } from "../shape.ts";
+import { booleanOption, Module, registerLibraryModules } from "./module.ts";
 
 const FLOATS: readonly DType[] = ["float32", "float16", "bfloat16"];
 
@@ -25,6 +25,15 @@ let skipInit = 0;
  * dict or an assignment sets them. For loading checkpoints.
  */
 export function withoutInitialization<T>(build: () => T): T {
+  if (typeof build !== "function") {
+    throw new TensorqError("build must be a function", {
+      op: "withoutInitialization",
+      kind: "argument",
+      argument: "build",
+      expected: "a function that builds the modules",
+      actual: describeValue(build),
+    });
+  }
   skipInit++;
   try {
     return build();
@@ -86,7 +95,8 @@ export interface LinearOptions {
   blockSize?: number;
 }
 
-const LINEAR_OPTIONS = "an object with bias, dtype, quantDtype, weightQuantDim, blockSize";
+const QUANT_OPTIONS = ["quantDtype", "weightQuantDim", "blockSize"];
+const LINEAR_OPTIONS = ["bias", "dtype", ...QUANT_OPTIONS];
 
 /**
  * `y = x · Wᵀ + b` with `weight [out, in]`. When `quantDtype` is set the forward is exactly
@@ -130,7 +140,7 @@ export class Linear extends Module {
    */
   constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
     super();
-    options = optionsObject("Linear", options, LINEAR_OPTIONS);
+    options = optionsOf("Linear", options, LINEAR_OPTIONS);
     this.inFeatures = positiveInt("Linear", "inFeatures", inFeatures);
     this.outFeatures = positiveInt("Linear", "outFeatures", outFeatures);
     this.dtype = floatDType("Linear", options.dtype);
@@ -150,7 +160,8 @@ export class Linear extends Module {
         initial(() => rand([outFeatures], { low: -bound, high: bound, dtype: this.dtype })),
       );
     }
-    this.configureQuantization(options);
+    const { quantDtype, weightQuantDim, blockSize } = options;
+    this.configureQuantization({ quantDtype, weightQuantDim, blockSize });
   }
 
   /**
@@ -162,11 +173,7 @@ export class Linear extends Module {
     options: Pick<LinearOptions, "quantDtype" | "weightQuantDim" | "blockSize">,
   ): void {
     if (this.weightCompressed) throw this.#compressedError("Linear.configureQuantization");
-    options = optionsObject(
-      "Linear.configureQuantization",
-      options,
-      "an object with quantDtype, weightQuantDim, blockSize",
-    );
+    options = optionsOf("Linear.configureQuantization", options, QUANT_OPTIONS);
     if (options.quantDtype === undefined) {
       if (options.weightQuantDim !== undefined || options.blockSize !== undefined) {
         throw new TensorqError("weightQuantDim and blockSize need quantDtype", {
@@ -397,7 +404,7 @@ export class LayerNorm extends Module {
   constructor(normalizedShape: number | readonly number[], options: LayerNormOptions = {}) {
     super();
     const op = "LayerNorm";
-    options = optionsObject(op, options, "an object with eps, dtype");
+    options = optionsOf(op, options, ["eps", "dtype"]);
     if (typeof normalizedShape !== "number" && !Array.isArray(normalizedShape)) {
       throw new TensorqError("normalizedShape must be a number or an array of numbers", {
         op,
@@ -460,7 +467,7 @@ export class Embedding extends Module {
    */
   constructor(numEmbeddings: number, embeddingDim: number, options: EmbeddingOptions = {}) {
     super();
-    options = optionsObject("Embedding", options, "an object with dtype");
+    options = optionsOf("Embedding", options, ["dtype"]);
     this.numEmbeddings = positiveInt("Embedding", "numEmbeddings", numEmbeddings);
     this.embeddingDim = positiveInt("Embedding", "embeddingDim", embeddingDim);
     const dtype = floatDType("Embedding", options.dtype);
@@ -512,8 +519,18 @@ export class Sequential extends Module {
     return this.#layers.length;
   }
 
-  /** The layer at `index`. */
+  /** The layer at `index` (negative counts from the end; undefined past either end). */
   at(index: number): Module | undefined {
+    // Array.at would truncate 1.5 to 1 and read "str" or NaN as 0.
+    if (!Number.isSafeInteger(index)) {
+      throw new TensorqError("index must be an integer", {
+        op: "Sequential.at",
+        kind: "argument",
+        argument: "index",
+        expected: "an integer",
+        actual: describeValue(index),
+      });
+    }
     return this.#layers.at(index);
   }
 

@@ -12,7 +12,7 @@
  */
 import type { DType } from "../dtype.ts";
 import { checkBoolean, fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
-import { describeValue, sameShape } from "../shape.ts";
+import { describeValue, optionsOf, sameShape } from "../shape.ts";
 import { isDisposed, Tensor } from "../tensor.ts";
 
 /** What a parameter must look like. */
@@ -40,24 +40,6 @@ export interface LoadStateDictResult {
   missing: string[];
   /** Keys of the dict that name no parameter. */
   unexpected: string[];
-}
-
-/**
- * The options object of `op`: null and undefined stand for the defaults (`{}`); anything but
- * a plain object (an array, a number, a string) is an argument error listing `expected`.
- */
-export function optionsObject<T extends object>(op: string, options: unknown, expected: string): T {
-  if (options === undefined || options === null) return {} as T;
-  if (typeof options !== "object" || Array.isArray(options)) {
-    throw new TensorqError("options must be an object", {
-      op,
-      kind: "argument",
-      argument: "options",
-      expected,
-      actual: describeValue(options),
-    });
-  }
-  return options as T;
 }
 
 /**
@@ -260,6 +242,15 @@ export abstract class Module {
    * {@link Module.stateDict} has every name.
    */
   namedParameters(prefix = ""): [string, Tensor][] {
+    if (typeof prefix !== "string") {
+      throw new TensorqError("prefix must be a string", {
+        op: "Module.namedParameters",
+        kind: "argument",
+        argument: "prefix",
+        expected: 'a dotted name such as "transformer" ("" for none)',
+        actual: describeValue(prefix),
+      });
+    }
     const seen = new Set<Tensor>();
     return this.#allNamedParameters(prefix).filter(([, t]) => !seen.has(t) && !!seen.add(t));
   }
@@ -304,7 +295,7 @@ export abstract class Module {
         actual: dict === null ? "null" : Array.isArray(dict) ? "an array" : typeof dict,
       });
     }
-    const opts = optionsObject<LoadStateDictOptions>(op, options, "{ strict?: boolean }");
+    const opts = optionsOf<LoadStateDictOptions>(op, options, ["strict"]);
     const strict = booleanOption(op, "strict", opts.strict, true);
     const targets = new Map<string, { module: Module; name: string; spec: ParameterSpec }>();
     const walk = (m: Module, prefix: string) => {

@@ -11,7 +11,7 @@
  */
 import { checkDType, type DType } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
-import { broadcastShapes } from "../shape.ts";
+import { broadcastShapes, describeValue, optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
 import {
   checkDTypeIn,
@@ -173,14 +173,15 @@ export interface GeluOptions {
  * `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
  */
 export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
-  const approximate = (options ?? {}).approximate ?? "none";
+  const approximate = optionsOf<GeluOptions>("gelu", options, ["approximate"]).approximate ??
+    "none";
   if (approximate !== "none" && approximate !== "tanh") {
     throw new TensorqError("unknown approximation", {
       op: "gelu",
       kind: "argument",
       argument: "approximate",
       expected: `"none" or "tanh"`,
-      actual: JSON.stringify(approximate),
+      actual: describeValue(approximate),
     });
   }
   return unary("gelu", x, FLOAT_DTYPES, { approximate });

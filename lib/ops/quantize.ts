@@ -40,6 +40,7 @@
 import { decode, type DType } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import type { Node } from "../graph/node.ts";
+import { optionsOf } from "../shape.ts";
 import { scalar, type Tensor } from "../tensor.ts";
 import { checkSameDevice, checkTensor, FLOAT_DTYPES, makeOp } from "./op.ts";
 
@@ -354,6 +355,7 @@ export function quantize(
   const s = scaleTensor(op, scale, x.device);
   checkScaleDType(op, s, x.dtype === "float32" ? ["float32"] : ["float32", x.dtype], "x");
   checkSameDevice(op, ["x", "scale"], [x, s]);
+  options = optionsOf(op, options, ["dim", "blockSize"]);
   const mode = resolveMode(op, "x", x.node.shape, s.node.shape, options, target);
   return makeOp(op, [x, checkedScale(op, s)], { dtype: target, ...mode }, x.node.shape, target);
 }
@@ -390,6 +392,7 @@ export function dequantize(
   const s = scaleTensor(op, scale, q.device);
   checkScaleDType(op, s, out === "float32" ? ["float32"] : ["float32", out], "the output");
   checkSameDevice(op, ["q", "scale"], [q, s]);
+  options = optionsOf(op, options, ["dim", "blockSize"]);
   const mode = resolveMode(op, "q", q.node.shape, s.node.shape, options, q.dtype as QuantDType);
   return makeOp(op, [q, checkedScale(op, s)], { dtype: out, ...mode }, q.node.shape, out);
 }

@@ -30,7 +30,7 @@
 import type { DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
-import { describeValue, numel, sameShape } from "../shape.ts";
+import { describeValue, numel, optionsOf, sameShape } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 import { checkDTypeIn, checkSameDevice, checkSameDType, checkTensor, makeOp } from "./op.ts";
 
@@ -803,6 +803,7 @@ export function causalMask(
   keys: number = queries,
   options: CausalMaskOptions = {},
 ): Tensor {
+  options = optionsOf("causalMask", options, ["device", "offset"]);
   const q = checkInt("causalMask", "queries", queries, 0);
   const k = checkInt("causalMask", "keys", keys, 0);
   const offset = options.offset === undefined

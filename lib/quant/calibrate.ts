@@ -9,9 +9,10 @@
  * @module
  */
 import { decode } from "../dtype.ts";
-import { isTracedValueError, TensorqError } from "../errors.ts";
+import { checkBoolean, isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import { type Module, optionsObject } from "../nn/module.ts";
+import type { Module } from "../nn/module.ts";
+import { optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
 import { checkModule, checkUncompressed, describe } from "./args.ts";
 import {
@@ -55,6 +56,8 @@ export interface LayerCalibration {
 /** Calibration results by dotted layer name. */
 export type Calibration = Map<string, LayerCalibration>;
 
+const CALIBRATE_OPTIONS = ["method", "percentile", "perChannel", "weightBlockSize", "onProgress"];
+
 /** Options of {@link calibrate}. */
 export interface CalibrateOptions {
   /** Input amax method (default "max"); the histogram methods use 2048 bins. */
@@ -78,6 +81,19 @@ export interface CalibrateOptions {
 
 const METHODS: readonly CalibrationMethod[] = ["max", "percentile", "entropy", "mse"];
 
+/** A name prefix must be a string (a number would be glued onto every name). */
+function checkPrefix(op: string, prefix: unknown): void {
+  if (typeof prefix !== "string") {
+    throw new TensorqError("prefix must be a string", {
+      op,
+      kind: "argument",
+      argument: "prefix",
+      expected: 'a dotted name such as "transformer" ("" for none)',
+      actual: describe(prefix),
+    });
+  }
+}
+
 /**
  * Every module under `module` (itself first, named `prefix`, "" by default) with dotted
  * names, depth first in registration order. A module registered twice is listed once, under
@@ -85,6 +101,7 @@ const METHODS: readonly CalibrationMethod[] = ["max", "percentile", "entropy", "
  */
 export function namedModules(module: Module, prefix: string = ""): [string, Module][] {
   checkModule("namedModules", "module", module);
+  checkPrefix("namedModules", prefix);
   const out: [string, Module][] = [];
   const seen = new Set<Module>();
   const walk = (m: Module, name: string) => {
@@ -259,6 +276,7 @@ function checkOptions(options: CalibrateOptions): void {
       actual: describe(b),
     });
   }
+  if (options.perChannel !== undefined) checkBoolean(op, "perChannel", options.perChannel);
   if (options.onProgress !== undefined && typeof options.onProgress !== "function") {
     throw new TensorqError("onProgress must be a function", {
       op,
@@ -338,11 +356,7 @@ export function calibrate<M extends Module, B = Tensor>(
       actual: describe(run),
     });
   }
-  options = optionsObject<CalibrateOptions>(
-    op,
-    options,
-    "{ method?, percentile?, perChannel?, weightBlockSize?, onProgress? }",
-  );
+  options = optionsOf<CalibrateOptions>(op, options, CALIBRATE_OPTIONS);
   checkOptions(options);
   const linears = namedLinears(model);
   if (linears.length === 0) {

@@ -15,6 +15,7 @@
 import { float32ToFloat8e4m3Bits, float8e4m3BitsToNumber, roundHalfToEven } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import type { QuantDType } from "../ops/quantize.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 
 /** Something that watches values and proposes an absolute maximum for them. */
 export interface AmaxObserver {
@@ -26,12 +27,17 @@ export interface AmaxObserver {
   readonly count: number;
 }
 
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number") return String(value);
-  if (value === null) return "null";
-  return Array.isArray(value) ? "an array" : typeof value;
-}
+const describe = describeValue;
+
+/**
+ * The most bins or channels an observer takes: 2^24 float64 counters are 128 MiB, and a
+ * larger size is a mistake (a byte count, 2**53) that would fail as a raw RangeError.
+ */
+const MAX_OBSERVER_SIZE = 2 ** 24;
+
+const HISTOGRAM_OPTIONS = ["bins", "method", "percentile", "entropy", "mse"];
+const FROM_COUNTS_OPTIONS = ["method", "percentile", "entropy", "mse"];
+const SEARCH_OPTIONS = ["startBin", "stride", "dtype"];
 
 function checkValues(op: string, x: unknown): Float32Array {
   if (x instanceof Float32Array) return x;
@@ -44,15 +50,27 @@ function checkValues(op: string, x: unknown): Float32Array {
   });
 }
 
-function positiveInt(op: string, argument: string, v: unknown, min = 1): number {
-  if (Number.isInteger(v) && (v as number) >= min) return v as number;
-  throw new TensorqError(`${argument} must be an integer >= ${min}`, {
-    op,
-    kind: "argument",
-    argument,
-    expected: `an integer >= ${min}`,
-    actual: describe(v),
-  });
+function positiveInt(
+  op: string,
+  argument: string,
+  v: unknown,
+  min = 1,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  if (Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max) return v as number;
+  const bounded = max < Number.MAX_SAFE_INTEGER;
+  throw new TensorqError(
+    bounded
+      ? `${argument} must be an integer in [${min}, ${max}]`
+      : `${argument} must be an integer >= ${min}`,
+    {
+      op,
+      kind: "argument",
+      argument,
+      expected: bounded ? `an integer from ${min} to ${max}` : `an integer >= ${min}`,
+      actual: describe(v),
+    },
+  );
 }
 
 /** The running maximum of |x| over everything observed. */
@@ -99,7 +117,13 @@ export class PerChannelMaxObserver implements AmaxObserver {
 
   /** Creates an observer for `channels` channels. */
   constructor(channels: number) {
-    this.channels = positiveInt("PerChannelMaxObserver", "channels", channels);
+    this.channels = positiveInt(
+      "PerChannelMaxObserver",
+      "channels",
+      channels,
+      1,
+      MAX_OBSERVER_SIZE,
+    );
     this.#amax = new Float64Array(this.channels);
   }
 
@@ -217,18 +241,10 @@ export class HistogramObserver implements AmaxObserver {
    */
   constructor(options: HistogramObserverOptions = {}) {
     const op = "HistogramObserver";
-    if (typeof options !== "object" || options === null) {
-      throw new TensorqError("options must be an object", {
-        op,
-        kind: "argument",
-        argument: "options",
-        expected: "{ bins?, method?, percentile?, entropy?, mse? }",
-        actual: describe(options),
-      });
-    }
-    this.bins = positiveInt(op, "bins", options.bins ?? 2048, 2);
+    options = optionsOf<HistogramObserverOptions>(op, options, HISTOGRAM_OPTIONS);
+    this.bins = positiveInt(op, "bins", options.bins ?? 2048, 2, MAX_OBSERVER_SIZE);
     const method = options.method ?? "entropy";
-    if (!METHODS.includes(method)) {
+    if (!(METHODS as readonly unknown[]).includes(method)) {
       throw new TensorqError("unknown histogram method", {
         op,
         kind: "argument",
@@ -257,7 +273,22 @@ export class HistogramObserver implements AmaxObserver {
     options: Omit<HistogramObserverOptions, "bins"> = {},
   ): HistogramObserver {
     const op = "HistogramObserver.fromCounts";
-    if (!(range >= 0 && range < Infinity)) {
+    // An array or typed array: a number, a string or a tensor would read as no bins at all.
+    const length = typeof counts === "object" && counts !== null
+      ? (counts as { length?: unknown }).length
+      : undefined;
+    if (!Number.isSafeInteger(length) || typeof counts === "string") {
+      throw new TensorqError("counts must be an array of bin counts", {
+        op,
+        kind: "argument",
+        argument: "counts",
+        expected: "an array or typed array of finite numbers >= 0",
+        actual: describe(counts),
+      });
+    }
+    positiveInt(op, "counts.length", length, 2, MAX_OBSERVER_SIZE);
+    // 0 is the range of a histogram that saw only zeros (or nothing), so it round-trips.
+    if (typeof range !== "number" || !(range >= 0 && range < Infinity)) {
       throw new TensorqError("range must be finite and non-negative", {
         op,
         kind: "argument",
@@ -266,17 +297,22 @@ export class HistogramObserver implements AmaxObserver {
         actual: describe(range),
       });
     }
-    const h = new HistogramObserver({ ...options, bins: counts.length });
+    const rest = optionsOf<Omit<HistogramObserverOptions, "bins">>(
+      op,
+      options,
+      FROM_COUNTS_OPTIONS,
+    );
+    const h = new HistogramObserver({ ...rest, bins: counts.length });
     let total = 0;
     for (let i = 0; i < counts.length; i++) {
       const c = counts[i];
-      if (!(c >= 0 && c < Infinity)) {
+      if (typeof c !== "number" || !(c >= 0 && c < Infinity)) {
         throw new TensorqError("counts must be finite and non-negative", {
           op,
           kind: "argument",
           argument: "counts",
           expected: "finite numbers >= 0",
-          actual: `${c} at index ${i}`,
+          actual: `${describe(c)} at index ${i}`,
         });
       }
       h.#counts[i] = c;
@@ -527,17 +563,9 @@ function checkPercentile(op: string, p: unknown): number {
   });
 }
 
-/** `options` if it is an object or undefined (as `{}`); an argument error otherwise. */
+/** `options` checked as a plain object of `startBin`, `stride`, `dtype` (undefined/null: `{}`). */
 function subOptions<T extends object>(op: string, argument: string, options: T | undefined): T {
-  if (options === undefined) return {} as T;
-  if (typeof options === "object" && options !== null) return options;
-  throw new TensorqError(`${argument} must be an object`, {
-    op,
-    kind: "argument",
-    argument,
-    expected: "{ startBin?, stride?, dtype? }",
-    actual: describe(options),
-  });
+  return optionsOf<T>(op, options, SEARCH_OPTIONS, argument);
 }
 
 /**
@@ -559,7 +587,7 @@ function entropySettings(
       kind: "argument",
       argument: `${prefix}startBin`,
       expected: `at most ${bins}`,
-      actual: String(start),
+      actual: describe(start),
     });
   }
   return { levels, start, stride };
@@ -587,7 +615,7 @@ function mseSettings(
       kind: "argument",
       argument: `${prefix}startBin`,
       expected: `at most ${bins - 1}`,
-      actual: String(start),
+      actual: describe(start),
     });
   }
   return { dtype, bound, start, stride };

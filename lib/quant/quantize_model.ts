@@ -23,7 +23,7 @@ import { FLOAT_DTYPES } from "../ops/op.ts";
 import { checkScaleValues, type QuantDType } from "../ops/quantize.ts";
 import { fromStorage, scalar, Tensor } from "../tensor.ts";
 import { checkModule, checkUncompressed, listNames } from "./args.ts";
-import { optionsObject } from "../nn/module.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 import {
   type Calibration,
   type LayerCalibration,
@@ -294,7 +294,7 @@ export interface CompressWeightsOptions {
 export function compressWeights(model: Module, options: CompressWeightsOptions = {}): string[] {
   const op = "compressWeights";
   checkModule(op, "model", model, describe);
-  options = optionsObject(op, options, "{ exclude? }");
+  options = optionsOf(op, options, ["exclude"]);
   const exclude = checkExclude(op, options.exclude);
   const all = namedLinears(model);
   checkExcludeMatches(op, all, exclude);
@@ -375,7 +375,7 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
   checkModule(op, "model", model, describe);
-  options = optionsObject(op, options, "{ mode, exclude?, calibration?, amax?, blockSize? }");
+  options = optionsOf(op, options, ["mode", "exclude", "calibration", "amax", "blockSize"]);
   const mode = options.mode;
   if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
     throw new TensorqError("unknown quantization mode", {
@@ -617,18 +617,25 @@ export function importAmax(
       actual: describe(tensors),
     });
   }
-  const nameMap = options.nameMap;
-  if (nameMap !== undefined && typeof nameMap !== "function" && typeof nameMap !== "object") {
+  const nameMap = optionsOf<ImportAmaxOptions>(op, options, ["nameMap"]).nameMap;
+  // Only a plain record or a function: null, an array or a Map would be silently ignored.
+  const proto = typeof nameMap === "object" && nameMap !== null
+    ? Object.getPrototypeOf(nameMap)
+    : undefined;
+  if (
+    nameMap !== undefined && typeof nameMap !== "function" &&
+    proto !== Object.prototype && proto !== null
+  ) {
     throw new TensorqError("nameMap must be a record or a function", {
       op,
       kind: "argument",
-      argument: "nameMap",
+      argument: "options.nameMap",
       expected: "a Record<string, string> or (name) => string | undefined",
-      actual: describe(nameMap),
+      actual: describeValue(nameMap),
     });
   }
   const rename = (name: string): string | undefined => {
-    if (nameMap === undefined || nameMap === null) return name;
+    if (nameMap === undefined) return name;
     if (typeof nameMap === "function") return nameMap(name);
     return Object.hasOwn(nameMap, name) ? nameMap[name] : name;
   };

@@ -55,6 +55,8 @@ export function smoothingScales(
   alpha: number,
 ): Float64Array {
   const op = "smoothingScales";
+  checkAmaxList(op, "actAmax", actAmax);
+  checkAmaxList(op, "weightAmax", weightAmax);
   checkAlpha(op, alpha);
   if (actAmax.length !== weightAmax.length) {
     throw new TensorqError("activation and weight amax differ in length", {
@@ -73,6 +75,30 @@ export function smoothingScales(
     s[j] = a > 0 && w > 0 && v > 0 && v < Infinity ? v : 1;
   }
   return s;
+}
+
+/**
+ * Throws unless `value` is an array or typed array of numbers >= 0 (NaN and Infinity pass:
+ * their channels get factor 1). A string or other object would read as no channels, or as
+ * non-numbers that silently give 1.
+ */
+function checkAmaxList(op: string, argument: string, value: unknown): void {
+  const fail = (actual: string) =>
+    new TensorqError(`${argument} must be per-channel amax values`, {
+      op,
+      kind: "argument",
+      argument,
+      expected: "an array or Float32Array/Float64Array of numbers >= 0",
+      actual,
+    });
+  if (!Array.isArray(value) && !(ArrayBuffer.isView(value) && !(value instanceof DataView))) {
+    throw fail(describe(value));
+  }
+  const list = value as ArrayLike<unknown>;
+  for (let j = 0; j < list.length; j++) {
+    const v = list[j];
+    if (typeof v !== "number" || v < 0) throw fail(`${describe(v)} at index ${j}`);
+  }
 }
 
 function checkAlpha(op: string, alpha: unknown): number {
