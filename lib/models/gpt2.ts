@@ -288,6 +288,21 @@ export class KVCache {
   }
 }
 
+/** Throws unless `cache` is a {@link KVCache} of `layers` layers (named `argument` of `op`). */
+function checkCacheFits(op: string, argument: string, cache: unknown, layers: number): void {
+  if (!(cache instanceof KVCache) || cache.layers.length !== layers) {
+    throw new TensorqError("the cache does not fit this model", {
+      op,
+      kind: "argument",
+      argument,
+      expected: `a KVCache of ${layers} layers`,
+      actual: cache instanceof KVCache
+        ? `a KVCache of ${cache.layers.length} layers`
+        : describeValue(cache),
+    });
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Modules
 
@@ -561,20 +576,7 @@ export class GPT2Model extends Module {
         actual: `shape ${fmtShape(ids.shape)}`,
       });
     }
-    if (
-      cache !== undefined &&
-      (!(cache instanceof KVCache) || cache.layers.length !== this.config.nLayer)
-    ) {
-      throw new TensorqError("the cache does not fit this model", {
-        op,
-        kind: "argument",
-        argument: "cache",
-        expected: `a KVCache of ${this.config.nLayer} layers`,
-        actual: cache instanceof KVCache
-          ? `a KVCache of ${cache.layers.length} layers`
-          : describeValue(cache),
-      });
-    }
+    if (cache !== undefined) checkCacheFits(op, "cache", cache, this.config.nLayer);
     return buildSharingTrace(this, () => {
       const t = ids.shape[1];
       const start = cache?.length ?? 0;
@@ -730,17 +732,7 @@ export class GPT2LMHeadModel extends Module {
     const cache = options.cache ?? undefined;
     const [b, t] = ids.shape;
     if (cache !== undefined) {
-      if (!(cache instanceof KVCache) || cache.layers.length !== this.config.nLayer) {
-        throw new TensorqError("the cache does not fit this model", {
-          op,
-          kind: "argument",
-          argument: "options.cache",
-          expected: `a KVCache of ${this.config.nLayer} layers`,
-          actual: cache instanceof KVCache
-            ? `a KVCache of ${cache.layers.length} layers`
-            : describeValue(cache),
-        });
-      }
+      checkCacheFits(op, "options.cache", cache, this.config.nLayer);
       const cached = cache.layers[0].key;
       const headDim = this.config.nEmbd / this.config.nHead;
       if (
