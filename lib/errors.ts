@@ -148,8 +148,9 @@ export class TensorqError extends Error {
 
   /** Creates an error; the caller's location is captured from the current stack. */
   constructor(message: string, details: TensorqErrorDetails) {
+    details ??= { op: "tensorq", kind: "argument" };
     const site = details.callSite ?? captureCallSite();
-    let text = `${details.op}: ${message}`;
+    let text = `${details.op}: ${String(message)}`;
     const detail = [
       details.expected !== undefined ? `expected ${details.expected}` : "",
       details.actual !== undefined ? `got ${details.actual}` : "",

@@ -51,6 +51,16 @@ export class Tensor {
 
   /** Wraps a graph node (library use; create tensors with {@link tensor} and the ops). */
   constructor(node: Node) {
+    // `new Tensor([1, 2])` is PyTorch's habit; here data goes through tensor().
+    if (!(node instanceof Node)) {
+      throw new TensorqError("new Tensor() wraps a graph node; create tensors with tensor(data)", {
+        op: "Tensor",
+        kind: "argument",
+        argument: "node",
+        expected: "a graph node (library use), or call tensor(data, options) instead",
+        actual: describeValue(node),
+      });
+    }
     this.node = node;
   }
 
@@ -500,7 +510,7 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
   let flat: ArrayLike<number>;
   if (ArrayBuffer.isView(data)) {
     const n = (data as TypedArrayInput).length;
-    shape = options.shape ? checkShape("tensor", options.shape) : [n];
+    shape = options.shape != null ? checkShape("tensor", options.shape) : [n];
     if (numel(shape) !== n) {
       throw new TensorqError("shape does not match the data", {
         op: "tensor",
@@ -559,7 +569,7 @@ export function tensor(data: TensorInput, options: TensorOptions = {}): Tensor {
     walk(data, 0);
     dtype ??= booleans && !numbers ? "bool" : "float32";
     flat = out;
-    if (options.shape) {
+    if (options.shape != null) {
       shape = checkShape("tensor", options.shape);
       if (numel(shape) !== out.length) {
         throw new TensorqError("shape does not match the data", {
@@ -746,6 +756,15 @@ const SUMMARIZE_ABOVE = 1000;
 
 /** Formats a tensor's values (evaluating it) with its dtype, device and shape. */
 export function formatTensor(t: Tensor): string {
+  if (!(t instanceof Tensor)) {
+    throw new TensorqError("t must be a Tensor", {
+      op: "formatTensor",
+      kind: "argument",
+      argument: "t",
+      expected: "a Tensor",
+      actual: describeValue(t),
+    });
+  }
   if (disposedNodes.has(t.node)) return `Tensor(<disposed>, dtype=${t.dtype}, shape=[${t.shape}])`;
   if (t.node.placeholder) {
     return `Tensor(<compile input>, dtype=${t.dtype}, device=${t.device}, shape=[${t.shape}])`;

@@ -375,3 +375,38 @@ Deno.test("options must be plain objects of known keys; other bad arguments are 
     includes: ["Symbol(s)"],
   });
 });
+
+Deno.test("constructors and helpers refuse values they cannot use", () => {
+  const cases: [string, () => unknown, string[]][] = [
+    // PyTorch's torch.Tensor([1, 2]) habit.
+    ["Tensor", () => new tq.Tensor([1, 2] as unknown as tq.Node), ["tensor(data)", "got [1, 2]"]],
+    ["formatTensor", () => tq.formatTensor({} as tq.Tensor), ["'t'", "got Object"]],
+    ["encodeBytes", () => tq.encodeBytes(42 as unknown as string), ["'text'", "got 42"]],
+    // A forgotten await: the config read as {} gave GPT-2 small's defaults.
+    [
+      "GPT2Config",
+      () => tq.parseGPT2Config(Promise.resolve({}) as unknown as Record<string, unknown>),
+      [
+        "got Promise",
+      ],
+    ],
+    ["Module.parameterSpecs", () => new tq.Linear(2, 2).parameterSpecs(null as unknown as ""), [
+      "'prefix'",
+    ]],
+    ["inputInfo", () => tq.inputInfo([10n as unknown as number, 3]), ["10n (a bigint)"]],
+  ];
+  for (const [op, call, includes] of cases) assertTqError(call, { op, includes });
+  // tensor's shape option: 0 or "" were ignored (kept [n]); null still means "absent".
+  assertTqError(() => tq.tensor([1, 2], { shape: 0 as unknown as number[] }), { op: "tensor" });
+  assert.deepEqual(tq.tensor([1, 2], { shape: null as unknown as number[] }).shape, [2]);
+  // A layer's ranges with a misspelt field are named, not ignored.
+  const layer = new tq.Linear(4, 2);
+  assertTqError(
+    () =>
+      tq.quantizeModel(layer, {
+        mode: "w8",
+        amax: { "": { weightAmx: [1, 1] } as unknown as tq.LayerCalibration },
+      }),
+    { op: "quantizeModel", includes: ['"weightAmx"'] },
+  );
+});

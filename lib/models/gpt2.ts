@@ -214,7 +214,10 @@ const CONFIG_FIELDS = Object.keys(CONFIG_JSON_KEYS);
  * setting: attention scores are always computed in at least float32.
  */
 export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
-  if (typeof hf !== "object" || hf === null || Array.isArray(hf)) {
+  // A plain object only: a Promise (a missing await), a Map or a Response read as {} would
+  // give GPT-2 small's defaults.
+  const proto = typeof hf === "object" && hf !== null ? Object.getPrototypeOf(hf) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
     throw configError("config", "a config.json object", hf);
   }
   if (hf.model_type !== undefined && hf.model_type !== "gpt2") {
@@ -1377,6 +1380,15 @@ export function lossFromLogits(logits: Tensor, ids: Tensor, options: LossOptions
 
 /** UTF-8 bytes of `text`: the token ids of a byte-level model. */
 export function encodeBytes(text: string): number[] {
+  if (typeof text !== "string") {
+    throw new TensorqError("text must be a string", {
+      op: "encodeBytes",
+      kind: "argument",
+      argument: "text",
+      expected: "a string",
+      actual: describeValue(text),
+    });
+  }
   return Array.from(new TextEncoder().encode(text));
 }
 

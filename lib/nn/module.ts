@@ -55,6 +55,19 @@ export function booleanOption(
   return value === undefined ? fallback : checkBoolean(op, argument, value);
 }
 
+/** A name prefix must be a string (null or an object would be glued onto every name). */
+function checkPrefix(op: string, prefix: unknown): void {
+  if (typeof prefix !== "string") {
+    throw new TensorqError("prefix must be a string", {
+      op,
+      kind: "argument",
+      argument: "prefix",
+      expected: 'a dotted name such as "transformer" ("" for none)',
+      actual: describeValue(prefix),
+    });
+  }
+}
+
 /** The library's own module classes (exactly these constructors, not user subclasses). */
 const libraryModules = new WeakSet<abstract new (...args: never[]) => Module>();
 
@@ -187,10 +200,10 @@ export abstract class Module {
   setParameter(name: string, value: Tensor | undefined): void {
     const spec = this.#specs.get(name);
     if (!spec) {
-      throw new TensorqError(`${this.constructor.name} has no parameter '${name}'`, {
+      throw new TensorqError(`${this.constructor.name} has no parameter ${describeValue(name)}`, {
         op: "setParameter",
         kind: "argument",
-        argument: name,
+        argument: String(name),
         expected: `one of ${[...this.#specs.keys()].join(", ") || "(none)"}`,
       });
     }
@@ -242,15 +255,7 @@ export abstract class Module {
    * {@link Module.stateDict} has every name.
    */
   namedParameters(prefix = ""): [string, Tensor][] {
-    if (typeof prefix !== "string") {
-      throw new TensorqError("prefix must be a string", {
-        op: "Module.namedParameters",
-        kind: "argument",
-        argument: "prefix",
-        expected: 'a dotted name such as "transformer" ("" for none)',
-        actual: describeValue(prefix),
-      });
-    }
+    checkPrefix("Module.namedParameters", prefix);
     const seen = new Set<Tensor>();
     return this.#allNamedParameters(prefix).filter(([, t]) => !seen.has(t) && !!seen.add(t));
   }
@@ -262,6 +267,7 @@ export abstract class Module {
 
   /** Every declared parameter (set or not) with its spec, by dotted name. */
   parameterSpecs(prefix = ""): [string, ParameterSpec][] {
+    checkPrefix("Module.parameterSpecs", prefix);
     const out: [string, ParameterSpec][] = [];
     for (const [name, spec] of this.#specs) out.push([prefix + name, spec]);
     for (const [name, child] of this.#children) {

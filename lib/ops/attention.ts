@@ -16,7 +16,7 @@
  * @module
  */
 import type { DType } from "../dtype.ts";
-import { describeValue } from "../shape.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import type { Tensor } from "../tensor.ts";
 import {
@@ -87,26 +87,8 @@ export function attention(
   checkTensor(op, "q", q);
   checkTensor(op, "k", k);
   checkTensor(op, "v", v);
-  if (options === null || typeof options !== "object") {
-    throw new TensorqError("options must be an object", {
-      op,
-      kind: "argument",
-      argument: "options",
-      expected: "an object",
-      actual: describeValue(options),
-    });
-  }
   // A misspelt option (PyTorch's `isCausal`, a `mask`) would otherwise be ignored silently.
-  const unknown = Object.keys(options).filter((key) => !ATTENTION_OPTIONS.includes(key));
-  if (unknown.length) {
-    throw new TensorqError("unknown attention option", {
-      op,
-      kind: "argument",
-      argument: unknown[0],
-      expected: `options among ${ATTENTION_OPTIONS.join(", ")}`,
-      actual: unknown.join(", "),
-    });
-  }
+  options = optionsOf<AttentionOptions>(op, options, ATTENTION_OPTIONS);
   const { kvLength } = options;
   if (kvLength !== undefined) checkTensor(op, "kvLength", kvLength);
   for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {

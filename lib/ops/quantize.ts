@@ -40,7 +40,7 @@
 import { decode, type DType } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import type { Node } from "../graph/node.ts";
-import { optionsOf } from "../shape.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 import { scalar, type Tensor } from "../tensor.ts";
 import { checkSameDevice, checkTensor, FLOAT_DTYPES, makeOp } from "./op.ts";
 
@@ -205,7 +205,7 @@ function resolveMode(
       kind: "argument",
       argument: "blockSize",
       expected: "dim given together with blockSize",
-      actual: `blockSize ${blockSize} without dim`,
+      actual: `blockSize ${describeValue(blockSize)} without dim`,
     });
   }
   if (dim === undefined) {

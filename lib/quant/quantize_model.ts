@@ -147,15 +147,33 @@ function checkExclude(op: string, exclude: unknown): (string | RegExp)[] {
   ) => (p instanceof RegExp ? new RegExp(p.source, p.flags.replace(/[gy]/g, "")) : p));
 }
 
+const LAYER_RANGE_FIELDS = [
+  "inputAmax",
+  "inputCount",
+  "inputChannelAmax",
+  "weightAmax",
+  "weightBlockAmax",
+  "weightBlockSize",
+];
+
 function toLookup(
   op: string,
   argument: string,
   value: unknown,
 ): Map<string, LayerCalibration> {
   if (value === undefined) return new Map();
-  if (value instanceof Map) return value as Map<string, LayerCalibration>;
-  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
-    return new Map(Object.entries(value as Record<string, LayerCalibration>));
+  const proto = typeof value === "object" && value !== null ? Object.getPrototypeOf(value) : 0;
+  const entries = value instanceof Map
+    ? [...value.entries()]
+    : proto === Object.prototype || proto === null
+    ? Object.entries(value as object)
+    : undefined;
+  if (entries) {
+    // Each layer's ranges: a misspelt field (weightAmx) would be ignored silently.
+    for (const [name, ranges] of entries) {
+      optionsOf(op, ranges, LAYER_RANGE_FIELDS, `${argument}[${JSON.stringify(String(name))}]`);
+    }
+    return new Map(entries) as Map<string, LayerCalibration>;
   }
   throw new TensorqError(`${argument} must be a Map or a record of layer ranges`, {
     op,

@@ -59,7 +59,7 @@ export function inputInfo(shape: readonly DimSpec[], dtype: DType = "float32"): 
         kind: "argument",
         argument: `shape[${i}]`,
         expected: "a non-negative integer or [min, opt, max] with min <= opt <= max",
-        actual: JSON.stringify(dim),
+        actual: describeValue(dim),
       });
     }
   });

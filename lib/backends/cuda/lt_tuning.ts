@@ -16,6 +16,7 @@
  */
 import { ltVersion } from "../../../ffi/cublaslt.ts";
 import { TensorqError } from "../../errors.ts";
+import { describeValue } from "../../shape.ts";
 import type { CudaDevice } from "./device.ts";
 
 /** A pick as stored: the heuristic's candidate index, its algorithm bytes (hex) and time. */
@@ -60,7 +61,7 @@ export function setLtTuningFile(filePath: string | undefined): void {
       kind: "argument",
       argument: "path",
       expected: "a file path",
-      actual: JSON.stringify(filePath),
+      actual: describeValue(filePath),
     });
   }
   if (filePath === undefined) {
