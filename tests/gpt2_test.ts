@@ -867,7 +867,8 @@ Deno.test("GPT-2 arguments: bad configs, options, inputs and caches are named er
         "[B, T]",
       ],
     ],
-    [() => m.transformer.block(1), "GPT2Model.block", "argument", ["[0, 1)", "got 1"]],
+    [() => m.transformer.block(1), "GPT2Model.block", "argument", ["[-1, 1)", "got 1"]],
+    [() => m.transformer.block(-2), "GPT2Model.block", "argument", ["[-1, 1)", "got -2"]],
     [() => m.transformer.block(0.5), "GPT2Model.block", "argument", ["got 0.5"]],
     [() => m.transformer.block(bad(Symbol("i"))), "GPT2Model.block", "argument", ["Symbol(i)"]],
     // Options of the static helpers.
@@ -947,4 +948,23 @@ Deno.test("GPT-2 arguments: bad configs, options, inputs and caches are named er
   assert.ok(Number.isFinite(lossFromLogits(m.forward(ids), ids, bad(null))));
   assert.equal(generate(m, [1], { maxNewTokens: 1, cache: false, compiled: false }).length, 1);
   assert.equal(tq.gpt2SmoothQuantPairs(config).length, 2);
+});
+
+Deno.test("GPT2Model: block(-1) is the last block; a null cache is no cache; compile takes bound forwards", () => {
+  const m = GPT2LMHeadModel.random(
+    { vocabSize: 32, nPositions: 16, nEmbd: 8, nLayer: 2, nHead: 2 },
+    {
+      seed: 3,
+    },
+  );
+  assert.equal(m.transformer.block(-1), m.transformer.block(1));
+  const ids = tensor(Int32Array.from([1, 2, 3, 4]), { shape: [1, 4] });
+  const plain = m.transformer.forward(ids).dataSync();
+  assert.deepEqual(m.transformer.forward(ids, null as unknown as undefined).dataSync(), plain);
+  // forward(ids, cache?) declares two parameters: compile with one input still traces it.
+  const exe = tq.compile(m.transformer.forward.bind(m.transformer), {
+    args: [tq.inputInfo([1, 4], "int32")],
+  });
+  assert.deepEqual((exe(ids) as Tensor).dataSync(), plain);
+  exe.dispose();
 });

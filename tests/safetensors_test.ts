@@ -1133,7 +1133,7 @@ Deno.test("file paths must be non-empty strings or file: URLs", async () => {
         const err = assertTensorqError(fn, /must be a file path/, op, "argument");
         assert.equal(err.argument, argument, label);
         assert.ok(err.message.includes(got), `${label}: ${err.message}`);
-        assert.ok(err.message.includes("a non-empty string or a file: URL"), err.message);
+        assert.ok(err.message.includes("a file path string or a file: URL object"), err.message);
       }
       await assert.rejects(() => SafetensorsFile.openAsync(p), (e: unknown) => {
         assert.ok(e instanceof TensorqError && e.op === "SafetensorsFile.openAsync", String(e));

@@ -351,10 +351,6 @@ Deno.test("options must be plain objects of known keys; other bad arguments are 
     ["namedModules", () => tq.namedModules(new tq.Linear(2, 2), 5 as unknown as string), [
       "'prefix'",
     ]],
-    ["compile", () =>
-      tq.compile((a: tq.Tensor, b: tq.Tensor) => a.add(b), {
-        args: [tq.inputInfo([2])],
-      }), ["fewer inputs", "2 parameters", "1 inputInfo"]],
     [
       "calibrate",
       () =>

@@ -144,7 +144,7 @@ export function checkPathString(path: unknown, op: string, argument = "path"): s
     op,
     kind: "argument",
     argument,
-    expected: "a non-empty string or a file: URL",
+    expected: "a file path string or a file: URL object (new URL(...))",
     actual: describeValue(path),
   });
 }

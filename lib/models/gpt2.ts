@@ -545,15 +545,15 @@ export class GPT2Model extends Module {
     );
   }
 
-  /** The block at `index`. */
+  /** The block at `index` (negative counts from the end, as in `Sequential.at`). */
   block(index: number): GPT2Block {
     const n = this.config.nLayer;
-    if (!Number.isSafeInteger(index) || index < 0 || index >= n) {
+    if (!Number.isSafeInteger(index) || index < -n || index >= n) {
       throw new TensorqError("no block at this index", {
         op: "GPT2Model.block",
         kind: "argument",
         argument: "index",
-        expected: `an integer in [0, ${n})`,
+        expected: `an integer in [${-n}, ${n})`,
         actual: describeValue(index),
       });
     }
@@ -579,6 +579,8 @@ export class GPT2Model extends Module {
         actual: `shape ${fmtShape(ids.shape)}`,
       });
     }
+    // null is "no cache", as in GPT2LMHeadModel.forward's options.
+    cache ??= undefined;
     if (cache !== undefined) checkCacheFits(op, "cache", cache, this.config.nLayer);
     return buildSharingTrace(this, () => {
       const t = ids.shape[1];

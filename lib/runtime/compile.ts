@@ -223,16 +223,6 @@ export function compile(
     // Hand-made infos get inputInfo's checks.
     return inputInfo(a.shape, a.dtype ?? "float32");
   });
-  // A parameter args does not describe would be traced as undefined, failing inside fn.
-  if (fn.length > infos.length) {
-    throw new TensorqError("args describes fewer inputs than the function takes", {
-      op: "compile",
-      kind: "argument",
-      argument: "options.args",
-      expected: `an inputInfo for each of the function's ${fn.length} parameters`,
-      actual: `${infos.length} inputInfo(s)`,
-    });
-  }
   const indices = infos.length > 0
     ? `integers in [0, ${infos.length - 1}]`
     : "no index (the function takes no arguments)";
