@@ -18,8 +18,9 @@
  *   clamped into `[0, x.shape[axis] - src.shape[axis]]`.
  * - `concat` `{axis}`: inputs joined along `axis`.
  * - `gather` `{axis}` and `embedding` `{axis: 0}`: inputs `[x, indices]`; output
- *   `x.shape[:axis] + indices.shape + x.shape[axis+1:]`. Indices in [-n, n) (negative ones
- *   count from the end); anything else fails at evaluation, naming the op and the index.
+ *   `x.shape[:axis] + indices.shape + x.shape[axis+1:]`. gather's indices lie in [-n, n)
+ *   (negative ones count from the end), embedding's ids in [0, n); anything else fails at
+ *   evaluation, naming the op and the index.
  * - `triu` / `tril` `{k}`: last two dims, elements with `col - row >= k` (`<= k`) kept, the
  *   rest zero.
  * - `causalMask` `{offset}`: no inputs; bool `[queries, keys]`, true where `j <= i + offset`.
