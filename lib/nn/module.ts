@@ -56,7 +56,7 @@ export function booleanOption(
 }
 
 /** A name prefix must be a string (null or an object would be glued onto every name). */
-function checkPrefix(op: string, prefix: unknown): void {
+export function checkPrefix(op: string, prefix: unknown): void {
   if (typeof prefix !== "string") {
     throw new TensorqError("prefix must be a string", {
       op,

@@ -11,7 +11,7 @@
 import { decode } from "../dtype.ts";
 import { checkBoolean, isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import type { Module } from "../nn/module.ts";
+import { checkPrefix, type Module } from "../nn/module.ts";
 import { optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
 import { checkModule, checkUncompressed, describe } from "./args.ts";
@@ -80,19 +80,6 @@ export interface CalibrateOptions {
 }
 
 const METHODS: readonly CalibrationMethod[] = ["max", "percentile", "entropy", "mse"];
-
-/** A name prefix must be a string (a number would be glued onto every name). */
-function checkPrefix(op: string, prefix: unknown): void {
-  if (typeof prefix !== "string") {
-    throw new TensorqError("prefix must be a string", {
-      op,
-      kind: "argument",
-      argument: "prefix",
-      expected: 'a dotted name such as "transformer" ("" for none)',
-      actual: describe(prefix),
-    });
-  }
-}
 
 /**
  * Every module under `module` (itself first, named `prefix`, "" by default) with dotted
