@@ -6,7 +6,7 @@
  */
 import { checkDType, decode, type DType, dtypeInfo, encode } from "./dtype.ts";
 import { TensorqError } from "./errors.ts";
-import { checkShape, numel, optionsOf } from "./shape.ts";
+import { checkShape, describeValue, numel, optionsOf } from "./shape.ts";
 import {
   CREATE_OPTIONS,
   type CreateOptions,
@@ -97,15 +97,18 @@ export interface RandomOptions extends CreateOptions {
   seed?: number;
 }
 
-/** A fractional seed would be floored silently, so two seeds would give one stream. */
-function checkSeed(op: string, seed: unknown): number {
+/**
+ * `seed` if it is a safe integer; otherwise an argument error of `op` naming `argument`. A
+ * fractional seed would be floored silently, so two seeds would give one stream.
+ */
+export function checkSeed(op: string, seed: unknown, argument = "seed"): number {
   if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
     throw new TensorqError("seed must be an integer", {
       op,
       kind: "argument",
-      argument: "seed",
+      argument,
       expected: "a safe integer",
-      actual: String(seed),
+      actual: describeValue(seed),
     });
   }
   return seed;

@@ -343,7 +343,7 @@ Deno.test("options must be plain objects of known keys; other bad arguments are 
       '"axis"',
       "dim, blockSize",
     ]],
-    ["RandomStream", () => new tq.RandomStream("x" as unknown as number), ["'seed'", "got x"]],
+    ["RandomStream", () => new tq.RandomStream("x" as unknown as number), ["'seed'", 'got "x"']],
     ["Sequential.at", () => new tq.Sequential(new tq.Linear(2, 2)).at(1.5), ["'index'", "1.5"]],
     ["Module.namedParameters", () => new tq.Linear(2, 2).namedParameters(5 as unknown as string), [
       "'prefix'",

@@ -24,7 +24,7 @@ import { mean } from "../ops/reduce.ts";
 import { concat, gather, permute, reshape, slice, split, transpose } from "../ops/shape.ts";
 import { describeValue, optionsOf } from "../shape.ts";
 import { checkTensor } from "../ops/op.ts";
-import { randn, RandomStream } from "../random.ts";
+import { checkSeed, randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
 import { full, Tensor, tensor } from "../tensor.ts";
 import { buildSharingTrace, Module, registerLibraryModules } from "../nn/module.ts";
@@ -896,16 +896,7 @@ export class GPT2LMHeadModel extends Module {
     const checked = configArgument(op, config);
     options = optionsOf(op, options, ["dtype", "device", "seed"]);
     const dtype = checkModelDType(op, options.dtype);
-    const seed = options.seed ?? 0;
-    if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
-      throw new TensorqError("seed must be an integer", {
-        op,
-        kind: "argument",
-        argument: "options.seed",
-        expected: "a safe integer",
-        actual: describeValue(seed),
-      });
-    }
+    const seed = checkSeed(op, options.seed ?? 0, "options.seed");
     if (options.device !== undefined) parseDevice(op, options.device, "options.device");
     const model = withoutInitialization(() => new GPT2LMHeadModel(checked, { dtype }));
     const seeds = new RandomStream(seed);
@@ -1190,17 +1181,7 @@ export function generate(
       actual: describeValue(maxNew),
     });
   }
-  const seed = options.seed ?? 0;
-  if (!Number.isSafeInteger(seed)) {
-    throw new TensorqError("seed must be an integer", {
-      op: GEN_OP,
-      kind: "argument",
-      argument: "seed",
-      expected: "a safe integer",
-      actual: describeValue(seed),
-    });
-  }
-  const stream = new RandomStream(seed);
+  const stream = new RandomStream(checkSeed(GEN_OP, options.seed ?? 0));
   if (options.onToken !== undefined && typeof options.onToken !== "function") {
     throw new TensorqError("onToken must be a function", {
       op: GEN_OP,
