@@ -165,17 +165,21 @@ export function randn(
   return fromStorage(encode(dtype, values), s, dtype, options.device);
 }
 
+/** `v` as `dtype` holds it (rounded to nearest even), as a number. */
+function roundedTo(dtype: DType, v: number): number {
+  return decode(dtype, encode(dtype, [v]))[0];
+}
+
 /**
  * The least float64 in [low, high] that `dtype` rounds to `high` or above (high itself when
  * none below it does), by bisection: rounding is monotonic, and `low` rounds below `high`.
  */
 function roundingUpTo(dtype: DType, low: number, high: number): number {
-  const rounded = (v: number) => decode(dtype, encode(dtype, [v]))[0];
   let below = low, above = high;
   for (let i = 0; i < 2200; i++) {
     const mid = below + (above - below) / 2;
     if (mid <= below || mid >= above) break; // adjacent float64 values
-    if (rounded(mid) >= high) above = mid;
+    if (roundedTo(dtype, mid) >= high) above = mid;
     else below = mid;
   }
   return above;
@@ -195,7 +199,8 @@ export function rand(
   const stream = streamFor("rand", options.seed);
   const low = finiteNumber("rand", "low", options.low ?? 0);
   const high = finiteNumber("rand", "high", options.high ?? 1);
-  if (!(low < high) || !(decode(dtype, encode(dtype, [low]))[0] < high)) {
+  const lowest = roundedTo(dtype, low);
+  if (!(low < high) || !(lowest < high)) {
     throw new TensorqError("low must be below high (once rounded to the dtype)", {
       op: "rand",
       kind: "argument",
@@ -211,7 +216,6 @@ export function rand(
   // they are drawn again after the pass, so that the others keep their values and all stay
   // seeded. A range that (nearly) every draw rounds out of falls back to low, rounded.
   const limit = roundingUpTo(dtype, low, high);
-  const lowest = decode(dtype, encode(dtype, [low]))[0]; // < high, checked above
   for (let i = 0; i < values.length; i++) {
     for (let tries = 0; values[i] >= limit; tries++) values[i] = tries < 64 ? draw() : lowest;
   }
