@@ -128,16 +128,21 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 // ---------------------------------------------------------------------------------------------
 // Activations
 
+// The largest finite float. gelu(-inf) is the limit -0, but the formulas multiply -inf by a
+// factor that is exactly 0 there; the leading factor x is taken as fmaxf(x, -kMaxFloat),
+// which changes only -inf (and keeps NaN: the other factor is NaN then).
+constexpr float kMaxFloat = 3.40282347e38f;
+
 // 0.5 x (1 + erf(x / sqrt 2)), written with erfc so the negative tail keeps its precision.
 __device__ __forceinline__ float gelu_erf(float x) {
-  return 0.5f * x * erfcf(-x * 0.70710678118654752f);
+  return 0.5f * fmaxf(x, -kMaxFloat) * erfcf(-x * 0.70710678118654752f);
 }
 
 // 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)) with u = sqrt(2/pi) (x + 0.044715 x^3): no
 // cancellation for negative x.
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float u = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
-  return x / (1.0f + expf(-2.0f * u));
+  return fmaxf(x, -kMaxFloat) / (1.0f + expf(-2.0f * u));
 }
 
 // Activation codes of the fused layers: 0 none, 1 relu (NaN stays NaN), 2 gelu (erf),

@@ -139,7 +139,7 @@ __device__ __forceinline__ void storePair(float* p, float a, float b) {
 // The epilogue of a GELU layer is a latency-bound chain of about twenty instructions per output
 // on one warp per scheduler (Nsight Compute on GPT-2's c_fc); the IEEE-safe exp2 and division
 // sequences were half of it. The relative error (a few 1e-6 where 2^z is large) is far below
-// a 16-bit output's half ulp; x → -inf (finite) gives -0, NaN stays NaN.
+// a 16-bit output's half ulp; x → -inf gives -0 (fmaxf as in common.cuh), NaN stays NaN.
 __device__ __forceinline__ float ex2Ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -156,7 +156,7 @@ __device__ __forceinline__ float geluTanhFast(float x) {
   constexpr float k0 = -2.302208198144325f;    // -2 sqrt(2/pi) log2(e)
   constexpr float k1 = -0.1029432395800235f;   // k0 · 0.044715
   const float z = __fmul_rn(x, __fmaf_rn(k1, __fmul_rn(x, x), k0));
-  return __fmul_rn(x, rcpFtz(__fadd_rn(1.0f, ex2Ftz(z))));
+  return __fmul_rn(fmaxf(x, -kMaxFloat), rcpFtz(__fadd_rn(1.0f, ex2Ftz(z))));
 }
 
 // int32 -> double without a 64-bit conversion instruction (those run at a quarter of the

@@ -67,6 +67,25 @@ testOnDevices("gelu exact and tanh match float64 references", (device) => {
   });
 });
 
+testOnDevices("gelu takes its limits at ±∞ and keeps NaN and ±0", (device) => {
+  // -∞ · Φ(-∞) is -∞ · 0 written naively; the limit is -0. Huge finite inputs underflow to -0.
+  const xs = [-Infinity, Infinity, NaN, 0, -0, -1e30, 1e30];
+  const want = [-0, Infinity, NaN, 0, -0, -0, 1e30];
+  for (const dtype of ["float32", "float16", "bfloat16"] as const) {
+    for (const approximate of ["none", "tanh"] as const) {
+      const x = tq.tensor(xs, { dtype, device });
+      const got = Array.from(x.gelu({ approximate }).cast("float32").dataSync() as Float32Array);
+      const expected = tq.tensor(want, { dtype }).cast("float32").dataSync() as Float32Array;
+      got.forEach((v, i) =>
+        assert.ok(
+          Object.is(v, expected[i]),
+          `${dtype} ${approximate} gelu(${xs[i]}) = ${v}, want ${expected[i]}`,
+        )
+      );
+    }
+  }
+});
+
 Deno.test("cpu gelu keeps its relative precision in the negative tail", () => {
   // High-precision values of x · Φ(x) and of the tanh form: 1 + erf (or 1 + tanh) cancels
   // there, which gave 0 below x = -6.

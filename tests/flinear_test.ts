@@ -215,6 +215,37 @@ testOnDevices("Sequential of Linears and a hand-written x · Wᵀ + b fuse layer
   }
 });
 
+testOnDevices("fused GELU takes its limits at infinite pre-activations", (device) => {
+  // A row holding -inf (or +inf) against positive weights gives -inf (+inf) before the
+  // activation: GELU must give -0 (+inf) there, not -inf · 0 = NaN. M = 1 reaches the GEMV,
+  // M = 7 and 40 the GEMM paths.
+  const [k, n] = [48, 24];
+  for (const dtype of DTYPES) {
+    for (const act of ["gelu", "gelu_tanh"] as const) {
+      for (const m of [1, 7, 40]) {
+        const what = `${dtype} M=${m} ${act}`;
+        const l = new tq.Linear(k, n, { dtype });
+        l.loadStateDict({
+          weight: tq.rand([n, k], { seed: m, low: 0.1, high: 1, dtype }),
+          bias: tq.randn([n], { seed: m + 1, dtype }),
+        });
+        const xs = tq.randn([m, k], { seed: m + 2 }).dataSync() as Float32Array;
+        const sign = (row: number) => (row % 2 === 0 ? -Infinity : Infinity);
+        for (let row = 0; row < m; row++) xs[row * k + (row % k)] = sign(row);
+        const x = tq.tensor(xs, { shape: [m, k], dtype, device });
+        const y = applyActivation(l.to(device).forward(x), act);
+        assert.deepEqual(tq.inspectGraph(y).ops, ["linear"], what);
+        const got = values(y);
+        for (let i = 0; i < got.length; i++) {
+          const want = sign(Math.floor(i / n)) === Infinity ? Infinity : 0;
+          // -0 or 0: === does not tell them apart.
+          assert.ok(got[i] === want, `${what}: output ${i} is ${got[i]}, want ${want}`);
+        }
+      }
+    }
+  }
+});
+
 testOnDevices("linear fusion leaves other patterns alone", (device) => {
   const l = layer(device, [32, 16], "float32", true, 11);
   const x = tq.randn([4, 32], { seed: 12, device });

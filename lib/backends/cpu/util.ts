@@ -108,10 +108,12 @@ function erfcTail(x: number): number {
 
 /**
  * GELU, x · Φ(x) = ½ · x · (1 + erf(x / √2)). Below x = -3 that sum cancels (erf nears -1), so
- * the tail is ½ · x · erfc(-x / √2) there, keeping full relative precision.
+ * the tail is ½ · x · erfc(-x / √2) there, keeping full relative precision. At -∞ it is the
+ * limit, -0, not -∞ · 0.
  */
 export function gelu(x: number): number {
   if (x >= -3) return 0.5 * x * (1 + erf(x / Math.SQRT2));
+  if (x === -Infinity) return -0;
   const t = -x / Math.SQRT2;
   return 0.5 * x * (t >= 2.5 ? erfcTail(t) : 1 - erf(t));
 }
@@ -121,11 +123,12 @@ const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 /**
  * GELU's tanh form, ½ · x · (1 + tanh(u)) with u = √(2/π) · (x + 0.044715 x³). Below u = -3
  * (tanh nears -1) it is evaluated as x · e^{2u} / (1 + e^{2u}), the same value without the
- * cancellation.
+ * cancellation. At -∞ it is the limit, -0.
  */
 export function geluTanh(x: number): number {
   const u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
   if (!(u < -3)) return 0.5 * x * (1 + Math.tanh(u));
+  if (x === -Infinity) return -0;
   const e = Math.exp(2 * u);
   return (x * e) / (1 + e);
 }
