@@ -2,7 +2,9 @@
  * Errors raised by tensorq, with the caller's source location.
  *
  * Every check runs when the user calls an op, so the first stack frame outside the library
- * is the line that made the mistake. That frame is named in the message.
+ * is the line that made the mistake. That frame is named in the message. A check that needs
+ * the data (an index out of range) runs when the op is evaluated: its error names the line
+ * that built the op, and the line that evaluated it.
  * @module
  */
 
@@ -149,6 +151,7 @@ export class TensorqError extends Error {
   /** Creates an error; the caller's location is captured from the current stack. */
   constructor(message: string, details: TensorqErrorDetails) {
     details ??= { op: "tensorq", kind: "argument" };
+    const parts = { message: String(message), details };
     const site = details.callSite ?? captureCallSite();
     let text = `${details.op}: ${String(message)}`;
     const detail = [
@@ -167,7 +170,73 @@ export class TensorqError extends Error {
     this.expected = details.expected;
     this.actual = details.actual;
     this.callSite = site;
+    errorParts.set(this, parts);
   }
+}
+
+/** Each error's message and details as given, for {@link evaluatedAt}. */
+const errorParts = new WeakMap<TensorqError, { message: string; details: TensorqErrorDetails }>();
+
+/** An op of a graph being evaluated: its name and the call site that built it. */
+export interface BuiltOp {
+  /** The op's name. */
+  readonly op: string;
+  /** Its attributes: a check's `op` attribute names the op it checks for. */
+  readonly attrs?: { readonly op?: unknown };
+  /** The user's line that built it, if known. */
+  readonly callSite?: CallSite;
+}
+
+/** The graph being evaluated: its traced op `i` is `opAt(i)`; `op` is the one running now. */
+let evaluation: { opAt: (i: number) => BuiltOp | undefined; op?: number } | undefined;
+
+/**
+ * Runs a plan (`run`) whose traced ops are `opAt(i)`. An argument error that an op raises
+ * while it runs (an index out of range, known only from the data) is reported at the line
+ * that built the op, naming the line that evaluated it as well.
+ */
+export function evaluating<T>(opAt: (i: number) => BuiltOp | undefined, run: () => T): T {
+  const outer = evaluation;
+  evaluation = { opAt };
+  try {
+    return run();
+  } catch (e) {
+    throw e instanceof TensorqError ? evaluatedAt(e, runningBuiltOp()) : e;
+  } finally {
+    evaluation = outer;
+  }
+}
+
+/** Called by a plan before each step: the traced op the step computes, if it is one op's. */
+export function runningOp(i: number | undefined): void {
+  if (evaluation) evaluation.op = i;
+}
+
+/** The op now running inside {@link evaluating}, when a plan step computes one traced op. */
+export function runningBuiltOp(): BuiltOp | undefined {
+  const e = evaluation;
+  return e && e.op !== undefined ? e.opAt(e.op) : undefined;
+}
+
+/**
+ * `error`, raised while `built` ran, reported at the line that built it; its message names the
+ * line that evaluated it. Errors of another op, of other kinds than `argument` (the data's),
+ * or given their site already come back unchanged.
+ */
+export function evaluatedAt(error: TensorqError, built: BuiltOp | undefined): TensorqError {
+  const parts = errorParts.get(error);
+  const site = built?.callSite;
+  if (!site || (built.op !== error.op && built.attrs?.op !== error.op)) return error;
+  if (error.kind !== "argument") return error;
+  if (!parts || parts.details.callSite || sameSite(site, error.callSite)) return error;
+  return new TensorqError(
+    `${parts.message}, found when evaluated at ${formatCallSite(error.callSite)}`,
+    { ...parts.details, callSite: site },
+  );
+}
+
+function sameSite(a: CallSite, b: CallSite | undefined): boolean {
+  return b !== undefined && a.file === b.file && a.line === b.line && a.column === b.column;
 }
 
 /**

@@ -246,6 +246,7 @@ testOnDevices(
   "compile: data checks (gather indices, computed scales) raise on every call",
   (device) => {
     const table = tq.randn([10, 4], { seed: 61, device });
+    const built = thisLine() + 1;
     const lookup = tq.compile((ids: tq.Tensor) => tq.embedding(ids, table), {
       args: [tq.inputInfo([3], "int32")],
       device,
@@ -255,11 +256,19 @@ testOnDevices(
     assert.deepEqual(first.dataSync(), tq.embedding(ids([1, 2, 3]), table).dataSync());
     // On CUDA later calls replay a recorded graph: its device-side index check still reports.
     for (let call = 0; call < 2; call++) {
-      // The CPU raises during the call, CUDA at the read (the launch does not wait).
+      // The CPU raises during the call, CUDA at the read (the launch does not wait); both name
+      // the traced function's line that built the embedding, and the line that called it.
+      const read = thisLine() + 1;
       assertTqError(() => (lookup(ids([4, 12, 0])) as tq.Tensor).dataSync(), {
         op: "embedding",
         kind: "argument",
-        includes: ["index out of range", "got 12 at flat index 1"],
+        includes: [
+          "index out of range",
+          "got 12 at flat index 1",
+          "found when evaluated at",
+          `_test.ts:${read}:`,
+        ],
+        line: built,
       });
       const good = lookup(ids([9, 0, 5])) as tq.Tensor;
       assert.deepEqual(good.dataSync(), tq.embedding(ids([9, 0, 5]), table).dataSync());

@@ -305,11 +305,20 @@ testOnDevices(
     // them: the error names the first bad one, and the op that reads the scale.
     const amax = tensor([2, 0, NaN, -1], { device }).mul(1);
     assert.equal(amax.isEvaluated, false);
+    // Reported at the quantize call, naming the line whose read evaluated it.
+    const built = thisLine() + 1;
     const q = quantize(x, amax.div(127), "int8", { dim: 0 });
+    const read = thisLine() + 1;
     assertTqError(() => q.storageSync(), {
       op: "quantize",
       kind: "argument",
-      includes: ["scale must be positive and finite", "got 0 at flat index 1 of 4"],
+      includes: [
+        "scale must be positive and finite",
+        "got 0 at flat index 1 of 4",
+        `found when evaluated at`,
+        `_test.ts:${read}:`,
+      ],
+      line: built,
     });
     // A float16 scale of a float16 x, per tensor, negative.
     const x16 = tensor([1, 2, 3], { device, dtype: "float16" });

@@ -23,6 +23,11 @@ export interface PlanNode {
   dtype: DType;
   /** Inputs. */
   inputs: ValueRef[];
+  /**
+   * The traced op this node computes (its index in graph order before any pass), for errors
+   * raised while it runs; absent on nodes a pass made of several ops.
+   */
+  source?: number;
 }
 
 /** A leaf of a structural graph: a realized value fed to the plan at run time. */

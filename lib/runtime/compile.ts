@@ -19,7 +19,7 @@
  */
 import { checkDType, type DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
-import { checkBoolean, fmtShape, TensorqError } from "../errors.ts";
+import { checkBoolean, evaluating, fmtShape, TensorqError } from "../errors.ts";
 import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
 import { describeValue, numel } from "../shape.ts";
@@ -131,6 +131,8 @@ interface ShapeEntry {
   lent?: (WeakRef<Node> | undefined)[];
   replay?: ReplayablePlan;
   single: boolean;
+  /** The traced ops, for the call sites of errors their evaluation raises. */
+  ops: readonly Node[];
 }
 
 /** A compiled function: call it with tensors of the declared dtypes and shapes in range. */
@@ -325,6 +327,7 @@ export function compile(
       outShapes: outs.map((t) => t.shape),
       outDTypes: outs.map((t) => t.dtype),
       single,
+      ops: traced.nodes,
     };
     return entry;
   };
@@ -427,8 +430,13 @@ export function compile(
     const leaves = bindLeaves(entry, entry.staticInputs);
     // One plain run first, on the real inputs: weight caches and algorithm choices happen
     // outside the recording, and input-dependent errors surface here.
-    entry.plan.run(leaves, entry.staticOutputs);
-    entry.replay = backend.record!(entry.plan, leaves, entry.staticOutputs);
+    evaluating((i) => entry.ops[i], () => entry.plan.run(leaves, entry.staticOutputs));
+    // Inside evaluating: the recording's checks keep the ops that mark them, for the replays.
+    const outputs = entry.staticOutputs;
+    entry.replay = evaluating(
+      (i) => entry.ops[i],
+      () => backend.record!(entry.plan, leaves, outputs),
+    );
   };
 
   const entryFor = (shapes: number[][]): ShapeEntry => {
@@ -523,7 +531,7 @@ export function compile(
         backend.copy(own, b);
         return own;
       });
-      outs = entry.plan.run(bindLeaves(entry, buffers));
+      outs = evaluating((i) => entry.ops[i], () => entry.plan.run(bindLeaves(entry, buffers)));
       buffers.forEach((b, i) => donated.has(i) && b.dispose());
     }
     const tensors = outs.map((b, i) => {

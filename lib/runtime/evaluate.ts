@@ -6,7 +6,7 @@
  */
 import { type Backend, backendFor, type PlanGraph, type ValueRef } from "../backends/backend.ts";
 import { parseDevice } from "../device.ts";
-import { TensorqError, TRACED_NO_VALUE } from "../errors.ts";
+import { evaluating, TensorqError, TRACED_NO_VALUE } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
 import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
@@ -173,12 +173,12 @@ export function traceGraph(targets: Node[]): TracedGraph {
       producer: n.op,
       ...(n.donated ? { writable: true } : {}),
     })),
-    nodes: order.map((n) => {
+    nodes: order.map((n, source) => {
       const inputs = n.inputs.map(ref);
       keyParts.push(
         `${n.op}${JSON.stringify(n.attrs)}${n.dtype}[${n.shape}](${inputs.map(refKey)})`,
       );
-      return { op: n.op, attrs: n.attrs, shape: n.shape, dtype: n.dtype, inputs };
+      return { op: n.op, attrs: n.attrs, shape: n.shape, dtype: n.dtype, inputs, source };
     }),
     outputs: targets.map(ref),
   };
@@ -232,7 +232,7 @@ export function realize(targets: Node[]): void {
   }
   const plan = planFor(traced, backend);
   const leaves: DeviceBuffer[] = traced.leafNodes.map((n) => n.buffer!);
-  const outs = plan.run(leaves);
+  const outs = evaluating((i) => traced.nodes[i], () => plan.run(leaves));
   pending.forEach((n, i) => n.realize(outs[i]));
 }
 

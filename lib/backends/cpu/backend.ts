@@ -4,7 +4,7 @@
  * @module
  */
 import { allocStorage, type DType, type StorageArray } from "../../dtype.ts";
-import { TensorqError } from "../../errors.ts";
+import { runningOp, TensorqError } from "../../errors.ts";
 import type { Attrs, DeviceBuffer } from "../../graph/node.ts";
 import { MAX_HOST_ELEMENTS, numel, type Shape } from "../../shape.ts";
 import {
@@ -97,6 +97,8 @@ interface Step {
   kernel: CpuKernel;
   inputs: ValueRef[];
   ctx: CpuKernelContext;
+  /** The traced op it computes (PlanNode.source). */
+  source?: number;
 }
 
 class CpuPlan implements Plan {
@@ -108,6 +110,7 @@ class CpuPlan implements Plan {
       "leaf" in r ? (leaves[r.leaf] as CpuBuffer).data : values[r.node];
     for (let i = 0; i < this.steps.length; i++) {
       const s = this.steps[i];
+      runningOp(s.source);
       values[i] = s.kernel(s.inputs.map(get), s.ctx);
     }
     return this.outputs.map((r, i) => {
@@ -154,7 +157,7 @@ export const cpuBackend: Backend = {
       inputs.forEach((info, k) => checkHostSize(n.op, `input ${k}`, info.shape));
       const out = { shape: n.shape, dtype: n.dtype };
       const ctx = { attrs: n.attrs, out, inputs, overwritable: overwritable[i] };
-      return { kernel: cpuKernel(n.op), inputs: n.inputs, ctx };
+      return { kernel: cpuKernel(n.op), inputs: n.inputs, ctx, source: n.source };
     });
     return new CpuPlan(steps, graph.outputs);
   },

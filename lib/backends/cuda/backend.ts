@@ -15,7 +15,7 @@ import { cuda as driver } from "../../../ffi/cuda.ts";
 import { type DType, fromStorageBytes, type StorageArray, toStorageBytes } from "../../dtype.ts";
 import { parseDevice } from "../../device.ts";
 import type { DeviceBuffer } from "../../graph/node.ts";
-import { messageWithoutCallSite } from "../../errors.ts";
+import { messageWithoutCallSite, runningOp } from "../../errors.ts";
 import { numel } from "../../shape.ts";
 import {
   type Backend,
@@ -63,6 +63,8 @@ interface Step {
   inputs: ValueRef[];
   dtype: DType;
   numel: number;
+  /** The traced op it computes (PlanNode.source). */
+  source?: number;
 }
 
 class CudaPlan implements Plan {
@@ -99,6 +101,7 @@ class CudaPlan implements Plan {
     try {
       for (let i = 0; i < this.steps.length; i++) {
         const s = this.steps[i];
+        runningOp(s.source);
         const inputs = s.inputs.map(get);
         const given = target.get(i);
         if (typeof s.lowered === "function") {
@@ -215,6 +218,7 @@ export const cudaBackend: Backend = {
       inputs: n.inputs,
       dtype: n.dtype,
       numel: numel(n.shape),
+      source: n.source,
     }));
     const lastUse = steps.map(() => -1);
     steps.forEach((s, i) => s.inputs.forEach((r) => "node" in r && (lastUse[r.node] = i)));

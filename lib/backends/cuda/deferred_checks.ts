@@ -8,7 +8,7 @@
  * marked, for each replay to mark again.
  * @module
  */
-import type { TensorqError } from "../../errors.ts";
+import { type BuiltOp, evaluatedAt, runningBuiltOp, type TensorqError } from "../../errors.ts";
 import type { CudaDevice } from "./device.ts";
 import { copyToHostAsync } from "../../../ffi/cudart.ts";
 import { memsetAsync } from "./util.ts";
@@ -52,25 +52,45 @@ export function flagCheck(
   };
 }
 
-const pending = new Set<DeferredCheck>();
-let tracked: Set<DeferredCheck> | undefined;
+/**
+ * Pending checks, each with the op whose launch marked it, for the error's call site (undefined
+ * when several ops' launches, or one from outside an evaluation, marked it since the last read).
+ */
+const pending = new Map<DeferredCheck, BuiltOp | undefined>();
+let tracked: Map<DeferredCheck, BuiltOp | undefined> | undefined;
 
-/** Marks a check pending: its launch was enqueued since the last read. */
-export function deferCheck(check: DeferredCheck): void {
-  pending.add(check);
-  tracked?.add(check);
+/** Adds `check` marked by `op` to `marks`: one op, or undefined when several marked it. */
+function mark(
+  marks: Map<DeferredCheck, BuiltOp | undefined>,
+  check: DeferredCheck,
+  op: BuiltOp | undefined,
+): void {
+  if (!marks.has(check)) marks.set(check, op);
+  else if (marks.get(check) !== op) marks.set(check, undefined);
 }
 
-/** Runs `enqueue` (a graph recording) and returns the checks its launches marked. */
-export function trackDeferred(enqueue: () => void): DeferredCheck[] {
+/**
+ * Marks a check pending: its launch was enqueued since the last read, by `op` (by default the
+ * op a plan is running).
+ */
+export function deferCheck(check: DeferredCheck, op: BuiltOp | undefined = runningBuiltOp()): void {
+  mark(pending, check, op);
+  if (tracked) mark(tracked, check, op);
+}
+
+/**
+ * Runs `enqueue` (a graph recording) and returns the checks its launches marked, each with
+ * the op that marked it (for a replay to mark them again).
+ */
+export function trackDeferred(enqueue: () => void): [DeferredCheck, BuiltOp | undefined][] {
   const outer = tracked;
-  const mine = new Set<DeferredCheck>();
+  const mine = new Map<DeferredCheck, BuiltOp | undefined>();
   tracked = mine;
   try {
     enqueue();
   } finally {
     tracked = outer;
-    for (const c of mine) outer?.add(c);
+    if (outer) { for (const [c, op] of mine) mark(outer, c, op); }
   }
   return [...mine];
 }
@@ -81,7 +101,8 @@ export function trackDeferred(enqueue: () => void): DeferredCheck[] {
  */
 export function raiseDeferredErrors(): void {
   if (pending.size === 0) return;
-  const checks = [...pending];
+  const checks = [...pending.keys()];
+  const ops = [...pending.values()];
   pending.clear();
   for (const c of checks) {
     c.device.makeCurrent();
@@ -89,10 +110,11 @@ export function raiseDeferredErrors(): void {
   }
   for (const device of new Set(checks.map((c) => c.device))) device.synchronize();
   let error: TensorqError | undefined;
-  for (const c of checks) {
+  checks.forEach((c, i) => {
     c.device.makeCurrent();
     const e = c.takeError();
-    error ??= e;
-  }
+    // Reported at the line that built the op, when one op's launches marked the check.
+    error ??= e && evaluatedAt(e, ops[i]);
+  });
   if (error) throw error;
 }

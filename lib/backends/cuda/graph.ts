@@ -15,6 +15,7 @@ import {
   instantiateGraph,
 } from "../../../ffi/cudart.ts";
 import type { ReplayablePlan } from "../backend.ts";
+import type { BuiltOp } from "../../errors.ts";
 import { deferCheck, type DeferredCheck, trackDeferred } from "./deferred_checks.ts";
 import type { CudaDevice } from "./device.ts";
 
@@ -26,7 +27,7 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
     "cudaStreamBeginCapture",
   );
   let graph: Deno.PointerValue;
-  let checks: DeferredCheck[];
+  let checks: [DeferredCheck, BuiltOp | undefined][];
   try {
     checks = trackDeferred(enqueue);
   } catch (e) {
@@ -65,7 +66,7 @@ export function captureGraph(device: CudaDevice, enqueue: () => void): Replayabl
       }
       checkCuda(status, "cudaGraphLaunch");
       // The recorded launches' device-side checks (gather indices, computed scales).
-      for (const c of checks) deferCheck(c);
+      for (const [c, op] of checks) deferCheck(c, op);
     },
     dispose() {
       if (disposed) return;
