@@ -173,10 +173,16 @@ Deno.test("tensor() and full(): int64 data rounds once, bool holds only 0 and 1"
   assert.deepEqual(tq.linspace(0, 1, 2, null as unknown as undefined).toArray(), [0, 1]);
 });
 
-Deno.test("an evaluation error raised while printing names the user's line", () => {
+Deno.test("an evaluation error raised while printing names the user's lines", () => {
+  // The line that built the gather, and the one whose printing evaluated it.
+  const built = thisLine() + 1;
   const y = tq.ones([3, 2]).gather(tq.tensor([5], { dtype: "int32" }), 0);
   const line = thisLine() + 1;
-  assertTqError(() => console.log(y), { op: "gather", includes: ["got 5"], line });
+  assertTqError(() => console.log(y), {
+    op: "gather",
+    includes: ["got 5", `found when evaluated at`, `_test.ts:${line}:`],
+    line: built,
+  });
 });
 
 Deno.test("ops are lazy, evaluation memoizes, and repeated graphs reuse the plan", async () => {
