@@ -743,7 +743,11 @@ export function linspace(
   const dtype = checkDType("linspace", "dtype", options.dtype ?? "float32");
   const step = num > 1 ? (stop - start) / (num - 1) : 0;
   const values = hostValues("linspace", num);
-  for (let i = 0; i < num; i++) values[i] = i === num - 1 && num > 1 ? stop : start + i * step;
+  // stop - start can overflow float64 (bounds near ±1.8e308): then weigh the ends instead.
+  const at = Number.isFinite(step)
+    ? (i: number) => start + i * step
+    : (i: number) => start * (1 - i / (num - 1)) + stop * (i / (num - 1));
+  for (let i = 0; i < num; i++) values[i] = i === num - 1 && num > 1 ? stop : at(i);
   checkRepresentable("linspace", dtype, values, "dtype");
   return fromStorage(encode(dtype, values), [num], dtype, options.device);
 }

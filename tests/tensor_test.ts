@@ -29,6 +29,11 @@ testOnDevices("creation functions", (device) => {
   assert.deepEqual(tq.arange(5, 0, -2, { dtype: "int32", device }).toArray(), [5, 3, 1]);
   assert.deepEqual(tq.linspace(0, 1, 5, { device }).toArray(), [0, 0.25, 0.5, 0.75, 1]);
   assert.deepEqual(tq.linspace(3, 3, 1, { device }).toArray(), [3]);
+  // Bounds whose difference overflows float64: the middle is 0, not NaN.
+  const wide = tq.linspace(-1.7e308, 1.7e308, 3, { dtype: "float32", device }).toArray();
+  assert.deepEqual(wide, [-Infinity, 0, Infinity]);
+  const quarters = tq.linspace(-1.6e308, 1.6e308, 5, { dtype: "float32", device }).toArray();
+  assert.deepEqual(quarters, [-Infinity, -Infinity, 0, Infinity, Infinity]);
 });
 
 Deno.test("randn and rand are reproducible by seed and have the right moments", () => {
