@@ -170,7 +170,9 @@ export interface GeluOptions {
 
 /**
  * GELU: exact `x · Φ(x)` or the tanh approximation
- * `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+ * `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`. Both take their limits at infinity:
+ * `gelu(-∞) = -0`, `gelu(+∞) = +∞`; NaN stays NaN. (A float16 / bfloat16 Linear of more than 16
+ * rows whose tanh GELU runs in cuBLASLt's epilogue gives NaN for a -∞ product, as PyTorch does.)
  */
 export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
   const approximate = optionsOf<GeluOptions>("gelu", options, ["approximate"]).approximate ??

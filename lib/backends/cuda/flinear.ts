@@ -12,6 +12,8 @@
  *   `N × M`, which is y row-major), with bias and activation in cuBLASLt's epilogue where it
  *   computes them as the reference does: none and relu always, the tanh GELU (cuBLASLt's GELU)
  *   for float16 / bfloat16 outputs only, as its approximation error is below their rounding.
+ *   Unlike ours, cuBLASLt's GELU gives NaN (as PyTorch's does), not -0, for a -∞ product, which
+ *   needs an infinite input; avoiding it would cost a pass over the output.
  *   Rows that are not whole 16-byte vectors (an odd N) are written by classes of rows that share
  *   their alignment ({@link rowClassProducts}), straight into y.
  *   Each fused configuration is tried once with a real call on scratch buffers, bias pointer
