@@ -725,83 +725,40 @@ testOnDevices("argument errors", (device) => {
 });
 
 testOnDevices("gather and embedding reject out-of-range indices at evaluation", (device) => {
-  // Reported at the line that built the op, naming the line whose read evaluated it.
   const x = zeros([2, 3], { device });
-  const at = (built: number, evaluated: number) => ({
-    line: built,
-    includes: ["found when evaluated at", `_test.ts:${evaluated}:`],
-  });
+  // Reported at the line that built the op, naming the line whose read evaluated it.
+  const failsAt = (t: Tensor, built: number, op: string, includes: string[]) => {
+    const read = thisLine() + 1;
+    assertTqError(() => t.dataSync(), {
+      op,
+      kind: "argument",
+      includes: [...includes, "found when evaluated at", `_test.ts:${read}:`],
+      line: built,
+    });
+  };
   let built = thisLine() + 1;
   const bad = x.gather(tensor([0, 3], { dtype: "int32", device }), 1);
-  let line = thisLine() + 1;
-  let f = () => bad.dataSync();
-  let where = at(built, line);
-  assertTqError(f, {
-    op: "gather",
-    kind: "argument",
-    includes: ["index out of range", "[-3, 2]", "got 3 at flat index 1", ...where.includes],
-    line: where.line,
-  });
+  failsAt(bad, built, "gather", ["index out of range", "[-3, 2]", "got 3 at flat index 1"]);
   built = thisLine() + 1;
   const low = gather(x, tensor([-3], { dtype: "int64", device }));
-  line = thisLine() + 1;
-  f = () => low.dataSync();
-  where = at(built, line);
-  assertTqError(f, {
-    op: "gather",
-    kind: "argument",
-    includes: ["[-2, 1]", "got -3", ...where.includes],
-    line: where.line,
-  });
+  failsAt(low, built, "gather", ["[-2, 1]", "got -3"]);
   built = thisLine() + 1;
   const huge = gather(x, tensor(BigInt64Array.from([2n ** 40n]), { device }));
-  line = thisLine() + 1;
-  f = () => huge.dataSync();
-  where = at(built, line);
-  assertTqError(f, {
-    op: "gather",
-    kind: "argument",
-    includes: [`got ${2 ** 40}`, ...where.includes],
-    line: where.line,
-  });
+  failsAt(huge, built, "gather", [`got ${2 ** 40}`]);
   built = thisLine() + 1;
   const emb = embedding(tensor([5], { dtype: "int32", device }), x);
-  line = thisLine() + 1;
-  f = () => emb.dataSync();
-  where = at(built, line);
-  assertTqError(f, {
-    op: "embedding",
-    kind: "argument",
-    includes: ["'ids'", "got 5", ...where.includes],
-    line: where.line,
-  });
+  failsAt(emb, built, "embedding", ["'ids'", "got 5"]);
   // Unlike gather's indices, embedding ids do not wrap (as in PyTorch).
   for (const dtype of ["int32", "int64"] as const) {
     built = thisLine() + 1;
     const negative = embedding(tensor([1, -1], { dtype, device }), x);
-    line = thisLine() + 1;
-    f = () => negative.dataSync();
-    where = at(built, line);
-    assertTqError(f, {
-      op: "embedding",
-      kind: "argument",
-      includes: ["'ids'", "ids in [0, 1]", "got -1 at flat index 1", ...where.includes],
-      line: where.line,
-    });
+    failsAt(negative, built, "embedding", ["'ids'", "ids in [0, 1]", "got -1 at flat index 1"]);
   }
   // Two gathers of one plan evaluated together: the error names the one with the bad index.
   const good = x.gather(tensor([1, 0], { dtype: "int32", device }), 1);
   built = thisLine() + 1;
   const second = x.gather(tensor([2, -4], { dtype: "int32", device }), 1);
-  line = thisLine() + 1;
-  f = () => good.add(second).dataSync();
-  where = at(built, line);
-  assertTqError(f, {
-    op: "gather",
-    kind: "argument",
-    includes: ["got -4 at flat index 1", ...where.includes],
-    line: where.line,
-  });
+  failsAt(good.add(second), built, "gather", ["got -4 at flat index 1"]);
 });
 
 testOnDevices("dtype errors", (device) => {
