@@ -187,6 +187,26 @@ export interface BuiltOp {
   readonly callSite?: CallSite;
 }
 
+/**
+ * The parts of `op` that errors use, as a plain record: unlike a graph node, it keeps no inputs
+ * (nor their memory) alive, and two records of one line compare equal with {@link sameBuiltOp}.
+ */
+export function builtOpRecord(op: BuiltOp): BuiltOp {
+  const checked = op.attrs?.op;
+  return {
+    op: op.op,
+    ...(typeof checked === "string" ? { attrs: { op: checked } } : {}),
+    callSite: op.callSite,
+  };
+}
+
+/** True when `a` and `b` are the same op built at the same call site. */
+export function sameBuiltOp(a: BuiltOp | undefined, b: BuiltOp | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.op === b.op && a.attrs?.op === b.attrs?.op && !!a.callSite &&
+    sameSite(a.callSite, b.callSite);
+}
+
 /** The graph being evaluated: its traced op `i` is `opAt(i)`; `op` is the one running now. */
 let evaluation: { opAt: (i: number) => BuiltOp | undefined; op?: number } | undefined;
 
@@ -201,7 +221,7 @@ export function evaluating<T>(opAt: (i: number) => BuiltOp | undefined, run: () 
   try {
     return run();
   } catch (e) {
-    throw e instanceof TensorqError ? evaluatedAt(e, runningBuiltOp()) : e;
+    throw e instanceof TensorqError ? evaluatedAt(e, runningBuiltOp(), "evaluated") : e;
   } finally {
     evaluation = outer;
   }
@@ -220,19 +240,26 @@ export function runningBuiltOp(): BuiltOp | undefined {
 
 /**
  * `error`, raised while `built` ran, reported at the line that built it; its message names the
- * line that evaluated it. Errors of another op, of other kinds than `argument` (the data's),
- * or given their site already come back unchanged.
+ * line where it was found: the evaluation (`"evaluated"`), or on a GPU the read of a result
+ * that surfaced a device-side check (`"read"`). Errors of another op, of other kinds than
+ * `argument` (the data's), or given their site already come back unchanged.
  */
-export function evaluatedAt(error: TensorqError, built: BuiltOp | undefined): TensorqError {
+export function evaluatedAt(
+  error: TensorqError,
+  built: BuiltOp | undefined,
+  how: "evaluated" | "read",
+): TensorqError {
   const parts = errorParts.get(error);
   const site = built?.callSite;
   if (!site || (built.op !== error.op && built.attrs?.op !== error.op)) return error;
   if (error.kind !== "argument") return error;
   if (!parts || parts.details.callSite || sameSite(site, error.callSite)) return error;
-  return new TensorqError(
-    `${parts.message}, found when evaluated at ${formatCallSite(error.callSite)}`,
-    { ...parts.details, callSite: site },
-  );
+  const found = error.callSite ? `, found when ${how} at ${formatCallSite(error.callSite)}` : "";
+  return new TensorqError(`${parts.message}${found}`, {
+    ...parts.details,
+    callSite: site,
+    cause: parts.details.cause ?? error,
+  });
 }
 
 function sameSite(a: CallSite, b: CallSite | undefined): boolean {

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import * as tq from "../mod.ts";
 import { cpuBackend, CpuBuffer } from "../lib/backends/cpu/backend.ts";
 import { plannedGraph } from "../lib/runtime/evaluate.ts";
-import { assertClose, assertTqError, testOnDevices, thisLine } from "./helpers.ts";
+import {
+  assertClose,
+  assertTqError,
+  evalInProcess,
+  repoModule,
+  testOnDevices,
+  thisLine,
+} from "./helpers.ts";
 
 function mlp(device: string, layers: number, width: number): tq.Sequential {
   tq.manualSeed(7);
@@ -432,4 +439,31 @@ testOnDevices("compile: an executable called inside another compiled function is
   const inlined = tq.compile((x) => x.mul(3).add(1), { args: [tq.inputInfo([3])], device });
   assert.deepEqual((inlined(c) as tq.Tensor).toArray(), [4, 7, 10]);
   for (const e of [inner, outer, uses, inlined]) e.dispose();
+});
+
+Deno.test("compile keeps no traced graph: a captured tensor evaluated and dropped later is freed", async () => {
+  // The executable keeps records of its ops (for errors' lines), not the traced nodes, which
+  // would hold a captured lazy tensor's node and the buffer it gets when evaluated later.
+  const alive = await evalInProcess<{ node: boolean; buffer: boolean; exe: string }>(
+    `import * as tq from ${repoModule("../mod.ts")};
+    let w = tq.randn([256, 256], { seed: 1 }).mul(2);
+    const node = new WeakRef(w.node);
+    const exe = tq.compile((x) => x.add(w.sum()), { args: [tq.inputInfo([3])] });
+    exe(tq.tensor([1, 2, 3])).dataSync();
+    w.dataSync();
+    const buffer = new WeakRef(w.node.buffer);
+    w = undefined;
+    for (let i = 0; i < 5; i++) {
+      gc();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    console.log(JSON.stringify({
+      node: node.deref() !== undefined,
+      buffer: buffer.deref() !== undefined,
+      exe: typeof exe,
+    }));`,
+    undefined,
+    ["--v8-flags=--expose-gc"],
+  );
+  assert.deepEqual(alive, { node: false, buffer: false, exe: "function" });
 });

@@ -4,7 +4,13 @@ import { resetLibraryCache } from "../ffi/library.ts";
 import { checkCuda, cudart, memInfo } from "../ffi/cudart.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
-import { evalInProcess, repoModule, testOnGpu } from "./helpers.ts";
+import {
+  deferCheck,
+  type DeferredCheck,
+  raiseDeferredErrors,
+} from "../lib/backends/cuda/deferred_checks.ts";
+import { evaluating, runningOp, TensorqError } from "../lib/errors.ts";
+import { evalInProcess, repoModule, testOnGpu, thisLine } from "./helpers.ts";
 
 testOnGpu("cuda: device tensors round-trip and report their device", async () => {
   const x = tq.randn([3, 5], { seed: 1 });
@@ -230,4 +236,50 @@ Deno.test("cuda.setTuningFile: bad paths and files give clear errors; a new path
     tq.cuda.setTuningFile(undefined);
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("device-side checks report the line that built the op, across evaluations of that line", () => {
+  // A fake device and check (no GPU): the bookkeeping of lib/backends/cuda/deferred_checks.ts.
+  const device = { makeCurrent() {}, synchronize() {} } as unknown as CudaDevice;
+  let bad = false;
+  let errorLine = 0;
+  const check: DeferredCheck = {
+    device,
+    enqueueRead() {},
+    takeError: () => {
+      if (!bad) return undefined;
+      bad = false;
+      errorLine = thisLine() + 1;
+      return new TensorqError("index out of range", { op: "gather", kind: "argument" });
+    },
+  };
+  const at = (line: number) => ({ file: "file:///app.ts", line, column: 14 });
+  // Each eager evaluation traces new nodes: equal records of one line, not one object.
+  const evaluate = (line: number) =>
+    evaluating(() => ({ op: "gather", callSite: at(line) }), () => {
+      runningOp(0);
+      deferCheck(check);
+    });
+  const raised = (): TensorqError => {
+    try {
+      raiseDeferredErrors();
+    } catch (e) {
+      return e as TensorqError;
+    }
+    assert.fail("no error raised");
+  };
+  bad = true;
+  evaluate(7);
+  evaluate(7);
+  let e = raised();
+  assert.equal(e.callSite?.line, 7, e.message);
+  // Where the error was made is this test's check (a library's read in real use).
+  assert.match(e.message, new RegExp(`found when read at .*_test\\.ts:${errorLine}:`));
+  // Launches of two lines marked it: no line can be told, the read's is reported.
+  bad = true;
+  evaluate(7);
+  evaluate(9);
+  e = raised();
+  assert.ok(!e.message.includes("found when"), e.message);
+  assert.ok(e.callSite?.file.endsWith("_test.ts"), e.message);
 });

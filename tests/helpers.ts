@@ -249,12 +249,17 @@ export function repoModule(path: string): string {
 }
 
 /**
- * Runs `script` with `deno eval` in a new process (with `env` added): fails the test, with the
- * process's output, unless it exits with code 0; returns the JSON value of its last stdout line.
+ * Runs `script` with `deno eval` in a new process (with `env` added, and Deno's `flags`): fails
+ * the test, with the process's output, unless it exits with code 0; returns the JSON value of its
+ * last stdout line.
  */
-export async function evalInProcess<T>(script: string, env?: Record<string, string>): Promise<T> {
+export async function evalInProcess<T>(
+  script: string,
+  env?: Record<string, string>,
+  flags: string[] = [],
+): Promise<T> {
   const run = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
+    args: ["eval", ...flags, script],
     env,
     stdout: "piped",
     stderr: "piped",

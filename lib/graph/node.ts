@@ -37,6 +37,19 @@ export interface DeviceBuffer {
 
 let nextId = 1;
 
+/** Call sites parsed from traces: nodes made in one forward share one trace and one parse. */
+const parsedTraces = new WeakMap<object, CallSite | null>();
+
+function siteOfTrace(trace: { stack?: string } | undefined): CallSite | null {
+  if (!trace) return null;
+  let site = parsedTraces.get(trace);
+  if (site === undefined) {
+    site = callerFromStack(trace.stack) ?? null;
+    parsedTraces.set(trace, site);
+  }
+  return site;
+}
+
 /** One node of the lazy graph. */
 export class Node {
   /** Unique id, increasing in creation order. */
@@ -94,7 +107,7 @@ export class Node {
 
   /** The user's call site that created this node, if known. */
   get callSite(): CallSite | undefined {
-    if (this.site === undefined) this.site = callerFromStack(this.trace?.stack) ?? null;
+    if (this.site === undefined) this.site = siteOfTrace(this.trace);
     return this.site ?? undefined;
   }
 

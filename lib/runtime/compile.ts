@@ -19,7 +19,14 @@
  */
 import { checkDType, type DType } from "../dtype.ts";
 import { parseDevice } from "../device.ts";
-import { checkBoolean, evaluating, fmtShape, TensorqError } from "../errors.ts";
+import {
+  type BuiltOp,
+  builtOpRecord,
+  checkBoolean,
+  evaluating,
+  fmtShape,
+  TensorqError,
+} from "../errors.ts";
 import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
 import { describeValue, numel } from "../shape.ts";
@@ -131,8 +138,8 @@ interface ShapeEntry {
   lent?: (WeakRef<Node> | undefined)[];
   replay?: ReplayablePlan;
   single: boolean;
-  /** The traced ops, for the call sites of errors their evaluation raises. */
-  ops: readonly Node[];
+  /** The traced ops, as records (no nodes kept), for the errors their evaluation raises. */
+  ops: readonly BuiltOp[];
 }
 
 /** A compiled function: call it with tensors of the declared dtypes and shapes in range. */
@@ -327,7 +334,7 @@ export function compile(
       outShapes: outs.map((t) => t.shape),
       outDTypes: outs.map((t) => t.dtype),
       single,
-      ops: traced.nodes,
+      ops: traced.nodes.map(builtOpRecord),
     };
     return entry;
   };

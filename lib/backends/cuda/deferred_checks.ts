@@ -8,7 +8,14 @@
  * marked, for each replay to mark again.
  * @module
  */
-import { type BuiltOp, evaluatedAt, runningBuiltOp, type TensorqError } from "../../errors.ts";
+import {
+  type BuiltOp,
+  builtOpRecord,
+  evaluatedAt,
+  runningBuiltOp,
+  sameBuiltOp,
+  type TensorqError,
+} from "../../errors.ts";
 import type { CudaDevice } from "./device.ts";
 import { copyToHostAsync } from "../../../ffi/cudart.ts";
 import { memsetAsync } from "./util.ts";
@@ -53,8 +60,9 @@ export function flagCheck(
 }
 
 /**
- * Pending checks, each with the op whose launch marked it, for the error's call site (undefined
- * when several ops' launches, or one from outside an evaluation, marked it since the last read).
+ * Pending checks, each with the op whose launch marked it (a record: no graph node is kept), for
+ * the error's call site; undefined when ops of different lines, or a launch from outside an
+ * evaluation, marked it since the last read.
  */
 const pending = new Map<DeferredCheck, BuiltOp | undefined>();
 let tracked: Map<DeferredCheck, BuiltOp | undefined> | undefined;
@@ -66,16 +74,18 @@ function mark(
   op: BuiltOp | undefined,
 ): void {
   if (!marks.has(check)) marks.set(check, op);
-  else if (marks.get(check) !== op) marks.set(check, undefined);
+  else if (!sameBuiltOp(marks.get(check), op)) marks.set(check, undefined);
 }
 
 /**
  * Marks a check pending: its launch was enqueued since the last read, by `op` (by default the
  * op a plan is running).
  */
-export function deferCheck(check: DeferredCheck, op: BuiltOp | undefined = runningBuiltOp()): void {
-  mark(pending, check, op);
-  if (tracked) mark(tracked, check, op);
+export function deferCheck(check: DeferredCheck, op?: BuiltOp): void {
+  const built = op ?? runningBuiltOp();
+  const record = built && builtOpRecord(built);
+  mark(pending, check, record);
+  if (tracked) mark(tracked, check, record);
 }
 
 /**
@@ -114,7 +124,7 @@ export function raiseDeferredErrors(): void {
     c.device.makeCurrent();
     const e = c.takeError();
     // Reported at the line that built the op, when one op's launches marked the check.
-    error ??= e && evaluatedAt(e, ops[i]);
+    error ??= e && evaluatedAt(e, ops[i], "read");
   });
   if (error) throw error;
 }
