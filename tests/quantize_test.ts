@@ -315,7 +315,7 @@ testOnDevices(
       includes: [
         "scale must be positive and finite",
         "got 0 at flat index 1 of 4",
-        `found when evaluated at`,
+        `found when ${device === "cuda" ? "read" : "evaluated"} at`,
         `_test.ts:${read}:`,
       ],
       line: built,

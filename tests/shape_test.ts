@@ -726,13 +726,15 @@ testOnDevices("argument errors", (device) => {
 
 testOnDevices("gather and embedding reject out-of-range indices at evaluation", (device) => {
   const x = zeros([2, 3], { device });
-  // Reported at the line that built the op, naming the line whose read evaluated it.
+  // Reported at the line that built the op, naming the line whose read evaluated it (on a GPU,
+  // whose read found it: the kernels record it on the device).
+  const found = device === "cuda" ? "read" : "evaluated";
   const failsAt = (t: Tensor, built: number, op: string, includes: string[]) => {
     const read = thisLine() + 1;
     assertTqError(() => t.dataSync(), {
       op,
       kind: "argument",
-      includes: [...includes, "found when evaluated at", `_test.ts:${read}:`],
+      includes: [...includes, `found when ${found} at`, `_test.ts:${read}:`],
       line: built,
     });
   };
