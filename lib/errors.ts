@@ -145,7 +145,10 @@ export class TensorqError extends Error {
   readonly expected?: string;
   /** Received value or form, in words. */
   readonly actual?: string;
-  /** The user's call site, when it could be found. */
+  /**
+   * The user's call site, when it could be found: the call that was given the bad input, or for
+   * an error found from the data while evaluating, the call that built the op.
+   */
   readonly callSite?: CallSite;
 
   /** Creates an error; the caller's location is captured from the current stack. */
