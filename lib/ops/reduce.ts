@@ -9,8 +9,9 @@
  * Dtypes: `sum` keeps float32, float16 and bfloat16, sums int8 and int32 to int32 and int64
  * to int64 (integer sums wrap on overflow); `max`, `min`, `argmax`, `argmin` accept those six
  * (float32, float16, bfloat16, int8, int32, int64); `mean` and `var` accept the three floats
- * only. The storage dtypes int4, float8e4m3 and bool are refused: cast them first. NaN propagates through every float reduction; argmax
- * and argmin return the first NaN's index, as NumPy does.
+ * only. The storage dtypes int4, float8e4m3 and bool are refused: cast them first. NaN
+ * propagates through every float reduction; argmax and argmin return the first NaN's index, as
+ * NumPy does.
  *
  * Empty reductions: `sum` gives 0, `mean` and `var` give NaN; `max`, `min`, `argmax` and
  * `argmin` have no identity, so reducing over an axis of extent 0 is a shape error.

@@ -379,9 +379,10 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  * values); a single value stands for every row or block. Absent, per-row values for `w4`, or
  * a calibration's block amax for another block size, they are computed from the weights.
  * Scales follow {@link scaleFromAmax} (a number amax beyond float32's range included). Other
- * lengths, an `amax` entry's `weightBlockSize` other than `blockSize`, exclude patterns that match no Linear layer, `amax` entries naming none and
- * layers with compressed weights ({@link compressWeights}) are errors. Everything is checked,
- * and every scale made, before any layer changes.
+ * lengths, an `amax` entry's `weightBlockSize` other than `blockSize`, exclude patterns that
+ * match no Linear layer, `amax` entries naming none and layers with compressed weights
+ * ({@link compressWeights}) are errors. Everything is checked, and every scale made, before any
+ * layer changes.
  *
  * @param model The model.
  * @param options Mode, exclusions, ranges, block size.

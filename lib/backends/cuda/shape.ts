@@ -15,9 +15,10 @@
  * sliceScatter is one launch that copies x and src in the widest unit a row allows, reading a
  * start tensor on the device (so a recorded CUDA graph follows its value).
  *
- * gather (negative indices wrap) and embedding (ids in [0, vocab)) with an out-of-range index write zeros for the rows it selects and
- * record the index in a small device flag; the error is raised when the backend next reads
- * results back to the host (lib/backends/cuda/deferred_checks.ts).
+ * gather (negative indices wrap) and embedding (ids in [0, vocab)) with an out-of-range index
+ * write zeros for the rows it selects and record the index in a small device flag; the error is
+ * raised when the backend next reads results back to the host
+ * (lib/backends/cuda/deferred_checks.ts).
  * @module
  */
 import { copyToDeviceAsync } from "../../../ffi/cudart.ts";

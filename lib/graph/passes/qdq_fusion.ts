@@ -10,7 +10,8 @@
  *   [N, K] per tensor or per output channel (dim 0). Computes `acc = Σ qx·qw` exactly (int32 or
  *   fp8 products) and `y = acc · sxd · swd[n] (+ b)` in float32 — the same function as the
  *   float fake-quant graph up to float32 rounding (and overflow: the fused op forms no 16-bit
- *   intermediate, so it gives a finite value where the unfused graph's overflows). Inputs `[x, sxq, sxd, W, swq, swd, bias?]`.
+ *   intermediate, so it gives a finite value where the unfused graph's overflows). Inputs
+ *   `[x, sxq, sxd, W, swq, swd, bias?]`.
  * - `wlinear` (weight-only: x stays float): W quantized per tensor, per channel or block-wise
  *   (int8, int4, fp8). Inputs `[x, W, swq, swd, bias?]`. Block-wise weights may end in a
  *   shorter block (block size not dividing the blocked axis, as ONNX allows).
@@ -41,9 +42,9 @@
  * `[x, W, bias?]` and attrs `{hasBias, activation}`: the product, bias and activation rounded
  * once to the output dtype (the unfused graph rounds after each op, so results differ by float
  * rounding, and where an intermediate of the unfused graph overflows a 16-bit dtype, the fused
- * op gives the finite value, as PyTorch's `linear` does). Bias and activation are absorbed by the same rules as for `qlinear`, and a
- * layer norm that only it reads is folded at up to {@link LINEAR_NORM_FOLD_MAX_ROWS} rows
- * (inputs `[x, W, bias?, lnWeight?, lnBias?]`).
+ * op gives the finite value, as PyTorch's `linear` does). Bias and activation are absorbed by
+ * the same rules as for `qlinear`, and a layer norm that only it reads is folded at up to
+ * {@link LINEAR_NORM_FOLD_MAX_ROWS} rows (inputs `[x, W, bias?, lnWeight?, lnBias?]`).
  * @module
  */
 import type { PlanGraph, PlanNode, ValueRef } from "../../backends/backend.ts";
