@@ -171,6 +171,16 @@ export function describeValue(v: unknown): string {
 }
 
 /**
+ * True for a plain object (`{ ... }`, or one made by `Object.create(null)`): not an array, a
+ * class instance, a Map or a Promise, which an options or config argument must not be.
+ */
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== "object" || v === null) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/**
  * The options argument of `op`, checked: undefined and null stand for the defaults (`{}`);
  * anything but a plain object (a string, an array, a tensor, a cache passed where options
  * go) and any key not in `known` (a misspelt option would be ignored) are argument errors.
@@ -182,8 +192,7 @@ export function optionsOf<T extends object>(
   argument = "options",
 ): T {
   if (options === undefined || options === null) return {} as T;
-  const proto = typeof options === "object" ? Object.getPrototypeOf(options) : undefined;
-  if (proto !== Object.prototype && proto !== null) {
+  if (!isPlainObject(options)) {
     throw new TensorqError("options must be a plain object", {
       op,
       kind: "argument",

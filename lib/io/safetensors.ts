@@ -26,7 +26,7 @@
  */
 
 import { fmtShape, TensorqError } from "../errors.ts";
-import { describeValue } from "../shape.ts";
+import { describeValue, isPlainObject } from "../shape.ts";
 
 /** Element types this reader and writer understand, as spelled in safetensors headers. */
 export type SafetensorsDType =
@@ -159,8 +159,7 @@ export function checkMetadata(
   metadata: unknown,
 ): Record<string, string> | undefined {
   if (metadata === undefined || metadata === null) return undefined;
-  const proto = typeof metadata === "object" ? Object.getPrototypeOf(metadata) : undefined;
-  if (proto !== Object.prototype && proto !== null) {
+  if (!isPlainObject(metadata)) {
     throw new TensorqError(`${path}: metadata must map strings to strings`, {
       op,
       kind: "argument",

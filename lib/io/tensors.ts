@@ -11,7 +11,7 @@
  */
 import { type DType, fromStorageBytes, packInt4, toStorageBytes } from "../dtype.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
-import { describeValue, numel, optionsOf } from "../shape.ts";
+import { describeValue, isPlainObject, numel, optionsOf } from "../shape.ts";
 import { fromStorage, Tensor } from "../tensor.ts";
 import {
   checkMetadata,
@@ -254,10 +254,7 @@ export function saveSafetensors(
 ): void {
   const op = "saveSafetensors";
   const p = filePath(path, op);
-  const proto = typeof tensors === "object" && tensors !== null
-    ? Object.getPrototypeOf(tensors)
-    : undefined;
-  if (proto !== Object.prototype && proto !== null) {
+  if (!isPlainObject(tensors)) {
     throw new TensorqError("tensors must be a record of tensors", {
       op,
       kind: "argument",

@@ -22,7 +22,7 @@ import { attention } from "../ops/attention.ts";
 import { logSoftmax } from "../ops/nn.ts";
 import { mean } from "../ops/reduce.ts";
 import { concat, gather, permute, reshape, slice, split, transpose } from "../ops/shape.ts";
-import { describeValue, optionsOf } from "../shape.ts";
+import { describeValue, isPlainObject, optionsOf } from "../shape.ts";
 import { checkTensor } from "../ops/op.ts";
 import { checkSeed, randn, RandomStream } from "../random.ts";
 import { realize } from "../runtime/evaluate.ts";
@@ -124,10 +124,7 @@ export function gpt2Config(fields: Partial<GPT2Config> = {}): GPT2Config {
  * constructor or, for a non-object, the default 124M model built in seconds.
  */
 function configArgument(op: string, config: unknown, argument = "config"): GPT2Config {
-  const proto = typeof config === "object" && config !== null
-    ? Object.getPrototypeOf(config)
-    : undefined;
-  if (proto !== Object.prototype && proto !== null) {
+  if (!isPlainObject(config)) {
     throw new TensorqError("the GPT-2 config must be a plain object", {
       op,
       kind: "argument",
@@ -216,8 +213,7 @@ const CONFIG_FIELDS = Object.keys(CONFIG_JSON_KEYS);
 export function parseGPT2Config(hf: Record<string, unknown>): GPT2Config {
   // A plain object only: a Promise (a missing await), a Map or a Response read as {} would
   // give GPT-2 small's defaults.
-  const proto = typeof hf === "object" && hf !== null ? Object.getPrototypeOf(hf) : undefined;
-  if (proto !== Object.prototype && proto !== null) {
+  if (!isPlainObject(hf)) {
     throw configError("config", "a config.json object", hf);
   }
   if (hf.model_type !== undefined && hf.model_type !== "gpt2") {
@@ -412,7 +408,6 @@ export class GPT2Attention extends Module {
  */
 function checkPast(op: string, past: unknown): void {
   if (past === undefined) return;
-  const proto = typeof past === "object" && past !== null ? Object.getPrototypeOf(past) : 0;
   const error = (argument: string, actual: unknown) =>
     new TensorqError("past must be one layer's keys and values", {
       op,
@@ -421,7 +416,7 @@ function checkPast(op: string, past: unknown): void {
       expected: "{ key, value } with both tensors or neither (a KVCache layer)",
       actual: describeValue(actual),
     });
-  if (proto !== Object.prototype && proto !== null) throw error("past", past);
+  if (!isPlainObject(past)) throw error("past", past);
   const { key, value } = past as LayerKV;
   if ((key === undefined) !== (value === undefined)) {
     throw error(key === undefined ? "past.key" : "past.value", undefined);

@@ -23,7 +23,7 @@ import { FLOAT_DTYPES } from "../ops/op.ts";
 import { checkScaleValues, type QuantDType } from "../ops/quantize.ts";
 import { fromStorage, scalar, Tensor } from "../tensor.ts";
 import { checkModule, checkUncompressed, listNames } from "./args.ts";
-import { describeValue, optionsOf } from "../shape.ts";
+import { describeValue, isPlainObject, optionsOf } from "../shape.ts";
 import {
   type Calibration,
   type LayerCalibration,
@@ -162,11 +162,10 @@ function toLookup(
   value: unknown,
 ): Map<string, LayerCalibration> {
   if (value === undefined) return new Map();
-  const proto = typeof value === "object" && value !== null ? Object.getPrototypeOf(value) : 0;
   const entries = value instanceof Map
     ? [...value.entries()]
-    : proto === Object.prototype || proto === null
-    ? Object.entries(value as object)
+    : isPlainObject(value)
+    ? Object.entries(value)
     : undefined;
   if (entries) {
     // Each layer's ranges: a misspelt field (weightAmx) would be ignored silently.
@@ -638,13 +637,7 @@ export function importAmax(
   }
   const nameMap = optionsOf<ImportAmaxOptions>(op, options, ["nameMap"]).nameMap;
   // Only a plain record or a function: null, an array or a Map would be silently ignored.
-  const proto = typeof nameMap === "object" && nameMap !== null
-    ? Object.getPrototypeOf(nameMap)
-    : undefined;
-  if (
-    nameMap !== undefined && typeof nameMap !== "function" &&
-    proto !== Object.prototype && proto !== null
-  ) {
+  if (nameMap !== undefined && typeof nameMap !== "function" && !isPlainObject(nameMap)) {
     throw new TensorqError("nameMap must be a record or a function", {
       op,
       kind: "argument",
