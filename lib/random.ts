@@ -6,7 +6,7 @@
  */
 import { checkDType, decode, type DType, dtypeInfo, encode } from "./dtype.ts";
 import { TensorqError } from "./errors.ts";
-import { checkShape, describeValue, numel, optionsOf } from "./shape.ts";
+import { checkFiniteNumber, checkShape, describeValue, numel, optionsOf } from "./shape.ts";
 import {
   CREATE_OPTIONS,
   type CreateOptions,
@@ -133,19 +133,6 @@ function floatDType(op: string, dtype: unknown): DType {
   return d;
 }
 
-function finiteNumber(op: string, name: string, value: unknown, positive = false): number {
-  if (typeof value !== "number" || !Number.isFinite(value) || (positive && value < 0)) {
-    throw new TensorqError(`${name} must be a finite number${positive ? " >= 0" : ""}`, {
-      op,
-      kind: "argument",
-      argument: name,
-      expected: `a finite number${positive ? " >= 0" : ""}`,
-      actual: String(value),
-    });
-  }
-  return value;
-}
-
 /**
  * Normal samples with mean `mean` and standard deviation `std` (default 0 and 1; finite,
  * `std >= 0`), in a floating dtype.
@@ -158,8 +145,8 @@ export function randn(
   const s = checkShape("randn", shape);
   const dtype = floatDType("randn", options.dtype);
   const stream = streamFor("randn", options.seed);
-  const mean = finiteNumber("randn", "mean", options.mean ?? 0);
-  const std = finiteNumber("randn", "std", options.std ?? 1, true);
+  const mean = checkFiniteNumber("randn", "mean", options.mean ?? 0);
+  const std = checkFiniteNumber("randn", "std", options.std ?? 1, true);
   const values = hostValues("randn", numel(s));
   for (let i = 0; i < values.length; i++) values[i] = mean + std * stream.normal();
   return fromStorage(encode(dtype, values), s, dtype, options.device);
@@ -197,8 +184,8 @@ export function rand(
   const s = checkShape("rand", shape);
   const dtype = floatDType("rand", options.dtype);
   const stream = streamFor("rand", options.seed);
-  const low = finiteNumber("rand", "low", options.low ?? 0);
-  const high = finiteNumber("rand", "high", options.high ?? 1);
+  const low = checkFiniteNumber("rand", "low", options.low ?? 0);
+  const high = checkFiniteNumber("rand", "high", options.high ?? 1);
   const lowest = roundedTo(dtype, low);
   if (!(low < high) || !(lowest < high)) {
     throw new TensorqError("low must be below high (once rounded to the dtype)", {

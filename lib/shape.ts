@@ -171,6 +171,29 @@ export function describeValue(v: unknown): string {
 }
 
 /**
+ * `value` if it is a finite number (with `nonNegative`, one >= 0); otherwise an argument error
+ * of `op` naming `argument`.
+ */
+export function checkFiniteNumber(
+  op: string,
+  argument: string,
+  value: unknown,
+  nonNegative = false,
+): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || (nonNegative && value < 0)) {
+    const rule = `a finite number${nonNegative ? " >= 0" : ""}`;
+    throw new TensorqError(`${argument} must be ${rule}`, {
+      op,
+      kind: "argument",
+      argument,
+      expected: rule,
+      actual: describeValue(value),
+    });
+  }
+  return value;
+}
+
+/**
  * True for a plain object (`{ ... }`, or one made by `Object.create(null)`): not an array, a
  * class instance, a Map or a Promise, which an options or config argument must not be.
  */

@@ -22,6 +22,7 @@ import { nodeTrace, TensorqError, TRACED_NO_VALUE } from "./errors.ts";
 import { Node } from "./graph/node.ts";
 import { backendOf, realize } from "./runtime/evaluate.ts";
 import {
+  checkFiniteNumber,
   checkShape,
   describeValue,
   MAX_HOST_ELEMENTS,
@@ -689,17 +690,8 @@ export function arange(
       actual: String(step),
     });
   }
-  for (const [name, v] of [["start", start], ["stop", stop]] as const) {
-    if (!Number.isFinite(v)) {
-      throw new TensorqError(`${name} must be a finite number`, {
-        op: "arange",
-        kind: "argument",
-        argument: name,
-        expected: "a finite number",
-        actual: String(v),
-      });
-    }
-  }
+  checkFiniteNumber("arange", "start", start);
+  checkFiniteNumber("arange", "stop", stop);
   const n = Math.max(0, Math.ceil((stop - start) / step));
   const values = hostValues("arange", n);
   for (let i = 0; i < n; i++) values[i] = start + i * step;
@@ -729,17 +721,8 @@ export function linspace(
       actual: String(num),
     });
   }
-  for (const [name, v] of [["start", start], ["stop", stop]] as const) {
-    if (typeof v !== "number" || !Number.isFinite(v)) {
-      throw new TensorqError(`${name} must be a finite number`, {
-        op: "linspace",
-        kind: "argument",
-        argument: name,
-        expected: "a finite number",
-        actual: String(v),
-      });
-    }
-  }
+  checkFiniteNumber("linspace", "start", start);
+  checkFiniteNumber("linspace", "stop", stop);
   const dtype = checkDType("linspace", "dtype", options.dtype ?? "float32");
   const step = num > 1 ? (stop - start) / (num - 1) : 0;
   const values = hostValues("linspace", num);

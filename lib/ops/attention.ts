@@ -16,7 +16,7 @@
  * @module
  */
 import type { DType } from "../dtype.ts";
-import { describeValue, optionsOf } from "../shape.ts";
+import { checkFiniteNumber, describeValue, optionsOf } from "../shape.ts";
 import { fmtShape, TensorqError } from "../errors.ts";
 import type { Tensor } from "../tensor.ts";
 import {
@@ -165,17 +165,9 @@ export function attention(
     names.push("kvLength");
   }
   checkSameDevice(op, names, inputs);
-  let scale = options.scale;
-  if (scale === undefined) scale = d > 0 ? 1 / Math.sqrt(d) : 1;
-  else if (typeof scale !== "number" || !Number.isFinite(scale)) {
-    throw new TensorqError("scale must be a finite number", {
-      op,
-      kind: "argument",
-      argument: "scale",
-      expected: "a finite number",
-      actual: describeValue(scale),
-    });
-  }
+  const scale = options.scale === undefined
+    ? d > 0 ? 1 / Math.sqrt(d) : 1
+    : checkFiniteNumber(op, "scale", options.scale);
   const causal = options.causal ?? false;
   if (typeof causal !== "boolean") {
     throw new TensorqError("causal must be a boolean", {
