@@ -224,7 +224,18 @@ export function optionsOf<T extends object>(
       actual: describeValue(options),
     });
   }
-  const unknown = Object.keys(options as object).filter((k) => !known.includes(k));
+  checkKnownKeys(op, options, known, argument);
+  return options as T;
+}
+
+/** Throws an argument error of `op` naming the first key of `options` not in `known`. */
+export function checkKnownKeys(
+  op: string,
+  options: object,
+  known: readonly string[],
+  argument = "options",
+): void {
+  const unknown = Object.keys(options).filter((k) => !known.includes(k));
   if (unknown.length) {
     throw new TensorqError(`unknown option ${JSON.stringify(unknown[0])}`, {
       op,
@@ -234,5 +245,4 @@ export function optionsOf<T extends object>(
       actual: unknown.map((k) => JSON.stringify(k)).join(", "),
     });
   }
-  return options as T;
 }

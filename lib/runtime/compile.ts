@@ -29,7 +29,7 @@ import {
 } from "../errors.ts";
 import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
-import { describeValue, numel } from "../shape.ts";
+import { checkKnownKeys, describeValue, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 import { backendOf, planFor, traceGraph } from "./evaluate.ts";
 
@@ -198,17 +198,7 @@ export function compile(
   }
   if (options && typeof options === "object" && !Array.isArray(options)) {
     // A misspelt option would otherwise be silently ignored.
-    for (const key of Object.keys(options)) {
-      if (!OPTION_KEYS.includes(key)) {
-        throw new TensorqError("unknown option", {
-          op: "compile",
-          kind: "argument",
-          argument: `options.${key}`,
-          expected: `one of ${OPTION_KEYS.join(", ")}`,
-          actual: JSON.stringify(key),
-        });
-      }
-    }
+    checkKnownKeys("compile", options, OPTION_KEYS);
   }
   if (!options || typeof options !== "object" || !Array.isArray(options.args)) {
     throw new TensorqError("options must list the function's inputs", {
