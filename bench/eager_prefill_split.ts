@@ -11,8 +11,8 @@
  * @module
  */
 import * as tq from "../mod.ts";
-import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
-import { argValue, fmt } from "./timing.ts";
+import { backToFloat, GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
+import { argValue, fmt, percentile } from "./timing.ts";
 
 const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
 const reps = Number(argValue(Deno.args, "reps") ?? 20);
@@ -21,7 +21,7 @@ if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a posit
 const model = randomGpt2(GPT2_SMALL, "float16", "cuda");
 const vocab = model.config.vocabSize;
 const ids = randomIds([8, 512], 11, vocab, "cuda");
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
 let calibration: tq.Calibration | undefined;
 
 console.log(
@@ -29,6 +29,8 @@ console.log(
 );
 console.log("| --- | --- | --- | --- | --- |");
 for (const mode of modes) {
+  // Each mode from float: a float16 row after a quantized one must not time quantized layers.
+  backToFloat(model);
   if (mode !== "float16") {
     calibration ??= tq.calibrate(
       model,

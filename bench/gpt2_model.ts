@@ -1,6 +1,6 @@
 /**
  * The random-weight GPT-2 the GPU benchmarks run (bench/gpu_gpt2.ts, bench/gpt2_profile.ts),
- * and random token ids for it.
+ * random token ids for it, and the return to float between modes.
  * @module
  */
 import * as tq from "../mod.ts";
@@ -58,4 +58,11 @@ export function randomIds(shape: number[], seed: number, vocab: number, device: 
   const stream = new tq.RandomStream(seed);
   for (let i = 0; i < n; i++) values[i] = stream.nextUint32() % vocab;
   return tq.tensor(values, { shape, device });
+}
+
+/** Returns every quantized Linear layer of `model` to float (before the next mode is set). */
+export function backToFloat(model: tq.Module): void {
+  for (const [, layer] of tq.namedLinears(model)) {
+    if (layer.quantDtype !== undefined) layer.configureQuantization({});
+  }
 }

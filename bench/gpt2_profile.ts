@@ -24,7 +24,7 @@
 import * as tq from "../mod.ts";
 import { checkCu, cuda } from "../ffi/cuda.ts";
 import { buildStaticDecoder } from "./gpt2_static_decode.ts";
-import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
+import { backToFloat, GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
 import { argValue } from "./timing.ts";
 import { ltMatmulChoices } from "../lib/backends/cuda/cublaslt.ts";
 
@@ -106,9 +106,5 @@ for (const mode of modes) {
   prefill.dispose();
   if (own) {
     for (const p of model.parameters()) p.dispose();
-  } else {
-    for (const [, layer] of tq.namedLinears(model)) {
-      if (layer.quantDtype !== undefined) layer.configureQuantization({});
-    }
-  }
+  } else backToFloat(model);
 }

@@ -30,7 +30,7 @@
  * @module
  */
 import * as tq from "../mod.ts";
-import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
+import { backToFloat, GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
 import {
   buildStaticDecoder,
   checkStaticDecoder,
@@ -432,10 +432,7 @@ async function main(): Promise<void> {
       if (own) {
         for (const p of target.parameters()) p.dispose();
       } else {
-        // Back to float for the next mode.
-        for (const [, layer] of tq.namedLinears(model)) {
-          if (layer.quantDtype !== undefined) layer.configureQuantization({});
-        }
+        backToFloat(model); // for the next mode
       }
     }
     log(`[${mode}] done in ${((performance.now() - tm) / 1e3).toFixed(1)} s`);
