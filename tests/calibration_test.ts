@@ -408,7 +408,7 @@ Deno.test("HistogramObserver checks its entropy and mse options when constructed
   const fromCounts = () => HistogramObserver.fromCounts([1, 2, 3], 1, { mse: { startBin: 3 } });
   assertTqError(fromCounts, { op: "HistogramObserver", includes: ["'mse.startBin'"] });
   // Valid options are the ones amax() uses.
-  const x = Float32Array.from(randomValues(4000, 4141), (v) => v * 3);
+  const x = f32Values(4000, 4141, 3);
   for (const method of ["entropy", "mse"] as const) {
     const settings = { startBin: 40, stride: 3, dtype: "int4" as const };
     const h = new HistogramObserver({ bins: 256, method, [method]: settings });
@@ -953,17 +953,16 @@ Deno.test("quantizeModel w4: weightBlockAmax must match the block layout", () =>
   const reused = new Sequential(new Linear(12, 3));
   const fresh = new Sequential(new Linear(12, 3));
   fresh.loadStateDict(reused.stateDict());
-  const run = (m: Module, x: Tensor) => m.forward(x);
   const x12 = [randn([2, 12], { seed: 77 })];
   quantizeModel(reused, {
     mode: "w4",
     blockSize: 6,
-    calibration: calibrate(reused, x12, run, { weightBlockSize: 4 }),
+    calibration: calibrate(reused, x12, forward, { weightBlockSize: 4 }),
   });
   quantizeModel(fresh, {
     mode: "w4",
     blockSize: 6,
-    calibration: calibrate(fresh, x12, run, { weightBlockSize: 6 }),
+    calibration: calibrate(fresh, x12, forward, { weightBlockSize: 6 }),
   });
   const scaleOf = (m: Sequential) => Array.from(floats((m.at(0) as Linear).weightScale!));
   assert.deepEqual(scaleOf(reused), scaleOf(fresh));

@@ -24,11 +24,19 @@ function randomArray(length: number, specials: boolean): Float64Array {
   return out;
 }
 
-/** Index of the first element whose bits differ (NaN equals NaN), or -1. */
-function firstDifference(a: Float32Array | Float64Array, b: Float32Array | Float64Array): number {
-  assert.equal(a.length, b.length);
-  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return i;
-  return -1;
+type Output = Float32Array | Float64Array;
+
+/** Fails naming `what` and the first element whose bits differ (NaN equals NaN). */
+function assertSameBits(actual: Output, expected: Output, what: string): void {
+  assert.equal(actual.length, expected.length);
+  const at = actual.findIndex((v, i) => !Object.is(v, expected[i]));
+  assert.equal(at, -1, `${what}: element ${at}: ${actual[at]} vs ${expected[at]}`);
+}
+
+/** An output of `count` values and 2 more, filled with a value the products must not touch. */
+function outputOf(count: number, float32 = false): Output {
+  const out = float32 ? new Float32Array(count + 2) : new Float64Array(count + 2);
+  return out.fill(-1234.5); // values outside the product must stay
 }
 
 function compare(
@@ -40,23 +48,11 @@ function compare(
   const [aOff, bOff, outOff] = options.offsets ? [5, 3, 7] : [0, 0, 0];
   const a = randomArray(aOff + m * k, options.specials ?? false);
   const bt = randomArray(bOff + n * k, options.specials ?? false);
-  const make = () => {
-    const out = options.float32
-      ? new Float32Array(outOff + m * n + 2)
-      : new Float64Array(outOff + m * n + 2);
-    return out.fill(-1234.5); // values outside the product must stay
-  };
+  const make = () => outputOf(outOff + m * n, options.float32);
   const expected = make(), actual = make();
   gemmLoop(a, aOff, bt, bOff, expected, outOff, m, n, k);
   assert.ok(wasmGemm(a, aOff, bt, bOff, actual, outOff, m, n, k), "the kernel ran");
-  const at = firstDifference(actual, expected);
-  assert.equal(
-    at,
-    -1,
-    `m ${m} n ${n} k ${k} ${JSON.stringify(options)}: element ${at}: ${actual[at]} vs ${
-      expected[at]
-    }`,
-  );
+  assertSameBits(actual, expected, `m ${m} n ${n} k ${k} ${JSON.stringify(options)}`);
 }
 
 Deno.test("WebAssembly gemm: the plain loop's sums bit for bit at odd shapes", () => {
@@ -99,24 +95,16 @@ function compareGemv(
   const a = randomArray(aOff + m * k, options.specials ?? false);
   // The weight as a cached weight holds it: float32 values (its specials too).
   const bt = randomArray(n * k, options.specials ?? false).map(Math.fround);
-  const make = () => {
-    const out = options.float32
-      ? new Float32Array(outOff + m * n + 2)
-      : new Float64Array(outOff + m * n + 2);
-    return out.fill(-1234.5); // values outside the product must stay
-  };
+  const make = () => outputOf(outOff + m * n, options.float32);
   const expected = make();
   gemmLoop(a, aOff, bt, 0, expected, outOff, m, n, k);
   for (const call of ["first", "second"]) {
     const actual = make();
     assert.ok(wasmGemv(a, aOff, bt, actual, outOff, m, n, k), "the kernel ran");
-    const at = firstDifference(actual, expected);
-    assert.equal(
-      at,
-      -1,
-      `${call} call, m ${m} n ${n} k ${k} ${JSON.stringify(options)}: element ${at}: ${
-        actual[at]
-      } vs ${expected[at]}`,
+    assertSameBits(
+      actual,
+      expected,
+      `${call} call, m ${m} n ${n} k ${k} ${JSON.stringify(options)}`,
     );
   }
 }
@@ -147,7 +135,7 @@ Deno.test("WebAssembly gemv keeps each weight's panels once, and declines what f
   assert.ok(packed >= n * k * 4, `packed ${packed} bytes for ${n * k} float32 values`);
   assert.ok(wasmGemv(a, 0, bt, out, 0, 1, n, k));
   assert.equal(weightPanelBytes() - before, packed, "the second call packs nothing");
-  assert.equal(firstDifference(out, expected), -1);
+  assertSameBits(out, expected, "packed weight");
 
   // A value float32 does not hold: the loop computes it instead (gemm falls back).
   const wide = randomArray(n * k, false);
@@ -157,13 +145,13 @@ Deno.test("WebAssembly gemv keeps each weight's panels once, and declines what f
   const viaGemm = new Float64Array(n), viaLoop = new Float64Array(n);
   gemm(a, 0, wide, 0, viaGemm, 0, 1, n, k, true);
   gemmLoop(a, 0, wide, 0, viaLoop, 0, 1, n, k);
-  assert.equal(firstDifference(viaGemm, viaLoop), -1);
+  assertSameBits(viaGemm, viaLoop, "a weight float32 does not hold");
   // The packed values read as another shape: declined, and gemm's loop reads them right.
   const a2 = randomArray(n, false), asWide = new Float64Array(k), asWideLoop = new Float64Array(k);
   assert.equal(wasmGemv(a2, 0, bt, asWide, 0, 1, k, n), false);
   gemm(a2, 0, bt, 0, asWide, 0, 1, k, n, true);
   gemmLoop(a2, 0, bt, 0, asWideLoop, 0, 1, k, n);
-  assert.equal(firstDifference(asWide, asWideLoop), -1);
+  assertSameBits(asWide, asWideLoop, "packed values read as another shape");
   // Only a matrix of exactly n×k values is packed (a slice of a larger one is not).
   assert.equal(wasmGemv(a, 0, new Float64Array(n * k + 1), out, 0, 1, n, k), false);
 });

@@ -10,7 +10,7 @@ import {
   raiseDeferredErrors,
 } from "../lib/backends/cuda/deferred_checks.ts";
 import { evaluating, runningOp, TensorqError } from "../lib/errors.ts";
-import { evalInProcess, repoModule, testOnGpu, thisLine } from "./helpers.ts";
+import { assertTqError, evalInProcess, repoModule, testOnGpu, thisLine } from "./helpers.ts";
 
 testOnGpu("cuda: device tensors round-trip and report their device", async () => {
   const x = tq.randn([3, 5], { seed: 1 });
@@ -260,14 +260,7 @@ Deno.test("device-side checks report the line that built the op, across evaluati
       runningOp(0);
       deferCheck(check);
     });
-  const raised = (): TensorqError => {
-    try {
-      raiseDeferredErrors();
-    } catch (e) {
-      return e as TensorqError;
-    }
-    assert.fail("no error raised");
-  };
+  const raised = () => assertTqError(raiseDeferredErrors, { op: "gather", kind: "argument" });
   bad = true;
   evaluate(7);
   evaluate(7);
