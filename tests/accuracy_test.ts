@@ -353,13 +353,8 @@ function nudgedInputAmax(amax: Calibration, seed: number, ulps: number): Calibra
   return out;
 }
 
-/** The model quantized in `c`'s mode with `amax`, run on the reference's input ids. */
-function quantizedForward(
-  c: ModeCase,
-  device: string,
-  amax: Calibration,
-): { logits: Float32Array; loss: number; seconds: number } {
-  const { inputIds } = loadFixtures();
+/** The checkpoint quantized in `c`'s mode with `amax`, on `device`. */
+function quantizedModel(c: ModeCase, device: string, amax: Calibration): GPT2LMHeadModel {
   const model = GPT2LMHeadModel.fromPretrained(MODEL_DIR);
   const blockSize = c.blockSize;
   const layers = quantizeModel(model, { mode: c.mode, exclude: ["lm_head"], amax, blockSize });
@@ -369,7 +364,15 @@ function quantizedForward(
     const [out, inFeatures] = (findModule(model, layers[0].name) as Linear).weight.shape;
     assert.deepEqual(layers[0].weightScaleShape, [out, Math.ceil(inFeatures / blockSize)]);
   }
-  model.to(device);
+  return model.to(device);
+}
+
+/** `model` run on the reference's input ids: its logits and loss. */
+function forwardOf(
+  model: GPT2LMHeadModel,
+  device: string,
+): { logits: Float32Array; loss: number; seconds: number } {
+  const { inputIds } = loadFixtures();
   const start = performance.now();
   const logits = model.forward(inputIds.to(device)).evaluate();
   const seconds = (performance.now() - start) / 1000;
@@ -394,6 +397,7 @@ function flipProbe(
   c: ModeCase,
   device: string,
   amax: Calibration,
+  model: GPT2LMHeadModel,
   ours: { logits: Float32Array; loss: number },
 ): FlipProbe {
   const fx = loadFixtures();
@@ -406,12 +410,13 @@ function flipProbe(
   const unfused = () => {
     setQdqFusion(false);
     try {
-      return quantizedForward(c, device, amax);
+      return forwardOf(model, device); // the same quantized model, unfused
     } finally {
       setQdqFusion(true);
     }
   };
-  const nudged = () => quantizedForward(c, device, nudgedInputAmax(amax, 1, FLIP_PROBE_ULPS));
+  const nudged = () =>
+    forwardOf(quantizedModel(c, device, nudgedInputAmax(amax, 1, FLIP_PROBE_ULPS)), device);
   const probes: [string, typeof unfused][] = [
     ["fusion off", unfused],
     [`input amax ±${FLIP_PROBE_ULPS} ulps`, nudged],
@@ -437,7 +442,8 @@ function checkMode(c: ModeCase, device: string): void {
   const { reference, report, fp32Logits } = fx;
   using amaxFile = loadSafetensors(AMAX);
   const amax = importAmax(amaxFile);
-  const ours = quantizedForward(c, device, amax);
+  const model = quantizedModel(c, device, amax);
+  const ours = forwardOf(model, device);
   const theirs = reference.get(`logits_${c.fixture}`).dataSync() as Float32Array;
   const r = compare(ours.logits, theirs, fp32Logits, fx);
   const expectedLoss = report[`${c.fixture}_loss`];
@@ -461,7 +467,7 @@ function checkMode(c: ModeCase, device: string): void {
       noiseBound(POSITION_ZERO_BOUND, fx),
       0.1 * r.positionZeroQuantError,
     );
-    const probe = flipProbe(c, device, amax, ours);
+    const probe = flipProbe(c, device, amax, model, ours);
     // A window whose position 0 the probe moves sits on a rounding boundary: there the
     // reference can only be matched to about the probe's change.
     const zeroBounds = Array.from(
