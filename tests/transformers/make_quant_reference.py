@@ -71,7 +71,11 @@ except ImportError as missing:  # a clear line, and --help, without the packages
     sys.exit(f"{sys.argv[0]}: needs torch, transformers and safetensors ({missing})")
 
 BLOCK = 128  # w4's block along the input features (--w4-block)
-MODES = ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]
+
+
+def modes():
+    """The quantized variants, w4 named by the block size in use."""
+    return ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]
 
 
 def parse_args():
@@ -243,7 +247,7 @@ def compare(out_dir, other_dir):
     for key in ["input_ids", "calib_ids"]:
         same = ours[key].shape == theirs[key].shape and torch.equal(ours[key], theirs[key])
         print(f"{key}: {'identical' if same else 'DIFFERENT'}")
-    for key in ["logits"] + [f"logits_{m}" for m in MODES]:
+    for key in ["logits"] + [f"logits_{m}" for m in modes()]:
         if ours[key].shape != theirs[key].shape:
             print(f"{key}: shapes differ {list(ours[key].shape)} vs {list(theirs[key].shape)}")
             continue
@@ -270,12 +274,11 @@ def compare(out_dir, other_dir):
 
 
 def main():
-    global BLOCK, MODES
+    global BLOCK
     args = parse_args()
     if args.w4_block < 1:
         raise SystemExit("--w4-block must be a positive integer")
     BLOCK = args.w4_block
-    MODES = ["w8a8", "w8", f"w4_b{BLOCK}", "fp8"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -293,7 +296,7 @@ def main():
     amax = calibrate(model, calib_ids.long().to(args.device))
     report = {"fp32_loss": loss_of(logits, ids)}
     tensors = {"logits": logits.cpu().contiguous()}
-    for mode in MODES:
+    for mode in modes():
         q = quantized_logits(model, ids, amax, mode)
         report[f"{mode}_loss"] = loss_of(q, ids)
         report[f"{mode}_max_abs_logit_diff_vs_fp32"] = (q - logits).abs().max().item()
