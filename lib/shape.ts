@@ -167,6 +167,7 @@ export function describeValue(v: unknown): string {
   if (typeof v === "function") return "a function";
   if (typeof v === "symbol") return v.toString();
   if (v === null || v === undefined || typeof v !== "object") return String(v);
+  if (v instanceof RegExp) return String(v);
   return (v as { constructor?: { name?: string } }).constructor?.name ?? "object";
 }
 

@@ -8,19 +8,8 @@ import type { Linear } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
 import { describeValue } from "../shape.ts";
 
-/** A value as an error message shows it (see {@link describeValue}). */
-export const describe: (value: unknown) => string = describeValue;
-
-/**
- * Throws an argument error of `op` unless `value`, passed as `argument`, is a Module.
- * `describeValue` shows the value in the message.
- */
-export function checkModule(
-  op: string,
-  argument: string,
-  value: unknown,
-  describeValue: (value: unknown) => string = describe,
-): asserts value is Module {
+/** Throws an argument error of `op` unless `value`, passed as `argument`, is a Module. */
+export function checkModule(op: string, argument: string, value: unknown): asserts value is Module {
   if (!(value instanceof Module)) {
     throw new TensorqError("expected a Module", {
       op,

@@ -12,9 +12,9 @@ import { decode } from "../dtype.ts";
 import { checkBoolean, isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import { checkPrefix, type Module } from "../nn/module.ts";
-import { optionsOf } from "../shape.ts";
+import { describeValue, optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
-import { checkModule, checkUncompressed, describe } from "./args.ts";
+import { checkModule, checkUncompressed } from "./args.ts";
 import {
   type AmaxObserver,
   HistogramObserver,
@@ -115,7 +115,7 @@ export function findModule(root: Module, name: string): Module | undefined {
       kind: "argument",
       argument: "name",
       expected: 'a string such as "transformer.h.0.attn" ("" for the root)',
-      actual: describe(name),
+      actual: describeValue(name),
     });
   }
   if (name === "") return root;
@@ -171,7 +171,7 @@ export function weightAmaxPerBlock(weight: Tensor, blockSize: number): Float32Ar
       kind: "argument",
       argument: "blockSize",
       expected: "a positive integer",
-      actual: describe(blockSize),
+      actual: describeValue(blockSize),
     });
   }
   const w = hostFloats(weight);
@@ -214,7 +214,7 @@ function weight2d(op: string, weight: Tensor): [number, number] {
       expected: "a rank-2 tensor",
       actual: weight && typeof weight === "object" && "shape" in weight
         ? `shape [${(weight as Tensor).shape.join(", ")}]`
-        : describe(weight),
+        : describeValue(weight),
     });
   }
   return [weight.shape[0], weight.shape[1]];
@@ -240,7 +240,7 @@ function checkOptions(options: CalibrateOptions): void {
       kind: "argument",
       argument: "method",
       expected: `one of ${METHODS.join(", ")}`,
-      actual: describe(method),
+      actual: describeValue(method),
     });
   }
   const p = options.percentile;
@@ -250,7 +250,7 @@ function checkOptions(options: CalibrateOptions): void {
       kind: "argument",
       argument: "percentile",
       expected: "a number in (0, 100], e.g. 99.99",
-      actual: describe(p),
+      actual: describeValue(p),
     });
   }
   const b = options.weightBlockSize;
@@ -260,7 +260,7 @@ function checkOptions(options: CalibrateOptions): void {
       kind: "argument",
       argument: "weightBlockSize",
       expected: "a positive integer, e.g. 128",
-      actual: describe(b),
+      actual: describeValue(b),
     });
   }
   if (options.perChannel !== undefined) checkBoolean(op, "perChannel", options.perChannel);
@@ -270,7 +270,7 @@ function checkOptions(options: CalibrateOptions): void {
       kind: "argument",
       argument: "onProgress",
       expected: "(done, total) => void",
-      actual: describe(options.onProgress),
+      actual: describeValue(options.onProgress),
     });
   }
 }
@@ -331,7 +331,7 @@ export function calibrate<M extends Module, B = Tensor>(
       kind: "argument",
       argument: "batches",
       expected: "an array or iterable of batches",
-      actual: describe(batches),
+      actual: describeValue(batches),
     });
   }
   if (typeof run !== "function") {
@@ -340,7 +340,7 @@ export function calibrate<M extends Module, B = Tensor>(
       kind: "argument",
       argument: "run",
       expected: "(model, batch) => void",
-      actual: describe(run),
+      actual: describeValue(run),
     });
   }
   options = optionsOf<CalibrateOptions>(op, options, CALIBRATE_OPTIONS);

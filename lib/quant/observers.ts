@@ -27,8 +27,6 @@ export interface AmaxObserver {
   readonly count: number;
 }
 
-const describe = describeValue;
-
 /**
  * The most bins or channels an observer takes: 2^24 float64 counters are 128 MiB, and a
  * larger size is a mistake (a byte count, 2**53) that would fail as a raw RangeError.
@@ -46,7 +44,7 @@ function checkValues(op: string, x: unknown): Float32Array {
     kind: "argument",
     argument: "x",
     expected: "a Float32Array",
-    actual: describe(x),
+    actual: describeValue(x),
   });
 }
 
@@ -68,7 +66,7 @@ function positiveInt(
       kind: "argument",
       argument,
       expected: bounded ? `an integer from ${min} to ${max}` : `an integer >= ${min}`,
-      actual: describe(v),
+      actual: describeValue(v),
     },
   );
 }
@@ -250,7 +248,7 @@ export class HistogramObserver implements AmaxObserver {
         kind: "argument",
         argument: "method",
         expected: `one of ${METHODS.join(", ")}`,
-        actual: describe(method),
+        actual: describeValue(method),
       });
     }
     this.method = method;
@@ -283,7 +281,7 @@ export class HistogramObserver implements AmaxObserver {
         kind: "argument",
         argument: "counts",
         expected: "an array or typed array of finite numbers >= 0",
-        actual: describe(counts),
+        actual: describeValue(counts),
       });
     }
     positiveInt(op, "counts.length", length, 2, MAX_OBSERVER_SIZE);
@@ -294,7 +292,7 @@ export class HistogramObserver implements AmaxObserver {
         kind: "argument",
         argument: "range",
         expected: "a finite number >= 0",
-        actual: describe(range),
+        actual: describeValue(range),
       });
     }
     const rest = optionsOf<Omit<HistogramObserverOptions, "bins">>(
@@ -312,7 +310,7 @@ export class HistogramObserver implements AmaxObserver {
           kind: "argument",
           argument: "counts",
           expected: "finite numbers >= 0",
-          actual: `${describe(c)} at index ${i}`,
+          actual: `${describeValue(c)} at index ${i}`,
         });
       }
       h.#counts[i] = c;
@@ -559,7 +557,7 @@ function checkPercentile(op: string, p: unknown): number {
     kind: "argument",
     argument: "percentile",
     expected: "a number in (0, 100], e.g. 99.99",
-    actual: describe(p),
+    actual: describeValue(p),
   });
 }
 
@@ -587,7 +585,7 @@ function entropySettings(
       kind: "argument",
       argument: `${prefix}startBin`,
       expected: `at most ${bins}`,
-      actual: describe(start),
+      actual: describeValue(start),
     });
   }
   return { levels, start, stride };
@@ -615,7 +613,7 @@ function mseSettings(
       kind: "argument",
       argument: `${prefix}startBin`,
       expected: `at most ${bins - 1}`,
-      actual: describe(start),
+      actual: describeValue(start),
     });
   }
   return { dtype, bound, start, stride };
@@ -629,7 +627,7 @@ function levelsFor(op: string, dtype: unknown, argument = "dtype"): number {
     kind: "dtype",
     argument,
     expected: "int8 or int4",
-    actual: describe(dtype),
+    actual: describeValue(dtype),
   });
 }
 
@@ -642,6 +640,6 @@ function boundFor(op: string, dtype: unknown, argument = "dtype"): number {
     kind: "dtype",
     argument,
     expected: "int8, int4 or float8e4m3",
-    actual: describe(dtype),
+    actual: describeValue(dtype),
   });
 }

@@ -82,14 +82,6 @@ const MODES: Readonly<Record<QuantizationMode, ModeSpec>> = Object.freeze({
   fp8: { dtype: "float8e4m3", inputs: true, blocks: false },
 });
 
-function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null) return "null";
-  if (value instanceof RegExp) return String(value);
-  return Array.isArray(value) ? "an array" : typeof value;
-}
-
 /** True when `name` is excluded by one of the patterns. */
 function isExcluded(name: string, patterns: (string | RegExp)[]): boolean {
   return patterns.some((p) =>
@@ -115,7 +107,7 @@ function checkExcludeMatches(
       kind: "argument",
       argument: "exclude",
       expected: `dotted layer names or prefixes (e.g. ${exampleNames(layers)}) or RegExps`,
-      actual: listNames(unmatched.map(describe)),
+      actual: listNames(unmatched.map(describeValue)),
     });
   }
 }
@@ -128,7 +120,7 @@ function checkExclude(op: string, exclude: unknown): (string | RegExp)[] {
       kind: "argument",
       argument: "exclude",
       expected: 'an array of strings or RegExps, e.g. ["lm_head"]',
-      actual: describe(exclude),
+      actual: describeValue(exclude),
     });
   }
   exclude.forEach((p, i) => {
@@ -138,7 +130,7 @@ function checkExclude(op: string, exclude: unknown): (string | RegExp)[] {
       kind: "argument",
       argument: `exclude[${i}]`,
       expected: "a layer name or prefix (string) or a RegExp",
-      actual: describe(p),
+      actual: describeValue(p),
     });
   });
   // A global or sticky RegExp would make test() stateful across layers.
@@ -179,7 +171,7 @@ function toLookup(
     kind: "argument",
     argument,
     expected: "a Map<string, { inputAmax?, weightAmax? }> (from calibrate or importAmax)",
-    actual: describe(value),
+    actual: describeValue(value),
   });
 }
 
@@ -196,7 +188,7 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayL
       kind: "argument",
       argument: what,
       expected: "a Float32Array or an array of numbers",
-      actual: describe(values),
+      actual: describeValue(values),
     });
   }
   for (let i = 0; i < values.length; i++) {
@@ -208,7 +200,7 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayL
         kind: "argument",
         argument: what,
         expected: "absolute maxima >= 0",
-        actual: `${describe(v)} at index ${i}`,
+        actual: `${describeValue(v)} at index ${i}`,
       });
     }
   }
@@ -262,15 +254,17 @@ function blockAmaxOf(
   const size = ranges.weightBlockSize;
   if (size !== undefined && size !== blockSize) {
     throw new TensorqError(
-      `the weight block amax of layer ${name} (${where}) are for blocks of ${describe(size)} ` +
+      `the weight block amax of layer ${name} (${where}) are for blocks of ${
+        describeValue(size)
+      } ` +
         `input features, but blockSize is ${blockSize}`,
       {
         op,
         kind: "argument",
         argument: "weightBlockSize",
         expected: `${blockSize} (or absent): calibrate with weightBlockSize: ${blockSize}, or ` +
-          `pass blockSize: ${describe(size)}`,
-        actual: `${describe(size)} (from ${where})`,
+          `pass blockSize: ${describeValue(size)}`,
+        actual: `${describeValue(size)} (from ${where})`,
       },
     );
   }
@@ -310,7 +304,7 @@ export interface CompressWeightsOptions {
  */
 export function compressWeights(model: Module, options: CompressWeightsOptions = {}): string[] {
   const op = "compressWeights";
-  checkModule(op, "model", model, describe);
+  checkModule(op, "model", model);
   options = optionsOf(op, options, ["exclude"]);
   const exclude = checkExclude(op, options.exclude);
   const all = namedLinears(model);
@@ -392,7 +386,7 @@ export function compressWeights(model: Module, options: CompressWeightsOptions =
  */
 export function quantizeModel(model: Module, options: QuantizeModelOptions): QuantizedLayerInfo[] {
   const op = "quantizeModel";
-  checkModule(op, "model", model, describe);
+  checkModule(op, "model", model);
   options = optionsOf(op, options, ["mode", "exclude", "calibration", "amax", "blockSize"]);
   const mode = options.mode;
   if (typeof mode !== "string" || !Object.hasOwn(MODES, mode)) {
@@ -401,7 +395,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       kind: "argument",
       argument: "mode",
       expected: `one of ${Object.keys(MODES).join(", ")}`,
-      actual: describe(mode),
+      actual: describeValue(mode),
     });
   }
   const spec = MODES[mode];
@@ -413,7 +407,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       kind: "argument",
       argument: "blockSize",
       expected: "a positive integer, e.g. 128",
-      actual: describe(blockSize),
+      actual: describeValue(blockSize),
     });
   }
   const calibration = toLookup(op, "calibration", options.calibration);
@@ -434,7 +428,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
       kind: "argument",
       argument: "amax",
       expected: `dotted Linear layer names (e.g. ${examples})`,
-      actual: listNames(unknownOverrides.map(describe)),
+      actual: listNames(unknownOverrides.map(describeValue)),
     });
   }
   const layers = all.filter(([name]) => !isExcluded(name, exclude));
@@ -465,7 +459,7 @@ export function quantizeModel(model: Module, options: QuantizeModelOptions): Qua
           kind: "argument",
           argument: what,
           expected: "a number (the absolute maximum of the layer's input, >= 0)",
-          actual: `${describe(inputAmax)} (${typeof inputAmax})`,
+          actual: `${describeValue(inputAmax)} (${typeof inputAmax})`,
         });
       }
       [inputScaleValue] = scalesOfAmax(op, what, amaxValues(op, what, [inputAmax]), bound);
@@ -632,7 +626,7 @@ export function importAmax(
       kind: "argument",
       argument: "tensors",
       expected: "a record of tensors or a SafetensorsTensors (loadSafetensors)",
-      actual: describe(tensors),
+      actual: describeValue(tensors),
     });
   }
   const nameMap = optionsOf<ImportAmaxOptions>(op, options, ["nameMap"]).nameMap;
@@ -666,7 +660,7 @@ export function importAmax(
         kind: "argument",
         argument: "nameMap",
         expected: "a string or undefined",
-        actual: `${describe(name)} for ${m[1]}`,
+        actual: `${describeValue(name)} for ${m[1]}`,
       });
     }
     const previous = origin.get(name);
@@ -687,7 +681,7 @@ export function importAmax(
         kind: "dtype",
         argument: key,
         expected: FLOAT_DTYPES.join(", "),
-        actual: t instanceof Tensor ? t.dtype : describe(t),
+        actual: t instanceof Tensor ? t.dtype : describeValue(t),
       });
     }
     const values = Float32Array.from(decode(t.dtype, t.storageSync()));

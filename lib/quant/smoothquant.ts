@@ -14,7 +14,8 @@ import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import type { Module } from "../nn/module.ts";
 import { type Tensor, tensor } from "../tensor.ts";
-import { checkModule, describe } from "./args.ts";
+import { describeValue } from "../shape.ts";
+import { checkModule } from "./args.ts";
 import {
   type Calibration,
   findModule,
@@ -92,12 +93,12 @@ function checkAmaxList(op: string, argument: string, value: unknown): void {
       actual,
     });
   if (!Array.isArray(value) && !(ArrayBuffer.isView(value) && !(value instanceof DataView))) {
-    throw fail(describe(value));
+    throw fail(describeValue(value));
   }
   const list = value as ArrayLike<unknown>;
   for (let j = 0; j < list.length; j++) {
     const v = list[j];
-    if (typeof v !== "number" || v < 0) throw fail(`${describe(v)} at index ${j}`);
+    if (typeof v !== "number" || v < 0) throw fail(`${describeValue(v)} at index ${j}`);
   }
 }
 
@@ -108,7 +109,7 @@ function checkAlpha(op: string, alpha: unknown): number {
     kind: "argument",
     argument: "alpha",
     expected: "a number in [0, 1], e.g. 0.5",
-    actual: describe(alpha),
+    actual: describeValue(alpha),
   });
 }
 
@@ -159,7 +160,7 @@ export function smoothQuant(
       kind: "argument",
       argument: "calibration",
       expected: "a Map of layer ranges",
-      actual: describe(calibration),
+      actual: describeValue(calibration),
     });
   }
   if (typeof options !== "object" || options === null || !Array.isArray(options.pairs)) {
@@ -168,7 +169,7 @@ export function smoothQuant(
       kind: "argument",
       argument: "pairs",
       expected: "[{ norm: string, linears: string[] }, ...]",
-      actual: describe(options?.pairs ?? options),
+      actual: describeValue(options?.pairs ?? options),
     });
   }
   const alpha = checkAlpha(op, options.alpha ?? 0.5);
@@ -186,7 +187,7 @@ export function smoothQuant(
         kind: "argument",
         argument: where,
         expected: "{ norm: string, linears: string[] }",
-        actual: describe(pair),
+        actual: describeValue(pair),
       });
     }
     const norm = findModule(model, pair.norm);
