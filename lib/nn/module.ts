@@ -55,6 +55,19 @@ export function booleanOption(
   return value === undefined ? fallback : checkBoolean(op, argument, value);
 }
 
+/** Throws an argument error of `op` unless `value`, passed as `argument`, is a Module. */
+export function checkModule(op: string, argument: string, value: unknown): asserts value is Module {
+  if (!(value instanceof Module)) {
+    throw new TensorqError("expected a Module", {
+      op,
+      kind: "argument",
+      argument,
+      expected: "a Module",
+      actual: describeValue(value),
+    });
+  }
+}
+
 /** A name prefix must be a string (null or an object would be glued onto every name). */
 export function checkPrefix(op: string, prefix: unknown): void {
   if (typeof prefix !== "string") {
@@ -133,15 +146,7 @@ export abstract class Module {
    */
   protected registerModule<M extends Module>(name: string, module: M): M {
     const op = "registerModule";
-    if (!(module instanceof Module)) {
-      throw new TensorqError("expected a Module", {
-        op,
-        kind: "argument",
-        argument: "module",
-        expected: "a Module",
-        actual: describeValue(module),
-      });
-    }
+    checkModule(op, "module", module);
     const path = module.#pathTo(this);
     if (path !== undefined) {
       const where = path === "" ? "it is this module" : `it contains this module at '${path}'`;

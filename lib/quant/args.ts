@@ -1,25 +1,10 @@
 /**
- * Argument checks shared by the quantization workflow (calibrate, smoothQuant,
- * quantizeModel): the model must be a Module and the options an object.
+ * Helpers shared by the quantization workflow (calibrate, quantizeModel, compressWeights):
+ * name lists for messages, and the check for compressed weights.
  * @module
  */
 import { TensorqError } from "../errors.ts";
 import type { Linear } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
-import { describeValue } from "../shape.ts";
-
-/** Throws an argument error of `op` unless `value`, passed as `argument`, is a Module. */
-export function checkModule(op: string, argument: string, value: unknown): asserts value is Module {
-  if (!(value instanceof Module)) {
-    throw new TensorqError("expected a Module", {
-      op,
-      kind: "argument",
-      argument,
-      expected: "a Module",
-      actual: describeValue(value),
-    });
-  }
-}
 
 /** The first `limit` of `names`, comma-separated, and how many more there are. */
 export function listNames(names: string[], limit = 8): string {

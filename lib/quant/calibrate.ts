@@ -11,10 +11,10 @@
 import { decode } from "../dtype.ts";
 import { checkBoolean, isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import { checkPrefix, type Module } from "../nn/module.ts";
+import { checkModule, checkPrefix, type Module } from "../nn/module.ts";
 import { describeValue, optionsOf } from "../shape.ts";
 import type { Tensor } from "../tensor.ts";
-import { checkModule, checkUncompressed } from "./args.ts";
+import { checkUncompressed } from "./args.ts";
 import {
   type AmaxObserver,
   HistogramObserver,

@@ -18,11 +18,11 @@ import { decode } from "../dtype.ts";
 import { fmtShape, messageWithoutCallSite, TensorqError } from "../errors.ts";
 import { SafetensorsTensors } from "../io/tensors.ts";
 import type { Linear } from "../nn/layers.ts";
-import type { Module } from "../nn/module.ts";
+import { checkModule, type Module } from "../nn/module.ts";
 import { FLOAT_DTYPES } from "../ops/op.ts";
 import { checkScaleValues, type QuantDType } from "../ops/quantize.ts";
 import { fromStorage, scalar, Tensor } from "../tensor.ts";
-import { checkModule, checkUncompressed, listNames } from "./args.ts";
+import { checkUncompressed, listNames } from "./args.ts";
 import { describeValue, isPlainObject, optionsOf } from "../shape.ts";
 import {
   type Calibration,

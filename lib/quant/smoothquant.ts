@@ -12,10 +12,9 @@
 import { decode } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
-import type { Module } from "../nn/module.ts";
+import { checkModule, type Module } from "../nn/module.ts";
 import { type Tensor, tensor } from "../tensor.ts";
 import { describeValue } from "../shape.ts";
-import { checkModule } from "./args.ts";
 import {
   type Calibration,
   findModule,
