@@ -968,6 +968,18 @@ export interface GenerateOptions {
 }
 
 const GEN_OP = "generate";
+/** Throws unless `model` is a GPT2LMHeadModel (generation and the decoder read its modules). */
+export function checkGpt2Model(op: string, model: unknown): asserts model is GPT2LMHeadModel {
+  if (model instanceof GPT2LMHeadModel) return;
+  throw new TensorqError("model must be a GPT2LMHeadModel", {
+    op,
+    kind: "argument",
+    argument: "model",
+    expected: "a GPT2LMHeadModel (e.g. from GPT2LMHeadModel.fromPretrained)",
+    actual: describeValue(model),
+  });
+}
+
 const GEN_OPTIONS = [
   "maxNewTokens",
   "strategy",
@@ -1099,15 +1111,7 @@ export function generate(
   promptIds: readonly number[] | Tensor,
   options: GenerateOptions,
 ): number[] {
-  if (!(model instanceof GPT2LMHeadModel)) {
-    throw new TensorqError("model must be a GPT2LMHeadModel", {
-      op: GEN_OP,
-      kind: "argument",
-      argument: "model",
-      expected: "a GPT2LMHeadModel (e.g. from GPT2LMHeadModel.fromPretrained)",
-      actual: describeValue(model),
-    });
-  }
+  checkGpt2Model(GEN_OP, model);
   const prompt = promptToIds(model, promptIds);
   // maxNewTokens is required, so absent options fail on it below.
   options = optionsOf(GEN_OP, options, GEN_OPTIONS);

@@ -29,8 +29,8 @@ import { concat, permute, reshape, slice, sliceScatter, stack } from "../ops/sha
 import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
 import { fromStorage, Tensor, tensor, zeros } from "../tensor.ts";
 import { describeValue, optionsOf } from "../shape.ts";
-// A cycle (gpt2.ts imports this module): the class is only read when a function runs.
-import { GPT2LMHeadModel, type KVCache } from "./gpt2.ts";
+// A cycle (gpt2.ts imports this module): its exports are only read when a function runs.
+import { checkGpt2Model, type GPT2LMHeadModel, type KVCache } from "./gpt2.ts";
 
 /** Options of {@link buildStaticDecoder}. */
 export interface StaticDecoderOptions {
@@ -137,18 +137,6 @@ function checkState(op: string, state: unknown, live: boolean): DecodeState {
   return s as DecodeState;
 }
 
-/** Throws unless `model` is a GPT2LMHeadModel (the decoder reads its modules directly). */
-function checkModel(op: string, model: unknown): GPT2LMHeadModel {
-  if (model instanceof GPT2LMHeadModel) return model;
-  throw new TensorqError("model must be a GPT2LMHeadModel", {
-    op,
-    kind: "argument",
-    argument: "model",
-    expected: "a GPT2LMHeadModel (e.g. from GPT2LMHeadModel.fromPretrained)",
-    actual: describeValue(model),
-  });
-}
-
 /** Frees the tensors of a state (not needed any more). */
 export function disposeState(state: DecodeState): void {
   // Disposing twice is harmless, so disposed tensors are accepted.
@@ -177,7 +165,7 @@ export function cloneState(state: DecodeState): DecodeState {
  * `[next [B, 1] int32, logits [B, 1, vocab], pos + 1, kv0', kv1', ...]`.
  */
 export function decodeStepFunction(model: GPT2LMHeadModel): (...args: Tensor[]) => Tensor[] {
-  checkModel("decodeStepFunction", model);
+  checkGpt2Model("decodeStepFunction", model);
   const config = model.config;
   const trunk = model.transformer;
   return (ids: Tensor, pos: Tensor, ...cache: Tensor[]): Tensor[] => {
@@ -223,7 +211,7 @@ export function buildStaticDecoder(
   options: StaticDecoderOptions = {},
 ): StaticDecoder {
   const op = "buildStaticDecoder";
-  checkModel(op, model);
+  checkGpt2Model(op, model);
   options = optionsOf(op, options, ["batch", "maxLength", "cudaGraphs", "padding"]);
   const config = model.config;
   const batch = options.batch ?? 1;
