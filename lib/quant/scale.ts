@@ -2,7 +2,7 @@
  * Scales from calibration ranges: `scale = amax / maxBound(dtype)`, as ModelOpt exports them.
  * @module
  */
-import { decode } from "../dtype.ts";
+import { decode, dtypeInfo } from "../dtype.ts";
 import { TensorqError } from "../errors.ts";
 import type { QuantDType } from "../ops/quantize.ts";
 import { checkTensor, FLOAT_DTYPES } from "../ops/op.ts";
@@ -13,9 +13,6 @@ const MAX_BOUND: Readonly<Record<QuantDType, number>> = Object.freeze({
   int4: 7,
   float8e4m3: 448,
 });
-
-/** The largest finite float32 value. */
-const MAX_FLOAT32 = 3.4028234663852886e38;
 
 /**
  * The largest magnitude a quantized value maps amax to: 127 for int8, 7 for int4 (symmetric
@@ -129,7 +126,7 @@ export function scalesOfAmax(
         op,
         kind: "argument",
         argument,
-        expected: `values whose scale amax / ${bound} is at most ${MAX_FLOAT32}`,
+        expected: `values whose scale amax / ${bound} is at most ${dtypeInfo("float32").max}`,
         actual: `${a} at flat index ${i}`,
       });
     }

@@ -144,7 +144,8 @@ interface PairPlan {
  * @returns The updated calibration.
  * @throws {TensorqError} for an unknown layer name, a norm without a 1-D weight, a Linear
  *   whose input features differ from the norm's width, an already quantized Linear, a layer
- *   in two pairs (or twice in one), missing per-channel ranges, or alpha outside [0, 1]. Nothing changes then.
+ *   in two pairs (or twice in one), missing per-channel ranges, or alpha outside [0, 1].
+ *   Nothing changes then.
  */
 export function smoothQuant(
   model: Module,
