@@ -31,6 +31,7 @@ import {
   Sequential,
   smoothingScales,
   smoothQuant,
+  type SmoothQuantOptions,
   type Tensor,
   tensor,
   zeros,
@@ -1202,6 +1203,27 @@ Deno.test("smoothQuant errors", () => {
   line = thisLine() + 1;
   bad = () => smoothQuant(model, calib, { alpha: 1.5, pairs: [] });
   assertTqError(bad, { op: "smoothQuant", includes: ["alpha must be in [0, 1]"], line });
+  // A misspelt key is an error, not the default alpha applied without a word.
+  const lnWeight = () => model.stateDict()["ln.weight"].dataSync();
+  const weightBefore = lnWeight();
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { alhpa: 0.9, pairs } as SmoothQuantOptions);
+  assertTqError(bad, {
+    op: "smoothQuant",
+    kind: "argument",
+    includes: ['unknown option "alhpa"', "argument 'options.alhpa'"],
+    line,
+  });
+  const strayKey = { ...pairs[0], alpha: 0.9 };
+  line = thisLine() + 1;
+  bad = () => smoothQuant(model, calib, { pairs: [strayKey] });
+  assertTqError(bad, {
+    op: "smoothQuant",
+    kind: "argument",
+    includes: ['unknown option "alpha"', "argument 'pairs[0].alpha'"],
+    line,
+  });
+  assert.deepEqual(lnWeight(), weightBefore, "nothing changed");
   quantizeModel(model, { mode: "w8" });
   line = thisLine() + 1;
   bad = () => smoothQuant(model, calib, { pairs: [{ norm: "ln", linears: ["fc"] }] });

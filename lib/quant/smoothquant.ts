@@ -14,7 +14,7 @@ import { TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import { checkModule, type Module } from "../nn/module.ts";
 import { type Tensor, tensor } from "../tensor.ts";
-import { describeValue } from "../shape.ts";
+import { checkKnownKeys, describeValue, isPlainObject } from "../shape.ts";
 import {
   type Calibration,
   findModule,
@@ -144,7 +144,8 @@ interface PairPlan {
  * @returns The updated calibration.
  * @throws {TensorqError} for an unknown layer name, a norm without a 1-D weight, a Linear
  *   whose input features differ from the norm's width, an already quantized Linear, a layer
- *   in two pairs (or twice in one), missing per-channel ranges, or alpha outside [0, 1].
+ *   in two pairs (or twice in one), missing per-channel ranges, alpha outside [0, 1], or an
+ *   unknown key in the options or a pair.
  *   Nothing changes then.
  */
 export function smoothQuant(
@@ -163,15 +164,17 @@ export function smoothQuant(
       actual: describeValue(calibration),
     });
   }
-  if (typeof options !== "object" || options === null || !Array.isArray(options.pairs)) {
+  if (!isPlainObject(options) || !Array.isArray(options.pairs)) {
     throw new TensorqError("options.pairs must list the norm → Linear pairs", {
       op,
       kind: "argument",
       argument: "pairs",
       expected: "[{ norm: string, linears: string[] }, ...]",
-      actual: describeValue(options?.pairs ?? options),
+      actual: describeValue(isPlainObject(options) ? options.pairs : options),
     });
   }
+  // A misspelt alpha would otherwise smooth with the default without a word.
+  checkKnownKeys(op, options, ["alpha", "pairs"]);
   const alpha = checkAlpha(op, options.alpha ?? 0.5);
   const used = new Set<string>();
   const usedNorms = new Set<Module>();
@@ -190,6 +193,7 @@ export function smoothQuant(
         actual: describeValue(pair),
       });
     }
+    checkKnownKeys(op, pair, ["norm", "linears"], where);
     const norm = findModule(model, pair.norm);
     if (norm && usedNorms.has(norm)) {
       throw new TensorqError(`${pair.norm} appears in more than one pair`, {
