@@ -34,6 +34,9 @@ import {
   type SmoothQuantOptions,
   type Tensor,
   tensor,
+  weightAmaxPerBlock,
+  weightAmaxPerColumn,
+  weightAmaxPerRow,
   zeros,
 } from "../mod.ts";
 import {
@@ -788,6 +791,63 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
     });
   }
   assert.equal(last.quantDtype, undefined, "nothing changed on error");
+  // A NaN weight neither: quantized, it would become code 0 without a word.
+  w[3 * 32 + 17] = 0.5;
+  w[5 * 32 + 2] = NaN;
+  last.weight = tensor(w, { shape: [8, 32] });
+  for (const [mode, where] of [["w8", "NaN in row 5"], ["w4", "NaN in block 10"]] as const) {
+    line = thisLine() + 1;
+    bad = () => quantizeModel(model, { mode, blockSize: 16 });
+    assertTqError(bad, {
+      op: "quantizeModel",
+      kind: "argument",
+      includes: ["weight of layer 2 holds NaN", where],
+      line,
+    });
+  }
+  // Through a calibration: its weight amax carry the NaN, which quantizeModel refuses.
+  const calibration = calibrate(model, [randn([2, 16], { seed: 3 })], (m, x) => m.forward(x), {
+    weightBlockSize: 16,
+    onProgress: () => {},
+  });
+  assert.ok(Number.isNaN(calibration.get("2")!.weightAmax![5]));
+  assert.ok(Number.isNaN(calibration.get("2")!.weightBlockAmax![10]));
+  assert.ok(calibration.get("2")!.weightAmax!.every((v, i) => i === 5 || v > 0));
+  for (const mode of ["w8a8", "w4"] as const) {
+    line = thisLine() + 1;
+    bad = () => quantizeModel(model, { mode, calibration, blockSize: 16 });
+    assertTqError(bad, {
+      op: "quantizeModel",
+      includes: mode === "w4"
+        ? ["weight block amax of 2", "NaN at index 10"]
+        : ["weight amax of 2", "NaN at index 5"],
+      line,
+    });
+  }
+  assert.equal(last.quantDtype, undefined, "nothing changed on error");
+});
+
+Deno.test("weight amax functions: NaN where a row, block or column holds NaN", () => {
+  const values = randomValues(4 * 6, 91);
+  values[1 * 6 + 4] = NaN;
+  const w = tensor(values, { shape: [4, 6] });
+  const abs = values.map(Math.abs);
+  const maxOf = (idx: number[]) => Math.fround(Math.max(...idx.map((i) => abs[i])));
+  const rows = weightAmaxPerRow(w);
+  const blocks = weightAmaxPerBlock(w, 4); // blocks of 4 and a last one of 2
+  const cols = weightAmaxPerColumn(w);
+  for (let r = 0; r < 4; r++) {
+    const row = [0, 1, 2, 3, 4, 5].map((c) => r * 6 + c);
+    if (r === 1) assert.ok(Number.isNaN(rows[r]));
+    else assert.equal(rows[r], maxOf(row));
+    assert.equal(blocks[r * 2], maxOf(row.slice(0, 4)));
+    if (r === 1) assert.ok(Number.isNaN(blocks[r * 2 + 1]));
+    else assert.equal(blocks[r * 2 + 1], maxOf(row.slice(4)));
+  }
+  for (let c = 0; c < 6; c++) {
+    if (c === 4) assert.ok(Number.isNaN(cols[c]));
+    else assert.equal(cols[c], maxOf([0, 1, 2, 3].map((r) => r * 6 + c)));
+  }
 });
 
 Deno.test("quantizeModel w4: the amax option's weight fields come first; 1 value for all", () => {

@@ -133,7 +133,22 @@ function hostFloats(t: Tensor): Float32Array {
 }
 
 /**
- * max |W| of each row of a 2-D weight `[out, in]` (one value per output channel).
+ * max |w| over `w[start, end)`; NaN where one is NaN (as `torch.amax`): a weight holding NaN
+ * has no range, and skipping it would quantize the NaN to code 0 without a word.
+ */
+function absMax(w: Float32Array, start: number, end: number): number {
+  let m = 0;
+  for (let c = start; c < end; c++) {
+    const a = Math.abs(w[c]);
+    if (a > m) m = a;
+    else if (a !== a) return NaN;
+  }
+  return m;
+}
+
+/**
+ * max |W| of each row of a 2-D weight `[out, in]` (one value per output channel); NaN for a
+ * row that holds NaN.
  *
  * @param weight A float tensor of rank 2.
  * @returns `[out]` absolute maxima.
@@ -142,21 +157,14 @@ export function weightAmaxPerRow(weight: Tensor): Float32Array {
   const [rows, cols] = weight2d("weightAmaxPerRow", weight);
   const w = hostFloats(weight);
   const out = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    let m = 0;
-    for (let c = r * cols, end = c + cols; c < end; c++) {
-      const a = Math.abs(w[c]);
-      if (a > m) m = a;
-    }
-    out[r] = m;
-  }
+  for (let r = 0; r < rows; r++) out[r] = absMax(w, r * cols, (r + 1) * cols);
   return out;
 }
 
 /**
  * max |W| of each block of `blockSize` consecutive input features of a weight `[out, in]`.
  * Where `blockSize` does not divide `in`, each row's last block is shorter (as ONNX's
- * block-wise QuantizeLinear takes it).
+ * block-wise QuantizeLinear takes it). NaN for a block that holds NaN.
  *
  * @param weight A float tensor of rank 2.
  * @param blockSize A positive integer.
@@ -179,19 +187,17 @@ export function weightAmaxPerBlock(weight: Tensor, blockSize: number): Float32Ar
   const out = new Float32Array(rows * perRow);
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < perRow; b++) {
-      let m = 0;
       const end = r * cols + Math.min(cols, (b + 1) * blockSize);
-      for (let c = r * cols + b * blockSize; c < end; c++) {
-        const a = Math.abs(w[c]);
-        if (a > m) m = a;
-      }
-      out[r * perRow + b] = m;
+      out[r * perRow + b] = absMax(w, r * cols + b * blockSize, end);
     }
   }
   return out;
 }
 
-/** max |W| of each column of a weight `[out, in]` (one value per input feature). */
+/**
+ * max |W| of each column of a weight `[out, in]` (one value per input feature); NaN for a
+ * column that holds NaN.
+ */
 export function weightAmaxPerColumn(weight: Tensor): Float32Array {
   const [rows, cols] = weight2d("weightAmaxPerColumn", weight);
   const w = hostFloats(weight);
@@ -199,7 +205,8 @@ export function weightAmaxPerColumn(weight: Tensor): Float32Array {
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
       const a = Math.abs(w[r * cols + c]);
-      if (a > out[c]) out[c] = a;
+      // Once NaN, a column stays NaN: `a > NaN` is false.
+      if (a > out[c] || a !== a) out[c] = a;
     }
   }
   return out;

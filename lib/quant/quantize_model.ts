@@ -11,7 +11,8 @@
  * | `w4` | int4 blocks of `blockSize` (128) input features, `amax / 7` | float |
  * | `fp8` | float8e4m3 per output channel, `amax / 448` | float8e4m3 per tensor, `amax / 448` |
  *
- * Scales follow {@link scaleFromAmax}: an amax of 0 (or NaN) gives scale 1.
+ * Scales follow {@link scaleFromAmax}: an amax of 0 gives scale 1. A NaN or infinite amax, given
+ * or computed from a weight that holds such values, is an error naming the layer.
  * @module
  */
 import { decode } from "../dtype.ts";
@@ -200,7 +201,8 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayL
         kind: "argument",
         argument: what,
         expected: "absolute maxima >= 0",
-        actual: `${describeValue(v)} at index ${i}`,
+        actual: `${describeValue(v)} at index ${i}` +
+          (Number.isNaN(v) ? " (a weight or input that holds NaN has a NaN amax)" : ""),
       });
     }
   }
@@ -209,20 +211,23 @@ function amaxValues(op: string, what: string, values: ArrayLike<number>): ArrayL
 
 /**
  * A layer's weight amax per row, or per block of `blockSize` along the input features, computed
- * from its weight. An infinite weight has no scale: that is an error naming the layer.
+ * from its weight. A NaN or infinite weight has no scale: that is an error naming the layer.
  */
 function amaxOfWeights(name: string, layer: Linear, blockSize?: number): Float32Array {
   const amax = blockSize === undefined
     ? weightAmaxPerRow(layer.weight)
     : weightAmaxPerBlock(layer.weight, blockSize);
-  const at = amax.indexOf(Infinity);
+  const at = amax.findIndex((v) => !Number.isFinite(v));
   if (at >= 0) {
-    throw new TensorqError(`the weight of layer ${name} holds an infinite value`, {
+    const what = Number.isNaN(amax[at]) ? "NaN" : "an infinite value";
+    throw new TensorqError(`the weight of layer ${name} holds ${what}`, {
       op: "quantizeModel",
       kind: "argument",
       argument: "model",
       expected: "finite weights (their amax sets the weight scales)",
-      actual: `±Infinity in ${blockSize === undefined ? "row" : "block"} ${at}`,
+      actual: `${Number.isNaN(amax[at]) ? "NaN" : "±Infinity"} in ${
+        blockSize === undefined ? "row" : "block"
+      } ${at}`,
     });
   }
   return amax;
