@@ -344,6 +344,23 @@ Deno.test("compile: a disposed executable refuses calls and reset", () => {
   assert.deepEqual(kept.toArray(), [1, 1, 1], "results outlive the executable");
 });
 
+Deno.test("compile: a disposed argument is an error naming the executable's argument", () => {
+  const exe = tq.compile((x, y) => x.add(y), { args: [tq.inputInfo([3]), tq.inputInfo([3])] });
+  const a = tq.tensor([1, 2, 3]);
+  const b = tq.tensor([4, 5, 6]);
+  assert.deepEqual((exe(a, b) as tq.Tensor).toArray(), [5, 7, 9]);
+  b.dispose();
+  const line = thisLine() + 1;
+  const call = () => exe(a, b);
+  assertTqError(call, {
+    op: "Executable",
+    kind: "state",
+    includes: ["the tensor was disposed", "argument 'args[1]'", "a disposed float32 tensor"],
+    line,
+  });
+  exe.dispose();
+});
+
 Deno.test("compile validates donate: an array of distinct argument indices", () => {
   const fn = (a: tq.Tensor, b: tq.Tensor) => a.add(b);
   const args = [tq.inputInfo([3]), tq.inputInfo([3])];

@@ -31,6 +31,7 @@ import { type DeviceBuffer, Node } from "../graph/node.ts";
 import type { Plan, ReplayablePlan } from "../backends/backend.ts";
 import { checkKnownKeys, describeValue, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
+import { checkTensor } from "../ops/op.ts";
 import { backendOf, planFor, traceGraph } from "./evaluate.ts";
 
 /** One dimension: a fixed extent or a `[min, opt, max]` range. */
@@ -348,6 +349,7 @@ export function compile(
           actual: typeof t,
         });
       }
+      checkTensor("Executable", `args[${i}]`, t); // a disposed argument has no value to read
       if (t.dtype !== info.dtype) {
         throw new TensorqError("argument has the wrong dtype", {
           op: "Executable",
