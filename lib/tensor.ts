@@ -31,6 +31,7 @@ import {
   type Shape,
 } from "./shape.ts";
 import * as ew from "./ops/elementwise.ts";
+import type { GeluOptions } from "./ops/elementwise.ts";
 import * as sh from "./ops/shape.ts";
 import * as rd from "./ops/reduce.ts";
 import * as nn from "./ops/nn.ts";
@@ -124,8 +125,8 @@ export class Tensor {
   }
 
   /**
-   * The values as nested arrays (numbers; booleans for bool). An int64 value beyond 2^53 has
-   * no exact number: it is an error (read it with {@link Tensor.dataSync}, a BigInt64Array).
+   * The values as nested arrays (numbers; booleans for bool). An int64 value outside the safe
+   * integers (|v| ≥ 2^53) may have no exact number: it is an error (read it with {@link Tensor.dataSync}, a BigInt64Array).
    */
   toArray(): NestedArray {
     const storage = this.storageSync();
@@ -147,7 +148,7 @@ export class Tensor {
   }
 
   /**
-   * The single value of a one-element tensor (bool gives 1 or 0; an int64 beyond 2^53 is an
+   * The single value of a one-element tensor (bool gives 1 or 0; an int64 with |v| ≥ 2^53 is an
    * error, as in {@link Tensor.toArray}).
    */
   item(): number {
@@ -288,10 +289,10 @@ export class Tensor {
     return ew.relu(this);
   }
   /** GELU, exact (erf) or with the tanh approximation. */
-  gelu(options?: ew.GeluOptions): Tensor {
+  gelu(options?: GeluOptions): Tensor {
     return ew.gelu(this, options);
   }
-  /** Converts to another dtype (see {@link ew.cast} for the rules). */
+  /** Converts to another dtype (the rules are those of the `cast` op). */
   cast(dtype: DType): Tensor {
     return ew.cast(this, dtype);
   }

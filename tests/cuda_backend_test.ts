@@ -142,7 +142,6 @@ Deno.test("cuda: a bad library directory gives a clear error and the CPU keeps w
       CUDA_HOME: "/nonexistent/cuda-home",
       CUDA_PATH: "/nonexistent/cuda-path",
       LD_LIBRARY_PATH: "/nonexistent/ld",
-      TENSORQ_CUDA_SEARCH_SYSTEM: "0",
     },
     stdout: "piped",
     stderr: "piped",

@@ -6,7 +6,7 @@
  *
  *     deno task demo [--model DIR] [--device cpu|cuda|cuda:N] [--method max|percentile|entropy|mse]
  *                    [--calib-batches N] [--eval-windows N] [--window T] [--report PATH]
- *                    [--prompt TEXT] [--tokens N] [--seed N] [--greedy]
+ *                    [--prompt TEXT] [--tokens N] [--seed N] [--greedy] [--smoothquant ALPHA]
  *
  * Tokens: a byte-level model (vocabulary of 256) reads UTF-8 bytes. Other GPT-2 models need
  * the `vocab.json` and `merges.txt` of their directory (as Hugging Face ships them): the demo

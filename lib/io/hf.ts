@@ -7,7 +7,7 @@
  * @example
  * ```ts
  * import { loadHfCheckpoint } from "./hf.ts";
- * using ckpt = loadHfCheckpoint("models/tiny-shakespeare-gpt2");
+ * using ckpt = loadHfCheckpoint("examples/gpt2/assets/tiny-shakespeare-gpt2");
  * const wte = ckpt.tensor("transformer.wte.weight"); // [vocab, dim]
  * ```
  * @module

@@ -7,7 +7,7 @@
  * @example
  * ```ts
  * import { decodeBytes, encodeBytes, generate, GPT2LMHeadModel } from "./gpt2.ts";
- * const model = GPT2LMHeadModel.fromPretrained("models/tiny-shakespeare-gpt2");
+ * const model = GPT2LMHeadModel.fromPretrained("examples/gpt2/assets/tiny-shakespeare-gpt2");
  * const ids = generate(model, encodeBytes("ROMEO:"), { maxNewTokens: 40 });
  * console.log(decodeBytes(ids));
  * ```
@@ -427,7 +427,10 @@ function checkPast(op: string, past: unknown): void {
   }
 }
 
-/** The feed-forward block: `c_fc` (`Linear(d, 4d)`), GELU (tanh form), `c_proj`. */
+/**
+ * The feed-forward block: `c_fc` (`Linear(d, nInner)`, `nInner` 4·d by default), the config's
+ * activation (`gelu_new`, GELU's tanh form, by default), `c_proj` (`Linear(nInner, d)`).
+ */
 export class GPT2MLP extends Module {
   /** The activation. */
   readonly activation: GPT2Activation;

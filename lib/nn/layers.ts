@@ -283,7 +283,8 @@ export class Linear extends Module {
   /**
    * Replaces the float weight by its codes, `quantize(weight, weightScale)` (parameter
    * `weightCodes`, in `quantDtype`): the layer then computes the same function from one byte
-   * a weight (int8, fp8) or half a byte (int4) instead of a float's 2 or 4, and the products
+   * a weight (int8, fp8) or half a byte (int4, on the GPU; a byte on the CPU) instead of a
+   * float's 2 or 4, and the products
    * use the codes as they are. The quantization is fixed from then on
    * (`configureQuantization` and `weight` raise errors); the weight scale stays a parameter.
    * Returns the float weight, which the layer no longer references (dispose it unless

@@ -105,7 +105,7 @@ export class MaxObserver implements AmaxObserver {
 
 /**
  * The running maximum of |x| per channel of the last dimension: a batch of `k · channels`
- * values is read as `[k, channels]` rows. {@link amax} is the largest over all channels.
+ * values is read as `[k, channels]` rows. {@link PerChannelMaxObserver.amax} is the largest over all channels.
  */
 export class PerChannelMaxObserver implements AmaxObserver {
   /** The number of channels (the extent of the last dimension). */
@@ -125,7 +125,7 @@ export class PerChannelMaxObserver implements AmaxObserver {
     this.#amax = new Float64Array(this.channels);
   }
 
-  /** Adds a batch whose length is a multiple of {@link channels}. */
+  /** Adds a batch whose length is a multiple of {@link PerChannelMaxObserver.channels}. */
   observe(x: Float32Array): void {
     const op = "PerChannelMaxObserver.observe";
     checkValues(op, x);
@@ -219,12 +219,12 @@ const METHODS: readonly HistogramMethod[] = ["percentile", "entropy", "mse"];
  * old bin's count is spread over the new bins it overlaps in proportion to the overlap
  * (density assumed uniform within a bin), so counts may become fractional. (ModelOpt instead
  * appends bins of the old width, so its bin count grows; keeping 2048 bins keeps the
- * candidate search of {@link entropy} over bins 128..2048 as in TensorRT.)
+ * candidate search of {@link HistogramObserver.entropy} over bins 128..2048 as in TensorRT.)
  */
 export class HistogramObserver implements AmaxObserver {
   /** Number of bins. */
   readonly bins: number;
-  /** The method {@link amax} uses. */
+  /** The method {@link HistogramObserver.amax} uses. */
   readonly method: HistogramMethod;
   readonly #percentile: number;
   readonly #entropy: EntropyOptions;
@@ -235,7 +235,7 @@ export class HistogramObserver implements AmaxObserver {
 
   /**
    * Creates an empty histogram. Every option is checked here, the `entropy` and `mse` ones
-   * (which {@link amax} uses) included.
+   * (which {@link HistogramObserver.amax} uses) included.
    */
   constructor(options: HistogramObserverOptions = {}) {
     const op = "HistogramObserver";

@@ -86,9 +86,8 @@ let normFolding = true;
 
 /**
  * Turns the folding of a layer norm into the `qlinear` that reads it (any number of rows) and
- * into the decode-sized `wlinear` and `linear` that read it (see
- * {@link WLINEAR_NORM_FOLD_MAX_ROWS}, {@link LINEAR_NORM_FOLD_MAX_ROWS}) on or
- * off (on by default; off keeps `layerNorm` apart). Plans are cached per setting.
+ * into the decode-sized `wlinear` (up to 8 rows) and `linear` (up to 16 rows) that read it on
+ * or off (on by default; off keeps `layerNorm` apart). Plans are cached per setting.
  */
 export function setNormFolding(on: boolean): void {
   normFolding = checkBoolean("setNormFolding", "on", on);
