@@ -113,10 +113,12 @@ export {
 export {
   Embedding,
   type EmbeddingOptions,
+  GELU,
   LayerNorm,
   type LayerNormOptions,
   Linear,
   type LinearOptions,
+  ReLU,
   Sequential,
   withoutInitialization,
 } from "./lib/nn/layers.ts";

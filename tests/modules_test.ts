@@ -112,6 +112,58 @@ testOnDevices("LayerNorm, Embedding and Sequential", (device) => {
   assert.equal(seq.parameters().length, 6);
 });
 
+testOnDevices("GELU and ReLU layers: the ops as modules, in a Sequential", (device) => {
+  const x = tq.tensor(randomValues(5 * 4, 31, { low: -2, high: 2 }), { shape: [5, 4], device });
+  const seq = new tq.Sequential(
+    new tq.Linear(4, 8),
+    new tq.GELU({ approximate: "tanh" }),
+    new tq.Linear(8, 6),
+    new tq.GELU(),
+    new tq.Linear(6, 3),
+    new tq.ReLU(),
+  ).to(device);
+  // Activations hold no parameters: the Linear layers' are all there is.
+  assert.deepEqual(Object.keys(seq.stateDict()), [
+    "0.weight",
+    "0.bias",
+    "2.weight",
+    "2.bias",
+    "4.weight",
+    "4.bias",
+  ]);
+  const lin = (i: number) => seq.at(i) as tq.Linear;
+  // The same graph as the ops written out: equal bit for bit.
+  const ops = lin(4).forward(
+    lin(2).forward(lin(0).forward(x).gelu({ approximate: "tanh" })).gelu(),
+  ).relu();
+  const y = seq.forward(x).dataSync() as Float32Array;
+  assert.deepEqual(y, ops.dataSync());
+  assert.ok(y.some((v) => v > 0) && y.some((v) => v === 0), "ReLU clips some outputs");
+  // The first two layers against float64.
+  const w = lin(0).weight.dataSync() as Float32Array;
+  const b = lin(0).bias!.dataSync() as Float32Array;
+  const xs = x.dataSync() as Float32Array;
+  const ref: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    for (let o = 0; o < 8; o++) {
+      let z = b[o];
+      for (let k = 0; k < 4; k++) z += xs[r * 4 + k] * w[o * 4 + k];
+      ref.push(0.5 * z * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (z + 0.044715 * z ** 3))));
+    }
+  }
+  const partial = new tq.Sequential(lin(0), seq.at(1)!).forward(x).dataSync() as Float32Array;
+  assertClose(partial, ref, { rtol: 1e-5, atol: 1e-6 });
+  const line = thisLine() + 1;
+  const bad = () => new tq.GELU({ approximate: "erf" as "none" });
+  assertTqError(bad, {
+    op: "GELU",
+    kind: "argument",
+    includes: ["unknown approximation", '"erf"'],
+    line,
+  });
+  assert.throws(() => new tq.GELU({ approx: "tanh" } as tq.GeluOptions), /unknown option "approx"/);
+});
+
 Deno.test("stateDict round trip through safetensors, including int4 and fp8 tensors", () => {
   const dir = Deno.makeTempDirSync();
   const src = new tq.Sequential(new tq.Linear(6, 4), new tq.LayerNorm(4));
@@ -281,6 +333,36 @@ Deno.test("module errors name the parameter and the caller's line", () => {
   line = thisLine() + 1;
   call = () => new tq.Linear(0, 3);
   assertTqError(call, { op: "Linear", kind: "argument", includes: ["inFeatures"], line });
+  // The layer, not the matmul or transpose inside it, names a wrong input or a disposed weight.
+  line = thisLine() + 1;
+  call = () => layer.forward(tq.ones([2, 5]));
+  assertTqError(call, {
+    op: "Linear.forward",
+    kind: "shape",
+    includes: ["argument 'x'", "expected [..., 4], got [2, 5]"],
+    line,
+  });
+  line = thisLine() + 1;
+  call = () => layer.forward(tq.tensor(1));
+  assertTqError(call, { op: "Linear.forward", kind: "shape", includes: ["got []"], line });
+  const dead = tq.ones([2, 4]);
+  dead.dispose();
+  line = thisLine() + 1;
+  call = () => layer.forward(dead);
+  assertTqError(call, { op: "Linear.forward", kind: "state", includes: ["argument 'x'"], line });
+  const withBias = new tq.Linear(4, 3);
+  withBias.bias!.dispose();
+  line = thisLine() + 1;
+  call = () => withBias.forward(tq.ones([2, 4]));
+  assertTqError(call, {
+    op: "Linear.forward",
+    kind: "state",
+    includes: [
+      "parameter 'bias' of the layer was disposed",
+      "a disposed float32 tensor of shape [3]",
+    ],
+    line,
+  });
 });
 
 /** Each parameter of `m` by dotted name with its tensor and values, to check a failed load. */

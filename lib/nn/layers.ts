@@ -1,16 +1,17 @@
 /**
  * Layers: {@link Linear} (optionally quantized, exactly as Tripy's), {@link LayerNorm},
- * {@link Embedding} and {@link Sequential}.
+ * {@link Embedding}, the activations {@link GELU} and {@link ReLU}, and {@link Sequential}.
  * @module
  */
 import { checkDType, type DType } from "../dtype.ts";
-import { TensorqError, withSharedTrace } from "../errors.ts";
-import { add } from "../ops/elementwise.ts";
+import { fmtShape, TensorqError, withSharedTrace } from "../errors.ts";
+import { add, gelu, type GeluOptions, relu } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
 import { checkEps, layerNorm } from "../ops/nn.ts";
 import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
-import { full, type Tensor } from "../tensor.ts";
+import { full, isDisposed, type Tensor } from "../tensor.ts";
+import { checkTensor } from "../ops/op.ts";
 import { rand, randn } from "../random.ts";
 import { describeValue, optionsOf } from "../shape.ts";
 import { booleanOption, Module, registerLibraryModules } from "./module.ts";
@@ -352,11 +353,39 @@ export class Linear extends Module {
 
   /** `x · Wᵀ + b`, with Q/DQ around the input and weight when quantized. */
   forward(x: Tensor): Tensor {
+    this.#checkForward(x);
     if (this.inputObserver) {
       this.inputObserver(x, this);
       return this.#product(x);
     }
     return withSharedTrace(() => this.#product(x));
+  }
+
+  /** Errors that name the layer, not the matmul or transpose that would meet them. */
+  #checkForward(x: Tensor): void {
+    const op = "Linear.forward";
+    checkTensor(op, "x", x);
+    if (x.rank === 0 || x.shape[x.rank - 1] !== this.inFeatures) {
+      throw new TensorqError("the input's last dimension is not the layer's input features", {
+        op,
+        kind: "shape",
+        argument: "x",
+        expected: `[..., ${this.inFeatures}]`,
+        actual: fmtShape(x.shape),
+      });
+    }
+    for (const name of ["weight", "weightCodes", "weightScale", "bias", "inputScale"]) {
+      const p = this.getParameter(name);
+      if (p && isDisposed(p)) {
+        throw new TensorqError(`parameter '${name}' of the layer was disposed`, {
+          op,
+          kind: "state",
+          argument: name,
+          expected: "a live tensor (assign a new one to the layer)",
+          actual: `a disposed ${p.dtype} tensor of shape ${fmtShape(p.shape)}`,
+        });
+      }
+    }
   }
 
   #product(x: Tensor): Tensor {
@@ -493,6 +522,44 @@ export class Embedding extends Module {
   }
 }
 
+/** GELU as a layer (for {@link Sequential}): the `gelu` op with the same options. */
+export class GELU extends Module {
+  /** `"none"` (exact, with erf) or `"tanh"` (GPT-2's `gelu_new`). */
+  readonly approximate: "none" | "tanh";
+
+  /** Creates the layer; `approximate` defaults to `"none"`, as in the op. */
+  constructor(options: GeluOptions = {}) {
+    super();
+    const op = "GELU";
+    const approximate = optionsOf<GeluOptions>(op, options, ["approximate"]).approximate ??
+      "none";
+    // Checked here so that the error names the construction, not a later forward.
+    if (approximate !== "none" && approximate !== "tanh") {
+      throw new TensorqError("unknown approximation", {
+        op,
+        kind: "argument",
+        argument: "approximate",
+        expected: `"none" or "tanh"`,
+        actual: describeValue(approximate),
+      });
+    }
+    this.approximate = approximate;
+  }
+
+  /** `gelu(x)`. */
+  forward(x: Tensor): Tensor {
+    return gelu(x, { approximate: this.approximate });
+  }
+}
+
+/** ReLU as a layer (for {@link Sequential}): `max(x, 0)`. */
+export class ReLU extends Module {
+  /** `relu(x)`. */
+  forward(x: Tensor): Tensor {
+    return relu(x);
+  }
+}
+
 /** Modules applied in order; children are named "0", "1", .... */
 export class Sequential extends Module {
   readonly #layers: Module[];
@@ -542,4 +609,4 @@ export class Sequential extends Module {
   }
 }
 
-registerLibraryModules(Linear, LayerNorm, Embedding, Sequential);
+registerLibraryModules(Linear, LayerNorm, Embedding, GELU, ReLU, Sequential);
