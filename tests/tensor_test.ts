@@ -282,7 +282,8 @@ Deno.test("dispose and using free a tensor; later use is a state error", () => {
   line = thisLine() + 1;
   call = () => tq.ones([3, 3]).add(w).dataSync();
   assertTqError(call, { op: "add", kind: "state", includes: ["disposed"], line });
-  // Disposed after the op was made, before evaluation.
+  // Disposed after the op was made, before evaluation: the message says where it was made.
+  const madeAt = thisLine() + 1;
   const v = tq.randn([3, 3], { seed: 2 });
   v.evaluate();
   const y = tq.ones([2, 3]).matmul(v);
@@ -292,7 +293,10 @@ Deno.test("dispose and using free a tensor; later use is a state error", () => {
   assertTqError(call, {
     op: "constant",
     kind: "state",
-    includes: ["depends on was disposed"],
+    includes: [
+      "depends on was disposed",
+      `made at ${new URL(import.meta.url).pathname}:${madeAt}:`,
+    ],
     line,
   });
 });

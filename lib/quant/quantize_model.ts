@@ -299,7 +299,8 @@ export interface CompressWeightsOptions {
  * weights then take one byte (int8, fp8) or half a byte (int4) each on the device instead of
  * a float's 2 or 4, plus their scales. Call it after {@link quantizeModel} (and calibration,
  * which needs the float weights); the quantization is fixed from then on. A float weight that
- * no other parameter of the model shares (a tied embedding) is disposed. Returns the names of
+ * no other parameter of the model shares (a tied embedding) is disposed: evaluate results
+ * built from the float weights before (a lazy one would find its weight gone). Returns the names of
  * the layers compressed (quantized layers compressed before are skipped). Every layer is
  * checked before any is compressed.
  *

@@ -6,7 +6,7 @@
  */
 import { type Backend, backendFor, type PlanGraph, type ValueRef } from "../backends/backend.ts";
 import { parseDevice } from "../device.ts";
-import { evaluating, TensorqError, TRACED_NO_VALUE } from "../errors.ts";
+import { evaluating, formatCallSite, TensorqError, TRACED_NO_VALUE } from "../errors.ts";
 import type { DeviceBuffer, Node } from "../graph/node.ts";
 import { passConfigKey, runPasses } from "../graph/passes/mod.ts";
 import "../graph/passes/qdq_fusion.ts";
@@ -127,11 +127,12 @@ export function traceGraph(targets: Node[]): TracedGraph {
       }
       if (n.buffer?.disposed && n.inputs.length === 0) {
         // Disposed: its memory is gone and its inputs were dropped, nothing to recompute from.
+        const made = n.callSite ? ` made at ${formatCallSite(n.callSite)}` : "";
         throw new TensorqError("a tensor this value depends on was disposed", {
           op: n.op,
           kind: "state",
           expected: "every input alive until the values that depend on it are evaluated",
-          actual: `a disposed ${n.dtype} tensor of shape [${n.shape.join(", ")}]`,
+          actual: `a disposed ${n.dtype} tensor of shape [${n.shape.join(", ")}]${made}`,
         });
       }
       if (n.realized) {
