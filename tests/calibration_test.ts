@@ -494,6 +494,40 @@ Deno.test("calibrate: histogram methods clip below the max; iterables without a 
   assert.equal(p100.get("0")!.inputAmax, f32(max));
 });
 
+Deno.test("calibrate: dtype picks the grid entropy and mse weigh (fp8 for mse only)", () => {
+  const { model, batches } = smallModel();
+  // The first layer's inputs are the batches themselves: an observer of our own sees them.
+  const own = new HistogramObserver();
+  for (const b of batches) own.observe(b.dataSync() as Float32Array);
+  const amaxOf = (options: Parameters<typeof calibrate>[3]) =>
+    calibrate(model, batches, forward, { onProgress: () => {}, ...options }).get("0")!.inputAmax!;
+  const cases = [
+    ["mse", "float8e4m3", own.mse({ dtype: "float8e4m3" })],
+    ["mse", "int4", own.mse({ dtype: "int4" })],
+    ["mse", undefined, own.mse({ dtype: "int8" })],
+    ["entropy", "int4", own.entropy({ dtype: "int4" })],
+    ["entropy", "int8", own.entropy()],
+  ] as const;
+  for (const [method, dtype, expected] of cases) {
+    assert.equal(amaxOf({ method, dtype }), expected, `${method} ${dtype}`);
+  }
+  // fp8's relative precision weighs clipping differently: not the int8 answer.
+  assert.notEqual(own.mse({ dtype: "float8e4m3" }), own.mse({ dtype: "int8" }));
+  // Max and percentile do not depend on it.
+  assert.equal(amaxOf({ dtype: "float8e4m3" }), amaxOf({}));
+  let line = thisLine() + 1;
+  let bad = () => calibrate(model, batches, forward, { method: "entropy", dtype: "float8e4m3" });
+  assertTqError(bad, {
+    op: "calibrate",
+    kind: "dtype",
+    includes: ["method entropy has no float8e4m3 search", "mse, percentile or max"],
+    line,
+  });
+  line = thisLine() + 1;
+  bad = () => calibrate(model, batches, forward, { method: "mse", dtype: "int16" as "int8" });
+  assertTqError(bad, { op: "calibrate", kind: "dtype", includes: ['"int16"'], line });
+});
+
 Deno.test("calibrate: a layer that never runs has no input amax", () => {
   manualSeed(5);
   const unused = new Linear(4, 4);

@@ -32,7 +32,8 @@ const GENERATE_TEMPERATURE = 0.8;
 const USAGE = `usage: deno task demo [options]
   --model DIR          Hugging Face GPT-2 directory (default: the bundled tiny Shakespeare model)
   --device NAME        cpu, cuda or cuda:N (default cpu)
-  --method NAME        calibration: max, percentile, entropy or mse (default max)
+  --method NAME        calibration: max, percentile, entropy or mse (default max; mse
+                       searches fp8's inputs on the fp8 grid)
   --calib-batches N    calibration batches of ${CALIB_BATCH_WINDOWS} training windows (default 2)
   --eval-windows N     held-out windows evaluated per mode (default 8)
   --window T           tokens per window (default 256, at most the model's positions)
@@ -531,6 +532,7 @@ export function runDemo(options: DemoOptions): number {
   let floatLogits: tq.Tensor | undefined;
   const results: ModeResult[] = [];
   let best: { result: ModeResult; model: tq.GPT2LMHeadModel } | undefined;
+  let fp8Calibration: tq.Calibration | undefined;
   // Each mode, plus the activation-quantized ones after SmoothQuant when asked for.
   const runs: { label: string; mode: tq.QuantizationMode | "float32"; smooth?: number }[] = [
     { label: "float32", mode: "float32" },
@@ -551,9 +553,18 @@ export function runDemo(options: DemoOptions): number {
           alpha: smooth,
           pairs: tq.gpt2SmoothQuantPairs(m.config),
         });
+        // mse weighs the rounding of the dtype the inputs take: fp8 gets a search of its own.
+        const dtype = quantMode === "fp8" && options.method === "mse" ? "float8e4m3" : "int8";
         // smoothQuant's ranges are max ranges: other methods calibrate the smoothed model again.
         if (smooth !== undefined && options.method !== "max") {
-          calib = tq.calibrate(m, batches, forwardByBlock, { method: options.method });
+          calib = tq.calibrate(m, batches, forwardByBlock, { method: options.method, dtype });
+        } else if (dtype === "float8e4m3") {
+          fp8Calibration ??= tq.calibrate(model, batches, forwardByBlock, {
+            method: "mse",
+            dtype,
+            onProgress: (done, total) => progress(`calibrating (mse, fp8): batch ${done}/${total}`),
+          });
+          calib = fp8Calibration;
         }
         tq.quantizeModel(m, { mode: quantMode, exclude: ["lm_head"], calibration: calib });
       }

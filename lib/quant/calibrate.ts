@@ -13,6 +13,7 @@ import { checkBoolean, isTracedValueError, TensorqError } from "../errors.ts";
 import { Linear } from "../nn/layers.ts";
 import { checkModule, checkPrefix, type Module } from "../nn/module.ts";
 import { describeValue, optionsOf } from "../shape.ts";
+import type { QuantDType } from "../ops/quantize.ts";
 import type { Tensor } from "../tensor.ts";
 import { checkUncompressed } from "./args.ts";
 import {
@@ -56,7 +57,14 @@ export interface LayerCalibration {
 /** Calibration results by dotted layer name. */
 export type Calibration = Map<string, LayerCalibration>;
 
-const CALIBRATE_OPTIONS = ["method", "percentile", "perChannel", "weightBlockSize", "onProgress"];
+const CALIBRATE_OPTIONS = [
+  "method",
+  "percentile",
+  "dtype",
+  "perChannel",
+  "weightBlockSize",
+  "onProgress",
+];
 
 /** Options of {@link calibrate}. */
 export interface CalibrateOptions {
@@ -64,6 +72,13 @@ export interface CalibrateOptions {
   method?: CalibrationMethod;
   /** The percentile for method "percentile" (default 99.99). */
   percentile?: number;
+  /**
+   * The quantized dtype the inputs will take, whose rounding methods "entropy" and "mse"
+   * weigh: int8 (default), int4, or float8e4m3 (mse only: entropy's KL search is defined on
+   * an integer grid). An fp8 model calibrated for int8 would clip its inputs harder than
+   * fp8's relative precision calls for. Methods "max" and "percentile" do not depend on it.
+   */
+  dtype?: QuantDType;
   /** Also collect max |x| per input feature (`inputChannelAmax`, needed by SmoothQuant). */
   perChannel?: boolean;
   /**
@@ -260,6 +275,22 @@ function checkOptions(options: CalibrateOptions): void {
       actual: describeValue(p),
     });
   }
+  const dtype = options.dtype ?? "int8";
+  if (dtype !== "int8" && dtype !== "int4" && (dtype !== "float8e4m3" || method === "entropy")) {
+    const fp8 = dtype === "float8e4m3";
+    throw new TensorqError(
+      fp8 ? "method entropy has no float8e4m3 search" : "unsupported calibration dtype",
+      {
+        op,
+        kind: "dtype",
+        argument: "dtype",
+        expected: fp8
+          ? "int8 or int4 with entropy; for fp8, mse, percentile or max"
+          : "int8, int4 or float8e4m3",
+        actual: describeValue(dtype),
+      },
+    );
+  }
   const b = options.weightBlockSize;
   if (b !== undefined && !(Number.isInteger(b) && b > 0)) {
     throw new TensorqError("weightBlockSize must be a positive integer", {
@@ -285,7 +316,14 @@ function checkOptions(options: CalibrateOptions): void {
 function makeInputObserver(options: CalibrateOptions): AmaxObserver {
   const method = options.method ?? "max";
   if (method === "max") return new MaxObserver();
-  return new HistogramObserver({ method, percentile: options.percentile ?? 99.99 });
+  const dtype = options.dtype ?? "int8";
+  return new HistogramObserver({
+    method,
+    percentile: options.percentile ?? 99.99,
+    // Entropy's search takes integer grids only (checked above for entropy itself).
+    entropy: { dtype: dtype === "float8e4m3" ? "int8" : dtype },
+    mse: { dtype },
+  });
 }
 
 function isTerminal(): boolean {
