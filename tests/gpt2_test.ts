@@ -318,6 +318,43 @@ sharedTest(haveModel, "sampling is reproducible by seed; topK 1 is greedy", () =
   console.log(`sample(seed 7): ${JSON.stringify(decodeBytes(s1))}`);
 });
 
+Deno.test("generate refuses logits it cannot choose from: NaN, and ±Infinity when sampling", () => {
+  const config = { vocabSize: 40, nPositions: 16, nEmbd: 32, nLayer: 1, nHead: 4 };
+  const m = GPT2LMHeadModel.random(config, { seed: 9 });
+  const setFinalBias = (v: number) => {
+    const b = new Float32Array(32);
+    b[0] = v;
+    m.loadStateDict({ "transformer.ln_f.bias": tensor(b) }, { strict: false });
+  };
+  const greedy = { maxNewTokens: 4 };
+  const sample = { maxNewTokens: 4, strategy: "sample" as const, seed: 1 };
+  const topK = { ...sample, topK: 5 };
+  setFinalBias(NaN); // every logit NaN: argmax gave token 0 and sampling its last candidate
+  for (const options of [greedy, sample, topK]) {
+    for (const compiled of [true, false]) {
+      const line = thisLine() + 1;
+      const run = () => generate(m, [1, 2, 3], { ...options, compiled });
+      assertTqError(run, {
+        op: "generate",
+        kind: "state",
+        includes: ["logits of new token 0 are not usable", "got NaN at token id 0"],
+        line,
+      });
+    }
+  }
+  // +Infinity in channel 0 of the hidden state: logits of ±Infinity by the sign of the row's
+  // embedding there. Greedy takes the first +Infinity; a softmax of them is undefined.
+  setFinalBias(Infinity);
+  const firstPositive = (m.transformer.wte.weight.toArray() as number[][]).findIndex((r) =>
+    r[0] > 0
+  );
+  assert.deepEqual(generate(m, [1, 2, 3], { maxNewTokens: 1 }), [firstPositive]);
+  assertTqError(() => generate(m, [1, 2, 3], sample), {
+    op: "generate",
+    includes: [`got Infinity at token id ${firstPositive}`, "softmax of NaN or ±Infinity"],
+  });
+});
+
 sharedTest(haveModel, "generate rejects bad arguments", () => {
   const m = tinyModel();
   assertTqError(() => generate(m, [1, 256], { maxNewTokens: 1 }), {
@@ -462,6 +499,43 @@ Deno.test("a forward that fails with a cache leaves the cache as it was", () => 
   });
   const last = floats(m.forward(slice(ids, [null, [3, 4]]), { cache }));
   assert.ok(maxAbsDiff(last, full.subarray(3 * 50)) <= 1e-5);
+});
+
+Deno.test("GPT2Model.forward with a cache: checked and restored as the head model's forward", () => {
+  const config = { vocabSize: 50, nPositions: 8, nEmbd: 32, nLayer: 2, nHead: 4 };
+  const m = GPT2LMHeadModel.random(config, { seed: 6 });
+  const ids = tensor(Int32Array.from([3, 7, 11, 5]), { shape: [1, 4] });
+  const full = floats(m.transformer.forward(ids));
+  const cache = m.createCache();
+  m.transformer.forward(slice(ids, [null, [0, 3]]), cache);
+  assert.equal(cache.length, 3);
+  // An id out of the vocabulary fails at once and leaves the cache usable.
+  const bad = tensor(Int32Array.of(99), { shape: [1, 1] });
+  assertTqError(() => m.transformer.forward(bad, cache), {
+    op: "embedding",
+    includes: ["got 99"],
+  });
+  assert.equal(cache.length, 3, "the failed call did not advance the cache");
+  const step = floats(m.transformer.forward(slice(ids, [null, [3, 4]]), cache));
+  assert.ok(maxAbsDiff(step, full.subarray(3 * 32)) <= 1e-5, "the cache still works");
+  // Past the positions: the trunk says so (it named position 8 as a bad id).
+  m.transformer.forward(tensor(Int32Array.from([1, 2, 3, 4]), { shape: [1, 4] }), cache);
+  assert.equal(cache.length, 8);
+  const line = thisLine() + 1;
+  const over = () => m.transformer.forward(tensor(Int32Array.of(1), { shape: [1, 1] }), cache);
+  assertTqError(over, {
+    op: "GPT2Model.forward",
+    kind: "shape",
+    includes: ["longer than the model's positions", "8 cached + 1 new"],
+    line,
+  });
+  assert.equal(cache.length, 8);
+  // Without a cache too.
+  const long = tensor(new Int32Array(9).fill(1), { shape: [1, 9] });
+  assertTqError(() => m.transformer.forward(long), {
+    op: "GPT2Model.forward",
+    includes: ["0 cached + 9 new"],
+  });
 });
 
 Deno.test("GPT2LMHeadModel.random: seeded, tied, any size", () => {

@@ -302,6 +302,104 @@ function checkCacheFits(op: string, argument: string, cache: unknown, layers: nu
   }
 }
 
+/** Token ids of a forward: a `[batch, tokens]` int32 or int64 tensor of at least one token. */
+function checkIds(op: string, ids: Tensor): void {
+  checkTensor(op, "ids", ids);
+  if (ids.rank !== 2 || ids.shape[1] === 0) {
+    throw new TensorqError("ids must be a [batch, tokens] tensor with at least one token", {
+      op,
+      kind: "shape",
+      argument: "ids",
+      expected: "shape [B, T] with T >= 1",
+      actual: `shape ${fmtShape(ids.shape)}`,
+    });
+  }
+  if (ids.dtype !== "int32" && ids.dtype !== "int64") {
+    throw new TensorqError("ids must be integers", {
+      op,
+      kind: "dtype",
+      argument: "ids",
+      expected: "int32 or int64",
+      actual: ids.dtype,
+    });
+  }
+}
+
+/**
+ * Checks a forward of `ids [B, T]` against the model's positions and, with a cache, that the
+ * cache fits: this model's layers, its heads and dtype, the batch of the cached sequences.
+ */
+function checkForwardFits(
+  op: string,
+  cacheArgument: string,
+  config: GPT2Config,
+  dtype: DType,
+  ids: Tensor,
+  cache: KVCache | undefined,
+): void {
+  const [b, t] = ids.shape;
+  if (cache !== undefined) {
+    checkCacheFits(op, cacheArgument, cache, config.nLayer);
+    const cached = cache.layers[0].key;
+    const headDim = config.nEmbd / config.nHead;
+    if (
+      cached &&
+      (cached.shape[1] !== config.nHead || cached.shape[3] !== headDim || cached.dtype !== dtype)
+    ) {
+      throw new TensorqError("the cache holds another model's keys", {
+        op,
+        kind: "argument",
+        argument: cacheArgument,
+        expected: `${dtype} keys of ${config.nHead} heads of ${headDim}`,
+        actual: `${cached.dtype} keys of shape ${fmtShape(cached.shape)}`,
+      });
+    }
+    if (cache.batchSize !== undefined && cache.batchSize !== b) {
+      throw new TensorqError("batch size differs from the cached sequences'", {
+        op,
+        kind: "shape",
+        argument: "ids",
+        expected: `batch ${cache.batchSize}`,
+        actual: `shape ${fmtShape(ids.shape)}`,
+      });
+    }
+  }
+  const past = cache?.length ?? 0;
+  if (past + t > config.nPositions) {
+    throw new TensorqError("sequence longer than the model's positions", {
+      op,
+      kind: "shape",
+      argument: "ids",
+      expected: `at most ${config.nPositions} positions in all`,
+      actual: `${past} cached + ${t} new`,
+    });
+  }
+}
+
+/**
+ * Runs `build`, which appends the step's keys and values to `cache`, and with a cache
+ * evaluates its result together with them, so that the cache holds values rather than
+ * ever-growing graphs. A step that fails, when built or evaluated (an id out of the
+ * vocabulary, say), leaves the cache as it was.
+ */
+function stepWithCache(cache: KVCache | undefined, build: () => Tensor): Tensor {
+  const before = cache?.layers.map((l) => ({ key: l.key, value: l.value }));
+  try {
+    const out = build();
+    if (cache) {
+      const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
+      realize([out.node, ...kv]);
+    }
+    return out;
+  } catch (e) {
+    cache?.layers.forEach((l, i) => {
+      l.key = before![i].key;
+      l.value = before![i].value;
+    });
+    throw e;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Modules
 
@@ -560,39 +658,38 @@ export class GPT2Model extends Module {
 
   /**
    * Hidden states `[B, T, d]` for `ids [B, T]`. Positions start at `cache.length` when a
-   * cache is given (whose layers are updated).
+   * cache is given (whose layers are updated); with a cache the step is evaluated at once, as
+   * in {@link GPT2LMHeadModel.forward}, and one that fails leaves the cache as it was.
    */
   forward(ids: Tensor): Tensor;
   /** Hidden states for `ids` following the cached positions; the cache is extended. */
   forward(ids: Tensor, cache: KVCache | undefined): Tensor;
   forward(ids: Tensor, cache?: KVCache): Tensor {
     const op = "GPT2Model.forward";
-    checkTensor(op, "ids", ids);
-    if (ids.rank !== 2) {
-      throw new TensorqError("ids must be [batch, tokens]", {
-        op,
-        kind: "shape",
-        argument: "ids",
-        expected: "shape [B, T]",
-        actual: `shape ${fmtShape(ids.shape)}`,
-      });
-    }
+    checkIds(op, ids);
     // null is "no cache", as in GPT2LMHeadModel.forward's options.
     cache ??= undefined;
-    if (cache !== undefined) checkCacheFits(op, "cache", cache, this.config.nLayer);
-    return buildSharingTrace(this, () => {
-      const t = ids.shape[1];
-      const start = cache?.length ?? 0;
-      const positions = tensor(Int32Array.from({ length: t }, (_, i) => start + i), {
-        device: ids.device,
-      });
-      let x = add(this.wte.forward(ids), this.wpe.forward(positions));
-      for (let i = 0; i < this.config.nLayer; i++) {
-        x = this.block(i).forward(x, cache?.layers[i]);
-      }
-      return this.ln_f.forward(x);
-    });
+    checkForwardFits(op, "cache", this.config, this.wte.weight.dtype, ids, cache);
+    const input = ids.device === this.wte.weight.device ? ids : ids.to(this.wte.weight.device);
+    return stepWithCache(
+      cache,
+      () => buildSharingTrace(this, () => trunkGraph(this, input, cache)),
+    );
   }
+}
+
+/** GPT2Model's forward graph, unchecked (both models' forwards check before they build it). */
+function trunkGraph(model: GPT2Model, ids: Tensor, cache: KVCache | undefined): Tensor {
+  const t = ids.shape[1];
+  const start = cache?.length ?? 0;
+  const positions = tensor(Int32Array.from({ length: t }, (_, i) => start + i), {
+    device: ids.device,
+  });
+  let x = add(model.wte.forward(ids), model.wpe.forward(positions));
+  for (let i = 0; i < model.config.nLayer; i++) {
+    x = model.block(i).forward(x, cache?.layers[i]);
+  }
+  return model.ln_f.forward(x);
 }
 
 /** Options of {@link GPT2LMHeadModel.forward}. */
@@ -712,88 +809,21 @@ export class GPT2LMHeadModel extends Module {
       });
     }
     options = optionsOf(op, options, ["cache"]);
-    checkTensor(op, "ids", ids);
-    if (ids.rank !== 2 || ids.shape[1] === 0) {
-      throw new TensorqError("ids must be a [batch, tokens] tensor with at least one token", {
-        op,
-        kind: "shape",
-        argument: "ids",
-        expected: "shape [B, T] with T >= 1",
-        actual: `shape ${fmtShape(ids.shape)}`,
-      });
-    }
-    if (ids.dtype !== "int32" && ids.dtype !== "int64") {
-      throw new TensorqError("ids must be integers", {
-        op,
-        kind: "dtype",
-        argument: "ids",
-        expected: "int32 or int64",
-        actual: ids.dtype,
-      });
-    }
+    checkIds(op, ids);
     // null is "no cache" as in optionsOf; any other non-cache (0, "") is an error, not absent.
     const cache = options.cache ?? undefined;
-    const [b, t] = ids.shape;
-    if (cache !== undefined) {
-      checkCacheFits(op, "options.cache", cache, this.config.nLayer);
-      const cached = cache.layers[0].key;
-      const headDim = this.config.nEmbd / this.config.nHead;
-      if (
-        cached &&
-        (cached.shape[1] !== this.config.nHead || cached.shape[3] !== headDim ||
-          cached.dtype !== this.transformer.wte.weight.dtype)
-      ) {
-        throw new TensorqError("the cache holds another model's keys", {
-          op,
-          kind: "argument",
-          argument: "options.cache",
-          expected: `${this.transformer.wte.weight.dtype} keys of ${this.config.nHead} heads of ` +
-            `${headDim}`,
-          actual: `${cached.dtype} keys of shape ${fmtShape(cached.shape)}`,
-        });
-      }
-      if (cache.batchSize !== undefined && cache.batchSize !== b) {
-        throw new TensorqError("batch size differs from the cached sequences'", {
-          op,
-          kind: "shape",
-          argument: "ids",
-          expected: `batch ${cache.batchSize}`,
-          actual: `shape ${fmtShape(ids.shape)}`,
-        });
-      }
-    }
-    const past = cache?.length ?? 0;
-    if (past + t > this.config.nPositions) {
-      throw new TensorqError("sequence longer than the model's positions", {
-        op,
-        kind: "shape",
-        argument: "ids",
-        expected: `at most ${this.config.nPositions} positions in all`,
-        actual: `${past} cached + ${t} new`,
-      });
-    }
+    const dtype = this.transformer.wte.weight.dtype;
+    checkForwardFits(op, "options.cache", this.config, dtype, ids, cache);
     const device = this.device;
     const input = ids.device === device ? ids : ids.to(device);
-    // The layers append to the cache as they build the graph: a call that fails (an id out
-    // of the vocabulary, say) must leave the cache as it was.
-    const before = cache?.layers.map((l) => ({ key: l.key, value: l.value }));
-    try {
-      const logits = buildSharingTrace(
-        this,
-        () => this.lm_head.forward(this.transformer.forward(input, cache)),
-      );
-      if (cache) {
-        const kv = cache.layers.flatMap((l) => [l.key!.node, l.value!.node]);
-        realize([logits.node, ...kv]);
-      }
-      return logits;
-    } catch (e) {
-      cache?.layers.forEach((l, i) => {
-        l.key = before![i].key;
-        l.value = before![i].value;
-      });
-      throw e;
-    }
+    return stepWithCache(
+      cache,
+      () =>
+        buildSharingTrace(
+          this,
+          () => this.lm_head.forward(trunkGraph(this.transformer, input, cache)),
+        ),
+    );
   }
 
   /**
@@ -1074,6 +1104,30 @@ function argmaxOf(row: ArrayLike<number>): number {
   return best;
 }
 
+/**
+ * Refuses a logits row no token can be chosen from: NaN (the model's output broke; argmax
+ * would name token 0), and when sampling +Infinity or only -Infinity, where the softmax is
+ * undefined. Greedy decoding takes an infinite row as it is (argmax: the first largest).
+ */
+function checkLogitsRow(row: ArrayLike<number>, sampling: boolean, step: number): void {
+  let bad = -1;
+  let finite = false;
+  for (let i = 0; i < row.length && bad < 0; i++) {
+    const v = row[i];
+    if (Number.isNaN(v) || (sampling && v === Infinity)) bad = i;
+    else if (v !== -Infinity) finite = true;
+  }
+  if (bad < 0 && (finite || !sampling)) return;
+  throw new TensorqError(`the logits of new token ${step} are not usable`, {
+    op: GEN_OP,
+    kind: "state",
+    expected: sampling
+      ? "finite logits to sample from (softmax of NaN or ±Infinity is undefined)"
+      : "logits without NaN",
+    actual: bad >= 0 ? `${row[bad]} at token id ${bad}` : "-Infinity at every token id",
+  });
+}
+
 /** Draws from softmax(row / temperature) restricted to the topK largest. */
 function sampleFrom(
   row: ArrayLike<number>,
@@ -1225,6 +1279,7 @@ export function generate(
   const out: number[] = [];
   /** Chooses the next token from a logits row: it, and whether generation goes on. */
   const choose = (row: ArrayLike<number>): { next: number; more: boolean } => {
+    checkLogitsRow(row, sampling, out.length);
     const next = strategy === "greedy"
       ? argmaxOf(row)
       : sampleFrom(row, temperature, Math.min(topK, vocab), stream);
