@@ -269,6 +269,19 @@ Deno.test("decoder helpers reject a bad model, options or state", () => {
     [() => decoder.step({ ...state, position: bad("3") }), "StaticDecoder.step", "argument", [
       '"3"',
     ]],
+    [() => decoder.step({ ...state, cache: [] }), "StaticDecoder.step", "argument", [
+      "'state.cache'",
+      "expected 1 tensors, one per layer, got 0 tensors",
+    ]],
+    [
+      () =>
+        tq.buildStaticDecoder(model, { maxLength: 8, padding: () => tq.zeros([1]) }).prefill(
+          randomPrompt(3, 1, "cpu"),
+        ),
+      "StaticDecoder.prefill",
+      "argument",
+      ["'padding'", "float32 tensor of shape [1, 2, 5, 64] (layer 0, key)", "got float32 [1]"],
+    ],
   ];
   for (const [fn, op, kind, includes] of cases) assertTqError(fn, { op, kind, includes });
   // A copy of a disposed state's tensors is a state error, not a read of freed memory.

@@ -355,6 +355,31 @@ Deno.test("generate refuses logits it cannot choose from: NaN, and ±Infinity wh
   });
 });
 
+Deno.test("generate: an empty or disposed prompt is named as such", () => {
+  const m = GPT2LMHeadModel.random({
+    vocabSize: 40,
+    nPositions: 16,
+    nEmbd: 32,
+    nLayer: 1,
+    nHead: 4,
+  }, {
+    seed: 2,
+  });
+  assertTqError(() => generate(m, [], { maxNewTokens: 1 }), {
+    op: "generate",
+    includes: ["prompt is empty", "expected at least one token, got 0 tokens"],
+    line: thisLine() - 3,
+  });
+  const prompt = tensor(Int32Array.of(1, 2));
+  prompt.dispose();
+  assertTqError(() => generate(m, prompt, { maxNewTokens: 1 }), {
+    op: "generate",
+    kind: "state",
+    includes: ["argument 'promptIds'", "disposed"],
+    line: thisLine() - 4,
+  });
+});
+
 sharedTest(haveModel, "generate rejects bad arguments", () => {
   const m = tinyModel();
   assertTqError(() => generate(m, [1, 256], { maxNewTokens: 1 }), {

@@ -1028,6 +1028,7 @@ const GEN_OPTIONS = [
 function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor): number[] {
   let ids: number[];
   if (prompt instanceof Tensor) {
+    checkTensor(GEN_OP, "promptIds", prompt); // a disposed prompt has no ids to read
     const ok = (prompt.dtype === "int32" || prompt.dtype === "int64") &&
       (prompt.rank === 1 || (prompt.rank === 2 && prompt.shape[0] === 1));
     if (!ok) {
@@ -1067,6 +1068,7 @@ function promptToIds(model: GPT2LMHeadModel, prompt: readonly number[] | Tensor)
       kind: "argument",
       argument: "promptIds",
       expected: "at least one token",
+      actual: "0 tokens",
     });
   }
   checkIdsInVocab(ids, vocab, "prompt holds an id outside the vocabulary", "promptIds");

@@ -20,7 +20,7 @@
  * ```
  * @module
  */
-import { checkBoolean, TensorqError } from "../errors.ts";
+import { checkBoolean, fmtShape, TensorqError } from "../errors.ts";
 import { checkTensor } from "../ops/op.ts";
 import { add } from "../ops/elementwise.ts";
 import { attention } from "../ops/attention.ts";
@@ -28,7 +28,7 @@ import { argmax } from "../ops/reduce.ts";
 import { concat, permute, reshape, slice, sliceScatter, stack } from "../ops/shape.ts";
 import { compile, type Executable, inputInfo } from "../runtime/compile.ts";
 import { fromStorage, Tensor, tensor, zeros } from "../tensor.ts";
-import { describeValue, optionsOf } from "../shape.ts";
+import { describeValue, optionsOf, sameShape } from "../shape.ts";
 // A cycle (gpt2.ts imports this module): its exports are only read when a function runs.
 import { checkGpt2Model, type GPT2LMHeadModel, type KVCache } from "./gpt2.ts";
 
@@ -298,10 +298,23 @@ export function buildStaticDecoder(
     const kv = model.createCache();
     const logits = model.forward(promptIds, { cache: kv });
     const fill = [batch, config.nHead, maxLength - t, headDim];
+    const padded = (i: number, part: "key" | "value"): Tensor => {
+      const p: unknown = padding(fill, i, part);
+      if (!(p instanceof Tensor) || !sameShape(p.shape, fill) || p.dtype !== dtype) {
+        throw new TensorqError("padding returned values that do not fill the cache", {
+          op,
+          kind: "argument",
+          argument: "padding",
+          expected: `a ${dtype} tensor of shape ${fmtShape(fill)} (layer ${i}, ${part})`,
+          actual: p instanceof Tensor ? `${p.dtype} ${fmtShape(p.shape)}` : describeValue(p),
+        });
+      }
+      return p;
+    };
     const cache = kv.layers.map((layer, i) =>
       stack(
         ([["key", layer.key!], ["value", layer.value!]] as const).map(([part, values]) =>
-          concat([values, padding(fill, i, part)], 2)
+          concat([values, padded(i, part)], 2)
         ),
       ).evaluate()
     );
@@ -315,6 +328,15 @@ export function buildStaticDecoder(
     const op = "StaticDecoder.step";
     checkLive(op);
     checkState(op, state, false);
+    if (state.cache.length !== config.nLayer) {
+      throw new TensorqError("the state's cache does not fit this decoder", {
+        op,
+        kind: "argument",
+        argument: "state.cache",
+        expected: `${config.nLayer} tensors, one per layer`,
+        actual: `${state.cache.length} tensors`,
+      });
+    }
     const at = state.position;
     if (at !== undefined && !(at >= 0 && at < maxLength)) {
       throw new TensorqError("the decode cache is full", {
