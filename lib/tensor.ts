@@ -757,6 +757,11 @@ export function formatTensor(t: Tensor): string {
   if (t.node.placeholder) {
     return `Tensor(<compile input>, dtype=${t.dtype}, device=${t.device}, shape=[${t.shape}])`;
   }
+  const shape = t.node.shape;
+  if (shape.length > 0 && numel(shape) === 0) {
+    // No elements: nothing to lay out (rows of nothing would be as many as the other extents).
+    return `tensor([], dtype=${t.dtype}, device=${t.device}, shape=[${shape.join(", ")}])`;
+  }
   const storage = t.storageSync();
   const values = decode(t.dtype, storage);
   const summarize = values.length > SUMMARIZE_ABOVE;
@@ -764,7 +769,6 @@ export function formatTensor(t: Tensor): string {
   const fmt = t.dtype === "int64"
     ? (_: number, at: number) => String((storage as BigInt64Array)[at])
     : (v: number) => formatNumber(t.dtype, v);
-  const shape = t.node.shape;
   const strides = shape.map((_, i) => numel(shape.slice(i + 1)));
   const cells: string[] = [];
   const collect = (dim: number, off: number) => {

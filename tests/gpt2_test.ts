@@ -715,6 +715,38 @@ sharedTest(haveShared, "a sharded checkpoint loads and gives identical logits", 
   }
 });
 
+sharedTest(
+  haveModel,
+  "checkpoint forms: a tied pair saved as lm_head.weight; '..' in a name",
+  () => {
+    const { ["transformer.wte.weight"]: wte, ...rest } = tinyTensors();
+    const ids = tensor(Int32Array.from([72, 101, 108, 108, 111]), { shape: [1, 5] });
+    const want = floats(tinyModel().forward(ids));
+    // safetensors' save_model keeps one name of tied tensors: the head's, alphabetically first.
+    const dirs = [writeCheckpoint({ ...rest, "lm_head.weight": wte })];
+    // A shard name with ".." that is no path segment of its own.
+    const all = tinyTensors();
+    dirs.push(writeCheckpoint(all, { "model..part1.safetensors": Object.keys(all) }));
+    try {
+      for (const dir of dirs) {
+        assert.equal(maxAbsDiff(floats(GPT2LMHeadModel.fromPretrained(dir).forward(ids)), want), 0);
+      }
+      // A closed checkpoint does not reopen its shards.
+      const ckpt = loadHfCheckpoint(dirs[1]);
+      assert.deepEqual(ckpt.tensor("transformer.ln_f.bias").shape, [256]);
+      ckpt.close();
+      assertTqError(() => ckpt.tensor("transformer.ln_f.bias"), {
+        op: "loadHfCheckpoint",
+        kind: "state",
+        includes: ["is closed", "a read after close()"],
+        line: thisLine() - 4,
+      });
+    } finally {
+      for (const dir of dirs) Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+
 sharedTest(haveModel, "broken checkpoints give errors naming the tensor or file", () => {
   const tensors = tinyTensors();
   const dirs: string[] = [];

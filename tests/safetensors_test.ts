@@ -657,6 +657,23 @@ Deno.test("malformed headers give TensorqErrors naming the problem", () => {
       rawFile(`{"x":${JSON.stringify(ok)},"x":${JSON.stringify(ok)}}`, 8),
       /names "x" more than once/,
     ],
+    [
+      // JSON.parse would keep the last: readers that keep the first would read other bytes.
+      "repeated field in an entry",
+      rawFile('{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"data_offsets":[8,16]}}', 16),
+      /tensor "x": header entry has 'data_offsets' more than once/,
+    ],
+    [
+      "repeated metadata key",
+      rawFile(`{"__metadata__":{"a":"1","a":"2"},"x":${JSON.stringify(ok)}}`, 8),
+      /: __metadata__ has 'a' more than once/,
+    ],
+    [
+      // Elements 0, but the product of the first two dims is past 2^53.
+      "overflowing shape",
+      rawFile({ x: { dtype: "F32", shape: [2 ** 52, 2 ** 52, 0], data_offsets: [0, 0] } }, 0),
+      /shape is not an array .*whose product is at most 2\^53 - 1, got \[4503599627370496,/,
+    ],
   ];
   for (const [label, raw, pattern] of cases) {
     const err = assertTensorqError(() => parseSafetensorsBytes(raw, { source: "bad.st" }), pattern);
@@ -672,6 +689,49 @@ Deno.test("malformed headers give TensorqErrors naming the problem", () => {
     }
   } finally {
     Deno.removeSync(path);
+  }
+});
+
+Deno.test("a file rewritten while a reader has it open: the reader keeps the old tensors", () => {
+  const path = tempPath();
+  try {
+    saveSafetensors(path, { a: tensor([1, 2]), b: tensor([3, 4, 5]) });
+    const reader = loadSafetensors(path);
+    assert.deepEqual(reader.get("a").toArray(), [1, 2]);
+    // Another layout under the same name, written while the reader is open.
+    saveSafetensors(path, { b: tensor([9]), a: tensor(new Float32Array(64).fill(7)) });
+    assert.deepEqual(reader.get("b").toArray(), [3, 4, 5], "old bytes, not the new layout");
+    reader.close();
+    const fresh = loadSafetensors(path);
+    assert.deepEqual(fresh.get("b").toArray(), [9]);
+    fresh.close();
+    // Nothing is left beside the file.
+    const dir = path.slice(0, path.lastIndexOf("/"));
+    const base = path.slice(path.lastIndexOf("/") + 1);
+    const leftovers = [...Deno.readDirSync(dir)].filter((e) =>
+      e.name.startsWith(base) && e.name !== base
+    );
+    assert.deepEqual(leftovers, []);
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("file: URLs with a bare '%' name the file they spell", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const url = new URL(`file://${dir}/100%.safetensors`);
+    saveSafetensors(url, { a: tensor([1, 2]) });
+    assert.ok(Deno.statSync(`${dir}/100%.safetensors`).isFile);
+    const loaded = loadSafetensors(url);
+    assert.deepEqual(loaded.get("a").toArray(), [1, 2]);
+    loaded.close();
+    // An escape is still an escape.
+    const escaped = loadSafetensors(new URL(`file://${dir}/100%25.safetensors`));
+    assert.deepEqual(escaped.keys(), ["a"]);
+    escaped.close();
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

@@ -257,6 +257,16 @@ Deno.test("printing evaluates and shows dtype, device and shape", () => {
   assert.match(String(big), /0, +1, +2, \.\.\., 4997, 4998, 4999/);
   assert.match(String(tq.tensor([true, false])), /true, false/);
   assert.match(String(tq.tensor(3)), /tensor\(3, dtype=float32/);
+  // No elements: no rows of nothing either, however long the other extents.
+  assert.equal(
+    String(tq.zeros([1e8, 0])),
+    "tensor([], dtype=float32, device=cpu, shape=[1e8, 0])"
+      .replace("1e8", "100000000"),
+  );
+  assert.equal(
+    String(tq.zeros([0], { dtype: "int32" })),
+    "tensor([], dtype=int32, device=cpu, shape=[0])",
+  );
 });
 
 Deno.test("dispose and using free a tensor; later use is a state error", () => {

@@ -101,6 +101,8 @@ export class HfCheckpoint {
   readonly #shardOf: Map<string, string>;
   /** Opened shards by file name. */
   readonly #open = new Map<string, SafetensorsTensors>();
+  // After close() a read must not reopen a shard that nothing would close again.
+  #closed = false;
 
   /** Wraps a parsed directory (use {@link loadHfCheckpoint}). */
   constructor(
@@ -154,6 +156,7 @@ export class HfCheckpoint {
   close(): void {
     for (const f of this.#open.values()) f.close();
     this.#open.clear();
+    this.#closed = true;
   }
 
   /** Closes the shards at the end of a `using` block. */
@@ -172,6 +175,15 @@ export class HfCheckpoint {
 
   #fileFor(name: string): SafetensorsTensors {
     const shard = this.shardOf(name);
+    if (this.#closed) {
+      throw new TensorqError(`the checkpoint ${this.dir} is closed`, {
+        op: OP,
+        kind: "state",
+        argument: name,
+        expected: "reads before close() (or the end of its using block)",
+        actual: "a read after close()",
+      });
+    }
     let file = this.#open.get(shard);
     if (!file) {
       const path = joinPath(this.dir, shard);
@@ -234,13 +246,16 @@ export function loadHfCheckpoint(dir: string | URL): HfCheckpoint {
   const shardOf = new Map<string, string>();
   const namesByShard = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(map)) {
-    if (typeof shard !== "string" || shard === "" || shard.includes("..")) {
+    // A shard is a file of the checkpoint's directory tree: no ".." segment leads out of it.
+    if (typeof shard !== "string" || shard === "" || shard.split(/[\\/]/).includes("..")) {
       throw ioError(`${indexPath}: weight_map entry '${name}' is not a shard file name`, {
         argument: name,
       });
     }
     shardOf.set(name, shard);
-    namesByShard.set(shard, [...(namesByShard.get(shard) ?? []), name]);
+    const names = namesByShard.get(shard);
+    if (names) names.push(name);
+    else namesByShard.set(shard, [name]);
   }
   for (const [shard, names] of namesByShard) {
     if (!isFile(joinPath(root, shard))) {

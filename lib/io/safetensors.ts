@@ -190,8 +190,19 @@ function loadError(
   return new TensorqError(`${source}: ${problem}`, { op: LOAD_OP, kind: "io", ...extra });
 }
 
+/**
+ * An array of non-negative integers whose running product stays a safe integer (as the
+ * reference reader checks): `[2^52, 2^52, 0]` has no elements but no sane shape either.
+ */
 function isShape(value: unknown): value is number[] {
-  return Array.isArray(value) && value.every((d) => Number.isSafeInteger(d) && d >= 0);
+  if (!Array.isArray(value)) return false;
+  let n = 1;
+  for (const d of value) {
+    if (!Number.isSafeInteger(d) || d < 0) return false;
+    n *= d;
+    if (!Number.isSafeInteger(n)) return false;
+  }
+  return true;
 }
 
 function elementCount(shape: readonly number[]): number {
@@ -206,12 +217,17 @@ function previewNames(names: readonly string[], limit = 8): string {
 }
 
 /**
- * Top-level keys of a JSON object text, in source order. `JSON.parse` moves integer-like keys
- * to the front, so the order is taken from the text itself. The text must be valid JSON.
+ * Top-level keys of a JSON object text, in source order, and the first key that an object at
+ * any depth repeats (`JSON.parse` keeps the last value silently; other readers may keep the
+ * first, so such a file means different data to different readers). `JSON.parse` also moves
+ * integer-like keys to the front, so the order is taken from the text itself. The text must be
+ * valid JSON.
  */
-function topLevelKeysInOrder(text: string): string[] {
+function headerKeys(text: string): { keys: string[]; repeated?: [key: string, within: string] } {
   const keys: string[] = [];
-  let depth = 0;
+  // Per open bracket: the keys seen so far in an object (null for an array) and its name.
+  const open: { seen: Set<string> | null; name: string }[] = [];
+  let lastKey = "";
   let i = 0;
   while (i < text.length) {
     const c = text[i];
@@ -220,18 +236,24 @@ function topLevelKeysInOrder(text: string): string[] {
       i++;
       while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
       i++;
-      if (depth === 1) {
-        let j = i;
-        while (j < text.length && /\s/.test(text[j])) j++;
-        if (text[j] === ":") keys.push(JSON.parse(text.slice(start, i)) as string);
+      let j = i;
+      while (j < text.length && /\s/.test(text[j])) j++;
+      const top = open[open.length - 1];
+      if (text[j] === ":" && top?.seen) {
+        const key = JSON.parse(text.slice(start, i)) as string;
+        if (top.seen.has(key)) return { keys, repeated: [key, top.name] };
+        top.seen.add(key);
+        if (open.length === 1) keys.push(key);
+        lastKey = key;
       }
       continue;
     }
-    if (c === "{" || c === "[") depth++;
-    else if (c === "}" || c === "]") depth--;
+    if (c === "{" || c === "[") {
+      open.push({ seen: c === "{" ? new Set() : null, name: open.length ? lastKey : "" });
+    } else if (c === "}" || c === "]") open.pop();
     i++;
   }
-  return keys;
+  return { keys };
 }
 
 function parseEntry(
@@ -269,7 +291,7 @@ function parseEntry(
   if (!isShape(shape)) {
     throw loadError(source, `${where}: shape is not an array of non-negative integers`, {
       argument: name,
-      expected: "an array of non-negative integers",
+      expected: "an array of non-negative integers whose product is at most 2^53 - 1",
       actual: JSON.stringify(shape),
     });
   }
@@ -439,15 +461,18 @@ function parseHeaderText(
     });
   }
   const header = parsed as Record<string, unknown>;
-  const names = topLevelKeysInOrder(text);
-  const seen = new Set<string>();
-  for (const name of names) {
-    if (seen.has(name)) {
-      throw loadError(source, `header names ${JSON.stringify(name)} more than once`, {
-        argument: name,
-      });
-    }
-    seen.add(name);
+  const { keys: names, repeated } = headerKeys(text);
+  if (repeated) {
+    const [key, within] = repeated;
+    throw loadError(
+      source,
+      within === METADATA_KEY
+        ? `${METADATA_KEY} has '${key}' more than once`
+        : within
+        ? `tensor ${JSON.stringify(within)}: header entry has '${key}' more than once`
+        : `header names ${JSON.stringify(key)} more than once`,
+      { argument: within || key },
+    );
   }
   const entries: SafetensorsEntry[] = [];
   let metadata: Record<string, string> = {};
@@ -800,19 +825,36 @@ export function writeSafetensors(
   new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
   head.set(json, 8);
 
+  // Written beside the target and renamed over it: a reader that has the old file open keeps
+  // reading the old bytes (rewritten in place, its offsets would point into the new layout),
+  // and a failed write leaves the old file whole.
+  const temporary = `${path}.${crypto.randomUUID().slice(0, 8)}.partial`;
   let file: Deno.FsFile;
   try {
-    file = Deno.openSync(path, { write: true, create: true, truncate: true });
+    file = Deno.openSync(temporary, { write: true, createNew: true });
   } catch (cause) {
     throw saveError(path, `cannot open file for writing: ${(cause as Error)?.message}`, { cause });
   }
+  let done = false;
   try {
-    writeAllSync(file, head);
-    for (const t of list) writeAllSync(file, t.bytes);
+    try {
+      writeAllSync(file, head);
+      for (const t of list) writeAllSync(file, t.bytes);
+    } finally {
+      file.close();
+    }
+    Deno.renameSync(temporary, path);
+    done = true;
   } catch (cause) {
     throw saveError(path, `cannot write file: ${(cause as Error)?.message}`, { cause });
   } finally {
-    file.close();
+    if (!done) {
+      try {
+        Deno.removeSync(temporary);
+      } catch {
+        // already gone; the error above is the one to report
+      }
+    }
   }
 }
 

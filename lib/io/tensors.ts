@@ -237,7 +237,8 @@ export function filePath(path: string | URL, op: string, argument = "path"): str
       actual: path.href,
     });
   }
-  return decodeURIComponent(path.pathname);
+  // A "%" not followed by two hex digits is itself (as Deno reads such URLs), not an error.
+  return decodeURIComponent(path.pathname.replace(/%(?![0-9A-Fa-f]{2})/g, "%25"));
 }
 
 /** Opens a safetensors file lazily: the header now, tensor bytes when each is read. */

@@ -857,12 +857,21 @@ export class GPT2LMHeadModel extends Module {
     const prefixed = !ckpt.names.some((name) => name.startsWith("transformer."));
     const fileName = new Map<string, string>();
     const unexpected: string[] = [];
+    let tiedHead: string | undefined;
     for (const name of ckpt.names) {
       if (ATTN_BUFFER.test(name)) continue;
       const key = prefixed && !name.startsWith("lm_head.") ? `transformer.${name}` : name;
-      if (tied && key === "lm_head.weight") continue; // HF ties it regardless
+      if (tied && key === "lm_head.weight") {
+        tiedHead = name; // HF ties it regardless
+        continue;
+      }
       if (expected.has(key)) fileName.set(key, name);
       else unexpected.push(name);
+    }
+    // A tied pair saved once under the head's name (safetensors' save_model keeps one name of
+    // tensors that share memory): the embedding is that tensor, as transformers loads it.
+    if (tied && tiedHead !== undefined && !fileName.has("transformer.wte.weight")) {
+      fileName.set("transformer.wte.weight", tiedHead);
     }
     const missing = [...expected.keys()].filter((k) => !fileName.has(k));
     const wrong: string[] = [];
