@@ -158,9 +158,9 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
         for (int u = 0; u < U; ++u) {
           const int key = base + u * G + group;
           if (key >= ke || key >= limit[t]) s[t][u] = NEG_INF;
-          mx = fmaxf(mx, s[t][u]);
+          mx = maxNaN(mx, s[t][u]);
         }
-        const float newMax = fmaxf(m[t], mx);
+        const float newMax = maxNaN(m[t], mx);
         if (newMax != NEG_INF) {
           const float correction = fastExp2(m[t] - newMax);
           float p[U], sum = 0.0f;
@@ -204,7 +204,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
     const int t = idx / D, d = idx % D;
     float mx = NEG_INF;
 #pragma unroll
-    for (int gi = 0; gi < G; ++gi) mx = fmaxf(mx, groupMax[gi][t]);
+    for (int gi = 0; gi < G; ++gi) mx = maxNaN(mx, groupMax[gi][t]);
     float sum = 0.0f, a = 0.0f;
     if (mx != NEG_INF) {
 #pragma unroll
@@ -215,8 +215,9 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       }
     }
     if (nSplit == 1) {
-      // sum >= 1 (the largest weight is 1), so the fast division is within 2 ulps.
-      E::store(oh, (i64)t * st.oT + d, sum > 0.0f ? __fdividef(a, sum) : 0.0f);
+      // sum >= 1 (the largest weight is 1), so the fast division is within 2 ulps; sum 0 means
+      // no visible key (zeros), a NaN sum a NaN score (NaN).
+      E::store(oh, (i64)t * st.oT + d, sum == 0.0f ? 0.0f : __fdividef(a, sum));
     } else {
       const i64 row = ((i64)bh * nSplit + split) * T + t;
       partAcc[row * D + d] = a;
@@ -242,7 +243,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
   __syncthreads();
   if (tid < T) {
     float mx = NEG_INF;
-    for (int sp = 0; sp < nSplit; ++sp) mx = fmaxf(mx, splitWeight[sp * T + tid]);
+    for (int sp = 0; sp < nSplit; ++sp) mx = maxNaN(mx, splitWeight[sp * T + tid]);
     if (mx == NEG_INF) mx = INFINITY;  // every split empty: exp2(-inf - inf) = 0 weights
     float sum = 0.0f;
     for (int sp = 0; sp < nSplit; ++sp) {
@@ -251,7 +252,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       sum = fmaf(__ldcg(partSum + first + i), w, sum);
       splitWeight[i] = w;
     }
-    const float inv = sum > 0.0f ? __fdividef(1.0f, sum) : 0.0f;
+    const float inv = sum == 0.0f ? 0.0f : __fdividef(1.0f, sum);
     for (int sp = 0; sp < nSplit; ++sp) splitWeight[sp * T + tid] *= inv;
   }
   __syncthreads();
@@ -331,7 +332,7 @@ __device__ __forceinline__ void attend(const typename E::Raw* __restrict__ q,
         for (int e = 0; e < D; ++e) dot = fmaf(query[e], E::load(kh, kj + e), dot);
         s = dot;
       }
-      const float newMax = fmaxf(m, warpMax(s));
+      const float newMax = maxNaN(m, warpMax(s));
       const float base = newMax == NEG_INF ? 0.0f : newMax;
       const float correction = exp2f(m - base);
       const float p = exp2f(s - base);
@@ -353,7 +354,7 @@ __device__ __forceinline__ void attend(const typename E::Raw* __restrict__ q,
 #pragma unroll
     for (int a = 0; a < ACC; ++a) {
       const int d = lane + 32 * a;
-      if (d < Dv) E::store(out, r * Dv + d, l > 0.0f ? acc[a] / l : 0.0f);
+      if (d < Dv) E::store(out, r * Dv + d, l == 0.0f ? 0.0f : acc[a] / l);
     }
   }
 }

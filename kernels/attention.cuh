@@ -25,9 +25,17 @@ __device__ __forceinline__ int visibleLimit(int i, int T, int L, bool causal) {
   return causal ? min(L, i + L - T + 1) : L;
 }
 
+// max that propagates NaN (fmaxf drops it): a NaN score makes its row NaN, as the CPU's and
+// PyTorch's softmax do, instead of a row that the NaN silently leaves out.
+__device__ __forceinline__ float maxNaN(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 __device__ __forceinline__ float warpMax(float v) {
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, m));
+  for (int m = 16; m > 0; m >>= 1) v = maxNaN(v, __shfl_xor_sync(FULL_MASK, v, m));
   return v;
 }
 
@@ -287,10 +295,10 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     for (int r = 0; r < 2; ++r) {
       float mx = NEG_INF;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-      const float newMax = fmaxf(rowMax[r], mx);
+      for (int n = 0; n < 8; ++n) mx = maxNaN(mx, maxNaN(s[n][2 * r], s[n][2 * r + 1]));
+      mx = maxNaN(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+      mx = maxNaN(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+      const float newMax = maxNaN(rowMax[r], mx);
       // A row with nothing visible yet keeps p = 0 (no -inf - -inf).
       const float base = newMax == NEG_INF ? 0.0f : newMax;
       const float correction = fastExp2(rowMax[r] - base);
@@ -334,7 +342,8 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     __syncthreads();  // buffer j & 1 is refilled in the next iteration
   }
 
-  // Normalize (rows without visible keys have sum 0 and stay 0), round once, and stage the
+  // Normalize (rows without visible keys have sum 0 and stay 0; a NaN sum stays NaN), round
+  // once, and stage the
   // warp's 16 rows in its own rows of the Q tile (read only by this warp) for 16-byte stores.
   float inv[2];
 #pragma unroll
@@ -342,7 +351,7 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     float sum = rowSum[r];
     sum += __shfl_xor_sync(FULL_MASK, sum, 1);
     sum += __shfl_xor_sync(FULL_MASK, sum, 2);
-    inv[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
+    inv[r] = sum == 0.0f ? 0.0f : 1.0f / sum;
   }
   unsigned char* stage = reinterpret_cast<unsigned char*>(flashSmem);
 #pragma unroll

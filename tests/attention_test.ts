@@ -271,6 +271,41 @@ testOnDevices("attention on hand-computed inputs and rows with no visible key", 
   }
 });
 
+testOnDevices("attention: a NaN query or visible key makes its rows NaN, not zeros", (device) => {
+  // [batch·heads, T, S, D] and the kernel each reaches on a GPU: flash (16-bit, D 64), decode
+  // (T 1, keys over several splits), generic (float32, D 40).
+  const cases: [number, number, number, number, DType[]][] = [
+    [2, 77, 77, 64, ["float16", "bfloat16"]],
+    [2, 1, 1024, 64, FLOATS],
+    [2, 9, 23, 40, FLOATS],
+  ];
+  for (const [bh, t, s, d, dtypes] of cases) {
+    for (const dtype of dtypes) {
+      const q = randomValues(bh * t * d, 301);
+      const k = randomValues(bh * s * d, 302);
+      const v = randomValues(bh * s * d, 303);
+      const badQuery = Math.floor(t / 2); // head 0: its row is NaN
+      const badKey = s - 3; // head 1: every query that sees it is NaN
+      q[badQuery * d + 5] = NaN;
+      k[(s + badKey) * d + 7] = NaN;
+      const make = (x: Float64Array, n: number) =>
+        tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
+      const out = tq.attention(make(q, t), make(k, s), make(v, s), { causal: true })
+        .cast("float32").dataSync() as Float32Array;
+      for (let h = 0; h < bh; h++) {
+        for (let i = 0; i < t; i++) {
+          const sees = i + s - t; // the last key query i sees
+          const nan = h === 0 ? i === badQuery : sees >= badKey;
+          const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
+          const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
+          if (nan) assert.ok(row.every(Number.isNaN), `${where}: NaN expected, got ${row[0]}`);
+          else assert.ok(row.every(Number.isFinite), `${where}: finite expected, got ${row[0]}`);
+        }
+      }
+    }
+  }
+});
+
 testOnDevices("attention with empty dims", (device) => {
   const z = (shape: number[]) => tq.zeros(shape, { device });
   assert.deepEqual(tq.attention(z([2, 0, 8]), z([2, 3, 8]), z([2, 3, 4])).shape, [2, 0, 4]);

@@ -72,7 +72,13 @@ function shapeError(
  * `j < L` and, if `causal`, `j <= i + (L − T)`: with `T == S` that is the usual lower
  * triangle, and a single query over `L` cached keys sees all of them. A query with no visible
  * key (for instance `L == 0`, or the first `T − L` queries of a causal call with `T > L`)
- * outputs zeros.
+ * outputs zeros. A NaN in a query, or in a key or value it sees, makes its row NaN (a score of
+ * +∞ too: its softmax is undefined). A row whose visible scores are all −∞ (overflowed
+ * products) is NaN on the CPU and zeros on CUDA, whose kernels mark hidden keys with −∞ and
+ * cannot tell the two apart. Hidden keys do not enter a row on the CPU; the CUDA
+ * kernels weigh them 0 in the tiles the mask crosses, so a NaN or infinite value at a hidden
+ * position there can still turn rows NaN (keep unused cache slots finite, as the static
+ * decoder's padding does).
  *
  * All three tensors must have rank 3 or more, equal leading dims, one dtype among float32,
  * float16 and bfloat16, and one device.

@@ -55,9 +55,12 @@ export function checkEps(op: string, eps: unknown): number {
 
 /**
  * Layer normalization over the trailing dims of `weight`'s shape (the last dim when no
- * weight): `(x − mean) / sqrt(var + eps) · weight + bias`, population variance, computed in
- * float64 and rounded once. `weight` and `bias`, when given, must have exactly the normalized
- * shape (x's trailing dims) and x's dtype and device. `eps` must be a positive finite number.
+ * weight): `(x − mean) / sqrt(var + eps) · weight + bias`, population variance. The CPU
+ * computes it in float64 and rounds once; CUDA computes the statistics in float32 (two passes:
+ * the mean, then squared deviations), whose sums overflow for rows holding values beyond about
+ * 1e19 in magnitude, as PyTorch's float32 kernels do. `weight` and `bias`, when given, must
+ * have exactly the normalized shape (x's trailing dims) and x's dtype and device. `eps` must be
+ * a positive finite number.
  */
 export function layerNorm(x: Tensor, weight?: Tensor, bias?: Tensor, eps = 1e-5): Tensor {
   const op = "layerNorm";
