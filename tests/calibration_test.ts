@@ -809,35 +809,29 @@ Deno.test("quantizeModel errors name the problem and the caller's line", () => {
     line,
   });
   assert.equal((model.at(0) as Linear).quantDtype, undefined, "nothing changed on error");
-  // An infinite weight has no weight scale: the error names the layer and the row or block.
+  // An infinite weight has no weight scale, and a NaN one would become code 0 without a word:
+  // the error names the layer and the row or block.
   const last = model.at(2) as Linear;
-  const w = Float32Array.from(floats(last.weight));
-  w[3 * 32 + 17] = -Infinity;
-  last.weight = tensor(w, { shape: [8, 32] });
-  for (const [mode, where] of [["w8", "row 3"], ["w4", "block 7"]] as const) {
-    line = thisLine() + 1;
-    bad = () => quantizeModel(model, { mode, blockSize: 16 });
-    assertTqError(bad, {
-      op: "quantizeModel",
-      kind: "argument",
-      includes: ["weight of layer 2 holds an infinite value", where],
-      line,
-    });
-  }
-  assert.equal(last.quantDtype, undefined, "nothing changed on error");
-  // A NaN weight neither: quantized, it would become code 0 without a word.
-  w[3 * 32 + 17] = 0.5;
-  w[5 * 32 + 2] = NaN;
-  last.weight = tensor(w, { shape: [8, 32] });
-  for (const [mode, where] of [["w8", "NaN in row 5"], ["w4", "NaN in block 10"]] as const) {
-    line = thisLine() + 1;
-    bad = () => quantizeModel(model, { mode, blockSize: 16 });
-    assertTqError(bad, {
-      op: "quantizeModel",
-      kind: "argument",
-      includes: ["weight of layer 2 holds NaN", where],
-      line,
-    });
+  const clean = Float32Array.from(floats(last.weight));
+  const cases = [
+    [3 * 32 + 17, -Infinity, "holds an infinite value", "row 3", "block 7"],
+    [5 * 32 + 2, NaN, "holds NaN", "NaN in row 5", "NaN in block 10"],
+  ] as const;
+  for (const [at, value, what, row, block] of cases) {
+    const w = clean.slice();
+    w[at] = value;
+    last.weight = tensor(w, { shape: [8, 32] });
+    for (const [mode, where] of [["w8", row], ["w4", block]] as const) {
+      line = thisLine() + 1;
+      bad = () => quantizeModel(model, { mode, blockSize: 16 });
+      assertTqError(bad, {
+        op: "quantizeModel",
+        kind: "argument",
+        includes: [`weight of layer 2 ${what}`, where],
+        line,
+      });
+    }
+    assert.equal(last.quantDtype, undefined, "nothing changed on error");
   }
   // Through a calibration: its weight amax carry the NaN, which quantizeModel refuses.
   const calibration = calibrate(model, [randn([2, 16], { seed: 3 })], (m, x) => m.forward(x), {
