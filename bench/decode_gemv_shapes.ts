@@ -21,8 +21,6 @@
  * choice's (they sum in another order: tolerance 1e-2 relative to the output's norm).
  * @module
  */
-import { parseArgs } from "node:util";
-import { join } from "node:path";
 import { backendFor } from "../lib/backends/backend.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import { flinearNormThreads } from "../lib/backends/cuda/flinear.ts";
@@ -40,26 +38,27 @@ import { streamingGemv, wgemvShape } from "../lib/backends/cuda/wgemv.ts";
 import { decode } from "../lib/dtype.ts";
 import { ptx as flinearPtx } from "../kernels/ptx/flinear.ts";
 import {
+  argValue,
+  checkCommandLine,
   encodeFast,
   fmt,
   gpuAvailable,
+  gpuUnavailableLine,
+  intArg,
   noiseBytes,
   randnHost,
   relError,
   rotationCount,
   timeGpu,
   wlinearRowContext,
+  writeOut,
 } from "./timing.ts";
 
-const { values } = parseArgs({
-  options: {
-    kernels: { type: "string", default: "wgemv,qgemv,flinear" },
-    reps: { type: "string", default: "50" },
-    out: { type: "string" },
-  },
-});
-const KERNELS = values.kernels!.split(",");
-const REPS = Number(values.reps);
+const SCRIPT = "decode_gemv_shapes.ts";
+checkCommandLine(SCRIPT, Deno.args, { values: ["kernels", "reps", "out"] });
+const KERNELS = (argValue(Deno.args, "kernels") ?? "wgemv,qgemv,flinear").split(",");
+const REPS = intArg(SCRIPT, Deno.args, "reps", 50);
+const OUT = argValue(Deno.args, "out");
 
 /** GPT-2 small's decode GEMVs (one row of x); `norm`: a layer norm is folded into it. */
 const LAYERS = [
@@ -294,7 +293,8 @@ function flinearRows(layer: Layer): Row[] {
 // ---------------------------------------------------------------------------------------------
 
 if (!gpuAvailable()) {
-  console.log("decode_gemv_shapes: no CUDA device; nothing to measure.");
+  console.error(`decode_gemv_shapes.ts: needs a CUDA GPU (${gpuUnavailableLine()})`);
+  Deno.exitCode = 1;
 } else {
   const sections: [string, string, (layer: Layer) => Row[]][] = [];
   if (KERNELS.includes("wgemv")) {
@@ -327,5 +327,5 @@ if (!gpuAvailable()) {
   }
   const text = lines.join("\n");
   console.log(text);
-  if (values.out) Deno.writeTextFileSync(join(values.out, "decode_gemv_shapes.md"), text);
+  writeOut(OUT, "decode_gemv_shapes.md", text);
 }

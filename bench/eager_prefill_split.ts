@@ -12,11 +12,13 @@
  */
 import * as tq from "../mod.ts";
 import { backToFloat, GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
-import { argValue, fmt, percentile } from "./timing.ts";
+import { argValue, checkCommandLine, fmt, intArg, percentile, requireGpu } from "./timing.ts";
 
+const SCRIPT = "eager_prefill_split.ts";
+checkCommandLine(SCRIPT, Deno.args, { values: ["modes", "reps"] });
 const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
-const reps = Number(argValue(Deno.args, "reps") ?? 20);
-if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer`);
+const reps = intArg(SCRIPT, Deno.args, "reps", 20);
+requireGpu(SCRIPT);
 
 const model = randomGpt2(GPT2_SMALL, "float16", "cuda");
 const vocab = model.config.vocabSize;

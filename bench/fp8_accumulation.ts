@@ -28,13 +28,11 @@ import {
   CUDA_R_8F_E4M3,
 } from "../ffi/cublaslt.ts";
 import { float8e4m3BitsToNumber } from "../lib/dtype.ts";
-import { argValue, gpuAvailable, markdownTable, noiseBytes } from "./timing.ts";
+import { argValue, checkCommandLine, markdownTable, noiseBytes, requireGpu } from "./timing.ts";
 import { GPT2_SMALL_LAYERS } from "./gpt2_model.ts";
 
-if (!gpuAvailable()) {
-  console.log("fp8_accumulation: no CUDA GPU here; nothing to time");
-  Deno.exit(0);
-}
+checkCommandLine("fp8_accumulation.ts", Deno.args, { values: ["out"] });
+requireGpu("fp8_accumulation.ts");
 
 const device = CudaDevice.get(0);
 const M = 4096;

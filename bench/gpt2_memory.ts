@@ -14,7 +14,7 @@
  */
 import * as tq from "../mod.ts";
 import { GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
-import { argValue, fmt, markdownTable, writeOut } from "./timing.ts";
+import { argValue, checkCommandLine, fmt, markdownTable, requireGpu, writeOut } from "./timing.ts";
 
 const MiB = 1024 * 1024;
 const STAGES = [
@@ -60,7 +60,12 @@ function measure(run: string): number[] {
   return sizes;
 }
 
+checkCommandLine("gpt2_memory.ts", Deno.args, {
+  values: ["modes", "out", "child"],
+  flags: ["compress"],
+});
 const child = argValue(Deno.args, "child");
+if (child === undefined) requireGpu("gpt2_memory.ts");
 if (child !== undefined) {
   console.log(JSON.stringify(measure(child)));
 } else {

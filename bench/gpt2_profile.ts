@@ -25,10 +25,15 @@ import * as tq from "../mod.ts";
 import { checkCu, cuda } from "../ffi/cuda.ts";
 import { buildStaticDecoder } from "./gpt2_static_decode.ts";
 import { backToFloat, GPT2_SMALL, randomGpt2, randomIds } from "./gpt2_model.ts";
-import { argValue } from "./timing.ts";
+import { argValue, checkCommandLine, requireGpu } from "./timing.ts";
 import { ltMatmulChoices } from "../lib/backends/cuda/cublaslt.ts";
 
 const device = "cuda";
+checkCommandLine("gpt2_profile.ts", Deno.args, {
+  values: ["modes", "tuning"],
+  flags: ["no-attention-fold", "compress"],
+});
+requireGpu("gpt2_profile.ts");
 const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8,w4").split(",");
 const tuningFile = argValue(Deno.args, "tuning");
 if (tuningFile !== undefined) tq.cuda.setTuningFile(tuningFile);

@@ -55,8 +55,14 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
-const { outDir, quick, smoke, noPeer, device } = benchArgs(args);
+const { outDir, quick, smoke, noPeer, device } = benchArgs("gpu_linear.ts", args, {
+  values: ["only"],
+});
 const only = new Set((argValue(args, "only") ?? "a,b,c,d,e").split(",").map((s) => s.trim()));
+if ([...only].some((f) => !"abcde".includes(f) || f.length !== 1)) {
+  console.error(`gpu_linear.ts: --only takes figures among a, b, c, d, e, got ${[...only]}`);
+  Deno.exit(2);
+}
 const PEER = new URL("./peers/linear_torch.py", import.meta.url).pathname;
 
 /** PyTorch figures measured on an H200 on 2026-11-29, used when the peer cannot run. */
@@ -511,7 +517,13 @@ function table(): string {
     fmt(r.peerUs),
     r.ratio === undefined ? "—" : `${r.ratio.toFixed(2)}×`,
     r.target,
-    r.error ? "error" : r.met === undefined ? "?" : r.met ? "yes" : "no",
+    r.error ? "error" : smoke || !device.startsWith("cuda")
+      ? "n/a (smoke)" // tiny shapes or the CPU: the targets are set for the GPU's shapes
+      : r.met === undefined
+      ? "?"
+      : r.met
+      ? "yes"
+      : "no",
     r.check ?? (r.error ? r.error.split("\n")[0].slice(0, 80) : "—"),
   ]);
   return `### Quantized Linear on ${device}${smoke ? " (SMOKE: tiny shapes)" : ""}\n\n` +
@@ -911,6 +923,8 @@ async function main(): Promise<void> {
   save();
   log("");
   log(table());
+  // A figure that failed is a failed run (scripts that collect the tables check the status).
+  if (rows.some((r) => r.error)) Deno.exitCode = 1;
 }
 
 if (import.meta.main) await main();

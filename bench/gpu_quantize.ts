@@ -57,6 +57,7 @@ import {
   errorMessage,
   fmt,
   type GpuTiming,
+  intArg,
   log,
   markdownTable,
   type PeerResult,
@@ -67,10 +68,13 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
-const { outDir, quick, noPeer, device } = benchArgs(args);
+const { outDir, quick, noPeer, device } = benchArgs("gpu_quantize.ts", args, {
+  values: ["size-log2", "iters"],
+  flags: ["variants"],
+});
 const variants = argFlag(args, "variants");
 const sizeLog2 = Number(argValue(args, "size-log2") ?? 28);
-const reps = Math.max(30, Number(argValue(args, "iters") ?? (quick ? 30 : 50)));
+const reps = intArg("gpu_quantize.ts", args, "iters", quick ? 30 : 50);
 const WARMUP = 5;
 const PEER = new URL("./peers/quantize_torch.py", import.meta.url).pathname;
 

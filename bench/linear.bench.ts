@@ -1,7 +1,8 @@
 /**
  * `deno task bench`: a quantized Linear forward (`forward(x).evaluate()`) in each mode, on the
  * CPU at small shapes and, when a GPU is usable, on CUDA at GPT-2 shapes (synchronized after
- * each call). Without a GPU the CUDA benches are listed as ignored with the reason.
+ * each call). Without a GPU the CUDA benches are skipped (`deno bench` does not list them), and
+ * one line says why.
  *
  * For the GPU figures against PyTorch, run bench/run_gpu.sh on the GPU machine instead.
  * @module

@@ -43,19 +43,26 @@ import {
   CUDA_R_16F,
   CUDA_R_32F,
 } from "../ffi/cublaslt.ts";
-import { argValue, gpuAvailable, markdownTable, percentile, timeGpu, writeOut } from "./timing.ts";
+import {
+  argValue,
+  checkCommandLine,
+  intArg,
+  markdownTable,
+  percentile,
+  requireGpu,
+  timeGpu,
+  writeOut,
+} from "./timing.ts";
 import { TensorqError } from "../lib/errors.ts";
 import * as tq from "../mod.ts";
 import { GPT2_SMALL, GPT2_SMALL_LAYERS, randomGpt2, randomIds } from "./gpt2_model.ts";
 
-if (!gpuAvailable()) {
-  console.log("lt_autotune: no CUDA GPU here; nothing to time");
-  Deno.exit(0);
-}
+checkCommandLine("lt_autotune.ts", Deno.args, { values: ["batches", "out"], flags: ["model"] });
+requireGpu("lt_autotune.ts");
 
 const device = CudaDevice.get(0);
 const M = 4096;
-const BATCHES = Number(argValue(Deno.args, "batches") ?? 15);
+const BATCHES = intArg("lt_autotune.ts", Deno.args, "batches", 15);
 const ISOLATED_RUNS = 16;
 const SHAPES: [name: string, k: number, n: number, epilogue: number][] = GPT2_SMALL_LAYERS.map((
   [name, k, n, gelu],

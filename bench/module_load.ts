@@ -10,15 +10,15 @@
  * GPU (the cubins are for sm_90a).
  * @module
  */
-import { parseArgs } from "node:util";
-import { join } from "node:path";
 import { checkCu, cuda, cuModuleLoadCubin, cuModuleLoadPtx } from "../ffi/cuda.ts";
 import { readEnv } from "../ffi/library.ts";
 import { CudaDevice } from "../lib/backends/cuda/device.ts";
 import type { PtxModule } from "../kernels/ptx_codec.ts";
-import { fmt, markdownTable } from "./timing.ts";
+import { argValue, checkCommandLine, fmt, markdownTable, requireGpu, writeOut } from "./timing.ts";
 
-const { values } = parseArgs({ args: Deno.args, options: { out: { type: "string" } } });
+checkCommandLine("module_load.ts", Deno.args, { values: ["out"] });
+requireGpu("module_load.ts");
+const OUT = argValue(Deno.args, "out");
 
 const device = CudaDevice.get(0);
 const [major, minor] = device.computeCapability;
@@ -65,4 +65,4 @@ rows.push(["all", "", fmt(cubinTotal, 1), fmt(ptxTotal, 0)]);
 const table = markdownTable(["module", "cubin KiB", "cubin load ms", "PTX load ms (JIT)"], rows);
 const text = `JIT cache ${cacheOff ? "off" : "on (CUDA_CACHE_DISABLE unset)"}\n\n${table}\n`;
 console.log(text);
-if (values.out) Deno.writeTextFileSync(join(values.out, "module_load.md"), text);
+writeOut(OUT, "module_load.md", text);

@@ -14,6 +14,9 @@ import sys
 
 
 def main():
+    if len(sys.argv) < 3 or {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0 if {"-h", "--help"} & set(sys.argv[1:]) else 2)
     path, modes = sys.argv[1], sys.argv[2].split(",")
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 25
     with open(path) as f:

@@ -10,25 +10,23 @@
  * writes it to DIR/new_lengths.md.
  * @module
  */
-import { parseArgs } from "node:util";
-import { join } from "node:path";
 import * as tq from "../mod.ts";
 import { GPT2_SMALL, randomGpt2 } from "./gpt2_model.ts";
-import { markdownTable } from "./timing.ts";
+import { argValue, checkCommandLine, markdownTable, requireGpu, writeOut } from "./timing.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    modes: { type: "string", default: "float16,w8a8,fp8" },
-    lengths: { type: "string", default: "100,101,150,333,511" },
-    out: { type: "string" },
-  },
-});
-const modes = values.modes.split(",").map((m) => m.trim()).filter(Boolean);
-const lengths = values.lengths.split(",").map(Number);
+checkCommandLine("new_lengths.ts", Deno.args, { values: ["modes", "lengths", "out"] });
+const OUT = argValue(Deno.args, "out");
+const modes = (argValue(Deno.args, "modes") ?? "float16,w8a8,fp8").split(",").map((m) => m.trim())
+  .filter(Boolean);
+const lengthsText = argValue(Deno.args, "lengths") ?? "100,101,150,333,511";
+const lengths = lengthsText.split(",").map(Number);
 if (lengths.some((l) => !Number.isInteger(l) || l < 1 || l > GPT2_SMALL.nPositions!)) {
-  throw new Error(`--lengths: integers in [1, ${GPT2_SMALL.nPositions}], got ${values.lengths}`);
+  console.error(
+    `new_lengths.ts: --lengths: integers in [1, ${GPT2_SMALL.nPositions}], got ${lengthsText}`,
+  );
+  Deno.exit(2);
 }
+requireGpu("new_lengths.ts");
 
 const ids = (len: number) =>
   tq.tensor(Int32Array.from({ length: len }, (_, i) => (i * 13) % 50257), {
@@ -64,4 +62,4 @@ for (const mode of modes) {
 }
 const table = markdownTable(["mode", ...lengths.map((l) => `${l} tokens`)], rows);
 console.log(table);
-if (values.out) Deno.writeTextFileSync(join(values.out, "new_lengths.md"), `${table}\n`);
+writeOut(OUT, "new_lengths.md", `${table}\n`);

@@ -53,8 +53,10 @@ import { decode, type DType } from "../lib/dtype.ts";
 import {
   argFlag,
   argValue,
+  checkCommandLine,
   encodeFast,
   fmt,
+  gpuUnavailableLine,
   L2_BYTES,
   log,
   markdownTable,
@@ -64,6 +66,7 @@ import {
 } from "./timing.ts";
 
 const args = Deno.args;
+checkCommandLine("qgemv_variants.ts", args, { values: ["out"], flags: ["quick"] });
 const outDir = argValue(args, "out");
 const quick = argFlag(args, "quick");
 const WARMUP = quick ? 20 : 50;
@@ -439,9 +442,10 @@ function report(device: CudaDevice): string {
 
 function main(): void {
   if (!tq.cuda.isAvailable()) {
-    const why = `no GPU: ${tq.cuda.unavailableReason()}; nothing to measure`;
+    const why = `needs a CUDA GPU (${gpuUnavailableLine()})`;
     log(why);
     writeOut(outDir, "qgemv_variants.md", `qgemv variants bench skipped: ${why}\n`);
+    Deno.exitCode = 1; // a measurement that could not run is a failure, not an empty table
     return;
   }
   const device = CudaDevice.get(0);

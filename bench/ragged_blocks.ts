@@ -22,12 +22,14 @@ import {
   log,
   markdownTable,
   randnHost,
+  requireGpu,
   rotationCount,
   timeGpu,
   writeOut,
 } from "./timing.ts";
 
-const { outDir, quick, smoke, device } = benchArgs(Deno.args);
+const { outDir, quick, smoke, device } = benchArgs("ragged_blocks.ts", Deno.args);
+if (device.startsWith("cuda")) requireGpu("ragged_blocks.ts", "--smoke --device cpu");
 const BLOCK = smoke ? 32 : 128;
 const reps = quick ? { warmup: 5, reps: 20 } : { warmup: 10, reps: 50 };
 

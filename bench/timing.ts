@@ -85,6 +85,82 @@ export function gpuAvailable(): boolean {
   return tq.cuda.isAvailable();
 }
 
+/** The first line of why CUDA is unavailable (its list of tried paths left out). */
+export function gpuUnavailableLine(): string {
+  const reason = tq.cuda.unavailableReason() ?? "no CUDA device";
+  return reason.split("\n")[0].replace(/ Tried:$/, "");
+}
+
+/**
+ * Exits with status 1 and one line naming `script` and why, when no CUDA device is usable (a
+ * measurement that cannot run is a failure, not an empty table); `hint` says what runs
+ * instead, e.g. "--smoke --device cpu".
+ */
+export function requireGpu(script: string, hint?: string): void {
+  if (gpuAvailable()) return;
+  console.error(
+    `${script}: needs a CUDA GPU (${gpuUnavailableLine()})${hint ? `; try ${hint}` : ""}`,
+  );
+  Deno.exit(1);
+}
+
+/** The options a benchmark's command line may hold. */
+export interface CommandLine {
+  /** `--name VALUE` / `--name=VALUE` options. */
+  values?: readonly string[];
+  /** `--name` switches. */
+  flags?: readonly string[];
+}
+
+/**
+ * Checks `args` against the options `script` takes: an unknown option, a value option without
+ * its value, or a positional word prints a usage line and exits with status 2 (a misspelt
+ * option would otherwise run the defaults without a word).
+ */
+export function checkCommandLine(script: string, args: readonly string[], known: CommandLine) {
+  const values = known.values ?? [];
+  const flags = known.flags ?? [];
+  const usage = () =>
+    `usage: deno run -A bench/${script} ${
+      [...values.map((v) => `[--${v} VALUE]`), ...flags.map((f) => `[--${f}]`)].join(" ")
+    }`;
+  const fail = (why: string): never => {
+    console.error(`${script}: ${why}\n${usage()}`);
+    Deno.exit(2);
+  };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (!a.startsWith("--")) fail(`unexpected argument ${JSON.stringify(a)}`);
+    const [name, inline] = a.slice(2).split(/=(.*)/s, 2);
+    if (flags.includes(name) && inline === undefined) continue;
+    if (!values.includes(name)) fail(`unknown option --${name}`);
+    if (inline !== undefined) continue;
+    if (i + 1 >= args.length || args[i + 1].startsWith("--")) fail(`--${name} needs a value`);
+    i++;
+  }
+}
+
+/**
+ * `--name`'s value as an integer of at least `min` (`fallback` when absent); anything else
+ * prints the problem and exits with status 2 (a NaN would run and print NaN figures).
+ */
+export function intArg(
+  script: string,
+  args: readonly string[],
+  name: string,
+  fallback: number,
+  min = 1,
+): number {
+  const text = argValue(args, name);
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min) {
+    console.error(`${script}: --${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
+    Deno.exit(2);
+  }
+  return n;
+}
+
 /**
  * Times device work with CUDA events recorded on tensorq's stream of device 0 around each
  * call: `fn(i)` must only enqueue work (no synchronize inside, or the host gap is counted).
@@ -395,14 +471,30 @@ export interface BenchArgs {
   device: string;
 }
 
-/** The common options of a GPU benchmark's `args`. */
-export function benchArgs(args: readonly string[]): BenchArgs {
+/**
+ * The common options of a GPU benchmark's `args`, after checking the whole command line
+ * against them and the script's own (`extra`; see {@link checkCommandLine}).
+ */
+export function benchArgs(
+  script: string,
+  args: readonly string[],
+  extra: CommandLine = {},
+): BenchArgs {
+  checkCommandLine(script, args, {
+    values: ["out", "device", ...(extra.values ?? [])],
+    flags: ["quick", "smoke", "no-peer", ...(extra.flags ?? [])],
+  });
+  const device = argValue(args, "device") ?? "cuda";
+  if (!/^(cpu|cuda|cuda:\d+)$/.test(device)) {
+    console.error(`${script}: --device must be cpu, cuda or cuda:N, got ${JSON.stringify(device)}`);
+    Deno.exit(2);
+  }
   return {
     outDir: argValue(args, "out"),
     quick: argFlag(args, "quick"),
     smoke: argFlag(args, "smoke"),
     noPeer: argFlag(args, "no-peer"),
-    device: argValue(args, "device") ?? "cuda",
+    device,
   };
 }
 

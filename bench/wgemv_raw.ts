@@ -23,16 +23,17 @@ import { CudaBuffer } from "../lib/backends/cuda/memory.ts";
 import { streamingGemv, wgemvShape } from "../lib/backends/cuda/wgemv.ts";
 import { decode, roundHalfToEven } from "../lib/dtype.ts";
 import {
-  argValue,
+  checkCommandLine,
   describeError,
   deviceTensor,
   encodeFast,
   fmt,
-  gpuAvailable,
   type GpuTiming,
+  intArg,
   noiseBytes,
   randnHost,
   relError,
+  requireGpu,
   rotated,
   rotationCount,
   roundToDType,
@@ -40,9 +41,11 @@ import {
   wlinearRowContext,
 } from "./timing.ts";
 
-const REPS = Number(argValue(Deno.args, "reps") ?? 200);
-const N = Number(argValue(Deno.args, "n") ?? 8192);
-const K = Number(argValue(Deno.args, "k") ?? 8192);
+const SCRIPT = "wgemv_raw.ts";
+checkCommandLine(SCRIPT, Deno.args, { values: ["reps", "n", "k"] });
+const REPS = intArg(SCRIPT, Deno.args, "reps", 200);
+const N = intArg(SCRIPT, Deno.args, "n", 8192);
+const K = intArg(SCRIPT, Deno.args, "k", 8192);
 const BATCH = 20;
 /** Output channels checked against the host reference (first and last). */
 const CHECKED = 64;
@@ -248,13 +251,10 @@ function opFigure(v: Variant, x: Float32Array): void {
   xt.dispose();
 }
 
-if (!gpuAvailable()) {
-  console.log("wgemv_raw: no CUDA device; nothing to measure.");
-} else {
-  const x = roundToDType("float16", randnHost(K, 1));
-  console.log(`weight-only Linear, M = 1, N = ${N}, K = ${K}, float16 x`);
-  for (const v of VARIANTS) {
-    kernelFigure(v, x);
-    opFigure(v, x);
-  }
+requireGpu(SCRIPT);
+const x = roundToDType("float16", randnHost(K, 1));
+console.log(`weight-only Linear, M = 1, N = ${N}, K = ${K}, float16 x`);
+for (const v of VARIANTS) {
+  kernelFigure(v, x);
+  opFigure(v, x);
 }

@@ -23,14 +23,12 @@ import {
   wgmmaInt8Gemm,
   type WgmmaInt8Problem,
 } from "../lib/backends/cuda/wgmma.ts";
-import { argValue, fmt, gpuAvailable, markdownTable } from "./timing.ts";
+import { argValue, checkCommandLine, fmt, intArg, markdownTable, requireGpu } from "./timing.ts";
 
-if (!gpuAvailable()) {
-  console.log("wgmma_tiles: no CUDA GPU here; nothing to time");
-  Deno.exit(0);
-}
+checkCommandLine("wgmma_tiles.ts", Deno.args, { values: ["out", "repeats"] });
+requireGpu("wgmma_tiles.ts");
 const out = argValue(Deno.args, "out");
-const repeats = Number(argValue(Deno.args, "repeats") ?? 20);
+const repeats = intArg("wgmma_tiles.ts", Deno.args, "repeats", 20);
 const device = CudaDevice.get(0);
 
 /** A device buffer of `bytes` seeded pseudo-random bytes (int8 codes in -64..63). */

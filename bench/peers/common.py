@@ -11,7 +11,13 @@ import math
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch ({missing})")
 
 # L2 cache size assumed when rotating inputs past it (the H200's is 60 MB).
 L2_BYTES = 60e6

@@ -19,7 +19,13 @@ transformers only.
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch and transformers ({missing})")
 
 from common import cuda_missing, log, make_parser, print_result, summarize
 

@@ -25,8 +25,14 @@ import math
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch ({missing})")
 
 from common import (cuda_missing, log, make_parser, print_result, rotation_count, summarize,
                     time_gpu)

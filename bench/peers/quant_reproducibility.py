@@ -20,9 +20,15 @@ reference.safetensors and calibration_amax.safetensors.
 """
 import sys
 
-import torch
-from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+try:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch, safetensors and transformers ({missing})")
 
 
 def fake_quant_int8(x, scale):
@@ -71,6 +77,8 @@ def logits(model_dir, ids, amax, device, dtype, mode, by_factor=False, attention
 
 
 def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
     model_dir, fixtures = sys.argv[1], sys.argv[2]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

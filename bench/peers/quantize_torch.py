@@ -34,7 +34,13 @@ import os
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs torch ({missing})")
 
 import common
 from common import cuda_missing, log, make_parser, print_result

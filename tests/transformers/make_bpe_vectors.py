@@ -26,10 +26,17 @@ tests/demo_test.ts checks examples/gpt2/demo.ts's tokenizer against the committe
 import argparse
 import json
 import os
+import sys
 
-import tokenizers
-from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, pre_tokenizers
-from tokenizers.models import BPE
+try:
+    import tokenizers
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+except ImportError as missing:  # a clear line, and --help, without the packages
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit(f"{sys.argv[0]}: needs the tokenizers package ({missing})")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(HERE, "..", "..", "examples", "gpt2", "assets")
