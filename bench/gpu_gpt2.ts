@@ -154,10 +154,12 @@ function attempt(mode: Mode, figure: Measurement["figure"], fn: () => Partial<Me
 // Figures
 
 function prefillEager(model: tq.GPT2LMHeadModel, ids: tq.Tensor): Partial<Measurement> {
+  // The host's share of an eager forward needs a few calls before V8 has compiled the graph
+  // building and evaluation paths: one warm-up timed them half-compiled (2× in a --quick run).
   const timing = timeWall(() => {
     const logits = model.forward(ids).evaluate();
     logits.dispose();
-  }, { warmup: quick || smoke ? 1 : 2, reps: quick || smoke ? 3 : 8 });
+  }, { warmup: 5, reps: quick || smoke ? 10 : 20 });
   return { timing, ms: timing.medianUs / 1e3 };
 }
 
