@@ -1109,9 +1109,17 @@ function checkIdsInVocab(
 }
 
 /** Index of the largest value (the first one on ties). */
+/** The first largest entry's index, or -1 when the row holds NaN (in the same pass). */
 function argmaxOf(row: ArrayLike<number>): number {
   let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i];
+    if (v > max) {
+      max = v;
+      best = i;
+    } else if (v !== v) return -1;
+  }
   return best;
 }
 
@@ -1290,10 +1298,15 @@ export function generate(
   const out: number[] = [];
   /** Chooses the next token from a logits row: it, and whether generation goes on. */
   const choose = (row: ArrayLike<number>): { next: number; more: boolean } => {
-    checkLogitsRow(row, sampling, out.length);
-    const next = strategy === "greedy"
-      ? argmaxOf(row)
-      : sampleFrom(row, temperature, Math.min(topK, vocab), stream);
+    let next: number;
+    if (strategy === "greedy") {
+      // argmax finds a NaN in its own pass: a second pass over the row would add to every step.
+      next = argmaxOf(row);
+      if (next < 0) checkLogitsRow(row, false, out.length); // throws: the row holds NaN
+    } else {
+      checkLogitsRow(row, true, out.length);
+      next = sampleFrom(row, temperature, Math.min(topK, vocab), stream);
+    }
     out.push(next);
     options.onToken?.(next);
     return { next, more: !stops.has(next) && out.length < maxNew };
