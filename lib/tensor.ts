@@ -421,6 +421,11 @@ export function isDisposed(t: Tensor): boolean {
   return disposedNodes.has(t.node);
 }
 
+/** How errors describe a disposed tensor: "a disposed float32 tensor of shape [2, 3]". */
+export function disposedDescription(t: Tensor): string {
+  return `a disposed ${t.dtype} tensor of shape [${t.shape.join(", ")}]`;
+}
+
 function storageToData(dtype: DType, storage: StorageArray): TensorData {
   if (dtype === "int64") return (storage as BigInt64Array).slice();
   const values = decode(dtype, storage);

@@ -10,7 +10,7 @@ import { matmul } from "../ops/matmul.ts";
 import { checkEps, layerNorm } from "../ops/nn.ts";
 import { dequantize, type QuantDType, quantize } from "../ops/quantize.ts";
 import { embedding, transpose } from "../ops/shape.ts";
-import { full, isDisposed, type Tensor } from "../tensor.ts";
+import { full, type Tensor } from "../tensor.ts";
 import { checkTensor } from "../ops/op.ts";
 import { rand, randn } from "../random.ts";
 import { describeValue, optionsOf } from "../shape.ts";
@@ -374,18 +374,7 @@ export class Linear extends Module {
         actual: fmtShape(x.shape),
       });
     }
-    for (const name of ["weight", "weightCodes", "weightScale", "bias", "inputScale"]) {
-      const p = this.getParameter(name);
-      if (p && isDisposed(p)) {
-        throw new TensorqError(`parameter '${name}' of the layer was disposed`, {
-          op,
-          kind: "state",
-          argument: name,
-          expected: "a live tensor (assign a new one to the layer)",
-          actual: `a disposed ${p.dtype} tensor of shape ${fmtShape(p.shape)}`,
-        });
-      }
-    }
+    this.checkLiveParameters(op);
   }
 
   #product(x: Tensor): Tensor {

@@ -13,7 +13,7 @@
 import type { DType } from "../dtype.ts";
 import { checkBoolean, fmtShape, TensorqError, tracesShared, withSharedTrace } from "../errors.ts";
 import { describeValue, optionsOf, sameShape } from "../shape.ts";
-import { isDisposed, Tensor } from "../tensor.ts";
+import { disposedDescription, isDisposed, Tensor } from "../tensor.ts";
 
 /** What a parameter must look like. */
 export interface ParameterSpec {
@@ -188,6 +188,24 @@ export abstract class Module {
     return this.#values.get(name);
   }
 
+  /**
+   * Throws a state error of `op` naming the first of this module's own parameters that was
+   * disposed (a forward would otherwise fail in an op inside it, naming that op's argument).
+   */
+  protected checkLiveParameters(op: string): void {
+    for (const [name, value] of this.#values) {
+      if (value && isDisposed(value)) {
+        throw new TensorqError(`parameter '${name}' of the layer was disposed`, {
+          op,
+          kind: "state",
+          argument: name,
+          expected: "a live tensor (assign a new one to the layer)",
+          actual: disposedDescription(value),
+        });
+      }
+    }
+  }
+
   /** The value of a declared parameter; an error naming the module and parameter when unset. */
   protected requireParameter(name: string, op: string): Tensor {
     const v = this.#values.get(name);
@@ -232,7 +250,7 @@ export abstract class Module {
         kind: "state",
         argument: name,
         expected: "a live tensor",
-        actual: disposedText(value),
+        actual: disposedDescription(value),
       });
     }
     checkAgainstSpec("setParameter", name, spec, value);
@@ -385,10 +403,6 @@ export abstract class Module {
 
   /** Computes the module's output. */
   abstract forward(...inputs: Tensor[]): Tensor;
-}
-
-function disposedText(t: Tensor): string {
-  return `a disposed ${t.dtype} tensor of shape ${fmtShape(t.shape)}`;
 }
 
 function checkAgainstSpec(op: string, name: string, spec: ParameterSpec, value: Tensor): void {

@@ -8,7 +8,7 @@ import { TensorqError } from "../errors.ts";
 import { nodeTrace } from "../errors.ts";
 import { type Attrs, Node } from "../graph/node.ts";
 import type { Shape } from "../shape.ts";
-import { isDisposed, scalar, Tensor } from "../tensor.ts";
+import { disposedDescription, isDisposed, scalar, Tensor } from "../tensor.ts";
 
 /** A tensor or a JS number (a number takes the other operand's dtype and device). */
 export type TensorLike = Tensor | number;
@@ -35,7 +35,7 @@ function checkLive(op: string, argument: string, t: Tensor): Tensor {
     kind: "state",
     argument,
     expected: "a live tensor",
-    actual: `a disposed ${t.dtype} tensor of shape [${t.shape.join(", ")}]`,
+    actual: disposedDescription(t),
   });
 }
 
