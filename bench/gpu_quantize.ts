@@ -49,7 +49,6 @@ import {
 } from "../lib/backends/cuda/quantize.ts";
 import {
   argFlag,
-  argValue,
   benchArgs,
   type BenchFloat,
   deviceTensor,
@@ -62,6 +61,7 @@ import {
   markdownTable,
   type PeerResult,
   randnHost,
+  requireGpu,
   runPeer,
   timeGpu,
   writeOut,
@@ -73,7 +73,7 @@ const { outDir, quick, noPeer, device } = benchArgs("gpu_quantize.ts", args, {
   flags: ["variants"],
 });
 const variants = argFlag(args, "variants");
-const sizeLog2 = Number(argValue(args, "size-log2") ?? 28);
+const sizeLog2 = intArg("gpu_quantize.ts", args, "size-log2", 28, 8, 30);
 const reps = intArg("gpu_quantize.ts", args, "iters", quick ? 30 : 50);
 const WARMUP = 5;
 const PEER = new URL("./peers/quantize_torch.py", import.meta.url).pathname;
@@ -111,16 +111,7 @@ const FIGURES: Figure[] = [
   },
 ];
 
-if (!Number.isInteger(sizeLog2) || sizeLog2 < 8 || sizeLog2 > 30) {
-  throw new Error(`--size-log2 must be an integer in [8, 30], got ${argValue(args, "size-log2")}`);
-}
-if (device.startsWith("cuda") && !tq.cuda.isAvailable()) {
-  log(
-    `gpu_quantize.ts: no GPU (${tq.cuda.unavailableReason()}); run with --device cpu for a ` +
-      "smoke run",
-  );
-  Deno.exit(1);
-}
+if (device.startsWith("cuda")) requireGpu("gpu_quantize.ts", "--device cpu for a smoke run");
 const n = 2 ** sizeLog2;
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,13 @@
  * @module
  */
 import * as tq from "../mod.ts";
-import { type BenchFloat, deviceTensor, randnHost } from "./timing.ts";
+import {
+  type BenchFloat,
+  deviceTensor,
+  gpuAvailable,
+  gpuUnavailableLine,
+  randnHost,
+} from "./timing.ts";
 
 interface Mode {
   name: string;
@@ -89,7 +95,7 @@ function makeLayer(
 
 // ---- CUDA: GPT-2 shapes -----------------------------------------------------------------------
 
-const gpuReason = tq.cuda.unavailableReason()?.split("\n")[0].replace(/ Tried:$/, "");
+const gpuReason = gpuAvailable() ? undefined : gpuUnavailableLine();
 if (gpuReason) {
   console.log(`CUDA benches skipped: no GPU (${gpuReason})`);
 }

@@ -141,8 +141,8 @@ export function checkCommandLine(script: string, args: readonly string[], known:
 }
 
 /**
- * `--name`'s value as an integer of at least `min` (`fallback` when absent); anything else
- * prints the problem and exits with status 2 (a NaN would run and print NaN figures).
+ * `--name`'s value as an integer in `[min, max]` (`fallback` when absent); anything else prints
+ * the problem and exits with status 2 (a NaN would run and print NaN figures).
  */
 export function intArg(
   script: string,
@@ -150,12 +150,14 @@ export function intArg(
   name: string,
   fallback: number,
   min = 1,
+  max = Number.MAX_SAFE_INTEGER,
 ): number {
   const text = argValue(args, name);
   if (text === undefined) return fallback;
   const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < min) {
-    console.error(`${script}: --${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    console.error(`${script}: --${name} must be an integer ${range}, got ${JSON.stringify(text)}`);
     Deno.exit(2);
   }
   return n;
