@@ -291,6 +291,29 @@ Deno.test("HistogramObserver: binning over [0, max] and hand-computed re-binning
   assert.deepEqual(Array.from(z.counts), [2, 0, 0, 2]);
 });
 
+Deno.test("HistogramObserver: a value on an edge k·w lands in bin k", () => {
+  // max M and M / 2^j (edge 2048 / 2^j), plus values k·M/2048 that float32 holds exactly.
+  const r = randomValues(3000, 4242, { low: 0, high: 1 });
+  for (let t = 0; t < 1000; t++) {
+    const m = f32(0.01 + 100 * r[3 * t]);
+    const k = Math.floor(2048 * r[3 * t + 1]);
+    const onEdge = [k * (m / 2048)].filter((v) => f32(v) === v);
+    const x = Float32Array.from([m, ...Array.from({ length: 11 }, (_, j) => m / 2 ** (j + 1))]);
+    const h = new HistogramObserver();
+    h.observe(Float32Array.from([...x, ...onEdge]));
+    const w = m / 2048;
+    const expected = new Float64Array(2048);
+    expected[2047]++; // m itself
+    for (let j = 1; j <= 11; j++) expected[2048 / 2 ** j]++;
+    for (const v of onEdge) expected[Math.round(v / w)]++;
+    assert.deepEqual(Array.from(h.counts), Array.from(expected), `max ${m}, k ${k}`);
+    // The smallest value, M/2048, is bin 1's lower edge: it is kept by bin 1's upper edge.
+    const hx = new HistogramObserver();
+    hx.observe(x);
+    assert.equal(hx.percentile(100 / x.length), 2 * w, `max ${m}`);
+  }
+});
+
 Deno.test("HistogramObserver.percentile: known answers on evenly spread data", () => {
   // 0.5, 1.5, ..., 2047.5: one value per bin of width 2047.5 / 2048.
   const x = Float32Array.from({ length: 2048 }, (_, i) => (i % 2 ? -1 : 1) * (i + 0.5));
@@ -333,6 +356,12 @@ Deno.test("HistogramObserver.entropy: flat data keeps the full range; Gaussian c
   const k = amax / g.binWidth;
   assert.ok(Math.abs(k - Math.round(k)) < 1e-9, `${k}`);
   assert.equal(new HistogramObserver({ method: "entropy" }).amax(), 0);
+  // Data from bin 1500 up: lower thresholds have no Q, so they cannot win.
+  const high = HistogramObserver.fromCounts(
+    Array.from({ length: 2048 }, (_, k) => (k >= 1500 ? 1 + (k % 7) : 0)),
+    1,
+  );
+  assert.ok(high.entropy() > 1500 / 2048, `${high.entropy()}`);
 });
 
 Deno.test("HistogramObserver.entropy equals a transcription of ModelOpt's algorithm", () => {

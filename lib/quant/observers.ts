@@ -354,13 +354,19 @@ export class HistogramObserver implements AmaxObserver {
     const last = this.bins - 1;
     const range = this.#range;
     const perUnit = range > 0 ? this.bins / range : 0;
+    const w = this.binWidth;
     let n = 0;
     for (let i = 0; i < x.length; i++) {
       const a = Math.abs(x[i]);
       if (!(a < Infinity)) continue;
       n++;
-      const k = Math.floor(a * perUnit);
-      counts[k > last ? last : k]++;
+      let k = Math.floor(a * perUnit);
+      if (k > last) k = last;
+      // `a · (bins / range)` rounds twice and can put a value on an edge k·w into bin k − 1:
+      // step to the bin whose edges hold it.
+      else if (a < k * w) k--;
+      else if (k < last && w > 0 && a >= (k + 1) * w) k++;
+      counts[k]++;
     }
     this.#count += n;
   }
@@ -442,6 +448,10 @@ export class HistogramObserver implements AmaxObserver {
    * `floor(j·levels/i)`) and spreads each level's count evenly over its non-empty bins.
    * The threshold minimizing KL(P‖Q) wins (the largest on ties).
    *
+   * A threshold whose `bins[0:i]` are all empty has no Q, so its divergence is infinite.
+   * (ModelOpt's `scipy.stats.entropy` gives NaN there, which its argmin picks: the lower edge
+   * of the lowest occupied bin above bin 0, clipping all the data above it.)
+   *
    * Convention: the amax is the winning threshold's upper bin edge `i·w` (ModelOpt's
    * `calib_bin_edges[i]`), not the bin center `(i − 0.5)·w`.
    *
@@ -498,7 +508,7 @@ export class HistogramObserver implements AmaxObserver {
         best = i;
       }
     }
-    if (best < 0) return this.#range; // every candidate had infinite divergence
+    // Infinity <= Infinity: when every candidate diverges, the last one wins, as in ModelOpt.
     return best === n ? this.#range : best * this.binWidth;
   }
 
@@ -508,7 +518,9 @@ export class HistogramObserver implements AmaxObserver {
    * `startBin` to the last bin; for each, every bin center `c` is fake-quantized
    * (`s = amax / maxBound`, `q = clamp(roundHalfToEven(c / s))·s`, in float64; float8e4m3
    * rounds to its grid and saturates at 448) and the error `Σ count·(q − c)²` is summed.
-   * The first minimum wins.
+   * The first minimum wins. (ModelOpt's simulation zeroes everything for an integer amax
+   * <= 2^-24 and fp8 values < 2^-24, so on data that small its candidates tie and the first
+   * wins; nothing is zeroed here, as the quantizer does not zero such scales.)
    *
    * @param options `startBin` (128), `stride` (1), `dtype` (int8).
    * @returns The amax (a bin center); 0 for an empty or all-zero histogram.
