@@ -1452,6 +1452,35 @@ Deno.test("observers check their sizes and options", () => {
   assert.equal(new PerChannelMaxObserver(2 ** 10).channels, 1024);
 });
 
+Deno.test("HistogramObserver refuses an amax search that would run for hours", () => {
+  // 2^18 bins: entropy's default search visits about 2^35 bins, mse's 2^36.
+  const bins = 2 ** 18;
+  for (const method of ["entropy", "mse"] as const) {
+    assertTqError(() => new HistogramObserver({ bins, method }), {
+      op: "HistogramObserver",
+      kind: "argument",
+      includes: [`'${method}.stride'`, `${bins} bins`, "2^32"],
+    });
+  }
+  // The percentile method needs no search; a search asked for later is checked then, and a
+  // coarser stride brings it within reach.
+  const h = new HistogramObserver({ bins, method: "percentile" });
+  h.observe(Float32Array.from(randomValues(4096, 77)));
+  for (const method of ["entropy", "mse"] as const) {
+    assertTqError(() => h[method](), {
+      op: `HistogramObserver.${method}`,
+      kind: "argument",
+      includes: ["'options.stride'"],
+    });
+    assertTqError(() => h[method]({ startBin: bins + 1 }), {
+      op: `HistogramObserver.${method}`,
+      includes: ["'options.startBin'"],
+    });
+    const amax = h[method]({ stride: 1024 });
+    assert.ok(amax > 0 && amax <= h.range, `${method}: ${amax} in (0, ${h.range}]`);
+  }
+});
+
 Deno.test("HistogramObserver.fromCounts checks counts, range and options", () => {
   const fromCounts = (counts: unknown, range: unknown, options?: unknown) => () =>
     HistogramObserver.fromCounts(counts as number[], range as number, options as never);

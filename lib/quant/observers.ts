@@ -176,7 +176,11 @@ export type HistogramMethod = "percentile" | "entropy" | "mse";
 
 /** Options of {@link HistogramObserver}. */
 export interface HistogramObserverOptions {
-  /** Number of bins over `[0, running max]` (default 2048). */
+  /**
+   * Number of bins over `[0, running max]` (default 2048). The entropy and mse searches
+   * visit about `bins² / stride` bins and refuse more than 2^32 (at stride 1: about 65k
+   * bins for entropy, 64k for mse).
+   */
   bins?: number;
   /** The method {@link HistogramObserver.amax} uses (default "entropy"). */
   method?: HistogramMethod;
@@ -255,9 +259,10 @@ export class HistogramObserver implements AmaxObserver {
     this.#percentile = checkPercentile(op, options.percentile ?? 99.99);
     // Checked now, not when amax() first uses them.
     this.#entropy = { ...subOptions(op, "entropy", options.entropy) };
-    entropySettings(op, this.#entropy, this.bins, "entropy.");
+    // A search's length is checked here only for the method amax() will run.
+    entropySettings(op, this.#entropy, this.bins, "entropy.", method === "entropy");
     this.#mse = { ...subOptions(op, "mse", options.mse) };
-    mseSettings(op, this.#mse, this.bins, "mse.");
+    mseSettings(op, this.#mse, this.bins, "mse.", method === "mse");
     this.#counts = new Float64Array(this.bins);
   }
 
@@ -464,6 +469,7 @@ export class HistogramObserver implements AmaxObserver {
       "HistogramObserver.entropy",
       subOptions("HistogramObserver.entropy", "options", options),
       n,
+      "options.",
     );
     if (this.#count === 0 || this.#range === 0) return 0;
     const bins = this.#counts.slice();
@@ -531,6 +537,7 @@ export class HistogramObserver implements AmaxObserver {
       "HistogramObserver.mse",
       subOptions("HistogramObserver.mse", "options", options),
       n,
+      "options.",
     );
     if (this.#count === 0 || this.#range === 0) return 0;
     const w = this.binWidth;
@@ -587,6 +594,7 @@ function entropySettings(
   options: EntropyOptions,
   bins: number,
   prefix = "",
+  checkSteps = true,
 ): { levels: number; start: number; stride: number } {
   const levels = levelsFor(op, options.dtype ?? "int8", `${prefix}dtype`);
   const start = positiveInt(op, `${prefix}startBin`, options.startBin ?? Math.min(128, bins), 1);
@@ -600,7 +608,29 @@ function entropySettings(
       actual: describeValue(start),
     });
   }
+  // Threshold i compares i bins.
+  const candidates = Math.floor((bins - start) / stride) + 1;
+  if (checkSteps) {
+    checkSearchSteps(op, prefix, candidates * (start + (stride * (candidates - 1)) / 2), bins);
+  }
   return { levels, start, stride };
+}
+
+/**
+ * The most bin visits an amax search may take (about 10 s): a search over a histogram of
+ * millions of bins would otherwise run for days. Default histograms take a few million.
+ */
+const MAX_SEARCH_STEPS = 2 ** 32;
+
+function checkSearchSteps(op: string, prefix: string, steps: number, bins: number): void {
+  if (steps <= MAX_SEARCH_STEPS) return;
+  throw new TensorqError(`the amax search over ${bins} bins would take too long`, {
+    op,
+    kind: "argument",
+    argument: `${prefix}stride`,
+    expected: `startBin and stride that leave at most 2^32 bin visits (candidates × bins)`,
+    actual: `about ${steps.toExponential(2)} visits`,
+  });
 }
 
 /** Mse options checked against `bins`, with their defaults (see {@link entropySettings}). */
@@ -609,6 +639,7 @@ function mseSettings(
   options: MseOptions,
   bins: number,
   prefix = "",
+  checkSteps = true,
 ): { dtype: QuantDType; bound: number; start: number; stride: number } {
   const dtype = options.dtype ?? "int8";
   const bound = boundFor(op, dtype, `${prefix}dtype`);
@@ -627,6 +658,10 @@ function mseSettings(
       expected: `at most ${bins - 1}`,
       actual: describeValue(start),
     });
+  }
+  // Every candidate fake-quantizes every bin.
+  if (checkSteps) {
+    checkSearchSteps(op, prefix, (Math.floor((bins - 1 - start) / stride) + 1) * bins, bins);
   }
   return { dtype, bound, start, stride };
 }
