@@ -177,9 +177,9 @@ export type HistogramMethod = "percentile" | "entropy" | "mse";
 /** Options of {@link HistogramObserver}. */
 export interface HistogramObserverOptions {
   /**
-   * Number of bins over `[0, running max]` (default 2048). The entropy and mse searches
-   * visit about `bins² / stride` bins and refuse more than 2^32 (at stride 1: about 65k
-   * bins for entropy, 64k for mse).
+   * Number of bins over `[0, running max]` (default 2048). A search visits about
+   * `bins² / stride` bins (mse; half that for entropy) and refuses more than 2^32: at stride
+   * 1, up to about 65k bins for mse and 92k for entropy.
    */
   bins?: number;
   /** The method {@link HistogramObserver.amax} uses (default "entropy"). */
