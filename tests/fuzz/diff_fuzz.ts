@@ -36,6 +36,8 @@
  *    + 1 ulp; layerNorm (8 + 2·log2 R + R/32)·u32·(1 + |ŷ|)·(2 + |μ|/σ)·|w| + 4·u32·|y| + 1 ulp.
  *  - attention: score error (D + 4)·u32·Σ|q·k| + 4·u32·|s| enters the softmax bound; output
  *    (2·u_dt + (S + 4)·u32)·Σp|v| + 1 ulp (float16/bfloat16 probabilities in flash kernels).
+ *    A −∞ score drops its key; a NaN or +∞ score makes its row exact, a non-finite v value
+ *    its column.
  *  - quantize codes (int8/int4/e4m3): exact, except where the float64 quotient x/scale lies within
  *    4·u32 (relative) of a rounding boundary (the neighbouring code is allowed), or where the
  *    input's propagated interval x ± E straddles one; dequantize: exact for exact codes, else
@@ -1018,19 +1020,25 @@ function ruleAttention(
   const out = new Float64Array(Y.length);
   const s = new Float64Array(S), ds = new Float64Array(S), p = new Float64Array(S);
   const vis = new Uint8Array(S);
+  // Columns of v with a non-finite value at a visible key: those outputs must match exactly
+  // (NaN, ±∞), while the row's other columns keep their bound.
+  const vBad = new Uint8Array(Dv);
   for (let g = 0; g < G; g++) {
     for (let i = 0; i < T; i++) {
       const oBase = (g * T + i) * Dv;
-      let nVis = 0, nf = false, einf = false, anyE = false;
+      // rowBad: a visible score that is NaN or +∞ (or none finite): the whole row must match
+      // exactly. A score of −∞ (an infinite q or k) only drops its key, as softmax does.
+      let nVis = 0, nFinite = 0, rowBad = false, einf = false, anyE = false;
+      vBad.fill(0);
       for (let j = 0; j < S; j++) {
         vis[j] = j < L && (!causal || j <= i + L - T) ? 1 : 0;
         if (!vis[j]) continue;
         nVis++;
-        let dot = 0, sa = 0, pe = 0;
+        let dot = 0, sa = 0, pe = 0, qkFinite = true;
         for (let d = 0; d < D; d++) {
           const qv = Q[(g * T + i) * D + d], kvv = Kr[(g * S + j) * D + d];
           const eq = EQ[(g * T + i) * D + d], ek = EK[(g * S + j) * D + d];
-          if (!Number.isFinite(qv) || !Number.isFinite(kvv)) nf = true;
+          if (!Number.isFinite(qv) || !Number.isFinite(kvv)) qkFinite = false;
           if (eq === Infinity || ek === Infinity) einf = true;
           if (eq > 0 || ek > 0) anyE = true;
           dot += qv * kvv;
@@ -1038,31 +1046,43 @@ function ruleAttention(
           pe += mE(qv, ek) + mE(kvv, eq) + eq * ek;
         }
         for (let d = 0; d < Dv; d++) {
-          if (!Number.isFinite(Vr[(g * S + j) * Dv + d])) nf = true;
+          if (!Number.isFinite(Vr[(g * S + j) * Dv + d])) vBad[d] = 1;
           if (EV[(g * S + j) * Dv + d] === Infinity) einf = true;
           if (EV[(g * S + j) * Dv + d] > 0) anyE = true;
         }
         s[j] = scale * dot;
-        if (!Number.isFinite(s[j])) nf = true;
-        ds[j] = Math.abs(scale) * pe +
-          SAFETY * (Math.abs(scale) * (D + 4) * U32 * sa + 4 * U32 * Math.abs(s[j]));
+        if (s[j] === -Infinity) {
+          ds[j] = 0;
+        } else if (!qkFinite || !Number.isFinite(s[j])) {
+          rowBad = true;
+        } else {
+          nFinite++;
+          ds[j] = Math.abs(scale) * pe +
+            SAFETY * (Math.abs(scale) * (D + 4) * U32 * sa + 4 * U32 * Math.abs(s[j]));
+        }
       }
       if (nVis === 0) continue;
-      if (einf || nf) {
+      if (einf || rowBad || nFinite === 0) {
         for (let d = 0; d < Dv; d++) out[oBase + d] = einf || anyE ? Infinity : 0;
         continue;
       }
       let m = -Infinity, mx = 0;
       for (let j = 0; j < S; j++) {
-        if (!vis[j]) continue;
+        if (!vis[j] || s[j] === -Infinity) continue;
         m = Math.max(m, s[j]);
         mx = Math.max(mx, ds[j]);
       }
       let z = 0;
-      for (let j = 0; j < S; j++) z += vis[j] ? (p[j] = Math.exp(s[j] - m)) : (p[j] = 0);
+      for (let j = 0; j < S; j++) {
+        z += vis[j] && s[j] !== -Infinity ? (p[j] = Math.exp(s[j] - m)) : (p[j] = 0);
+      }
       for (let j = 0; j < S; j++) p[j] /= z;
       const rel = mx > 20 ? Infinity : Math.expm1(2 * mx);
       for (let d = 0; d < Dv; d++) {
+        if (vBad[d]) {
+          out[oBase + d] = anyE ? Infinity : 0;
+          continue;
+        }
         let a = 0, b = 0;
         for (let j = 0; j < S; j++) {
           if (!vis[j]) continue;
