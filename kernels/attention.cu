@@ -10,7 +10,8 @@
 //
 // With L the valid key count (*kvLen clamped to [0, S], or S when kvLen is null; read here, at
 // run time, so a recorded graph replays with a new value), key j is visible to query i when
-// j < L and, when causal, j <= i + (L - T). A query with no visible key outputs zeros.
+// j < L and, when causal, j <= i + (L - T). A query with no visible key outputs zeros; one whose
+// visible scores are all -inf outputs NaN (its softmax is undefined), as on the CPU.
 //
 // Scores are float32 dot products, multiplied by scale·log2(e) so the softmax uses exp2f; the
 // running max / sum / output accumulators are float32 and the output is rounded once.
@@ -216,8 +217,9 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
     }
     if (nSplit == 1) {
       // sum >= 1 (the largest weight is 1), so the fast division is within 2 ulps; sum 0 means
-      // no visible key (zeros), a NaN sum a NaN score (NaN).
-      E::store(oh, (i64)t * st.oT + d, sum == 0.0f ? 0.0f : __fdividef(a, sum));
+      // no visible key (zeros) or only -inf scores (NaN), a NaN sum a NaN score (NaN).
+      E::store(oh, (i64)t * st.oT + d,
+               sum != 0.0f ? __fdividef(a, sum) : emptyRowFactor(t, T, L, causal));
     } else {
       const i64 row = ((i64)bh * nSplit + split) * T + t;
       partAcc[row * D + d] = a;
@@ -252,7 +254,7 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
       sum = fmaf(__ldcg(partSum + first + i), w, sum);
       splitWeight[i] = w;
     }
-    const float inv = sum == 0.0f ? 0.0f : __fdividef(1.0f, sum);
+    const float inv = sum != 0.0f ? __fdividef(1.0f, sum) : emptyRowFactor(tid, T, L, causal);
     for (int sp = 0; sp < nSplit; ++sp) splitWeight[sp * T + tid] *= inv;
   }
   __syncthreads();
@@ -354,7 +356,9 @@ __device__ __forceinline__ void attend(const typename E::Raw* __restrict__ q,
 #pragma unroll
     for (int a = 0; a < ACC; ++a) {
       const int d = lane + 32 * a;
-      if (d < Dv) E::store(out, r * Dv + d, l == 0.0f ? 0.0f : acc[a] / l);
+      if (d < Dv) {
+        E::store(out, r * Dv + d, l != 0.0f ? acc[a] / l : emptyRowFactor(i, T, L, causal));
+      }
     }
   }
 }

@@ -25,6 +25,12 @@ __device__ __forceinline__ int visibleLimit(int i, int T, int L, bool causal) {
   return causal ? min(L, i + L - T + 1) : L;
 }
 
+// The factor of a row whose softmax sum is 0: 0 when the row has no visible key (its output
+// is zeros), NaN when it has some but every visible score was -inf (softmax is undefined).
+__device__ __forceinline__ float emptyRowFactor(int i, int T, int L, bool causal) {
+  return visibleLimit(i, T, L, causal) > 0 ? __int_as_float(0x7fc00000) : 0.0f;
+}
+
 // max that propagates NaN (fmaxf drops it): a NaN score makes its row NaN, as the CPU's and
 // PyTorch's softmax do, instead of a row that the NaN silently leaves out.
 __device__ __forceinline__ float maxNaN(float a, float b) {
@@ -342,16 +348,27 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     __syncthreads();  // buffer j & 1 is refilled in the next iteration
   }
 
-  // Normalize (rows without visible keys have sum 0 and stay 0; a NaN sum stays NaN), round
-  // once, and stage the
-  // warp's 16 rows in its own rows of the Q tile (read only by this warp) for 16-byte stores.
+  // Normalize, round once, and stage the warp's 16 rows in its own rows of the Q tile (read
+  // only by this warp) for 16-byte stores. A sum of 0 is a row without visible keys (zeros) or
+  // one whose visible scores are all -inf (NaN, as softmax gives); a NaN sum stays NaN.
+  // The block and thread indices are read afresh here, and the valid key count reloaded, so
+  // that nothing of them stays live (in registers) through the main loop.
+  unsigned ctaid, tidx;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(ctaid));
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tidx));
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float sum = rowSum[r];
     sum += __shfl_xor_sync(FULL_MASK, sum, 1);
     sum += __shfl_xor_sync(FULL_MASK, sum, 2);
-    inv[r] = sum == 0.0f ? 0.0f : 1.0f / sum;
+    if (sum != 0.0f) {
+      inv[r] = 1.0f / sum;
+    } else {
+      const int tile = mTiles - 1 - (int)(ctaid / (unsigned)BH);
+      const int row = tile * BM + (int)(tidx >> 5) * 16 + (int)((tidx & 31) >> 2) + 8 * r;
+      inv[r] = emptyRowFactor(row, T, validKeys(kvLen, S), causal);
+    }
   }
   unsigned char* stage = reinterpret_cast<unsigned char*>(flashSmem);
 #pragma unroll
@@ -365,10 +382,7 @@ __device__ __forceinline__ void forward(const unsigned short* __restrict__ q,
     }
   }
   __syncwarp();
-  // The output head, from a fresh read of the block index: nothing of it stays live (in
-  // registers) through the main loop.
-  unsigned ctaid;
-  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(ctaid));
+  // The output head, from the fresh read of the block index above.
   const int outBh = (int)(ctaid % (unsigned)BH);
   const int outBatch = outBh / H, outHead = outBh - outBatch * H;
   const i64 outHeadAt = outBatch * st.oB + outHead * st.oH;  // elements

@@ -306,6 +306,41 @@ testOnDevices("attention: a NaN query or visible key makes its rows NaN, not zer
   }
 });
 
+testOnDevices("attention: a row whose visible scores are all −∞ is NaN, not zeros", (device) => {
+  // The kernels each case reaches on a GPU, as above: flash, decode over several splits,
+  // decode in one split, generic. In head 0, query row `last` is (+∞, 0, …) and every key's
+  // first feature is negative: each score that row sees is −∞ (0 · k stays 0).
+  const cases: [number, number, number, number, DType[]][] = [
+    [2, 77, 77, 64, ["float16", "bfloat16"]],
+    [2, 1, 1024, 64, FLOATS],
+    [2, 4, 40, 128, FLOATS],
+    [2, 9, 23, 40, FLOATS],
+  ];
+  for (const [bh, t, s, d, dtypes] of cases) {
+    for (const dtype of dtypes) {
+      const q = randomValues(bh * t * d, 311);
+      const k = randomValues(bh * s * d, 312);
+      const v = randomValues(bh * s * d, 313);
+      const last = t - 1;
+      for (let e = 0; e < d; e++) q[last * d + e] = e === 0 ? Infinity : 0;
+      for (let j = 0; j < s; j++) k[j * d] = -0.25 - Math.abs(k[j * d]);
+      const make = (x: Float64Array, n: number) =>
+        tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
+      const out = tq.attention(make(q, t), make(k, s), make(v, s), { causal: true })
+        .cast("float32").dataSync() as Float32Array;
+      for (let h = 0; h < bh; h++) {
+        for (let i = 0; i < t; i++) {
+          const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
+          const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
+          if (h === 0 && i === last) {
+            assert.ok(row.every(Number.isNaN), `${where}: NaN expected, got ${row[0]}`);
+          } else assert.ok(row.every(Number.isFinite), `${where}: finite expected, got ${row[0]}`);
+        }
+      }
+    }
+  }
+});
+
 testOnDevices("attention with empty dims", (device) => {
   const z = (shape: number[]) => tq.zeros(shape, { device });
   assert.deepEqual(tq.attention(z([2, 0, 8]), z([2, 3, 8]), z([2, 3, 4])).shape, [2, 0, 4]);

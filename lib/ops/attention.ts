@@ -73,9 +73,8 @@ function shapeError(
  * triangle, and a single query over `L` cached keys sees all of them. A query with no visible
  * key (for instance `L == 0`, or the first `T − L` queries of a causal call with `T > L`)
  * outputs zeros. A NaN in a query, or in a key or value it sees, makes its row NaN (a score of
- * +∞ too: its softmax is undefined). A row whose visible scores are all −∞ (overflowed
- * products) is NaN on the CPU and zeros on CUDA, whose kernels mark hidden keys with −∞ and
- * cannot tell the two apart. Hidden keys do not enter a row on the CPU; the CUDA
+ * +∞ too: its softmax is undefined), and so does a row whose visible scores are all −∞ (an
+ * infinite query or key). Hidden keys do not enter a row on the CPU; the CUDA
  * kernels weigh them 0 in the tiles the mask crosses, so a NaN or infinite value at a hidden
  * position there can still turn rows NaN (keep unused cache slots finite, as the static
  * decoder's padding does).
