@@ -175,7 +175,12 @@ __device__ __forceinline__ void decode(const typename E::Raw* __restrict__ q,
           for (int e = 0; e < VEC; ++e) {
             float a = acc[t][e] * correction;
 #pragma unroll
-            for (int u = 0; u < U; ++u) a = fmaf(p[u], vf[u][e], a);
+            for (int u = 0; u < U; ++u) {
+              // With several queries, a key hidden from this one by causality was loaded for
+              // another: its weight is 0, and 0 · (NaN or ±inf) must not reach this row. (One
+              // query loads only its visible keys.)
+              if (TQ == 1 || base + u * G + group < limit[t]) a = fmaf(p[u], vf[u][e], a);
+            }
             acc[t][e] = a;
           }
           m[t] = newMax;

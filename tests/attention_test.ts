@@ -341,6 +341,43 @@ testOnDevices("attention: a row whose visible scores are all −∞ is NaN, not 
   }
 });
 
+testOnDevices(
+  "attention: a NaN value at a key hidden by causality stays out of the rows",
+  (device) => {
+    // Several queries over a cache (the decode kernels on a GPU, T <= 8) and the generic kernel
+    // (D 40). The last key's value is NaN: only the last query sees it.
+    const cases: [number, number, number, number, DType[]][] = [
+      [2, 4, 40, 64, FLOATS],
+      [2, 8, 300, 128, FLOATS],
+      [2, 5, 23, 40, FLOATS],
+    ];
+    for (const [bh, t, s, d, dtypes] of cases) {
+      for (const dtype of dtypes) {
+        const v = randomValues(bh * s * d, 323);
+        for (let h = 0; h < bh; h++) v[(h * s + s - 1) * d + 3] = NaN;
+        const make = (x: Float64Array, n: number) =>
+          tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
+        const q = make(randomValues(bh * t * d, 321), t);
+        const k = make(randomValues(bh * s * d, 322), s);
+        const out = tq.attention(q, k, make(v, s), { causal: true }).cast("float32")
+          .dataSync() as Float32Array;
+        for (let h = 0; h < bh; h++) {
+          for (let i = 0; i < t; i++) {
+            const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
+            const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
+            // The last query's row is NaN in the column of the NaN value (and finite elsewhere).
+            const nanAt = (e: number) => i === t - 1 && e === 3;
+            assert.ok(
+              Array.from(row).every((x, e) => nanAt(e) ? Number.isNaN(x) : Number.isFinite(x)),
+              `${where}: ${Array.from(row.subarray(0, 5))}`,
+            );
+          }
+        }
+      }
+    }
+  },
+);
+
 testOnDevices("attention with empty dims", (device) => {
   const z = (shape: number[]) => tq.zeros(shape, { device });
   assert.deepEqual(tq.attention(z([2, 0, 8]), z([2, 3, 8]), z([2, 3, 4])).shape, [2, 0, 4]);

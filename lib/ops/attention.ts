@@ -74,10 +74,10 @@ function shapeError(
  * key (for instance `L == 0`, or the first `T − L` queries of a causal call with `T > L`)
  * outputs zeros. A NaN in a query, or in a key or value it sees, makes its row NaN (a score of
  * +∞ too: its softmax is undefined), and so does a row whose visible scores are all −∞ (an
- * infinite query or key). Hidden keys do not enter a row on the CPU; the CUDA
- * kernels weigh them 0 in the tiles the mask crosses, so a NaN or infinite value at a hidden
- * position there can still turn rows NaN (keep unused cache slots finite, as the static
- * decoder's padding does).
+ * infinite query or key). Hidden keys do not enter a row, with one exception: CUDA's
+ * tensor-core kernel (float16 / bfloat16, head size 64 or 128, more than 8 queries) weighs
+ * keys hidden by causality 0 in the 64-key tiles the mask crosses, so a NaN or infinite value
+ * there (in v at a later position) can turn earlier rows of that tile NaN.
  *
  * All three tensors must have rank 3 or more, equal leading dims, one dtype among float32,
  * float16 and bfloat16, and one device.
