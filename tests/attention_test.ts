@@ -271,110 +271,96 @@ testOnDevices("attention on hand-computed inputs and rows with no visible key", 
   }
 });
 
-testOnDevices("attention: a NaN query or visible key makes its rows NaN, not zeros", (device) => {
-  // [batch·heads, T, S, D] and the kernel each reaches on a GPU: flash (16-bit, D 64), decode
-  // (T 1, keys over several splits), generic (float32, D 40).
-  const cases: [number, number, number, number, DType[]][] = [
-    [2, 77, 77, 64, ["float16", "bfloat16"]],
-    [2, 1, 1024, 64, FLOATS],
-    [2, 9, 23, 40, FLOATS],
-  ];
+/** [batch·heads, T, S, D] and the dtypes of a non-finite case. */
+type EdgeCase = [number, number, number, number, DType[]];
+
+/**
+ * Causal attention of random q, k, v (`seed`, `seed + 1`, `seed + 2`) after `poison` edits
+ * them (flat `[bh, T | S, D]` values), on each case and dtype; `expectNaN(h, i, e)` says which
+ * output elements must be NaN, and every other one must be finite.
+ */
+function checkNonFiniteRows(
+  device: string,
+  cases: EdgeCase[],
+  seed: number,
+  poison: (
+    q: Float64Array,
+    k: Float64Array,
+    v: Float64Array,
+    t: number,
+    s: number,
+    d: number,
+  ) => void,
+  expectNaN: (h: number, i: number, e: number, t: number, s: number) => boolean,
+): void {
   for (const [bh, t, s, d, dtypes] of cases) {
     for (const dtype of dtypes) {
-      const q = randomValues(bh * t * d, 301);
-      const k = randomValues(bh * s * d, 302);
-      const v = randomValues(bh * s * d, 303);
-      const badQuery = Math.floor(t / 2); // head 0: its row is NaN
-      const badKey = s - 3; // head 1: every query that sees it is NaN
-      q[badQuery * d + 5] = NaN;
-      k[(s + badKey) * d + 7] = NaN;
+      const q = randomValues(bh * t * d, seed);
+      const k = randomValues(bh * s * d, seed + 1);
+      const v = randomValues(bh * s * d, seed + 2);
+      poison(q, k, v, t, s, d);
       const make = (x: Float64Array, n: number) =>
         tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
       const out = tq.attention(make(q, t), make(k, s), make(v, s), { causal: true })
         .cast("float32").dataSync() as Float32Array;
       for (let h = 0; h < bh; h++) {
         for (let i = 0; i < t; i++) {
-          const sees = i + s - t; // the last key query i sees
-          const nan = h === 0 ? i === badQuery : sees >= badKey;
-          const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
-          const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
-          if (nan) assert.ok(row.every(Number.isNaN), `${where}: NaN expected, got ${row[0]}`);
-          else assert.ok(row.every(Number.isFinite), `${where}: finite expected, got ${row[0]}`);
+          const row = Array.from(out.subarray((h * t + i) * d, (h * t + i + 1) * d));
+          const ok = row.every((x, e) =>
+            expectNaN(h, i, e, t, s) ? Number.isNaN(x) : Number.isFinite(x)
+          );
+          assert.ok(
+            ok,
+            `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}: ${row.slice(0, 5)}`,
+          );
         }
       }
     }
   }
+}
+
+testOnDevices("attention: a NaN query or visible key makes its rows NaN, not zeros", (device) => {
+  // The kernel each case reaches on a GPU: flash (16-bit, D 64), decode (T 1, keys over several
+  // splits), generic (float32, D 40). Head 0: query T/2 holds a NaN; head 1: key S − 3 does.
+  const cases: EdgeCase[] = [
+    [2, 77, 77, 64, ["float16", "bfloat16"]],
+    [2, 1, 1024, 64, FLOATS],
+    [2, 9, 23, 40, FLOATS],
+  ];
+  checkNonFiniteRows(device, cases, 301, (q, k, _v, t, s, d) => {
+    q[Math.floor(t / 2) * d + 5] = NaN;
+    k[(s + s - 3) * d + 7] = NaN;
+  }, (h, i, _e, t, s) => h === 0 ? i === Math.floor(t / 2) : i + s - t >= s - 3);
 });
 
 testOnDevices("attention: a row whose visible scores are all −∞ is NaN, not zeros", (device) => {
-  // The kernels each case reaches on a GPU, as above: flash, decode over several splits,
-  // decode in one split, generic. In head 0, query row `last` is (+∞, 0, …) and every key's
-  // first feature is negative: each score that row sees is −∞ (0 · k stays 0).
-  const cases: [number, number, number, number, DType[]][] = [
+  // Flash, decode over several splits, decode in one split, generic. In head 0, the last query
+  // is (+∞, 0, …) and every key's first feature is negative: each score it sees is −∞.
+  const cases: EdgeCase[] = [
     [2, 77, 77, 64, ["float16", "bfloat16"]],
     [2, 1, 1024, 64, FLOATS],
     [2, 4, 40, 128, FLOATS],
     [2, 9, 23, 40, FLOATS],
   ];
-  for (const [bh, t, s, d, dtypes] of cases) {
-    for (const dtype of dtypes) {
-      const q = randomValues(bh * t * d, 311);
-      const k = randomValues(bh * s * d, 312);
-      const v = randomValues(bh * s * d, 313);
-      const last = t - 1;
-      for (let e = 0; e < d; e++) q[last * d + e] = e === 0 ? Infinity : 0;
-      for (let j = 0; j < s; j++) k[j * d] = -0.25 - Math.abs(k[j * d]);
-      const make = (x: Float64Array, n: number) =>
-        tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
-      const out = tq.attention(make(q, t), make(k, s), make(v, s), { causal: true })
-        .cast("float32").dataSync() as Float32Array;
-      for (let h = 0; h < bh; h++) {
-        for (let i = 0; i < t; i++) {
-          const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
-          const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
-          if (h === 0 && i === last) {
-            assert.ok(row.every(Number.isNaN), `${where}: NaN expected, got ${row[0]}`);
-          } else assert.ok(row.every(Number.isFinite), `${where}: finite expected, got ${row[0]}`);
-        }
-      }
-    }
-  }
+  checkNonFiniteRows(device, cases, 311, (q, k, _v, t, s, d) => {
+    for (let e = 0; e < d; e++) q[(t - 1) * d + e] = e === 0 ? Infinity : 0;
+    for (let j = 0; j < s; j++) k[j * d] = -0.25 - Math.abs(k[j * d]);
+  }, (h, i, _e, t) => h === 0 && i === t - 1);
 });
 
 testOnDevices(
   "attention: a NaN value at a key hidden by causality stays out of the rows",
   (device) => {
     // Several queries over a cache (the decode kernels on a GPU, T <= 8) and the generic kernel
-    // (D 40). The last key's value is NaN: only the last query sees it.
-    const cases: [number, number, number, number, DType[]][] = [
+    // (D 40). The last key's value is NaN in column 3 of every head: only the last query sees it.
+    const cases: EdgeCase[] = [
       [2, 4, 40, 64, FLOATS],
       [2, 8, 300, 128, FLOATS],
       [2, 5, 23, 40, FLOATS],
     ];
-    for (const [bh, t, s, d, dtypes] of cases) {
-      for (const dtype of dtypes) {
-        const v = randomValues(bh * s * d, 323);
-        for (let h = 0; h < bh; h++) v[(h * s + s - 1) * d + 3] = NaN;
-        const make = (x: Float64Array, n: number) =>
-          tq.tensor(x, { shape: [bh, n, d], device }).cast(dtype);
-        const q = make(randomValues(bh * t * d, 321), t);
-        const k = make(randomValues(bh * s * d, 322), s);
-        const out = tq.attention(q, k, make(v, s), { causal: true }).cast("float32")
-          .dataSync() as Float32Array;
-        for (let h = 0; h < bh; h++) {
-          for (let i = 0; i < t; i++) {
-            const row = out.subarray((h * t + i) * d, (h * t + i + 1) * d);
-            const where = `${dtype} [${bh}, ${t}, ${s}, ${d}] head ${h} query ${i}`;
-            // The last query's row is NaN in the column of the NaN value (and finite elsewhere).
-            const nanAt = (e: number) => i === t - 1 && e === 3;
-            assert.ok(
-              Array.from(row).every((x, e) => nanAt(e) ? Number.isNaN(x) : Number.isFinite(x)),
-              `${where}: ${Array.from(row.subarray(0, 5))}`,
-            );
-          }
-        }
-      }
-    }
+    checkNonFiniteRows(device, cases, 321, (_q, _k, v, _t, s, d) => {
+      for (let h = 0; h < 2; h++) v[(h * s + s - 1) * d + 3] = NaN;
+    }, (_h, i, e, t) => i === t - 1 && e === 3);
   },
 );
 
