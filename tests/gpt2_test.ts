@@ -12,10 +12,13 @@ import {
   generate,
   gpt2Config,
   GPT2LMHeadModel,
+  kthLargest,
   KVCache,
   lossFromLogits,
   parseGPT2Config,
+  sampleFrom,
 } from "../lib/models/gpt2.ts";
+import { RandomStream } from "../lib/random.ts";
 import { concat, slice } from "../lib/ops/shape.ts";
 import { type Tensor, tensor } from "../lib/tensor.ts";
 import { assertTqError, filesExist, SHARED_DIR, sharedTest, thisLine } from "./helpers.ts";
@@ -294,6 +297,50 @@ sharedTest(
     console.log(`greedy: ${JSON.stringify(decodeBytes(prompt) + "|" + decodeBytes(a))}`);
   },
 );
+
+Deno.test("kthLargest equals sorting, on rows with ties, runs and every k", () => {
+  const stream = new RandomStream(8128);
+  const rows: Record<string, Float32Array> = {
+    random: Float32Array.from({ length: 5003 }, () => stream.normal() * 4),
+    ties: Float32Array.from({ length: 5003 }, () => Math.round(stream.uniform() * 6) - 3),
+    ascending: Float32Array.from({ length: 5003 }, (_, i) => i / 7),
+    descending: Float32Array.from({ length: 5003 }, (_, i) => -i / 7),
+    constant: new Float32Array(300).fill(-1.5),
+    large: Float32Array.from({ length: 50257 }, () => stream.normal() * 4),
+  };
+  for (const [name, row] of Object.entries(rows)) {
+    const sorted = Float64Array.from(row).sort();
+    const n = row.length;
+    for (const k of [1, 2, 3, 20, 40, 1000, 4096, 4097, n - 1, n]) {
+      if (k > n) continue;
+      assert.equal(kthLargest(row, k), sorted[n - k], `${name}, k ${k}`);
+    }
+  }
+});
+
+Deno.test("sampleFrom draws each kept token as often as its softmax weight", () => {
+  // topK 3 with a tie at the 3rd largest logit (both kept): four tokens of nine can be drawn,
+  // at temperature 0.7. 60000 draws: each frequency within 5 standard deviations of its share.
+  const row = [0.3, 2.1, -1.0, 1.4, 0.9, 1.4, -3.0, 0.2, 1.7];
+  const temperature = 0.7;
+  const kept = row.map((_, i) => i).filter((i) => row[i] >= 1.4);
+  const weights = kept.map((i) => Math.exp(row[i] / temperature));
+  const total = weights.reduce((a, b) => a + b);
+  const draws = 60000;
+  const counts = new Map<number, number>();
+  const stream = new RandomStream(4242);
+  for (let d = 0; d < draws; d++) {
+    const t = sampleFrom(row, temperature, 3, stream);
+    counts.set(t, (counts.get(t) ?? 0) + 1);
+  }
+  assert.deepEqual([...counts.keys()].sort(), [...kept].sort(), "only the top 3 and its tie");
+  kept.forEach((token, j) => {
+    const p = weights[j] / total;
+    const sd = Math.sqrt(draws * p * (1 - p));
+    const got = counts.get(token)!;
+    assert.ok(Math.abs(got - draws * p) <= 5 * sd, `token ${token}: ${got} of ${draws}, p ${p}`);
+  });
+});
 
 sharedTest(haveModel, "sampling is reproducible by seed; topK 1 is greedy", () => {
   const m = tinyModel();

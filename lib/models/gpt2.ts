@@ -1147,30 +1147,80 @@ function checkLogitsRow(row: ArrayLike<number>, sampling: boolean, step: number)
   });
 }
 
-/** Draws from softmax(row / temperature) restricted to the topK largest. */
-function sampleFrom(
+/**
+ * The k-th largest of `values` (1 <= k <= length, no NaN). A min-heap of the k largest seen
+ * takes one pass: for GPT-2's 50257 logits and k = 20 about 0.1 ms, where sorting a copy took
+ * 6 ms a token, fifteen times the GPU's decode step. Large k sort.
+ * @internal Exported for tests.
+ */
+export function kthLargest(values: ArrayLike<number>, k: number): number {
+  const n = values.length;
+  if (k > 4096) return Float64Array.from(values).sort()[n - k];
+  const heap = new Float64Array(k); // heap[0]: the smallest kept
+  for (let i = 0; i < k; i++) {
+    const v = values[i];
+    let c = i;
+    while (c > 0) {
+      const parent = (c - 1) >> 1;
+      if (heap[parent] <= v) break;
+      heap[c] = heap[parent];
+      c = parent;
+    }
+    heap[c] = v;
+  }
+  for (let i = k; i < n; i++) {
+    const v = values[i];
+    if (!(v > heap[0])) continue;
+    let c = 0;
+    for (;;) {
+      let child = 2 * c + 1;
+      if (child >= k) break;
+      if (child + 1 < k && heap[child + 1] < heap[child]) child++;
+      if (heap[child] >= v) break;
+      heap[c] = heap[child];
+      c = child;
+    }
+    heap[c] = v;
+  }
+  return heap[0];
+}
+
+/**
+ * Draws from softmax(row / temperature) restricted to the topK largest (and those tied with
+ * the topK-th), by inverting the cumulative weights at one uniform draw of `stream`.
+ * @internal Exported for tests.
+ */
+export function sampleFrom(
   row: ArrayLike<number>,
   temperature: number,
   topK: number,
   stream: RandomStream,
 ): number {
   const n = row.length;
-  let threshold = -Infinity;
-  if (topK < n) threshold = Float64Array.from(row).sort()[n - topK];
+  const threshold = topK < n ? kthLargest(row, topK) : -Infinity;
+  // The kept tokens in id order: the sums and the walk below see them as a pass over the
+  // whole row would, so a seed gives the same token.
+  const kept: number[] = [];
   let mx = -Infinity;
-  for (let i = 0; i < n; i++) if (row[i] >= threshold && row[i] > mx) mx = row[i];
-  const weights = new Float64Array(n);
-  let total = 0;
   for (let i = 0; i < n; i++) {
-    if (row[i] >= threshold) total += weights[i] = Math.exp((row[i] - mx) / temperature);
+    const x = row[i];
+    if (x >= threshold) {
+      kept.push(i);
+      if (x > mx) mx = x;
+    }
+  }
+  const weights = new Float64Array(kept.length);
+  let total = 0;
+  for (let j = 0; j < kept.length; j++) {
+    total += weights[j] = Math.exp((row[kept[j]] - mx) / temperature);
   }
   let u = stream.uniform() * total;
   let last = 0;
-  for (let i = 0; i < n; i++) {
-    if (weights[i] === 0) continue;
-    last = i;
-    u -= weights[i];
-    if (u < 0) return i;
+  for (let j = 0; j < kept.length; j++) {
+    if (weights[j] === 0) continue;
+    last = kept[j];
+    u -= weights[j];
+    if (u < 0) return kept[j];
   }
   return last; // rounding left u just above 0
 }
