@@ -21,7 +21,14 @@ import {
 import { RandomStream } from "../lib/random.ts";
 import { concat, slice } from "../lib/ops/shape.ts";
 import { type Tensor, tensor } from "../lib/tensor.ts";
-import { assertTqError, filesExist, SHARED_DIR, sharedTest, thisLine } from "./helpers.ts";
+import {
+  assertTqError,
+  filesExist,
+  SHARED_DIR,
+  sharedTest,
+  testOnDevices,
+  thisLine,
+} from "./helpers.ts";
 import * as tq from "../mod.ts";
 
 // The model: ../shared's copy, else the identical one the demo ships.
@@ -400,6 +407,49 @@ Deno.test("generate refuses logits it cannot choose from: NaN, and ±Infinity wh
     op: "generate",
     includes: [`got Infinity at token id ${firstPositive}`, "softmax of NaN or ±Infinity"],
   });
+});
+
+testOnDevices("generate greedy: the decode step's own argmax; a NaN at a later token", (device) => {
+  // Compiled greedy decoding takes each token after the first from the step's argmax on the
+  // device; uncompiled decoding takes the host's argmax of each row. They must agree.
+  const config = {
+    vocabSize: 50,
+    nPositions: 24,
+    nEmbd: 32,
+    nLayer: 2,
+    nHead: 4,
+    tieWordEmbeddings: false,
+  };
+  const m = GPT2LMHeadModel.random(config, { seed: 21, device });
+  for (const prompt of [[1, 2, 3], [7], [40, 41, 42, 43]]) {
+    assert.deepEqual(
+      generate(m, prompt, { maxNewTokens: 12 }),
+      generate(m, prompt, { maxNewTokens: 12, compiled: false }),
+      `prompt ${prompt}`,
+    );
+  }
+  // The first chosen token's embedding made NaN: its own logits are fine, the next token's
+  // (after it is fed back) are all NaN.
+  const prompt = [1, 2, 3];
+  const first = generate(m, prompt, { maxNewTokens: 1 })[0];
+  assert.ok(!prompt.includes(first), `first token ${first}`);
+  const rows = m.transformer.wte.weight.toArray() as number[][];
+  rows[first] = rows[first].map(() => NaN);
+  m.loadStateDict({ "transformer.wte.weight": tensor(rows, { device }) }, { strict: false });
+  for (const compiled of [true, false]) {
+    const seen: number[] = [];
+    const line = thisLine() + 2;
+    assertTqError(
+      () => generate(m, prompt, { maxNewTokens: 5, compiled, onToken: (t) => seen.push(t) }),
+      {
+        op: "generate",
+        kind: "state",
+        includes: ["logits of new token 1 are not usable", "got NaN at token id 0"],
+        line,
+      },
+    );
+    assert.deepEqual(seen, [first], `compiled ${compiled}`);
+  }
 });
 
 Deno.test("generate: an empty or disposed prompt is named as such", () => {
