@@ -1137,13 +1137,22 @@ function checkLogitsRow(row: ArrayLike<number>, sampling: boolean, step: number)
     else if (v !== -Infinity) finite = true;
   }
   if (bad < 0 && (finite || !sampling)) return;
-  throw new TensorqError(`the logits of new token ${step} are not usable`, {
+  throw unusableLogits(
+    step,
+    sampling,
+    bad >= 0 ? `${row[bad]} at token id ${bad}` : "-Infinity at every token id",
+  );
+}
+
+/** The error of new token `step`'s logits, `found` saying what is wrong with them. */
+function unusableLogits(step: number, sampling: boolean, found: string): TensorqError {
+  return new TensorqError(`the logits of new token ${step} are not usable`, {
     op: GEN_OP,
     kind: "state",
     expected: sampling
       ? "finite logits to sample from (softmax of NaN or ±Infinity is undefined)"
       : "logits without NaN",
-    actual: bad >= 0 ? `${row[bad]} at token id ${bad}` : "-Infinity at every token id",
+    actual: found,
   });
 }
 
@@ -1370,11 +1379,7 @@ export function generate(
    * {@link argmaxOf} makes it (the first largest; the first NaN when there is one).
    */
   const acceptArgmax = (id: number, logit: number): Chosen => {
-    if (Number.isNaN(logit)) {
-      const row = new Float64Array(id + 1);
-      row[id] = NaN;
-      checkLogitsRow(row, false, out.length); // throws, naming the NaN at id
-    }
+    if (Number.isNaN(logit)) throw unusableLogits(out.length, false, `NaN at token id ${id}`);
     return accept(id);
   };
   if (maxNew === 0) return out;
